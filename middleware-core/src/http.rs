@@ -1,0 +1,672 @@
+//! `HttpGateway`: the `SpendGateway` over the HTTP contract, with retries and idempotency keys.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{Instrument, field};
+use uuid::Uuid;
+
+use crate::gateway::{GatewayError, SpendGateway};
+use crate::secret::{ApiKey, redact};
+use crate::wire::{
+    ApprovalStatus, CompleteRequest, CompleteResponse, ErrorBody, EvidenceRequest,
+    EvidenceResponse, Principal, SandboxBootstrapRequest, SandboxBootstrapResponse, VerifyRequest,
+    VerifyResult,
+};
+
+/// How failed requests are retried.
+///
+/// 429, 500, 502, 503 and 504 answers and refused connections are retried with
+/// capped exponential backoff and full jitter: before retry `n` (from 0) the client
+/// sleeps a random time in `[0, min(max_backoff, base_backoff * 2^n)]`, or the
+/// answer's `Retry-After` seconds when it sent one, capped at `max_retry_after`.
+/// Other 4xx answers and timeouts are not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Backoff before the first retry, before jitter.
+    pub base_backoff: Duration,
+    /// Upper bound of one backoff.
+    pub max_backoff: Duration,
+    /// Upper bound on an honoured `Retry-After`.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            max_retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries: one attempt per request.
+    pub const fn none() -> Self {
+        Self {
+            max_retries: 0,
+            base_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+            max_retry_after: Duration::ZERO,
+        }
+    }
+
+    fn backoff(&self, retry: u32) -> Duration {
+        let ceiling = self
+            .base_backoff
+            .saturating_mul(1u32.checked_shl(retry).unwrap_or(u32::MAX))
+            .min(self.max_backoff);
+        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(fastrand::u64(0..=ceiling_ms))
+    }
+}
+
+/// A [`SpendGateway`] that talks to a Paybond gateway over HTTP.
+///
+/// Every request carries `Authorization: Bearer <key>`; once the tenant is known
+/// (from [`SpendGateway::principal`], looked up on first use) also `x-tenant-id`.
+/// Mutations carry an `idempotency-key` that stays the same across the retries of
+/// one call. Answers that name another tenant, intent or decision than the
+/// request's are refused as [`GatewayError::EchoMismatch`] and never retried.
+///
+/// ```no_run
+/// use paybond_middleware_core::{ApiKey, HttpGateway, SpendGateway};
+///
+/// # async fn run() -> Result<(), paybond_middleware_core::GatewayError> {
+/// let gateway = HttpGateway::builder("http://127.0.0.1:8787", ApiKey::new("paybond_sk_sandbox_…"))
+///     .build()?;
+/// let principal = gateway.principal().await?;
+/// println!("tenant {}", principal.tenant_id);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct HttpGateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: reqwest::Client,
+    base_url: String,
+    api_key: ApiKey,
+    tenant: OnceLock<String>,
+    retry: RetryPolicy,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for HttpGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpGateway")
+            .field("base_url", &self.inner.base_url)
+            .field("api_key", &self.inner.api_key)
+            .field("tenant", &self.inner.tenant.get())
+            .field("retry", &self.inner.retry)
+            .field("timeout", &self.inner.timeout)
+            .finish()
+    }
+}
+
+/// Configures an [`HttpGateway`].
+#[derive(Debug)]
+pub struct HttpGatewayBuilder {
+    base_url: String,
+    api_key: ApiKey,
+    tenant: Option<String>,
+    retry: RetryPolicy,
+    timeout: Duration,
+    client: Option<reqwest::Client>,
+}
+
+impl HttpGatewayBuilder {
+    /// Retry policy (default: [`RetryPolicy::default`]).
+    #[must_use]
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Timeout of one request, connection to last byte (default 10 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// A tenant already known from principal introspection; the principal lookup
+    /// must then agree with it.
+    #[must_use]
+    pub fn tenant_id(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Use this `reqwest` client (connection pool, proxies) instead of a new one.
+    #[must_use]
+    pub fn client(mut self, client: reqwest::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Checks the configuration and builds the client. No request is sent.
+    pub fn build(self) -> Result<HttpGateway, GatewayError> {
+        let base_url = self.base_url.trim_end_matches('/').to_owned();
+        let parsed = reqwest::Url::parse(&base_url)
+            .map_err(|e| GatewayError::Config(format!("base URL `{base_url}`: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(GatewayError::Config(format!(
+                "base URL `{base_url}` must be http:// or https://"
+            )));
+        }
+        if HeaderValue::from_str(&format!("Bearer {}", self.api_key.expose_secret())).is_err() {
+            return Err(GatewayError::Config(
+                "the API key contains characters that cannot go in a header".to_owned(),
+            ));
+        }
+        let client = match self.client {
+            Some(client) => client,
+            None => reqwest::Client::builder()
+                .user_agent(concat!(
+                    "paybond-middleware-core/",
+                    env!("CARGO_PKG_VERSION")
+                ))
+                .build()
+                .map_err(|e| GatewayError::Config(format!("HTTP client: {e}")))?,
+        };
+        let tenant = OnceLock::new();
+        if let Some(t) = self.tenant {
+            let _ = tenant.set(t);
+        }
+        Ok(HttpGateway {
+            inner: Arc::new(Inner {
+                client,
+                base_url,
+                api_key: self.api_key,
+                tenant,
+                retry: self.retry,
+                timeout: self.timeout,
+            }),
+        })
+    }
+}
+
+/// One request: what it is for, where it goes, and what must be echoed back.
+struct Call<'a, B> {
+    operation: &'static str,
+    method: Method,
+    path: String,
+    body: Option<&'a B>,
+    idempotency_key: Option<&'a str>,
+    with_tenant: bool,
+    /// Secrets the request carries besides the API key, kept out of error text.
+    extra_secrets: &'a [&'a str],
+}
+
+impl HttpGateway {
+    /// Starts configuring a client for the gateway at `base_url`.
+    pub fn builder(base_url: impl Into<String>, api_key: ApiKey) -> HttpGatewayBuilder {
+        HttpGatewayBuilder {
+            base_url: base_url.into(),
+            api_key,
+            tenant: None,
+            retry: RetryPolicy::default(),
+            timeout: Duration::from_secs(10),
+            client: None,
+        }
+    }
+
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
+    }
+
+    /// `POST /v1/sandbox/guardrails/bootstrap`: a funded sandbox intent and its capability token.
+    pub async fn bootstrap_sandbox(
+        &self,
+        request: &SandboxBootstrapRequest,
+    ) -> Result<SandboxBootstrapResponse, GatewayError> {
+        let tenant = self.tenant().await?;
+        let key = request.idempotency_key.clone().unwrap_or_else(new_key);
+        let response: SandboxBootstrapResponse = self
+            .send(Call {
+                operation: "bootstrap",
+                method: Method::POST,
+                path: "/v1/sandbox/guardrails/bootstrap".to_owned(),
+                body: Some(request),
+                idempotency_key: Some(&key),
+                with_tenant: true,
+                extra_secrets: &[],
+            })
+            .await?;
+        check_echo("bootstrap", "tenant", &tenant, &response.tenant_id)?;
+        Ok(response)
+    }
+
+    async fn tenant(&self) -> Result<String, GatewayError> {
+        if let Some(tenant) = self.inner.tenant.get() {
+            return Ok(tenant.clone());
+        }
+        Ok(self.principal().await?.tenant_id)
+    }
+
+    async fn send<B: Serialize, R: DeserializeOwned>(
+        &self,
+        call: Call<'_, B>,
+    ) -> Result<R, GatewayError> {
+        let span = tracing::info_span!(
+            "paybond.gateway_request",
+            operation = call.operation,
+            method = %call.method,
+            path = %call.path,
+            attempt = field::Empty,
+            status = field::Empty,
+        );
+        self.send_inner(call).instrument(span).await
+    }
+
+    async fn send_inner<B: Serialize, R: DeserializeOwned>(
+        &self,
+        call: Call<'_, B>,
+    ) -> Result<R, GatewayError> {
+        let inner = &*self.inner;
+        let operation = call.operation;
+        let mut secrets = vec![inner.api_key.expose_secret()];
+        secrets.extend_from_slice(call.extra_secrets);
+        // Serialized once, so every retry sends the same bytes under the same key.
+        let body = match call.body {
+            Some(body) => Some(serde_json::to_vec(body).map_err(|e| {
+                GatewayError::Config(format!("{operation} request does not serialize: {e}"))
+            })?),
+            None => None,
+        };
+        let headers = self.headers(&call)?;
+        let url = format!("{}{}", inner.base_url, call.path);
+        let span = tracing::Span::current();
+
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            span.record("attempt", attempt);
+            let mut builder = inner
+                .client
+                .request(call.method.clone(), &url)
+                .headers(headers.clone())
+                .timeout(inner.timeout);
+            if let Some(body) = &body {
+                builder = builder
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            let retries_left = attempt <= inner.retry.max_retries;
+            let response = match builder.send().await {
+                Ok(response) => response,
+                Err(e) if e.is_timeout() => {
+                    return Err(GatewayError::Timeout {
+                        operation,
+                        timeout: inner.timeout,
+                    });
+                }
+                Err(e) => {
+                    let detail = redact(&transport_detail(&e), &secrets);
+                    // A refused connection never reached the gateway; anything else may
+                    // have, and is retried only because the idempotency key makes it safe.
+                    if retries_left {
+                        let delay = inner.retry.backoff(attempt - 1);
+                        tracing::warn!(attempt, ?delay, error = %detail, "gateway unreachable, retrying");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    return Err(if attempt > 1 {
+                        GatewayError::RetriesExhausted {
+                            operation,
+                            attempts: attempt,
+                            last: detail,
+                        }
+                    } else {
+                        GatewayError::Transport { operation, detail }
+                    });
+                }
+            };
+            let status = response.status();
+            span.record("status", status.as_u16());
+            if status.is_success() {
+                let bytes = response.bytes().await.map_err(|e| {
+                    if e.is_timeout() {
+                        GatewayError::Timeout {
+                            operation,
+                            timeout: inner.timeout,
+                        }
+                    } else {
+                        GatewayError::Transport {
+                            operation,
+                            detail: redact(&transport_detail(&e), &secrets),
+                        }
+                    }
+                })?;
+                return serde_json::from_slice(&bytes).map_err(|e| GatewayError::Malformed {
+                    operation,
+                    detail: redact(&e.to_string(), &secrets),
+                });
+            }
+            let retry_after = retry_after(response.headers());
+            let envelope = response
+                .bytes()
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ErrorBody>(&b).ok());
+            let code = envelope
+                .as_ref()
+                .map_or_else(|| format!("http_{}", status.as_u16()), |e| e.error.clone());
+            if is_retryable(status) {
+                if retries_left {
+                    let delay = match retry_after {
+                        Some(after) => after.min(inner.retry.max_retry_after),
+                        None => inner.retry.backoff(attempt - 1),
+                    };
+                    tracing::warn!(attempt, status = status.as_u16(), %code, ?delay, "gateway busy, retrying");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                return Err(GatewayError::RetriesExhausted {
+                    operation,
+                    attempts: attempt,
+                    last: format!("HTTP {} `{}`", status.as_u16(), redact(&code, &secrets)),
+                });
+            }
+            let (message, request_id) = envelope.map_or_else(
+                || (String::new(), None),
+                |e| (e.message, Some(e.request_id).filter(|id| !id.is_empty())),
+            );
+            return Err(GatewayError::Rejected {
+                operation,
+                status: status.as_u16(),
+                code: redact(&code, &secrets),
+                message: redact(&message, &secrets),
+                request_id,
+            });
+        }
+    }
+
+    fn headers<B>(&self, call: &Call<'_, B>) -> Result<HeaderMap, GatewayError> {
+        let inner = &*self.inner;
+        let mut headers = HeaderMap::new();
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", inner.api_key.expose_secret()))
+            .map_err(|_| GatewayError::Config("the API key is not a valid header value".into()))?;
+        auth.set_sensitive(true);
+        headers.insert(AUTHORIZATION, auth);
+        if call.with_tenant
+            && let Some(tenant) = inner.tenant.get()
+        {
+            let value = HeaderValue::from_str(tenant).map_err(|_| GatewayError::Malformed {
+                operation: "principal",
+                detail: "tenant_id is not a valid header value".into(),
+            })?;
+            headers.insert("x-tenant-id", value);
+        }
+        if let Some(key) = call.idempotency_key {
+            let value = HeaderValue::from_str(key).map_err(|_| {
+                GatewayError::Config(format!(
+                    "idempotency key `{key}` is not a valid header value"
+                ))
+            })?;
+            headers.insert("idempotency-key", value);
+        }
+        Ok(headers)
+    }
+}
+
+#[async_trait]
+impl SpendGateway for HttpGateway {
+    async fn principal(&self) -> Result<Principal, GatewayError> {
+        let principal: Principal = self
+            .send(Call::<()> {
+                operation: "principal",
+                method: Method::GET,
+                path: "/v1/auth/principal".to_owned(),
+                body: None,
+                idempotency_key: None,
+                with_tenant: false,
+                extra_secrets: &[],
+            })
+            .await?;
+        if principal.tenant_id.is_empty() {
+            return Err(GatewayError::Malformed {
+                operation: "principal",
+                detail: "empty tenant_id".into(),
+            });
+        }
+        let known = self
+            .inner
+            .tenant
+            .get_or_init(|| principal.tenant_id.clone());
+        check_echo("principal", "tenant", known, &principal.tenant_id)?;
+        Ok(principal)
+    }
+
+    async fn verify(&self, request: &VerifyRequest) -> Result<VerifyResult, GatewayError> {
+        let tenant = self.tenant().await?;
+        let keyed;
+        let request = if request.idempotency_key.is_some() {
+            request
+        } else {
+            keyed = VerifyRequest {
+                idempotency_key: Some(new_key()),
+                ..request.clone()
+            };
+            &keyed
+        };
+        let approval = request
+            .approval_token
+            .as_ref()
+            .map_or("", |t| t.expose_secret());
+        let result: VerifyResult = self
+            .send(Call {
+                operation: "verify",
+                method: Method::POST,
+                path: "/verify".to_owned(),
+                body: Some(request),
+                idempotency_key: request.idempotency_key.as_deref(),
+                with_tenant: true,
+                extra_secrets: &[request.token.expose_secret(), approval],
+            })
+            .await?;
+        check_echo("verify", "tenant", &tenant, &result.tenant)?;
+        check_echo(
+            "verify",
+            "intent_id",
+            &request.intent_id.to_string(),
+            &result.intent_id.to_string(),
+        )?;
+        Ok(result)
+    }
+
+    async fn complete_decision(
+        &self,
+        decision_id: Uuid,
+        request: &CompleteRequest,
+        idempotency_key: &str,
+    ) -> Result<CompleteResponse, GatewayError> {
+        self.tenant().await?;
+        let response: CompleteResponse = self
+            .send(Call {
+                operation: "complete",
+                method: Method::POST,
+                path: format!("/v1/spend/decisions/{decision_id}/complete"),
+                body: Some(request),
+                idempotency_key: Some(idempotency_key),
+                with_tenant: true,
+                extra_secrets: &[],
+            })
+            .await?;
+        if let Some(echoed) = response.decision_id {
+            check_echo(
+                "complete",
+                "decision_id",
+                &decision_id.to_string(),
+                &echoed.to_string(),
+            )?;
+        }
+        Ok(response)
+    }
+
+    async fn submit_evidence(
+        &self,
+        intent_id: Uuid,
+        request: &EvidenceRequest,
+        idempotency_key: &str,
+    ) -> Result<EvidenceResponse, GatewayError> {
+        let tenant = self.tenant().await?;
+        let response: EvidenceResponse = self
+            .send(Call {
+                operation: "evidence",
+                method: Method::POST,
+                path: format!("/v1/sandbox/guardrails/{intent_id}/evidence"),
+                body: Some(request),
+                idempotency_key: Some(idempotency_key),
+                with_tenant: true,
+                extra_secrets: &[],
+            })
+            .await?;
+        check_echo("evidence", "tenant", &tenant, &response.tenant_id)?;
+        check_echo(
+            "evidence",
+            "intent_id",
+            &intent_id.to_string(),
+            &response.intent_id.to_string(),
+        )?;
+        Ok(response)
+    }
+
+    async fn approval_status(
+        &self,
+        approval_request_id: Uuid,
+    ) -> Result<ApprovalStatus, GatewayError> {
+        self.tenant().await?;
+        let status: ApprovalStatus = self
+            .send(Call::<()> {
+                operation: "approval_status",
+                method: Method::GET,
+                path: format!("/v1/approvals/{approval_request_id}"),
+                body: None,
+                idempotency_key: None,
+                with_tenant: true,
+                extra_secrets: &[],
+            })
+            .await?;
+        check_echo(
+            "approval_status",
+            "approval_request_id",
+            &approval_request_id.to_string(),
+            &status.approval_request_id.to_string(),
+        )?;
+        Ok(status)
+    }
+}
+
+fn check_echo(
+    operation: &'static str,
+    field: &'static str,
+    expected: &str,
+    actual: &str,
+) -> Result<(), GatewayError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(GatewayError::EchoMismatch {
+            operation,
+            field,
+            expected: expected.to_owned(),
+            actual: actual.to_owned(),
+        })
+    }
+}
+
+fn new_key() -> String {
+    Uuid::new_v4().to_string()
+}
+
+fn is_retryable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
+}
+
+/// `Retry-After` in delta-seconds; an HTTP date or garbage falls back to backoff.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The error and its chain of causes ("connection refused" is usually a few levels down).
+fn transport_detail(error: &reqwest::Error) -> String {
+    let mut detail = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    detail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_full_jitter() {
+        let policy = RetryPolicy {
+            max_retries: 10,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(250),
+            max_retry_after: Duration::from_secs(1),
+        };
+        for retry in 0..40 {
+            let ceiling = Duration::from_millis(100 * (1 << retry.min(10))).min(policy.max_backoff);
+            for _ in 0..50 {
+                assert!(policy.backoff(retry) <= ceiling);
+            }
+        }
+        // Full jitter: the delays are spread, not fixed at the ceiling.
+        let distinct: std::collections::BTreeSet<_> = (0..200).map(|_| policy.backoff(5)).collect();
+        assert!(distinct.len() > 10, "{distinct:?}");
+        assert_eq!(RetryPolicy::none().backoff(3), Duration::ZERO);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_only() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn builder_refuses_bad_urls_and_debug_hides_the_key() {
+        let err = HttpGateway::builder("not a url", ApiKey::new("k"))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("not a url"), "{err}");
+        let err = HttpGateway::builder("ftp://x", ApiKey::new("k"))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("http"), "{err}");
+        let gw = HttpGateway::builder(
+            "http://127.0.0.1:1/",
+            ApiKey::new("paybond_sk_sandbox_s3cret"),
+        )
+        .build()
+        .unwrap();
+        assert_eq!(gw.base_url(), "http://127.0.0.1:1");
+        assert!(!format!("{gw:?}").contains("s3cret"));
+    }
+}

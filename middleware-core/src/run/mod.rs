@@ -1,0 +1,246 @@
+//! `PaybondAgentRun`: authorize every side-effecting tool call before it runs.
+
+mod error;
+mod layer;
+mod service;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use paybond_policies::ToolPolicy;
+use uuid::Uuid;
+
+pub use error::{ApprovalRequired, BoxError, RunError, RunErrorKind, SpendDenied};
+pub use service::PaybondAgentRunService;
+
+use crate::gateway::{GatewayError, SpendGateway};
+use crate::secret::{ApprovalToken, CapabilityToken};
+use crate::trace::RunTrace;
+
+/// How long a held call waits for an operator before it gives up, and how often it asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovalWait {
+    /// Give up (and return [`RunError::ApprovalRequired`]) after this long.
+    pub timeout: Duration,
+    /// Time between two approval status requests.
+    pub poll_interval: Duration,
+}
+
+impl Default for ApprovalWait {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One agent run bound to `(tenant, intent, capability token)`: a tower [`Layer`](tower::Layer)
+/// and the handle to the run's state (approval tokens, trace).
+///
+/// The tenant comes from the gateway's principal lookup when the run is bound, never
+/// from the caller. Clones share state, so layer as many services as you like and
+/// keep one clone to store approval tokens and read the trace.
+///
+/// ```
+/// # #[cfg(feature = "test-util")]
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use paybond_middleware_core::{PaybondAgentRun, ToolCall, ToolOutput, testing::ScriptedGateway};
+/// use paybond_policies::ToolPolicy;
+/// use tower::{ServiceBuilder, service_fn};
+/// use uuid::Uuid;
+///
+/// let gateway = Arc::new(ScriptedGateway::new());
+/// let run = PaybondAgentRun::builder(gateway, Uuid::new_v4(), "capability-token".into())
+///     .tool("travel.book_hotel", ToolPolicy::side_effecting("cost_and_completion").with_max_spend_cents(20_000))
+///     .bind()
+///     .await?;
+/// let mut book = ServiceBuilder::new()
+///     .layer(run.clone())
+///     .service(service_fn(|_call: ToolCall| async {
+///         Ok::<_, std::convert::Infallible>(ToolOutput::new(serde_json::json!({"booked": true})).with_cost_cents(18_700))
+///     }));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PaybondAgentRun {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) gateway: Arc<dyn SpendGateway>,
+    pub(crate) tenant: String,
+    pub(crate) intent_id: Uuid,
+    pub(crate) capability_token: CapabilityToken,
+    pub(crate) tools: BTreeMap<String, ToolPolicy>,
+    pub(crate) agent_subject: Option<String>,
+    pub(crate) currency: Option<String>,
+    pub(crate) wait: Option<ApprovalWait>,
+    pub(crate) trace: RunTrace,
+    calls: Mutex<HashMap<String, CallState>>,
+}
+
+/// Per tool call id: attempts so far and an approval token waiting for the next one.
+#[derive(Default)]
+struct CallState {
+    attempts: u32,
+    approval_token: Option<ApprovalToken>,
+}
+
+impl Shared {
+    /// Starts the next attempt of a tool call: its number, and the approval token
+    /// stored for it, which this attempt uses up.
+    pub(crate) fn begin_attempt(&self, tool_call_id: &str) -> (u32, Option<ApprovalToken>) {
+        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = calls.entry(tool_call_id.to_owned()).or_default();
+        state.attempts += 1;
+        (state.attempts, state.approval_token.take())
+    }
+
+    pub(crate) fn next_attempt(&self, tool_call_id: &str) -> u32 {
+        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = calls.entry(tool_call_id.to_owned()).or_default();
+        state.attempts += 1;
+        state.attempts
+    }
+}
+
+impl std::fmt::Debug for PaybondAgentRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &*self.shared;
+        f.debug_struct("PaybondAgentRun")
+            .field("tenant", &s.tenant)
+            .field("intent_id", &s.intent_id)
+            .field("capability_token", &s.capability_token)
+            .field("tools", &s.tools.keys().collect::<Vec<_>>())
+            .field("agent_subject", &s.agent_subject)
+            .field("wait", &s.wait)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PaybondAgentRun {
+    /// Starts binding a run to `intent_id` and its capability token on `gateway`.
+    pub fn builder(
+        gateway: Arc<dyn SpendGateway>,
+        intent_id: Uuid,
+        capability_token: CapabilityToken,
+    ) -> PaybondAgentRunBuilder {
+        PaybondAgentRunBuilder {
+            gateway,
+            intent_id,
+            capability_token,
+            tools: BTreeMap::new(),
+            agent_subject: None,
+            currency: None,
+            wait: None,
+        }
+    }
+
+    /// The tenant, as the gateway's principal lookup gave it.
+    pub fn tenant(&self) -> &str {
+        &self.shared.tenant
+    }
+
+    /// The intent this run spends from.
+    pub fn intent_id(&self) -> Uuid {
+        self.shared.intent_id
+    }
+
+    /// The tools' policy entries.
+    pub fn tools(&self) -> &BTreeMap<String, ToolPolicy> {
+        &self.shared.tools
+    }
+
+    /// The run trace, shared with every service of this run.
+    pub fn trace(&self) -> &RunTrace {
+        &self.shared.trace
+    }
+
+    /// Makes the next attempt of `tool_call_id` carry `token`, once. Use it after an
+    /// operator approved the request an [`ApprovalRequired`] named.
+    pub fn store_approval_token(&self, tool_call_id: impl Into<String>, token: ApprovalToken) {
+        let mut calls = self
+            .shared
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        calls.entry(tool_call_id.into()).or_default().approval_token = Some(token);
+    }
+}
+
+/// Configures a [`PaybondAgentRun`]; [`bind`](Self::bind) resolves the tenant.
+#[must_use]
+pub struct PaybondAgentRunBuilder {
+    gateway: Arc<dyn SpendGateway>,
+    intent_id: Uuid,
+    capability_token: CapabilityToken,
+    tools: BTreeMap<String, ToolPolicy>,
+    agent_subject: Option<String>,
+    currency: Option<String>,
+    wait: Option<ApprovalWait>,
+}
+
+impl std::fmt::Debug for PaybondAgentRunBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaybondAgentRunBuilder")
+            .field("intent_id", &self.intent_id)
+            .field("capability_token", &self.capability_token)
+            .field("tools", &self.tools.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PaybondAgentRunBuilder {
+    /// The policy entry of one tool.
+    pub fn tool(mut self, name: impl Into<String>, policy: ToolPolicy) -> Self {
+        self.tools.insert(name.into(), policy);
+        self
+    }
+
+    /// The policy entries of many tools (`tools:` of the effective policy).
+    pub fn tools(mut self, tools: impl IntoIterator<Item = (String, ToolPolicy)>) -> Self {
+        self.tools.extend(tools);
+        self
+    }
+
+    /// Which agent asks, sent as `agent_subject` with every verify.
+    pub fn agent_subject(mut self, subject: impl Into<String>) -> Self {
+        self.agent_subject = Some(subject.into());
+        self
+    }
+
+    /// Currency of calls that name none.
+    pub fn currency(mut self, currency: impl Into<String>) -> Self {
+        self.currency = Some(currency.into());
+        self
+    }
+
+    /// Wait for approval instead of returning [`RunError::ApprovalRequired`]: poll the
+    /// approval status and retry by itself once approved.
+    pub fn wait_for_approval(mut self, wait: ApprovalWait) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+
+    /// Looks the tenant up from the gateway's principal and binds the run.
+    pub async fn bind(self) -> Result<PaybondAgentRun, GatewayError> {
+        let principal = self.gateway.principal().await?;
+        Ok(PaybondAgentRun {
+            shared: Arc::new(Shared {
+                gateway: self.gateway,
+                tenant: principal.tenant_id,
+                intent_id: self.intent_id,
+                capability_token: self.capability_token,
+                tools: self.tools,
+                agent_subject: self.agent_subject,
+                currency: self.currency,
+                wait: self.wait,
+                trace: RunTrace::new(),
+                calls: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}

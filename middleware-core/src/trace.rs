@@ -1,0 +1,293 @@
+//! The run trace: one entry per tool call attempt, as a table or as JSON lines.
+
+use std::fmt::{self, Write as _};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::wire::Finalization;
+
+/// What happened to one attempt of a tool call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceOutcome {
+    /// Not side-effecting: ran without a decision.
+    Passthrough,
+    /// Allowed: the tool ran (see the finalization for how it ended).
+    Allow,
+    /// Held for operator approval: the tool did not run.
+    Hold,
+    /// Denied: the tool did not run.
+    Deny,
+    /// No decision could be made (gateway unavailable, no amount): the tool did not run.
+    Error,
+}
+
+impl TraceOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Passthrough => "passthrough",
+            Self::Allow => "allow",
+            Self::Hold => "hold",
+            Self::Deny => "deny",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// One attempt of one tool call. Holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceEntry {
+    /// The framework's id for the call.
+    pub tool_call_id: String,
+    /// The tool the agent called.
+    pub tool: String,
+    /// The operation verified.
+    pub operation: String,
+    /// The amount authorized (none for a passthrough).
+    pub amount_cents: Option<u64>,
+    /// Allow, hold, deny, passthrough or error.
+    pub outcome: TraceOutcome,
+    /// The gateway's reason codes, then the layer's own (`tool_failed`, `cancelled`, …).
+    pub reason_codes: Vec<String>,
+    /// The decision, when the gateway made one.
+    pub decision_id: Option<Uuid>,
+    /// How the reservation was finalized; `null` when there was none or finalizing failed.
+    pub finalization: Option<Finalization>,
+    /// The cost settled when consumed.
+    pub actual_cents: Option<u64>,
+    /// 1 for the first attempt of this tool call id, 2 for its retry, …
+    pub attempt: u32,
+    /// Wall time of the attempt, verify to finalization, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Totals over a trace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceTotals {
+    /// Sum of `actual_cents` over consumed entries.
+    pub consumed_cents: u64,
+    /// Sum of `amount_cents` over released entries.
+    pub released_cents: u64,
+    /// Passthrough entries.
+    pub passthroughs: u32,
+    /// Allowed entries.
+    pub allows: u32,
+    /// Held entries.
+    pub holds: u32,
+    /// Denied entries.
+    pub denies: u32,
+    /// Entries with no decision.
+    pub errors: u32,
+}
+
+/// The trace of one agent run, shared by every clone of its service.
+#[derive(Debug, Clone, Default)]
+pub struct RunTrace {
+    entries: Arc<Mutex<Vec<TraceEntry>>>,
+}
+
+impl RunTrace {
+    /// An empty trace.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn push(&self, entry: TraceEntry) {
+        // A panic while the lock was held cannot leave a half-pushed Vec: keep going.
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(entry);
+    }
+
+    /// A copy of the entries so far, in completion order.
+    pub fn entries(&self) -> Vec<TraceEntry> {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Totals over the entries so far.
+    pub fn totals(&self) -> TraceTotals {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut totals = TraceTotals::default();
+        for entry in entries.iter() {
+            match entry.outcome {
+                TraceOutcome::Passthrough => totals.passthroughs += 1,
+                TraceOutcome::Allow => totals.allows += 1,
+                TraceOutcome::Hold => totals.holds += 1,
+                TraceOutcome::Deny => totals.denies += 1,
+                TraceOutcome::Error => totals.errors += 1,
+            }
+            match entry.finalization {
+                Some(Finalization::Consumed) => {
+                    totals.consumed_cents += entry.actual_cents.unwrap_or(0);
+                }
+                Some(Finalization::Released) => {
+                    totals.released_cents += entry.amount_cents.unwrap_or(0);
+                }
+                None => {}
+            }
+        }
+        totals
+    }
+
+    /// One JSON object per line, one line per entry (DESIGN §7).
+    pub fn to_json_lines(&self) -> String {
+        let mut out = String::new();
+        for entry in self.entries() {
+            // A struct of strings, numbers and enums always serializes.
+            if let Ok(line) = serde_json::to_string(&entry) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// The entries as an aligned text table.
+    pub fn table(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for RunTrace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const HEADER: [&str; 8] = [
+            "tool_call_id",
+            "operation",
+            "amount",
+            "outcome",
+            "reasons",
+            "finalization",
+            "actual",
+            "ms",
+        ];
+        let rows: Vec<[String; 8]> = self
+            .entries()
+            .iter()
+            .map(|e| {
+                [
+                    e.tool_call_id.clone(),
+                    e.operation.clone(),
+                    e.amount_cents.map_or_else(|| "-".into(), |c| c.to_string()),
+                    e.outcome.as_str().to_owned(),
+                    if e.reason_codes.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        e.reason_codes.join(",")
+                    },
+                    match e.finalization {
+                        Some(Finalization::Consumed) => "consumed".to_owned(),
+                        Some(Finalization::Released) => "released".to_owned(),
+                        None => "-".to_owned(),
+                    },
+                    e.actual_cents.map_or_else(|| "-".into(), |c| c.to_string()),
+                    e.duration_ms.to_string(),
+                ]
+            })
+            .collect();
+        let mut widths = HEADER.map(str::len);
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let mut line = String::new();
+        let mut write_row = |cells: &[&str], f: &mut fmt::Formatter<'_>| -> fmt::Result {
+            line.clear();
+            for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                let _ = write!(line, "{cell:<width$}");
+            }
+            writeln!(f, "{}", line.trim_end())
+        };
+        write_row(&HEADER, f)?;
+        for row in &rows {
+            let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+            write_row(&cells, f)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn entry(outcome: TraceOutcome, finalization: Option<Finalization>) -> TraceEntry {
+        TraceEntry {
+            tool_call_id: "call_1".into(),
+            tool: "travel.book_hotel".into(),
+            operation: "travel.book_hotel".into(),
+            amount_cents: Some(9000),
+            outcome,
+            reason_codes: vec![],
+            decision_id: None,
+            finalization,
+            actual_cents: (finalization == Some(Finalization::Consumed)).then_some(8000),
+            attempt: 1,
+            duration_ms: 3,
+        }
+    }
+
+    #[test]
+    fn totals_and_json_lines() {
+        let trace = RunTrace::new();
+        trace.push(entry(TraceOutcome::Allow, Some(Finalization::Consumed)));
+        trace.push(entry(TraceOutcome::Allow, Some(Finalization::Released)));
+        trace.push(entry(TraceOutcome::Hold, None));
+        trace.push(entry(TraceOutcome::Deny, None));
+        let totals = trace.totals();
+        assert_eq!(
+            (
+                totals.consumed_cents,
+                totals.released_cents,
+                totals.allows,
+                totals.holds,
+                totals.denies
+            ),
+            (8000, 9000, 2, 1, 1)
+        );
+        let lines = trace.to_json_lines();
+        let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+        assert_eq!(
+            first,
+            json!({
+                "tool_call_id": "call_1", "tool": "travel.book_hotel",
+                "operation": "travel.book_hotel", "amount_cents": 9000, "outcome": "allow",
+                "reason_codes": [], "decision_id": null, "finalization": "consumed",
+                "actual_cents": 8000, "attempt": 1, "duration_ms": 3
+            })
+        );
+        assert_eq!(lines.lines().count(), 4);
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let trace = RunTrace::new();
+        trace.push(entry(TraceOutcome::Allow, Some(Finalization::Consumed)));
+        let mut denied = entry(TraceOutcome::Deny, None);
+        denied.reason_codes = vec!["tool_cap_exceeded".into()];
+        trace.push(denied);
+        let table = trace.table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let col = lines[0].find("outcome").unwrap();
+        assert_eq!(&lines[1][col..col + 5], "allow");
+        assert_eq!(&lines[2][col..col + 4], "deny");
+        assert!(lines[2].contains("tool_cap_exceeded"));
+    }
+}

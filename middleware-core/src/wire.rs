@@ -1,0 +1,455 @@
+//! The gateway's HTTP wire types (DESIGN §5), shared by the client, the server and the embedded gateway.
+//!
+//! Bodies are JSON with snake_case fields. Optional response fields default when
+//! absent, so a client written to this contract also reads the hosted gateway's
+//! leaner answers; fields the layer depends on (`allow`, `tenant`, `intent_id`) are
+//! required, so an answer without them is malformed and fails closed.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::secret::{ApprovalToken, CapabilityToken};
+
+/// Sandbox or live: which rail an API key and its tenant act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Environment {
+    /// Simulated money.
+    Sandbox,
+    /// Real money.
+    Live,
+}
+
+/// The role of a service account's API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Role {
+    /// Runs agents: verify, complete, evidence; reads its tenant's approvals.
+    Agent,
+    /// Approves or denies held requests; reads the ledger.
+    Operator,
+    /// Publishes policies.
+    TenantAdmin,
+    /// A role this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// `GET /v1/auth/principal`: who an API key is. The tenant comes from here, never from user input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// The key's tenant.
+    pub tenant_id: String,
+    /// Sandbox or live.
+    pub environment: Environment,
+    /// The key's primary role.
+    pub service_account_role: Role,
+    /// Every role the key holds.
+    #[serde(default)]
+    pub roles: Vec<Role>,
+    /// The service account's subject.
+    #[serde(default)]
+    pub subject: String,
+    /// Public identifier of the key (never the key itself).
+    #[serde(default)]
+    pub key_id: String,
+}
+
+/// `POST /verify`: may this call run?
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyRequest {
+    /// The intent the capability token was minted for.
+    pub intent_id: Uuid,
+    /// The intent-scoped capability token.
+    pub token: CapabilityToken,
+    /// Operation to authorize, e.g. `travel.book_hotel`.
+    pub operation: String,
+    /// Amount to reserve, in cents.
+    pub requested_spend_cents: u64,
+    /// Vendor the money goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_id: Option<String>,
+    /// Task the call belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// Workflow the call belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<String>,
+    /// The agent framework's id for this tool call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// The tool the agent called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_name: Option<String>,
+    /// ISO 4217 currency, lowercase (`usd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// Which agent asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_subject: Option<String>,
+    /// The token an operator's approval yielded, for the retry of a held request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_token: Option<ApprovalToken>,
+    /// Same meaning as the `idempotency-key` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// The scope whose budget governed a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendScope {
+    /// `intent`, `tenant`, `agent`, `vendor` or `tool`.
+    pub scope_type: String,
+    /// Which one of that type.
+    pub scope_key: String,
+}
+
+/// The answer to `POST /verify`. A denial or a hold is a 200 with `allow: false`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyResult {
+    /// The final decision.
+    pub allow: bool,
+    /// Audit record of the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_id: Option<String>,
+    /// Tenant that decided (must equal the caller's).
+    pub tenant: String,
+    /// Echo of the request's intent.
+    pub intent_id: Uuid,
+    /// `allowed`, `approval_required`, or the first denial reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Human-readable explanation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The decision, used to finalize its reservation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<Uuid>,
+    /// The approval request a hold created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_request_id: Option<Uuid>,
+    /// Version of the effective policy that decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u64>,
+    /// `sha256:` digest of the effective policy that decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_digest: Option<String>,
+    /// Machine-readable policy outcomes, e.g. `tool_cap_exceeded`.
+    #[serde(default)]
+    pub reason_codes: Vec<String>,
+    /// Scope that governed the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend_scope: Option<SpendScope>,
+    /// Remaining headroom in that scope, in cents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_cents: Option<u64>,
+    /// Seconds to wait before asking again (rate limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+    /// A policy hold: an operator must approve before the call may run.
+    #[serde(default)]
+    pub approval_required: bool,
+}
+
+/// The three outcomes of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Run the tool.
+    Allow,
+    /// Wait for an operator, then retry with the approval token.
+    Hold,
+    /// Never run the tool.
+    Deny,
+}
+
+impl VerifyResult {
+    /// Allow, hold or deny.
+    pub fn decision(&self) -> Decision {
+        match (self.allow, self.approval_required) {
+            (true, _) => Decision::Allow,
+            (false, true) => Decision::Hold,
+            (false, false) => Decision::Deny,
+        }
+    }
+}
+
+/// How a reservation is finalized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finalization {
+    /// The tool ran: settle its actual cost, return the rest.
+    Consumed,
+    /// The tool failed or was cancelled: return the whole reservation.
+    Released,
+}
+
+/// `POST /v1/spend/decisions/{decision_id}/complete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompleteRequest {
+    /// Consumed or released.
+    pub outcome: Finalization,
+    /// The actual cost when consumed; never more than reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_spend_cents: Option<u64>,
+}
+
+/// The answer to a complete. Every field is optional on the wire; when the gateway
+/// echoes the decision id it must be the one finalized.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompleteResponse {
+    /// The finalized decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<Uuid>,
+    /// How it was finalized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Finalization>,
+    /// Cost settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_spend_cents: Option<u64>,
+    /// Amount returned to the budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returned_cents: Option<u64>,
+}
+
+/// Lifecycle of an intent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LifecycleStatus {
+    /// Created, not yet funded.
+    Created,
+    /// Funded: calls may be verified.
+    Funded,
+    /// Evidence received.
+    EvidenceSubmitted,
+    /// Settled to the payee.
+    Released,
+    /// Returned to the payer.
+    Refunded,
+    /// Past its deadline.
+    Expired,
+}
+
+/// `POST /v1/sandbox/guardrails/bootstrap`: a funded sandbox intent and its capability token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxBootstrapRequest {
+    /// The intent's one allowed operation.
+    pub operation: String,
+    /// The intent's budget, in cents.
+    pub requested_spend_cents: u64,
+    /// Currency, lowercase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// JSON Schema evidence payloads must satisfy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_schema: Option<serde_json::Value>,
+    /// Free-form metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+    /// Same meaning as the `idempotency-key` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to a sandbox bootstrap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxBootstrapResponse {
+    /// The caller's tenant.
+    pub tenant_id: String,
+    /// The new intent.
+    pub intent_id: Uuid,
+    /// Its allowed operation.
+    pub operation: String,
+    /// Its budget.
+    pub requested_spend_cents: u64,
+    /// `funded`.
+    pub sandbox_lifecycle_status: LifecycleStatus,
+    /// The capability token minted for it.
+    pub capability_token: CapabilityToken,
+}
+
+/// `POST /v1/sandbox/guardrails/{intent_id}/evidence`: what a call did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceRequest {
+    /// The preset's payload, e.g. `{"status": "completed", "cost_cents": 18700}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+    /// Attached artifacts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Vec<serde_json::Value>>,
+    /// Operation the evidence is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// Amount reserved for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_spend_cents: Option<u64>,
+    /// Free-form metadata (decision id, tool call id, evidence preset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// The answer to an evidence submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceResponse {
+    /// The caller's tenant.
+    pub tenant_id: String,
+    /// Echo of the intent.
+    pub intent_id: Uuid,
+    /// The intent's state after the evidence.
+    pub sandbox_lifecycle_status: LifecycleStatus,
+    /// Whether the evidence satisfied the preset's predicate.
+    pub predicate_passed: bool,
+}
+
+/// State of an approval request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalState {
+    /// Waiting for operators.
+    Pending,
+    /// Quorum reached: an approval token is available.
+    Approved,
+    /// An operator denied it.
+    Denied,
+    /// Nobody decided in time.
+    Expired,
+}
+
+/// `GET /v1/approvals/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalStatus {
+    /// The approval request.
+    pub approval_request_id: Uuid,
+    /// Where it stands.
+    pub state: ApprovalState,
+    /// The held decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<Uuid>,
+    /// Intent of the held request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent_id: Option<Uuid>,
+    /// Operation of the held request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// Amount of the held request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_spend_cents: Option<u64>,
+    /// Why it was held.
+    #[serde(default)]
+    pub reason_codes: Vec<String>,
+    /// Approvals so far.
+    #[serde(default)]
+    pub approvals: u32,
+    /// Approvals needed.
+    #[serde(default)]
+    pub quorum: u32,
+    /// Present once approved: retry the same request with it, once, before it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_token: Option<ApprovalToken>,
+    /// When the request or its token expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// The error envelope of every non-2xx answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `idempotency_key_reused`.
+    pub error: String,
+    /// What was wrong.
+    #[serde(default)]
+    pub message: String,
+    /// Correlation id.
+    #[serde(default)]
+    pub request_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn verify_result_reads_a_minimal_hold_and_ignores_unknown_fields() {
+        let intent = Uuid::new_v4();
+        let result: VerifyResult = serde_json::from_value(json!({
+            "allow": false,
+            "tenant": "t1",
+            "intent_id": intent,
+            "code": "approval_required",
+            "approval_required": true,
+            "approval_request_id": Uuid::nil(),
+            "reason_codes": ["approval_threshold_exceeded"],
+            "something_new": 1
+        }))
+        .unwrap();
+        assert_eq!(result.decision(), Decision::Hold);
+        assert_eq!(result.reason_codes, ["approval_threshold_exceeded"]);
+        assert_eq!(result.decision_id, None);
+    }
+
+    #[test]
+    fn verify_result_without_tenant_is_malformed() {
+        let err = serde_json::from_value::<VerifyResult>(json!({
+            "allow": true, "intent_id": Uuid::nil()
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("tenant"), "{err}");
+    }
+
+    #[test]
+    fn verify_request_omits_absent_fields() {
+        let req = VerifyRequest {
+            intent_id: Uuid::nil(),
+            token: CapabilityToken::new("tok"),
+            operation: "travel.book_hotel".into(),
+            requested_spend_cents: 12_000,
+            vendor_id: None,
+            task_id: None,
+            workflow_id: None,
+            tool_call_id: Some("call_1".into()),
+            tool_name: None,
+            currency: None,
+            agent_subject: None,
+            approval_token: None,
+            idempotency_key: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&req).unwrap(),
+            json!({
+                "intent_id": Uuid::nil(),
+                "token": "tok",
+                "operation": "travel.book_hotel",
+                "requested_spend_cents": 12000,
+                "tool_call_id": "call_1"
+            })
+        );
+    }
+
+    #[test]
+    fn enums_use_snake_case() {
+        assert_eq!(
+            serde_json::to_value(Role::TenantAdmin).unwrap(),
+            json!("tenant_admin")
+        );
+        assert_eq!(
+            serde_json::from_value::<Role>(json!("auditor")).unwrap(),
+            Role::Unknown
+        );
+        assert_eq!(
+            serde_json::to_value(LifecycleStatus::EvidenceSubmitted).unwrap(),
+            json!("evidence_submitted")
+        );
+        assert_eq!(
+            serde_json::to_value(CompleteRequest {
+                outcome: Finalization::Released,
+                actual_spend_cents: None
+            })
+            .unwrap(),
+            json!({"outcome": "released"})
+        );
+    }
+}
