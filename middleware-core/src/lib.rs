@@ -18,8 +18,10 @@
 //! the embedded engine.
 //!
 //! ```
+//! # #[cfg(not(feature = "test-util"))] fn main() {}
 //! # #[cfg(feature = "test-util")]
-//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
 //! use std::sync::Arc;
 //! use paybond_middleware_core::{
 //!     BoxError, PaybondAgentRun, RunError, Tool, ToolOutput, ToolRegistry,
@@ -52,7 +54,7 @@
 //! let denied = tools.call("travel.book_hotel", json!({"hotel": "h2", "amount_cents": 25_000}), "call_2").await;
 //! assert!(matches!(denied, Err(RunError::SpendDenied(_))));
 //! println!("{}", run.trace().table());
-//! # Ok(()) }
+//! # Ok::<_, Box<dyn std::error::Error>>(()) }) }
 //! ```
 
 mod gateway;

@@ -1,5 +1,7 @@
 //! Every outcome path of the layer, with call counts on the tool and the gateway.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches panic on setup failures
+
 mod common;
 
 use std::sync::Arc;

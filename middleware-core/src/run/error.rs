@@ -21,8 +21,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum RunError<E = BoxError> {
     /// A policy hold: an operator must approve, then the same call is retried.
     ApprovalRequired(ApprovalRequired),
-    /// A hard denial.
-    SpendDenied(SpendDenied),
+    /// A hard denial (boxed: it carries the gateway's whole answer).
+    SpendDenied(Box<SpendDenied>),
     /// While waiting for approval, an operator denied the request or it expired.
     ApprovalRejected {
         /// The tool call.

@@ -44,12 +44,14 @@ impl Default for ApprovalWait {
 /// keep one clone to store approval tokens and read the trace.
 ///
 /// ```
+/// # #[cfg(not(feature = "test-util"))] fn main() {}
 /// # #[cfg(feature = "test-util")]
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
 /// use std::sync::Arc;
 /// use paybond_middleware_core::{PaybondAgentRun, ToolCall, ToolOutput, testing::ScriptedGateway};
 /// use paybond_policies::ToolPolicy;
-/// use tower::{ServiceBuilder, service_fn};
+/// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 /// use uuid::Uuid;
 ///
 /// let gateway = Arc::new(ScriptedGateway::new());
@@ -62,7 +64,10 @@ impl Default for ApprovalWait {
 ///     .service(service_fn(|_call: ToolCall| async {
 ///         Ok::<_, std::convert::Infallible>(ToolOutput::new(serde_json::json!({"booked": true})).with_cost_cents(18_700))
 ///     }));
-/// # Ok(()) }
+/// let out = book.ready().await?.call(ToolCall::new("travel.book_hotel", serde_json::json!({}), "call_1")).await?;
+/// assert_eq!(out.cost_cents, Some(18_700));
+/// assert_eq!(run.trace().totals().consumed_cents, 18_700);
+/// # Ok::<_, Box<dyn std::error::Error>>(()) }) }
 /// ```
 #[derive(Clone)]
 pub struct PaybondAgentRun {

@@ -307,12 +307,12 @@ async fn authorize<E: Send + 'static>(
                         actual_cents: None,
                     },
                 );
-                return Err(RunError::SpendDenied(SpendDenied {
+                return Err(RunError::SpendDenied(Box::new(SpendDenied {
                     tool_call_id: info.tool_call_id,
                     operation: info.operation,
                     amount_cents: amount,
                     result,
-                }));
+                })));
             }
             Decision::Hold => {
                 info.record(

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches panic on setup failures
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
