@@ -648,3 +648,40 @@ async fn binding_takes_the_tenant_from_the_principal_and_fails_closed_without_it
     let err = common::builder(down).bind().await.unwrap_err();
     assert_eq!(err.kind(), GatewayErrorKind::Transport);
 }
+
+#[tokio::test]
+async fn a_call_refused_before_verify_leaves_the_stored_approval_token_in_place() {
+    let gateway = Arc::new(ScriptedGateway::new());
+    let run = common::builder(Arc::clone(&gateway))
+        .tool(
+            "payments.send",
+            ToolPolicy::side_effecting("cost_and_completion").with_spend_from_args("cents"),
+        )
+        .bind()
+        .await
+        .unwrap();
+    let tool = CountingTool::new(Behaviour::Succeed);
+    let mut svc = run.layer(tool.service());
+    run.store_approval_token("p1", ApprovalToken::new("approval-SECRET-4"));
+    let err = call(&mut svc, ToolCall::new("payments.send", json!({}), "p1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), RunErrorKind::InvalidCall);
+    call(
+        &mut svc,
+        ToolCall::new("payments.send", json!({"cents": 5}), "p1"),
+    )
+    .await
+    .unwrap();
+    let verifies = gateway.verifies();
+    assert_eq!(verifies.len(), 1);
+    assert_eq!(
+        verifies[0]
+            .approval_token
+            .as_ref()
+            .map(ApprovalToken::expose_secret),
+        Some("approval-SECRET-4")
+    );
+    let attempts: Vec<u32> = run.trace().entries().iter().map(|e| e.attempt).collect();
+    assert_eq!(attempts, [1, 2]);
+}

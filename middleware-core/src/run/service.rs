@@ -233,10 +233,11 @@ async fn authorize<E: Send + 'static>(
     call: ToolCall,
 ) -> Result<ToolOutput, RunError<E>> {
     let shared = Arc::clone(&info.shared);
-    let (mut attempt, mut approval_token) = shared.begin_attempt(&info.tool_call_id);
     let amount = match amount_to_authorize(&call, policy.as_ref()) {
         Ok(amount) => amount,
         Err(reason) => {
+            // Not begin_attempt: a stored approval token stays for a call that can be verified.
+            let attempt = shared.next_attempt(&info.tool_call_id);
             Span::current().record("attempt", attempt);
             info.record_error(attempt, Instant::now(), "invalid_call");
             return Err(RunError::InvalidCall {
@@ -247,6 +248,7 @@ async fn authorize<E: Send + 'static>(
         }
     };
     info.amount = Some(amount);
+    let (mut attempt, mut approval_token) = shared.begin_attempt(&info.tool_call_id);
 
     loop {
         Span::current().record("attempt", attempt);
