@@ -1,8 +1,9 @@
 //! Paybond policy-as-code.
 //!
-//! This crate holds the policy types that the rest of the workspace shares. Today it
-//! defines the per-tool entry of a policy file (`tools.<tool name>` in a Paybond
-//! policy, DESIGN §6), which tells the agent-run layer whether a tool is
+//! Paybond policy files (DESIGN §6): version 1 (flat) and version 2 (an overlay
+//! that extends an org base), the `spend_controls` extension, the deterministic
+//! merge of an overlay onto its base, and a stable `sha256:` digest of a policy.
+//! The per-tool entry ([`ToolPolicy`]) tells the agent-run layer whether a tool is
 //! side-effecting, how much to reserve for it and which operation to verify.
 //!
 //! ```
@@ -16,6 +17,16 @@
 //! assert_eq!(search.spend_source(), None);
 //! ```
 
+mod document;
+mod merge;
+mod parse;
 mod tool;
 
+pub use document::{
+    ActiveHours, AdapterSection, Approval, Budget, CapScope, CapWindow, DataControls, Extends,
+    Gates, IntentSection, Phases, PolicyBinding, PolicyDocument, RollingCap, Schedule,
+    SpendControls, ToolControls, ToolOverride, Vendors,
+};
+pub use merge::{MergeReport, Merged, merge};
+pub use parse::{ParseError, parse_policy, read_policy};
 pub use tool::{Problem, SpendSource, ToolPolicy, is_valid_tool_name};
