@@ -95,20 +95,23 @@ struct CallState {
 }
 
 impl Shared {
-    /// Starts the next attempt of a tool call: its number, and the approval token
-    /// stored for it, which this attempt uses up.
-    pub(crate) fn begin_attempt(&self, tool_call_id: &str) -> (u32, Option<ApprovalToken>) {
+    /// Starts the next attempt of a tool call and returns its number. With
+    /// `take_token`, also the approval token stored for the call, which this
+    /// attempt then uses up.
+    pub(crate) fn next_attempt(
+        &self,
+        tool_call_id: &str,
+        take_token: bool,
+    ) -> (u32, Option<ApprovalToken>) {
         let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
         let state = calls.entry(tool_call_id.to_owned()).or_default();
         state.attempts += 1;
-        (state.attempts, state.approval_token.take())
-    }
-
-    pub(crate) fn next_attempt(&self, tool_call_id: &str) -> u32 {
-        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
-        let state = calls.entry(tool_call_id.to_owned()).or_default();
-        state.attempts += 1;
-        state.attempts
+        let token = if take_token {
+            state.approval_token.take()
+        } else {
+            None
+        };
+        (state.attempts, token)
     }
 }
 

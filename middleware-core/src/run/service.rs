@@ -166,9 +166,16 @@ async fn guard<E: Send + 'static>(
     invoke: Invoke<E>,
     call: ToolCall,
 ) -> Result<ToolOutput, RunError<E>> {
-    let policy = shared.tools.get(&call.tool_name).cloned();
+    // Everything the policy decides is read here, once, by reference.
+    let policy = shared.tools.get(&call.tool_name);
+    // A tool missing from the run's policy is treated as side-effecting: the gateway,
+    // which holds the tenant's whole policy, decides whether it may run.
+    let amount = if policy.is_some_and(|p| !p.side_effecting) {
+        None
+    } else {
+        Some(amount_to_authorize(&call, policy))
+    };
     let operation = policy
-        .as_ref()
         .and_then(|p| p.operation.clone())
         .or_else(|| call.operation.clone())
         .unwrap_or_else(|| call.tool_name.clone());
@@ -188,13 +195,9 @@ async fn guard<E: Send + 'static>(
         operation,
         amount: None,
     };
-    // A tool missing from the run's policy is treated as side-effecting: the gateway,
-    // which holds the tenant's whole policy, decides whether it may run.
-    match policy {
-        Some(policy) if !policy.side_effecting => {
-            passthrough(info, invoke, call).instrument(span).await
-        }
-        policy => authorize(info, policy, invoke, call).instrument(span).await,
+    match amount {
+        None => passthrough(info, invoke, call).instrument(span).await,
+        Some(amount) => authorize(info, amount, invoke, call).instrument(span).await,
     }
 }
 
@@ -203,7 +206,7 @@ async fn passthrough<E: Send + 'static>(
     invoke: Invoke<E>,
     call: ToolCall,
 ) -> Result<ToolOutput, RunError<E>> {
-    let attempt = info.shared.next_attempt(&info.tool_call_id);
+    let (attempt, _) = info.shared.next_attempt(&info.tool_call_id, false);
     Span::current().record("attempt", attempt);
     let started = Instant::now();
     let result = run_inner(invoke, call).await;
@@ -228,16 +231,16 @@ async fn passthrough<E: Send + 'static>(
 
 async fn authorize<E: Send + 'static>(
     mut info: CallInfo,
-    policy: Option<ToolPolicy>,
+    amount: Result<u64, String>,
     invoke: Invoke<E>,
     call: ToolCall,
 ) -> Result<ToolOutput, RunError<E>> {
     let shared = Arc::clone(&info.shared);
-    let amount = match amount_to_authorize(&call, policy.as_ref()) {
+    let amount = match amount {
         Ok(amount) => amount,
         Err(reason) => {
-            // Not begin_attempt: a stored approval token stays for a call that can be verified.
-            let attempt = shared.next_attempt(&info.tool_call_id);
+            // Without taking the stored approval token: it stays for a call that can be verified.
+            let (attempt, _) = shared.next_attempt(&info.tool_call_id, false);
             Span::current().record("attempt", attempt);
             info.record_error(attempt, Instant::now(), "invalid_call");
             return Err(RunError::InvalidCall {
@@ -248,7 +251,7 @@ async fn authorize<E: Send + 'static>(
         }
     };
     info.amount = Some(amount);
-    let (mut attempt, mut approval_token) = shared.begin_attempt(&info.tool_call_id);
+    let (mut attempt, mut approval_token) = shared.next_attempt(&info.tool_call_id, true);
 
     loop {
         Span::current().record("attempt", attempt);
@@ -343,7 +346,7 @@ async fn authorize<E: Send + 'static>(
                     Some(token) => {
                         tracing::info!(approval_request_id = %request_id, "approved, retrying");
                         approval_token = Some(token);
-                        attempt = shared.next_attempt(&info.tool_call_id);
+                        (attempt, _) = shared.next_attempt(&info.tool_call_id, false);
                     }
                     None => return Err(RunError::ApprovalRequired(hold)),
                 }
