@@ -2,23 +2,29 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::tool::ToolPolicy;
 
+/// The `$id` of the policy file schema; policy files may point `$schema` at it.
+pub const SCHEMA_ID: &str = "https://paybond.dev/schemas/policy.schema.json";
+
 /// A Paybond policy file, v1 or v2, as written.
 ///
 /// Every section is strict: an unknown key is an error that names it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDocument {
     /// JSON Schema reference for editors.
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
     /// 1 (flat) or 2 (may extend an org base).
+    #[schemars(range(min = 1, max = 2))]
     pub version: u8,
     /// `^[a-z][a-z0-9_-]{0,63}$`.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9_-]{0,63}$"))]
     pub name: String,
     /// Deny tools the policy does not list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,7 +50,7 @@ pub struct PolicyDocument {
 }
 
 /// `intent:`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IntentSection {
     /// The template the intent is bound to.
@@ -59,7 +65,7 @@ pub struct IntentSection {
 }
 
 /// `intent.policy_binding`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyBinding {
     /// Template id.
@@ -69,15 +75,17 @@ pub struct PolicyBinding {
     pub version_seq: Option<u64>,
     /// `sha256:<64 hex>` of the template head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^sha256:[0-9a-f]{64}$"))]
     pub head_digest: Option<String>,
 }
 
 /// `intent.budget`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
     /// Three lowercase letters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z]{3}$"))]
     pub currency: Option<String>,
     /// Cap in US dollars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,7 +93,7 @@ pub struct Budget {
 }
 
 /// `adapter:`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdapterSection {
     /// Refuse tools a model provider executes on its side.
@@ -94,15 +102,17 @@ pub struct AdapterSection {
 }
 
 /// `extends:` (v2).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Extends {
     /// The org base's policy id (its `name`).
     pub org_policy_id: String,
     /// `^org_[a-z][a-z0-9_]{0,57}$`.
+    #[schemars(regex(pattern = r"^org_[a-z][a-z0-9_]{0,57}$"))]
     pub org_id: String,
     /// Digest of the base this overlay was written against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^sha256:[0-9a-f]{64}$"))]
     pub base_digest: Option<String>,
     /// Path of a local copy of the base.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,7 +120,7 @@ pub struct Extends {
 }
 
 /// `overrides:` (v2): narrowing changes to the base.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
     /// May only turn `default_deny` on.
@@ -128,7 +138,7 @@ pub struct Overrides {
 }
 
 /// One entry of `overrides.tools`: every field optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolOverride {
     /// Cannot turn an org side-effecting tool off.
@@ -152,7 +162,7 @@ pub struct ToolOverride {
 }
 
 /// `spend_controls:`: what the gateway enforces beyond the Paybond sections.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpendControls {
     /// Per-tool controls.
@@ -182,7 +192,7 @@ pub struct SpendControls {
 }
 
 /// `spend_controls.tools.<tool>`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolControls {
     /// Per-call cap when the tool has no fixed `max_spend_cents`.
@@ -200,7 +210,7 @@ pub struct ToolControls {
 }
 
 /// Scope of a rolling cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CapScope {
     /// The whole tenant.
@@ -214,7 +224,7 @@ pub enum CapScope {
 }
 
 /// Window of a rolling cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CapWindow {
     /// Calendar hour.
@@ -226,7 +236,7 @@ pub enum CapWindow {
 }
 
 /// `spend_controls.caps[]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollingCap {
     /// What the cap counts.
@@ -244,19 +254,22 @@ pub struct RollingCap {
 }
 
 /// `spend_controls.gates`: warning < restrict < halt, each in 0..=1.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Gates {
     /// Allow, with a warning reason.
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub warning: f64,
     /// Allow, with a restrict reason.
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub restrict: f64,
     /// Deny.
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub halt: f64,
 }
 
 /// `spend_controls.schedule`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
     /// Daily window.
@@ -264,19 +277,21 @@ pub struct Schedule {
 }
 
 /// `spend_controls.schedule.active_hours`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveHours {
     /// `HH:MM`.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
     pub start: String,
     /// `HH:MM`, after `start`.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
     pub end: String,
     /// IANA timezone.
     pub timezone: String,
 }
 
 /// `spend_controls.vendors`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Vendors {
     /// Only these vendors.
@@ -284,11 +299,12 @@ pub struct Vendors {
 }
 
 /// `spend_controls.approval`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Approval {
     /// Operators who must approve.
     #[serde(default = "one")]
+    #[schemars(range(min = 1))]
     pub quorum: u32,
     /// Seconds before a pending request expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -300,15 +316,16 @@ fn one() -> u32 {
 }
 
 /// `spend_controls.phases`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Phases {
     /// The phase in which payments may be made (`EXPLORE`, `DECIDE`, `COMMIT`).
+    #[schemars(regex(pattern = "^(EXPLORE|DECIDE|COMMIT)$"))]
     pub payment_phase: String,
 }
 
 /// `spend_controls.data`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataControls {
     /// Regular expressions that must not appear in tool arguments.
@@ -317,6 +334,23 @@ pub struct DataControls {
 }
 
 impl PolicyDocument {
+    /// The JSON Schema of the policy file format (draft 2020-12), for editors and CI.
+    ///
+    /// It describes the structure; [`crate::check_policy`] also checks what a schema
+    /// cannot (gate order, that a timezone exists, that a pattern compiles).
+    pub fn json_schema() -> serde_json::Value {
+        let mut schema = schemars::schema_for!(PolicyDocument);
+        schema.insert(
+            "$id".to_owned(),
+            serde_json::Value::String(SCHEMA_ID.to_owned()),
+        );
+        schema.insert(
+            "title".to_owned(),
+            serde_json::Value::String("Paybond policy".to_owned()),
+        );
+        schema.to_value()
+    }
+
     /// The `sha256:` digest of the document's canonical JSON (keys sorted, no whitespace).
     pub fn digest(&self) -> String {
         // Serializing a document of strings, numbers, bools, maps and lists cannot fail;

@@ -17,16 +17,20 @@
 //! assert_eq!(search.spend_source(), None);
 //! ```
 
+pub mod bundled;
 mod document;
+mod locate;
 mod merge;
-mod parse;
 mod tool;
+mod validate;
 
 pub use document::{
     ActiveHours, AdapterSection, Approval, Budget, CapScope, CapWindow, DataControls, Extends,
-    Gates, IntentSection, Phases, PolicyBinding, PolicyDocument, RollingCap, Schedule,
-    SpendControls, ToolControls, ToolOverride, Vendors,
+    Gates, IntentSection, Overrides, Phases, PolicyBinding, PolicyDocument, RollingCap, SCHEMA_ID,
+    Schedule, SpendControls, ToolControls, ToolOverride, Vendors,
 };
 pub use merge::{MergeReport, Merged, merge};
-pub use parse::{ParseError, parse_policy, read_policy};
+pub use validate::{
+    Checked, Diagnostic, PolicyError, check_policy, check_policy_file, parse_policy, read_policy,
+};
 pub use tool::{Problem, SpendSource, ToolPolicy, is_valid_tool_name};

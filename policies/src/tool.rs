@@ -1,12 +1,13 @@
 //! The per-tool policy entry (`tools.<tool name>`).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// One entry under `tools:` in a Paybond policy file.
 ///
 /// Unknown keys are refused when deserializing, so a typo such as `max_spend_cent`
 /// is an error rather than a silently missing cap.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolPolicy {
     /// Whether a call moves money or has another effect that must be authorized first.
@@ -113,34 +114,56 @@ impl ToolPolicy {
                 ),
             });
         }
-        if self.max_spend_cents.is_some() && self.spend_from_args.is_some() {
-            problems.push(Problem {
-                path: format!("{base}.spend_from_args"),
-                code: "policy.conflicting_spend_fields",
-                message: "set either max_spend_cents or spend_from_args, not both".to_owned(),
-            });
-        }
-        if let Some(path) = &self.spend_from_args
-            && (path.is_empty() || path.split('.').any(str::is_empty))
-        {
-            problems.push(Problem {
-                path: format!("{base}.spend_from_args"),
-                code: "policy.invalid_spend_path",
-                message: format!(
-                    "`{path}` is not a dotted argument path such as `booking.amount_cents`"
-                ),
-            });
-        }
-        if self.side_effecting && self.evidence_preset.as_deref().is_none_or(str::is_empty) {
-            problems.push(Problem {
-                path: format!("{base}.evidence_preset"),
-                code: "policy.missing_evidence_preset",
-                message: "a side-effecting tool needs an evidence_preset, e.g. cost_and_completion"
-                    .to_owned(),
-            });
-        }
+        problems.extend(
+            entry_problems(
+                self.side_effecting,
+                self.max_spend_cents.is_some(),
+                self.spend_from_args.as_deref(),
+                self.evidence_preset.as_deref(),
+            )
+            .into_iter()
+            .map(|(field, code, message)| Problem {
+                path: format!("{base}.{field}"),
+                code,
+                message,
+            }),
+        );
         problems
     }
+}
+
+/// The checks of one tool entry that involve more than one field: `(field, code, message)`.
+pub(crate) fn entry_problems(
+    side_effecting: bool,
+    has_max_spend: bool,
+    spend_from_args: Option<&str>,
+    evidence_preset: Option<&str>,
+) -> Vec<(&'static str, &'static str, String)> {
+    let mut problems = Vec::new();
+    if has_max_spend && spend_from_args.is_some() {
+        problems.push((
+            "spend_from_args",
+            "policy.conflicting_spend_fields",
+            "set either max_spend_cents or spend_from_args, not both".to_owned(),
+        ));
+    }
+    if let Some(path) = spend_from_args
+        && (path.is_empty() || path.split('.').any(str::is_empty))
+    {
+        problems.push((
+            "spend_from_args",
+            "policy.invalid_spend_path",
+            format!("`{path}` is not a dotted argument path such as `booking.amount_cents`"),
+        ));
+    }
+    if side_effecting && evidence_preset.is_none_or(str::is_empty) {
+        problems.push((
+            "evidence_preset",
+            "policy.missing_evidence_preset",
+            "a side-effecting tool needs an evidence_preset, e.g. cost_and_completion".to_owned(),
+        ));
+    }
+    problems
 }
 
 /// Whether `name` is a valid tool name: `^[a-z][a-z0-9_.-]{0,127}$`.
