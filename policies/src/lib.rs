@@ -19,8 +19,11 @@
 
 pub mod bundled;
 mod document;
+#[doc(hidden)]
+pub mod fuzzing;
 mod locate;
 mod merge;
+mod resolve;
 mod tool;
 mod validate;
 
@@ -30,7 +33,8 @@ pub use document::{
     Schedule, SpendControls, ToolControls, ToolOverride, Vendors,
 };
 pub use merge::{MergeReport, Merged, merge};
+pub use resolve::{Resolution, Source, resolve_policy};
+pub use tool::{Problem, SpendSource, ToolPolicy, is_valid_tool_name};
 pub use validate::{
     Checked, Diagnostic, PolicyError, check_policy, check_policy_file, parse_policy, read_policy,
 };
-pub use tool::{Problem, SpendSource, ToolPolicy, is_valid_tool_name};

@@ -171,10 +171,7 @@ mod tests {
         assert_eq!(locs.find("spend_controls.caps[0].limit_cents"), (8, 37));
         assert_eq!(locs.find("spend_controls.caps[1].timezone"), (10, 7));
         // A missing field is placed at its nearest parent.
-        assert_eq!(
-            locs.find("tools.travel.book_hotel.evidence_preset"),
-            (4, 3)
-        );
+        assert_eq!(locs.find("tools.travel.book_hotel.evidence_preset"), (4, 3));
         assert_eq!(locs.find("spend_controls.caps[1].window"), (9, 7));
     }
 

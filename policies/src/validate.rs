@@ -71,11 +71,7 @@ impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.errors.len();
         let file = self.errors.first().map_or("<input>", |d| d.file.as_str());
-        write!(
-            f,
-            "{file}: {n} problem{}",
-            if n == 1 { "" } else { "s" }
-        )?;
+        write!(f, "{file}: {n} problem{}", if n == 1 { "" } else { "s" })?;
         for d in &self.errors {
             write!(f, "\n  {d}")?;
         }
@@ -445,7 +441,10 @@ fn is_org_id(s: &str) -> bool {
 
 fn is_sha256_digest(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -482,17 +481,15 @@ fn document(cx: &mut Cx<'_>, v: &Value) {
         return;
     };
     cx.optional(map, "", "$schema", Cx::str);
-    let version = cx.required(map, "", "version", "1 or 2", |cx, p, v| {
-        match v.as_u64() {
-            Some(n @ (1 | 2)) => Some(n),
-            _ => {
-                cx.error(
-                    p,
-                    "policy.unsupported_version",
-                    format!("version must be 1 or 2, found {}", describe(v)),
-                );
-                None
-            }
+    let version = cx.required(map, "", "version", "1 or 2", |cx, p, v| match v.as_u64() {
+        Some(n @ (1 | 2)) => Some(n),
+        _ => {
+            cx.error(
+                p,
+                "policy.unsupported_version",
+                format!("version must be 1 or 2, found {}", describe(v)),
+            );
+            None
         }
     });
     cx.required(map, "", "name", "a policy name", |cx, p, v| {
@@ -528,6 +525,13 @@ fn document(cx: &mut Cx<'_>, v: &Value) {
                 format!("`{key}` is a version 2 key; set `version: 2` to extend an org base"),
             );
         }
+    }
+    if Cx::opt(map, "overrides").is_some() && Cx::opt(map, "extends").is_none() {
+        cx.error(
+            "overrides",
+            "policy.overrides_without_extends",
+            "`overrides` changes an org base: name it under `extends`",
+        );
     }
     cx.optional(map, "", "extends", |cx, p, v| {
         extends(cx, p, v);
@@ -607,8 +611,7 @@ fn tool_entry(cx: &mut Cx<'_>, path: &str, v: &Value, known: &[&str], required: 
     // its own syntax is checked.
     let is_override = !required.contains(&"side_effecting");
     let side_effecting = side_effecting.unwrap_or(false);
-    for (field, code, message) in entry_problems(side_effecting, max.is_some(), from_args, preset)
-    {
+    for (field, code, message) in entry_problems(side_effecting, max.is_some(), from_args, preset) {
         if !is_override || code == "policy.invalid_spend_path" {
             cx.error(&key_path(path, field), code, message);
         }
@@ -616,12 +619,16 @@ fn tool_entry(cx: &mut Cx<'_>, path: &str, v: &Value, known: &[&str], required: 
 }
 
 fn intent(cx: &mut Cx<'_>, path: &str, v: &Value, listed: &[String]) {
-    let Some(map) = cx.section(path, v, &["policy_binding", "budget", "allowed_tools"], &[])
-    else {
+    let Some(map) = cx.section(path, v, &["policy_binding", "budget", "allowed_tools"], &[]) else {
         return;
     };
     cx.optional(map, path, "policy_binding", |cx, p, v| {
-        let b = cx.section(p, v, &["template_id", "version_seq", "head_digest"], &["template_id"])?;
+        let b = cx.section(
+            p,
+            v,
+            &["template_id", "version_seq", "head_digest"],
+            &["template_id"],
+        )?;
         cx.required(b, p, "template_id", "a string", Cx::str);
         cx.optional(b, p, "version_seq", Cx::u64);
         if let Some(d) = cx.optional(b, p, "head_digest", Cx::str)
@@ -647,12 +654,12 @@ fn intent(cx: &mut Cx<'_>, path: &str, v: &Value, listed: &[String]) {
             );
         }
         if let Some(usd) = cx.optional(b, p, "max_spend_usd", Cx::number)
-            && usd < 0.0
+            && !(usd.is_finite() && usd >= 0.0)
         {
             cx.error(
                 &key_path(p, "max_spend_usd"),
                 "policy.out_of_range",
-                format!("a budget cannot be negative ({usd})"),
+                format!("a budget is a finite amount of at least 0, not {usd}"),
             );
         }
         Some(())
@@ -718,8 +725,12 @@ fn extends(cx: &mut Cx<'_>, path: &str, v: &Value) {
 }
 
 fn overrides(cx: &mut Cx<'_>, path: &str, v: &Value) {
-    let Some(map) = cx.section(path, v, &["default_deny", "tools", "intent", "adapter"], &[])
-    else {
+    let Some(map) = cx.section(
+        path,
+        v,
+        &["default_deny", "tools", "intent", "adapter"],
+        &[],
+    ) else {
         return;
     };
     cx.optional(map, path, "default_deny", Cx::bool);
@@ -853,7 +864,12 @@ fn tool_controls(cx: &mut Cx<'_>, path: &str, v: &Value) {
     let Some(map) = cx.section(
         path,
         v,
-        &["max_per_call_cents", "approval_threshold_cents", "limit_per_hour", "allow"],
+        &[
+            "max_per_call_cents",
+            "approval_threshold_cents",
+            "limit_per_hour",
+            "allow",
+        ],
         &[],
     ) else {
         return;
@@ -885,9 +901,13 @@ fn rolling_cap(cx: &mut Cx<'_>, path: &str, v: &Value) {
     ) else {
         return;
     };
-    cx.required(map, path, "scope", "tenant, agent, vendor or tool", |cx, p, v| {
-        one_of(cx, p, v, &["tenant", "agent", "vendor", "tool"])
-    });
+    cx.required(
+        map,
+        path,
+        "scope",
+        "tenant, agent, vendor or tool",
+        |cx, p, v| one_of(cx, p, v, &["tenant", "agent", "vendor", "tool"]),
+    );
     cx.optional(map, path, "key", Cx::str);
     cx.required(map, path, "window", "hour, day or month", |cx, p, v| {
         one_of(cx, p, v, &["hour", "day", "month"])
@@ -946,7 +966,9 @@ fn gates(cx: &mut Cx<'_>, path: &str, v: &Value) {
             cx.error(
                 &key_path(path, hi_name),
                 "policy.gates_out_of_order",
-                format!("{hi_name} ({hi}) must be above {lo_name} ({lo}): warning < restrict < halt"),
+                format!(
+                    "{hi_name} ({hi}) must be above {lo_name} ({lo}): warning < restrict < halt"
+                ),
             );
         }
     }
@@ -981,7 +1003,9 @@ fn active_hours(cx: &mut Cx<'_>, path: &str, v: &Value) {
             "end must be after start (the window lies within one day)",
         );
     }
-    cx.required(map, path, "timezone", "an IANA timezone", |cx, p, v| timezone(cx, p, v));
+    cx.required(map, path, "timezone", "an IANA timezone", |cx, p, v| {
+        timezone(cx, p, v)
+    });
 }
 
 #[cfg(test)]

@@ -325,8 +325,11 @@ fn the_bundled_scenario_policy_is_the_merge_of_its_overlay_onto_the_org_base() {
         "{:?}",
         merged.report.denied_widenings
     );
-    let mut canonical =
-        parse_policy(bundled::CANONICAL_SCENARIO, bundled::CANONICAL_SCENARIO_FILE).unwrap();
+    let mut canonical = parse_policy(
+        bundled::CANONICAL_SCENARIO,
+        bundled::CANONICAL_SCENARIO_FILE,
+    )
+    .unwrap();
     canonical.schema = None;
     assert_eq!(merged.effective, canonical);
     assert_eq!(merged.effective.digest(), canonical.digest());

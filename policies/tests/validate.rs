@@ -36,24 +36,89 @@ spend_controls:
     let checked = check_policy(text, "travel.policy.yaml");
     assert!(!checked.is_valid());
     assert!(checked.document.is_none());
-    assert!(checked.errors.iter().all(|d| d.file == "travel.policy.yaml"));
+    assert!(
+        checked
+            .errors
+            .iter()
+            .all(|d| d.file == "travel.policy.yaml")
+    );
     assert_eq!(
         summary(&checked.errors),
         [
             (2, 1, "name", "policy.invalid_name"),
-            (4, 3, "tools.travel.book_hotel.evidence_preset", "policy.missing_evidence_preset"),
-            (6, 5, "tools.travel.book_hotel.max_spend_cent", "policy.unknown_key"),
-            (8, 5, "tools.travel.pay.side_effecting", "policy.invalid_type"),
-            (9, 5, "tools.travel.pay.max_spend_cents", "policy.invalid_type"),
+            (
+                4,
+                3,
+                "tools.travel.book_hotel.evidence_preset",
+                "policy.missing_evidence_preset"
+            ),
+            (
+                6,
+                5,
+                "tools.travel.book_hotel.max_spend_cent",
+                "policy.unknown_key"
+            ),
+            (
+                8,
+                5,
+                "tools.travel.pay.side_effecting",
+                "policy.invalid_type"
+            ),
+            (
+                9,
+                5,
+                "tools.travel.pay.max_spend_cents",
+                "policy.invalid_type"
+            ),
             (10, 1, "extends", "policy.requires_version_2"),
-            (13, 9, "spend_controls.caps[0].scope", "policy.invalid_value"),
-            (13, 55, "spend_controls.caps[0].timezone", "policy.unknown_timezone"),
-            (14, 7, "spend_controls.caps[1].window", "policy.missing_field"),
-            (15, 26, "spend_controls.gates.restrict", "policy.gates_out_of_order"),
-            (15, 41, "spend_controls.gates.halt", "policy.gate_out_of_range"),
-            (16, 47, "spend_controls.schedule.active_hours.end", "policy.invalid_time"),
-            (17, 32, "spend_controls.data.sensitive_patterns[0]", "policy.invalid_pattern"),
-            (18, 13, "spend_controls.phases.payment_phase", "policy.invalid_value"),
+            (
+                13,
+                9,
+                "spend_controls.caps[0].scope",
+                "policy.invalid_value"
+            ),
+            (
+                13,
+                55,
+                "spend_controls.caps[0].timezone",
+                "policy.unknown_timezone"
+            ),
+            (
+                14,
+                7,
+                "spend_controls.caps[1].window",
+                "policy.missing_field"
+            ),
+            (
+                15,
+                26,
+                "spend_controls.gates.restrict",
+                "policy.gates_out_of_order"
+            ),
+            (
+                15,
+                41,
+                "spend_controls.gates.halt",
+                "policy.gate_out_of_range"
+            ),
+            (
+                16,
+                47,
+                "spend_controls.schedule.active_hours.end",
+                "policy.invalid_time"
+            ),
+            (
+                17,
+                32,
+                "spend_controls.data.sensitive_patterns[0]",
+                "policy.invalid_pattern"
+            ),
+            (
+                18,
+                13,
+                "spend_controls.phases.payment_phase",
+                "policy.invalid_value"
+            ),
         ]
     );
     let unknown = &checked.errors[2];
@@ -64,7 +129,9 @@ spend_controls:
     );
     let text_out = unknown.to_string();
     assert!(
-        text_out.starts_with("travel.policy.yaml:6:5: tools.travel.book_hotel.max_spend_cent: unknown key"),
+        text_out.starts_with(
+            "travel.policy.yaml:6:5: tools.travel.book_hotel.max_spend_cent: unknown key"
+        ),
         "{text_out}"
     );
 }
@@ -76,10 +143,20 @@ fn parse_policy_refuses_the_file_whole_and_lists_every_error() {
         "p.yaml",
     )
     .unwrap_err();
-    let codes: Vec<_> = err.errors.iter().map(|d| (d.line, d.code.as_str())).collect();
-    assert_eq!(codes, [(1, "policy.unsupported_version"), (7, "policy.unknown_key")]);
+    let codes: Vec<_> = err
+        .errors
+        .iter()
+        .map(|d| (d.line, d.code.as_str()))
+        .collect();
+    assert_eq!(
+        codes,
+        [(1, "policy.unsupported_version"), (7, "policy.unknown_key")]
+    );
     let shown = err.to_string();
-    assert!(shown.starts_with("p.yaml: 2 problems\n  p.yaml:1:1: version:"), "{shown}");
+    assert!(
+        shown.starts_with("p.yaml: 2 problems\n  p.yaml:1:1: version:"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -96,10 +173,22 @@ fn schedule_gates_and_spend_fields() {
     assert_eq!(
         codes,
         [
-            (4, "tools.a.spend_from_args", "policy.conflicting_spend_fields"),
+            (
+                4,
+                "tools.a.spend_from_args",
+                "policy.conflicting_spend_fields"
+            ),
             (4, "tools.a.spend_from_args", "policy.invalid_spend_path"),
-            (6, "spend_controls.schedule.active_hours.end", "policy.invalid_active_hours"),
-            (7, "spend_controls.gates.restrict", "policy.gates_out_of_order"),
+            (
+                6,
+                "spend_controls.schedule.active_hours.end",
+                "policy.invalid_active_hours"
+            ),
+            (
+                7,
+                "spend_controls.gates.restrict",
+                "policy.gates_out_of_order"
+            ),
             (8, "spend_controls.approval.quorum", "policy.out_of_range"),
         ]
     );
@@ -154,9 +243,21 @@ fn warnings_do_not_make_a_file_invalid() {
     assert_eq!(
         got,
         [
-            (6, "intent.allowed_tools[1]", "policy.allowed_tool_not_listed"),
-            (9, "spend_controls.tools.c", "policy.controls_for_unlisted_tool"),
-            (9, "spend_controls.tools.c.approval_threshold_cents", "policy.threshold_not_below_cap"),
+            (
+                6,
+                "intent.allowed_tools[1]",
+                "policy.allowed_tool_not_listed"
+            ),
+            (
+                9,
+                "spend_controls.tools.c",
+                "policy.controls_for_unlisted_tool"
+            ),
+            (
+                9,
+                "spend_controls.tools.c.approval_threshold_cents",
+                "policy.threshold_not_below_cap"
+            ),
         ]
     );
 }

@@ -1,0 +1,442 @@
+//! `paybond policy init-org | extend | validate-tools | schema` (DESIGN §6, §8).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand, ValueEnum};
+use paybond_policies::{
+    Diagnostic, PolicyDocument, Resolution, SCHEMA_ID, Source, check_policy, is_valid_tool_name,
+    read_policy, resolve_policy,
+};
+
+use crate::{Outcome, usage_error};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Scaffold an org base policy (version 2) with one side-effecting tool.
+    InitOrg(InitOrg),
+    /// Scaffold a tenant overlay that extends an org base.
+    Extend(Extend),
+    /// Check a policy file (and, with --resolve-inheritance, its org base and the merge).
+    ValidateTools(ValidateTools),
+    /// Print the JSON Schema of the policy file format.
+    Schema(Schema),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InitOrg {
+    /// The org policy id (the base's `name`), e.g. acme-agent-spend-v1.
+    #[arg(long)]
+    policy_id: String,
+    /// Where to write the policy.
+    #[arg(long)]
+    out: PathBuf,
+    /// The side-effecting tool (its operation name), e.g. travel.book_hotel.
+    #[arg(long)]
+    operation: String,
+    /// The tool's evidence preset.
+    #[arg(long, default_value = "cost_and_completion")]
+    evidence_preset: String,
+    /// The fixed amount reserved per call, in cents.
+    #[arg(long)]
+    max_spend_cents: u64,
+    /// Overwrite --out if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Extend {
+    /// The org base to extend.
+    #[arg(long)]
+    base: PathBuf,
+    /// Where to write the overlay.
+    #[arg(long)]
+    out: PathBuf,
+    /// The overlay's name [default: from the --out file name].
+    #[arg(long)]
+    name: Option<String>,
+    /// The org id, e.g. org_acme_corp [default: from the base's name].
+    #[arg(long)]
+    org_id: Option<String>,
+    /// Overwrite --out if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ValidateTools {
+    /// The policy file to check.
+    #[arg(long)]
+    file: PathBuf,
+    /// The org base the file extends [default: its extends.base_policy, relative to the file].
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// Merge the file onto its org base and check the result (refused widenings are errors).
+    #[arg(long)]
+    resolve_inheritance: bool,
+    /// Check on this machine only, without a gateway (the default).
+    #[arg(long, conflicts_with = "remote")]
+    local_only: bool,
+    /// Also compare with the policy the gateway enforces (needs PAYBOND_GATEWAY_URL and an API key).
+    #[arg(long)]
+    remote: bool,
+    /// Gateway base URL for --remote.
+    #[arg(long, env = "PAYBOND_GATEWAY_URL", hide_env_values = true)]
+    gateway_url: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Schema {
+    /// Write the schema to this file instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Output format of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// Lines for people: `file:line:column: error: path: message [code]`.
+    Text,
+    /// One JSON object: valid, errors, warnings (and effective, report).
+    Json,
+}
+
+pub(crate) fn run(cmd: PolicyCommand) -> Outcome {
+    match cmd {
+        PolicyCommand::InitOrg(args) => init_org(&args),
+        PolicyCommand::Extend(args) => extend(&args),
+        PolicyCommand::ValidateTools(args) => validate_tools(&args),
+        PolicyCommand::Schema(args) => schema(&args),
+    }
+}
+
+fn write_new(path: &Path, text: &str, force: bool) -> Result<(), String> {
+    if path.exists() && !force {
+        return Err(format!(
+            "{} exists; pass --force to overwrite it",
+            path.display()
+        ));
+    }
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Checks text this command generated, so a bad flag value is caught before writing.
+fn check_generated(text: &str, what: &Path) -> Result<(), String> {
+    let checked = check_policy(text, &what.display().to_string());
+    if checked.is_valid() {
+        return Ok(());
+    }
+    let mut msg = String::from("the options give an invalid policy:");
+    for d in &checked.errors {
+        let _ = write!(msg, "\n  {}: {} [{}]", d.path, d.message, d.code);
+    }
+    Err(msg)
+}
+
+fn init_org(a: &InitOrg) -> Outcome {
+    if !is_valid_tool_name(&a.operation) {
+        return usage_error(format!(
+            "--operation `{}` is not a tool name (^[a-z][a-z0-9_.-]{{0,127}}$)",
+            a.operation
+        ));
+    }
+    let text = format!(
+        "# Org base policy (platform operator). Tenants extend it with\n\
+         # `paybond policy extend --base {out}` and may only narrow it.\n\
+         $schema: {SCHEMA_ID}\n\
+         version: 2\n\
+         name: {id}\n\
+         default_deny: true\n\
+         \n\
+         tools:\n\
+         \x20 {op}:\n\
+         \x20   side_effecting: true\n\
+         \x20   max_spend_cents: {cents}\n\
+         \x20   evidence_preset: {preset}\n\
+         \n\
+         intent:\n\
+         \x20 allowed_tools:\n\
+         \x20   - {op}\n",
+        out = a.out.display(),
+        id = a.policy_id,
+        op = a.operation,
+        cents = a.max_spend_cents,
+        preset = yaml_string(&a.evidence_preset),
+    );
+    match check_generated(&text, &a.out).and_then(|()| write_new(&a.out, &text, a.force)) {
+        Ok(()) => {
+            println!("wrote {}", a.out.display());
+            Outcome::Success
+        }
+        Err(e) => usage_error(e),
+    }
+}
+
+/// `s` as a YAML scalar: plain when that reads back as the same string, else quoted.
+fn yaml_string(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/'))
+        && !matches!(
+            s,
+            "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "~"
+        )
+        && s.parse::<f64>().is_err();
+    if plain {
+        s.to_owned()
+    } else {
+        serde_json::Value::String(s.to_owned()).to_string()
+    }
+}
+
+/// Lowercase letters, digits and `_` from `s` (other characters become `_`).
+fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>()
+        .trim_matches('_')
+        .to_owned()
+}
+
+fn extend(a: &Extend) -> Outcome {
+    let base = match read_policy(&a.base) {
+        Ok(doc) => doc,
+        Err(e) => {
+            eprintln!("{e}");
+            return usage_error(format!(
+                "--base {} is not a valid policy; fix it first",
+                a.base.display()
+            ));
+        }
+    };
+    let name = a.name.clone().unwrap_or_else(|| {
+        let stem = a
+            .out
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(|f| f.split('.').next())
+            .map(|s| slug(s).replace('_', "-"))
+            .unwrap_or_default();
+        if stem.is_empty() || !stem.starts_with(|c: char| c.is_ascii_lowercase()) {
+            "tenant-policy".to_owned()
+        } else {
+            stem
+        }
+    });
+    let org_id = a.org_id.clone().unwrap_or_else(|| {
+        let s = slug(&base.name);
+        if s.starts_with(|c: char| c.is_ascii_lowercase()) {
+            format!("org_{s}")
+        } else {
+            "org_default".to_owned()
+        }
+    });
+    let base_policy = relative_to(&a.base, a.out.parent().unwrap_or(Path::new("")));
+    let mut text = format!(
+        "# Tenant overlay of `{base_name}`: it may narrow the org base, never widen it.\n\
+         # Check it with `paybond policy validate-tools --file {out} --resolve-inheritance`.\n\
+         $schema: {SCHEMA_ID}\n\
+         version: 2\n\
+         name: {name}\n\
+         extends:\n\
+         \x20 org_policy_id: {base_name}\n\
+         \x20 org_id: {org_id}\n\
+         \x20 base_digest: \"{digest}\"\n\
+         \x20 base_policy: {base_policy}\n",
+        base_name = base.name,
+        out = a.out.display(),
+        digest = base.digest(),
+        base_policy = yaml_string(&base_policy),
+    );
+    if base.default_deny == Some(true) {
+        text.push_str("default_deny: true\n");
+    }
+    text.push_str(
+        "\n# Narrow org tools here, e.g.:\n\
+         # overrides:\n\
+         #   tools:\n",
+    );
+    for (tool, entry) in &base.tools {
+        if let Some(cents) = entry.max_spend_cents {
+            let _ = writeln!(text, "#     {tool}:\n#       max_spend_cents: {cents}");
+        }
+    }
+    text.push_str("\n# Tools of this tenant only:\n# tools:\n#   acme.internal.approve_po:\n#     side_effecting: true\n#     evidence_preset: cost_and_completion\n");
+    match check_generated(&text, &a.out).and_then(|()| write_new(&a.out, &text, a.force)) {
+        Ok(()) => {
+            println!("wrote {}", a.out.display());
+            Outcome::Success
+        }
+        Err(e) => usage_error(e),
+    }
+}
+
+/// `target` as seen from directory `from` when both are relative, else as given.
+fn relative_to(target: &Path, from: &Path) -> String {
+    let (Ok(t), Ok(f)) = (
+        std::path::absolute(target),
+        std::path::absolute(if from.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            from
+        }),
+    ) else {
+        return target.display().to_string();
+    };
+    let t: Vec<_> = t.components().collect();
+    let f: Vec<_> = f.components().collect();
+    let common = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    if common == 0 {
+        return target.display().to_string();
+    }
+    let mut rel = PathBuf::new();
+    for _ in common..f.len() {
+        rel.push("..");
+    }
+    for c in &t[common..] {
+        rel.push(c);
+    }
+    rel.display().to_string()
+}
+
+fn validate_tools(a: &ValidateTools) -> Outcome {
+    if a.remote {
+        return remote_unavailable(a);
+    }
+    let file = a.file.display().to_string();
+    let text = match std::fs::read_to_string(&a.file) {
+        Ok(t) => t,
+        Err(e) => return usage_error(format!("cannot read --file {file}: {e}")),
+    };
+    let resolution = if a.resolve_inheritance {
+        let base_path = a.base.clone().or_else(|| {
+            check_policy(&text, &file)
+                .document
+                .and_then(|d| d.extends)
+                .and_then(|e| e.base_policy)
+                .map(|p| a.file.parent().unwrap_or(Path::new("")).join(p))
+        });
+        let base_text = match &base_path {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(t) => Some((t, p.display().to_string())),
+                Err(e) => {
+                    return usage_error(format!("cannot read the org base {}: {e}", p.display()));
+                }
+            },
+            None => None,
+        };
+        resolve_policy(
+            Source {
+                text: &text,
+                file: &file,
+            },
+            base_text.as_ref().map(|(t, f)| Source { text: t, file: f }),
+        )
+    } else {
+        let checked = check_policy(&text, &file);
+        Resolution {
+            valid: checked.is_valid(),
+            errors: checked.errors,
+            warnings: checked.warnings,
+            effective: None,
+            report: None,
+        }
+    };
+    match a.format {
+        Format::Json => match serde_json::to_string_pretty(&resolution) {
+            Ok(json) => println!("{json}"),
+            Err(e) => return usage_error(format!("cannot print the result: {e}")),
+        },
+        Format::Text => print_text(&file, &resolution),
+    }
+    if resolution.valid {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    }
+}
+
+fn remote_unavailable(a: &ValidateTools) -> Outcome {
+    let key =
+        std::env::var_os("PAYBOND_ADMIN_API_KEY").or_else(|| std::env::var_os("PAYBOND_API_KEY"));
+    let mut missing = Vec::new();
+    if a.gateway_url.is_none() {
+        missing.push("a gateway URL (--gateway-url or PAYBOND_GATEWAY_URL)");
+    }
+    if key.is_none() {
+        missing.push("an API key (PAYBOND_ADMIN_API_KEY or PAYBOND_API_KEY)");
+    }
+    if !missing.is_empty() {
+        return usage_error(format!(
+            "--remote needs {}; `paybond dev loop --offline` writes both to .env.local. \
+             Use --local-only to check without a gateway.",
+            missing.join(" and ")
+        ));
+    }
+    usage_error(
+        "--remote is not supported by this build yet; use --local-only (the default) \
+         and publish with PUT /v1/tenant/policy, which refuses a widening overlay",
+    )
+}
+
+fn print_text(file: &str, r: &Resolution) {
+    let line = |d: &Diagnostic, level: &str| {
+        let path = if d.path.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", d.path)
+        };
+        format!(
+            "{}:{}:{}: {level}: {path}{} [{}]",
+            d.file, d.line, d.column, d.message, d.code
+        )
+    };
+    for d in &r.errors {
+        println!("{}", line(d, "error"));
+    }
+    for d in &r.warnings {
+        println!("{}", line(d, "warning"));
+    }
+    if let Some(report) = &r.report
+        && !report.overrides_applied.is_empty()
+    {
+        println!("overrides applied: {}", report.overrides_applied.join(", "));
+    }
+    if let Some(eff) = &r.effective {
+        println!("effective policy: {} ({})", eff.name, eff.digest());
+    }
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    println!(
+        "{file}: {} ({}, {})",
+        if r.valid { "valid" } else { "invalid" },
+        plural(r.errors.len(), "error"),
+        plural(r.warnings.len(), "warning")
+    );
+}
+
+fn schema(a: &Schema) -> Outcome {
+    let text = match serde_json::to_string_pretty(&PolicyDocument::json_schema()) {
+        Ok(t) => t + "\n",
+        Err(e) => return usage_error(format!("cannot print the schema: {e}")),
+    };
+    match &a.out {
+        None => {
+            print!("{text}");
+            Outcome::Success
+        }
+        Some(path) => match std::fs::write(path, text) {
+            Ok(()) => Outcome::Success,
+            Err(e) => usage_error(format!("cannot write {}: {e}", path.display())),
+        },
+    }
+}
