@@ -8,7 +8,7 @@ use crate::validate::check_policy;
 /// - checking never panics, and every diagnostic has a code, a message and a file;
 /// - the checks never admit what the types refuse (`policy.invalid` never appears);
 /// - a valid file deserializes to the same document directly, and its canonical JSON
-///   checks valid again, to an equal document with an equal digest.
+///   and its YAML check valid again, to an equal document with an equal digest.
 pub fn check_input(text: &str) {
     let checked = check_policy(text, "<fuzz>");
     for d in checked.errors.iter().chain(&checked.warnings) {
