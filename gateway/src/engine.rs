@@ -1,0 +1,793 @@
+//! The engine: one SQLite connection, one transaction per operation.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use paybond_middleware_core::ApiKey;
+use paybond_middleware_core::wire::{Environment, Principal, Role};
+use paybond_policies::{PolicyDocument, Source, check_policy, resolve_policy};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::ledger;
+use crate::store::{self, Storage};
+use crate::tokens::{Minter, random_hex, sha256_hex};
+
+/// What time it is for the engine: the system clock, or a manual one for tests.
+#[derive(Debug, Clone)]
+pub enum Clock {
+    /// The system clock.
+    System,
+    /// A clock that moves only when told (Unix milliseconds).
+    Manual(Arc<AtomicI64>),
+}
+
+impl Clock {
+    /// A manual clock starting at `start_ms`.
+    pub fn manual(start_ms: i64) -> Self {
+        Self::Manual(Arc::new(AtomicI64::new(start_ms)))
+    }
+
+    /// Moves a manual clock forward (no effect on the system clock).
+    pub fn advance_ms(&self, ms: i64) {
+        if let Self::Manual(t) = self {
+            t.fetch_add(ms, Ordering::SeqCst);
+        }
+    }
+
+    /// Now, in Unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        match self {
+            Self::System => jiff::Timestamp::now().as_millisecond(),
+            Self::Manual(t) => t.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// A policy file given to the engine: its text and its name in diagnostics.
+#[derive(Debug, Clone)]
+pub struct PolicyFile {
+    /// The file's contents (YAML or JSON).
+    pub text: String,
+    /// The file's name.
+    pub file: String,
+}
+
+impl PolicyFile {
+    /// The bundled org base of the canonical scenario.
+    pub fn bundled_org_base() -> Self {
+        Self {
+            text: paybond_policies::bundled::ORG_BASE.to_owned(),
+            file: paybond_policies::bundled::ORG_BASE_FILE.to_owned(),
+        }
+    }
+
+    /// The bundled tenant overlay of the canonical scenario.
+    pub fn bundled_tenant_overlay() -> Self {
+        Self {
+            text: paybond_policies::bundled::TENANT_OVERLAY.to_owned(),
+            file: paybond_policies::bundled::TENANT_OVERLAY_FILE.to_owned(),
+        }
+    }
+
+    /// Reads a policy file.
+    pub fn read(path: &std::path::Path) -> std::io::Result<Self> {
+        Ok(Self {
+            text: std::fs::read_to_string(path)?,
+            file: path.display().to_string(),
+        })
+    }
+}
+
+/// How the engine behaves.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where state lives.
+    pub storage: Storage,
+    /// The clock.
+    pub clock: Clock,
+    /// How long an unfinalized reservation holds its amount.
+    pub reservation_ttl_ms: i64,
+    /// How long an approval token stays usable.
+    pub approval_token_ttl_ms: i64,
+    /// Deadline of a new intent when the request names none.
+    pub intent_ttl_ms: i64,
+    /// Capability tokens expire with their intent's deadline, at most this long after minting.
+    pub capability_ttl_ms: i64,
+    /// How long idempotency keys are kept (at least 24 hours).
+    pub idempotency_retention_ms: i64,
+    /// The org base published for new tenants (`None`: the tenant policy stands alone).
+    pub default_org_policy: Option<PolicyFile>,
+    /// The policy new tenants start with.
+    pub default_tenant_policy: Option<PolicyFile>,
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+impl EngineConfig {
+    /// Defaults over `storage`: 5-minute reservations and approval tokens, 24-hour
+    /// intents, 48-hour idempotency keys, the bundled scenario policies.
+    pub fn new(storage: Storage) -> Self {
+        Self {
+            storage,
+            clock: Clock::System,
+            reservation_ttl_ms: 5 * 60_000,
+            approval_token_ttl_ms: 5 * 60_000,
+            intent_ttl_ms: 24 * HOUR_MS,
+            capability_ttl_ms: 24 * HOUR_MS,
+            idempotency_retention_ms: 48 * HOUR_MS,
+            default_org_policy: Some(PolicyFile::bundled_org_base()),
+            default_tenant_policy: Some(PolicyFile::bundled_tenant_overlay()),
+        }
+    }
+}
+
+/// The three API keys of a new tenant. Shown once; only their digests are stored.
+#[derive(Debug)]
+pub struct TenantKeys {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Runs agents.
+    pub agent: ApiKey,
+    /// Approves and denies; reads the ledger.
+    pub operator: ApiKey,
+    /// Publishes policies.
+    pub tenant_admin: ApiKey,
+}
+
+/// A tenant's effective policy, as the engine enforces it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EffectivePolicy {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Increases with every publish that changes the policy.
+    pub version: u64,
+    /// `sha256:` digest of `policy`.
+    pub digest: String,
+    /// The org base it extends, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_policy_id: Option<String>,
+    /// The merged policy (flat, version 1).
+    pub policy: PolicyDocument,
+}
+
+/// Counters behind `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub(crate) allow: AtomicU64,
+    pub(crate) hold: AtomicU64,
+    pub(crate) deny: AtomicU64,
+    /// Verify latency buckets (microseconds), cumulative at render time.
+    pub(crate) latency_buckets: [AtomicU64; LATENCY_BOUNDS_US.len()],
+    pub(crate) latency_count: AtomicU64,
+    pub(crate) latency_sum_us: AtomicU64,
+}
+
+/// Upper bounds of the verify latency histogram, in microseconds.
+pub const LATENCY_BOUNDS_US: [u64; 10] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000,
+];
+
+impl Metrics {
+    pub(crate) fn observe(&self, micros: u64) {
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
+        if let Some(i) = LATENCY_BOUNDS_US.iter().position(|b| micros <= *b) {
+            self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The decision engine. Cheap to share behind an `Arc`; every method is one
+/// transaction and blocks for its duration (async callers use `spawn_blocking`).
+pub struct Engine {
+    conn: Mutex<Connection>,
+    pub(crate) minter: Minter,
+    pub(crate) config: EngineConfig,
+    pub(crate) metrics: Metrics,
+    policies: Mutex<HashMap<String, Arc<EffectivePolicy>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("storage", &self.config.storage)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A tenant's API key role as stored.
+pub(crate) fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Agent => "agent",
+        Role::Operator => "operator",
+        Role::TenantAdmin => "tenant_admin",
+        _ => "unknown",
+    }
+}
+
+fn role_from(name: &str) -> Role {
+    match name {
+        "agent" => Role::Agent,
+        "operator" => Role::Operator,
+        "tenant_admin" => Role::TenantAdmin,
+        _ => Role::Unknown,
+    }
+}
+
+pub(crate) fn env_name(env: Environment) -> &'static str {
+    match env {
+        Environment::Sandbox => "sandbox",
+        Environment::Live => "live",
+    }
+}
+
+impl Engine {
+    /// Opens the store and loads (or creates) the capability-token root key.
+    pub fn open(config: EngineConfig) -> Result<Self, ApiError> {
+        let conn = store::open(&config.storage)?;
+        let stored: Option<Vec<u8>> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'root_key'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let (minter, new_key) = Minter::load(stored.as_deref());
+        if let Some(bytes) = new_key {
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('root_key', ?1)",
+                params![bytes],
+            )?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+            minter,
+            config,
+            metrics: Metrics::default(),
+            policies: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// An engine on a private in-memory database with the bundled policies.
+    pub fn in_memory() -> Result<Self, ApiError> {
+        Self::open(EngineConfig::new(Storage::Memory))
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.config.clock
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.config.clock.now_ms()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while the lock was held cannot leave a transaction half-applied
+        // (it rolls back on drop), so a poisoned lock is safe to keep using.
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction: committed on `Ok`, rolled back on `Err`.
+    pub(crate) fn tx<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>, i64) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = self.now_ms();
+        let out = f(&tx, now)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs a mutation under an idempotency key: the same key with the same body
+    /// answers the stored response and changes nothing; with another body, 409.
+    pub(crate) fn idempotent<R, T>(
+        &self,
+        tenant_id: &str,
+        route: &str,
+        key: Option<&str>,
+        request: &R,
+        f: impl FnOnce(&Transaction<'_>, i64) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError>
+    where
+        R: Serialize,
+        T: Serialize + serde::de::DeserializeOwned,
+    {
+        let Some(key) = key else {
+            return self.tx(f);
+        };
+        if key.is_empty() || key.len() > 255 {
+            return Err(ApiError::bad_request(
+                "invalid_idempotency_key",
+                "idempotency_key must be 1 to 255 characters",
+            ));
+        }
+        let body_hash = sha256_hex(serde_json::to_string(request)?.as_bytes());
+        self.tx(|tx, now| {
+            let stored: Option<(String, String, String)> = tx
+                .query_row(
+                    "SELECT route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
+                    params![tenant_id, key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            if let Some((stored_route, stored_hash, response)) = stored {
+                if stored_route != route || stored_hash != body_hash {
+                    return Err(ApiError::conflict(
+                        "idempotency_key_reused",
+                        "this idempotency key was used with a different request; use a new key",
+                    ));
+                }
+                return Ok(serde_json::from_str(&response)?);
+            }
+            let out = f(tx, now)?;
+            tx.execute(
+                "INSERT INTO idempotency (tenant_id, key, route, body_hash, response, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![tenant_id, key, route, body_hash, serde_json::to_string(&out)?, now],
+            )?;
+            Ok(out)
+        })
+    }
+
+    // ---- tenants and keys ----
+
+    /// Creates a tenant with its three keys and the configured default policy.
+    pub fn create_tenant(
+        &self,
+        name: &str,
+        environment: Environment,
+    ) -> Result<TenantKeys, ApiError> {
+        let tenant_id = format!("tnt_{}", Uuid::new_v4().simple());
+        let keys = self.tx(|tx, now| {
+            tx.execute(
+                "INSERT INTO tenants (id, name, environment, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![tenant_id, name, env_name(environment), now],
+            )?;
+            ledger::append(
+                tx,
+                &tenant_id,
+                "tenant.created",
+                json!({"name": name, "environment": env_name(environment)}),
+                now,
+            )?;
+            issue_keys(tx, &tenant_id, environment, now)
+        })?;
+        if let Some(org) = self.config.default_org_policy.clone() {
+            self.publish_org_policy_text(&tenant_id, &org)?;
+        }
+        if let Some(policy) = self.config.default_tenant_policy.clone() {
+            self.publish_tenant_policy_text(&tenant_id, &policy)?;
+        }
+        Ok(keys)
+    }
+
+    /// The tenant named `name`, if any.
+    pub fn tenant_by_name(&self, name: &str) -> Result<Option<String>, ApiError> {
+        self.tx(|tx, _| {
+            Ok(tx
+                .query_row(
+                    "SELECT id FROM tenants WHERE name = ?1 ORDER BY created_ms LIMIT 1",
+                    params![name],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+    }
+
+    /// Revokes every key of a tenant and issues three new ones.
+    pub fn rotate_keys(&self, tenant_id: &str) -> Result<TenantKeys, ApiError> {
+        self.tx(|tx, now| {
+            let env: String = tx
+                .query_row(
+                    "SELECT environment FROM tenants WHERE id = ?1",
+                    params![tenant_id],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or_else(|| ApiError::not_found("tenant_not_found", "no such tenant"))?;
+            tx.execute(
+                "DELETE FROM api_keys WHERE tenant_id = ?1",
+                params![tenant_id],
+            )?;
+            ledger::append(tx, tenant_id, "keys.rotated", json!({}), now)?;
+            let env = if env == "live" {
+                Environment::Live
+            } else {
+                Environment::Sandbox
+            };
+            issue_keys(tx, tenant_id, env, now)
+        })
+    }
+
+    /// Who an API key is; 401 for a key this gateway did not issue.
+    pub fn authenticate(&self, api_key: &str) -> Result<Principal, ApiError> {
+        let hash = sha256_hex(api_key.as_bytes());
+        let row: Option<(String, String, String, String, String)> = self.tx(|tx, _| {
+            Ok(tx
+                .query_row(
+                    "SELECT k.key_id, k.tenant_id, k.role, k.subject, t.environment
+                     FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.secret_hash = ?1",
+                    params![hash],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()?)
+        })?;
+        let Some((key_id, tenant_id, role, subject, env)) = row else {
+            return Err(ApiError::unauthorized("the API key is not valid"));
+        };
+        let role = role_from(&role);
+        Ok(Principal {
+            tenant_id,
+            environment: if env == "live" {
+                Environment::Live
+            } else {
+                Environment::Sandbox
+            },
+            service_account_role: role,
+            roles: vec![role],
+            subject,
+            key_id,
+        })
+    }
+
+    // ---- policies ----
+
+    /// Publishes an org base policy for `tenant_id`'s org (`PUT /v1/admin/org-policies/{id}`).
+    pub fn publish_org_policy(
+        &self,
+        principal: &Principal,
+        org_policy_id: &str,
+        text: &str,
+    ) -> Result<Value, ApiError> {
+        require_role(principal, &[Role::TenantAdmin])?;
+        let file = PolicyFile {
+            text: text.to_owned(),
+            file: format!("org-policies/{org_policy_id}"),
+        };
+        let checked = check_policy(&file.text, &file.file);
+        let Some(doc) = checked.document else {
+            return Err(policy_refused(&checked.errors));
+        };
+        if doc.name != org_policy_id {
+            return Err(ApiError::unprocessable(
+                "policy_id_mismatch",
+                format!("the policy's name is `{}`, not `{org_policy_id}`", doc.name),
+            ));
+        }
+        self.publish_org_policy_text(&principal.tenant_id, &file)?;
+        Ok(json!({"org_policy_id": org_policy_id, "digest": doc.digest()}))
+    }
+
+    fn publish_org_policy_text(&self, tenant_id: &str, file: &PolicyFile) -> Result<(), ApiError> {
+        let checked = check_policy(&file.text, &file.file);
+        let Some(doc) = checked.document else {
+            return Err(policy_refused(&checked.errors));
+        };
+        let digest = doc.digest();
+        self.tx(|tx, now| {
+            tx.execute(
+                "INSERT INTO org_policies (id, text, digest, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET text = excluded.text, digest = excluded.digest,
+                 updated_ms = excluded.updated_ms",
+                params![doc.name, file.text, digest, now],
+            )?;
+            ledger::append(
+                tx,
+                tenant_id,
+                "org_policy.published",
+                json!({"org_policy_id": doc.name, "digest": digest}),
+                now,
+            )
+        })
+    }
+
+    /// Publishes the tenant's policy (`PUT /v1/tenant/policy`): refused whole, with
+    /// every problem, when it is invalid or would widen its org base.
+    pub fn publish_tenant_policy(
+        &self,
+        principal: &Principal,
+        text: &str,
+    ) -> Result<EffectivePolicy, ApiError> {
+        require_role(principal, &[Role::TenantAdmin])?;
+        self.publish_tenant_policy_text(
+            &principal.tenant_id,
+            &PolicyFile {
+                text: text.to_owned(),
+                file: "tenant/policy".to_owned(),
+            },
+        )
+    }
+
+    /// Publishes a tenant policy from a file (the dev loop's `--policy-file`).
+    pub fn publish_tenant_policy_text(
+        &self,
+        tenant_id: &str,
+        file: &PolicyFile,
+    ) -> Result<EffectivePolicy, ApiError> {
+        let overlay = check_policy(&file.text, &file.file);
+        let org_id = overlay
+            .document
+            .as_ref()
+            .and_then(|d| d.extends.as_ref())
+            .map(|e| e.org_policy_id.clone());
+        let base: Option<String> = match &org_id {
+            Some(id) => self.tx(|tx, _| {
+                Ok(tx
+                    .query_row(
+                        "SELECT text FROM org_policies WHERE id = ?1",
+                        params![id],
+                        |r| r.get(0),
+                    )
+                    .optional()?)
+            })?,
+            None => None,
+        };
+        if let (Some(id), None) = (&org_id, &base) {
+            return Err(ApiError::unprocessable(
+                "org_policy_not_found",
+                format!("the policy extends `{id}`, which has not been published"),
+            ));
+        }
+        let base_file = org_id.as_ref().map(|id| format!("org-policies/{id}"));
+        let resolution = resolve_policy(
+            Source {
+                text: &file.text,
+                file: &file.file,
+            },
+            base.as_deref()
+                .zip(base_file.as_deref())
+                .map(|(text, file)| Source { text, file }),
+        );
+        let Some(effective) = resolution.effective.filter(|_| resolution.valid) else {
+            return Err(policy_refused(&resolution.errors));
+        };
+        let digest = effective.digest();
+        let eff = self.tx(|tx, now| {
+            let current: Option<(u64, String)> = tx
+                .query_row(
+                    "SELECT version, digest FROM tenant_policies WHERE tenant_id = ?1",
+                    params![tenant_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let version = match &current {
+                Some((v, d)) if *d == digest => *v,
+                Some((v, _)) => v + 1,
+                None => 1,
+            };
+            tx.execute(
+                "INSERT INTO tenant_policies (tenant_id, text, org_policy_id, effective, digest, version, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (tenant_id) DO UPDATE SET text = excluded.text,
+                 org_policy_id = excluded.org_policy_id, effective = excluded.effective,
+                 digest = excluded.digest, version = excluded.version, updated_ms = excluded.updated_ms",
+                params![
+                    tenant_id,
+                    file.text,
+                    org_id,
+                    serde_json::to_string(&effective)?,
+                    digest,
+                    version,
+                    now
+                ],
+            )?;
+            if current.as_ref().is_none_or(|(_, d)| *d != digest) {
+                ledger::append(
+                    tx,
+                    tenant_id,
+                    "policy.published",
+                    json!({"version": version, "digest": digest, "org_policy_id": org_id}),
+                    now,
+                )?;
+            }
+            Ok(EffectivePolicy {
+                tenant_id: tenant_id.to_owned(),
+                version,
+                digest: digest.clone(),
+                org_policy_id: org_id.clone(),
+                policy: effective,
+            })
+        })?;
+        let eff = Arc::new(eff);
+        if let Ok(mut cache) = self.policies.lock() {
+            cache.insert(tenant_id.to_owned(), eff.clone());
+        }
+        Ok((*eff).clone())
+    }
+
+    /// The tenant's effective policy (`GET /v1/policy/effective`).
+    pub fn effective_policy(&self, principal: &Principal) -> Result<EffectivePolicy, ApiError> {
+        self.policy_for(&principal.tenant_id)?
+            .map(|p| (*p).clone())
+            .ok_or_else(|| ApiError::not_found("policy_not_found", "no policy has been published"))
+    }
+
+    pub(crate) fn policy_for(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Option<Arc<EffectivePolicy>>, ApiError> {
+        if let Ok(cache) = self.policies.lock()
+            && let Some(p) = cache.get(tenant_id)
+        {
+            return Ok(Some(p.clone()));
+        }
+        let row: Option<(String, String, u64, Option<String>)> = self.tx(|tx, _| {
+            Ok(tx
+                .query_row(
+                    "SELECT effective, digest, version, org_policy_id FROM tenant_policies WHERE tenant_id = ?1",
+                    params![tenant_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?)
+        })?;
+        let Some((effective, digest, version, org_policy_id)) = row else {
+            return Ok(None);
+        };
+        let eff = Arc::new(EffectivePolicy {
+            tenant_id: tenant_id.to_owned(),
+            version,
+            digest,
+            org_policy_id,
+            policy: serde_json::from_str(&effective)?,
+        });
+        if let Ok(mut cache) = self.policies.lock() {
+            cache.insert(tenant_id.to_owned(), eff.clone());
+        }
+        Ok(Some(eff))
+    }
+
+    // ---- ledger ----
+
+    /// The tenant's chain tip (`GET /ledger/v1/tip`).
+    pub fn ledger_tip(&self, principal: &Principal) -> Result<ledger::LedgerTip, ApiError> {
+        require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
+        self.tx(|tx, _| ledger::tip(tx, &principal.tenant_id))
+    }
+
+    /// The tenant's entries after `after_seq` (`GET /ledger/v1/events`), at most `limit` (≤ 1000).
+    pub fn ledger_events(
+        &self,
+        principal: &Principal,
+        after_seq: u64,
+        limit: u64,
+    ) -> Result<Vec<ledger::LedgerEvent>, ApiError> {
+        require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
+        self.tx(|tx, _| ledger::events(tx, &principal.tenant_id, after_seq, limit.clamp(1, 1000)))
+    }
+
+    /// Checks every chain in the store.
+    pub fn verify_ledger(&self) -> Result<ledger::LedgerCheck, ApiError> {
+        self.tx(|tx, _| ledger::verify_chain(tx))
+    }
+
+    /// Reservations not yet finalized (and not past their TTL).
+    pub fn open_reservations(&self) -> Result<u64, ApiError> {
+        self.tx(|tx, now| {
+            Ok(tx.query_row(
+                "SELECT COUNT(*) FROM reservations WHERE state = 'open' AND expires_ms > ?1",
+                params![now],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
+    /// Prometheus text for `/metrics`.
+    pub fn render_metrics(&self) -> Result<String, ApiError> {
+        use std::fmt::Write as _;
+        let open = self.open_reservations()?;
+        let m = &self.metrics;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP paybond_decisions_total Verify decisions by outcome."
+        );
+        let _ = writeln!(out, "# TYPE paybond_decisions_total counter");
+        for (outcome, n) in [("allow", &m.allow), ("hold", &m.hold), ("deny", &m.deny)] {
+            let _ = writeln!(
+                out,
+                "paybond_decisions_total{{outcome=\"{outcome}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP paybond_verify_duration_seconds Time to decide a verify."
+        );
+        let _ = writeln!(out, "# TYPE paybond_verify_duration_seconds histogram");
+        let mut cumulative = 0;
+        for (bound, n) in LATENCY_BOUNDS_US.iter().zip(&m.latency_buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "paybond_verify_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        let count = m.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "paybond_verify_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "paybond_verify_duration_seconds_sum {}",
+            m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "paybond_verify_duration_seconds_count {count}");
+        let _ = writeln!(
+            out,
+            "# HELP paybond_open_reservations Reservations not yet finalized."
+        );
+        let _ = writeln!(out, "# TYPE paybond_open_reservations gauge");
+        let _ = writeln!(out, "paybond_open_reservations {open}");
+        Ok(out)
+    }
+}
+
+/// 403 unless the principal holds one of `roles`.
+pub(crate) fn require_role(principal: &Principal, roles: &[Role]) -> Result<(), ApiError> {
+    if principal.roles.iter().any(|r| roles.contains(r)) {
+        return Ok(());
+    }
+    let names: Vec<&str> = roles.iter().map(|r| role_name(*r)).collect();
+    Err(ApiError::forbidden(
+        "forbidden_role",
+        format!(
+            "a {} key cannot do this; it needs a {} key",
+            role_name(principal.service_account_role),
+            names.join(" or ")
+        ),
+    ))
+}
+
+fn policy_refused(errors: &[paybond_policies::Diagnostic]) -> ApiError {
+    let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    ApiError::unprocessable(
+        "policy_invalid",
+        format!("the policy was refused: {}", list.join("; ")),
+    )
+}
+
+fn issue_keys(
+    tx: &Transaction<'_>,
+    tenant_id: &str,
+    environment: Environment,
+    now: i64,
+) -> Result<TenantKeys, ApiError> {
+    let mint = |role: Role| -> Result<ApiKey, ApiError> {
+        let key = format!("paybond_sk_{}_{}", env_name(environment), random_hex());
+        let hash = sha256_hex(key.as_bytes());
+        let key_id = format!("key_{}", &hash[..16]);
+        tx.execute(
+            "INSERT INTO api_keys (secret_hash, key_id, tenant_id, role, subject, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                hash,
+                key_id,
+                tenant_id,
+                role_name(role),
+                format!(
+                    "{}:{}",
+                    role_name(role),
+                    &tenant_id[4..12.min(tenant_id.len())]
+                ),
+                now
+            ],
+        )?;
+        Ok(ApiKey::new(key))
+    };
+    Ok(TenantKeys {
+        tenant_id: tenant_id.to_owned(),
+        agent: mint(Role::Agent)?,
+        operator: mint(Role::Operator)?,
+        tenant_admin: mint(Role::TenantAdmin)?,
+    })
+}

@@ -1,0 +1,221 @@
+//! The hash-chained, append-only ledger: one chain per tenant.
+//!
+//! Each entry's hash is the SHA-256 of the canonical JSON (sorted keys, no
+//! whitespace) of `{tenant_id, seq, event, payload, at_ms, prev_hash}`; the first
+//! entry's `prev_hash` is 64 zeros. Changing, removing or reordering any entry
+//! breaks every hash after it, which [`verify_chain`] finds offline.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::tokens::sha256_hex;
+
+/// `prev_hash` of a chain's first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One ledger entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEvent {
+    /// Position in the tenant's chain, from 1.
+    pub seq: u64,
+    /// What happened, e.g. `decision.allow`, `reservation.consumed`.
+    pub event: String,
+    /// The event's data.
+    pub payload: Value,
+    /// When (Unix milliseconds).
+    pub at_ms: i64,
+    /// Hash of the previous entry.
+    pub prev_hash: String,
+    /// Hash of this entry.
+    pub hash: String,
+}
+
+/// The last entry of a tenant's chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerTip {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Entries so far (0 when empty).
+    pub seq: u64,
+    /// Hash of the last entry (the genesis hash when empty).
+    pub hash: String,
+}
+
+/// The result of checking every chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerCheck {
+    /// Whether every chain verifies.
+    pub valid: bool,
+    /// Chains checked.
+    pub tenants: u64,
+    /// Entries checked.
+    pub events: u64,
+    /// The first problem found, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+pub(crate) fn entry_hash(
+    tenant_id: &str,
+    seq: u64,
+    event: &str,
+    payload: &Value,
+    at_ms: i64,
+    prev_hash: &str,
+) -> String {
+    let canonical = json!({
+        "tenant_id": tenant_id,
+        "seq": seq,
+        "event": event,
+        "payload": payload,
+        "at_ms": at_ms,
+        "prev_hash": prev_hash,
+    });
+    sha256_hex(canonical.to_string().as_bytes())
+}
+
+/// Appends an entry to `tenant_id`'s chain inside the caller's transaction.
+pub(crate) fn append(
+    tx: &Transaction<'_>,
+    tenant_id: &str,
+    event: &str,
+    payload: Value,
+    at_ms: i64,
+) -> Result<(), ApiError> {
+    let tip: Option<(u64, String)> = tx
+        .query_row(
+            "SELECT seq, hash FROM ledger WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1",
+            params![tenant_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (prev_seq, prev_hash) = tip.unwrap_or((0, GENESIS.to_owned()));
+    let seq = prev_seq + 1;
+    let hash = entry_hash(tenant_id, seq, event, &payload, at_ms, &prev_hash);
+    tx.execute(
+        "INSERT INTO ledger (tenant_id, seq, event, payload, at_ms, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            tenant_id,
+            seq,
+            event,
+            payload.to_string(),
+            at_ms,
+            prev_hash,
+            hash
+        ],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn tip(tx: &Transaction<'_>, tenant_id: &str) -> Result<LedgerTip, ApiError> {
+    let tip: Option<(u64, String)> = tx
+        .query_row(
+            "SELECT seq, hash FROM ledger WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1",
+            params![tenant_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (seq, hash) = tip.unwrap_or((0, GENESIS.to_owned()));
+    Ok(LedgerTip {
+        tenant_id: tenant_id.to_owned(),
+        seq,
+        hash,
+    })
+}
+
+pub(crate) fn events(
+    tx: &Transaction<'_>,
+    tenant_id: &str,
+    after_seq: u64,
+    limit: u64,
+) -> Result<Vec<LedgerEvent>, ApiError> {
+    let mut stmt = tx.prepare(
+        "SELECT seq, event, payload, at_ms, prev_hash, hash FROM ledger
+         WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![tenant_id, after_seq, limit], |r| {
+        Ok((
+            r.get::<_, u64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, event, payload, at_ms, prev_hash, hash) = row?;
+        out.push(LedgerEvent {
+            seq,
+            event,
+            payload: serde_json::from_str(&payload)?,
+            at_ms,
+            prev_hash,
+            hash,
+        });
+    }
+    Ok(out)
+}
+
+/// Checks every tenant's chain: sequence numbers, links and hashes.
+pub(crate) fn verify_chain(tx: &Transaction<'_>) -> Result<LedgerCheck, ApiError> {
+    let mut stmt = tx.prepare(
+        "SELECT tenant_id, seq, event, payload, at_ms, prev_hash, hash FROM ledger
+         ORDER BY tenant_id, seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut check = LedgerCheck {
+        valid: true,
+        tenants: 0,
+        events: 0,
+        problem: None,
+    };
+    let mut current: Option<(String, u64, String)> = None;
+    while let Some(r) = rows.next()? {
+        let tenant: String = r.get(0)?;
+        let seq: u64 = r.get(1)?;
+        let event: String = r.get(2)?;
+        let payload: String = r.get(3)?;
+        let at_ms: i64 = r.get(4)?;
+        let prev_hash: String = r.get(5)?;
+        let hash: String = r.get(6)?;
+        check.events += 1;
+        let (expected_seq, expected_prev) = match &current {
+            Some((t, s, h)) if *t == tenant => (s + 1, h.clone()),
+            _ => {
+                check.tenants += 1;
+                (1, GENESIS.to_owned())
+            }
+        };
+        let payload: Value = match serde_json::from_str(&payload) {
+            Ok(v) => v,
+            Err(_) => Value::Null,
+        };
+        let problem = if seq != expected_seq {
+            Some(format!(
+                "tenant {tenant}: expected seq {expected_seq}, found {seq}"
+            ))
+        } else if prev_hash != expected_prev {
+            Some(format!(
+                "tenant {tenant} seq {seq}: prev_hash does not link to the entry before"
+            ))
+        } else if entry_hash(&tenant, seq, &event, &payload, at_ms, &prev_hash) != hash {
+            Some(format!(
+                "tenant {tenant} seq {seq}: hash does not match the entry"
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            check.valid = false;
+            check.problem = Some(p);
+            return Ok(check);
+        }
+        current = Some((tenant, seq, hash));
+    }
+    Ok(check)
+}

@@ -1,0 +1,946 @@
+//! Intents, evidence, finalizing reservations, approvals and the expiry sweep.
+
+use paybond_middleware_core::wire::{
+    ApprovalState, ApprovalStatus, CompleteRequest, CompleteResponse, EvidenceRequest,
+    EvidenceResponse, Finalization, LifecycleStatus, Principal, Role, SandboxBootstrapRequest,
+    SandboxBootstrapResponse,
+};
+use paybond_middleware_core::{ApprovalToken, CapabilityToken};
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::decide::MAX_AMOUNT_CENTS;
+use crate::engine::{Engine, require_role};
+use crate::error::ApiError;
+use crate::ledger;
+use crate::tokens::{Claims, random_hex, sha256_hex};
+
+/// `POST /harbor/intents`: an intent on the simulator rail, funded at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateIntentRequest {
+    /// Operations the intent allows (delegated tool names).
+    pub allowed_tools: Vec<String>,
+    /// The budget, in cents.
+    pub budget_cents: u64,
+    /// Three lowercase letters (default `usd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// Seconds until the deadline (default: the gateway's intent TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_seconds: Option<u64>,
+    /// JSON Schema that evidence payloads must satisfy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_schema: Option<Value>,
+    /// Free-form metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+    /// Same meaning as the `idempotency-key` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// An intent as the Harbor routes describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntentView {
+    /// The intent.
+    pub intent_id: Uuid,
+    /// Its tenant.
+    pub tenant: String,
+    /// `created`, `funded`, `evidence_submitted`, `released`, `refunded` or `expired`.
+    pub state: LifecycleStatus,
+    /// Operations it allows.
+    pub allowed_tools: Vec<String>,
+    /// Budget in cents.
+    pub budget_cents: u64,
+    /// Consumed so far.
+    pub consumed_cents: u64,
+    /// Held by open reservations.
+    pub reserved_cents: u64,
+    /// Currency.
+    pub currency: String,
+    /// Deadline (RFC 3339).
+    pub deadline: String,
+    /// Present when the intent was just funded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability_token: Option<CapabilityToken>,
+}
+
+/// `GET /v1/approvals`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalList {
+    /// Oldest first.
+    pub approvals: Vec<ApprovalStatus>,
+}
+
+/// What one sweep changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepReport {
+    /// Reservations past their TTL, now expired (their amounts return to the budgets).
+    pub reservations_expired: u64,
+    /// Approval requests nobody decided in time.
+    pub approvals_expired: u64,
+    /// Intents past their deadline, moved to released, refunded or expired.
+    pub intents_closed: u64,
+    /// Idempotency keys past retention.
+    pub idempotency_keys_dropped: u64,
+}
+
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
+}
+
+fn lifecycle(state: &str) -> LifecycleStatus {
+    match state {
+        "created" => LifecycleStatus::Created,
+        "evidence_submitted" => LifecycleStatus::EvidenceSubmitted,
+        "released" => LifecycleStatus::Released,
+        "refunded" => LifecycleStatus::Refunded,
+        "expired" => LifecycleStatus::Expired,
+        _ => LifecycleStatus::Funded,
+    }
+}
+
+fn valid_currency(c: &str) -> bool {
+    c.len() == 3 && c.bytes().all(|b| b.is_ascii_lowercase())
+}
+
+impl Engine {
+    /// `POST /v1/sandbox/guardrails/bootstrap`: a funded sandbox intent whose budget is
+    /// `requested_spend_cents` and whose one operation is `operation`.
+    pub fn bootstrap_sandbox(
+        &self,
+        principal: &Principal,
+        req: &SandboxBootstrapRequest,
+    ) -> Result<SandboxBootstrapResponse, ApiError> {
+        if principal.environment != paybond_middleware_core::wire::Environment::Sandbox {
+            return Err(ApiError::forbidden(
+                "sandbox_only",
+                "sandbox bootstrap needs a sandbox key",
+            ));
+        }
+        let create = CreateIntentRequest {
+            allowed_tools: vec![req.operation.clone()],
+            budget_cents: req.requested_spend_cents,
+            currency: req.currency.clone(),
+            deadline_seconds: None,
+            evidence_schema: req.evidence_schema.clone(),
+            metadata: req.metadata.clone(),
+            idempotency_key: None,
+        };
+        self.check_intent_request(principal, &create)?;
+        self.idempotent(
+            &principal.tenant_id,
+            "sandbox.bootstrap",
+            req.idempotency_key.as_deref(),
+            req,
+            |tx, now| {
+                let view = self.insert_intent(tx, now, principal, &create)?;
+                Ok(SandboxBootstrapResponse {
+                    tenant_id: principal.tenant_id.clone(),
+                    intent_id: view.intent_id,
+                    operation: req.operation.clone(),
+                    requested_spend_cents: req.requested_spend_cents,
+                    sandbox_lifecycle_status: LifecycleStatus::Funded,
+                    capability_token: view
+                        .capability_token
+                        .ok_or_else(|| ApiError::internal("no token minted"))?,
+                })
+            },
+        )
+    }
+
+    /// `POST /harbor/intents`: creates and (simulator rail) funds an intent.
+    pub fn create_intent(
+        &self,
+        principal: &Principal,
+        req: &CreateIntentRequest,
+    ) -> Result<IntentView, ApiError> {
+        self.check_intent_request(principal, req)?;
+        self.idempotent(
+            &principal.tenant_id,
+            "harbor.intents.create",
+            req.idempotency_key.as_deref(),
+            req,
+            |tx, now| self.insert_intent(tx, now, principal, req),
+        )
+    }
+
+    fn check_intent_request(
+        &self,
+        principal: &Principal,
+        req: &CreateIntentRequest,
+    ) -> Result<(), ApiError> {
+        require_role(principal, &[Role::Agent, Role::Operator, Role::TenantAdmin])?;
+        if req.allowed_tools.is_empty() || req.allowed_tools.iter().any(|t| t.trim().is_empty()) {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                "allowed_tools (operation) must name at least one non-empty operation",
+            ));
+        }
+        if req.budget_cents == 0 || req.budget_cents > MAX_AMOUNT_CENTS {
+            return Err(ApiError::unprocessable(
+                "amount_out_of_range",
+                format!("the budget must be between 1 and {MAX_AMOUNT_CENTS} cents"),
+            ));
+        }
+        if let Some(c) = &req.currency
+            && !valid_currency(c)
+        {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("currency `{c}` is not three lowercase letters"),
+            ));
+        }
+        if let Some(schema) = &req.evidence_schema
+            && !schema.is_object()
+        {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                "evidence_schema must be a JSON Schema object",
+            ));
+        }
+        if let Some(policy) = self.policy_for(&principal.tenant_id)?
+            && let Some(usd) = policy
+                .policy
+                .intent
+                .as_ref()
+                .and_then(|i| i.budget.as_ref())
+                .and_then(|b| b.max_spend_usd)
+        {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // finite, ≥ 0
+            let cap = (usd * 100.0).round() as u64;
+            if req.budget_cents > cap {
+                return Err(ApiError::unprocessable(
+                    "intent_budget_above_policy",
+                    format!(
+                        "a budget of {} cents is above the policy's {cap} cents",
+                        req.budget_cents
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_intent(
+        &self,
+        tx: &Transaction<'_>,
+        now: i64,
+        principal: &Principal,
+        req: &CreateIntentRequest,
+    ) -> Result<IntentView, ApiError> {
+        let id = Uuid::new_v4();
+        let deadline_ms = req
+            .deadline_seconds
+            .map_or(now + self.config.intent_ttl_ms, |s| {
+                now.saturating_add(i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX))
+            });
+        let currency = req.currency.clone().unwrap_or_else(|| "usd".to_owned());
+        let mut tools = req.allowed_tools.clone();
+        tools.sort();
+        tools.dedup();
+        tx.execute(
+            "INSERT INTO intents (id, tenant_id, operations, budget_cents, currency, state, deadline_ms,
+             evidence_schema, metadata, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, 'funded', ?6, ?7, ?8, ?9)",
+            params![
+                id.to_string(),
+                principal.tenant_id,
+                serde_json::to_string(&tools)?,
+                req.budget_cents,
+                currency,
+                deadline_ms,
+                req.evidence_schema.as_ref().map(Value::to_string),
+                req.metadata.as_ref().map(Value::to_string),
+                now
+            ],
+        )?;
+        ledger::append(
+            tx,
+            &principal.tenant_id,
+            "intent.created",
+            json!({"intent_id": id, "allowed_tools": tools, "budget_cents": req.budget_cents,
+                   "currency": currency, "deadline_ms": deadline_ms}),
+            now,
+        )?;
+        ledger::append(
+            tx,
+            &principal.tenant_id,
+            "intent.funded",
+            json!({"intent_id": id, "rail": "simulator", "amount_cents": req.budget_cents}),
+            now,
+        )?;
+        let token = self
+            .minter
+            .mint(&Claims {
+                tenant: principal.tenant_id.clone(),
+                intent: id.to_string(),
+                operations: tools.clone(),
+                expires_ms: deadline_ms.min(now + self.config.capability_ttl_ms),
+            })
+            .map_err(ApiError::internal)?;
+        Ok(IntentView {
+            intent_id: id,
+            tenant: principal.tenant_id.clone(),
+            state: LifecycleStatus::Funded,
+            allowed_tools: tools,
+            budget_cents: req.budget_cents,
+            consumed_cents: 0,
+            reserved_cents: 0,
+            currency,
+            deadline: rfc3339(deadline_ms),
+            capability_token: Some(CapabilityToken::new(token)),
+        })
+    }
+
+    /// `POST /harbor/intents/{id}/fund`: the simulator rail funds on creation, so
+    /// this answers the funded intent (idempotent) with a fresh capability token.
+    pub fn fund_intent(
+        &self,
+        principal: &Principal,
+        intent_id: Uuid,
+    ) -> Result<IntentView, ApiError> {
+        self.tx(|tx, now| {
+            let mut view = intent_view(tx, now, &principal.tenant_id, intent_id)?;
+            if !matches!(
+                view.state,
+                LifecycleStatus::Funded | LifecycleStatus::EvidenceSubmitted
+            ) {
+                return Err(ApiError::conflict(
+                    "intent_not_fundable",
+                    "the intent is closed: past its deadline, released or refunded",
+                ));
+            }
+            let deadline: i64 = tx.query_row(
+                "SELECT deadline_ms FROM intents WHERE id = ?1",
+                params![intent_id.to_string()],
+                |r| r.get(0),
+            )?;
+            let token = self
+                .minter
+                .mint(&Claims {
+                    tenant: principal.tenant_id.clone(),
+                    intent: intent_id.to_string(),
+                    operations: view.allowed_tools.clone(),
+                    expires_ms: deadline.min(now + self.config.capability_ttl_ms),
+                })
+                .map_err(ApiError::internal)?;
+            view.capability_token = Some(CapabilityToken::new(token));
+            Ok(view)
+        })
+    }
+
+    /// `GET /harbor/intents/{id}`.
+    pub fn get_intent(
+        &self,
+        principal: &Principal,
+        intent_id: Uuid,
+    ) -> Result<IntentView, ApiError> {
+        self.tx(|tx, now| intent_view(tx, now, &principal.tenant_id, intent_id))
+    }
+
+    /// `POST /v1/sandbox/guardrails/{intent_id}/evidence` (and the Harbor route): checks
+    /// the payload against the intent's evidence schema and the `cost_and_completion`
+    /// predicate (status `completed`, cost within the reservation or budget).
+    pub fn submit_evidence(
+        &self,
+        principal: &Principal,
+        intent_id: Uuid,
+        req: &EvidenceRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<EvidenceResponse, ApiError> {
+        require_role(principal, &[Role::Agent, Role::Operator, Role::TenantAdmin])?;
+        #[derive(Serialize)]
+        struct Keyed<'a> {
+            intent_id: Uuid,
+            request: &'a EvidenceRequest,
+        }
+        self.idempotent(
+            &principal.tenant_id,
+            "evidence",
+            idempotency_key,
+            &Keyed {
+                intent_id,
+                request: req,
+            },
+            |tx, now| self.evidence_tx(tx, now, principal, intent_id, req),
+        )
+    }
+
+    fn evidence_tx(
+        &self,
+        tx: &Transaction<'_>,
+        now: i64,
+        principal: &Principal,
+        intent_id: Uuid,
+        req: &EvidenceRequest,
+    ) -> Result<EvidenceResponse, ApiError> {
+        let row: Option<(String, u64, Option<String>)> = tx
+            .query_row(
+                "SELECT state, budget_cents, evidence_schema FROM intents WHERE id = ?1 AND tenant_id = ?2",
+                params![intent_id.to_string(), principal.tenant_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((state, budget, schema)) = row else {
+            return Err(ApiError::not_found(
+                "intent_not_found",
+                "no such intent for this tenant",
+            ));
+        };
+        let payload = req.payload.clone().unwrap_or(Value::Null);
+        if let Some(schema) = schema {
+            let schema: Value = serde_json::from_str(&schema)?;
+            let problems = crate::evidence::validate(&schema, &payload);
+            if !problems.is_empty() {
+                return Err(ApiError::unprocessable(
+                    "evidence_schema_violation",
+                    problems.join("; "),
+                ));
+            }
+        }
+        let decision_id = req
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("decision_id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let bound: u64 = match &decision_id {
+            Some(d) => tx
+                .query_row(
+                    "SELECT amount_cents FROM reservations WHERE id = ?1 AND intent_id = ?2",
+                    params![d, intent_id.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or_else(|| {
+                    ApiError::unprocessable(
+                        "decision_not_found",
+                        "metadata.decision_id names no reservation of this intent",
+                    )
+                })?,
+            None => budget,
+        };
+        let status = payload.get("status").and_then(Value::as_str);
+        let cost = payload.get("cost_cents").and_then(Value::as_u64);
+        let passed = status == Some("completed") && cost.is_some_and(|c| c <= bound);
+        let new_state = if passed && state == "funded" {
+            "evidence_submitted"
+        } else {
+            state.as_str()
+        };
+        if new_state != state {
+            tx.execute(
+                "UPDATE intents SET state = ?2 WHERE id = ?1",
+                params![intent_id.to_string(), new_state],
+            )?;
+        }
+        ledger::append(
+            tx,
+            &principal.tenant_id,
+            "evidence.submitted",
+            json!({"intent_id": intent_id, "decision_id": decision_id, "predicate_passed": passed,
+                   "status": status, "cost_cents": cost, "state": new_state}),
+            now,
+        )?;
+        Ok(EvidenceResponse {
+            tenant_id: principal.tenant_id.clone(),
+            intent_id,
+            sandbox_lifecycle_status: lifecycle(new_state),
+            predicate_passed: passed,
+        })
+    }
+
+    /// `POST /v1/spend/decisions/{id}/complete`: settles a reservation as consumed
+    /// (`actual_spend_cents` ≤ reserved; the rest returns to the budget) or released.
+    /// Finalizing again the same way answers the same; another way is a 409.
+    pub fn complete(
+        &self,
+        principal: &Principal,
+        decision_id: Uuid,
+        req: &CompleteRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<CompleteResponse, ApiError> {
+        require_role(principal, &[Role::Agent, Role::Operator, Role::TenantAdmin])?;
+        #[derive(Serialize)]
+        struct Keyed<'a> {
+            decision_id: Uuid,
+            request: &'a CompleteRequest,
+        }
+        self.idempotent(
+            &principal.tenant_id,
+            "complete",
+            idempotency_key,
+            &Keyed {
+                decision_id,
+                request: req,
+            },
+            |tx, now| complete_tx(tx, now, principal, decision_id, req),
+        )
+    }
+
+    // ---- approvals ----
+
+    /// `GET /v1/approvals?state=`: the tenant's approval requests, oldest first.
+    pub fn list_approvals(
+        &self,
+        principal: &Principal,
+        state: Option<ApprovalState>,
+    ) -> Result<ApprovalList, ApiError> {
+        let state = state.map(approval_state_name);
+        self.tx(|tx, now| {
+            let mut stmt = tx.prepare(
+                "SELECT id FROM approvals WHERE tenant_id = ?1 AND (?2 IS NULL OR state = ?2)
+                 ORDER BY created_ms, id LIMIT 500",
+            )?;
+            let ids: Vec<String> = stmt
+                .query_map(params![principal.tenant_id, state], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut approvals = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(a) = approval_status(tx, now, &principal.tenant_id, &id)? {
+                    approvals.push(a);
+                }
+            }
+            Ok(ApprovalList { approvals })
+        })
+    }
+
+    /// `GET /v1/approvals/{id}`.
+    pub fn approval(&self, principal: &Principal, id: Uuid) -> Result<ApprovalStatus, ApiError> {
+        self.tx(|tx, now| {
+            approval_status(tx, now, &principal.tenant_id, &id.to_string())?.ok_or_else(|| {
+                ApiError::not_found("approval_not_found", "no such approval request")
+            })
+        })
+    }
+
+    /// `POST /v1/approvals/{id}/approve`: one operator's approval; at quorum the
+    /// request is approved and a single-use approval token is minted.
+    pub fn approve(&self, principal: &Principal, id: Uuid) -> Result<ApprovalStatus, ApiError> {
+        require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
+        self.tx(|tx, now| {
+            let (approvers, quorum) = pending_row(tx, now, &principal.tenant_id, id)?;
+            let mut approvers: Vec<String> = serde_json::from_str(&approvers)?;
+            if !approvers.contains(&principal.key_id) {
+                approvers.push(principal.key_id.clone());
+            }
+            let approved = u32::try_from(approvers.len()).unwrap_or(u32::MAX) >= quorum;
+            if approved {
+                let token = format!("paybond_at_{}", random_hex());
+                tx.execute(
+                    "UPDATE approvals SET state = 'approved', approvers = ?2, token = ?3, token_hash = ?4,
+                     token_expires_ms = ?5 WHERE id = ?1",
+                    params![
+                        id.to_string(),
+                        serde_json::to_string(&approvers)?,
+                        token,
+                        sha256_hex(token.as_bytes()),
+                        now + self.config.approval_token_ttl_ms
+                    ],
+                )?;
+            } else {
+                tx.execute(
+                    "UPDATE approvals SET approvers = ?2 WHERE id = ?1",
+                    params![id.to_string(), serde_json::to_string(&approvers)?],
+                )?;
+            }
+            ledger::append(
+                tx,
+                &principal.tenant_id,
+                if approved { "approval.approved" } else { "approval.vote" },
+                json!({"approval_request_id": id, "operator": principal.key_id,
+                       "approvals": approvers.len(), "quorum": quorum}),
+                now,
+            )?;
+            approval_status(tx, now, &principal.tenant_id, &id.to_string())?
+                .ok_or_else(|| ApiError::internal("approval vanished"))
+        })
+    }
+
+    /// `POST /v1/approvals/{id}/deny`.
+    pub fn deny_approval(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+    ) -> Result<ApprovalStatus, ApiError> {
+        require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
+        self.tx(|tx, now| {
+            pending_row(tx, now, &principal.tenant_id, id)?;
+            tx.execute(
+                "UPDATE approvals SET state = 'denied' WHERE id = ?1",
+                params![id.to_string()],
+            )?;
+            ledger::append(
+                tx,
+                &principal.tenant_id,
+                "approval.denied",
+                json!({"approval_request_id": id, "operator": principal.key_id}),
+                now,
+            )?;
+            approval_status(tx, now, &principal.tenant_id, &id.to_string())?
+                .ok_or_else(|| ApiError::internal("approval vanished"))
+        })
+    }
+
+    // ---- expiry ----
+
+    /// Expires what is past its time: reservations, approvals, approval tokens,
+    /// intents past their deadline, old idempotency keys. Each change is on the ledger.
+    pub fn sweep(&self) -> Result<SweepReport, ApiError> {
+        let retention = self.config.idempotency_retention_ms.max(24 * 3_600_000);
+        self.tx(|tx, now| {
+            let mut report = SweepReport::default();
+            let expired: Vec<(String, String, String, u64)> = {
+                let mut stmt = tx.prepare(
+                    "SELECT id, tenant_id, intent_id, amount_cents FROM reservations
+                     WHERE state = 'open' AND expires_ms <= ?1",
+                )?;
+                stmt.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect::<Result<_, _>>()?
+            };
+            for (id, tenant, intent, amount) in expired {
+                tx.execute(
+                    "UPDATE reservations SET state = 'expired', finalized_ms = ?2 WHERE id = ?1",
+                    params![id, now],
+                )?;
+                ledger::append(
+                    tx,
+                    &tenant,
+                    "reservation.expired",
+                    json!({"decision_id": id, "intent_id": intent, "amount_cents": amount}),
+                    now,
+                )?;
+                report.reservations_expired += 1;
+            }
+            let approvals: Vec<(String, String)> = {
+                let mut stmt = tx.prepare(
+                    "SELECT id, tenant_id FROM approvals WHERE state = 'pending' AND expires_ms <= ?1",
+                )?;
+                stmt.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?
+            };
+            for (id, tenant) in approvals {
+                tx.execute("UPDATE approvals SET state = 'expired' WHERE id = ?1", params![id])?;
+                ledger::append(tx, &tenant, "approval.expired", json!({"approval_request_id": id}), now)?;
+                report.approvals_expired += 1;
+            }
+            tx.execute(
+                "UPDATE approvals SET token = NULL WHERE token IS NOT NULL AND token_expires_ms <= ?1",
+                params![now],
+            )?;
+            let intents: Vec<(String, String, String)> = {
+                let mut stmt = tx.prepare(
+                    "SELECT id, tenant_id, state FROM intents
+                     WHERE deadline_ms <= ?1 AND state IN ('created', 'funded', 'evidence_submitted')",
+                )?;
+                stmt.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<_, _>>()?
+            };
+            for (id, tenant, state) in intents {
+                let next = match state.as_str() {
+                    "evidence_submitted" => "released",
+                    "funded" => "refunded",
+                    _ => "expired",
+                };
+                tx.execute("UPDATE intents SET state = ?2 WHERE id = ?1", params![id, next])?;
+                ledger::append(
+                    tx,
+                    &tenant,
+                    &format!("intent.{next}"),
+                    json!({"intent_id": id, "from": state}),
+                    now,
+                )?;
+                report.intents_closed += 1;
+            }
+            report.idempotency_keys_dropped = u64::try_from(tx.execute(
+                "DELETE FROM idempotency WHERE created_ms <= ?1",
+                params![now - retention],
+            )?)
+            .unwrap_or(0);
+            Ok(report)
+        })
+    }
+}
+
+fn intent_view(
+    tx: &Transaction<'_>,
+    now: i64,
+    tenant: &str,
+    intent_id: Uuid,
+) -> Result<IntentView, ApiError> {
+    let row: Option<(String, u64, String, String, i64)> = tx
+        .query_row(
+            "SELECT operations, budget_cents, currency, state, deadline_ms FROM intents
+             WHERE id = ?1 AND tenant_id = ?2",
+            params![intent_id.to_string(), tenant],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let Some((ops, budget, currency, state, deadline)) = row else {
+        return Err(ApiError::not_found(
+            "intent_not_found",
+            "no such intent for this tenant",
+        ));
+    };
+    let (consumed, reserved): (u64, u64) = tx.query_row(
+        "SELECT COALESCE(SUM(CASE WHEN state = 'consumed' THEN actual_cents ELSE 0 END), 0),
+                COALESCE(SUM(CASE WHEN state = 'open' AND expires_ms > ?2 THEN amount_cents ELSE 0 END), 0)
+         FROM reservations WHERE intent_id = ?1",
+        params![intent_id.to_string(), now],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(IntentView {
+        intent_id,
+        tenant: tenant.to_owned(),
+        state: lifecycle(&state),
+        allowed_tools: serde_json::from_str(&ops)?,
+        budget_cents: budget,
+        consumed_cents: consumed,
+        reserved_cents: reserved,
+        currency,
+        deadline: rfc3339(deadline),
+        capability_token: None,
+    })
+}
+
+fn complete_tx(
+    tx: &Transaction<'_>,
+    now: i64,
+    principal: &Principal,
+    decision_id: Uuid,
+    req: &CompleteRequest,
+) -> Result<CompleteResponse, ApiError> {
+    let row: Option<(String, u64, String, i64, Option<String>)> = tx
+        .query_row(
+            "SELECT intent_id, amount_cents, state, expires_ms, complete_response FROM reservations
+             WHERE id = ?1 AND tenant_id = ?2",
+            params![decision_id.to_string(), principal.tenant_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let Some((intent, reserved, state, expires, stored)) = row else {
+        let held: bool = tx
+            .query_row(
+                "SELECT 1 FROM decisions WHERE id = ?1 AND tenant_id = ?2",
+                params![decision_id.to_string(), principal.tenant_id],
+                |_| Ok(true),
+            )
+            .optional()?
+            .unwrap_or(false);
+        return Err(if held {
+            ApiError::conflict(
+                "decision_not_allowed",
+                "the decision was not an allow; nothing is reserved",
+            )
+        } else {
+            ApiError::not_found("decision_not_found", "no such decision for this tenant")
+        });
+    };
+    let actual = match req.outcome {
+        Finalization::Consumed => req.actual_spend_cents.unwrap_or(reserved),
+        Finalization::Released => 0,
+    };
+    if req.outcome == Finalization::Consumed && actual > reserved {
+        return Err(ApiError::unprocessable(
+            "actual_spend_exceeds_reservation",
+            format!("actual_spend_cents {actual} is above the {reserved} cents reserved"),
+        ));
+    }
+    let outcome_name = match req.outcome {
+        Finalization::Consumed => "consumed",
+        Finalization::Released => "released",
+    };
+    if state != "open" {
+        if let Some(stored) = stored {
+            let previous: CompleteResponse = serde_json::from_str(&stored)?;
+            if previous.outcome == Some(req.outcome) && previous.actual_spend_cents == Some(actual)
+            {
+                return Ok(previous);
+            }
+        }
+        return Err(ApiError::conflict(
+            if state == "expired" {
+                "reservation_expired"
+            } else {
+                "decision_already_finalized"
+            },
+            format!("the reservation is already {state}"),
+        ));
+    }
+    if now >= expires {
+        tx.execute(
+            "UPDATE reservations SET state = 'expired', finalized_ms = ?2 WHERE id = ?1",
+            params![decision_id.to_string(), now],
+        )?;
+        ledger::append(
+            tx,
+            &principal.tenant_id,
+            "reservation.expired",
+            json!({"decision_id": decision_id, "intent_id": intent, "amount_cents": reserved}),
+            now,
+        )?;
+        return Err(ApiError::conflict(
+            "reservation_expired",
+            "the reservation expired before it was finalized; its amount was returned",
+        ));
+    }
+    let response = CompleteResponse {
+        decision_id: Some(decision_id),
+        outcome: Some(req.outcome),
+        actual_spend_cents: Some(actual),
+        returned_cents: Some(reserved - actual),
+    };
+    tx.execute(
+        "UPDATE reservations SET state = ?2, actual_cents = ?3, finalized_ms = ?4, complete_response = ?5
+         WHERE id = ?1",
+        params![
+            decision_id.to_string(),
+            outcome_name,
+            actual,
+            now,
+            serde_json::to_string(&response)?
+        ],
+    )?;
+    ledger::append(
+        tx,
+        &principal.tenant_id,
+        &format!("reservation.{outcome_name}"),
+        json!({"decision_id": decision_id, "intent_id": intent, "reserved_cents": reserved,
+               "actual_cents": actual, "returned_cents": reserved - actual}),
+        now,
+    )?;
+    Ok(response)
+}
+
+fn approval_state_name(s: ApprovalState) -> &'static str {
+    match s {
+        ApprovalState::Pending => "pending",
+        ApprovalState::Approved => "approved",
+        ApprovalState::Denied => "denied",
+        ApprovalState::Expired => "expired",
+    }
+}
+
+/// The approval's row if it can still be decided: 404 if absent, 409 if decided or expired.
+fn pending_row(
+    tx: &Transaction<'_>,
+    now: i64,
+    tenant: &str,
+    id: Uuid,
+) -> Result<(String, u32), ApiError> {
+    let row: Option<(String, String, u32, i64)> = tx
+        .query_row(
+            "SELECT state, approvers, quorum, expires_ms FROM approvals WHERE id = ?1 AND tenant_id = ?2",
+            params![id.to_string(), tenant],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    let Some((state, approvers, quorum, expires)) = row else {
+        return Err(ApiError::not_found(
+            "approval_not_found",
+            "no such approval request",
+        ));
+    };
+    if state != "pending" {
+        return Err(ApiError::conflict(
+            "approval_already_decided",
+            format!("the approval request is already {state}"),
+        ));
+    }
+    if now >= expires {
+        return Err(ApiError::conflict(
+            "approval_expired",
+            "the approval request has expired",
+        ));
+    }
+    Ok((approvers, quorum))
+}
+
+fn approval_status(
+    tx: &Transaction<'_>,
+    now: i64,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<ApprovalStatus>, ApiError> {
+    type Row = (
+        String,
+        String,
+        String,
+        u64,
+        String,
+        String,
+        String,
+        u32,
+        i64,
+        Option<String>,
+        Option<i64>,
+    );
+    let row: Option<Row> = tx
+        .query_row(
+            "SELECT decision_id, intent_id, operation, amount_cents, reason_codes, state, approvers, quorum,
+             expires_ms, token, token_expires_ms FROM approvals WHERE id = ?1 AND tenant_id = ?2",
+            params![id, tenant],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((
+        decision,
+        intent,
+        operation,
+        amount,
+        reasons,
+        state,
+        approvers,
+        quorum,
+        expires,
+        token,
+        token_expires,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let mut state = match state.as_str() {
+        "approved" => ApprovalState::Approved,
+        "denied" => ApprovalState::Denied,
+        "expired" => ApprovalState::Expired,
+        _ => ApprovalState::Pending,
+    };
+    if state == ApprovalState::Pending && now >= expires {
+        state = ApprovalState::Expired;
+    }
+    let token = token.filter(|_| token_expires.is_some_and(|e| now < e));
+    let approvers: Vec<String> = serde_json::from_str(&approvers)?;
+    Ok(Some(ApprovalStatus {
+        approval_request_id: Uuid::parse_str(id).map_err(ApiError::internal)?,
+        state,
+        decision_id: Uuid::parse_str(&decision).ok(),
+        intent_id: Uuid::parse_str(&intent).ok(),
+        operation: Some(operation),
+        requested_spend_cents: Some(amount),
+        reason_codes: serde_json::from_str(&reasons)?,
+        approvals: u32::try_from(approvers.len()).unwrap_or(u32::MAX),
+        quorum,
+        approval_token: token.map(ApprovalToken::new),
+        expires_at: Some(rfc3339(if state == ApprovalState::Approved {
+            token_expires.unwrap_or(expires)
+        } else {
+            expires
+        })),
+    }))
+}

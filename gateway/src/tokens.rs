@@ -1,0 +1,177 @@
+//! Secrets the gateway issues: API keys, capability tokens (Biscuit) and approval tokens.
+//!
+//! API keys and approval tokens are random and stored as SHA-256 digests only (an
+//! approval token's plain value is kept until it is used or expires, so the agent
+//! that was held can read it). Capability tokens are Biscuit tokens signed with the
+//! gateway's Ed25519 root key: every verify checks the signature; a token already
+//! verified is remembered by its digest.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use biscuit_auth::builder::{fact, int, string};
+use biscuit_auth::{Biscuit, KeyPair, PrivateKey};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// Lowercase hex SHA-256 of `data`.
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
+    let digest = Sha256::digest(data);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// 256 random bits as 64 hex characters (two v4 UUIDs: the OS random source).
+pub(crate) fn random_hex() -> String {
+    format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+}
+
+/// What a valid capability token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Claims {
+    pub tenant: String,
+    pub intent: String,
+    pub operations: Vec<String>,
+    pub expires_ms: i64,
+}
+
+/// Why a capability token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenError {
+    /// Not a token of this gateway, or tampered with.
+    Invalid,
+}
+
+/// Mints and checks capability tokens with the gateway's root key.
+pub(crate) struct Minter {
+    root: KeyPair,
+    verified: Mutex<HashMap<String, Claims>>,
+}
+
+const CACHE_LIMIT: usize = 4096;
+
+impl Minter {
+    /// A minter for a stored root key, or a new key (returned for storing).
+    pub(crate) fn load(stored: Option<&[u8]>) -> (Self, Option<Vec<u8>>) {
+        let existing = stored.and_then(|bytes| {
+            PrivateKey::from_bytes(bytes, biscuit_auth::Algorithm::Ed25519)
+                .ok()
+                .map(|k| KeyPair::from(&k))
+        });
+        let (root, new) = match existing {
+            Some(root) => (root, None),
+            None => {
+                let root = KeyPair::new();
+                let bytes = root.private().to_bytes().to_vec();
+                (root, Some(bytes))
+            }
+        };
+        (
+            Self {
+                root,
+                verified: Mutex::new(HashMap::new()),
+            },
+            new,
+        )
+    }
+
+    /// A token for `tenant`'s `intent`, allowing `operations` until `expires_ms`.
+    pub(crate) fn mint(&self, claims: &Claims) -> Result<String, biscuit_auth::error::Token> {
+        let mut builder = Biscuit::builder()
+            .fact(fact("tenant", &[string(&claims.tenant)]))?
+            .fact(fact("intent", &[string(&claims.intent)]))?
+            .fact(fact("expires_ms", &[int(claims.expires_ms)]))?;
+        for op in &claims.operations {
+            builder = builder.fact(fact("operation", &[string(op)]))?;
+        }
+        builder.build(&self.root)?.to_base64()
+    }
+
+    /// Checks the signature and reads the claims. Expiry and scope are judged by the caller.
+    pub(crate) fn check(&self, token: &str) -> Result<Claims, TokenError> {
+        let key = sha256_hex(token.as_bytes());
+        if let Ok(cache) = self.verified.lock()
+            && let Some(c) = cache.get(&key)
+        {
+            return Ok(c.clone());
+        }
+        let biscuit =
+            Biscuit::from_base64(token, self.root.public()).map_err(|_| TokenError::Invalid)?;
+        // An attenuated token (more than the authority block) would need its checks run
+        // against each request; this gateway issues single-block tokens only.
+        if biscuit.block_count() != 1 {
+            return Err(TokenError::Invalid);
+        }
+        let mut authorizer = biscuit.authorizer().map_err(|_| TokenError::Invalid)?;
+        let strings = |authorizer: &mut biscuit_auth::Authorizer, rule: &str| {
+            authorizer
+                .query_all::<_, (String,), _>(rule)
+                .map(|v| v.into_iter().map(|(s,)| s).collect::<Vec<_>>())
+                .map_err(|_| TokenError::Invalid)
+        };
+        let tenant = strings(&mut authorizer, "data($t) <- tenant($t)")?;
+        let intent = strings(&mut authorizer, "data($i) <- intent($i)")?;
+        let mut operations = strings(&mut authorizer, "data($o) <- operation($o)")?;
+        operations.sort();
+        let expires: Vec<(i64,)> = authorizer
+            .query_all("data($e) <- expires_ms($e)")
+            .map_err(|_| TokenError::Invalid)?;
+        let ([tenant], [intent], [(expires_ms,)]) =
+            (tenant.as_slice(), intent.as_slice(), expires.as_slice())
+        else {
+            return Err(TokenError::Invalid);
+        };
+        let claims = Claims {
+            tenant: tenant.clone(),
+            intent: intent.clone(),
+            operations,
+            expires_ms: *expires_ms,
+        };
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(key, claims.clone());
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_tokens_verify_and_others_do_not() {
+        let (minter, new_key) = Minter::load(None);
+        let claims = Claims {
+            tenant: "t1".into(),
+            intent: "i1".into(),
+            operations: vec!["a.op".into(), "b.op".into()],
+            expires_ms: 42,
+        };
+        let token = minter.mint(&claims).unwrap();
+        assert_eq!(minter.check(&token).unwrap(), claims);
+        // Cached: same answer.
+        assert_eq!(minter.check(&token).unwrap(), claims);
+
+        // The same key restored from storage accepts it; another key does not.
+        let (restored, none) = Minter::load(new_key.as_deref());
+        assert!(none.is_none());
+        assert_eq!(restored.check(&token).unwrap(), claims);
+        let (other, _) = Minter::load(None);
+        assert_eq!(other.check(&token), Err(TokenError::Invalid));
+
+        // Tampering breaks the signature.
+        let mut bytes = token.into_bytes();
+        let mid = bytes.len() / 2;
+        bytes[mid] = if bytes[mid] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(bytes).unwrap();
+        assert_eq!(restored.check(&tampered), Err(TokenError::Invalid));
+        assert_eq!(restored.check("not a token"), Err(TokenError::Invalid));
+    }
+}
