@@ -140,7 +140,7 @@ pub struct TenantKeys {
 }
 
 /// A tenant's effective policy, as the engine enforces it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EffectivePolicy {
     /// The tenant.
     pub tenant_id: String,

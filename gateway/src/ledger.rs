@@ -16,7 +16,7 @@ use crate::tokens::sha256_hex;
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One ledger entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LedgerEvent {
     /// Position in the tenant's chain, from 1.
     pub seq: u64,
@@ -33,7 +33,7 @@ pub struct LedgerEvent {
 }
 
 /// The last entry of a tenant's chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LedgerTip {
     /// The tenant.
     pub tenant_id: String,
@@ -44,7 +44,7 @@ pub struct LedgerTip {
 }
 
 /// The result of checking every chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LedgerCheck {
     /// Whether every chain verifies.
     pub valid: bool,

@@ -7,6 +7,8 @@ mod error;
 mod evidence;
 mod ledger;
 mod lifecycle;
+pub mod openapi;
+pub mod server;
 mod store;
 mod tokens;
 pub use embedded::EmbeddedGateway;

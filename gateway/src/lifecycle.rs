@@ -18,7 +18,7 @@ use crate::ledger;
 use crate::tokens::{Claims, random_hex, sha256_hex};
 
 /// `POST /harbor/intents`: an intent on the simulator rail, funded at once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CreateIntentRequest {
     /// Operations the intent allows (delegated tool names).
     pub allowed_tools: Vec<String>,
@@ -42,7 +42,7 @@ pub struct CreateIntentRequest {
 }
 
 /// An intent as the Harbor routes describe it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IntentView {
     /// The intent.
     pub intent_id: Uuid,
@@ -68,14 +68,16 @@ pub struct IntentView {
 }
 
 /// `GET /v1/approvals`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApprovalList {
     /// Oldest first.
     pub approvals: Vec<ApprovalStatus>,
 }
 
 /// What one sweep changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct SweepReport {
     /// Reservations past their TTL, now expired (their amounts return to the budgets).
     pub reservations_expired: u64,

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 macro_rules! secret_newtype {
@@ -10,7 +11,7 @@ macro_rules! secret_newtype {
         ///
         /// `Debug` and `Display` print a fixed placeholder; read the value with
         /// [`expose_secret`](Self::expose_secret) only where it goes on the wire.
-        #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
         #[serde(transparent)]
         pub struct $name(String);
 

@@ -5,13 +5,14 @@
 //! leaner answers; fields the layer depends on (`allow`, `tenant`, `intent_id`) are
 //! required, so an answer without them is malformed and fails closed.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::secret::{ApprovalToken, CapabilityToken};
 
 /// Sandbox or live: which rail an API key and its tenant act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Environment {
     /// Simulated money.
@@ -21,7 +22,7 @@ pub enum Environment {
 }
 
 /// The role of a service account's API key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Role {
@@ -37,7 +38,7 @@ pub enum Role {
 }
 
 /// `GET /v1/auth/principal`: who an API key is. The tenant comes from here, never from user input.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Principal {
     /// The key's tenant.
     pub tenant_id: String,
@@ -57,7 +58,7 @@ pub struct Principal {
 }
 
 /// `POST /verify`: may this call run?
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VerifyRequest {
     /// The intent the capability token was minted for.
     pub intent_id: Uuid,
@@ -97,7 +98,7 @@ pub struct VerifyRequest {
 }
 
 /// The scope whose budget governed a decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SpendScope {
     /// `intent`, `tenant`, `agent`, `vendor` or `tool`.
     pub scope_type: String,
@@ -106,7 +107,7 @@ pub struct SpendScope {
 }
 
 /// The answer to `POST /verify`. A denial or a hold is a 200 with `allow: false`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VerifyResult {
     /// The final decision.
     pub allow: bool,
@@ -153,7 +154,7 @@ pub struct VerifyResult {
 }
 
 /// The three outcomes of a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     /// Run the tool.
@@ -176,7 +177,7 @@ impl VerifyResult {
 }
 
 /// How a reservation is finalized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Finalization {
     /// The tool ran: settle its actual cost, return the rest.
@@ -186,7 +187,7 @@ pub enum Finalization {
 }
 
 /// `POST /v1/spend/decisions/{decision_id}/complete`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CompleteRequest {
     /// Consumed or released.
     pub outcome: Finalization,
@@ -197,7 +198,7 @@ pub struct CompleteRequest {
 
 /// The answer to a complete. Every field is optional on the wire; when the gateway
 /// echoes the decision id it must be the one finalized.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CompleteResponse {
     /// The finalized decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,7 +215,7 @@ pub struct CompleteResponse {
 }
 
 /// Lifecycle of an intent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum LifecycleStatus {
@@ -233,7 +234,7 @@ pub enum LifecycleStatus {
 }
 
 /// `POST /v1/sandbox/guardrails/bootstrap`: a funded sandbox intent and its capability token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SandboxBootstrapRequest {
     /// The intent's one allowed operation.
     pub operation: String,
@@ -254,7 +255,7 @@ pub struct SandboxBootstrapRequest {
 }
 
 /// The answer to a sandbox bootstrap.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SandboxBootstrapResponse {
     /// The caller's tenant.
     pub tenant_id: String,
@@ -271,7 +272,7 @@ pub struct SandboxBootstrapResponse {
 }
 
 /// `POST /v1/sandbox/guardrails/{intent_id}/evidence`: what a call did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EvidenceRequest {
     /// The preset's payload, e.g. `{"status": "completed", "cost_cents": 18700}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,7 +292,7 @@ pub struct EvidenceRequest {
 }
 
 /// The answer to an evidence submission.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EvidenceResponse {
     /// The caller's tenant.
     pub tenant_id: String,
@@ -304,7 +305,7 @@ pub struct EvidenceResponse {
 }
 
 /// State of an approval request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalState {
     /// Waiting for operators.
@@ -318,7 +319,7 @@ pub enum ApprovalState {
 }
 
 /// `GET /v1/approvals/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ApprovalStatus {
     /// The approval request.
     pub approval_request_id: Uuid,
@@ -354,7 +355,7 @@ pub struct ApprovalStatus {
 }
 
 /// The error envelope of every non-2xx answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     /// Machine-readable code, e.g. `idempotency_key_reused`.
     pub error: String,

@@ -67,3 +67,40 @@ impl Fixture {
         (r.intent_id, r.capability_token)
     }
 }
+
+/// Serves the fixture's engine on a free loopback port; the server stops with the test's runtime.
+pub async fn serve(engine: Arc<Engine>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(paybond_gateway::server::serve(
+        listener,
+        engine,
+        std::future::pending(),
+    ));
+    format!("http://{addr}")
+}
+
+/// A raw HTTP request to the server: `(status, json body)`.
+pub async fn call(
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method, format!("{base}{path}"));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_owned());
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, json)
+}

@@ -1,0 +1,387 @@
+//! The OpenAPI 3.1 document of the HTTP contract, built from the route table below
+//! and the JSON Schemas of the request and response types (schemars). Served at
+//! `/openapi.json` and checked in as `gateway/openapi.json`; tests keep the three
+//! (table, router, file) in step.
+
+use paybond_middleware_core::wire::{
+    ApprovalStatus, CompleteRequest, CompleteResponse, ErrorBody, EvidenceRequest,
+    EvidenceResponse, Principal, SandboxBootstrapRequest, SandboxBootstrapResponse, VerifyRequest,
+    VerifyResult,
+};
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde_json::{Map, Value, json};
+
+use crate::engine::EffectivePolicy;
+use crate::ledger::{LedgerEvent, LedgerTip};
+use crate::lifecycle::{ApprovalList, CreateIntentRequest, IntentView};
+
+type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
+
+/// One documented route.
+pub struct RouteDoc {
+    /// `GET`, `POST` or `PUT`.
+    pub method: &'static str,
+    /// Path with `{param}` placeholders, as routed.
+    pub path: &'static str,
+    /// Roles that may call it (`none`: no credentials).
+    pub roles: &'static str,
+    /// What it does.
+    pub summary: &'static str,
+    request: Option<SchemaFn>,
+    response: SchemaFn,
+    /// Error statuses it can answer besides 401/403/5xx.
+    errors: &'static [u16],
+    /// Query parameters.
+    query: &'static [(&'static str, &'static str)],
+}
+
+#[derive(JsonSchema)]
+#[allow(dead_code)] // documents a response shape
+struct LedgerEvents {
+    events: Vec<LedgerEvent>,
+}
+
+#[derive(JsonSchema)]
+#[allow(dead_code)] // documents a response shape
+struct Health {
+    status: String,
+}
+
+#[derive(JsonSchema)]
+#[allow(dead_code)] // documents a response shape
+struct OrgPolicyPublished {
+    org_policy_id: String,
+    digest: String,
+}
+
+/// A policy file (YAML or JSON): see `policies/policy.schema.json`.
+#[derive(JsonSchema)]
+#[allow(dead_code)] // documents a request shape
+struct PolicyFileBody(paybond_policies::PolicyDocument);
+
+/// Every route of the contract.
+pub const ROUTES: &[RouteDoc] = &[
+    RouteDoc {
+        method: "GET",
+        path: "/v1/auth/principal",
+        roles: "agent, operator, tenant_admin",
+        summary: "Who the API key is: tenant, environment, role.",
+        request: None,
+        response: schema::<Principal>,
+        errors: &[],
+        query: &[],
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/verify",
+        roles: "agent, operator, tenant_admin",
+        summary: "Decide one call: allow (reserves the amount), hold for approval, or deny. A hold or deny is HTTP 200 with allow false.",
+        request: Some(schema::<VerifyRequest>),
+        response: schema::<VerifyResult>,
+        errors: &[400, 409, 413, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/v1/spend/decisions/{decision_id}/complete",
+        roles: "agent, operator, tenant_admin",
+        summary: "Finalize an allowed decision's reservation: consumed (actual ≤ reserved) or released.",
+        request: Some(schema::<CompleteRequest>),
+        response: schema::<CompleteResponse>,
+        errors: &[400, 404, 409, 413, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/v1/sandbox/guardrails/bootstrap",
+        roles: "agent, operator, tenant_admin (sandbox keys)",
+        summary: "A funded sandbox intent (budget = requested_spend_cents, one operation) and its capability token.",
+        request: Some(schema::<SandboxBootstrapRequest>),
+        response: schema::<SandboxBootstrapResponse>,
+        errors: &[400, 409, 413, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/v1/sandbox/guardrails/{intent_id}/evidence",
+        roles: "agent, operator, tenant_admin",
+        summary: "Submit evidence; the cost_and_completion predicate moves the intent's state.",
+        request: Some(schema::<EvidenceRequest>),
+        response: schema::<EvidenceResponse>,
+        errors: &[400, 404, 409, 413, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/harbor/intents",
+        roles: "agent, operator, tenant_admin",
+        summary: "Create an intent on the simulator rail; it is funded at once and carries a capability token.",
+        request: Some(schema::<CreateIntentRequest>),
+        response: schema::<IntentView>,
+        errors: &[400, 409, 413, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/harbor/intents/{intent_id}",
+        roles: "agent, operator, tenant_admin",
+        summary: "An intent's state, budget, consumed and reserved amounts.",
+        request: None,
+        response: schema::<IntentView>,
+        errors: &[400, 404],
+        query: &[],
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/harbor/intents/{intent_id}/fund",
+        roles: "agent, operator, tenant_admin",
+        summary: "Fund an intent (already funded on the simulator rail): answers it with a fresh capability token.",
+        request: None,
+        response: schema::<IntentView>,
+        errors: &[400, 404, 409],
+        query: &[],
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/harbor/intents/{intent_id}/evidence",
+        roles: "agent, operator, tenant_admin",
+        summary: "Submit evidence (same as the sandbox route).",
+        request: Some(schema::<EvidenceRequest>),
+        response: schema::<EvidenceResponse>,
+        errors: &[400, 404, 409, 413, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/v1/approvals",
+        roles: "operator, tenant_admin; agent (its tenant's, read-only)",
+        summary: "The tenant's approval requests, oldest first.",
+        request: None,
+        response: schema::<ApprovalList>,
+        errors: &[400],
+        query: &[("state", "pending, approved, denied or expired")],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/v1/approvals/{approval_request_id}",
+        roles: "operator, tenant_admin; agent (its tenant's, read-only)",
+        summary: "Where an approval request stands; carries the approval token once approved.",
+        request: None,
+        response: schema::<ApprovalStatus>,
+        errors: &[400, 404],
+        query: &[],
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/v1/approvals/{approval_request_id}/approve",
+        roles: "operator, tenant_admin",
+        summary: "One operator's approval; at quorum a short-lived, single-use approval token is minted.",
+        request: None,
+        response: schema::<ApprovalStatus>,
+        errors: &[400, 404, 409],
+        query: &[],
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/v1/approvals/{approval_request_id}/deny",
+        roles: "operator, tenant_admin",
+        summary: "Deny an approval request.",
+        request: None,
+        response: schema::<ApprovalStatus>,
+        errors: &[400, 404, 409],
+        query: &[],
+    },
+    RouteDoc {
+        method: "PUT",
+        path: "/v1/admin/org-policies/{org_policy_id}",
+        roles: "tenant_admin",
+        summary: "Publish an org base policy (YAML or JSON body).",
+        request: Some(schema::<PolicyFileBody>),
+        response: schema::<OrgPolicyPublished>,
+        errors: &[400, 413, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "PUT",
+        path: "/v1/tenant/policy",
+        roles: "tenant_admin",
+        summary: "Publish the tenant's policy; an invalid or widening overlay is refused whole (422) with every problem.",
+        request: Some(schema::<PolicyFileBody>),
+        response: schema::<EffectivePolicy>,
+        errors: &[400, 413, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/v1/policy/effective",
+        roles: "agent, operator, tenant_admin",
+        summary: "The tenant's effective policy, its version and digest.",
+        request: None,
+        response: schema::<EffectivePolicy>,
+        errors: &[404],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/ledger/v1/tip",
+        roles: "operator, tenant_admin",
+        summary: "The last entry of the tenant's hash chain.",
+        request: None,
+        response: schema::<LedgerTip>,
+        errors: &[],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/ledger/v1/events",
+        roles: "operator, tenant_admin",
+        summary: "The tenant's ledger entries after after_seq.",
+        request: None,
+        response: schema::<LedgerEvents>,
+        errors: &[400],
+        query: &[
+            ("after_seq", "entries after this seq (default 0)"),
+            ("limit", "at most this many, 1 to 1000 (default 100)"),
+        ],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/healthz",
+        roles: "none",
+        summary: "Liveness.",
+        request: None,
+        response: schema::<Health>,
+        errors: &[],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/metrics",
+        roles: "none",
+        summary: "Prometheus text: decisions by outcome, verify latency histogram, open reservations.",
+        request: None,
+        response: schema::<String>,
+        errors: &[],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/openapi.json",
+        roles: "none",
+        summary: "This document.",
+        request: None,
+        response: schema::<Value>,
+        errors: &[],
+        query: &[],
+    },
+];
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        400 => "Malformed request (bad JSON, a bad path or query parameter)",
+        401 => "Missing or unknown API key",
+        403 => "The key's role or tenant may not do this",
+        404 => "No such thing for this tenant",
+        409 => "Conflicts with the current state, or an idempotency key reused with another body",
+        413 => "Body over 64 KiB",
+        422 => "Well-formed but unacceptable (a field's value)",
+        429 => "Too many requests; see Retry-After",
+        _ => "Error",
+    }
+}
+
+/// The OpenAPI document.
+pub fn document() -> Value {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let error_ref = schema::<ErrorBody>(&mut generator).to_value();
+    let mut paths = Map::new();
+    for route in ROUTES {
+        let mut op = Map::new();
+        op.insert("summary".into(), json!(route.summary));
+        op.insert(
+            "description".into(),
+            json!(format!("Roles: {}.", route.roles)),
+        );
+        let mut params: Vec<Value> = route
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| {
+                json!({"name": name, "in": "path", "required": true,
+                       "schema": {"type": "string", "format": if name == "org_policy_id" { "policy-name" } else { "uuid" }}})
+            })
+            .collect();
+        params.extend(route.query.iter().map(|(name, what)| {
+            json!({"name": name, "in": "query", "required": false, "description": what, "schema": {"type": "string"}})
+        }));
+        if route.roles != "none" {
+            params.push(json!({"name": "x-tenant-id", "in": "header", "required": false,
+                "description": "Must equal the API key's tenant (else 403).", "schema": {"type": "string"}}));
+        }
+        if route.method != "GET" && route.roles != "none" {
+            params.push(json!({"name": "idempotency-key", "in": "header", "required": false,
+                "description": "Same key and body: the same answer, nothing new. Same key, other body: 409.",
+                "schema": {"type": "string"}}));
+        }
+        if !params.is_empty() {
+            op.insert("parameters".into(), Value::Array(params));
+        }
+        if let Some(request) = route.request {
+            op.insert(
+                "requestBody".into(),
+                json!({"required": true, "content": {"application/json": {"schema": request(&mut generator).to_value()}}}),
+            );
+        }
+        let mut responses = Map::new();
+        let ok_type = if route.path == "/metrics" {
+            "text/plain"
+        } else {
+            "application/json"
+        };
+        responses.insert(
+            "200".into(),
+            json!({"description": "OK", "content": {ok_type: {"schema": (route.response)(&mut generator).to_value()}}}),
+        );
+        let mut statuses: Vec<u16> = route.errors.to_vec();
+        if route.roles != "none" {
+            statuses.extend([401, 403]);
+        }
+        statuses.sort_unstable();
+        for status in statuses {
+            responses.insert(
+                status.to_string(),
+                json!({"description": status_text(status), "content": {"application/json": {"schema": error_ref}}}),
+            );
+        }
+        op.insert("responses".into(), Value::Object(responses));
+        if route.roles == "none" {
+            op.insert("security".into(), json!([]));
+        }
+        let entry = paths
+            .entry(route.path.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(methods) = entry {
+            methods.insert(route.method.to_lowercase(), Value::Object(op));
+        }
+    }
+    let schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Paybond Gateway",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Authorizes an AI agent's paid tool calls before they run. All bodies JSON, snake_case; errors are {error, message, request_id}."
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "paybond_sk_sandbox_… / paybond_sk_live_…"}}
+        }
+    })
+}

@@ -1,0 +1,532 @@
+//! The HTTP server (DESIGN §5): every route over the same [`Engine`], the error
+//! envelope on every non-2xx answer, a body limit, `/healthz`, `/metrics` and
+//! `/openapi.json`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use paybond_middleware_core::wire::{
+    ApprovalState, CompleteRequest, ErrorBody, EvidenceRequest, Principal, SandboxBootstrapRequest,
+    VerifyRequest,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::engine::Engine;
+use crate::error::ApiError;
+use crate::lifecycle::CreateIntentRequest;
+
+/// Largest request body accepted, in bytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(Clone)]
+struct AppState {
+    engine: Arc<Engine>,
+}
+
+/// An error answer: the envelope, the status and a request id.
+struct HttpError {
+    error: ApiError,
+    request_id: String,
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: self.error.code.to_owned(),
+            message: self.error.message,
+            request_id: self.request_id.clone(),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            response.headers_mut().insert("x-request-id", v);
+        }
+        if let Some(secs) = self.error.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
+    }
+}
+
+fn fail(error: ApiError) -> HttpError {
+    HttpError {
+        error,
+        request_id: Uuid::new_v4().to_string(),
+    }
+}
+
+type Answer = Result<Response, HttpError>;
+
+fn json<T: Serialize>(value: &T) -> Answer {
+    serde_json::to_vec(value)
+        .map(|bytes| {
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                bytes,
+            )
+                .into_response()
+        })
+        .map_err(|e| fail(ApiError::internal(e)))
+}
+
+/// The credentials of a request, checked on the blocking pool with the operation.
+struct Credentials {
+    api_key: Option<String>,
+    tenant_header: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+fn credentials(headers: &HeaderMap) -> Result<Credentials, HttpError> {
+    let text = |name: &str| -> Result<Option<String>, HttpError> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str().map(str::to_owned).map_err(|_| {
+                    fail(ApiError::bad_request(
+                        "invalid_header",
+                        format!("the {name} header is not visible ASCII"),
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let api_key = text("authorization")?.and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .map(|k| k.trim().to_owned())
+    });
+    Ok(Credentials {
+        api_key,
+        tenant_header: text("x-tenant-id")?,
+        idempotency_key: text("idempotency-key")?,
+    })
+}
+
+/// Authenticates and runs `f` on the blocking pool (the engine's SQLite calls block).
+async fn with_engine<T, F>(state: &AppState, creds: Credentials, f: F) -> Result<T, HttpError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Engine, &Principal, Option<String>) -> Result<T, ApiError> + Send + 'static,
+{
+    let engine = state.engine.clone();
+    tokio::task::spawn_blocking(move || {
+        let Some(key) = creds.api_key else {
+            return Err(ApiError::unauthorized(
+                "missing `Authorization: Bearer <api key>`",
+            ));
+        };
+        let principal = engine.authenticate(&key)?;
+        if let Some(t) = &creds.tenant_header
+            && *t != principal.tenant_id
+        {
+            return Err(ApiError::forbidden(
+                "tenant_mismatch",
+                "x-tenant-id does not match the API key's tenant",
+            ));
+        }
+        f(&engine, &principal, creds.idempotency_key)
+    })
+    .await
+    .map_err(|e| fail(ApiError::internal(e)))?
+    .map_err(fail)
+}
+
+/// Parses a JSON body; malformed JSON is 400, a wrong or missing field 422, naming it.
+fn parse<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, HttpError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        };
+        fail(if inner.is_data() {
+            ApiError::unprocessable("invalid_field", message)
+        } else {
+            ApiError::bad_request("malformed_json", message)
+        })
+    })
+}
+
+/// Reads the body within [`BODY_LIMIT`].
+async fn body(request: Request) -> Result<(HeaderMap, Bytes), HttpError> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
+        fail(ApiError::new(
+            413,
+            "body_too_large",
+            format!("the request body is over {BODY_LIMIT} bytes"),
+        ))
+    })?;
+    Ok((parts.headers, bytes))
+}
+
+fn uuid_param(raw: &str, name: &str) -> Result<Uuid, HttpError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        fail(ApiError::bad_request(
+            "invalid_path_parameter",
+            format!("{name} `{raw}` is not a UUID"),
+        ))
+    })
+}
+
+/// The idempotency key of a request: header and body field must agree when both are set.
+fn merge_key(header: Option<String>, body: Option<String>) -> Result<Option<String>, ApiError> {
+    match (header, body) {
+        (Some(h), Some(b)) if h != b => Err(ApiError::bad_request(
+            "idempotency_key_mismatch",
+            "the idempotency-key header and the body's idempotency_key differ",
+        )),
+        (h, b) => Ok(h.or(b)),
+    }
+}
+
+async fn principal(State(s): State<AppState>, headers: HeaderMap) -> Answer {
+    let p = with_engine(&s, credentials(&headers)?, |_, p, _| Ok(p.clone())).await?;
+    json(&p)
+}
+
+async fn verify(State(s): State<AppState>, request: Request) -> Answer {
+    let (headers, bytes) = body(request).await?;
+    let creds = credentials(&headers)?;
+    let mut req: VerifyRequest = parse(&bytes)?;
+    let r = with_engine(&s, creds, move |e, p, key| {
+        req.idempotency_key = merge_key(key, req.idempotency_key.take())?;
+        e.verify(p, &req)
+    })
+    .await?;
+    json(&r)
+}
+
+async fn complete(State(s): State<AppState>, Path(id): Path<String>, request: Request) -> Answer {
+    let id = uuid_param(&id, "decision_id")?;
+    let (headers, bytes) = body(request).await?;
+    let creds = credentials(&headers)?;
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(flatten)]
+        request: CompleteRequest,
+        #[serde(default)]
+        idempotency_key: Option<String>,
+    }
+    let req: Body = parse(&bytes)?;
+    let r = with_engine(&s, creds, move |e, p, key| {
+        let key = merge_key(key, req.idempotency_key)?;
+        e.complete(p, id, &req.request, key.as_deref())
+    })
+    .await?;
+    json(&r)
+}
+
+async fn bootstrap(State(s): State<AppState>, request: Request) -> Answer {
+    let (headers, bytes) = body(request).await?;
+    let creds = credentials(&headers)?;
+    let mut req: SandboxBootstrapRequest = parse(&bytes)?;
+    let r = with_engine(&s, creds, move |e, p, key| {
+        req.idempotency_key = merge_key(key, req.idempotency_key.take())?;
+        e.bootstrap_sandbox(p, &req)
+    })
+    .await?;
+    json(&r)
+}
+
+async fn evidence(State(s): State<AppState>, Path(id): Path<String>, request: Request) -> Answer {
+    let id = uuid_param(&id, "intent_id")?;
+    let (headers, bytes) = body(request).await?;
+    let creds = credentials(&headers)?;
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(flatten)]
+        request: EvidenceRequest,
+        #[serde(default)]
+        idempotency_key: Option<String>,
+    }
+    let req: Body = parse(&bytes)?;
+    let r = with_engine(&s, creds, move |e, p, key| {
+        let key = merge_key(key, req.idempotency_key)?;
+        e.submit_evidence(p, id, &req.request, key.as_deref())
+    })
+    .await?;
+    json(&r)
+}
+
+async fn create_intent(State(s): State<AppState>, request: Request) -> Answer {
+    let (headers, bytes) = body(request).await?;
+    let creds = credentials(&headers)?;
+    let mut req: CreateIntentRequest = parse(&bytes)?;
+    let r = with_engine(&s, creds, move |e, p, key| {
+        req.idempotency_key = merge_key(key, req.idempotency_key.take())?;
+        e.create_intent(p, &req)
+    })
+    .await?;
+    json(&r)
+}
+
+async fn fund_intent(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let id = uuid_param(&id, "intent_id")?;
+    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
+        e.fund_intent(p, id)
+    })
+    .await?;
+    json(&r)
+}
+
+async fn get_intent(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let id = uuid_param(&id, "intent_id")?;
+    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
+        e.get_intent(p, id)
+    })
+    .await?;
+    json(&r)
+}
+
+async fn list_approvals(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Answer {
+    let state = match q.get("state").map(String::as_str) {
+        None | Some("" | "all") => None,
+        Some("pending") => Some(ApprovalState::Pending),
+        Some("approved") => Some(ApprovalState::Approved),
+        Some("denied") => Some(ApprovalState::Denied),
+        Some("expired") => Some(ApprovalState::Expired),
+        Some(other) => {
+            return Err(fail(ApiError::bad_request(
+                "invalid_query_parameter",
+                format!("state `{other}` is not pending, approved, denied or expired"),
+            )));
+        }
+    };
+    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
+        e.list_approvals(p, state)
+    })
+    .await?;
+    json(&r)
+}
+
+async fn get_approval(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let id = uuid_param(&id, "approval_request_id")?;
+    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| e.approval(p, id)).await?;
+    json(&r)
+}
+
+async fn approve(State(s): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Answer {
+    let id = uuid_param(&id, "approval_request_id")?;
+    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| e.approve(p, id)).await?;
+    json(&r)
+}
+
+async fn deny(State(s): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Answer {
+    let id = uuid_param(&id, "approval_request_id")?;
+    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
+        e.deny_approval(p, id)
+    })
+    .await?;
+    json(&r)
+}
+
+fn body_text(bytes: &Bytes) -> Result<String, HttpError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        fail(ApiError::bad_request(
+            "malformed_body",
+            "the body is not UTF-8",
+        ))
+    })
+}
+
+async fn put_org_policy(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Answer {
+    let (headers, bytes) = body(request).await?;
+    let creds = credentials(&headers)?;
+    let text = body_text(&bytes)?;
+    let r = with_engine(&s, creds, move |e, p, _| {
+        e.publish_org_policy(p, &id, &text)
+    })
+    .await?;
+    json(&r)
+}
+
+async fn put_tenant_policy(State(s): State<AppState>, request: Request) -> Answer {
+    let (headers, bytes) = body(request).await?;
+    let creds = credentials(&headers)?;
+    let text = body_text(&bytes)?;
+    let r = with_engine(&s, creds, move |e, p, _| e.publish_tenant_policy(p, &text)).await?;
+    json(&r)
+}
+
+async fn effective_policy(State(s): State<AppState>, headers: HeaderMap) -> Answer {
+    let r = with_engine(&s, credentials(&headers)?, |e, p, _| e.effective_policy(p)).await?;
+    json(&r)
+}
+
+async fn ledger_tip(State(s): State<AppState>, headers: HeaderMap) -> Answer {
+    let r = with_engine(&s, credentials(&headers)?, |e, p, _| e.ledger_tip(p)).await?;
+    json(&r)
+}
+
+async fn ledger_events(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Answer {
+    let number = |name: &str, default: u64| -> Result<u64, HttpError> {
+        q.get(name).map_or(Ok(default), |v| {
+            v.parse().map_err(|_| {
+                fail(ApiError::bad_request(
+                    "invalid_query_parameter",
+                    format!("{name} `{v}` is not a whole number"),
+                ))
+            })
+        })
+    };
+    let after = number("after_seq", 0)?;
+    let limit = number("limit", 100)?;
+    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
+        e.ledger_events(p, after, limit)
+            .map(|events| serde_json::json!({ "events": events }))
+    })
+    .await?;
+    json(&r)
+}
+
+async fn healthz() -> Answer {
+    json(&serde_json::json!({"status": "ok"}))
+}
+
+async fn metrics(State(s): State<AppState>) -> Answer {
+    let engine = s.engine.clone();
+    let text = tokio::task::spawn_blocking(move || engine.render_metrics())
+        .await
+        .map_err(|e| fail(ApiError::internal(e)))?
+        .map_err(fail)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn openapi() -> Answer {
+    json(&crate::openapi::document())
+}
+
+async fn not_found(request: Request<Body>) -> HttpError {
+    fail(ApiError::not_found(
+        "route_not_found",
+        format!("no route {} {}", request.method(), request.uri().path()),
+    ))
+}
+
+async fn method_not_allowed(request: Request<Body>) -> HttpError {
+    fail(ApiError::new(
+        405,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    ))
+}
+
+/// The router over `engine`: every route of the contract.
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/v1/auth/principal", get(principal))
+        .route("/verify", post(verify))
+        .route("/v1/spend/decisions/{decision_id}/complete", post(complete))
+        .route("/v1/sandbox/guardrails/bootstrap", post(bootstrap))
+        .route(
+            "/v1/sandbox/guardrails/{intent_id}/evidence",
+            post(evidence),
+        )
+        .route("/harbor/intents", post(create_intent))
+        .route("/harbor/intents/{intent_id}", get(get_intent))
+        .route("/harbor/intents/{intent_id}/fund", post(fund_intent))
+        .route("/harbor/intents/{intent_id}/evidence", post(evidence))
+        .route("/v1/approvals", get(list_approvals))
+        .route("/v1/approvals/{approval_request_id}", get(get_approval))
+        .route("/v1/approvals/{approval_request_id}/approve", post(approve))
+        .route("/v1/approvals/{approval_request_id}/deny", post(deny))
+        .route(
+            "/v1/admin/org-policies/{org_policy_id}",
+            put(put_org_policy),
+        )
+        .route("/v1/tenant/policy", put(put_tenant_policy))
+        .route("/v1/policy/effective", get(effective_policy))
+        .route("/ledger/v1/tip", get(ledger_tip))
+        .route("/ledger/v1/events", get(ledger_events))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(AppState { engine })
+}
+
+/// Runs the expiry sweep every `every` until the engine is dropped elsewhere.
+pub fn spawn_sweeper(engine: Arc<Engine>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let e = engine.clone();
+            match tokio::task::spawn_blocking(move || e.sweep()).await {
+                Ok(Ok(report)) if report != crate::lifecycle::SweepReport::default() => {
+                    tracing::info!(?report, "sweep");
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "sweep failed"),
+                Err(e) => tracing::warn!(error = %e, "sweep task failed"),
+            }
+        }
+    })
+}
+
+/// Serves `engine` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    engine: Arc<Engine>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(engine))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
