@@ -7,6 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod dev;
+mod envfile;
+mod ops;
 mod policy;
 
 /// Authorize an AI agent's paid tools before they run.
@@ -22,6 +25,15 @@ enum Command {
     /// Write, extend, validate and describe policy files.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Run the gateway on this machine.
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
+    /// List, approve and deny held requests (operator key).
+    #[command(subcommand)]
+    Approvals(ops::ApprovalsCommand),
+    /// Check the hash-chained ledger.
+    #[command(subcommand)]
+    Ledger(ops::LedgerCommand),
 }
 
 /// How a command ended, as the process exit code.
@@ -53,8 +65,19 @@ pub(crate) fn usage_error(message: impl std::fmt::Display) -> Outcome {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs go to stderr (stdout carries results); RUST_LOG tunes them.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
     match cli.command {
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Dev(cmd) => dev::run(cmd),
+        Command::Approvals(cmd) => ops::approvals(cmd),
+        Command::Ledger(cmd) => ops::ledger(cmd),
     }
     .into()
 }

@@ -466,7 +466,12 @@ impl Engine {
         Ok(json!({"org_policy_id": org_policy_id, "digest": doc.digest()}))
     }
 
-    fn publish_org_policy_text(&self, tenant_id: &str, file: &PolicyFile) -> Result<(), ApiError> {
+    /// Publishes an org base from a file (the dev loop's `--org-policy-file`).
+    pub fn publish_org_policy_text(
+        &self,
+        tenant_id: &str,
+        file: &PolicyFile,
+    ) -> Result<(), ApiError> {
         let checked = check_policy(&file.text, &file.file);
         let Some(doc) = checked.document else {
             return Err(policy_refused(&checked.errors));

@@ -10,8 +10,14 @@ use serde_json::{Value, json};
 
 fn assert_envelope(body: &Value, code: &str) {
     assert_eq!(body["error"], code, "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
-    assert!(body["request_id"].as_str().is_some_and(|r| !r.is_empty()), "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["request_id"].as_str().is_some_and(|r| !r.is_empty()),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,10 +50,20 @@ async fn every_bad_request_gets_its_4xx_and_code() {
     };
     let verify = |intent: uuid::Uuid, token: &str, amount: Value| {
         json!({"intent_id": intent, "token": token, "operation": common::BOOK,
-               "requested_spend_cents": amount, "tool_name": common::BOOK}).to_string()
+               "requested_spend_cents": amount, "tool_name": common::BOOK})
+        .to_string()
     };
     let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(70 * 1024));
-    let cases: Vec<(Method, String, Option<&str>, Option<String>, u16, &str)> = vec![
+    // (method, path, key, body, expected status, expected code)
+    type Case<'a> = (
+        Method,
+        String,
+        Option<&'a str>,
+        Option<String>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case<'_>> = vec![
         // Credentials.
         (Method::POST, "/verify".into(), None, Some(verify(intent, token.expose_secret(), json!(1))), 401, "unauthorized"),
         (Method::POST, "/verify".into(), Some("paybond_sk_sandbox_nope"), Some(verify(intent, token.expose_secret(), json!(1))), 401, "unauthorized"),
@@ -96,34 +112,94 @@ async fn every_bad_request_gets_its_4xx_and_code() {
     assert_envelope(&resp.json().await.unwrap(), "tenant_mismatch");
 
     // A token from another tenant's intent, or presented for another intent: 200, denied.
-    let (status, body) = call(&base, Method::POST, "/verify", Some(agent), Some(&verify(intent, other_token.expose_secret(), json!(1)))).await;
+    let (status, body) = call(
+        &base,
+        Method::POST,
+        "/verify",
+        Some(agent),
+        Some(&verify(intent, other_token.expose_secret(), json!(1))),
+    )
+    .await;
     assert_eq!((status, body["allow"].clone()), (200, json!(false)));
     assert_eq!(body["reason_codes"], json!(["capability_intent_mismatch"]));
-    let (status, body) = call(&base, Method::POST, "/verify", Some(agent), Some(&verify(other_intent, token.expose_secret(), json!(1)))).await;
+    let (status, body) = call(
+        &base,
+        Method::POST,
+        "/verify",
+        Some(agent),
+        Some(&verify(other_intent, token.expose_secret(), json!(1))),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(body["reason_codes"], json!(["capability_intent_mismatch"]));
     // Unknown extra fields are accepted and ignored.
-    let mut extra: Value = serde_json::from_str(&verify(intent, token.expose_secret(), json!(100))).unwrap();
+    let mut extra: Value =
+        serde_json::from_str(&verify(intent, token.expose_secret(), json!(100))).unwrap();
     extra["future_field"] = json!({"x": 1});
-    let (status, body) = call(&base, Method::POST, "/verify", Some(agent), Some(&extra.to_string())).await;
-    assert_eq!((status, body["allow"].clone()), (200, json!(true)), "{body}");
+    let (status, body) = call(
+        &base,
+        Method::POST,
+        "/verify",
+        Some(agent),
+        Some(&extra.to_string()),
+    )
+    .await;
+    assert_eq!(
+        (status, body["allow"].clone()),
+        (200, json!(true)),
+        "{body}"
+    );
 
     // The field is named in the message.
-    let (_, body) = call(&base, Method::POST, "/verify", Some(agent), Some(&verify(intent, token.expose_secret(), json!("12")))).await;
-    assert!(body["message"].as_str().unwrap().contains("requested_spend_cents"), "{body}");
+    let (_, body) = call(
+        &base,
+        Method::POST,
+        "/verify",
+        Some(agent),
+        Some(&verify(intent, token.expose_secret(), json!("12"))),
+    )
+    .await;
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("requested_spend_cents"),
+        "{body}"
+    );
 
     // The error envelope never echoes a secret.
-    let (_, body) = call(&base, Method::POST, "/verify", Some("paybond_sk_sandbox_SECRET123"), Some("{}")).await;
+    let (_, body) = call(
+        &base,
+        Method::POST,
+        "/verify",
+        Some("paybond_sk_sandbox_SECRET123"),
+        Some("{}"),
+    )
+    .await;
     assert!(!body.to_string().contains("SECRET123"));
 
     // Health, metrics and the OpenAPI document need no key.
     let (status, body) = call(&base, Method::GET, "/healthz", None, None).await;
     assert_eq!((status, body), (200, json!({"status": "ok"})));
-    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("paybond_decisions_total{outcome=\"deny\"} 2"), "{metrics}");
-    assert!(metrics.contains("paybond_decisions_total{outcome=\"allow\"} 1"), "{metrics}");
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("paybond_decisions_total{outcome=\"deny\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("paybond_decisions_total{outcome=\"allow\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("paybond_open_reservations 1"), "{metrics}");
-    assert!(metrics.contains("paybond_verify_duration_seconds_count 3"), "{metrics}");
+    assert!(
+        metrics.contains("paybond_verify_duration_seconds_count 3"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,14 +232,29 @@ async fn the_served_and_checked_in_openapi_documents_match_the_router() {
             .replace("approval_request_id", &uuid::Uuid::new_v4().to_string())
             .replace("intent_id", &uuid::Uuid::new_v4().to_string());
         let method = Method::from_bytes(route.method.as_bytes()).unwrap();
-        let (status, body) = call(&base, method, &concrete, Some(fx.keys.operator.expose_secret()), Some("{}")).await;
+        let (status, body) = call(
+            &base,
+            method,
+            &concrete,
+            Some(fx.keys.operator.expose_secret()),
+            Some("{}"),
+        )
+        .await;
         assert!(
-            !matches!(body["error"].as_str(), Some("route_not_found" | "method_not_allowed")),
+            !matches!(
+                body["error"].as_str(),
+                Some("route_not_found" | "method_not_allowed")
+            ),
             "{} {}: {status} {body}",
             route.method,
             route.path
         );
-        assert!(status < 500, "{} {}: {status} {body}", route.method, route.path);
+        assert!(
+            status < 500,
+            "{} {}: {status} {body}",
+            route.method,
+            route.path
+        );
     }
     assert_eq!(paybond_gateway::openapi::ROUTES.len(), 21);
 }

@@ -1,0 +1,225 @@
+//! `paybond dev loop --offline`: the gateway on 127.0.0.1 with a local sandbox tenant.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use paybond_gateway::{Engine, EngineConfig, PolicyFile, Storage, database_path};
+use paybond_middleware_core::wire::Environment;
+
+use crate::{Outcome, envfile, usage_error};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DevCommand {
+    /// Run the gateway locally: `paybond dev loop --offline`.
+    Loop(Loop),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Loop {
+    /// Run without the hosted gateway (the only mode of this build).
+    #[arg(long)]
+    offline: bool,
+    /// Port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 8787)]
+    port: u16,
+    /// Where the gateway keeps its state.
+    #[arg(long, env = "PAYBOND_DATA_DIR", default_value = ".paybond")]
+    data_dir: PathBuf,
+    /// The tenant's policy [default: policies/tenant-overlay.policy.yaml, built in].
+    #[arg(long)]
+    policy_file: Option<PathBuf>,
+    /// The org base the tenant policy extends [default: policies/org-base.policy.yaml, built in].
+    #[arg(long)]
+    org_policy_file: Option<PathBuf>,
+    /// Where to write the sandbox keys.
+    #[arg(long, default_value = ".env.local")]
+    env_file: PathBuf,
+    /// Issue new keys even if the env file's keys still work (the old ones stop working).
+    #[arg(long)]
+    force: bool,
+    /// Seconds before an unfinalized reservation expires.
+    #[arg(long, default_value_t = 300)]
+    reservation_ttl_secs: u64,
+}
+
+pub(crate) fn run(cmd: DevCommand) -> Outcome {
+    match cmd {
+        DevCommand::Loop(args) => dev_loop(&args),
+    }
+}
+
+fn read_policy(path: Option<&PathBuf>, bundled: fn() -> PolicyFile) -> Result<PolicyFile, Outcome> {
+    match path {
+        None => Ok(bundled()),
+        Some(p) => PolicyFile::read(p)
+            .map_err(|e| usage_error(format!("cannot read {}: {e}", p.display()))),
+    }
+}
+
+fn dev_loop(a: &Loop) -> Outcome {
+    if !a.offline {
+        return usage_error(
+            "this build runs the gateway locally only: pass --offline \
+             (`paybond dev loop --offline`)",
+        );
+    }
+    let org = match read_policy(a.org_policy_file.as_ref(), PolicyFile::bundled_org_base) {
+        Ok(p) => p,
+        Err(o) => return o,
+    };
+    let tenant_policy =
+        match read_policy(a.policy_file.as_ref(), PolicyFile::bundled_tenant_overlay) {
+            Ok(p) => p,
+            Err(o) => return o,
+        };
+    let mut config = EngineConfig::new(Storage::File(database_path(&a.data_dir)));
+    config.reservation_ttl_ms =
+        i64::try_from(a.reservation_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    config.default_org_policy = Some(org.clone());
+    config.default_tenant_policy = Some(tenant_policy.clone());
+    let engine = match Engine::open(config) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            return usage_error(format!(
+                "cannot open the data dir {}: {}",
+                a.data_dir.display(),
+                e.message
+            ));
+        }
+    };
+
+    // The sandbox tenant and its keys.
+    let existing = match engine.tenant_by_name("sandbox") {
+        Ok(t) => t,
+        Err(e) => return usage_error(e.message),
+    };
+    let (tenant_id, new_keys) = match existing {
+        None => match engine.create_tenant("sandbox", Environment::Sandbox) {
+            Ok(keys) => (keys.tenant_id.clone(), Some(keys)),
+            Err(e) => return policy_or_usage(&e),
+        },
+        Some(tenant_id) => {
+            let keys_work = [
+                "PAYBOND_API_KEY",
+                "PAYBOND_OPERATOR_API_KEY",
+                "PAYBOND_ADMIN_API_KEY",
+            ]
+            .iter()
+            .all(|k| {
+                envfile::read(&a.env_file)
+                    .into_iter()
+                    .find(|(name, _)| name == k)
+                    .is_some_and(|(_, v)| {
+                        engine
+                            .authenticate(&v)
+                            .is_ok_and(|p| p.tenant_id == tenant_id)
+                    })
+            });
+            if keys_work && !a.force {
+                (tenant_id, None)
+            } else {
+                match engine.rotate_keys(&tenant_id) {
+                    Ok(keys) => (tenant_id, Some(keys)),
+                    Err(e) => return usage_error(e.message),
+                }
+            }
+        }
+    };
+    // The policies are (re)published at every start; unchanged ones keep their version.
+    if let Err(e) = engine
+        .publish_org_policy_text(&tenant_id, &org)
+        .and_then(|()| engine.publish_tenant_policy_text(&tenant_id, &tenant_policy))
+    {
+        return policy_or_usage(&e);
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return usage_error(format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", a.port)).await {
+            Ok(l) => l,
+            Err(e) => return usage_error(format!("cannot listen on 127.0.0.1:{}: {e}", a.port)),
+        };
+        let port = listener.local_addr().map_or(a.port, |addr| addr.port());
+        let url = format!("http://127.0.0.1:{port}");
+        let mut pairs: Vec<(&str, String)> = vec![
+            ("PAYBOND_GATEWAY_URL", url.clone()),
+            ("PAYBOND_TENANT_ID", tenant_id.clone()),
+        ];
+        if let Some(keys) = &new_keys {
+            pairs.push(("PAYBOND_API_KEY", keys.agent.expose_secret().to_owned()));
+            pairs.push((
+                "PAYBOND_OPERATOR_API_KEY",
+                keys.operator.expose_secret().to_owned(),
+            ));
+            pairs.push((
+                "PAYBOND_ADMIN_API_KEY",
+                keys.tenant_admin.expose_secret().to_owned(),
+            ));
+        }
+        let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if let Err(e) = envfile::write(&a.env_file, &borrowed) {
+            return usage_error(format!("cannot write {}: {e}", a.env_file.display()));
+        }
+        eprintln!(
+            "sandbox tenant {tenant_id}: keys {} {}; data in {}",
+            if new_keys.is_some() {
+                "written to"
+            } else {
+                "kept in"
+            },
+            a.env_file.display(),
+            a.data_dir.display()
+        );
+        let sweeper =
+            paybond_gateway::server::spawn_sweeper(engine.clone(), Duration::from_secs(1));
+        println!("listening on {url}");
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        let served = paybond_gateway::server::serve(listener, engine, shutdown_signal()).await;
+        sweeper.abort();
+        match served {
+            Ok(()) => Outcome::Success,
+            Err(e) => usage_error(format!("the server stopped: {e}")),
+        }
+    })
+}
+
+fn policy_or_usage(e: &paybond_gateway::ApiError) -> Outcome {
+    if e.code == "policy_invalid" || e.code == "org_policy_not_found" {
+        eprintln!("error: {}", e.message);
+        Outcome::Failed
+    } else {
+        usage_error(&e.message)
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

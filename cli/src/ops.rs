@@ -1,0 +1,235 @@
+//! `paybond approvals list | approve ID | deny ID` and `paybond ledger verify`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+use paybond_gateway::{Engine, EngineConfig, Storage, database_path};
+use paybond_middleware_core::wire::{ApprovalStatus, ErrorBody};
+use serde_json::Value;
+
+use crate::{Outcome, envfile, usage_error};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    /// For people.
+    Text,
+    /// JSON.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Remote {
+    /// Gateway base URL [default: PAYBOND_GATEWAY_URL, from the environment or the env file].
+    #[arg(long)]
+    gateway: Option<String>,
+    /// Env file read for the URL and the operator key.
+    #[arg(long, default_value = ".env.local")]
+    env_file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ApprovalsCommand {
+    /// Approval requests of the tenant (operator key).
+    List {
+        /// pending, approved, denied, expired or all.
+        #[arg(long, default_value = "pending")]
+        state: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Approve a held request; at quorum it yields a single-use approval token.
+    Approve {
+        /// The approval request id.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Deny a held request.
+    Deny {
+        /// The approval request id.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LedgerCommand {
+    /// Check every hash chain in a gateway's data dir (offline).
+    Verify {
+        /// The gateway's data dir.
+        #[arg(long, env = "PAYBOND_DATA_DIR", default_value = ".paybond")]
+        data_dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+struct Target {
+    url: String,
+    key: String,
+}
+
+fn target(remote: &Remote) -> Result<Target, Outcome> {
+    let url = remote
+        .gateway
+        .clone()
+        .or_else(|| envfile::lookup("PAYBOND_GATEWAY_URL", &remote.env_file));
+    let key = envfile::lookup("PAYBOND_OPERATOR_API_KEY", &remote.env_file);
+    match (url, key) {
+        (Some(url), Some(key)) => Ok(Target {
+            url: url.trim_end_matches('/').to_owned(),
+            key,
+        }),
+        (url, key) => {
+            let mut missing = Vec::new();
+            if url.is_none() {
+                missing.push("a gateway URL (--gateway or PAYBOND_GATEWAY_URL)");
+            }
+            if key.is_none() {
+                missing.push("an operator key (PAYBOND_OPERATOR_API_KEY)");
+            }
+            Err(usage_error(format!(
+                "this command needs {}, from the environment or {}; `paybond dev loop --offline` writes them",
+                missing.join(" and "),
+                remote.env_file.display()
+            )))
+        }
+    }
+}
+
+/// Sends one request; answers the JSON body, or prints the error and the exit code.
+fn send(t: &Target, method: reqwest::Method, path: &str) -> Result<Value, Outcome> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| usage_error(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .request(method, format!("{}{path}", t.url))
+            .bearer_auth(&t.key)
+            .send()
+            .await
+            .map_err(|e| usage_error(format!("cannot reach the gateway at {}: {e}", t.url)))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| usage_error(format!("the gateway's answer broke off: {e}")))?;
+        if status.is_success() {
+            return serde_json::from_str(&text)
+                .map_err(|e| usage_error(format!("the gateway's answer is not JSON: {e}")));
+        }
+        let detail = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| format!("{} ({})", b.message, b.error))
+            .unwrap_or(text);
+        eprintln!("error: HTTP {status}: {detail}");
+        Err(if status.as_u16() == 401 {
+            Outcome::Usage
+        } else {
+            Outcome::Failed
+        })
+    })
+}
+
+fn print_status(a: &ApprovalStatus) {
+    println!(
+        "{}  {:<8}  {}/{} approvals  {:<20} {:>10} cents  {}",
+        a.approval_request_id,
+        format!("{:?}", a.state).to_lowercase(),
+        a.approvals,
+        a.quorum,
+        a.operation.as_deref().unwrap_or("-"),
+        a.requested_spend_cents.unwrap_or(0),
+        a.reason_codes.join(",")
+    );
+}
+
+pub(crate) fn approvals(cmd: ApprovalsCommand) -> Outcome {
+    let (remote, method, path) = match &cmd {
+        ApprovalsCommand::List { state, remote } => (
+            remote,
+            reqwest::Method::GET,
+            format!("/v1/approvals?state={state}"),
+        ),
+        ApprovalsCommand::Approve { id, remote } => (
+            remote,
+            reqwest::Method::POST,
+            format!("/v1/approvals/{id}/approve"),
+        ),
+        ApprovalsCommand::Deny { id, remote } => (
+            remote,
+            reqwest::Method::POST,
+            format!("/v1/approvals/{id}/deny"),
+        ),
+    };
+    let t = match target(remote) {
+        Ok(t) => t,
+        Err(o) => return o,
+    };
+    let body = match send(&t, method, &path) {
+        Ok(b) => b,
+        Err(o) => return o,
+    };
+    if remote.format == Format::Json {
+        println!("{body}");
+        return Outcome::Success;
+    }
+    let list: Vec<ApprovalStatus> = match &cmd {
+        ApprovalsCommand::List { .. } => body
+            .get("approvals")
+            .cloned()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
+        _ => serde_json::from_value(body)
+            .map(|a| vec![a])
+            .unwrap_or_default(),
+    };
+    if list.is_empty() {
+        println!("no approval requests");
+    }
+    for a in &list {
+        print_status(a);
+    }
+    Outcome::Success
+}
+
+pub(crate) fn ledger(cmd: LedgerCommand) -> Outcome {
+    let LedgerCommand::Verify { data_dir, format } = cmd;
+    let db = database_path(&data_dir);
+    if !db.exists() {
+        return usage_error(format!(
+            "no gateway data in {} (expected {})",
+            data_dir.display(),
+            db.display()
+        ));
+    }
+    let mut config = EngineConfig::new(Storage::File(db));
+    config.default_org_policy = None;
+    config.default_tenant_policy = None;
+    let check = match Engine::open(config).and_then(|e| e.verify_ledger()) {
+        Ok(c) => c,
+        Err(e) => return usage_error(format!("cannot read the ledger: {}", e.message)),
+    };
+    match format {
+        Format::Json => println!("{}", serde_json::to_string(&check).unwrap_or_default()),
+        Format::Text if check.valid => println!(
+            "ledger valid: {} events in {} chains",
+            check.events, check.tenants
+        ),
+        Format::Text => println!(
+            "ledger BROKEN: {}",
+            check.problem.as_deref().unwrap_or("unknown problem")
+        ),
+    }
+    if check.valid {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    }
+}

@@ -1,0 +1,389 @@
+//! `paybond dev loop --offline` as a process: keys in the env file, state across
+//! restarts, and no acknowledged decision lost when it is killed with SIGKILL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on setup failures
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paybond_middleware_core::wire::{
+    CompleteRequest, Finalization, SandboxBootstrapRequest, VerifyRequest,
+};
+use paybond_middleware_core::{ApiKey, HttpGateway, RetryPolicy, SpendGateway};
+use serde_json::Value;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+struct Gateway {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, extra: &[&str]) -> Gateway {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_paybond"))
+        .args([
+            "dev",
+            "loop",
+            "--offline",
+            "--port",
+            "0",
+            "--reservation-ttl-secs",
+            "2",
+        ])
+        .args(extra)
+        .current_dir(dir)
+        .env_remove("PAYBOND_DATA_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the gateway did not print `listening on`");
+    Gateway { child, url }
+}
+
+fn env(dir: &Path) -> HashMap<String, String> {
+    std::fs::read_to_string(dir.join(".env.local"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
+async fn get(url: &str, key: &str, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{url}{path}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn ledger(url: &str, operator: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = get(
+            url,
+            operator,
+            &format!("/ledger/v1/events?after_seq={after}&limit=1000"),
+        )
+        .await;
+        let events = page["events"].as_array().unwrap().clone();
+        if events.is_empty() {
+            return all;
+        }
+        after = events.last().unwrap()["seq"].as_u64().unwrap();
+        all.extend(events);
+    }
+}
+
+#[test]
+fn keys_are_written_once_and_kept_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(dir.path(), &[]);
+    let keys = env(dir.path());
+    assert!(keys["PAYBOND_API_KEY"].starts_with("paybond_sk_sandbox_"));
+    assert!(keys["PAYBOND_OPERATOR_API_KEY"].starts_with("paybond_sk_sandbox_"));
+    assert!(keys["PAYBOND_ADMIN_API_KEY"].starts_with("paybond_sk_sandbox_"));
+    assert_eq!(keys["PAYBOND_GATEWAY_URL"], first.url);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(".env.local"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    drop(first);
+
+    let second = start(dir.path(), &[]);
+    let again = env(dir.path());
+    assert_eq!(again["PAYBOND_API_KEY"], keys["PAYBOND_API_KEY"]);
+    assert_eq!(again["PAYBOND_TENANT_ID"], keys["PAYBOND_TENANT_ID"]);
+    assert_eq!(again["PAYBOND_GATEWAY_URL"], second.url);
+    drop(second);
+
+    let third = start(dir.path(), &["--force"]);
+    let rotated = env(dir.path());
+    assert_ne!(rotated["PAYBOND_API_KEY"], keys["PAYBOND_API_KEY"]);
+    assert_eq!(rotated["PAYBOND_TENANT_ID"], keys["PAYBOND_TENANT_ID"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let old = reqwest::Client::new()
+            .get(format!("{}/v1/auth/principal", third.url))
+            .bearer_auth(&keys["PAYBOND_API_KEY"])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(old.status().as_u16(), 401);
+    });
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    // No hourly rate limit here (the bundled policy has one), so the load keeps allowing.
+    std::fs::write(
+        dir.path().join("load.policy.yaml"),
+        "version: 1\nname: load\ndefault_deny: true\ntools:\n  travel.book_hotel: {side_effecting: true, spend_from_args: amount_cents, evidence_preset: cost_and_completion}\n",
+    )
+    .unwrap();
+    let policy = ["--policy-file", "load.policy.yaml"];
+    let gw = start(dir.path(), &policy);
+    let keys = env(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // Load: 8 clients verify and settle until the process is killed under them.
+    let decisions = Arc::new(Mutex::new(Vec::<Uuid>::new()));
+    let completed = Arc::new(Mutex::new(Vec::<(Uuid, Finalization, u64)>::new()));
+    let url = gw.url.clone();
+    let agent_key = keys["PAYBOND_API_KEY"].clone();
+    let (intent, token) = rt.block_on(async {
+        let client = HttpGateway::builder(&url, ApiKey::new(agent_key.clone()))
+            .build()
+            .unwrap();
+        let b = client
+            .bootstrap_sandbox(&SandboxBootstrapRequest {
+                operation: "travel.book_hotel".into(),
+                requested_spend_cents: 60_000,
+                currency: None,
+                evidence_schema: None,
+                metadata: None,
+                idempotency_key: None,
+            })
+            .await
+            .unwrap();
+        (b.intent_id, b.capability_token)
+    });
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (url, key, token) = (url.clone(), agent_key.clone(), token.clone());
+            let (decisions, completed) = (decisions.clone(), completed.clone());
+            rt.spawn(async move {
+                let client = HttpGateway::builder(&url, ApiKey::new(key))
+                    .retry(RetryPolicy::none())
+                    .build()
+                    .unwrap();
+                for i in 0.. {
+                    let Ok(r) = client
+                        .verify(&VerifyRequest {
+                            intent_id: intent,
+                            token: token.clone(),
+                            operation: "travel.book_hotel".into(),
+                            requested_spend_cents: 10 + (i % 7),
+                            vendor_id: None,
+                            task_id: None,
+                            workflow_id: None,
+                            tool_call_id: Some(format!("w{w}-{i}")),
+                            tool_name: Some("travel.book_hotel".into()),
+                            currency: None,
+                            agent_subject: None,
+                            approval_token: None,
+                            idempotency_key: Some(format!("w{w}-{i}")),
+                        })
+                        .await
+                    else {
+                        return;
+                    };
+                    let Some(id) = r.decision_id.filter(|_| r.allow) else {
+                        continue;
+                    };
+                    decisions.lock().await.push(id);
+                    // Every third allow is left open: it must expire after the restart.
+                    if i % 3 == 0 {
+                        continue;
+                    }
+                    let outcome = if i % 3 == 1 {
+                        Finalization::Consumed
+                    } else {
+                        Finalization::Released
+                    };
+                    let req = CompleteRequest {
+                        outcome,
+                        actual_spend_cents: None,
+                    };
+                    if let Ok(c) = client.complete_decision(id, &req, &format!("c-{id}")).await {
+                        completed.lock().await.push((
+                            id,
+                            outcome,
+                            c.actual_spend_cents.unwrap_or(0),
+                        ));
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the load build, then kill -9 in the middle of it.
+    let started = Instant::now();
+    while rt.block_on(async { decisions.lock().await.len() }) < 150
+        && started.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(gw); // SIGKILL, then reaped
+    for w in workers {
+        let _ = rt.block_on(w);
+    }
+    let decisions = rt.block_on(async { decisions.lock().await.clone() });
+    let completed = rt.block_on(async { completed.lock().await.clone() });
+    assert!(
+        decisions.len() >= 150,
+        "only {} decisions before the kill",
+        decisions.len()
+    );
+
+    // Restart on the same data dir: every acknowledged decision and completion is there, once.
+    let gw = start(dir.path(), &policy);
+    let operator = keys["PAYBOND_OPERATOR_API_KEY"].clone();
+    rt.block_on(async {
+        let events = ledger(&gw.url, &operator).await;
+        let mut allowed = std::collections::HashSet::new();
+        let mut finalized: HashMap<String, Vec<String>> = HashMap::new();
+        for e in &events {
+            let kind = e["event"].as_str().unwrap();
+            let id = e["payload"]["decision_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if kind == "decision.allow" {
+                allowed.insert(id);
+            } else if kind.starts_with("reservation.") {
+                finalized.entry(id).or_default().push(kind.to_owned());
+            }
+        }
+        for d in &decisions {
+            assert!(
+                allowed.contains(&d.to_string()),
+                "acknowledged decision {d} lost"
+            );
+        }
+        for (d, outcome, _) in &completed {
+            let kinds = &finalized[&d.to_string()];
+            let expected = match outcome {
+                Finalization::Consumed => "reservation.consumed",
+                Finalization::Released => "reservation.released",
+            };
+            assert_eq!(kinds, &[expected.to_owned()], "{d} finalized {kinds:?}");
+        }
+        assert!(
+            finalized.values().all(|k| k.len() == 1),
+            "a reservation was finalized twice"
+        );
+
+        // A second, different completion of an acknowledged one is refused.
+        let client = HttpGateway::builder(&gw.url, ApiKey::new(agent_key.clone()))
+            .build()
+            .unwrap();
+        let (d, outcome, _) = completed[0];
+        let other = match outcome {
+            Finalization::Consumed => Finalization::Released,
+            Finalization::Released => Finalization::Consumed,
+        };
+        let err = client
+            .complete_decision(
+                d,
+                &CompleteRequest {
+                    outcome: other,
+                    actual_spend_cents: None,
+                },
+                "again",
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("decision_already_finalized"),
+            "{err}"
+        );
+
+        // Orphaned reservations (left open, or cut off by the kill) expire.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let metrics = reqwest::get(format!("{}/metrics", gw.url))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if metrics.contains("paybond_open_reservations 0") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reservations still open:\n{metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Now every allowed reservation has exactly one end: consumed, released or expired.
+        let events = ledger(&gw.url, &operator).await;
+        let mut ends: HashMap<String, usize> = HashMap::new();
+        let mut allows = Vec::new();
+        for e in &events {
+            let kind = e["event"].as_str().unwrap();
+            let id = e["payload"]["decision_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if kind == "decision.allow" {
+                allows.push(id);
+            } else if kind.starts_with("reservation.") {
+                *ends.entry(id).or_default() += 1;
+            }
+        }
+        let expired = events
+            .iter()
+            .filter(|e| e["event"] == "reservation.expired")
+            .count();
+        assert!(expired > 0, "no orphan expired");
+        for id in &allows {
+            assert_eq!(
+                ends.get(id),
+                Some(&1),
+                "reservation {id} has {:?} ends",
+                ends.get(id)
+            );
+        }
+    });
+    drop(gw);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_paybond"))
+        .args(["ledger", "verify", "--format", "json"])
+        .current_dir(dir.path())
+        .env_remove("PAYBOND_DATA_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let check: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(check["valid"], true);
+    assert!(check["events"].as_u64().unwrap() > 300);
+}
