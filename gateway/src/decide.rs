@@ -110,10 +110,20 @@ impl Engine {
         let call = Call {
             tenant: &principal.tenant_id,
             intent: req.intent_id.to_string(),
-            tool: req
-                .tool_name
-                .clone()
-                .unwrap_or_else(|| req.operation.clone()),
+            // The policy's name for the tool: the one the call names, else the tool
+            // whose operation it is. Per-tool controls are looked up by this name, so a
+            // call cannot dodge them by naming another tool.
+            tool: req.tool_name.clone().unwrap_or_else(|| {
+                policy
+                    .and_then(|p| {
+                        p.policy
+                            .tools
+                            .iter()
+                            .find(|(name, t)| t.operation_for(name) == req.operation)
+                            .map(|(name, _)| name.clone())
+                    })
+                    .unwrap_or_else(|| req.operation.clone())
+            }),
             operation: &req.operation,
             vendor: req.vendor_id.as_deref(),
             agent: req
@@ -122,6 +132,7 @@ impl Engine {
                 .unwrap_or_else(|| principal.subject.clone()),
             amount: req.requested_spend_cents,
         };
+        crate::lifecycle::expire_due(tx, now)?;
         let decision_id = Uuid::new_v4();
         let mut budget_left = None;
         let verdict = self.checks(tx, now, req, &call, policy, &mut budget_left)?;
@@ -164,6 +175,10 @@ impl Engine {
                         now,
                         now + self.config.reservation_ttl_ms
                     ],
+                )?;
+                tx.execute(
+                    "UPDATE intents SET reserved_cents = reserved_cents + ?2 WHERE id = ?1",
+                    params![call.intent, call.amount],
                 )?;
                 if let Some(approval_id) = &approval {
                     tx.execute(
@@ -277,14 +292,15 @@ impl Engine {
             ));
         }
         // 3. The intent.
-        let intent: Option<(String, i64, u64)> = tx
+        let intent: Option<(String, i64, u64, u64)> = tx
             .query_row(
-                "SELECT state, deadline_ms, budget_cents FROM intents WHERE id = ?1 AND tenant_id = ?2",
+                "SELECT state, deadline_ms, budget_cents, consumed_cents + reserved_cents FROM intents
+                 WHERE id = ?1 AND tenant_id = ?2",
                 params![call.intent, call.tenant],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        let Some((state, deadline, mut budget)) = intent else {
+        let Some((state, deadline, mut budget, spent)) = intent else {
             return Ok(deny(
                 "intent_not_funded",
                 "the intent does not exist or is not funded",
@@ -307,12 +323,7 @@ impl Engine {
             ));
         };
         let doc = &policy.policy;
-        let entry = doc.tools.get(&call.tool).or_else(|| {
-            doc.tools
-                .iter()
-                .find(|(name, t)| t.operation_for(name) == call.operation)
-                .map(|(_, t)| t)
-        });
+        let entry = doc.tools.get(&call.tool);
         if entry.is_none() && doc.default_deny == Some(true) {
             return Ok(deny(
                 "tool_not_in_policy",
@@ -375,11 +386,6 @@ impl Engine {
             let policy_cap = (usd * 100.0).round() as u64;
             budget = budget.min(policy_cap);
         }
-        let spent: u64 = tx.query_row(
-            &format!("SELECT {SPENT} FROM reservations WHERE intent_id = ?2"),
-            params![now, call.intent],
-            |r| r.get(0),
-        )?;
         *budget_left = Some(budget.saturating_sub(spent));
         if spent + call.amount > budget {
             return Ok(deny(

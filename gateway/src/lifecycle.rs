@@ -593,29 +593,10 @@ impl Engine {
     pub fn sweep(&self) -> Result<SweepReport, ApiError> {
         let retention = self.config.idempotency_retention_ms.max(24 * 3_600_000);
         self.tx(|tx, now| {
-            let mut report = SweepReport::default();
-            let expired: Vec<(String, String, String, u64)> = {
-                let mut stmt = tx.prepare(
-                    "SELECT id, tenant_id, intent_id, amount_cents FROM reservations
-                     WHERE state = 'open' AND expires_ms <= ?1",
-                )?;
-                stmt.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                    .collect::<Result<_, _>>()?
+            let mut report = SweepReport {
+                reservations_expired: expire_due(tx, now)?,
+                ..SweepReport::default()
             };
-            for (id, tenant, intent, amount) in expired {
-                tx.execute(
-                    "UPDATE reservations SET state = 'expired', finalized_ms = ?2 WHERE id = ?1",
-                    params![id, now],
-                )?;
-                ledger::append(
-                    tx,
-                    &tenant,
-                    "reservation.expired",
-                    json!({"decision_id": id, "intent_id": intent, "amount_cents": amount}),
-                    now,
-                )?;
-                report.reservations_expired += 1;
-            }
             let approvals: Vec<(String, String)> = {
                 let mut stmt = tx.prepare(
                     "SELECT id, tenant_id FROM approvals WHERE state = 'pending' AND expires_ms <= ?1",
@@ -664,6 +645,40 @@ impl Engine {
             Ok(report)
         })
     }
+}
+
+/// Expires every open reservation past its TTL: its amount returns to its intent's
+/// budget and the expiry goes on the ledger. Runs in the sweep and before each verify,
+/// so a decision never counts a reservation that has run out.
+pub(crate) fn expire_due(tx: &Transaction<'_>, now: i64) -> Result<u64, ApiError> {
+    let due: Vec<(String, String, String, u64)> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT id, tenant_id, intent_id, amount_cents FROM reservations
+             WHERE state = 'open' AND expires_ms <= ?1",
+        )?;
+        stmt.query_map(params![now], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?
+    };
+    for (id, tenant, intent, amount) in &due {
+        tx.execute(
+            "UPDATE reservations SET state = 'expired', finalized_ms = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
+        tx.execute(
+            "UPDATE intents SET reserved_cents = reserved_cents - ?2 WHERE id = ?1",
+            params![intent, amount],
+        )?;
+        ledger::append(
+            tx,
+            tenant,
+            "reservation.expired",
+            json!({"decision_id": id, "intent_id": intent, "amount_cents": amount}),
+            now,
+        )?;
+    }
+    Ok(u64::try_from(due.len()).unwrap_or(u64::MAX))
 }
 
 fn intent_view(
@@ -772,17 +787,7 @@ fn complete_tx(
         ));
     }
     if now >= expires {
-        tx.execute(
-            "UPDATE reservations SET state = 'expired', finalized_ms = ?2 WHERE id = ?1",
-            params![decision_id.to_string(), now],
-        )?;
-        ledger::append(
-            tx,
-            &principal.tenant_id,
-            "reservation.expired",
-            json!({"decision_id": decision_id, "intent_id": intent, "amount_cents": reserved}),
-            now,
-        )?;
+        expire_due(tx, now)?;
         return Err(ApiError::conflict(
             "reservation_expired",
             "the reservation expired before it was finalized; its amount was returned",
@@ -794,6 +799,11 @@ fn complete_tx(
         actual_spend_cents: Some(actual),
         returned_cents: Some(reserved - actual),
     };
+    tx.execute(
+        "UPDATE intents SET reserved_cents = reserved_cents - ?2, consumed_cents = consumed_cents + ?3
+         WHERE id = ?1",
+        params![intent, reserved, actual],
+    )?;
     tx.execute(
         "UPDATE reservations SET state = ?2, actual_cents = ?3, finalized_ms = ?4, complete_response = ?5
          WHERE id = ?1",

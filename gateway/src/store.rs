@@ -61,6 +61,8 @@ CREATE TABLE IF NOT EXISTS intents (
     currency TEXT NOT NULL,
     state TEXT NOT NULL,
     deadline_ms INTEGER NOT NULL,
+    consumed_cents INTEGER NOT NULL DEFAULT 0,
+    reserved_cents INTEGER NOT NULL DEFAULT 0,
     evidence_schema TEXT,
     metadata TEXT,
     created_ms INTEGER NOT NULL
