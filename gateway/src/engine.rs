@@ -190,6 +190,9 @@ pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) metrics: Metrics,
     policies: Mutex<HashMap<String, Arc<EffectivePolicy>>>,
+    /// Authenticated keys by digest; cleared when keys are rotated. One engine owns
+    /// its database, so no other writer can revoke a key behind it.
+    principals: Mutex<HashMap<String, Principal>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -248,6 +251,7 @@ impl Engine {
             config,
             metrics: Metrics::default(),
             policies: Mutex::new(HashMap::new()),
+            principals: Mutex::new(HashMap::new()),
         })
     }
 
@@ -384,7 +388,7 @@ impl Engine {
 
     /// Revokes every key of a tenant and issues three new ones.
     pub fn rotate_keys(&self, tenant_id: &str) -> Result<TenantKeys, ApiError> {
-        self.tx(|tx, now| {
+        let keys = self.tx(|tx, now| {
             let env: String = tx
                 .query_row(
                     "SELECT environment FROM tenants WHERE id = ?1",
@@ -404,12 +408,21 @@ impl Engine {
                 Environment::Sandbox
             };
             issue_keys(tx, tenant_id, env, now)
-        })
+        })?;
+        if let Ok(mut cache) = self.principals.lock() {
+            cache.clear();
+        }
+        Ok(keys)
     }
 
     /// Who an API key is; 401 for a key this gateway did not issue.
     pub fn authenticate(&self, api_key: &str) -> Result<Principal, ApiError> {
         let hash = sha256_hex(api_key.as_bytes());
+        if let Ok(cache) = self.principals.lock()
+            && let Some(p) = cache.get(&hash)
+        {
+            return Ok(p.clone());
+        }
         let row: Option<(String, String, String, String, String)> = self.tx(|tx, _| {
             Ok(tx
                 .query_row(
@@ -424,7 +437,7 @@ impl Engine {
             return Err(ApiError::unauthorized("the API key is not valid"));
         };
         let role = role_from(&role);
-        Ok(Principal {
+        let principal = Principal {
             tenant_id,
             environment: if env == "live" {
                 Environment::Live
@@ -435,7 +448,11 @@ impl Engine {
             roles: vec![role],
             subject,
             key_id,
-        })
+        };
+        if let Ok(mut cache) = self.principals.lock() {
+            cache.insert(hash, principal.clone());
+        }
+        Ok(principal)
     }
 
     // ---- policies ----
