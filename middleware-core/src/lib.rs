@@ -57,6 +57,7 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(()) }) }
 //! ```
 
+mod feedback;
 mod gateway;
 mod http;
 mod registry;
@@ -69,6 +70,7 @@ pub mod wire;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
+pub use feedback::{FeedbackStatus, model_feedback};
 pub use gateway::{GatewayError, GatewayErrorKind, SpendGateway};
 pub use http::{HttpGateway, HttpGatewayBuilder, RetryPolicy};
 pub use registry::{GuardedRegistry, Tool, ToolDefinition, ToolRegistry, ToolRouter, UnknownTool};
