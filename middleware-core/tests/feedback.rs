@@ -40,7 +40,10 @@ async fn each_outcome_has_its_status_and_reasons() {
         .push_verify(VerifyScript::Allow);
 
     let ok = tools.call(BOOK, json!({"amount_cents": 100}), "c1").await;
-    assert_eq!(model_feedback(&ok), (FeedbackStatus::Ok, json!({"confirmation": "H-1"})));
+    assert_eq!(
+        model_feedback(&ok),
+        (FeedbackStatus::Ok, json!({"confirmation": "H-1"}))
+    );
 
     let held = tools.call(BOOK, json!({"amount_cents": 100}), "c2").await;
     let (status, body) = model_feedback(&held);
@@ -51,18 +54,33 @@ async fn each_outcome_has_its_status_and_reasons() {
 
     let denied = tools.call(BOOK, json!({"amount_cents": 100}), "c3").await;
     let (status, body) = model_feedback(&denied);
-    assert_eq!((status, &body["status"]), (FeedbackStatus::Blocked, &json!("blocked")));
+    assert_eq!(
+        (status, &body["status"]),
+        (FeedbackStatus::Blocked, &json!("blocked"))
+    );
     assert_eq!(body["reason_codes"], json!(["tool_cap_exceeded"]));
 
-    let failed = tools.call(BOOK, json!({"amount_cents": 100, "fail": true}), "c4").await;
+    let failed = tools
+        .call(BOOK, json!({"amount_cents": 100, "fail": true}), "c4")
+        .await;
     let (status, body) = model_feedback(&failed);
-    assert_eq!((status, &body["reason_codes"]), (FeedbackStatus::Error, &json!(["tool_failed"])));
+    assert_eq!(
+        (status, &body["reason_codes"]),
+        (FeedbackStatus::Error, &json!(["tool_failed"]))
+    );
 
     // No gateway answer: blocked, fail closed.
     let unknown = tools.call(SEARCH, json!({}), "c5").await;
     let (status, body) = model_feedback(&unknown);
-    assert_eq!((status, &body["reason_codes"]), (FeedbackStatus::Blocked, &json!(["invalid_call"])));
-    for (_, body) in [model_feedback(&held), model_feedback(&denied), model_feedback(&failed)] {
+    assert_eq!(
+        (status, &body["reason_codes"]),
+        (FeedbackStatus::Blocked, &json!(["invalid_call"]))
+    );
+    for (_, body) in [
+        model_feedback(&held),
+        model_feedback(&denied),
+        model_feedback(&failed),
+    ] {
         assert!(!body.to_string().contains(TOKEN));
     }
 }
