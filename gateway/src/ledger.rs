@@ -219,3 +219,34 @@ pub(crate) fn verify_chain(tx: &Transaction<'_>) -> Result<LedgerCheck, ApiError
     }
     Ok(check)
 }
+
+/// Checks one tenant's chain as read from `GET /ledger/v1/events` (all of it, from
+/// seq 1): sequence, links and hashes. `Err` names the first bad entry.
+pub fn verify_events(tenant_id: &str, events: &[LedgerEvent]) -> Result<(), String> {
+    let mut prev = GENESIS.to_owned();
+    for (i, e) in events.iter().enumerate() {
+        let expected_seq = i as u64 + 1;
+        if e.seq != expected_seq {
+            return Err(format!("expected seq {expected_seq}, found {}", e.seq));
+        }
+        if e.prev_hash != prev {
+            return Err(format!(
+                "seq {}: prev_hash does not link to the entry before",
+                e.seq
+            ));
+        }
+        if entry_hash(
+            tenant_id,
+            e.seq,
+            &e.event,
+            &e.payload,
+            e.at_ms,
+            &e.prev_hash,
+        ) != e.hash
+        {
+            return Err(format!("seq {}: hash does not match the entry", e.seq));
+        }
+        prev.clone_from(&e.hash);
+    }
+    Ok(())
+}

@@ -14,6 +14,6 @@ mod tokens;
 pub use embedded::EmbeddedGateway;
 pub use engine::*;
 pub use error::ApiError;
-pub use ledger::{LedgerCheck, LedgerEvent, LedgerTip};
+pub use ledger::{GENESIS, LedgerCheck, LedgerEvent, LedgerTip, verify_events};
 pub use lifecycle::*;
 pub use store::{Storage, database_path};

@@ -58,6 +58,9 @@ pub struct IntentView {
     pub consumed_cents: u64,
     /// Held by open reservations.
     pub reserved_cents: u64,
+    /// Reservations not yet finalized.
+    #[serde(default)]
+    pub open_reservations: u64,
     /// Currency.
     pub currency: String,
     /// Deadline (RFC 3339).
@@ -290,6 +293,7 @@ impl Engine {
             budget_cents: req.budget_cents,
             consumed_cents: 0,
             reserved_cents: 0,
+            open_reservations: 0,
             currency,
             deadline: rfc3339(deadline_ms),
             capability_token: Some(CapabilityToken::new(token)),
@@ -687,26 +691,36 @@ fn intent_view(
     tenant: &str,
     intent_id: Uuid,
 ) -> Result<IntentView, ApiError> {
-    let row: Option<(String, u64, String, String, i64)> = tx
+    expire_due(tx, now)?;
+    type Row = (String, u64, String, String, i64, u64, u64);
+    let row: Option<Row> = tx
         .query_row(
-            "SELECT operations, budget_cents, currency, state, deadline_ms FROM intents
-             WHERE id = ?1 AND tenant_id = ?2",
+            "SELECT operations, budget_cents, currency, state, deadline_ms, consumed_cents,
+             reserved_cents FROM intents WHERE id = ?1 AND tenant_id = ?2",
             params![intent_id.to_string(), tenant],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            },
         )
         .optional()?;
-    let Some((ops, budget, currency, state, deadline)) = row else {
+    let Some((ops, budget, currency, state, deadline, consumed, reserved)) = row else {
         return Err(ApiError::not_found(
             "intent_not_found",
             "no such intent for this tenant",
         ));
     };
-    let (consumed, reserved): (u64, u64) = tx.query_row(
-        "SELECT COALESCE(SUM(CASE WHEN state = 'consumed' THEN actual_cents ELSE 0 END), 0),
-                COALESCE(SUM(CASE WHEN state = 'open' AND expires_ms > ?2 THEN amount_cents ELSE 0 END), 0)
-         FROM reservations WHERE intent_id = ?1",
-        params![intent_id.to_string(), now],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+    let open: u64 = tx.query_row(
+        "SELECT COUNT(*) FROM reservations WHERE intent_id = ?1 AND state = 'open'",
+        params![intent_id.to_string()],
+        |r| r.get(0),
     )?;
     Ok(IntentView {
         intent_id,
@@ -716,6 +730,7 @@ fn intent_view(
         budget_cents: budget,
         consumed_cents: consumed,
         reserved_cents: reserved,
+        open_reservations: open,
         currency,
         deadline: rfc3339(deadline),
         capability_token: None,

@@ -10,7 +10,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use biscuit_auth::builder::{fact, int, string};
-use biscuit_auth::{Biscuit, KeyPair, PrivateKey};
+use std::time::Duration;
+
+use biscuit_auth::builder::AuthorizerBuilder;
+use biscuit_auth::{AuthorizerLimits, Biscuit, KeyPair, PrivateKey};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -106,10 +109,20 @@ impl Minter {
         if biscuit.block_count() != 1 {
             return Err(TokenError::Invalid);
         }
-        let mut authorizer = biscuit.authorizer().map_err(|_| TokenError::Invalid)?;
+        // Reading four facts takes microseconds; the default 1 ms budget of the Datalog
+        // engine could still run out on a busy machine and refuse a good token, so the
+        // time limit is generous while the size limits stay the library's.
+        let limits = || AuthorizerLimits {
+            max_time: Duration::from_secs(2),
+            ..AuthorizerLimits::default()
+        };
+        let mut authorizer = AuthorizerBuilder::new()
+            .set_limits(limits())
+            .build(&biscuit)
+            .map_err(|_| TokenError::Invalid)?;
         let strings = |authorizer: &mut biscuit_auth::Authorizer, rule: &str| {
             authorizer
-                .query_all::<_, (String,), _>(rule)
+                .query_all_with_limits::<_, (String,), _>(rule, limits())
                 .map(|v| v.into_iter().map(|(s,)| s).collect::<Vec<_>>())
                 .map_err(|_| TokenError::Invalid)
         };
@@ -118,7 +131,7 @@ impl Minter {
         let mut operations = strings(&mut authorizer, "data($o) <- operation($o)")?;
         operations.sort();
         let expires: Vec<(i64,)> = authorizer
-            .query_all("data($e) <- expires_ms($e)")
+            .query_all_with_limits("data($e) <- expires_ms($e)", limits())
             .map_err(|_| TokenError::Invalid)?;
         let ([tenant], [intent], [(expires_ms,)]) =
             (tenant.as_slice(), intent.as_slice(), expires.as_slice())

@@ -163,5 +163,18 @@ fn concurrent_reservations_never_exceed_a_cap() {
     // The caps were actually contended: some calls were refused by them.
     assert!(denies > 0 && allows > 0, "{allows} allows, {denies} denies");
     assert!(checks.load(Ordering::SeqCst) > 0);
+    // The intent's running totals (what verify checks) agree with its reservations.
+    let view = fx.engine.get_intent(&fx.agent, intent).unwrap();
+    let (consumed, open): (u64, u64) = db
+        .query_row(
+            "SELECT COALESCE(SUM(CASE WHEN state = 'consumed' THEN actual_cents END), 0),
+                    COALESCE(SUM(CASE WHEN state = 'open' THEN amount_cents END), 0)
+             FROM reservations WHERE intent_id = ?1",
+            [intent.to_string()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((view.consumed_cents, view.reserved_cents), (consumed, open));
+    assert!(view.open_reservations > 0);
     assert!(fx.engine.verify_ledger().unwrap().valid);
 }
