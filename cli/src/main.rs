@@ -22,6 +22,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the canonical scenario with an agent framework.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Write, extend, validate and describe policy files.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -34,6 +37,18 @@ enum Command {
     /// Check the hash-chained ledger.
     #[command(subcommand)]
     Ledger(ops::LedgerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// The canonical scenario: search, book 120.00, book 187.00 (held, approved),
+    /// book 250.00 (denied), book 90.00 with a failing vendor (released).
+    Demo {
+        /// generic, openai, or all.
+        framework: String,
+        #[command(flatten)]
+        args: paybond_demos::cli::DemoArgs,
+    },
 }
 
 /// How a command ended, as the process exit code.
@@ -63,6 +78,26 @@ pub(crate) fn usage_error(message: impl std::fmt::Display) -> Outcome {
     Outcome::Usage
 }
 
+fn agent(cmd: AgentCommand) -> ExitCode {
+    let AgentCommand::Demo { framework, args } = cmd;
+    let frameworks: Vec<paybond_demos::Framework> = if framework == "all" {
+        paybond_demos::Framework::ALL.to_vec()
+    } else if let Some(f) = paybond_demos::Framework::parse(&framework) {
+        vec![f]
+    } else {
+        let names: Vec<&str> = paybond_demos::Framework::ALL
+            .iter()
+            .map(|f| f.name())
+            .collect();
+        return usage_error(format!(
+            "unknown framework `{framework}`: choose one of {}, or all",
+            names.join(", ")
+        ))
+        .into();
+    };
+    paybond_demos::cli::main(&frameworks, &args)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr (stdout carries results); RUST_LOG tunes them.
@@ -74,6 +109,7 @@ fn main() -> ExitCode {
         )
         .try_init();
     match cli.command {
+        Command::Agent(cmd) => return agent(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Dev(cmd) => dev::run(cmd),
         Command::Approvals(cmd) => ops::approvals(cmd),

@@ -1,0 +1,90 @@
+//! The command line shared by the demo binaries and `paybond agent demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+
+use crate::{DemoError, Framework, GatewayChoice};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A trace table and the summary.
+    Text,
+    /// One JSON object per trace entry, then `{"summary": ..}` (DESIGN §7).
+    Json,
+}
+
+/// Flags of every demo.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Run against this gateway (e.g. `paybond dev loop --offline`) instead of the embedded one.
+    #[arg(long, env = "PAYBOND_GATEWAY_URL")]
+    pub gateway: Option<String>,
+    /// Env file with PAYBOND_API_KEY and PAYBOND_OPERATOR_API_KEY for --gateway.
+    #[arg(long, default_value = ".env.local")]
+    pub env_file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+impl DemoArgs {
+    /// The gateway these flags choose.
+    pub fn gateway_choice(&self) -> GatewayChoice {
+        match &self.gateway {
+            Some(url) if !url.is_empty() => GatewayChoice::Http {
+                url: url.clone(),
+                env_file: self.env_file.clone(),
+            },
+            _ => GatewayChoice::Embedded,
+        }
+    }
+}
+
+/// Runs `frameworks` one after the other, prints each report, and answers the exit
+/// code: 0 when every demo reached the expected end state, 1 when one did not, 2 on
+/// a usage or environment error.
+pub fn main(frameworks: &[Framework], args: &DemoArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let choice = args.gateway_choice();
+    let mut code = 0;
+    for framework in frameworks {
+        match runtime.block_on(crate::run(*framework, &choice)) {
+            Ok(report) => {
+                match args.format {
+                    Format::Text => println!("{}", report.text()),
+                    Format::Json => print!("{}", report.json_lines()),
+                }
+                if !report.passed() {
+                    if args.format == Format::Json {
+                        for p in &report.problems {
+                            eprintln!("{}: {p}", framework.name());
+                        }
+                    }
+                    code = code.max(1);
+                }
+            }
+            Err(DemoError::Usage(message)) => {
+                eprintln!("error: {message}");
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("error: the {} demo failed: {e}", framework.name());
+                code = code.max(1);
+            }
+        }
+    }
+    ExitCode::from(code)
+}

@@ -1,0 +1,43 @@
+//! The generic `{name, execute}` tool trait with a custom orchestrator: the
+//! scenario's calls in order; on a hold the demo approves as the operator, stores
+//! the approval token and retries the same call.
+
+use std::sync::Arc;
+
+use paybond_middleware_core::{PaybondAgentRun, RunError};
+
+use crate::harness::Harness;
+use crate::scenario::steps;
+use crate::travel;
+use crate::{DemoError, Finished};
+
+/// Runs the scenario through a [`GuardedRegistry`](paybond_middleware_core::GuardedRegistry).
+pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
+    let run = PaybondAgentRun::builder(h.gateway(), h.intent_id, h.token.clone())
+        .tools(h.tools.clone())
+        .agent_subject("demo-generic")
+        .currency("usd")
+        .bind()
+        .await
+        .map_err(|e| DemoError::Gateway(e.to_string()))?;
+    let tools = travel::registry().guarded(&run);
+    for step in steps() {
+        let mut result = tools.call(step.tool, step.args.clone(), step.id).await;
+        if let Err(RunError::ApprovalRequired(hold)) = &result {
+            let id = hold
+                .approval_request_id
+                .ok_or_else(|| DemoError::Gateway("a hold without an approval request".into()))?;
+            let status = h.approve(id).await?;
+            let token = status
+                .approval_token
+                .ok_or_else(|| DemoError::Gateway("approved without a token".into()))?;
+            run.store_approval_token(step.id, token);
+            result = tools.call(step.tool, step.args.clone(), step.id).await;
+        }
+        tracing::info!(step = step.id, ok = result.is_ok(), "{}", step.what);
+    }
+    Ok(Finished {
+        trace: run.trace().clone(),
+        answer: None,
+    })
+}

@@ -1,0 +1,95 @@
+//! The canonical scenario (DESIGN §7), one demo per agent framework.
+//!
+//! Every demo runs the same five tool calls against the same policy and must reach
+//! the same end state: consumed 30700, released 9000, one hold, one deny, no open
+//! reservations, a valid ledger. The gateway is embedded in the process by default;
+//! [`GatewayChoice::Http`] points a demo at `paybond dev loop --offline`.
+
+pub mod cli;
+pub mod generic;
+pub mod harness;
+pub mod openai;
+pub mod scenario;
+pub mod travel;
+
+use std::sync::Arc;
+
+pub use harness::{GatewayChoice, Harness};
+pub use scenario::{Report, Summary};
+
+use paybond_middleware_core::RunTrace;
+
+/// Why a demo could not run to its end (as opposed to reaching a wrong end state,
+/// which is a [`Report`] with problems).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// Bad flags or missing credentials (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The gateway or the demo's own setup failed.
+    #[error("setup failed: {0}")]
+    Setup(String),
+    /// A gateway call failed mid-run.
+    #[error("gateway: {0}")]
+    Gateway(String),
+    /// The model (or the agent loop) failed.
+    #[error("model: {0}")]
+    Model(String),
+}
+
+/// The frameworks with a demo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framework {
+    /// The generic `{name, execute}` tool trait and a custom orchestrator.
+    Generic,
+    /// OpenAI-style tool calling (async-openai).
+    Openai,
+}
+
+impl Framework {
+    /// Every framework, in the order `all` runs them.
+    pub const ALL: [Self; 2] = [Self::Generic, Self::Openai];
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Generic => "generic",
+            Self::Openai => "openai",
+        }
+    }
+
+    /// The framework called `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// What a demo's run left behind.
+#[derive(Debug)]
+pub struct Finished {
+    /// The run's trace.
+    pub trace: RunTrace,
+    /// The model's last words, if there was a model.
+    pub answer: Option<String>,
+}
+
+/// Runs one demo on a fresh intent and checks it against the scenario.
+pub async fn run(framework: Framework, gateway: &GatewayChoice) -> Result<Report, DemoError> {
+    let h = Arc::new(Harness::start(gateway).await?);
+    let finished = match framework {
+        Framework::Generic => generic::run(&h).await?,
+        Framework::Openai => openai::run(&h).await?,
+    };
+    let totals = finished.trace.totals();
+    let summary = Summary {
+        framework: framework.name().to_owned(),
+        gateway: h.kind().to_owned(),
+        consumed_cents: totals.consumed_cents,
+        released_cents: totals.released_cents,
+        holds: totals.holds,
+        denies: totals.denies,
+        open_reservations: h.open_reservations().await?,
+        ledger_valid: h.ledger_valid().await?,
+    };
+    Ok(Report::new(&finished.trace, summary, finished.answer))
+}

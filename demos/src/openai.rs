@@ -1,0 +1,201 @@
+//! OpenAI-style tool calling (async-openai): a chat-completions agent loop whose
+//! tool calls run through the layer. The model is a scripted OpenAI-compatible server
+//! on 127.0.0.1 that issues the scenario's calls and reads the results; with
+//! `OPENAI_API_KEY` set (and optionally `OPENAI_BASE_URL`, `OPENAI_MODEL`) a real
+//! model is asked to do the same. Holds wait for the operator (the demo's
+//! background operator approves through the gateway) and retry by themselves.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::types::chat::{
+    ChatCompletionRequestSystemMessageArgs, ChatCompletionRequestUserMessageArgs,
+};
+use axum::Json;
+use axum::extract::State;
+use paybond_adapter_openai::AgentLoop;
+use paybond_middleware_core::{ApprovalWait, PaybondAgentRun};
+use serde_json::{Value, json};
+
+use crate::harness::Harness;
+use crate::scenario::steps;
+use crate::travel;
+use crate::{DemoError, Finished};
+
+const PROMPT: &str = "You book hotels for a traveller. Do exactly these five tool calls, one per turn, \
+in this order, then answer with one sentence saying what happened to each: \
+1) travel.search_hotels {\"city\": \"Lisbon\"}; \
+2) travel.book_hotel {\"hotel\": \"Harbor Inn\", \"amount_cents\": 12000}; \
+3) travel.book_hotel {\"hotel\": \"Bay Suites\", \"amount_cents\": 18700}; \
+4) travel.book_hotel {\"hotel\": \"Grand Palace\", \"amount_cents\": 25000}; \
+5) travel.book_hotel {\"hotel\": \"Dock Hostel\", \"amount_cents\": 9000, \"simulate_vendor_failure\": true}. \
+If a result says blocked, do not retry it.";
+
+/// The scripted model's memory: what each tool result told it.
+#[derive(Clone, Default)]
+struct Script {
+    observed: Arc<Mutex<Vec<String>>>,
+}
+
+fn completion(message: Value, finish: &str) -> Value {
+    json!({
+        "id": format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        "object": "chat.completion",
+        "created": 0,
+        "model": "paybond-scripted",
+        "choices": [{"index": 0, "finish_reason": finish, "message": message}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    })
+}
+
+/// What a tool result says, in the model's words.
+fn read_result(content: &str) -> String {
+    let v: Value = serde_json::from_str(content).unwrap_or(Value::Null);
+    match v["status"].as_str() {
+        Some(status) => format!(
+            "{status} ({})",
+            v["reason_codes"]
+                .as_array()
+                .map(|r| r
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        ),
+        None if v["confirmation"].is_string() => {
+            format!(
+                "booked, confirmation {}",
+                v["confirmation"].as_str().unwrap_or("")
+            )
+        }
+        None => "ok".to_owned(),
+    }
+}
+
+/// `POST /v1/chat/completions`: the next scenario call, or the final answer once
+/// every call has a result.
+async fn chat(State(script): State<Script>, Json(body): Json<Value>) -> Json<Value> {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let results: Vec<&Value> = messages.iter().filter(|m| m["role"] == "tool").collect();
+    if let Some(last) = results.last() {
+        let seen = read_result(last["content"].as_str().unwrap_or_default());
+        if let Ok(mut observed) = script.observed.lock() {
+            observed.push(seen);
+        }
+    }
+    let steps = steps();
+    match steps.get(results.len()) {
+        Some(step) => Json(completion(
+            json!({
+                "role": "assistant",
+                "content": null,
+                "tool_calls": [{
+                    "id": step.id,
+                    "type": "function",
+                    "function": {"name": step.tool, "arguments": step.args.to_string()}
+                }]
+            }),
+            "tool_calls",
+        )),
+        None => {
+            let observed = script
+                .observed
+                .lock()
+                .map(|o| o.clone())
+                .unwrap_or_default();
+            let answer = observed
+                .iter()
+                .enumerate()
+                .map(|(i, o)| format!("{}: {o}", i + 1))
+                .collect::<Vec<_>>()
+                .join("; ");
+            Json(completion(
+                json!({"role": "assistant", "content": format!("Done. {answer}.")}),
+                "stop",
+            ))
+        }
+    }
+}
+
+/// Starts the scripted model on a free loopback port; answers its `/v1` base URL.
+pub async fn scripted_model() -> Result<String, DemoError> {
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", axum::routing::post(chat))
+        .with_state(Script::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| DemoError::Setup(format!("cannot start the scripted model: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{addr}/v1"))
+}
+
+/// The model to talk to: a real one when `OPENAI_API_KEY` is set, else the scripted one.
+pub async fn model_client() -> Result<(Client<OpenAIConfig>, String, &'static str), DemoError> {
+    // reqwest (through async-openai) needs a TLS crypto provider for https; the
+    // workspace uses ring. Installing twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Ok(key) = std::env::var("OPENAI_API_KEY")
+        && !key.is_empty()
+    {
+        let base = std::env::var("OPENAI_BASE_URL")
+            .unwrap_or_else(|_| "https://api.openai.com/v1".to_owned());
+        let model = std::env::var("OPENAI_MODEL").unwrap_or_else(|_| "gpt-4o-mini".to_owned());
+        let config = OpenAIConfig::new().with_api_key(key).with_api_base(base);
+        return Ok((Client::with_config(config), model, "real"));
+    }
+    let base = scripted_model().await?;
+    let config = OpenAIConfig::new()
+        .with_api_key("scripted")
+        .with_api_base(base);
+    Ok((
+        Client::with_config(config),
+        "paybond-scripted".to_owned(),
+        "scripted",
+    ))
+}
+
+/// Runs the scenario as an OpenAI-style agent loop.
+pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
+    let run = PaybondAgentRun::builder(h.gateway(), h.intent_id, h.token.clone())
+        .tools(h.tools.clone())
+        .agent_subject("demo-openai")
+        .currency("usd")
+        .wait_for_approval(ApprovalWait {
+            timeout: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(50),
+        })
+        .bind()
+        .await
+        .map_err(|e| DemoError::Gateway(e.to_string()))?;
+    let tools = travel::registry().guarded(&run);
+    let _operator = h.spawn_operator();
+    let (client, model, kind) = model_client().await?;
+    tracing::info!(model = %model, kind, "model");
+    let agent = AgentLoop::new(client, model, tools).max_turns(8);
+    let messages = vec![
+        ChatCompletionRequestSystemMessageArgs::default()
+            .content(PROMPT)
+            .build()
+            .map_err(|e| DemoError::Setup(e.to_string()))?
+            .into(),
+        ChatCompletionRequestUserMessageArgs::default()
+            .content("Plan and book my Lisbon stay as instructed.")
+            .build()
+            .map_err(|e| DemoError::Setup(e.to_string()))?
+            .into(),
+    ];
+    let outcome = agent
+        .run(messages)
+        .await
+        .map_err(|e| DemoError::Model(e.to_string()))?;
+    Ok(Finished {
+        trace: run.trace().clone(),
+        answer: outcome.answer,
+    })
+}

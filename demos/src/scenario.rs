@@ -1,0 +1,324 @@
+//! The canonical scenario (DESIGN §7): its steps, its expected trace and end state,
+//! and the report every demo prints.
+
+use std::fmt::Write as _;
+
+use paybond_middleware_core::wire::Finalization;
+use paybond_middleware_core::{RunTrace, TraceEntry, TraceOutcome};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::travel::{BOOK, SEARCH};
+
+/// One tool call of the scenario.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The tool call id.
+    pub id: &'static str,
+    /// The tool.
+    pub tool: &'static str,
+    /// Its arguments.
+    pub args: Value,
+    /// What happens, in words.
+    pub what: &'static str,
+}
+
+/// The five calls: search, book 12000, book 18700 (held, approved), book 25000
+/// (over the cap), book 9000 with a failing vendor.
+pub fn steps() -> Vec<Step> {
+    vec![
+        Step {
+            id: "c1",
+            tool: SEARCH,
+            args: json!({"city": "Lisbon"}),
+            what: "search hotels (read-only: passes through)",
+        },
+        Step {
+            id: "c2",
+            tool: BOOK,
+            args: json!({"hotel": "Harbor Inn", "amount_cents": 12_000}),
+            what: "book 120.00 (allowed, consumed)",
+        },
+        Step {
+            id: "c3",
+            tool: BOOK,
+            args: json!({"hotel": "Bay Suites", "amount_cents": 18_700}),
+            what: "book 187.00 (above the 150.00 approval threshold: held, approved, retried)",
+        },
+        Step {
+            id: "c4",
+            tool: BOOK,
+            args: json!({"hotel": "Grand Palace", "amount_cents": 25_000}),
+            what: "book 250.00 (above the 200.00 per-call cap: denied, never runs)",
+        },
+        Step {
+            id: "c5",
+            tool: BOOK,
+            args: json!({"hotel": "Dock Hostel", "amount_cents": 9_000, "simulate_vendor_failure": true}),
+            what: "book 90.00, the vendor fails (allowed, then released)",
+        },
+    ]
+}
+
+/// The intent's budget.
+pub const BUDGET_CENTS: u64 = 60_000;
+
+/// One expected trace entry: tool, amount, outcome, reason codes, finalization, actual cost.
+type Expected = (
+    &'static str,
+    Option<u64>,
+    TraceOutcome,
+    &'static [&'static str],
+    Option<Finalization>,
+    Option<u64>,
+);
+
+const EXPECTED: [Expected; 6] = [
+    (SEARCH, None, TraceOutcome::Passthrough, &[], None, None),
+    (
+        BOOK,
+        Some(12_000),
+        TraceOutcome::Allow,
+        &[],
+        Some(Finalization::Consumed),
+        Some(12_000),
+    ),
+    (
+        BOOK,
+        Some(18_700),
+        TraceOutcome::Hold,
+        &["approval_threshold_exceeded"],
+        None,
+        None,
+    ),
+    (
+        BOOK,
+        Some(18_700),
+        TraceOutcome::Allow,
+        &["approval_token_accepted"],
+        Some(Finalization::Consumed),
+        Some(18_700),
+    ),
+    (
+        BOOK,
+        Some(25_000),
+        TraceOutcome::Deny,
+        &["tool_cap_exceeded"],
+        None,
+        None,
+    ),
+    (
+        BOOK,
+        Some(9_000),
+        TraceOutcome::Allow,
+        &["tool_failed"],
+        Some(Finalization::Released),
+        None,
+    ),
+];
+
+/// The run's end state (the `summary` line of `--format json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// `generic`, `openai`, `rig` or `mcp`.
+    pub framework: String,
+    /// `embedded` or `http`.
+    pub gateway: String,
+    /// Settled as consumed.
+    pub consumed_cents: u64,
+    /// Released after a failed call.
+    pub released_cents: u64,
+    /// Calls held for approval.
+    pub holds: u32,
+    /// Calls denied.
+    pub denies: u32,
+    /// The intent's reservations still open.
+    pub open_reservations: u64,
+    /// Whether the gateway's ledger chain verifies.
+    pub ledger_valid: bool,
+}
+
+/// A finished demo: its trace, its end state, and how they differ from the expected ones.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// One JSON object per trace entry, with the fields of DESIGN §7.
+    pub entries: Vec<Value>,
+    /// The end state.
+    pub summary: Summary,
+    /// Differences from the expected trace and end state (empty: the scenario passed).
+    pub problems: Vec<String>,
+    /// What the model said at the end, for the frameworks with a model.
+    pub answer: Option<String>,
+}
+
+fn finalization_name(f: Option<Finalization>) -> Value {
+    match f {
+        Some(Finalization::Consumed) => json!("consumed"),
+        Some(Finalization::Released) => json!("released"),
+        None => Value::Null,
+    }
+}
+
+fn outcome_name(o: TraceOutcome) -> &'static str {
+    match o {
+        TraceOutcome::Passthrough => "passthrough",
+        TraceOutcome::Allow => "allow",
+        TraceOutcome::Hold => "hold",
+        TraceOutcome::Deny => "deny",
+        TraceOutcome::Error => "error",
+    }
+}
+
+/// A trace entry as DESIGN §7 prints it.
+pub fn entry_json(e: &TraceEntry) -> Value {
+    json!({
+        "tool_call_id": e.tool_call_id,
+        "tool": e.tool,
+        "operation": e.operation,
+        "amount_cents": e.amount_cents,
+        "outcome": outcome_name(e.outcome),
+        "reason_codes": e.reason_codes,
+        "decision_id": e.decision_id,
+        "finalization": finalization_name(e.finalization),
+        "actual_cents": e.actual_cents,
+    })
+}
+
+impl Report {
+    /// Builds the report of a run and checks it against the scenario.
+    pub fn new(trace: &RunTrace, summary: Summary, answer: Option<String>) -> Self {
+        let entries = trace.entries();
+        let mut problems = Vec::new();
+        if entries.len() != EXPECTED.len() {
+            problems.push(format!(
+                "expected {} trace entries, found {}",
+                EXPECTED.len(),
+                entries.len()
+            ));
+        }
+        for (i, (e, x)) in entries.iter().zip(EXPECTED.iter()).enumerate() {
+            let (tool, amount, outcome, reasons, finalization, actual) = *x;
+            let got_reasons: Vec<&str> = e.reason_codes.iter().map(String::as_str).collect();
+            if e.tool != tool
+                || e.amount_cents != amount
+                || e.outcome != outcome
+                || got_reasons != reasons
+                || e.finalization != finalization
+                || e.actual_cents != actual
+            {
+                problems.push(format!(
+                    "entry {}: expected {tool} {amount:?} {} {reasons:?} {:?} {actual:?}, found {} {:?} {} {got_reasons:?} {:?} {:?}",
+                    i + 1,
+                    outcome_name(outcome),
+                    finalization,
+                    e.tool,
+                    e.amount_cents,
+                    outcome_name(e.outcome),
+                    e.finalization,
+                    e.actual_cents
+                ));
+            }
+        }
+        let expected = (30_700, 9_000, 1, 1, 0, true);
+        let got = (
+            summary.consumed_cents,
+            summary.released_cents,
+            summary.holds,
+            summary.denies,
+            summary.open_reservations,
+            summary.ledger_valid,
+        );
+        if got != expected {
+            problems.push(format!(
+                "end state (consumed, released, holds, denies, open, ledger valid): expected {expected:?}, found {got:?}"
+            ));
+        }
+        Self {
+            entries: entries.iter().map(entry_json).collect(),
+            summary,
+            problems,
+            answer,
+        }
+    }
+
+    /// Whether the run reached the expected end state.
+    pub fn passed(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// `--format json`: one line per entry, then the summary line.
+    pub fn json_lines(&self) -> String {
+        let mut out = String::new();
+        for e in &self.entries {
+            let _ = writeln!(out, "{e}");
+        }
+        let _ = writeln!(out, "{}", json!({"summary": self.summary}));
+        out
+    }
+
+    /// `--format text`: a table, the summary and the verdict.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let s = &self.summary;
+        let _ = writeln!(
+            out,
+            "paybond agent demo {} ({} gateway): the canonical scenario\n",
+            s.framework, s.gateway
+        );
+        let _ = writeln!(
+            out,
+            "{:<5} {:<22} {:>10} {:<12} {:<10} {:>10}  reasons",
+            "call", "tool", "amount", "outcome", "settled", "actual"
+        );
+        for e in &self.entries {
+            let cents = |v: &Value| {
+                v.as_u64()
+                    .map_or_else(|| "-".to_owned(), |c| format!("{}.{:02}", c / 100, c % 100))
+            };
+            let reasons = e["reason_codes"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{:<5} {:<22} {:>10} {:<12} {:<10} {:>10}  {}",
+                e["tool_call_id"].as_str().unwrap_or("-"),
+                e["tool"].as_str().unwrap_or("-"),
+                cents(&e["amount_cents"]),
+                e["outcome"].as_str().unwrap_or("-"),
+                e["finalization"].as_str().unwrap_or("-"),
+                cents(&e["actual_cents"]),
+                reasons
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nconsumed {}.{:02}, released {}.{:02}, {} hold, {} deny, {} open reservations, ledger {}",
+            s.consumed_cents / 100,
+            s.consumed_cents % 100,
+            s.released_cents / 100,
+            s.released_cents % 100,
+            s.holds,
+            s.denies,
+            s.open_reservations,
+            if s.ledger_valid { "valid" } else { "BROKEN" }
+        );
+        if let Some(answer) = &self.answer {
+            let _ = writeln!(out, "model: {answer}");
+        }
+        if self.passed() {
+            let _ = writeln!(out, "PASS: the expected end state");
+        } else {
+            let _ = writeln!(out, "FAIL:");
+            for p in &self.problems {
+                let _ = writeln!(out, "  {p}");
+            }
+        }
+        out
+    }
+}
