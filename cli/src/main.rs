@@ -44,7 +44,7 @@ enum AgentCommand {
     /// The canonical scenario: search, book 120.00, book 187.00 (held, approved),
     /// book 250.00 (denied), book 90.00 with a failing vendor (released).
     Demo {
-        /// generic, openai, or all.
+        /// generic, openai, mcp, or all.
         framework: String,
         #[command(flatten)]
         args: paybond_demos::cli::DemoArgs,
@@ -99,6 +99,10 @@ fn agent(cmd: AgentCommand) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // `paybond agent demo mcp` runs its MCP server as a child process of this executable.
+    if std::env::var_os(paybond_demos::mcp::CHILD_ENV).is_some() {
+        return paybond_demos::mcp::child_main();
+    }
     let cli = Cli::parse();
     // Logs go to stderr (stdout carries results); RUST_LOG tunes them.
     let _ = tracing_subscriber::fmt()

@@ -37,7 +37,7 @@ pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
         tracing::info!(step = step.id, ok = result.is_ok(), "{}", step.what);
     }
     Ok(Finished {
-        trace: run.trace().clone(),
+        entries: run.trace().entries(),
         answer: None,
     })
 }

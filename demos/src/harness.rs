@@ -61,6 +61,8 @@ pub struct Harness {
     pub tenant_id: String,
     /// The tools of the tenant's effective policy.
     pub tools: BTreeMap<String, ToolPolicy>,
+    agent_key: ApiKey,
+    served: tokio::sync::OnceCell<String>,
 }
 
 impl std::fmt::Debug for Harness {
@@ -115,12 +117,12 @@ impl Harness {
             let gateway = EmbeddedGateway::new(engine.clone(), &keys.agent)?;
             let agent = gateway.principal_ref().clone();
             let policy = engine.effective_policy(&agent)?;
-            Ok((engine, operator, agent, gateway, policy))
+            Ok((engine, operator, agent, gateway, policy, keys.agent))
         })
         .await
         .map_err(|e| DemoError::Setup(e.to_string()))?
         .map_err(|e| DemoError::Setup(e.to_string()))?;
-        let (engine, operator, agent, gateway, policy) = setup;
+        let (engine, operator, agent, gateway, policy, agent_key) = setup;
         let intent = gateway
             .bootstrap_sandbox(&bootstrap_request())
             .await
@@ -136,6 +138,8 @@ impl Harness {
             intent_id: intent.intent_id,
             token: intent.capability_token,
             tools: policy.policy.tools,
+            agent_key,
+            served: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -177,6 +181,7 @@ impl Harness {
             .map_err(|e| DemoError::Setup(e.to_string()))?;
         Ok(Self {
             tenant_id: principal.tenant_id,
+            agent_key: ApiKey::new(agent_key.clone()),
             side: Side::Http {
                 url,
                 agent_key,
@@ -187,6 +192,7 @@ impl Harness {
             intent_id: intent.intent_id,
             token: intent.capability_token,
             tools,
+            served: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -209,6 +215,40 @@ impl Harness {
             Side::Http { url, .. } => Some(url),
             Side::Embedded { .. } => None,
         }
+    }
+
+    /// The agent's API key (for a process that talks to the gateway on the demo's behalf).
+    pub fn agent_key(&self) -> &ApiKey {
+        &self.agent_key
+    }
+
+    /// A URL another process can reach the gateway at: the remote gateway's, or the
+    /// embedded engine served on a free loopback port (started on first use, stopped
+    /// with the runtime).
+    pub async fn http_url(&self) -> Result<String, DemoError> {
+        let engine = match &self.side {
+            Side::Http { url, .. } => return Ok(url.clone()),
+            Side::Embedded { engine, .. } => engine.clone(),
+        };
+        self.served
+            .get_or_try_init(|| async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(|e| {
+                        DemoError::Setup(format!("cannot serve the embedded gateway: {e}"))
+                    })?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|e| DemoError::Setup(e.to_string()))?;
+                tokio::spawn(paybond_gateway::server::serve(
+                    listener,
+                    engine,
+                    std::future::pending(),
+                ));
+                Ok(format!("http://{addr}"))
+            })
+            .await
+            .cloned()
     }
 
     /// The embedded engine, when there is one.

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod generic;
 pub mod harness;
+pub mod mcp;
 pub mod openai;
 pub mod scenario;
 pub mod travel;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 pub use harness::{GatewayChoice, Harness};
 pub use scenario::{Report, Summary};
 
-use paybond_middleware_core::RunTrace;
+use paybond_middleware_core::{TraceEntry, TraceTotals};
 
 /// Why a demo could not run to its end (as opposed to reaching a wrong end state,
 /// which is a [`Report`] with problems).
@@ -44,17 +45,20 @@ pub enum Framework {
     Generic,
     /// OpenAI-style tool calling (async-openai).
     Openai,
+    /// An MCP server (rmcp) in a child process, driven by an rmcp client.
+    Mcp,
 }
 
 impl Framework {
     /// Every framework, in the order `all` runs them.
-    pub const ALL: [Self; 2] = [Self::Generic, Self::Openai];
+    pub const ALL: [Self; 3] = [Self::Generic, Self::Openai, Self::Mcp];
 
     /// Its name on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Self::Generic => "generic",
             Self::Openai => "openai",
+            Self::Mcp => "mcp",
         }
     }
 
@@ -67,8 +71,8 @@ impl Framework {
 /// What a demo's run left behind.
 #[derive(Debug)]
 pub struct Finished {
-    /// The run's trace.
-    pub trace: RunTrace,
+    /// The run's trace entries.
+    pub entries: Vec<TraceEntry>,
     /// The model's last words, if there was a model.
     pub answer: Option<String>,
 }
@@ -79,8 +83,9 @@ pub async fn run(framework: Framework, gateway: &GatewayChoice) -> Result<Report
     let finished = match framework {
         Framework::Generic => generic::run(&h).await?,
         Framework::Openai => openai::run(&h).await?,
+        Framework::Mcp => mcp::run(&h).await?,
     };
-    let totals = finished.trace.totals();
+    let totals = TraceTotals::of(&finished.entries);
     let summary = Summary {
         framework: framework.name().to_owned(),
         gateway: h.kind().to_owned(),
@@ -91,5 +96,5 @@ pub async fn run(framework: Framework, gateway: &GatewayChoice) -> Result<Report
         open_reservations: h.open_reservations().await?,
         ledger_valid: h.ledger_valid().await?,
     };
-    Ok(Report::new(&finished.trace, summary, finished.answer))
+    Ok(Report::new(&finished.entries, summary, finished.answer))
 }

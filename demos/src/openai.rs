@@ -195,7 +195,7 @@ pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
         .await
         .map_err(|e| DemoError::Model(e.to_string()))?;
     Ok(Finished {
-        trace: run.trace().clone(),
+        entries: run.trace().entries(),
         answer: outcome.answer,
     })
 }

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use paybond_middleware_core::wire::Finalization;
-use paybond_middleware_core::{RunTrace, TraceEntry, TraceOutcome};
+use paybond_middleware_core::{TraceEntry, TraceOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -186,8 +186,7 @@ pub fn entry_json(e: &TraceEntry) -> Value {
 
 impl Report {
     /// Builds the report of a run and checks it against the scenario.
-    pub fn new(trace: &RunTrace, summary: Summary, answer: Option<String>) -> Self {
-        let entries = trace.entries();
+    pub fn new(entries: &[TraceEntry], summary: Summary, answer: Option<String>) -> Self {
         let mut problems = Vec::new();
         if entries.len() != EXPECTED.len() {
             problems.push(format!(

@@ -89,6 +89,32 @@ pub struct RunTrace {
     entries: Arc<Mutex<Vec<TraceEntry>>>,
 }
 
+impl TraceTotals {
+    /// Totals over `entries` (a trace read back from JSON lines, for instance).
+    pub fn of(entries: &[TraceEntry]) -> Self {
+        let mut totals = Self::default();
+        for entry in entries {
+            match entry.outcome {
+                TraceOutcome::Passthrough => totals.passthroughs += 1,
+                TraceOutcome::Allow => totals.allows += 1,
+                TraceOutcome::Hold => totals.holds += 1,
+                TraceOutcome::Deny => totals.denies += 1,
+                TraceOutcome::Error => totals.errors += 1,
+            }
+            match entry.finalization {
+                Some(Finalization::Consumed) => {
+                    totals.consumed_cents += entry.actual_cents.unwrap_or(0);
+                }
+                Some(Finalization::Released) => {
+                    totals.released_cents += entry.amount_cents.unwrap_or(0);
+                }
+                None => {}
+            }
+        }
+        totals
+    }
+}
+
 impl RunTrace {
     /// An empty trace.
     pub fn new() -> Self {
@@ -114,26 +140,7 @@ impl RunTrace {
     /// Totals over the entries so far.
     pub fn totals(&self) -> TraceTotals {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut totals = TraceTotals::default();
-        for entry in entries.iter() {
-            match entry.outcome {
-                TraceOutcome::Passthrough => totals.passthroughs += 1,
-                TraceOutcome::Allow => totals.allows += 1,
-                TraceOutcome::Hold => totals.holds += 1,
-                TraceOutcome::Deny => totals.denies += 1,
-                TraceOutcome::Error => totals.errors += 1,
-            }
-            match entry.finalization {
-                Some(Finalization::Consumed) => {
-                    totals.consumed_cents += entry.actual_cents.unwrap_or(0);
-                }
-                Some(Finalization::Released) => {
-                    totals.released_cents += entry.amount_cents.unwrap_or(0);
-                }
-                None => {}
-            }
-        }
-        totals
+        TraceTotals::of(&entries)
     }
 
     /// One JSON object per line, one line per entry (DESIGN §7).
