@@ -44,7 +44,7 @@ enum AgentCommand {
     /// The canonical scenario: search, book 120.00, book 187.00 (held, approved),
     /// book 250.00 (denied), book 90.00 with a failing vendor (released).
     Demo {
-        /// generic, openai, mcp, or all.
+        /// generic, openai, rig, mcp, or all.
         framework: String,
         #[command(flatten)]
         args: paybond_demos::cli::DemoArgs,

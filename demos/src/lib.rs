@@ -10,6 +10,7 @@ pub mod generic;
 pub mod harness;
 pub mod mcp;
 pub mod openai;
+pub mod rig;
 pub mod scenario;
 pub mod travel;
 
@@ -45,19 +46,22 @@ pub enum Framework {
     Generic,
     /// OpenAI-style tool calling (async-openai).
     Openai,
+    /// A rig agent with guarded rig tools.
+    Rig,
     /// An MCP server (rmcp) in a child process, driven by an rmcp client.
     Mcp,
 }
 
 impl Framework {
     /// Every framework, in the order `all` runs them.
-    pub const ALL: [Self; 3] = [Self::Generic, Self::Openai, Self::Mcp];
+    pub const ALL: [Self; 4] = [Self::Generic, Self::Openai, Self::Rig, Self::Mcp];
 
     /// Its name on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Self::Generic => "generic",
             Self::Openai => "openai",
+            Self::Rig => "rig",
             Self::Mcp => "mcp",
         }
     }
@@ -83,6 +87,7 @@ pub async fn run(framework: Framework, gateway: &GatewayChoice) -> Result<Report
     let finished = match framework {
         Framework::Generic => generic::run(&h).await?,
         Framework::Openai => openai::run(&h).await?,
+        Framework::Rig => rig::run(&h).await?,
         Framework::Mcp => mcp::run(&h).await?,
     };
     let totals = TraceTotals::of(&finished.entries);

@@ -24,7 +24,8 @@ use crate::scenario::steps;
 use crate::travel;
 use crate::{DemoError, Finished};
 
-const PROMPT: &str = "You book hotels for a traveller. Do exactly these five tool calls, one per turn, \
+/// The instructions given to the model (the scripted one follows them by construction).
+pub const PROMPT: &str = "You book hotels for a traveller. Do exactly these five tool calls, one per turn, \
 in this order, then answer with one sentence saying what happened to each: \
 1) travel.search_hotels {\"city\": \"Lisbon\"}; \
 2) travel.book_hotel {\"hotel\": \"Harbor Inn\", \"amount_cents\": 12000}; \
@@ -51,8 +52,18 @@ fn completion(message: Value, finish: &str) -> Value {
 }
 
 /// What a tool result says, in the model's words.
-fn read_result(content: &str) -> String {
-    let v: Value = serde_json::from_str(content).unwrap_or(Value::Null);
+fn read_result(content: &Value) -> String {
+    // A string, or (rig) a list of text parts.
+    let text = match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    };
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     match v["status"].as_str() {
         Some(status) => format!(
             "{status} ({})",
@@ -81,7 +92,7 @@ async fn chat(State(script): State<Script>, Json(body): Json<Value>) -> Json<Val
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let results: Vec<&Value> = messages.iter().filter(|m| m["role"] == "tool").collect();
     if let Some(last) = results.last() {
-        let seen = read_result(last["content"].as_str().unwrap_or_default());
+        let seen = read_result(&last["content"]);
         if let Ok(mut observed) = script.observed.lock() {
             observed.push(seen);
         }

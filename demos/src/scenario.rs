@@ -264,9 +264,16 @@ impl Report {
             "paybond agent demo {} ({} gateway): the canonical scenario\n",
             s.framework, s.gateway
         );
+        let w = self
+            .entries
+            .iter()
+            .filter_map(|e| e["tool_call_id"].as_str().map(str::len))
+            .max()
+            .unwrap_or(4)
+            .max(4);
         let _ = writeln!(
             out,
-            "{:<5} {:<22} {:>10} {:<12} {:<10} {:>10}  reasons",
+            "{:<w$} {:<22} {:>10} {:<12} {:<10} {:>10}  reasons",
             "call", "tool", "amount", "outcome", "settled", "actual"
         );
         for e in &self.entries {
@@ -285,7 +292,7 @@ impl Report {
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "{:<5} {:<22} {:>10} {:<12} {:<10} {:>10}  {}",
+                "{:<w$} {:<22} {:>10} {:<12} {:<10} {:>10}  {}",
                 e["tool_call_id"].as_str().unwrap_or("-"),
                 e["tool"].as_str().unwrap_or("-"),
                 cents(&e["amount_cents"]),

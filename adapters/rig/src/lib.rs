@@ -1,0 +1,210 @@
+//! rig tools through [`PaybondAgentRun`]: `AgentBuilder::tool(guarded(tool, &run))`.
+//!
+//! [`guarded`] wraps any rig [`Tool`] (same name, description and argument schema)
+//! so that every call is authorized before it runs; [`guarded_dynamic`] does the
+//! same for a [`DynamicTool`]. A hold, a denial or a tool failure reaches the model
+//! as feedback text: the [`model_feedback`] JSON (`status`, `reason_codes`,
+//! `approval_request_id`) as the tool's error message.
+//!
+//! rig does not give tools the model's tool call id, so each call gets one of its
+//! own (`<tool>-<n>`); a model retrying after a hold makes a new call. Bind the run
+//! with [`wait_for_approval`](paybond_middleware_core::PaybondAgentRunBuilder::wait_for_approval)
+//! so a held call waits for the operator and retries by itself.
+//!
+//! A tool reports its cost by a top-level `cost_cents` in its output; without one,
+//! the reservation settles at the amount authorized.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use paybond_middleware_core::{
+    FeedbackStatus, PaybondAgentRun, RunError, ToolCall, ToolOutput, model_feedback,
+};
+use rig_core::tool::{DynamicTool, Tool, ToolContext, ToolErrorKind, ToolExecutionError};
+use serde::Serialize;
+use serde_json::Value;
+use tower::{ServiceExt, service_fn};
+
+/// Why a guarded call returned no output: the JSON the model is shown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardedError {
+    /// Held, blocked, or the tool failed.
+    pub status: FeedbackStatus,
+    /// `{"status", "reason_codes", "approval_request_id"?, "message"}`.
+    pub feedback: Value,
+}
+
+impl std::fmt::Display for GuardedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.feedback)
+    }
+}
+
+impl std::error::Error for GuardedError {}
+
+impl GuardedError {
+    fn kind(&self) -> ToolErrorKind {
+        match self.status {
+            FeedbackStatus::PendingApproval | FeedbackStatus::Blocked => {
+                ToolErrorKind::PermissionDenied
+            }
+            _ => ToolErrorKind::Other,
+        }
+    }
+}
+
+/// The inner tool's failure, as a concrete error type for the layer.
+#[derive(Debug)]
+struct ToolFailure(String);
+
+impl std::fmt::Display for ToolFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ToolFailure {}
+
+fn cost_of(body: &Value) -> Option<u64> {
+    body.get("cost_cents").and_then(Value::as_u64)
+}
+
+fn finish(result: Result<ToolOutput, RunError<ToolFailure>>) -> Result<Value, GuardedError> {
+    match result {
+        Ok(output) => Ok(output.body),
+        Err(e) => {
+            let (status, feedback) = model_feedback::<ToolFailure>(&Err(e));
+            Err(GuardedError { status, feedback })
+        }
+    }
+}
+
+/// A rig tool whose calls go through a [`PaybondAgentRun`].
+pub struct Guarded<T> {
+    tool: Arc<T>,
+    run: PaybondAgentRun,
+    calls: Arc<AtomicU64>,
+}
+
+impl<T> std::fmt::Debug for Guarded<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("run", &self.run)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wraps `tool` so that its calls are authorized by `run`.
+pub fn guarded<T: Tool + 'static>(tool: T, run: &PaybondAgentRun) -> Guarded<T> {
+    Guarded {
+        tool: Arc::new(tool),
+        run: run.clone(),
+        calls: Arc::new(AtomicU64::new(0)),
+    }
+}
+
+impl<T> Tool for Guarded<T>
+where
+    T: Tool + 'static,
+    T::Output: Serialize,
+{
+    const NAME: &'static str = T::NAME;
+    type Args = Value;
+    type Output = Value;
+    type Error = GuardedError;
+
+    fn description(&self) -> String {
+        self.tool.description()
+    }
+
+    fn parameters(&self) -> Value {
+        self.tool.parameters()
+    }
+
+    fn map_error(&self, e: GuardedError) -> ToolExecutionError {
+        ToolExecutionError::new(e.kind(), e.to_string())
+    }
+
+    async fn call(&self, cx: &mut ToolContext, args: Value) -> Result<Value, GuardedError> {
+        let id = format!(
+            "{}-{}",
+            T::NAME,
+            self.calls.fetch_add(1, Ordering::Relaxed) + 1
+        );
+        // The tool runs inside the layer's future, which must own what it uses: the
+        // context moves in for the call and back out after it.
+        let slot = Arc::new(Mutex::new(Some(std::mem::take(cx))));
+        let (tool, inner_slot) = (self.tool.clone(), slot.clone());
+        let inner = service_fn(move |call: ToolCall| {
+            let (tool, slot) = (tool.clone(), inner_slot.clone());
+            async move {
+                let args: T::Args = serde_json::from_value(call.args)
+                    .map_err(|e| ToolFailure(format!("invalid arguments: {e}")))?;
+                let mut cx = slot
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                    .unwrap_or_default();
+                let out = tool.call(&mut cx, args).await;
+                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx);
+                let out = out.map_err(|e| ToolFailure(e.to_string()))?;
+                let body = serde_json::to_value(&out)
+                    .map_err(|e| ToolFailure(format!("output is not JSON: {e}")))?;
+                let mut output = ToolOutput::new(body);
+                output.cost_cents = cost_of(&output.body);
+                Ok::<_, ToolFailure>(output)
+            }
+        });
+        let result = tower::ServiceBuilder::new()
+            .layer(self.run.clone())
+            .service(inner)
+            .oneshot(ToolCall::new(T::NAME, args, id))
+            .await;
+        if let Some(back) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            *cx = back;
+        }
+        finish(result)
+    }
+}
+
+/// Wraps a [`DynamicTool`] so that its calls are authorized by `run`: same
+/// definition, every call through the layer.
+pub fn guarded_dynamic(tool: DynamicTool, run: &PaybondAgentRun) -> DynamicTool {
+    let definition = tool.definition();
+    let name = definition.name.to_string();
+    let inner = Arc::new(tool);
+    let run = run.clone();
+    let calls = Arc::new(AtomicU64::new(0));
+    DynamicTool::new(
+        definition.name,
+        definition.description,
+        definition.parameters,
+        move |args: Value| {
+            let (inner, run, name) = (inner.clone(), run.clone(), name.clone());
+            let id = format!("{name}-{}", calls.fetch_add(1, Ordering::Relaxed) + 1);
+            Box::pin(async move {
+                let service = service_fn(move |call: ToolCall| {
+                    let inner = inner.clone();
+                    async move {
+                        let out = inner
+                            .execute(call.args)
+                            .await
+                            .map_err(|e| ToolFailure(e.to_string()))?;
+                        let body = serde_json::to_value(&out)
+                            .map_err(|e| ToolFailure(format!("output is not JSON: {e}")))?;
+                        Ok::<_, ToolFailure>(ToolOutput::new(body))
+                    }
+                });
+                let result = tower::ServiceBuilder::new()
+                    .layer(run)
+                    .service(service)
+                    .oneshot(ToolCall::new(name, args, id))
+                    .await;
+                match finish(result) {
+                    Ok(body) => Ok(rig_core::tool::ToolOutput::json(body)),
+                    Err(e) => Err(ToolExecutionError::new(e.kind(), e.to_string())),
+                }
+            })
+        },
+    )
+}

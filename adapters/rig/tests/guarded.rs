@@ -1,0 +1,130 @@
+//! A rig tool wrapped by `guarded`: authorized first, feedback text for holds and denials.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on setup failures
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use paybond_adapter_rig::guarded;
+use paybond_middleware_core::testing::{ScriptedGateway, VerifyScript};
+use paybond_middleware_core::wire::Finalization;
+use paybond_middleware_core::{FeedbackStatus, PaybondAgentRun, TraceOutcome};
+use paybond_policies::ToolPolicy;
+use rig_core::tool::{Tool, ToolContext};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize)]
+struct Args {
+    amount_cents: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("vendor down")]
+struct Down;
+
+struct Book(Arc<AtomicUsize>);
+
+impl Tool for Book {
+    const NAME: &'static str = "travel.book_hotel";
+    type Args = Args;
+    type Output = Value;
+    type Error = Down;
+    fn description(&self) -> String {
+        "Book".into()
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object"})
+    }
+    async fn call(&self, _cx: &mut ToolContext, args: Args) -> Result<Value, Down> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        if args.amount_cents == 13 {
+            return Err(Down);
+        }
+        Ok(json!({"confirmation": "H-1", "cost_cents": args.amount_cents - 100}))
+    }
+}
+
+#[tokio::test]
+async fn guarded_rig_tools_are_authorized_first() {
+    let gateway = Arc::new(ScriptedGateway::new());
+    let run = PaybondAgentRun::builder(gateway.clone(), uuid::Uuid::new_v4(), "cap".into())
+        .tool(
+            "travel.book_hotel",
+            ToolPolicy::side_effecting("cost_and_completion").with_spend_from_args("amount_cents"),
+        )
+        .bind()
+        .await
+        .unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let tool = guarded(Book(ran.clone()), &run);
+    assert_eq!(
+        <paybond_adapter_rig::Guarded<Book> as Tool>::NAME,
+        "travel.book_hotel"
+    );
+    let mut cx = ToolContext::default();
+
+    gateway
+        .push_verify(VerifyScript::Allow)
+        .push_verify(VerifyScript::hold())
+        .push_verify(VerifyScript::deny("tool_cap_exceeded"))
+        .push_verify(VerifyScript::Allow);
+    let ok = tool
+        .call(&mut cx, json!({"amount_cents": 1200}))
+        .await
+        .unwrap();
+    assert_eq!(ok["confirmation"], "H-1");
+    let held = tool
+        .call(&mut cx, json!({"amount_cents": 1200}))
+        .await
+        .unwrap_err();
+    assert_eq!(held.status, FeedbackStatus::PendingApproval);
+    assert_eq!(
+        held.feedback["reason_codes"],
+        json!(["approval_threshold_exceeded"])
+    );
+    let denied = tool
+        .call(&mut cx, json!({"amount_cents": 9000}))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.status, FeedbackStatus::Blocked);
+    // The model reads the feedback JSON as the error text.
+    let text = tool.map_error(denied).to_string();
+    assert!(text.contains("tool_cap_exceeded"), "{text}");
+    let failed = tool
+        .call(&mut cx, json!({"amount_cents": 13}))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.status, FeedbackStatus::Error);
+
+    // Only the allowed calls ran; the reported cost was settled, the failure released.
+    assert_eq!(ran.load(Ordering::SeqCst), 2);
+    let entries = run.trace().entries();
+    let got: Vec<_> = entries
+        .iter()
+        .map(|e| (e.outcome, e.finalization, e.actual_cents))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                TraceOutcome::Allow,
+                Some(Finalization::Consumed),
+                Some(1100)
+            ),
+            (TraceOutcome::Hold, None, None),
+            (TraceOutcome::Deny, None, None),
+            (TraceOutcome::Allow, Some(Finalization::Released), None),
+        ]
+    );
+    let ids: Vec<_> = entries.iter().map(|e| e.tool_call_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "travel.book_hotel-1",
+            "travel.book_hotel-2",
+            "travel.book_hotel-3",
+            "travel.book_hotel-4"
+        ]
+    );
+}

@@ -1,0 +1,154 @@
+//! rig: an agent built with `AgentBuilder::tool(guarded(tool, &run))`, talking to the
+//! same scripted OpenAI-compatible model as the openai demo (or a real one with
+//! `OPENAI_API_KEY`). Holds wait for the operator and retry by themselves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use paybond_adapter_rig::guarded;
+use paybond_middleware_core::{ApprovalWait, PaybondAgentRun, Tool as _};
+use rig_agent::AgentBuilder;
+use rig_core::providers::openai::OpenAIConfig;
+use rig_core::tool::{Tool, ToolContext};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::harness::Harness;
+use crate::travel::{self, BOOK, SEARCH};
+use crate::{DemoError, Finished};
+
+/// `travel.search_hotels` as a rig tool.
+#[derive(Debug, Clone, Copy)]
+pub struct RigSearch;
+
+/// `travel.book_hotel` as a rig tool.
+#[derive(Debug, Clone, Copy)]
+pub struct RigBook;
+
+/// Arguments of the search.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SearchArgs {
+    /// City to search.
+    pub city: String,
+}
+
+/// Arguments of a booking.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BookArgs {
+    /// The hotel.
+    pub hotel: String,
+    /// Price in cents.
+    pub amount_cents: u64,
+    /// Sandbox only: make the vendor fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulate_vendor_failure: Option<bool>,
+}
+
+/// The travel tools' failures.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TravelError(String);
+
+/// Runs the shared travel tool and puts its cost where the guarded wrapper reads it.
+async fn travel_call(
+    tool: &dyn paybond_middleware_core::Tool,
+    args: Value,
+) -> Result<Value, TravelError> {
+    let out = tool
+        .execute(args)
+        .await
+        .map_err(|e| TravelError(e.to_string()))?;
+    let mut body = out.body;
+    if let (Some(cost), Value::Object(map)) = (out.cost_cents, &mut body) {
+        map.insert("cost_cents".to_owned(), Value::from(cost));
+    }
+    Ok(body)
+}
+
+impl Tool for RigSearch {
+    const NAME: &'static str = SEARCH;
+    type Args = SearchArgs;
+    type Output = Value;
+    type Error = TravelError;
+
+    fn description(&self) -> String {
+        travel::SearchHotels.description().to_owned()
+    }
+
+    fn parameters(&self) -> Value {
+        travel::SearchHotels.parameters()
+    }
+
+    async fn call(&self, _cx: &mut ToolContext, args: SearchArgs) -> Result<Value, TravelError> {
+        let args = serde_json::to_value(args).map_err(|e| TravelError(e.to_string()))?;
+        travel_call(&travel::SearchHotels, args).await
+    }
+}
+
+impl Tool for RigBook {
+    const NAME: &'static str = BOOK;
+    type Args = BookArgs;
+    type Output = Value;
+    type Error = TravelError;
+
+    fn description(&self) -> String {
+        travel::BookHotel.description().to_owned()
+    }
+
+    fn parameters(&self) -> Value {
+        travel::BookHotel.parameters()
+    }
+
+    async fn call(&self, _cx: &mut ToolContext, args: BookArgs) -> Result<Value, TravelError> {
+        let args = serde_json::to_value(args).map_err(|e| TravelError(e.to_string()))?;
+        travel_call(&travel::BookHotel, args).await
+    }
+}
+
+/// Runs the scenario as a rig agent.
+pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
+    let run = PaybondAgentRun::builder(h.gateway(), h.intent_id, h.token.clone())
+        .tools(h.tools.clone())
+        .agent_subject("demo-rig")
+        .currency("usd")
+        .wait_for_approval(ApprovalWait {
+            timeout: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(50),
+        })
+        .bind()
+        .await
+        .map_err(|e| DemoError::Gateway(e.to_string()))?;
+    let _operator = h.spawn_operator();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (key, base, model) = match std::env::var("OPENAI_API_KEY") {
+        Ok(key) if !key.is_empty() => (
+            key,
+            std::env::var("OPENAI_BASE_URL")
+                .unwrap_or_else(|_| "https://api.openai.com/v1".to_owned()),
+            std::env::var("OPENAI_MODEL").unwrap_or_else(|_| "gpt-4o-mini".to_owned()),
+        ),
+        _ => (
+            "scripted".to_owned(),
+            crate::openai::scripted_model().await?,
+            "paybond-scripted".to_owned(),
+        ),
+    };
+    let model = OpenAIConfig::new(key)
+        .with_base_url(base)
+        .client()
+        .chat(model);
+    let agent = AgentBuilder::new(model)
+        .preamble(crate::openai::PROMPT)
+        .tool(guarded(RigSearch, &run))
+        .tool(guarded(RigBook, &run))
+        .build();
+    let answer = agent
+        .prompt("Plan and book my Lisbon stay as instructed.")
+        .max_turns(8)
+        .await
+        .map_err(|e| DemoError::Model(e.to_string()))?;
+    Ok(Finished {
+        entries: run.trace().entries(),
+        answer: Some(answer.output().to_string()),
+    })
+}
