@@ -78,7 +78,8 @@ pub(crate) struct ValidateTools {
     /// Check on this machine only, without a gateway (the default).
     #[arg(long, conflicts_with = "remote")]
     local_only: bool,
-    /// Also compare with the policy the gateway enforces (needs PAYBOND_GATEWAY_URL and an API key).
+    /// Also compare with the policy the gateway enforces (needs PAYBOND_GATEWAY_URL and an
+    /// API key, from the environment or .env.local); a difference is a warning.
     #[arg(long)]
     remote: bool,
     /// Gateway base URL for --remote.
@@ -310,15 +311,20 @@ fn relative_to(target: &Path, from: &Path) -> String {
 }
 
 fn validate_tools(a: &ValidateTools) -> Outcome {
-    if a.remote {
-        return remote_unavailable(a);
-    }
+    let remote = if a.remote {
+        match remote_target(a) {
+            Ok(target) => Some(target),
+            Err(outcome) => return outcome,
+        }
+    } else {
+        None
+    };
     let file = a.file.display().to_string();
     let text = match std::fs::read_to_string(&a.file) {
         Ok(t) => t,
         Err(e) => return usage_error(format!("cannot read --file {file}: {e}")),
     };
-    let resolution = if a.resolve_inheritance {
+    let mut resolution = if a.resolve_inheritance || remote.is_some() {
         let base_path = a.base.clone().or_else(|| {
             check_policy(&text, &file)
                 .document
@@ -352,12 +358,53 @@ fn validate_tools(a: &ValidateTools) -> Outcome {
             report: None,
         }
     };
+    // With --remote: is the policy the gateway enforces the one this file resolves to?
+    let mut remote_report = None;
+    if let Some((url, key)) = &remote {
+        let (version, digest) = match remote_effective(url, key) {
+            Ok(r) => r,
+            Err(e) => return usage_error(e),
+        };
+        let local = resolution.effective.as_ref().map(PolicyDocument::digest);
+        let matches = local.as_deref() == Some(digest.as_str());
+        if !matches && let Some(local) = &local {
+            resolution.warnings.push(Diagnostic {
+                file: file.clone(),
+                line: 0,
+                column: 0,
+                path: String::new(),
+                code: "policy.remote_drift".to_owned(),
+                message: format!(
+                    "the gateway enforces version {version} ({digest}), not this file's effective \
+                     policy ({local}); publish it with PUT /v1/tenant/policy"
+                ),
+            });
+        }
+        remote_report = Some(serde_json::json!({
+            "gateway": url, "version": version, "digest": digest, "matches": matches
+        }));
+    }
     match a.format {
-        Format::Json => match serde_json::to_string_pretty(&resolution) {
+        Format::Json => match serde_json::to_value(&resolution).and_then(|mut v| {
+            if let (Some(r), serde_json::Value::Object(map)) = (&remote_report, &mut v) {
+                map.insert("remote".to_owned(), r.clone());
+            }
+            serde_json::to_string_pretty(&v)
+        }) {
             Ok(json) => println!("{json}"),
             Err(e) => return usage_error(format!("cannot print the result: {e}")),
         },
-        Format::Text => print_text(&file, &resolution),
+        Format::Text => {
+            print_text(&file, &resolution);
+            if let Some(r) = &remote_report
+                && r["matches"] == true
+            {
+                println!(
+                    "the gateway enforces this policy (version {})",
+                    r["version"]
+                );
+            }
+        }
     }
     if resolution.valid {
         Outcome::Success
@@ -366,27 +413,61 @@ fn validate_tools(a: &ValidateTools) -> Outcome {
     }
 }
 
-fn remote_unavailable(a: &ValidateTools) -> Outcome {
-    let key =
-        std::env::var_os("PAYBOND_ADMIN_API_KEY").or_else(|| std::env::var_os("PAYBOND_API_KEY"));
+/// Where `--remote` looks: the gateway URL and a key, from flags, the environment or `.env.local`.
+fn remote_target(a: &ValidateTools) -> Result<(String, String), Outcome> {
+    let env_file = std::path::Path::new(".env.local");
+    let url = a
+        .gateway_url
+        .clone()
+        .or_else(|| crate::envfile::lookup("PAYBOND_GATEWAY_URL", env_file));
+    let key = crate::envfile::lookup("PAYBOND_ADMIN_API_KEY", env_file)
+        .or_else(|| crate::envfile::lookup("PAYBOND_API_KEY", env_file));
     let mut missing = Vec::new();
-    if a.gateway_url.is_none() {
+    if url.is_none() {
         missing.push("a gateway URL (--gateway-url or PAYBOND_GATEWAY_URL)");
     }
     if key.is_none() {
         missing.push("an API key (PAYBOND_ADMIN_API_KEY or PAYBOND_API_KEY)");
     }
-    if !missing.is_empty() {
-        return usage_error(format!(
+    match (url, key) {
+        (Some(url), Some(key)) => Ok((url.trim_end_matches('/').to_owned(), key)),
+        _ => Err(usage_error(format!(
             "--remote needs {}; `paybond dev loop --offline` writes both to .env.local. \
              Use --local-only to check without a gateway.",
             missing.join(" and ")
-        ));
+        ))),
     }
-    usage_error(
-        "--remote is not supported by this build yet; use --local-only (the default) \
-         and publish with PUT /v1/tenant/policy, which refuses a widening overlay",
-    )
+}
+
+/// The version and digest of the policy the gateway enforces for the key's tenant.
+fn remote_effective(url: &str, key: &str) -> Result<(u64, String), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .get(format!("{url}/v1/policy/effective"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the gateway at {url}: {e}"))?;
+        let status = response.status();
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| format!("the gateway's answer is not JSON: {e}"))?;
+        if !status.is_success() {
+            return Err(format!(
+                "the gateway answered HTTP {status}: {}",
+                body["message"].as_str().unwrap_or("no message")
+            ));
+        }
+        match (body["version"].as_u64(), body["digest"].as_str()) {
+            (Some(v), Some(d)) => Ok((v, d.to_owned())),
+            _ => Err("the gateway's effective policy has no version or digest".to_owned()),
+        }
+    })
 }
 
 fn print_text(file: &str, r: &Resolution) {

@@ -387,3 +387,151 @@ fn sigkill_loses_no_acknowledged_decision() {
     assert_eq!(check["valid"], true);
     assert!(check["events"].as_u64().unwrap() > 300);
 }
+
+fn paybond_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_paybond"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("PAYBOND_GATEWAY_URL")
+        .env_remove("PAYBOND_API_KEY")
+        .env_remove("PAYBOND_OPERATOR_API_KEY")
+        .env_remove("PAYBOND_ADMIN_API_KEY")
+        .env_remove("PAYBOND_DATA_DIR")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn operator_commands_remote_policy_check_and_a_tampered_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), &[]);
+    let keys = env(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A held request: 187.00 is above the bundled policy's 150.00 threshold.
+    let approval = rt.block_on(async {
+        let client = HttpGateway::builder(&gw.url, ApiKey::new(keys["PAYBOND_API_KEY"].clone()))
+            .build()
+            .unwrap();
+        let b = client
+            .bootstrap_sandbox(&SandboxBootstrapRequest {
+                operation: "travel.book_hotel".into(),
+                requested_spend_cents: 60_000,
+                currency: None,
+                evidence_schema: None,
+                metadata: None,
+                idempotency_key: None,
+            })
+            .await
+            .unwrap();
+        let r = client
+            .verify(&VerifyRequest {
+                intent_id: b.intent_id,
+                token: b.capability_token,
+                operation: "travel.book_hotel".into(),
+                requested_spend_cents: 18_700,
+                vendor_id: None,
+                task_id: None,
+                workflow_id: None,
+                tool_call_id: None,
+                tool_name: Some("travel.book_hotel".into()),
+                currency: None,
+                agent_subject: None,
+                approval_token: None,
+                idempotency_key: None,
+            })
+            .await
+            .unwrap();
+        assert!(r.approval_required);
+        r.approval_request_id.unwrap().to_string()
+    });
+
+    let (code, out, _) = paybond_in(dir.path(), &["approvals", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&approval) && out.contains("pending"), "{out}");
+    let (code, out, _) = paybond_in(dir.path(), &["approvals", "approve", &approval]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("approved") && out.contains("1/1 approvals"),
+        "{out}"
+    );
+    let (code, _, err) = paybond_in(dir.path(), &["approvals", "deny", &approval]);
+    assert_eq!(code, 1);
+    assert!(err.contains("approval_already_decided"), "{err}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (code, _, err) = paybond_in(elsewhere.path(), &["approvals", "list"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("PAYBOND_OPERATOR_API_KEY"), "{err}");
+
+    // --remote: the gateway enforces what the bundled overlay resolves to; another file drifts.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let overlay = repo.join("policies/tenant-overlay.policy.yaml");
+    let (code, out, err) = paybond_in(
+        dir.path(),
+        &[
+            "policy",
+            "validate-tools",
+            "--file",
+            overlay.to_str().unwrap(),
+            "--remote",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["remote"]["matches"], true, "{v}");
+    let changed = dir.path().join("tenant.policy.yaml");
+    std::fs::write(
+        &changed,
+        std::fs::read_to_string(&overlay)
+            .unwrap()
+            .replace("max_spend_usd: 600", "max_spend_usd: 500")
+            .replace(
+                "base_policy: org-base.policy.yaml",
+                &format!(
+                    "base_policy: {}",
+                    repo.join("policies/org-base.policy.yaml").display()
+                ),
+            ),
+    )
+    .unwrap();
+    let (code, out, _) = paybond_in(
+        dir.path(),
+        &[
+            "policy",
+            "validate-tools",
+            "--file",
+            changed.to_str().unwrap(),
+            "--remote",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["remote"]["matches"], false);
+    assert_eq!(v["warnings"][0]["code"], "policy.remote_drift");
+    drop(gw);
+
+    // The chain verifies; one altered entry breaks it.
+    let (code, out, _) = paybond_in(dir.path(), &["ledger", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    let db = rusqlite::Connection::open(dir.path().join(".paybond/paybond.db")).unwrap();
+    db.execute(
+        "UPDATE ledger SET payload = replace(payload, '18700', '1870') WHERE event = 'decision.hold'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let (code, out, _) = paybond_in(dir.path(), &["ledger", "verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("BROKEN") && out.contains("hash does not match"),
+        "{out}"
+    );
+}

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 
 use crate::{DemoError, Framework, GatewayChoice};
 
@@ -87,4 +87,21 @@ pub fn main(frameworks: &[Framework], args: &DemoArgs) -> ExitCode {
         }
     }
     ExitCode::from(code)
+}
+
+/// The flags of a single-demo binary.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Runs the canonical scenario (DESIGN §7) with one agent framework."
+)]
+struct Single {
+    #[command(flatten)]
+    args: DemoArgs,
+}
+
+/// `main` of a `paybond-demo-<framework>` binary.
+pub fn bin_main(framework: Framework) -> ExitCode {
+    let single = Single::parse();
+    main(&[framework], &single.args)
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use paybond_middleware_core::{PaybondAgentRun, RunError};
+use paybond_middleware_core::RunError;
 
 use crate::harness::Harness;
 use crate::scenario::steps;
@@ -13,13 +13,15 @@ use crate::{DemoError, Finished};
 
 /// Runs the scenario through a [`GuardedRegistry`](paybond_middleware_core::GuardedRegistry).
 pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
-    let run = PaybondAgentRun::builder(h.gateway(), h.intent_id, h.token.clone())
-        .tools(h.tools.clone())
-        .agent_subject("demo-generic")
-        .currency("usd")
-        .bind()
-        .await
-        .map_err(|e| DemoError::Gateway(e.to_string()))?;
+    let run = crate::bind_run(
+        h.gateway(),
+        h.intent_id,
+        h.token.clone(),
+        h.tools.clone(),
+        "demo-generic",
+        false,
+    )
+    .await?;
     let tools = travel::registry().guarded(&run);
     for step in steps() {
         let mut result = tools.call(step.tool, step.args.clone(), step.id).await;

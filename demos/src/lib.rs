@@ -19,7 +19,14 @@ use std::sync::Arc;
 pub use harness::{GatewayChoice, Harness};
 pub use scenario::{Report, Summary};
 
-use paybond_middleware_core::{TraceEntry, TraceTotals};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use paybond_middleware_core::{
+    ApprovalWait, CapabilityToken, PaybondAgentRun, SpendGateway, TraceEntry, TraceTotals,
+};
+use paybond_policies::ToolPolicy;
+use uuid::Uuid;
 
 /// Why a demo could not run to its end (as opposed to reaching a wrong end state,
 /// which is a [`Report`] with problems).
@@ -79,6 +86,32 @@ pub struct Finished {
     pub entries: Vec<TraceEntry>,
     /// The model's last words, if there was a model.
     pub answer: Option<String>,
+}
+
+/// Binds a run for a demo: the policy's tools, an agent subject, and (for the demos
+/// whose model cannot store an approval token itself) waiting for approvals.
+pub async fn bind_run(
+    gateway: Arc<dyn SpendGateway>,
+    intent_id: Uuid,
+    token: CapabilityToken,
+    tools: BTreeMap<String, ToolPolicy>,
+    subject: &str,
+    wait: bool,
+) -> Result<PaybondAgentRun, DemoError> {
+    let mut builder = PaybondAgentRun::builder(gateway, intent_id, token)
+        .tools(tools)
+        .agent_subject(subject)
+        .currency("usd");
+    if wait {
+        builder = builder.wait_for_approval(ApprovalWait {
+            timeout: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(50),
+        });
+    }
+    builder
+        .bind()
+        .await
+        .map_err(|e| DemoError::Gateway(e.to_string()))
 }
 
 /// Runs one demo on a fresh intent and checks it against the scenario.

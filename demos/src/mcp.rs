@@ -8,14 +8,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use paybond_adapter_mcp::GuardedMcpServer;
 use std::future::Future;
 
-use paybond_middleware_core::{
-    ApiKey, ApprovalWait, CapabilityToken, HttpGateway, PaybondAgentRun, RunTrace, TraceEntry,
-};
+use paybond_middleware_core::{ApiKey, CapabilityToken, HttpGateway, RunTrace, TraceEntry};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ListToolsResult, MetaObject, PaginatedRequestParams,
     RequestMetaObject, ServerConfig,
@@ -159,17 +156,7 @@ async fn child() -> Result<(), DemoError> {
     let tools: std::collections::BTreeMap<String, paybond_policies::ToolPolicy> =
         serde_json::from_value(policy["policy"]["tools"].clone())
             .map_err(|e| DemoError::Gateway(e.to_string()))?;
-    let run = PaybondAgentRun::builder(Arc::new(gateway), intent, token)
-        .tools(tools)
-        .agent_subject("demo-mcp")
-        .currency("usd")
-        .wait_for_approval(ApprovalWait {
-            timeout: Duration::from_secs(60),
-            poll_interval: Duration::from_millis(50),
-        })
-        .bind()
-        .await
-        .map_err(|e| DemoError::Gateway(e.to_string()))?;
+    let run = crate::bind_run(Arc::new(gateway), intent, token, tools, "demo-mcp", true).await?;
     let server = TracingServer {
         inner: GuardedMcpServer::new(travel::registry().guarded(&run), "paybond-travel"),
         trace: run.trace().clone(),

@@ -6,7 +6,6 @@
 //! background operator approves through the gateway) and retry by themselves.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
@@ -16,7 +15,7 @@ use async_openai::types::chat::{
 use axum::Json;
 use axum::extract::State;
 use paybond_adapter_openai::AgentLoop;
-use paybond_middleware_core::{ApprovalWait, PaybondAgentRun};
+
 use serde_json::{Value, json};
 
 use crate::harness::Harness;
@@ -173,17 +172,15 @@ pub async fn model_client() -> Result<(Client<OpenAIConfig>, String, &'static st
 
 /// Runs the scenario as an OpenAI-style agent loop.
 pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
-    let run = PaybondAgentRun::builder(h.gateway(), h.intent_id, h.token.clone())
-        .tools(h.tools.clone())
-        .agent_subject("demo-openai")
-        .currency("usd")
-        .wait_for_approval(ApprovalWait {
-            timeout: Duration::from_secs(60),
-            poll_interval: Duration::from_millis(50),
-        })
-        .bind()
-        .await
-        .map_err(|e| DemoError::Gateway(e.to_string()))?;
+    let run = crate::bind_run(
+        h.gateway(),
+        h.intent_id,
+        h.token.clone(),
+        h.tools.clone(),
+        "demo-openai",
+        true,
+    )
+    .await?;
     let tools = travel::registry().guarded(&run);
     let _operator = h.spawn_operator();
     let (client, model, kind) = model_client().await?;

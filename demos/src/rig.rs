@@ -3,10 +3,9 @@
 //! `OPENAI_API_KEY`). Holds wait for the operator and retry by themselves.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use paybond_adapter_rig::guarded;
-use paybond_middleware_core::{ApprovalWait, PaybondAgentRun, Tool as _};
+use paybond_middleware_core::Tool as _;
 use rig_agent::AgentBuilder;
 use rig_core::providers::openai::OpenAIConfig;
 use rig_core::tool::{Tool, ToolContext};
@@ -107,17 +106,15 @@ impl Tool for RigBook {
 
 /// Runs the scenario as a rig agent.
 pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
-    let run = PaybondAgentRun::builder(h.gateway(), h.intent_id, h.token.clone())
-        .tools(h.tools.clone())
-        .agent_subject("demo-rig")
-        .currency("usd")
-        .wait_for_approval(ApprovalWait {
-            timeout: Duration::from_secs(60),
-            poll_interval: Duration::from_millis(50),
-        })
-        .bind()
-        .await
-        .map_err(|e| DemoError::Gateway(e.to_string()))?;
+    let run = crate::bind_run(
+        h.gateway(),
+        h.intent_id,
+        h.token.clone(),
+        h.tools.clone(),
+        "demo-rig",
+        true,
+    )
+    .await?;
     let _operator = h.spawn_operator();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (key, base, model) = match std::env::var("OPENAI_API_KEY") {

@@ -715,7 +715,7 @@ fn request_digest(call: &Call<'_>) -> String {
         "vendor": call.vendor,
         "tool": call.tool,
     });
-    sha256_hex(canonical.to_string().as_bytes())
+    sha256_hex(paybond_policies::canonical_json(&canonical).as_bytes())
 }
 
 fn cap_code(window: &str, scope: &str) -> &'static str {

@@ -313,7 +313,9 @@ impl Engine {
                 "idempotency_key must be 1 to 255 characters",
             ));
         }
-        let body_hash = sha256_hex(serde_json::to_string(request)?.as_bytes());
+        let body_hash = sha256_hex(
+            paybond_policies::canonical_json(&serde_json::to_value(request)?).as_bytes(),
+        );
         self.tx(|tx, now| {
             let stored: Option<(String, String, String)> = tx
                 .query_row(

@@ -10,6 +10,8 @@ use serde_json::Value;
 pub(crate) fn validate(schema: &Value, value: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     check(schema, value, "payload", &mut problems);
+    // Object iteration order varies between builds; the report does not.
+    problems.sort();
     problems
 }
 

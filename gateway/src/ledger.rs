@@ -73,7 +73,7 @@ pub(crate) fn entry_hash(
         "at_ms": at_ms,
         "prev_hash": prev_hash,
     });
-    sha256_hex(canonical.to_string().as_bytes())
+    sha256_hex(paybond_policies::canonical_json(&canonical).as_bytes())
 }
 
 /// Appends an entry to `tenant_id`'s chain inside the caller's transaction.
@@ -84,14 +84,11 @@ pub(crate) fn append(
     payload: Value,
     at_ms: i64,
 ) -> Result<(), ApiError> {
-    let tip: Option<(u64, String)> = tx
-        .query_row(
-            "SELECT seq, hash FROM ledger WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1",
-            params![tenant_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let (prev_seq, prev_hash) = tip.unwrap_or((0, GENESIS.to_owned()));
+    let LedgerTip {
+        seq: prev_seq,
+        hash: prev_hash,
+        ..
+    } = tip(tx, tenant_id)?;
     let seq = prev_seq + 1;
     let hash = entry_hash(tenant_id, seq, event, &payload, at_ms, &prev_hash);
     tx.execute(

@@ -370,7 +370,7 @@ pub fn document() -> Value {
         }
     }
     let schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
-    json!({
+    paybond_policies::sort_keys(json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Paybond Gateway",
@@ -383,5 +383,5 @@ pub fn document() -> Value {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "paybond_sk_sandbox_… / paybond_sk_live_…"}}
         }
-    })
+    }))
 }

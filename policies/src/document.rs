@@ -352,17 +352,16 @@ impl PolicyDocument {
             "title".to_owned(),
             serde_json::Value::String("Paybond policy".to_owned()),
         );
-        schema.to_value()
+        crate::canonical::sort_keys(schema.to_value())
     }
 
     /// The `sha256:` digest of the document's canonical JSON (keys sorted, no whitespace).
     pub fn digest(&self) -> String {
-        // Serializing a document of strings, numbers, bools, maps and lists cannot fail;
-        // a Value has its object keys sorted (serde_json without preserve_order).
+        // Serializing a document of strings, numbers, bools, maps and lists cannot fail.
         let canonical = serde_json::to_value(self)
-            .and_then(|v| serde_json::to_vec(&v))
+            .map(|v| crate::canonical::canonical_json(&v))
             .unwrap_or_default();
-        let hash = Sha256::digest(&canonical);
+        let hash = Sha256::digest(canonical.as_bytes());
         let mut out = String::with_capacity(7 + 64);
         out.push_str("sha256:");
         for byte in hash {

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod bundled;
+mod canonical;
 mod document;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -27,6 +28,7 @@ mod resolve;
 mod tool;
 mod validate;
 
+pub use canonical::{canonical_json, sort_keys};
 pub use document::{
     ActiveHours, AdapterSection, Approval, Budget, CapScope, CapWindow, DataControls, Extends,
     Gates, IntentSection, Overrides, Phases, PolicyBinding, PolicyDocument, RollingCap, SCHEMA_ID,

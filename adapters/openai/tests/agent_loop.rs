@@ -69,6 +69,7 @@ async fn serve(model: Model) -> String {
 }
 
 async fn setup(replies: Vec<Value>) -> (Model, Arc<ScriptedGateway>, AgentLoop<OpenAIConfig>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let model = Model::default();
     model.replies.lock().unwrap().extend(replies);
     let base = serve(model.clone()).await;

@@ -1,20 +1,5 @@
 //! The canonical scenario with the openai demo: `paybond-demo-openai [--gateway URL] [--format text|json]`.
 
-use std::process::ExitCode;
-
-use clap::Parser;
-use paybond_demos::Framework;
-use paybond_demos::cli::DemoArgs;
-
-/// Runs the canonical scenario (openai).
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(flatten)]
-    args: DemoArgs,
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    paybond_demos::cli::main(&[Framework::Openai], &cli.args)
+fn main() -> std::process::ExitCode {
+    paybond_demos::cli::bin_main(paybond_demos::Framework::Openai)
 }
