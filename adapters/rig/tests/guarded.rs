@@ -128,3 +128,47 @@ async fn guarded_rig_tools_are_authorized_first() {
         ]
     );
 }
+
+#[tokio::test]
+async fn guarded_dynamic_tools_keep_their_definition_and_are_authorized() {
+    use paybond_adapter_rig::guarded_dynamic;
+    use rig_core::message::ToolName;
+    use rig_core::tool::DynamicTool;
+
+    let gateway = Arc::new(ScriptedGateway::new());
+    let run = PaybondAgentRun::builder(gateway.clone(), uuid::Uuid::new_v4(), "cap".into())
+        .tool(
+            "shop.buy",
+            ToolPolicy::side_effecting("cost_and_completion").with_spend_from_args("amount_cents"),
+        )
+        .bind()
+        .await
+        .unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counter = ran.clone();
+    let tool = DynamicTool::new(
+        ToolName::new("shop.buy").unwrap(),
+        "Buy",
+        json!({"type": "object"}),
+        move |_args: Value| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(rig_core::tool::ToolOutput::json(json!({"ok": true}))) })
+        },
+    );
+    let guarded = guarded_dynamic(tool, &run);
+    assert_eq!(guarded.name().to_string(), "shop.buy");
+    assert_eq!(guarded.definition().description, "Buy");
+
+    gateway
+        .push_verify(VerifyScript::Allow)
+        .push_verify(VerifyScript::deny("tool_cap_exceeded"));
+    guarded.execute(json!({"amount_cents": 500})).await.unwrap();
+    let denied = guarded
+        .execute(json!({"amount_cents": 50_000}))
+        .await
+        .unwrap_err();
+    assert!(denied.to_string().contains("tool_cap_exceeded"), "{denied}");
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    let outcomes: Vec<_> = run.trace().entries().iter().map(|e| e.outcome).collect();
+    assert_eq!(outcomes, [TraceOutcome::Allow, TraceOutcome::Deny]);
+}
