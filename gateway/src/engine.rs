@@ -459,7 +459,8 @@ impl Engine {
 
     // ---- policies ----
 
-    /// Publishes an org base policy for `tenant_id`'s org (`PUT /v1/admin/org-policies/{id}`).
+    /// Publishes an org base policy (`PUT /v1/admin/org-policies/{id}`). Org policies
+    /// are kept per tenant: one tenant's admin cannot change another tenant's base.
     pub fn publish_org_policy(
         &self,
         principal: &Principal,
@@ -498,10 +499,11 @@ impl Engine {
         let digest = doc.digest();
         self.tx(|tx, now| {
             tx.execute(
-                "INSERT INTO org_policies (id, text, digest, updated_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET text = excluded.text, digest = excluded.digest,
-                 updated_ms = excluded.updated_ms",
-                params![doc.name, file.text, digest, now],
+                "INSERT INTO org_policies (tenant_id, id, text, digest, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (tenant_id, id) DO UPDATE SET text = excluded.text,
+                 digest = excluded.digest, updated_ms = excluded.updated_ms",
+                params![tenant_id, doc.name, file.text, digest, now],
             )?;
             ledger::append(
                 tx,
@@ -546,8 +548,8 @@ impl Engine {
             Some(id) => self.tx(|tx, _| {
                 Ok(tx
                     .query_row(
-                        "SELECT text FROM org_policies WHERE id = ?1",
-                        params![id],
+                        "SELECT text FROM org_policies WHERE tenant_id = ?1 AND id = ?2",
+                        params![tenant_id, id],
                         |r| r.get(0),
                     )
                     .optional()?)
@@ -801,7 +803,7 @@ fn issue_keys(
                 format!(
                     "{}:{}",
                     role_name(role),
-                    &tenant_id[4..12.min(tenant_id.len())]
+                    tenant_id.get(4..12).unwrap_or(tenant_id)
                 ),
                 now
             ],

@@ -39,10 +39,12 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS org_policies (
-    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    id TEXT NOT NULL,
     text TEXT NOT NULL,
     digest TEXT NOT NULL,
-    updated_ms INTEGER NOT NULL
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, id)
 );
 CREATE TABLE IF NOT EXISTS tenant_policies (
     tenant_id TEXT PRIMARY KEY REFERENCES tenants(id),

@@ -400,3 +400,70 @@ fn intents_close_at_their_deadline() {
         LifecycleStatus::Released
     );
 }
+
+#[test]
+fn publishing_refuses_widening_overlays_and_org_bases_are_per_tenant() {
+    let fx = Fixture::new();
+    let before = fx.engine.effective_policy(&fx.agent).unwrap();
+    // An overlay raising the org budget is refused whole, with the merge's code and path.
+    let widening = paybond_policies::bundled::TENANT_OVERLAY
+        .replace("max_spend_usd: 600", "max_spend_usd: 5000");
+    let err = fx
+        .engine
+        .publish_tenant_policy(&fx.admin, &widening)
+        .unwrap_err();
+    assert_eq!((err.status, err.code), (422, "policy_invalid"));
+    assert!(
+        err.message.contains("policy.cannot_raise_budget_cap"),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message
+            .contains("overrides.intent.budget.max_spend_usd"),
+        "{}",
+        err.message
+    );
+    assert_eq!(fx.engine.effective_policy(&fx.agent).unwrap(), before);
+    // Only a tenant admin publishes.
+    let err = fx
+        .engine
+        .publish_tenant_policy(&fx.operator, paybond_policies::bundled::TENANT_OVERLAY)
+        .unwrap_err();
+    assert_eq!(err.status, 403);
+
+    // Another tenant publishing an org base of the same id changes nothing here.
+    let other = fx
+        .engine
+        .create_tenant("other", paybond_middleware_core::wire::Environment::Sandbox)
+        .unwrap();
+    let other_admin = fx
+        .engine
+        .authenticate(other.tenant_admin.expose_secret())
+        .unwrap();
+    let loose =
+        paybond_policies::bundled::ORG_BASE.replace("max_spend_usd: 1000", "max_spend_usd: 100000");
+    fx.engine
+        .publish_org_policy(&other_admin, "paybond-travel-org", &loose)
+        .unwrap();
+    let raised = paybond_policies::bundled::TENANT_OVERLAY
+        .replace("max_spend_usd: 600", "max_spend_usd: 5000");
+    let err = fx
+        .engine
+        .publish_tenant_policy(&fx.admin, &raised)
+        .unwrap_err();
+    assert!(
+        err.message.contains("policy.cannot_raise_budget_cap"),
+        "{}",
+        err.message
+    );
+    // The other tenant's own overlay does resolve against its own base.
+    let eff = fx
+        .engine
+        .publish_tenant_policy(&other_admin, &raised)
+        .unwrap();
+    assert_eq!(
+        eff.policy.intent.unwrap().budget.unwrap().max_spend_usd,
+        Some(5000.0)
+    );
+}
