@@ -150,6 +150,22 @@ fn print_status(a: &ApprovalStatus) {
     );
 }
 
+fn redact_tokens(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if k == "approval_token" && child.is_string() {
+                    *child = Value::String("[redacted]".to_owned());
+                } else {
+                    redact_tokens(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_tokens),
+        _ => {}
+    }
+}
+
 pub(crate) fn approvals(cmd: ApprovalsCommand) -> Outcome {
     let (remote, method, path) = match &cmd {
         ApprovalsCommand::List { state, remote } => (
@@ -177,6 +193,10 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Outcome {
         Err(o) => return o,
     };
     if remote.format == Format::Json {
+        // The approval token is for the agent that retries the held call, not for the
+        // operator's terminal.
+        let mut body = body;
+        redact_tokens(&mut body);
         println!("{body}");
         return Outcome::Success;
     }

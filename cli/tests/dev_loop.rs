@@ -459,6 +459,24 @@ fn operator_commands_remote_policy_check_and_a_tampered_ledger() {
         out.contains("approved") && out.contains("1/1 approvals"),
         "{out}"
     );
+    let (code, out, _) = paybond_in(
+        dir.path(),
+        &[
+            "approvals",
+            "list",
+            "--state",
+            "approved",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        listed["approvals"][0]["approval_token"], "[redacted]",
+        "{out}"
+    );
+    assert!(!out.contains("paybond_at_"), "{out}");
     let (code, _, err) = paybond_in(dir.path(), &["approvals", "deny", &approval]);
     assert_eq!(code, 1);
     assert!(err.contains("approval_already_decided"), "{err}");
