@@ -1,5 +1,38 @@
 //! The Paybond gateway: the decision engine behind `PaybondAgentRun`.
-#![allow(missing_docs)]
+//!
+//! One [`Engine`] on SQLite decides every paid tool call (DESIGN §4): capability
+//! token, operation, intent, policy, caps, rate limits, schedule, gates, approval
+//! threshold, first failure wins. Use it in process through [`EmbeddedGateway`] (a
+//! `SpendGateway`), or serve it over HTTP with [`server::serve`]
+//! (`paybond dev loop --offline` does).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//!
+//! use paybond_gateway::{EmbeddedGateway, Engine};
+//! use paybond_middleware_core::SpendGateway;
+//! use paybond_middleware_core::wire::{Environment, SandboxBootstrapRequest};
+//!
+//! let engine = Arc::new(Engine::in_memory()?); // the bundled scenario policies
+//! let keys = engine.create_tenant("sandbox", Environment::Sandbox)?;
+//! let gateway = EmbeddedGateway::new(engine.clone(), &keys.agent)?;
+//! let intent = gateway
+//!     .bootstrap_sandbox(&SandboxBootstrapRequest {
+//!         operation: "travel.book_hotel".into(),
+//!         requested_spend_cents: 60_000,
+//!         currency: None,
+//!         evidence_schema: None,
+//!         metadata: None,
+//!         idempotency_key: None,
+//!     })
+//!     .await?;
+//! assert_eq!(gateway.principal().await?.tenant_id, keys.tenant_id);
+//! assert!(intent.capability_token.expose_secret().len() > 100);
+//! # Ok(())
+//! # }
+//! ```
 mod decide;
 mod embedded;
 mod engine;
