@@ -193,6 +193,8 @@ pub struct Engine {
     /// Authenticated keys by digest; cleared when keys are rotated. One engine owns
     /// its database, so no other writer can revoke a key behind it.
     principals: Mutex<HashMap<String, Principal>>,
+    /// Checkpoints a file database's WAL in the background (none in memory).
+    _checkpointer: Option<store::Checkpointer>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -245,7 +247,15 @@ impl Engine {
                 params![bytes],
             )?;
         }
+        let checkpointer = match &config.storage {
+            Storage::File(path) => Some(store::Checkpointer::start(
+                path,
+                std::time::Duration::from_millis(500),
+            )?),
+            Storage::Memory => None,
+        };
         Ok(Self {
+            _checkpointer: checkpointer,
             conn: Mutex::new(conn),
             minter,
             config,
