@@ -101,6 +101,7 @@ fn dev_loop(a: &Loop) -> Outcome {
             Err(e) => return policy_or_usage(&e),
         },
         Some(tenant_id) => {
+            let saved = envfile::read(&a.env_file);
             let keys_work = [
                 "PAYBOND_API_KEY",
                 "PAYBOND_OPERATOR_API_KEY",
@@ -108,12 +109,12 @@ fn dev_loop(a: &Loop) -> Outcome {
             ]
             .iter()
             .all(|k| {
-                envfile::read(&a.env_file)
-                    .into_iter()
+                saved
+                    .iter()
                     .find(|(name, _)| name == k)
                     .is_some_and(|(_, v)| {
                         engine
-                            .authenticate(&v)
+                            .authenticate(v)
                             .is_ok_and(|p| p.tenant_id == tenant_id)
                     })
             });
