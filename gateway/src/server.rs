@@ -147,7 +147,9 @@ where
 }
 
 /// Parses a JSON body; malformed JSON is 400, a wrong or missing field 422, naming it.
-fn parse<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, HttpError> {
+/// Runs after authentication, so a caller without a valid key learns nothing about
+/// the request's shape.
+fn parse<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -157,11 +159,11 @@ fn parse<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, HttpError> {
         } else {
             format!("{path}: {inner}")
         };
-        fail(if inner.is_data() {
+        if inner.is_data() {
             ApiError::unprocessable("invalid_field", message)
         } else {
             ApiError::bad_request("malformed_json", message)
-        })
+        }
     })
 }
 
@@ -206,8 +208,8 @@ async fn principal(State(s): State<AppState>, headers: HeaderMap) -> Answer {
 async fn verify(State(s): State<AppState>, request: Request) -> Answer {
     let (headers, bytes) = body(request).await?;
     let creds = credentials(&headers)?;
-    let mut req: VerifyRequest = parse(&bytes)?;
     let r = with_engine(&s, creds, move |e, p, key| {
+        let mut req: VerifyRequest = parse(&bytes)?;
         req.idempotency_key = merge_key(key, req.idempotency_key.take())?;
         e.verify(p, &req)
     })
@@ -226,8 +228,8 @@ async fn complete(State(s): State<AppState>, Path(id): Path<String>, request: Re
         #[serde(default)]
         idempotency_key: Option<String>,
     }
-    let req: Body = parse(&bytes)?;
     let r = with_engine(&s, creds, move |e, p, key| {
+        let req: Body = parse(&bytes)?;
         let key = merge_key(key, req.idempotency_key)?;
         e.complete(p, id, &req.request, key.as_deref())
     })
@@ -238,8 +240,8 @@ async fn complete(State(s): State<AppState>, Path(id): Path<String>, request: Re
 async fn bootstrap(State(s): State<AppState>, request: Request) -> Answer {
     let (headers, bytes) = body(request).await?;
     let creds = credentials(&headers)?;
-    let mut req: SandboxBootstrapRequest = parse(&bytes)?;
     let r = with_engine(&s, creds, move |e, p, key| {
+        let mut req: SandboxBootstrapRequest = parse(&bytes)?;
         req.idempotency_key = merge_key(key, req.idempotency_key.take())?;
         e.bootstrap_sandbox(p, &req)
     })
@@ -258,8 +260,8 @@ async fn evidence(State(s): State<AppState>, Path(id): Path<String>, request: Re
         #[serde(default)]
         idempotency_key: Option<String>,
     }
-    let req: Body = parse(&bytes)?;
     let r = with_engine(&s, creds, move |e, p, key| {
+        let req: Body = parse(&bytes)?;
         let key = merge_key(key, req.idempotency_key)?;
         e.submit_evidence(p, id, &req.request, key.as_deref())
     })
@@ -270,8 +272,8 @@ async fn evidence(State(s): State<AppState>, Path(id): Path<String>, request: Re
 async fn create_intent(State(s): State<AppState>, request: Request) -> Answer {
     let (headers, bytes) = body(request).await?;
     let creds = credentials(&headers)?;
-    let mut req: CreateIntentRequest = parse(&bytes)?;
     let r = with_engine(&s, creds, move |e, p, key| {
+        let mut req: CreateIntentRequest = parse(&bytes)?;
         req.idempotency_key = merge_key(key, req.idempotency_key.take())?;
         e.create_intent(p, &req)
     })

@@ -67,6 +67,9 @@ async fn every_bad_request_gets_its_4xx_and_code() {
         // Credentials.
         (Method::POST, "/verify".into(), None, Some(verify(intent, token.expose_secret(), json!(1))), 401, "unauthorized"),
         (Method::POST, "/verify".into(), Some("paybond_sk_sandbox_nope"), Some(verify(intent, token.expose_secret(), json!(1))), 401, "unauthorized"),
+        // Without a valid key, nothing is said about the body.
+        (Method::POST, "/verify".into(), None, Some("not json".into()), 401, "unauthorized"),
+        (Method::POST, "/verify".into(), Some("paybond_sk_sandbox_nope"), Some("{}".into()), 401, "unauthorized"),
         // Malformed JSON, wrong types, missing fields, unknown enum values.
         (Method::POST, "/verify".into(), Some(agent), Some("{\"intent_id\": ".into()), 400, "malformed_json"),
         (Method::POST, "/verify".into(), Some(agent), Some("not json".into()), 400, "malformed_json"),
