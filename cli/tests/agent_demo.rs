@@ -1,0 +1,67 @@
+//! `paybond agent demo`: the README's main job, with its exit codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on setup failures
+
+use std::process::Command;
+
+fn demo(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_paybond"))
+        .arg("agent")
+        .arg("demo")
+        .args(args)
+        .current_dir(dir)
+        .env_remove("PAYBOND_GATEWAY_URL")
+        .env_remove("PAYBOND_API_KEY")
+        .env_remove("PAYBOND_OPERATOR_API_KEY")
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_main_job_and_its_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every framework, embedded; mcp starts this binary again as its MCP server.
+    let (code, out, err) = demo(&["all", "--format", "json"], dir.path());
+    assert_eq!(code, 0, "{out}{err}");
+    let summaries: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("summary").is_some())
+        .collect();
+    let frameworks: Vec<&str> = summaries
+        .iter()
+        .map(|s| s["summary"]["framework"].as_str().unwrap())
+        .collect();
+    assert_eq!(frameworks, ["generic", "openai", "rig", "mcp"]);
+    assert!(
+        summaries
+            .iter()
+            .all(|s| s["summary"]["consumed_cents"] == 30_700)
+    );
+
+    let (code, _, err) = demo(&["cobol"], dir.path());
+    assert_eq!(code, 2);
+    assert!(err.contains("generic, openai, rig, mcp"), "{err}");
+
+    // No gateway there: the demo fails, nothing runs, the keys are not printed.
+    std::fs::write(
+        dir.path().join(".env.local"),
+        "PAYBOND_API_KEY=paybond_sk_sandbox_SECRETA\nPAYBOND_OPERATOR_API_KEY=paybond_sk_sandbox_SECRETO\n",
+    )
+    .unwrap();
+    let (code, out, err) = demo(&["generic", "--gateway", "http://127.0.0.1:9"], dir.path());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("the generic demo failed"), "{err}");
+    assert!(!format!("{out}{err}").contains("SECRET"));
+    // Without keys for --gateway: a usage error.
+    std::fs::remove_file(dir.path().join(".env.local")).unwrap();
+    let (code, _, err) = demo(&["generic", "--gateway", "http://127.0.0.1:9"], dir.path());
+    assert_eq!(code, 2);
+    assert!(err.contains("PAYBOND_API_KEY"), "{err}");
+}
