@@ -324,12 +324,14 @@ fn validate_tools(a: &ValidateTools) -> Outcome {
         Ok(t) => t,
         Err(e) => return usage_error(format!("cannot read --file {file}: {e}")),
     };
+    let checked = check_policy(&text, &file);
     let mut resolution = if a.resolve_inheritance || remote.is_some() {
         let base_path = a.base.clone().or_else(|| {
-            check_policy(&text, &file)
+            checked
                 .document
-                .and_then(|d| d.extends)
-                .and_then(|e| e.base_policy)
+                .as_ref()
+                .and_then(|d| d.extends.as_ref())
+                .and_then(|e| e.base_policy.as_ref())
                 .map(|p| a.file.parent().unwrap_or(Path::new("")).join(p))
         });
         let base_text = match &base_path {
@@ -349,7 +351,6 @@ fn validate_tools(a: &ValidateTools) -> Outcome {
             base_text.as_ref().map(|(t, f)| Source { text: t, file: f }),
         )
     } else {
-        let checked = check_policy(&text, &file);
         Resolution {
             valid: checked.is_valid(),
             errors: checked.errors,

@@ -189,6 +189,15 @@ fn uuid_param(raw: &str, name: &str) -> Result<Uuid, HttpError> {
     })
 }
 
+/// A request body whose wire type has no `idempotency_key` field of its own.
+#[derive(serde::Deserialize)]
+struct WithKey<T> {
+    #[serde(flatten)]
+    request: T,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
 /// The idempotency key of a request: header and body field must agree when both are set.
 fn merge_key(header: Option<String>, body: Option<String>) -> Result<Option<String>, ApiError> {
     match (header, body) {
@@ -221,15 +230,8 @@ async fn complete(State(s): State<AppState>, Path(id): Path<String>, request: Re
     let id = uuid_param(&id, "decision_id")?;
     let (headers, bytes) = body(request).await?;
     let creds = credentials(&headers)?;
-    #[derive(serde::Deserialize)]
-    struct Body {
-        #[serde(flatten)]
-        request: CompleteRequest,
-        #[serde(default)]
-        idempotency_key: Option<String>,
-    }
     let r = with_engine(&s, creds, move |e, p, key| {
-        let req: Body = parse(&bytes)?;
+        let req: WithKey<CompleteRequest> = parse(&bytes)?;
         let key = merge_key(key, req.idempotency_key)?;
         e.complete(p, id, &req.request, key.as_deref())
     })
@@ -253,15 +255,8 @@ async fn evidence(State(s): State<AppState>, Path(id): Path<String>, request: Re
     let id = uuid_param(&id, "intent_id")?;
     let (headers, bytes) = body(request).await?;
     let creds = credentials(&headers)?;
-    #[derive(serde::Deserialize)]
-    struct Body {
-        #[serde(flatten)]
-        request: EvidenceRequest,
-        #[serde(default)]
-        idempotency_key: Option<String>,
-    }
     let r = with_engine(&s, creds, move |e, p, key| {
-        let req: Body = parse(&bytes)?;
+        let req: WithKey<EvidenceRequest> = parse(&bytes)?;
         let key = merge_key(key, req.idempotency_key)?;
         e.submit_evidence(p, id, &req.request, key.as_deref())
     })

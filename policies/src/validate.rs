@@ -317,6 +317,19 @@ impl Cx<'_> {
         s
     }
 
+    /// A `sha256:<64 lowercase hex>` digest.
+    fn digest<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v str> {
+        let d = self.str(path, v)?;
+        if !is_sha256_digest(d) {
+            self.error(
+                path,
+                "policy.invalid_digest",
+                format!("`{d}` is not `sha256:` followed by 64 lowercase hex digits"),
+            );
+        }
+        Some(d)
+    }
+
     fn list<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v Vec<Value>> {
         let l = v.as_array();
         if l.is_none() {
@@ -631,15 +644,7 @@ fn intent(cx: &mut Cx<'_>, path: &str, v: &Value, listed: &[String]) {
         )?;
         cx.required(b, p, "template_id", "a string", Cx::str);
         cx.optional(b, p, "version_seq", Cx::u64);
-        if let Some(d) = cx.optional(b, p, "head_digest", Cx::str)
-            && !is_sha256_digest(d)
-        {
-            cx.error(
-                &key_path(p, "head_digest"),
-                "policy.invalid_digest",
-                format!("`{d}` is not `sha256:` followed by 64 lowercase hex digits"),
-            );
-        }
+        cx.optional(b, p, "head_digest", Cx::digest);
         Some(())
     });
     cx.optional(map, path, "budget", |cx, p, v| {
@@ -712,15 +717,7 @@ fn extends(cx: &mut Cx<'_>, path: &str, v: &Value) {
             format!("`{org}` must match ^org_[a-z][a-z0-9_]{{0,57}}$, e.g. `org_acme_corp`"),
         );
     }
-    if let Some(d) = cx.optional(map, path, "base_digest", Cx::str)
-        && !is_sha256_digest(d)
-    {
-        cx.error(
-            &key_path(path, "base_digest"),
-            "policy.invalid_digest",
-            format!("`{d}` is not `sha256:` followed by 64 lowercase hex digits"),
-        );
-    }
+    cx.optional(map, path, "base_digest", Cx::digest);
     cx.optional(map, path, "base_policy", Cx::str);
 }
 
