@@ -6,7 +6,7 @@ use std::time::Instant;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, Zoned};
 use paybond_middleware_core::wire::{Principal, SpendScope, VerifyRequest, VerifyResult};
-use paybond_policies::{CapScope, CapWindow};
+use paybond_policies::{CapScope, CapWindow, PolicyDocument, ToolPolicy};
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::json;
 use uuid::Uuid;
@@ -43,15 +43,153 @@ fn deny(code: &'static str, message: impl Into<String>) -> Verdict {
     }
 }
 
-/// What the request is, once resolved against the token and the policy.
+/// What the request is, once bound to the token and the policy.
 struct Call<'a> {
     tenant: &'a str,
     intent: String,
+    /// The policy tool the decision is recorded and counted under: the one the
+    /// operation belongs to (see [`bind_tool`]), never a name the caller picks freely.
     tool: String,
     operation: &'a str,
     vendor: Option<&'a str>,
-    agent: String,
+    /// The API key's subject. Every agent-scoped cap counts it, whatever the call names.
+    agent: &'a str,
+    /// A sub-agent the caller names; it narrows agent-scoped caps within its key's scope.
+    agent_subject: Option<&'a str>,
     amount: u64,
+}
+
+/// An optional string of the request; an empty one names nothing.
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|s| !s.is_empty())
+}
+
+/// The policy tools a verify is about.
+struct ToolBinding {
+    /// One tool, or every side-effecting tool that shares the operation when the call
+    /// picks none of them (the stricter controls of all apply). When the policy has no
+    /// tool for the operation: the operation itself.
+    tools: Vec<String>,
+    /// Whether `tools` are tools of the policy.
+    in_policy: bool,
+}
+
+/// Decides which policy tool a verify is about, from its operation: the tools whose
+/// `operation` (or name) is the operation. A `tool_name` the caller sends may only
+/// confirm one of them; naming a tool of another operation, a read-only tool or a tool
+/// the policy does not have for this operation is a deny `tool_operation_mismatch`.
+fn bind_tool(
+    doc: &PolicyDocument,
+    operation: &str,
+    tool_name: Option<&str>,
+) -> Result<ToolBinding, Verdict> {
+    let candidates: Vec<(&String, &ToolPolicy)> = doc
+        .tools
+        .iter()
+        .filter(|(name, t)| t.operation_for(name) == operation)
+        .collect();
+    let list = |tools: &[(&String, &ToolPolicy)]| {
+        tools
+            .iter()
+            .map(|(n, _)| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mismatch = |message: String| deny("tool_operation_mismatch", message);
+    if let Some(name) = tool_name {
+        return match doc.tools.get(name) {
+            Some(t) if t.operation_for(name) != operation => Err(mismatch(format!(
+                "tool_name `{name}` is the tool of operation `{}`, not `{operation}`",
+                t.operation_for(name)
+            ))),
+            Some(t) if !t.side_effecting => Err(mismatch(format!(
+                "tool_name `{name}` is a read-only tool; only side-effecting tools are verified"
+            ))),
+            Some(_) => Ok(ToolBinding {
+                tools: vec![name.to_owned()],
+                in_policy: true,
+            }),
+            None if !candidates.is_empty() => Err(mismatch(format!(
+                "tool_name `{name}` is not a tool of the policy; `{operation}` is the operation of {}",
+                list(&candidates)
+            ))),
+            None if name != operation => Err(mismatch(format!(
+                "tool_name `{name}` is not a tool of the policy and differs from the operation `{operation}`"
+            ))),
+            None => Ok(ToolBinding {
+                tools: vec![operation.to_owned()],
+                in_policy: false,
+            }),
+        };
+    }
+    let side_effecting: Vec<String> = candidates
+        .iter()
+        .filter(|(_, t)| t.side_effecting)
+        .map(|(n, _)| (*n).clone())
+        .collect();
+    if side_effecting.is_empty() && !candidates.is_empty() {
+        return Err(mismatch(format!(
+            "`{operation}` is the operation of read-only {}; only side-effecting tools are verified",
+            list(&candidates)
+        )));
+    }
+    Ok(if side_effecting.is_empty() {
+        ToolBinding {
+            tools: vec![operation.to_owned()],
+            in_policy: false,
+        }
+    } else {
+        ToolBinding {
+            tools: side_effecting,
+            in_policy: true,
+        }
+    })
+}
+
+/// The per-tool controls that apply to a binding: for several tools, the stricter of each.
+#[derive(Default)]
+struct ToolLimits {
+    /// A bound tool with `allow: false`.
+    disabled: Option<String>,
+    /// The lowest per-call cap.
+    cap: Option<u64>,
+    /// The lowest approval threshold.
+    threshold: Option<u64>,
+    /// Each bound tool's hourly call limit.
+    per_hour: Vec<(String, u32)>,
+}
+
+fn tool_limits(doc: &PolicyDocument, tools: &[String]) -> ToolLimits {
+    fn lower(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+    let mut limits = ToolLimits::default();
+    for name in tools {
+        let controls = doc
+            .spend_controls
+            .as_ref()
+            .and_then(|c| c.tools.get(name));
+        if controls.and_then(|c| c.allow) == Some(false) && limits.disabled.is_none() {
+            limits.disabled = Some(name.clone());
+        }
+        let cap = doc
+            .tools
+            .get(name)
+            .and_then(|t| t.max_spend_cents)
+            .or_else(|| controls.and_then(|c| c.max_per_call_cents));
+        limits.cap = lower(limits.cap, cap);
+        limits.threshold = lower(
+            limits.threshold,
+            controls.and_then(|c| c.approval_threshold_cents),
+        );
+        if let Some(n) = controls.and_then(|c| c.limit_per_hour) {
+            limits.per_hour.push((name.clone(), n));
+        }
+    }
+    limits
 }
 
 /// Spend counted against a scope: consumed amounts plus open, unexpired reservations.
@@ -107,35 +245,31 @@ impl Engine {
         req: &VerifyRequest,
         policy: Option<&EffectivePolicy>,
     ) -> Result<VerifyResult, ApiError> {
+        let binding = match policy {
+            Some(p) => bind_tool(&p.policy, &req.operation, req.tool_name.as_deref()),
+            None => Err(deny(
+                "tool_not_in_policy",
+                "the tenant has no policy; nothing is allowed",
+            )),
+        };
         let call = Call {
             tenant: &principal.tenant_id,
             intent: req.intent_id.to_string(),
-            // The policy's name for the tool: the one the call names, else the tool
-            // whose operation it is. Per-tool controls are looked up by this name, so a
-            // call cannot dodge them by naming another tool.
-            tool: req.tool_name.clone().unwrap_or_else(|| {
-                policy
-                    .and_then(|p| {
-                        p.policy
-                            .tools
-                            .iter()
-                            .find(|(name, t)| t.operation_for(name) == req.operation)
-                            .map(|(name, _)| name.clone())
-                    })
-                    .unwrap_or_else(|| req.operation.clone())
-            }),
+            tool: binding
+                .as_ref()
+                .ok()
+                .and_then(|b| b.tools.first().cloned())
+                .unwrap_or_else(|| req.operation.clone()),
             operation: &req.operation,
-            vendor: req.vendor_id.as_deref(),
-            agent: req
-                .agent_subject
-                .clone()
-                .unwrap_or_else(|| principal.subject.clone()),
+            vendor: non_empty(&req.vendor_id),
+            agent: &principal.subject,
+            agent_subject: non_empty(&req.agent_subject),
             amount: req.requested_spend_cents,
         };
         crate::lifecycle::expire_due(tx, now)?;
         let decision_id = Uuid::new_v4();
         let mut budget_left = None;
-        let verdict = self.checks(tx, now, req, &call, policy, &mut budget_left)?;
+        let verdict = self.checks(tx, now, req, &call, binding, policy, &mut budget_left)?;
 
         let mut result = VerifyResult {
             allow: false,
@@ -161,8 +295,8 @@ impl Engine {
             Verdict::Allow { reasons, approval } => {
                 tx.execute(
                     "INSERT INTO reservations (id, tenant_id, intent_id, tool, operation, vendor, agent,
-                     amount_cents, state, created_ms, expires_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'open', ?9, ?10)",
+                     agent_subject, amount_cents, state, created_ms, expires_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'open', ?10, ?11)",
                     params![
                         decision_id.to_string(),
                         call.tenant,
@@ -171,6 +305,7 @@ impl Engine {
                         call.operation,
                         call.vendor,
                         call.agent,
+                        call.agent_subject,
                         call.amount,
                         now,
                         now + self.config.reservation_ttl_ms
@@ -244,7 +379,12 @@ impl Engine {
                 "operation": call.operation,
                 "vendor": call.vendor,
                 "agent": call.agent,
+                "agent_subject": call.agent_subject,
                 "amount_cents": call.amount,
+                "currency": req.currency,
+                "task_id": req.task_id,
+                "workflow_id": req.workflow_id,
+                "tool_call_id": req.tool_call_id,
                 "reason_codes": result.reason_codes,
                 "approval_request_id": result.approval_request_id,
                 "policy_version": result.policy_version,
@@ -262,6 +402,7 @@ impl Engine {
         now: i64,
         req: &VerifyRequest,
         call: &Call<'_>,
+        binding: Result<ToolBinding, Verdict>,
         policy: Option<&EffectivePolicy>,
         budget_left: &mut Option<u64>,
     ) -> Result<Verdict, ApiError> {
@@ -292,15 +433,15 @@ impl Engine {
             ));
         }
         // 3. The intent.
-        let intent: Option<(String, i64, u64, u64)> = tx
+        let intent: Option<(String, i64, u64, u64, String)> = tx
             .query_row(
-                "SELECT state, deadline_ms, budget_cents, consumed_cents + reserved_cents FROM intents
-                 WHERE id = ?1 AND tenant_id = ?2",
+                "SELECT state, deadline_ms, budget_cents, consumed_cents + reserved_cents, currency
+                 FROM intents WHERE id = ?1 AND tenant_id = ?2",
                 params![call.intent, call.tenant],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        let Some((state, deadline, mut budget, spent)) = intent else {
+        let Some((state, deadline, mut budget, spent, currency)) = intent else {
             return Ok(deny(
                 "intent_not_funded",
                 "the intent does not exist or is not funded",
@@ -315,38 +456,55 @@ impl Engine {
                 format!("the intent is {state}, not funded"),
             ));
         }
-        // 4. The policy admits the tool.
+        if let Some(asked) = req.currency.as_deref()
+            && !asked.eq_ignore_ascii_case(&currency)
+        {
+            return Ok(deny(
+                "currency_mismatch",
+                format!("currency `{asked}` is not the intent's currency `{currency}`"),
+            ));
+        }
+        // 4. The policy admits the tool: the one the operation belongs to.
         let Some(policy) = policy else {
             return Ok(deny(
                 "tool_not_in_policy",
                 "the tenant has no policy; nothing is allowed",
             ));
         };
+        let binding = match binding {
+            Ok(b) => b,
+            Err(verdict) => return Ok(verdict),
+        };
         let doc = &policy.policy;
-        let entry = doc.tools.get(&call.tool);
-        if entry.is_none() && doc.default_deny == Some(true) {
+        if !binding.in_policy && doc.default_deny == Some(true) {
             return Ok(deny(
                 "tool_not_in_policy",
-                format!("`{}` is not a tool of the policy", call.tool),
+                format!("no tool of the policy has operation `{}`", call.operation),
             ));
         }
         if let Some(allowed) = doc.intent.as_ref().and_then(|i| i.allowed_tools.as_ref())
-            && !allowed.contains(&call.tool)
+            && let Some(tool) = binding.tools.iter().find(|t| !allowed.contains(t))
         {
             return Ok(deny(
                 "tool_not_in_policy",
-                format!("`{}` is not among the policy's allowed_tools", call.tool),
+                format!("`{tool}` is not among the policy's allowed_tools"),
             ));
         }
         let controls = doc.spend_controls.as_ref();
-        let tool_controls = controls.and_then(|c| c.tools.get(&call.tool));
-        if tool_controls.and_then(|c| c.allow) == Some(false) {
+        let limits = tool_limits(doc, &binding.tools);
+        if let Some(tool) = &limits.disabled {
+            return Ok(deny("tool_disabled", format!("`{tool}` is disabled")));
+        }
+        let vendors = controls.and_then(|c| c.vendors.as_ref());
+        let vendor_caps =
+            controls.is_some_and(|c| c.caps.iter().any(|cap| cap.scope == CapScope::Vendor));
+        if call.vendor.is_none() && (vendors.is_some() || vendor_caps) {
             return Ok(deny(
-                "tool_disabled",
-                format!("`{}` is disabled", call.tool),
+                "vendor_required",
+                "the policy limits spend by vendor: the request must name its vendor_id",
             ));
         }
-        if let Some(vendors) = controls.and_then(|c| c.vendors.as_ref())
+        if let Some(vendors) = vendors
             && !call
                 .vendor
                 .is_some_and(|v| vendors.allow.iter().any(|a| a == v))
@@ -355,15 +513,12 @@ impl Engine {
                 "vendor_not_allowed",
                 format!(
                     "vendor `{}` is not on the allowlist",
-                    call.vendor.unwrap_or("(none)")
+                    call.vendor.unwrap_or_default()
                 ),
             ));
         }
         // 5. The per-call cap.
-        let cap = entry
-            .and_then(|t| t.max_spend_cents)
-            .or_else(|| tool_controls.and_then(|c| c.max_per_call_cents));
-        if let Some(cap) = cap
+        if let Some(cap) = limits.cap
             && call.amount > cap
         {
             return Ok(deny(
@@ -400,24 +555,24 @@ impl Engine {
         // 7. Rolling caps per scope and window.
         if let Some(c) = controls {
             for cap in &c.caps {
-                if let Some(v) = self.rolling_cap(tx, now, call, cap)? {
+                if let Some(v) = rolling_cap(tx, now, call, &binding, cap)? {
                     return Ok(v);
                 }
             }
         }
-        // 8. Rate limits.
-        if let Some(limit) = tool_controls.and_then(|c| c.limit_per_hour) {
+        // 8. Rate limits, per bound tool.
+        for (tool, limit) in &limits.per_hour {
             let (count, oldest): (u64, Option<i64>) = tx.query_row(
                 "SELECT COUNT(*), MIN(created_ms) FROM reservations
                  WHERE tenant_id = ?1 AND tool = ?2 AND created_ms > ?3",
-                params![call.tenant, call.tool, now - 3_600_000],
+                params![call.tenant, tool, now - 3_600_000],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            if count >= u64::from(limit) {
+            if count >= u64::from(*limit) {
                 let wait_ms = oldest.map_or(0, |o| o + 3_600_000 - now).max(1000);
                 return Ok(Verdict::Deny {
                     code: "rate_limited",
-                    message: format!("`{}` is limited to {limit} calls per hour", call.tool),
+                    message: format!("`{tool}` is limited to {limit} calls per hour"),
                     retry_after: Some(u64::try_from((wait_ms + 999) / 1000).unwrap_or(1)),
                 });
             }
@@ -459,8 +614,7 @@ impl Engine {
             }
         }
         // 11. The approval threshold.
-        let threshold = tool_controls.and_then(|c| c.approval_threshold_cents);
-        if let Some(threshold) = threshold
+        if let Some(threshold) = limits.threshold
             && call.amount > threshold
         {
             let Some(token) = &req.approval_token else {
@@ -473,78 +627,6 @@ impl Engine {
             reasons,
             approval: None,
         })
-    }
-
-    fn rolling_cap(
-        &self,
-        tx: &Transaction<'_>,
-        now: i64,
-        call: &Call<'_>,
-        cap: &paybond_policies::RollingCap,
-    ) -> Result<Option<Verdict>, ApiError> {
-        let (column, value) = match cap.scope {
-            CapScope::Tenant => (None, None),
-            CapScope::Agent => (
-                Some("agent"),
-                Some(cap.key.clone().unwrap_or_else(|| call.agent.clone())),
-            ),
-            CapScope::Tool => (
-                Some("tool"),
-                Some(cap.key.clone().unwrap_or_else(|| call.tool.clone())),
-            ),
-            CapScope::Vendor => match (&cap.key, call.vendor) {
-                (Some(k), Some(v)) if k == v => (Some("vendor"), Some(k.clone())),
-                (None, Some(v)) => (Some("vendor"), Some(v.to_owned())),
-                // The cap is for another vendor, or the call names none.
-                _ => return Ok(None),
-            },
-        };
-        if matches!(cap.scope, CapScope::Agent | CapScope::Tool)
-            && cap.key.as_ref().is_some_and(|k| Some(k) != value.as_ref())
-        {
-            return Ok(None);
-        }
-        let start = window_start(now, cap.window, cap.timezone.as_deref().unwrap_or("UTC"));
-        let spent: u64 = match column {
-            None => tx.query_row(
-                &format!(
-                    "SELECT {SPENT} FROM reservations WHERE tenant_id = ?2 AND created_ms >= ?3"
-                ),
-                params![now, call.tenant, start],
-                |r| r.get(0),
-            )?,
-            Some(col) => tx.query_row(
-                &format!(
-                    "SELECT {SPENT} FROM reservations WHERE tenant_id = ?2 AND created_ms >= ?3 AND {col} = ?4"
-                ),
-                params![now, call.tenant, start, value],
-                |r| r.get(0),
-            )?,
-        };
-        if spent + call.amount <= cap.limit_cents {
-            return Ok(None);
-        }
-        let window = match cap.window {
-            CapWindow::Hour => "hourly",
-            CapWindow::Day => "daily",
-            CapWindow::Month => "monthly",
-        };
-        let scope = match cap.scope {
-            CapScope::Tenant => "tenant",
-            CapScope::Agent => "agent",
-            CapScope::Vendor => "vendor",
-            CapScope::Tool => "tool",
-        };
-        let code = cap_code(window, scope);
-        Ok(Some(deny(
-            code,
-            format!(
-                "{} cents would exceed the {window} {scope} cap of {} cents ({} left)",
-                call.amount,
-                cap.limit_cents,
-                cap.limit_cents.saturating_sub(spent)
-            ),
-        )))
     }
 
     fn check_approval_token(
@@ -690,6 +772,112 @@ impl Engine {
         )?;
         Ok(id)
     }
+}
+
+/// A set of reservations a rolling cap counts.
+enum Bucket<'a> {
+    Tenant,
+    /// Every reservation of an API key's subject.
+    Agent(&'a str),
+    /// The reservations of one sub-agent of an API key's subject.
+    SubAgent(&'a str, &'a str),
+    Vendor(&'a str),
+    Tool(&'a str),
+}
+
+/// The first bucket of `cap` that `call` would take past its limit, as a deny.
+///
+/// Which buckets a call is counted in follows from what the gateway knows, never
+/// from what the caller chooses to leave out: an agent cap always counts the API
+/// key's subject (naming an `agent_subject` only adds the sub-agent's own bucket),
+/// a tool cap counts the tools the operation is bound to, and a vendor cap counts
+/// the named vendor (a request without one is refused earlier, `vendor_required`).
+fn rolling_cap(
+    tx: &Transaction<'_>,
+    now: i64,
+    call: &Call<'_>,
+    binding: &ToolBinding,
+    cap: &paybond_policies::RollingCap,
+) -> Result<Option<Verdict>, ApiError> {
+    let key = cap.key.as_deref();
+    let applies = |value: &str| key.is_none_or(|k| k == value);
+    let mut buckets = Vec::new();
+    match cap.scope {
+        CapScope::Tenant => buckets.push(Bucket::Tenant),
+        CapScope::Agent => {
+            if applies(call.agent) {
+                buckets.push(Bucket::Agent(call.agent));
+            }
+            if let Some(sub) = call.agent_subject.filter(|s| applies(s)) {
+                buckets.push(Bucket::SubAgent(call.agent, sub));
+            }
+        }
+        CapScope::Vendor => {
+            if let Some(v) = call.vendor.filter(|v| applies(v)) {
+                buckets.push(Bucket::Vendor(v));
+            }
+        }
+        CapScope::Tool => buckets.extend(
+            binding
+                .tools
+                .iter()
+                .filter(|t| applies(t))
+                .map(|t| Bucket::Tool(t)),
+        ),
+    }
+    let start = window_start(now, cap.window, cap.timezone.as_deref().unwrap_or("UTC"));
+    for bucket in buckets {
+        let base = format!(
+            "SELECT {SPENT} FROM reservations WHERE tenant_id = ?2 AND created_ms >= ?3"
+        );
+        let spent: u64 = match bucket {
+            Bucket::Tenant => tx.query_row(&base, params![now, call.tenant, start], |r| r.get(0))?,
+            Bucket::Agent(a) => tx.query_row(
+                &format!("{base} AND agent = ?4"),
+                params![now, call.tenant, start, a],
+                |r| r.get(0),
+            )?,
+            Bucket::SubAgent(a, sub) => tx.query_row(
+                &format!("{base} AND agent = ?4 AND agent_subject = ?5"),
+                params![now, call.tenant, start, a, sub],
+                |r| r.get(0),
+            )?,
+            Bucket::Vendor(v) => tx.query_row(
+                &format!("{base} AND vendor = ?4"),
+                params![now, call.tenant, start, v],
+                |r| r.get(0),
+            )?,
+            Bucket::Tool(t) => tx.query_row(
+                &format!("{base} AND tool = ?4"),
+                params![now, call.tenant, start, t],
+                |r| r.get(0),
+            )?,
+        };
+        if spent + call.amount <= cap.limit_cents {
+            continue;
+        }
+        let window = match cap.window {
+            CapWindow::Hour => "hourly",
+            CapWindow::Day => "daily",
+            CapWindow::Month => "monthly",
+        };
+        let scope = match cap.scope {
+            CapScope::Tenant => "tenant",
+            CapScope::Agent => "agent",
+            CapScope::Vendor => "vendor",
+            CapScope::Tool => "tool",
+        };
+        return Ok(Some(deny(
+            cap_code(window, scope),
+            format!(
+                "{} cents would exceed the {window} {scope} cap of {} cents ({} left)",
+                call.amount,
+                cap.limit_cents,
+                cap.limit_cents.saturating_sub(spent)
+            ),
+        )));
+    }
+    Ok(None)
 }
 
 /// An approval's binding and token state: id, intent, operation, tool, vendor,

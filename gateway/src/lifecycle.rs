@@ -382,18 +382,31 @@ impl Engine {
         intent_id: Uuid,
         req: &EvidenceRequest,
     ) -> Result<EvidenceResponse, ApiError> {
-        let row: Option<(String, u64, Option<String>)> = tx
+        let row: Option<(String, u64, Option<String>, String)> = tx
             .query_row(
-                "SELECT state, budget_cents, evidence_schema FROM intents WHERE id = ?1 AND tenant_id = ?2",
+                "SELECT state, budget_cents, evidence_schema, operations FROM intents
+                 WHERE id = ?1 AND tenant_id = ?2",
                 params![intent_id.to_string(), principal.tenant_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        let Some((state, budget, schema)) = row else {
+        let Some((state, budget, schema, operations)) = row else {
             return Err(ApiError::not_found(
                 "intent_not_found",
                 "no such intent for this tenant",
             ));
+        };
+        let operations: Vec<String> = serde_json::from_str(&operations)?;
+        let operation = match req.operation.as_deref() {
+            Some(op) if !operations.iter().any(|o| o == op) => {
+                return Err(ApiError::unprocessable(
+                    "operation_not_allowed",
+                    format!("operation: the intent does not allow `{op}`"),
+                ));
+            }
+            Some(op) => op.to_owned(),
+            // The intent's first operation: a sandbox guardrail has exactly one.
+            None => operations.first().cloned().unwrap_or_default(),
         };
         let payload = req.payload.clone().unwrap_or(Value::Null);
         if let Some(schema) = schema {
@@ -453,6 +466,8 @@ impl Engine {
         Ok(EvidenceResponse {
             tenant_id: principal.tenant_id.clone(),
             intent_id,
+            operation,
+            requested_spend_cents: req.requested_spend_cents.unwrap_or(bound),
             sandbox_lifecycle_status: lifecycle(new_state),
             predicate_passed: passed,
         })
@@ -770,24 +785,30 @@ fn complete_tx(
             ApiError::not_found("decision_not_found", "no such decision for this tenant")
         });
     };
+    // A cost reported above the reservation is settled at the reservation (nothing
+    // was authorized beyond it) and recorded, so the overrun is visible in the ledger.
+    let reported = match req.outcome {
+        Finalization::Consumed => req.actual_spend_cents,
+        Finalization::Released => None,
+    };
     let actual = match req.outcome {
-        Finalization::Consumed => req.actual_spend_cents.unwrap_or(reserved),
+        Finalization::Consumed => reported.map_or(reserved, |r| r.min(reserved)),
         Finalization::Released => 0,
     };
-    if req.outcome == Finalization::Consumed && actual > reserved {
-        return Err(ApiError::unprocessable(
-            "actual_spend_exceeds_reservation",
-            format!("actual_spend_cents {actual} is above the {reserved} cents reserved"),
-        ));
-    }
     let outcome_name = match req.outcome {
         Finalization::Consumed => "consumed",
         Finalization::Released => "released",
     };
     if state != "open" {
+        // The same outcome again (with the same amount, or none) answers what the first
+        // complete answered; anything else would change a finalized reservation.
         if let Some(stored) = stored {
             let previous: CompleteResponse = serde_json::from_str(&stored)?;
-            if previous.outcome == Some(req.outcome) && previous.actual_spend_cents == Some(actual)
+            let first_amount = previous
+                .reported_spend_cents
+                .or(previous.actual_spend_cents);
+            if previous.outcome == Some(req.outcome)
+                && reported.is_none_or(|r| Some(r) == first_amount)
             {
                 return Ok(previous);
             }
@@ -798,7 +819,7 @@ fn complete_tx(
             } else {
                 "decision_already_finalized"
             },
-            format!("the reservation is already {state}"),
+            format!("the reservation is already {state}; a complete cannot change it"),
         ));
     }
     if now >= expires {
@@ -813,6 +834,7 @@ fn complete_tx(
         outcome: Some(req.outcome),
         actual_spend_cents: Some(actual),
         returned_cents: Some(reserved - actual),
+        reported_spend_cents: reported.filter(|r| *r > reserved),
     };
     tx.execute(
         "UPDATE intents SET reserved_cents = reserved_cents - ?2, consumed_cents = consumed_cents + ?3
@@ -835,7 +857,8 @@ fn complete_tx(
         &principal.tenant_id,
         &format!("reservation.{outcome_name}"),
         json!({"decision_id": decision_id, "intent_id": intent, "reserved_cents": reserved,
-               "actual_cents": actual, "returned_cents": reserved - actual}),
+               "actual_cents": actual, "returned_cents": reserved - actual,
+               "reported_cents": response.reported_spend_cents}),
         now,
     )?;
     Ok(response)

@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     operation TEXT NOT NULL,
     vendor TEXT,
     agent TEXT NOT NULL,
+    agent_subject TEXT,
     amount_cents INTEGER NOT NULL,
     actual_cents INTEGER,
     state TEXT NOT NULL,
@@ -164,7 +165,23 @@ pub(crate) fn open(storage: &Storage) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
+    migrate(&conn)?;
     Ok(conn)
+}
+
+/// Columns added since the first schema, for databases created before them.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("reservations", "agent_subject", "TEXT")];
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present: bool = conn
+            .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
+            .exists([column])?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// A thread that copies the WAL back into the database file every `every`, on a

@@ -91,9 +91,38 @@ fn capability_operation_and_policy_checks() {
     other_op.tool_name = Some("travel.cancel".to_owned());
     assert_eq!(c.verify(&other_op).reason_codes, ["operation_not_allowed"]);
 
+    // A tool_name may only confirm the operation's tool.
     let mut unknown_tool = c.req(100);
     unknown_tool.tool_name = Some("travel.teleport".to_owned());
-    assert_eq!(c.verify(&unknown_tool).reason_codes, ["tool_not_in_policy"]);
+    assert_eq!(
+        c.verify(&unknown_tool).reason_codes,
+        ["tool_operation_mismatch"]
+    );
+    // An operation the token allows but no tool of a default-deny policy has.
+    let teleport = fx
+        .engine
+        .create_intent(
+            &fx.agent,
+            &paybond_gateway::CreateIntentRequest {
+                allowed_tools: vec!["travel.teleport".to_owned()],
+                budget_cents: 1_000,
+                currency: None,
+                deadline_seconds: None,
+                evidence_schema: None,
+                metadata: None,
+                idempotency_key: None,
+            },
+        )
+        .unwrap();
+    let mut not_in_policy = c.req(100);
+    not_in_policy.intent_id = teleport.intent_id;
+    not_in_policy.token = teleport.capability_token.unwrap();
+    not_in_policy.operation = "travel.teleport".to_owned();
+    not_in_policy.tool_name = None;
+    assert_eq!(
+        c.verify(&not_in_policy).reason_codes,
+        ["tool_not_in_policy"]
+    );
 
     assert_eq!(c.codes(20_001), ["tool_cap_exceeded"]);
     // Up to the budget exactly, then not a cent more.
@@ -148,15 +177,21 @@ fn rolling_caps_by_scope_and_window() {
         c.verify(&other_vendor).reason_codes,
         ["monthly_agent_cap_exceeded"]
     );
+    // Another agent_subject under the same key still counts against the key's cap.
     other_vendor.agent_subject = Some("agent-2".to_owned());
+    assert_eq!(
+        c.verify(&other_vendor).reason_codes,
+        ["monthly_agent_cap_exceeded"]
+    );
+    other_vendor.requested_spend_cents = 1_500;
     assert!(c.verify(&other_vendor).allow);
-    other_vendor.requested_spend_cents = 1_000;
+    other_vendor.requested_spend_cents = 1_001;
     other_vendor.agent_subject = Some("agent-3".to_owned());
     assert_eq!(
         c.verify(&other_vendor).reason_codes,
         ["daily_tenant_cap_exceeded"]
     );
-    // The next UTC day opens a new window.
+    // The next UTC day opens a new window (and the unfinalized reservations have run out).
     clock.advance_ms(10 * 3_600_000 + 1);
     assert!(c.verify(&other_vendor).allow);
 }

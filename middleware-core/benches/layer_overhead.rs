@@ -75,12 +75,14 @@ impl SpendGateway for AllowAll {
     async fn submit_evidence(
         &self,
         intent_id: Uuid,
-        _request: &EvidenceRequest,
+        request: &EvidenceRequest,
         _key: &str,
     ) -> Result<EvidenceResponse, GatewayError> {
         Ok(EvidenceResponse {
             tenant_id: "tenant_bench".into(),
             intent_id,
+            operation: request.operation.clone().unwrap_or_default(),
+            requested_spend_cents: request.requested_spend_cents.unwrap_or_default(),
             sandbox_lifecycle_status: LifecycleStatus::EvidenceSubmitted,
             predicate_passed: true,
         })

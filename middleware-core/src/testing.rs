@@ -310,6 +310,7 @@ impl SpendGateway for ScriptedGateway {
             outcome: Some(request.outcome),
             actual_spend_cents: request.actual_spend_cents,
             returned_cents: None,
+            reported_spend_cents: None,
         })
     }
 
@@ -330,6 +331,8 @@ impl SpendGateway for ScriptedGateway {
         Ok(EvidenceResponse {
             tenant_id: self.tenant.clone(),
             intent_id,
+            operation: request.operation.clone().unwrap_or_default(),
+            requested_spend_cents: request.requested_spend_cents.unwrap_or_default(),
             sandbox_lifecycle_status: LifecycleStatus::EvidenceSubmitted,
             predicate_passed: true,
         })

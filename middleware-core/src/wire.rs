@@ -212,6 +212,10 @@ pub struct CompleteResponse {
     /// Amount returned to the budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub returned_cents: Option<u64>,
+    /// The cost the caller reported, when it was above the reservation: the
+    /// reservation was settled instead, and the overrun recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_spend_cents: Option<u64>,
 }
 
 /// Lifecycle of an intent.
@@ -298,6 +302,11 @@ pub struct EvidenceResponse {
     pub tenant_id: String,
     /// Echo of the intent.
     pub intent_id: Uuid,
+    /// The operation the evidence is for (the request's, else the intent's).
+    pub operation: String,
+    /// The amount it is for (the request's, else the decision's reservation, else
+    /// the intent's budget).
+    pub requested_spend_cents: u64,
     /// The intent's state after the evidence.
     pub sandbox_lifecycle_status: LifecycleStatus,
     /// Whether the evidence satisfied the preset's predicate.

@@ -445,7 +445,8 @@ async fn complete_evidence_approvals_and_bootstrap_use_their_routes() {
         .and(path(format!("/v1/sandbox/guardrails/{intent}/evidence")))
         .and(header("idempotency-key", "ev-1"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "tenant_id": TENANT, "intent_id": intent, "sandbox_lifecycle_status": "evidence_submitted", "predicate_passed": true
+            "tenant_id": TENANT, "intent_id": intent, "operation": "travel.book_hotel",
+            "requested_spend_cents": 60_000, "sandbox_lifecycle_status": "evidence_submitted", "predicate_passed": true
         })))
         .expect(1)
         .mount(&server)
@@ -487,6 +488,10 @@ async fn complete_evidence_approvals_and_bootstrap_use_their_routes() {
         .await
         .unwrap();
     assert!(evidence.predicate_passed);
+    assert_eq!(
+        (evidence.operation.as_str(), evidence.requested_spend_cents),
+        ("travel.book_hotel", 60_000)
+    );
     let status = gateway.approval_status(approval).await.unwrap();
     assert_eq!(status.state, ApprovalState::Approved);
     assert_eq!(status.approval_token.unwrap().expose_secret(), "appr-TOKEN");

@@ -175,10 +175,21 @@ async fn guard<E: Send + 'static>(
     } else {
         Some(amount_to_authorize(&call, policy))
     };
-    let operation = policy
-        .and_then(|p| p.operation.clone())
-        .or_else(|| call.operation.clone())
-        .unwrap_or_else(|| call.tool_name.clone());
+    // The operation is the policy's for a tool the run knows; a call may only repeat
+    // it (the gateway binds its per-tool controls to the operation).
+    let (operation, conflict) = match policy {
+        Some(p) => {
+            let op = p.operation_for(&call.tool_name).to_owned();
+            let conflict = call.operation.as_ref().filter(|o| **o != op).cloned();
+            (op, conflict)
+        }
+        None => (
+            call.operation
+                .clone()
+                .unwrap_or_else(|| call.tool_name.clone()),
+            None,
+        ),
+    };
     let span = tracing::info_span!(
         "paybond.tool_call",
         tool = %call.tool_name,
@@ -194,6 +205,13 @@ async fn guard<E: Send + 'static>(
         tool: call.tool_name.clone(),
         operation,
         amount: None,
+    };
+    let amount = match (amount, conflict) {
+        (Some(_), Some(claimed)) => Some(Err(format!(
+            "the call names operation `{claimed}`, but the policy's operation for `{}` is `{}`",
+            info.tool, info.operation
+        ))),
+        (amount, _) => amount,
     };
     match amount {
         None => passthrough(info, invoke, call).instrument(span).await,
