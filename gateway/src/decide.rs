@@ -20,6 +20,7 @@ use crate::tokens::sha256_hex;
 pub(crate) const MAX_AMOUNT_CENTS: u64 = 1_000_000_000_000;
 
 /// The outcome the checks reached.
+#[derive(Clone)]
 enum Verdict {
     Allow {
         reasons: Vec<String>,
@@ -57,6 +58,8 @@ struct Call<'a> {
     /// A sub-agent the caller names; it narrows agent-scoped caps within its key's scope.
     agent_subject: Option<&'a str>,
     amount: u64,
+    /// The policy tools the call is about, or why it cannot be bound to any.
+    binding: Result<ToolBinding, Verdict>,
 }
 
 /// An optional string of the request; an empty one names nothing.
@@ -168,10 +171,7 @@ fn tool_limits(doc: &PolicyDocument, tools: &[String]) -> ToolLimits {
     }
     let mut limits = ToolLimits::default();
     for name in tools {
-        let controls = doc
-            .spend_controls
-            .as_ref()
-            .and_then(|c| c.tools.get(name));
+        let controls = doc.spend_controls.as_ref().and_then(|c| c.tools.get(name));
         if controls.and_then(|c| c.allow) == Some(false) && limits.disabled.is_none() {
             limits.disabled = Some(name.clone());
         }
@@ -265,11 +265,12 @@ impl Engine {
             agent: &principal.subject,
             agent_subject: non_empty(&req.agent_subject),
             amount: req.requested_spend_cents,
+            binding,
         };
         crate::lifecycle::expire_due(tx, now)?;
         let decision_id = Uuid::new_v4();
         let mut budget_left = None;
-        let verdict = self.checks(tx, now, req, &call, binding, policy, &mut budget_left)?;
+        let verdict = self.checks(tx, now, req, &call, policy, &mut budget_left)?;
 
         let mut result = VerifyResult {
             allow: false,
@@ -402,7 +403,6 @@ impl Engine {
         now: i64,
         req: &VerifyRequest,
         call: &Call<'_>,
-        binding: Result<ToolBinding, Verdict>,
         policy: Option<&EffectivePolicy>,
         budget_left: &mut Option<u64>,
     ) -> Result<Verdict, ApiError> {
@@ -471,9 +471,9 @@ impl Engine {
                 "the tenant has no policy; nothing is allowed",
             ));
         };
-        let binding = match binding {
+        let binding = match &call.binding {
             Ok(b) => b,
-            Err(verdict) => return Ok(verdict),
+            Err(verdict) => return Ok(verdict.clone()),
         };
         let doc = &policy.policy;
         if !binding.in_policy && doc.default_deny == Some(true) {
@@ -555,7 +555,7 @@ impl Engine {
         // 7. Rolling caps per scope and window.
         if let Some(c) = controls {
             for cap in &c.caps {
-                if let Some(v) = rolling_cap(tx, now, call, &binding, cap)? {
+                if let Some(v) = rolling_cap(tx, now, call, binding, cap)? {
                     return Ok(v);
                 }
             }
@@ -827,11 +827,12 @@ fn rolling_cap(
     }
     let start = window_start(now, cap.window, cap.timezone.as_deref().unwrap_or("UTC"));
     for bucket in buckets {
-        let base = format!(
-            "SELECT {SPENT} FROM reservations WHERE tenant_id = ?2 AND created_ms >= ?3"
-        );
+        let base =
+            format!("SELECT {SPENT} FROM reservations WHERE tenant_id = ?2 AND created_ms >= ?3");
         let spent: u64 = match bucket {
-            Bucket::Tenant => tx.query_row(&base, params![now, call.tenant, start], |r| r.get(0))?,
+            Bucket::Tenant => {
+                tx.query_row(&base, params![now, call.tenant, start], |r| r.get(0))?
+            }
             Bucket::Agent(a) => tx.query_row(
                 &format!("{base} AND agent = ?4"),
                 params![now, call.tenant, start, a],

@@ -175,7 +175,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("reservations", "agent_subject",
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     for (table, column, kind) in ADDED_COLUMNS {
         let present: bool = conn
-            .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+            ))?
             .exists([column])?;
         if !present {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;

@@ -179,6 +179,34 @@ async fn the_amount_comes_from_the_call_then_spend_from_args_and_the_operation_f
     assert!(err.to_string().contains("payout.amount_cents"), "{err}");
     assert_eq!(gateway.verifies().len(), before);
     assert_eq!(tool.count(), 3);
+
+    // A call claiming another operation than the policy's is refused before verify;
+    // repeating the policy's operation is fine. The tool name sent is the tool's.
+    let err = call(
+        &mut svc,
+        ToolCall::new("payments.send", json!({}), "p3")
+            .with_requested_spend_cents(10)
+            .with_operation("payout.refund"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), RunErrorKind::InvalidCall);
+    assert!(err.to_string().contains("payout.refund"), "{err}");
+    assert_eq!(gateway.verifies().len(), before);
+    call(
+        &mut svc,
+        ToolCall::new("payments.send", json!({}), "p4")
+            .with_requested_spend_cents(10)
+            .with_operation("payout.send"),
+    )
+    .await
+    .unwrap();
+    let last = gateway.verifies().pop().unwrap();
+    assert_eq!(
+        (last.operation.as_str(), last.tool_name.as_deref()),
+        ("payout.send", Some("payments.send"))
+    );
+    assert_eq!(tool.count(), 4);
 }
 
 #[tokio::test]
