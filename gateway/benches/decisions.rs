@@ -266,15 +266,23 @@ fn in_process(label: &str, storage: Storage) {
 }
 
 fn main() {
+    // `cargo bench --bench decisions -- in-process` (or `http`) runs one group only.
+    let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let runs = |group: &str| only.as_deref().is_none_or(|o| o == group);
     let dir = tempfile::tempdir().unwrap();
     println!(
         "decisions = verify + complete(consumed); {RUN_FOR:?} per row; 2-worker tokio runtime for HTTP\n"
     );
-    in_process(
-        "in process, SQLite file (WAL)",
-        Storage::File(dir.path().join("engine.db")),
-    );
-    in_process("in process, SQLite in memory", Storage::Memory);
+    if runs("in-process") {
+        in_process(
+            "in process, SQLite file (WAL)",
+            Storage::File(dir.path().join("engine.db")),
+        );
+        in_process("in process, SQLite in memory", Storage::Memory);
+    }
+    if !runs("http") {
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
