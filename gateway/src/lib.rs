@@ -33,20 +33,17 @@
 //! # Ok(())
 //! # }
 //! ```
-mod decide;
 mod embedded;
 mod engine;
 mod error;
 mod evidence;
-mod ledger;
-mod lifecycle;
 pub mod openapi;
 pub mod server;
 mod store;
 mod tokens;
 pub use embedded::EmbeddedGateway;
+pub use engine::ledger::{GENESIS, LedgerCheck, LedgerEvent, LedgerTip, verify_events};
+pub use engine::lifecycle::*;
 pub use engine::*;
 pub use error::ApiError;
-pub use ledger::{GENESIS, LedgerCheck, LedgerEvent, LedgerTip, verify_events};
-pub use lifecycle::*;
-pub use store::{Storage, database_path};
+pub use store::{DatabaseUrl, Storage, database_path};

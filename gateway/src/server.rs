@@ -21,8 +21,8 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::engine::Engine;
+use crate::engine::lifecycle::CreateIntentRequest;
 use crate::error::ApiError;
-use crate::lifecycle::CreateIntentRequest;
 
 /// Largest request body accepted, in bytes.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -506,7 +506,7 @@ pub fn spawn_sweeper(engine: Arc<Engine>, every: Duration) -> tokio::task::JoinH
             tick.tick().await;
             let e = engine.clone();
             match tokio::task::spawn_blocking(move || e.sweep()).await {
-                Ok(Ok(report)) if report != crate::lifecycle::SweepReport::default() => {
+                Ok(Ok(report)) if report != crate::engine::lifecycle::SweepReport::default() => {
                     tracing::info!(?report, "sweep");
                 }
                 Ok(Ok(_)) => {}

@@ -360,6 +360,13 @@ fn reservations_expire_and_return_their_amount() {
         )
         .unwrap_err();
     assert_eq!((late.status, late.code), (409, "reservation_expired"));
+    // Reads leave the lapsed reservation out before the sweep has expired it...
+    let view = fx.engine.get_intent(&fx.agent, intent).unwrap();
+    assert_eq!((view.reserved_cents, view.consumed_cents), (20_000, 0));
+    assert_eq!(view.open_reservations, 1);
+    // ...and the sweep puts its expiry on the ledger, once.
+    assert_eq!(fx.engine.sweep().unwrap().reservations_expired, 1);
+    assert_eq!(fx.engine.sweep().unwrap().reservations_expired, 0);
     let view = fx.engine.get_intent(&fx.agent, intent).unwrap();
     assert_eq!((view.reserved_cents, view.consumed_cents), (20_000, 0));
     let events = fx.engine.ledger_events(&fx.operator, 0, 1000).unwrap();

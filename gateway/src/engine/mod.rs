@@ -1,20 +1,24 @@
-//! The engine: one SQLite connection, one transaction per operation.
+//! The engine: the decision logic, written once against the store interface
+//! ([`crate::store::Tx`]), one transaction per operation.
+
+pub(crate) mod decide;
+pub(crate) mod ledger;
+pub(crate) mod lifecycle;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use paybond_middleware_core::ApiKey;
 use paybond_middleware_core::wire::{Environment, Principal, Role};
 use paybond_policies::{PolicyDocument, Source, check_policy, resolve_policy};
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::ledger;
-use crate::store::{self, Storage};
+use crate::store::{Storage, Store, Tx, args};
 use crate::tokens::{Minter, random_hex, sha256_hex};
 
 /// What time it is for the engine: the system clock, or a manual one for tests.
@@ -182,19 +186,24 @@ impl Metrics {
     }
 }
 
+/// How long a replica of a fleet trusts an authenticated key before it reads it
+/// again (another replica may have rotated it).
+const SHARED_KEY_TTL: Duration = Duration::from_secs(5);
+
 /// The decision engine. Cheap to share behind an `Arc`; every method is one
 /// transaction and blocks for its duration (async callers use `spawn_blocking`).
 pub struct Engine {
-    conn: Mutex<Connection>,
+    store: Store,
     pub(crate) minter: Minter,
     pub(crate) config: EngineConfig,
     pub(crate) metrics: Metrics,
+    /// Effective policies by tenant, each with its version: a fleet replica checks
+    /// the stored version before it uses one.
     policies: Mutex<HashMap<String, Arc<EffectivePolicy>>>,
-    /// Authenticated keys by digest; cleared when keys are rotated. One engine owns
-    /// its database, so no other writer can revoke a key behind it.
-    principals: Mutex<HashMap<String, Principal>>,
-    /// Checkpoints a file database's WAL in the background (none in memory).
-    _checkpointer: Option<store::Checkpointer>,
+    /// Authenticated keys by digest; cleared when keys are rotated. With a SQLite
+    /// store one engine owns the database, so no other writer can revoke a key
+    /// behind it; a fleet replica reads a key again after [`SHARED_KEY_TTL`].
+    principals: Mutex<HashMap<String, (Principal, Instant)>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -234,29 +243,35 @@ pub(crate) fn env_name(env: Environment) -> &'static str {
 impl Engine {
     /// Opens the store and loads (or creates) the capability-token root key.
     pub fn open(config: EngineConfig) -> Result<Self, ApiError> {
-        let conn = store::open(&config.storage)?;
-        let stored: Option<Vec<u8>> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'root_key'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        let store = Store::open(&config.storage)?;
+        let read_key = |tx: &dyn Tx| {
+            tx.query_opt(
+                "SELECT value FROM meta WHERE key = 'root_key'",
+                args![],
+                |r| r.get::<Vec<u8>>(0),
+            )
+        };
+        let stored = store.write(None, read_key)?;
         let (minter, new_key) = Minter::load(stored.as_deref());
-        if let Some(bytes) = new_key {
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('root_key', ?1)",
-                params![bytes],
-            )?;
-        }
-        let checkpointer = match &config.storage {
-            Storage::File(path) => Some(store::Checkpointer::start(
-                path,
-                std::time::Duration::from_millis(500),
-            )?),
-            Storage::Memory => None,
+        let minter = match new_key {
+            None => minter,
+            Some(bytes) => {
+                // Replicas starting together may each make a key: the first stored wins.
+                let kept = store.write(None, |tx| {
+                    tx.execute(
+                        "INSERT INTO meta (key, value) VALUES ('root_key', ?1) ON CONFLICT (key) DO NOTHING",
+                        args![bytes],
+                    )?;
+                    read_key(tx)
+                })?;
+                match kept {
+                    Some(k) if k != bytes => Minter::load(Some(&k)).0,
+                    _ => minter,
+                }
+            }
         };
         Ok(Self {
-            _checkpointer: checkpointer,
-            conn: Mutex::new(conn),
+            store,
             minter,
             config,
             metrics: Metrics::default(),
@@ -279,25 +294,22 @@ impl Engine {
         self.config.clock.now_ms()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while the lock was held cannot leave a transaction half-applied
-        // (it rolls back on drop), so a poisoned lock is safe to keep using.
-        self.conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Runs `f` in one IMMEDIATE transaction: committed on `Ok`, rolled back on `Err`.
+    /// Runs `f` in one transaction: committed on `Ok`, rolled back on `Err`.
     pub(crate) fn tx<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>, i64) -> Result<T, ApiError>,
+        f: impl FnOnce(&dyn Tx, i64) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let now = self.now_ms();
-        let out = f(&tx, now)?;
-        tx.commit()?;
-        Ok(out)
+        self.store.write(None, |tx| f(tx, self.now_ms()))
+    }
+
+    /// Runs `f` in one transaction that holds `tenant_id`'s lock from its start:
+    /// every change to a tenant's state (and its ledger chain) goes through here.
+    pub(crate) fn tx_in<T>(
+        &self,
+        tenant_id: &str,
+        f: impl FnOnce(&dyn Tx, i64) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        self.store.write(Some(tenant_id), |tx| f(tx, self.now_ms()))
     }
 
     /// Runs a mutation under an idempotency key: the same key with the same body
@@ -308,14 +320,14 @@ impl Engine {
         route: &str,
         key: Option<&str>,
         request: &R,
-        f: impl FnOnce(&Transaction<'_>, i64) -> Result<T, ApiError>,
+        f: impl FnOnce(&dyn Tx, i64) -> Result<T, ApiError>,
     ) -> Result<T, ApiError>
     where
         R: Serialize,
         T: Serialize + serde::de::DeserializeOwned,
     {
         let Some(key) = key else {
-            return self.tx(f);
+            return self.tx_in(tenant_id, f);
         };
         if key.is_empty() || key.len() > 255 {
             return Err(ApiError::bad_request(
@@ -326,14 +338,14 @@ impl Engine {
         let body_hash = sha256_hex(
             paybond_policies::canonical_json(&serde_json::to_value(request)?).as_bytes(),
         );
-        self.tx(|tx, now| {
+        self.tx_in(tenant_id, |tx, now| {
             let stored: Option<(String, String, String)> = tx
-                .query_row(
+                .query_opt(
                     "SELECT route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
-                    params![tenant_id, key],
+                    args![tenant_id, key],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
-                .optional()?;
+                ?;
             if let Some((stored_route, stored_hash, response)) = stored {
                 if stored_route != route || stored_hash != body_hash {
                     return Err(ApiError::conflict(
@@ -347,7 +359,7 @@ impl Engine {
             tx.execute(
                 "INSERT INTO idempotency (tenant_id, key, route, body_hash, response, created_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![tenant_id, key, route, body_hash, serde_json::to_string(&out)?, now],
+                args![tenant_id, key, route, body_hash, serde_json::to_string(&out)?, now],
             )?;
             Ok(out)
         })
@@ -365,7 +377,7 @@ impl Engine {
         let keys = self.tx(|tx, now| {
             tx.execute(
                 "INSERT INTO tenants (id, name, environment, created_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![tenant_id, name, env_name(environment), now],
+                args![tenant_id, name, env_name(environment), now],
             )?;
             ledger::append(
                 tx,
@@ -388,30 +400,27 @@ impl Engine {
     /// The tenant named `name`, if any.
     pub fn tenant_by_name(&self, name: &str) -> Result<Option<String>, ApiError> {
         self.tx(|tx, _| {
-            Ok(tx
-                .query_row(
-                    "SELECT id FROM tenants WHERE name = ?1 ORDER BY created_ms LIMIT 1",
-                    params![name],
-                    |r| r.get(0),
-                )
-                .optional()?)
+            Ok(tx.query_opt(
+                "SELECT id FROM tenants WHERE name = ?1 ORDER BY created_ms LIMIT 1",
+                args![name],
+                |r| r.get(0),
+            )?)
         })
     }
 
     /// Revokes every key of a tenant and issues three new ones.
     pub fn rotate_keys(&self, tenant_id: &str) -> Result<TenantKeys, ApiError> {
-        let keys = self.tx(|tx, now| {
+        let keys = self.tx_in(tenant_id, |tx, now| {
             let env: String = tx
-                .query_row(
+                .query_opt(
                     "SELECT environment FROM tenants WHERE id = ?1",
-                    params![tenant_id],
+                    args![tenant_id],
                     |r| r.get(0),
-                )
-                .optional()?
+                )?
                 .ok_or_else(|| ApiError::not_found("tenant_not_found", "no such tenant"))?;
             tx.execute(
                 "DELETE FROM api_keys WHERE tenant_id = ?1",
-                params![tenant_id],
+                args![tenant_id],
             )?;
             ledger::append(tx, tenant_id, "keys.rotated", json!({}), now)?;
             let env = if env == "live" {
@@ -431,19 +440,18 @@ impl Engine {
     pub fn authenticate(&self, api_key: &str) -> Result<Principal, ApiError> {
         let hash = sha256_hex(api_key.as_bytes());
         if let Ok(cache) = self.principals.lock()
-            && let Some(p) = cache.get(&hash)
+            && let Some((p, at)) = cache.get(&hash)
+            && (!self.store.shared() || at.elapsed() < SHARED_KEY_TTL)
         {
             return Ok(p.clone());
         }
         let row: Option<(String, String, String, String, String)> = self.tx(|tx, _| {
-            Ok(tx
-                .query_row(
-                    "SELECT k.key_id, k.tenant_id, k.role, k.subject, t.environment
+            Ok(tx.query_opt(
+                "SELECT k.key_id, k.tenant_id, k.role, k.subject, t.environment
                      FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.secret_hash = ?1",
-                    params![hash],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                )
-                .optional()?)
+                args![hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )?)
         })?;
         let Some((key_id, tenant_id, role, subject, env)) = row else {
             return Err(ApiError::unauthorized("the API key is not valid"));
@@ -462,7 +470,7 @@ impl Engine {
             key_id,
         };
         if let Ok(mut cache) = self.principals.lock() {
-            cache.insert(hash, principal.clone());
+            cache.insert(hash, (principal.clone(), Instant::now()));
         }
         Ok(principal)
     }
@@ -507,13 +515,13 @@ impl Engine {
             return Err(policy_refused(&checked.errors));
         };
         let digest = doc.digest();
-        self.tx(|tx, now| {
+        self.tx_in(tenant_id, |tx, now| {
             tx.execute(
                 "INSERT INTO org_policies (tenant_id, id, text, digest, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (tenant_id, id) DO UPDATE SET text = excluded.text,
                  digest = excluded.digest, updated_ms = excluded.updated_ms",
-                params![tenant_id, doc.name, file.text, digest, now],
+                args![tenant_id, doc.name, file.text, digest, now],
             )?;
             ledger::append(
                 tx,
@@ -556,13 +564,11 @@ impl Engine {
             .map(|e| e.org_policy_id.clone());
         let base: Option<String> = match &org_id {
             Some(id) => self.tx(|tx, _| {
-                Ok(tx
-                    .query_row(
-                        "SELECT text FROM org_policies WHERE tenant_id = ?1 AND id = ?2",
-                        params![tenant_id, id],
-                        |r| r.get(0),
-                    )
-                    .optional()?)
+                Ok(tx.query_opt(
+                    "SELECT text FROM org_policies WHERE tenant_id = ?1 AND id = ?2",
+                    args![tenant_id, id],
+                    |r| r.get(0),
+                )?)
             })?,
             None => None,
         };
@@ -586,14 +592,14 @@ impl Engine {
             return Err(policy_refused(&resolution.errors));
         };
         let digest = effective.digest();
-        let eff = self.tx(|tx, now| {
+        let eff = self.tx_in(tenant_id, |tx, now| {
             let current: Option<(u64, String)> = tx
-                .query_row(
+                .query_opt(
                     "SELECT version, digest FROM tenant_policies WHERE tenant_id = ?1",
-                    params![tenant_id],
+                    args![tenant_id],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
-                .optional()?;
+                ?;
             let version = match &current {
                 Some((v, d)) if *d == digest => *v,
                 Some((v, _)) => v + 1,
@@ -605,7 +611,7 @@ impl Engine {
                  ON CONFLICT (tenant_id) DO UPDATE SET text = excluded.text,
                  org_policy_id = excluded.org_policy_id, effective = excluded.effective,
                  digest = excluded.digest, version = excluded.version, updated_ms = excluded.updated_ms",
-                params![
+                args![
                     tenant_id,
                     file.text,
                     org_id,
@@ -650,19 +656,35 @@ impl Engine {
         &self,
         tenant_id: &str,
     ) -> Result<Option<Arc<EffectivePolicy>>, ApiError> {
-        if let Ok(cache) = self.policies.lock()
-            && let Some(p) = cache.get(tenant_id)
-        {
-            return Ok(Some(p.clone()));
+        let cached = self
+            .policies
+            .lock()
+            .ok()
+            .and_then(|c| c.get(tenant_id).cloned());
+        if let Some(p) = cached {
+            // A fleet replica uses its parsed copy while the stored version is the same.
+            if !self.store.shared() {
+                return Ok(Some(p));
+            }
+            let version: Option<u64> = self.tx(|tx, _| {
+                tx.query_opt(
+                    "SELECT version FROM tenant_policies WHERE tenant_id = ?1",
+                    args![tenant_id],
+                    |r| r.get(0),
+                )
+            })?;
+            if version == Some(p.version) {
+                return Ok(Some(p));
+            }
         }
         let row: Option<(String, String, u64, Option<String>)> = self.tx(|tx, _| {
             Ok(tx
-                .query_row(
+                .query_opt(
                     "SELECT effective, digest, version, org_policy_id FROM tenant_policies WHERE tenant_id = ?1",
-                    params![tenant_id],
+                    args![tenant_id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
-                .optional()?)
+                ?)
         })?;
         let Some((effective, digest, version, org_policy_id)) = row else {
             return Ok(None);
@@ -707,9 +729,9 @@ impl Engine {
     /// Reservations not yet finalized (and not past their TTL).
     pub fn open_reservations(&self) -> Result<u64, ApiError> {
         self.tx(|tx, now| {
-            Ok(tx.query_row(
+            Ok(tx.query_one(
                 "SELECT COUNT(*) FROM reservations WHERE state = 'open' AND expires_ms > ?1",
-                params![now],
+                args![now],
                 |r| r.get(0),
             )?)
         })
@@ -793,7 +815,7 @@ fn policy_refused(errors: &[paybond_policies::Diagnostic]) -> ApiError {
 }
 
 fn issue_keys(
-    tx: &Transaction<'_>,
+    tx: &dyn Tx,
     tenant_id: &str,
     environment: Environment,
     now: i64,
@@ -805,7 +827,7 @@ fn issue_keys(
         tx.execute(
             "INSERT INTO api_keys (secret_hash, key_id, tenant_id, role, subject, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
+            args![
                 hash,
                 key_id,
                 tenant_id,

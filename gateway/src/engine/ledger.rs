@@ -5,7 +5,7 @@
 //! entry's `prev_hash` is 64 zeros. Changing, removing or reordering any entry
 //! breaks every hash after it, which [`verify_chain`] finds offline.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use crate::store::{Tx, args};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -78,7 +78,7 @@ pub(crate) fn entry_hash(
 
 /// Appends an entry to `tenant_id`'s chain inside the caller's transaction.
 pub(crate) fn append(
-    tx: &Transaction<'_>,
+    tx: &dyn Tx,
     tenant_id: &str,
     event: &str,
     payload: Value,
@@ -94,7 +94,7 @@ pub(crate) fn append(
     tx.execute(
         "INSERT INTO ledger (tenant_id, seq, event, payload, at_ms, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
+        args![
             tenant_id,
             seq,
             event,
@@ -107,14 +107,12 @@ pub(crate) fn append(
     Ok(())
 }
 
-pub(crate) fn tip(tx: &Transaction<'_>, tenant_id: &str) -> Result<LedgerTip, ApiError> {
-    let tip: Option<(u64, String)> = tx
-        .query_row(
-            "SELECT seq, hash FROM ledger WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1",
-            params![tenant_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+pub(crate) fn tip(tx: &dyn Tx, tenant_id: &str) -> Result<LedgerTip, ApiError> {
+    let tip: Option<(u64, String)> = tx.query_opt(
+        "SELECT seq, hash FROM ledger WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1",
+        args![tenant_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let (seq, hash) = tip.unwrap_or((0, GENESIS.to_owned()));
     Ok(LedgerTip {
         tenant_id: tenant_id.to_owned(),
@@ -124,28 +122,29 @@ pub(crate) fn tip(tx: &Transaction<'_>, tenant_id: &str) -> Result<LedgerTip, Ap
 }
 
 pub(crate) fn events(
-    tx: &Transaction<'_>,
+    tx: &dyn Tx,
     tenant_id: &str,
     after_seq: u64,
     limit: u64,
 ) -> Result<Vec<LedgerEvent>, ApiError> {
-    let mut stmt = tx.prepare(
+    let rows = tx.query_map(
         "SELECT seq, event, payload, at_ms, prev_hash, hash FROM ledger
          WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        args![tenant_id, after_seq, limit],
+        |r| {
+            Ok((
+                r.get::<u64>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<i64>(3)?,
+                r.get::<String>(4)?,
+                r.get::<String>(5)?,
+            ))
+        },
     )?;
-    let rows = stmt.query_map(params![tenant_id, after_seq, limit], |r| {
-        Ok((
-            r.get::<_, u64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, String>(5)?,
-        ))
-    })?;
     let mut out = Vec::new();
     for row in rows {
-        let (seq, event, payload, at_ms, prev_hash, hash) = row?;
+        let (seq, event, payload, at_ms, prev_hash, hash) = row;
         out.push(LedgerEvent {
             seq,
             event,
@@ -159,12 +158,12 @@ pub(crate) fn events(
 }
 
 /// Checks every tenant's chain: sequence numbers, links and hashes.
-pub(crate) fn verify_chain(tx: &Transaction<'_>) -> Result<LedgerCheck, ApiError> {
-    let mut stmt = tx.prepare(
+pub(crate) fn verify_chain(tx: &dyn Tx) -> Result<LedgerCheck, ApiError> {
+    let rows = tx.query(
         "SELECT tenant_id, seq, event, payload, at_ms, prev_hash, hash FROM ledger
          ORDER BY tenant_id, seq",
+        args![],
     )?;
-    let mut rows = stmt.query([])?;
     let mut check = LedgerCheck {
         valid: true,
         tenants: 0,
@@ -172,7 +171,7 @@ pub(crate) fn verify_chain(tx: &Transaction<'_>) -> Result<LedgerCheck, ApiError
         problem: None,
     };
     let mut current: Option<(String, u64, String)> = None;
-    while let Some(r) = rows.next()? {
+    for r in &rows {
         let tenant: String = r.get(0)?;
         let seq: u64 = r.get(1)?;
         let event: String = r.get(2)?;

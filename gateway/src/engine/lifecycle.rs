@@ -6,15 +6,15 @@ use paybond_middleware_core::wire::{
     SandboxBootstrapResponse,
 };
 use paybond_middleware_core::{ApprovalToken, CapabilityToken};
-use rusqlite::{OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::decide::MAX_AMOUNT_CENTS;
+use crate::engine::decide::MAX_AMOUNT_CENTS;
+use crate::engine::ledger;
 use crate::engine::{Engine, require_role};
 use crate::error::ApiError;
-use crate::ledger;
+use crate::store::{Tx, args};
 use crate::tokens::{Claims, random_hex, sha256_hex};
 
 /// `POST /harbor/intents`: an intent on the simulator rail, funded at once.
@@ -231,7 +231,7 @@ impl Engine {
 
     fn insert_intent(
         &self,
-        tx: &Transaction<'_>,
+        tx: &dyn Tx,
         now: i64,
         principal: &Principal,
         req: &CreateIntentRequest,
@@ -249,7 +249,7 @@ impl Engine {
         tx.execute(
             "INSERT INTO intents (id, tenant_id, operations, budget_cents, currency, state, deadline_ms,
              evidence_schema, metadata, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, 'funded', ?6, ?7, ?8, ?9)",
-            params![
+            args![
                 id.to_string(),
                 principal.tenant_id,
                 serde_json::to_string(&tools)?,
@@ -307,7 +307,7 @@ impl Engine {
         principal: &Principal,
         intent_id: Uuid,
     ) -> Result<IntentView, ApiError> {
-        self.tx(|tx, now| {
+        self.tx_in(&principal.tenant_id, |tx, now| {
             let mut view = intent_view(tx, now, &principal.tenant_id, intent_id)?;
             if !matches!(
                 view.state,
@@ -318,9 +318,9 @@ impl Engine {
                     "the intent is closed: past its deadline, released or refunded",
                 ));
             }
-            let deadline: i64 = tx.query_row(
+            let deadline: i64 = tx.query_one(
                 "SELECT deadline_ms FROM intents WHERE id = ?1",
-                params![intent_id.to_string()],
+                args![intent_id.to_string()],
                 |r| r.get(0),
             )?;
             let token = self
@@ -376,20 +376,18 @@ impl Engine {
 
     fn evidence_tx(
         &self,
-        tx: &Transaction<'_>,
+        tx: &dyn Tx,
         now: i64,
         principal: &Principal,
         intent_id: Uuid,
         req: &EvidenceRequest,
     ) -> Result<EvidenceResponse, ApiError> {
-        let row: Option<(String, u64, Option<String>, String)> = tx
-            .query_row(
-                "SELECT state, budget_cents, evidence_schema, operations FROM intents
+        let row: Option<(String, u64, Option<String>, String)> = tx.query_opt(
+            "SELECT state, budget_cents, evidence_schema, operations FROM intents
                  WHERE id = ?1 AND tenant_id = ?2",
-                params![intent_id.to_string(), principal.tenant_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
+            args![intent_id.to_string(), principal.tenant_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
         let Some((state, budget, schema, operations)) = row else {
             return Err(ApiError::not_found(
                 "intent_not_found",
@@ -427,12 +425,11 @@ impl Engine {
             .map(str::to_owned);
         let bound: u64 = match &decision_id {
             Some(d) => tx
-                .query_row(
+                .query_opt(
                     "SELECT amount_cents FROM reservations WHERE id = ?1 AND intent_id = ?2",
-                    params![d, intent_id.to_string()],
+                    args![d, intent_id.to_string()],
                     |r| r.get(0),
-                )
-                .optional()?
+                )?
                 .ok_or_else(|| {
                     ApiError::unprocessable(
                         "decision_not_found",
@@ -452,7 +449,7 @@ impl Engine {
         if new_state != state {
             tx.execute(
                 "UPDATE intents SET state = ?2 WHERE id = ?1",
-                params![intent_id.to_string(), new_state],
+                args![intent_id.to_string(), new_state],
             )?;
         }
         ledger::append(
@@ -510,14 +507,13 @@ impl Engine {
         state: Option<ApprovalState>,
     ) -> Result<ApprovalList, ApiError> {
         let state = state.map(approval_state_name);
-        self.tx(|tx, now| {
-            let mut stmt = tx.prepare(
-                "SELECT id FROM approvals WHERE tenant_id = ?1 AND (?2 IS NULL OR state = ?2)
+        self.tx_in(&principal.tenant_id, |tx, now| {
+            let ids: Vec<String> = tx.query_map(
+                "SELECT id FROM approvals WHERE tenant_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
                  ORDER BY created_ms, id LIMIT 500",
+                args![principal.tenant_id, state],
+                |r| r.get(0),
             )?;
-            let ids: Vec<String> = stmt
-                .query_map(params![principal.tenant_id, state], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
             let mut approvals = Vec::with_capacity(ids.len());
             for id in ids {
                 if let Some(a) = approval_status(tx, now, &principal.tenant_id, &id)? {
@@ -530,7 +526,7 @@ impl Engine {
 
     /// `GET /v1/approvals/{id}`.
     pub fn approval(&self, principal: &Principal, id: Uuid) -> Result<ApprovalStatus, ApiError> {
-        self.tx(|tx, now| {
+        self.tx_in(&principal.tenant_id, |tx, now| {
             approval_status(tx, now, &principal.tenant_id, &id.to_string())?.ok_or_else(|| {
                 ApiError::not_found("approval_not_found", "no such approval request")
             })
@@ -541,7 +537,7 @@ impl Engine {
     /// request is approved and a single-use approval token is minted.
     pub fn approve(&self, principal: &Principal, id: Uuid) -> Result<ApprovalStatus, ApiError> {
         require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
-        self.tx(|tx, now| {
+        self.tx_in(&principal.tenant_id, |tx, now| {
             let (approvers, quorum) = pending_row(tx, now, &principal.tenant_id, id)?;
             let mut approvers: Vec<String> = serde_json::from_str(&approvers)?;
             if !approvers.contains(&principal.key_id) {
@@ -553,7 +549,7 @@ impl Engine {
                 tx.execute(
                     "UPDATE approvals SET state = 'approved', approvers = ?2, token = ?3, token_hash = ?4,
                      token_expires_ms = ?5 WHERE id = ?1",
-                    params![
+                    args![
                         id.to_string(),
                         serde_json::to_string(&approvers)?,
                         token,
@@ -564,7 +560,7 @@ impl Engine {
             } else {
                 tx.execute(
                     "UPDATE approvals SET approvers = ?2 WHERE id = ?1",
-                    params![id.to_string(), serde_json::to_string(&approvers)?],
+                    args![id.to_string(), serde_json::to_string(&approvers)?],
                 )?;
             }
             ledger::append(
@@ -587,11 +583,11 @@ impl Engine {
         id: Uuid,
     ) -> Result<ApprovalStatus, ApiError> {
         require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
-        self.tx(|tx, now| {
+        self.tx_in(&principal.tenant_id, |tx, now| {
             pending_row(tx, now, &principal.tenant_id, id)?;
             tx.execute(
                 "UPDATE approvals SET state = 'denied' WHERE id = ?1",
-                params![id.to_string()],
+                args![id.to_string()],
             )?;
             ledger::append(
                 tx,
@@ -616,49 +612,66 @@ impl Engine {
                 reservations_expired: expire_due(tx, now)?,
                 ..SweepReport::default()
             };
-            let approvals: Vec<(String, String)> = {
-                let mut stmt = tx.prepare(
-                    "SELECT id, tenant_id FROM approvals WHERE state = 'pending' AND expires_ms <= ?1",
-                )?;
-                stmt.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?
-            };
-            for (id, tenant) in approvals {
-                tx.execute("UPDATE approvals SET state = 'expired' WHERE id = ?1", params![id])?;
-                ledger::append(tx, &tenant, "approval.expired", json!({"approval_request_id": id}), now)?;
-                report.approvals_expired += 1;
+            let approvals: Vec<(String, String)> = tx.query_map(
+                "SELECT tenant_id, id FROM approvals WHERE state = 'pending' AND expires_ms <= ?1
+                 ORDER BY tenant_id",
+                args![now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            for (tenant, id) in approvals {
+                tx.lock_tenant(&tenant)?;
+                // Decided by now on another replica: nothing to expire.
+                if tx.execute(
+                    "UPDATE approvals SET state = 'expired' WHERE id = ?1 AND state = 'pending'",
+                    args![id],
+                )? == 1
+                {
+                    ledger::append(
+                        tx,
+                        &tenant,
+                        "approval.expired",
+                        json!({"approval_request_id": id}),
+                        now,
+                    )?;
+                    report.approvals_expired += 1;
+                }
             }
             tx.execute(
                 "UPDATE approvals SET token = NULL WHERE token IS NOT NULL AND token_expires_ms <= ?1",
-                params![now],
+                args![now],
             )?;
-            let intents: Vec<(String, String, String)> = {
-                let mut stmt = tx.prepare(
-                    "SELECT id, tenant_id, state FROM intents
-                     WHERE deadline_ms <= ?1 AND state IN ('created', 'funded', 'evidence_submitted')",
-                )?;
-                stmt.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                    .collect::<Result<_, _>>()?
-            };
-            for (id, tenant, state) in intents {
+            let intents: Vec<(String, String, String)> = tx.query_map(
+                "SELECT tenant_id, id, state FROM intents
+                 WHERE deadline_ms <= ?1 AND state IN ('created', 'funded', 'evidence_submitted')
+                 ORDER BY tenant_id",
+                args![now],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            for (tenant, id, state) in intents {
                 let next = match state.as_str() {
                     "evidence_submitted" => "released",
                     "funded" => "refunded",
                     _ => "expired",
                 };
-                tx.execute("UPDATE intents SET state = ?2 WHERE id = ?1", params![id, next])?;
-                ledger::append(
-                    tx,
-                    &tenant,
-                    &format!("intent.{next}"),
-                    json!({"intent_id": id, "from": state}),
-                    now,
-                )?;
-                report.intents_closed += 1;
+                tx.lock_tenant(&tenant)?;
+                if tx.execute(
+                    "UPDATE intents SET state = ?2 WHERE id = ?1 AND state = ?3",
+                    args![id, next, state],
+                )? == 1
+                {
+                    ledger::append(
+                        tx,
+                        &tenant,
+                        &format!("intent.{next}"),
+                        json!({"intent_id": id, "from": state}),
+                        now,
+                    )?;
+                    report.intents_closed += 1;
+                }
             }
             report.idempotency_keys_dropped = u64::try_from(tx.execute(
                 "DELETE FROM idempotency WHERE created_ms <= ?1",
-                params![now - retention],
+                args![now - retention],
             )?)
             .unwrap_or(0);
             Ok(report)
@@ -667,27 +680,41 @@ impl Engine {
 }
 
 /// Expires every open reservation past its TTL: its amount returns to its intent's
-/// budget and the expiry goes on the ledger. Runs in the sweep and before each verify,
-/// so a decision never counts a reservation that has run out.
-pub(crate) fn expire_due(tx: &Transaction<'_>, now: i64) -> Result<u64, ApiError> {
-    let due: Vec<(String, String, String, u64)> = {
-        let mut stmt = tx.prepare_cached(
-            "SELECT id, tenant_id, intent_id, amount_cents FROM reservations
-             WHERE state = 'open' AND expires_ms <= ?1",
-        )?;
-        stmt.query_map(params![now], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?
-        .collect::<Result<_, _>>()?
-    };
-    for (id, tenant, intent, amount) in &due {
-        tx.execute(
-            "UPDATE reservations SET state = 'expired', finalized_ms = ?2 WHERE id = ?1",
-            params![id, now],
-        )?;
+/// budget and the expiry goes on the ledger. Runs in the background sweep; decisions
+/// and reads leave lapsed reservations out before it gets to them ([`lapsed_cents`]).
+/// Open reservations of `intent` past their TTL that the sweep has not expired yet:
+/// every read of a budget leaves them out.
+pub(crate) fn lapsed_cents(tx: &dyn Tx, intent: &str, now: i64) -> Result<u64, ApiError> {
+    tx.query_one(
+        "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM reservations
+         WHERE intent_id = ?1 AND state = 'open' AND expires_ms <= ?2",
+        args![intent, now],
+        |r| r.get(0),
+    )
+}
+
+pub(crate) fn expire_due(tx: &dyn Tx, now: i64) -> Result<u64, ApiError> {
+    let due: Vec<(String, String, String, u64)> = tx.query_map(
+        "SELECT tenant_id, id, intent_id, amount_cents FROM reservations
+         WHERE state = 'open' AND expires_ms <= ?1 ORDER BY tenant_id",
+        args![now],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    let mut expired = 0;
+    for (tenant, id, intent, amount) in &due {
+        // Tenants are locked in order, so two sweeps on two replicas cannot deadlock;
+        // a reservation finalized meanwhile is left alone.
+        tx.lock_tenant(tenant)?;
+        if tx.execute(
+            "UPDATE reservations SET state = 'expired', finalized_ms = ?2 WHERE id = ?1 AND state = 'open'",
+            args![id, now],
+        )? != 1
+        {
+            continue;
+        }
         tx.execute(
             "UPDATE intents SET reserved_cents = reserved_cents - ?2 WHERE id = ?1",
-            params![intent, amount],
+            args![intent, amount],
         )?;
         ledger::append(
             tx,
@@ -696,47 +723,46 @@ pub(crate) fn expire_due(tx: &Transaction<'_>, now: i64) -> Result<u64, ApiError
             json!({"decision_id": id, "intent_id": intent, "amount_cents": amount}),
             now,
         )?;
+        expired += 1;
     }
-    Ok(u64::try_from(due.len()).unwrap_or(u64::MAX))
+    Ok(expired)
 }
 
 fn intent_view(
-    tx: &Transaction<'_>,
+    tx: &dyn Tx,
     now: i64,
     tenant: &str,
     intent_id: Uuid,
 ) -> Result<IntentView, ApiError> {
-    expire_due(tx, now)?;
     type Row = (String, u64, String, String, i64, u64, u64);
-    let row: Option<Row> = tx
-        .query_row(
-            "SELECT operations, budget_cents, currency, state, deadline_ms, consumed_cents,
+    let row: Option<Row> = tx.query_opt(
+        "SELECT operations, budget_cents, currency, state, deadline_ms, consumed_cents,
              reserved_cents FROM intents WHERE id = ?1 AND tenant_id = ?2",
-            params![intent_id.to_string(), tenant],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            },
-        )
-        .optional()?;
+        args![intent_id.to_string(), tenant],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        },
+    )?;
     let Some((ops, budget, currency, state, deadline, consumed, reserved)) = row else {
         return Err(ApiError::not_found(
             "intent_not_found",
             "no such intent for this tenant",
         ));
     };
-    let open: u64 = tx.query_row(
-        "SELECT COUNT(*) FROM reservations WHERE intent_id = ?1 AND state = 'open'",
-        params![intent_id.to_string()],
+    let open: u64 = tx.query_one(
+        "SELECT COUNT(*) FROM reservations WHERE intent_id = ?1 AND state = 'open' AND expires_ms > ?2",
+        args![intent_id.to_string(), now],
         |r| r.get(0),
     )?;
+    let reserved = reserved.saturating_sub(lapsed_cents(tx, &intent_id.to_string(), now)?);
     Ok(IntentView {
         intent_id,
         tenant: tenant.to_owned(),
@@ -753,28 +779,25 @@ fn intent_view(
 }
 
 fn complete_tx(
-    tx: &Transaction<'_>,
+    tx: &dyn Tx,
     now: i64,
     principal: &Principal,
     decision_id: Uuid,
     req: &CompleteRequest,
 ) -> Result<CompleteResponse, ApiError> {
-    let row: Option<(String, u64, String, i64, Option<String>)> = tx
-        .query_row(
-            "SELECT intent_id, amount_cents, state, expires_ms, complete_response FROM reservations
+    let row: Option<(String, u64, String, i64, Option<String>)> = tx.query_opt(
+        "SELECT intent_id, amount_cents, state, expires_ms, complete_response FROM reservations
              WHERE id = ?1 AND tenant_id = ?2",
-            params![decision_id.to_string(), principal.tenant_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
-        .optional()?;
+        args![decision_id.to_string(), principal.tenant_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )?;
     let Some((intent, reserved, state, expires, stored)) = row else {
         let held: bool = tx
-            .query_row(
+            .query_opt(
                 "SELECT 1 FROM decisions WHERE id = ?1 AND tenant_id = ?2",
-                params![decision_id.to_string(), principal.tenant_id],
+                args![decision_id.to_string(), principal.tenant_id],
                 |_| Ok(true),
-            )
-            .optional()?
+            )?
             .unwrap_or(false);
         return Err(if held {
             ApiError::conflict(
@@ -823,7 +846,7 @@ fn complete_tx(
         ));
     }
     if now >= expires {
-        expire_due(tx, now)?;
+        // The sweep expires it (and puts that on the ledger); nothing to consume.
         return Err(ApiError::conflict(
             "reservation_expired",
             "the reservation expired before it was finalized; its amount was returned",
@@ -839,12 +862,12 @@ fn complete_tx(
     tx.execute(
         "UPDATE intents SET reserved_cents = reserved_cents - ?2, consumed_cents = consumed_cents + ?3
          WHERE id = ?1",
-        params![intent, reserved, actual],
+        args![intent, reserved, actual],
     )?;
     tx.execute(
         "UPDATE reservations SET state = ?2, actual_cents = ?3, finalized_ms = ?4, complete_response = ?5
          WHERE id = ?1",
-        params![
+        args![
             decision_id.to_string(),
             outcome_name,
             actual,
@@ -874,19 +897,14 @@ fn approval_state_name(s: ApprovalState) -> &'static str {
 }
 
 /// The approval's row if it can still be decided: 404 if absent, 409 if decided or expired.
-fn pending_row(
-    tx: &Transaction<'_>,
-    now: i64,
-    tenant: &str,
-    id: Uuid,
-) -> Result<(String, u32), ApiError> {
+fn pending_row(tx: &dyn Tx, now: i64, tenant: &str, id: Uuid) -> Result<(String, u32), ApiError> {
     let row: Option<(String, String, u32, i64)> = tx
-        .query_row(
+        .query_opt(
             "SELECT state, approvers, quorum, expires_ms FROM approvals WHERE id = ?1 AND tenant_id = ?2",
-            params![id.to_string(), tenant],
+            args![id.to_string(), tenant],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
-        .optional()?;
+        ?;
     let Some((state, approvers, quorum, expires)) = row else {
         return Err(ApiError::not_found(
             "approval_not_found",
@@ -909,7 +927,7 @@ fn pending_row(
 }
 
 fn approval_status(
-    tx: &Transaction<'_>,
+    tx: &dyn Tx,
     now: i64,
     tenant: &str,
     id: &str,
@@ -928,10 +946,10 @@ fn approval_status(
         Option<i64>,
     );
     let row: Option<Row> = tx
-        .query_row(
+        .query_opt(
             "SELECT decision_id, intent_id, operation, amount_cents, reason_codes, state, approvers, quorum,
              expires_ms, token, token_expires_ms FROM approvals WHERE id = ?1 AND tenant_id = ?2",
-            params![id, tenant],
+            args![id, tenant],
             |r| {
                 Ok((
                     r.get(0)?,
@@ -948,7 +966,7 @@ fn approval_status(
                 ))
             },
         )
-        .optional()?;
+        ?;
     let Some((
         decision,
         intent,

@@ -7,13 +7,12 @@ use jiff::tz::TimeZone;
 use jiff::{Timestamp, Zoned};
 use paybond_middleware_core::wire::{Principal, SpendScope, VerifyRequest, VerifyResult};
 use paybond_policies::{CapScope, CapWindow, PolicyDocument, ToolPolicy};
-use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::engine::{EffectivePolicy, Engine};
+use crate::engine::{EffectivePolicy, Engine, ledger};
 use crate::error::ApiError;
-use crate::ledger;
+use crate::store::{Tx, args};
 use crate::tokens::sha256_hex;
 
 /// Largest amount the gateway accepts, in cents (10 billion dollars).
@@ -193,8 +192,9 @@ fn tool_limits(doc: &PolicyDocument, tools: &[String]) -> ToolLimits {
 }
 
 /// Spend counted against a scope: consumed amounts plus open, unexpired reservations.
-const SPENT: &str = "COALESCE(SUM(CASE WHEN state = 'open' AND expires_ms > ?1 THEN amount_cents
-     WHEN state = 'consumed' THEN actual_cents ELSE 0 END), 0)";
+const SPENT: &str =
+    "CAST(COALESCE(SUM(CASE WHEN state = 'open' AND expires_ms > ?1 THEN amount_cents
+     WHEN state = 'consumed' THEN actual_cents ELSE 0 END), 0) AS BIGINT)";
 
 impl Engine {
     /// `POST /verify`: decides whether the call may run, and reserves its amount if so.
@@ -239,7 +239,7 @@ impl Engine {
 
     fn decide(
         &self,
-        tx: &Transaction<'_>,
+        tx: &dyn Tx,
         now: i64,
         principal: &Principal,
         req: &VerifyRequest,
@@ -267,7 +267,6 @@ impl Engine {
             amount: req.requested_spend_cents,
             binding,
         };
-        crate::lifecycle::expire_due(tx, now)?;
         let decision_id = Uuid::new_v4();
         let mut budget_left = None;
         let verdict = self.checks(tx, now, req, &call, policy, &mut budget_left)?;
@@ -298,7 +297,7 @@ impl Engine {
                     "INSERT INTO reservations (id, tenant_id, intent_id, tool, operation, vendor, agent,
                      agent_subject, amount_cents, state, created_ms, expires_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'open', ?10, ?11)",
-                    params![
+                    args![
                         decision_id.to_string(),
                         call.tenant,
                         call.intent,
@@ -314,12 +313,12 @@ impl Engine {
                 )?;
                 tx.execute(
                     "UPDATE intents SET reserved_cents = reserved_cents + ?2 WHERE id = ?1",
-                    params![call.intent, call.amount],
+                    args![call.intent, call.amount],
                 )?;
                 if let Some(approval_id) = &approval {
                     tx.execute(
                         "UPDATE approvals SET token = NULL, token_used_ms = ?2 WHERE id = ?1",
-                        params![approval_id, now],
+                        args![approval_id, now],
                     )?;
                     ledger::append(
                         tx,
@@ -360,7 +359,7 @@ impl Engine {
         tx.execute(
             "INSERT INTO decisions (id, tenant_id, intent_id, outcome, response, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
+            args![
                 decision_id.to_string(),
                 call.tenant,
                 call.intent,
@@ -399,7 +398,7 @@ impl Engine {
     #[allow(clippy::too_many_lines)] // one check after another, in the documented order
     fn checks(
         &self,
-        tx: &Transaction<'_>,
+        tx: &dyn Tx,
         now: i64,
         req: &VerifyRequest,
         call: &Call<'_>,
@@ -433,20 +432,25 @@ impl Engine {
             ));
         }
         // 3. The intent.
-        let intent: Option<(String, i64, u64, u64, String)> = tx
-            .query_row(
-                "SELECT state, deadline_ms, budget_cents, consumed_cents + reserved_cents, currency
+        let intent: Option<(String, i64, u64, u64, String)> = tx.query_opt(
+            "SELECT state, deadline_ms, budget_cents, consumed_cents + reserved_cents, currency
                  FROM intents WHERE id = ?1 AND tenant_id = ?2",
-                params![call.intent, call.tenant],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
-            .optional()?;
-        let Some((state, deadline, mut budget, spent, currency)) = intent else {
+            args![call.intent, call.tenant],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?;
+        let Some((state, deadline, mut budget, counted, currency)) = intent else {
             return Ok(deny(
                 "intent_not_funded",
                 "the intent does not exist or is not funded",
             ));
         };
+        // Reservations past their TTL return to the budget whether or not the sweep
+        // has expired them yet.
+        let spent = counted.saturating_sub(crate::engine::lifecycle::lapsed_cents(
+            tx,
+            &call.intent,
+            now,
+        )?);
         if now >= deadline || matches!(state.as_str(), "expired" | "refunded" | "released") {
             return Ok(deny("intent_expired", "the intent is past its deadline"));
         }
@@ -562,10 +566,10 @@ impl Engine {
         }
         // 8. Rate limits, per bound tool.
         for (tool, limit) in &limits.per_hour {
-            let (count, oldest): (u64, Option<i64>) = tx.query_row(
+            let (count, oldest): (u64, Option<i64>) = tx.query_one(
                 "SELECT COUNT(*), MIN(created_ms) FROM reservations
                  WHERE tenant_id = ?1 AND tool = ?2 AND created_ms > ?3",
-                params![call.tenant, tool, now - 3_600_000],
+                args![call.tenant, tool, now - 3_600_000],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             if count >= u64::from(*limit) {
@@ -631,17 +635,17 @@ impl Engine {
 
     fn check_approval_token(
         &self,
-        tx: &Transaction<'_>,
+        tx: &dyn Tx,
         now: i64,
         call: &Call<'_>,
         token: &str,
         reasons: Vec<String>,
     ) -> Result<Verdict, ApiError> {
         let row: Option<TokenRow> = tx
-            .query_row(
+            .query_opt(
                 "SELECT id, intent_id, operation, tool, vendor, amount_cents, token_expires_ms, token_used_ms
                  FROM approvals WHERE token_hash = ?1 AND tenant_id = ?2",
-                params![sha256_hex(token.as_bytes()), call.tenant],
+                args![sha256_hex(token.as_bytes()), call.tenant],
                 |r| {
                     Ok((
                         r.get(0)?,
@@ -655,7 +659,7 @@ impl Engine {
                     ))
                 },
             )
-            .optional()?;
+            ?;
         let Some((id, intent, operation, tool, vendor, amount, expires, used)) = row else {
             return Ok(deny(
                 "approval_token_invalid",
@@ -705,7 +709,7 @@ impl Engine {
     /// this request, else opens a new one.
     fn hold(
         &self,
-        tx: &Transaction<'_>,
+        tx: &dyn Tx,
         now: i64,
         call: &Call<'_>,
         decision_id: Uuid,
@@ -713,16 +717,14 @@ impl Engine {
         policy: Option<&EffectivePolicy>,
     ) -> Result<Uuid, ApiError> {
         let digest = request_digest(call);
-        let existing: Option<String> = tx
-            .query_row(
-                "SELECT id FROM approvals WHERE tenant_id = ?1 AND request_digest = ?2
+        let existing: Option<String> = tx.query_opt(
+            "SELECT id FROM approvals WHERE tenant_id = ?1 AND request_digest = ?2
                  AND ((state = 'pending' AND expires_ms > ?3)
                    OR (state = 'approved' AND token_used_ms IS NULL AND token_expires_ms > ?3))
                  ORDER BY created_ms DESC LIMIT 1",
-                params![call.tenant, digest, now],
-                |r| r.get(0),
-            )
-            .optional()?;
+            args![call.tenant, digest, now],
+            |r| r.get(0),
+        )?;
         if let Some(id) = existing {
             return Uuid::parse_str(&id).map_err(ApiError::internal);
         }
@@ -740,7 +742,7 @@ impl Engine {
             "INSERT INTO approvals (id, tenant_id, intent_id, decision_id, request_digest, operation, tool,
              vendor, amount_cents, reason_codes, state, approvers, quorum, created_ms, expires_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', '[]', ?11, ?12, ?13)",
-            params![
+            args![
                 id.to_string(),
                 call.tenant,
                 call.intent,
@@ -793,7 +795,7 @@ enum Bucket<'a> {
 /// a tool cap counts the tools the operation is bound to, and a vendor cap counts
 /// the named vendor (a request without one is refused earlier, `vendor_required`).
 fn rolling_cap(
-    tx: &Transaction<'_>,
+    tx: &dyn Tx,
     now: i64,
     call: &Call<'_>,
     binding: &ToolBinding,
@@ -830,27 +832,25 @@ fn rolling_cap(
         let base =
             format!("SELECT {SPENT} FROM reservations WHERE tenant_id = ?2 AND created_ms >= ?3");
         let spent: u64 = match bucket {
-            Bucket::Tenant => {
-                tx.query_row(&base, params![now, call.tenant, start], |r| r.get(0))?
-            }
-            Bucket::Agent(a) => tx.query_row(
+            Bucket::Tenant => tx.query_one(&base, args![now, call.tenant, start], |r| r.get(0))?,
+            Bucket::Agent(a) => tx.query_one(
                 &format!("{base} AND agent = ?4"),
-                params![now, call.tenant, start, a],
+                args![now, call.tenant, start, a],
                 |r| r.get(0),
             )?,
-            Bucket::SubAgent(a, sub) => tx.query_row(
+            Bucket::SubAgent(a, sub) => tx.query_one(
                 &format!("{base} AND agent = ?4 AND agent_subject = ?5"),
-                params![now, call.tenant, start, a, sub],
+                args![now, call.tenant, start, a, sub],
                 |r| r.get(0),
             )?,
-            Bucket::Vendor(v) => tx.query_row(
+            Bucket::Vendor(v) => tx.query_one(
                 &format!("{base} AND vendor = ?4"),
-                params![now, call.tenant, start, v],
+                args![now, call.tenant, start, v],
                 |r| r.get(0),
             )?,
-            Bucket::Tool(t) => tx.query_row(
+            Bucket::Tool(t) => tx.query_one(
                 &format!("{base} AND tool = ?4"),
-                params![now, call.tenant, start, t],
+                args![now, call.tenant, start, t],
                 |r| r.get(0),
             )?,
         };

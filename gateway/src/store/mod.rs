@@ -1,0 +1,333 @@
+//! Where the engine keeps its state: the small interface the decision logic is
+//! written against, and its two implementations.
+//!
+//! The engine runs every operation as one transaction through [`Store::write`]: a
+//! closure over a [`Tx`] that executes SQL (a portable subset: `?N` placeholders,
+//! `ON CONFLICT` upserts, explicit `CAST`s on sums) and reads rows of [`Value`]s.
+//! [`sqlite`] commits transactions in groups on one connection; [`postgres`] runs
+//! them on a pool against a database shared by several gateway replicas, each
+//! tenant's mutations serialized by a lock on its row.
+
+use std::borrow::Cow;
+
+use crate::error::ApiError;
+
+pub(crate) mod postgres;
+pub(crate) mod sqlite;
+
+/// Where the engine keeps its state.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// A SQLite file (created if missing), e.g. `<data dir>/paybond.db`.
+    File(std::path::PathBuf),
+    /// A private in-memory SQLite database: for tests and benchmarks; gone with the engine.
+    Memory,
+    /// A PostgreSQL database shared by every replica of a fleet
+    /// (`postgres://user@host:port/db`).
+    Postgres(DatabaseUrl),
+}
+
+/// A `postgres://` connection string. Its `Debug` and `Display` hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps a connection string; refuses anything but `postgres://` and `postgresql://`.
+    pub fn parse(url: &str) -> Result<Self, ApiError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self(url.to_owned()))
+        } else {
+            Err(ApiError::bad_request(
+                "invalid_database_url",
+                "database URL: expected postgres://user[:password]@host[:port]/database",
+            ))
+        }
+    }
+
+    /// The connection string, password included.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    fn redacted(&self) -> String {
+        // postgres://user:password@host/db → postgres://user:***@host/db
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return "***".to_owned();
+        };
+        match rest.split_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                let hidden = if userinfo.contains(':') { ":***" } else { "" };
+                format!("{scheme}://{user}{hidden}@{host}")
+            }
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// The default database file inside a data directory.
+pub fn database_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("paybond.db")
+}
+
+/// A value bound to a statement.
+#[derive(Debug, Clone)]
+pub(crate) enum Arg<'a> {
+    Null,
+    Int(i64),
+    Text(Cow<'a, str>),
+    Blob(&'a [u8]),
+}
+
+/// Something that binds as a statement argument.
+pub(crate) trait ToArg {
+    fn to_arg(&self) -> Arg<'_>;
+}
+
+impl ToArg for str {
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Text(Cow::Borrowed(self))
+    }
+}
+
+impl ToArg for String {
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Text(Cow::Borrowed(self))
+    }
+}
+
+impl ToArg for i64 {
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Int(*self)
+    }
+}
+
+impl ToArg for u64 {
+    fn to_arg(&self) -> Arg<'_> {
+        // Amounts, counts and sequence numbers are far below 2^63; a larger one (a
+        // query bound such as `after_seq`) compares the same as the largest i64.
+        Arg::Int(i64::try_from(*self).unwrap_or(i64::MAX))
+    }
+}
+
+impl ToArg for u32 {
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Int(i64::from(*self))
+    }
+}
+
+impl ToArg for [u8] {
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Blob(self)
+    }
+}
+
+impl ToArg for Vec<u8> {
+    fn to_arg(&self) -> Arg<'_> {
+        Arg::Blob(self)
+    }
+}
+
+impl<T: ToArg + ?Sized> ToArg for &T {
+    fn to_arg(&self) -> Arg<'_> {
+        (**self).to_arg()
+    }
+}
+
+impl<T: ToArg> ToArg for Option<T> {
+    fn to_arg(&self) -> Arg<'_> {
+        self.as_ref().map_or(Arg::Null, ToArg::to_arg)
+    }
+}
+
+/// Statement arguments: `args![a, b]` binds `?1`, `?2` (by reference, like rusqlite's `params!`).
+macro_rules! args {
+    () => { &[] as &[$crate::store::Arg<'_>] };
+    ($($x:expr),+ $(,)?) => { &[$($crate::store::ToArg::to_arg(&$x)),+] as &[$crate::store::Arg<'_>] };
+}
+pub(crate) use args;
+
+/// A value read from a row.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// A type a [`Value`] converts into.
+pub(crate) trait FromValue: Sized {
+    fn from_value(v: Value) -> Option<Self>;
+}
+
+impl FromValue for i64 {
+    fn from_value(v: Value) -> Option<Self> {
+        match v {
+            Value::Int(i) => Some(i),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for u64 {
+    fn from_value(v: Value) -> Option<Self> {
+        i64::from_value(v).and_then(|i| u64::try_from(i).ok())
+    }
+}
+
+impl FromValue for u32 {
+    fn from_value(v: Value) -> Option<Self> {
+        i64::from_value(v).and_then(|i| u32::try_from(i).ok())
+    }
+}
+
+impl FromValue for bool {
+    fn from_value(v: Value) -> Option<Self> {
+        i64::from_value(v).map(|i| i != 0)
+    }
+}
+
+impl FromValue for String {
+    fn from_value(v: Value) -> Option<Self> {
+        match v {
+            Value::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl FromValue for Vec<u8> {
+    fn from_value(v: Value) -> Option<Self> {
+        match v {
+            Value::Blob(b) => Some(b),
+            Value::Text(s) => Some(s.into_bytes()),
+            _ => None,
+        }
+    }
+}
+
+impl<T: FromValue> FromValue for Option<T> {
+    fn from_value(v: Value) -> Option<Self> {
+        match v {
+            Value::Null => Some(None),
+            v => T::from_value(v).map(Some),
+        }
+    }
+}
+
+/// One row of a result.
+#[derive(Debug)]
+pub(crate) struct Row(pub(crate) Vec<Value>);
+
+impl Row {
+    /// Column `i` as a `T`; a stored value of another type is a storage error.
+    pub(crate) fn get<T: FromValue>(&self, i: usize) -> Result<T, ApiError> {
+        let v = self.0.get(i).cloned().unwrap_or(Value::Null);
+        let shown = format!("{v:?}");
+        T::from_value(v).ok_or_else(|| {
+            ApiError::internal(format_args!(
+                "storage: column {i} holds {shown}, not a {}",
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+}
+
+/// One transaction of the engine. SQL uses `?1`, `?2`, … placeholders.
+pub(crate) trait Tx {
+    /// Runs a statement; the number of rows it changed.
+    fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ApiError>;
+
+    /// Runs a query; every row.
+    fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, ApiError>;
+
+    /// Serializes this transaction against every other that locks the same tenant
+    /// (a row lock on PostgreSQL; SQLite has one writer, so nothing to do).
+    fn lock_tenant(&self, tenant_id: &str) -> Result<(), ApiError>;
+}
+
+impl dyn Tx + '_ {
+    /// The rows of a query, each turned into a `T`.
+    pub(crate) fn query_map<T>(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        f: impl FnMut(&Row) -> Result<T, ApiError>,
+    ) -> Result<Vec<T>, ApiError> {
+        self.query(sql, args)?.iter().map(f).collect()
+    }
+
+    /// The first row of a query, if any.
+    pub(crate) fn query_opt<T>(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        f: impl FnOnce(&Row) -> Result<T, ApiError>,
+    ) -> Result<Option<T>, ApiError> {
+        self.query(sql, args)?.first().map(f).transpose()
+    }
+
+    /// The first row of a query; none is a storage error.
+    pub(crate) fn query_one<T>(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        f: impl FnOnce(&Row) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        self.query_opt(sql, args, f)?
+            .ok_or_else(|| ApiError::internal("storage: a query expected a row and got none"))
+    }
+}
+
+/// The engine's store: SQLite (one file or memory) or PostgreSQL.
+pub(crate) enum Store {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+impl Store {
+    pub(crate) fn open(storage: &Storage) -> Result<Self, ApiError> {
+        Ok(match storage {
+            Storage::File(_) | Storage::Memory => Self::Sqlite(sqlite::SqliteStore::open(storage)?),
+            Storage::Postgres(url) => Self::Postgres(postgres::PgStore::open(url)?),
+        })
+    }
+
+    /// Runs `f` as one transaction, committed when it returns `Ok` and rolled back
+    /// when it returns `Err`. When `tenant` is given, the transaction holds that
+    /// tenant's lock from its start. Returns only once the commit is durable.
+    pub(crate) fn write<T>(
+        &self,
+        tenant: Option<&str>,
+        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let locked = |tx: &dyn Tx| {
+            if let Some(t) = tenant {
+                tx.lock_tenant(t)?;
+            }
+            f(tx)
+        };
+        match self {
+            Self::Sqlite(s) => s.write(locked),
+            Self::Postgres(p) => p.write(locked),
+        }
+    }
+
+    /// Whether other processes share this store.
+    pub(crate) fn shared(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+}

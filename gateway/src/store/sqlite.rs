@@ -1,0 +1,415 @@
+//! SQLite: the schema, group commit, and the background WAL checkpoint.
+//!
+//! One connection does every operation, so the checks of a decision and the
+//! reservation that follows them are atomic. Operations that arrive while others run
+//! join one transaction, each in a savepoint of its own (an operation that fails
+//! rolls back only itself), and the last of them commits for all: a group commit.
+//! A file database runs in WAL mode with `synchronous = FULL`, so that commit is
+//! on disk before any of its operations is answered; an acknowledged decision
+//! survives `kill -9` and a power loss.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, params_from_iter};
+
+use super::{Arg, Row, Storage, Tx, Value};
+use crate::error::ApiError;
+
+const SCHEMA: &str = r"
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tenants (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    secret_hash TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL UNIQUE,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    role TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS org_policies (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE TABLE IF NOT EXISTS tenant_policies (
+    tenant_id TEXT PRIMARY KEY REFERENCES tenants(id),
+    text TEXT NOT NULL,
+    org_policy_id TEXT,
+    effective TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS intents (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    operations TEXT NOT NULL,
+    budget_cents INTEGER NOT NULL,
+    currency TEXT NOT NULL,
+    state TEXT NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    consumed_cents INTEGER NOT NULL DEFAULT 0,
+    reserved_cents INTEGER NOT NULL DEFAULT 0,
+    evidence_schema TEXT,
+    metadata TEXT,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    intent_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    intent_id TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    vendor TEXT,
+    agent TEXT NOT NULL,
+    agent_subject TEXT,
+    amount_cents INTEGER NOT NULL,
+    actual_cents INTEGER,
+    state TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    finalized_ms INTEGER,
+    complete_response TEXT
+);
+CREATE INDEX IF NOT EXISTS reservations_by_tenant ON reservations (tenant_id, created_ms);
+CREATE INDEX IF NOT EXISTS reservations_by_intent ON reservations (intent_id);
+CREATE INDEX IF NOT EXISTS reservations_open ON reservations (state, expires_ms);
+CREATE INDEX IF NOT EXISTS reservations_open_by_intent ON reservations (intent_id, state, expires_ms);
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    intent_id TEXT NOT NULL,
+    decision_id TEXT NOT NULL,
+    request_digest TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    vendor TEXT,
+    amount_cents INTEGER NOT NULL,
+    reason_codes TEXT NOT NULL,
+    state TEXT NOT NULL,
+    approvers TEXT NOT NULL,
+    quorum INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    token TEXT,
+    token_hash TEXT UNIQUE,
+    token_expires_ms INTEGER,
+    token_used_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals (tenant_id, state);
+CREATE TABLE IF NOT EXISTS idempotency (
+    tenant_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    route TEXT NOT NULL,
+    body_hash TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    tenant_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, seq)
+);
+";
+
+/// Columns added since the first schema, for databases created before them.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("reservations", "agent_subject", "TEXT")];
+
+/// Operations one commit takes at most, so that a steady stream of arrivals still
+/// commits (and answers) regularly.
+const MAX_BATCH: usize = 256;
+
+/// Opens (and if needed creates) the database.
+fn open_connection(storage: &Storage) -> Result<Connection, ApiError> {
+    let conn = match storage {
+        Storage::File(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    ApiError::internal(format_args!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            let conn = Connection::open(path)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            // The commit of a group is on disk before its operations are answered.
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            // Checkpoints (and their fsyncs) run on the Checkpointer's own
+            // connection, off the path of the requests.
+            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+            conn
+        }
+        Storage::Memory => Connection::open_in_memory()?,
+        Storage::Postgres(_) => {
+            return Err(ApiError::internal("a PostgreSQL URL is not a SQLite store"));
+        }
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(256);
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.execute_batch(SCHEMA)?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present: bool = conn
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+            ))?
+            .exists([column])?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
+struct Batch {
+    conn: Connection,
+    /// A group transaction is open.
+    open: bool,
+    /// The id of the open (or last) group.
+    id: u64,
+    /// Operations in the open group.
+    ops: usize,
+    /// The last group whose commit has finished.
+    committed: u64,
+    /// Recent groups whose commit failed, with why.
+    failed: VecDeque<(u64, String)>,
+}
+
+/// The SQLite store: one connection, group commit.
+pub(crate) struct SqliteStore {
+    batch: Mutex<Batch>,
+    done: Condvar,
+    /// Operations that have asked for the connection and not yet run.
+    arrivals: AtomicUsize,
+    _checkpointer: Option<Checkpointer>,
+}
+
+impl SqliteStore {
+    pub(crate) fn open(storage: &Storage) -> Result<Self, ApiError> {
+        let conn = open_connection(storage)?;
+        let checkpointer = match storage {
+            Storage::File(path) => Some(Checkpointer::start(
+                path,
+                std::time::Duration::from_millis(500),
+            )?),
+            _ => None,
+        };
+        Ok(Self {
+            batch: Mutex::new(Batch {
+                conn,
+                open: false,
+                id: 0,
+                ops: 0,
+                committed: 0,
+                failed: VecDeque::new(),
+            }),
+            done: Condvar::new(),
+            arrivals: AtomicUsize::new(0),
+            _checkpointer: checkpointer,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Batch> {
+        // Every path below leaves the batch consistent before it can panic (the
+        // operation itself runs under catch_unwind), so a poisoned lock is usable.
+        self.batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` in the current group transaction, in a savepoint of its own, and
+    /// returns once the group's commit is durable.
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        self.arrivals.fetch_add(1, Ordering::SeqCst);
+        let mut b = self.lock();
+        if !b.open {
+            if let Err(e) = b.conn.execute_batch("BEGIN IMMEDIATE") {
+                self.arrivals.fetch_sub(1, Ordering::SeqCst);
+                return Err(e.into());
+            }
+            b.open = true;
+            b.id += 1;
+            b.ops = 0;
+        }
+        let id = b.id;
+        b.ops += 1;
+        let out = match b.conn.execute_batch("SAVEPOINT op") {
+            Ok(()) => catch_unwind(AssertUnwindSafe(|| f(&b.conn))),
+            Err(e) => Ok(Err(e.into())),
+        };
+        let undo = if matches!(out, Ok(Ok(_))) {
+            "RELEASE op"
+        } else {
+            "ROLLBACK TO op; RELEASE op"
+        };
+        let savepoint = b.conn.execute_batch(undo);
+        let left = self.arrivals.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 || b.ops >= MAX_BATCH || savepoint.is_err() {
+            // The last operation in commits the group.
+            let commit = savepoint.and_then(|()| b.conn.execute_batch("COMMIT"));
+            if let Err(e) = &commit {
+                let _ = b.conn.execute_batch("ROLLBACK");
+                b.failed.push_back((id, e.to_string()));
+                if b.failed.len() > 64 {
+                    b.failed.pop_front();
+                }
+            }
+            b.open = false;
+            b.committed = id;
+            self.done.notify_all();
+        } else {
+            while b.committed < id {
+                b = self
+                    .done
+                    .wait(b)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        }
+        let failure = b
+            .failed
+            .iter()
+            .find(|(f, _)| *f == id)
+            .map(|(_, why)| why.clone());
+        drop(b);
+        match out {
+            Err(panic) => resume_unwind(panic),
+            Ok(Ok(_)) if failure.is_some() => Err(ApiError::internal(format_args!(
+                "storage: the commit failed: {}",
+                failure.unwrap_or_default()
+            ))),
+            Ok(result) => result,
+        }
+    }
+}
+
+impl rusqlite::ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Arg::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Arg::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
+            Arg::Text(t) => ToSqlOutput::Borrowed(ValueRef::Text(t.as_bytes())),
+            Arg::Blob(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+        })
+    }
+}
+
+impl Tx for Connection {
+    fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ApiError> {
+        let changed = self
+            .prepare_cached(sql)?
+            .execute(params_from_iter(args.iter()))?;
+        Ok(u64::try_from(changed).unwrap_or(u64::MAX))
+    }
+
+    fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, ApiError> {
+        let mut stmt = self.prepare_cached(sql)?;
+        let columns = stmt.column_count();
+        let mut rows = stmt.query(params_from_iter(args.iter()))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let mut values = Vec::with_capacity(columns);
+            for i in 0..columns {
+                values.push(match r.get_ref(i)? {
+                    ValueRef::Null => Value::Null,
+                    ValueRef::Integer(n) => Value::Int(n),
+                    // No column holds a real; a sum that did is an integer number of cents.
+                    #[allow(clippy::cast_possible_truncation)]
+                    ValueRef::Real(x) => Value::Int(x as i64),
+                    ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+                });
+            }
+            out.push(Row(values));
+        }
+        Ok(out)
+    }
+
+    fn lock_tenant(&self, _tenant_id: &str) -> Result<(), ApiError> {
+        // One connection, one writer: every transaction is already serialized.
+        Ok(())
+    }
+}
+
+/// A thread that copies the WAL back into the database file every `every`, on a
+/// connection of its own: a PASSIVE checkpoint never blocks the engine's writes,
+/// and its fsyncs do not land on a request. Stops when dropped.
+struct Checkpointer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path, every: std::time::Duration) -> rusqlite::Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("paybond-checkpoint".to_owned())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::park_timeout(every);
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| {
+                rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                    Some(format!("cannot start the checkpoint thread: {e}")),
+                )
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
