@@ -245,23 +245,36 @@ async fn http(dir: &std::path::Path) {
     }
 }
 
-fn in_process(label: &str, storage: Storage) {
-    let s = setup(storage);
-    let req = verify_request(&s);
-    let complete = CompleteRequest {
-        outcome: Finalization::Consumed,
-        actual_spend_cents: Some(1),
-    };
-    let mut lat = Vec::new();
+/// `threads` callers, each deciding in a loop on one shared engine.
+fn in_process(label: &str, storage: Storage, threads: usize) {
+    let s = Arc::new(setup(storage));
     let start = Instant::now();
-    while start.elapsed() < RUN_FOR {
-        let t = Instant::now();
-        let r = s.engine.verify(&s.agent, &req).unwrap();
-        s.engine
-            .complete(&s.agent, r.decision_id.unwrap(), &complete, None)
-            .unwrap();
-        lat.push(t.elapsed());
-    }
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let req = verify_request(&s);
+                let complete = CompleteRequest {
+                    outcome: Finalization::Consumed,
+                    actual_spend_cents: Some(1),
+                };
+                let mut lat = Vec::new();
+                while start.elapsed() < RUN_FOR {
+                    let t = Instant::now();
+                    let r = s.engine.verify(&s.agent, &req).unwrap();
+                    s.engine
+                        .complete(&s.agent, r.decision_id.unwrap(), &complete, None)
+                        .unwrap();
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let lat = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     print(label, &stats(lat, start.elapsed()));
 }
 
@@ -274,11 +287,18 @@ fn main() {
         "decisions = verify + complete(consumed); {RUN_FOR:?} per row; 2-worker tokio runtime for HTTP\n"
     );
     if runs("in-process") {
-        in_process(
-            "in process, SQLite file (WAL)",
-            Storage::File(dir.path().join("engine.db")),
-        );
-        in_process("in process, SQLite in memory", Storage::Memory);
+        for threads in [1, 16] {
+            in_process(
+                &format!("in process, SQLite file, {threads:>2} thread(s)"),
+                Storage::File(dir.path().join(format!("engine-{threads}.db"))),
+                threads,
+            );
+            in_process(
+                &format!("in process, SQLite memory, {threads:>2} thread(s)"),
+                Storage::Memory,
+                threads,
+            );
+        }
     }
     if !runs("http") {
         return;

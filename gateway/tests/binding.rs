@@ -326,6 +326,8 @@ fn cases() -> Vec<Case> {
 enum Via {
     Embedded,
     Http,
+    /// Over HTTP, on a PostgreSQL store.
+    HttpOnPostgres,
 }
 
 struct Setup {
@@ -337,7 +339,10 @@ struct Setup {
 
 impl Setup {
     async fn new(controls: &str, budget: u64, via: Via) -> Self {
-        let mut config = EngineConfig::new(Storage::Memory);
+        let mut config = match via {
+            Via::HttpOnPostgres => common::pg_config().expect("checked by the caller"),
+            _ => EngineConfig::new(Storage::Memory),
+        };
         config.clock = Clock::manual(START_MS);
         config.default_org_policy = None;
         config.default_tenant_policy = Some(PolicyFile {
@@ -348,7 +353,7 @@ impl Setup {
         let (intent, token) = fx.intent(budget);
         let base = match via {
             Via::Embedded => None,
-            Via::Http => Some(common::serve(fx.engine.clone()).await),
+            Via::Http | Via::HttpOnPostgres => Some(common::serve(fx.engine.clone()).await),
         };
         Self {
             fx,
@@ -476,6 +481,13 @@ async fn no_optional_field_loosens_a_control_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_optional_field_loosens_a_control_over_http() {
     run_table(Via::Http).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_optional_field_loosens_a_control_on_postgres() {
+    if common::pg_database().is_some() {
+        run_table(Via::HttpOnPostgres).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

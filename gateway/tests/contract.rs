@@ -225,7 +225,24 @@ fn bootstrap_request() -> SandboxBootstrapRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded() {
-    let fx = Fixture::new();
+    embedded_on(Fixture::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_on_postgres() {
+    if let Some(config) = common::pg_config() {
+        embedded_on(Fixture::with_config(config)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_on_postgres() {
+    if let Some(config) = common::pg_config() {
+        over_http_on(Fixture::with_config(config)).await;
+    }
+}
+
+async fn embedded_on(fx: Fixture) {
     let gw = fx.gateway();
     let a = gw.bootstrap_sandbox(&bootstrap_request()).await.unwrap();
     let b = gw.bootstrap_sandbox(&bootstrap_request()).await.unwrap();
@@ -252,7 +269,10 @@ async fn embedded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_http() {
-    let fx = Fixture::new();
+    over_http_on(Fixture::new()).await;
+}
+
+async fn over_http_on(fx: Fixture) {
     let base = common::serve(fx.engine.clone()).await;
     let gw = HttpGateway::builder(&base, fx.keys.agent.clone())
         .build()

@@ -104,3 +104,46 @@ pub async fn call(
     let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     (status, json)
 }
+
+/// A new, empty PostgreSQL database for one test, on the cluster that `.ci/test`
+/// starts (`PAYBOND_TEST_DATABASE_URL`). `None` only when `PAYBOND_SKIP_POSTGRES=1`:
+/// the test then says it was skipped.
+pub fn pg_database() -> Option<paybond_gateway::DatabaseUrl> {
+    let Ok(base) = std::env::var("PAYBOND_TEST_DATABASE_URL") else {
+        if std::env::var("PAYBOND_SKIP_POSTGRES").as_deref() == Ok("1") {
+            eprintln!("skipped: this test needs PostgreSQL and PAYBOND_SKIP_POSTGRES=1");
+            return None;
+        }
+        panic!(
+            "this test needs PostgreSQL: run the tests with `bash .ci/test` (it starts a \
+             throwaway cluster), or set PAYBOND_TEST_DATABASE_URL, or skip it with \
+             PAYBOND_SKIP_POSTGRES=1"
+        );
+    };
+    let name = format!("t_{}", Uuid::new_v4().simple());
+    let admin = base.clone();
+    let create = format!("CREATE DATABASE {name}");
+    // Its own thread and runtime: callers may be sync or async.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client.batch_execute(&create).await.unwrap();
+        });
+    })
+    .join()
+    .unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    Some(paybond_gateway::DatabaseUrl::parse(&format!("{prefix}/{name}")).unwrap())
+}
+
+/// An engine configuration on a new PostgreSQL database (see [`pg_database`]).
+pub fn pg_config() -> Option<EngineConfig> {
+    pg_database().map(|url| EngineConfig::new(Storage::Postgres(url)))
+}
