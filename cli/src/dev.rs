@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use paybond_gateway::{Engine, EngineConfig, PolicyFile, Storage, database_path};
+use paybond_gateway::{DatabaseUrl, Engine, EngineConfig, PolicyFile, Storage, database_path};
 use paybond_middleware_core::wire::Environment;
 
 use crate::{Outcome, envfile, usage_error};
@@ -24,9 +24,13 @@ pub(crate) struct Loop {
     /// Port on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 8787)]
     port: u16,
-    /// Where the gateway keeps its state.
+    /// Where the gateway keeps its state (a SQLite database in this directory).
     #[arg(long, env = "PAYBOND_DATA_DIR", default_value = ".paybond")]
     data_dir: PathBuf,
+    /// Keep the state in PostgreSQL instead (`postgres://user@host:port/db`): several
+    /// replicas on one database share tenants, keys, budgets, approvals and ledger.
+    #[arg(long, env = "PAYBOND_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// The tenant's policy [default: policies/tenant-overlay.policy.yaml, built in].
     #[arg(long)]
     policy_file: Option<PathBuf>,
@@ -74,7 +78,18 @@ fn dev_loop(a: &Loop) -> Outcome {
             Ok(p) => p,
             Err(o) => return o,
         };
-    let mut config = EngineConfig::new(Storage::File(database_path(&a.data_dir)));
+    let storage = match &a.database_url {
+        None => Storage::File(database_path(&a.data_dir)),
+        Some(url) => match DatabaseUrl::parse(url) {
+            Ok(url) => Storage::Postgres(url),
+            Err(e) => return usage_error(format!("--database-url: {}", e.message)),
+        },
+    };
+    let place = match &storage {
+        Storage::Postgres(url) => url.to_string(),
+        _ => a.data_dir.display().to_string(),
+    };
+    let mut config = EngineConfig::new(storage);
     config.reservation_ttl_ms =
         i64::try_from(a.reservation_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     config.default_org_policy = Some(org.clone());
@@ -82,11 +97,7 @@ fn dev_loop(a: &Loop) -> Outcome {
     let engine = match Engine::open(config) {
         Ok(e) => Arc::new(e),
         Err(e) => {
-            return usage_error(format!(
-                "cannot open the data dir {}: {}",
-                a.data_dir.display(),
-                e.message
-            ));
+            return usage_error(format!("cannot open the store {place}: {}", e.message));
         }
     };
 
@@ -177,7 +188,7 @@ fn dev_loop(a: &Loop) -> Outcome {
                 "kept in"
             },
             a.env_file.display(),
-            a.data_dir.display()
+            place
         );
         let sweeper =
             paybond_gateway::server::spawn_sweeper(engine.clone(), Duration::from_secs(1));

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
-use paybond_gateway::{Engine, EngineConfig, Storage, database_path};
+use paybond_gateway::{DatabaseUrl, Engine, EngineConfig, Storage, database_path};
 use paybond_middleware_core::wire::{ApprovalStatus, ErrorBody};
 use serde_json::Value;
 
@@ -59,11 +59,14 @@ pub(crate) enum ApprovalsCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum LedgerCommand {
-    /// Check every hash chain in a gateway's data dir (offline).
+    /// Check every hash chain in a gateway's store (offline).
     Verify {
         /// The gateway's data dir.
         #[arg(long, env = "PAYBOND_DATA_DIR", default_value = ".paybond")]
         data_dir: PathBuf,
+        /// A fleet's PostgreSQL database instead of a data dir.
+        #[arg(long, env = "PAYBOND_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -220,16 +223,29 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Outcome {
 }
 
 pub(crate) fn ledger(cmd: LedgerCommand) -> Outcome {
-    let LedgerCommand::Verify { data_dir, format } = cmd;
-    let db = database_path(&data_dir);
-    if !db.exists() {
-        return usage_error(format!(
-            "no gateway data in {} (expected {})",
-            data_dir.display(),
-            db.display()
-        ));
-    }
-    let mut config = EngineConfig::new(Storage::File(db));
+    let LedgerCommand::Verify {
+        data_dir,
+        database_url,
+        format,
+    } = cmd;
+    let storage = match database_url {
+        Some(url) => match DatabaseUrl::parse(&url) {
+            Ok(url) => Storage::Postgres(url),
+            Err(e) => return usage_error(format!("--database-url: {}", e.message)),
+        },
+        None => {
+            let db = database_path(&data_dir);
+            if !db.exists() {
+                return usage_error(format!(
+                    "no gateway data in {} (expected {})",
+                    data_dir.display(),
+                    db.display()
+                ));
+            }
+            Storage::File(db)
+        }
+    };
+    let mut config = EngineConfig::new(storage);
     config.default_org_policy = None;
     config.default_tenant_policy = None;
     let check = match Engine::open(config).and_then(|e| e.verify_ledger()) {
