@@ -243,7 +243,7 @@ fn replicas_share_one_budget_and_one_ledger_and_survive_sigkill() {
                         continue;
                     };
                     acked.lock().await.allowed.push((id, intent, amount));
-                    let outcome = if i % 4 == 0 {
+                    let outcome = if i.is_multiple_of(4) {
                         Finalization::Released
                     } else {
                         Finalization::Consumed

@@ -1,10 +1,12 @@
 //! Decision throughput and latency: `cargo bench -p paybond-gateway --bench decisions`.
 //!
-//! - Over loopback HTTP at 1 and 16 concurrent clients: verify + complete per
-//!   decision, next to a bare axum handler answering a fixed JSON body to the same
-//!   two requests (the floor), measured in the same run.
-//! - In process: `Engine::verify` + `Engine::complete` on the SQLite file store and
-//!   on the in-memory store.
+//! - In process (`-- in-process`): `Engine::verify` + `Engine::complete` by 1 and 16
+//!   threads on the SQLite file store (durable) and the in-memory store.
+//! - Over loopback HTTP (`-- http`), 16 connections: the server's `/healthz` (the
+//!   floor), verify alone, and verify + complete, in the same run.
+//! - PostgreSQL (`-- postgres`, on `PAYBOND_BENCH_DATABASE_URL` or
+//!   `PAYBOND_TEST_DATABASE_URL`): in process, then over HTTP with one replica and
+//!   with three replicas on one database.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)] // a bench binary
 
@@ -29,13 +31,18 @@ struct Setup {
     token: CapabilityToken,
 }
 
-fn setup(storage: Storage) -> Setup {
+fn bench_config(storage: Storage) -> EngineConfig {
     let mut config = EngineConfig::new(storage);
     config.default_org_policy = None;
     config.default_tenant_policy = Some(PolicyFile {
         text: POLICY.into(),
         file: "bench.yaml".into(),
     });
+    config
+}
+
+fn setup(storage: Storage) -> Setup {
+    let config = bench_config(storage);
     let engine = Arc::new(Engine::open(config).unwrap());
     let keys = engine.create_tenant("bench", Environment::Sandbox).unwrap();
     let agent = engine.authenticate(keys.agent.expose_secret()).unwrap();
@@ -132,50 +139,58 @@ where
     stats(all, start.elapsed())
 }
 
-async fn http(dir: &std::path::Path) {
-    let s = Arc::new(setup(Storage::File(dir.join("http.db"))));
+async fn serve(engine: Arc<Engine>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(paybond_gateway::server::serve(
         listener,
-        s.engine.clone(),
+        engine,
         std::future::pending(),
     ));
+    base
+}
 
-    // The floor: the same two POSTs with JSON bodies, answered by a handler doing nothing.
-    let floor = axum::Router::new().route(
-        "/floor",
-        axum::routing::post(|_body: axum::body::Bytes| async {
-            (
-                [("content-type", "application/json")],
-                r#"{"allow":true,"decision_id":"00000000-0000-0000-0000-000000000000"}"#,
-            )
-        }),
-    );
-    let floor_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let floor_base = format!("http://{}", floor_listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(floor_listener, floor).await });
-
+/// Over loopback HTTP, `CLIENTS` connections spread over `bases` (one per replica):
+/// `/healthz`, verify alone, and verify + complete.
+async fn http(label: &str, s: &Setup, bases: Vec<String>) {
+    const CLIENTS: usize = 16;
     let client = reqwest::Client::new();
-    let verify_body = serde_json::to_vec(&verify_request(&s)).unwrap();
+    let verify_body = serde_json::to_vec(&verify_request(s)).unwrap();
     let complete_body = serde_json::to_vec(&CompleteRequest {
         outcome: Finalization::Consumed,
         actual_spend_cents: Some(1),
     })
     .unwrap();
-    for clients in [1, 16] {
-        let (c, b, key, vb, cb) = (
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let pick = move |bases: &[String]| {
+        bases[next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % bases.len()].clone()
+    };
+
+    let (c, b, p) = (client.clone(), bases.clone(), pick.clone());
+    let health = drive(CLIENTS, move || {
+        let (c, base) = (c.clone(), p(&b));
+        async move {
+            let r = c.get(format!("{base}/healthz")).send().await.unwrap();
+            assert!(r.status().is_success());
+            let _ = r.bytes().await.unwrap();
+        }
+    })
+    .await;
+
+    let verify = |complete: bool| {
+        let (c, b, p, key, vb, cb) = (
             client.clone(),
-            base.clone(),
+            bases.clone(),
+            pick.clone(),
             s.agent_key.clone(),
             verify_body.clone(),
             complete_body.clone(),
         );
-        let gateway = drive(clients, move || {
-            let (c, b, key, vb, cb) = (c.clone(), b.clone(), key.clone(), vb.clone(), cb.clone());
+        move || {
+            let (c, base, key, vb, cb) = (c.clone(), p(&b), key.clone(), vb.clone(), cb.clone());
             async move {
                 let r: serde_json::Value = c
-                    .post(format!("{b}/verify"))
+                    .post(format!("{base}/verify"))
                     .bearer_auth(&key)
                     .header("content-type", "application/json")
                     .body(vb)
@@ -186,68 +201,39 @@ async fn http(dir: &std::path::Path) {
                     .await
                     .unwrap();
                 assert_eq!(r["allow"], true, "{r}");
-                let id = r["decision_id"].as_str().unwrap();
-                let done = c
-                    .post(format!("{b}/v1/spend/decisions/{id}/complete"))
-                    .bearer_auth(&key)
-                    .header("content-type", "application/json")
-                    .body(cb)
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(done.status().is_success());
+                if complete {
+                    let id = r["decision_id"].as_str().unwrap();
+                    let done = c
+                        .post(format!("{base}/v1/spend/decisions/{id}/complete"))
+                        .bearer_auth(&key)
+                        .header("content-type", "application/json")
+                        .body(cb)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(done.status().is_success());
+                }
             }
-        })
-        .await;
-        let (c, fb, vb, cb) = (
-            client.clone(),
-            floor_base.clone(),
-            verify_body.clone(),
-            complete_body.clone(),
-        );
-        let floor = drive(clients, move || {
-            let (c, fb, vb, cb) = (c.clone(), fb.clone(), vb.clone(), cb.clone());
-            async move {
-                let r = c
-                    .post(format!("{fb}/floor"))
-                    .header("content-type", "application/json")
-                    .body(vb)
-                    .send()
-                    .await
-                    .unwrap();
-                let _ = r.bytes().await.unwrap();
-                let r = c
-                    .post(format!("{fb}/floor"))
-                    .header("content-type", "application/json")
-                    .body(cb)
-                    .send()
-                    .await
-                    .unwrap();
-                let _ = r.bytes().await.unwrap();
-            }
-        })
-        .await;
-        print(
-            &format!("http, {clients:>2} client(s): gateway verify+complete"),
-            &gateway,
-        );
-        print(
-            &format!("http, {clients:>2} client(s): bare axum floor (2 POSTs)"),
-            &floor,
-        );
-        println!(
-            "{:<44} {:>9.2}x throughput of the floor, p50 {:.1}x, p99 {:.1}x",
-            "  ratio",
-            gateway.per_sec / floor.per_sec,
-            gateway.p50_us as f64 / floor.p50_us.max(1) as f64,
-            gateway.p99_us as f64 / floor.p99_us.max(1) as f64
-        );
-    }
+        }
+    };
+    let alone = drive(CLIENTS, verify(false)).await;
+    let both = drive(CLIENTS, verify(true)).await;
+    print(&format!("http {label}: GET /healthz"), &health);
+    print(&format!("http {label}: verify"), &alone);
+    print(&format!("http {label}: verify + complete"), &both);
+    println!(
+        "{:<44} {:>9.2}x the /healthz throughput (verify alone)\n",
+        "  ratio",
+        alone.per_sec / health.per_sec,
+    );
 }
 
 /// `threads` callers, each deciding in a loop on one shared engine.
 fn in_process(label: &str, storage: Storage, threads: usize) {
-    let s = Arc::new(setup(storage));
+    in_process_on(label, Arc::new(setup(storage)), threads);
+}
+
+fn in_process_on(label: &str, s: Arc<Setup>, threads: usize) {
     let start = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|_| {
@@ -300,13 +286,43 @@ fn main() {
             );
         }
     }
-    if !runs("http") {
-        return;
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(http(dir.path()));
+    if runs("http") {
+        rt.block_on(async {
+            let s = setup(Storage::File(dir.path().join("http.db")));
+            let base = serve(s.engine.clone()).await;
+            http("SQLite file, 16 conns", &s, vec![base]).await;
+        });
+    }
+    if runs("postgres") {
+        // A database of the cluster `.ci/postgres start` runs (its URL in the environment).
+        let Some(url) = std::env::var("PAYBOND_BENCH_DATABASE_URL")
+            .or_else(|_| std::env::var("PAYBOND_TEST_DATABASE_URL"))
+            .ok()
+        else {
+            println!(
+                "postgres: skipped (set PAYBOND_BENCH_DATABASE_URL or PAYBOND_TEST_DATABASE_URL)"
+            );
+            return;
+        };
+        let url = paybond_gateway::DatabaseUrl::parse(&url).unwrap();
+        let s = setup(Storage::Postgres(url.clone()));
+        in_process_on("in process, PostgreSQL, 16 thread(s)", Arc::new(s), 16);
+        rt.block_on(async {
+            let s = setup(Storage::Postgres(url.clone()));
+            let one = serve(s.engine.clone()).await;
+            http("PostgreSQL, 1 replica, 16 conns", &s, vec![one.clone()]).await;
+            let mut bases = vec![one];
+            for _ in 0..2 {
+                let replica =
+                    Arc::new(Engine::open(bench_config(Storage::Postgres(url.clone()))).unwrap());
+                bases.push(serve(replica).await);
+            }
+            http("PostgreSQL, 3 replicas, 16 conns", &s, bases).await;
+        });
+    }
 }

@@ -24,7 +24,50 @@ pub fn sort_keys(value: Value) -> Value {
 
 /// The canonical JSON text of `value`.
 pub fn canonical_json(value: &Value) -> String {
-    sort_keys(value.clone()).to_string()
+    let mut out = String::new();
+    write_canonical(&mut out, value);
+    out
+}
+
+/// Appends the canonical JSON text of `value` to `out`, without copying `value`.
+pub fn write_canonical(out: &mut String, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json_string(out, k);
+                out.push(':');
+                write_canonical(out, v);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(out, v);
+            }
+            out.push(']');
+        }
+        Value::String(s) => write_json_string(out, s),
+        // Null, booleans and numbers print the same in every build.
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Appends `s` as a JSON string literal (quoted and escaped as serde_json does).
+pub fn write_json_string(out: &mut String, s: &str) {
+    // A String has no I/O error to report and serde_json escapes valid UTF-8 only.
+    if let Ok(text) = serde_json::to_string(s) {
+        out.push_str(&text);
+    }
 }
 
 #[cfg(test)]
@@ -44,5 +87,11 @@ mod tests {
             canonical_json(&Value::Object(outer)),
             r#"{"c":null,"m":{"a":[{"b":2,"y":1}],"z":1}}"#
         );
+    }
+
+    #[test]
+    fn writing_matches_sorting_then_printing() {
+        let v = json!({"é\"q": [1.5, -2, true, null, {"k": "\u{1F600}\n", "a": {}}], "": []});
+        assert_eq!(canonical_json(&v), sort_keys(v.clone()).to_string());
     }
 }

@@ -28,7 +28,7 @@ mod resolve;
 mod tool;
 mod validate;
 
-pub use canonical::{canonical_json, sort_keys};
+pub use canonical::{canonical_json, sort_keys, write_canonical, write_json_string};
 pub use document::{
     ActiveHours, AdapterSection, Approval, Budget, CapScope, CapWindow, DataControls, Extends,
     Gates, IntentSection, Overrides, Phases, PolicyBinding, PolicyDocument, RollingCap, SCHEMA_ID,

@@ -7,7 +7,7 @@
 
 use crate::store::{Tx, args};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::tokens::sha256_hex;
@@ -65,18 +65,41 @@ pub(crate) fn entry_hash(
     at_ms: i64,
     prev_hash: &str,
 ) -> String {
-    let canonical = json!({
-        "tenant_id": tenant_id,
-        "seq": seq,
-        "event": event,
-        "payload": payload,
-        "at_ms": at_ms,
-        "prev_hash": prev_hash,
-    });
-    sha256_hex(paybond_policies::canonical_json(&canonical).as_bytes())
+    let mut text = String::new();
+    paybond_policies::write_canonical(&mut text, payload);
+    hash_of(tenant_id, seq, event, &text, at_ms, prev_hash)
 }
 
-/// Appends an entry to `tenant_id`'s chain inside the caller's transaction.
+/// The entry hash from the payload's canonical text: the canonical JSON of
+/// `{tenant_id, seq, event, payload, at_ms, prev_hash}`, written in sorted key order.
+fn hash_of(
+    tenant_id: &str,
+    seq: u64,
+    event: &str,
+    payload: &str,
+    at_ms: i64,
+    prev_hash: &str,
+) -> String {
+    use paybond_policies::write_json_string as string;
+    let mut text = String::with_capacity(payload.len() + 192);
+    text.push_str("{\"at_ms\":");
+    text.push_str(&at_ms.to_string());
+    text.push_str(",\"event\":");
+    string(&mut text, event);
+    text.push_str(",\"payload\":");
+    text.push_str(payload);
+    text.push_str(",\"prev_hash\":");
+    string(&mut text, prev_hash);
+    text.push_str(",\"seq\":");
+    text.push_str(&seq.to_string());
+    text.push_str(",\"tenant_id\":");
+    string(&mut text, tenant_id);
+    text.push('}');
+    sha256_hex(text.as_bytes())
+}
+
+/// Appends an entry to `tenant_id`'s chain inside the caller's transaction. The
+/// payload is stored as its canonical text, the same bytes the hash covers.
 pub(crate) fn append(
     tx: &dyn Tx,
     tenant_id: &str,
@@ -90,19 +113,13 @@ pub(crate) fn append(
         ..
     } = tip(tx, tenant_id)?;
     let seq = prev_seq + 1;
-    let hash = entry_hash(tenant_id, seq, event, &payload, at_ms, &prev_hash);
+    let mut text = String::new();
+    paybond_policies::write_canonical(&mut text, &payload);
+    let hash = hash_of(tenant_id, seq, event, &text, at_ms, &prev_hash);
     tx.execute(
         "INSERT INTO ledger (tenant_id, seq, event, payload, at_ms, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        args![
-            tenant_id,
-            seq,
-            event,
-            payload.to_string(),
-            at_ms,
-            prev_hash,
-            hash
-        ],
+        args![tenant_id, seq, event, text, at_ms, prev_hash, hash],
     )?;
     Ok(())
 }
@@ -245,4 +262,31 @@ pub fn verify_events(tenant_id: &str, events: &[LedgerEvent]) -> Result<(), Stri
         prev.clone_from(&e.hash);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_entry_hash_is_over_the_canonical_json_of_the_entry() {
+        let payload = json!({"z": [1, {"b": "\u{e9}", "a": null}], "decision_id": "d"});
+        let whole = json!({
+            "tenant_id": "tnt_1", "seq": 7, "event": "decision.allow",
+            "payload": payload, "at_ms": 1_700_000_000_000_i64, "prev_hash": GENESIS,
+        });
+        assert_eq!(
+            entry_hash(
+                "tnt_1",
+                7,
+                "decision.allow",
+                &payload,
+                1_700_000_000_000,
+                GENESIS
+            ),
+            sha256_hex(paybond_policies::canonical_json(&whole).as_bytes())
+        );
+    }
 }

@@ -669,11 +669,10 @@ impl Engine {
                     report.intents_closed += 1;
                 }
             }
-            report.idempotency_keys_dropped = u64::try_from(tx.execute(
+            report.idempotency_keys_dropped = tx.execute(
                 "DELETE FROM idempotency WHERE created_ms <= ?1",
                 args![now - retention],
-            )?)
-            .unwrap_or(0);
+            )?;
             Ok(report)
         })
     }

@@ -400,11 +400,11 @@ impl Engine {
     /// The tenant named `name`, if any.
     pub fn tenant_by_name(&self, name: &str) -> Result<Option<String>, ApiError> {
         self.tx(|tx, _| {
-            Ok(tx.query_opt(
+            tx.query_opt(
                 "SELECT id FROM tenants WHERE name = ?1 ORDER BY created_ms LIMIT 1",
                 args![name],
                 |r| r.get(0),
-            )?)
+            )
         })
     }
 
@@ -446,12 +446,12 @@ impl Engine {
             return Ok(p.clone());
         }
         let row: Option<(String, String, String, String, String)> = self.tx(|tx, _| {
-            Ok(tx.query_opt(
+            tx.query_opt(
                 "SELECT k.key_id, k.tenant_id, k.role, k.subject, t.environment
                      FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.secret_hash = ?1",
                 args![hash],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )?)
+            )
         })?;
         let Some((key_id, tenant_id, role, subject, env)) = row else {
             return Err(ApiError::unauthorized("the API key is not valid"));
@@ -564,11 +564,11 @@ impl Engine {
             .map(|e| e.org_policy_id.clone());
         let base: Option<String> = match &org_id {
             Some(id) => self.tx(|tx, _| {
-                Ok(tx.query_opt(
+                tx.query_opt(
                     "SELECT text FROM org_policies WHERE tenant_id = ?1 AND id = ?2",
                     args![tenant_id, id],
                     |r| r.get(0),
-                )?)
+                )
             })?,
             None => None,
         };
@@ -678,13 +678,12 @@ impl Engine {
             }
         }
         let row: Option<(String, String, u64, Option<String>)> = self.tx(|tx, _| {
-            Ok(tx
+            tx
                 .query_opt(
                     "SELECT effective, digest, version, org_policy_id FROM tenant_policies WHERE tenant_id = ?1",
                     args![tenant_id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
-                ?)
         })?;
         let Some((effective, digest, version, org_policy_id)) = row else {
             return Ok(None);
@@ -729,11 +728,11 @@ impl Engine {
     /// Reservations not yet finalized (and not past their TTL).
     pub fn open_reservations(&self) -> Result<u64, ApiError> {
         self.tx(|tx, now| {
-            Ok(tx.query_one(
+            tx.query_one(
                 "SELECT COUNT(*) FROM reservations WHERE state = 'open' AND expires_ms > ?1",
                 args![now],
                 |r| r.get(0),
-            )?)
+            )
         })
     }
 

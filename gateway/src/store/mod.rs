@@ -236,10 +236,10 @@ impl Row {
     /// Column `i` as a `T`; a stored value of another type is a storage error.
     pub(crate) fn get<T: FromValue>(&self, i: usize) -> Result<T, ApiError> {
         let v = self.0.get(i).cloned().unwrap_or(Value::Null);
-        let shown = format!("{v:?}");
         T::from_value(v).ok_or_else(|| {
             ApiError::internal(format_args!(
-                "storage: column {i} holds {shown}, not a {}",
+                "storage: column {i} holds {:?}, not a {}",
+                self.0.get(i),
                 std::any::type_name::<T>()
             ))
         })
@@ -293,6 +293,7 @@ impl dyn Tx + '_ {
 }
 
 /// The engine's store: SQLite (one file or memory) or PostgreSQL.
+#[allow(clippy::large_enum_variant)] // one per engine, never moved after it opens
 pub(crate) enum Store {
     Sqlite(sqlite::SqliteStore),
     Postgres(postgres::PgStore),

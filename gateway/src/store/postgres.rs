@@ -113,7 +113,6 @@ CREATE TABLE reservations (
     complete_response TEXT
 );
 CREATE INDEX reservations_by_tenant ON reservations (tenant_id, created_ms);
-CREATE INDEX reservations_by_intent ON reservations (intent_id);
 CREATE INDEX reservations_open ON reservations (state, expires_ms);
 CREATE INDEX reservations_open_by_intent ON reservations (intent_id, state, expires_ms);
 CREATE TABLE approvals (
