@@ -1,8 +1,8 @@
 //! The Paybond gateway: the decision engine behind `PaybondAgentRun`.
 //!
-//! One [`Engine`] on SQLite decides every paid tool call (DESIGN §4): capability
-//! token, operation, intent, policy, caps, rate limits, schedule, gates, approval
-//! threshold, first failure wins. Use it in process through [`EmbeddedGateway`] (a
+//! One [`Engine`], on SQLite or (for a fleet of replicas) PostgreSQL, decides every
+//! paid tool call: capability token, operation, intent, policy, caps, rate limits,
+//! schedule, gates, approval threshold, first failure wins. Use it in process through [`EmbeddedGateway`] (a
 //! `SpendGateway`), or serve it over HTTP with [`server::serve`]
 //! (`paybond dev loop --offline` does).
 //!

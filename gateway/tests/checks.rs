@@ -509,3 +509,70 @@ fn publishing_refuses_widening_overlays_and_org_bases_are_per_tenant() {
         Some(5000.0)
     );
 }
+
+#[test]
+fn rolling_cap_counters_follow_every_finalization_and_a_cap_added_later() {
+    let (fx, clock, intent, token) = setup(
+        "  caps:\n    - {scope: tenant, window: day, limit_cents: 10000, timezone: UTC}\n",
+        1_000_000,
+    );
+    let c = Call {
+        fx: &fx,
+        intent,
+        token,
+    };
+    let complete = |id, outcome, actual| {
+        fx.engine
+            .complete(
+                &fx.agent,
+                id,
+                &CompleteRequest {
+                    outcome,
+                    actual_spend_cents: actual,
+                },
+                None,
+            )
+            .unwrap()
+    };
+    // 6000 reserved, settled at 2000: the cap counts 2000.
+    let first = c.verify(&c.req(6_000));
+    complete(
+        first.decision_id.unwrap(),
+        Finalization::Consumed,
+        Some(2_000),
+    );
+    assert_eq!(c.codes(8_001), ["daily_tenant_cap_exceeded"]);
+    // 5000 reserved then released: counted while open, not after.
+    let second = c.verify(&c.req(5_000));
+    assert_eq!(c.codes(3_001), ["daily_tenant_cap_exceeded"]);
+    complete(second.decision_id.unwrap(), Finalization::Released, None);
+    assert_eq!(c.codes(8_001), ["daily_tenant_cap_exceeded"]);
+    // 7000 left open past its TTL: out of the count before the sweep and after it.
+    assert!(c.verify(&c.req(7_000)).allow);
+    assert_eq!(c.codes(1_001), ["daily_tenant_cap_exceeded"]);
+    clock.advance_ms(5 * 60_000);
+    let fill = c.verify(&c.req(8_000));
+    assert!(fill.allow, "{fill:?}");
+    assert_eq!(c.codes(1), ["daily_tenant_cap_exceeded"]);
+    // The sweep expires it; it is not taken off a second time.
+    assert_eq!(fx.engine.sweep().unwrap().reservations_expired, 1);
+    assert_eq!(c.codes(1), ["daily_tenant_cap_exceeded"]);
+    complete(fill.decision_id.unwrap(), Finalization::Released, None);
+    // A vendor cap published now counts what this vendor spent today already.
+    let with_vendor_cap = policy(
+        "  caps:\n    - {scope: tenant, window: day, limit_cents: 10000, timezone: UTC}\n    - {scope: vendor, key: vendor_acme, window: day, limit_cents: 3000, timezone: UTC}\n",
+    );
+    fx.engine
+        .publish_tenant_policy_text(
+            &fx.keys.tenant_id,
+            &PolicyFile {
+                text: with_vendor_cap,
+                file: "test.yaml".to_owned(),
+            },
+        )
+        .unwrap();
+    assert_eq!(c.codes(1_001), ["daily_vendor_cap_exceeded"]);
+    let last = c.verify(&c.req(1_000));
+    assert!(last.allow, "{last:?}");
+    assert_eq!(c.codes(1), ["daily_vendor_cap_exceeded"]);
+}

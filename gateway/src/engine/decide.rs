@@ -10,6 +10,7 @@ use paybond_policies::{CapScope, CapWindow, PolicyDocument, ToolPolicy};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::engine::counters::{self, Bucket, Counted};
 use crate::engine::{EffectivePolicy, Engine, ledger};
 use crate::error::ApiError;
 use crate::store::{Tx, args};
@@ -191,11 +192,6 @@ fn tool_limits(doc: &PolicyDocument, tools: &[String]) -> ToolLimits {
     limits
 }
 
-/// Spend counted against a scope: consumed amounts plus open, unexpired reservations.
-const SPENT: &str =
-    "CAST(COALESCE(SUM(CASE WHEN state = 'open' AND expires_ms > ?1 THEN amount_cents
-     WHEN state = 'consumed' THEN actual_cents ELSE 0 END), 0) AS BIGINT)";
-
 impl Engine {
     /// `POST /verify`: decides whether the call may run, and reserves its amount if so.
     pub fn verify(
@@ -314,6 +310,18 @@ impl Engine {
                 tx.execute(
                     "UPDATE intents SET reserved_cents = reserved_cents + ?2 WHERE id = ?1",
                     args![call.intent, call.amount],
+                )?;
+                counters::adjust(
+                    tx,
+                    &Counted {
+                        tenant: call.tenant,
+                        created_ms: now,
+                        agent: call.agent,
+                        agent_subject: call.agent_subject,
+                        vendor: call.vendor,
+                        tool: &call.tool,
+                    },
+                    i64::try_from(call.amount).unwrap_or(i64::MAX),
                 )?;
                 if let Some(approval_id) = &approval {
                     tx.execute(
@@ -564,16 +572,19 @@ impl Engine {
                 }
             }
         }
-        // 8. Rate limits, per bound tool.
+        // 8. Rate limits, per bound tool: at most `limit` rows of the hour are read
+        // (the (tenant, tool, created_ms) index), however busy the tool is.
         for (tool, limit) in &limits.per_hour {
-            let (count, oldest): (u64, Option<i64>) = tx.query_one(
-                "SELECT COUNT(*), MIN(created_ms) FROM reservations
-                 WHERE tenant_id = ?1 AND tool = ?2 AND created_ms > ?3",
-                args![call.tenant, tool, now - 3_600_000],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+            let recent: Vec<i64> = tx.query_map(
+                "SELECT created_ms FROM reservations
+                 WHERE tenant_id = ?1 AND tool = ?2 AND created_ms > ?3
+                 ORDER BY created_ms LIMIT ?4",
+                args![call.tenant, tool, now - 3_600_000, *limit],
+                |r| r.get(0),
             )?;
-            if count >= u64::from(*limit) {
-                let wait_ms = oldest.map_or(0, |o| o + 3_600_000 - now).max(1000);
+            if recent.len() >= usize::try_from(*limit).unwrap_or(usize::MAX) {
+                let oldest = recent.first().copied().unwrap_or(now);
+                let wait_ms = (oldest + 3_600_000 - now).max(1000);
                 return Ok(Verdict::Deny {
                     code: "rate_limited",
                     message: format!("`{tool}` is limited to {limit} calls per hour"),
@@ -776,17 +787,6 @@ impl Engine {
     }
 }
 
-/// A set of reservations a rolling cap counts.
-enum Bucket<'a> {
-    Tenant,
-    /// Every reservation of an API key's subject.
-    Agent(&'a str),
-    /// The reservations of one sub-agent of an API key's subject.
-    SubAgent(&'a str, &'a str),
-    Vendor(&'a str),
-    Tool(&'a str),
-}
-
 /// The first bucket of `cap` that `call` would take past its limit, as a deny.
 ///
 /// Which buckets a call is counted in follows from what the gateway knows, never
@@ -827,34 +827,16 @@ fn rolling_cap(
                 .map(|t| Bucket::Tool(t)),
         ),
     }
-    let start = window_start(now, cap.window, cap.timezone.as_deref().unwrap_or("UTC"));
+    let timezone = cap.timezone.as_deref().unwrap_or("UTC");
+    let bounds = counters::window(now, cap.window, timezone);
     for bucket in buckets {
-        let base =
-            format!("SELECT {SPENT} FROM reservations WHERE tenant_id = ?2 AND created_ms >= ?3");
-        let spent: u64 = match bucket {
-            Bucket::Tenant => tx.query_one(&base, args![now, call.tenant, start], |r| r.get(0))?,
-            Bucket::Agent(a) => tx.query_one(
-                &format!("{base} AND agent = ?4"),
-                args![now, call.tenant, start, a],
-                |r| r.get(0),
-            )?,
-            Bucket::SubAgent(a, sub) => tx.query_one(
-                &format!("{base} AND agent = ?4 AND agent_subject = ?5"),
-                args![now, call.tenant, start, a, sub],
-                |r| r.get(0),
-            )?,
-            Bucket::Vendor(v) => tx.query_one(
-                &format!("{base} AND vendor = ?4"),
-                args![now, call.tenant, start, v],
-                |r| r.get(0),
-            )?,
-            Bucket::Tool(t) => tx.query_one(
-                &format!("{base} AND tool = ?4"),
-                args![now, call.tenant, start, t],
-                |r| r.get(0),
-            )?,
+        // A cap whose window cannot be placed (a timezone the policy checks refuse)
+        // cannot be checked: closed, like active hours.
+        let spent = match bounds {
+            Some(bounds) => counters::spent(tx, call.tenant, &bucket, bounds, now)?,
+            None => u64::MAX,
         };
-        if spent + call.amount <= cap.limit_cents {
+        if spent.saturating_add(call.amount) <= cap.limit_cents {
             continue;
         }
         let window = match cap.window {
@@ -929,31 +911,6 @@ fn zoned(now_ms: i64, timezone: &str) -> Option<Zoned> {
     Some(Timestamp::from_millisecond(now_ms).ok()?.to_zoned(tz))
 }
 
-/// Start (Unix ms) of the calendar hour, day or month containing `now` in `timezone`.
-pub(crate) fn window_start(now_ms: i64, window: CapWindow, timezone: &str) -> i64 {
-    let Some(z) = zoned(now_ms, timezone) else {
-        // The policy checks refuse unknown timezones; fall back to a rolling window.
-        return now_ms
-            - match window {
-                CapWindow::Hour => 3_600_000,
-                CapWindow::Day => 86_400_000,
-                CapWindow::Month => 30 * 86_400_000,
-            };
-    };
-    let start = match window {
-        CapWindow::Hour => z
-            .with()
-            .minute(0)
-            .second(0)
-            .subsec_nanosecond(0)
-            .build()
-            .ok(),
-        CapWindow::Day => z.start_of_day().ok(),
-        CapWindow::Month => z.first_of_month().ok().and_then(|d| d.start_of_day().ok()),
-    };
-    start.map_or(now_ms, |s| s.timestamp().as_millisecond())
-}
-
 /// Whether `now` falls in `[start, end)` local time in `timezone`.
 fn within_active_hours(now_ms: i64, start: &str, end: &str, timezone: &str) -> bool {
     let minutes = |s: &str| {
@@ -972,29 +929,6 @@ fn within_active_hours(now_ms: i64, start: &str, end: &str, timezone: &str) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn windows_start_at_calendar_boundaries_in_their_timezone() {
-        // 2026-03-15T14:37:12Z
-        let now = Timestamp::from_second(1_773_585_432)
-            .unwrap()
-            .as_millisecond();
-        let hour = window_start(now, CapWindow::Hour, "UTC");
-        assert_eq!(
-            Timestamp::from_millisecond(hour).unwrap().to_string(),
-            "2026-03-15T14:00:00Z"
-        );
-        let day = window_start(now, CapWindow::Day, "America/New_York");
-        assert_eq!(
-            Timestamp::from_millisecond(day).unwrap().to_string(),
-            "2026-03-15T04:00:00Z"
-        );
-        let month = window_start(now, CapWindow::Month, "UTC");
-        assert_eq!(
-            Timestamp::from_millisecond(month).unwrap().to_string(),
-            "2026-03-01T00:00:00Z"
-        );
-    }
 
     #[test]
     fn active_hours_are_local_time() {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::engine::counters::{self, Counted};
 use crate::engine::decide::MAX_AMOUNT_CENTS;
 use crate::engine::ledger;
 use crate::engine::{Engine, require_role};
@@ -669,6 +670,11 @@ impl Engine {
                     report.intents_closed += 1;
                 }
             }
+            // Counters of windows that have ended decide nothing any more.
+            tx.execute(
+                "DELETE FROM spend_counters WHERE window_end <= ?1",
+                args![now],
+            )?;
             report.idempotency_keys_dropped = tx.execute(
                 "DELETE FROM idempotency WHERE created_ms <= ?1",
                 args![now - retention],
@@ -693,14 +699,31 @@ pub(crate) fn lapsed_cents(tx: &dyn Tx, intent: &str, now: i64) -> Result<u64, A
 }
 
 pub(crate) fn expire_due(tx: &dyn Tx, now: i64) -> Result<u64, ApiError> {
-    let due: Vec<(String, String, String, u64)> = tx.query_map(
-        "SELECT tenant_id, id, intent_id, amount_cents FROM reservations
+    let due: Vec<(String, String, ReservationRow)> = tx.query_map(
+        "SELECT tenant_id, id, intent_id, amount_cents, state, expires_ms, created_ms, agent,
+         agent_subject, vendor, tool FROM reservations
          WHERE state = 'open' AND expires_ms <= ?1 ORDER BY tenant_id",
         args![now],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                ReservationRow {
+                    intent: r.get(2)?,
+                    amount: r.get(3)?,
+                    state: r.get(4)?,
+                    expires: r.get(5)?,
+                    created: r.get(6)?,
+                    agent: r.get(7)?,
+                    agent_subject: r.get(8)?,
+                    vendor: r.get(9)?,
+                    tool: r.get(10)?,
+                },
+            ))
+        },
     )?;
     let mut expired = 0;
-    for (tenant, id, intent, amount) in &due {
+    for (tenant, id, row) in &due {
         // Tenants are locked in order, so two sweeps on two replicas cannot deadlock;
         // a reservation finalized meanwhile is left alone.
         tx.lock_tenant(tenant)?;
@@ -713,18 +736,65 @@ pub(crate) fn expire_due(tx: &dyn Tx, now: i64) -> Result<u64, ApiError> {
         }
         tx.execute(
             "UPDATE intents SET reserved_cents = reserved_cents - ?2 WHERE id = ?1",
-            args![intent, amount],
+            args![row.intent, row.amount],
+        )?;
+        counters::adjust(
+            tx,
+            &row.counted(tenant),
+            -i64::try_from(row.amount).unwrap_or(i64::MAX),
         )?;
         ledger::append(
             tx,
             tenant,
             "reservation.expired",
-            json!({"decision_id": id, "intent_id": intent, "amount_cents": amount}),
+            json!({"decision_id": id, "intent_id": row.intent, "amount_cents": row.amount}),
             now,
         )?;
         expired += 1;
     }
     Ok(expired)
+}
+
+/// A reservation as finalizing or expiring it needs it.
+struct ReservationRow {
+    intent: String,
+    amount: u64,
+    state: String,
+    expires: i64,
+    created: i64,
+    agent: String,
+    agent_subject: Option<String>,
+    vendor: Option<String>,
+    tool: String,
+}
+
+impl ReservationRow {
+    /// From `intent_id, amount_cents, state, expires_ms, created_ms, agent,
+    /// agent_subject, vendor, tool`, in that order.
+    fn read(r: &crate::store::Row) -> Result<Self, ApiError> {
+        Ok(Self {
+            intent: r.get(0)?,
+            amount: r.get(1)?,
+            state: r.get(2)?,
+            expires: r.get(3)?,
+            created: r.get(4)?,
+            agent: r.get(5)?,
+            agent_subject: r.get(6)?,
+            vendor: r.get(7)?,
+            tool: r.get(8)?,
+        })
+    }
+
+    fn counted<'a>(&'a self, tenant: &'a str) -> Counted<'a> {
+        Counted {
+            tenant,
+            created_ms: self.created,
+            agent: &self.agent,
+            agent_subject: self.agent_subject.as_deref(),
+            vendor: self.vendor.as_deref(),
+            tool: &self.tool,
+        }
+    }
 }
 
 fn intent_view(
@@ -784,13 +854,13 @@ fn complete_tx(
     decision_id: Uuid,
     req: &CompleteRequest,
 ) -> Result<CompleteResponse, ApiError> {
-    let row: Option<(String, u64, String, i64, Option<String>)> = tx.query_opt(
-        "SELECT intent_id, amount_cents, state, expires_ms, complete_response FROM reservations
-             WHERE id = ?1 AND tenant_id = ?2",
+    let row: Option<(ReservationRow, Option<String>)> = tx.query_opt(
+        "SELECT intent_id, amount_cents, state, expires_ms, created_ms, agent, agent_subject,
+         vendor, tool, complete_response FROM reservations WHERE id = ?1 AND tenant_id = ?2",
         args![decision_id.to_string(), principal.tenant_id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        |r| Ok((ReservationRow::read(r)?, r.get(9)?)),
     )?;
-    let Some((intent, reserved, state, expires, stored)) = row else {
+    let Some((held_row, stored)) = row else {
         let held: bool = tx
             .query_opt(
                 "SELECT 1 FROM decisions WHERE id = ?1 AND tenant_id = ?2",
@@ -807,6 +877,14 @@ fn complete_tx(
             ApiError::not_found("decision_not_found", "no such decision for this tenant")
         });
     };
+    let ReservationRow {
+        intent,
+        amount: reserved,
+        state,
+        expires,
+        ..
+    } = &held_row;
+    let (reserved, expires) = (*reserved, *expires);
     // A cost reported above the reservation is settled at the reservation (nothing
     // was authorized beyond it) and recorded, so the overrun is visible in the ledger.
     let reported = match req.outcome {
@@ -862,6 +940,12 @@ fn complete_tx(
         "UPDATE intents SET reserved_cents = reserved_cents - ?2, consumed_cents = consumed_cents + ?3
          WHERE id = ?1",
         args![intent, reserved, actual],
+    )?;
+    // The counters held the reservation; now they hold what was consumed.
+    counters::adjust(
+        tx,
+        &held_row.counted(&principal.tenant_id),
+        i64::try_from(actual).unwrap_or(i64::MAX) - i64::try_from(reserved).unwrap_or(i64::MAX),
     )?;
     tx.execute(
         "UPDATE reservations SET state = ?2, actual_cents = ?3, finalized_ms = ?4, complete_response = ?5

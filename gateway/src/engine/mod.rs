@@ -1,6 +1,7 @@
 //! The engine: the decision logic, written once against the store interface
 //! ([`crate::store::Tx`]), one transaction per operation.
 
+pub(crate) mod counters;
 pub(crate) mod decide;
 pub(crate) mod ledger;
 pub(crate) mod lifecycle;

@@ -115,6 +115,15 @@ CREATE TABLE reservations (
 CREATE INDEX reservations_by_tenant ON reservations (tenant_id, created_ms);
 CREATE INDEX reservations_open ON reservations (state, expires_ms);
 CREATE INDEX reservations_open_by_intent ON reservations (intent_id, state, expires_ms);
+CREATE TABLE spend_counters (
+    tenant_id TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    window_start BIGINT NOT NULL,
+    window_end BIGINT NOT NULL,
+    spent_cents BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, bucket, window_start, window_end)
+);
+CREATE INDEX reservations_by_tool ON reservations (tenant_id, tool, created_ms);
 CREATE TABLE approvals (
     id TEXT PRIMARY KEY,
     tenant_id TEXT NOT NULL,

@@ -98,6 +98,15 @@ CREATE TABLE IF NOT EXISTS reservations (
 CREATE INDEX IF NOT EXISTS reservations_by_tenant ON reservations (tenant_id, created_ms);
 CREATE INDEX IF NOT EXISTS reservations_open ON reservations (state, expires_ms);
 CREATE INDEX IF NOT EXISTS reservations_open_by_intent ON reservations (intent_id, state, expires_ms);
+CREATE TABLE IF NOT EXISTS spend_counters (
+    tenant_id TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    window_start INTEGER NOT NULL,
+    window_end INTEGER NOT NULL,
+    spent_cents INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, bucket, window_start, window_end)
+);
+CREATE INDEX IF NOT EXISTS reservations_by_tool ON reservations (tenant_id, tool, created_ms);
 CREATE TABLE IF NOT EXISTS approvals (
     id TEXT PRIMARY KEY,
     tenant_id TEXT NOT NULL,

@@ -1,0 +1,199 @@
+//! Rolling-cap counters: the spend of each bucket (tenant, agent, sub-agent, vendor,
+//! tool) in each calendar window, kept as it changes instead of summed per decision.
+//!
+//! A counter holds the consumed amounts plus the open reservations made in its
+//! window. It is created the first time a cap reads it, from one sum over the
+//! window's reservations; from then on every reservation, finalization and expiry
+//! adjusts every counter whose window contains the reservation's creation time, so a
+//! counter stays exact whichever policy (and caps) made it. Reservations past their
+//! TTL that the sweep has not expired yet still sit in the counters; reads leave them
+//! out.
+
+use jiff::ToSpan;
+use paybond_policies::CapWindow;
+
+use crate::error::ApiError;
+use crate::store::{Arg, ToArg, Tx, args};
+
+/// A set of reservations a rolling cap counts.
+pub(crate) enum Bucket<'a> {
+    Tenant,
+    /// Every reservation of an API key's subject.
+    Agent(&'a str),
+    /// The reservations of one sub-agent of an API key's subject.
+    SubAgent(&'a str, &'a str),
+    Vendor(&'a str),
+    Tool(&'a str),
+}
+
+impl Bucket<'_> {
+    fn key(&self) -> String {
+        match self {
+            Self::Tenant => "tenant".to_owned(),
+            Self::Agent(a) => format!("agent:{a}"),
+            // The unit separator cannot occur in either part of a well-formed request.
+            Self::SubAgent(a, s) => format!("subagent:{a}\u{1f}{s}"),
+            Self::Vendor(v) => format!("vendor:{v}"),
+            Self::Tool(t) => format!("tool:{t}"),
+        }
+    }
+
+    /// The condition (on `reservations`, from placeholder `?first`) selecting the
+    /// bucket's rows, and its arguments.
+    fn filter(&self, first: usize) -> (String, Vec<Arg<'_>>) {
+        let next = first + 1;
+        match self {
+            Self::Tenant => (String::new(), vec![]),
+            Self::Agent(a) => (format!(" AND agent = ?{first}"), vec![a.to_arg()]),
+            Self::SubAgent(a, s) => (
+                format!(" AND agent = ?{first} AND agent_subject = ?{next}"),
+                vec![a.to_arg(), s.to_arg()],
+            ),
+            Self::Vendor(v) => (format!(" AND vendor = ?{first}"), vec![v.to_arg()]),
+            Self::Tool(t) => (format!(" AND tool = ?{first}"), vec![t.to_arg()]),
+        }
+    }
+}
+
+/// What a reservation is counted by.
+pub(crate) struct Counted<'a> {
+    pub(crate) tenant: &'a str,
+    pub(crate) created_ms: i64,
+    pub(crate) agent: &'a str,
+    pub(crate) agent_subject: Option<&'a str>,
+    pub(crate) vendor: Option<&'a str>,
+    pub(crate) tool: &'a str,
+}
+
+/// `[start, end)` (Unix ms) of the calendar hour, day or month containing `now` in
+/// `timezone`; `None` for a timezone the database does not know (refused by the
+/// policy checks).
+pub(crate) fn window(now_ms: i64, window: CapWindow, timezone: &str) -> Option<(i64, i64)> {
+    let tz = jiff::tz::TimeZone::get(timezone).ok()?;
+    let z = jiff::Timestamp::from_millisecond(now_ms).ok()?.to_zoned(tz);
+    let (start, end) = match window {
+        CapWindow::Hour => {
+            let start = z
+                .with()
+                .minute(0)
+                .second(0)
+                .subsec_nanosecond(0)
+                .build()
+                .ok()?;
+            let end = start.checked_add(1.hour()).ok()?;
+            (start, end)
+        }
+        CapWindow::Day => {
+            let start = z.start_of_day().ok()?;
+            let end = start.tomorrow().ok()?.start_of_day().ok()?;
+            (start, end)
+        }
+        CapWindow::Month => {
+            let start = z.first_of_month().ok()?.start_of_day().ok()?;
+            let end = start
+                .checked_add(1.month())
+                .ok()?
+                .first_of_month()
+                .ok()?
+                .start_of_day()
+                .ok()?;
+            (start, end)
+        }
+    };
+    Some((
+        start.timestamp().as_millisecond(),
+        end.timestamp().as_millisecond(),
+    ))
+}
+
+/// Spend counted against `bucket` in `[start, end)` at `now`: consumed amounts and
+/// open reservations, without those past their TTL.
+pub(crate) fn spent(
+    tx: &dyn Tx,
+    tenant: &str,
+    bucket: &Bucket<'_>,
+    (start, end): (i64, i64),
+    now: i64,
+) -> Result<u64, ApiError> {
+    let key = bucket.key();
+    let stored: Option<i64> = tx.query_opt(
+        "SELECT spent_cents FROM spend_counters
+         WHERE tenant_id = ?1 AND bucket = ?2 AND window_start = ?3 AND window_end = ?4",
+        args![tenant, key, start, end],
+        |r| r.get(0),
+    )?;
+    let (filter, extra) = bucket.filter(4);
+    let counted = match stored {
+        Some(c) => c,
+        None => {
+            let mut a = args![tenant, start, end].to_vec();
+            a.extend(extra.iter().cloned());
+            let c: i64 = tx.query_one(
+                &format!(
+                    "SELECT CAST(COALESCE(SUM(CASE WHEN state = 'open' THEN amount_cents
+                     WHEN state = 'consumed' THEN actual_cents ELSE 0 END), 0) AS BIGINT)
+                     FROM reservations WHERE tenant_id = ?1 AND created_ms >= ?2 AND created_ms < ?3{filter}"
+                ),
+                &a,
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO spend_counters (tenant_id, bucket, window_start, window_end, spent_cents)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                args![tenant, key, start, end, c],
+            )?;
+            c
+        }
+    };
+    // Lapsed: open, past their TTL, not yet expired by the sweep (usually none; the
+    // (state, expires_ms) index finds them).
+    let (filter, extra) = bucket.filter(5);
+    let mut a = args![tenant, start, end, now].to_vec();
+    a.extend(extra);
+    let lapsed: i64 = tx.query_one(
+        &format!(
+            "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM reservations
+             WHERE state = 'open' AND expires_ms <= ?4 AND tenant_id = ?1
+             AND created_ms >= ?2 AND created_ms < ?3{filter}"
+        ),
+        &a,
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(counted.saturating_sub(lapsed)).unwrap_or(0))
+}
+
+/// Adds `delta` cents to every counter the reservation falls into.
+pub(crate) fn adjust(tx: &dyn Tx, r: &Counted<'_>, delta: i64) -> Result<(), ApiError> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let agent = Bucket::Agent(r.agent).key();
+    let sub = r.agent_subject.map(|s| Bucket::SubAgent(r.agent, s).key());
+    let vendor = r.vendor.map(|v| Bucket::Vendor(v).key());
+    let tool = Bucket::Tool(r.tool).key();
+    tx.execute(
+        "UPDATE spend_counters SET spent_cents = spent_cents + ?3
+         WHERE tenant_id = ?1 AND window_start <= ?2 AND window_end > ?2
+         AND bucket IN ('tenant', ?4, ?5, ?6, ?7)",
+        args![r.tenant, r.created_ms, delta, agent, sub, vendor, tool],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_calendar_periods_in_their_timezone() {
+        // 2026-03-08T12:00Z: the day New York moves its clocks forward (a 23-hour day).
+        let now = 1_772_971_200_000;
+        let (start, end) = window(now, CapWindow::Day, "America/New_York").unwrap();
+        assert_eq!(end - start, 23 * 3_600_000);
+        let (start, end) = window(now, CapWindow::Hour, "Asia/Kolkata").unwrap();
+        assert_eq!((end - start, start % 3_600_000), (3_600_000, 1_800_000));
+        let (start, end) = window(now, CapWindow::Month, "UTC").unwrap();
+        assert_eq!(end - start, 31 * 86_400_000);
+        assert!(window(now, CapWindow::Day, "Nowhere/Else").is_none());
+    }
+}
