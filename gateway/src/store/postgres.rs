@@ -35,7 +35,7 @@ const POOL_SIZE: usize = 8;
 
 /// Schema migrations, applied in order once per database (under an advisory lock,
 /// so replicas starting together apply each exactly once).
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
 
 const SCHEMA_V1: &str = r"
 CREATE TABLE meta (
@@ -115,15 +115,6 @@ CREATE TABLE reservations (
 CREATE INDEX reservations_by_tenant ON reservations (tenant_id, created_ms);
 CREATE INDEX reservations_open ON reservations (state, expires_ms);
 CREATE INDEX reservations_open_by_intent ON reservations (intent_id, state, expires_ms);
-CREATE TABLE spend_counters (
-    tenant_id TEXT NOT NULL,
-    bucket TEXT NOT NULL,
-    window_start BIGINT NOT NULL,
-    window_end BIGINT NOT NULL,
-    spent_cents BIGINT NOT NULL,
-    PRIMARY KEY (tenant_id, bucket, window_start, window_end)
-);
-CREATE INDEX reservations_by_tool ON reservations (tenant_id, tool, created_ms);
 CREATE TABLE approvals (
     id TEXT PRIMARY KEY,
     tenant_id TEXT NOT NULL,
@@ -165,6 +156,20 @@ CREATE TABLE ledger (
     hash TEXT NOT NULL,
     PRIMARY KEY (tenant_id, seq)
 );
+";
+
+/// Rolling-cap counters, and the index rate limits read.
+const SCHEMA_V2: &str = r"
+CREATE TABLE IF NOT EXISTS spend_counters (
+    tenant_id TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    window_start BIGINT NOT NULL,
+    window_end BIGINT NOT NULL,
+    spent_cents BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, bucket, window_start, window_end)
+);
+CREATE INDEX IF NOT EXISTS reservations_by_tool ON reservations (tenant_id, tool, created_ms);
+DROP INDEX IF EXISTS reservations_by_intent;
 ";
 
 /// Serializes migrations across replicas (an arbitrary constant of this gateway's).
