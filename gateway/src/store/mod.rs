@@ -50,17 +50,33 @@ impl DatabaseUrl {
     }
 
     fn redacted(&self) -> String {
-        // postgres://user:password@host/db → postgres://user:***@host/db
+        // postgres://user:password@host/db?sslmode=require&password=x
+        //   → postgres://user:***@host/db?***
+        // Everything up to the last `@` is taken as userinfo (a password may hold
+        // `@`, `?` or `/`), so nothing of a password shows; the query string may
+        // carry a password too, so none of it is shown. Hiding too much is fine.
+        fn hide_query(s: &str) -> String {
+            match s.split_once('?') {
+                Some((before, _)) => format!("{before}?***"),
+                None => s.to_owned(),
+            }
+        }
         let Some((scheme, rest)) = self.0.split_once("://") else {
             return "***".to_owned();
         };
-        match rest.split_once('@') {
+        match rest.rsplit_once('@') {
             Some((userinfo, host)) => {
-                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-                let hidden = if userinfo.contains(':') { ":***" } else { "" };
-                format!("{scheme}://{user}{hidden}@{host}")
+                let (user, hidden) = match userinfo.split_once(':') {
+                    Some((user, _)) => (user, ":***"),
+                    None => (userinfo, ""),
+                };
+                format!(
+                    "{scheme}://{}{hidden}@{}",
+                    hide_query(user),
+                    hide_query(host)
+                )
             }
-            None => self.0.clone(),
+            None => format!("{scheme}://{}", hide_query(rest)),
         }
     }
 }
@@ -330,5 +346,44 @@ impl Store {
     /// Whether other processes share this store.
     pub(crate) fn shared(&self) -> bool {
         matches!(self, Self::Postgres(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DatabaseUrl;
+
+    #[test]
+    fn a_database_url_never_shows_its_password() {
+        let cases = [
+            (
+                "postgres://app:s3cret@db:5432/paybond",
+                "postgres://app:***@db:5432/paybond",
+            ),
+            (
+                "postgres://app:p@ss@word@db/paybond",
+                "postgres://app:***@db/paybond",
+            ),
+            (
+                "postgres://app:pa?ss/x@db/paybond",
+                "postgres://app:***@db/paybond",
+            ),
+            ("postgresql://app@db/paybond", "postgresql://app@db/paybond"),
+            (
+                "postgres://db/paybond?user=app&password=s3cret",
+                "postgres://db/paybond?***",
+            ),
+            (
+                "postgres://app:s3cret@db/paybond?password=s3cret",
+                "postgres://app:***@db/paybond?***",
+            ),
+        ];
+        for (url, shown) in cases {
+            let url = DatabaseUrl::parse(url).expect("a postgres URL");
+            assert_eq!(format!("{url}"), shown);
+            assert_eq!(format!("{url:?}"), shown);
+            assert!(!format!("{url} {url:?}").contains("s3cret"));
+            assert!(!format!("{url} {url:?}").contains("ss"), "{url}");
+        }
     }
 }

@@ -184,8 +184,15 @@ struct Conn {
 /// The PostgreSQL store: a pool of connections.
 pub(crate) struct PgStore {
     runtime: Option<tokio::runtime::Runtime>,
-    idle: Mutex<Vec<Conn>>,
+    url: DatabaseUrl,
+    pool: Mutex<Pool>,
     returned: Condvar,
+}
+
+struct Pool {
+    idle: Vec<Conn>,
+    /// Connections the server closed, to be opened again when one is needed.
+    lost: usize,
 }
 
 fn storage_error(e: impl std::fmt::Display) -> ApiError {
@@ -242,23 +249,7 @@ impl PgStore {
             .map_err(storage_error)?;
         let mut idle = Vec::with_capacity(POOL_SIZE);
         for _ in 0..POOL_SIZE {
-            let target = url.expose_secret().to_owned();
-            let client = run(&runtime, async move {
-                let (client, connection) = tokio_postgres::connect(&target, NoTls).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::warn!(error = %e, "a PostgreSQL connection closed");
-                    }
-                });
-                Ok(Arc::new(client))
-            })
-            .map_err(|e| {
-                ApiError::internal(format_args!("cannot connect to {url}: {}", e.message))
-            })?;
-            idle.push(Conn {
-                client,
-                statements: HashMap::new(),
-            });
+            idle.push(connect(&runtime, url)?);
         }
         if let Some(first) = idle.first() {
             let client = first.client.clone();
@@ -272,7 +263,8 @@ impl PgStore {
         }
         Ok(Self {
             runtime: Some(runtime),
-            idle: Mutex::new(idle),
+            url: url.clone(),
+            pool: Mutex::new(Pool { idle, lost: 0 }),
             returned: Condvar::new(),
         })
     }
@@ -283,27 +275,47 @@ impl PgStore {
             .ok_or_else(|| ApiError::internal("storage: the PostgreSQL store is closed"))
     }
 
-    fn take(&self) -> Conn {
-        let mut idle = self
-            .idle
+    /// An idle connection; one opened again in place of a lost one if none is idle;
+    /// else waits for one to be given back. An error (the server cannot be reached)
+    /// fails the request: the replica fails closed and tries again on the next one.
+    fn take(&self, runtime: &tokio::runtime::Runtime) -> Result<Conn, ApiError> {
+        let mut pool = self
+            .pool
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
-            if let Some(c) = idle.pop() {
-                return c;
+            if let Some(c) = pool.idle.pop() {
+                return Ok(c);
             }
-            idle = self
+            if pool.lost > 0 {
+                pool.lost -= 1;
+                drop(pool);
+                return connect(runtime, &self.url).inspect_err(|_| {
+                    self.lose();
+                });
+            }
+            pool = self
                 .returned
-                .wait(idle)
+                .wait(pool)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
     }
 
     fn give_back(&self, conn: Conn) {
-        self.idle
+        self.pool
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .idle
             .push(conn);
+        self.returned.notify_one();
+    }
+
+    /// Counts a connection as lost, so that the next request opens a new one.
+    fn lose(&self) {
+        self.pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .lost += 1;
         self.returned.notify_one();
     }
 
@@ -314,7 +326,7 @@ impl PgStore {
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let runtime = self.handle()?;
-        let conn = self.take();
+        let conn = self.take(runtime)?;
         let tx = PgTx {
             runtime,
             conn: RefCell::new(conn),
@@ -330,9 +342,11 @@ impl PgStore {
             tx.batch("ROLLBACK")
         };
         let conn = tx.conn.into_inner();
-        // A connection the server closed is not given back: the pool shrinks rather
-        // than hand out a dead connection (the replica then fails closed).
-        if !conn.client.is_closed() {
+        // A connection the server closed is not given back but opened again when
+        // next needed: the pool never hands out a dead connection.
+        if conn.client.is_closed() {
+            self.lose();
+        } else {
             self.give_back(conn);
         }
         match out {
@@ -350,6 +364,25 @@ impl Drop for PgStore {
             rt.shutdown_background();
         }
     }
+}
+
+/// Opens one connection, its driver task on `runtime`.
+fn connect(runtime: &tokio::runtime::Runtime, url: &DatabaseUrl) -> Result<Conn, ApiError> {
+    let target = url.expose_secret().to_owned();
+    let client = run(runtime, async move {
+        let (client, connection) = tokio_postgres::connect(&target, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "a PostgreSQL connection closed");
+            }
+        });
+        Ok(Arc::new(client))
+    })
+    .map_err(|e| ApiError::internal(format_args!("cannot connect to {url}: {}", e.message)))?;
+    Ok(Conn {
+        client,
+        statements: HashMap::new(),
+    })
 }
 
 async fn migrate(client: &Client) -> Result<(), ApiError> {

@@ -235,7 +235,10 @@ struct Synced {
     upto: u64,
     /// An fsync is running.
     syncing: bool,
-    /// Why the last fsync failed, if it did (its groups are then not acknowledged).
+    /// Set by the first fsync that fails: every group after `upto` as it stood then,
+    /// with why. Those groups are never acknowledged, not even by a later fsync that
+    /// succeeds (after a failed fsync the kernel may have dropped the dirty pages and
+    /// report the next one clean), so the store refuses writes until it is reopened.
     failed: Option<(u64, String)>,
 }
 
@@ -247,15 +250,17 @@ impl Durability {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
+            if let Some((good, why)) = &st.failed {
+                return if *good >= id {
+                    Ok(())
+                } else {
+                    Err(ApiError::internal(format_args!(
+                        "storage: the commit could not be made durable: {why}"
+                    )))
+                };
+            }
             if st.upto >= id {
                 return Ok(());
-            }
-            if let Some((upto, why)) = &st.failed
-                && *upto >= id
-            {
-                return Err(ApiError::internal(format_args!(
-                    "storage: the commit could not be made durable: {why}"
-                )));
             }
             if st.syncing {
                 st = self
@@ -276,7 +281,13 @@ impl Durability {
             st.syncing = false;
             match result {
                 Ok(()) => st.upto = st.upto.max(target),
-                Err(e) => st.failed = Some((target, e.to_string())),
+                Err(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "fsync of the WAL failed; writes are refused until the gateway restarts"
+                    );
+                    st.failed = Some((st.upto, e.to_string()));
+                }
             }
             self.synced_now.notify_all();
         }
@@ -315,7 +326,12 @@ impl SqliteStore {
                 wal.push("-wal");
                 // The WAL exists now (the schema was written): sync its directory
                 // entry once, so the file itself survives a power loss.
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                // A bare file name lives in the working directory (parent "").
+                let dir = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                {
                     std::fs::File::open(dir)
                         .and_then(|d| d.sync_all())
                         .map_err(|e| {
@@ -535,5 +551,57 @@ impl Drop for Checkpointer {
             t.thread().unpark();
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests panic on setup failures
+
+    use super::*;
+
+    #[test]
+    fn a_commit_whose_fsync_failed_is_never_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        // The WAL's "directory" is a file: opening the WAL fails (not "not found").
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, b"").unwrap();
+        let durability = Durability {
+            wal: blocker.join("paybond.db-wal"),
+            state: Mutex::new(Synced::default()),
+            synced_now: Condvar::new(),
+            committed: AtomicU64::new(1),
+        };
+        assert!(durability.wait(1).is_err());
+
+        // The next fsync would succeed (no WAL: nothing to sync), yet neither the
+        // group that failed nor any after it is acknowledged.
+        std::fs::remove_file(&blocker).unwrap();
+        durability.committed.store(2, Ordering::SeqCst);
+        assert!(durability.wait(2).is_err());
+        assert!(durability.wait(1).is_err());
+    }
+
+    #[test]
+    fn commits_before_a_failed_fsync_stay_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("paybond.db-wal");
+        std::fs::write(&wal, b"wal").unwrap();
+        let durability = Durability {
+            wal,
+            state: Mutex::new(Synced::default()),
+            synced_now: Condvar::new(),
+            committed: AtomicU64::new(3),
+        };
+        durability.wait(3).unwrap();
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, b"").unwrap();
+        let failing = Durability {
+            wal: blocker.join("paybond.db-wal"),
+            ..durability
+        };
+        failing.committed.store(4, Ordering::SeqCst);
+        assert!(failing.wait(4).is_err());
+        failing.wait(3).unwrap();
     }
 }
