@@ -12,7 +12,7 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use crate::engine::EffectivePolicy;
+use crate::engine::{EffectivePolicy, IssueKeyRequest, IssuedKey};
 use crate::ledger::{LedgerEvent, LedgerTip};
 use crate::lifecycle::{ApprovalList, CreateIntentRequest, IntentView};
 
@@ -79,51 +79,51 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "POST",
         path: "/verify",
-        roles: "agent, operator, tenant_admin",
+        roles: "agent",
         summary: "Decide one call: allow (reserves the amount), hold for approval, or deny. A hold or deny is HTTP 200 with allow false.",
         request: Some(schema::<VerifyRequest>),
         response: schema::<VerifyResult>,
-        errors: &[400, 409, 413, 422],
+        errors: &[400, 409, 413, 415, 422],
         query: &[],
     },
     RouteDoc {
         method: "POST",
         path: "/v1/spend/decisions/{decision_id}/complete",
-        roles: "agent, operator, tenant_admin",
+        roles: "agent",
         summary: "Finalize an allowed decision's reservation: consumed (actual ≤ reserved) or released.",
         request: Some(schema::<CompleteRequest>),
         response: schema::<CompleteResponse>,
-        errors: &[400, 404, 409, 413, 422],
+        errors: &[400, 404, 409, 413, 415, 422],
         query: &[],
     },
     RouteDoc {
         method: "POST",
         path: "/v1/sandbox/guardrails/bootstrap",
-        roles: "agent, operator, tenant_admin (sandbox keys)",
+        roles: "agent (sandbox keys)",
         summary: "A funded sandbox intent (budget = requested_spend_cents, one operation) and its capability token.",
         request: Some(schema::<SandboxBootstrapRequest>),
         response: schema::<SandboxBootstrapResponse>,
-        errors: &[400, 409, 413, 422],
+        errors: &[400, 409, 413, 415, 422],
         query: &[],
     },
     RouteDoc {
         method: "POST",
         path: "/v1/sandbox/guardrails/{intent_id}/evidence",
-        roles: "agent, operator, tenant_admin",
+        roles: "agent",
         summary: "Submit evidence; the cost_and_completion predicate moves the intent's state.",
         request: Some(schema::<EvidenceRequest>),
         response: schema::<EvidenceResponse>,
-        errors: &[400, 404, 409, 413, 422],
+        errors: &[400, 404, 409, 413, 415, 422],
         query: &[],
     },
     RouteDoc {
         method: "POST",
         path: "/harbor/intents",
-        roles: "agent, operator, tenant_admin",
+        roles: "agent",
         summary: "Create an intent on the simulator rail; it is funded at once and carries a capability token.",
         request: Some(schema::<CreateIntentRequest>),
         response: schema::<IntentView>,
-        errors: &[400, 409, 413, 422],
+        errors: &[400, 409, 413, 415, 422],
         query: &[],
     },
     RouteDoc {
@@ -139,7 +139,7 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "POST",
         path: "/harbor/intents/{intent_id}/fund",
-        roles: "agent, operator, tenant_admin",
+        roles: "agent",
         summary: "Fund an intent (already funded on the simulator rail): answers it with a fresh capability token.",
         request: None,
         response: schema::<IntentView>,
@@ -149,11 +149,11 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "POST",
         path: "/harbor/intents/{intent_id}/evidence",
-        roles: "agent, operator, tenant_admin",
+        roles: "agent",
         summary: "Submit evidence (same as the sandbox route).",
         request: Some(schema::<EvidenceRequest>),
         response: schema::<EvidenceResponse>,
-        errors: &[400, 404, 409, 413, 422],
+        errors: &[400, 404, 409, 413, 415, 422],
         query: &[],
     },
     RouteDoc {
@@ -179,7 +179,7 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "POST",
         path: "/v1/approvals/{approval_request_id}/approve",
-        roles: "operator, tenant_admin",
+        roles: "operator",
         summary: "One operator's approval; at quorum a short-lived, single-use approval token is minted.",
         request: None,
         response: schema::<ApprovalStatus>,
@@ -189,7 +189,7 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "POST",
         path: "/v1/approvals/{approval_request_id}/deny",
-        roles: "operator, tenant_admin",
+        roles: "operator",
         summary: "Deny an approval request.",
         request: None,
         response: schema::<ApprovalStatus>,
@@ -203,7 +203,7 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "Publish an org base policy (YAML or JSON body).",
         request: Some(schema::<PolicyFileBody>),
         response: schema::<OrgPolicyPublished>,
-        errors: &[400, 413, 422],
+        errors: &[400, 413, 415, 422],
         query: &[],
     },
     RouteDoc {
@@ -213,7 +213,17 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "Publish the tenant's policy; an invalid or widening overlay is refused whole (422) with every problem.",
         request: Some(schema::<PolicyFileBody>),
         response: schema::<EffectivePolicy>,
-        errors: &[400, 413, 422],
+        errors: &[400, 413, 415, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/v1/admin/api-keys",
+        roles: "tenant_admin",
+        summary: "One more API key of the caller's tenant (e.g. a second operator for an approval quorum); the key is shown once.",
+        request: Some(schema::<IssueKeyRequest>),
+        response: schema::<IssuedKey>,
+        errors: &[400, 413, 415, 422],
         query: &[],
     },
     RouteDoc {

@@ -167,8 +167,67 @@ fn parse<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     })
 }
 
-/// Reads the body within [`BODY_LIMIT`].
+/// What a route's body may be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Accepts {
+    /// `application/json` (or `application/*+json`).
+    Json,
+    /// A policy file: JSON or YAML (`application/yaml`, `text/yaml`, `text/plain`, …).
+    PolicyText,
+}
+
+/// 415 unless a non-empty body's `Content-Type` is one the route reads. An empty
+/// body (an approve, a fund) needs none.
+fn check_content_type(
+    headers: &HeaderMap,
+    bytes: &Bytes,
+    accepts: Accepts,
+) -> Result<(), HttpError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = given
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    let yaml = matches!(
+        essence.as_str(),
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" | "text/plain"
+    );
+    let ok = match accepts {
+        Accepts::Json => json,
+        Accepts::PolicyText => json || yaml,
+    };
+    if ok {
+        return Ok(());
+    }
+    let wanted = match accepts {
+        Accepts::Json => "application/json",
+        Accepts::PolicyText => "application/json or application/yaml",
+    };
+    let shown = if given.is_empty() { "none" } else { given };
+    Err(fail(ApiError::new(
+        415,
+        "unsupported_media_type",
+        format!("Content-Type: expected {wanted}, got {shown}"),
+    )))
+}
+
+/// Reads a JSON body within [`BODY_LIMIT`].
 async fn body(request: Request) -> Result<(HeaderMap, Bytes), HttpError> {
+    body_of(request, Accepts::Json).await
+}
+
+/// Reads the body within [`BODY_LIMIT`] and checks its content type.
+async fn body_of(request: Request, accepts: Accepts) -> Result<(HeaderMap, Bytes), HttpError> {
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
         fail(ApiError::new(
@@ -177,6 +236,7 @@ async fn body(request: Request) -> Result<(HeaderMap, Bytes), HttpError> {
             format!("the request body is over {BODY_LIMIT} bytes"),
         ))
     })?;
+    check_content_type(&parts.headers, &bytes, accepts)?;
     Ok((parts.headers, bytes))
 }
 
@@ -366,7 +426,7 @@ async fn put_org_policy(
     Path(id): Path<String>,
     request: Request,
 ) -> Answer {
-    let (headers, bytes) = body(request).await?;
+    let (headers, bytes) = body_of(request, Accepts::PolicyText).await?;
     let creds = credentials(&headers)?;
     let text = body_text(&bytes)?;
     let r = with_engine(&s, creds, move |e, p, _| {
@@ -377,10 +437,21 @@ async fn put_org_policy(
 }
 
 async fn put_tenant_policy(State(s): State<AppState>, request: Request) -> Answer {
-    let (headers, bytes) = body(request).await?;
+    let (headers, bytes) = body_of(request, Accepts::PolicyText).await?;
     let creds = credentials(&headers)?;
     let text = body_text(&bytes)?;
     let r = with_engine(&s, creds, move |e, p, _| e.publish_tenant_policy(p, &text)).await?;
+    json(&r)
+}
+
+async fn issue_key(State(s): State<AppState>, request: Request) -> Answer {
+    let (headers, bytes) = body(request).await?;
+    let creds = credentials(&headers)?;
+    let r = with_engine(&s, creds, move |e, p, _| {
+        let req: crate::engine::IssueKeyRequest = parse(&bytes)?;
+        e.issue_api_key(p, &req)
+    })
+    .await?;
     json(&r)
 }
 
@@ -394,23 +465,39 @@ async fn ledger_tip(State(s): State<AppState>, headers: HeaderMap) -> Answer {
     json(&r)
 }
 
+/// The largest ledger sequence number a query may name (the store's integer range).
+const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// A whole-number query parameter within `range`; absent → `default`; else 400.
+fn number_param(
+    q: &HashMap<String, String>,
+    name: &str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, HttpError> {
+    let Some(raw) = q.get(name) else {
+        return Ok(default);
+    };
+    match raw.parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(fail(ApiError::bad_request(
+            "invalid_query_parameter",
+            format!(
+                "{name} `{raw}` is not a whole number from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        ))),
+    }
+}
+
 async fn ledger_events(
     State(s): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Answer {
-    let number = |name: &str, default: u64| -> Result<u64, HttpError> {
-        q.get(name).map_or(Ok(default), |v| {
-            v.parse().map_err(|_| {
-                fail(ApiError::bad_request(
-                    "invalid_query_parameter",
-                    format!("{name} `{v}` is not a whole number"),
-                ))
-            })
-        })
-    };
-    let after = number("after_seq", 0)?;
-    let limit = number("limit", 100)?;
+    let after = number_param(&q, "after_seq", 0, 0..=MAX_SEQ)?;
+    let limit = number_param(&q, "limit", 100, 1..=1000)?;
     let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
         e.ledger_events(p, after, limit)
             .map(|events| serde_json::json!({ "events": events }))
@@ -486,6 +573,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
             put(put_org_policy),
         )
         .route("/v1/tenant/policy", put(put_tenant_policy))
+        .route("/v1/admin/api-keys", post(issue_key))
         .route("/v1/policy/effective", get(effective_policy))
         .route("/ledger/v1/tip", get(ledger_tip))
         .route("/ledger/v1/events", get(ledger_events))

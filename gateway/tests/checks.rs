@@ -257,9 +257,23 @@ fn approval_tokens_are_single_use_bound_and_short_lived() {
         .engine
         .authenticate(second_operator.operator.expose_secret())
         .unwrap();
-    let op2 = fx
+    let admin = fx
         .engine
         .authenticate(second_operator.tenant_admin.expose_secret())
+        .unwrap();
+    let issued = fx
+        .engine
+        .issue_api_key(
+            &admin,
+            &paybond_gateway::IssueKeyRequest {
+                role: "operator".to_owned(),
+                subject: Some("second-operator".to_owned()),
+            },
+        )
+        .unwrap();
+    let op2 = fx
+        .engine
+        .authenticate(issued.api_key.expose_secret())
         .unwrap();
     let verify = |req: &VerifyRequest| fx.engine.verify(&agent, req).unwrap();
     let c = Call {
@@ -271,8 +285,10 @@ fn approval_tokens_are_single_use_bound_and_short_lived() {
     let held = verify(&c.req(5_000));
     assert!(held.approval_required);
     let id = held.approval_request_id.unwrap();
-    // An agent can never approve.
+    // An agent can never approve, nor can a tenant admin (operators approve).
     let err = fx.engine.approve(&agent, id).unwrap_err();
+    assert_eq!((err.status, err.code), (403, "forbidden_role"));
+    let err = fx.engine.approve(&admin, id).unwrap_err();
     assert_eq!((err.status, err.code), (403, "forbidden_role"));
     // Quorum 2: one approval is not enough; the same operator twice still counts once.
     let s = fx.engine.approve(&op1, id).unwrap();

@@ -259,5 +259,5 @@ async fn the_served_and_checked_in_openapi_documents_match_the_router() {
             route.path
         );
     }
-    assert_eq!(paybond_gateway::openapi::ROUTES.len(), 21);
+    assert_eq!(paybond_gateway::openapi::ROUTES.len(), 22);
 }

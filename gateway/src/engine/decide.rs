@@ -11,7 +11,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::engine::counters::{self, Bucket, Counted};
-use crate::engine::{EffectivePolicy, Engine, ledger};
+use crate::engine::{EffectivePolicy, Engine, Role, bounded, ledger, require_role};
 use crate::error::ApiError;
 use crate::store::{Tx, args};
 use crate::tokens::sha256_hex;
@@ -199,6 +199,24 @@ impl Engine {
         principal: &Principal,
         req: &VerifyRequest,
     ) -> Result<VerifyResult, ApiError> {
+        require_role(principal, &[Role::Agent])?;
+        for (field, value) in [
+            ("operation", Some(req.operation.as_str())),
+            ("tool_name", req.tool_name.as_deref()),
+            ("vendor_id", req.vendor_id.as_deref()),
+            ("agent_subject", req.agent_subject.as_deref()),
+            ("task_id", req.task_id.as_deref()),
+            ("workflow_id", req.workflow_id.as_deref()),
+            ("tool_call_id", req.tool_call_id.as_deref()),
+            ("currency", req.currency.as_deref()),
+            ("idempotency_key", req.idempotency_key.as_deref()),
+            (
+                "approval_token",
+                req.approval_token.as_ref().map(|t| t.expose_secret()),
+            ),
+        ] {
+            bounded(field, value)?;
+        }
         if req.requested_spend_cents > MAX_AMOUNT_CENTS {
             return Err(ApiError::unprocessable(
                 "amount_out_of_range",

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::engine::counters::{self, Counted};
 use crate::engine::decide::MAX_AMOUNT_CENTS;
 use crate::engine::ledger;
-use crate::engine::{Engine, require_role};
+use crate::engine::{Engine, bounded, require_role};
 use crate::error::ApiError;
 use crate::store::{Tx, args};
 use crate::tokens::{Claims, random_hex, sha256_hex};
@@ -108,6 +108,12 @@ fn lifecycle(state: &str) -> LifecycleStatus {
     }
 }
 
+/// The furthest deadline an intent may have: 366 days, in seconds.
+pub const MAX_DEADLINE_SECONDS: u64 = 366 * 24 * 3_600;
+
+/// The most operations one intent may allow.
+pub const MAX_INTENT_OPERATIONS: usize = 64;
+
 fn valid_currency(c: &str) -> bool {
     c.len() == 3 && c.bytes().all(|b| b.is_ascii_lowercase())
 }
@@ -126,6 +132,8 @@ impl Engine {
                 "sandbox bootstrap needs a sandbox key",
             ));
         }
+        bounded("operation", Some(&req.operation))?;
+        bounded("idempotency_key", req.idempotency_key.as_deref())?;
         let create = CreateIntentRequest {
             allowed_tools: vec![req.operation.clone()],
             budget_cents: req.requested_spend_cents,
@@ -178,11 +186,32 @@ impl Engine {
         principal: &Principal,
         req: &CreateIntentRequest,
     ) -> Result<(), ApiError> {
-        require_role(principal, &[Role::Agent, Role::Operator, Role::TenantAdmin])?;
+        require_role(principal, &[Role::Agent])?;
         if req.allowed_tools.is_empty() || req.allowed_tools.iter().any(|t| t.trim().is_empty()) {
             return Err(ApiError::bad_request(
                 "invalid_field",
                 "allowed_tools (operation) must name at least one non-empty operation",
+            ));
+        }
+        if req.allowed_tools.len() > MAX_INTENT_OPERATIONS {
+            return Err(ApiError::unprocessable(
+                "too_many_operations",
+                format!(
+                    "allowed_tools names {} operations; at most {MAX_INTENT_OPERATIONS} are accepted",
+                    req.allowed_tools.len()
+                ),
+            ));
+        }
+        for (i, op) in req.allowed_tools.iter().enumerate() {
+            bounded(&format!("allowed_tools[{i}]"), Some(op))?;
+        }
+        bounded("idempotency_key", req.idempotency_key.as_deref())?;
+        if let Some(s) = req.deadline_seconds
+            && !(1..=MAX_DEADLINE_SECONDS).contains(&s)
+        {
+            return Err(ApiError::unprocessable(
+                "deadline_out_of_range",
+                format!("deadline_seconds must be between 1 and {MAX_DEADLINE_SECONDS} (366 days)"),
             ));
         }
         if req.budget_cents == 0 || req.budget_cents > MAX_AMOUNT_CENTS {
@@ -308,6 +337,7 @@ impl Engine {
         principal: &Principal,
         intent_id: Uuid,
     ) -> Result<IntentView, ApiError> {
+        require_role(principal, &[Role::Agent])?;
         self.tx_in(&principal.tenant_id, |tx, now| {
             let mut view = intent_view(tx, now, &principal.tenant_id, intent_id)?;
             if !matches!(
@@ -357,7 +387,9 @@ impl Engine {
         req: &EvidenceRequest,
         idempotency_key: Option<&str>,
     ) -> Result<EvidenceResponse, ApiError> {
-        require_role(principal, &[Role::Agent, Role::Operator, Role::TenantAdmin])?;
+        require_role(principal, &[Role::Agent])?;
+        bounded("operation", req.operation.as_deref())?;
+        bounded("idempotency_key", idempotency_key)?;
         #[derive(Serialize)]
         struct Keyed<'a> {
             intent_id: Uuid,
@@ -481,7 +513,8 @@ impl Engine {
         req: &CompleteRequest,
         idempotency_key: Option<&str>,
     ) -> Result<CompleteResponse, ApiError> {
-        require_role(principal, &[Role::Agent, Role::Operator, Role::TenantAdmin])?;
+        require_role(principal, &[Role::Agent])?;
+        bounded("idempotency_key", idempotency_key)?;
         #[derive(Serialize)]
         struct Keyed<'a> {
             decision_id: Uuid,
@@ -537,7 +570,7 @@ impl Engine {
     /// `POST /v1/approvals/{id}/approve`: one operator's approval; at quorum the
     /// request is approved and a single-use approval token is minted.
     pub fn approve(&self, principal: &Principal, id: Uuid) -> Result<ApprovalStatus, ApiError> {
-        require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
+        require_role(principal, &[Role::Operator])?;
         self.tx_in(&principal.tenant_id, |tx, now| {
             let (approvers, quorum) = pending_row(tx, now, &principal.tenant_id, id)?;
             let mut approvers: Vec<String> = serde_json::from_str(&approvers)?;
@@ -583,7 +616,7 @@ impl Engine {
         principal: &Principal,
         id: Uuid,
     ) -> Result<ApprovalStatus, ApiError> {
-        require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
+        require_role(principal, &[Role::Operator])?;
         self.tx_in(&principal.tenant_id, |tx, now| {
             pending_row(tx, now, &principal.tenant_id, id)?;
             tx.execute(
@@ -928,6 +961,21 @@ fn complete_tx(
             "reservation_expired",
             "the reservation expired before it was finalized; its amount was returned",
         ));
+    }
+    if req.outcome == Finalization::Consumed {
+        // Money of an intent past its deadline (refunded, released or expired) is no
+        // longer the agent's to spend: its reservations can only be released.
+        let (intent_state, deadline): (String, i64) = tx.query_one(
+            "SELECT state, deadline_ms FROM intents WHERE id = ?1",
+            args![intent],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if now >= deadline || matches!(intent_state.as_str(), "released" | "refunded" | "expired") {
+            return Err(ApiError::conflict(
+                "intent_closed",
+                "the intent is past its deadline; its reservations can only be released",
+            ));
+        }
     }
     let response = CompleteResponse {
         decision_id: Some(decision_id),

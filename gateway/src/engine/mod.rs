@@ -144,6 +144,27 @@ pub struct TenantKeys {
     pub tenant_admin: ApiKey,
 }
 
+/// `POST /v1/admin/api-keys`.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct IssueKeyRequest {
+    /// `agent`, `operator` or `tenant_admin`.
+    pub role: String,
+    /// Who holds the key (shown as the approver, the agent); default `<role>:<tenant>`.
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+/// A key just issued: shown this once, stored only as a digest.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct IssuedKey {
+    /// The key's id (on the ledger, in approvals).
+    pub key_id: String,
+    /// Its role.
+    pub role: String,
+    /// The key itself.
+    pub api_key: ApiKey,
+}
+
 /// A tenant's effective policy, as the engine enforces it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EffectivePolicy {
@@ -435,6 +456,56 @@ impl Engine {
             cache.clear();
         }
         Ok(keys)
+    }
+
+    /// `POST /v1/admin/api-keys` (tenant admin): one more key of the caller's tenant,
+    /// e.g. a second operator for an approval quorum of two. The key is shown once.
+    pub fn issue_api_key(
+        &self,
+        principal: &Principal,
+        req: &IssueKeyRequest,
+    ) -> Result<IssuedKey, ApiError> {
+        require_role(principal, &[Role::TenantAdmin])?;
+        bounded("subject", req.subject.as_deref())?;
+        if req.subject.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                "subject must not be empty",
+            ));
+        }
+        let role = match req.role.as_str() {
+            "agent" => Role::Agent,
+            "operator" => Role::Operator,
+            "tenant_admin" => Role::TenantAdmin,
+            other => {
+                return Err(ApiError::unprocessable(
+                    "invalid_field",
+                    format!("role `{other}` is not agent, operator or tenant_admin"),
+                ));
+            }
+        };
+        self.tx_in(&principal.tenant_id, |tx, now| {
+            let (key_id, api_key) = insert_key(
+                tx,
+                &principal.tenant_id,
+                principal.environment,
+                role,
+                req.subject.as_deref(),
+                now,
+            )?;
+            ledger::append(
+                tx,
+                &principal.tenant_id,
+                "keys.issued",
+                json!({"key_id": key_id, "role": role_name(role), "by": principal.key_id}),
+                now,
+            )?;
+            Ok(IssuedKey {
+                key_id,
+                role: role_name(role).to_owned(),
+                api_key,
+            })
+        })
     }
 
     /// Who an API key is; 401 for a key this gateway did not issue.
@@ -790,6 +861,24 @@ impl Engine {
     }
 }
 
+/// Longest identifier or name a request may carry (operation, tool, vendor, agent
+/// subject, task/workflow/tool-call id, idempotency key, approval token), in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// 422 `field_too_long` when `value` (the request's `field`) is over [`MAX_NAME_BYTES`].
+pub(crate) fn bounded(field: &str, value: Option<&str>) -> Result<(), ApiError> {
+    match value {
+        Some(v) if v.len() > MAX_NAME_BYTES => Err(ApiError::unprocessable(
+            "field_too_long",
+            format!(
+                "{field} is {} bytes long; at most {MAX_NAME_BYTES} are accepted",
+                v.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// 403 unless the principal holds one of `roles`.
 pub(crate) fn require_role(principal: &Principal, roles: &[Role]) -> Result<(), ApiError> {
     if principal.roles.iter().any(|r| roles.contains(r)) {
@@ -820,32 +909,40 @@ fn issue_keys(
     environment: Environment,
     now: i64,
 ) -> Result<TenantKeys, ApiError> {
-    let mint = |role: Role| -> Result<ApiKey, ApiError> {
-        let key = format!("paybond_sk_{}_{}", env_name(environment), random_hex());
-        let hash = sha256_hex(key.as_bytes());
-        let key_id = format!("key_{}", &hash[..16]);
-        tx.execute(
-            "INSERT INTO api_keys (secret_hash, key_id, tenant_id, role, subject, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            args![
-                hash,
-                key_id,
-                tenant_id,
-                role_name(role),
-                format!(
-                    "{}:{}",
-                    role_name(role),
-                    tenant_id.get(4..12).unwrap_or(tenant_id)
-                ),
-                now
-            ],
-        )?;
-        Ok(ApiKey::new(key))
-    };
     Ok(TenantKeys {
         tenant_id: tenant_id.to_owned(),
-        agent: mint(Role::Agent)?,
-        operator: mint(Role::Operator)?,
-        tenant_admin: mint(Role::TenantAdmin)?,
+        agent: insert_key(tx, tenant_id, environment, Role::Agent, None, now)?.1,
+        operator: insert_key(tx, tenant_id, environment, Role::Operator, None, now)?.1,
+        tenant_admin: insert_key(tx, tenant_id, environment, Role::TenantAdmin, None, now)?.1,
     })
+}
+
+/// Stores a new key's digest: its id and the key (shown once).
+fn insert_key(
+    tx: &dyn Tx,
+    tenant_id: &str,
+    environment: Environment,
+    role: Role,
+    subject: Option<&str>,
+    now: i64,
+) -> Result<(String, ApiKey), ApiError> {
+    let key = format!("paybond_sk_{}_{}", env_name(environment), random_hex());
+    let hash = sha256_hex(key.as_bytes());
+    let key_id = format!("key_{}", &hash[..16]);
+    let subject = subject.map_or_else(
+        || {
+            format!(
+                "{}:{}",
+                role_name(role),
+                tenant_id.get(4..12).unwrap_or(tenant_id)
+            )
+        },
+        str::to_owned,
+    );
+    tx.execute(
+        "INSERT INTO api_keys (secret_hash, key_id, tenant_id, role, subject, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        args![hash, key_id, tenant_id, role_name(role), subject, now],
+    )?;
+    Ok((key_id, ApiKey::new(key)))
 }
