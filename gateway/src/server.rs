@@ -30,6 +30,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 #[derive(Clone)]
 struct AppState {
     engine: Arc<Engine>,
+    /// Time a request's body may take to arrive.
+    body_timeout: Duration,
 }
 
 /// An error answer: the envelope, the status and a request id.
@@ -222,20 +224,39 @@ fn check_content_type(
 }
 
 /// Reads a JSON body within [`BODY_LIMIT`].
-async fn body(request: Request) -> Result<(HeaderMap, Bytes), HttpError> {
-    body_of(request, Accepts::Json).await
+async fn body(state: &AppState, request: Request) -> Result<(HeaderMap, Bytes), HttpError> {
+    body_of(state, request, Accepts::Json).await
 }
 
-/// Reads the body within [`BODY_LIMIT`] and checks its content type.
-async fn body_of(request: Request, accepts: Accepts) -> Result<(HeaderMap, Bytes), HttpError> {
+/// Reads the body within [`BODY_LIMIT`] and the state's body timeout, and checks
+/// its content type.
+async fn body_of(
+    state: &AppState,
+    request: Request,
+    accepts: Accepts,
+) -> Result<(HeaderMap, Bytes), HttpError> {
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
-        fail(ApiError::new(
-            413,
-            "body_too_large",
-            format!("the request body is over {BODY_LIMIT} bytes"),
-        ))
-    })?;
+    let read = axum::body::to_bytes(body, BODY_LIMIT);
+    let bytes = match tokio::time::timeout(state.body_timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return Err(fail(ApiError::new(
+                413,
+                "body_too_large",
+                format!("the request body is over {BODY_LIMIT} bytes"),
+            )));
+        }
+        Err(_) => {
+            return Err(fail(ApiError::new(
+                408,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    state.body_timeout.as_secs_f64()
+                ),
+            )));
+        }
+    };
     check_content_type(&parts.headers, &bytes, accepts)?;
     Ok((parts.headers, bytes))
 }
@@ -275,7 +296,7 @@ async fn principal(State(s): State<AppState>, headers: HeaderMap) -> Answer {
 }
 
 async fn verify(State(s): State<AppState>, request: Request) -> Answer {
-    let (headers, bytes) = body(request).await?;
+    let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
     let r = with_engine(&s, creds, move |e, p, key| {
         let mut req: VerifyRequest = parse(&bytes)?;
@@ -288,7 +309,7 @@ async fn verify(State(s): State<AppState>, request: Request) -> Answer {
 
 async fn complete(State(s): State<AppState>, Path(id): Path<String>, request: Request) -> Answer {
     let id = uuid_param(&id, "decision_id")?;
-    let (headers, bytes) = body(request).await?;
+    let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
     let r = with_engine(&s, creds, move |e, p, key| {
         let req: WithKey<CompleteRequest> = parse(&bytes)?;
@@ -300,7 +321,7 @@ async fn complete(State(s): State<AppState>, Path(id): Path<String>, request: Re
 }
 
 async fn bootstrap(State(s): State<AppState>, request: Request) -> Answer {
-    let (headers, bytes) = body(request).await?;
+    let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
     let r = with_engine(&s, creds, move |e, p, key| {
         let mut req: SandboxBootstrapRequest = parse(&bytes)?;
@@ -313,7 +334,7 @@ async fn bootstrap(State(s): State<AppState>, request: Request) -> Answer {
 
 async fn evidence(State(s): State<AppState>, Path(id): Path<String>, request: Request) -> Answer {
     let id = uuid_param(&id, "intent_id")?;
-    let (headers, bytes) = body(request).await?;
+    let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
     let r = with_engine(&s, creds, move |e, p, key| {
         let req: WithKey<EvidenceRequest> = parse(&bytes)?;
@@ -325,7 +346,7 @@ async fn evidence(State(s): State<AppState>, Path(id): Path<String>, request: Re
 }
 
 async fn create_intent(State(s): State<AppState>, request: Request) -> Answer {
-    let (headers, bytes) = body(request).await?;
+    let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
     let r = with_engine(&s, creds, move |e, p, key| {
         let mut req: CreateIntentRequest = parse(&bytes)?;
@@ -426,7 +447,7 @@ async fn put_org_policy(
     Path(id): Path<String>,
     request: Request,
 ) -> Answer {
-    let (headers, bytes) = body_of(request, Accepts::PolicyText).await?;
+    let (headers, bytes) = body_of(&s, request, Accepts::PolicyText).await?;
     let creds = credentials(&headers)?;
     let text = body_text(&bytes)?;
     let r = with_engine(&s, creds, move |e, p, _| {
@@ -437,7 +458,7 @@ async fn put_org_policy(
 }
 
 async fn put_tenant_policy(State(s): State<AppState>, request: Request) -> Answer {
-    let (headers, bytes) = body_of(request, Accepts::PolicyText).await?;
+    let (headers, bytes) = body_of(&s, request, Accepts::PolicyText).await?;
     let creds = credentials(&headers)?;
     let text = body_text(&bytes)?;
     let r = with_engine(&s, creds, move |e, p, _| e.publish_tenant_policy(p, &text)).await?;
@@ -445,7 +466,7 @@ async fn put_tenant_policy(State(s): State<AppState>, request: Request) -> Answe
 }
 
 async fn issue_key(State(s): State<AppState>, request: Request) -> Answer {
-    let (headers, bytes) = body(request).await?;
+    let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
     let r = with_engine(&s, creds, move |e, p, _| {
         let req: crate::engine::IssueKeyRequest = parse(&bytes)?;
@@ -551,6 +572,10 @@ async fn method_not_allowed(request: Request<Body>) -> HttpError {
 
 /// The router over `engine`: every route of the contract.
 pub fn router(engine: Arc<Engine>) -> Router {
+    router_with(engine, ServeLimits::default().body_timeout)
+}
+
+fn router_with(engine: Arc<Engine>, body_timeout: Duration) -> Router {
     Router::new()
         .route("/v1/auth/principal", get(principal))
         .route("/verify", post(verify))
@@ -582,7 +607,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(AppState { engine })
+        .with_state(AppState {
+            engine,
+            body_timeout,
+        })
 }
 
 /// Runs the expiry sweep every `every` until the engine is dropped elsewhere.
@@ -605,13 +633,89 @@ pub fn spawn_sweeper(engine: Arc<Engine>, every: Duration) -> tokio::task::JoinH
     })
 }
 
-/// Serves `engine` on `listener` until `shutdown` resolves.
+/// What one server lets its clients hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Connections served at once; further ones wait in the listen backlog until
+    /// one closes.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, counted from when the
+    /// connection opens or its previous answer was sent: it bounds slow headers
+    /// (slowloris) and idle keep-alive connections alike.
+    pub header_timeout: Duration,
+    /// Time a request's body may take to arrive (408 after it).
+    pub body_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `engine` on `listener` until `shutdown` resolves, within the default
+/// [`ServeLimits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, engine, shutdown, ServeLimits::default()).await
+}
+
+/// Serves `engine` on `listener` (HTTP/1.1) until `shutdown` resolves, within
+/// `limits`; then stops accepting, lets requests in flight finish, and returns.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    engine: Arc<Engine>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let service = TowerToHyperService::new(router_with(engine, limits.body_timeout));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // A free slot first: at the cap, new connections wait in the backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // the semaphore is never closed
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not stop serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection =
+            graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        tokio::spawn(async move {
+            // A client that goes away or times out ends its connection; nothing to report.
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

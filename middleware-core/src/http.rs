@@ -177,6 +177,9 @@ impl HttpGatewayBuilder {
                     "paybond-middleware-core/",
                     env!("CARGO_PKG_VERSION")
                 ))
+                // Below the gateway's 10 s idle limit, so a pooled connection is not
+                // reused just as the server closes it.
+                .pool_idle_timeout(std::time::Duration::from_secs(5))
                 .build()
                 .map_err(|e| GatewayError::Config(format!("HTTP client: {e}")))?,
         };

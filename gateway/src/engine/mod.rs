@@ -109,6 +109,9 @@ pub struct EngineConfig {
     pub default_org_policy: Option<PolicyFile>,
     /// The policy new tenants start with.
     pub default_tenant_policy: Option<PolicyFile>,
+    /// A SQLite file's WAL above this size is checkpointed and truncated in the
+    /// background (default 64 MiB).
+    pub wal_limit_bytes: u64,
 }
 
 const HOUR_MS: i64 = 3_600_000;
@@ -127,6 +130,7 @@ impl EngineConfig {
             idempotency_retention_ms: 48 * HOUR_MS,
             default_org_policy: Some(PolicyFile::bundled_org_base()),
             default_tenant_policy: Some(PolicyFile::bundled_tenant_overlay()),
+            wal_limit_bytes: crate::store::DEFAULT_WAL_LIMIT_BYTES,
         }
     }
 }
@@ -265,7 +269,7 @@ pub(crate) fn env_name(env: Environment) -> &'static str {
 impl Engine {
     /// Opens the store and loads (or creates) the capability-token root key.
     pub fn open(config: EngineConfig) -> Result<Self, ApiError> {
-        let store = Store::open(&config.storage)?;
+        let store = Store::open(&config.storage, config.wal_limit_bytes)?;
         let read_key = |tx: &dyn Tx| {
             tx.query_opt(
                 "SELECT value FROM meta WHERE key = 'root_key'",

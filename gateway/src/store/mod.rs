@@ -14,6 +14,7 @@ use crate::error::ApiError;
 
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
+pub(crate) use sqlite::DEFAULT_WAL_LIMIT_BYTES;
 
 /// Where the engine keeps its state.
 #[derive(Debug, Clone)]
@@ -316,9 +317,12 @@ pub(crate) enum Store {
 }
 
 impl Store {
-    pub(crate) fn open(storage: &Storage) -> Result<Self, ApiError> {
+    /// Opens `storage`; a SQLite file keeps its WAL under `wal_limit_bytes`.
+    pub(crate) fn open(storage: &Storage, wal_limit_bytes: u64) -> Result<Self, ApiError> {
         Ok(match storage {
-            Storage::File(_) | Storage::Memory => Self::Sqlite(sqlite::SqliteStore::open(storage)?),
+            Storage::File(_) | Storage::Memory => {
+                Self::Sqlite(sqlite::SqliteStore::open(storage, wal_limit_bytes)?)
+            }
             Storage::Postgres(url) => Self::Postgres(postgres::PgStore::open(url)?),
         })
     }

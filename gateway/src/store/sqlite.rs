@@ -4,9 +4,16 @@
 //! reservation that follows them are atomic. Operations that arrive while others run
 //! join one transaction, each in a savepoint of its own (an operation that fails
 //! rolls back only itself), and the last of them commits for all: a group commit.
-//! A file database runs in WAL mode with `synchronous = FULL`, so that commit is
-//! on disk before any of its operations is answered; an acknowledged decision
-//! survives `kill -9` and a power loss.
+//! A file database runs in WAL mode; each commit's WAL is fsynced (outside the
+//! connection's lock, one fsync for every commit before it) before any of its
+//! operations is answered, so an acknowledged decision survives `kill -9` and a
+//! power loss.
+//!
+//! Checkpoints run on a background thread: a passive one on its own connection
+//! every 250 ms, and, when the WAL has grown past its limit (a steady stream of
+//! commits never leaves a passive checkpoint a gap to restart the WAL in), a
+//! truncating one on the writer's connection between two groups, which then has
+//! only the frames written since the passive pass to copy.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -304,10 +311,26 @@ impl Durability {
     }
 }
 
+/// The connection and its group, shared with the checkpointer.
+struct Writer {
+    batch: Mutex<Batch>,
+    /// A group has committed (or rolled back).
+    done: Condvar,
+}
+
+impl Writer {
+    fn lock(&self) -> MutexGuard<'_, Batch> {
+        // Every path below leaves the batch consistent before it can panic (the
+        // operation itself runs under catch_unwind), so a poisoned lock is usable.
+        self.batch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The SQLite store: one connection, group commit.
 pub(crate) struct SqliteStore {
-    batch: Mutex<Batch>,
-    done: Condvar,
+    writer: std::sync::Arc<Writer>,
     /// Operations that have asked for the connection and not yet run.
     arrivals: AtomicUsize,
     /// For a file database: what makes commits durable.
@@ -317,9 +340,31 @@ pub(crate) struct SqliteStore {
     _checkpointer: Option<Checkpointer>,
 }
 
+/// A WAL above this size is truncated by the checkpointer (and trimmed to it when
+/// it restarts) unless the engine's configuration says otherwise.
+pub(crate) const DEFAULT_WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+
 impl SqliteStore {
-    pub(crate) fn open(storage: &Storage) -> Result<Self, ApiError> {
+    pub(crate) fn open(storage: &Storage, wal_limit_bytes: u64) -> Result<Self, ApiError> {
         let conn = open_connection(storage)?;
+        if matches!(storage, Storage::File(_)) {
+            conn.pragma_update(
+                None,
+                "journal_size_limit",
+                i64::try_from(wal_limit_bytes).unwrap_or(i64::MAX),
+            )?;
+        }
+        let writer = std::sync::Arc::new(Writer {
+            batch: Mutex::new(Batch {
+                conn,
+                open: false,
+                id: 0,
+                ops: 0,
+                committed: 0,
+                failed: VecDeque::new(),
+            }),
+            done: Condvar::new(),
+        });
         let (checkpointer, durability) = match storage {
             Storage::File(path) => {
                 let mut wal = path.clone().into_os_string();
@@ -338,13 +383,17 @@ impl SqliteStore {
                             ApiError::internal(format_args!("cannot sync {}: {e}", dir.display()))
                         })?;
                 }
+                let wal = PathBuf::from(wal);
                 (
                     Some(Checkpointer::start(
                         path,
-                        std::time::Duration::from_millis(500),
+                        &wal,
+                        std::sync::Arc::downgrade(&writer),
+                        std::time::Duration::from_millis(250),
+                        wal_limit_bytes,
                     )?),
                     Some(Durability {
-                        wal: PathBuf::from(wal),
+                        wal,
                         state: Mutex::new(Synced::default()),
                         synced_now: Condvar::new(),
                         committed: AtomicU64::new(0),
@@ -354,28 +403,12 @@ impl SqliteStore {
             _ => (None, None),
         };
         Ok(Self {
-            batch: Mutex::new(Batch {
-                conn,
-                open: false,
-                id: 0,
-                ops: 0,
-                committed: 0,
-                failed: VecDeque::new(),
-            }),
-            done: Condvar::new(),
+            writer,
             arrivals: AtomicUsize::new(0),
             max_batch: if durability.is_some() { MAX_BATCH } else { 1 },
             durability,
             _checkpointer: checkpointer,
         })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Batch> {
-        // Every path below leaves the batch consistent before it can panic (the
-        // operation itself runs under catch_unwind), so a poisoned lock is usable.
-        self.batch
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Runs `f` in the current group transaction, in a savepoint of its own, and
@@ -385,7 +418,7 @@ impl SqliteStore {
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         self.arrivals.fetch_add(1, Ordering::SeqCst);
-        let mut b = self.lock();
+        let mut b = self.writer.lock();
         if !b.open {
             if let Err(e) = control(&b.conn, "BEGIN IMMEDIATE") {
                 self.arrivals.fetch_sub(1, Ordering::SeqCst);
@@ -422,10 +455,11 @@ impl SqliteStore {
             if let Some(d) = &self.durability {
                 d.committed.fetch_max(id, Ordering::SeqCst);
             }
-            self.done.notify_all();
+            self.writer.done.notify_all();
         } else {
             while b.committed < id {
                 b = self
+                    .writer
                     .done
                     .wait(b)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -515,11 +549,18 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(path: &Path, every: std::time::Duration) -> rusqlite::Result<Self> {
+    fn start(
+        path: &Path,
+        wal: &Path,
+        writer: std::sync::Weak<Writer>,
+        every: std::time::Duration,
+        wal_limit_bytes: u64,
+    ) -> rusqlite::Result<Self> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
+        let wal = wal.to_owned();
         let thread = std::thread::Builder::new()
             .name("paybond-checkpoint".to_owned())
             .spawn(move || {
@@ -528,6 +569,13 @@ impl Checkpointer {
                     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
                         tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                    let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                    if size > wal_limit_bytes {
+                        let Some(writer) = writer.upgrade() else {
+                            break;
+                        };
+                        truncate_wal(&writer, size);
                     }
                 }
             })
@@ -541,6 +589,37 @@ impl Checkpointer {
             stop,
             thread: Some(thread),
         })
+    }
+}
+
+/// Checkpoints the whole WAL into the database and truncates it, on the writer's
+/// connection between two groups (no transaction open, so nothing waits on a
+/// reader). Requests that arrive meanwhile wait for it: it copies only what was
+/// written since the last passive checkpoint.
+fn truncate_wal(writer: &Writer, size: u64) {
+    let started = std::time::Instant::now();
+    let mut b = writer.lock();
+    while b.open {
+        b = writer
+            .done
+            .wait(b)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+    // (busy, WAL frames, frames checkpointed); busy = 1 when it could not finish.
+    let result = b
+        .conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        });
+    drop(b);
+    match result {
+        Ok(0) => tracing::debug!(
+            wal_bytes = size,
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "WAL truncated"
+        ),
+        Ok(_) => tracing::warn!(wal_bytes = size, "WAL truncation was blocked; retrying"),
+        Err(e) => tracing::warn!(error = %e, "WAL truncation failed"),
     }
 }
 
