@@ -38,6 +38,15 @@ pub(crate) enum ApprovalsCommand {
         /// pending, approved, denied, expired or all.
         #[arg(long, default_value = "pending")]
         state: String,
+        /// At most this many, newest first (1 to 500).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: u32,
+        /// Continue after a previous page (the `next_cursor` it printed).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Oldest first.
+        #[arg(long)]
+        oldest_first: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -171,11 +180,22 @@ fn redact_tokens(v: &mut Value) {
 
 pub(crate) fn approvals(cmd: ApprovalsCommand) -> Outcome {
     let (remote, method, path) = match &cmd {
-        ApprovalsCommand::List { state, remote } => (
+        ApprovalsCommand::List {
+            state,
+            limit,
+            cursor,
+            oldest_first,
             remote,
-            reqwest::Method::GET,
-            format!("/v1/approvals?state={state}"),
-        ),
+        } => {
+            let mut path = format!("/v1/approvals?state={state}&limit={limit}");
+            if let Some(c) = cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            if *oldest_first {
+                path.push_str("&order=oldest");
+            }
+            (remote, reqwest::Method::GET, path)
+        }
         ApprovalsCommand::Approve { id, remote } => (
             remote,
             reqwest::Method::POST,
@@ -203,6 +223,10 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Outcome {
         println!("{body}");
         return Outcome::Success;
     }
+    let next = body
+        .get("next_cursor")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let list: Vec<ApprovalStatus> = match &cmd {
         ApprovalsCommand::List { .. } => body
             .get("approvals")
@@ -218,6 +242,9 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Outcome {
     }
     for a in &list {
         print_status(a);
+    }
+    if let Some(next) = next {
+        println!("more: pass --cursor {next}");
     }
     Outcome::Success
 }

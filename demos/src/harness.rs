@@ -297,7 +297,13 @@ impl Harness {
             } => {
                 let (engine, operator) = (engine.clone(), operator.clone());
                 tokio::task::spawn_blocking(move || {
-                    engine.list_approvals(&operator, Some(ApprovalState::Pending))
+                    engine.list_approvals(
+                        &operator,
+                        &paybond_gateway::ApprovalQuery {
+                            state: Some(ApprovalState::Pending),
+                            ..Default::default()
+                        },
+                    )
                 })
                 .await
                 .map_err(|e| DemoError::Gateway(e.to_string()))?

@@ -164,7 +164,15 @@ pub const ROUTES: &[RouteDoc] = &[
         request: None,
         response: schema::<ApprovalList>,
         errors: &[400],
-        query: &[("state", "pending, approved, denied or expired")],
+        query: &[
+            (
+                "state",
+                "pending, approved, denied or expired (default: all)",
+            ),
+            ("limit", "at most this many, 1 to 500 (default 100)"),
+            ("cursor", "next_cursor of the previous page"),
+            ("order", "newest (default) or oldest first"),
+        ],
     },
     RouteDoc {
         method: "GET",

@@ -401,8 +401,30 @@ async fn list_approvals(
             )));
         }
     };
+    let limit = number_param(
+        &q,
+        "limit",
+        100,
+        1..=u64::from(crate::engine::lifecycle::MAX_APPROVAL_PAGE),
+    )?;
+    let oldest_first = match q.get("order").map(String::as_str) {
+        None | Some("newest") => false,
+        Some("oldest") => true,
+        Some(other) => {
+            return Err(fail(ApiError::bad_request(
+                "invalid_query_parameter",
+                format!("order `{other}` is not newest or oldest"),
+            )));
+        }
+    };
+    let query = crate::engine::lifecycle::ApprovalQuery {
+        state,
+        limit: u32::try_from(limit).ok(),
+        cursor: q.get("cursor").cloned(),
+        oldest_first,
+    };
     let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
-        e.list_approvals(p, state)
+        e.list_approvals(p, &query)
     })
     .await?;
     json(&r)

@@ -526,3 +526,157 @@ async fn completing_a_finalized_decision_another_way_is_409_whatever_the_amount(
         "{answer}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_flood_the_approval_queue_and_operators_page_through_it() {
+    let clock = Clock::manual(1_773_669_600_000);
+    let mut config = EngineConfig::new(Storage::Memory);
+    config.clock = clock.clone();
+    config.approval_requests_per_agent_per_minute = 25;
+    config.pending_approvals_per_intent = 16;
+    config.default_org_policy = None;
+    config.default_tenant_policy = Some(paybond_gateway::PolicyFile {
+        text: format!(
+            "version: 1\nname: flood\ndefault_deny: true\ntools:\n  {BOOK}: {{side_effecting: true, spend_from_args: amount_cents, evidence_preset: cost_and_completion}}\nspend_controls:\n  tools:\n    {BOOK}: {{approval_threshold_cents: 1000}}\n"
+        ),
+        file: "flood.yaml".to_owned(),
+    });
+    let fx = Fixture::with_config(config);
+    let base = common::serve(fx.engine.clone()).await;
+    let agent = fx.keys.agent.expose_secret();
+    let operator = fx.keys.operator.expose_secret();
+    let (a, token_a) = fx.intent(1_000_000);
+    let (b, token_b) = fx.intent(1_000_000);
+
+    let hold = |intent: uuid::Uuid, token: String, amount: u64| {
+        let (base, clock) = (base.clone(), clock.clone());
+        async move {
+            clock.advance_ms(1);
+            let body = verify_body(intent, &token, amount).to_string();
+            call(&base, Method::POST, "/verify", Some(agent), Some(&body))
+                .await
+                .1
+        }
+    };
+    // Intent A: sixteen holds wait at once; the seventeenth is refused, and nothing is opened.
+    let mut opened = Vec::new();
+    for i in 0..16 {
+        let answer = hold(a, token_a.expose_secret().to_owned(), 2_000 + i).await;
+        assert_eq!(answer["approval_required"], json!(true), "{answer}");
+        opened.push(answer["approval_request_id"].as_str().unwrap().to_owned());
+    }
+    let refused = hold(a, token_a.expose_secret().to_owned(), 3_000).await;
+    assert_eq!(refused["allow"], json!(false));
+    assert_eq!(
+        refused["reason_codes"],
+        json!(["approval_rate_limited"]),
+        "{refused}"
+    );
+    assert!(refused["approval_request_id"].is_null(), "{refused}");
+    assert!(
+        refused["retry_after"].as_u64().is_some_and(|s| s > 0),
+        "{refused}"
+    );
+    // The same request again is the same approval, not a new one (and not refused).
+    let again = hold(a, token_a.expose_secret().to_owned(), 2_000).await;
+    assert_eq!(
+        again["approval_request_id"].as_str(),
+        Some(opened[0].as_str()),
+        "{again}"
+    );
+
+    // Intent B: the agent key's 25 per minute run out after 9 more.
+    for i in 0..9 {
+        let answer = hold(b, token_b.expose_secret().to_owned(), 5_000 + i).await;
+        assert_eq!(answer["approval_required"], json!(true), "{i}: {answer}");
+        opened.push(answer["approval_request_id"].as_str().unwrap().to_owned());
+    }
+    let refused = hold(b, token_b.expose_secret().to_owned(), 9_000).await;
+    assert_eq!(
+        refused["reason_codes"],
+        json!(["approval_rate_limited"]),
+        "{refused}"
+    );
+    assert!(
+        refused["message"].as_str().unwrap().contains("agent key"),
+        "{refused}"
+    );
+    // A minute later the agent may ask again (intent A is still full).
+    clock.advance_ms(60_000);
+    let answer = hold(b, token_b.expose_secret().to_owned(), 9_000).await;
+    assert_eq!(answer["approval_required"], json!(true), "{answer}");
+    let genuine = answer["approval_request_id"].as_str().unwrap().to_owned();
+    opened.push(genuine.clone());
+    let refused = hold(a, token_a.expose_secret().to_owned(), 9_001).await;
+    assert_eq!(
+        refused["reason_codes"],
+        json!(["approval_rate_limited"]),
+        "{refused}"
+    );
+
+    // Operators page through all 26, newest first: the latest hold is on page one.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/approvals?state=pending&limit=7&cursor={c}"),
+            None => "/v1/approvals?state=pending&limit=7".to_owned(),
+        };
+        let (status, page) = call(&base, Method::GET, &path, Some(operator), None).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        let ids: Vec<String> = page["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["approval_request_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(ids.len() <= 7);
+        seen.extend(ids);
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 4);
+    assert_eq!(seen[0], genuine);
+    let mut newest_first = opened.clone();
+    newest_first.reverse();
+    assert_eq!(seen, newest_first);
+    let (_, oldest) = call(
+        &base,
+        Method::GET,
+        "/v1/approvals?state=pending&order=oldest&limit=500",
+        Some(operator),
+        None,
+    )
+    .await;
+    let oldest: Vec<&str> = oldest["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["approval_request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        oldest,
+        opened.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    for bad in [
+        "cursor=nope",
+        "cursor=12.not-a-uuid",
+        "limit=0",
+        "limit=501",
+        "order=random",
+    ] {
+        let (status, answer) = call(
+            &base,
+            Method::GET,
+            &format!("/v1/approvals?{bad}"),
+            Some(operator),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+    }
+}

@@ -62,6 +62,19 @@ struct Call<'a> {
     binding: Result<ToolBinding, Verdict>,
 }
 
+/// What a hold became.
+enum Held {
+    /// The approval request the operators decide.
+    Approval(Uuid),
+    /// None: the agent or the intent is over its approval limits.
+    Limited { message: String, retry_after: u64 },
+}
+
+/// Whole seconds, rounded up, at least 1.
+fn seconds_ceil(ms: i64) -> u64 {
+    u64::try_from(ms.max(1)).unwrap_or(1).div_ceil(1000).max(1)
+}
+
 /// An optional string of the request; an empty one names nothing.
 fn non_empty(value: &Option<String>) -> Option<&str> {
     value.as_deref().filter(|s| !s.is_empty())
@@ -362,13 +375,26 @@ impl Engine {
                 "allow"
             }
             Verdict::Hold { reasons } => {
-                let approval_id = self.hold(tx, now, &call, decision_id, &reasons, policy)?;
-                result.code = Some("approval_required".to_owned());
-                result.message = Some("an operator must approve this request".to_owned());
-                result.approval_required = true;
-                result.approval_request_id = Some(approval_id);
-                result.reason_codes = reasons;
-                "hold"
+                match self.hold(tx, now, &call, decision_id, &reasons, policy)? {
+                    Held::Approval(approval_id) => {
+                        result.code = Some("approval_required".to_owned());
+                        result.message = Some("an operator must approve this request".to_owned());
+                        result.approval_required = true;
+                        result.approval_request_id = Some(approval_id);
+                        result.reason_codes = reasons;
+                        "hold"
+                    }
+                    Held::Limited {
+                        message,
+                        retry_after,
+                    } => {
+                        result.code = Some("approval_rate_limited".to_owned());
+                        result.message = Some(message);
+                        result.reason_codes = vec!["approval_rate_limited".to_owned()];
+                        result.retry_after = Some(retry_after);
+                        "deny"
+                    }
+                }
             }
             Verdict::Deny {
                 code,
@@ -735,7 +761,9 @@ impl Engine {
     }
 
     /// Records a hold: reuses a pending (or approved, unused) approval of exactly
-    /// this request, else opens a new one.
+    /// this request, else opens a new one, unless the agent key has opened too many
+    /// in the last minute or the intent has too many pending: an agent cannot bury
+    /// the operators' queue.
     fn hold(
         &self,
         tx: &dyn Tx,
@@ -744,7 +772,7 @@ impl Engine {
         decision_id: Uuid,
         reasons: &[String],
         policy: Option<&EffectivePolicy>,
-    ) -> Result<Uuid, ApiError> {
+    ) -> Result<Held, ApiError> {
         let digest = request_digest(call);
         let existing: Option<String> = tx.query_opt(
             "SELECT id FROM approvals WHERE tenant_id = ?1 AND request_digest = ?2
@@ -755,7 +783,42 @@ impl Engine {
             |r| r.get(0),
         )?;
         if let Some(id) = existing {
-            return Uuid::parse_str(&id).map_err(ApiError::internal);
+            return Uuid::parse_str(&id)
+                .map(Held::Approval)
+                .map_err(ApiError::internal);
+        }
+        let per_minute = i64::from(self.config.approval_requests_per_agent_per_minute);
+        let (recent, oldest): (i64, Option<i64>) = tx.query_one(
+            "SELECT COUNT(*), MIN(created_ms) FROM approvals
+             WHERE tenant_id = ?1 AND agent = ?2 AND created_ms > ?3",
+            args![call.tenant, call.agent, now - 60_000],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if recent >= per_minute {
+            let wait_ms = oldest.map_or(60_000, |o| o + 60_000 - now);
+            return Ok(Held::Limited {
+                message: format!(
+                    "this agent key opened {recent} approval requests in the last minute; \
+                     at most {per_minute} are accepted"
+                ),
+                retry_after: seconds_ceil(wait_ms),
+            });
+        }
+        let per_intent = i64::from(self.config.pending_approvals_per_intent);
+        let (pending, first_expiry): (i64, Option<i64>) = tx.query_one(
+            "SELECT COUNT(*), MIN(expires_ms) FROM approvals
+             WHERE intent_id = ?1 AND state = 'pending' AND expires_ms > ?2",
+            args![call.intent, now],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if pending >= per_intent {
+            return Ok(Held::Limited {
+                message: format!(
+                    "the intent has {pending} approval requests pending; at most {per_intent} \
+                     may wait at once"
+                ),
+                retry_after: seconds_ceil(first_expiry.map_or(60_000, |e| e - now)),
+            });
         }
         let approval = policy
             .and_then(|p| p.policy.spend_controls.as_ref())
@@ -769,8 +832,8 @@ impl Engine {
         let id = Uuid::new_v4();
         tx.execute(
             "INSERT INTO approvals (id, tenant_id, intent_id, decision_id, request_digest, operation, tool,
-             vendor, amount_cents, reason_codes, state, approvers, quorum, created_ms, expires_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', '[]', ?11, ?12, ?13)",
+             vendor, amount_cents, reason_codes, state, approvers, quorum, created_ms, expires_ms, agent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', '[]', ?11, ?12, ?13, ?14)",
             args![
                 id.to_string(),
                 call.tenant,
@@ -784,7 +847,8 @@ impl Engine {
                 serde_json::to_string(reasons)?,
                 quorum,
                 now,
-                now.saturating_add(timeout_ms)
+                now.saturating_add(timeout_ms),
+                call.agent
             ],
         )?;
         ledger::append(
@@ -801,7 +865,7 @@ impl Engine {
             }),
             now,
         )?;
-        Ok(id)
+        Ok(Held::Approval(id))
     }
 }
 

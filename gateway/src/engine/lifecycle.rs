@@ -74,8 +74,40 @@ pub struct IntentView {
 /// `GET /v1/approvals`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApprovalList {
-    /// Oldest first.
+    /// Newest first (oldest first when asked).
     pub approvals: Vec<ApprovalStatus>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/approvals?state=&limit=&cursor=&order=`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApprovalQuery {
+    /// Only approvals in this state.
+    pub state: Option<ApprovalState>,
+    /// At most this many (1 to [`MAX_APPROVAL_PAGE`]; default 100).
+    pub limit: Option<u32>,
+    /// Where the previous page ended (its `next_cursor`).
+    pub cursor: Option<String>,
+    /// Oldest first instead of newest first.
+    pub oldest_first: bool,
+}
+
+/// The largest page of approvals.
+pub const MAX_APPROVAL_PAGE: u32 = 500;
+
+/// A cursor: the (creation time, id) of the last approval of a page.
+fn parse_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
+    cursor
+        .split_once('.')
+        .and_then(|(ms, id)| Some((ms.parse().ok()?, Uuid::parse_str(id).ok()?.to_string())))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "cursor: not one this gateway gave (use next_cursor as returned)",
+            )
+        })
 }
 
 /// What one sweep changed.
@@ -534,27 +566,67 @@ impl Engine {
 
     // ---- approvals ----
 
-    /// `GET /v1/approvals?state=`: the tenant's approval requests, oldest first.
+    /// `GET /v1/approvals`: the tenant's approval requests, a page at a time, newest
+    /// first unless `oldest_first`.
     pub fn list_approvals(
         &self,
         principal: &Principal,
-        state: Option<ApprovalState>,
+        query: &ApprovalQuery,
     ) -> Result<ApprovalList, ApiError> {
-        let state = state.map(approval_state_name);
+        let state = query.state.map(approval_state_name);
+        let limit = query.limit.unwrap_or(100);
+        if !(1..=MAX_APPROVAL_PAGE).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "invalid_query_parameter",
+                format!("limit {limit} is not from 1 to {MAX_APPROVAL_PAGE}"),
+            ));
+        }
+        let after = query.cursor.as_deref().map(parse_cursor).transpose()?;
+        // Rows strictly after the cursor in the page's order; without one, from the start.
+        let (sql, (after_ms, after_id)) = if query.oldest_first {
+            (
+                "SELECT id, created_ms FROM approvals WHERE tenant_id = ?1
+                 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
+                 AND (created_ms > ?3 OR (created_ms = ?3 AND id > ?4))
+                 ORDER BY created_ms, id LIMIT ?5",
+                after.unwrap_or((i64::MIN, String::new())),
+            )
+        } else {
+            (
+                "SELECT id, created_ms FROM approvals WHERE tenant_id = ?1
+                 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
+                 AND (created_ms < ?3 OR (created_ms = ?3 AND id < ?4))
+                 ORDER BY created_ms DESC, id DESC LIMIT ?5",
+                after.unwrap_or((i64::MAX, String::new())),
+            )
+        };
         self.tx_in(&principal.tenant_id, |tx, now| {
-            let ids: Vec<String> = tx.query_map(
-                "SELECT id FROM approvals WHERE tenant_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
-                 ORDER BY created_ms, id LIMIT 500",
-                args![principal.tenant_id, state],
-                |r| r.get(0),
+            let mut rows: Vec<(String, i64)> = tx.query_map(
+                sql,
+                args![
+                    principal.tenant_id,
+                    state,
+                    after_ms,
+                    after_id,
+                    i64::from(limit) + 1
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            let mut approvals = Vec::with_capacity(ids.len());
-            for id in ids {
+            let more = rows.len() > limit as usize;
+            rows.truncate(limit as usize);
+            let next_cursor = more
+                .then(|| rows.last().map(|(id, ms)| format!("{ms}.{id}")))
+                .flatten();
+            let mut approvals = Vec::with_capacity(rows.len());
+            for (id, _) in rows {
                 if let Some(a) = approval_status(tx, now, &principal.tenant_id, &id)? {
                     approvals.push(a);
                 }
             }
-            Ok(ApprovalList { approvals })
+            Ok(ApprovalList {
+                approvals,
+                next_cursor,
+            })
         })
     }
 

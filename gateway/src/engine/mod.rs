@@ -109,6 +109,12 @@ pub struct EngineConfig {
     pub default_org_policy: Option<PolicyFile>,
     /// The policy new tenants start with.
     pub default_tenant_policy: Option<PolicyFile>,
+    /// Approval requests one agent key may open per minute (more: deny
+    /// `approval_rate_limited`).
+    pub approval_requests_per_agent_per_minute: u32,
+    /// Approval requests pending at once for one intent (more: deny
+    /// `approval_rate_limited`).
+    pub pending_approvals_per_intent: u32,
     /// A SQLite file's WAL above this size is checkpointed and truncated in the
     /// background (default 64 MiB).
     pub wal_limit_bytes: u64,
@@ -131,6 +137,8 @@ impl EngineConfig {
             default_org_policy: Some(PolicyFile::bundled_org_base()),
             default_tenant_policy: Some(PolicyFile::bundled_tenant_overlay()),
             wal_limit_bytes: crate::store::DEFAULT_WAL_LIMIT_BYTES,
+            approval_requests_per_agent_per_minute: 20,
+            pending_approvals_per_intent: 20,
         }
     }
 }

@@ -35,7 +35,17 @@ const POOL_SIZE: usize = 8;
 
 /// Schema migrations, applied in order once per database (under an advisory lock,
 /// so replicas starting together apply each exactly once).
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
+
+/// Approvals: who asked (hold limits per agent), whether the token was fetched,
+/// and indexes for the limits and for paging.
+const SCHEMA_V3: &str = r"
+ALTER TABLE approvals ADD COLUMN agent TEXT;
+ALTER TABLE approvals ADD COLUMN token_fetched_ms BIGINT;
+CREATE INDEX approvals_by_agent ON approvals (tenant_id, agent, created_ms);
+CREATE INDEX approvals_by_intent ON approvals (intent_id, state);
+CREATE INDEX approvals_by_time ON approvals (tenant_id, created_ms, id);
+";
 
 const SCHEMA_V1: &str = r"
 CREATE TABLE meta (

@@ -158,7 +158,18 @@ CREATE TABLE IF NOT EXISTS ledger (
 ";
 
 /// Columns added since the first schema, for databases created before them.
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("reservations", "agent_subject", "TEXT")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("reservations", "agent_subject", "TEXT"),
+    ("approvals", "agent", "TEXT"),
+    ("approvals", "token_fetched_ms", "INTEGER"),
+];
+
+/// Indexes over columns that [`ADDED_COLUMNS`] may have just added.
+const ADDED_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS approvals_by_agent ON approvals (tenant_id, agent, created_ms);
+CREATE INDEX IF NOT EXISTS approvals_by_intent ON approvals (intent_id, state);
+CREATE INDEX IF NOT EXISTS approvals_by_time ON approvals (tenant_id, created_ms, id);
+";
 
 /// Operations one commit of a file database takes at most, so that a steady stream
 /// of arrivals still commits (and answers) regularly. An in-memory database commits
@@ -209,7 +220,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
         }
     }
-    Ok(())
+    conn.execute_batch(ADDED_INDEXES)
 }
 
 struct Batch {
