@@ -472,10 +472,8 @@ fn operator_commands_remote_policy_check_and_a_tampered_ledger() {
     );
     assert_eq!(code, 0);
     let listed: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(
-        listed["approvals"][0]["approval_token"], "[redacted]",
-        "{out}"
-    );
+    assert_eq!(listed["approvals"][0]["state"], "approved", "{out}");
+    assert!(listed["approvals"][0]["approval_token"].is_null(), "{out}");
     assert!(!out.contains("paybond_at_"), "{out}");
     let (code, _, err) = paybond_in(dir.path(), &["approvals", "deny", &approval]);
     assert_eq!(code, 1);

@@ -29,10 +29,8 @@ pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
             let id = hold
                 .approval_request_id
                 .ok_or_else(|| DemoError::Gateway("a hold without an approval request".into()))?;
-            let status = h.approve(id).await?;
-            let token = status
-                .approval_token
-                .ok_or_else(|| DemoError::Gateway("approved without a token".into()))?;
+            h.approve(id).await?;
+            let token = h.approval_token(id).await?;
             run.store_approval_token(step.id, token);
             result = tools.call(step.tool, step.args.clone(), step.id).await;
         }

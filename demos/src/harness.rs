@@ -259,6 +259,20 @@ impl Harness {
         }
     }
 
+    /// Acts as the held agent: fetches the approval token of an approved request
+    /// (handed out once, to an agent key).
+    pub async fn approval_token(
+        &self,
+        approval_request_id: Uuid,
+    ) -> Result<paybond_middleware_core::ApprovalToken, DemoError> {
+        self.gateway
+            .approval_status(approval_request_id)
+            .await
+            .map_err(|e| DemoError::Gateway(e.to_string()))?
+            .approval_token
+            .ok_or_else(|| DemoError::Gateway("approved without a token".into()))
+    }
+
     /// Acts as the operator: approves `approval_request_id` through the gateway.
     pub async fn approve(&self, approval_request_id: Uuid) -> Result<ApprovalStatus, DemoError> {
         match &self.side {

@@ -82,6 +82,29 @@ impl Minter {
         )
     }
 
+    /// The approval token of an approval request: derived from the root key and the
+    /// request, so the store keeps only its digest and the gateway can still hand it
+    /// to the held agent once.
+    pub(crate) fn approval_token(&self, approval_id: &str, expires_ms: i64) -> String {
+        use hmac::{Hmac, Mac};
+        use sha2::Digest;
+        // A key of its own for approval tokens, derived from the root key.
+        let key = sha2::Sha256::new()
+            .chain_update(b"paybond approval tokens v1\0")
+            .chain_update(self.root.private().to_bytes())
+            .finalize();
+        // HMAC takes a key of any length, so `new_from_slice` cannot fail.
+        let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(&key) else {
+            unreachable!("HMAC accepts any key length")
+        };
+        mac.update(approval_id.as_bytes());
+        mac.update(b"\0");
+        mac.update(&expires_ms.to_be_bytes());
+        let tag = mac.finalize().into_bytes();
+        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        format!("paybond_at_{hex}")
+    }
+
     /// A token for `tenant`'s `intent`, allowing `operations` until `expires_ms`.
     pub(crate) fn mint(&self, claims: &Claims) -> Result<String, biscuit_auth::error::Token> {
         let mut builder = Biscuit::builder()

@@ -442,8 +442,13 @@ async fn run_table(via: Via) {
             Prep::ApprovedOther(amount) => {
                 let held = setup.verify(&setup.request(amount)).await;
                 let id = held.approval_request_id.expect("a hold");
-                let status = setup.fx.engine.approve(&setup.fx.operator, id).unwrap();
-                approval = status.approval_token;
+                setup.fx.engine.approve(&setup.fx.operator, id).unwrap();
+                approval = setup
+                    .fx
+                    .engine
+                    .approval(&setup.fx.agent, id)
+                    .unwrap()
+                    .approval_token;
             }
         }
         let reserved = setup.reserved();

@@ -300,7 +300,28 @@ fn approval_tokens_are_single_use_bound_and_short_lived() {
     assert_eq!(s.approvals, 1);
     let s = fx.engine.approve(&op2, id).unwrap();
     assert_eq!(s.state, ApprovalState::Approved);
-    let approval: ApprovalToken = s.approval_token.unwrap();
+    // Operators never see the token; the held agent reads it once.
+    assert!(s.approval_token.is_none());
+    assert!(
+        fx.engine
+            .approval(&op1, id)
+            .unwrap()
+            .approval_token
+            .is_none()
+    );
+    let approval: ApprovalToken = fx
+        .engine
+        .approval(&agent, id)
+        .unwrap()
+        .approval_token
+        .unwrap();
+    assert!(
+        fx.engine
+            .approval(&agent, id)
+            .unwrap()
+            .approval_token
+            .is_none()
+    );
     let err = fx.engine.deny_approval(&op1, id).unwrap_err();
     assert_eq!((err.status, err.code), (409, "approval_already_decided"));
 
@@ -322,9 +343,10 @@ fn approval_tokens_are_single_use_bound_and_short_lived() {
     let id2 = held.approval_request_id.unwrap();
     assert_ne!(id2, id);
     fx.engine.approve(&op1, id2).unwrap();
+    fx.engine.approve(&op2, id2).unwrap();
     let token2 = fx
         .engine
-        .approve(&op2, id2)
+        .approval(&agent, id2)
         .unwrap()
         .approval_token
         .unwrap();

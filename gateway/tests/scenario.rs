@@ -60,10 +60,9 @@ async fn the_canonical_scenario_reaches_its_end_state() {
         panic!("expected a hold, got {held:?}");
     };
     assert_eq!(hold.reason_codes, ["approval_threshold_exceeded"]);
-    let approval = fx
-        .engine
-        .approve(&fx.operator, hold.approval_request_id.unwrap())
-        .unwrap();
+    let id = hold.approval_request_id.unwrap();
+    fx.engine.approve(&fx.operator, id).unwrap();
+    let approval = fx.engine.approval(&fx.agent, id).unwrap();
     run.store_approval_token("c3", approval.approval_token.unwrap());
     call(ToolCall::new(BOOK, json!({"amount_cents": 18_700}), "c3"))
         .await

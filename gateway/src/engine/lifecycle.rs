@@ -16,7 +16,7 @@ use crate::engine::ledger;
 use crate::engine::{Engine, bounded, require_role};
 use crate::error::ApiError;
 use crate::store::{Tx, args};
-use crate::tokens::{Claims, random_hex, sha256_hex};
+use crate::tokens::{Claims, sha256_hex};
 
 /// `POST /harbor/intents`: an intent on the simulator rail, funded at once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -631,11 +631,35 @@ impl Engine {
     }
 
     /// `GET /v1/approvals/{id}`.
+    ///
+    /// Once approved, the approval token is in the answer exactly once: for the first
+    /// agent key that reads it (the held agent, which retries with it). Operators
+    /// never see it; the store keeps only its digest.
     pub fn approval(&self, principal: &Principal, id: Uuid) -> Result<ApprovalStatus, ApiError> {
         self.tx_in(&principal.tenant_id, |tx, now| {
-            approval_status(tx, now, &principal.tenant_id, &id.to_string())?.ok_or_else(|| {
-                ApiError::not_found("approval_not_found", "no such approval request")
-            })
+            let mut status = approval_status(tx, now, &principal.tenant_id, &id.to_string())?
+                .ok_or_else(|| {
+                    ApiError::not_found("approval_not_found", "no such approval request")
+                })?;
+            if status.state == ApprovalState::Approved && principal.roles.contains(&Role::Agent) {
+                let token_expires: Option<i64> = tx.query_one(
+                    "SELECT token_expires_ms FROM approvals WHERE id = ?1",
+                    args![id.to_string()],
+                    |r| r.get(0),
+                )?;
+                if let Some(expires) = token_expires.filter(|e| now < *e)
+                    && tx.execute(
+                        "UPDATE approvals SET token_fetched_ms = ?2
+                         WHERE id = ?1 AND token_fetched_ms IS NULL AND token_used_ms IS NULL",
+                        args![id.to_string(), now],
+                    )? == 1
+                {
+                    status.approval_token = Some(ApprovalToken::new(
+                        self.minter.approval_token(&id.to_string(), expires),
+                    ));
+                }
+            }
+            Ok(status)
         })
     }
 
@@ -651,16 +675,17 @@ impl Engine {
             }
             let approved = u32::try_from(approvers.len()).unwrap_or(u32::MAX) >= quorum;
             if approved {
-                let token = format!("paybond_at_{}", random_hex());
+                // Only the digest is stored; the held agent fetches the token once.
+                let token_expires = now + self.config.approval_token_ttl_ms;
+                let token = self.minter.approval_token(&id.to_string(), token_expires);
                 tx.execute(
-                    "UPDATE approvals SET state = 'approved', approvers = ?2, token = ?3, token_hash = ?4,
-                     token_expires_ms = ?5 WHERE id = ?1",
+                    "UPDATE approvals SET state = 'approved', approvers = ?2, token = NULL, token_hash = ?3,
+                     token_expires_ms = ?4 WHERE id = ?1",
                     args![
                         id.to_string(),
                         serde_json::to_string(&approvers)?,
-                        token,
                         sha256_hex(token.as_bytes()),
-                        now + self.config.approval_token_ttl_ms
+                        token_expires
                     ],
                 )?;
             } else {
@@ -1145,13 +1170,12 @@ fn approval_status(
         String,
         u32,
         i64,
-        Option<String>,
         Option<i64>,
     );
     let row: Option<Row> = tx
         .query_opt(
             "SELECT decision_id, intent_id, operation, amount_cents, reason_codes, state, approvers, quorum,
-             expires_ms, token, token_expires_ms FROM approvals WHERE id = ?1 AND tenant_id = ?2",
+             expires_ms, token_expires_ms FROM approvals WHERE id = ?1 AND tenant_id = ?2",
             args![id, tenant],
             |r| {
                 Ok((
@@ -1165,7 +1189,6 @@ fn approval_status(
                     r.get(7)?,
                     r.get(8)?,
                     r.get(9)?,
-                    r.get(10)?,
                 ))
             },
         )
@@ -1180,7 +1203,6 @@ fn approval_status(
         approvers,
         quorum,
         expires,
-        token,
         token_expires,
     )) = row
     else {
@@ -1195,7 +1217,6 @@ fn approval_status(
     if state == ApprovalState::Pending && now >= expires {
         state = ApprovalState::Expired;
     }
-    let token = token.filter(|_| token_expires.is_some_and(|e| now < e));
     let approvers: Vec<String> = serde_json::from_str(&approvers)?;
     Ok(Some(ApprovalStatus {
         approval_request_id: Uuid::parse_str(id).map_err(ApiError::internal)?,
@@ -1207,7 +1228,8 @@ fn approval_status(
         reason_codes: serde_json::from_str(&reasons)?,
         approvals: u32::try_from(approvers.len()).unwrap_or(u32::MAX),
         quorum,
-        approval_token: token.map(ApprovalToken::new),
+        // Never here: only `Engine::approval` hands the token over, once.
+        approval_token: None,
         expires_at: Some(rfc3339(if state == ApprovalState::Approved {
             token_expires.unwrap_or(expires)
         } else {

@@ -387,16 +387,62 @@ impl Engine {
                         "this idempotency key was used with a different request; use a new key",
                     ));
                 }
-                return Ok(serde_json::from_str(&response)?);
+                let mut response: serde_json::Value = serde_json::from_str(&response)?;
+                self.reissue_token(tx, now, tenant_id, &mut response)?;
+                return Ok(serde_json::from_value(response)?);
             }
             let out = f(tx, now)?;
+            // Stored without its secret: a capability token is minted again on replay.
+            let mut stored = serde_json::to_value(&out)?;
+            if let Some(token) = stored.get_mut("capability_token")
+                && token.is_string()
+            {
+                *token = serde_json::Value::String(REISSUE.to_owned());
+            }
             tx.execute(
                 "INSERT INTO idempotency (tenant_id, key, route, body_hash, response, created_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                args![tenant_id, key, route, body_hash, serde_json::to_string(&out)?, now],
+                args![tenant_id, key, route, body_hash, serde_json::to_string(&stored)?, now],
             )?;
             Ok(out)
         })
+    }
+
+    /// A replayed answer whose capability token was left out of the store gets a
+    /// new token with the same claims (tenant, intent, operations, expiry).
+    fn reissue_token(
+        &self,
+        tx: &dyn Tx,
+        now: i64,
+        tenant_id: &str,
+        response: &mut serde_json::Value,
+    ) -> Result<(), ApiError> {
+        if response.get("capability_token").and_then(|v| v.as_str()) != Some(REISSUE) {
+            return Ok(());
+        }
+        let intent = response
+            .get("intent_id")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| ApiError::internal("a stored answer with a token but no intent"))?
+            .to_owned();
+        let (operations, deadline): (String, i64) = tx
+            .query_opt(
+                "SELECT operations, deadline_ms FROM intents WHERE id = ?1 AND tenant_id = ?2",
+                args![intent, tenant_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .ok_or_else(|| ApiError::internal("a stored answer's intent is gone"))?;
+        let token = self
+            .minter
+            .mint(&crate::tokens::Claims {
+                tenant: tenant_id.to_owned(),
+                intent,
+                operations: serde_json::from_str(&operations)?,
+                expires_ms: deadline.min(now + self.config.capability_ttl_ms),
+            })
+            .map_err(ApiError::internal)?;
+        response["capability_token"] = serde_json::Value::String(token);
+        Ok(())
     }
 
     // ---- tenants and keys ----
@@ -872,6 +918,9 @@ impl Engine {
         Ok(out)
     }
 }
+
+/// Stands in, in a stored idempotent answer, for the capability token it carried.
+const REISSUE: &str = "(reissued on replay)";
 
 /// Longest identifier or name a request may carry (operation, tool, vendor, agent
 /// subject, task/workflow/tool-call id, idempotency key, approval token), in bytes.

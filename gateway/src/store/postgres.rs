@@ -45,6 +45,7 @@ ALTER TABLE approvals ADD COLUMN token_fetched_ms BIGINT;
 CREATE INDEX approvals_by_agent ON approvals (tenant_id, agent, created_ms);
 CREATE INDEX approvals_by_intent ON approvals (intent_id, state);
 CREATE INDEX approvals_by_time ON approvals (tenant_id, created_ms, id);
+UPDATE approvals SET token = NULL WHERE token IS NOT NULL;
 ";
 
 const SCHEMA_V1: &str = r"

@@ -164,8 +164,10 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("approvals", "token_fetched_ms", "INTEGER"),
 ];
 
-/// Indexes over columns that [`ADDED_COLUMNS`] may have just added.
+/// Indexes over columns that [`ADDED_COLUMNS`] may have just added; approval
+/// tokens kept in plain text by earlier versions dropped (only digests are kept).
 const ADDED_INDEXES: &str = "
+UPDATE approvals SET token = NULL WHERE token IS NOT NULL;
 CREATE INDEX IF NOT EXISTS approvals_by_agent ON approvals (tenant_id, agent, created_ms);
 CREATE INDEX IF NOT EXISTS approvals_by_intent ON approvals (intent_id, state);
 CREATE INDEX IF NOT EXISTS approvals_by_time ON approvals (tenant_id, created_ms, id);
@@ -180,11 +182,7 @@ const MAX_BATCH: usize = 256;
 fn open_connection(storage: &Storage) -> Result<Connection, ApiError> {
     let conn = match storage {
         Storage::File(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    ApiError::internal(format_args!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
+            private_files(path)?;
             let conn = Connection::open(path)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             // Commits are made durable by `Durability`, outside the connection's lock.
@@ -205,6 +203,72 @@ fn open_connection(storage: &Storage) -> Result<Connection, ApiError> {
     conn.execute_batch(SCHEMA)?;
     migrate(&conn)?;
     Ok(conn)
+}
+
+/// The database holds keys and tokens: its directory is created 0700 and the file
+/// 0600 before SQLite opens it (SQLite gives the WAL and shared-memory files the
+/// database file's mode). An existing file, or a directory this gateway created
+/// earlier, readable by others is narrowed to the owner.
+fn private_files(path: &Path) -> Result<(), ApiError> {
+    let io = |what: &Path, e: std::io::Error| {
+        ApiError::internal(format_args!("cannot secure {}: {e}", what.display()))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| io(dir, e))?;
+            } else if dir.file_name().is_some_and(|n| n == ".paybond") {
+                let mode = std::fs::metadata(dir)
+                    .map_err(|e| io(dir, e))?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                        .map_err(|e| io(dir, e))?;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mut files = vec![path.to_owned()];
+        for suffix in ["-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            files.push(PathBuf::from(name));
+        }
+        for (i, file) in files.iter().enumerate() {
+            if i == 0 {
+                // Created empty with mode 0600 if missing (SQLite fills an empty file).
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(file)
+                    .map_err(|e| io(file, e))?;
+            }
+            match std::fs::metadata(file) {
+                Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| io(file, e))?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(file, e)),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
