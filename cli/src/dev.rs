@@ -14,6 +14,20 @@ use crate::{Outcome, envfile, usage_error};
 pub(crate) enum DevCommand {
     /// Run the gateway locally: `paybond dev loop --offline`.
     Loop(Loop),
+    /// Replace the capability-token root key (stop the gateway first). Every
+    /// capability token minted before is refused from the next start; agents fund
+    /// their intents again for new ones.
+    RotateRootKey(RotateRootKey),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RotateRootKey {
+    /// The gateway's data directory (its key file is `paybond.key` there).
+    #[arg(long, env = "PAYBOND_DATA_DIR", default_value = ".paybond")]
+    data_dir: PathBuf,
+    /// A fleet's PostgreSQL database instead.
+    #[arg(long, env = "PAYBOND_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +65,32 @@ pub(crate) struct Loop {
 pub(crate) fn run(cmd: DevCommand) -> Outcome {
     match cmd {
         DevCommand::Loop(args) => dev_loop(&args),
+        DevCommand::RotateRootKey(args) => rotate_root_key(&args),
+    }
+}
+
+fn rotate_root_key(a: &RotateRootKey) -> Outcome {
+    let storage = match &a.database_url {
+        None => Storage::File(database_path(&a.data_dir)),
+        Some(url) => match DatabaseUrl::parse(url) {
+            Ok(url) => Storage::Postgres(url),
+            Err(e) => return usage_error(format!("--database-url: {}", e.message)),
+        },
+    };
+    match Engine::rotate_root_key(&storage) {
+        Ok(()) => {
+            let place = match &storage {
+                Storage::File(db) => paybond_gateway::root_key_path(db).display().to_string(),
+                Storage::Postgres(url) => url.to_string(),
+                Storage::Memory => String::new(),
+            };
+            println!(
+                "root key rotated ({place}); start the gateway again: capability tokens \
+                 minted before are refused, fund intents again for new ones"
+            );
+            Outcome::Success
+        }
+        Err(e) => usage_error(format!("cannot rotate the root key: {}", e.message)),
     }
 }
 

@@ -57,6 +57,13 @@ impl ApiError {
         Self::new(422, code, message)
     }
 
+    /// 500: the gateway cannot start on its files (a key file that is not a key, a
+    /// directory it cannot secure): said in full, for the operator starting it.
+    /// Never built from a request, and the messages name paths, never contents.
+    pub fn unusable(message: impl Into<String>) -> Self {
+        Self::new(500, "gateway_unusable", message)
+    }
+
     /// 500: the gateway failed; the message is generic, details go to the log.
     pub fn internal(detail: impl fmt::Display) -> Self {
         tracing::error!(%detail, "gateway internal error");

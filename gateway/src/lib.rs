@@ -46,4 +46,4 @@ pub use engine::ledger::{GENESIS, LedgerCheck, LedgerEvent, LedgerTip, verify_ev
 pub use engine::lifecycle::*;
 pub use engine::*;
 pub use error::ApiError;
-pub use store::{DatabaseUrl, Storage, database_path};
+pub use store::{DatabaseUrl, Storage, database_path, root_key_path};

@@ -105,6 +105,21 @@ impl Minter {
         format!("paybond_at_{hex}")
     }
 
+    /// A minter for exactly this key (from a key file): `None` if the bytes are not
+    /// an Ed25519 private key.
+    pub(crate) fn from_key(bytes: &[u8]) -> Option<Self> {
+        let key = PrivateKey::from_bytes(bytes, biscuit_auth::Algorithm::Ed25519).ok()?;
+        Some(Self {
+            root: KeyPair::from(&key),
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A new random root key's bytes.
+    pub(crate) fn new_key() -> Vec<u8> {
+        KeyPair::new().private().to_bytes().to_vec()
+    }
+
     /// A token for `tenant`'s `intent`, allowing `operations` until `expires_ms`.
     pub(crate) fn mint(&self, claims: &Claims) -> Result<String, biscuit_auth::error::Token> {
         let mut builder = Biscuit::builder()

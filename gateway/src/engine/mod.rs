@@ -285,22 +285,29 @@ impl Engine {
                 |r| r.get::<Vec<u8>>(0),
             )
         };
-        let stored = store.write(None, read_key)?;
-        let (minter, new_key) = Minter::load(stored.as_deref());
-        let minter = match new_key {
-            None => minter,
-            Some(bytes) => {
-                // Replicas starting together may each make a key: the first stored wins.
-                let kept = store.write(None, |tx| {
-                    tx.execute(
-                        "INSERT INTO meta (key, value) VALUES ('root_key', ?1) ON CONFLICT (key) DO NOTHING",
-                        args![bytes],
-                    )?;
-                    read_key(tx)
-                })?;
-                match kept {
-                    Some(k) if k != bytes => Minter::load(Some(&k)).0,
-                    _ => minter,
+        let minter = match &config.storage {
+            Storage::File(path) => {
+                Self::key_file_minter(&store, &crate::store::root_key_path(path))?
+            }
+            _ => {
+                let stored = store.write(None, read_key)?;
+                let (minter, new_key) = Minter::load(stored.as_deref());
+                match new_key {
+                    None => minter,
+                    Some(bytes) => {
+                        // Replicas starting together may each make a key: the first stored wins.
+                        let kept = store.write(None, |tx| {
+                            tx.execute(
+                                "INSERT INTO meta (key, value) VALUES ('root_key', ?1) ON CONFLICT (key) DO NOTHING",
+                                args![bytes],
+                            )?;
+                            read_key(tx)
+                        })?;
+                        match kept {
+                            Some(k) if k != bytes => Minter::load(Some(&k)).0,
+                            _ => minter,
+                        }
+                    }
                 }
             }
         };
@@ -312,6 +319,72 @@ impl Engine {
             policies: Mutex::new(HashMap::new()),
             principals: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The root key of a SQLite file store, from its key file: created on first
+    /// start, or moved out of the database where earlier versions kept it (the row
+    /// is then deleted with SQLite's secure delete, which overwrites it).
+    fn key_file_minter(store: &Store, key_file: &std::path::Path) -> Result<Minter, ApiError> {
+        let unusable = || {
+            ApiError::unusable(format!(
+                "{}: not an Ed25519 root key; restore it, or move it away to start with a new \
+                 key (capability tokens minted with the old one are then refused)",
+                key_file.display()
+            ))
+        };
+        if let Some(bytes) = crate::store::read_key_file(key_file)? {
+            return Minter::from_key(&bytes).ok_or_else(unusable);
+        }
+        let legacy = store.write(None, |tx| {
+            tx.query_opt(
+                "SELECT value FROM meta WHERE key = 'root_key'",
+                args![],
+                |r| r.get::<Vec<u8>>(0),
+            )
+        })?;
+        let bytes = legacy.unwrap_or_else(Minter::new_key);
+        let minter = Minter::from_key(&bytes).ok_or_else(unusable)?;
+        crate::store::write_key_file(key_file, &bytes)?;
+        store.write(None, |tx| {
+            tx.query("PRAGMA secure_delete = ON", args![])?;
+            tx.execute("DELETE FROM meta WHERE key = 'root_key'", args![])
+        })?;
+        Ok(minter)
+    }
+
+    /// Replaces the capability-token root key of `storage` with a new one (its key
+    /// file for SQLite, its `meta` row for PostgreSQL). Run it with the gateway
+    /// stopped: from the next start, every capability token minted with the old key
+    /// is refused (agents fund their intents again for new ones), and so is an
+    /// approval token not yet fetched.
+    pub fn rotate_root_key(storage: &Storage) -> Result<(), ApiError> {
+        let bytes = Minter::new_key();
+        match storage {
+            Storage::File(path) => {
+                if !path.exists() {
+                    return Err(ApiError::not_found(
+                        "no_database",
+                        format!("no gateway database at {}", path.display()),
+                    ));
+                }
+                crate::store::write_key_file(&crate::store::root_key_path(path), &bytes)
+            }
+            Storage::Postgres(_) => {
+                let store = Store::open(storage, crate::store::DEFAULT_WAL_LIMIT_BYTES)?;
+                store.write(None, |tx| {
+                    tx.execute(
+                        "INSERT INTO meta (key, value) VALUES ('root_key', ?1)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        args![bytes],
+                    )
+                })?;
+                Ok(())
+            }
+            Storage::Memory => Err(ApiError::bad_request(
+                "invalid_storage",
+                "an in-memory gateway has no stored root key to rotate",
+            )),
+        }
     }
 
     /// An engine on a private in-memory database with the bundled policies.

@@ -94,6 +94,83 @@ impl std::fmt::Display for DatabaseUrl {
     }
 }
 
+/// The capability-token root key of a SQLite database: a file of its own next to
+/// it (`paybond.db` → `paybond.key`), mode 0600, so the database holds no key.
+pub fn root_key_path(database: &std::path::Path) -> std::path::PathBuf {
+    database.with_extension("key")
+}
+
+/// Reads a root key file (hex); `None` if there is none.
+pub(crate) fn read_key_file(path: &std::path::Path) -> Result<Option<Vec<u8>>, ApiError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(ApiError::unusable(format!(
+                "cannot read the root key {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(path)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| ApiError::unusable(format!("cannot secure {}: {e}", path.display())),
+            )?;
+        }
+    }
+    let text = text.trim();
+    let bytes: Option<Vec<u8>> = (text.len() % 2 == 0)
+        .then(|| {
+            (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten();
+    bytes.map(Some).ok_or_else(|| {
+        ApiError::unusable(format!(
+            "{}: not a root key (64 hex digits expected)",
+            path.display()
+        ))
+    })
+}
+
+/// Writes a root key file atomically (a 0600 temporary file, synced, renamed over
+/// the old one, the directory synced), so a crash leaves the old key or the new.
+pub(crate) fn write_key_file(path: &std::path::Path, key: &[u8]) -> Result<(), ApiError> {
+    use std::io::Write as _;
+    let fail = |e: std::io::Error| {
+        ApiError::unusable(format!("cannot write the root key {}: {e}", path.display()))
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp).map_err(fail)?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    file.write_all(format!("{hex}\n").as_bytes())
+        .map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail)
+}
+
 /// The default database file inside a data directory.
 pub fn database_path(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("paybond.db")

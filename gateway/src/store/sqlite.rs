@@ -211,7 +211,7 @@ fn open_connection(storage: &Storage) -> Result<Connection, ApiError> {
 /// earlier, readable by others is narrowed to the owner.
 fn private_files(path: &Path) -> Result<(), ApiError> {
     let io = |what: &Path, e: std::io::Error| {
-        ApiError::internal(format_args!("cannot secure {}: {e}", what.display()))
+        ApiError::unusable(format!("cannot secure {}: {e}", what.display()))
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         #[cfg(unix)]
