@@ -94,6 +94,65 @@ fn rotate_root_key(a: &RotateRootKey) -> Outcome {
     }
 }
 
+/// Adds `paths` (the env file, the data dir) to the `.gitignore` of the git
+/// repository the current directory is in, as the Paybond CLI's `login` does, so
+/// keys are not committed by accident. Answers the file and what was added, if
+/// anything; nothing outside a repository, nothing already listed.
+fn ignore_in_git(paths: &[PathBuf]) -> std::io::Result<Option<(PathBuf, Vec<String>)>> {
+    let cwd = std::env::current_dir()?;
+    let Some(root) = cwd.ancestors().find(|d| d.join(".git").exists()) else {
+        return Ok(None);
+    };
+    let file = root.join(".gitignore");
+    let existing = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let listed: Vec<&str> = existing.lines().map(str::trim).collect();
+    let mut added = Vec::new();
+    for path in paths {
+        let absolute = if path.is_absolute() {
+            path.clone()
+        } else {
+            cwd.join(path)
+        };
+        // Only what lives inside the repository, as a path from its root.
+        let Ok(relative) = absolute.strip_prefix(root) else {
+            continue;
+        };
+        let mut entry = format!("/{}", relative.display());
+        if absolute.is_dir() {
+            entry.push('/');
+        }
+        let bare = entry.trim_start_matches('/');
+        let name = relative
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let covered = listed.iter().any(|l| {
+            let l = l.trim_end_matches('/');
+            l == entry.trim_end_matches('/') || l == bare.trim_end_matches('/') || l == name
+        });
+        if !covered {
+            added.push(entry);
+        }
+    }
+    if added.is_empty() {
+        return Ok(None);
+    }
+    let mut text = existing;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    for entry in &added {
+        text.push_str(entry);
+        text.push('\n');
+    }
+    std::fs::write(&file, text)?;
+    Ok(Some((file, added)))
+}
+
 fn read_policy(path: Option<&PathBuf>, bundled: fn() -> PolicyFile) -> Result<PolicyFile, Outcome> {
     match path {
         None => Ok(bundled()),
@@ -219,6 +278,19 @@ fn dev_loop(a: &Loop) -> Outcome {
         let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
         if let Err(e) = envfile::write(&a.env_file, &borrowed) {
             return usage_error(format!("cannot write {}: {e}", a.env_file.display()));
+        }
+        let mut secret_paths = vec![a.env_file.clone()];
+        if a.database_url.is_none() {
+            secret_paths.push(a.data_dir.clone());
+        }
+        match ignore_in_git(&secret_paths) {
+            Ok(Some((file, added))) => eprintln!(
+                "added {} to {} (they hold keys)",
+                added.join(", "),
+                file.display()
+            ),
+            Ok(None) => {}
+            Err(e) => eprintln!("warning: could not update .gitignore: {e}"),
         }
         eprintln!(
             "sandbox tenant {tenant_id}: keys {} {}; data in {}",

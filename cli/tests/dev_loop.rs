@@ -551,3 +551,33 @@ fn operator_commands_remote_policy_check_and_a_tampered_ledger() {
         "{out}"
     );
 }
+
+#[test]
+#[cfg(unix)]
+fn the_data_dir_is_private_and_git_ignores_the_keys() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A repository whose .gitignore lists one of the two already.
+    std::fs::create_dir(dir.path().join(".git")).unwrap();
+    std::fs::write(dir.path().join(".gitignore"), "target\n.env.local").unwrap();
+    let gateway = start(dir.path(), &[]);
+    let mode = |p: &str| {
+        std::fs::metadata(dir.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(".paybond"), 0o700);
+    for file in [".paybond/paybond.db", ".paybond/paybond.key", ".env.local"] {
+        assert_eq!(mode(file), 0o600, "{file}");
+    }
+    let ignored = std::fs::read_to_string(dir.path().join(".gitignore")).unwrap();
+    assert_eq!(ignored, "target\n.env.local\n/.paybond/\n");
+    drop(gateway);
+    // A restart adds nothing twice.
+    let again = start(dir.path(), &[]);
+    drop(again);
+    let ignored_again = std::fs::read_to_string(dir.path().join(".gitignore")).unwrap();
+    assert_eq!(ignored_again, ignored);
+}

@@ -170,12 +170,27 @@ fn a_widening_overlay_is_refused_at_its_line() {
         )),
         "{got:?}"
     );
+    // `default_deny: false` under an org that denies is refused too.
+    assert!(
+        got.contains(&(
+            8,
+            "overrides.default_deny",
+            "policy.cannot_relax_default_deny"
+        )),
+        "{got:?}"
+    );
+    let denied: Vec<&str> = out["report"]["denied_widenings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["code"].as_str())
+        .collect();
     assert_eq!(
-        out["report"]["denied_widenings"][0]["code"],
-        got.iter()
-            .find(|g| g.1.starts_with("overrides.intent"))
-            .map(|g| g.2)
-            .unwrap()
+        denied,
+        [
+            "policy.cannot_relax_default_deny",
+            "policy.cannot_raise_budget_cap"
+        ]
     );
     assert!(out.get("effective").is_none());
 

@@ -26,11 +26,11 @@ use crate::{DemoError, Finished};
 /// The instructions given to the model (the scripted one follows them by construction).
 pub const PROMPT: &str = "You book hotels for a traveller. Do exactly these five tool calls, one per turn, \
 in this order, then answer with one sentence saying what happened to each: \
-1) travel.search_hotels {\"city\": \"Lisbon\"}; \
-2) travel.book_hotel {\"hotel\": \"Harbor Inn\", \"amount_cents\": 12000}; \
-3) travel.book_hotel {\"hotel\": \"Bay Suites\", \"amount_cents\": 18700}; \
-4) travel.book_hotel {\"hotel\": \"Grand Palace\", \"amount_cents\": 25000}; \
-5) travel.book_hotel {\"hotel\": \"Dock Hostel\", \"amount_cents\": 9000, \"simulate_vendor_failure\": true}. \
+1) travel_search_hotels {\"city\": \"Lisbon\"}; \
+2) travel_book_hotel {\"hotel\": \"Harbor Inn\", \"amount_cents\": 12000}; \
+3) travel_book_hotel {\"hotel\": \"Bay Suites\", \"amount_cents\": 18700}; \
+4) travel_book_hotel {\"hotel\": \"Grand Palace\", \"amount_cents\": 25000}; \
+5) travel_book_hotel {\"hotel\": \"Dock Hostel\", \"amount_cents\": 9000, \"simulate_vendor_failure\": true}. \
 If a result says blocked, do not retry it.";
 
 /// The scripted model's memory: what each tool result told it.
@@ -85,9 +85,48 @@ fn read_result(content: &Value) -> String {
     }
 }
 
+/// The rule OpenAI-compatible servers apply to function names: a request offering a
+/// tool named otherwise is refused whole (400), as a hosted model would.
+fn invalid_tool_name(body: &Value) -> Option<(usize, String)> {
+    body["tools"]
+        .as_array()?
+        .iter()
+        .enumerate()
+        .find_map(|(i, t)| {
+            let name = t["function"]["name"].as_str().unwrap_or_default();
+            (!paybond_middleware_core::is_valid_function_name(name)).then(|| (i, name.to_owned()))
+        })
+}
+
 /// `POST /v1/chat/completions`: the next scenario call, or the final answer once
-/// every call has a result.
-async fn chat(State(script): State<Script>, Json(body): Json<Value>) -> Json<Value> {
+/// every call has a result. Tool calls name the functions the request offers.
+async fn chat(
+    State(script): State<Script>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, (axum::http::StatusCode, Json<Value>)> {
+    if let Some((i, name)) = invalid_tool_name(&body) {
+        return Err((
+            axum::http::StatusCode::BAD_REQUEST,
+            Json(json!({"error": {
+                "message": format!("Invalid 'tools[{i}].function.name': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'. ({name})"),
+                "type": "invalid_request_error",
+                "param": format!("tools[{i}].function.name"),
+                "code": "invalid_value"
+            }})),
+        ));
+    }
+    let offered: Vec<&str> = body["tools"]
+        .as_array()
+        .map(|tools| {
+            tools
+                .iter()
+                .filter_map(|t| t["function"]["name"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let names =
+        paybond_middleware_core::FunctionNames::new([crate::travel::SEARCH, crate::travel::BOOK])
+            .unwrap_or_default();
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     let results: Vec<&Value> = messages.iter().filter(|m| m["role"] == "tool").collect();
     if let Some(last) = results.last() {
@@ -98,18 +137,18 @@ async fn chat(State(script): State<Script>, Json(body): Json<Value>) -> Json<Val
     }
     let steps = steps();
     match steps.get(results.len()) {
-        Some(step) => Json(completion(
+        Some(step) => Ok(Json(completion(
             json!({
                 "role": "assistant",
                 "content": null,
                 "tool_calls": [{
                     "id": step.id,
                     "type": "function",
-                    "function": {"name": step.tool, "arguments": step.args.to_string()}
+                    "function": {"name": function_for(step.tool, &names, &offered), "arguments": step.args.to_string()}
                 }]
             }),
             "tool_calls",
-        )),
+        ))),
         None => {
             let observed = script
                 .observed
@@ -122,11 +161,23 @@ async fn chat(State(script): State<Script>, Json(body): Json<Value>) -> Json<Val
                 .map(|(i, o)| format!("{}: {o}", i + 1))
                 .collect::<Vec<_>>()
                 .join("; ");
-            Json(completion(
+            Ok(Json(completion(
                 json!({"role": "assistant", "content": format!("Done. {answer}.")}),
                 "stop",
-            ))
+            )))
         }
+    }
+}
+
+/// The function the request offers for the scenario's tool `tool`.
+fn function_for<'a>(
+    tool: &'a str,
+    names: &'a paybond_middleware_core::FunctionNames,
+    offered: &[&str],
+) -> &'a str {
+    match names.function_name(tool) {
+        Some(f) if offered.contains(&f) => f,
+        _ => tool,
     }
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::harness::Harness;
-use crate::travel::{self, BOOK, SEARCH};
+use crate::travel;
 use crate::{DemoError, Finished};
 
 /// `travel.search_hotels` as a rig tool.
@@ -65,7 +65,8 @@ async fn travel_call(
 }
 
 impl Tool for RigSearch {
-    const NAME: &'static str = SEARCH;
+    /// The policy tool `travel.search_hotels`, as a model function name.
+    const NAME: &'static str = "travel_search_hotels";
     type Args = SearchArgs;
     type Output = Value;
     type Error = TravelError;
@@ -85,7 +86,8 @@ impl Tool for RigSearch {
 }
 
 impl Tool for RigBook {
-    const NAME: &'static str = BOOK;
+    /// The policy tool `travel.book_hotel`, as a model function name.
+    const NAME: &'static str = "travel_book_hotel";
     type Args = BookArgs;
     type Output = Value;
     type Error = TravelError;
@@ -136,8 +138,8 @@ pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
         .chat(model);
     let agent = AgentBuilder::new(model)
         .preamble(crate::openai::PROMPT)
-        .tool(guarded(RigSearch, &run))
-        .tool(guarded(RigBook, &run))
+        .tool(guarded(RigSearch, &run).map_err(|e| DemoError::Setup(e.to_string()))?)
+        .tool(guarded(RigBook, &run).map_err(|e| DemoError::Setup(e.to_string()))?)
         .build();
     let answer = agent
         .prompt("Plan and book my Lisbon stay as instructed.")

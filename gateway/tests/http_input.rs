@@ -261,3 +261,55 @@ async fn the_served_and_checked_in_openapi_documents_match_the_router() {
     }
     assert_eq!(paybond_gateway::openapi::ROUTES.len(), 22);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlay_that_loosens_the_org_spend_controls_is_refused_whole() {
+    let fx = Fixture::new();
+    let base = common::serve(fx.engine.clone()).await;
+    let admin = fx.keys.tenant_admin.expose_secret();
+    let (_, before) = call(
+        &base,
+        Method::GET,
+        "/v1/policy/effective",
+        Some(admin),
+        None,
+    )
+    .await;
+    // The org base allows 50000 per call and holds above 25000.
+    let looser = paybond_policies::bundled::TENANT_OVERLAY
+        .replace("max_per_call_cents: 20000", "max_per_call_cents: 90000")
+        .replace(
+            "approval_threshold_cents: 15000",
+            "approval_threshold_cents: 30000",
+        );
+    assert_ne!(looser, paybond_policies::bundled::TENANT_OVERLAY);
+    let (status, answer) = call(
+        &base,
+        Method::PUT,
+        "/v1/tenant/policy",
+        Some(admin),
+        Some(&looser),
+    )
+    .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_envelope(&answer, "policy_invalid");
+    let message = answer["message"].as_str().unwrap();
+    for code in [
+        "policy.cannot_raise_spend_cap",
+        "policy.cannot_raise_approval_threshold",
+    ] {
+        assert!(message.contains(code), "{message}");
+    }
+    let (_, after) = call(
+        &base,
+        Method::GET,
+        "/v1/policy/effective",
+        Some(admin),
+        None,
+    )
+    .await;
+    assert_eq!(
+        before, after,
+        "a refused overlay changed the effective policy"
+    );
+}

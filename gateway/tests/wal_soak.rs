@@ -114,7 +114,7 @@ async fn the_wal_stays_bounded_under_steady_load() {
     );
     assert!(decisions > 500, "the load was too light to say anything");
     assert!(samples > 100);
-    // The limit, plus what commits add during one checkpoint cycle (the 250 ms wait
+    // The limit, plus what commits add during one checkpoint cycle (the 500 ms wait
     // and the passive pass before the truncation), with room for a loaded machine.
     // Unbounded, this run's WAL reaches 50+ MiB.
     assert!(

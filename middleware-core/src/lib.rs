@@ -58,6 +58,7 @@
 //! ```
 
 mod feedback;
+pub mod function_names;
 mod gateway;
 mod http;
 mod registry;
@@ -71,6 +72,7 @@ pub mod wire;
 pub mod testing;
 
 pub use feedback::{FeedbackStatus, model_feedback};
+pub use function_names::{FunctionNameError, FunctionNames, is_valid_function_name};
 pub use gateway::{GatewayError, GatewayErrorKind, SpendGateway};
 pub use http::{HttpGateway, HttpGatewayBuilder, RetryPolicy};
 pub use registry::{GuardedRegistry, Tool, ToolDefinition, ToolRegistry, ToolRouter, UnknownTool};

@@ -3,6 +3,32 @@
 //! The result is a flat version-1 document. A change that would widen the base is
 //! not applied: it is reported in [`MergeReport::denied_widenings`] with its path
 //! and one of the `policy.*` codes, and the base's value stays.
+//!
+//! The codes, by what the overlay tried:
+//!
+//! | code | the overlay tried to |
+//! | --- | --- |
+//! | `policy.cannot_disable_org_side_effecting_tool` | mark an org side-effecting tool read-only |
+//! | `policy.cannot_raise_spend_cap` | raise a tool's `max_spend_cents`, a `spend_controls` per-call cap, or a rolling cap of the same scope and window |
+//! | `policy.cannot_override_org_spend_mode` | switch a tool between a fixed amount and `spend_from_args` |
+//! | `policy.missing_evidence_preset` | leave a side-effecting tool without an evidence preset |
+//! | `policy.conflicting_spend_fields` | set both `max_spend_cents` and `spend_from_args` |
+//! | `policy.cannot_change_org_template`, `policy.cannot_downgrade_template_version`, `policy.cannot_change_org_head_digest` | change the org's policy binding |
+//! | `policy.cannot_raise_budget_cap` | raise `intent.budget.max_spend_usd` |
+//! | `policy.cannot_widen_allowed_tools` | allow a tool the org's `allowed_tools` does not |
+//! | `policy.cannot_relax_provider_executed_deny` | allow provider-executed tools |
+//! | `policy.cannot_relax_default_deny` | set `default_deny: false` under an org that denies |
+//! | `policy.unknown_org_tool_override` | override a tool the org does not have |
+//! | `policy.cannot_replace_org_tool` | redefine an org tool under `tools` |
+//! | `policy.evidence_preset_not_org_approved` | use an evidence preset outside the org's catalog |
+//! | `policy.cannot_raise_approval_threshold` | raise `spend_controls.tools.*.approval_threshold_cents` |
+//! | `policy.cannot_raise_rate_limit` | raise `spend_controls.tools.*.limit_per_hour` |
+//! | `policy.cannot_enable_org_disabled_tool` | set `allow: true` on a tool the org disables |
+//! | `policy.cannot_relax_gates` | raise a graduated gate threshold |
+//! | `policy.cannot_change_org_schedule` | change the org's active hours |
+//! | `policy.cannot_widen_vendor_allowlist` | allow a vendor the org's allowlist does not |
+//! | `policy.cannot_lower_approval_quorum` | lower the approval quorum |
+//! | `policy.cannot_change_org_phase` | change the org's payment phase |
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -96,6 +122,12 @@ pub fn merge(base: &PolicyDocument, overlay: &PolicyDocument) -> Merged {
         if value == Some(true) && !eff.default_deny.unwrap_or(false) {
             eff.default_deny = Some(true);
             m.applied(path.to_owned());
+        } else if value == Some(false) && base_deny {
+            m.deny(
+                path.to_owned(),
+                "policy.cannot_relax_default_deny",
+                "the org base denies unlisted tools (default_deny: true)".to_owned(),
+            );
         }
     }
     if base_deny {
@@ -250,8 +282,16 @@ pub fn merge(base: &PolicyDocument, overlay: &PolicyDocument) -> Merged {
     }
 
     if let Some(controls) = &overlay.spend_controls {
+        let before = m.report.denied_widenings.len();
+        if let Some(org) = &base.spend_controls {
+            refuse_looser_controls(&mut m, org, controls);
+        }
+        // Refused settings are reported, not applied (the org's stand); the rest
+        // combine so that both blocks apply.
         eff.spend_controls = Some(tighten(eff.spend_controls.take(), controls));
-        m.applied("spend_controls".to_owned());
+        if m.report.denied_widenings.len() == before {
+            m.applied("spend_controls".to_owned());
+        }
     }
 
     Merged {
@@ -391,6 +431,124 @@ fn min_opt<T: Ord + Copy>(a: Option<T>, b: Option<T>) -> Option<T> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+/// Reports every setting of the tenant's `spend_controls` that is looser than the
+/// org's: a widening is refused as it is under `overrides`, never silently cut back.
+fn refuse_looser_controls(m: &mut Merger<'_>, org: &SpendControls, tenant: &SpendControls) {
+    for (name, t) in &tenant.tools {
+        let Some(o) = org.tools.get(name) else {
+            continue;
+        };
+        let path = format!("spend_controls.tools.{name}");
+        if let (Some(org_cap), Some(cap)) = (o.max_per_call_cents, t.max_per_call_cents)
+            && cap > org_cap
+        {
+            m.deny(
+                format!("{path}.max_per_call_cents"),
+                "policy.cannot_raise_spend_cap",
+                format!("{cap} is above the org's per-call cap of {org_cap} cents"),
+            );
+        }
+        if let (Some(org_at), Some(at)) = (o.approval_threshold_cents, t.approval_threshold_cents)
+            && at > org_at
+        {
+            m.deny(
+                format!("{path}.approval_threshold_cents"),
+                "policy.cannot_raise_approval_threshold",
+                format!("{at} is above the org's approval threshold of {org_at} cents"),
+            );
+        }
+        if let (Some(org_limit), Some(limit)) = (o.limit_per_hour, t.limit_per_hour)
+            && limit > org_limit
+        {
+            m.deny(
+                format!("{path}.limit_per_hour"),
+                "policy.cannot_raise_rate_limit",
+                format!("{limit} calls an hour is above the org's {org_limit}"),
+            );
+        }
+        if o.allow == Some(false) && t.allow == Some(true) {
+            m.deny(
+                format!("{path}.allow"),
+                "policy.cannot_enable_org_disabled_tool",
+                format!("the org base disables `{name}`"),
+            );
+        }
+    }
+    for (i, cap) in tenant.caps.iter().enumerate() {
+        let same = org.caps.iter().find(|o| {
+            o.scope == cap.scope
+                && o.key == cap.key
+                && o.window == cap.window
+                && o.timezone == cap.timezone
+        });
+        if let Some(o) = same
+            && cap.limit_cents > o.limit_cents
+        {
+            m.deny(
+                format!("spend_controls.caps[{i}].limit_cents"),
+                "policy.cannot_raise_spend_cap",
+                format!(
+                    "{} is above the org's cap of {} cents for the same scope and window",
+                    cap.limit_cents, o.limit_cents
+                ),
+            );
+        }
+    }
+    if let (Some(o), Some(t)) = (org.gates, tenant.gates) {
+        for (name, org_value, value) in [
+            ("warning", o.warning, t.warning),
+            ("restrict", o.restrict, t.restrict),
+            ("halt", o.halt, t.halt),
+        ] {
+            if value > org_value {
+                m.deny(
+                    format!("spend_controls.gates.{name}"),
+                    "policy.cannot_relax_gates",
+                    format!("{value} is above the org's {name} gate of {org_value}"),
+                );
+            }
+        }
+    }
+    if let (Some(o), Some(t)) = (&org.schedule, &tenant.schedule)
+        && o != t
+    {
+        m.deny(
+            "spend_controls.schedule".to_owned(),
+            "policy.cannot_change_org_schedule",
+            "the org base sets the active hours; an overlay cannot change them".to_owned(),
+        );
+    }
+    if let (Some(o), Some(t)) = (&org.vendors, &tenant.vendors) {
+        for (i, vendor) in t.allow.iter().enumerate() {
+            if !o.allow.contains(vendor) {
+                m.deny(
+                    format!("spend_controls.vendors.allow[{i}]"),
+                    "policy.cannot_widen_vendor_allowlist",
+                    format!("`{vendor}` is not on the org's vendor allowlist"),
+                );
+            }
+        }
+    }
+    if let (Some(o), Some(t)) = (org.approval, tenant.approval)
+        && t.quorum < o.quorum
+    {
+        m.deny(
+            "spend_controls.approval.quorum".to_owned(),
+            "policy.cannot_lower_approval_quorum",
+            format!("{} is below the org's quorum of {}", t.quorum, o.quorum),
+        );
+    }
+    if let (Some(o), Some(t)) = (&org.phases, &tenant.phases)
+        && o != t
+    {
+        m.deny(
+            "spend_controls.phases".to_owned(),
+            "policy.cannot_change_org_phase",
+            "the org base sets the payment phase; an overlay cannot change it".to_owned(),
+        );
     }
 }
 

@@ -361,3 +361,124 @@ fn the_checked_in_schema_is_the_generated_one() {
     assert_eq!(schema["required"], serde_json::json!(["version", "name"]));
     assert_eq!(schema["additionalProperties"], serde_json::json!(false));
 }
+
+#[test]
+fn every_looser_spend_control_is_refused_with_its_path_and_code() {
+    let org = parse_policy(
+        "version: 2\nname: org\ndefault_deny: true\nspend_controls:\n  tools: {t.pay: {max_per_call_cents: 20000, approval_threshold_cents: 15000, limit_per_hour: 30, allow: false}}\n  caps: [{scope: tenant, window: day, limit_cents: 100000}]\n  vendors: {allow: [a, b]}\n  gates: {warning: 0.5, restrict: 0.75, halt: 0.9}\n  schedule: {active_hours: {start: \"09:00\", end: \"18:00\", timezone: UTC}}\n  approval: {quorum: 2}\n  phases: {payment_phase: COMMIT}\n",
+        "org.yaml",
+    )
+    .unwrap();
+    let looser = overlay(
+        "default_deny: false\nspend_controls:\n  tools: {t.pay: {max_per_call_cents: 25000, approval_threshold_cents: 20000, limit_per_hour: 60, allow: true}}\n  caps: [{scope: tenant, window: day, limit_cents: 200000}, {scope: tenant, window: month, limit_cents: 900000}]\n  vendors: {allow: [b, c]}\n  gates: {warning: 0.6, restrict: 0.7, halt: 0.95}\n  schedule: {active_hours: {start: \"00:00\", end: \"23:59\", timezone: UTC}}\n  approval: {quorum: 1}\n  phases: {payment_phase: EXPLORE}\n",
+    );
+    let merged = merge(&org, &looser);
+    let refused: Vec<(String, &str)> = merged
+        .report
+        .denied_widenings
+        .iter()
+        .map(|p| (p.path.clone(), p.code))
+        .collect();
+    let expected = [
+        ("default_deny", "policy.cannot_relax_default_deny"),
+        (
+            "spend_controls.tools.t.pay.max_per_call_cents",
+            "policy.cannot_raise_spend_cap",
+        ),
+        (
+            "spend_controls.tools.t.pay.approval_threshold_cents",
+            "policy.cannot_raise_approval_threshold",
+        ),
+        (
+            "spend_controls.tools.t.pay.limit_per_hour",
+            "policy.cannot_raise_rate_limit",
+        ),
+        (
+            "spend_controls.tools.t.pay.allow",
+            "policy.cannot_enable_org_disabled_tool",
+        ),
+        (
+            "spend_controls.caps[0].limit_cents",
+            "policy.cannot_raise_spend_cap",
+        ),
+        ("spend_controls.gates.warning", "policy.cannot_relax_gates"),
+        ("spend_controls.gates.halt", "policy.cannot_relax_gates"),
+        (
+            "spend_controls.schedule",
+            "policy.cannot_change_org_schedule",
+        ),
+        (
+            "spend_controls.vendors.allow[1]",
+            "policy.cannot_widen_vendor_allowlist",
+        ),
+        (
+            "spend_controls.approval.quorum",
+            "policy.cannot_lower_approval_quorum",
+        ),
+        ("spend_controls.phases", "policy.cannot_change_org_phase"),
+    ];
+    let expected: Vec<(String, &str)> = expected
+        .iter()
+        .map(|(p, c)| ((*p).to_owned(), *c))
+        .collect();
+    assert_eq!(refused, expected);
+    assert!(
+        !merged
+            .report
+            .overrides_applied
+            .contains(&"spend_controls".to_owned())
+    );
+    // What is tighter still applies: the month cap, the gate the tenant lowered.
+    let controls = merged.effective.spend_controls.unwrap();
+    assert_eq!(controls.caps.len(), 3);
+    assert_eq!(controls.gates.unwrap().restrict, 0.7);
+    assert_eq!(merged.effective.default_deny, Some(true));
+
+    // Equal or tighter settings are applied, not refused.
+    let tighter = overlay(
+        "spend_controls:\n  tools: {t.pay: {max_per_call_cents: 20000, approval_threshold_cents: 1000, limit_per_hour: 5}}\n  caps: [{scope: tenant, window: day, limit_cents: 50000}]\n  vendors: {allow: [a]}\n  approval: {quorum: 3}\n",
+    );
+    let merged = merge(&org, &tighter);
+    assert!(
+        merged.report.denied_widenings.is_empty(),
+        "{:?}",
+        merged.report.denied_widenings
+    );
+    assert!(
+        merged
+            .report
+            .overrides_applied
+            .contains(&"spend_controls".to_owned())
+    );
+}
+
+#[test]
+fn a_looser_overlay_file_is_refused_whole_with_each_widening_at_its_line() {
+    use paybond_policies::{Source, resolve_policy};
+    let org = "version: 2\nname: org\ndefault_deny: true\ntools:\n  t.pay: {side_effecting: true, spend_from_args: amount_cents, evidence_preset: cost_and_completion}\nspend_controls:\n  tools:\n    t.pay: {max_per_call_cents: 20000, approval_threshold_cents: 15000}\n";
+    let tenant = "version: 2\nname: tenant\nextends: {org_policy_id: org, org_id: org_acme}\nspend_controls:\n  tools:\n    t.pay:\n      max_per_call_cents: 50000\n      approval_threshold_cents: 40000\n";
+    let resolution = resolve_policy(
+        Source {
+            text: tenant,
+            file: "tenant.yaml",
+        },
+        Some(Source {
+            text: org,
+            file: "org.yaml",
+        }),
+    );
+    assert!(!resolution.valid);
+    assert!(resolution.effective.is_none());
+    let located: Vec<(&str, usize)> = resolution
+        .errors
+        .iter()
+        .map(|d| (d.code.as_str(), d.line))
+        .collect();
+    assert_eq!(
+        located,
+        [
+            ("policy.cannot_raise_spend_cap", 7),
+            ("policy.cannot_raise_approval_threshold", 8)
+        ]
+    );
+}

@@ -350,8 +350,17 @@ fn the_property_sees_widenings() {
     ));
     assert_eq!(merged.effective.default_deny, Some(true));
     assert!(!within(Some(500), Some(100)));
+    let codes: Vec<&str> = merged
+        .report
+        .denied_widenings
+        .iter()
+        .map(|p| p.code)
+        .collect();
     assert_eq!(
-        merged.report.denied_widenings[0].code,
-        "policy.cannot_raise_spend_cap"
+        codes,
+        [
+            "policy.cannot_relax_default_deny",
+            "policy.cannot_raise_spend_cap"
+        ]
     );
 }

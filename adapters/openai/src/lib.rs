@@ -31,19 +31,31 @@ use async_openai::types::chat::{
     ChatCompletionRequestToolMessageArgs, ChatCompletionTool, ChatCompletionTools,
     CreateChatCompletionRequestArgs, FunctionObjectArgs,
 };
-use paybond_middleware_core::{FeedbackStatus, GuardedRegistry, ToolCall, model_feedback};
+use paybond_middleware_core::{
+    FeedbackStatus, FunctionNames, GuardedRegistry, ToolCall, model_feedback,
+};
 use serde_json::{Value, json};
 
-/// The registry's tools as chat-completion tool definitions (name, description,
-/// JSON Schema of the arguments).
+/// The function names the model sees for the registry's tools (policy tool names
+/// such as `travel.book_hotel` are not valid function names; see [`FunctionNames`]).
+/// An error names the tools that cannot both be offered.
+pub fn function_names(tools: &GuardedRegistry) -> Result<FunctionNames, OpenAIError> {
+    FunctionNames::new(tools.definitions().iter().map(|d| d.name.as_str()))
+        .map_err(|e| OpenAIError::InvalidArgument(format!("tool names: {e}")))
+}
+
+/// The registry's tools as chat-completion tool definitions (function name,
+/// description, JSON Schema of the arguments).
 pub fn chat_tools(tools: &GuardedRegistry) -> Result<Vec<ChatCompletionTools>, OpenAIError> {
+    let names = function_names(tools)?;
     tools
         .definitions()
         .iter()
         .map(|d| {
+            let name = names.function_name(&d.name).unwrap_or(&d.name);
             Ok(ChatCompletionTools::Function(ChatCompletionTool {
                 function: FunctionObjectArgs::default()
-                    .name(d.name.clone())
+                    .name(name)
                     .description(d.description.clone())
                     .parameters(d.parameters.clone())
                     .build()?,
@@ -53,9 +65,19 @@ pub fn chat_tools(tools: &GuardedRegistry) -> Result<Vec<ChatCompletionTools>, O
 }
 
 /// Runs one tool call through the guarded registry and returns what the model reads
-/// (the [`FeedbackStatus`] and the JSON of the tool message).
+/// (the [`FeedbackStatus`] and the JSON of the tool message). The call's function
+/// name is mapped back to its tool ([`function_names`]).
 pub async fn run_tool_call(
     tools: &GuardedRegistry,
+    call: &ChatCompletionMessageToolCall,
+) -> (FeedbackStatus, Value) {
+    let names = function_names(tools).unwrap_or_default();
+    run_named_call(tools, &names, call).await
+}
+
+async fn run_named_call(
+    tools: &GuardedRegistry,
+    names: &FunctionNames,
     call: &ChatCompletionMessageToolCall,
 ) -> (FeedbackStatus, Value) {
     let args: Value = match serde_json::from_str(&call.function.arguments) {
@@ -71,12 +93,13 @@ pub async fn run_tool_call(
             );
         }
     };
+    // A name the mapping does not know is passed on as it is: the registry refuses
+    // it by name (or it is a tool's own, valid, name).
+    let tool = names
+        .tool_name(&call.function.name)
+        .unwrap_or(&call.function.name);
     let result = tools
-        .dispatch(ToolCall::new(
-            call.function.name.clone(),
-            args,
-            call.id.clone(),
-        ))
+        .dispatch(ToolCall::new(tool, args, call.id.clone()))
         .await;
     model_feedback(&result)
 }
@@ -87,11 +110,12 @@ pub async fn tool_messages(
     tools: &GuardedRegistry,
     calls: &[ChatCompletionMessageToolCalls],
 ) -> Result<Vec<ChatCompletionRequestMessage>, OpenAIError> {
+    let names = function_names(tools)?;
     let mut out = Vec::with_capacity(calls.len());
     for call in calls {
         let (id, content) = match call {
             ChatCompletionMessageToolCalls::Function(f) => {
-                let (status, body) = run_tool_call(tools, f).await;
+                let (status, body) = run_named_call(tools, &names, f).await;
                 tracing::debug!(tool = %f.function.name, status = status.as_str(), "tool call");
                 (f.id.clone(), body.to_string())
             }

@@ -44,7 +44,7 @@ struct Model {
 }
 
 fn tool_call(id: &str, args: &str) -> Value {
-    json!({"id": id, "type": "function", "function": {"name": "travel.book_hotel", "arguments": args}})
+    json!({"id": id, "type": "function", "function": {"name": "travel_book_hotel", "arguments": args}})
 }
 
 fn completion(message: Value) -> Value {
@@ -52,10 +52,38 @@ fn completion(message: Value) -> Value {
            "choices": [{"index": 0, "finish_reason": "stop", "message": message}]})
 }
 
-async fn chat(State(m): State<Model>, Json(body): Json<Value>) -> Json<Value> {
+/// Answers like an OpenAI-compatible server, which refuses a request whose tools
+/// are not named `^[a-zA-Z0-9_-]{1,64}$`.
+async fn chat(
+    State(m): State<Model>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, (axum::http::StatusCode, Json<Value>)> {
+    let names: Vec<String> = body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["function"]["name"].as_str().map(str::to_owned))
+        .collect();
     m.seen.lock().unwrap().push(body);
+    if let Some(bad) = names.iter().find(|n| {
+        n.is_empty()
+            || n.len() > 64
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }) {
+        return Err((
+            axum::http::StatusCode::BAD_REQUEST,
+            Json(
+                json!({"error": {"message": format!("Invalid 'tools[].function.name': '{bad}' does not match '^[a-zA-Z0-9_-]+$'"),
+                                  "type": "invalid_request_error", "param": "tools", "code": "invalid_value"}}),
+            ),
+        ));
+    }
     let next = m.replies.lock().unwrap().pop_front();
-    Json(next.unwrap_or_else(|| completion(json!({"role": "assistant", "content": "done"}))))
+    Ok(Json(next.unwrap_or_else(|| {
+        completion(json!({"role": "assistant", "content": "done"}))
+    })))
 }
 
 async fn serve(model: Model) -> String {
@@ -121,7 +149,9 @@ async fn holds_and_denials_reach_the_model_and_the_loop_goes_on() {
 
     // The second request carried the tool definitions and one tool message per call.
     let seen = model.seen.lock().unwrap().clone();
-    assert_eq!(seen[0]["tools"][0]["function"]["name"], "travel.book_hotel");
+    // The policy tool `travel.book_hotel` is offered as a valid function name, and
+    // the model's calls of it reach the tool (the gateway saw three verifies).
+    assert_eq!(seen[0]["tools"][0]["function"]["name"], "travel_book_hotel");
     assert_eq!(
         seen[0]["tools"][0]["function"]["parameters"]["required"],
         json!(["amount_cents"])

@@ -13,12 +13,19 @@
 //!
 //! A tool reports its cost by a top-level `cost_cents` in its output; without one,
 //! the reservation settles at the amount authorized.
+//!
+//! Tool names: what the model sees must match `^[a-zA-Z0-9_-]{1,64}$`, which a policy
+//! tool name such as `travel.book_hotel` does not. A rig tool's `NAME` is sent to
+//! the model as it is, so name it as [`FunctionNames`] names the policy tool
+//! (`travel_book_hotel`); [`guarded`] finds the policy tool from it, and refuses a
+//! `NAME` a model API would refuse. [`guarded_dynamic`] renames the tool itself.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use paybond_middleware_core::{
-    FeedbackStatus, PaybondAgentRun, RunError, ToolCall, ToolOutput, model_feedback,
+    FeedbackStatus, FunctionNameError, FunctionNames, PaybondAgentRun, RunError, ToolCall,
+    ToolOutput, is_valid_function_name, model_feedback,
 };
 use rig_core::tool::{DynamicTool, Tool, ToolContext, ToolErrorKind, ToolExecutionError};
 use serde::Serialize;
@@ -83,7 +90,45 @@ fn finish(result: Result<ToolOutput, RunError<ToolFailure>>) -> Result<Value, Gu
 pub struct Guarded<T> {
     tool: Arc<T>,
     run: PaybondAgentRun,
+    /// The policy tool the calls are about.
+    policy_tool: String,
     calls: Arc<AtomicU64>,
+}
+
+/// Why a rig tool cannot be guarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuardError {
+    /// The tool's name is not one a model API accepts.
+    #[error(
+        "the rig tool name `{name}` is not a valid model function name (^[a-zA-Z0-9_-]{{1,64}}$); \
+         name it `{suggestion}`: the policy tool is found from that name"
+    )]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// What to name it.
+        suggestion: String,
+    },
+    /// The run's policy tools cannot all be given function names.
+    #[error(transparent)]
+    Names(#[from] FunctionNameError),
+}
+
+/// The policy tool behind the model function `function` of `run`'s policy, or the
+/// name itself when it is a policy tool's own (valid) name.
+fn policy_tool(function: &str, run: &PaybondAgentRun) -> Result<String, GuardError> {
+    let names = FunctionNames::new(run.tools().keys().map(String::as_str))?;
+    if !is_valid_function_name(function) {
+        return Err(GuardError::InvalidName {
+            name: function.to_owned(),
+            suggestion: names.function_name(function).map_or_else(
+                || function.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"),
+                str::to_owned,
+            ),
+        });
+    }
+    Ok(names.tool_name(function).unwrap_or(function).to_owned())
 }
 
 impl<T> std::fmt::Debug for Guarded<T> {
@@ -94,13 +139,18 @@ impl<T> std::fmt::Debug for Guarded<T> {
     }
 }
 
-/// Wraps `tool` so that its calls are authorized by `run`.
-pub fn guarded<T: Tool + 'static>(tool: T, run: &PaybondAgentRun) -> Guarded<T> {
-    Guarded {
+/// Wraps `tool` so that its calls are authorized by `run`, as calls of the policy
+/// tool its `NAME` stands for. Refuses a `NAME` a model API would refuse.
+pub fn guarded<T: Tool + 'static>(
+    tool: T,
+    run: &PaybondAgentRun,
+) -> Result<Guarded<T>, GuardError> {
+    Ok(Guarded {
+        policy_tool: policy_tool(T::NAME, run)?,
         tool: Arc::new(tool),
         run: run.clone(),
         calls: Arc::new(AtomicU64::new(0)),
-    }
+    })
 }
 
 impl<T> Tool for Guarded<T>
@@ -158,7 +208,7 @@ where
         let result = tower::ServiceBuilder::new()
             .layer(self.run.clone())
             .service(inner)
-            .oneshot(ToolCall::new(T::NAME, args, id))
+            .oneshot(ToolCall::new(self.policy_tool.clone(), args, id))
             .await;
         if let Some(back) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() {
             *cx = back;
@@ -168,15 +218,29 @@ where
 }
 
 /// Wraps a [`DynamicTool`] so that its calls are authorized by `run`: same
-/// definition, every call through the layer.
-pub fn guarded_dynamic(tool: DynamicTool, run: &PaybondAgentRun) -> DynamicTool {
+/// description and schema, every call through the layer. A tool named after its
+/// policy tool (`travel.book_hotel`) is renamed to its function name
+/// (`travel_book_hotel`) for the model.
+pub fn guarded_dynamic(
+    tool: DynamicTool,
+    run: &PaybondAgentRun,
+) -> Result<DynamicTool, GuardError> {
     let definition = tool.definition();
-    let name = definition.name.to_string();
+    let names = FunctionNames::new(run.tools().keys().map(String::as_str))?;
+    let (name, function) = match names.function_name(&definition.name) {
+        // A function name is never empty; were it refused, the tool keeps its own.
+        Some(function) => (
+            definition.name.to_string(),
+            rig_core::completion::message::ToolName::new(function)
+                .unwrap_or_else(|_| definition.name.clone()),
+        ),
+        None => (policy_tool(&definition.name, run)?, definition.name.clone()),
+    };
     let inner = Arc::new(tool);
     let run = run.clone();
     let calls = Arc::new(AtomicU64::new(0));
-    DynamicTool::new(
-        definition.name,
+    Ok(DynamicTool::new(
+        function,
         definition.description,
         definition.parameters,
         move |args: Value| {
@@ -206,5 +270,5 @@ pub fn guarded_dynamic(tool: DynamicTool, run: &PaybondAgentRun) -> DynamicTool 
                 }
             })
         },
-    )
+    ))
 }

@@ -25,8 +25,27 @@ struct Down;
 
 struct Book(Arc<AtomicUsize>);
 
-impl Tool for Book {
+/// The same tool under the policy's own name, which model APIs refuse.
+struct Dotted;
+
+impl Tool for Dotted {
     const NAME: &'static str = "travel.book_hotel";
+    type Args = Args;
+    type Output = Value;
+    type Error = Down;
+    fn description(&self) -> String {
+        "Book".into()
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object"})
+    }
+    async fn call(&self, _cx: &mut ToolContext, _args: Args) -> Result<Value, Down> {
+        Err(Down)
+    }
+}
+
+impl Tool for Book {
+    const NAME: &'static str = "travel_book_hotel";
     type Args = Args;
     type Output = Value;
     type Error = Down;
@@ -57,11 +76,17 @@ async fn guarded_rig_tools_are_authorized_first() {
         .await
         .unwrap();
     let ran = Arc::new(AtomicUsize::new(0));
-    let tool = guarded(Book(ran.clone()), &run);
+    let tool = guarded(Book(ran.clone()), &run).unwrap();
     assert_eq!(
         <paybond_adapter_rig::Guarded<Book> as Tool>::NAME,
-        "travel.book_hotel"
+        "travel_book_hotel"
     );
+    // The policy's own name is not a function name a model API accepts: refused
+    // when the tool is wrapped, with the name to use instead.
+    let Err(err) = guarded(Dotted, &run) else {
+        panic!("a dotted rig tool name was accepted");
+    };
+    assert!(err.to_string().contains("`travel_book_hotel`"), "{err}");
     let mut cx = ToolContext::default();
 
     gateway
@@ -117,14 +142,16 @@ async fn guarded_rig_tools_are_authorized_first() {
             (TraceOutcome::Allow, Some(Finalization::Released), None),
         ]
     );
+    // The calls are the policy tool's.
+    assert!(entries.iter().all(|e| e.tool == "travel.book_hotel"));
     let ids: Vec<_> = entries.iter().map(|e| e.tool_call_id.as_str()).collect();
     assert_eq!(
         ids,
         [
-            "travel.book_hotel-1",
-            "travel.book_hotel-2",
-            "travel.book_hotel-3",
-            "travel.book_hotel-4"
+            "travel_book_hotel-1",
+            "travel_book_hotel-2",
+            "travel_book_hotel-3",
+            "travel_book_hotel-4"
         ]
     );
 }
@@ -155,8 +182,9 @@ async fn guarded_dynamic_tools_keep_their_definition_and_are_authorized() {
             Box::pin(async { Ok(rig_core::tool::ToolOutput::json(json!({"ok": true}))) })
         },
     );
-    let guarded = guarded_dynamic(tool, &run);
-    assert_eq!(guarded.name().to_string(), "shop.buy");
+    let guarded = guarded_dynamic(tool, &run).unwrap();
+    // Renamed for the model; the calls stay the policy tool's.
+    assert_eq!(guarded.name().to_string(), "shop_buy");
     assert_eq!(guarded.definition().description, "Buy");
 
     gateway
@@ -169,6 +197,17 @@ async fn guarded_dynamic_tools_keep_their_definition_and_are_authorized() {
         .unwrap_err();
     assert!(denied.to_string().contains("tool_cap_exceeded"), "{denied}");
     assert_eq!(ran.load(Ordering::SeqCst), 1);
-    let outcomes: Vec<_> = run.trace().entries().iter().map(|e| e.outcome).collect();
-    assert_eq!(outcomes, [TraceOutcome::Allow, TraceOutcome::Deny]);
+    let outcomes: Vec<_> = run
+        .trace()
+        .entries()
+        .iter()
+        .map(|e| (e.tool.clone(), e.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("shop.buy".to_owned(), TraceOutcome::Allow),
+            ("shop.buy".to_owned(), TraceOutcome::Deny)
+        ]
+    );
 }

@@ -10,7 +10,7 @@
 //! power loss.
 //!
 //! Checkpoints run on a background thread: a passive one on its own connection
-//! every 250 ms, and, when the WAL has grown past its limit (a steady stream of
+//! every 500 ms, and, when the WAL has grown past its limit (a steady stream of
 //! commits never leaves a passive checkpoint a gap to restart the WAL in), a
 //! truncating one on the writer's connection between two groups, which then has
 //! only the frames written since the passive pass to copy.
@@ -464,7 +464,7 @@ impl SqliteStore {
                         path,
                         &wal,
                         std::sync::Arc::downgrade(&writer),
-                        std::time::Duration::from_millis(250),
+                        std::time::Duration::from_millis(500),
                         wal_limit_bytes,
                     )?),
                     Some(Durability {
