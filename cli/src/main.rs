@@ -104,12 +104,17 @@ fn main() -> ExitCode {
         return paybond_demos::mcp::child_main();
     }
     let cli = Cli::parse();
-    // Logs go to stderr (stdout carries results); RUST_LOG tunes them.
+    // Logs go to stderr (stdout carries results); RUST_LOG tunes them. A demo shows
+    // warnings (a retried gateway call) only with -v: its output is its report.
+    let level = match &cli.command {
+        Command::Agent(AgentCommand::Demo { args, .. }) if !args.verbose => "error",
+        _ => "warn",
+    };
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .try_init();
     match cli.command {

@@ -44,20 +44,44 @@ fn the_main_job_and_its_exit_codes() {
             .iter()
             .all(|s| s["summary"]["consumed_cents"] == 30_700)
     );
+    // Machine-readable for CI: each trace line says its framework, each summary
+    // whether it passed and how it differs (nothing), and the run ends with a tally.
+    for s in &summaries {
+        assert_eq!(s["summary"]["passed"], true, "{s}");
+        assert_eq!(s["summary"]["problems"], serde_json::json!([]), "{s}");
+    }
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let entries: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| v.get("tool_call_id").is_some())
+        .collect();
+    assert_eq!(entries.len(), 24);
+    assert!(entries.iter().all(|e| e["framework"].is_string()));
+    assert_eq!(
+        lines.last().unwrap(),
+        &serde_json::json!({"all": {"passed": 4, "total": 4}})
+    );
+    assert!(err.is_empty(), "stderr without -v: {err}");
+    let (code, text, _) = demo(&["all"], dir.path());
+    assert_eq!(code, 0);
+    assert!(text.trim_end().ends_with("4/4 passed"), "{text}");
 
     let (code, _, err) = demo(&["cobol"], dir.path());
     assert_eq!(code, 2);
     assert!(err.contains("generic, openai, rig, mcp"), "{err}");
 
-    // No gateway there: the demo fails, nothing runs, the keys are not printed.
+    // No gateway there: an environment error (2), nothing runs, the keys are not printed.
     std::fs::write(
         dir.path().join(".env.local"),
         "PAYBOND_API_KEY=paybond_sk_sandbox_SECRETA\nPAYBOND_OPERATOR_API_KEY=paybond_sk_sandbox_SECRETO\n",
     )
     .unwrap();
     let (code, out, err) = demo(&["generic", "--gateway", "http://127.0.0.1:9"], dir.path());
-    assert_eq!(code, 1, "{out}{err}");
-    assert!(err.contains("the generic demo failed"), "{err}");
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("cannot reach the gateway"), "{err}");
     assert!(!format!("{out}{err}").contains("SECRET"));
     // Without keys for --gateway: a usage error.
     std::fs::remove_file(dir.path().join(".env.local")).unwrap();

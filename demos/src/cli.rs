@@ -28,6 +28,9 @@ pub struct DemoArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Also show warnings (retries of gateway calls) on stderr.
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 impl DemoArgs {
@@ -60,6 +63,7 @@ pub fn main(frameworks: &[Framework], args: &DemoArgs) -> ExitCode {
     };
     let choice = args.gateway_choice();
     let mut code = 0;
+    let mut passed = 0;
     for framework in frameworks {
         match runtime.block_on(crate::run(*framework, &choice)) {
             Ok(report) => {
@@ -67,16 +71,13 @@ pub fn main(frameworks: &[Framework], args: &DemoArgs) -> ExitCode {
                     Format::Text => println!("{}", report.text()),
                     Format::Json => print!("{}", report.json_lines()),
                 }
-                if !report.passed() {
-                    if args.format == Format::Json {
-                        for p in &report.problems {
-                            eprintln!("{}: {p}", framework.name());
-                        }
-                    }
+                if report.passed() {
+                    passed += 1;
+                } else {
                     code = code.max(1);
                 }
             }
-            Err(DemoError::Usage(message)) => {
+            Err(DemoError::Usage(message) | DemoError::Environment(message)) => {
                 eprintln!("error: {message}");
                 return ExitCode::from(2);
             }
@@ -84,6 +85,15 @@ pub fn main(frameworks: &[Framework], args: &DemoArgs) -> ExitCode {
                 eprintln!("error: the {} demo failed: {e}", framework.name());
                 code = code.max(1);
             }
+        }
+    }
+    if frameworks.len() > 1 {
+        match args.format {
+            Format::Text => println!("{passed}/{} passed", frameworks.len()),
+            Format::Json => println!(
+                "{}",
+                serde_json::json!({"all": {"passed": passed, "total": frameworks.len()}})
+            ),
         }
     }
     ExitCode::from(code)

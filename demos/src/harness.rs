@@ -157,10 +157,9 @@ impl Harness {
         let gateway = HttpGateway::builder(&url, ApiKey::new(agent_key.clone()))
             .build()
             .map_err(|e| DemoError::Usage(e.to_string()))?;
-        let principal = gateway
-            .principal()
-            .await
-            .map_err(|e| DemoError::Setup(format!("cannot reach the gateway at {url}: {e}")))?;
+        let principal = gateway.principal().await.map_err(|e| {
+            DemoError::Environment(format!("cannot reach the gateway at {url}: {e}"))
+        })?;
         let client = reqwest::Client::new();
         let policy: Value = client
             .get(format!("{url}/v1/policy/effective"))

@@ -17,7 +17,7 @@ pub mod travel;
 use std::sync::Arc;
 
 pub use harness::{GatewayChoice, Harness};
-pub use scenario::{Report, Summary};
+pub use scenario::{Problem, Report, Summary};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -35,6 +35,9 @@ pub enum DemoError {
     /// Bad flags or missing credentials (exit code 2).
     #[error("{0}")]
     Usage(String),
+    /// The gateway cannot be reached (exit code 2, like a usage error: nothing ran).
+    #[error("{0}")]
+    Environment(String),
     /// The gateway or the demo's own setup failed.
     #[error("setup failed: {0}")]
     Setup(String),
@@ -133,6 +136,8 @@ pub async fn run(framework: Framework, gateway: &GatewayChoice) -> Result<Report
         denies: totals.denies,
         open_reservations: h.open_reservations().await?,
         ledger_valid: h.ledger_valid().await?,
+        passed: false,
+        problems: Vec::new(),
     };
     Ok(Report::new(&finished.entries, summary, finished.answer))
 }

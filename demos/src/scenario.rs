@@ -136,6 +136,40 @@ pub struct Summary {
     pub open_reservations: u64,
     /// Whether the gateway's ledger chain verifies.
     pub ledger_valid: bool,
+    /// Whether the run reached the expected trace and end state.
+    #[serde(default)]
+    pub passed: bool,
+    /// How it differs from them (empty when `passed`).
+    #[serde(default)]
+    pub problems: Vec<Problem>,
+}
+
+/// One difference from the scenario, machine-readable: which trace entry (1-based;
+/// absent for the end state), which field, what was expected and what was found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// The trace entry, from 1; absent for the end state and the entry count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<usize>,
+    /// The field (`outcome`, `reason_codes`, `consumed_cents`, `entries`, ...).
+    pub field: String,
+    /// What the scenario expects.
+    pub expected: Value,
+    /// What the run gave.
+    pub found: Value,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(entry) = self.entry {
+            write!(f, "entry {entry}: ")?;
+        }
+        write!(
+            f,
+            "{}: expected {}, found {}",
+            self.field, self.expected, self.found
+        )
+    }
 }
 
 /// A finished demo: its trace, its end state, and how they differ from the expected ones.
@@ -146,7 +180,7 @@ pub struct Report {
     /// The end state.
     pub summary: Summary,
     /// Differences from the expected trace and end state (empty: the scenario passed).
-    pub problems: Vec<String>,
+    pub problems: Vec<Problem>,
     /// What the model said at the end, for the frameworks with a model.
     pub answer: Option<String>,
 }
@@ -186,52 +220,67 @@ pub fn entry_json(e: &TraceEntry) -> Value {
 
 impl Report {
     /// Builds the report of a run and checks it against the scenario.
-    pub fn new(entries: &[TraceEntry], summary: Summary, answer: Option<String>) -> Self {
+    pub fn new(entries: &[TraceEntry], mut summary: Summary, answer: Option<String>) -> Self {
         let mut problems = Vec::new();
-        if entries.len() != EXPECTED.len() {
-            problems.push(format!(
-                "expected {} trace entries, found {}",
-                EXPECTED.len(),
-                entries.len()
-            ));
-        }
+        let mut differ = |entry: Option<usize>, field: &str, expected: Value, found: Value| {
+            if expected != found {
+                problems.push(Problem {
+                    entry,
+                    field: field.to_owned(),
+                    expected,
+                    found,
+                });
+            }
+        };
+        differ(None, "entries", json!(EXPECTED.len()), json!(entries.len()));
         for (i, (e, x)) in entries.iter().zip(EXPECTED.iter()).enumerate() {
             let (tool, amount, outcome, reasons, finalization, actual) = *x;
-            let got_reasons: Vec<&str> = e.reason_codes.iter().map(String::as_str).collect();
-            if e.tool != tool
-                || e.amount_cents != amount
-                || e.outcome != outcome
-                || got_reasons != reasons
-                || e.finalization != finalization
-                || e.actual_cents != actual
-            {
-                problems.push(format!(
-                    "entry {}: expected {tool} {amount:?} {} {reasons:?} {:?} {actual:?}, found {} {:?} {} {got_reasons:?} {:?} {:?}",
-                    i + 1,
-                    outcome_name(outcome),
-                    finalization,
-                    e.tool,
-                    e.amount_cents,
-                    outcome_name(e.outcome),
-                    e.finalization,
-                    e.actual_cents
-                ));
-            }
+            let n = Some(i + 1);
+            differ(n, "tool", json!(tool), json!(e.tool));
+            differ(n, "amount_cents", json!(amount), json!(e.amount_cents));
+            differ(
+                n,
+                "outcome",
+                json!(outcome_name(outcome)),
+                json!(outcome_name(e.outcome)),
+            );
+            differ(n, "reason_codes", json!(reasons), json!(e.reason_codes));
+            differ(
+                n,
+                "finalization",
+                finalization_name(finalization),
+                finalization_name(e.finalization),
+            );
+            differ(n, "actual_cents", json!(actual), json!(e.actual_cents));
         }
-        let expected = (30_700, 9_000, 1, 1, 0, true);
-        let got = (
-            summary.consumed_cents,
-            summary.released_cents,
-            summary.holds,
-            summary.denies,
-            summary.open_reservations,
-            summary.ledger_valid,
+        differ(
+            None,
+            "consumed_cents",
+            json!(30_700),
+            json!(summary.consumed_cents),
         );
-        if got != expected {
-            problems.push(format!(
-                "end state (consumed, released, holds, denies, open, ledger valid): expected {expected:?}, found {got:?}"
-            ));
-        }
+        differ(
+            None,
+            "released_cents",
+            json!(9_000),
+            json!(summary.released_cents),
+        );
+        differ(None, "holds", json!(1), json!(summary.holds));
+        differ(None, "denies", json!(1), json!(summary.denies));
+        differ(
+            None,
+            "open_reservations",
+            json!(0),
+            json!(summary.open_reservations),
+        );
+        differ(
+            None,
+            "ledger_valid",
+            json!(true),
+            json!(summary.ledger_valid),
+        );
+        summary.passed = problems.is_empty();
+        summary.problems.clone_from(&problems);
         Self {
             entries: entries.iter().map(entry_json).collect(),
             summary,
@@ -249,7 +298,9 @@ impl Report {
     pub fn json_lines(&self) -> String {
         let mut out = String::new();
         for e in &self.entries {
-            let _ = writeln!(out, "{e}");
+            let mut line = e.clone();
+            line["framework"] = json!(self.summary.framework);
+            let _ = writeln!(out, "{line}");
         }
         let _ = writeln!(out, "{}", json!({"summary": self.summary}));
         out

@@ -42,7 +42,7 @@ async fn an_unreachable_gateway_fails_closed() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, DemoError::Setup(_)), "{err}");
+    assert!(matches!(err, DemoError::Environment(_)), "{err}");
     assert!(!err.to_string().contains("paybond_sk_sandbox_x"), "{err}");
 
     let missing = run(

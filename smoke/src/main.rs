@@ -99,10 +99,18 @@ fn check(framework: &str, gateway: &str, stdout: &str) -> Vec<String> {
             problems.push(format!("an entry has no `{missing}`"));
             break;
         }
+        if e["framework"] != framework {
+            problems.push(format!(
+                "an entry's framework is {}, not {framework}",
+                e["framework"]
+            ));
+            break;
+        }
     }
     let want = json!({"summary": {
         "framework": framework, "gateway": gateway, "consumed_cents": 30700, "released_cents": 9000,
-        "holds": 1, "denies": 1, "open_reservations": 0, "ledger_valid": true
+        "holds": 1, "denies": 1, "open_reservations": 0, "ledger_valid": true,
+        "passed": true, "problems": []
     }});
     if *summary != want {
         problems.push(format!("summary {summary} (expected {want})"));
@@ -250,18 +258,26 @@ mod tests {
             .enumerate()
             .map(|(i, e)| {
                 json!({"tool_call_id": format!("c{i}"), "tool": e[0], "operation": e[0], "amount_cents": e[1],
-                       "outcome": e[2], "reason_codes": e[3], "decision_id": null, "finalization": e[4], "actual_cents": e[5]})
+                       "outcome": e[2], "reason_codes": e[3], "decision_id": null, "finalization": e[4], "actual_cents": e[5],
+                       "framework": "generic"})
                 .to_string()
                     + "\n"
             })
             .collect::<String>()
             + &json!({"summary": {"framework": "generic", "gateway": "embedded", "consumed_cents": 30700,
-                "released_cents": 9000, "holds": 1, "denies": 1, "open_reservations": 0, "ledger_valid": true}})
+                "released_cents": 9000, "holds": 1, "denies": 1, "open_reservations": 0, "ledger_valid": true,
+                "passed": true, "problems": []}})
             .to_string();
         assert_eq!(check("generic", "embedded", &good), Vec::<String>::new());
         assert_eq!(check("generic", "http", &good).len(), 1);
         let bad = good.replacen("\"deny\"", "\"allow\"", 1);
         assert_eq!(check("generic", "embedded", &bad).len(), 1);
+        let elsewhere = good.replace("\"framework\":\"generic\"", "\"framework\":\"rig\"");
+        let problems = check("generic", "embedded", &elsewhere);
+        assert!(
+            problems.iter().any(|p| p.contains("framework is \"rig\"")),
+            "{problems:?}"
+        );
         assert!(!check("generic", "embedded", "garbage").is_empty());
         assert!(!check("generic", "embedded", "").is_empty());
     }
