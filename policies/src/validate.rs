@@ -234,9 +234,13 @@ impl Cx<'_> {
             self.wrong_type(path, "a mapping", v);
             return None;
         };
+        // A misspelt required key is one problem (the typo), not two.
+        let mut meant: Vec<&str> = Vec::new();
         for key in map.keys() {
             if !known.contains(&key.as_str()) {
-                let hint = closest(key, known)
+                let nearest = closest(key, known);
+                meant.extend(nearest);
+                let hint = nearest
                     .map(|k| format!(" (did you mean `{k}`?)"))
                     .unwrap_or_default();
                 self.error(
@@ -251,7 +255,7 @@ impl Cx<'_> {
             }
         }
         for key in required {
-            if !map.contains_key(*key) {
+            if !map.contains_key(*key) && !meant.contains(key) {
                 self.error(
                     &key_path(path, key),
                     "policy.missing_field",
@@ -469,6 +473,18 @@ fn parse_hhmm(s: &str) -> Option<u32> {
     }
     let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
     (h < 24 && m < 60).then_some(h * 60 + m)
+}
+
+/// The IANA timezone nearest to a misspelt one (ignoring case), when close enough.
+fn nearest_timezone(name: &str) -> Option<String> {
+    let wanted = name.to_ascii_lowercase();
+    jiff::tz::db()
+        .available()
+        .map(|n| n.as_str().to_owned())
+        .map(|n| (edit_distance(&wanted, &n.to_ascii_lowercase()), n))
+        .filter(|(d, n)| *d <= 2.max(n.len() / 4))
+        .min()
+        .map(|(_, n)| n)
 }
 
 /// Whether `name` is a timezone of the IANA database (bundled, so every machine agrees).
@@ -928,10 +944,14 @@ fn one_of(cx: &mut Cx<'_>, path: &str, v: &Value, allowed: &[&str]) -> Option<()
 fn timezone(cx: &mut Cx<'_>, path: &str, v: &Value) -> Option<()> {
     let tz = cx.str(path, v)?;
     if !is_iana_timezone(tz) {
+        let hint = nearest_timezone(tz).map_or_else(
+            || "e.g. `UTC` or `America/New_York`".to_owned(),
+            |near| format!("did you mean `{near}`?"),
+        );
         cx.error(
             path,
             "policy.unknown_timezone",
-            format!("`{tz}` is not an IANA timezone, e.g. `UTC` or `America/New_York`"),
+            format!("`{tz}` is not an IANA timezone; {hint}"),
         );
     }
     Some(())

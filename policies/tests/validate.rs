@@ -274,3 +274,49 @@ fn json_files_are_checked_the_same_way() {
     );
     assert!(checked.errors[0].message.contains("true or false"));
 }
+
+#[test]
+fn a_typo_is_one_problem_and_a_timezone_typo_gets_the_nearest_name() {
+    // `side_efecting` misspells a required key: one unknown_key with the fix, no
+    // missing_field besides.
+    let text = "version: 1\nname: p\ntools:\n  a.pay: {side_efecting: true, max_spend_cents: 1, evidence_preset: receipt}\nspend_controls:\n  caps:\n    - {scope: tenant, window: day, limit_cents: 10, timezone: America/New_Yrok}\n    - {scope: tenant, window: day, limit_cents: 10, timezone: Europe/Pariss}\n    - {scope: tenant, window: day, limit_cents: 10, timezone: Mars/Olympus}\n";
+    let checked = paybond_policies::check_policy(text, "p.yaml");
+    let found: Vec<(&str, &str)> = checked
+        .errors
+        .iter()
+        .map(|d| (d.path.as_str(), d.code.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("tools.a.pay.side_efecting", "policy.unknown_key"),
+            ("spend_controls.caps[0].timezone", "policy.unknown_timezone"),
+            ("spend_controls.caps[1].timezone", "policy.unknown_timezone"),
+            ("spend_controls.caps[2].timezone", "policy.unknown_timezone"),
+        ]
+    );
+    assert!(
+        checked.errors[0]
+            .message
+            .contains("did you mean `side_effecting`?")
+    );
+    assert!(
+        checked.errors[1]
+            .message
+            .contains("did you mean `America/New_York`?"),
+        "{}",
+        checked.errors[1].message
+    );
+    assert!(
+        checked.errors[2]
+            .message
+            .contains("did you mean `Europe/Paris`?"),
+        "{}",
+        checked.errors[2].message
+    );
+    assert!(
+        !checked.errors[3].message.contains("did you mean"),
+        "{}",
+        checked.errors[3].message
+    );
+}
