@@ -34,11 +34,11 @@ pub(crate) struct InitOrg {
     /// The side-effecting tool (its operation name), e.g. travel.book_hotel.
     #[arg(long)]
     operation: String,
-    /// The tool's evidence preset.
-    #[arg(long, default_value = "cost_and_completion")]
+    /// The tool's evidence preset (the one this gateway evaluates).
+    #[arg(long, default_value = "cost_and_completion", value_parser = ["cost_and_completion"])]
     evidence_preset: String,
-    /// The fixed amount reserved per call, in cents.
-    #[arg(long)]
+    /// The fixed amount reserved per call, in cents (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     max_spend_cents: u64,
     /// Overwrite --out if it exists.
     #[arg(long)]

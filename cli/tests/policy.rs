@@ -354,6 +354,33 @@ fn usage_and_environment_errors_exit_2() {
             "--max-spend-cents",
             "1",
         ],
+        // A zero cap, an evidence preset the gateway does not know.
+        &[
+            "policy",
+            "init-org",
+            "--policy-id",
+            "p",
+            "--out",
+            "o.yaml",
+            "--operation",
+            "t.pay",
+            "--max-spend-cents",
+            "0",
+        ],
+        &[
+            "policy",
+            "init-org",
+            "--policy-id",
+            "p",
+            "--out",
+            "o.yaml",
+            "--operation",
+            "t.pay",
+            "--max-spend-cents",
+            "100",
+            "--evidence-preset",
+            "cost_and_complection",
+        ],
         &["policy", "frobnicate"],
     ];
     for args in cases {

@@ -140,6 +140,7 @@ pub struct Overrides {
 /// One entry of `overrides.tools`: every field optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("not" = {"required": ["max_spend_cents", "spend_from_args"]}))]
 pub struct ToolOverride {
     /// Cannot turn an org side-effecting tool off.
     #[serde(default, skip_serializing_if = "Option::is_none")]

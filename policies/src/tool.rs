@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// is an error rather than a silently missing cap.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("not" = {"required": ["max_spend_cents", "spend_from_args"]}))]
 pub struct ToolPolicy {
     /// Whether a call moves money or has another effect that must be authorized first.
     pub side_effecting: bool,

@@ -101,7 +101,7 @@ pub fn check_policy(text: &str, file: &str) -> Checked {
                     column,
                     path: String::new(),
                     code: "policy.syntax".to_owned(),
-                    message: e.to_string(),
+                    message: syntax_message(&e.to_string()),
                 }],
                 warnings: Vec::new(),
             };
@@ -409,6 +409,42 @@ fn describe(v: &Value) -> String {
         Value::String(s) => format!("the string \"{s}\""),
         Value::Array(_) => "a list".to_owned(),
         Value::Object(_) => "a mapping".to_owned(),
+    }
+}
+
+/// A YAML parser's message in the house format: the position is the diagnostic's
+/// own, so `at line L column C` is dropped from the message, and the context the
+/// parser names is given as `line:column`.
+///
+/// `did not find expected ',' or '}' at line 5 column 1, while parsing a flow
+/// mapping at line 4 column 6` → `did not find expected ',' or '}' (in the flow
+/// mapping that starts at 4:6)`.
+fn syntax_message(raw: &str) -> String {
+    fn strip_position(s: &str) -> (String, Option<String>) {
+        match s.rfind(" at line ") {
+            Some(i) => {
+                let position = s[i + " at line ".len()..].replacen(" column ", ":", 1);
+                (s[..i].to_owned(), Some(position))
+            }
+            None => (s.to_owned(), None),
+        }
+    }
+    let (head, context) = match raw.split_once(", while ") {
+        Some((head, context)) => (head, Some(context)),
+        None => (raw, None),
+    };
+    let (head, _) = strip_position(head);
+    match context.map(strip_position) {
+        Some((what, Some(at))) => {
+            let what = what
+                .trim_start_matches("parsing ")
+                .trim_start_matches("scanning ")
+                .trim_start_matches("a ")
+                .trim_start_matches("an ");
+            format!("{head} (in the {what} that starts at {at})")
+        }
+        Some((what, None)) => format!("{head} (while {what})"),
+        None => head,
     }
 }
 
@@ -1049,5 +1085,34 @@ mod tests {
         assert!(!is_iana_timezone("Mars/Olympus"));
         assert_eq!(closest("max_spend_cent", TOOL), Some("max_spend_cents"));
         assert_eq!(closest("zzz", TOOL), None);
+    }
+
+    #[test]
+    fn yaml_syntax_errors_read_in_the_house_format() {
+        assert_eq!(
+            super::syntax_message(
+                "did not find expected ',' or '}' at line 5 column 1, while parsing a flow mapping at line 4 column 6"
+            ),
+            "did not find expected ',' or '}' (in the flow mapping that starts at 4:6)"
+        );
+        assert_eq!(
+            super::syntax_message(
+                "found a tab character that violates indentation at line 3 column 1, while scanning a plain scalar at line 2 column 7"
+            ),
+            "found a tab character that violates indentation (in the plain scalar that starts at 2:7)"
+        );
+        assert_eq!(
+            super::syntax_message(
+                "mapping values are not allowed in this context at line 1 column 5"
+            ),
+            "mapping values are not allowed in this context"
+        );
+        let checked = super::check_policy(
+            "version: 1\nname: p\ntools:\n  a: {side_effecting: true\n",
+            "p.yaml",
+        );
+        let e = &checked.errors[0];
+        assert_eq!((e.line, e.column, e.code.as_str()), (5, 1, "policy.syntax"));
+        assert!(!e.message.contains("at line"), "{}", e.message);
     }
 }

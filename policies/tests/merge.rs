@@ -360,6 +360,14 @@ fn the_checked_in_schema_is_the_generated_one() {
     let schema: serde_json::Value = serde_json::from_str(&checked_in).unwrap();
     assert_eq!(schema["required"], serde_json::json!(["version", "name"]));
     assert_eq!(schema["additionalProperties"], serde_json::json!(false));
+    // A tool has a fixed amount or one taken from its arguments, never both.
+    for def in ["ToolPolicy", "ToolOverride"] {
+        assert_eq!(
+            schema["$defs"][def]["not"],
+            serde_json::json!({"required": ["max_spend_cents", "spend_from_args"]}),
+            "{def}"
+        );
+    }
 }
 
 #[test]
