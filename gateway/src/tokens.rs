@@ -93,10 +93,11 @@ impl Minter {
             .chain_update(b"paybond approval tokens v1\0")
             .chain_update(self.root.private().to_bytes())
             .finalize();
-        // HMAC takes a key of any length, so `new_from_slice` cannot fail.
-        let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(&key) else {
-            unreachable!("HMAC accepts any key length")
-        };
+        // A 32-byte key zero-padded to SHA-256's 64-byte block: what HMAC does with
+        // any key shorter than a block, without a fallible constructor.
+        let mut block = [0_u8; 64];
+        block[..key.len()].copy_from_slice(&key);
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new(&block.into());
         mac.update(approval_id.as_bytes());
         mac.update(b"\0");
         mac.update(&expires_ms.to_be_bytes());
