@@ -1,4 +1,4 @@
-//! `paybond policy init-org | extend | validate-tools | schema` (DESIGN §6, §8).
+//! `paybond policy init-org | extend | validate-tools | schema`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@ use crate::{DemoError, Framework, GatewayChoice};
 pub enum Format {
     /// A trace table and the summary.
     Text,
-    /// One JSON object per trace entry, then `{"summary": ..}` (DESIGN §7).
+    /// One JSON object per trace entry, then `{"summary": ..}`.
     Json,
 }
 
@@ -103,7 +103,7 @@ pub fn main(frameworks: &[Framework], args: &DemoArgs) -> ExitCode {
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Runs the canonical scenario (DESIGN §7) with one agent framework."
+    about = "Runs the canonical scenario with one agent framework."
 )]
 struct Single {
     #[command(flatten)]

@@ -1,4 +1,4 @@
-//! The canonical scenario (DESIGN §7), one demo per agent framework.
+//! The canonical scenario (see the crate's README), one demo per agent framework.
 //!
 //! Every demo runs the same five tool calls against the same policy and must reach
 //! the same end state: consumed 30700, released 9000, one hold, one deny, no open

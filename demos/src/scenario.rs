@@ -1,4 +1,4 @@
-//! The canonical scenario (DESIGN §7): its steps, its expected trace and end state,
+//! The canonical scenario: its steps, its expected trace and end state,
 //! and the report every demo prints.
 
 use std::fmt::Write as _;
@@ -175,7 +175,7 @@ impl std::fmt::Display for Problem {
 /// A finished demo: its trace, its end state, and how they differ from the expected ones.
 #[derive(Debug, Clone)]
 pub struct Report {
-    /// One JSON object per trace entry, with the fields of DESIGN §7.
+    /// One JSON object per trace entry, with the fields the README lists.
     pub entries: Vec<Value>,
     /// The end state.
     pub summary: Summary,
@@ -203,7 +203,7 @@ fn outcome_name(o: TraceOutcome) -> &'static str {
     }
 }
 
-/// A trace entry as DESIGN §7 prints it.
+/// A trace entry as `--format json` prints it.
 pub fn entry_json(e: &TraceEntry) -> Value {
     json!({
         "tool_call_id": e.tool_call_id,

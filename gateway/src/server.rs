@@ -1,4 +1,4 @@
-//! The HTTP server (DESIGN §5): every route over the same [`Engine`], the error
+//! The HTTP server (the contract is `openapi.json` in this crate): every route over the same [`Engine`], the error
 //! envelope on every non-2xx answer, a body limit, `/healthz`, `/metrics` and
 //! `/openapi.json`.
 

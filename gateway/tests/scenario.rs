@@ -1,4 +1,4 @@
-//! The canonical scenario (DESIGN §7) through `PaybondAgentRun` on the embedded engine.
+//! The canonical scenario (demos/README.md) through `PaybondAgentRun` on the embedded engine.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on setup failures
 

@@ -212,6 +212,31 @@ struct Call<'a, B> {
     extra_secrets: &'a [&'a str],
 }
 
+/// `KEY=value` lines of an env file (`#` comments, `export `, quotes); none if it
+/// cannot be read.
+fn read_env_file(path: &std::path::Path) -> Vec<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                return None;
+            }
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            let (k, v) = line.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(v);
+            Some((k.trim().to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
 impl HttpGateway {
     /// Starts configuring a client for the gateway at `base_url`.
     pub fn builder(base_url: impl Into<String>, api_key: ApiKey) -> HttpGatewayBuilder {
@@ -223,6 +248,50 @@ impl HttpGateway {
             timeout: Duration::from_secs(10),
             client: None,
         }
+    }
+
+    /// A client configured as `paybond dev loop` leaves things: `PAYBOND_GATEWAY_URL`
+    /// and `PAYBOND_API_KEY` (the agent key) from the environment, else from
+    /// `.env.local` in the current directory. `PAYBOND_TENANT_ID`, when set, is sent
+    /// as `x-tenant-id`. A missing setting is a [`GatewayError::Config`] naming it
+    /// and where it was looked for (never a value).
+    pub fn from_env() -> Result<HttpGateway, GatewayError> {
+        Self::from_env_file(std::path::Path::new(".env.local"))
+    }
+
+    /// Like [`from_env`](Self::from_env), with another env file.
+    pub fn from_env_file(path: &std::path::Path) -> Result<HttpGateway, GatewayError> {
+        let file = read_env_file(path);
+        Self::from_lookup(
+            |key| {
+                std::env::var(key)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .or_else(|| file.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()))
+            },
+            path,
+        )
+    }
+
+    fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+        path: &std::path::Path,
+    ) -> Result<HttpGateway, GatewayError> {
+        let need = |key: &str| {
+            lookup(key).ok_or_else(|| {
+                GatewayError::Config(format!(
+                    "{key} is not set, in the environment or {} (`paybond dev loop --offline` writes it)",
+                    path.display()
+                ))
+            })
+        };
+        let url = need("PAYBOND_GATEWAY_URL")?;
+        let key = need("PAYBOND_API_KEY")?;
+        let mut builder = Self::builder(url, ApiKey::new(key));
+        if let Some(tenant) = lookup("PAYBOND_TENANT_ID") {
+            builder = builder.tenant_id(tenant);
+        }
+        builder.build()
     }
 
     /// The base URL requests go to.
@@ -620,6 +689,38 @@ fn transport_detail(error: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_an_env_file_with_every_setting_named_when_missing() {
+        let dir = std::env::temp_dir().join(format!("paybond-env-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(".env.local");
+        std::fs::write(
+            &path,
+            "# written by paybond dev loop\nPAYBOND_GATEWAY_URL=http://127.0.0.1:8787/\nexport PAYBOND_API_KEY=\"paybond_sk_sandbox_k\"\nPAYBOND_TENANT_ID='tnt_1'\n",
+        )
+        .unwrap();
+        let file = read_env_file(&path);
+        let lookup = |key: &str| file.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let gateway = HttpGateway::from_lookup(lookup, &path).unwrap();
+        assert_eq!(gateway.base_url(), "http://127.0.0.1:8787");
+        assert_eq!(lookup("PAYBOND_TENANT_ID").as_deref(), Some("tnt_1"));
+
+        std::fs::write(&path, "PAYBOND_GATEWAY_URL=http://127.0.0.1:8787\n").unwrap();
+        let file = read_env_file(&path);
+        let Err(err) = HttpGateway::from_lookup(
+            |key: &str| file.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()),
+            &path,
+        ) else {
+            panic!("a missing key was accepted");
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains("PAYBOND_API_KEY") && text.contains(".env.local"),
+            "{text}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn backoff_is_capped_full_jitter() {

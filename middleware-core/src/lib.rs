@@ -27,7 +27,7 @@
 //!     BoxError, PaybondAgentRun, RunError, Tool, ToolOutput, ToolRegistry,
 //!     testing::{ScriptedGateway, VerifyScript},
 //! };
-//! use paybond_policies::ToolPolicy;
+//! use paybond_middleware_core::ToolPolicy;
 //! use serde_json::{Value, json};
 //! use uuid::Uuid;
 //!
@@ -75,6 +75,10 @@ pub use feedback::{FeedbackStatus, model_feedback};
 pub use function_names::{FunctionNameError, FunctionNames, is_valid_function_name};
 pub use gateway::{GatewayError, GatewayErrorKind, SpendGateway};
 pub use http::{HttpGateway, HttpGatewayBuilder, RetryPolicy};
+/// A tool's policy entry (side-effecting or not, how much to reserve, which
+/// operation to verify), re-exported so a crate using the layer needs no second
+/// dependency for it.
+pub use paybond_policies::{SpendSource, ToolPolicy};
 pub use registry::{GuardedRegistry, Tool, ToolDefinition, ToolRegistry, ToolRouter, UnknownTool};
 pub use run::{
     ApprovalRequired, ApprovalWait, BoxError, PaybondAgentRun, PaybondAgentRunBuilder,

@@ -143,7 +143,7 @@ impl RunTrace {
         TraceTotals::of(&entries)
     }
 
-    /// One JSON object per line, one line per entry (DESIGN §7).
+    /// One JSON object per line, one line per entry.
     pub fn to_json_lines(&self) -> String {
         let mut out = String::new();
         for entry in self.entries() {

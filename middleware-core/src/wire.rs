@@ -1,4 +1,4 @@
-//! The gateway's HTTP wire types (DESIGN §5), shared by the client, the server and the embedded gateway.
+//! The gateway's HTTP wire types (`gateway/openapi.json`), shared by the client, the server and the embedded gateway.
 //!
 //! Bodies are JSON with snake_case fields. Optional response fields default when
 //! absent, so a client written to this contract also reads the hosted gateway's

@@ -1,4 +1,4 @@
-//! The policy files of the canonical scenario (DESIGN §7), built into the crate so
+//! The policy files of the canonical scenario, built into the crate so
 //! the embedded gateway and `paybond dev loop --offline` have them wherever they run.
 
 /// `policies/org-base.policy.yaml`: the org base of the travel agents.

@@ -1,6 +1,6 @@
 //! Paybond policy-as-code.
 //!
-//! Paybond policy files (DESIGN §6): version 1 (flat) and version 2 (an overlay
+//! Paybond policy files: version 1 (flat) and version 2 (an overlay
 //! that extends an org base), the `spend_controls` extension, the deterministic
 //! merge of an overlay onto its base, and a stable `sha256:` digest of a policy.
 //! The per-tool entry ([`ToolPolicy`]) tells the agent-run layer whether a tool is

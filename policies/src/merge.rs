@@ -1,4 +1,4 @@
-//! Deterministic merge of a tenant overlay onto its org base (DESIGN §6).
+//! Deterministic merge of a tenant overlay onto its org base.
 //!
 //! The result is a flat version-1 document. A change that would widen the base is
 //! not applied: it is reported in [`MergeReport::denied_widenings`] with its path

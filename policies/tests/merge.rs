@@ -334,7 +334,7 @@ fn the_bundled_scenario_policy_is_the_merge_of_its_overlay_onto_the_org_base() {
     assert_eq!(merged.effective, canonical);
     assert_eq!(merged.effective.digest(), canonical.digest());
 
-    // The scenario's numbers (DESIGN §7).
+    // The scenario's numbers (demos/README.md).
     let controls = canonical.spend_controls.as_ref().unwrap();
     let book = &controls.tools["travel.book_hotel"];
     assert_eq!(book.max_per_call_cents, Some(20_000));

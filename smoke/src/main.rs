@@ -1,6 +1,6 @@
 //! The smoke runner: every demo binary, on the embedded gateway and against a
 //! `paybond dev loop --offline` it starts on a free port, each JSON trace checked
-//! against the scenario's expected outcomes (DESIGN §7). Prints a pass/fail table;
+//! against the scenario's expected outcomes (demos/README.md). Prints a pass/fail table;
 //! exits 1 on any mismatch, 2 when a binary is missing or the gateway does not start.
 //!
 //! The binaries are looked up next to this one (`target/<profile>/`), or in

@@ -1,4 +1,4 @@
-//! `verify`: the checks of DESIGN §4 in order, first failure wins.
+//! `verify`: the checks in order (listed in the crate's README), first failure wins.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
