@@ -50,6 +50,13 @@ pub(crate) enum ApprovalsCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// One approval request: its state, amount, reasons and quorum progress.
+    Show {
+        /// The approval request id.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Approve a held request; at quorum it yields a single-use approval token.
     Approve {
         /// The approval request id.
@@ -196,6 +203,11 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Outcome {
             }
             (remote, reqwest::Method::GET, path)
         }
+        ApprovalsCommand::Show { id, remote } => (
+            remote,
+            reqwest::Method::GET,
+            format!("/v1/approvals/{id}"),
+        ),
         ApprovalsCommand::Approve { id, remote } => (
             remote,
             reqwest::Method::POST,

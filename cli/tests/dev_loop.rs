@@ -475,6 +475,14 @@ fn operator_commands_remote_policy_check_and_a_tampered_ledger() {
     assert_eq!(listed["approvals"][0]["state"], "approved", "{out}");
     assert!(listed["approvals"][0]["approval_token"].is_null(), "{out}");
     assert!(!out.contains("paybond_at_"), "{out}");
+    let (code, out, _) = paybond_in(
+        dir.path(),
+        &["approvals", "show", &approval, "--format", "json"],
+    );
+    assert_eq!(code, 0);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["approval_request_id"], approval.as_str(), "{out}");
+    assert_eq!(shown["state"], "approved", "{out}");
     let (code, _, err) = paybond_in(dir.path(), &["approvals", "deny", &approval]);
     assert_eq!(code, 1);
     assert!(err.contains("approval_already_decided"), "{err}");

@@ -36,3 +36,36 @@ fn usage_errors_exit_2_and_name_what_is_missing() {
     );
     assert!(!err.contains("SECRET"));
 }
+
+#[test]
+fn version_and_settings_from_the_env_file() {
+    let out = Command::new(env!("CARGO_BIN_EXE_paybond-mcp-server"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("paybond-mcp-server {}", env!("CARGO_PKG_VERSION"))
+    );
+    // The keys `paybond dev loop` wrote are found in .env.local: with only the
+    // gateway URL there, the error names the key that is still missing.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env.local"),
+        "PAYBOND_GATEWAY_URL=http://127.0.0.1:9\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_paybond-mcp-server"))
+        .current_dir(dir.path())
+        .env_remove("PAYBOND_GATEWAY_URL")
+        .env_remove("PAYBOND_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: gateway client configuration: PAYBOND_API_KEY is not set"),
+        "{err}"
+    );
+}
