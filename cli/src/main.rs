@@ -37,6 +37,11 @@ enum Command {
     /// Check the hash-chained ledger.
     #[command(subcommand)]
     Ledger(ops::LedgerCommand),
+    /// Print a shell completion script: `paybond completions bash > ~/.local/share/bash-completion/completions/paybond`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +128,16 @@ fn main() -> ExitCode {
         Command::Dev(cmd) => dev::run(cmd),
         Command::Approvals(cmd) => ops::approvals(cmd),
         Command::Ledger(cmd) => ops::ledger(cmd),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "paybond",
+                &mut std::io::stdout(),
+            );
+            Outcome::Success
+        }
     }
     .into()
 }

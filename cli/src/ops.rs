@@ -203,11 +203,9 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Outcome {
             }
             (remote, reqwest::Method::GET, path)
         }
-        ApprovalsCommand::Show { id, remote } => (
-            remote,
-            reqwest::Method::GET,
-            format!("/v1/approvals/{id}"),
-        ),
+        ApprovalsCommand::Show { id, remote } => {
+            (remote, reqwest::Method::GET, format!("/v1/approvals/{id}"))
+        }
         ApprovalsCommand::Approve { id, remote } => (
             remote,
             reqwest::Method::POST,

@@ -89,3 +89,30 @@ fn the_main_job_and_its_exit_codes() {
     assert_eq!(code, 2);
     assert!(err.contains("PAYBOND_API_KEY"), "{err}");
 }
+
+#[test]
+fn completion_scripts_cover_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_paybond"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for command in [
+            "agent",
+            "policy",
+            "dev",
+            "approvals",
+            "ledger",
+            "rotate-root-key",
+        ] {
+            assert!(script.contains(command), "{shell}: no {command}");
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_paybond"))
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
