@@ -21,6 +21,29 @@ pub(crate) enum PolicyCommand {
     ValidateTools(ValidateTools),
     /// Print the JSON Schema of the policy file format.
     Schema(Schema),
+    /// Publish a policy to a gateway (tenant admin key): an overlay's org base
+    /// first (from `extends.base_policy` or --base), then the tenant policy. The
+    /// gateway refuses a file with any problem, or a widening overlay, whole.
+    Publish(Publish),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Publish {
+    /// The tenant policy (version 1, or a version 2 overlay).
+    #[arg(long)]
+    file: PathBuf,
+    /// The org base of an overlay [default: its `extends.base_policy`].
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// Publish the tenant policy only (the org base is already on the gateway).
+    #[arg(long, conflicts_with = "base")]
+    skip_base: bool,
+    /// The gateway [default: PAYBOND_GATEWAY_URL, from the environment or .env.local].
+    #[arg(long)]
+    gateway_url: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
 }
 
 #[derive(Debug, Args)]
@@ -112,6 +135,7 @@ pub(crate) fn run(cmd: PolicyCommand) -> Outcome {
         PolicyCommand::Extend(args) => extend(&args),
         PolicyCommand::ValidateTools(args) => validate_tools(&args),
         PolicyCommand::Schema(args) => schema(&args),
+        PolicyCommand::Publish(args) => publish(&args),
     }
 }
 
@@ -521,4 +545,132 @@ fn schema(a: &Schema) -> Outcome {
             Err(e) => usage_error(format!("cannot write {}: {e}", path.display())),
         },
     }
+}
+
+/// `paybond policy publish`.
+fn publish(a: &Publish) -> Outcome {
+    let env_file = std::path::Path::new(".env.local");
+    let Some(url) = a
+        .gateway_url
+        .clone()
+        .or_else(|| crate::envfile::lookup("PAYBOND_GATEWAY_URL", env_file))
+    else {
+        return usage_error(
+            "publish needs a gateway URL (--gateway-url or PAYBOND_GATEWAY_URL); \
+             `paybond dev loop --offline` writes it to .env.local",
+        );
+    };
+    let Some(key) = crate::envfile::lookup("PAYBOND_ADMIN_API_KEY", env_file) else {
+        return usage_error(
+            "publish needs a tenant admin key (PAYBOND_ADMIN_API_KEY, from the environment \
+             or .env.local)",
+        );
+    };
+    let url = url.trim_end_matches('/').to_owned();
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map_err(|e| usage_error(format!("cannot read {}: {e}", path.display())))
+    };
+    let text = match read(&a.file) {
+        Ok(t) => t,
+        Err(o) => return o,
+    };
+    // Checked here first: a file with problems is not sent (the gateway would
+    // refuse it whole too), and an overlay names its org base.
+    let checked = paybond_policies::check_policy(&text, &a.file.display().to_string());
+    let Some(document) = checked.document else {
+        for e in &checked.errors {
+            eprintln!("{e}");
+        }
+        return Outcome::Failed;
+    };
+    let extends = document.extends.clone();
+    let mut puts: Vec<(String, String, String)> = Vec::new();
+    if let Some(extends) = extends.filter(|_| !a.skip_base) {
+        let id = extends.org_policy_id.clone();
+        let base = a.base.clone().or_else(|| {
+            extends
+                .base_policy
+                .as_ref()
+                .map(|b| a.file.parent().unwrap_or(std::path::Path::new(".")).join(b))
+        });
+        let Some(base) = base else {
+            return usage_error(format!(
+                "{} extends `{id}` but names no base_policy file: pass --base, or \
+                 --skip-base if the gateway has it",
+                a.file.display()
+            ));
+        };
+        let base_text = match read(&base) {
+            Ok(t) => t,
+            Err(o) => return o,
+        };
+        puts.push((
+            format!("/v1/admin/org-policies/{id}"),
+            base_text,
+            base.display().to_string(),
+        ));
+    }
+    puts.push((
+        "/v1/tenant/policy".to_owned(),
+        text,
+        a.file.display().to_string(),
+    ));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return usage_error(format!("cannot start the runtime: {e}")),
+    };
+    let client = reqwest::Client::new();
+    let mut answers = Vec::new();
+    for (path, body, file) in puts {
+        let sent = runtime.block_on(async {
+            let response = client
+                .put(format!("{url}{path}"))
+                .bearer_auth(&key)
+                .header("content-type", "application/yaml")
+                .body(body)
+                .send()
+                .await?;
+            let status = response.status();
+            let text = response.text().await?;
+            Ok::<_, reqwest::Error>((status, text))
+        });
+        let (status, text) = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                // reqwest's errors name the URL, never the request's headers.
+                return usage_error(format!("cannot reach the gateway at {url}: {e}"));
+            }
+        };
+        let body: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        if !status.is_success() {
+            match a.format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({"published": answers, "refused": {"file": file, "status": status.as_u16(), "error": body}})
+                ),
+                Format::Text => eprintln!(
+                    "{file}: refused by the gateway (HTTP {}): {}",
+                    status.as_u16(),
+                    body["message"].as_str().unwrap_or("no message")
+                ),
+            }
+            return Outcome::Failed;
+        }
+        if a.format == Format::Text {
+            println!(
+                "{file}: published ({})",
+                body["digest"].as_str().unwrap_or("-")
+            );
+        }
+        answers.push(serde_json::json!({"file": file, "answer": body}));
+    }
+    if a.format == Format::Json {
+        println!("{}", serde_json::json!({"published": answers}));
+    }
+    Outcome::Success
 }

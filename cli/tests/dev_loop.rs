@@ -589,3 +589,82 @@ fn the_data_dir_is_private_and_git_ignores_the_keys() {
     let ignored_again = std::fs::read_to_string(dir.path().join(".gitignore")).unwrap();
     assert_eq!(ignored_again, ignored);
 }
+
+#[test]
+fn policy_publish_sends_the_base_and_the_overlay_and_a_widening_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), &[]);
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    for f in ["org-base.policy.yaml", "tenant-overlay.policy.yaml"] {
+        std::fs::copy(policies.join(f), dir.path().join(f)).unwrap();
+    }
+    let keys = env(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let effective = || {
+        rt.block_on(get(
+            &gw.url,
+            &keys["PAYBOND_ADMIN_API_KEY"],
+            "/v1/policy/effective",
+        ))
+    };
+    let before = effective();
+
+    // A narrower overlay: the base (from extends.base_policy) and the overlay are sent.
+    let narrower = std::fs::read_to_string(dir.path().join("tenant-overlay.policy.yaml"))
+        .unwrap()
+        .replace(
+            "approval_threshold_cents: 15000",
+            "approval_threshold_cents: 12000",
+        );
+    std::fs::write(dir.path().join("narrower.yaml"), &narrower).unwrap();
+    let (code, out, err) = paybond_in(
+        dir.path(),
+        &["policy", "publish", "--file", "narrower.yaml"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.matches("published").count(), 2, "{out}");
+    let after = effective();
+    assert_ne!(before["digest"], after["digest"]);
+    assert_eq!(
+        after["policy"]["spend_controls"]["tools"]["travel.book_hotel"]["approval_threshold_cents"],
+        12000,
+        "{after}"
+    );
+
+    // A widening overlay: refused whole, with its code; nothing changes.
+    let wider = narrower.replace(
+        "approval_threshold_cents: 12000",
+        "approval_threshold_cents: 40000",
+    );
+    std::fs::write(dir.path().join("wider.yaml"), wider).unwrap();
+    let (code, out, err) = paybond_in(dir.path(), &["policy", "publish", "--file", "wider.yaml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("policy.cannot_raise_approval_threshold"),
+        "{err}"
+    );
+    assert_eq!(effective()["digest"], after["digest"]);
+
+    // Without a tenant admin key: a usage error.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("narrower.yaml"),
+        elsewhere.path().join("narrower.yaml"),
+    )
+    .unwrap();
+    let (code, _, err) = paybond_in(
+        elsewhere.path(),
+        &[
+            "policy",
+            "publish",
+            "--file",
+            "narrower.yaml",
+            "--skip-base",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("PAYBOND_ADMIN_API_KEY") || err.contains("PAYBOND_GATEWAY_URL"),
+        "{err}"
+    );
+}
