@@ -114,11 +114,12 @@ async fn the_wal_stays_bounded_under_steady_load() {
     );
     assert!(decisions > 500, "the load was too light to say anything");
     assert!(samples > 100);
-    // The limit, plus what commits add during one checkpoint cycle (the 500 ms wait
-    // and the passive pass before the truncation), with room for a loaded machine.
-    // Unbounded, this run's WAL reaches 50+ MiB.
+    // The limit, plus what commits add between two looks at the WAL's size (50 ms)
+    // and during the passive pass before the truncation, with room for a loaded
+    // machine (small groups write more WAL per decision). Unbounded, this run's WAL
+    // reaches 50+ MiB.
     assert!(
-        largest <= limit + 12 * 1024 * 1024,
+        largest <= limit + 8 * 1024 * 1024,
         "the WAL reached {largest} bytes; its limit is {limit}"
     );
 }
