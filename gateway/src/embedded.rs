@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use paybond_middleware_core::wire::{
-    ApprovalStatus, CompleteRequest, CompleteResponse, EvidenceRequest, EvidenceResponse,
-    Principal, SandboxBootstrapRequest, SandboxBootstrapResponse, VerifyRequest, VerifyResult,
+    ApprovalStatus, CompleteRequest, CompleteResponse, CreateIntentRequest, EffectivePolicy,
+    EvidenceRequest, EvidenceResponse, IntentView, Principal, SandboxBootstrapRequest,
+    SandboxBootstrapResponse, VerifyRequest, VerifyResult,
 };
 use paybond_middleware_core::{ApiKey, GatewayError, SpendGateway};
 use uuid::Uuid;
@@ -67,6 +68,16 @@ impl EmbeddedGateway {
             .map_err(|e| rejected(operation, e))
     }
 
+    /// `POST /harbor/intents`.
+    pub async fn create_intent(
+        &self,
+        request: &CreateIntentRequest,
+    ) -> Result<IntentView, GatewayError> {
+        let request = request.clone();
+        self.run("create_intent", move |e, p| e.create_intent(p, &request))
+            .await
+    }
+
     /// `POST /v1/sandbox/guardrails/bootstrap`.
     pub async fn bootstrap_sandbox(
         &self,
@@ -125,5 +136,16 @@ impl SpendGateway for EmbeddedGateway {
             e.approval(p, approval_request_id)
         })
         .await
+    }
+
+    async fn effective_policy(&self) -> Result<Option<EffectivePolicy>, GatewayError> {
+        match self
+            .run("effective_policy", |e, p| e.effective_policy(p))
+            .await
+        {
+            Ok(policy) => Ok(Some(policy)),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }

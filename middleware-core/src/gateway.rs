@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::wire::{
-    ApprovalStatus, CompleteRequest, CompleteResponse, EvidenceRequest, EvidenceResponse,
-    Principal, VerifyRequest, VerifyResult,
+    ApprovalStatus, CompleteRequest, CompleteResponse, EffectivePolicy, Environment,
+    EvidenceRequest, EvidenceResponse, Principal, VerifyRequest, VerifyResult,
 };
 
 /// What the agent-run layer needs from a gateway.
@@ -47,6 +47,13 @@ pub trait SpendGateway: Send + Sync {
         &self,
         approval_request_id: Uuid,
     ) -> Result<ApprovalStatus, GatewayError>;
+
+    /// The tenant's effective policy (`GET /v1/policy/effective`), which a run takes
+    /// its tools' entries from; `None` when the tenant has none or the gateway does
+    /// not serve it (the run then uses the entries it was given).
+    async fn effective_policy(&self) -> Result<Option<EffectivePolicy>, GatewayError> {
+        Ok(None)
+    }
 }
 
 /// Why a gateway request failed. Every variant means "no decision": fail closed.
@@ -122,6 +129,18 @@ pub enum GatewayError {
     /// The client is configured wrongly (bad base URL, an unusable API key).
     #[error("gateway client configuration: {0}")]
     Config(String),
+    /// The API key belongs to another environment than the client expects (a live
+    /// key where sandbox was expected, or the reverse): nothing was decided.
+    #[error(
+        "the API key is for the {actual:?} environment but this client expects {expected:?}; \
+         use a {expected:?} key or change the expected environment"
+    )]
+    EnvironmentMismatch {
+        /// What the client was configured for.
+        expected: Environment,
+        /// What the gateway says the key is for.
+        actual: Environment,
+    },
 }
 
 /// The kind of a [`GatewayError`], for callers that branch on it.
@@ -142,6 +161,8 @@ pub enum GatewayErrorKind {
     EchoMismatch,
     /// See [`GatewayError::Config`].
     Config,
+    /// See [`GatewayError::EnvironmentMismatch`].
+    EnvironmentMismatch,
 }
 
 impl GatewayError {
@@ -155,6 +176,7 @@ impl GatewayError {
             Self::Malformed { .. } => GatewayErrorKind::Malformed,
             Self::EchoMismatch { .. } => GatewayErrorKind::EchoMismatch,
             Self::Config(_) => GatewayErrorKind::Config,
+            Self::EnvironmentMismatch { .. } => GatewayErrorKind::EnvironmentMismatch,
         }
     }
 

@@ -14,9 +14,9 @@ use uuid::Uuid;
 use crate::gateway::{GatewayError, SpendGateway};
 use crate::secret::{ApiKey, redact};
 use crate::wire::{
-    ApprovalStatus, CompleteRequest, CompleteResponse, ErrorBody, EvidenceRequest,
-    EvidenceResponse, Principal, SandboxBootstrapRequest, SandboxBootstrapResponse, VerifyRequest,
-    VerifyResult,
+    ApprovalStatus, CompleteRequest, CompleteResponse, CreateIntentRequest, EffectivePolicy,
+    Environment, ErrorBody, EvidenceRequest, EvidenceResponse, IntentView, Principal,
+    SandboxBootstrapRequest, SandboxBootstrapResponse, VerifyRequest, VerifyResult,
 };
 
 /// How failed requests are retried.
@@ -100,6 +100,7 @@ struct Inner {
     tenant: OnceLock<String>,
     retry: RetryPolicy,
     timeout: Duration,
+    expected_environment: Option<Environment>,
 }
 
 impl std::fmt::Debug for HttpGateway {
@@ -110,6 +111,7 @@ impl std::fmt::Debug for HttpGateway {
             .field("tenant", &self.inner.tenant.get())
             .field("retry", &self.inner.retry)
             .field("timeout", &self.inner.timeout)
+            .field("expected_environment", &self.inner.expected_environment)
             .finish()
     }
 }
@@ -123,9 +125,20 @@ pub struct HttpGatewayBuilder {
     retry: RetryPolicy,
     timeout: Duration,
     client: Option<reqwest::Client>,
+    expected_environment: Option<Environment>,
 }
 
 impl HttpGatewayBuilder {
+    /// Fail fast on a key of the other environment: the principal lookup (which
+    /// binding a run does first) returns [`GatewayError::EnvironmentMismatch`] when
+    /// the key is not for `environment`, so a live key never runs a sandbox agent
+    /// and the reverse.
+    #[must_use]
+    pub fn expected_environment(mut self, environment: Environment) -> Self {
+        self.expected_environment = Some(environment);
+        self
+    }
+
     /// Retry policy (default: [`RetryPolicy::default`]).
     #[must_use]
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
@@ -195,6 +208,7 @@ impl HttpGatewayBuilder {
                 tenant,
                 retry: self.retry,
                 timeout: self.timeout,
+                expected_environment: self.expected_environment,
             }),
         })
     }
@@ -247,14 +261,17 @@ impl HttpGateway {
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(10),
             client: None,
+            expected_environment: None,
         }
     }
 
     /// A client configured as `paybond dev loop` leaves things: `PAYBOND_GATEWAY_URL`
     /// and `PAYBOND_API_KEY` (the agent key) from the environment, else from
     /// `.env.local` in the current directory. `PAYBOND_TENANT_ID`, when set, is sent
-    /// as `x-tenant-id`. A missing setting is a [`GatewayError::Config`] naming it
-    /// and where it was looked for (never a value).
+    /// as `x-tenant-id`; `PAYBOND_EXPECTED_ENVIRONMENT` (`sandbox` or `live`) sets
+    /// [`expected_environment`](HttpGatewayBuilder::expected_environment). A missing
+    /// or invalid setting is a [`GatewayError::Config`] naming it and where it was
+    /// looked for (never a value).
     pub fn from_env() -> Result<HttpGateway, GatewayError> {
         Self::from_env_file(std::path::Path::new(".env.local"))
     }
@@ -291,6 +308,19 @@ impl HttpGateway {
         if let Some(tenant) = lookup("PAYBOND_TENANT_ID") {
             builder = builder.tenant_id(tenant);
         }
+        if let Some(env) = lookup("PAYBOND_EXPECTED_ENVIRONMENT") {
+            let environment = match env.trim().to_ascii_lowercase().as_str() {
+                "sandbox" => Environment::Sandbox,
+                "live" => Environment::Live,
+                _ => {
+                    return Err(GatewayError::Config(format!(
+                        "PAYBOND_EXPECTED_ENVIRONMENT (in the environment or {}) must be `sandbox` or `live`",
+                        path.display()
+                    )));
+                }
+            };
+            builder = builder.expected_environment(environment);
+        }
         builder.build()
     }
 
@@ -318,6 +348,42 @@ impl HttpGateway {
             })
             .await?;
         check_echo("bootstrap", "tenant", &tenant, &response.tenant_id)?;
+        Ok(response)
+    }
+
+    /// `POST /harbor/intents`: a funded intent allowing `allowed_tools`, and its
+    /// capability token (`capability_token` of the answer).
+    ///
+    /// ```no_run
+    /// # async fn run(gateway: paybond_middleware_core::HttpGateway) -> Result<(), paybond_middleware_core::GatewayError> {
+    /// use paybond_middleware_core::wire::CreateIntentRequest;
+    /// let intent = gateway
+    ///     .create_intent(&CreateIntentRequest {
+    ///         allowed_tools: vec!["travel.book_hotel".into()],
+    ///         budget_cents: 50_000,
+    ///         ..Default::default()
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn create_intent(
+        &self,
+        request: &CreateIntentRequest,
+    ) -> Result<IntentView, GatewayError> {
+        let tenant = self.tenant().await?;
+        let key = request.idempotency_key.clone().unwrap_or_else(new_key);
+        let response: IntentView = self
+            .send(Call {
+                operation: "create_intent",
+                method: Method::POST,
+                path: "/harbor/intents".to_owned(),
+                body: Some(request),
+                idempotency_key: Some(&key),
+                with_tenant: true,
+                extra_secrets: &[],
+            })
+            .await?;
+        check_echo("create_intent", "tenant", &tenant, &response.tenant)?;
         Ok(response)
     }
 
@@ -519,7 +585,39 @@ impl SpendGateway for HttpGateway {
             .tenant
             .get_or_init(|| principal.tenant_id.clone());
         check_echo("principal", "tenant", known, &principal.tenant_id)?;
+        if let Some(expected) = self.inner.expected_environment
+            && expected != principal.environment
+        {
+            return Err(GatewayError::EnvironmentMismatch {
+                expected,
+                actual: principal.environment,
+            });
+        }
         Ok(principal)
+    }
+
+    async fn effective_policy(&self) -> Result<Option<EffectivePolicy>, GatewayError> {
+        let tenant = self.tenant().await?;
+        let result: Result<EffectivePolicy, GatewayError> = self
+            .send(Call::<()> {
+                operation: "effective_policy",
+                method: Method::GET,
+                path: "/v1/policy/effective".to_owned(),
+                body: None,
+                idempotency_key: None,
+                with_tenant: true,
+                extra_secrets: &[],
+            })
+            .await;
+        match result {
+            Ok(policy) => {
+                check_echo("effective_policy", "tenant", &tenant, &policy.tenant_id)?;
+                Ok(Some(policy))
+            }
+            // No policy published, or a gateway without the route.
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn verify(&self, request: &VerifyRequest) -> Result<VerifyResult, GatewayError> {

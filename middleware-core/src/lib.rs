@@ -79,7 +79,9 @@ pub use http::{HttpGateway, HttpGatewayBuilder, RetryPolicy};
 /// operation to verify), re-exported so a crate using the layer needs no second
 /// dependency for it.
 pub use paybond_policies::{SpendSource, ToolPolicy};
-pub use registry::{GuardedRegistry, Tool, ToolDefinition, ToolRegistry, ToolRouter, UnknownTool};
+pub use registry::{
+    FnTool, GuardedRegistry, Tool, ToolDefinition, ToolRegistry, ToolRouter, UnknownTool, tool_fn,
+};
 pub use run::{
     ApprovalRequired, ApprovalWait, BoxError, PaybondAgentRun, PaybondAgentRunBuilder,
     PaybondAgentRunService, RunError, RunErrorKind, SpendDenied,

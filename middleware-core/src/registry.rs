@@ -14,6 +14,7 @@ use tower::Service;
 
 use crate::run::{BoxError, PaybondAgentRun, PaybondAgentRunService, RunError};
 use crate::tool::{ToolCall, ToolOutput};
+use paybond_policies::ToolPolicy;
 
 /// A tool an agent can call: JSON arguments in, JSON result (and its cost) out.
 ///
@@ -46,6 +47,12 @@ pub trait Tool: Send + Sync + 'static {
     /// JSON Schema of its arguments.
     fn parameters(&self) -> Value {
         json!({"type": "object"})
+    }
+
+    /// Its local policy entry, for a run whose gateway has no effective policy
+    /// naming it (see [`ToolRegistry::policies`]). None by default.
+    fn policy(&self) -> Option<ToolPolicy> {
+        None
     }
 
     /// Runs the tool.
@@ -91,6 +98,15 @@ impl ToolRegistry {
     /// Adds a shared tool; returns the one it replaced.
     pub fn register(&mut self, tool: Arc<dyn Tool>) -> Option<Arc<dyn Tool>> {
         self.tools.insert(tool.name().to_owned(), tool)
+    }
+
+    /// The local policy entries of the tools that have one (a [`tool_fn`](crate::tool_fn)
+    /// tool's policy), for [`PaybondAgentRunBuilder::tools`](crate::PaybondAgentRunBuilder::tools).
+    pub fn policies(&self) -> Vec<(String, ToolPolicy)> {
+        self.tools
+            .iter()
+            .filter_map(|(name, t)| Some((name.clone(), t.policy()?)))
+            .collect()
     }
 
     /// The tool called `name`.
@@ -206,5 +222,103 @@ impl GuardedRegistry {
         let mut service = self.service.clone();
         poll_fn(|cx| service.poll_ready(cx)).await?;
         service.call(call).await
+    }
+}
+
+/// A tool made of a name, a policy entry and an async function: see [`tool_fn`].
+pub struct FnTool<F> {
+    name: String,
+    description: String,
+    parameters: Value,
+    policy: ToolPolicy,
+    f: F,
+}
+
+impl<F> std::fmt::Debug for FnTool<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnTool")
+            .field("name", &self.name)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`Tool`] from an async function, without a struct and an impl.
+///
+/// `policy` is the tool's local entry: the run uses the gateway's effective policy
+/// where it names the tool, and this entry where it does not
+/// ([`ToolRegistry::policies`] hands it to the run builder).
+///
+/// ```
+/// use paybond_middleware_core::{ToolOutput, ToolPolicy, ToolRegistry, tool_fn};
+/// use serde_json::{Value, json};
+///
+/// let book = tool_fn(
+///     "travel.book_hotel",
+///     ToolPolicy::side_effecting("cost_and_completion").with_spend_from_args("amount_cents"),
+///     |args: Value| async move {
+///         let cents = args["amount_cents"].as_u64().ok_or("amount_cents is required")?;
+///         Ok(ToolOutput::new(json!({"confirmation": "H-1"})).with_cost_cents(cents))
+///     },
+/// )
+/// .with_description("Books a hotel room")
+/// .with_parameters(json!({"type": "object", "properties": {"amount_cents": {"type": "integer"}}}));
+/// let registry = ToolRegistry::new().with(book);
+/// assert_eq!(registry.policies().len(), 1);
+/// ```
+pub fn tool_fn<F, Fut>(name: impl Into<String>, policy: ToolPolicy, f: F) -> FnTool<F>
+where
+    F: Fn(Value) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<ToolOutput, BoxError>> + Send + 'static,
+{
+    FnTool {
+        name: name.into(),
+        description: String::new(),
+        parameters: json!({"type": "object"}),
+        policy,
+        f,
+    }
+}
+
+impl<F> FnTool<F> {
+    /// What it does, for the model.
+    #[must_use]
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// JSON Schema of its arguments (default: any object).
+    #[must_use]
+    pub fn with_parameters(mut self, schema: Value) -> Self {
+        self.parameters = schema;
+        self
+    }
+}
+
+#[async_trait]
+impl<F, Fut> Tool for FnTool<F>
+where
+    F: Fn(Value) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<ToolOutput, BoxError>> + Send + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn description(&self) -> &str {
+        &self.description
+    }
+
+    fn parameters(&self) -> Value {
+        self.parameters.clone()
+    }
+
+    fn policy(&self) -> Option<ToolPolicy> {
+        Some(self.policy.clone())
+    }
+
+    async fn execute(&self, args: Value) -> Result<ToolOutput, BoxError> {
+        (self.f)(args).await
     }
 }

@@ -13,8 +13,9 @@ use uuid::Uuid;
 use crate::gateway::{GatewayError, SpendGateway};
 use crate::secret::ApprovalToken;
 use crate::wire::{
-    ApprovalState, ApprovalStatus, CompleteRequest, CompleteResponse, Environment, EvidenceRequest,
-    EvidenceResponse, LifecycleStatus, Principal, Role, VerifyRequest, VerifyResult,
+    ApprovalState, ApprovalStatus, CompleteRequest, CompleteResponse, EffectivePolicy, Environment,
+    EvidenceRequest, EvidenceResponse, LifecycleStatus, Principal, Role, VerifyRequest,
+    VerifyResult,
 };
 
 /// The answer to one scripted verify.
@@ -116,6 +117,7 @@ struct State {
     approvals: VecDeque<ApprovalScript>,
     complete_errors: VecDeque<GatewayError>,
     evidence_errors: VecDeque<GatewayError>,
+    effective_policy: Option<EffectivePolicy>,
     calls: Vec<GatewayCall>,
 }
 
@@ -141,6 +143,19 @@ impl ScriptedGateway {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The effective policy the gateway serves (none by default), which a run
+    /// takes its tools' entries from.
+    pub fn set_effective_policy(&self, policy: paybond_policies::PolicyDocument) -> &Self {
+        self.state().effective_policy = Some(EffectivePolicy {
+            tenant_id: self.tenant.clone(),
+            version: 1,
+            digest: "sha256:scripted".to_owned(),
+            org_policy_id: None,
+            policy,
+        });
+        self
     }
 
     /// Queues the answer to the next unanswered verify.
@@ -256,6 +271,10 @@ impl ScriptedGateway {
 
 #[async_trait]
 impl SpendGateway for ScriptedGateway {
+    async fn effective_policy(&self) -> Result<Option<EffectivePolicy>, GatewayError> {
+        Ok(self.state().effective_policy.clone())
+    }
+
     async fn principal(&self) -> Result<Principal, GatewayError> {
         self.record(GatewayCall::Principal);
         if let Some(error) = self.state().principal_error.clone() {

@@ -238,7 +238,7 @@ pub enum LifecycleStatus {
 }
 
 /// `POST /v1/sandbox/guardrails/bootstrap`: a funded sandbox intent and its capability token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SandboxBootstrapRequest {
     /// The intent's one allowed operation.
     pub operation: String,
@@ -462,4 +462,73 @@ mod tests {
             json!({"outcome": "released"})
         );
     }
+}
+
+/// `POST /harbor/intents`: an intent on the simulator rail, funded at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CreateIntentRequest {
+    /// Operations the intent allows (delegated tool names).
+    pub allowed_tools: Vec<String>,
+    /// The budget, in cents.
+    pub budget_cents: u64,
+    /// Three lowercase letters (default `usd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// Seconds until the deadline (default: the gateway's intent TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_seconds: Option<u64>,
+    /// JSON Schema that evidence payloads must satisfy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence_schema: Option<serde_json::Value>,
+    /// Free-form metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+    /// Same meaning as the `idempotency-key` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// An intent as the Harbor routes describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IntentView {
+    /// The intent.
+    pub intent_id: Uuid,
+    /// Its tenant.
+    pub tenant: String,
+    /// `created`, `funded`, `evidence_submitted`, `released`, `refunded` or `expired`.
+    pub state: LifecycleStatus,
+    /// Operations it allows.
+    pub allowed_tools: Vec<String>,
+    /// Budget in cents.
+    pub budget_cents: u64,
+    /// Consumed so far.
+    pub consumed_cents: u64,
+    /// Held by open reservations.
+    pub reserved_cents: u64,
+    /// Reservations not yet finalized.
+    #[serde(default)]
+    pub open_reservations: u64,
+    /// Currency.
+    pub currency: String,
+    /// Deadline (RFC 3339).
+    pub deadline: String,
+    /// Present when the intent was just funded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability_token: Option<CapabilityToken>,
+}
+
+/// A tenant's effective policy, as the engine enforces it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EffectivePolicy {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Increases with every publish that changes the policy.
+    pub version: u64,
+    /// `sha256:` digest of `policy`.
+    pub digest: String,
+    /// The org base it extends, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_policy_id: Option<String>,
+    /// The merged policy (flat, version 1).
+    pub policy: paybond_policies::PolicyDocument,
 }

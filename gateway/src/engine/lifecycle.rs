@@ -5,6 +5,7 @@ use paybond_middleware_core::wire::{
     EvidenceResponse, Finalization, LifecycleStatus, Principal, Role, SandboxBootstrapRequest,
     SandboxBootstrapResponse,
 };
+pub use paybond_middleware_core::wire::{CreateIntentRequest, IntentView};
 use paybond_middleware_core::{ApprovalToken, CapabilityToken};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -17,59 +18,6 @@ use crate::engine::{Engine, bounded, require_role};
 use crate::error::ApiError;
 use crate::store::{Tx, args};
 use crate::tokens::{Claims, sha256_hex};
-
-/// `POST /harbor/intents`: an intent on the simulator rail, funded at once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct CreateIntentRequest {
-    /// Operations the intent allows (delegated tool names).
-    pub allowed_tools: Vec<String>,
-    /// The budget, in cents.
-    pub budget_cents: u64,
-    /// Three lowercase letters (default `usd`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub currency: Option<String>,
-    /// Seconds until the deadline (default: the gateway's intent TTL).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deadline_seconds: Option<u64>,
-    /// JSON Schema that evidence payloads must satisfy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evidence_schema: Option<Value>,
-    /// Free-form metadata.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Value>,
-    /// Same meaning as the `idempotency-key` header.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
-}
-
-/// An intent as the Harbor routes describe it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct IntentView {
-    /// The intent.
-    pub intent_id: Uuid,
-    /// Its tenant.
-    pub tenant: String,
-    /// `created`, `funded`, `evidence_submitted`, `released`, `refunded` or `expired`.
-    pub state: LifecycleStatus,
-    /// Operations it allows.
-    pub allowed_tools: Vec<String>,
-    /// Budget in cents.
-    pub budget_cents: u64,
-    /// Consumed so far.
-    pub consumed_cents: u64,
-    /// Held by open reservations.
-    pub reserved_cents: u64,
-    /// Reservations not yet finalized.
-    #[serde(default)]
-    pub open_reservations: u64,
-    /// Currency.
-    pub currency: String,
-    /// Deadline (RFC 3339).
-    pub deadline: String,
-    /// Present when the intent was just funded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capability_token: Option<CapabilityToken>,
-}
 
 /// `GET /v1/approvals`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

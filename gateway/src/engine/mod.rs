@@ -6,6 +6,7 @@ pub(crate) mod decide;
 pub(crate) mod ledger;
 pub(crate) mod lifecycle;
 
+pub use paybond_middleware_core::wire::EffectivePolicy;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use paybond_middleware_core::ApiKey;
 use paybond_middleware_core::wire::{Environment, Principal, Role};
-use paybond_policies::{PolicyDocument, Source, check_policy, resolve_policy};
+use paybond_policies::{Source, check_policy, resolve_policy};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -175,22 +176,6 @@ pub struct IssuedKey {
     pub role: String,
     /// The key itself.
     pub api_key: ApiKey,
-}
-
-/// A tenant's effective policy, as the engine enforces it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct EffectivePolicy {
-    /// The tenant.
-    pub tenant_id: String,
-    /// Increases with every publish that changes the policy.
-    pub version: u64,
-    /// `sha256:` digest of `policy`.
-    pub digest: String,
-    /// The org base it extends, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub org_policy_id: Option<String>,
-    /// The merged policy (flat, version 1).
-    pub policy: PolicyDocument,
 }
 
 /// Counters behind `/metrics`.

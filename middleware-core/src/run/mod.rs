@@ -141,6 +141,7 @@ impl PaybondAgentRun {
             intent_id,
             capability_token,
             tools: BTreeMap::new(),
+            overrides: BTreeMap::new(),
             agent_subject: None,
             currency: None,
             wait: None,
@@ -186,6 +187,7 @@ pub struct PaybondAgentRunBuilder {
     intent_id: Uuid,
     capability_token: CapabilityToken,
     tools: BTreeMap<String, ToolPolicy>,
+    overrides: BTreeMap<String, ToolPolicy>,
     agent_subject: Option<String>,
     currency: Option<String>,
     wait: Option<ApprovalWait>,
@@ -197,20 +199,32 @@ impl std::fmt::Debug for PaybondAgentRunBuilder {
             .field("intent_id", &self.intent_id)
             .field("capability_token", &self.capability_token)
             .field("tools", &self.tools.keys().collect::<Vec<_>>())
+            .field("overrides", &self.overrides.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
 impl PaybondAgentRunBuilder {
-    /// The policy entry of one tool.
+    /// A local policy entry for one tool, used only where the gateway's effective
+    /// policy has none (see [`bind`](Self::bind)).
     pub fn tool(mut self, name: impl Into<String>, policy: ToolPolicy) -> Self {
         self.tools.insert(name.into(), policy);
         self
     }
 
-    /// The policy entries of many tools (`tools:` of the effective policy).
+    /// Local policy entries for many tools (e.g. [`ToolRegistry::policies`](crate::ToolRegistry::policies)),
+    /// used only where the gateway's effective policy has none.
     pub fn tools(mut self, tools: impl IntoIterator<Item = (String, ToolPolicy)>) -> Self {
         self.tools.extend(tools);
+        self
+    }
+
+    /// Replaces the gateway's entry for `name` with `policy` in this run: the one
+    /// way to make the layer treat a tool otherwise than the tenant's policy says
+    /// (e.g. mark it read-only, so its calls are never verified). Logged as a
+    /// warning when the run binds.
+    pub fn override_tool(mut self, name: impl Into<String>, policy: ToolPolicy) -> Self {
+        self.overrides.insert(name.into(), policy);
         self
     }
 
@@ -233,16 +247,30 @@ impl PaybondAgentRunBuilder {
         self
     }
 
-    /// Looks the tenant up from the gateway's principal and binds the run.
+    /// Looks the tenant up from the gateway's principal, takes the tools' entries
+    /// from the tenant's effective policy, and binds the run.
+    ///
+    /// Each tool's entry comes from the gateway's effective policy when it names
+    /// the tool: a local [`tool`](Self::tool) entry never weakens it (a difference
+    /// is logged as a warning and the gateway's entry is used). A local entry is
+    /// used for a tool the effective policy does not name (logged), and for every
+    /// tool when the gateway has no policy to give. [`override_tool`](Self::override_tool)
+    /// is the explicit exception, logged too.
     pub async fn bind(self) -> Result<PaybondAgentRun, GatewayError> {
         let principal = self.gateway.principal().await?;
+        let effective = self.gateway.effective_policy().await?;
+        let tools = resolve_tools(
+            effective.map(|p| p.policy.tools),
+            self.tools,
+            self.overrides,
+        );
         Ok(PaybondAgentRun {
             shared: Arc::new(Shared {
                 gateway: self.gateway,
                 tenant: principal.tenant_id,
                 intent_id: self.intent_id,
                 capability_token: self.capability_token,
-                tools: self.tools,
+                tools,
                 agent_subject: self.agent_subject,
                 currency: self.currency,
                 wait: self.wait,
@@ -251,4 +279,49 @@ impl PaybondAgentRunBuilder {
             }),
         })
     }
+}
+
+/// The run's tool entries: the gateway's, then local ones where it has none, then
+/// the explicit overrides; every departure from the gateway's policy is logged.
+fn resolve_tools(
+    gateway: Option<BTreeMap<String, ToolPolicy>>,
+    local: BTreeMap<String, ToolPolicy>,
+    overrides: BTreeMap<String, ToolPolicy>,
+) -> BTreeMap<String, ToolPolicy> {
+    let mut tools = match gateway {
+        None => local,
+        Some(mut tools) => {
+            for (name, entry) in local {
+                match tools.get(&name) {
+                    Some(theirs) if *theirs != entry => tracing::warn!(
+                        tool = %name,
+                        local_side_effecting = entry.side_effecting,
+                        gateway_side_effecting = theirs.side_effecting,
+                        "the local policy entry differs from the gateway's effective policy; \
+                         the gateway's is used (override_tool replaces it explicitly)"
+                    ),
+                    Some(_) => {}
+                    None => {
+                        tracing::warn!(
+                            tool = %name,
+                            side_effecting = entry.side_effecting,
+                            "the gateway's effective policy does not name this tool; \
+                             using its local entry"
+                        );
+                        tools.insert(name, entry);
+                    }
+                }
+            }
+            tools
+        }
+    };
+    for (name, entry) in overrides {
+        tracing::warn!(
+            tool = %name,
+            side_effecting = entry.side_effecting,
+            "tool policy overridden locally for this run"
+        );
+        tools.insert(name, entry);
+    }
+    tools
 }
