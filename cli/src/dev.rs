@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use paybond_gateway::{DatabaseUrl, Engine, EngineConfig, PolicyFile, Storage, database_path};
 use paybond_middleware_core::wire::Environment;
 
+use crate::output::Global;
 use crate::{Outcome, envfile, usage_error};
 
 #[derive(Debug, Subcommand)]
@@ -45,15 +46,14 @@ pub(crate) struct Loop {
     /// replicas on one database share tenants, keys, budgets, approvals and ledger.
     #[arg(long, env = "PAYBOND_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// The tenant's policy [default: policies/tenant-overlay.policy.yaml, built in].
+    /// The tenant's policy, published at start [default: the policy the gateway
+    /// already has, else policies/tenant-overlay.policy.yaml, built in].
     #[arg(long)]
     policy_file: Option<PathBuf>,
-    /// The org base the tenant policy extends [default: policies/org-base.policy.yaml, built in].
+    /// The org base the tenant policy extends [default: the overlay's
+    /// `extends.base_policy`, else policies/org-base.policy.yaml, built in].
     #[arg(long)]
     org_policy_file: Option<PathBuf>,
-    /// Where to write the sandbox keys.
-    #[arg(long, default_value = ".env.local")]
-    env_file: PathBuf,
     /// Issue new keys even if the env file's keys still work (the old ones stop working).
     #[arg(long)]
     force: bool,
@@ -62,9 +62,14 @@ pub(crate) struct Loop {
     reservation_ttl_secs: u64,
 }
 
-pub(crate) fn run(cmd: DevCommand) -> Outcome {
+pub(crate) fn run(cmd: DevCommand, global: &Global) -> Outcome {
+    if global.gateway.is_some() {
+        return usage_error(
+            "--gateway names a gateway to talk to; `paybond dev` runs one on this machine",
+        );
+    }
     match cmd {
-        DevCommand::Loop(args) => dev_loop(&args),
+        DevCommand::Loop(args) => dev_loop(&args, global),
         DevCommand::RotateRootKey(args) => rotate_root_key(&args),
     }
 }
@@ -161,22 +166,36 @@ fn read_policy(path: Option<&PathBuf>, bundled: fn() -> PolicyFile) -> Result<Po
     }
 }
 
-fn dev_loop(a: &Loop) -> Outcome {
+/// The org base an overlay names in `extends.base_policy`, relative to the
+/// overlay's file (as `paybond policy validate-tools` finds it).
+fn base_of(overlay: &PolicyFile, path: &std::path::Path) -> Option<PathBuf> {
+    let checked = paybond_policies::check_policy(&overlay.text, &overlay.file);
+    let base = checked.document?.extends?.base_policy?;
+    Some(path.parent().unwrap_or(std::path::Path::new("")).join(base))
+}
+
+#[allow(clippy::too_many_lines)] // one start-up step after another
+fn dev_loop(a: &Loop, global: &Global) -> Outcome {
     if !a.offline {
         return usage_error(
             "this build runs the gateway locally only: pass --offline \
              (`paybond dev loop --offline`)",
         );
     }
-    let org = match read_policy(a.org_policy_file.as_ref(), PolicyFile::bundled_org_base) {
-        Ok(p) => p,
-        Err(o) => return o,
-    };
     let tenant_policy =
         match read_policy(a.policy_file.as_ref(), PolicyFile::bundled_tenant_overlay) {
             Ok(p) => p,
             Err(o) => return o,
         };
+    let org_path = a.org_policy_file.clone().or_else(|| {
+        a.policy_file
+            .as_ref()
+            .and_then(|p| base_of(&tenant_policy, p))
+    });
+    let org = match read_policy(org_path.as_ref(), PolicyFile::bundled_org_base) {
+        Ok(p) => p,
+        Err(o) => return o,
+    };
     let storage = match &a.database_url {
         None => Storage::File(database_path(&a.data_dir)),
         Some(url) => match DatabaseUrl::parse(url) {
@@ -211,7 +230,7 @@ fn dev_loop(a: &Loop) -> Outcome {
             Err(e) => return policy_or_usage(&e),
         },
         Some(tenant_id) => {
-            let saved = envfile::read(&a.env_file);
+            let saved = envfile::read(&global.env_file);
             let keys_work = [
                 "PAYBOND_API_KEY",
                 "PAYBOND_OPERATOR_API_KEY",
@@ -238,12 +257,30 @@ fn dev_loop(a: &Loop) -> Outcome {
             }
         }
     };
-    // The policies are (re)published at every start; unchanged ones keep their version.
-    if let Err(e) = engine
-        .publish_org_policy_text(&tenant_id, &org)
-        .and_then(|()| engine.publish_tenant_policy_text(&tenant_id, &tenant_policy))
-    {
-        return policy_or_usage(&e);
+    // Which policy the tenant runs under: a file named on the command line is
+    // published (it wins over one published since the last start); without one, the
+    // policy the gateway has stays (a new tenant got the built-in one).
+    let stored = match engine.tenant_policy(&tenant_id) {
+        Ok(p) => p,
+        Err(e) => return usage_error(e.message),
+    };
+    let named = a.policy_file.is_some() || a.org_policy_file.is_some();
+    match stored {
+        Some(p) if !named => eprintln!(
+            "policy: version {} ({}) as published to the gateway; \
+             pass --policy-file to replace it",
+            p.version, p.digest
+        ),
+        _ => match engine
+            .publish_org_policy_text(&tenant_id, &org)
+            .and_then(|()| engine.publish_tenant_policy_text(&tenant_id, &tenant_policy))
+        {
+            Ok(p) => eprintln!(
+                "policy: version {} ({}) from {} (org base {})",
+                p.version, p.digest, tenant_policy.file, org.file
+            ),
+            Err(e) => return policy_or_usage(&e),
+        },
     }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -276,10 +313,10 @@ fn dev_loop(a: &Loop) -> Outcome {
             ));
         }
         let borrowed: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        if let Err(e) = envfile::write(&a.env_file, &borrowed) {
-            return usage_error(format!("cannot write {}: {e}", a.env_file.display()));
+        if let Err(e) = envfile::write(&global.env_file, &borrowed) {
+            return usage_error(format!("cannot write {}: {e}", global.env_file.display()));
         }
-        let mut secret_paths = vec![a.env_file.clone()];
+        let mut secret_paths = vec![global.env_file.clone()];
         if a.database_url.is_none() {
             secret_paths.push(a.data_dir.clone());
         }
@@ -299,7 +336,7 @@ fn dev_loop(a: &Loop) -> Outcome {
             } else {
                 "kept in"
             },
-            a.env_file.display(),
+            global.env_file.display(),
             place
         );
         let sweeper =

@@ -5,17 +5,22 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 mod dev;
 mod envfile;
 mod ops;
+mod output;
 mod policy;
+
+use output::{Category, Failure};
 
 /// Authorize an AI agent's paid tools before they run.
 #[derive(Debug, Parser)]
 #[command(name = "paybond", version, about, propagate_version = true)]
 struct Cli {
+    #[command(flatten)]
+    global: output::Global,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,8 +56,9 @@ enum AgentCommand {
     Demo {
         /// generic, openai, rig, mcp, or all.
         framework: String,
-        #[command(flatten)]
-        args: paybond_demos::cli::DemoArgs,
+        /// Also show warnings (retries of gateway calls) on stderr.
+        #[arg(short, long)]
+        verbose: bool,
     },
 }
 
@@ -77,14 +83,32 @@ impl From<Outcome> for ExitCode {
     }
 }
 
-/// Prints a usage or environment error and returns [`Outcome::Usage`].
+/// Prints a usage or environment error (an envelope with `--format json`) and
+/// returns [`Outcome::Usage`].
 pub(crate) fn usage_error(message: impl std::fmt::Display) -> Outcome {
-    eprintln!("error: {message}");
-    Outcome::Usage
+    output::fail(Failure::new(
+        Category::Usage,
+        "usage_error",
+        message.to_string(),
+    ))
 }
 
-fn agent(cmd: AgentCommand) -> ExitCode {
-    let AgentCommand::Demo { framework, args } = cmd;
+fn agent(cmd: AgentCommand, global: &output::Global) -> ExitCode {
+    let AgentCommand::Demo { framework, verbose } = cmd;
+    // The demos run on the embedded gateway unless a gateway is named, by the flag
+    // or PAYBOND_GATEWAY_URL.
+    let args = paybond_demos::cli::DemoArgs {
+        gateway: global
+            .gateway
+            .clone()
+            .or_else(|| std::env::var("PAYBOND_GATEWAY_URL").ok()),
+        env_file: global.env_file.clone(),
+        format: match global.format {
+            output::Format::Table => paybond_demos::cli::Format::Table,
+            output::Format::Json => paybond_demos::cli::Format::Json,
+        },
+        verbose,
+    };
     let frameworks: Vec<paybond_demos::Framework> = if framework == "all" {
         paybond_demos::Framework::ALL.to_vec()
     } else if let Some(f) = paybond_demos::Framework::parse(&framework) {
@@ -108,11 +132,44 @@ fn main() -> ExitCode {
     if std::env::var_os(paybond_demos::mcp::CHILD_ENV).is_some() {
         return paybond_demos::mcp::child_main();
     }
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args().collect();
+    let parsed = Cli::command()
+        .try_get_matches_from(&args)
+        .and_then(|m| Ok((Cli::from_arg_matches(&m)?, command_name(&m))));
+    let cli = match parsed {
+        Ok((cli, name)) => {
+            output::init(name, cli.global.format);
+            cli
+        }
+        Err(e)
+            if output::json_requested(&args)
+                && !matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+                ) =>
+        {
+            output::init("paybond".to_owned(), output::Format::Json);
+            // clap's message up to its usage hint, on one line.
+            let rendered = e.render().to_string();
+            let message = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            return output::fail(Failure::new(
+                Category::Usage,
+                "invalid_arguments",
+                message.trim_start_matches("error: "),
+            ))
+            .into();
+        }
+        Err(e) => e.exit(),
+    };
     // Logs go to stderr (stdout carries results); RUST_LOG tunes them. A demo shows
     // warnings (a retried gateway call) only with -v: its output is its report.
     let level = match &cli.command {
-        Command::Agent(AgentCommand::Demo { args, .. }) if !args.verbose => "error",
+        Command::Agent(AgentCommand::Demo { verbose, .. }) if !verbose => "error",
         _ => "warn",
     };
     let _ = tracing_subscriber::fmt()
@@ -123,11 +180,11 @@ fn main() -> ExitCode {
         )
         .try_init();
     match cli.command {
-        Command::Agent(cmd) => return agent(cmd),
-        Command::Policy(cmd) => policy::run(cmd),
-        Command::Dev(cmd) => dev::run(cmd),
-        Command::Approvals(cmd) => ops::approvals(cmd),
-        Command::Ledger(cmd) => ops::ledger(cmd),
+        Command::Agent(cmd) => return agent(cmd, &cli.global),
+        Command::Policy(cmd) => policy::run(cmd, &cli.global),
+        Command::Dev(cmd) => dev::run(cmd, &cli.global),
+        Command::Approvals(cmd) => ops::approvals(cmd, &cli.global),
+        Command::Ledger(cmd) => ops::ledger(cmd, &cli.global),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(
@@ -140,4 +197,15 @@ fn main() -> ExitCode {
         }
     }
     .into()
+}
+
+/// The command's words, `approvals list`, for the JSON envelope.
+fn command_name(matches: &clap::ArgMatches) -> String {
+    let mut words = Vec::new();
+    let mut m = matches;
+    while let Some((name, sub)) = m.subcommand() {
+        words.push(name.to_owned());
+        m = sub;
+    }
+    words.join(" ")
 }

@@ -2,34 +2,13 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::Subcommand;
 use paybond_gateway::{DatabaseUrl, Engine, EngineConfig, Storage, database_path};
 use paybond_middleware_core::wire::{ApprovalStatus, ErrorBody};
 use serde_json::Value;
 
+use crate::output::{self, Category, Failure, Global};
 use crate::{Outcome, envfile, usage_error};
-
-/// Output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Format {
-    /// For people.
-    Text,
-    /// JSON.
-    Json,
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct Remote {
-    /// Gateway base URL [default: PAYBOND_GATEWAY_URL, from the environment or the env file].
-    #[arg(long)]
-    gateway: Option<String>,
-    /// Env file read for the URL and the operator key.
-    #[arg(long, default_value = ".env.local")]
-    env_file: PathBuf,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
-}
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ApprovalsCommand {
@@ -47,29 +26,21 @@ pub(crate) enum ApprovalsCommand {
         /// Oldest first.
         #[arg(long)]
         oldest_first: bool,
-        #[command(flatten)]
-        remote: Remote,
     },
     /// One approval request: its state, amount, reasons and quorum progress.
     Show {
         /// The approval request id.
         id: String,
-        #[command(flatten)]
-        remote: Remote,
     },
     /// Approve a held request; at quorum it yields a single-use approval token.
     Approve {
         /// The approval request id.
         id: String,
-        #[command(flatten)]
-        remote: Remote,
     },
     /// Deny a held request.
     Deny {
         /// The approval request id.
         id: String,
-        #[command(flatten)]
-        remote: Remote,
     },
 }
 
@@ -83,9 +54,6 @@ pub(crate) enum LedgerCommand {
         /// A fleet's PostgreSQL database instead of a data dir.
         #[arg(long, env = "PAYBOND_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
     },
 }
 
@@ -94,7 +62,7 @@ struct Target {
     key: String,
 }
 
-fn target(remote: &Remote) -> Result<Target, Outcome> {
+fn target(remote: &Global) -> Result<Target, Outcome> {
     let url = remote
         .gateway
         .clone()
@@ -113,10 +81,14 @@ fn target(remote: &Remote) -> Result<Target, Outcome> {
             if key.is_none() {
                 missing.push("an operator key (PAYBOND_OPERATOR_API_KEY)");
             }
-            Err(usage_error(format!(
-                "this command needs {}, from the environment or {}; `paybond dev loop --offline` writes them",
-                missing.join(" and "),
-                remote.env_file.display()
+            Err(output::fail(Failure::new(
+                Category::Environment,
+                "missing_credentials",
+                format!(
+                    "this command needs {}, from the environment or {}; `paybond dev loop --offline` writes them",
+                    missing.join(" and "),
+                    remote.env_file.display()
+                ),
             )))
         }
     }
@@ -134,37 +106,57 @@ fn send(t: &Target, method: reqwest::Method, path: &str) -> Result<Value, Outcom
             .bearer_auth(&t.key)
             .send()
             .await
-            .map_err(|e| usage_error(format!("cannot reach the gateway at {}: {e}", t.url)))?;
+            .map_err(|e| {
+                output::fail(Failure::new(
+                    Category::Environment,
+                    "gateway_unreachable",
+                    format!("cannot reach the gateway at {}: {e}", t.url),
+                ))
+            })?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| usage_error(format!("the gateway's answer broke off: {e}")))?;
+        let text = response.text().await.map_err(|e| {
+            output::fail(Failure::new(
+                Category::Environment,
+                "gateway_unreachable",
+                format!("the gateway's answer broke off: {e}"),
+            ))
+        })?;
         if status.is_success() {
-            return serde_json::from_str(&text)
-                .map_err(|e| usage_error(format!("the gateway's answer is not JSON: {e}")));
+            return serde_json::from_str(&text).map_err(|e| {
+                output::fail(Failure::new(
+                    Category::Gateway,
+                    "malformed_answer",
+                    format!("the gateway's answer is not JSON: {e}"),
+                ))
+            });
         }
-        let detail = serde_json::from_str::<ErrorBody>(&text)
-            .map(|b| format!("{} ({})", b.message, b.error))
-            .unwrap_or(text);
-        eprintln!("error: HTTP {status}: {detail}");
-        Err(if status.as_u16() == 401 {
-            Outcome::Usage
-        } else {
-            Outcome::Failed
-        })
+        let failure = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(b) => Failure::new(
+                Category::Gateway,
+                &b.error,
+                format!("HTTP {status}: {} ({})", b.message, b.error),
+            )
+            .details(serde_json::json!({"status": status.as_u16()}))
+            .request_id(Some(b.request_id)),
+            Err(_) => Failure::new(
+                Category::Gateway,
+                &format!("http_{}", status.as_u16()),
+                format!("HTTP {status}: {text}"),
+            ),
+        };
+        Err(output::fail(failure))
     })
 }
 
 fn print_status(a: &ApprovalStatus) {
     println!(
-        "{}  {:<8}  {}/{} approvals  {:<20} {:>10} cents  {}",
+        "{}  {:<8}  {}/{} approvals  {:<20} {:>14}  {}",
         a.approval_request_id,
         format!("{:?}", a.state).to_lowercase(),
         a.approvals,
         a.quorum,
         a.operation.as_deref().unwrap_or("-"),
-        a.requested_spend_cents.unwrap_or(0),
+        output::money(a.requested_spend_cents.unwrap_or(0), None),
         a.reason_codes.join(",")
     );
 }
@@ -185,14 +177,13 @@ fn redact_tokens(v: &mut Value) {
     }
 }
 
-pub(crate) fn approvals(cmd: ApprovalsCommand) -> Outcome {
-    let (remote, method, path) = match &cmd {
+pub(crate) fn approvals(cmd: ApprovalsCommand, remote: &Global) -> Outcome {
+    let (method, path) = match &cmd {
         ApprovalsCommand::List {
             state,
             limit,
             cursor,
             oldest_first,
-            remote,
         } => {
             let mut path = format!("/v1/approvals?state={state}&limit={limit}");
             if let Some(c) = cursor {
@@ -201,21 +192,15 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Outcome {
             if *oldest_first {
                 path.push_str("&order=oldest");
             }
-            (remote, reqwest::Method::GET, path)
+            (reqwest::Method::GET, path)
         }
-        ApprovalsCommand::Show { id, remote } => {
-            (remote, reqwest::Method::GET, format!("/v1/approvals/{id}"))
+        ApprovalsCommand::Show { id } => (reqwest::Method::GET, format!("/v1/approvals/{id}")),
+        ApprovalsCommand::Approve { id } => {
+            (reqwest::Method::POST, format!("/v1/approvals/{id}/approve"))
         }
-        ApprovalsCommand::Approve { id, remote } => (
-            remote,
-            reqwest::Method::POST,
-            format!("/v1/approvals/{id}/approve"),
-        ),
-        ApprovalsCommand::Deny { id, remote } => (
-            remote,
-            reqwest::Method::POST,
-            format!("/v1/approvals/{id}/deny"),
-        ),
+        ApprovalsCommand::Deny { id } => {
+            (reqwest::Method::POST, format!("/v1/approvals/{id}/deny"))
+        }
     };
     let t = match target(remote) {
         Ok(t) => t,
@@ -225,12 +210,12 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Outcome {
         Ok(b) => b,
         Err(o) => return o,
     };
-    if remote.format == Format::Json {
+    if output::json() {
         // The approval token is for the agent that retries the held call, not for the
         // operator's terminal.
         let mut body = body;
         redact_tokens(&mut body);
-        println!("{body}");
+        output::success_json(body, &[]);
         return Outcome::Success;
     }
     let next = body
@@ -259,11 +244,10 @@ pub(crate) fn approvals(cmd: ApprovalsCommand) -> Outcome {
     Outcome::Success
 }
 
-pub(crate) fn ledger(cmd: LedgerCommand) -> Outcome {
+pub(crate) fn ledger(cmd: LedgerCommand, _global: &Global) -> Outcome {
     let LedgerCommand::Verify {
         data_dir,
         database_url,
-        format,
     } = cmd;
     let storage = match database_url {
         Some(url) => match DatabaseUrl::parse(&url) {
@@ -289,20 +273,26 @@ pub(crate) fn ledger(cmd: LedgerCommand) -> Outcome {
         Ok(c) => c,
         Err(e) => return usage_error(format!("cannot read the ledger: {}", e.message)),
     };
-    match format {
-        Format::Json => println!("{}", serde_json::to_string(&check).unwrap_or_default()),
-        Format::Text if check.valid => println!(
+    let data = serde_json::to_value(&check).unwrap_or_default();
+    if !check.valid {
+        let problem = check.problem.as_deref().unwrap_or("unknown problem");
+        if !output::json() {
+            println!("ledger BROKEN: {problem}");
+        }
+        return output::fail(
+            Failure::new(
+                Category::Invalid,
+                "ledger_broken",
+                format!("ledger BROKEN: {problem}"),
+            )
+            .data(data),
+        );
+    }
+    if !output::success_json(data, &[]) {
+        println!(
             "ledger valid: {} events in {} chains",
             check.events, check.tenants
-        ),
-        Format::Text => println!(
-            "ledger BROKEN: {}",
-            check.problem.as_deref().unwrap_or("unknown problem")
-        ),
+        );
     }
-    if check.valid {
-        Outcome::Success
-    } else {
-        Outcome::Failed
-    }
+    Outcome::Success
 }

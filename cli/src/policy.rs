@@ -3,12 +3,13 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use paybond_policies::{
     Diagnostic, PolicyDocument, Resolution, SCHEMA_ID, Source, check_policy, is_valid_tool_name,
     read_policy, resolve_policy,
 };
 
+use crate::output::{self, Category, Failure, Global};
 use crate::{Outcome, usage_error};
 
 #[derive(Debug, Subcommand)]
@@ -38,12 +39,6 @@ pub(crate) struct Publish {
     /// Publish the tenant policy only (the org base is already on the gateway).
     #[arg(long, conflicts_with = "base")]
     skip_base: bool,
-    /// The gateway [default: PAYBOND_GATEWAY_URL, from the environment or .env.local].
-    #[arg(long)]
-    gateway_url: Option<String>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
 }
 
 #[derive(Debug, Args)]
@@ -101,16 +96,10 @@ pub(crate) struct ValidateTools {
     /// Check on this machine only, without a gateway (the default).
     #[arg(long, conflicts_with = "remote")]
     local_only: bool,
-    /// Also compare with the policy the gateway enforces (needs PAYBOND_GATEWAY_URL and an
-    /// API key, from the environment or .env.local); a difference is a warning.
+    /// Also compare with the policy the gateway enforces (needs the gateway URL and an
+    /// API key, from --gateway, the environment or the env file); a difference is a warning.
     #[arg(long)]
     remote: bool,
-    /// Gateway base URL for --remote.
-    #[arg(long, env = "PAYBOND_GATEWAY_URL", hide_env_values = true)]
-    gateway_url: Option<String>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
 }
 
 #[derive(Debug, Args)]
@@ -120,22 +109,13 @@ pub(crate) struct Schema {
     out: Option<PathBuf>,
 }
 
-/// Output format of a check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Format {
-    /// Lines for people: `file:line:column: error: path: message [code]`.
-    Text,
-    /// One JSON object: valid, errors, warnings (and effective, report).
-    Json,
-}
-
-pub(crate) fn run(cmd: PolicyCommand) -> Outcome {
+pub(crate) fn run(cmd: PolicyCommand, global: &Global) -> Outcome {
     match cmd {
         PolicyCommand::InitOrg(args) => init_org(&args),
         PolicyCommand::Extend(args) => extend(&args),
-        PolicyCommand::ValidateTools(args) => validate_tools(&args),
+        PolicyCommand::ValidateTools(args) => validate_tools(&args, global),
         PolicyCommand::Schema(args) => schema(&args),
-        PolicyCommand::Publish(args) => publish(&args),
+        PolicyCommand::Publish(args) => publish(&args, global),
     }
 }
 
@@ -334,9 +314,9 @@ fn relative_to(target: &Path, from: &Path) -> String {
     rel.display().to_string()
 }
 
-fn validate_tools(a: &ValidateTools) -> Outcome {
+fn validate_tools(a: &ValidateTools, global: &Global) -> Outcome {
     let remote = if a.remote {
-        match remote_target(a) {
+        match remote_target(global) {
             Ok(target) => Some(target),
             Err(outcome) => return outcome,
         }
@@ -388,7 +368,9 @@ fn validate_tools(a: &ValidateTools) -> Outcome {
     if let Some((url, key)) = &remote {
         let (version, digest) = match remote_effective(url, key) {
             Ok(r) => r,
-            Err(e) => return usage_error(e),
+            Err(e) => {
+                return output::fail(Failure::new(Category::Environment, "remote_unavailable", e));
+            }
         };
         let local = resolution.effective.as_ref().map(PolicyDocument::digest);
         let matches = local.as_deref() == Some(digest.as_str());
@@ -409,27 +391,43 @@ fn validate_tools(a: &ValidateTools) -> Outcome {
             "gateway": url, "version": version, "digest": digest, "matches": matches
         }));
     }
-    match a.format {
-        Format::Json => match serde_json::to_value(&resolution).and_then(|mut v| {
-            if let (Some(r), serde_json::Value::Object(map)) = (&remote_report, &mut v) {
-                map.insert("remote".to_owned(), r.clone());
-            }
-            serde_json::to_string_pretty(&v)
-        }) {
-            Ok(json) => println!("{json}"),
+    if output::json() {
+        let mut data = match serde_json::to_value(&resolution) {
+            Ok(v) => v,
             Err(e) => return usage_error(format!("cannot print the result: {e}")),
-        },
-        Format::Text => {
-            print_text(&file, &resolution);
-            if let Some(r) = &remote_report
-                && r["matches"] == true
-            {
-                println!(
-                    "the gateway enforces this policy (version {})",
-                    r["version"]
-                );
-            }
+        };
+        if let (Some(r), serde_json::Value::Object(map)) = (&remote_report, &mut data) {
+            map.insert("remote".to_owned(), r.clone());
         }
+        if !resolution.valid {
+            return output::fail(
+                Failure::new(
+                    Category::Invalid,
+                    "policy_invalid",
+                    format!(
+                        "{file}: invalid ({} errors): every problem is in data.errors",
+                        resolution.errors.len()
+                    ),
+                )
+                .data(data),
+            );
+        }
+        let warnings: Vec<String> = resolution
+            .warnings
+            .iter()
+            .map(|d| format!("{}: {} [{}]", d.path, d.message, d.code))
+            .collect();
+        output::success_json(data, &warnings);
+        return Outcome::Success;
+    }
+    print_text(&file, &resolution);
+    if let Some(r) = &remote_report
+        && r["matches"] == true
+    {
+        println!(
+            "the gateway enforces this policy (version {})",
+            r["version"]
+        );
     }
     if resolution.valid {
         Outcome::Success
@@ -438,28 +436,33 @@ fn validate_tools(a: &ValidateTools) -> Outcome {
     }
 }
 
-/// Where `--remote` looks: the gateway URL and a key, from flags, the environment or `.env.local`.
-fn remote_target(a: &ValidateTools) -> Result<(String, String), Outcome> {
-    let env_file = std::path::Path::new(".env.local");
-    let url = a
-        .gateway_url
+/// Where `--remote` looks: the gateway URL and a key, from flags, the environment or the env file.
+fn remote_target(g: &Global) -> Result<(String, String), Outcome> {
+    let env_file = g.env_file.as_path();
+    let url = g
+        .gateway
         .clone()
         .or_else(|| crate::envfile::lookup("PAYBOND_GATEWAY_URL", env_file));
     let key = crate::envfile::lookup("PAYBOND_ADMIN_API_KEY", env_file)
         .or_else(|| crate::envfile::lookup("PAYBOND_API_KEY", env_file));
     let mut missing = Vec::new();
     if url.is_none() {
-        missing.push("a gateway URL (--gateway-url or PAYBOND_GATEWAY_URL)");
+        missing.push("a gateway URL (--gateway or PAYBOND_GATEWAY_URL)");
     }
     if key.is_none() {
         missing.push("an API key (PAYBOND_ADMIN_API_KEY or PAYBOND_API_KEY)");
     }
     match (url, key) {
         (Some(url), Some(key)) => Ok((url.trim_end_matches('/').to_owned(), key)),
-        _ => Err(usage_error(format!(
-            "--remote needs {}; `paybond dev loop --offline` writes both to .env.local. \
-             Use --local-only to check without a gateway.",
-            missing.join(" and ")
+        _ => Err(output::fail(Failure::new(
+            Category::Environment,
+            "missing_credentials",
+            format!(
+                "--remote needs {}; `paybond dev loop --offline` writes both to {}. \
+                 Use --local-only to check without a gateway.",
+                missing.join(" and "),
+                env_file.display()
+            ),
         ))),
     }
 }
@@ -548,23 +551,33 @@ fn schema(a: &Schema) -> Outcome {
 }
 
 /// `paybond policy publish`.
-fn publish(a: &Publish) -> Outcome {
-    let env_file = std::path::Path::new(".env.local");
-    let Some(url) = a
-        .gateway_url
+fn publish(a: &Publish, g: &Global) -> Outcome {
+    let env_file = g.env_file.as_path();
+    let Some(url) = g
+        .gateway
         .clone()
         .or_else(|| crate::envfile::lookup("PAYBOND_GATEWAY_URL", env_file))
     else {
-        return usage_error(
-            "publish needs a gateway URL (--gateway-url or PAYBOND_GATEWAY_URL); \
-             `paybond dev loop --offline` writes it to .env.local",
-        );
+        return output::fail(Failure::new(
+            Category::Environment,
+            "missing_credentials",
+            format!(
+                "publish needs a gateway URL (--gateway or PAYBOND_GATEWAY_URL); \
+                 `paybond dev loop --offline` writes it to {}",
+                env_file.display()
+            ),
+        ));
     };
     let Some(key) = crate::envfile::lookup("PAYBOND_ADMIN_API_KEY", env_file) else {
-        return usage_error(
-            "publish needs a tenant admin key (PAYBOND_ADMIN_API_KEY, from the environment \
-             or .env.local)",
-        );
+        return output::fail(Failure::new(
+            Category::Environment,
+            "missing_credentials",
+            format!(
+                "publish needs a tenant admin key (PAYBOND_ADMIN_API_KEY, from the environment \
+                 or {})",
+                env_file.display()
+            ),
+        ));
     };
     let url = url.trim_end_matches('/').to_owned();
     let read = |path: &std::path::Path| {
@@ -579,10 +592,19 @@ fn publish(a: &Publish) -> Outcome {
     // refuse it whole too), and an overlay names its org base.
     let checked = paybond_policies::check_policy(&text, &a.file.display().to_string());
     let Some(document) = checked.document else {
-        for e in &checked.errors {
-            eprintln!("{e}");
+        if !output::json() {
+            for e in &checked.errors {
+                eprintln!("{e}");
+            }
         }
-        return Outcome::Failed;
+        return output::fail(
+            Failure::new(
+                Category::Invalid,
+                "policy_invalid",
+                format!("{}: invalid; nothing was published", a.file.display()),
+            )
+            .data(serde_json::json!({"errors": checked.errors})),
+        );
     };
     let extends = document.extends.clone();
     let mut puts: Vec<(String, String, String)> = Vec::new();
@@ -642,26 +664,36 @@ fn publish(a: &Publish) -> Outcome {
             Ok(r) => r,
             Err(e) => {
                 // reqwest's errors name the URL, never the request's headers.
-                return usage_error(format!("cannot reach the gateway at {url}: {e}"));
+                return output::fail(Failure::new(
+                    Category::Environment,
+                    "gateway_unreachable",
+                    format!("cannot reach the gateway at {url}: {e}"),
+                ));
             }
         };
         let body: serde_json::Value =
             serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
         if !status.is_success() {
-            match a.format {
-                Format::Json => println!(
-                    "{}",
-                    serde_json::json!({"published": answers, "refused": {"file": file, "status": status.as_u16(), "error": body}})
-                ),
-                Format::Text => eprintln!(
-                    "{file}: refused by the gateway (HTTP {}): {}",
-                    status.as_u16(),
-                    body["message"].as_str().unwrap_or("no message")
-                ),
-            }
-            return Outcome::Failed;
+            let code = body["error"].as_str().unwrap_or("refused").to_owned();
+            let request_id = body["request_id"].as_str().map(str::to_owned);
+            return output::fail(
+                Failure::new(
+                    Category::Gateway,
+                    &code,
+                    format!(
+                        "{file}: refused by the gateway (HTTP {}): {}",
+                        status.as_u16(),
+                        body["message"].as_str().unwrap_or("no message")
+                    ),
+                )
+                .details(
+                    serde_json::json!({"file": file, "status": status.as_u16(), "answer": body}),
+                )
+                .request_id(request_id)
+                .data(serde_json::json!({"published": answers})),
+            );
         }
-        if a.format == Format::Text {
+        if !output::json() {
             println!(
                 "{file}: published ({})",
                 body["digest"].as_str().unwrap_or("-")
@@ -669,8 +701,6 @@ fn publish(a: &Publish) -> Outcome {
         }
         answers.push(serde_json::json!({"file": file, "answer": body}));
     }
-    if a.format == Format::Json {
-        println!("{}", serde_json::json!({"published": answers}));
-    }
+    output::success_json(serde_json::json!({"published": answers}), &[]);
     Outcome::Success
 }

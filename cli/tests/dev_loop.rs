@@ -383,7 +383,7 @@ fn sigkill_loses_no_acknowledged_decision() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let check: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check: Value = serde_json::from_slice::<Value>(&out.stdout).unwrap()["data"].clone();
     assert_eq!(check["valid"], true);
     assert!(check["events"].as_u64().unwrap() > 300);
 }
@@ -453,6 +453,8 @@ fn operator_commands_remote_policy_check_and_a_tampered_ledger() {
     let (code, out, _) = paybond_in(dir.path(), &["approvals", "list"]);
     assert_eq!(code, 0);
     assert!(out.contains(&approval) && out.contains("pending"), "{out}");
+    // Money as every command shows it.
+    assert!(out.contains("187.00 USD"), "{out}");
     let (code, out, _) = paybond_in(dir.path(), &["approvals", "approve", &approval]);
     assert_eq!(code, 0);
     assert!(
@@ -471,7 +473,7 @@ fn operator_commands_remote_policy_check_and_a_tampered_ledger() {
         ],
     );
     assert_eq!(code, 0);
-    let listed: Value = serde_json::from_str(&out).unwrap();
+    let listed: Value = serde_json::from_str::<Value>(&out).unwrap()["data"].clone();
     assert_eq!(listed["approvals"][0]["state"], "approved", "{out}");
     assert!(listed["approvals"][0]["approval_token"].is_null(), "{out}");
     assert!(!out.contains("paybond_at_"), "{out}");
@@ -480,16 +482,53 @@ fn operator_commands_remote_policy_check_and_a_tampered_ledger() {
         &["approvals", "show", &approval, "--format", "json"],
     );
     assert_eq!(code, 0);
-    let shown: Value = serde_json::from_str(&out).unwrap();
+    let shown: Value = serde_json::from_str::<Value>(&out).unwrap()["data"].clone();
     assert_eq!(shown["approval_request_id"], approval.as_str(), "{out}");
     assert_eq!(shown["state"], "approved", "{out}");
     let (code, _, err) = paybond_in(dir.path(), &["approvals", "deny", &approval]);
     assert_eq!(code, 1);
     assert!(err.contains("approval_already_decided"), "{err}");
+    // The same refusal in --format json (given before the command): one envelope on
+    // stdout with the gateway's code and request id.
+    let (code, out, _) = paybond_in(
+        dir.path(),
+        &["--format", "json", "approvals", "deny", &approval],
+    );
+    assert_eq!(code, 1);
+    let refused: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(refused["ok"], false, "{out}");
+    assert_eq!(refused["command"], "approvals deny", "{out}");
+    assert_eq!(refused["error"]["category"], "gateway", "{out}");
+    assert_eq!(
+        refused["error"]["code"], "approval_already_decided",
+        "{out}"
+    );
+    assert!(refused["request_id"].is_string(), "{out}");
     let elsewhere = tempfile::tempdir().unwrap();
     let (code, _, err) = paybond_in(elsewhere.path(), &["approvals", "list"]);
     assert_eq!(code, 2);
     assert!(err.contains("PAYBOND_OPERATOR_API_KEY"), "{err}");
+    let (code, out, _) = paybond_in(elsewhere.path(), &["approvals", "list", "--format", "json"]);
+    assert_eq!(code, 2);
+    let missing: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(missing["error"]["category"], "environment", "{out}");
+    assert_eq!(missing["error"]["code"], "missing_credentials", "{out}");
+    // --env-file is the same flag everywhere: pointed at the dev loop's file, it works
+    // from another directory.
+    let env_file = dir.path().join(".env.local");
+    let (code, out, _) = paybond_in(
+        elsewhere.path(),
+        &[
+            "approvals",
+            "list",
+            "--state",
+            "all",
+            "--env-file",
+            env_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&approval), "{out}");
 
     // --remote: the gateway enforces what the bundled overlay resolves to; another file drifts.
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -507,7 +546,7 @@ fn operator_commands_remote_policy_check_and_a_tampered_ledger() {
         ],
     );
     assert_eq!(code, 0, "{out}{err}");
-    let v: Value = serde_json::from_str(&out).unwrap();
+    let v: Value = serde_json::from_str::<Value>(&out).unwrap()["data"].clone();
     assert_eq!(v["remote"]["matches"], true, "{v}");
     let changed = dir.path().join("tenant.policy.yaml");
     std::fs::write(
@@ -537,7 +576,7 @@ fn operator_commands_remote_policy_check_and_a_tampered_ledger() {
         ],
     );
     assert_eq!(code, 0, "{out}");
-    let v: Value = serde_json::from_str(&out).unwrap();
+    let v: Value = serde_json::from_str::<Value>(&out).unwrap()["data"].clone();
     assert_eq!(v["remote"]["matches"], false);
     assert_eq!(v["warnings"][0]["code"], "policy.remote_drift");
     drop(gw);
@@ -667,4 +706,75 @@ fn policy_publish_sends_the_base_and_the_overlay_and_a_widening_is_refused_whole
         err.contains("PAYBOND_ADMIN_API_KEY") || err.contains("PAYBOND_GATEWAY_URL"),
         "{err}"
     );
+}
+
+/// The tenant's effective policy as the dev loop at `url` serves it.
+fn effective(url: &str, dir: &Path) -> Value {
+    let key = env(dir)["PAYBOND_API_KEY"].clone();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(get(url, &key, "/v1/policy/effective"))
+}
+
+#[test]
+fn a_restart_keeps_a_published_policy_and_a_named_file_follows_its_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let overlay =
+        std::fs::read_to_string(repo.join("policies/tenant-overlay.policy.yaml")).unwrap();
+    let org = std::fs::read_to_string(repo.join("policies/org-base.policy.yaml")).unwrap();
+
+    let gw = start(dir.path(), &[]);
+    let first = effective(&gw.url, dir.path());
+    assert_eq!(
+        first["policy"]["intent"]["budget"]["max_spend_usd"], 600.0,
+        "{first}"
+    );
+
+    // Published over HTTP since the start: a smaller budget.
+    std::fs::write(dir.path().join("org.yaml"), &org).unwrap();
+    std::fs::write(
+        dir.path().join("narrow.yaml"),
+        overlay
+            .replace("max_spend_usd: 600", "max_spend_usd: 500")
+            .replace("base_policy: org-base.policy.yaml", "base_policy: org.yaml"),
+    )
+    .unwrap();
+    let (code, out, err) = paybond_in(dir.path(), &["policy", "publish", "--file", "narrow.yaml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let published = effective(&gw.url, dir.path());
+    assert_eq!(
+        published["policy"]["intent"]["budget"]["max_spend_usd"],
+        500.0
+    );
+    drop(gw);
+
+    // A restart without --policy-file keeps it.
+    let gw = start(dir.path(), &[]);
+    let kept = effective(&gw.url, dir.path());
+    assert_eq!(kept["digest"], published["digest"], "{kept}");
+    assert_eq!(kept["version"], published["version"]);
+    drop(gw);
+
+    // A named file is published, with the org base its `extends.base_policy` names
+    // (here one with an extra read-only tool), not the built-in one.
+    std::fs::write(
+        dir.path().join("org.yaml"),
+        org.replace(
+            "  travel.search_hotels:\n    side_effecting: false\n",
+            "  travel.search_hotels:\n    side_effecting: false\n  travel.cancel_booking:\n    side_effecting: false\n",
+        ),
+    )
+    .unwrap();
+    let gw = start(dir.path(), &["--policy-file", "narrow.yaml"]);
+    let named = effective(&gw.url, dir.path());
+    assert!(
+        named["policy"]["tools"]["travel.cancel_booking"].is_object(),
+        "{named}"
+    );
+    assert!(
+        named["version"].as_u64() > published["version"].as_u64(),
+        "{named}"
+    );
+    drop(gw);
 }

@@ -391,7 +391,7 @@ fn replicas_share_one_budget_and_one_ledger_and_survive_sigkill() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    let check: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check: Value = serde_json::from_slice::<Value>(&out.stdout).unwrap()["data"].clone();
     assert_eq!(out.status.code(), Some(0), "{check}");
     assert_eq!(check["valid"], true);
     assert_eq!(check["tenants"], 1);

@@ -53,7 +53,7 @@ fn the_bundled_policies_resolve_and_the_merge_is_reported() {
         &repo(),
     );
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    let out: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let out: Value = serde_json::from_str::<Value>(&stdout(&o)).unwrap()["data"].clone();
     assert_eq!(out["valid"], true);
     assert_eq!(out["errors"], serde_json::json!([]));
     assert_eq!(out["effective"]["version"], 1);
@@ -108,7 +108,7 @@ fn an_invalid_file_exits_1_with_every_problem_located() {
         dir.path(),
     );
     assert_eq!(code(&o), 1);
-    let out: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let out: Value = serde_json::from_str::<Value>(&stdout(&o)).unwrap()["data"].clone();
     assert_eq!(out["valid"], false);
     let errors = out["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 4);
@@ -149,7 +149,7 @@ fn a_widening_overlay_is_refused_at_its_line() {
         dir.path(),
     );
     assert_eq!(code(&o), 1, "{}", stdout(&o));
-    let out: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let out: Value = serde_json::from_str::<Value>(&stdout(&o)).unwrap()["data"].clone();
     let got: Vec<(u64, &str, &str)> = out["errors"]
         .as_array()
         .unwrap()
@@ -269,7 +269,7 @@ fn init_org_then_extend_gives_a_valid_pair() {
         dir.path(),
     );
     assert_eq!(code(&o), 0, "{}", stdout(&o));
-    let out: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let out: Value = serde_json::from_str::<Value>(&stdout(&o)).unwrap()["data"].clone();
     assert_eq!(
         out["effective"]["tools"]["travel.book_hotel"]["max_spend_cents"],
         20_000
@@ -434,4 +434,75 @@ fn policy_help_matches_its_snapshot() {
             stdout(&o)
         );
     }
+}
+
+#[test]
+fn errors_in_json_format_are_envelopes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Refused by the argument parser (--file is missing).
+    let o = paybond(
+        &["--format", "json", "policy", "validate-tools"],
+        dir.path(),
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["error"]["category"], "usage");
+    assert_eq!(v["error"]["code"], "invalid_arguments");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("--file"),
+        "{v}"
+    );
+    // A file that cannot be read.
+    let o = paybond(
+        &[
+            "policy",
+            "validate-tools",
+            "--file",
+            "missing.yaml",
+            "--format=json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code(&o), 2);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["command"], "policy validate-tools");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing.yaml"),
+        "{v}"
+    );
+    // --remote without credentials.
+    let o = paybond(
+        &[
+            "policy",
+            "validate-tools",
+            "--file",
+            "x",
+            "--remote",
+            "--format",
+            "json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code(&o), 2);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["error"]["code"], "missing_credentials", "{v}");
+    // The table format keeps its old name.
+    let good = repo().join("policies/org-base.policy.yaml");
+    let o = paybond(
+        &[
+            "policy",
+            "validate-tools",
+            "--file",
+            good.to_str().unwrap(),
+            "--format",
+            "text",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("valid"));
 }

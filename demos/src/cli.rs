@@ -11,7 +11,8 @@ use crate::{DemoError, Framework, GatewayChoice};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// A trace table and the summary.
-    Text,
+    #[value(alias = "text")]
+    Table,
     /// One JSON object per trace entry, then `{"summary": ..}`.
     Json,
 }
@@ -26,7 +27,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = ".env.local")]
     pub env_file: PathBuf,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Also show warnings (retries of gateway calls) on stderr.
     #[arg(short, long)]
@@ -68,7 +69,7 @@ pub fn main(frameworks: &[Framework], args: &DemoArgs) -> ExitCode {
         match runtime.block_on(crate::run(*framework, &choice)) {
             Ok(report) => {
                 match args.format {
-                    Format::Text => println!("{}", report.text()),
+                    Format::Table => println!("{}", report.text()),
                     Format::Json => print!("{}", report.json_lines()),
                 }
                 if report.passed() {
@@ -89,7 +90,7 @@ pub fn main(frameworks: &[Framework], args: &DemoArgs) -> ExitCode {
     }
     if frameworks.len() > 1 {
         match args.format {
-            Format::Text => println!("{passed}/{} passed", frameworks.len()),
+            Format::Table => println!("{passed}/{} passed", frameworks.len()),
             Format::Json => println!(
                 "{}",
                 serde_json::json!({"all": {"passed": passed, "total": frameworks.len()}})

@@ -306,7 +306,7 @@ impl Report {
         out
     }
 
-    /// `--format text`: a table, the summary and the verdict.
+    /// `--format table`: a table, the summary and the verdict.
     pub fn text(&self) -> String {
         let mut out = String::new();
         let s = &self.summary;
@@ -324,13 +324,15 @@ impl Report {
             .max(4);
         let _ = writeln!(
             out,
-            "{:<w$} {:<22} {:>10} {:<12} {:<10} {:>10}  reasons",
+            "{:<w$} {:<22} {:>12} {:<12} {:<10} {:>12}  reasons",
             "call", "tool", "amount", "outcome", "settled", "actual"
         );
         for e in &self.entries {
             let cents = |v: &Value| {
-                v.as_u64()
-                    .map_or_else(|| "-".to_owned(), |c| format!("{}.{:02}", c / 100, c % 100))
+                v.as_u64().map_or_else(
+                    || "-".to_owned(),
+                    |c| paybond_middleware_core::format_money(c, "usd"),
+                )
             };
             let reasons = e["reason_codes"]
                 .as_array()
@@ -343,7 +345,7 @@ impl Report {
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "{:<w$} {:<22} {:>10} {:<12} {:<10} {:>10}  {}",
+                "{:<w$} {:<22} {:>12} {:<12} {:<10} {:>12}  {}",
                 e["tool_call_id"].as_str().unwrap_or("-"),
                 e["tool"].as_str().unwrap_or("-"),
                 cents(&e["amount_cents"]),
@@ -355,11 +357,9 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nconsumed {}.{:02}, released {}.{:02}, {} hold, {} deny, {} open reservations, ledger {}",
-            s.consumed_cents / 100,
-            s.consumed_cents % 100,
-            s.released_cents / 100,
-            s.released_cents % 100,
+            "\nconsumed {}, released {}, {} hold, {} deny, {} open reservations, ledger {}",
+            paybond_middleware_core::format_money(s.consumed_cents, "usd"),
+            paybond_middleware_core::format_money(s.released_cents, "usd"),
             s.holds,
             s.denies,
             s.open_reservations,

@@ -89,3 +89,20 @@ pub use run::{
 pub use secret::{ApiKey, ApprovalToken, CapabilityToken};
 pub use tool::{ToolCall, ToolOutput};
 pub use trace::{RunTrace, TraceEntry, TraceOutcome, TraceTotals};
+
+/// An amount in cents as every Paybond tool shows it to people: `187.00 USD` (two
+/// decimals, the currency code in capitals). Machine-readable output keeps integer
+/// cents.
+///
+/// ```
+/// assert_eq!(paybond_middleware_core::format_money(18_700, "usd"), "187.00 USD");
+/// assert_eq!(paybond_middleware_core::format_money(5, "eur"), "0.05 EUR");
+/// ```
+pub fn format_money(cents: u64, currency: &str) -> String {
+    format!(
+        "{}.{:02} {}",
+        cents / 100,
+        cents % 100,
+        currency.to_ascii_uppercase()
+    )
+}

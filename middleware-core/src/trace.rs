@@ -87,6 +87,8 @@ pub struct TraceTotals {
 #[derive(Debug, Clone, Default)]
 pub struct RunTrace {
     entries: Arc<Mutex<Vec<TraceEntry>>>,
+    /// The run's currency, for [`table`](Self::table) (`usd` when none was set).
+    currency: Option<Arc<str>>,
 }
 
 impl TraceTotals {
@@ -119,6 +121,14 @@ impl RunTrace {
     /// An empty trace.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty trace whose table shows amounts in `currency`.
+    pub(crate) fn in_currency(currency: Option<&str>) -> Self {
+        Self {
+            entries: Arc::default(),
+            currency: currency.map(Arc::from),
+        }
     }
 
     pub(crate) fn push(&self, entry: TraceEntry) {
@@ -174,6 +184,8 @@ impl fmt::Display for RunTrace {
             "actual",
             "ms",
         ];
+        let currency = self.currency.as_deref().unwrap_or("usd");
+        let money = |c: u64| crate::format_money(c, currency);
         let rows: Vec<[String; 8]> = self
             .entries()
             .iter()
@@ -181,7 +193,7 @@ impl fmt::Display for RunTrace {
                 [
                     e.tool_call_id.clone(),
                     e.operation.clone(),
-                    e.amount_cents.map_or_else(|| "-".into(), |c| c.to_string()),
+                    e.amount_cents.map_or_else(|| "-".into(), money),
                     e.outcome.as_str().to_owned(),
                     if e.reason_codes.is_empty() {
                         "-".to_owned()
@@ -193,7 +205,7 @@ impl fmt::Display for RunTrace {
                         Some(Finalization::Released) => "released".to_owned(),
                         None => "-".to_owned(),
                     },
-                    e.actual_cents.map_or_else(|| "-".into(), |c| c.to_string()),
+                    e.actual_cents.map_or_else(|| "-".into(), money),
                     e.duration_ms.to_string(),
                 ]
             })

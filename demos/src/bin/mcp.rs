@@ -1,4 +1,4 @@
-//! The canonical scenario with the mcp demo: `paybond-demo-mcp [--gateway URL] [--format text|json]`.
+//! The canonical scenario with the mcp demo: `paybond-demo-mcp [--gateway URL] [--format table|json]`.
 
 fn main() -> std::process::ExitCode {
     // The demo's MCP server is this executable, started again as a child.

@@ -840,6 +840,12 @@ impl Engine {
             .ok_or_else(|| ApiError::not_found("policy_not_found", "no policy has been published"))
     }
 
+    /// The tenant's effective policy as stored (no key needed: for the process
+    /// that runs the gateway, e.g. `paybond dev loop` deciding whether to publish).
+    pub fn tenant_policy(&self, tenant_id: &str) -> Result<Option<EffectivePolicy>, ApiError> {
+        Ok(self.policy_for(tenant_id)?.map(|p| (*p).clone()))
+    }
+
     pub(crate) fn policy_for(
         &self,
         tenant_id: &str,

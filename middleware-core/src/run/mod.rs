@@ -259,6 +259,7 @@ impl PaybondAgentRunBuilder {
     pub async fn bind(self) -> Result<PaybondAgentRun, GatewayError> {
         let principal = self.gateway.principal().await?;
         let effective = self.gateway.effective_policy().await?;
+        let trace = RunTrace::in_currency(self.currency.as_deref());
         let tools = resolve_tools(
             effective.map(|p| p.policy.tools),
             self.tools,
@@ -274,7 +275,7 @@ impl PaybondAgentRunBuilder {
                 agent_subject: self.agent_subject,
                 currency: self.currency,
                 wait: self.wait,
-                trace: RunTrace::new(),
+                trace,
                 calls: Mutex::new(HashMap::new()),
             }),
         })
