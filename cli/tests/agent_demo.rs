@@ -83,6 +83,23 @@ fn the_main_job_and_its_exit_codes() {
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("cannot reach the gateway"), "{err}");
     assert!(!format!("{out}{err}").contains("SECRET"));
+    // The same in --format json: an envelope line on stdout.
+    let (code, out, err) = demo(
+        &[
+            "generic",
+            "--gateway",
+            "http://127.0.0.1:9",
+            "--format",
+            "json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["ok"], false, "{out}");
+    assert_eq!(line["framework"], "generic", "{out}");
+    assert_eq!(line["error"]["category"], "environment", "{out}");
+    assert!(!out.contains("SECRET"));
     // Without keys for --gateway: a usage error.
     std::fs::remove_file(dir.path().join(".env.local")).unwrap();
     let (code, _, err) = demo(&["generic", "--gateway", "http://127.0.0.1:9"], dir.path());

@@ -78,12 +78,28 @@ pub fn main(frameworks: &[Framework], args: &DemoArgs) -> ExitCode {
                     code = code.max(1);
                 }
             }
-            Err(DemoError::Usage(message) | DemoError::Environment(message)) => {
-                eprintln!("error: {message}");
+            Err(DemoError::Usage(message)) => {
+                report_error(args.format, *framework, "usage", "usage_error", &message);
+                return ExitCode::from(2);
+            }
+            Err(DemoError::Environment(message)) => {
+                report_error(
+                    args.format,
+                    *framework,
+                    "environment",
+                    "environment_error",
+                    &message,
+                );
                 return ExitCode::from(2);
             }
             Err(e) => {
-                eprintln!("error: the {} demo failed: {e}", framework.name());
+                report_error(
+                    args.format,
+                    *framework,
+                    "demo",
+                    "demo_failed",
+                    &format!("the {} demo failed: {e}", framework.name()),
+                );
                 code = code.max(1);
             }
         }
@@ -98,6 +114,27 @@ pub fn main(frameworks: &[Framework], args: &DemoArgs) -> ExitCode {
         }
     }
     ExitCode::from(code)
+}
+
+/// An error: `error: message` on stderr, or with `--format json` an envelope line on
+/// stdout (`ok: false`, `error: {category, code, message, details}`), as every
+/// `paybond` command prints its errors.
+fn report_error(format: Format, framework: Framework, category: &str, code: &str, message: &str) {
+    match format {
+        Format::Table => eprintln!("error: {message}"),
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({
+                "ok": false,
+                "command": "agent demo",
+                "framework": framework.name(),
+                "data": null,
+                "warnings": [],
+                "request_id": null,
+                "error": {"category": category, "code": code, "message": message, "details": null},
+            })
+        ),
+    }
 }
 
 /// The flags of a single-demo binary.
