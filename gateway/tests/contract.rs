@@ -68,6 +68,7 @@ async fn suite(
         (tenant, intent)
     );
     assert_eq!(allowed.remaining_cents, Some(48_000));
+    assert_eq!(allowed.message.as_deref(), Some("120.00 USD reserved"));
     assert!(
         allowed
             .policy_digest
@@ -128,6 +129,10 @@ async fn suite(
     let over = gw.verify(&request(intent, &token, 25_000)).await.unwrap();
     assert!(!over.allow && !over.approval_required);
     assert_eq!(over.reason_codes, ["tool_cap_exceeded"]);
+    assert_eq!(
+        over.message.as_deref(),
+        Some("250.00 USD is above the per-call cap of 200.00 USD")
+    );
 
     // Above the approval threshold: a hold; approved; the token works once, for exactly this request.
     let held = gw.verify(&request(intent, &token, 18_700)).await.unwrap();

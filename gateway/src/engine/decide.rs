@@ -1,5 +1,6 @@
 //! `verify`: the checks in order (listed in the crate's README), first failure wins.
 
+use paybond_middleware_core::format_money;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -296,7 +297,15 @@ impl Engine {
         };
         let decision_id = Uuid::new_v4();
         let mut budget_left = None;
-        let verdict = self.checks(tx, now, req, &call, policy, &mut budget_left)?;
+        let mut currency = None;
+        let verdict = self.checks(
+            tx,
+            now,
+            req,
+            &call,
+            policy,
+            (&mut budget_left, &mut currency),
+        )?;
 
         let mut result = VerifyResult {
             allow: false,
@@ -369,7 +378,10 @@ impl Engine {
                 }
                 result.allow = true;
                 result.code = Some("allowed".to_owned());
-                result.message = Some(format!("{} cents reserved", call.amount));
+                result.message = Some(format!(
+                    "{} reserved",
+                    format_money(call.amount, currency.as_deref().unwrap_or("usd"))
+                ));
                 result.remaining_cents = budget_left.map(|b| b.saturating_sub(call.amount));
                 result.reason_codes = reasons;
                 "allow"
@@ -455,7 +467,7 @@ impl Engine {
         req: &VerifyRequest,
         call: &Call<'_>,
         policy: Option<&EffectivePolicy>,
-        budget_left: &mut Option<u64>,
+        (budget_left, currency_seen): (&mut Option<u64>, &mut Option<String>),
     ) -> Result<Verdict, ApiError> {
         // 1. The capability token.
         let Ok(claims) = self.minter.check(req.token.expose_secret()) else {
@@ -512,6 +524,8 @@ impl Engine {
                 format!("the intent is {state}, not funded"),
             ));
         }
+        *currency_seen = Some(currency.clone());
+        let money = |cents: u64| format_money(cents, &currency);
         if let Some(asked) = req.currency.as_deref()
             && !asked.eq_ignore_ascii_case(&currency)
         {
@@ -580,8 +594,9 @@ impl Engine {
             return Ok(deny(
                 "tool_cap_exceeded",
                 format!(
-                    "{} cents is above the per-call cap of {cap} cents",
-                    call.amount
+                    "{} is above the per-call cap of {}",
+                    money(call.amount),
+                    money(cap)
                 ),
             ));
         }
@@ -602,16 +617,17 @@ impl Engine {
             return Ok(deny(
                 "intent_budget_exceeded",
                 format!(
-                    "{} cents would exceed the intent budget: {} of {budget} cents left",
-                    call.amount,
-                    budget.saturating_sub(spent)
+                    "{} would exceed the intent budget: {} of {} left",
+                    money(call.amount),
+                    money(budget.saturating_sub(spent)),
+                    money(budget)
                 ),
             ));
         }
         // 7. Rolling caps per scope and window.
         if let Some(c) = controls {
             for cap in &c.caps {
-                if let Some(v) = rolling_cap(tx, now, call, binding, cap)? {
+                if let Some(v) = rolling_cap(tx, now, call, binding, cap, &currency)? {
                     return Ok(v);
                 }
             }
@@ -882,6 +898,7 @@ fn rolling_cap(
     call: &Call<'_>,
     binding: &ToolBinding,
     cap: &paybond_policies::RollingCap,
+    currency: &str,
 ) -> Result<Option<Verdict>, ApiError> {
     let key = cap.key.as_deref();
     let applies = |value: &str| key.is_none_or(|k| k == value);
@@ -935,10 +952,10 @@ fn rolling_cap(
         return Ok(Some(deny(
             cap_code(window, scope),
             format!(
-                "{} cents would exceed the {window} {scope} cap of {} cents ({} left)",
-                call.amount,
-                cap.limit_cents,
-                cap.limit_cents.saturating_sub(spent)
+                "{} would exceed the {window} {scope} cap of {} ({} left)",
+                format_money(call.amount, currency),
+                format_money(cap.limit_cents, currency),
+                format_money(cap.limit_cents.saturating_sub(spent), currency)
             ),
         )));
     }

@@ -230,8 +230,12 @@ impl Engine {
                 return Err(ApiError::unprocessable(
                     "intent_budget_above_policy",
                     format!(
-                        "a budget of {} cents is above the policy's {cap} cents",
-                        req.budget_cents
+                        "budget_cents: {} is above the policy's intent budget of {}",
+                        paybond_middleware_core::format_money(
+                            req.budget_cents,
+                            req.currency.as_deref().unwrap_or("usd")
+                        ),
+                        paybond_middleware_core::format_money(cap, "usd")
                     ),
                 ));
             }
