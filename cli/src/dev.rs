@@ -224,6 +224,7 @@ fn dev_loop(a: &Loop, global: &Global) -> Outcome {
         Ok(t) => t,
         Err(e) => return usage_error(e.message),
     };
+    let created = existing.is_none();
     let (tenant_id, new_keys) = match existing {
         None => match engine.create_tenant("sandbox", Environment::Sandbox) {
             Ok(keys) => (keys.tenant_id.clone(), Some(keys)),
@@ -266,6 +267,11 @@ fn dev_loop(a: &Loop, global: &Global) -> Outcome {
     };
     let named = a.policy_file.is_some() || a.org_policy_file.is_some();
     match stored {
+        // A tenant created just now got these files' policies.
+        Some(p) if created => eprintln!(
+            "policy: version {} ({}) from {} (org base {})",
+            p.version, p.digest, tenant_policy.file, org.file
+        ),
         Some(p) if !named => eprintln!(
             "policy: version {} ({}) as published to the gateway; \
              pass --policy-file to replace it",

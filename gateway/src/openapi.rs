@@ -5,8 +5,8 @@
 
 use paybond_middleware_core::wire::{
     ApprovalStatus, CompleteRequest, CompleteResponse, ErrorBody, EvidenceRequest,
-    EvidenceResponse, Principal, SandboxBootstrapRequest, SandboxBootstrapResponse, VerifyRequest,
-    VerifyResult,
+    EvidenceResponse, PreflightRequest, PreflightResult, Principal, SandboxBootstrapRequest,
+    SandboxBootstrapResponse, VerifyRequest, VerifyResult,
 };
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -84,6 +84,16 @@ pub const ROUTES: &[RouteDoc] = &[
         request: Some(schema::<VerifyRequest>),
         response: schema::<VerifyResult>,
         errors: &[400, 409, 413, 415, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/v1/spend/preflight",
+        roles: "agent, operator, tenant_admin",
+        summary: "What verify would decide for this call now, with every check it evaluated (name, inputs, result), without reserving, holding or recording anything. Operation `*`: the intent's budget only.",
+        request: Some(schema::<PreflightRequest>),
+        response: schema::<PreflightResult>,
+        errors: &[400, 413, 415, 422],
         query: &[],
     },
     RouteDoc {

@@ -13,8 +13,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use paybond_middleware_core::wire::{
-    ApprovalState, CompleteRequest, ErrorBody, EvidenceRequest, Principal, SandboxBootstrapRequest,
-    VerifyRequest,
+    ApprovalState, CompleteRequest, ErrorBody, EvidenceRequest, PreflightRequest, Principal,
+    SandboxBootstrapRequest, VerifyRequest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -302,6 +302,17 @@ async fn verify(State(s): State<AppState>, request: Request) -> Answer {
         let mut req: VerifyRequest = parse(&bytes)?;
         req.idempotency_key = merge_key(key, req.idempotency_key.take())?;
         e.verify(p, &req)
+    })
+    .await?;
+    json(&r)
+}
+
+async fn preflight(State(s): State<AppState>, request: Request) -> Answer {
+    let (headers, bytes) = body(&s, request).await?;
+    let creds = credentials(&headers)?;
+    let r = with_engine(&s, creds, move |e, p, _| {
+        let req: PreflightRequest = parse(&bytes)?;
+        e.preflight(p, &req)
     })
     .await?;
     json(&r)
@@ -622,6 +633,7 @@ fn router_with(engine: Arc<Engine>, body_timeout: Duration) -> Router {
         .route("/v1/tenant/policy", put(put_tenant_policy))
         .route("/v1/admin/api-keys", post(issue_key))
         .route("/v1/policy/effective", get(effective_policy))
+        .route("/v1/spend/preflight", post(preflight))
         .route("/ledger/v1/tip", get(ledger_tip))
         .route("/ledger/v1/events", get(ledger_events))
         .route("/healthz", get(healthz))

@@ -532,3 +532,78 @@ pub struct EffectivePolicy {
     /// The merged policy (flat, version 1).
     pub policy: paybond_policies::PolicyDocument,
 }
+
+/// One check a decision evaluated: what it looked at and what it found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PolicyCheck {
+    /// The check, e.g. `intent`, `per_call_cap`, `intent_budget`, `rolling_cap`,
+    /// `rate_limit`, `approval_threshold`.
+    pub name: String,
+    /// `pass`, `fail` (the decision is a deny) or `hold` (held for approval).
+    pub result: String,
+    /// What it compared: limits, amounts used, windows.
+    pub inputs: serde_json::Value,
+}
+
+/// `POST /v1/spend/preflight`: the verify body without a capability token. Every
+/// check of verify runs; nothing is reserved, held or recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PreflightRequest {
+    /// The intent to spend from.
+    pub intent_id: Uuid,
+    /// The operation, or `*` for the intent's budget only.
+    pub operation: String,
+    /// Amount in cents (0 when absent).
+    #[serde(default)]
+    pub requested_spend_cents: u64,
+    /// The vendor paid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_id: Option<String>,
+    /// The policy tool the call belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_name: Option<String>,
+    /// Correlation: task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// Correlation: workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<String>,
+    /// Correlation: tool call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// Currency, lowercase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// A sub-agent of the key's subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_subject: Option<String>,
+    /// An approval token to check, as a retried verify would carry it (not used up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_token: Option<ApprovalToken>,
+}
+
+/// The answer to a preflight: what verify would decide now, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PreflightResult {
+    /// `allow`, `hold` or `deny`.
+    pub classification: String,
+    /// `allow`, `approval_required` or `deny`.
+    pub outcome: String,
+    /// Why, as verify would give them.
+    #[serde(default)]
+    pub reason_codes: Vec<String>,
+    /// Budget left on the intent, open reservations counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_cents: Option<u64>,
+    /// What the budget is scoped to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend_scope: Option<SpendScope>,
+    /// The policy version the checks used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u64>,
+    /// One sentence for a person.
+    pub explanation: String,
+    /// Every check evaluated, in order.
+    #[serde(default)]
+    pub checks: Vec<PolicyCheck>,
+}

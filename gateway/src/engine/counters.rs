@@ -27,7 +27,7 @@ pub(crate) enum Bucket<'a> {
 }
 
 impl Bucket<'_> {
-    fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         match self {
             Self::Tenant => "tenant".to_owned(),
             Self::Agent(a) => format!("agent:{a}"),

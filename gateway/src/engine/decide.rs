@@ -6,8 +6,12 @@ use std::time::Instant;
 
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, Zoned};
-use paybond_middleware_core::wire::{Principal, SpendScope, VerifyRequest, VerifyResult};
+use paybond_middleware_core::wire::{
+    PolicyCheck, PreflightRequest, PreflightResult, Principal, SpendScope, VerifyRequest,
+    VerifyResult,
+};
 use paybond_policies::{CapScope, CapWindow, PolicyDocument, ToolPolicy};
+use serde_json::Value;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -61,6 +65,64 @@ struct Call<'a> {
     amount: u64,
     /// The policy tools the call is about, or why it cannot be bound to any.
     binding: Result<ToolBinding, Verdict>,
+}
+
+/// What the request asks beyond the call itself, as verify and preflight carry it.
+struct Ask<'a> {
+    currency: Option<&'a str>,
+    approval_token: Option<&'a str>,
+    tool_name: Option<&'a str>,
+    /// Check the operation against the intent's own list (preflight: no token).
+    intent_ops: bool,
+    /// Preflight's operation `*`: the intent's budget only.
+    budget_only: bool,
+}
+
+/// What the checks learnt on the way, for the answer, and the checks themselves.
+#[derive(Default)]
+struct Seen {
+    budget_left: Option<u64>,
+    currency: Option<String>,
+    rec: Recorder,
+}
+
+/// The checks a decision evaluated, in order, each with its inputs and result
+/// (preflight's `checks`). Off for verify: the inputs are built only when on.
+#[derive(Default)]
+pub(crate) struct Recorder {
+    on: bool,
+    checks: Vec<PolicyCheck>,
+}
+
+impl Recorder {
+    fn on() -> Self {
+        Self {
+            on: true,
+            checks: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, name: &str, result: &str, inputs: impl FnOnce() -> Value) {
+        if self.on {
+            self.checks.push(PolicyCheck {
+                name: name.to_owned(),
+                result: result.to_owned(),
+                inputs: inputs(),
+            });
+        }
+    }
+
+    fn pass(&mut self, name: &str, inputs: impl FnOnce() -> Value) {
+        self.record(name, "pass", inputs);
+    }
+
+    fn fail(&mut self, name: &str, inputs: impl FnOnce() -> Value) {
+        self.record(name, "fail", inputs);
+    }
+
+    fn hold(&mut self, name: &str, inputs: impl FnOnce() -> Value) {
+        self.record(name, "hold", inputs);
+    }
 }
 
 /// What a hold became.
@@ -265,6 +327,135 @@ impl Engine {
         Ok(result)
     }
 
+    /// `POST /v1/spend/preflight`: what verify would decide for this call now, with
+    /// every check it evaluated, without reserving, holding or recording anything.
+    /// Operation `*` asks about the intent's budget only.
+    pub fn preflight(
+        &self,
+        principal: &Principal,
+        req: &PreflightRequest,
+    ) -> Result<PreflightResult, ApiError> {
+        require_role(principal, &[Role::Agent, Role::Operator, Role::TenantAdmin])?;
+        for (field, value) in [
+            ("operation", Some(req.operation.as_str())),
+            ("tool_name", req.tool_name.as_deref()),
+            ("vendor_id", req.vendor_id.as_deref()),
+            ("agent_subject", req.agent_subject.as_deref()),
+            ("task_id", req.task_id.as_deref()),
+            ("workflow_id", req.workflow_id.as_deref()),
+            ("tool_call_id", req.tool_call_id.as_deref()),
+            ("currency", req.currency.as_deref()),
+            (
+                "approval_token",
+                req.approval_token.as_ref().map(|t| t.expose_secret()),
+            ),
+        ] {
+            bounded(field, value)?;
+        }
+        if req.requested_spend_cents > MAX_AMOUNT_CENTS {
+            return Err(ApiError::unprocessable(
+                "amount_out_of_range",
+                format!("requested_spend_cents must be at most {MAX_AMOUNT_CENTS}"),
+            ));
+        }
+        if req.operation.trim().is_empty() {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                "operation must not be empty (`*` asks about the intent's budget only)",
+            ));
+        }
+        let policy = self.policy_for(&principal.tenant_id)?;
+        let policy = policy.as_deref();
+        let budget_only = req.operation == "*";
+        let binding = match policy {
+            Some(p) => bind_tool(&p.policy, &req.operation, req.tool_name.as_deref()),
+            None => Err(deny(
+                "tool_not_in_policy",
+                "the tenant has no policy; nothing is allowed",
+            )),
+        };
+        let call = Call {
+            tenant: &principal.tenant_id,
+            intent: req.intent_id.to_string(),
+            tool: binding
+                .as_ref()
+                .ok()
+                .and_then(|b| b.tools.first().cloned())
+                .unwrap_or_else(|| req.operation.clone()),
+            operation: &req.operation,
+            vendor: non_empty(&req.vendor_id),
+            agent: &principal.subject,
+            agent_subject: non_empty(&req.agent_subject),
+            amount: req.requested_spend_cents,
+            binding,
+        };
+        let ask = Ask {
+            currency: req.currency.as_deref(),
+            approval_token: req.approval_token.as_ref().map(|t| t.expose_secret()),
+            tool_name: req.tool_name.as_deref(),
+            intent_ops: true,
+            budget_only,
+        };
+        let (verdict, seen) = self.tx(|tx, now| {
+            let mut seen = Seen {
+                rec: Recorder::on(),
+                ..Seen::default()
+            };
+            let verdict = self.policy_checks(tx, now, &ask, &call, policy, &mut seen)?;
+            Ok((verdict, seen))
+        })?;
+        let money = |cents: u64| format_money(cents, seen.currency.as_deref().unwrap_or("usd"));
+        let (classification, outcome, reason_codes, explanation) = match verdict {
+            Verdict::Allow { reasons, .. } => {
+                let left = seen
+                    .budget_left
+                    .map(|b| money(b.saturating_sub(call.amount)))
+                    .unwrap_or_default();
+                let explanation = if budget_only {
+                    format!(
+                        "The intent has {} left to spend.",
+                        seen.budget_left.map(money).unwrap_or_default()
+                    )
+                } else {
+                    format!(
+                        "{} for `{}` passes every check; {left} of the intent budget would be left.",
+                        money(call.amount),
+                        call.operation
+                    )
+                };
+                ("allow", "allow", reasons, explanation)
+            }
+            Verdict::Hold { reasons } => {
+                let explanation = format!(
+                    "{} for `{}` needs an operator's approval ({}).",
+                    money(call.amount),
+                    call.operation,
+                    reasons.join(", ")
+                );
+                ("hold", "approval_required", reasons, explanation)
+            }
+            Verdict::Deny { code, message, .. } => (
+                "deny",
+                "deny",
+                vec![code.to_owned()],
+                format!("Denied ({code}): {message}."),
+            ),
+        };
+        Ok(PreflightResult {
+            classification: classification.to_owned(),
+            outcome: outcome.to_owned(),
+            reason_codes,
+            remaining_cents: seen.budget_left,
+            spend_scope: Some(SpendScope {
+                scope_type: "intent".to_owned(),
+                scope_key: call.intent.clone(),
+            }),
+            policy_version: policy.map(|p| p.version),
+            explanation,
+            checks: seen.rec.checks,
+        })
+    }
+
     fn decide(
         &self,
         tx: &dyn Tx,
@@ -296,16 +487,24 @@ impl Engine {
             binding,
         };
         let decision_id = Uuid::new_v4();
-        let mut budget_left = None;
-        let mut currency = None;
-        let verdict = self.checks(
-            tx,
-            now,
-            req,
-            &call,
-            policy,
-            (&mut budget_left, &mut currency),
-        )?;
+        let mut seen = Seen::default();
+        let ask = Ask {
+            currency: req.currency.as_deref(),
+            approval_token: req.approval_token.as_ref().map(|t| t.expose_secret()),
+            tool_name: req.tool_name.as_deref(),
+            intent_ops: false,
+            budget_only: false,
+        };
+        let verdict = match self.token_checks(now, req.token.expose_secret(), &call, &mut seen.rec)
+        {
+            Some(denied) => denied,
+            None => self.policy_checks(tx, now, &ask, &call, policy, &mut seen)?,
+        };
+        let Seen {
+            budget_left,
+            currency,
+            ..
+        } = seen;
 
         let mut result = VerifyResult {
             allow: false,
@@ -459,50 +658,96 @@ impl Engine {
         Ok(result)
     }
 
-    #[allow(clippy::too_many_lines)] // one check after another, in the documented order
-    fn checks(
+    /// Checks 1 and 2 of a verify: the capability token, and that it allows the
+    /// operation. Preflight carries no token and checks the intent's operations
+    /// instead ([`Self::policy_checks`] with `operations_of_intent`).
+    fn token_checks(
         &self,
-        tx: &dyn Tx,
         now: i64,
-        req: &VerifyRequest,
+        token: &str,
         call: &Call<'_>,
-        policy: Option<&EffectivePolicy>,
-        (budget_left, currency_seen): (&mut Option<u64>, &mut Option<String>),
-    ) -> Result<Verdict, ApiError> {
+        rec: &mut Recorder,
+    ) -> Option<Verdict> {
         // 1. The capability token.
-        let Ok(claims) = self.minter.check(req.token.expose_secret()) else {
-            return Ok(deny(
+        let Ok(claims) = self.minter.check(token) else {
+            rec.fail("capability_token", || json!({"valid": false}));
+            return Some(deny(
                 "capability_invalid",
                 "the capability token is not valid",
             ));
         };
         if now >= claims.expires_ms {
-            return Ok(deny(
+            rec.fail(
+                "capability_token",
+                || json!({"expires_ms": claims.expires_ms, "now_ms": now}),
+            );
+            return Some(deny(
                 "capability_expired",
                 "the capability token has expired",
             ));
         }
         if claims.tenant != call.tenant || claims.intent != call.intent {
-            return Ok(deny(
+            rec.fail(
+                "capability_token",
+                || json!({"minted_for_intent": claims.intent}),
+            );
+            return Some(deny(
                 "capability_intent_mismatch",
                 "the capability token was minted for another intent",
             ));
         }
+        rec.pass(
+            "capability_token",
+            || json!({"expires_ms": claims.expires_ms}),
+        );
         // 2. The operation.
         if !claims.operations.iter().any(|o| o == call.operation) {
-            return Ok(deny(
+            rec.fail(
+                "operation_allowed",
+                || json!({"operation": call.operation, "allowed": claims.operations}),
+            );
+            return Some(deny(
                 "operation_not_allowed",
                 format!("the intent does not allow `{}`", call.operation),
             ));
         }
+        rec.pass(
+            "operation_allowed",
+            || json!({"operation": call.operation, "allowed": claims.operations}),
+        );
+        None
+    }
+
+    /// Checks 3 to 11, in the documented order: the intent, the policy's admission
+    /// of the tool, the per-call cap, the intent budget, rolling caps, rate limits,
+    /// the schedule, the budget gates and the approval threshold. Shared by verify
+    /// and preflight; reads only. `intent_ops` checks the operation against the
+    /// intent's own list (preflight, which has no token to carry it); `budget_only`
+    /// (preflight's operation `*`) stops after the intent budget.
+    #[allow(clippy::too_many_lines)] // one check after another, in the documented order
+    fn policy_checks(
+        &self,
+        tx: &dyn Tx,
+        now: i64,
+        ask: &Ask<'_>,
+        call: &Call<'_>,
+        policy: Option<&EffectivePolicy>,
+        seen: &mut Seen,
+    ) -> Result<Verdict, ApiError> {
+        let Seen {
+            budget_left: seen_left,
+            currency: seen_currency,
+            rec,
+        } = seen;
         // 3. The intent.
-        let intent: Option<(String, i64, u64, u64, String)> = tx.query_opt(
-            "SELECT state, deadline_ms, budget_cents, consumed_cents + reserved_cents, currency
+        let intent: Option<(String, i64, u64, u64, String, String)> = tx.query_opt(
+            "SELECT state, deadline_ms, budget_cents, consumed_cents + reserved_cents, currency, operations
                  FROM intents WHERE id = ?1 AND tenant_id = ?2",
             args![call.intent, call.tenant],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
         )?;
-        let Some((state, deadline, mut budget, counted, currency)) = intent else {
+        let Some((state, deadline, mut budget, counted, currency, operations)) = intent else {
+            rec.fail("intent", || json!({"found": false}));
             return Ok(deny(
                 "intent_not_funded",
                 "the intent does not exist or is not funded",
@@ -515,105 +760,178 @@ impl Engine {
             &call.intent,
             now,
         )?);
+        *seen_currency = Some(currency.clone());
+        let money = |cents: u64| format_money(cents, &currency);
+        let intent_inputs =
+            || json!({"state": state, "deadline_ms": deadline, "currency": currency});
         if now >= deadline || matches!(state.as_str(), "expired" | "refunded" | "released") {
+            rec.fail("intent", intent_inputs);
             return Ok(deny("intent_expired", "the intent is past its deadline"));
         }
         if !matches!(state.as_str(), "funded" | "evidence_submitted") {
+            rec.fail("intent", intent_inputs);
             return Ok(deny(
                 "intent_not_funded",
                 format!("the intent is {state}, not funded"),
             ));
         }
-        *currency_seen = Some(currency.clone());
-        let money = |cents: u64| format_money(cents, &currency);
-        if let Some(asked) = req.currency.as_deref()
+        if let Some(asked) = ask.currency
             && !asked.eq_ignore_ascii_case(&currency)
         {
+            rec.fail(
+                "intent",
+                || json!({"state": state, "currency": currency, "requested_currency": asked}),
+            );
             return Ok(deny(
                 "currency_mismatch",
                 format!("currency `{asked}` is not the intent's currency `{currency}`"),
             ));
         }
+        rec.pass("intent", intent_inputs);
+        // The budget: the intent's, within the policy's intent budget. What is left
+        // goes in every answer from here on, whatever later check decides.
+        let intent_budget = budget;
+        let policy_cap = policy
+            .and_then(|p| p.policy.intent.as_ref())
+            .and_then(|i| i.budget.as_ref())
+            .and_then(|b| b.max_spend_usd)
+            // A finite, non-negative amount (the policy checks refuse others).
+            .map(|usd| {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let cents = (usd * 100.0).round() as u64;
+                cents
+            });
+        if let Some(cap) = policy_cap {
+            budget = budget.min(cap);
+        }
+        *seen_left = Some(budget.saturating_sub(spent));
+        if ask.intent_ops && !ask.budget_only {
+            let allowed: Vec<String> = serde_json::from_str(&operations).unwrap_or_default();
+            if !allowed.iter().any(|o| o == call.operation) {
+                rec.fail(
+                    "operation_allowed",
+                    || json!({"operation": call.operation, "allowed": allowed}),
+                );
+                return Ok(deny(
+                    "operation_not_allowed",
+                    format!("the intent does not allow `{}`", call.operation),
+                ));
+            }
+            rec.pass(
+                "operation_allowed",
+                || json!({"operation": call.operation, "allowed": allowed}),
+            );
+        }
         // 4. The policy admits the tool: the one the operation belongs to.
         let Some(policy) = policy else {
+            rec.fail("tool_in_policy", || json!({"policy": null}));
             return Ok(deny(
                 "tool_not_in_policy",
                 "the tenant has no policy; nothing is allowed",
             ));
         };
-        let binding = match &call.binding {
-            Ok(b) => b,
-            Err(verdict) => return Ok(verdict.clone()),
-        };
         let doc = &policy.policy;
-        if !binding.in_policy && doc.default_deny == Some(true) {
-            return Ok(deny(
-                "tool_not_in_policy",
-                format!("no tool of the policy has operation `{}`", call.operation),
-            ));
-        }
-        if let Some(allowed) = doc.intent.as_ref().and_then(|i| i.allowed_tools.as_ref())
-            && let Some(tool) = binding.tools.iter().find(|t| !allowed.contains(t))
-        {
-            return Ok(deny(
-                "tool_not_in_policy",
-                format!("`{tool}` is not among the policy's allowed_tools"),
-            ));
-        }
+        let budget_only = ask.budget_only;
+        let binding = if budget_only {
+            None
+        } else {
+            match &call.binding {
+                Ok(b) => Some(b),
+                Err(verdict) => {
+                    rec.fail(
+                        "tool_in_policy",
+                        || json!({"operation": call.operation, "tool_name": ask.tool_name}),
+                    );
+                    return Ok(verdict.clone());
+                }
+            }
+        };
         let controls = doc.spend_controls.as_ref();
-        let limits = tool_limits(doc, &binding.tools);
-        if let Some(tool) = &limits.disabled {
-            return Ok(deny("tool_disabled", format!("`{tool}` is disabled")));
-        }
-        let vendors = controls.and_then(|c| c.vendors.as_ref());
-        let vendor_caps =
-            controls.is_some_and(|c| c.caps.iter().any(|cap| cap.scope == CapScope::Vendor));
-        if call.vendor.is_none() && (vendors.is_some() || vendor_caps) {
-            return Ok(deny(
-                "vendor_required",
-                "the policy limits spend by vendor: the request must name its vendor_id",
-            ));
-        }
-        if let Some(vendors) = vendors
-            && !call
-                .vendor
-                .is_some_and(|v| vendors.allow.iter().any(|a| a == v))
-        {
-            return Ok(deny(
-                "vendor_not_allowed",
-                format!(
-                    "vendor `{}` is not on the allowlist",
-                    call.vendor.unwrap_or_default()
-                ),
-            ));
-        }
-        // 5. The per-call cap.
-        if let Some(cap) = limits.cap
-            && call.amount > cap
-        {
-            return Ok(deny(
-                "tool_cap_exceeded",
-                format!(
-                    "{} is above the per-call cap of {}",
-                    money(call.amount),
-                    money(cap)
-                ),
-            ));
+        let limits = binding.map(|b| tool_limits(doc, &b.tools));
+        if let Some(binding) = binding {
+            let tool_inputs = || json!({"operation": call.operation, "tools": binding.tools, "default_deny": doc.default_deny});
+            if !binding.in_policy && doc.default_deny == Some(true) {
+                rec.fail("tool_in_policy", tool_inputs);
+                return Ok(deny(
+                    "tool_not_in_policy",
+                    format!("no tool of the policy has operation `{}`", call.operation),
+                ));
+            }
+            if let Some(allowed) = doc.intent.as_ref().and_then(|i| i.allowed_tools.as_ref())
+                && let Some(tool) = binding.tools.iter().find(|t| !allowed.contains(t))
+            {
+                rec.fail(
+                    "tool_in_policy",
+                    || json!({"tools": binding.tools, "allowed_tools": allowed}),
+                );
+                return Ok(deny(
+                    "tool_not_in_policy",
+                    format!("`{tool}` is not among the policy's allowed_tools"),
+                ));
+            }
+            if let Some(tool) = limits.as_ref().and_then(|l| l.disabled.as_ref()) {
+                rec.fail(
+                    "tool_in_policy",
+                    || json!({"tools": binding.tools, "disabled": tool}),
+                );
+                return Ok(deny("tool_disabled", format!("`{tool}` is disabled")));
+            }
+            rec.pass("tool_in_policy", tool_inputs);
+            let vendors = controls.and_then(|c| c.vendors.as_ref());
+            let vendor_caps =
+                controls.is_some_and(|c| c.caps.iter().any(|cap| cap.scope == CapScope::Vendor));
+            if call.vendor.is_none() && (vendors.is_some() || vendor_caps) {
+                rec.fail(
+                    "vendor",
+                    || json!({"vendor_id": null, "vendor_caps": vendor_caps}),
+                );
+                return Ok(deny(
+                    "vendor_required",
+                    "the policy limits spend by vendor: the request must name its vendor_id",
+                ));
+            }
+            if let Some(vendors) = vendors {
+                let vendor_inputs = || json!({"vendor_id": call.vendor, "allow": vendors.allow});
+                if !call
+                    .vendor
+                    .is_some_and(|v| vendors.allow.iter().any(|a| a == v))
+                {
+                    rec.fail("vendor", vendor_inputs);
+                    return Ok(deny(
+                        "vendor_not_allowed",
+                        format!(
+                            "vendor `{}` is not on the allowlist",
+                            call.vendor.unwrap_or_default()
+                        ),
+                    ));
+                }
+                rec.pass("vendor", vendor_inputs);
+            }
+            // 5. The per-call cap.
+            if let Some(cap) = limits.as_ref().and_then(|l| l.cap) {
+                let cap_inputs = || json!({"amount_cents": call.amount, "max_per_call_cents": cap});
+                if call.amount > cap {
+                    rec.fail("per_call_cap", cap_inputs);
+                    return Ok(deny(
+                        "tool_cap_exceeded",
+                        format!(
+                            "{} is above the per-call cap of {}",
+                            money(call.amount),
+                            money(cap)
+                        ),
+                    ));
+                }
+                rec.pass("per_call_cap", cap_inputs);
+            }
         }
         // 6. The intent budget, open reservations included.
-        if let Some(usd) = doc
-            .intent
-            .as_ref()
-            .and_then(|i| i.budget.as_ref())
-            .and_then(|b| b.max_spend_usd)
-        {
-            // A finite, non-negative amount (the policy checks refuse others).
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let policy_cap = (usd * 100.0).round() as u64;
-            budget = budget.min(policy_cap);
-        }
-        *budget_left = Some(budget.saturating_sub(spent));
+        let budget_inputs = || {
+            json!({"amount_cents": call.amount, "intent_budget_cents": intent_budget,
+                   "policy_budget_cents": policy_cap, "spent_cents": spent,
+                   "remaining_cents": budget.saturating_sub(spent)})
+        };
         if spent + call.amount > budget {
+            rec.fail("intent_budget", budget_inputs);
             return Ok(deny(
                 "intent_budget_exceeded",
                 format!(
@@ -624,10 +942,17 @@ impl Engine {
                 ),
             ));
         }
+        rec.pass("intent_budget", budget_inputs);
+        let (Some(binding), Some(limits)) = (binding, limits) else {
+            return Ok(Verdict::Allow {
+                reasons: Vec::new(),
+                approval: None,
+            });
+        };
         // 7. Rolling caps per scope and window.
         if let Some(c) = controls {
             for cap in &c.caps {
-                if let Some(v) = rolling_cap(tx, now, call, binding, cap, &currency)? {
+                if let Some(v) = rolling_cap(tx, now, call, binding, cap, &currency, rec)? {
                     return Ok(v);
                 }
             }
@@ -642,7 +967,9 @@ impl Engine {
                 args![call.tenant, tool, now - 3_600_000, *limit],
                 |r| r.get(0),
             )?;
+            let rate_inputs = || json!({"tool": tool, "limit_per_hour": limit, "calls_in_last_hour": recent.len()});
             if recent.len() >= usize::try_from(*limit).unwrap_or(usize::MAX) {
+                rec.fail("rate_limit", rate_inputs);
                 let oldest = recent.first().copied().unwrap_or(now);
                 let wait_ms = (oldest + 3_600_000 - now).max(1000);
                 return Ok(Verdict::Deny {
@@ -651,20 +978,25 @@ impl Engine {
                     retry_after: Some(u64::try_from((wait_ms + 999) / 1000).unwrap_or(1)),
                 });
             }
+            rec.pass("rate_limit", rate_inputs);
         }
         // 9. The schedule.
         if let Some(hours) = controls
             .and_then(|c| c.schedule.as_ref())
             .map(|s| &s.active_hours)
-            && !within_active_hours(now, &hours.start, &hours.end, &hours.timezone)
         {
-            return Ok(deny(
-                "outside_active_hours",
-                format!(
-                    "calls run between {} and {} ({})",
-                    hours.start, hours.end, hours.timezone
-                ),
-            ));
+            let schedule_inputs = || json!({"start": hours.start, "end": hours.end, "timezone": hours.timezone, "now_ms": now});
+            if !within_active_hours(now, &hours.start, &hours.end, &hours.timezone) {
+                rec.fail("schedule", schedule_inputs);
+                return Ok(deny(
+                    "outside_active_hours",
+                    format!(
+                        "calls run between {} and {} ({})",
+                        hours.start, hours.end, hours.timezone
+                    ),
+                ));
+            }
+            rec.pass("schedule", schedule_inputs);
         }
         // 10. Graduated gates on the intent budget.
         let mut reasons = Vec::new();
@@ -673,7 +1005,9 @@ impl Engine {
         {
             #[allow(clippy::cast_precision_loss)] // amounts are far below 2^52 cents
             let used = (spent + call.amount) as f64 / budget as f64;
+            let gate_inputs = || json!({"used_after_call": used, "warning": g.warning, "restrict": g.restrict, "halt": g.halt});
             if used >= g.halt {
+                rec.fail("budget_gates", gate_inputs);
                 return Ok(deny(
                     "budget_gate_halt",
                     format!(
@@ -687,16 +1021,28 @@ impl Engine {
             } else if used >= g.warning {
                 reasons.push("budget_gate_warning".to_owned());
             }
+            rec.pass("budget_gates", gate_inputs);
         }
         // 11. The approval threshold.
-        if let Some(threshold) = limits.threshold
-            && call.amount > threshold
-        {
-            let Some(token) = &req.approval_token else {
-                reasons.insert(0, "approval_threshold_exceeded".to_owned());
-                return Ok(Verdict::Hold { reasons });
+        if let Some(threshold) = limits.threshold {
+            let threshold_inputs = || {
+                json!({"amount_cents": call.amount, "approval_threshold_cents": threshold,
+                       "approval_token": ask.approval_token.is_some()})
             };
-            return self.check_approval_token(tx, now, call, token.expose_secret(), reasons);
+            if call.amount > threshold {
+                let Some(token) = ask.approval_token else {
+                    rec.hold("approval_threshold", threshold_inputs);
+                    reasons.insert(0, "approval_threshold_exceeded".to_owned());
+                    return Ok(Verdict::Hold { reasons });
+                };
+                let verdict = self.check_approval_token(tx, now, call, token, reasons)?;
+                match &verdict {
+                    Verdict::Allow { .. } => rec.pass("approval_threshold", threshold_inputs),
+                    _ => rec.fail("approval_threshold", threshold_inputs),
+                }
+                return Ok(verdict);
+            }
+            rec.pass("approval_threshold", threshold_inputs);
         }
         Ok(Verdict::Allow {
             reasons,
@@ -899,6 +1245,7 @@ fn rolling_cap(
     binding: &ToolBinding,
     cap: &paybond_policies::RollingCap,
     currency: &str,
+    rec: &mut Recorder,
 ) -> Result<Option<Verdict>, ApiError> {
     let key = cap.key.as_deref();
     let applies = |value: &str| key.is_none_or(|k| k == value);
@@ -935,9 +1282,16 @@ fn rolling_cap(
             Some(bounds) => counters::spent(tx, call.tenant, &bucket, bounds, now)?,
             None => u64::MAX,
         };
+        let cap_inputs = || {
+            json!({"scope": cap.scope, "bucket": bucket.key().replace('\u{1f}', "/"), "window": cap.window,
+                   "timezone": timezone, "limit_cents": cap.limit_cents,
+                   "used_cents": (spent != u64::MAX).then_some(spent), "amount_cents": call.amount})
+        };
         if spent.saturating_add(call.amount) <= cap.limit_cents {
+            rec.pass("rolling_cap", cap_inputs);
             continue;
         }
+        rec.fail("rolling_cap", cap_inputs);
         let window = match cap.window {
             CapWindow::Hour => "hourly",
             CapWindow::Day => "daily",
