@@ -44,6 +44,7 @@ mod tokens;
 pub use embedded::EmbeddedGateway;
 pub use engine::ledger::{GENESIS, LedgerCheck, LedgerEvent, LedgerTip, verify_events};
 pub use engine::lifecycle::*;
+pub use engine::operator::*;
 pub use engine::*;
 pub use error::ApiError;
 pub use store::{DatabaseUrl, Storage, database_path, root_key_path};

@@ -12,6 +12,7 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
+use crate::engine::operator::{OperatorIntentDetail, OperatorIntentList};
 use crate::engine::{EffectivePolicy, IssueKeyRequest, IssuedKey};
 use crate::ledger::{LedgerEvent, LedgerTip};
 use crate::lifecycle::{ApprovalList, CreateIntentRequest, IntentView};
@@ -84,6 +85,33 @@ pub const ROUTES: &[RouteDoc] = &[
         request: Some(schema::<VerifyRequest>),
         response: schema::<VerifyResult>,
         errors: &[400, 409, 413, 415, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/harbor/operator/v1/intents",
+        roles: "operator, tenant_admin, agent (read-only)",
+        summary: "The tenant's intents, newest first, with their money: budget, consumed, reserved, remaining, open reservations. `state` (or `status`) filters; `next_cursor` pages.",
+        request: None,
+        response: schema::<OperatorIntentList>,
+        errors: &[400],
+        query: &[
+            (
+                "state",
+                "created, funded, evidence_submitted, released, refunded, expired or all (`status` is accepted too)",
+            ),
+            ("limit", "1 to 500 (default 100)"),
+            ("cursor", "the previous page's next_cursor"),
+        ],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/harbor/operator/v1/intents/{intent_id}",
+        roles: "operator, tenant_admin, agent (read-only)",
+        summary: "One intent with its reservations, its decisions (outcome, reason codes, approval request; the latest 200) and the evidence submitted.",
+        request: None,
+        response: schema::<OperatorIntentDetail>,
+        errors: &[400, 404],
         query: &[],
     },
     RouteDoc {

@@ -13,8 +13,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use paybond_middleware_core::wire::{
-    ApprovalState, CompleteRequest, ErrorBody, EvidenceRequest, PreflightRequest, Principal,
-    SandboxBootstrapRequest, VerifyRequest,
+    ApprovalState, CompleteRequest, ErrorBody, EvidenceRequest, LifecycleStatus, PreflightRequest,
+    Principal, SandboxBootstrapRequest, VerifyRequest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -441,6 +441,62 @@ async fn list_approvals(
     json(&r)
 }
 
+async fn operator_intents(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Answer {
+    // `state`, or `status` as the Paybond CLI sends it.
+    let state = match q
+        .get("state")
+        .or_else(|| q.get("status"))
+        .map(String::as_str)
+    {
+        None | Some("" | "all") => None,
+        Some(name) => Some(
+            serde_json::from_value::<LifecycleStatus>(serde_json::Value::String(name.to_owned()))
+                .map_err(|_| {
+                fail(ApiError::bad_request(
+                    "invalid_query_parameter",
+                    format!(
+                        "state `{name}` is not created, funded, evidence_submitted, \
+                             released, refunded or expired"
+                    ),
+                ))
+            })?,
+        ),
+    };
+    let limit = number_param(
+        &q,
+        "limit",
+        100,
+        1..=u64::from(crate::engine::operator::MAX_INTENT_PAGE),
+    )?;
+    let query = crate::engine::operator::IntentQuery {
+        state,
+        limit: u32::try_from(limit).ok(),
+        cursor: q.get("cursor").cloned(),
+    };
+    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
+        e.operator_intents(p, &query)
+    })
+    .await?;
+    json(&r)
+}
+
+async fn operator_intent(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let id = uuid_param(&id, "intent_id")?;
+    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
+        e.operator_intent(p, id)
+    })
+    .await?;
+    json(&r)
+}
+
 async fn get_approval(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -620,6 +676,11 @@ fn router_with(engine: Arc<Engine>, body_timeout: Duration) -> Router {
         )
         .route("/harbor/intents", post(create_intent))
         .route("/harbor/intents/{intent_id}", get(get_intent))
+        .route("/harbor/operator/v1/intents", get(operator_intents))
+        .route(
+            "/harbor/operator/v1/intents/{intent_id}",
+            get(operator_intent),
+        )
         .route("/harbor/intents/{intent_id}/fund", post(fund_intent))
         .route("/harbor/intents/{intent_id}/evidence", post(evidence))
         .route("/v1/approvals", get(list_approvals))

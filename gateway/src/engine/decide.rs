@@ -619,19 +619,7 @@ impl Engine {
                 "deny"
             }
         };
-        tx.execute(
-            "INSERT INTO decisions (id, tenant_id, intent_id, outcome, response, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            args![
-                decision_id.to_string(),
-                call.tenant,
-                call.intent,
-                outcome,
-                serde_json::to_string(&result)?,
-                now
-            ],
-        )?;
-        ledger::append(
+        let seq = ledger::append(
             tx,
             call.tenant,
             &format!("decision.{outcome}"),
@@ -654,6 +642,20 @@ impl Engine {
                 "policy_digest": result.policy_digest,
             }),
             now,
+        )?;
+        // With its ledger position, which orders decisions made in the same millisecond.
+        tx.execute(
+            "INSERT INTO decisions (id, tenant_id, intent_id, outcome, response, created_ms, ledger_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            args![
+                decision_id.to_string(),
+                call.tenant,
+                call.intent,
+                outcome,
+                serde_json::to_string(&result)?,
+                now,
+                seq
+            ],
         )?;
         Ok(result)
     }

@@ -106,7 +106,7 @@ pub(crate) fn append(
     event: &str,
     payload: Value,
     at_ms: i64,
-) -> Result<(), ApiError> {
+) -> Result<u64, ApiError> {
     let LedgerTip {
         seq: prev_seq,
         hash: prev_hash,
@@ -121,7 +121,7 @@ pub(crate) fn append(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         args![tenant_id, seq, event, text, at_ms, prev_hash, hash],
     )?;
-    Ok(())
+    Ok(seq)
 }
 
 pub(crate) fn tip(tx: &dyn Tx, tenant_id: &str) -> Result<LedgerTip, ApiError> {

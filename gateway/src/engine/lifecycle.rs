@@ -46,7 +46,7 @@ pub struct ApprovalQuery {
 pub const MAX_APPROVAL_PAGE: u32 = 500;
 
 /// A cursor: the (creation time, id) of the last approval of a page.
-fn parse_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
+pub(crate) fn parse_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
     cursor
         .split_once('.')
         .and_then(|(ms, id)| Some((ms.parse().ok()?, Uuid::parse_str(id).ok()?.to_string())))
@@ -73,11 +73,11 @@ pub struct SweepReport {
     pub idempotency_keys_dropped: u64,
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
 }
 
-fn lifecycle(state: &str) -> LifecycleStatus {
+pub(crate) fn lifecycle(state: &str) -> LifecycleStatus {
     match state {
         "created" => LifecycleStatus::Created,
         "evidence_submitted" => LifecycleStatus::EvidenceSubmitted,
@@ -469,6 +469,21 @@ impl Engine {
                 args![intent_id.to_string(), new_state],
             )?;
         }
+        tx.execute(
+            "INSERT INTO evidence (id, tenant_id, intent_id, decision_id, operation, status,
+             cost_cents, predicate_passed, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            args![
+                Uuid::new_v4().to_string(),
+                principal.tenant_id,
+                intent_id.to_string(),
+                decision_id.as_deref(),
+                operation,
+                status,
+                cost,
+                i64::from(passed),
+                now
+            ],
+        )?;
         ledger::append(
             tx,
             &principal.tenant_id,

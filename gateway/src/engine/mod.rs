@@ -5,6 +5,7 @@ pub(crate) mod counters;
 pub(crate) mod decide;
 pub(crate) mod ledger;
 pub(crate) mod lifecycle;
+pub(crate) mod operator;
 
 pub use paybond_middleware_core::wire::EffectivePolicy;
 use std::collections::HashMap;
@@ -718,6 +719,7 @@ impl Engine {
                 json!({"org_policy_id": doc.name, "digest": digest}),
                 now,
             )
+            .map(drop)
         })
     }
 
@@ -1013,11 +1015,24 @@ pub(crate) fn require_role(principal: &Principal, roles: &[Role]) -> Result<(), 
     Err(ApiError::forbidden(
         "forbidden_role",
         format!(
-            "a {} key cannot do this; it needs a {} key",
-            role_name(principal.service_account_role),
-            names.join(" or ")
+            "this needs {} key; the request's key is {} key",
+            names
+                .iter()
+                .map(|n| article(n))
+                .collect::<Vec<_>>()
+                .join(" or "),
+            article(role_name(principal.service_account_role))
         ),
     ))
+}
+
+/// `an agent`, `an operator`, `a tenant_admin`.
+fn article(role: &str) -> String {
+    if role.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {role}")
+    } else {
+        format!("a {role}")
+    }
 }
 
 fn policy_refused(errors: &[paybond_policies::Diagnostic]) -> ApiError {

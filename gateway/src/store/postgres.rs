@@ -35,7 +35,32 @@ const POOL_SIZE: usize = 8;
 
 /// Schema migrations, applied in order once per database (under an advisory lock,
 /// so replicas starting together apply each exactly once).
-const MIGRATIONS: &[(i64, &str)] = &[(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, SCHEMA_V1),
+    (2, SCHEMA_V2),
+    (3, SCHEMA_V3),
+    (4, SCHEMA_V4),
+];
+
+/// Operator intent views: intents by time, decisions by intent (in ledger order),
+/// and submitted evidence.
+const SCHEMA_V4: &str = r"
+ALTER TABLE decisions ADD COLUMN ledger_seq BIGINT;
+CREATE INDEX intents_by_time ON intents (tenant_id, created_ms, id);
+CREATE INDEX decisions_by_intent ON decisions (intent_id, created_ms);
+CREATE TABLE evidence (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    intent_id TEXT NOT NULL,
+    decision_id TEXT,
+    operation TEXT,
+    status TEXT,
+    cost_cents BIGINT,
+    predicate_passed BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX evidence_by_intent ON evidence (intent_id, created_ms);
+";
 
 /// Approvals: who asked (hold limits per agent), whether the token was fetched,
 /// and indexes for the limits and for paging.

@@ -163,6 +163,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("reservations", "agent_subject", "TEXT"),
     ("approvals", "agent", "TEXT"),
     ("approvals", "token_fetched_ms", "INTEGER"),
+    ("decisions", "ledger_seq", "INTEGER"),
 ];
 
 /// Indexes over columns that [`ADDED_COLUMNS`] may have just added; approval
@@ -172,6 +173,20 @@ UPDATE approvals SET token = NULL WHERE token IS NOT NULL;
 CREATE INDEX IF NOT EXISTS approvals_by_agent ON approvals (tenant_id, agent, created_ms);
 CREATE INDEX IF NOT EXISTS approvals_by_intent ON approvals (intent_id, state);
 CREATE INDEX IF NOT EXISTS approvals_by_time ON approvals (tenant_id, created_ms, id);
+CREATE INDEX IF NOT EXISTS intents_by_time ON intents (tenant_id, created_ms, id);
+CREATE INDEX IF NOT EXISTS decisions_by_intent ON decisions (intent_id, created_ms);
+CREATE TABLE IF NOT EXISTS evidence (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    intent_id TEXT NOT NULL,
+    decision_id TEXT,
+    operation TEXT,
+    status TEXT,
+    cost_cents INTEGER,
+    predicate_passed INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evidence_by_intent ON evidence (intent_id, created_ms);
 ";
 
 /// Operations one commit of a file database takes at most, so that a steady stream

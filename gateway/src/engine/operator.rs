@@ -1,0 +1,398 @@
+//! Intents as operators see them (`/harbor/operator/v1/intents`): the tenant's
+//! intents page by page, and one intent with its reservations, decisions and
+//! evidence. Read-only, so an agent key of the tenant may read them too (the
+//! Paybond CLI's `intents list|get` call them with the agent key).
+
+use paybond_middleware_core::wire::{LifecycleStatus, Principal, Role, VerifyResult};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::engine::lifecycle::{lapsed_cents, lifecycle, parse_cursor, rfc3339};
+use crate::engine::{Engine, require_role};
+use crate::error::ApiError;
+use crate::store::{Tx, args};
+
+/// The largest page of intents.
+pub const MAX_INTENT_PAGE: u32 = 500;
+
+/// Decisions an intent's view lists at most (the latest).
+pub const MAX_INTENT_DECISIONS: u32 = 200;
+
+/// One intent in the operator's list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OperatorIntent {
+    /// The intent.
+    pub intent_id: Uuid,
+    /// `created`, `funded`, `evidence_submitted`, `released`, `refunded` or `expired`.
+    pub state: LifecycleStatus,
+    /// The same, under the name the Paybond CLI reads.
+    pub status: LifecycleStatus,
+    /// Operations it allows.
+    pub allowed_tools: Vec<String>,
+    /// Budget in cents.
+    pub budget_cents: u64,
+    /// The budget again, under the name the Paybond CLI reads.
+    pub amount_cents: u64,
+    /// Consumed so far.
+    pub consumed_cents: u64,
+    /// Held by open reservations (past-TTL ones left out).
+    pub reserved_cents: u64,
+    /// Budget left: neither consumed nor reserved.
+    pub remaining_cents: u64,
+    /// Reservations not yet finalized.
+    pub open_reservations: u64,
+    /// Currency.
+    pub currency: String,
+    /// Deadline (RFC 3339).
+    pub deadline: String,
+    /// Creation time (RFC 3339).
+    pub created_at: String,
+}
+
+/// `GET /harbor/operator/v1/intents`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OperatorIntentList {
+    /// Newest first.
+    pub intents: Vec<OperatorIntent>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A reservation of an intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ReservationView {
+    /// The allowed decision that made it.
+    pub decision_id: String,
+    /// The policy tool it is counted under.
+    pub tool: String,
+    /// The operation verified.
+    pub operation: String,
+    /// The vendor, when the call named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_id: Option<String>,
+    /// The sub-agent, when the call named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_subject: Option<String>,
+    /// Amount reserved.
+    pub amount_cents: u64,
+    /// Amount consumed, once finalized as consumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_cents: Option<u64>,
+    /// `open`, `consumed`, `released` or `expired`.
+    pub state: String,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
+    /// When it lapses unless finalized (RFC 3339).
+    pub expires_at: String,
+}
+
+/// A decision on an intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DecisionView {
+    /// The decision.
+    pub decision_id: String,
+    /// `allow`, `hold` or `deny`.
+    pub outcome: String,
+    /// Why.
+    pub reason_codes: Vec<String>,
+    /// The approval request of a hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_request_id: Option<Uuid>,
+    /// The policy version that decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u64>,
+    /// When (RFC 3339).
+    pub created_at: String,
+}
+
+/// Evidence submitted for an intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EvidenceView {
+    /// The decision it is for, when it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<String>,
+    /// The operation it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// The payload's `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The payload's `cost_cents`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_cents: Option<u64>,
+    /// Whether the evidence preset's predicate held.
+    pub predicate_passed: bool,
+    /// When (RFC 3339).
+    pub submitted_at: String,
+}
+
+/// `GET /harbor/operator/v1/intents/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OperatorIntentDetail {
+    /// The intent and its money.
+    #[serde(flatten)]
+    pub intent: OperatorIntent,
+    /// Every reservation, newest first.
+    pub reservations: Vec<ReservationView>,
+    /// Its decisions, newest first (the latest [`MAX_INTENT_DECISIONS`]).
+    pub decisions: Vec<DecisionView>,
+    /// Evidence submitted, newest first.
+    pub evidence: Vec<EvidenceView>,
+}
+
+/// What `GET /harbor/operator/v1/intents` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IntentQuery {
+    /// Only intents in this state.
+    pub state: Option<LifecycleStatus>,
+    /// At most this many (1 to [`MAX_INTENT_PAGE`]; default 100).
+    pub limit: Option<u32>,
+    /// Where the previous page ended (its `next_cursor`).
+    pub cursor: Option<String>,
+}
+
+/// The stored name of a state (its wire name).
+fn state_name(state: LifecycleStatus) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+const INTENT_COLUMNS: &str = "id, operations, budget_cents, currency, state, deadline_ms,
+    consumed_cents, reserved_cents, created_ms";
+
+type IntentRow = (String, String, u64, String, String, i64, u64, u64, i64);
+
+fn intent_row(r: &crate::store::Row) -> Result<IntentRow, ApiError> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+fn summary(tx: &dyn Tx, now: i64, row: IntentRow) -> Result<OperatorIntent, ApiError> {
+    let (id, ops, budget, currency, state, deadline, consumed, reserved, created) = row;
+    let open: u64 = tx.query_one(
+        "SELECT COUNT(*) FROM reservations WHERE intent_id = ?1 AND state = 'open' AND expires_ms > ?2",
+        args![id, now],
+        |r| r.get(0),
+    )?;
+    let reserved = reserved.saturating_sub(lapsed_cents(tx, &id, now)?);
+    let state = lifecycle(&state);
+    Ok(OperatorIntent {
+        intent_id: Uuid::parse_str(&id)
+            .map_err(|e| ApiError::internal(format_args!("stored intent id: {e}")))?,
+        state,
+        status: state,
+        allowed_tools: serde_json::from_str(&ops)?,
+        budget_cents: budget,
+        amount_cents: budget,
+        consumed_cents: consumed,
+        reserved_cents: reserved,
+        remaining_cents: budget.saturating_sub(consumed).saturating_sub(reserved),
+        open_reservations: open,
+        currency,
+        deadline: rfc3339(deadline),
+        created_at: rfc3339(created),
+    })
+}
+
+impl Engine {
+    /// `GET /harbor/operator/v1/intents`: the tenant's intents, newest first.
+    pub fn operator_intents(
+        &self,
+        principal: &Principal,
+        query: &IntentQuery,
+    ) -> Result<OperatorIntentList, ApiError> {
+        require_role(principal, &[Role::Operator, Role::TenantAdmin, Role::Agent])?;
+        let limit = query.limit.unwrap_or(100);
+        if !(1..=MAX_INTENT_PAGE).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "invalid_query_parameter",
+                format!("limit {limit} is not from 1 to {MAX_INTENT_PAGE}"),
+            ));
+        }
+        let (after_ms, after_id) = match query.cursor.as_deref() {
+            Some(c) => parse_cursor(c)?,
+            None => (i64::MAX, String::new()),
+        };
+        let state = query.state.map(state_name);
+        let sql = format!(
+            "SELECT {INTENT_COLUMNS} FROM intents WHERE tenant_id = ?1
+             AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
+             AND (created_ms < ?3 OR (created_ms = ?3 AND id < ?4))
+             ORDER BY created_ms DESC, id DESC LIMIT ?5"
+        );
+        self.tx_in(&principal.tenant_id, |tx, now| {
+            let mut rows: Vec<IntentRow> = tx.query_map(
+                &sql,
+                args![
+                    principal.tenant_id,
+                    state,
+                    after_ms,
+                    after_id,
+                    i64::from(limit) + 1
+                ],
+                intent_row,
+            )?;
+            let more = rows.len() > limit as usize;
+            rows.truncate(limit as usize);
+            let next_cursor = more
+                .then(|| rows.last().map(|r| format!("{}.{}", r.8, r.0)))
+                .flatten();
+            let intents = rows
+                .into_iter()
+                .map(|row| summary(tx, now, row))
+                .collect::<Result<_, _>>()?;
+            Ok(OperatorIntentList {
+                intents,
+                next_cursor,
+            })
+        })
+    }
+
+    /// `GET /harbor/operator/v1/intents/{id}`: one intent with its reservations,
+    /// decisions and evidence.
+    pub fn operator_intent(
+        &self,
+        principal: &Principal,
+        intent_id: Uuid,
+    ) -> Result<OperatorIntentDetail, ApiError> {
+        require_role(principal, &[Role::Operator, Role::TenantAdmin, Role::Agent])?;
+        let id = intent_id.to_string();
+        self.tx_in(&principal.tenant_id, |tx, now| {
+            let row = tx
+                .query_opt(
+                    &format!(
+                        "SELECT {INTENT_COLUMNS} FROM intents WHERE id = ?1 AND tenant_id = ?2"
+                    ),
+                    args![id, principal.tenant_id],
+                    intent_row,
+                )?
+                .ok_or_else(|| {
+                    ApiError::not_found("intent_not_found", "no such intent for this tenant")
+                })?;
+            let intent = summary(tx, now, row)?;
+            type ReservationRow = (
+                String,
+                String,
+                String,
+                Option<String>,
+                Option<String>,
+                u64,
+                Option<u64>,
+                String,
+                i64,
+                i64,
+            );
+            let reservations = tx.query_map(
+                "SELECT r.id, r.tool, r.operation, r.vendor, r.agent_subject, r.amount_cents,
+                     r.actual_cents, r.state, r.created_ms, r.expires_ms
+                 FROM reservations r LEFT JOIN decisions d ON d.id = r.id
+                 WHERE r.intent_id = ?1
+                 ORDER BY r.created_ms DESC, d.ledger_seq DESC, r.id DESC",
+                args![id],
+                |r| {
+                    let row: ReservationRow = (
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                        r.get(9)?,
+                    );
+                    let (
+                        decision_id,
+                        tool,
+                        operation,
+                        vendor_id,
+                        agent_subject,
+                        amount,
+                        actual,
+                        state,
+                        created,
+                        expires,
+                    ) = row;
+                    // A reservation past its TTL is expired, whether or not the sweep
+                    // has marked it yet.
+                    let state = if state == "open" && expires <= now {
+                        "expired".to_owned()
+                    } else {
+                        state
+                    };
+                    Ok(ReservationView {
+                        decision_id,
+                        tool,
+                        operation,
+                        vendor_id,
+                        agent_subject,
+                        amount_cents: amount,
+                        actual_cents: actual,
+                        state,
+                        created_at: rfc3339(created),
+                        expires_at: rfc3339(expires),
+                    })
+                },
+            )?;
+            let decisions = tx.query_map(
+                "SELECT id, outcome, response, created_ms FROM decisions
+                 WHERE intent_id = ?1 AND tenant_id = ?2
+                 ORDER BY created_ms DESC, ledger_seq DESC, id DESC LIMIT ?3",
+                args![id, principal.tenant_id, i64::from(MAX_INTENT_DECISIONS)],
+                |r| {
+                    let (decision_id, outcome, response, created): (String, String, String, i64) =
+                        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                    let answer: Option<VerifyResult> = serde_json::from_str(&response).ok();
+                    Ok(DecisionView {
+                        decision_id,
+                        outcome,
+                        reason_codes: answer
+                            .as_ref()
+                            .map(|a| a.reason_codes.clone())
+                            .unwrap_or_default(),
+                        approval_request_id: answer.as_ref().and_then(|a| a.approval_request_id),
+                        policy_version: answer.as_ref().and_then(|a| a.policy_version),
+                        created_at: rfc3339(created),
+                    })
+                },
+            )?;
+            let evidence = tx.query_map(
+                "SELECT decision_id, operation, status, cost_cents, predicate_passed, created_ms
+                 FROM evidence WHERE intent_id = ?1 AND tenant_id = ?2
+                 ORDER BY created_ms DESC, id DESC",
+                args![id, principal.tenant_id],
+                |r| {
+                    let passed: i64 = r.get(4)?;
+                    let created: i64 = r.get(5)?;
+                    Ok(EvidenceView {
+                        decision_id: r.get(0)?,
+                        operation: r.get(1)?,
+                        status: r.get(2)?,
+                        cost_cents: r.get(3)?,
+                        predicate_passed: passed != 0,
+                        submitted_at: rfc3339(created),
+                    })
+                },
+            )?;
+            Ok(OperatorIntentDetail {
+                intent,
+                reservations,
+                decisions,
+                evidence,
+            })
+        })
+    }
+}
