@@ -9,6 +9,7 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 mod dev;
 mod envfile;
+mod kit;
 mod ops;
 mod output;
 mod policy;
@@ -42,6 +43,17 @@ enum Command {
     /// Check the hash-chained ledger.
     #[command(subcommand)]
     Ledger(ops::LedgerCommand),
+    /// Who the agent key is: tenant, environment, role.
+    Whoami,
+    /// Sandbox guardrails: a funded intent and its token, evidence of a call.
+    #[command(subcommand)]
+    Guardrails(kit::GuardrailsCommand),
+    /// Authorize a call, or ask what is left and why a call would pass or not.
+    #[command(subcommand)]
+    Spend(kit::SpendCommand),
+    /// The tenant's intents and their history.
+    #[command(subcommand)]
+    Intents(kit::IntentsCommand),
     /// Print a shell completion script: `paybond completions bash > ~/.local/share/bash-completion/completions/paybond`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -185,6 +197,10 @@ fn main() -> ExitCode {
         Command::Dev(cmd) => dev::run(cmd, &cli.global),
         Command::Approvals(cmd) => ops::approvals(cmd, &cli.global),
         Command::Ledger(cmd) => ops::ledger(cmd, &cli.global),
+        Command::Whoami => kit::whoami(&cli.global),
+        Command::Guardrails(cmd) => kit::guardrails(cmd, &cli.global),
+        Command::Spend(cmd) => kit::spend(cmd, &cli.global),
+        Command::Intents(cmd) => kit::intents(cmd, &cli.global),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(

@@ -57,17 +57,27 @@ pub(crate) enum LedgerCommand {
     },
 }
 
-struct Target {
+pub(crate) struct Target {
     url: String,
     key: String,
 }
 
 fn target(remote: &Global) -> Result<Target, Outcome> {
+    target_with(remote, "PAYBOND_OPERATOR_API_KEY", "an operator key")
+}
+
+/// The gateway URL (`--gateway`, else `PAYBOND_GATEWAY_URL` from the environment or
+/// the env file) and the key in `key_var`.
+pub(crate) fn target_with(
+    remote: &Global,
+    key_var: &str,
+    key_name: &str,
+) -> Result<Target, Outcome> {
     let url = remote
         .gateway
         .clone()
         .or_else(|| envfile::lookup("PAYBOND_GATEWAY_URL", &remote.env_file));
-    let key = envfile::lookup("PAYBOND_OPERATOR_API_KEY", &remote.env_file);
+    let key = envfile::lookup(key_var, &remote.env_file);
     match (url, key) {
         (Some(url), Some(key)) => Ok(Target {
             url: url.trim_end_matches('/').to_owned(),
@@ -78,8 +88,9 @@ fn target(remote: &Global) -> Result<Target, Outcome> {
             if url.is_none() {
                 missing.push("a gateway URL (--gateway or PAYBOND_GATEWAY_URL)");
             }
+            let key_missing = format!("{key_name} ({key_var})");
             if key.is_none() {
-                missing.push("an operator key (PAYBOND_OPERATOR_API_KEY)");
+                missing.push(&key_missing);
             }
             Err(output::fail(Failure::new(
                 Category::Environment,
@@ -96,23 +107,34 @@ fn target(remote: &Global) -> Result<Target, Outcome> {
 
 /// Sends one request; answers the JSON body, or prints the error and the exit code.
 fn send(t: &Target, method: reqwest::Method, path: &str) -> Result<Value, Outcome> {
+    send_json(t, method, path, None)
+}
+
+/// [`send`] with a JSON body.
+pub(crate) fn send_json(
+    t: &Target,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, Outcome> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| usage_error(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
-        let response = reqwest::Client::new()
+        let mut request = reqwest::Client::new()
             .request(method, format!("{}{path}", t.url))
-            .bearer_auth(&t.key)
-            .send()
-            .await
-            .map_err(|e| {
-                output::fail(Failure::new(
-                    Category::Environment,
-                    "gateway_unreachable",
-                    format!("cannot reach the gateway at {}: {e}", t.url),
-                ))
-            })?;
+            .bearer_auth(&t.key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| {
+            output::fail(Failure::new(
+                Category::Environment,
+                "gateway_unreachable",
+                format!("cannot reach the gateway at {}: {e}", t.url),
+            ))
+        })?;
         let status = response.status();
         let text = response.text().await.map_err(|e| {
             output::fail(Failure::new(
@@ -161,11 +183,14 @@ fn print_status(a: &ApprovalStatus) {
     );
 }
 
-fn redact_tokens(v: &mut Value) {
+/// Replaces every capability or approval token in `v` with `[redacted]`.
+pub(crate) fn redact_tokens(v: &mut Value) {
     match v {
         Value::Object(map) => {
             for (k, child) in map.iter_mut() {
-                if k == "approval_token" && child.is_string() {
+                if matches!(k.as_str(), "approval_token" | "capability_token" | "token")
+                    && child.is_string()
+                {
                     *child = Value::String("[redacted]".to_owned());
                 } else {
                     redact_tokens(child);

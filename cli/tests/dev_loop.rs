@@ -778,3 +778,108 @@ fn a_restart_keeps_a_published_policy_and_a_named_file_follows_its_base() {
     );
     drop(gw);
 }
+
+#[test]
+fn the_agent_commands_a_paybond_cli_user_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), &[]);
+    let keys = env(dir.path());
+    let json = |args: &[&str]| -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--format", "json"]);
+        let (code, out, err) = paybond_in(dir.path(), &all);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        for secret in [&keys["PAYBOND_API_KEY"], &keys["PAYBOND_OPERATOR_API_KEY"]] {
+            assert!(!out.contains(secret.as_str()) && !err.contains(secret.as_str()));
+        }
+        assert!(!out.contains("paybond_cap"), "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["ok"], true, "{out}");
+        v["data"].clone()
+    };
+    let me = json(&["whoami"]);
+    assert_eq!(me["tenant_id"], keys["PAYBOND_TENANT_ID"].as_str());
+    assert_eq!(me["service_account_role"], "agent");
+
+    let boot = json(&[
+        "guardrails",
+        "bootstrap",
+        "--operation",
+        "travel.book_hotel",
+        "--requested-spend-cents",
+        "50000",
+    ]);
+    assert_eq!(boot["capability_token"], "[redacted]");
+    let intent = boot["intent_id"].as_str().unwrap().to_owned();
+
+    let left = json(&["spend", "budget-remaining", "--intent-id", &intent]);
+    assert_eq!(left["remaining_cents"], 50_000, "{left}");
+    let why = json(&[
+        "spend",
+        "explain-policy",
+        "--intent-id",
+        &intent,
+        "--operation",
+        "travel.book_hotel",
+        "--requested-spend-cents",
+        "25000",
+    ]);
+    assert_eq!(why["outcome"], "deny", "{why}");
+    let last = why["checks"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["name"], "per_call_cap", "{why}");
+    let (code, table, _) = paybond_in(
+        dir.path(),
+        &[
+            "spend",
+            "explain-policy",
+            "--intent-id",
+            &intent,
+            "--operation",
+            "travel.book_hotel",
+            "--requested-spend-cents",
+            "25000",
+        ],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("outcome: deny") && table.contains("per_call_cap"),
+        "{table}"
+    );
+
+    let list = json(&["intents", "list"]);
+    assert_eq!(list["intents"][0]["intent_id"], intent.as_str(), "{list}");
+    let (code, shown, _) = paybond_in(dir.path(), &["intents", "get", &intent]);
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains("budget_cents: 500.00 USD"), "{shown}");
+
+    // Evidence from a file; a file that is not JSON is refused at its line.
+    std::fs::write(dir.path().join("bad.json"), "{\n  \"payload\": oops\n}\n").unwrap();
+    let (code, _, err) = paybond_in(
+        dir.path(),
+        &[
+            "guardrails",
+            "evidence",
+            "--intent-id",
+            &intent,
+            "--body",
+            "bad.json",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.json:2:"), "{err}");
+    std::fs::write(
+        dir.path().join("evidence.json"),
+        r#"{"payload": {"status": "completed", "cost_cents": 100}, "operation": "travel.book_hotel"}"#,
+    )
+    .unwrap();
+    let evidence = json(&[
+        "guardrails",
+        "evidence",
+        "--intent-id",
+        &intent,
+        "--body",
+        "evidence.json",
+    ]);
+    assert_eq!(evidence["operation"], "travel.book_hotel", "{evidence}");
+    drop(gw);
+}
