@@ -15,8 +15,9 @@ use crate::gateway::{GatewayError, SpendGateway};
 use crate::secret::{ApiKey, redact};
 use crate::wire::{
     ApprovalStatus, CompleteRequest, CompleteResponse, CreateIntentRequest, EffectivePolicy,
-    Environment, ErrorBody, EvidenceRequest, EvidenceResponse, IntentView, Principal,
-    SandboxBootstrapRequest, SandboxBootstrapResponse, VerifyRequest, VerifyResult,
+    Environment, ErrorBody, EvidenceRequest, EvidenceResponse, IntentView, OperatorIntentDetail,
+    OperatorIntentList, PreflightRequest, PreflightResult, Principal, SandboxBootstrapRequest,
+    SandboxBootstrapResponse, VerifyRequest, VerifyResult,
 };
 
 /// How failed requests are retried.
@@ -385,6 +386,93 @@ impl HttpGateway {
             .await?;
         check_echo("create_intent", "tenant", &tenant, &response.tenant)?;
         Ok(response)
+    }
+
+    /// `POST /v1/spend/preflight`: what verify would decide for a call now, and every
+    /// check behind it; nothing is reserved or recorded. Operation `*`: the intent's
+    /// budget only.
+    pub async fn preflight(
+        &self,
+        request: &PreflightRequest,
+    ) -> Result<PreflightResult, GatewayError> {
+        let secret = request
+            .approval_token
+            .as_ref()
+            .map_or("", |t| t.expose_secret());
+        self.send(Call {
+            operation: "preflight",
+            method: Method::POST,
+            path: "/v1/spend/preflight".to_owned(),
+            body: Some(request),
+            idempotency_key: None,
+            with_tenant: true,
+            extra_secrets: &[secret],
+        })
+        .await
+    }
+
+    /// `GET /harbor/operator/v1/intents`: the tenant's intents, newest first.
+    /// `state` filters (`funded`, `released`, ...); `cursor` is a previous page's
+    /// `next_cursor`.
+    pub async fn list_intents(
+        &self,
+        state: Option<&str>,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<OperatorIntentList, GatewayError> {
+        let mut query = Vec::new();
+        for (name, value) in [
+            ("state", state.map(str::to_owned)),
+            ("limit", limit.map(|l| l.to_string())),
+            ("cursor", cursor.map(str::to_owned)),
+        ] {
+            if let Some(v) = value {
+                // The values are state names, numbers and cursors (`ms.uuid`):
+                // nothing to escape but a stray `&` or `#`.
+                query.push(format!("{name}={}", v.replace(['&', '#', ' '], "")));
+            }
+        }
+        let path = if query.is_empty() {
+            "/harbor/operator/v1/intents".to_owned()
+        } else {
+            format!("/harbor/operator/v1/intents?{}", query.join("&"))
+        };
+        self.send(Call::<()> {
+            operation: "list_intents",
+            method: Method::GET,
+            path,
+            body: None,
+            idempotency_key: None,
+            with_tenant: true,
+            extra_secrets: &[],
+        })
+        .await
+    }
+
+    /// `GET /harbor/operator/v1/intents/{id}`: one intent with its reservations,
+    /// decisions and evidence.
+    pub async fn intent_history(
+        &self,
+        intent_id: Uuid,
+    ) -> Result<OperatorIntentDetail, GatewayError> {
+        let detail: OperatorIntentDetail = self
+            .send(Call::<()> {
+                operation: "intent_history",
+                method: Method::GET,
+                path: format!("/harbor/operator/v1/intents/{intent_id}"),
+                body: None,
+                idempotency_key: None,
+                with_tenant: true,
+                extra_secrets: &[],
+            })
+            .await?;
+        check_echo(
+            "intent_history",
+            "intent_id",
+            &intent_id.to_string(),
+            &detail.intent.intent_id.to_string(),
+        )?;
+        Ok(detail)
     }
 
     async fn tenant(&self) -> Result<String, GatewayError> {

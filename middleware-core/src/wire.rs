@@ -607,3 +607,126 @@ pub struct PreflightResult {
     #[serde(default)]
     pub checks: Vec<PolicyCheck>,
 }
+
+/// One intent in the operator's list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OperatorIntent {
+    /// The intent.
+    pub intent_id: Uuid,
+    /// `created`, `funded`, `evidence_submitted`, `released`, `refunded` or `expired`.
+    pub state: LifecycleStatus,
+    /// The same, under the name the Paybond CLI reads.
+    pub status: LifecycleStatus,
+    /// Operations it allows.
+    pub allowed_tools: Vec<String>,
+    /// Budget in cents.
+    pub budget_cents: u64,
+    /// The budget again, under the name the Paybond CLI reads.
+    pub amount_cents: u64,
+    /// Consumed so far.
+    pub consumed_cents: u64,
+    /// Held by open reservations (past-TTL ones left out).
+    pub reserved_cents: u64,
+    /// Budget left: neither consumed nor reserved.
+    pub remaining_cents: u64,
+    /// Reservations not yet finalized.
+    pub open_reservations: u64,
+    /// Currency.
+    pub currency: String,
+    /// Deadline (RFC 3339).
+    pub deadline: String,
+    /// Creation time (RFC 3339).
+    pub created_at: String,
+}
+
+/// `GET /harbor/operator/v1/intents`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OperatorIntentList {
+    /// Newest first.
+    pub intents: Vec<OperatorIntent>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A reservation of an intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReservationView {
+    /// The allowed decision that made it.
+    pub decision_id: String,
+    /// The policy tool it is counted under.
+    pub tool: String,
+    /// The operation verified.
+    pub operation: String,
+    /// The vendor, when the call named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_id: Option<String>,
+    /// The sub-agent, when the call named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_subject: Option<String>,
+    /// Amount reserved.
+    pub amount_cents: u64,
+    /// Amount consumed, once finalized as consumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_cents: Option<u64>,
+    /// `open`, `consumed`, `released` or `expired`.
+    pub state: String,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
+    /// When it lapses unless finalized (RFC 3339).
+    pub expires_at: String,
+}
+
+/// A decision on an intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DecisionView {
+    /// The decision.
+    pub decision_id: String,
+    /// `allow`, `hold` or `deny`.
+    pub outcome: String,
+    /// Why.
+    pub reason_codes: Vec<String>,
+    /// The approval request of a hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_request_id: Option<Uuid>,
+    /// The policy version that decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u64>,
+    /// When (RFC 3339).
+    pub created_at: String,
+}
+
+/// Evidence submitted for an intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EvidenceView {
+    /// The decision it is for, when it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<String>,
+    /// The operation it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// The payload's `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The payload's `cost_cents`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_cents: Option<u64>,
+    /// Whether the evidence preset's predicate held.
+    pub predicate_passed: bool,
+    /// When (RFC 3339).
+    pub submitted_at: String,
+}
+
+/// `GET /harbor/operator/v1/intents/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OperatorIntentDetail {
+    /// The intent and its money.
+    #[serde(flatten)]
+    pub intent: OperatorIntent,
+    /// Every reservation, newest first.
+    pub reservations: Vec<ReservationView>,
+    /// Its decisions, newest first (the latest 200).
+    pub decisions: Vec<DecisionView>,
+    /// Evidence submitted, newest first.
+    pub evidence: Vec<EvidenceView>,
+}

@@ -1,21 +1,25 @@
-//! The Paybond tools over MCP (`paybond-mcp-server`): bootstrap a sandbox guardrail,
-//! authorize agent spend, complete a decision, read an approval's status.
+//! The Paybond tools over MCP (`paybond-mcp-server`), named as the Paybond Kit's:
+//! the principal, a sandbox guardrail, authorize and complete spend, the budget
+//! left and why a call would pass (preflight), evidence, intents, approvals.
 //!
-//! With [`ToolPolicy::ReadOnly`] only `approval_status` is listed and callable: no
-//! tool that creates intents, reservations or settlements.
+//! Each tool carries MCP annotations (`readOnlyHint`, `destructiveHint`).
+//! [`ToolPolicy::ReadOnly`] lists and allows only the read-only tools;
+//! [`ToolPolicy::SpendWrite`] (the default) everything not destructive;
+//! [`ToolPolicy::Allowlist`] exactly the tools named.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use paybond_middleware_core::wire::{
-    CompleteRequest, Finalization, SandboxBootstrapRequest, VerifyRequest,
+    CompleteRequest, EvidenceRequest, Finalization, PreflightRequest, SandboxBootstrapRequest,
+    VerifyRequest,
 };
 use paybond_middleware_core::{
     ApprovalToken, CapabilityToken, FeedbackStatus, HttpGateway, SpendGateway,
 };
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
-    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::service::{MaybeSendFuture, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -25,12 +29,63 @@ use uuid::Uuid;
 use crate::{schema_object, to_result};
 
 /// Which tools the server exposes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToolPolicy {
-    /// Every tool.
-    Default,
-    /// Only `approval_status`: nothing that moves or reserves money.
+    /// Everything but tools annotated destructive (the default; none of this
+    /// server's sandbox tools moves live money). `default` is accepted as its name.
+    SpendWrite,
+    /// Only the tools annotated read-only: nothing that creates intents, reserves or
+    /// settles.
     ReadOnly,
+    /// Exactly these tools.
+    Allowlist(Vec<String>),
+}
+
+impl ToolPolicy {
+    /// `readonly`, `spend-write` (or `default`) or `allowlist` with its tools
+    /// (comma-separated); an unknown policy or tool name is an error naming it.
+    pub fn parse(name: &str, allowlist: Option<&str>) -> Result<Self, String> {
+        match name {
+            "readonly" | "read-only" => Ok(Self::ReadOnly),
+            "spend-write" | "default" => Ok(Self::SpendWrite),
+            "allowlist" => {
+                let names: Vec<String> = allowlist
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if names.is_empty() {
+                    return Err(
+                        "--tool-policy allowlist needs --tool-allowlist a,b (or PAYBOND_MCP_TOOL_ALLOWLIST)"
+                            .to_owned(),
+                    );
+                }
+                if let Some(unknown) = names
+                    .iter()
+                    .find(|n| !TOOLS.iter().any(|t| t.name == n.as_str()))
+                {
+                    return Err(format!(
+                        "--tool-allowlist: no tool `{unknown}`; the tools are {}",
+                        TOOLS.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                Ok(Self::Allowlist(names))
+            }
+            other => Err(format!(
+                "--tool-policy is readonly, spend-write or allowlist, not `{other}`"
+            )),
+        }
+    }
+
+    fn allows(&self, tool: &ToolSpec) -> bool {
+        match self {
+            Self::SpendWrite => !tool.destructive,
+            Self::ReadOnly => tool.read_only,
+            Self::Allowlist(names) => names.iter().any(|n| n == tool.name),
+        }
+    }
 }
 
 /// The packaged Paybond MCP server over an HTTP gateway.
@@ -40,52 +95,150 @@ pub struct PaybondToolsServer {
     policy: ToolPolicy,
 }
 
-const MUTATING: [&str; 3] = [
-    "bootstrap_sandbox_guardrail",
-    "authorize_agent_spend",
-    "complete_decision",
+/// One tool: its name, what it does, whether it only reads, and its arguments.
+struct ToolSpec {
+    name: &'static str,
+    description: &'static str,
+    read_only: bool,
+    destructive: bool,
+    schema: fn() -> Value,
+}
+
+/// Every tool, in the order they are listed.
+const TOOLS: &[ToolSpec] = &[
+    ToolSpec {
+        name: "paybond_get_principal",
+        description: "Who the API key is: tenant, environment (sandbox or live), role.",
+        read_only: true,
+        destructive: false,
+        schema: || json!({"type": "object", "properties": {}}),
+    },
+    ToolSpec {
+        name: "paybond_bootstrap_sandbox_guardrail",
+        description: "Create a funded sandbox intent (budget = requested_spend_cents, one operation) and get its capability token.",
+        read_only: false,
+        destructive: false,
+        schema: || {
+            json!({"type": "object", "required": ["operation", "requested_spend_cents"], "properties": {
+            "operation": {"type": "string"},
+            "requested_spend_cents": {"type": "integer", "minimum": 1},
+            "currency": {"type": "string"}}})
+        },
+    },
+    ToolSpec {
+        name: "paybond_authorize_agent_spend",
+        description: "Ask whether a paid call may run: allow (reserves the amount), hold for approval, or deny. Run the call only when allow is true.",
+        read_only: false,
+        destructive: false,
+        schema: || {
+            json!({"type": "object", "required": ["intent_id", "capability_token", "operation", "requested_spend_cents"], "properties": {
+            "intent_id": {"type": "string", "format": "uuid"},
+            "capability_token": {"type": "string"},
+            "operation": {"type": "string"},
+            "requested_spend_cents": {"type": "integer", "minimum": 0},
+            "vendor_id": {"type": "string"},
+            "tool_name": {"type": "string"},
+            "approval_token": {"type": "string"}}})
+        },
+    },
+    ToolSpec {
+        name: "paybond_complete_spend_decision",
+        description: "Settle an allowed decision: consumed (with the actual cost) or released.",
+        read_only: false,
+        destructive: false,
+        schema: || {
+            json!({"type": "object", "required": ["decision_id", "outcome"], "properties": {
+            "decision_id": {"type": "string", "format": "uuid"},
+            "outcome": {"type": "string", "enum": ["consumed", "released"]},
+            "actual_spend_cents": {"type": "integer", "minimum": 0}}})
+        },
+    },
+    ToolSpec {
+        name: "paybond_get_budget_remaining",
+        description: "What an intent has left to spend (a preflight: nothing is reserved or recorded).",
+        read_only: true,
+        destructive: false,
+        schema: || {
+            json!({"type": "object", "required": ["intent_id"], "properties": {
+            "intent_id": {"type": "string", "format": "uuid"},
+            "operation": {"type": "string", "description": "default `*`: the intent's budget only"},
+            "requested_spend_cents": {"type": "integer", "minimum": 0}}})
+        },
+    },
+    ToolSpec {
+        name: "paybond_explain_policy",
+        description: "Whether a call would be allowed, held for approval or denied, and why: every check with its inputs (a preflight: nothing is reserved or recorded).",
+        read_only: true,
+        destructive: false,
+        schema: || {
+            json!({"type": "object", "required": ["intent_id", "operation"], "properties": {
+            "intent_id": {"type": "string", "format": "uuid"},
+            "operation": {"type": "string"},
+            "requested_spend_cents": {"type": "integer", "minimum": 0},
+            "vendor_id": {"type": "string"},
+            "tool_name": {"type": "string"}}})
+        },
+    },
+    ToolSpec {
+        name: "paybond_submit_sandbox_guardrail_evidence",
+        description: "Submit evidence of what an allowed call did (payload status and cost_cents; metadata.decision_id names the decision).",
+        read_only: false,
+        destructive: false,
+        schema: || {
+            json!({"type": "object", "required": ["intent_id", "payload"], "properties": {
+            "intent_id": {"type": "string", "format": "uuid"},
+            "payload": {"type": "object"},
+            "operation": {"type": "string"},
+            "metadata": {"type": "object"}}})
+        },
+    },
+    ToolSpec {
+        name: "paybond_get_intent",
+        description: "One intent: budget, consumed, reserved, its reservations, decisions and evidence.",
+        read_only: true,
+        destructive: false,
+        schema: || {
+            json!({"type": "object", "required": ["intent_id"], "properties": {
+            "intent_id": {"type": "string", "format": "uuid"}}})
+        },
+    },
+    ToolSpec {
+        name: "paybond_list_intents",
+        description: "The tenant's intents, newest first.",
+        read_only: true,
+        destructive: false,
+        schema: || {
+            json!({"type": "object", "properties": {
+            "status": {"type": "string"},
+            "limit": {"type": "integer", "minimum": 1, "maximum": 500},
+            "cursor": {"type": "string"}}})
+        },
+    },
+    ToolSpec {
+        name: "paybond_get_approval_status",
+        description: "Where an approval request stands; carries the approval token once approved.",
+        read_only: true,
+        destructive: false,
+        schema: || {
+            json!({"type": "object", "required": ["approval_request_id"], "properties": {
+            "approval_request_id": {"type": "string", "format": "uuid"}}})
+        },
+    },
 ];
 
-fn tools(policy: ToolPolicy) -> Vec<Tool> {
-    let all = [
-        (
-            "bootstrap_sandbox_guardrail",
-            "Create a funded sandbox intent (budget = requested_spend_cents, one operation) and get its capability token.",
-            json!({"type": "object", "required": ["operation", "requested_spend_cents"], "properties": {
-                "operation": {"type": "string"},
-                "requested_spend_cents": {"type": "integer", "minimum": 1},
-                "currency": {"type": "string"}}}),
-        ),
-        (
-            "authorize_agent_spend",
-            "Ask whether a paid call may run: allow (reserves the amount), hold for approval, or deny.",
-            json!({"type": "object", "required": ["intent_id", "capability_token", "operation", "requested_spend_cents"], "properties": {
-                "intent_id": {"type": "string", "format": "uuid"},
-                "capability_token": {"type": "string"},
-                "operation": {"type": "string"},
-                "requested_spend_cents": {"type": "integer", "minimum": 0},
-                "vendor_id": {"type": "string"},
-                "tool_name": {"type": "string"},
-                "approval_token": {"type": "string"}}}),
-        ),
-        (
-            "complete_decision",
-            "Settle an allowed decision: consumed (with the actual cost) or released.",
-            json!({"type": "object", "required": ["decision_id", "outcome"], "properties": {
-                "decision_id": {"type": "string", "format": "uuid"},
-                "outcome": {"type": "string", "enum": ["consumed", "released"]},
-                "actual_spend_cents": {"type": "integer", "minimum": 0}}}),
-        ),
-        (
-            "approval_status",
-            "Where an approval request stands; carries the approval token once approved.",
-            json!({"type": "object", "required": ["approval_request_id"], "properties": {
-                "approval_request_id": {"type": "string", "format": "uuid"}}}),
-        ),
-    ];
-    all.into_iter()
-        .filter(|(name, ..)| policy == ToolPolicy::Default || !MUTATING.contains(name))
-        .map(|(name, description, schema)| Tool::new(name, description, schema_object(&schema)))
+fn tools(policy: &ToolPolicy) -> Vec<Tool> {
+    TOOLS
+        .iter()
+        .filter(|t| policy.allows(t))
+        .map(|t| {
+            Tool::new(t.name, t.description, schema_object(&(t.schema)())).with_annotations(
+                ToolAnnotations::new()
+                    .read_only(t.read_only)
+                    .destructive(t.destructive)
+                    .idempotent(t.read_only)
+                    .open_world(false),
+            )
+        })
         .collect()
 }
 
@@ -133,16 +286,23 @@ impl PaybondToolsServer {
     }
 
     async fn call(&self, name: &str, args: &Value) -> Result<Value, Value> {
-        if self.policy == ToolPolicy::ReadOnly && MUTATING.contains(&name) {
+        let Some(spec) = TOOLS.iter().find(|t| t.name == name) else {
+            return Err(blocked("unknown_tool", format!("no tool `{name}`")));
+        };
+        if !self.policy.allows(spec) {
             return Err(blocked(
                 "tool_not_available",
-                "this server runs with --tool-policy readonly",
+                format!("`{name}` is not available under this server's --tool-policy"),
             ));
         }
         let refused =
             |e: paybond_middleware_core::GatewayError| blocked("gateway_error", e.to_string());
         match name {
-            "bootstrap_sandbox_guardrail" => {
+            "paybond_get_principal" => {
+                let r = self.gateway.principal().await.map_err(refused)?;
+                serde_json::to_value(r).map_err(|e| blocked("internal", e.to_string()))
+            }
+            "paybond_bootstrap_sandbox_guardrail" => {
                 let r = self
                     .gateway
                     .bootstrap_sandbox(&SandboxBootstrapRequest {
@@ -157,7 +317,7 @@ impl PaybondToolsServer {
                     .map_err(refused)?;
                 serde_json::to_value(r).map_err(|e| blocked("internal", e.to_string()))
             }
-            "authorize_agent_spend" => {
+            "paybond_authorize_agent_spend" => {
                 let r = self
                     .gateway
                     .verify(&VerifyRequest {
@@ -181,7 +341,7 @@ impl PaybondToolsServer {
                     .map_err(refused)?;
                 serde_json::to_value(r).map_err(|e| blocked("internal", e.to_string()))
             }
-            "complete_decision" => {
+            "paybond_complete_spend_decision" => {
                 let decision = parse_uuid(&text(args, "decision_id")?)
                     .ok_or_else(|| blocked("invalid_arguments", "`decision_id` is not a UUID"))?;
                 let outcome = match text(args, "outcome")?.as_str() {
@@ -211,11 +371,80 @@ impl PaybondToolsServer {
                     .map_err(refused)?;
                 serde_json::to_value(r).map_err(|e| blocked("internal", e.to_string()))
             }
-            "approval_status" => {
+            "paybond_get_approval_status" => {
                 let id = parse_uuid(&text(args, "approval_request_id")?).ok_or_else(|| {
                     blocked("invalid_arguments", "`approval_request_id` is not a UUID")
                 })?;
                 let r = self.gateway.approval_status(id).await.map_err(refused)?;
+                serde_json::to_value(r).map_err(|e| blocked("internal", e.to_string()))
+            }
+            "paybond_get_budget_remaining" | "paybond_explain_policy" => {
+                let intent_id = parse_uuid(&text(args, "intent_id")?)
+                    .ok_or_else(|| blocked("invalid_arguments", "`intent_id` is not a UUID"))?;
+                let r = self
+                    .gateway
+                    .preflight(&PreflightRequest {
+                        intent_id,
+                        operation: opt_text(args, "operation").unwrap_or_else(|| "*".to_owned()),
+                        requested_spend_cents: args
+                            .get("requested_spend_cents")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(0),
+                        vendor_id: opt_text(args, "vendor_id"),
+                        tool_name: opt_text(args, "tool_name"),
+                        ..PreflightRequest::default()
+                    })
+                    .await
+                    .map_err(refused)?;
+                if name == "paybond_get_budget_remaining" {
+                    Ok(
+                        json!({"intent_id": intent_id, "remaining_cents": r.remaining_cents,
+                              "spend_scope": r.spend_scope, "policy_version": r.policy_version}),
+                    )
+                } else {
+                    serde_json::to_value(r).map_err(|e| blocked("internal", e.to_string()))
+                }
+            }
+            "paybond_submit_sandbox_guardrail_evidence" => {
+                let intent_id = parse_uuid(&text(args, "intent_id")?)
+                    .ok_or_else(|| blocked("invalid_arguments", "`intent_id` is not a UUID"))?;
+                let request = EvidenceRequest {
+                    payload: Some(field(args, "payload")?.clone()),
+                    operation: opt_text(args, "operation"),
+                    metadata: args.get("metadata").cloned(),
+                    ..EvidenceRequest::default()
+                };
+                let r = self
+                    .gateway
+                    .submit_evidence(intent_id, &request, &Uuid::new_v4().to_string())
+                    .await
+                    .map_err(refused)?;
+                serde_json::to_value(r).map_err(|e| blocked("internal", e.to_string()))
+            }
+            "paybond_get_intent" => {
+                let intent_id = parse_uuid(&text(args, "intent_id")?)
+                    .ok_or_else(|| blocked("invalid_arguments", "`intent_id` is not a UUID"))?;
+                let r = self
+                    .gateway
+                    .intent_history(intent_id)
+                    .await
+                    .map_err(refused)?;
+                serde_json::to_value(r).map_err(|e| blocked("internal", e.to_string()))
+            }
+            "paybond_list_intents" => {
+                let limit = args
+                    .get("limit")
+                    .and_then(Value::as_u64)
+                    .and_then(|l| u32::try_from(l).ok());
+                let r = self
+                    .gateway
+                    .list_intents(
+                        opt_text(args, "status").as_deref(),
+                        limit,
+                        opt_text(args, "cursor").as_deref(),
+                    )
+                    .await
+                    .map_err(refused)?;
                 serde_json::to_value(r).map_err(|e| blocked("internal", e.to_string()))
             }
             other => Err(blocked("unknown_tool", format!("no tool `{other}`"))),
@@ -232,8 +461,8 @@ impl ServerHandler for PaybondToolsServer {
             ))
             .with_instructions(
                 "Authorize paid agent actions with Paybond before running them: \
-                 authorize_agent_spend first, run the action only if allow is true, \
-                 then complete_decision.",
+                 paybond_authorize_agent_spend first, run the action only if allow is true, \
+                 then paybond_complete_spend_decision.",
             )
     }
 
@@ -242,7 +471,7 @@ impl ServerHandler for PaybondToolsServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> impl Future<Output = Result<ListToolsResult, ErrorData>> + MaybeSendFuture + '_ {
-        std::future::ready(Ok(ListToolsResult::with_all_items(tools(self.policy))))
+        std::future::ready(Ok(ListToolsResult::with_all_items(tools(&self.policy))))
     }
 
     async fn call_tool(

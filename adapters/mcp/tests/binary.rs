@@ -24,7 +24,16 @@ fn run(args: &[&str], with_env: bool) -> (i32, String) {
 fn usage_errors_exit_2_and_name_what_is_missing() {
     let (code, err) = run(&["--tool-policy", "everything"], true);
     assert_eq!(code, 2);
-    assert!(err.contains("readonly or default"), "{err}");
+    assert!(err.contains("readonly, spend-write or allowlist"), "{err}");
+    let (code, err) = run(
+        &["--tool-policy", "allowlist", "--tool-allowlist", "nope"],
+        true,
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("`nope`"), "{err}");
+    let (code, err) = run(&["--tool-policy=allowlist"], true);
+    assert_eq!(code, 2);
+    assert!(err.contains("--tool-allowlist"), "{err}");
     let (code, err) = run(&["--frobnicate"], true);
     assert_eq!(code, 2);
     assert!(err.contains("--frobnicate"), "{err}");

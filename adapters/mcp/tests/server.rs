@@ -98,17 +98,33 @@ async fn guarded_tools_answer_with_structured_results_and_is_error_for_holds_and
 }
 
 #[tokio::test]
-async fn readonly_exposes_no_spend_mutating_tool() {
+async fn each_tool_policy_lists_and_allows_its_tools() {
+    let read_only = vec![
+        "paybond_explain_policy",
+        "paybond_get_approval_status",
+        "paybond_get_budget_remaining",
+        "paybond_get_intent",
+        "paybond_get_principal",
+        "paybond_list_intents",
+    ];
+    let mut everything = read_only.clone();
+    everything.extend([
+        "paybond_authorize_agent_spend",
+        "paybond_bootstrap_sandbox_guardrail",
+        "paybond_complete_spend_decision",
+        "paybond_submit_sandbox_guardrail_evidence",
+    ]);
+    everything.sort_unstable();
     for (policy, expected) in [
-        (ToolPolicy::ReadOnly, vec!["approval_status"]),
+        (ToolPolicy::ReadOnly, read_only),
+        (ToolPolicy::SpendWrite, everything),
         (
-            ToolPolicy::Default,
-            vec![
-                "approval_status",
-                "authorize_agent_spend",
-                "bootstrap_sandbox_guardrail",
-                "complete_decision",
-            ],
+            ToolPolicy::parse(
+                "allowlist",
+                Some("paybond_get_principal, paybond_complete_spend_decision"),
+            )
+            .unwrap(),
+            vec!["paybond_complete_spend_decision", "paybond_get_principal"],
         ),
     ] {
         // No gateway listens here: listing and refusing need none.
@@ -116,28 +132,38 @@ async fn readonly_exposes_no_spend_mutating_tool() {
             HttpGateway::builder("http://127.0.0.1:9", ApiKey::new("paybond_sk_sandbox_x"))
                 .build()
                 .unwrap();
-        let server = PaybondToolsServer::new(gateway, policy);
+        let server = PaybondToolsServer::new(gateway, policy.clone());
         let (server_io, client_io) = tokio::io::duplex(64 * 1024);
         let served =
             tokio::spawn(async move { server.serve(server_io).await.unwrap().waiting().await });
         let client = ().serve(client_io).await.unwrap();
-        let mut names: Vec<String> = client
-            .list_all_tools()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|t| t.name.to_string())
-            .collect();
+        let listed = client.list_all_tools().await.unwrap();
+        let mut names: Vec<String> = listed.iter().map(|t| t.name.to_string()).collect();
         names.sort();
-        assert_eq!(names, expected);
+        assert_eq!(names, expected, "{policy:?}");
+        // Every tool says whether it only reads, and none is destructive.
+        for tool in &listed {
+            let hints = tool.annotations.clone().unwrap();
+            assert_eq!(
+                hints.read_only_hint,
+                Some(
+                    tool.name.starts_with("paybond_get_")
+                        || tool.name.starts_with("paybond_list_")
+                        || tool.name == "paybond_explain_policy"
+                ),
+                "{}",
+                tool.name
+            );
+            assert_eq!(hints.destructive_hint, Some(false));
+        }
         if policy == ToolPolicy::ReadOnly {
             let r = client
                 .call_tool(
-                    CallToolRequestParams::new("authorize_agent_spend").with_arguments(args(
-                        json!({
+                    CallToolRequestParams::new("paybond_authorize_agent_spend").with_arguments(
+                        args(json!({
                         "intent_id": uuid::Uuid::new_v4().to_string(), "capability_token": "t",
-                        "operation": "o", "requested_spend_cents": 1}),
-                    )),
+                        "operation": "o", "requested_spend_cents": 1})),
+                    ),
                 )
                 .await
                 .unwrap();
@@ -150,7 +176,8 @@ async fn readonly_exposes_no_spend_mutating_tool() {
             // Missing arguments are named; an unreachable gateway is a blocked result, not a crash.
             let r = client
                 .call_tool(
-                    CallToolRequestParams::new("complete_decision").with_arguments(args(json!({}))),
+                    CallToolRequestParams::new("paybond_complete_spend_decision")
+                        .with_arguments(args(json!({}))),
                 )
                 .await
                 .unwrap();
@@ -165,4 +192,104 @@ async fn readonly_exposes_no_spend_mutating_tool() {
         client.cancel().await.unwrap();
         let _ = served.await;
     }
+    assert!(ToolPolicy::parse("allowlist", None).is_err());
+    let err = ToolPolicy::parse("allowlist", Some("paybond_pay_everyone")).unwrap_err();
+    assert!(err.contains("paybond_pay_everyone"), "{err}");
+    assert_eq!(
+        ToolPolicy::parse("default", None).unwrap(),
+        ToolPolicy::SpendWrite
+    );
+}
+
+/// The tools against a real gateway on loopback: a sandbox intent, preflight,
+/// authorize, complete, evidence, and the intent's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tools_against_a_gateway() {
+    let engine = std::sync::Arc::new(
+        paybond_gateway::Engine::open(paybond_gateway::EngineConfig::new(
+            paybond_gateway::Storage::Memory,
+        ))
+        .unwrap(),
+    );
+    let keys = engine
+        .create_tenant("mcp", paybond_middleware_core::wire::Environment::Sandbox)
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(paybond_gateway::server::serve(
+        listener,
+        engine,
+        std::future::pending(),
+    ));
+    let gateway = HttpGateway::builder(&url, keys.agent.clone())
+        .build()
+        .unwrap();
+    let server = PaybondToolsServer::new(gateway, ToolPolicy::SpendWrite);
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    let served =
+        tokio::spawn(async move { server.serve(server_io).await.unwrap().waiting().await });
+    let client = ().serve(client_io).await.unwrap();
+    let call = |name: &'static str, a: Value| {
+        let client = &client;
+        async move {
+            let r = client
+                .call_tool(CallToolRequestParams::new(name).with_arguments(args(a)))
+                .await
+                .unwrap();
+            assert_ne!(r.is_error, Some(true), "{name}: {r:?}");
+            r.structured_content.unwrap()
+        }
+    };
+    let me = call("paybond_get_principal", json!({})).await;
+    assert_eq!(me["tenant_id"], keys.tenant_id.as_str());
+    let boot = call(
+        "paybond_bootstrap_sandbox_guardrail",
+        json!({"operation": "travel.book_hotel", "requested_spend_cents": 50_000}),
+    )
+    .await;
+    let intent = boot["intent_id"].as_str().unwrap().to_owned();
+    let token = boot["capability_token"].as_str().unwrap().to_owned();
+    let left = call("paybond_get_budget_remaining", json!({"intent_id": intent})).await;
+    assert_eq!(left["remaining_cents"], 50_000, "{left}");
+    let why = call(
+        "paybond_explain_policy",
+        json!({"intent_id": intent, "operation": "travel.book_hotel", "requested_spend_cents": 25_000}),
+    )
+    .await;
+    assert_eq!(why["outcome"], "deny", "{why}");
+    assert!(why["checks"].as_array().unwrap().len() > 2, "{why}");
+    let allowed = call(
+        "paybond_authorize_agent_spend",
+        json!({"intent_id": intent, "capability_token": token, "operation": "travel.book_hotel",
+               "requested_spend_cents": 12_000}),
+    )
+    .await;
+    assert_eq!(allowed["allow"], true, "{allowed}");
+    let decision = allowed["decision_id"].as_str().unwrap().to_owned();
+    call(
+        "paybond_submit_sandbox_guardrail_evidence",
+        json!({"intent_id": intent, "operation": "travel.book_hotel",
+               "payload": {"status": "completed", "cost_cents": 12_000},
+               "metadata": {"decision_id": decision}}),
+    )
+    .await;
+    call(
+        "paybond_complete_spend_decision",
+        json!({"decision_id": decision, "outcome": "consumed", "actual_spend_cents": 12_000}),
+    )
+    .await;
+    let history = call("paybond_get_intent", json!({"intent_id": intent})).await;
+    assert_eq!(history["consumed_cents"], 12_000, "{history}");
+    assert_eq!(
+        history["evidence"][0]["predicate_passed"], true,
+        "{history}"
+    );
+    let listed = call("paybond_list_intents", json!({"limit": 5})).await;
+    assert_eq!(
+        listed["intents"][0]["intent_id"],
+        intent.as_str(),
+        "{listed}"
+    );
+    client.cancel().await.unwrap();
+    let _ = served.await;
 }

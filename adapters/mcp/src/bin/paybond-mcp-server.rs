@@ -8,9 +8,10 @@ use paybond_adapter_mcp::paybond_tools::{PaybondToolsServer, ToolPolicy};
 use paybond_middleware_core::HttpGateway;
 use rmcp::ServiceExt;
 
-const USAGE: &str = "usage: paybond-mcp-server [--tool-policy readonly|default] [--version]\n\
+const USAGE: &str = "usage: paybond-mcp-server [--tool-policy readonly|spend-write|allowlist] \
+    [--tool-allowlist a,b] [--version]\n\
     environment (or .env.local): PAYBOND_GATEWAY_URL (e.g. http://127.0.0.1:8787), \
-    PAYBOND_API_KEY (agent key)";
+    PAYBOND_API_KEY (agent key), PAYBOND_MCP_TOOL_POLICY, PAYBOND_MCP_TOOL_ALLOWLIST";
 
 /// What the command line asks for.
 enum Wanted {
@@ -19,27 +20,38 @@ enum Wanted {
     Version,
 }
 
-fn parse(args: &[String]) -> Result<Wanted, String> {
-    let mut policy = ToolPolicy::Default;
+/// The flags, over `PAYBOND_MCP_TOOL_POLICY` and `PAYBOND_MCP_TOOL_ALLOWLIST`
+/// (`env` looks them up).
+fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Wanted, String> {
+    let mut policy = env("PAYBOND_MCP_TOOL_POLICY");
+    let mut allowlist = env("PAYBOND_MCP_TOOL_ALLOWLIST");
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let value = match arg.as_str() {
-            "--tool-policy" => it.next().map(String::as_str),
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f, Some(v.to_owned())),
+            None => (arg.as_str(), None),
+        };
+        match flag {
             "-h" | "--help" => return Ok(Wanted::Help),
             "-V" | "--version" => return Ok(Wanted::Version),
-            other => match other.strip_prefix("--tool-policy=") {
-                Some(v) => Some(v),
-                None => return Err(format!("unknown argument `{other}`")),
-            },
-        };
-        policy = match value {
-            Some("readonly") => ToolPolicy::ReadOnly,
-            Some("default") => ToolPolicy::Default,
-            Some(v) => return Err(format!("--tool-policy is readonly or default, not `{v}`")),
-            None => return Err("--tool-policy needs a value".to_owned()),
-        };
+            "--tool-policy" | "--tool-allowlist" => {
+                let value = inline
+                    .or_else(|| it.next().cloned())
+                    .ok_or_else(|| format!("{flag} needs a value"))?;
+                if flag == "--tool-policy" {
+                    policy = Some(value);
+                } else {
+                    allowlist = Some(value);
+                }
+            }
+            other => return Err(format!("unknown argument `{other}`")),
+        }
     }
-    Ok(Wanted::Serve(policy))
+    ToolPolicy::parse(
+        policy.as_deref().unwrap_or("spend-write"),
+        allowlist.as_deref(),
+    )
+    .map(Wanted::Serve)
 }
 
 #[tokio::main]
@@ -50,7 +62,7 @@ async fn main() -> ExitCode {
         .with_max_level(tracing::Level::WARN)
         .try_init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let policy = match parse(&args) {
+    let policy = match parse(&args, |k| std::env::var(k).ok().filter(|v| !v.is_empty())) {
         Ok(Wanted::Serve(p)) => p,
         Ok(Wanted::Help) => {
             println!("{USAGE}");
