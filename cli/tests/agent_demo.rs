@@ -60,6 +60,19 @@ fn the_main_job_and_its_exit_codes() {
         .collect();
     assert_eq!(entries.len(), 24);
     assert!(entries.iter().all(|e| e["framework"].is_string()));
+    // Every decided line carries its proof trace (the MCP demo's too, read back
+    // from its server's trace file); passthroughs have none.
+    for e in &entries {
+        let decided = e["decision_id"].is_string();
+        assert_eq!(e["checks"].is_array(), decided, "{e}");
+    }
+    let denied = entries.iter().find(|e| e["outcome"] == "deny").unwrap();
+    let last = denied["checks"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        (last["name"].as_str(), last["result"].as_str()),
+        (Some("per_call_cap"), Some("fail")),
+        "{denied}"
+    );
     assert_eq!(
         lines.last().unwrap(),
         &serde_json::json!({"all": {"passed": 4, "total": 4}})

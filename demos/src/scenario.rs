@@ -205,7 +205,7 @@ fn outcome_name(o: TraceOutcome) -> &'static str {
 
 /// A trace entry as `--format json` prints it.
 pub fn entry_json(e: &TraceEntry) -> Value {
-    json!({
+    let mut line = json!({
         "tool_call_id": e.tool_call_id,
         "tool": e.tool,
         "operation": e.operation,
@@ -215,7 +215,12 @@ pub fn entry_json(e: &TraceEntry) -> Value {
         "decision_id": e.decision_id,
         "finalization": finalization_name(e.finalization),
         "actual_cents": e.actual_cents,
-    })
+    });
+    // The decision's proof trace, when the gateway made one.
+    if !e.checks.is_empty() {
+        line["checks"] = json!(e.checks);
+    }
+    line
 }
 
 impl Report {

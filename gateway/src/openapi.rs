@@ -12,7 +12,7 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use crate::engine::operator::{OperatorIntentDetail, OperatorIntentList};
+use crate::engine::operator::{DecisionRecord, OperatorIntentDetail, OperatorIntentList};
 use crate::engine::{EffectivePolicy, IssueKeyRequest, IssuedKey};
 use crate::ledger::{LedgerEvent, LedgerTip};
 use crate::lifecycle::{ApprovalList, CreateIntentRequest, IntentView};
@@ -122,6 +122,16 @@ pub const ROUTES: &[RouteDoc] = &[
         request: Some(schema::<PreflightRequest>),
         response: schema::<PreflightResult>,
         errors: &[400, 413, 415, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/v1/spend/decisions/{decision_id}",
+        roles: "agent, operator, tenant_admin",
+        summary: "A decision as it was made: its outcome and verify's answer, with the checks it evaluated (name, inputs, result) in order.",
+        request: None,
+        response: schema::<DecisionRecord>,
+        errors: &[400, 404],
         query: &[],
     },
     RouteDoc {

@@ -484,6 +484,16 @@ async fn operator_intents(
     json(&r)
 }
 
+async fn get_decision(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let id = uuid_param(&id, "decision_id")?;
+    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| e.decision(p, id)).await?;
+    json(&r)
+}
+
 async fn operator_intent(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -668,6 +678,7 @@ fn router_with(engine: Arc<Engine>, body_timeout: Duration) -> Router {
     Router::new()
         .route("/v1/auth/principal", get(principal))
         .route("/verify", post(verify))
+        .route("/v1/spend/decisions/{decision_id}", get(get_decision))
         .route("/v1/spend/decisions/{decision_id}/complete", post(complete))
         .route("/v1/sandbox/guardrails/bootstrap", post(bootstrap))
         .route(

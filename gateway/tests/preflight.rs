@@ -258,3 +258,117 @@ async fn a_malformed_preflight_is_a_4xx_naming_the_field() {
     .await;
     assert_eq!(status, 401);
 }
+
+/// Every decision keeps the checks it evaluated: in verify's answer, in the stored
+/// decision, in the operator's intent view and in the layer's trace.
+#[tokio::test]
+async fn every_decision_keeps_its_proof_trace() {
+    let fx = Fixture::new();
+    let base = common::serve(fx.engine.clone()).await;
+    let (intent, token) = fx.intent(60_000);
+    let agent = fx.keys.agent.expose_secret();
+    let gw = paybond_middleware_core::HttpGateway::builder(&base, fx.keys.agent.clone())
+        .build()
+        .unwrap();
+    let run = paybond_middleware_core::PaybondAgentRun::builder(
+        std::sync::Arc::new(gw),
+        intent,
+        token.clone(),
+    )
+    .bind()
+    .await
+    .unwrap();
+    let tool = paybond_middleware_core::ToolRegistry::new()
+        .with(paybond_middleware_core::tool_fn(
+            BOOK,
+            paybond_middleware_core::ToolPolicy::read_only(),
+            |_args: Value| async move {
+                Ok(
+                    paybond_middleware_core::ToolOutput::new(json!({"ok": true}))
+                        .with_cost_cents(12_000),
+                )
+            },
+        ))
+        .guarded(&run);
+    tool.dispatch(paybond_middleware_core::ToolCall::new(
+        BOOK,
+        json!({"amount_cents": 12_000}),
+        "c1",
+    ))
+    .await
+    .unwrap();
+    let denied = tool
+        .dispatch(paybond_middleware_core::ToolCall::new(
+            BOOK,
+            json!({"amount_cents": 25_000}),
+            "c2",
+        ))
+        .await
+        .unwrap_err();
+    assert!(denied.to_string().contains("tool_cap_exceeded"), "{denied}");
+
+    let entries = run.trace().entries();
+    let names = |checks: &[paybond_middleware_core::wire::PolicyCheck]| {
+        checks.iter().map(|c| c.name.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(&entries[0].checks),
+        [
+            "capability_token",
+            "operation_allowed",
+            "intent",
+            "tool_in_policy",
+            "per_call_cap",
+            "intent_budget",
+            "rolling_cap",
+            "rate_limit",
+            "approval_threshold"
+        ]
+    );
+    let last = entries[1].checks.last().unwrap();
+    assert_eq!(
+        (last.name.as_str(), last.result.as_str()),
+        ("per_call_cap", "fail")
+    );
+
+    // The stored decision answers the same, and holds no token.
+    let id = entries[0].decision_id.unwrap();
+    let (status, record) = common::call(
+        &base,
+        Method::GET,
+        &format!("/v1/spend/decisions/{id}"),
+        Some(agent),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["outcome"], "allow");
+    assert_eq!(
+        record["result"]["checks"].as_array().unwrap().len(),
+        entries[0].checks.len()
+    );
+    assert!(!record.to_string().contains(token.expose_secret()));
+    let (status, _) = common::call(
+        &base,
+        Method::GET,
+        &format!("/v1/spend/decisions/{}", Uuid::new_v4()),
+        Some(agent),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (_, detail) = common::call(
+        &base,
+        Method::GET,
+        &format!("/harbor/operator/v1/intents/{intent}"),
+        Some(fx.keys.operator.expose_secret()),
+        None,
+    )
+    .await;
+    let deny = &detail["decisions"][0];
+    assert_eq!(deny["outcome"], "deny", "{detail}");
+    assert_eq!(
+        deny["checks"].as_array().unwrap().last().unwrap()["name"],
+        "per_call_cap"
+    );
+}

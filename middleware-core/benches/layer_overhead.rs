@@ -62,6 +62,7 @@ impl SpendGateway for AllowAll {
             remaining_cents: None,
             retry_after: None,
             approval_required: false,
+            checks: Vec::new(),
         })
     }
     async fn complete_decision(

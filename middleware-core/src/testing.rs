@@ -265,6 +265,7 @@ impl ScriptedGateway {
             remaining_cents: None,
             retry_after: None,
             approval_required: hold,
+            checks: Vec::new(),
         }
     }
 }

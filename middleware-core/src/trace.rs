@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::wire::Finalization;
+use crate::wire::{Finalization, PolicyCheck};
 
 /// What happened to one attempt of a tool call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -62,6 +62,10 @@ pub struct TraceEntry {
     pub attempt: u32,
     /// Wall time of the attempt, verify to finalization, in milliseconds.
     pub duration_ms: u64,
+    /// The checks the gateway evaluated for this attempt's decision, in order, each
+    /// with its inputs and result (empty without a decision).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<PolicyCheck>,
 }
 
 /// Totals over a trace.
@@ -259,6 +263,7 @@ mod tests {
             actual_cents: (finalization == Some(Finalization::Consumed)).then_some(8000),
             attempt: 1,
             duration_ms: 3,
+            checks: vec![],
         }
     }
 

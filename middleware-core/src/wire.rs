@@ -151,6 +151,10 @@ pub struct VerifyResult {
     /// A policy hold: an operator must approve before the call may run.
     #[serde(default)]
     pub approval_required: bool,
+    /// The checks this decision evaluated, in order, each with its inputs and
+    /// result: the proof of why it was decided so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<PolicyCheck>,
 }
 
 /// The three outcomes of a decision.
@@ -534,7 +538,7 @@ pub struct EffectivePolicy {
 }
 
 /// One check a decision evaluated: what it looked at and what it found.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PolicyCheck {
     /// The check, e.g. `intent`, `per_call_cap`, `intent_budget`, `rolling_cap`,
     /// `rate_limit`, `approval_threshold`.
@@ -694,6 +698,9 @@ pub struct DecisionView {
     pub policy_version: Option<u64>,
     /// When (RFC 3339).
     pub created_at: String,
+    /// The checks it evaluated, each with its inputs and result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<PolicyCheck>,
 }
 
 /// Evidence submitted for an intent.
@@ -729,4 +736,20 @@ pub struct OperatorIntentDetail {
     pub decisions: Vec<DecisionView>,
     /// Evidence submitted, newest first.
     pub evidence: Vec<EvidenceView>,
+}
+
+/// `GET /v1/spend/decisions/{decision_id}`: a decision as it was made, with the
+/// checks behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DecisionRecord {
+    /// The decision.
+    pub decision_id: Uuid,
+    /// Its intent.
+    pub intent_id: Uuid,
+    /// `allow`, `hold` or `deny`.
+    pub outcome: String,
+    /// When (RFC 3339).
+    pub created_at: String,
+    /// The answer verify gave, its `checks` (the proof trace) included.
+    pub result: VerifyResult,
 }

@@ -487,7 +487,11 @@ impl Engine {
             binding,
         };
         let decision_id = Uuid::new_v4();
-        let mut seen = Seen::default();
+        // Every decision keeps the checks it evaluated: its proof trace.
+        let mut seen = Seen {
+            rec: Recorder::on(),
+            ..Seen::default()
+        };
         let ask = Ask {
             currency: req.currency.as_deref(),
             approval_token: req.approval_token.as_ref().map(|t| t.expose_secret()),
@@ -503,7 +507,7 @@ impl Engine {
         let Seen {
             budget_left,
             currency,
-            ..
+            rec,
         } = seen;
 
         let mut result = VerifyResult {
@@ -525,6 +529,7 @@ impl Engine {
             remaining_cents: budget_left,
             retry_after: None,
             approval_required: false,
+            checks: rec.checks,
         };
         let outcome = match verdict {
             Verdict::Allow { reasons, approval } => {

@@ -4,8 +4,8 @@
 //! Paybond CLI's `intents list|get` call them with the agent key).
 
 pub use paybond_middleware_core::wire::{
-    DecisionView, EvidenceView, OperatorIntent, OperatorIntentDetail, OperatorIntentList,
-    ReservationView,
+    DecisionRecord, DecisionView, EvidenceView, OperatorIntent, OperatorIntentDetail,
+    OperatorIntentList, ReservationView,
 };
 use paybond_middleware_core::wire::{LifecycleStatus, Principal, Role, VerifyResult};
 use uuid::Uuid;
@@ -87,6 +87,38 @@ fn summary(tx: &dyn Tx, now: i64, row: IntentRow) -> Result<OperatorIntent, ApiE
 }
 
 impl Engine {
+    /// `GET /v1/spend/decisions/{id}`: a decision of the key's tenant as it was made,
+    /// with its proof trace.
+    pub fn decision(
+        &self,
+        principal: &Principal,
+        decision_id: Uuid,
+    ) -> Result<DecisionRecord, ApiError> {
+        require_role(principal, &[Role::Agent, Role::Operator, Role::TenantAdmin])?;
+        self.tx(|tx, _| {
+            let row: Option<(String, String, String, i64)> = tx.query_opt(
+                "SELECT intent_id, outcome, response, created_ms FROM decisions
+                 WHERE id = ?1 AND tenant_id = ?2",
+                args![decision_id.to_string(), principal.tenant_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?;
+            let Some((intent, outcome, response, created)) = row else {
+                return Err(ApiError::not_found(
+                    "decision_not_found",
+                    "no such decision for this tenant",
+                ));
+            };
+            Ok(DecisionRecord {
+                decision_id,
+                intent_id: Uuid::parse_str(&intent)
+                    .map_err(|e| ApiError::internal(format_args!("stored intent id: {e}")))?,
+                outcome,
+                created_at: rfc3339(created),
+                result: serde_json::from_str(&response)?,
+            })
+        })
+    }
+
     /// `GET /harbor/operator/v1/intents`: the tenant's intents, newest first.
     pub fn operator_intents(
         &self,
@@ -246,6 +278,7 @@ impl Engine {
                         approval_request_id: answer.as_ref().and_then(|a| a.approval_request_id),
                         policy_version: answer.as_ref().and_then(|a| a.policy_version),
                         created_at: rfc3339(created),
+                        checks: answer.map(|a| a.checks).unwrap_or_default(),
                     })
                 },
             )?;

@@ -19,7 +19,8 @@ use crate::secret::ApprovalToken;
 use crate::tool::{ToolCall, ToolOutput, lookup};
 use crate::trace::{TraceEntry, TraceOutcome, millis};
 use crate::wire::{
-    ApprovalState, CompleteRequest, Decision, EvidenceRequest, Finalization, VerifyRequest,
+    ApprovalState, CompleteRequest, Decision, EvidenceRequest, Finalization, PolicyCheck,
+    VerifyRequest,
 };
 
 /// The service [`PaybondAgentRun`] wraps a tool service in.
@@ -105,6 +106,8 @@ struct CallInfo {
     tool: String,
     operation: String,
     amount: Option<u64>,
+    /// The checks of the attempt's verify, for its trace entry.
+    checks: Vec<PolicyCheck>,
 }
 
 /// The parts of a trace entry that differ between outcomes.
@@ -135,6 +138,7 @@ impl CallInfo {
             actual_cents: r.actual_cents,
             attempt,
             duration_ms: millis(started.elapsed()),
+            checks: self.checks.clone(),
         });
     }
 
@@ -205,6 +209,7 @@ async fn guard<E: Send + 'static>(
         tool: call.tool_name.clone(),
         operation,
         amount: None,
+        checks: Vec::new(),
     };
     let amount = match (amount, conflict) {
         (Some(_), Some(claimed)) => Some(Err(format!(
@@ -294,10 +299,12 @@ async fn authorize<E: Send + 'static>(
             Ok(result) => result,
             Err(source) => {
                 tracing::warn!(error = %source, "verify failed, not running the tool");
+                info.checks.clear();
                 info.record_error(attempt, started, "gateway_unavailable");
                 return Err(info.unavailable(source));
             }
         };
+        info.checks.clone_from(&result.checks);
         match result.decision() {
             Decision::Allow => {
                 let Some(decision_id) = result.decision_id else {
