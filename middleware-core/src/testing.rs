@@ -36,7 +36,7 @@ pub enum VerifyScript {
     /// The gateway fails.
     Fail(GatewayError),
     /// This exact answer.
-    Respond(VerifyResult),
+    Respond(Box<VerifyResult>),
 }
 
 impl VerifyScript {
@@ -307,7 +307,7 @@ impl SpendGateway for ScriptedGateway {
                 Ok(self.result(request, false, false, reason_codes))
             }
             VerifyScript::Fail(error) => Err(error),
-            VerifyScript::Respond(result) => Ok(result),
+            VerifyScript::Respond(result) => Ok(*result),
         }
     }
 

@@ -422,7 +422,7 @@ async fn an_allow_without_a_decision_id_fails_closed() {
     }))
     .unwrap();
     result.decision_id = None;
-    gateway.push_verify(VerifyScript::Respond(result));
+    gateway.push_verify(VerifyScript::Respond(Box::new(result)));
     let tool = CountingTool::new(Behaviour::Succeed);
     let mut svc = run.layer(tool.service());
     let err = call(&mut svc, book("c", 1)).await.unwrap_err();
