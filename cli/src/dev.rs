@@ -162,7 +162,7 @@ fn read_policy(path: Option<&PathBuf>, bundled: fn() -> PolicyFile) -> Result<Po
     match path {
         None => Ok(bundled()),
         Some(p) => PolicyFile::read(p)
-            .map_err(|e| usage_error(format!("cannot read {}: {e}", p.display()))),
+            .map_err(|e| crate::unreadable(format!("cannot read {}: {e}", p.display()))),
     }
 }
 

@@ -176,10 +176,9 @@ pub(crate) fn guardrails(cmd: GuardrailsCommand, global: &Global) -> Outcome {
             let text = match std::fs::read_to_string(&body) {
                 Ok(t) => t,
                 Err(e) => {
-                    return output::fail(Failure::new(
-                        Category::Environment,
-                        "unreadable_file",
-                        format!("cannot read --body {}: {e}", body.display()),
+                    return crate::unreadable(format!(
+                        "cannot read --body {}: {e}",
+                        body.display()
                     ));
                 }
             };

@@ -105,6 +105,16 @@ pub(crate) fn usage_error(message: impl std::fmt::Display) -> Outcome {
     ))
 }
 
+/// A file the command needs cannot be read: an environment error (exit 2), code
+/// `unreadable_file`.
+pub(crate) fn unreadable(message: impl std::fmt::Display) -> Outcome {
+    output::fail(Failure::new(
+        Category::Environment,
+        "unreadable_file",
+        message.to_string(),
+    ))
+}
+
 fn agent(cmd: AgentCommand, global: &output::Global) -> ExitCode {
     let AgentCommand::Demo { framework, verbose } = cmd;
     // The demos run on the embedded gateway unless a gateway is named, by the flag

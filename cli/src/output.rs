@@ -141,7 +141,10 @@ impl Failure {
 pub(crate) fn fail(f: Failure) -> Outcome {
     let outcome = match f.category {
         Category::Usage | Category::Environment => Outcome::Usage,
-        Category::Gateway if f.code == "unauthorized" => Outcome::Usage,
+        // A refused credential is the environment's problem, like a missing one.
+        Category::Gateway if f.code == "unauthorized" || f.details["status"] == 401 => {
+            Outcome::Usage
+        }
         Category::Gateway | Category::Invalid => Outcome::Failed,
     };
     if json() {

@@ -326,7 +326,7 @@ fn validate_tools(a: &ValidateTools, global: &Global) -> Outcome {
     let file = a.file.display().to_string();
     let text = match std::fs::read_to_string(&a.file) {
         Ok(t) => t,
-        Err(e) => return usage_error(format!("cannot read --file {file}: {e}")),
+        Err(e) => return crate::unreadable(format!("cannot read --file {file}: {e}")),
     };
     let checked = check_policy(&text, &file);
     let mut resolution = if a.resolve_inheritance || remote.is_some() {
@@ -342,7 +342,10 @@ fn validate_tools(a: &ValidateTools, global: &Global) -> Outcome {
             Some(p) => match std::fs::read_to_string(p) {
                 Ok(t) => Some((t, p.display().to_string())),
                 Err(e) => {
-                    return usage_error(format!("cannot read the org base {}: {e}", p.display()));
+                    return crate::unreadable(format!(
+                        "cannot read the org base {}: {e}",
+                        p.display()
+                    ));
                 }
             },
             None => None,
@@ -582,7 +585,7 @@ fn publish(a: &Publish, g: &Global) -> Outcome {
     let url = url.trim_end_matches('/').to_owned();
     let read = |path: &std::path::Path| {
         std::fs::read_to_string(path)
-            .map_err(|e| usage_error(format!("cannot read {}: {e}", path.display())))
+            .map_err(|e| crate::unreadable(format!("cannot read {}: {e}", path.display())))
     };
     let text = match read(&a.file) {
         Ok(t) => t,

@@ -411,15 +411,31 @@ fn schema_prints_the_checked_in_schema() {
 
 #[test]
 fn policy_help_matches_its_snapshot() {
-    for (args, snapshot) in [
-        (&["policy", "--help"][..], "policy-help.txt"),
+    for (args, snapshot, exit) in [
+        (&["--help"][..], "help.txt", 0),
+        (&["policy", "--help"][..], "policy-help.txt", 0),
         (
             &["policy", "validate-tools", "--help"][..],
             "policy-validate-tools-help.txt",
+            0,
+        ),
+        (&["spend", "--help"][..], "spend-help.txt", 0),
+        // The JSON envelope, on an error that carries nothing variable.
+        (
+            &[
+                "--format",
+                "json",
+                "policy",
+                "validate-tools",
+                "--file",
+                "missing.yaml",
+            ][..],
+            "envelope-error.json",
+            2,
         ),
     ] {
         let o = paybond(args, &repo());
-        assert_eq!(code(&o), 0);
+        assert_eq!(code(&o), exit, "{}", stderr(&o));
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/snapshots")
             .join(snapshot);
