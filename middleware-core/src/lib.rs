@@ -84,7 +84,7 @@ pub use registry::{
 };
 pub use run::{
     ApprovalRequired, ApprovalWait, BoxError, PaybondAgentRun, PaybondAgentRunBuilder,
-    PaybondAgentRunService, RunError, RunErrorKind, SpendDenied,
+    PaybondAgentRunService, RunError, RunErrorKind, SpendDenied, sensitive_path,
 };
 pub use secret::{ApiKey, ApprovalToken, CapabilityToken};
 pub use tool::{ToolCall, ToolOutput};

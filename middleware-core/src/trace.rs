@@ -66,6 +66,10 @@ pub struct TraceEntry {
     /// with its inputs and result (empty without a decision).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<PolicyCheck>,
+    /// Where in the arguments a value the policy marks sensitive was found (the
+    /// value itself is never kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensitive_path: Option<String>,
 }
 
 /// Totals over a trace.
@@ -264,6 +268,7 @@ mod tests {
             attempt: 1,
             duration_ms: 3,
             checks: vec![],
+            sensitive_path: None,
         }
     }
 

@@ -374,6 +374,7 @@ impl Engine {
         require_role(principal, &[Role::Agent])?;
         bounded("operation", req.operation.as_deref())?;
         bounded("idempotency_key", idempotency_key)?;
+        self.refuse_sensitive_evidence(&principal.tenant_id, req)?;
         #[derive(Serialize)]
         struct Keyed<'a> {
             intent_id: Uuid,
@@ -500,6 +501,51 @@ impl Engine {
             sandbox_lifecycle_status: lifecycle(new_state),
             predicate_passed: passed,
         })
+    }
+
+    /// Evidence whose payload or metadata holds a value the tenant's policy marks
+    /// sensitive is refused (422 `sensitive_data_in_evidence`, naming where, never
+    /// the value) and not recorded.
+    fn refuse_sensitive_evidence(
+        &self,
+        tenant_id: &str,
+        req: &EvidenceRequest,
+    ) -> Result<(), ApiError> {
+        let Some(policy) = self.policy_for(tenant_id)? else {
+            return Ok(());
+        };
+        let patterns = policy
+            .policy
+            .spend_controls
+            .as_ref()
+            .and_then(|c| c.data.as_ref())
+            .map(|d| d.sensitive_patterns.as_slice())
+            .unwrap_or_default();
+        if patterns.is_empty() {
+            return Ok(());
+        }
+        let compiled = patterns
+            .iter()
+            .map(|p| regex::Regex::new(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                ApiError::internal(format_args!("spend_controls.data.sensitive_patterns: {e}"))
+            })?;
+        for (field, value) in [("payload", &req.payload), ("metadata", &req.metadata)] {
+            if let Some(path) = value
+                .as_ref()
+                .and_then(|v| paybond_middleware_core::sensitive_path(v, &compiled))
+            {
+                return Err(ApiError::unprocessable(
+                    "sensitive_data_in_evidence",
+                    format!(
+                        "{field}{}: holds data the policy marks sensitive; the evidence was not recorded",
+                        path.trim_start_matches('$')
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `POST /v1/spend/decisions/{id}/complete`: settles a reservation as consumed

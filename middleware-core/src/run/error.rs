@@ -51,6 +51,17 @@ pub enum RunError<E = BoxError> {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// The arguments hold a value the tenant's policy marks sensitive
+    /// (`spend_controls.data.sensitive_patterns`): nothing was sent to the gateway
+    /// and the tool did not run. Only where the value is, never the value, is kept.
+    SensitiveData {
+        /// The tool call.
+        tool_call_id: String,
+        /// The tool.
+        tool: String,
+        /// The JSON path of the matching value, e.g. `$.card.number`.
+        path: String,
+    },
     /// The tool failed (its reservation, if any, was released), or the inner
     /// service failed to become ready.
     Tool(E),
@@ -96,6 +107,15 @@ impl<E: fmt::Display> fmt::Display for RunError<E> {
                     "tool call `{tool_call_id}` of `{tool}` cannot be authorized: {reason}"
                 )
             }
+            Self::SensitiveData {
+                tool_call_id,
+                tool,
+                path,
+            } => write!(
+                f,
+                "the arguments of `{tool}` (tool call `{tool_call_id}`) hold data the policy \
+                 marks sensitive at {path}; the call was not sent and the tool did not run"
+            ),
             Self::Tool(e) => write!(f, "tool failed: {e}"),
             Self::ToolPanicked { tool, message } => write!(f, "tool `{tool}` panicked: {message}"),
         }
@@ -129,6 +149,8 @@ pub enum RunErrorKind {
     Tool,
     /// See [`RunError::ToolPanicked`].
     ToolPanicked,
+    /// See [`RunError::SensitiveData`].
+    SensitiveData,
 }
 
 impl<E> RunError<E> {
@@ -140,6 +162,7 @@ impl<E> RunError<E> {
             Self::ApprovalRejected { .. } => RunErrorKind::ApprovalRejected,
             Self::GatewayUnavailable { .. } => RunErrorKind::GatewayUnavailable,
             Self::InvalidCall { .. } => RunErrorKind::InvalidCall,
+            Self::SensitiveData { .. } => RunErrorKind::SensitiveData,
             Self::Tool(_) => RunErrorKind::Tool,
             Self::ToolPanicked { .. } => RunErrorKind::ToolPanicked,
         }
@@ -162,6 +185,7 @@ impl<E> RunError<E> {
             }],
             Self::GatewayUnavailable { .. } => vec!["gateway_unavailable".to_owned()],
             Self::InvalidCall { .. } => vec!["invalid_call".to_owned()],
+            Self::SensitiveData { .. } => vec!["sensitive_data_in_arguments".to_owned()],
             Self::Tool(_) => vec!["tool_failed".to_owned()],
             Self::ToolPanicked { .. } => vec!["tool_panicked".to_owned()],
         }

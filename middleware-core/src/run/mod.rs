@@ -12,7 +12,7 @@ use paybond_policies::ToolPolicy;
 use uuid::Uuid;
 
 pub use error::{ApprovalRequired, BoxError, RunError, RunErrorKind, SpendDenied};
-pub use service::PaybondAgentRunService;
+pub use service::{PaybondAgentRunService, sensitive_path};
 
 use crate::gateway::{GatewayError, SpendGateway};
 use crate::secret::{ApprovalToken, CapabilityToken};
@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     pub(crate) currency: Option<String>,
     pub(crate) wait: Option<ApprovalWait>,
     pub(crate) trace: RunTrace,
+    /// `spend_controls.data.sensitive_patterns` of the effective policy.
+    pub(crate) sensitive: Vec<regex::Regex>,
     calls: Mutex<HashMap<String, CallState>>,
 }
 
@@ -260,6 +262,23 @@ impl PaybondAgentRunBuilder {
         let principal = self.gateway.principal().await?;
         let effective = self.gateway.effective_policy().await?;
         let trace = RunTrace::in_currency(self.currency.as_deref());
+        // The gateway checked the patterns when the policy was published; one that
+        // does not compile here is reported and cannot be skipped silently.
+        let mut sensitive = Vec::new();
+        for pattern in effective
+            .as_ref()
+            .and_then(|p| p.policy.spend_controls.as_ref())
+            .and_then(|c| c.data.as_ref())
+            .map(|d| d.sensitive_patterns.as_slice())
+            .unwrap_or_default()
+        {
+            sensitive.push(
+                regex::Regex::new(pattern).map_err(|e| GatewayError::Malformed {
+                    operation: "effective_policy",
+                    detail: format!("spend_controls.data.sensitive_patterns: {e}"),
+                })?,
+            );
+        }
         let tools = resolve_tools(
             effective.map(|p| p.policy.tools),
             self.tools,
@@ -276,6 +295,7 @@ impl PaybondAgentRunBuilder {
                 currency: self.currency,
                 wait: self.wait,
                 trace,
+                sensitive,
                 calls: Mutex::new(HashMap::new()),
             }),
         })

@@ -117,6 +117,7 @@ struct Recorded {
     decision_id: Option<Uuid>,
     finalization: Option<Finalization>,
     actual_cents: Option<u64>,
+    sensitive_path: Option<String>,
 }
 
 impl CallInfo {
@@ -139,6 +140,7 @@ impl CallInfo {
             attempt,
             duration_ms: millis(started.elapsed()),
             checks: self.checks.clone(),
+            sensitive_path: r.sensitive_path,
         });
     }
 
@@ -152,6 +154,7 @@ impl CallInfo {
                 decision_id: None,
                 finalization: None,
                 actual_cents: None,
+                sensitive_path: None,
             },
         );
     }
@@ -220,8 +223,73 @@ async fn guard<E: Send + 'static>(
     };
     match amount {
         None => passthrough(info, invoke, call).instrument(span).await,
-        Some(amount) => authorize(info, amount, invoke, call).instrument(span).await,
+        Some(amount) => {
+            // A side-effecting call whose arguments hold sensitive data is stopped
+            // here: nothing of it goes to the gateway, the logs or the trace but
+            // where the value is.
+            if let Some(path) = sensitive_path(&call.args, &info.shared.sensitive) {
+                let (attempt, _) = info.shared.next_attempt(&info.tool_call_id, false);
+                let _entered = span.enter();
+                tracing::warn!(%path, "sensitive data in the arguments; not sent");
+                info.record(
+                    attempt,
+                    Instant::now(),
+                    Recorded {
+                        outcome: TraceOutcome::Deny,
+                        reason_codes: vec!["sensitive_data_in_arguments".to_owned()],
+                        decision_id: None,
+                        finalization: None,
+                        actual_cents: None,
+                        sensitive_path: Some(path.clone()),
+                    },
+                );
+                return Err(RunError::SensitiveData {
+                    tool_call_id: info.tool_call_id,
+                    tool: info.tool,
+                    path,
+                });
+            }
+            authorize(info, amount, invoke, call).instrument(span).await
+        }
     }
+}
+
+/// The JSON path (`$.card.number`, `$.items[2]`) of the first string (or number,
+/// or key) in `value` that one of `patterns` matches: where a value the policy's
+/// `spend_controls.data.sensitive_patterns` forbids is, never the value.
+pub fn sensitive_path(value: &serde_json::Value, patterns: &[regex::Regex]) -> Option<String> {
+    fn walk(v: &serde_json::Value, path: &mut String, patterns: &[regex::Regex]) -> bool {
+        let hit = |s: &str| patterns.iter().any(|p| p.is_match(s));
+        match v {
+            serde_json::Value::String(s) => hit(s),
+            serde_json::Value::Number(n) => hit(&n.to_string()),
+            serde_json::Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = walk(item, path, patterns);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            serde_json::Value::Object(map) => map.iter().any(|(k, item)| {
+                let len = path.len();
+                path.push('.');
+                path.push_str(k);
+                let found = hit(k) || walk(item, path, patterns);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    if patterns.is_empty() {
+        return None;
+    }
+    let mut path = String::from("$");
+    walk(value, &mut path, patterns).then_some(path)
 }
 
 async fn passthrough<E: Send + 'static>(
@@ -247,6 +315,7 @@ async fn passthrough<E: Send + 'static>(
             decision_id: None,
             finalization: None,
             actual_cents: None,
+            sensitive_path: None,
         },
     );
     result.map_err(|failure| failure.into_run_error(&info.tool))
@@ -335,6 +404,7 @@ async fn authorize<E: Send + 'static>(
                         decision_id: result.decision_id,
                         finalization: None,
                         actual_cents: None,
+                        sensitive_path: None,
                     },
                 );
                 return Err(RunError::SpendDenied(Box::new(SpendDenied {
@@ -354,6 +424,7 @@ async fn authorize<E: Send + 'static>(
                         decision_id: result.decision_id,
                         finalization: None,
                         actual_cents: None,
+                        sensitive_path: None,
                     },
                 );
                 let hold = ApprovalRequired {
@@ -571,6 +642,7 @@ async fn execute<E: Send + 'static>(
             decision_id: Some(decision_id),
             finalization,
             actual_cents,
+            sensitive_path: None,
         },
     );
     result.map_err(|failure| failure.into_run_error(&info.tool))
@@ -675,6 +747,7 @@ impl Drop for ReleaseOnDrop {
                     decision_id: Some(decision_id),
                     finalization,
                     actual_cents: None,
+                    sensitive_path: None,
                 },
             );
         };

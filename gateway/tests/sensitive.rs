@@ -1,0 +1,142 @@
+//! `spend_controls.data.sensitive_patterns`: a side-effecting call whose arguments
+//! hold such a value is stopped by the layer before verify, and evidence holding
+//! one is refused by the gateway; only where the value was is kept.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on setup failures
+
+mod common;
+
+use std::sync::Arc;
+
+use common::Fixture;
+use paybond_gateway::{EngineConfig, PolicyFile, Storage};
+use paybond_middleware_core::{
+    HttpGateway, PaybondAgentRun, RunError, SpendGateway, ToolCall, ToolOutput, ToolPolicy,
+    ToolRegistry, model_feedback, tool_fn,
+};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const CARD: &str = "4111111111111111";
+
+const POLICY: &str = r#"version: 1
+name: payments
+default_deny: true
+tools:
+  pay.vendor: {side_effecting: true, spend_from_args: amount_cents, evidence_preset: cost_and_completion}
+spend_controls:
+  data:
+    sensitive_patterns: ['\b4[0-9]{15}\b']
+"#;
+
+fn fixture() -> Fixture {
+    let mut config = EngineConfig::new(Storage::Memory);
+    config.default_org_policy = None;
+    config.default_tenant_policy = Some(PolicyFile {
+        text: POLICY.into(),
+        file: "payments.yaml".into(),
+    });
+    Fixture::with_config(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitive_arguments_never_leave_the_process() {
+    let fx = fixture();
+    let base = common::serve(fx.engine.clone()).await;
+    let gw = HttpGateway::builder(&base, fx.keys.agent.clone())
+        .build()
+        .unwrap();
+    let intent = gw
+        .bootstrap_sandbox(&paybond_middleware_core::wire::SandboxBootstrapRequest {
+            operation: "pay.vendor".into(),
+            requested_spend_cents: 10_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let run = PaybondAgentRun::builder(
+        Arc::new(gw.clone()),
+        intent.intent_id,
+        intent.capability_token.clone(),
+    )
+    .bind()
+    .await
+    .unwrap();
+    let tools = ToolRegistry::new()
+        .with(tool_fn(
+            "pay.vendor",
+            ToolPolicy::side_effecting("cost_and_completion").with_spend_from_args("amount_cents"),
+            |args: Value| async move {
+                let cents = args["amount_cents"].as_u64().ok_or("amount_cents")?;
+                Ok(ToolOutput::new(json!({"paid": true})).with_cost_cents(cents))
+            },
+        ))
+        .guarded(&run);
+
+    let result = tools
+        .dispatch(ToolCall::new(
+            "pay.vendor",
+            json!({"amount_cents": 100, "card": {"holder": "A. Traveller", "number": CARD}}),
+            "call_1",
+        ))
+        .await;
+    let Err(RunError::SensitiveData { path, .. }) = &result else {
+        panic!("expected a sensitive-data stop, got {result:?}");
+    };
+    assert_eq!(path, "$.card.number");
+    let (_, feedback) = model_feedback(&result);
+    assert_eq!(
+        feedback["reason_codes"],
+        json!(["sensitive_data_in_arguments"])
+    );
+    let err = result.unwrap_err();
+    for shown in [err.to_string(), format!("{err:?}"), feedback.to_string()] {
+        assert!(!shown.contains(CARD), "{shown}");
+    }
+    let entry = &run.trace().entries()[0];
+    assert_eq!(entry.sensitive_path.as_deref(), Some("$.card.number"));
+    assert_eq!(entry.reason_codes, ["sensitive_data_in_arguments"]);
+    assert!(!serde_json::to_string(entry).unwrap().contains(CARD));
+
+    // Nothing reached the gateway: no decision on the intent.
+    let (_, history) = common::call(
+        &base,
+        Method::GET,
+        &format!("/harbor/operator/v1/intents/{}", intent.intent_id),
+        Some(fx.keys.operator.expose_secret()),
+        None,
+    )
+    .await;
+    assert_eq!(history["decisions"], json!([]), "{history}");
+
+    // A call without one runs.
+    let out = tools
+        .dispatch(ToolCall::new(
+            "pay.vendor",
+            json!({"amount_cents": 100, "card": {"holder": "A. Traveller", "last4": "1111"}}),
+            "call_2",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.cost_cents, Some(100));
+
+    // Evidence holding one is refused, naming where.
+    let refused = gw
+        .submit_evidence(
+            intent.intent_id,
+            &paybond_middleware_core::wire::EvidenceRequest {
+                payload: Some(
+                    json!({"status": "completed", "cost_cents": 100, "note": format!("paid with {CARD}")}),
+                ),
+                operation: Some("pay.vendor".into()),
+                ..Default::default()
+            },
+            "ev-1",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(422));
+    assert_eq!(refused.code(), Some("sensitive_data_in_evidence"));
+    assert!(refused.to_string().contains("payload.note"), "{refused}");
+    assert!(!refused.to_string().contains(CARD), "{refused}");
+}
