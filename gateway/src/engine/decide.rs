@@ -67,6 +67,66 @@ struct Call<'a> {
     binding: Result<ToolBinding, Verdict>,
 }
 
+impl<'a> Call<'a> {
+    /// The call of a verify or preflight: bound to the policy tool its operation
+    /// belongs to (or why it cannot be), counted under the key's subject.
+    fn new(
+        principal: &'a Principal,
+        policy: Option<&EffectivePolicy>,
+        intent: Uuid,
+        operation: &'a str,
+        tool_name: Option<&str>,
+        (vendor, agent_subject): (Option<&'a str>, Option<&'a str>),
+        amount: u64,
+    ) -> Self {
+        let binding = match policy {
+            Some(p) => bind_tool(&p.policy, operation, tool_name),
+            None => Err(deny(
+                "tool_not_in_policy",
+                "the tenant has no policy; nothing is allowed",
+            )),
+        };
+        Call {
+            tenant: &principal.tenant_id,
+            intent: intent.to_string(),
+            tool: binding
+                .as_ref()
+                .ok()
+                .and_then(|b| b.tools.first().cloned())
+                .unwrap_or_else(|| operation.to_owned()),
+            operation,
+            vendor,
+            agent: &principal.subject,
+            agent_subject,
+            amount,
+            binding,
+        }
+    }
+}
+
+/// The field checks verify and preflight share: every named text within its
+/// length limit, the amount within range, a non-empty operation.
+fn check_call_fields(
+    fields: &[(&str, Option<&str>)],
+    amount: u64,
+    operation: &str,
+    empty_operation: &str,
+) -> Result<(), ApiError> {
+    for (field, value) in fields {
+        bounded(field, *value)?;
+    }
+    if amount > MAX_AMOUNT_CENTS {
+        return Err(ApiError::unprocessable(
+            "amount_out_of_range",
+            format!("requested_spend_cents must be at most {MAX_AMOUNT_CENTS}"),
+        ));
+    }
+    if operation.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid_field", empty_operation));
+    }
+    Ok(())
+}
+
 /// What the request asks beyond the call itself, as verify and preflight carry it.
 struct Ask<'a> {
     currency: Option<&'a str>,
@@ -276,35 +336,26 @@ impl Engine {
         req: &VerifyRequest,
     ) -> Result<VerifyResult, ApiError> {
         require_role(principal, &[Role::Agent])?;
-        for (field, value) in [
-            ("operation", Some(req.operation.as_str())),
-            ("tool_name", req.tool_name.as_deref()),
-            ("vendor_id", req.vendor_id.as_deref()),
-            ("agent_subject", req.agent_subject.as_deref()),
-            ("task_id", req.task_id.as_deref()),
-            ("workflow_id", req.workflow_id.as_deref()),
-            ("tool_call_id", req.tool_call_id.as_deref()),
-            ("currency", req.currency.as_deref()),
-            ("idempotency_key", req.idempotency_key.as_deref()),
-            (
-                "approval_token",
-                req.approval_token.as_ref().map(|t| t.expose_secret()),
-            ),
-        ] {
-            bounded(field, value)?;
-        }
-        if req.requested_spend_cents > MAX_AMOUNT_CENTS {
-            return Err(ApiError::unprocessable(
-                "amount_out_of_range",
-                format!("requested_spend_cents must be at most {MAX_AMOUNT_CENTS}"),
-            ));
-        }
-        if req.operation.trim().is_empty() {
-            return Err(ApiError::bad_request(
-                "invalid_field",
-                "operation must not be empty",
-            ));
-        }
+        check_call_fields(
+            &[
+                ("operation", Some(req.operation.as_str())),
+                ("tool_name", req.tool_name.as_deref()),
+                ("vendor_id", req.vendor_id.as_deref()),
+                ("agent_subject", req.agent_subject.as_deref()),
+                ("task_id", req.task_id.as_deref()),
+                ("workflow_id", req.workflow_id.as_deref()),
+                ("tool_call_id", req.tool_call_id.as_deref()),
+                ("currency", req.currency.as_deref()),
+                ("idempotency_key", req.idempotency_key.as_deref()),
+                (
+                    "approval_token",
+                    req.approval_token.as_ref().map(|t| t.expose_secret()),
+                ),
+            ],
+            req.requested_spend_cents,
+            &req.operation,
+            "operation must not be empty",
+        )?;
         let started = Instant::now();
         let policy = self.policy_for(&principal.tenant_id)?;
         let result = self.idempotent(
@@ -336,59 +387,37 @@ impl Engine {
         req: &PreflightRequest,
     ) -> Result<PreflightResult, ApiError> {
         require_role(principal, &[Role::Agent, Role::Operator, Role::TenantAdmin])?;
-        for (field, value) in [
-            ("operation", Some(req.operation.as_str())),
-            ("tool_name", req.tool_name.as_deref()),
-            ("vendor_id", req.vendor_id.as_deref()),
-            ("agent_subject", req.agent_subject.as_deref()),
-            ("task_id", req.task_id.as_deref()),
-            ("workflow_id", req.workflow_id.as_deref()),
-            ("tool_call_id", req.tool_call_id.as_deref()),
-            ("currency", req.currency.as_deref()),
-            (
-                "approval_token",
-                req.approval_token.as_ref().map(|t| t.expose_secret()),
-            ),
-        ] {
-            bounded(field, value)?;
-        }
-        if req.requested_spend_cents > MAX_AMOUNT_CENTS {
-            return Err(ApiError::unprocessable(
-                "amount_out_of_range",
-                format!("requested_spend_cents must be at most {MAX_AMOUNT_CENTS}"),
-            ));
-        }
-        if req.operation.trim().is_empty() {
-            return Err(ApiError::bad_request(
-                "invalid_field",
-                "operation must not be empty (`*` asks about the intent's budget only)",
-            ));
-        }
+        check_call_fields(
+            &[
+                ("operation", Some(req.operation.as_str())),
+                ("tool_name", req.tool_name.as_deref()),
+                ("vendor_id", req.vendor_id.as_deref()),
+                ("agent_subject", req.agent_subject.as_deref()),
+                ("task_id", req.task_id.as_deref()),
+                ("workflow_id", req.workflow_id.as_deref()),
+                ("tool_call_id", req.tool_call_id.as_deref()),
+                ("currency", req.currency.as_deref()),
+                (
+                    "approval_token",
+                    req.approval_token.as_ref().map(|t| t.expose_secret()),
+                ),
+            ],
+            req.requested_spend_cents,
+            &req.operation,
+            "operation must not be empty (`*` asks about the intent's budget only)",
+        )?;
         let policy = self.policy_for(&principal.tenant_id)?;
         let policy = policy.as_deref();
         let budget_only = req.operation == "*";
-        let binding = match policy {
-            Some(p) => bind_tool(&p.policy, &req.operation, req.tool_name.as_deref()),
-            None => Err(deny(
-                "tool_not_in_policy",
-                "the tenant has no policy; nothing is allowed",
-            )),
-        };
-        let call = Call {
-            tenant: &principal.tenant_id,
-            intent: req.intent_id.to_string(),
-            tool: binding
-                .as_ref()
-                .ok()
-                .and_then(|b| b.tools.first().cloned())
-                .unwrap_or_else(|| req.operation.clone()),
-            operation: &req.operation,
-            vendor: non_empty(&req.vendor_id),
-            agent: &principal.subject,
-            agent_subject: non_empty(&req.agent_subject),
-            amount: req.requested_spend_cents,
-            binding,
-        };
+        let call = Call::new(
+            principal,
+            policy,
+            req.intent_id,
+            &req.operation,
+            req.tool_name.as_deref(),
+            (non_empty(&req.vendor_id), non_empty(&req.agent_subject)),
+            req.requested_spend_cents,
+        );
         let ask = Ask {
             currency: req.currency.as_deref(),
             approval_token: req.approval_token.as_ref().map(|t| t.expose_secret()),
@@ -464,28 +493,15 @@ impl Engine {
         req: &VerifyRequest,
         policy: Option<&EffectivePolicy>,
     ) -> Result<VerifyResult, ApiError> {
-        let binding = match policy {
-            Some(p) => bind_tool(&p.policy, &req.operation, req.tool_name.as_deref()),
-            None => Err(deny(
-                "tool_not_in_policy",
-                "the tenant has no policy; nothing is allowed",
-            )),
-        };
-        let call = Call {
-            tenant: &principal.tenant_id,
-            intent: req.intent_id.to_string(),
-            tool: binding
-                .as_ref()
-                .ok()
-                .and_then(|b| b.tools.first().cloned())
-                .unwrap_or_else(|| req.operation.clone()),
-            operation: &req.operation,
-            vendor: non_empty(&req.vendor_id),
-            agent: &principal.subject,
-            agent_subject: non_empty(&req.agent_subject),
-            amount: req.requested_spend_cents,
-            binding,
-        };
+        let call = Call::new(
+            principal,
+            policy,
+            req.intent_id,
+            &req.operation,
+            req.tool_name.as_deref(),
+            (non_empty(&req.vendor_id), non_empty(&req.agent_subject)),
+            req.requested_spend_cents,
+        );
         let decision_id = Uuid::new_v4();
         // Every decision keeps the checks it evaluated: its proof trace.
         let mut seen = Seen {
