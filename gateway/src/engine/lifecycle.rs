@@ -832,6 +832,25 @@ impl Engine {
 /// and reads leave lapsed reservations out before it gets to them ([`lapsed_cents`]).
 /// Open reservations of `intent` past their TTL that the sweep has not expired yet:
 /// every read of a budget leaves them out.
+/// An intent's reserved amount without reservations past their TTL (expired or
+/// not by the sweep yet), and how many reservations are still open.
+pub(crate) fn live_reservations(
+    tx: &dyn Tx,
+    intent: &str,
+    reserved: u64,
+    now: i64,
+) -> Result<(u64, u64), ApiError> {
+    let open: u64 = tx.query_one(
+        "SELECT COUNT(*) FROM reservations WHERE intent_id = ?1 AND state = 'open' AND expires_ms > ?2",
+        args![intent, now],
+        |r| r.get(0),
+    )?;
+    Ok((
+        reserved.saturating_sub(lapsed_cents(tx, intent, now)?),
+        open,
+    ))
+}
+
 pub(crate) fn lapsed_cents(tx: &dyn Tx, intent: &str, now: i64) -> Result<u64, ApiError> {
     tx.query_one(
         "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM reservations
@@ -969,12 +988,7 @@ fn intent_view(
             "no such intent for this tenant",
         ));
     };
-    let open: u64 = tx.query_one(
-        "SELECT COUNT(*) FROM reservations WHERE intent_id = ?1 AND state = 'open' AND expires_ms > ?2",
-        args![intent_id.to_string(), now],
-        |r| r.get(0),
-    )?;
-    let reserved = reserved.saturating_sub(lapsed_cents(tx, &intent_id.to_string(), now)?);
+    let (reserved, open) = live_reservations(tx, &intent_id.to_string(), reserved, now)?;
     Ok(IntentView {
         intent_id,
         tenant: tenant.to_owned(),

@@ -10,7 +10,7 @@ pub use paybond_middleware_core::wire::{
 use paybond_middleware_core::wire::{LifecycleStatus, Principal, Role, VerifyResult};
 use uuid::Uuid;
 
-use crate::engine::lifecycle::{lapsed_cents, lifecycle, parse_cursor, rfc3339};
+use crate::engine::lifecycle::{lifecycle, live_reservations, parse_cursor, rfc3339};
 use crate::engine::{Engine, require_role};
 use crate::error::ApiError;
 use crate::store::{Tx, args};
@@ -61,12 +61,7 @@ fn intent_row(r: &crate::store::Row) -> Result<IntentRow, ApiError> {
 
 fn summary(tx: &dyn Tx, now: i64, row: IntentRow) -> Result<OperatorIntent, ApiError> {
     let (id, ops, budget, currency, state, deadline, consumed, reserved, created) = row;
-    let open: u64 = tx.query_one(
-        "SELECT COUNT(*) FROM reservations WHERE intent_id = ?1 AND state = 'open' AND expires_ms > ?2",
-        args![id, now],
-        |r| r.get(0),
-    )?;
-    let reserved = reserved.saturating_sub(lapsed_cents(tx, &id, now)?);
+    let (reserved, open) = live_reservations(tx, &id, reserved, now)?;
     let state = lifecycle(&state);
     Ok(OperatorIntent {
         intent_id: Uuid::parse_str(&id)
