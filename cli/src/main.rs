@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
+mod audit;
 mod dev;
 mod envfile;
 mod kit;
@@ -54,6 +55,9 @@ enum Command {
     /// The tenant's intents and their history.
     #[command(subcommand)]
     Intents(kit::IntentsCommand),
+    /// Compliance audit exports: signed ZIPs, and their offline check.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Print a shell completion script: `paybond completions bash > ~/.local/share/bash-completion/completions/paybond`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -211,6 +215,7 @@ fn main() -> ExitCode {
         Command::Guardrails(cmd) => kit::guardrails(cmd, &cli.global),
         Command::Spend(cmd) => kit::spend(cmd, &cli.global),
         Command::Intents(cmd) => kit::intents(cmd, &cli.global),
+        Command::Audit(cmd) => audit::run(cmd, &cli.global),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(

@@ -170,6 +170,54 @@ pub(crate) fn send_json(
     })
 }
 
+/// Sends one request with `bearer` (a download token) and answers the body's bytes,
+/// or prints the error and the exit code.
+pub(crate) fn fetch_bytes(
+    t: &Target,
+    method: reqwest::Method,
+    path: &str,
+    bearer: &str,
+) -> Result<Vec<u8>, Outcome> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| usage_error(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        let unreachable = |e: reqwest::Error| {
+            output::fail(Failure::new(
+                Category::Environment,
+                "gateway_unreachable",
+                format!("cannot reach the gateway at {}: {e}", t.url),
+            ))
+        };
+        let response = reqwest::Client::new()
+            .request(method, format!("{}{path}", t.url))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(unreachable)?;
+        if status.is_success() {
+            return Ok(bytes.to_vec());
+        }
+        let failure = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) => Failure::new(
+                Category::Gateway,
+                &b.error,
+                format!("HTTP {status}: {} ({})", b.message, b.error),
+            )
+            .request_id(Some(b.request_id)),
+            Err(_) => Failure::new(
+                Category::Gateway,
+                &format!("http_{}", status.as_u16()),
+                format!("HTTP {status}"),
+            ),
+        };
+        Err(output::fail(failure))
+    })
+}
+
 fn print_status(a: &ApprovalStatus) {
     println!(
         "{}  {:<8}  {}/{} approvals  {:<20} {:>14}  {}",

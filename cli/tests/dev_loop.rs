@@ -883,3 +883,180 @@ fn the_agent_commands_a_paybond_cli_user_types() {
     assert_eq!(evidence["operation"], "travel.book_hotel", "{evidence}");
     drop(gw);
 }
+
+#[test]
+fn audit_exports_from_the_command_line_and_the_offline_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), &[]);
+    let keys = env(dir.path());
+    let run = |args: &[&str]| -> (i32, Value, String) {
+        let mut all = args.to_vec();
+        all.extend(["--format", "json"]);
+        let (code, out, err) = paybond_in(dir.path(), &all);
+        for secret in [&keys["PAYBOND_API_KEY"], &keys["PAYBOND_OPERATOR_API_KEY"]] {
+            assert!(!out.contains(secret.as_str()) && !err.contains(secret.as_str()));
+        }
+        assert!(
+            !out.contains("pbdl_"),
+            "a download token was printed: {out}"
+        );
+        let v: Value =
+            serde_json::from_str(&out).unwrap_or_else(|_| panic!("{args:?}: {out}{err}"));
+        (code, v, err)
+    };
+    let (code, boot, _) = run(&[
+        "guardrails",
+        "bootstrap",
+        "--operation",
+        "travel.book_hotel",
+        "--requested-spend-cents",
+        "50000",
+    ]);
+    assert_eq!(code, 0, "{boot}");
+
+    // Create, wait, download in one command.
+    let (code, created, err) = run(&[
+        "audit",
+        "exports",
+        "create",
+        "--includes",
+        "decisions,guardrails",
+        "--case-id",
+        "case-1",
+        "--output",
+        "bundle.zip",
+    ]);
+    assert_eq!(code, 0, "{created}{err}");
+    let job_id = created["data"]["job_id"].as_str().unwrap().to_owned();
+    let zip = dir.path().join("bundle.zip");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&zip).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let (code, keys_out, _) = run(&["audit", "signing-keys"]);
+    assert_eq!(code, 0);
+    let public = keys_out["data"]["keys"][0]["public_key_hex"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Verified offline (no gateway needed), pinned to the published key.
+    drop(gw);
+    let (code, verified, _) = run(&[
+        "audit",
+        "exports",
+        "verify",
+        "bundle.zip",
+        "--public-key",
+        &public,
+    ]);
+    assert_eq!(code, 0, "{verified}");
+    assert_eq!(verified["data"]["verified"], true);
+    assert_eq!(verified["data"]["job_id"], job_id.as_str());
+    assert_eq!(
+        verified["data"]["artifacts"].as_array().unwrap().len(),
+        5,
+        "{verified}"
+    );
+    let (code, table, _) = paybond_in(
+        dir.path(),
+        &["audit", "exports", "verify", "--path", "bundle.zip"],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("verified") && table.contains("chain valid"),
+        "{table}"
+    );
+
+    // One changed byte in an artifact: exit 1, naming the file.
+    let mut files = Vec::new();
+    {
+        use std::io::Read as _;
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip).unwrap()).unwrap();
+        for i in 0..archive.len() {
+            let mut f = archive.by_index(i).unwrap();
+            let name = f.name().unwrap().into_owned();
+            let mut data = Vec::new();
+            f.read_to_end(&mut data).unwrap();
+            files.push((name, data));
+        }
+    }
+    let decisions = files
+        .iter_mut()
+        .find(|(n, _)| n == "ledger/events.jsonl")
+        .unwrap();
+    let at = decisions.1.iter().position(|b| b.is_ascii_digit()).unwrap();
+    decisions.1[at] = if decisions.1[at] == b'9' {
+        b'8'
+    } else {
+        decisions.1[at] + 1
+    };
+    {
+        use std::io::Write as _;
+        let mut w =
+            zip::ZipWriter::new(std::fs::File::create(dir.path().join("tampered.zip")).unwrap());
+        for (name, data) in &files {
+            w.start_file(name.as_str(), zip::write::SimpleFileOptions::default())
+                .unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let (code, refused, _) = run(&["audit", "exports", "verify", "tampered.zip"]);
+    assert_eq!(code, 1, "{refused}");
+    assert_eq!(refused["error"]["code"], "audit_bundle_invalid");
+    let problems = refused["error"]["details"]["problems"].as_array().unwrap();
+    assert!(
+        problems[0]
+            .as_str()
+            .unwrap()
+            .starts_with("ledger/events.jsonl: SHA-256"),
+        "{refused}"
+    );
+    let (code, _, _) = run(&[
+        "audit",
+        "exports",
+        "verify",
+        "--public-key",
+        "00",
+        "bundle.zip",
+    ]);
+    assert_eq!(code, 1);
+    let (code, missing, _) = run(&["audit", "exports", "verify", "nothing.zip"]);
+    assert_eq!(code, 2, "{missing}");
+
+    // List, get, delete against the restarted gateway.
+    let _gw = start(dir.path(), &[]);
+    let (code, list, _) = run(&["audit", "exports", "list"]);
+    assert_eq!(code, 0);
+    assert_eq!(list["data"]["jobs"][0]["id"], job_id.as_str(), "{list}");
+    let (code, got, _) = run(&[
+        "audit",
+        "exports",
+        "get",
+        "--job-id",
+        &job_id,
+        "--issue-download",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(got["data"]["job"]["status"], "ready");
+    assert_eq!(got["data"]["job"]["download_token"], "[redacted]");
+    let (code, _, _) = run(&["audit", "exports", "delete", &job_id]);
+    assert_eq!(code, 2, "delete needs --yes");
+    let (code, _, _) = run(&["audit", "exports", "delete", &job_id, "--yes"]);
+    assert_eq!(code, 0);
+    let (code, gone, _) = run(&[
+        "audit",
+        "exports",
+        "download",
+        &job_id,
+        "--output",
+        "again.zip",
+    ]);
+    assert_eq!(code, 1, "{gone}");
+    assert!(!dir.path().join("again.zip").exists());
+}

@@ -33,6 +33,7 @@
 //! # Ok(())
 //! # }
 //! ```
+pub mod audit;
 mod embedded;
 mod engine;
 mod error;
@@ -42,7 +43,10 @@ pub mod server;
 mod store;
 mod tokens;
 pub use embedded::EmbeddedGateway;
-pub use engine::ledger::{GENESIS, LedgerCheck, LedgerEvent, LedgerTip, verify_events};
+pub use engine::audit::*;
+pub use engine::ledger::{
+    GENESIS, LedgerCheck, LedgerEvent, LedgerTip, verify_events, verify_segment,
+};
 pub use engine::lifecycle::*;
 pub use engine::operator::*;
 pub use engine::*;

@@ -12,6 +12,10 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
+use crate::engine::audit::{
+    AuditExportDeleted, AuditExportJobResponse, AuditExportList, CreateAuditExportRequest,
+    SigningKeys,
+};
 use crate::engine::operator::{DecisionRecord, OperatorIntentDetail, OperatorIntentList};
 use crate::engine::{EffectivePolicy, IssueKeyRequest, IssuedKey};
 use crate::ledger::{LedgerEvent, LedgerTip};
@@ -25,7 +29,7 @@ fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
 
 /// One documented route.
 pub struct RouteDoc {
-    /// `GET`, `POST` or `PUT`.
+    /// `GET`, `POST`, `PUT` or `DELETE`.
     pub method: &'static str,
     /// Path with `{param}` placeholders, as routed.
     pub path: &'static str,
@@ -336,6 +340,79 @@ pub const ROUTES: &[RouteDoc] = &[
         query: &[],
     },
     RouteDoc {
+        method: "POST",
+        path: "/v1/compliance/audit-exports",
+        roles: "operator, tenant_admin",
+        summary: "Starts an audit export (202): a signed ZIP of the ledger segment of the window, decisions, approvals, guardrail records and intents, built in the background. The filter fields may be given at the top level or in `filter`.",
+        request: Some(schema::<CreateAuditExportRequest>),
+        response: schema::<AuditExportJobResponse>,
+        errors: &[400, 413, 415, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/v1/compliance/audit-exports",
+        roles: "operator, tenant_admin, agent (read-only)",
+        summary: "The tenant's audit export jobs, newest first.",
+        request: None,
+        response: schema::<AuditExportList>,
+        errors: &[400],
+        query: &[
+            ("limit", "1 to 200 (default 50)"),
+            ("cursor", "the previous page's next_cursor"),
+        ],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/v1/compliance/audit-exports/{job_id}",
+        roles: "operator, tenant_admin, agent (read-only, no download token)",
+        summary: "One audit export job: status, progress, digests; with issue_download=1 a ready job also answers a download token (15 minutes) and its download_path.",
+        request: None,
+        response: schema::<AuditExportJobResponse>,
+        errors: &[400, 404],
+        query: &[("issue_download", "1 or true: issue a download token")],
+    },
+    RouteDoc {
+        method: "DELETE",
+        path: "/v1/compliance/audit-exports/{job_id}",
+        roles: "operator, tenant_admin",
+        summary: "Drops the job's bundle; the job stays listed as deleted.",
+        request: None,
+        response: schema::<AuditExportDeleted>,
+        errors: &[400, 404],
+        query: &[],
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/v1/compliance/audit-exports/{job_id}/bundle",
+        roles: "the job's download token as bearer, or operator, tenant_admin",
+        summary: "The ZIP (application/zip) of a ready job.",
+        request: None,
+        response: schema::<String>,
+        errors: &[400, 404, 409],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/v1/compliance/audit-exports/{job_id}/bundle",
+        roles: "the job's download token as bearer, or operator, tenant_admin",
+        summary: "The ZIP (application/zip) of a ready job.",
+        request: None,
+        response: schema::<String>,
+        errors: &[400, 404, 409],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/v1/compliance/signing-keys",
+        roles: "agent, operator, tenant_admin",
+        summary: "The tenant's Ed25519 audit signing key (created on first use): the public key audit manifests are checked against.",
+        request: None,
+        response: schema::<SigningKeys>,
+        errors: &[],
+        query: &[],
+    },
+    RouteDoc {
         method: "GET",
         path: "/openapi.json",
         roles: "none",
@@ -406,11 +483,18 @@ pub fn document() -> Value {
         let mut responses = Map::new();
         let ok_type = if route.path == "/metrics" {
             "text/plain"
+        } else if route.path.ends_with("/bundle") {
+            "application/zip"
         } else {
             "application/json"
         };
+        let ok_status = if route.method == "POST" && route.path == "/v1/compliance/audit-exports" {
+            "202"
+        } else {
+            "200"
+        };
         responses.insert(
-            "200".into(),
+            ok_status.into(),
             json!({"description": "OK", "content": {ok_type: {"schema": (route.response)(&mut generator).to_value()}}}),
         );
         let mut statuses: Vec<u16> = route.errors.to_vec();

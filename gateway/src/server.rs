@@ -626,6 +626,135 @@ async fn ledger_events(
     json(&r)
 }
 
+async fn create_audit_export(State(s): State<AppState>, request: Request) -> Answer {
+    let (headers, bytes) = body(&s, request).await?;
+    let creds = credentials(&headers)?;
+    let r = with_engine(&s, creds, move |e, p, _| {
+        let req: crate::engine::audit::CreateAuditExportRequest = if bytes.is_empty() {
+            crate::engine::audit::CreateAuditExportRequest::default()
+        } else {
+            parse(&bytes)?
+        };
+        e.create_audit_export(p, &req)
+    })
+    .await?;
+    // The bundle is built in the background; the job reports its progress.
+    let engine = s.engine.clone();
+    let (tenant, job_id) = (r.job.tenant_realm_id.clone(), r.job.id);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = engine.build_audit_export(&tenant, job_id) {
+            tracing::warn!(%job_id, code = e.code, message = %e.message, "an audit export failed");
+        }
+    });
+    let mut response = json(&r)?;
+    *response.status_mut() = StatusCode::ACCEPTED;
+    Ok(response)
+}
+
+async fn audit_exports(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Answer {
+    let limit = number_param(
+        &q,
+        "limit",
+        50,
+        1..=u64::from(crate::engine::audit::MAX_EXPORT_PAGE),
+    )?;
+    let cursor = q.get("cursor").cloned();
+    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
+        e.audit_exports(p, u32::try_from(limit).ok(), cursor.as_deref())
+    })
+    .await?;
+    json(&r)
+}
+
+async fn audit_export(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Answer {
+    let id = uuid_param(&id, "job_id")?;
+    let issue = match q.get("issue_download").map(String::as_str) {
+        None | Some("" | "0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(other) => {
+            return Err(fail(ApiError::bad_request(
+                "invalid_query_parameter",
+                format!("issue_download `{other}` is not 1, true, 0 or false"),
+            )));
+        }
+    };
+    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
+        e.audit_export(p, id, issue)
+    })
+    .await?;
+    json(&r)
+}
+
+async fn delete_audit_export(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let id = uuid_param(&id, "job_id")?;
+    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
+        e.delete_audit_export(p, id)
+    })
+    .await?;
+    json(&r)
+}
+
+/// The ZIP, for a download token (`Authorization: Bearer pbdl_…`) or an operator key.
+async fn audit_export_bundle(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    use crate::engine::audit::{BundleCredential, DOWNLOAD_TOKEN_PREFIX};
+    let id = uuid_param(&id, "job_id")?;
+    let creds = credentials(&headers)?;
+    let bytes = match creds.api_key.clone() {
+        Some(token) if token.starts_with(DOWNLOAD_TOKEN_PREFIX) => {
+            let engine = s.engine.clone();
+            tokio::task::spawn_blocking(move || {
+                engine.audit_export_bundle(BundleCredential::DownloadToken(&token), id)
+            })
+            .await
+            .map_err(|e| fail(ApiError::internal(e)))?
+            .map_err(fail)?
+        }
+        _ => {
+            with_engine(&s, creds, move |e, p, _| {
+                e.audit_export_bundle(BundleCredential::Principal(p), id)
+            })
+            .await?
+        }
+    };
+    let disposition = format!("attachment; filename=\"paybond-audit-export-{id}.zip\"");
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/zip"),
+        )],
+        bytes,
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(response)
+}
+
+async fn signing_keys(State(s): State<AppState>, headers: HeaderMap) -> Answer {
+    let r = with_engine(&s, credentials(&headers)?, |e, p, _| e.signing_keys(p)).await?;
+    json(&r)
+}
+
 async fn healthz() -> Answer {
     json(&serde_json::json!({"status": "ok"}))
 }
@@ -706,6 +835,19 @@ fn router_with(engine: Arc<Engine>, body_timeout: Duration) -> Router {
         .route("/v1/admin/api-keys", post(issue_key))
         .route("/v1/policy/effective", get(effective_policy))
         .route("/v1/spend/preflight", post(preflight))
+        .route(
+            "/v1/compliance/audit-exports",
+            post(create_audit_export).get(audit_exports),
+        )
+        .route(
+            "/v1/compliance/audit-exports/{job_id}",
+            get(audit_export).delete(delete_audit_export),
+        )
+        .route(
+            "/v1/compliance/audit-exports/{job_id}/bundle",
+            post(audit_export_bundle).get(audit_export_bundle),
+        )
+        .route("/v1/compliance/signing-keys", get(signing_keys))
         .route("/ledger/v1/tip", get(ledger_tip))
         .route("/ledger/v1/events", get(ledger_events))
         .route("/healthz", get(healthz))

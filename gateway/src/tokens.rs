@@ -106,6 +106,19 @@ impl Minter {
         format!("paybond_at_{hex}")
     }
 
+    /// What a tenant's audit signing key is XORed with in the store: a pad derived
+    /// from the root key and the tenant, so the database alone does not hold the
+    /// signing key (a SQLite store keeps the root key in its own file).
+    pub(crate) fn audit_key_pad(&self, tenant: &str) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::new()
+            .chain_update(b"paybond audit signing key v1\0")
+            .chain_update(self.root.private().to_bytes())
+            .chain_update(tenant.as_bytes())
+            .finalize()
+            .into()
+    }
+
     /// A minter for exactly this key (from a key file): `None` if the bytes are not
     /// an Ed25519 private key.
     pub(crate) fn from_key(bytes: &[u8]) -> Option<Self> {

@@ -221,8 +221,24 @@ fn existing_files_are_narrowed_and_a_key_kept_in_the_database_moves_out() {
         }
     };
     assert!(engine.verify(&agent, &request(&token)).unwrap().allow);
+    // The tenant's audit signing key: the database holds it wrapped under the root
+    // key, not as a key whose public half is the published one.
+    let signing = engine.signing_keys(&agent).unwrap().keys[0]
+        .public_key_hex
+        .clone();
     drop(engine);
     let conn = rusqlite::Connection::open(&db).unwrap();
+    let stored: Vec<u8> = conn
+        .query_row("SELECT secret_key FROM signing_keys", [], |r| r.get(0))
+        .unwrap();
+    let as_is = ed25519_dalek::SigningKey::from_bytes(&stored.try_into().unwrap());
+    let as_is: String = as_is
+        .verifying_key()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_ne!(as_is, signing, "the signing key is stored in clear");
     let rows: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM meta WHERE key = 'root_key'",
@@ -249,6 +265,32 @@ fn existing_files_are_narrowed_and_a_key_kept_in_the_database_moves_out() {
             .unwrap()
             .allow
     );
+    // The audit signing key survived the rotation: the same key signs a new export.
+    assert_eq!(
+        engine.signing_keys(&agent).unwrap().keys[0].public_key_hex,
+        signing
+    );
+    let operator = engine
+        .authenticate(fx_keys.operator.expose_secret())
+        .unwrap();
+    let job = engine
+        .create_audit_export(
+            &operator,
+            &paybond_gateway::CreateAuditExportRequest::default(),
+        )
+        .unwrap()
+        .job;
+    engine
+        .build_audit_export(&fx_keys.tenant_id, job.id)
+        .unwrap();
+    let zip = engine
+        .audit_export_bundle(
+            paybond_gateway::BundleCredential::Principal(&operator),
+            job.id,
+        )
+        .unwrap();
+    let report = paybond_gateway::audit::verify_bundle(&zip, Some(&signing)).unwrap();
+    assert!(report.verified, "{report:?}");
 }
 
 #[test]

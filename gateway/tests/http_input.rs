@@ -233,7 +233,8 @@ async fn the_served_and_checked_in_openapi_documents_match_the_router() {
             .replace(['{', '}'], "")
             .replace("decision_id", &uuid::Uuid::new_v4().to_string())
             .replace("approval_request_id", &uuid::Uuid::new_v4().to_string())
-            .replace("intent_id", &uuid::Uuid::new_v4().to_string());
+            .replace("intent_id", &uuid::Uuid::new_v4().to_string())
+            .replace("job_id", &uuid::Uuid::new_v4().to_string());
         let method = Method::from_bytes(route.method.as_bytes()).unwrap();
         let (status, body) = call(
             &base,
@@ -259,7 +260,7 @@ async fn the_served_and_checked_in_openapi_documents_match_the_router() {
             route.path
         );
     }
-    assert_eq!(paybond_gateway::openapi::ROUTES.len(), 26);
+    assert_eq!(paybond_gateway::openapi::ROUTES.len(), 33);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -449,6 +449,53 @@ impl HttpGateway {
         .await
     }
 
+    /// `GET /v1/compliance/audit-exports`: the tenant's audit export jobs, newest
+    /// first, as the gateway answers them (`{tenant_realm_id, jobs, next_cursor}`).
+    pub async fn list_audit_exports(
+        &self,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<serde_json::Value, GatewayError> {
+        let mut query = Vec::new();
+        if let Some(l) = limit {
+            query.push(format!("limit={l}"));
+        }
+        if let Some(c) = cursor {
+            // Cursors are `ms.uuid`: nothing to escape but a stray `&` or `#`.
+            query.push(format!("cursor={}", c.replace(['&', '#', ' '], "")));
+        }
+        let path = if query.is_empty() {
+            "/v1/compliance/audit-exports".to_owned()
+        } else {
+            format!("/v1/compliance/audit-exports?{}", query.join("&"))
+        };
+        self.send(Call::<()> {
+            operation: "list_audit_exports",
+            method: Method::GET,
+            path,
+            body: None,
+            idempotency_key: None,
+            with_tenant: true,
+            extra_secrets: &[],
+        })
+        .await
+    }
+
+    /// `GET /v1/compliance/audit-exports/{id}`: one audit export job (`{job}`:
+    /// status, progress, digests; no download token).
+    pub async fn audit_export(&self, job_id: Uuid) -> Result<serde_json::Value, GatewayError> {
+        self.send(Call::<()> {
+            operation: "get_audit_export",
+            method: Method::GET,
+            path: format!("/v1/compliance/audit-exports/{job_id}"),
+            body: None,
+            idempotency_key: None,
+            with_tenant: true,
+            extra_secrets: &[],
+        })
+        .await
+    }
+
     /// `GET /harbor/operator/v1/intents/{id}`: one intent with its reservations,
     /// decisions and evidence.
     pub async fn intent_history(

@@ -1,6 +1,7 @@
 //! The Paybond tools over MCP (`paybond-mcp-server`), named as the Paybond Kit's:
 //! the principal, a sandbox guardrail, authorize and complete spend, the budget
-//! left and why a call would pass (preflight), evidence, intents, approvals.
+//! left and why a call would pass (preflight), evidence, intents, approvals and
+//! compliance audit exports.
 //!
 //! Each tool carries MCP annotations (`readOnlyHint`, `destructiveHint`).
 //! [`ToolPolicy::ReadOnly`] lists and allows only the read-only tools;
@@ -212,6 +213,27 @@ const TOOLS: &[ToolSpec] = &[
             "status": {"type": "string"},
             "limit": {"type": "integer", "minimum": 1, "maximum": 500},
             "cursor": {"type": "string"}}})
+        },
+    },
+    ToolSpec {
+        name: "paybond_list_audit_exports",
+        description: "The tenant's compliance audit export jobs, newest first: status, digests, size.",
+        read_only: true,
+        destructive: false,
+        schema: || {
+            json!({"type": "object", "properties": {
+            "limit": {"type": "integer", "minimum": 1, "maximum": 200},
+            "cursor": {"type": "string"}}})
+        },
+    },
+    ToolSpec {
+        name: "paybond_get_audit_export",
+        description: "One compliance audit export job: status, progress, manifest and bundle SHA-256.",
+        read_only: true,
+        destructive: false,
+        schema: || {
+            json!({"type": "object", "required": ["job_id"], "properties": {
+            "job_id": {"type": "string", "format": "uuid"}}})
         },
     },
     ToolSpec {
@@ -446,6 +468,21 @@ impl PaybondToolsServer {
                     .await
                     .map_err(refused)?;
                 serde_json::to_value(r).map_err(|e| blocked("internal", e.to_string()))
+            }
+            "paybond_list_audit_exports" => {
+                let limit = args
+                    .get("limit")
+                    .and_then(Value::as_u64)
+                    .and_then(|l| u32::try_from(l).ok());
+                self.gateway
+                    .list_audit_exports(limit, opt_text(args, "cursor").as_deref())
+                    .await
+                    .map_err(refused)
+            }
+            "paybond_get_audit_export" => {
+                let job_id = parse_uuid(&text(args, "job_id")?)
+                    .ok_or_else(|| blocked("invalid_arguments", "`job_id` is not a UUID"))?;
+                self.gateway.audit_export(job_id).await.map_err(refused)
             }
             other => Err(blocked("unknown_tool", format!("no tool `{other}`"))),
         }

@@ -102,9 +102,11 @@ async fn each_tool_policy_lists_and_allows_its_tools() {
     let read_only = vec![
         "paybond_explain_policy",
         "paybond_get_approval_status",
+        "paybond_get_audit_export",
         "paybond_get_budget_remaining",
         "paybond_get_intent",
         "paybond_get_principal",
+        "paybond_list_audit_exports",
         "paybond_list_intents",
     ];
     let mut everything = read_only.clone();
@@ -218,7 +220,7 @@ async fn the_tools_against_a_gateway() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(paybond_gateway::server::serve(
         listener,
-        engine,
+        engine.clone(),
         std::future::pending(),
     ));
     let gateway = HttpGateway::builder(&url, keys.agent.clone())
@@ -290,6 +292,23 @@ async fn the_tools_against_a_gateway() {
         intent.as_str(),
         "{listed}"
     );
+    // An export an operator made, read with the agent key.
+    let operator = engine.authenticate(keys.operator.expose_secret()).unwrap();
+    let job = engine
+        .create_audit_export(
+            &operator,
+            &paybond_gateway::CreateAuditExportRequest::default(),
+        )
+        .unwrap()
+        .job;
+    engine.build_audit_export(&keys.tenant_id, job.id).unwrap();
+    let exports = call("paybond_list_audit_exports", json!({"limit": 5})).await;
+    assert_eq!(exports["jobs"][0]["id"], job.id.to_string(), "{exports}");
+    assert_eq!(exports["jobs"][0]["status"], "ready", "{exports}");
+    let export = call("paybond_get_audit_export", json!({"job_id": job.id})).await;
+    assert_eq!(export["job"]["status"], "ready", "{export}");
+    assert_eq!(export["job"]["bundle_sha256"].as_str().unwrap().len(), 64);
+    assert!(export["job"].get("download_token").is_none(), "{export}");
     client.cancel().await.unwrap();
     let _ = served.await;
 }

@@ -236,9 +236,21 @@ pub(crate) fn verify_chain(tx: &dyn Tx) -> Result<LedgerCheck, ApiError> {
 /// Checks one tenant's chain as read from `GET /ledger/v1/events` (all of it, from
 /// seq 1): sequence, links and hashes. `Err` names the first bad entry.
 pub fn verify_events(tenant_id: &str, events: &[LedgerEvent]) -> Result<(), String> {
-    let mut prev = GENESIS.to_owned();
+    verify_segment(tenant_id, events, 1, GENESIS)
+}
+
+/// Checks a contiguous segment of one tenant's chain that starts at `first_seq`,
+/// whose first entry's `prev_hash` must be `first_prev_hash`: sequence, links and
+/// hashes. `Err` names the first bad entry.
+pub fn verify_segment(
+    tenant_id: &str,
+    events: &[LedgerEvent],
+    first_seq: u64,
+    first_prev_hash: &str,
+) -> Result<(), String> {
+    let mut prev = first_prev_hash.to_owned();
     for (i, e) in events.iter().enumerate() {
-        let expected_seq = i as u64 + 1;
+        let expected_seq = first_seq + i as u64;
         if e.seq != expected_seq {
             return Err(format!("expected seq {expected_seq}, found {}", e.seq));
         }

@@ -1,6 +1,7 @@
 //! The engine: the decision logic, written once against the store interface
 //! ([`crate::store::Tx`]), one transaction per operation.
 
+pub(crate) mod audit;
 pub(crate) mod counters;
 pub(crate) mod decide;
 pub(crate) mod ledger;
@@ -244,6 +245,28 @@ pub(crate) fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// Wraps every stored audit signing key under `to`'s pad instead of `from`'s.
+fn rewrap_signing_keys(tx: &dyn Tx, from: &Minter, to: &Minter) -> Result<(), ApiError> {
+    let rows = tx.query_map(
+        "SELECT tenant_id, secret_key FROM signing_keys",
+        args![],
+        |r| Ok((r.get::<String>(0)?, r.get::<Vec<u8>>(1)?)),
+    )?;
+    for (tenant, wrapped) in rows {
+        let (a, b) = (from.audit_key_pad(&tenant), to.audit_key_pad(&tenant));
+        let secret: Vec<u8> = wrapped
+            .iter()
+            .zip(a.iter().zip(b))
+            .map(|(w, (a, b))| w ^ a ^ b)
+            .collect();
+        tx.execute(
+            "UPDATE signing_keys SET secret_key = ?2 WHERE tenant_id = ?1",
+            args![tenant, secret],
+        )?;
+    }
+    Ok(())
+}
+
 fn role_from(name: &str) -> Role {
     match name {
         "agent" => Role::Agent,
@@ -345,6 +368,10 @@ impl Engine {
     /// approval token not yet fetched.
     pub fn rotate_root_key(storage: &Storage) -> Result<(), ApiError> {
         let bytes = Minter::new_key();
+        let new = Minter::from_key(&bytes)
+            .ok_or_else(|| ApiError::internal("a new root key is not an Ed25519 key"))?;
+        // Audit signing keys are stored wrapped under the root key: they are wrapped
+        // again under the new one in the same step.
         match storage {
             Storage::File(path) => {
                 if !path.exists() {
@@ -353,11 +380,35 @@ impl Engine {
                         format!("no gateway database at {}", path.display()),
                     ));
                 }
-                crate::store::write_key_file(&crate::store::root_key_path(path), &bytes)
+                let key_file = crate::store::root_key_path(path);
+                let store = Store::open(storage, crate::store::DEFAULT_WAL_LIMIT_BYTES)?;
+                let old =
+                    crate::store::read_key_file(&key_file)?.and_then(|k| Minter::from_key(&k));
+                if let Some(old) = &old {
+                    store.write(None, |tx| rewrap_signing_keys(tx, old, &new))?;
+                }
+                let written = crate::store::write_key_file(&key_file, &bytes);
+                if written.is_err()
+                    && let Some(old) = &old
+                {
+                    // The old root key stays: so does the wrapping under it.
+                    store.write(None, |tx| rewrap_signing_keys(tx, &new, old))?;
+                }
+                written
             }
             Storage::Postgres(_) => {
                 let store = Store::open(storage, crate::store::DEFAULT_WAL_LIMIT_BYTES)?;
                 store.write(None, |tx| {
+                    let old = tx
+                        .query_opt(
+                            "SELECT value FROM meta WHERE key = 'root_key'",
+                            args![],
+                            |r| r.get::<Vec<u8>>(0),
+                        )?
+                        .and_then(|k| Minter::from_key(&k));
+                    if let Some(old) = &old {
+                        rewrap_signing_keys(tx, old, &new)?;
+                    }
                     tx.execute(
                         "INSERT INTO meta (key, value) VALUES ('root_key', ?1)
                          ON CONFLICT (key) DO UPDATE SET value = excluded.value",

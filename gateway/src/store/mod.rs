@@ -424,6 +424,18 @@ impl Store {
         }
     }
 
+    /// Runs `f` in a read-only transaction over one snapshot, beside the writes
+    /// (see [`sqlite::SqliteStore::read`] and [`postgres::PgStore::read`]).
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        match self {
+            Self::Sqlite(s) => s.read(f),
+            Self::Postgres(p) => p.read(f),
+        }
+    }
+
     /// Whether other processes share this store.
     pub(crate) fn shared(&self) -> bool {
         matches!(self, Self::Postgres(_))

@@ -40,7 +40,39 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, SCHEMA_V2),
     (3, SCHEMA_V3),
     (4, SCHEMA_V4),
+    (5, SCHEMA_V5),
 ];
+
+/// Audit exports: each tenant's signing key and the export jobs with their bundles.
+const SCHEMA_V5: &str = r"
+CREATE TABLE signing_keys (
+    tenant_id TEXT PRIMARY KEY,
+    secret_key BYTEA NOT NULL,
+    public_key_hex TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE audit_exports (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    disclosure_tier TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    heartbeat_ms BIGINT NOT NULL,
+    stage TEXT NOT NULL,
+    percent BIGINT NOT NULL,
+    error TEXT,
+    manifest_sha256 TEXT,
+    bundle_sha256 TEXT,
+    bundle_size_bytes BIGINT,
+    bundle BYTEA,
+    download_token_hash TEXT UNIQUE,
+    download_token_expires_ms BIGINT
+);
+CREATE INDEX audit_exports_by_time ON audit_exports (tenant_id, created_ms, id);
+";
 
 /// Operator intent views: intents by time, decisions by intent (in ledger order),
 /// and submitted evidence.
@@ -390,6 +422,24 @@ impl PgStore {
             Ok(Ok(v)) => end.map(|()| v),
             Ok(Err(e)) => Err(e),
         }
+    }
+}
+
+impl PgStore {
+    /// Runs `f` in a read-only transaction that sees one snapshot of the database
+    /// (`REPEATABLE READ`): a long read (an audit export) is consistent and, under
+    /// MVCC, holds up no writer.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        self.write(|tx| {
+            tx.execute(
+                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                &[],
+            )?;
+            f(tx)
+        })
     }
 }
 

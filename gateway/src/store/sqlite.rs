@@ -187,6 +187,33 @@ CREATE TABLE IF NOT EXISTS evidence (
     created_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS evidence_by_intent ON evidence (intent_id, created_ms);
+CREATE TABLE IF NOT EXISTS signing_keys (
+    tenant_id TEXT PRIMARY KEY,
+    secret_key BLOB NOT NULL,
+    public_key_hex TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_exports (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    disclosure_tier TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    heartbeat_ms INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    percent INTEGER NOT NULL,
+    error TEXT,
+    manifest_sha256 TEXT,
+    bundle_sha256 TEXT,
+    bundle_size_bytes INTEGER,
+    bundle BLOB,
+    download_token_hash TEXT UNIQUE,
+    download_token_expires_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS audit_exports_by_time ON audit_exports (tenant_id, created_ms, id);
 ";
 
 /// Operations one commit of a file database takes at most, so that a steady stream
@@ -428,6 +455,8 @@ pub(crate) struct SqliteStore {
     durability: Option<Durability>,
     /// Operations a commit takes at most.
     max_batch: usize,
+    /// The database file (none in memory): snapshot reads open their own connection.
+    path: Option<PathBuf>,
     _checkpointer: Option<Checkpointer>,
 }
 
@@ -499,7 +528,33 @@ impl SqliteStore {
             max_batch: if durability.is_some() { MAX_BATCH } else { 1 },
             durability,
             _checkpointer: checkpointer,
+            path: match storage {
+                Storage::File(path) => Some(path.clone()),
+                _ => None,
+            },
         })
+    }
+
+    /// Runs `f` in a read-only transaction on a connection of its own, so a long
+    /// read (an audit export) sees one snapshot and never holds up the writer. An
+    /// in-memory database has one connection: `f` then runs as a write.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let Some(path) = &self.path else {
+            return self.write(f);
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch("BEGIN")?;
+        let out = f(&conn);
+        // Nothing was written: ending the transaction either way is the same.
+        let _ = conn.execute_batch("COMMIT");
+        out
     }
 
     /// Runs `f` in the current group transaction, in a savepoint of its own, and
