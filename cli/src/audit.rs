@@ -453,7 +453,7 @@ fn download(t: &Target, id: &str, path: &Path) -> Result<Outcome, Outcome> {
 }
 
 /// Writes a file readable by its owner only, through a temporary file renamed over it.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".partial");

@@ -14,6 +14,7 @@ mod kit;
 mod ops;
 mod output;
 mod policy;
+mod run;
 
 use output::{Category, Failure};
 
@@ -29,7 +30,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the canonical scenario with an agent framework.
+    /// Run the canonical scenario with an agent framework; bind runs and execute tool calls.
     #[command(subcommand)]
     Agent(AgentCommand),
     /// Write, extend, validate and describe policy files.
@@ -76,6 +77,15 @@ enum AgentCommand {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// A run kept between commands: bind it, see its status and trace.
+    #[command(subcommand)]
+    Run(run::RunCommand),
+    /// Run one tool call of a bound run through the layer.
+    #[command(subcommand)]
+    Tool(run::ToolCommand),
+    /// Sandbox checks: the whole guarded path in one command.
+    #[command(subcommand)]
+    Sandbox(run::SandboxCommand),
 }
 
 /// How a command ended, as the process exit code.
@@ -120,7 +130,12 @@ pub(crate) fn unreadable(message: impl std::fmt::Display) -> Outcome {
 }
 
 fn agent(cmd: AgentCommand, global: &output::Global) -> ExitCode {
-    let AgentCommand::Demo { framework, verbose } = cmd;
+    let (framework, verbose) = match cmd {
+        AgentCommand::Demo { framework, verbose } => (framework, verbose),
+        AgentCommand::Run(cmd) => return run::run(cmd, global).into(),
+        AgentCommand::Tool(cmd) => return run::tool(cmd, global).into(),
+        AgentCommand::Sandbox(cmd) => return run::sandbox(cmd, global).into(),
+    };
     // The demos run on the embedded gateway unless a gateway is named, by the flag
     // or PAYBOND_GATEWAY_URL.
     let args = paybond_demos::cli::DemoArgs {

@@ -1060,3 +1060,216 @@ fn audit_exports_from_the_command_line_and_the_offline_check() {
     assert_eq!(code, 1, "{gone}");
     assert!(!dir.path().join("again.zip").exists());
 }
+
+#[test]
+fn a_run_bound_once_executes_tool_calls_through_the_layer_and_keeps_its_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), &[]);
+    let keys = env(dir.path());
+    let run = |args: &[&str]| -> (i32, Value) {
+        let mut all = args.to_vec();
+        all.extend(["--format", "json"]);
+        let (code, out, err) = paybond_in(dir.path(), &all);
+        for secret in [&keys["PAYBOND_API_KEY"], &keys["PAYBOND_OPERATOR_API_KEY"]] {
+            assert!(!out.contains(secret.as_str()) && !err.contains(secret.as_str()));
+        }
+        assert!(
+            !out.contains("paybond_cap") && !err.contains("paybond_cap"),
+            "{out}{err}"
+        );
+        (
+            code,
+            serde_json::from_str(&out).unwrap_or_else(|_| panic!("{args:?}: {out}{err}")),
+        )
+    };
+    let (code, bound) = run(&[
+        "agent",
+        "run",
+        "bind",
+        "--operation",
+        "travel.book_hotel",
+        "--requested-spend-cents",
+        "40000",
+        "--run-id",
+        "trip-1",
+    ]);
+    assert_eq!(code, 0, "{bound}");
+    assert_eq!(bound["data"]["capability_token"], "[redacted]");
+    let intent = bound["data"]["intent_id"].as_str().unwrap().to_owned();
+    let file = dir.path().join(".paybond/runs/trip-1.json");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let dir_mode = std::fs::metadata(file.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+    }
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert!(
+        stored["capability_token"].as_str().unwrap().len() > 100,
+        "the run keeps its token"
+    );
+    let (code, again) = run(&[
+        "agent",
+        "run",
+        "bind",
+        "--operation",
+        "travel.book_hotel",
+        "--requested-spend-cents",
+        "1",
+        "--run-id",
+        "trip-1",
+    ]);
+    assert_eq!(code, 2, "{again}");
+    let (code, _) = run(&["agent", "run", "status", "--run-id", "../etc/passwd"]);
+    assert_eq!(code, 2);
+    let (code, missing) = run(&["agent", "run", "status", "--run-id", "nope"]);
+    assert_eq!(
+        (code, missing["error"]["code"].as_str()),
+        (2, Some("run_not_found"))
+    );
+
+    let execute = |call: &str, cents: &str, body: &str| {
+        run(&[
+            "agent",
+            "tool",
+            "execute",
+            "--run-id",
+            "trip-1",
+            "--operation",
+            "travel.book_hotel",
+            "--tool-call-id",
+            call,
+            "--requested-spend-cents",
+            cents,
+            "--result-body",
+            body,
+        ])
+    };
+    // Allowed, run, evidence, consumed at the reported cost.
+    let (code, ok) = execute(
+        "call-1",
+        "12000",
+        r#"{"status":"completed","cost_cents":11500}"#,
+    );
+    assert_eq!(code, 0, "{ok}");
+    assert_eq!(ok["data"]["outcome"], "allow");
+    assert_eq!(ok["data"]["finalization"], "consumed");
+    assert_eq!(ok["data"]["actual_cents"], 11_500);
+    // The tool reports a failure: released, exit 1.
+    let (code, failed) = execute("call-2", "9000", r#"{"status":"failed"}"#);
+    assert_eq!(code, 1, "{failed}");
+    assert_eq!(failed["error"]["code"], "tool_failed");
+    assert_eq!(failed["data"]["finalization"], "released");
+    // Over the approval threshold: a hold, the tool does not run.
+    let (code, held) = execute(
+        "call-3",
+        "18700",
+        r#"{"status":"completed","cost_cents":18700}"#,
+    );
+    assert_eq!(code, 1, "{held}");
+    assert_eq!(held["error"]["code"], "approval_required");
+    assert!(held["data"]["approval_request_id"].is_string(), "{held}");
+    // Over the per-call cap: denied.
+    let (code, denied) = execute("call-4", "25000", r#"{"status":"completed"}"#);
+    assert_eq!(
+        (code, denied["error"]["code"].as_str()),
+        (1, Some("spend_denied")),
+        "{denied}"
+    );
+    let (code, bad) = execute("call-5", "100", "{not json");
+    assert_eq!(
+        (code, bad["error"]["code"].as_str()),
+        (2, Some("invalid_arguments"))
+    );
+
+    // The gateway agrees with what the commands said.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let detail = rt.block_on(get(
+        &gw.url,
+        &keys["PAYBOND_OPERATOR_API_KEY"],
+        &format!("/harbor/operator/v1/intents/{intent}"),
+    ));
+    assert_eq!(detail["consumed_cents"], 11_500, "{detail}");
+    assert_eq!(detail["reserved_cents"], 0, "{detail}");
+
+    // The trace: every attempt in order, with the checks of each decision.
+    let (code, trace) = run(&["agent", "run", "trace", "--run-id", "trip-1"]);
+    assert_eq!(code, 0);
+    let events = trace["data"]["trace_events"].as_array().unwrap();
+    let calls: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["tool_call_id"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("call-1", "allow"),
+            ("call-2", "allow"),
+            ("call-3", "hold"),
+            ("call-4", "deny")
+        ]
+    );
+    assert_eq!(
+        events[3]["checks"].as_array().unwrap().last().unwrap()["result"],
+        "fail"
+    );
+    let (code, table, _) = paybond_in(
+        dir.path(),
+        &["agent", "run", "trace", "--run-id", "trip-1", "--explain"],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("per_call_cap") && table.contains("fail"),
+        "{table}"
+    );
+    let (code, status) = run(&["agent", "run", "status", "--run-id", "trip-1"]);
+    assert_eq!(code, 0);
+    assert_eq!(status["data"]["trace_entries"], 4);
+
+    // A policy file is refused whole, every problem named.
+    std::fs::write(
+        dir.path().join("bad.policy.yaml"),
+        "version: 2\nname: x\ntools:\n  travel.book_hotel:\n    side_effecting: maybe\n    max_spend_cent: 5\n",
+    )
+    .unwrap();
+    let (code, refused) = run(&[
+        "agent",
+        "run",
+        "bind",
+        "--policy-file",
+        "bad.policy.yaml",
+        "--requested-spend-cents",
+        "100",
+    ]);
+    assert_eq!(
+        (code, refused["error"]["code"].as_str()),
+        (1, Some("invalid_policy")),
+        "{refused}"
+    );
+    assert!(
+        refused["error"]["details"]["problems"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 2,
+        "{refused}"
+    );
+
+    // The whole path in one command.
+    let (code, smoke) = run(&["agent", "sandbox", "smoke"]);
+    assert_eq!(code, 0, "{smoke}");
+    assert_eq!(smoke["data"]["passed"], true);
+    assert_eq!(smoke["data"]["execute"]["finalization"], "consumed");
+    drop(gw);
+}
