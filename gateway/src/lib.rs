@@ -34,6 +34,7 @@
 //! # }
 //! ```
 pub mod audit;
+mod console;
 mod embedded;
 mod engine;
 mod error;

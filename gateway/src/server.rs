@@ -853,6 +853,7 @@ fn router_with(engine: Arc<Engine>, body_timeout: Duration) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .nest_service("/console", crate::console::router(engine.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(AppState {

@@ -387,6 +387,10 @@ impl SpendGateway for ScriptedGateway {
             quorum: 1,
             approval_token: token,
             expires_at: None,
+            tool: None,
+            vendor_id: None,
+            agent: None,
+            created_at: None,
         })
     }
 }

@@ -1187,40 +1187,47 @@ fn approval_status(
     tenant: &str,
     id: &str,
 ) -> Result<Option<ApprovalStatus>, ApiError> {
-    type Row = (
-        String,
-        String,
-        String,
-        u64,
-        String,
-        String,
-        String,
-        u32,
-        i64,
-        Option<i64>,
-    );
-    let row: Option<Row> = tx
-        .query_opt(
-            "SELECT decision_id, intent_id, operation, amount_cents, reason_codes, state, approvers, quorum,
-             expires_ms, token_expires_ms FROM approvals WHERE id = ?1 AND tenant_id = ?2",
-            args![id, tenant],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                ))
-            },
-        )
-        ?;
-    let Some((
+    struct Held {
+        decision: String,
+        intent: String,
+        operation: String,
+        amount: u64,
+        reasons: String,
+        state: String,
+        approvers: String,
+        quorum: u32,
+        expires: i64,
+        token_expires: Option<i64>,
+        tool: String,
+        vendor: Option<String>,
+        agent: Option<String>,
+        created: i64,
+    }
+    let row: Option<Held> = tx.query_opt(
+        "SELECT decision_id, intent_id, operation, amount_cents, reason_codes, state, approvers, quorum,
+         expires_ms, token_expires_ms, tool, vendor, agent, created_ms
+         FROM approvals WHERE id = ?1 AND tenant_id = ?2",
+        args![id, tenant],
+        |r| {
+            Ok(Held {
+                decision: r.get(0)?,
+                intent: r.get(1)?,
+                operation: r.get(2)?,
+                amount: r.get(3)?,
+                reasons: r.get(4)?,
+                state: r.get(5)?,
+                approvers: r.get(6)?,
+                quorum: r.get(7)?,
+                expires: r.get(8)?,
+                token_expires: r.get(9)?,
+                tool: r.get(10)?,
+                vendor: r.get(11)?,
+                agent: r.get(12)?,
+                created: r.get(13)?,
+            })
+        },
+    )?;
+    let Some(Held {
         decision,
         intent,
         operation,
@@ -1231,7 +1238,11 @@ fn approval_status(
         quorum,
         expires,
         token_expires,
-    )) = row
+        tool,
+        vendor,
+        agent,
+        created,
+    }) = row
     else {
         return Ok(None);
     };
@@ -1262,5 +1273,9 @@ fn approval_status(
         } else {
             expires
         })),
+        tool: Some(tool),
+        vendor_id: vendor,
+        agent,
+        created_at: Some(rfc3339(created)),
     }))
 }

@@ -1,0 +1,918 @@
+//! The operator console at `/console`: the approval queue (live, over server-sent
+//! events), intents with their budget and decisions (each with its proof trace), the
+//! ledger with a verify button, and the effective policy. Server-rendered HTML with
+//! one small script; the assets are compiled into the binary and nothing is loaded
+//! from elsewhere.
+//!
+//! Sign-in takes an API key and keeps it on the server: the browser holds only a
+//! random session id, in an `HttpOnly`, `SameSite=Strict` cookie scoped to
+//! `/console`. Every state change is a POST carrying the session's CSRF token (and,
+//! when the browser sends one, an `Origin` of this server). The engine decides what a
+//! key may do: an agent key of the tenant sees its approvals but cannot approve.
+//! Sessions live in this process (8 hours): a replica of a fleet has its own.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use paybond_middleware_core::wire::{ApprovalState, ApprovalStatus, Principal, Role};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::engine::Engine;
+use crate::engine::lifecycle::ApprovalQuery;
+use crate::error::ApiError;
+use crate::tokens::random_hex;
+
+const CSS: &str = include_str!("console.css");
+const JS: &str = include_str!("console.js");
+const COOKIE: &str = "paybond_console";
+const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+/// How often the live queue looks for changes.
+const LIVE_EVERY: Duration = Duration::from_millis(500);
+
+struct Session {
+    /// The API key signed in with: kept here, never sent to the browser.
+    key: String,
+    csrf: String,
+    expires: Instant,
+}
+
+struct Console {
+    engine: Arc<Engine>,
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+type Shared = Arc<Console>;
+
+/// The console's routes, to nest under `/console`.
+pub(crate) fn router(engine: Arc<Engine>) -> Router {
+    let state = Arc::new(Console {
+        engine,
+        sessions: Mutex::new(HashMap::new()),
+    });
+    Router::new()
+        .route("/", get(home))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/approvals", get(approvals))
+        .route("/approvals/{id}/{action}", post(decide))
+        .route("/events", get(events))
+        .route("/intents", get(intents))
+        .route("/intents/{id}", get(intent))
+        .route("/ledger", get(ledger))
+        .route("/ledger/verify", post(verify_ledger))
+        .route("/policy", get(policy))
+        .route("/assets/console.css", get(css))
+        .route("/assets/console.js", get(js))
+        .fallback(|| async { page_error(StatusCode::NOT_FOUND, "No such console page.") })
+        .with_state(state)
+}
+
+/// Escapes text for HTML.
+fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn money(cents: u64) -> String {
+    paybond_middleware_core::format_money(cents, "usd")
+}
+
+/// Headers every console answer carries.
+fn secured(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    secured(
+        (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            )],
+            body,
+        )
+            .into_response(),
+    )
+}
+
+fn redirect(to: &str) -> Response {
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    secured(r)
+}
+
+/// A whole page: the navigation, who is signed in, the sign-out button.
+fn layout(title: &str, current: &str, who: Option<(&Principal, &str)>, body: &str) -> String {
+    let nav = match who {
+        None => String::new(),
+        Some((p, csrf)) => {
+            let link = |href: &str, name: &str| {
+                let here = if name == current {
+                    " aria-current=\"page\""
+                } else {
+                    ""
+                };
+                format!("<a href=\"/console/{href}\"{here}>{name}</a>")
+            };
+            format!(
+                "<nav aria-label=\"Console\">{}{}{}{}</nav>\
+                 <span class=\"who\">{} key of <span class=\"mono\">{}</span></span>\
+                 <form class=\"inline\" method=\"post\" action=\"/console/logout\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <button type=\"submit\">Sign out</button></form>",
+                link("approvals", "Approvals"),
+                link("intents", "Intents"),
+                link("ledger", "Ledger"),
+                link("policy", "Policy"),
+                esc(role(p)),
+                esc(&p.tenant_id),
+                esc(csrf)
+            )
+        }
+    };
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} · Paybond console</title>\
+         <link rel=\"stylesheet\" href=\"/console/assets/console.css\"></head>\
+         <body><header><span class=\"brand\">Paybond console</span>{nav}</header>\
+         <main id=\"main\">{body}</main>\
+         <script src=\"/console/assets/console.js\" defer></script></body></html>",
+        esc(title)
+    )
+}
+
+fn role(p: &Principal) -> &'static str {
+    match p.service_account_role {
+        Role::Operator => "operator",
+        Role::TenantAdmin => "admin",
+        Role::Agent => "agent",
+        _ => "unknown",
+    }
+}
+
+fn page_error(status: StatusCode, message: &str) -> Response {
+    html(
+        status,
+        layout(
+            "Error",
+            "",
+            None,
+            &format!(
+                "<div class=\"flash error\" role=\"alert\">{}</div>\
+                 <p><a href=\"/console/approvals\">Back to the console</a></p>",
+                esc(message)
+            ),
+        ),
+    )
+}
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// Who is signed in: the session's principal (the key authenticated again, so a
+/// revoked key ends the session) and its CSRF token.
+struct Signed {
+    principal: Principal,
+    csrf: String,
+}
+
+impl Console {
+    async fn signed(&self, headers: &HeaderMap) -> Option<Signed> {
+        let sid = cookie_value(headers)?;
+        let (key, csrf) = {
+            let mut sessions = self.sessions.lock().ok()?;
+            let now = Instant::now();
+            sessions.retain(|_, s| s.expires > now);
+            let s = sessions.get(&sid)?;
+            (s.key.clone(), s.csrf.clone())
+        };
+        let engine = self.engine.clone();
+        let principal = tokio::task::spawn_blocking(move || engine.authenticate(&key))
+            .await
+            .ok()?
+            .ok()?;
+        Some(Signed { principal, csrf })
+    }
+
+    /// Runs an engine call on the blocking pool.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Engine) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || f(&engine))
+            .await
+            .map_err(ApiError::internal)?
+    }
+}
+
+fn engine_error(e: &ApiError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    page_error(status, &format!("{} ({})", e.message, e.code))
+}
+
+/// A POST's CSRF token must be the session's, and its `Origin`, when sent, this server.
+/// `Err` is why the POST is refused (a 403).
+fn check_post(headers: &HeaderMap, signed: &Signed, csrf: &str) -> Result<(), &'static str> {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+        && origin != "null"
+    {
+        let same = host
+            .is_some_and(|h| origin == format!("http://{h}") || origin == format!("https://{h}"));
+        if !same {
+            return Err("Refused: the request came from another site.");
+        }
+    }
+    if csrf.is_empty() || csrf != signed.csrf {
+        return Err(
+            "Refused: the form's CSRF token is missing or stale; reload the page and try again.",
+        );
+    }
+    Ok(())
+}
+
+async fn home(State(c): State<Shared>, headers: HeaderMap) -> Response {
+    match c.signed(&headers).await {
+        Some(_) => redirect("/console/approvals"),
+        None => redirect("/console/login"),
+    }
+}
+
+fn login_form(error: Option<&str>) -> String {
+    let flash = error.map_or_else(String::new, |e| {
+        format!("<div class=\"flash error\" role=\"alert\">{}</div>", esc(e))
+    });
+    layout(
+        "Sign in",
+        "",
+        None,
+        &format!(
+            "<div class=\"login card\"><h1>Sign in</h1>{flash}\
+             <form method=\"post\" action=\"/console/login\">\
+             <label for=\"api_key\">API key (operator, admin or agent)</label>\
+             <input id=\"api_key\" name=\"api_key\" type=\"password\" autocomplete=\"off\" \
+              required aria-describedby=\"key-help\" autofocus>\
+             <p id=\"key-help\" class=\"muted\">The key stays on the server: the browser gets \
+              a session cookie only. <code>paybond dev loop --offline</code> writes the keys \
+              to <code>.env.local</code>.</p>\
+             <button class=\"primary\" type=\"submit\">Sign in</button></form></div>"
+        ),
+    )
+}
+
+async fn login_page(State(c): State<Shared>, headers: HeaderMap) -> Response {
+    if c.signed(&headers).await.is_some() {
+        return redirect("/console/approvals");
+    }
+    html(StatusCode::OK, login_form(None))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    api_key: String,
+}
+
+async fn login(State(c): State<Shared>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        if origin != "null" && host.is_none_or(|h| origin != format!("http://{h}")) {
+            return page_error(
+                StatusCode::FORBIDDEN,
+                "Refused: the request came from another site.",
+            );
+        }
+    }
+    let key = f.api_key.trim().to_owned();
+    let checked = key.clone();
+    let principal = c.run(move |e| e.authenticate(&checked)).await;
+    if principal.is_err() {
+        return html(
+            StatusCode::UNAUTHORIZED,
+            login_form(Some("That key is not a key of this gateway.")),
+        );
+    }
+    let sid = random_hex();
+    let session = Session {
+        key,
+        csrf: random_hex(),
+        expires: Instant::now() + SESSION_TTL,
+    };
+    if let Ok(mut sessions) = c.sessions.lock() {
+        sessions.insert(sid.clone(), session);
+    }
+    let mut r = redirect("/console/approvals");
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{COOKIE}={sid}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}",
+        SESSION_TTL.as_secs()
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(State(c): State<Shared>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
+    let Some(signed) = c.signed(&headers).await else {
+        return redirect("/console/login");
+    };
+    if let Err(why) = check_post(&headers, &signed, &f.csrf) {
+        return page_error(StatusCode::FORBIDDEN, why);
+    }
+    if let (Some(sid), Ok(mut sessions)) = (cookie_value(&headers), c.sessions.lock()) {
+        sessions.remove(&sid);
+    }
+    let mut r = redirect("/console/login");
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "paybond_console=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    r
+}
+
+fn age(created: Option<&str>, now_ms: i64) -> String {
+    let Some(ms) = created
+        .and_then(|c| c.parse::<jiff::Timestamp>().ok())
+        .map(jiff::Timestamp::as_millisecond)
+    else {
+        return "-".to_owned();
+    };
+    let secs = (now_ms - ms).max(0) / 1000;
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min", secs / 60),
+        _ => format!("{} h {} min", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+/// The rows of the pending queue (what the live updates replace).
+fn approval_rows(list: &[ApprovalStatus], can_decide: bool, csrf: &str, now_ms: i64) -> String {
+    if list.is_empty() {
+        return "<tr><td colspan=\"9\" class=\"muted\">No request is waiting for approval.</td></tr>"
+            .to_owned();
+    }
+    let mut out = String::new();
+    for a in list {
+        let id = a.approval_request_id;
+        let actions = if can_decide {
+            format!(
+                "<form class=\"inline\" method=\"post\" action=\"/console/approvals/{id}/approve\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{c}\">\
+                 <button class=\"primary\" type=\"submit\" aria-label=\"Approve request {id}\">Approve</button></form> \
+                 <form class=\"inline\" method=\"post\" action=\"/console/approvals/{id}/deny\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{c}\">\
+                 <button class=\"danger\" type=\"submit\" aria-label=\"Deny request {id}\">Deny</button></form>",
+                c = esc(csrf)
+            )
+        } else {
+            "<span class=\"muted\">read-only</span>".to_owned()
+        };
+        out.push_str(&format!(
+            "<tr id=\"approval-{id}\" data-approval=\"{id}\">\
+             <td>{}</td><td class=\"num\">{}</td><td><code>{}</code></td><td>{}</td>\
+             <td class=\"mono\">{}</td><td>{}</td><td>{}/{}</td><td><a href=\"/console/intents/{}\">intent</a></td><td>{actions}</td></tr>",
+            esc(&age(a.created_at.as_deref(), now_ms)),
+            esc(&money(a.requested_spend_cents.unwrap_or(0))),
+            esc(a.tool.as_deref().or(a.operation.as_deref()).unwrap_or("-")),
+            esc(a.vendor_id.as_deref().unwrap_or("-")),
+            esc(a.agent.as_deref().unwrap_or("-")),
+            esc(&a.reason_codes.join(", ")),
+            a.approvals,
+            a.quorum,
+            a.intent_id.map(|i| i.to_string()).unwrap_or_default(),
+        ));
+    }
+    out
+}
+
+fn pending_query() -> ApprovalQuery {
+    ApprovalQuery {
+        state: Some(ApprovalState::Pending),
+        limit: Some(200),
+        cursor: None,
+        oldest_first: true,
+    }
+}
+
+fn can_decide(p: &Principal) -> bool {
+    p.roles
+        .iter()
+        .any(|r| matches!(r, Role::Operator | Role::TenantAdmin))
+}
+
+async fn approvals(
+    State(c): State<Shared>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let Some(signed) = c.signed(&headers).await else {
+        return redirect("/console/login");
+    };
+    let p = signed.principal.clone();
+    let list = match c.run(move |e| e.list_approvals(&p, &pending_query())).await {
+        Ok(l) => l.approvals,
+        Err(e) => return engine_error(&e),
+    };
+    let now = c.engine.clock().now_ms();
+    let decide = can_decide(&signed.principal);
+    let flash = q.get("done").map_or_else(String::new, |d| {
+        format!("<div class=\"flash\" role=\"status\">{}</div>", esc(d))
+    });
+    let note = if decide {
+        ""
+    } else {
+        "<p class=\"muted\">Signed in with an agent key: holds are shown, not decided.</p>"
+    };
+    let body = format!(
+        "<h1>Approval queue</h1>{flash}{note}\
+         <p id=\"live-status\" class=\"live\" role=\"status\" aria-live=\"polite\">Live: {} pending</p>\
+         <table aria-describedby=\"live-status\"><caption class=\"muted\">Held requests, oldest first</caption>\
+         <thead><tr><th scope=\"col\">Age</th><th scope=\"col\">Amount</th><th scope=\"col\">Tool</th>\
+         <th scope=\"col\">Vendor</th><th scope=\"col\">Agent</th><th scope=\"col\">Reasons</th>\
+         <th scope=\"col\">Approvals</th><th scope=\"col\">Intent</th><th scope=\"col\">Decide</th></tr></thead>\
+         <tbody id=\"approval-rows\">{}</tbody></table>",
+        list.len(),
+        approval_rows(&list, decide, &signed.csrf, now)
+    );
+    html(
+        StatusCode::OK,
+        layout(
+            "Approvals",
+            "Approvals",
+            Some((&signed.principal, &signed.csrf)),
+            &body,
+        ),
+    )
+}
+
+async fn decide(
+    State(c): State<Shared>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let Some(signed) = c.signed(&headers).await else {
+        return redirect("/console/login");
+    };
+    if let Err(why) = check_post(&headers, &signed, &f.csrf) {
+        return page_error(StatusCode::FORBIDDEN, why);
+    }
+    let Ok(id) = Uuid::parse_str(&id) else {
+        return page_error(
+            StatusCode::BAD_REQUEST,
+            "That is not an approval request id.",
+        );
+    };
+    let p = signed.principal.clone();
+    let result = match action.as_str() {
+        "approve" => c.run(move |e| e.approve(&p, id)).await,
+        "deny" => c.run(move |e| e.deny_approval(&p, id)).await,
+        _ => return page_error(StatusCode::NOT_FOUND, "No such action."),
+    };
+    match result {
+        Ok(status) => {
+            let what = match status.state {
+                ApprovalState::Approved => "approved",
+                ApprovalState::Denied => "denied",
+                ApprovalState::Expired => "expired",
+                ApprovalState::Pending => "recorded (waiting for more approvals)",
+            };
+            redirect(&format!(
+                "/console/approvals?done=Request+{id}+{}",
+                what.replace(' ', "+").replace(['(', ')'], "")
+            ))
+        }
+        Err(e) => engine_error(&e),
+    }
+}
+
+/// The pending queue, pushed whenever it changes.
+async fn events(State(c): State<Shared>, headers: HeaderMap) -> Response {
+    let Some(signed) = c.signed(&headers).await else {
+        return secured(StatusCode::UNAUTHORIZED.into_response());
+    };
+    let sid = cookie_value(&headers).unwrap_or_default();
+    let stream = futures_util::stream::unfold(
+        (c, signed, sid, String::new(), true),
+        |(c, signed, sid, last, first)| async move {
+            loop {
+                if !first {
+                    tokio::time::sleep(LIVE_EVERY).await;
+                }
+                let alive = c
+                    .sessions
+                    .lock()
+                    .map(|s| s.get(&sid).is_some_and(|s| s.expires > Instant::now()))
+                    .unwrap_or(false);
+                if !alive {
+                    let event = Event::default().event("signed_out").data("");
+                    return Some((Ok::<_, Infallible>(event), (c, signed, sid, last, false)));
+                }
+                let p = signed.principal.clone();
+                let Ok(list) = c.run(move |e| e.list_approvals(&p, &pending_query())).await else {
+                    continue;
+                };
+                let rows = approval_rows(
+                    &list.approvals,
+                    can_decide(&signed.principal),
+                    &signed.csrf,
+                    c.engine.clock().now_ms(),
+                );
+                // Ages change every second; push when the set of holds (or their
+                // approvals) changes, or every few seconds for the ages.
+                let key: String = list
+                    .approvals
+                    .iter()
+                    .map(|a| format!("{}:{};", a.approval_request_id, a.approvals))
+                    .collect();
+                if key != last || first {
+                    let event = Event::default().event("approvals").data(rows);
+                    return Some((Ok(event), (c, signed, sid, key, false)));
+                }
+            }
+        },
+    );
+    secured(
+        Sse::new(stream)
+            .keep_alive(KeepAlive::default())
+            .into_response(),
+    )
+}
+
+async fn intents(State(c): State<Shared>, headers: HeaderMap) -> Response {
+    let Some(signed) = c.signed(&headers).await else {
+        return redirect("/console/login");
+    };
+    let p = signed.principal.clone();
+    let query = crate::engine::operator::IntentQuery {
+        limit: Some(200),
+        ..Default::default()
+    };
+    let list = match c.run(move |e| e.operator_intents(&p, &query)).await {
+        Ok(l) => l,
+        Err(e) => return engine_error(&e),
+    };
+    let mut rows = String::new();
+    for i in &list.intents {
+        let state = serde_json::to_value(i.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        rows.push_str(&format!(
+            "<tr><td><a href=\"/console/intents/{id}\" class=\"mono\">{id}</a></td><td>{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+            esc(&state),
+            esc(&money(i.budget_cents)),
+            esc(&money(i.consumed_cents)),
+            esc(&money(i.reserved_cents)),
+            esc(&money(i.remaining_cents)),
+            i.open_reservations,
+            esc(&i.created_at),
+            id = i.intent_id
+        ));
+    }
+    if list.intents.is_empty() {
+        rows.push_str("<tr><td colspan=\"8\" class=\"muted\">No intents yet.</td></tr>");
+    }
+    let body = format!(
+        "<h1>Intents</h1><table><caption class=\"muted\">Newest first</caption>\
+         <thead><tr><th scope=\"col\">Intent</th><th scope=\"col\">State</th><th scope=\"col\">Budget</th>\
+         <th scope=\"col\">Consumed</th><th scope=\"col\">Reserved</th><th scope=\"col\">Remaining</th>\
+         <th scope=\"col\">Open reservations</th><th scope=\"col\">Created</th></tr></thead>\
+         <tbody>{rows}</tbody></table>"
+    );
+    html(
+        StatusCode::OK,
+        layout(
+            "Intents",
+            "Intents",
+            Some((&signed.principal, &signed.csrf)),
+            &body,
+        ),
+    )
+}
+
+/// The budget as a bar: consumed, reserved, left (SVG attributes, no inline style).
+fn budget_bar(budget: u64, consumed: u64, reserved: u64) -> String {
+    let pct = |v: u64| {
+        if budget == 0 {
+            0.0
+        } else {
+            (v as f64 * 100.0 / budget as f64).min(100.0)
+        }
+    };
+    let (c, r) = (pct(consumed), pct(reserved).min(100.0 - pct(consumed)));
+    format!(
+        "<svg class=\"bar\" role=\"img\" aria-label=\"Budget {}: {} consumed, {} reserved, {} left\" \
+         viewBox=\"0 0 100 10\" preserveAspectRatio=\"none\">\
+         <rect class=\"left\" x=\"0\" y=\"0\" width=\"100\" height=\"10\"/>\
+         <rect class=\"consumed\" x=\"0\" y=\"0\" width=\"{c:.2}\" height=\"10\"/>\
+         <rect class=\"reserved\" x=\"{c:.2}\" y=\"0\" width=\"{r:.2}\" height=\"10\"/></svg>",
+        esc(&money(budget)),
+        esc(&money(consumed)),
+        esc(&money(reserved)),
+        esc(&money(
+            budget.saturating_sub(consumed).saturating_sub(reserved)
+        ))
+    )
+}
+
+async fn intent(State(c): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let Some(signed) = c.signed(&headers).await else {
+        return redirect("/console/login");
+    };
+    let Ok(id) = Uuid::parse_str(&id) else {
+        return page_error(StatusCode::BAD_REQUEST, "That is not an intent id.");
+    };
+    let p = signed.principal.clone();
+    let detail = match c.run(move |e| e.operator_intent(&p, id)).await {
+        Ok(d) => d,
+        Err(e) => return engine_error(&e),
+    };
+    let i = &detail.intent;
+    let mut reservations = String::new();
+    for r in &detail.reservations {
+        reservations.push_str(&format!(
+            "<tr><td class=\"mono\">{}</td><td><code>{}</code></td><td>{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&r.decision_id),
+            esc(&r.tool),
+            esc(r.vendor_id.as_deref().unwrap_or("-")),
+            esc(&money(r.amount_cents)),
+            esc(&r.actual_cents.map_or_else(|| "-".to_owned(), money)),
+            esc(&r.state),
+            esc(&r.created_at)
+        ));
+    }
+    let mut decisions = String::new();
+    for d in &detail.decisions {
+        let class = match d.outcome.as_str() {
+            "allow" => "ok",
+            "hold" => "warn",
+            _ => "bad",
+        };
+        let mut checks = String::new();
+        for ch in &d.checks {
+            checks.push_str(&format!(
+                "<tr><td><code>{}</code></td><td class=\"{}\">{}</td><td class=\"mono\">{}</td></tr>",
+                esc(&ch.name),
+                if ch.result == "pass" { "ok" } else { "bad" },
+                esc(&ch.result),
+                esc(&serde_json::to_string(&ch.inputs).unwrap_or_default())
+            ));
+        }
+        let proof = if d.checks.is_empty() {
+            "<span class=\"muted\">no checks recorded</span>".to_owned()
+        } else {
+            format!(
+                "<details><summary>{} checks</summary><table><thead><tr><th scope=\"col\">Check</th>\
+                 <th scope=\"col\">Result</th><th scope=\"col\">Inputs</th></tr></thead><tbody>{checks}</tbody></table></details>",
+                d.checks.len()
+            )
+        };
+        decisions.push_str(&format!(
+            "<tr><td class=\"mono\">{}</td><td class=\"{class}\">{}</td><td>{}</td><td>{}</td><td>{proof}</td></tr>",
+            esc(&d.decision_id),
+            esc(&d.outcome),
+            esc(&d.reason_codes.join(", ")),
+            esc(&d.created_at)
+        ));
+    }
+    let state = serde_json::to_value(i.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let body = format!(
+        "<h1>Intent <span class=\"mono\">{id}</span></h1>\
+         <div class=\"card\"><p>State <strong>{}</strong> · deadline {} · {} open reservations</p>{}\
+         <p class=\"legend\"><span>Budget {}</span><span>Consumed {}</span><span>Reserved {}</span><span>Remaining {}</span></p></div>\
+         <h2>Reservations</h2><table><thead><tr><th scope=\"col\">Decision</th><th scope=\"col\">Tool</th>\
+         <th scope=\"col\">Vendor</th><th scope=\"col\">Amount</th><th scope=\"col\">Actual</th><th scope=\"col\">State</th>\
+         <th scope=\"col\">Created</th></tr></thead><tbody>{reservations}</tbody></table>\
+         <h2>Decisions</h2><table><thead><tr><th scope=\"col\">Decision</th><th scope=\"col\">Outcome</th>\
+         <th scope=\"col\">Reasons</th><th scope=\"col\">When</th><th scope=\"col\">Proof trace</th></tr></thead>\
+         <tbody>{decisions}</tbody></table>",
+        esc(&state),
+        esc(&i.deadline),
+        i.open_reservations,
+        budget_bar(i.budget_cents, i.consumed_cents, i.reserved_cents),
+        esc(&money(i.budget_cents)),
+        esc(&money(i.consumed_cents)),
+        esc(&money(i.reserved_cents)),
+        esc(&money(i.remaining_cents)),
+    );
+    html(
+        StatusCode::OK,
+        layout(
+            "Intent",
+            "Intents",
+            Some((&signed.principal, &signed.csrf)),
+            &body,
+        ),
+    )
+}
+
+/// The tenant's whole chain, checked: `(entries, problem)`.
+fn check_chain(e: &Engine, p: &Principal) -> Result<(u64, Option<String>), ApiError> {
+    let mut events = Vec::new();
+    loop {
+        let after = events.last().map_or(0, |e: &crate::LedgerEvent| e.seq);
+        let page = e.ledger_events(p, after, 1000)?;
+        if page.is_empty() {
+            break;
+        }
+        events.extend(page);
+    }
+    let problem = crate::verify_events(&p.tenant_id, &events).err();
+    Ok((events.len() as u64, problem))
+}
+
+async fn ledger_page(
+    c: &Shared,
+    signed: &Signed,
+    checked: Option<(u64, Option<String>)>,
+) -> Response {
+    let p = signed.principal.clone();
+    let tip = match c.run(move |e| e.ledger_tip(&p)).await {
+        Ok(t) => t,
+        Err(e) => return engine_error(&e),
+    };
+    let p = signed.principal.clone();
+    let after = tip.seq.saturating_sub(50);
+    let recent = match c.run(move |e| e.ledger_events(&p, after, 50)).await {
+        Ok(r) => r,
+        Err(e) => return engine_error(&e),
+    };
+    let status = match &checked {
+        None => {
+            "<p id=\"chain-status\" role=\"status\">Not checked yet in this view.</p>".to_owned()
+        }
+        Some((n, None)) => format!(
+            "<p id=\"chain-status\" role=\"status\" class=\"ok\">Chain valid: {n} entries checked, every link and hash.</p>"
+        ),
+        Some((n, Some(problem))) => format!(
+            "<p id=\"chain-status\" role=\"alert\" class=\"bad\">Chain broken after checking {n} entries: {}</p>",
+            esc(problem)
+        ),
+    };
+    let mut rows = String::new();
+    for ev in recent.iter().rev() {
+        rows.push_str(&format!(
+            "<tr><td class=\"num\">{}</td><td><code>{}</code></td><td>{}</td><td class=\"mono\">{}…</td></tr>",
+            ev.seq,
+            esc(&ev.event),
+            esc(&crate::engine::lifecycle::rfc3339(ev.at_ms)),
+            esc(ev.hash.get(..16).unwrap_or(&ev.hash))
+        ));
+    }
+    let body = format!(
+        "<h1>Ledger</h1><div class=\"card\"><p>Tip: entry {} · hash <span class=\"mono\">{}</span></p>{status}\
+         <form method=\"post\" action=\"/console/ledger/verify\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <button class=\"primary\" type=\"submit\" id=\"verify-ledger\">Verify the chain</button></form></div>\
+         <h2>Latest entries</h2><table><thead><tr><th scope=\"col\">Seq</th><th scope=\"col\">Event</th>\
+         <th scope=\"col\">At</th><th scope=\"col\">Hash</th></tr></thead><tbody>{rows}</tbody></table>",
+        tip.seq,
+        esc(&tip.hash),
+        esc(&signed.csrf)
+    );
+    html(
+        StatusCode::OK,
+        layout(
+            "Ledger",
+            "Ledger",
+            Some((&signed.principal, &signed.csrf)),
+            &body,
+        ),
+    )
+}
+
+async fn ledger(State(c): State<Shared>, headers: HeaderMap) -> Response {
+    let Some(signed) = c.signed(&headers).await else {
+        return redirect("/console/login");
+    };
+    ledger_page(&c, &signed, None).await
+}
+
+async fn verify_ledger(
+    State(c): State<Shared>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let Some(signed) = c.signed(&headers).await else {
+        return redirect("/console/login");
+    };
+    if let Err(why) = check_post(&headers, &signed, &f.csrf) {
+        return page_error(StatusCode::FORBIDDEN, why);
+    }
+    let p = signed.principal.clone();
+    match c.run(move |e| check_chain(e, &p)).await {
+        Ok(checked) => ledger_page(&c, &signed, Some(checked)).await,
+        Err(e) => engine_error(&e),
+    }
+}
+
+async fn policy(State(c): State<Shared>, headers: HeaderMap) -> Response {
+    let Some(signed) = c.signed(&headers).await else {
+        return redirect("/console/login");
+    };
+    let p = signed.principal.clone();
+    let eff = match c.run(move |e| e.effective_policy(&p)).await {
+        Ok(e) => e,
+        Err(e) => return engine_error(&e),
+    };
+    let body = format!(
+        "<h1>Effective policy</h1><div class=\"card\"><p>Version {} · <span class=\"mono\">{}</span>{}</p></div>\
+         <pre aria-label=\"The effective policy as JSON\">{}</pre>",
+        eff.version,
+        esc(&eff.digest),
+        eff.org_policy_id
+            .as_deref()
+            .map(|o| format!(" · org base <code>{}</code>", esc(o)))
+            .unwrap_or_default(),
+        esc(&serde_json::to_string_pretty(&eff.policy).unwrap_or_default())
+    );
+    html(
+        StatusCode::OK,
+        layout(
+            "Policy",
+            "Policy",
+            Some((&signed.principal, &signed.csrf)),
+            &body,
+        ),
+    )
+}
+
+async fn css() -> Response {
+    asset(CSS, "text/css; charset=utf-8")
+}
+
+async fn js() -> Response {
+    asset(JS, "text/javascript; charset=utf-8")
+}
+
+fn asset(body: &'static str, kind: &'static str) -> Response {
+    let mut r = (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(kind))],
+        body,
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
