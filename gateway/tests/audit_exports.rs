@@ -411,6 +411,12 @@ async fn exports(fx: Fixture) {
     assert!(!raw.contains("travel-bot"), "{raw}");
     let lifecycle = lines(file(&files, "guardrails/policy_lifecycle.jsonl"));
     assert!(
+        lifecycle
+            .iter()
+            .any(|e| e["event"] == "org_policy.published"),
+        "{lifecycle:?}"
+    );
+    assert!(
         lifecycle.iter().any(|e| e["event"] == "policy.published"),
         "{lifecycle:?}"
     );

@@ -571,8 +571,8 @@ async fn events(State(c): State<Shared>, headers: HeaderMap) -> Response {
                     &signed.csrf,
                     c.engine.clock().now_ms(),
                 );
-                // Ages change every second; push when the set of holds (or their
-                // approvals) changes, or every few seconds for the ages.
+                // Pushed when the set of holds or their approvals change (the ages
+                // shown are as of that push).
                 let key: String = list
                     .approvals
                     .iter()

@@ -600,7 +600,10 @@ fn guardrail_records(
     let mut denials = Vec::new();
     let text = |p: &Value, k: &str| p.get(k).and_then(Value::as_str).map(str::to_owned);
     for e in events {
-        if e.event.starts_with("policy.") || e.event.starts_with("keys.") {
+        if e.event.starts_with("policy.")
+            || e.event.starts_with("org_policy.")
+            || e.event.starts_with("keys.")
+        {
             lifecycle.push(json!({
                 "ledger_seq": e.seq,
                 "event": e.event,

@@ -1,0 +1,416 @@
+//! The console in a real browser: headless Chromium driven over WebDriver
+//! (chromedriver). An operator signs in, sees a hold an agent just made appear
+//! without reloading, approves it, and the agent's retry is allowed; the ledger
+//! verifies; an agent key's session cannot approve. Screenshots of each page go to
+//! `target/console-screenshots/`.
+//!
+//! Needs `chromedriver` and `chromium` (`.ci/browser` installs Debian's); skipped
+//! only with `PAYBOND_SKIP_BROWSER=1`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on setup failures
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BOOK, Fixture};
+use paybond_middleware_core::ApprovalToken;
+use paybond_middleware_core::wire::{ApprovalState, VerifyRequest, VerifyResult};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// The W3C WebDriver element key.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// A chromedriver process and one browser session on it.
+struct Browser {
+    driver: Child,
+    url: String,
+    client: reqwest::Client,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| names.iter().map(move |n| dir.join(n)))
+        .find(|p| p.is_file())
+}
+
+impl Browser {
+    async fn start() -> Option<Self> {
+        let driver = find_program("PAYBOND_CHROMEDRIVER", &["chromedriver"]);
+        let chromium = find_program(
+            "PAYBOND_CHROMIUM",
+            &["chromium", "chromium-browser", "google-chrome"],
+        );
+        let (Some(driver), Some(chromium)) = (driver, chromium) else {
+            if std::env::var("PAYBOND_SKIP_BROWSER").as_deref() == Ok("1") {
+                eprintln!(
+                    "skipped: this test needs chromedriver and chromium, and PAYBOND_SKIP_BROWSER=1"
+                );
+                return None;
+            }
+            panic!(
+                "this test needs chromedriver and chromium: run the tests with `bash .ci/test` \
+                 (it installs Debian's chromium and chromium-driver), or skip it with \
+                 PAYBOND_SKIP_BROWSER=1"
+            );
+        };
+        let port = free_port();
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut browser = Self {
+            driver: child,
+            url: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        };
+        let start = Instant::now();
+        loop {
+            let ready = browser
+                .client
+                .get(format!("{}/status", browser.url))
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "chromedriver did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let session = browser
+            .raw(
+                "POST",
+                "/session",
+                Some(json!({"capabilities": {"alwaysMatch": {
+                    "browserName": "chrome",
+                    "goog:chromeOptions": {
+                        "binary": chromium,
+                        "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                                 "--disable-gpu", "--window-size=1280,900"]
+                    }
+                }}})),
+            )
+            .await;
+        let id = session["sessionId"]
+            .as_str()
+            .expect("a WebDriver session")
+            .to_owned();
+        browser.url = format!("{}/session/{id}", browser.url);
+        Some(browser)
+    }
+
+    async fn raw(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let req = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", self.url));
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        let value = v["value"].clone();
+        assert!(
+            value.get("error").is_none(),
+            "WebDriver {method} {path}: {value}"
+        );
+        value
+    }
+
+    async fn goto(&self, url: &str) {
+        self.raw("POST", "/url", Some(json!({"url": url}))).await;
+    }
+
+    async fn current_url(&self) -> String {
+        self.raw("GET", "/url", None)
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn find_all(&self, css: &str) -> Vec<String> {
+        self.raw(
+            "POST",
+            "/elements",
+            Some(json!({"using": "css selector", "value": css})),
+        )
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[ELEMENT].as_str().unwrap().to_owned())
+        .collect()
+    }
+
+    /// Waits (up to 15 s) for an element matching `css`.
+    async fn wait_for(&self, css: &str) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(e) = self.find_all(css).await.into_iter().next() {
+                return e;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no `{css}` on the page: {}",
+                self.text("body").await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self.wait_for(css).await;
+        self.raw("POST", &format!("/element/{e}/click"), Some(json!({})))
+            .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.wait_for(css).await;
+        self.raw(
+            "POST",
+            &format!("/element/{e}/value"),
+            Some(json!({"text": text})),
+        )
+        .await;
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let Some(e) = self.find_all(css).await.into_iter().next() else {
+            return String::new();
+        };
+        self.raw("GET", &format!("/element/{e}/text"), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    async fn source(&self) -> String {
+        self.raw("GET", "/source", None)
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn script(&self, script: &str) -> Value {
+        self.raw(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// Saves a PNG of the viewport to `target/console-screenshots/<name>`.
+    async fn screenshot(&self, name: &str) {
+        use base64::Engine as _;
+        let data = self.raw("GET", "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(data.as_str().unwrap())
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), png).unwrap();
+    }
+
+    async fn sign_in(&self, base: &str, key: &str) {
+        self.goto(&format!("{base}/console")).await;
+        self.type_into("#api_key", key).await;
+        self.click("button[type=submit]").await;
+        self.wait_for("#approval-rows").await;
+        assert!(self.current_url().await.ends_with("/console/approvals"));
+    }
+}
+
+fn verify_request(
+    intent: Uuid,
+    token: &paybond_middleware_core::CapabilityToken,
+    approval: Option<ApprovalToken>,
+) -> VerifyRequest {
+    VerifyRequest {
+        intent_id: intent,
+        token: token.clone(),
+        operation: BOOK.into(),
+        requested_spend_cents: 18_700,
+        vendor_id: Some("vendor_grand_hotel".into()),
+        task_id: None,
+        workflow_id: None,
+        tool_call_id: Some("call_book_187".into()),
+        tool_name: None,
+        currency: None,
+        agent_subject: None,
+        approval_token: approval,
+        idempotency_key: None,
+    }
+}
+
+/// The agent's verify, as the layer would send it.
+async fn agent_verify(fx: &Fixture, request: VerifyRequest) -> VerifyResult {
+    let engine = fx.engine.clone();
+    let agent = fx.agent.clone();
+    tokio::task::spawn_blocking(move || engine.verify(&agent, &request).unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_approves_a_live_hold_in_the_browser_and_an_agent_cannot() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let fx = Fixture::new();
+    let base = common::serve(fx.engine.clone()).await;
+    let (intent, token) = fx.intent(60_000);
+
+    // Sign in as operator: the queue is empty.
+    browser.goto(&format!("{base}/console")).await;
+    browser.wait_for("#api_key").await;
+    assert!(browser.source().await.contains("<label for=\"api_key\">"));
+    browser.screenshot("01-sign-in.png").await;
+    browser
+        .sign_in(&base, fx.keys.operator.expose_secret())
+        .await;
+    assert!(browser.text("#live-status").await.contains("0 pending"));
+    let cookies = browser.raw("GET", "/cookie", None).await;
+    let session = cookies
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "paybond_console")
+        .unwrap();
+    assert_eq!(session["httpOnly"], true);
+    assert_eq!(session["sameSite"], "Strict");
+    assert!(
+        !browser
+            .source()
+            .await
+            .contains(fx.keys.operator.expose_secret())
+    );
+    browser.screenshot("02-approvals-empty.png").await;
+
+    // The agent's call is held; it appears without a reload.
+    let held = agent_verify(&fx, verify_request(intent, &token, None)).await;
+    assert!(held.approval_required);
+    let approval = held.approval_request_id.unwrap();
+    let before = browser.current_url().await;
+    browser
+        .wait_for(&format!("tr[data-approval=\"{approval}\"]"))
+        .await;
+    assert_eq!(browser.current_url().await, before, "the page was reloaded");
+    let row = browser.text(&format!("#approval-{approval}")).await;
+    assert!(
+        row.contains("187.00 USD") && row.contains("vendor_grand_hotel"),
+        "{row}"
+    );
+    assert!(
+        row.contains("approval_threshold_exceeded") && row.contains("0/1"),
+        "{row}"
+    );
+    assert!(browser.text("#live-status").await.contains("1 pending"));
+    browser.screenshot("03-approvals-live-hold.png").await;
+
+    // Approved from the page; the agent's retry with the token is allowed.
+    browser
+        .click(&format!("#approval-{approval} button.primary"))
+        .await;
+    browser.wait_for(".flash").await;
+    assert!(
+        browser.text(".flash").await.contains("approved"),
+        "{}",
+        browser.text(".flash").await
+    );
+    assert!(
+        browser
+            .find_all(&format!("tr[data-approval=\"{approval}\"]"))
+            .await
+            .is_empty()
+    );
+    browser.screenshot("04-approved.png").await;
+    let status = fx.engine.approval(&fx.agent, approval).unwrap();
+    assert_eq!(status.state, ApprovalState::Approved);
+    let retry = agent_verify(&fx, verify_request(intent, &token, status.approval_token)).await;
+    assert!(retry.allow, "{retry:?}");
+
+    // The intent: budget bar, decisions with their checks.
+    browser
+        .goto(&format!("{base}/console/intents/{intent}"))
+        .await;
+    browser.wait_for("svg.bar").await;
+    let page = browser.text("main").await;
+    assert!(page.contains("hold") && page.contains("allow"), "{page}");
+    browser.click("details summary").await;
+    assert!(browser.text("details").await.contains("approval_threshold"));
+    browser.screenshot("05-intent-detail.png").await;
+
+    // The ledger verifies.
+    browser.goto(&format!("{base}/console/ledger")).await;
+    browser.click("#verify-ledger").await;
+    browser.wait_for("#chain-status.ok").await;
+    assert!(browser.text("#chain-status").await.contains("Chain valid"));
+    browser.screenshot("06-ledger-verified.png").await;
+    browser.goto(&format!("{base}/console/policy")).await;
+    browser.wait_for("pre").await;
+    assert!(browser.text("pre").await.contains("travel.book_hotel"));
+    browser.screenshot("07-policy.png").await;
+
+    // Signed out, then in with the agent key: the queue shows, nothing to approve,
+    // and a forged approve from the page is refused.
+    browser.click("header button[type=submit]").await;
+    browser.wait_for("#api_key").await;
+    browser.sign_in(&base, fx.keys.agent.expose_secret()).await;
+    let (second, second_token) = fx.intent(60_000);
+    let held = agent_verify(&fx, verify_request(second, &second_token, None)).await;
+    let approval = held.approval_request_id.unwrap();
+    browser
+        .wait_for(&format!("tr[data-approval=\"{approval}\"]"))
+        .await;
+    assert!(browser.find_all("#approval-rows button").await.is_empty());
+    assert!(browser.text("main").await.contains("read-only"));
+    browser.screenshot("08-agent-read-only.png").await;
+    let forced = browser
+        .script(&format!(
+            "const t = document.querySelector('input[name=csrf]').value;
+             return fetch('/console/approvals/{approval}/approve', {{method: 'POST',
+               headers: {{'content-type': 'application/x-www-form-urlencoded'}},
+               body: 'csrf=' + encodeURIComponent(t)}}).then(r => r.status);"
+        ))
+        .await;
+    assert_eq!(forced, 403);
+    assert_eq!(
+        fx.engine.approval(&fx.operator, approval).unwrap().state,
+        ApprovalState::Pending
+    );
+    browser.raw("DELETE", "", None).await;
+}
