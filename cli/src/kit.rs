@@ -59,6 +59,9 @@ pub(crate) struct SpendCall {
     /// The policy tool the call belongs to.
     #[arg(long)]
     tool_name: Option<String>,
+    /// The run's phase (EXPLORE, DECIDE or COMMIT), for a policy with a payment phase.
+    #[arg(long)]
+    phase: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +217,7 @@ fn preflight_body(c: &SpendCall) -> Value {
         "requested_spend_cents": c.requested_spend_cents,
         "vendor_id": c.vendor_id,
         "tool_name": c.tool_name,
+        "phase": c.phase,
     })
 }
 

@@ -206,6 +206,7 @@ fn sigkill_loses_no_acknowledged_decision() {
                             agent_subject: None,
                             approval_token: None,
                             idempotency_key: Some(format!("w{w}-{i}")),
+                            phase: None,
                         })
                         .await
                     else {
@@ -443,6 +444,7 @@ fn operator_commands_remote_policy_check_and_a_tampered_ledger() {
                 agent_subject: None,
                 approval_token: None,
                 idempotency_key: None,
+                phase: None,
             })
             .await
             .unwrap();

@@ -228,6 +228,7 @@ fn replicas_share_one_budget_and_one_ledger_and_survive_sigkill() {
                             agent_subject: Some(format!("agent-{agent}")),
                             approval_token: None,
                             idempotency_key: Some(format!("a{agent}-{i}")),
+                            phase: None,
                         })
                         .await;
                     let Ok(r) = verdict else {

@@ -83,6 +83,7 @@ fn verify_request(s: &Setup) -> VerifyRequest {
         agent_subject: None,
         approval_token: None,
         idempotency_key: None,
+        phase: None,
     }
 }
 

@@ -218,6 +218,7 @@ fn existing_files_are_narrowed_and_a_key_kept_in_the_database_moves_out() {
             agent_subject: None,
             approval_token: None,
             idempotency_key: None,
+            phase: None,
         }
     };
     assert!(engine.verify(&agent, &request(&token)).unwrap().allow);

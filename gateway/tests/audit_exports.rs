@@ -39,6 +39,7 @@ fn verify(
         agent_subject: Some("agent:travel-bot".into()),
         approval_token: None,
         idempotency_key: None,
+        phase: None,
     }
 }
 

@@ -379,6 +379,7 @@ impl Setup {
             agent_subject: Some("agent-1".to_owned()),
             approval_token: None,
             idempotency_key: None,
+            phase: None,
         }
     }
 
@@ -865,6 +866,7 @@ spend_controls:
                     .approval
                     .then(|| ApprovalToken::new("paybond_at_not_issued")),
                 idempotency_key: None,
+                phase: None,
             }
         }
     }

@@ -56,6 +56,7 @@ impl Call<'_> {
             agent_subject: Some("agent-1".to_owned()),
             approval_token: None,
             idempotency_key: None,
+            phase: None,
         }
     }
 

@@ -113,6 +113,7 @@ fn concurrent_reservations_never_exceed_a_cap() {
                                 agent_subject: Some(format!("agent-{agent}")),
                                 approval_token: None,
                                 idempotency_key: Some(format!("a{agent}-{i}")),
+                                phase: None,
                             },
                         )
                         .unwrap();

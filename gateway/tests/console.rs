@@ -112,6 +112,7 @@ fn hold(fx: &Fixture) -> Uuid {
                 agent_subject: None,
                 approval_token: None,
                 idempotency_key: None,
+                phase: None,
             },
         )
         .unwrap();

@@ -273,6 +273,7 @@ fn verify_request(
         agent_subject: None,
         approval_token: approval,
         idempotency_key: None,
+        phase: None,
     }
 }
 

@@ -37,6 +37,7 @@ fn request(intent: Uuid, token: &CapabilityToken, amount: u64) -> VerifyRequest 
         agent_subject: Some("agent-7".to_owned()),
         approval_token: None,
         idempotency_key: None,
+        phase: None,
     }
 }
 

@@ -33,6 +33,7 @@ fn verify(
         agent_subject: None,
         approval_token: None,
         idempotency_key: None,
+        phase: None,
     }
 }
 

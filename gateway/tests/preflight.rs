@@ -205,6 +205,7 @@ async fn preflight_answers_like_verify_and_changes_nothing() {
             agent_subject: None,
             approval_token: None,
             idempotency_key: None,
+            phase: None,
         },
     )
     .await

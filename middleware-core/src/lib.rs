@@ -80,11 +80,12 @@ pub use http::{HttpGateway, HttpGatewayBuilder, RetryPolicy};
 /// dependency for it.
 pub use paybond_policies::{SpendSource, ToolPolicy};
 pub use registry::{
-    FnTool, GuardedRegistry, Tool, ToolDefinition, ToolRegistry, ToolRouter, UnknownTool, tool_fn,
+    COMMIT_PLAN, FnTool, GuardedRegistry, Tool, ToolDefinition, ToolRegistry, ToolRouter,
+    UnknownTool, commit_plan, commit_plan_definition, tool_fn,
 };
 pub use run::{
     ApprovalRequired, ApprovalWait, BoxError, PaybondAgentRun, PaybondAgentRunBuilder,
-    PaybondAgentRunService, RunError, RunErrorKind, SpendDenied, sensitive_path,
+    PaybondAgentRunService, PhaseError, RunError, RunErrorKind, SpendDenied, sensitive_path,
 };
 pub use secret::{ApiKey, ApprovalToken, CapabilityToken};
 pub use tool::{ToolCall, ToolOutput};

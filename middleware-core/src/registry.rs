@@ -14,6 +14,7 @@ use tower::Service;
 
 use crate::run::{BoxError, PaybondAgentRun, PaybondAgentRunService, RunError};
 use crate::tool::{ToolCall, ToolOutput};
+use crate::wire::Phase;
 use paybond_policies::ToolPolicy;
 
 /// A tool an agent can call: JSON arguments in, JSON result (and its cost) out.
@@ -133,12 +134,21 @@ impl ToolRegistry {
         }
     }
 
-    /// The registry behind `run`'s layer: every call is authorized first.
+    /// The registry behind `run`'s layer: every call is authorized first. When the
+    /// run's policy names a payment phase, the registry also offers
+    /// [`COMMIT_PLAN`] (unless a tool of its own has that name): the model calls it
+    /// to move the run to COMMIT, after which paid tools may run.
     pub fn guarded(self, run: &PaybondAgentRun) -> GuardedRegistry {
-        let definitions = self.definitions();
+        let mut definitions = self.definitions();
+        let commit_plan = run.payment_phase().is_some() && !self.tools.contains_key(COMMIT_PLAN);
+        if commit_plan {
+            definitions.push(commit_plan_definition());
+            definitions.sort_by(|a, b| a.name.cmp(&b.name));
+        }
         GuardedRegistry {
             service: PaybondAgentRunService::new(self.into_service(), run.clone()),
             definitions: Arc::new(definitions),
+            commit_plan,
         }
     }
 }
@@ -187,6 +197,32 @@ impl Service<ToolCall> for ToolRouter {
 pub struct GuardedRegistry {
     service: PaybondAgentRunService<ToolRouter>,
     definitions: Arc<Vec<ToolDefinition>>,
+    /// The built-in [`COMMIT_PLAN`] is offered.
+    commit_plan: bool,
+}
+
+/// The built-in tool that moves a run to the COMMIT phase, offered by a
+/// [`GuardedRegistry`] when the run's policy names a payment phase.
+pub const COMMIT_PLAN: &str = "commit_plan";
+
+/// [`COMMIT_PLAN`] as the model sees it.
+pub fn commit_plan_definition() -> ToolDefinition {
+    ToolDefinition {
+        name: COMMIT_PLAN.to_owned(),
+        description: "Commit to your plan. Paid or side-effecting tools are refused until \
+                      you call this; call it once the plan is final, then carry it out."
+            .to_owned(),
+        parameters: json!({"type": "object", "properties": {
+            "plan": {"type": "string", "description": "The plan you commit to, in one or two sentences."}
+        }}),
+    }
+}
+
+/// Runs [`COMMIT_PLAN`] on `run`: moves it to COMMIT and says where it was.
+pub fn commit_plan(run: &PaybondAgentRun) -> ToolOutput {
+    // COMMIT is the last phase: moving there never goes back.
+    let was = run.enter_phase(Phase::Commit).unwrap_or(Phase::Commit);
+    ToolOutput::new(json!({"phase": Phase::Commit, "previous_phase": was}))
 }
 
 impl GuardedRegistry {
@@ -212,6 +248,9 @@ impl GuardedRegistry {
 
     /// Dispatches a prepared call. A name no tool has is refused before any verify.
     pub async fn dispatch(&self, call: ToolCall) -> Result<ToolOutput, RunError> {
+        if self.commit_plan && call.tool_name == COMMIT_PLAN {
+            return Ok(commit_plan(self.run()));
+        }
         if !self.service.get_ref().tools.contains_key(&call.tool_name) {
             return Err(RunError::InvalidCall {
                 reason: UnknownTool(call.tool_name.clone()).to_string(),

@@ -57,6 +57,64 @@ pub struct Principal {
     pub key_id: String,
 }
 
+/// Where a run stands in its plan: EXPLORE, then DECIDE, then COMMIT, forward
+/// only. A policy's `spend_controls.phases.payment_phase` refuses side-effecting
+/// calls made before that phase (`phase_not_committed`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Phase {
+    /// Looking around: read-only tools only, when the policy names a payment phase.
+    #[default]
+    #[serde(alias = "explore")]
+    Explore,
+    /// Choosing what to do.
+    #[serde(alias = "decide")]
+    Decide,
+    /// Committed to a plan: paid steps may run.
+    #[serde(alias = "commit")]
+    Commit,
+}
+
+impl Phase {
+    /// `EXPLORE`, `DECIDE` or `COMMIT`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Explore => "EXPLORE",
+            Self::Decide => "DECIDE",
+            Self::Commit => "COMMIT",
+        }
+    }
+
+    /// A phase by its name, in any case.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_uppercase().as_str() {
+            "EXPLORE" => Some(Self::Explore),
+            "DECIDE" => Some(Self::Decide),
+            "COMMIT" => Some(Self::Commit),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// `POST /verify`: may this call run?
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VerifyRequest {
@@ -95,6 +153,10 @@ pub struct VerifyRequest {
     /// Same meaning as the `idempotency-key` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The run's phase when the call was made; where the policy names a payment
+    /// phase, a call without one, or before it, is denied `phase_not_committed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
 }
 
 /// The scope whose budget governed a decision.
@@ -442,6 +504,7 @@ mod tests {
             agent_subject: None,
             approval_token: None,
             idempotency_key: None,
+            phase: None,
         };
         assert_eq!(
             serde_json::to_value(&req).unwrap(),
@@ -596,6 +659,9 @@ pub struct PreflightRequest {
     /// An approval token to check, as a retried verify would carry it (not used up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_token: Option<ApprovalToken>,
+    /// The run's phase, as verify would carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
 }
 
 /// The answer to a preflight: what verify would decide now, and why.

@@ -66,6 +66,7 @@ fn verify_request(intent: Uuid) -> VerifyRequest {
         agent_subject: None,
         approval_token: None,
         idempotency_key: None,
+        phase: None,
     }
 }
 

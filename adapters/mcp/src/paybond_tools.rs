@@ -139,7 +139,8 @@ const TOOLS: &[ToolSpec] = &[
             "requested_spend_cents": {"type": "integer", "minimum": 0},
             "vendor_id": {"type": "string"},
             "tool_name": {"type": "string"},
-            "approval_token": {"type": "string"}}})
+            "approval_token": {"type": "string"},
+            "phase": {"type": "string", "enum": ["EXPLORE", "DECIDE", "COMMIT"]}}})
         },
     },
     ToolSpec {
@@ -358,6 +359,19 @@ impl PaybondToolsServer {
                         agent_subject: None,
                         approval_token: opt_text(args, "approval_token").map(ApprovalToken::new),
                         idempotency_key: None,
+                        phase: match opt_text(args, "phase") {
+                            None => None,
+                            Some(p) => {
+                                Some(paybond_middleware_core::wire::Phase::parse(&p).ok_or_else(
+                                    || {
+                                        blocked(
+                                            "invalid_arguments",
+                                            "`phase` is not EXPLORE, DECIDE or COMMIT",
+                                        )
+                                    },
+                                )?)
+                            }
+                        },
                     })
                     .await
                     .map_err(refused)?;

@@ -272,3 +272,22 @@ pub fn guarded_dynamic(
         },
     ))
 }
+
+/// The [`COMMIT_PLAN`](paybond_middleware_core::COMMIT_PLAN) tool for a rig agent,
+/// when `run`'s policy names a payment phase (`None` otherwise): the model calls it
+/// to move the run to COMMIT, after which paid tools may run.
+pub fn commit_plan_tool(run: &PaybondAgentRun) -> Option<DynamicTool> {
+    run.payment_phase()?;
+    let definition = paybond_middleware_core::commit_plan_definition();
+    let name = rig_core::completion::message::ToolName::new(definition.name).ok()?;
+    let run = run.clone();
+    Some(DynamicTool::new(
+        name,
+        definition.description,
+        definition.parameters,
+        move |_args: Value| {
+            let out = paybond_middleware_core::commit_plan(&run);
+            Box::pin(async move { Ok(rig_core::tool::ToolOutput::json(out.body)) })
+        },
+    ))
+}

@@ -211,3 +211,53 @@ async fn guarded_dynamic_tools_keep_their_definition_and_are_authorized() {
         ]
     );
 }
+
+#[tokio::test]
+async fn commit_plan_is_offered_when_the_policy_names_a_payment_phase() {
+    use paybond_adapter_rig::{commit_plan_tool, guarded_dynamic};
+    use paybond_middleware_core::wire::Phase;
+    use rig_core::message::ToolName;
+    use rig_core::tool::DynamicTool;
+
+    let policy = paybond_policies::check_policy(
+        "version: 1\nname: t\ntools:\n  shop.buy: {side_effecting: true, spend_from_args: amount_cents, evidence_preset: cost_and_completion}\nspend_controls:\n  phases: {payment_phase: COMMIT}\n",
+        "t.yaml",
+    )
+    .document
+    .unwrap();
+    let gateway = Arc::new(ScriptedGateway::new());
+    gateway.set_effective_policy(policy);
+    let run = PaybondAgentRun::builder(gateway.clone(), uuid::Uuid::new_v4(), "cap".into())
+        .bind()
+        .await
+        .unwrap();
+    let buy = guarded_dynamic(
+        DynamicTool::new(
+            ToolName::new("shop.buy").unwrap(),
+            "Buy",
+            json!({"type": "object"}),
+            |_args: Value| Box::pin(async { Ok(rig_core::tool::ToolOutput::json(json!({}))) }),
+        ),
+        &run,
+    )
+    .unwrap();
+    gateway
+        .push_verify(VerifyScript::deny("phase_not_committed"))
+        .push_verify(VerifyScript::Allow);
+    assert!(buy.execute(json!({"amount_cents": 5})).await.is_err());
+    let commit = commit_plan_tool(&run).expect("the policy names a payment phase");
+    assert_eq!(commit.name().to_string(), "commit_plan");
+    commit.execute(json!({"plan": "buy one"})).await.unwrap();
+    assert_eq!(run.phase(), Phase::Commit);
+    buy.execute(json!({"amount_cents": 5})).await.unwrap();
+    let phases: Vec<_> = gateway.verifies().iter().map(|v| v.phase).collect();
+    assert_eq!(phases, [Some(Phase::Explore), Some(Phase::Commit)]);
+
+    // No payment phase: no tool.
+    let plain = Arc::new(ScriptedGateway::new());
+    let run = PaybondAgentRun::builder(plain, uuid::Uuid::new_v4(), "cap".into())
+        .bind()
+        .await
+        .unwrap();
+    assert!(commit_plan_tool(&run).is_none());
+}

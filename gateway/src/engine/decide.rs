@@ -7,7 +7,7 @@ use std::time::Instant;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, Zoned};
 use paybond_middleware_core::wire::{
-    PolicyCheck, PreflightRequest, PreflightResult, Principal, SpendScope, VerifyRequest,
+    Phase, PolicyCheck, PreflightRequest, PreflightResult, Principal, SpendScope, VerifyRequest,
     VerifyResult,
 };
 use paybond_policies::{CapScope, CapWindow, PolicyDocument, ToolPolicy};
@@ -136,6 +136,8 @@ struct Ask<'a> {
     intent_ops: bool,
     /// Preflight's operation `*`: the intent's budget only.
     budget_only: bool,
+    /// The run's phase, as the call carries it.
+    phase: Option<Phase>,
 }
 
 /// What the checks learnt on the way, for the answer, and the checks themselves.
@@ -424,6 +426,7 @@ impl Engine {
             tool_name: req.tool_name.as_deref(),
             intent_ops: true,
             budget_only,
+            phase: req.phase,
         };
         let (verdict, seen) = self.tx(|tx, now| {
             let mut seen = Seen {
@@ -514,6 +517,7 @@ impl Engine {
             tool_name: req.tool_name.as_deref(),
             intent_ops: false,
             budget_only: false,
+            phase: req.phase,
         };
         let verdict = match self.token_checks(now, req.token.expose_secret(), &call, &mut seen.rec)
         {
@@ -900,6 +904,25 @@ impl Engine {
                 return Ok(deny("tool_disabled", format!("`{tool}` is disabled")));
             }
             rec.pass("tool_in_policy", tool_inputs);
+            // The payment phase: a side-effecting call only once the run has
+            // committed to its plan (a call that names no phase has not).
+            if let Some(required) = controls
+                .and_then(|c| c.phases.as_ref())
+                .and_then(|p| Phase::parse(&p.payment_phase))
+            {
+                let phase_inputs = || json!({"payment_phase": required.name(), "phase": ask.phase.map(Phase::name)});
+                if ask.phase.is_none_or(|p| p < required) {
+                    rec.fail("payment_phase", phase_inputs);
+                    return Ok(deny(
+                        "phase_not_committed",
+                        format!(
+                            "the policy allows paid calls from the {required} phase; the run is in {}",
+                            ask.phase.map_or("no phase", Phase::name)
+                        ),
+                    ));
+                }
+                rec.pass("payment_phase", phase_inputs);
+            }
             let vendors = controls.and_then(|c| c.vendors.as_ref());
             let vendor_caps =
                 controls.is_some_and(|c| c.caps.iter().any(|cap| cap.scope == CapScope::Vendor));

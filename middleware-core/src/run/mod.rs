@@ -12,11 +12,13 @@ use paybond_policies::ToolPolicy;
 use uuid::Uuid;
 
 pub use error::{ApprovalRequired, BoxError, RunError, RunErrorKind, SpendDenied};
+
 pub use service::{PaybondAgentRunService, sensitive_path};
 
 use crate::gateway::{GatewayError, SpendGateway};
 use crate::secret::{ApprovalToken, CapabilityToken};
 use crate::trace::RunTrace;
+use crate::wire::Phase;
 
 /// How long a held call waits for an operator before it gives up, and how often it asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +88,21 @@ pub(crate) struct Shared {
     pub(crate) trace: RunTrace,
     /// `spend_controls.data.sensitive_patterns` of the effective policy.
     pub(crate) sensitive: Vec<regex::Regex>,
+    /// `spend_controls.phases.payment_phase` of the effective policy.
+    pub(crate) payment_phase: Option<Phase>,
+    /// Where the run stands (see [`Phase`]).
+    phase: Mutex<Phase>,
     calls: Mutex<HashMap<String, CallState>>,
+}
+
+/// A move to an earlier phase: a run's phase only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a run's phase only moves forward: {from} cannot go back to {to}")]
+pub struct PhaseError {
+    /// Where the run is.
+    pub from: Phase,
+    /// Where it was asked to go.
+    pub to: Phase,
 }
 
 /// Per tool call id: attempts so far and an approval token waiting for the next one.
@@ -97,6 +113,14 @@ struct CallState {
 }
 
 impl Shared {
+    /// The run's phase now.
+    pub(crate) fn phase(&self) -> Phase {
+        *self
+            .phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Starts the next attempt of a tool call and returns its number. With
     /// `take_token`, also the approval token stored for the call, which this
     /// attempt then uses up.
@@ -168,6 +192,40 @@ impl PaybondAgentRun {
     /// The run trace, shared with every service of this run.
     pub fn trace(&self) -> &RunTrace {
         &self.shared.trace
+    }
+
+    /// Where the run stands: EXPLORE until moved on (every verify carries it).
+    pub fn phase(&self) -> Phase {
+        self.shared.phase()
+    }
+
+    /// The phase from which the effective policy lets side-effecting tools run
+    /// (`spend_controls.phases.payment_phase`), if it names one.
+    pub fn payment_phase(&self) -> Option<Phase> {
+        self.shared.payment_phase
+    }
+
+    /// Moves the run to `phase`, forward only: EXPLORE → DECIDE → COMMIT. Asking for
+    /// the current phase changes nothing; going back is [`PhaseError`]. Answers the
+    /// phase the run was in. Calls in flight keep the phase they started with.
+    pub fn enter_phase(&self, phase: Phase) -> Result<Phase, PhaseError> {
+        let mut now = self
+            .shared
+            .phase
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let was = *now;
+        if phase < was {
+            return Err(PhaseError {
+                from: was,
+                to: phase,
+            });
+        }
+        *now = phase;
+        if phase != was {
+            tracing::info!(from = %was, to = %phase, "the run moved to a new phase");
+        }
+        Ok(was)
     }
 
     /// Makes the next attempt of `tool_call_id` carry `token`, once. Use it after an
@@ -279,6 +337,11 @@ impl PaybondAgentRunBuilder {
                 })?,
             );
         }
+        let payment_phase = effective
+            .as_ref()
+            .and_then(|p| p.policy.spend_controls.as_ref())
+            .and_then(|c| c.phases.as_ref())
+            .and_then(|p| Phase::parse(&p.payment_phase));
         let tools = resolve_tools(
             effective.map(|p| p.policy.tools),
             self.tools,
@@ -296,6 +359,8 @@ impl PaybondAgentRunBuilder {
                 wait: self.wait,
                 trace,
                 sensitive,
+                payment_phase,
+                phase: Mutex::new(Phase::Explore),
                 calls: Mutex::new(HashMap::new()),
             }),
         })

@@ -363,6 +363,7 @@ async fn authorize<E: Send + 'static>(
             approval_token: approval_token.take(),
             // One key per attempt: the client's retries of this verify reuse it.
             idempotency_key: Some(Uuid::new_v4().to_string()),
+            phase: Some(shared.phase()),
         };
         let result = match shared.gateway.verify(&request).await {
             Ok(result) => result,
