@@ -52,6 +52,17 @@ pub(crate) enum RunCommand {
         #[arg(long)]
         run_id: String,
     },
+    /// Take up the tenant's current effective policy (and, with --policy-file, new
+    /// local tool entries: the file is validated and refused whole with every
+    /// problem); records `policy_reloaded` with the old and new digest.
+    ReloadPolicy {
+        /// The run.
+        #[arg(long)]
+        run_id: String,
+        /// A policy file for the run's local tool entries.
+        #[arg(long)]
+        policy_file: Option<PathBuf>,
+    },
     /// The run's trace: every attempt of every call, with its decision.
     Trace {
         /// The run.
@@ -142,6 +153,9 @@ struct StoredRun {
     policy_version: Option<u64>,
     gateway_url: String,
     bound_at: String,
+    /// `policy_reloaded` records, oldest first.
+    #[serde(default)]
+    reloads: Vec<Value>,
 }
 
 impl std::fmt::Debug for StoredRun {
@@ -306,6 +320,10 @@ pub(crate) fn run(cmd: RunCommand, global: &Global) -> Outcome {
             }),
             Err(o) => o,
         },
+        RunCommand::ReloadPolicy {
+            run_id,
+            policy_file,
+        } => reload_policy(&run_id, policy_file.as_deref(), global),
         RunCommand::Status { run_id } => match load(&run_id) {
             Ok(stored) => {
                 let entries = read_trace(&run_id).unwrap_or_default();
@@ -406,27 +424,13 @@ fn bind(
             run_path(&run_id).display()
         )));
     }
-    let mut tools = std::collections::BTreeMap::new();
-    let mut policy_sha = None;
-    if let Some(path) = policy_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            crate::unreadable(format!("cannot read --policy-file {}: {e}", path.display()))
-        })?;
-        let checked = paybond_policies::check_policy(&text, &path.display().to_string());
-        let Some(doc) = checked.document.filter(|_| checked.errors.is_empty()) else {
-            let problems: Vec<String> = checked.errors.iter().map(ToString::to_string).collect();
-            return Err(output::fail(
-                Failure::new(
-                    Category::Invalid,
-                    "invalid_policy",
-                    format!("{} is refused:\n{}", path.display(), problems.join("\n")),
-                )
-                .details(json!({"problems": problems})),
-            ));
-        };
-        tools = doc.tools;
-        policy_sha = Some(paybond_gateway::audit::sha256_hex(text.as_bytes()));
-    }
+    let (tools, policy_sha) = match policy_file {
+        Some(path) => {
+            let (tools, sha) = read_policy_file(path)?;
+            (tools, Some(sha))
+        }
+        None => (std::collections::BTreeMap::new(), None),
+    };
     let operation = match operation {
         Some(op) => op,
         None => {
@@ -483,9 +487,102 @@ fn bind(
         policy_version: effective.as_ref().map(|p| p.version),
         gateway_url: url,
         bound_at: jiff::Timestamp::now().to_string(),
+        reloads: Vec::new(),
     };
     save(&stored)?;
     Ok(stored)
+}
+
+/// A policy file's tool entries and SHA-256; an invalid file is refused whole, with
+/// every problem at its line.
+fn read_policy_file(
+    path: &Path,
+) -> Result<(std::collections::BTreeMap<String, ToolPolicy>, String), Outcome> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        crate::unreadable(format!("cannot read --policy-file {}: {e}", path.display()))
+    })?;
+    let checked = paybond_policies::check_policy(&text, &path.display().to_string());
+    let Some(doc) = checked.document.filter(|_| checked.errors.is_empty()) else {
+        let problems: Vec<String> = checked.errors.iter().map(ToString::to_string).collect();
+        return Err(output::fail(
+            Failure::new(
+                Category::Invalid,
+                "invalid_policy",
+                format!("{} is refused:\n{}", path.display(), problems.join("\n")),
+            )
+            .details(json!({"problems": problems})),
+        ));
+    };
+    Ok((
+        doc.tools,
+        paybond_gateway::audit::sha256_hex(text.as_bytes()),
+    ))
+}
+
+fn reload_policy(run_id: &str, policy_file: Option<&Path>, global: &Global) -> Outcome {
+    let mut stored = match load(run_id) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    // The file first: an invalid one changes nothing.
+    let local = match policy_file.map(read_policy_file).transpose() {
+        Ok(l) => l,
+        Err(o) => return o,
+    };
+    let (_, gateway) = match agent_gateway(global) {
+        Ok(g) => g,
+        Err(o) => return o,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(o) => return o,
+    };
+    let effective = match rt.block_on(gateway.effective_policy()) {
+        Ok(e) => e,
+        Err(e) => return gateway_failure("reading the effective policy", &e),
+    };
+    let to_digest = effective.as_ref().map(|p| p.digest.clone());
+    let to_version = effective.as_ref().map(|p| p.version);
+    let file_changed = local
+        .as_ref()
+        .is_some_and(|(_, sha)| stored.policy_file_sha256.as_deref() != Some(sha.as_str()));
+    let reloaded = to_digest != stored.policy_digest || file_changed;
+    let record = json!({
+        "event": "policy_reloaded",
+        "from_digest": stored.policy_digest,
+        "to_digest": to_digest,
+        "from_version": stored.policy_version,
+        "to_version": to_version,
+        "policy_file": policy_file.map(|p| p.display().to_string()),
+        "at": jiff::Timestamp::now().to_string(),
+    });
+    if reloaded {
+        stored.policy_digest = to_digest;
+        stored.policy_version = to_version;
+        if let (Some((tools, sha)), Some(path)) = (local, policy_file) {
+            stored.tools = tools;
+            stored.policy_file = Some(path.display().to_string());
+            stored.policy_file_sha256 = Some(sha);
+        }
+        stored.reloads.push(record.clone());
+        if let Err(o) = save(&stored) {
+            return o;
+        }
+    }
+    let data = json!({"run_id": stored.run_id, "reloaded": reloaded, "policy_reloaded": reloaded.then_some(record)});
+    print(data, |v| {
+        if reloaded {
+            println!(
+                "policy_reloaded: v{} {} -> v{} {}",
+                text(&v["policy_reloaded"]["from_version"]),
+                text(&v["policy_reloaded"]["from_digest"]),
+                text(&v["policy_reloaded"]["to_version"]),
+                text(&v["policy_reloaded"]["to_digest"])
+            );
+        } else {
+            println!("the run already has the current policy");
+        }
+    })
 }
 
 fn save(stored: &StoredRun) -> Result<(), Outcome> {

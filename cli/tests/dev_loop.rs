@@ -1268,6 +1268,51 @@ fn a_run_bound_once_executes_tool_calls_through_the_layer_and_keeps_its_trace() 
         "{refused}"
     );
 
+    // Reloading: nothing new; a bad file changes nothing; a good one is taken up.
+    let (code, same) = run(&["agent", "run", "reload-policy", "--run-id", "trip-1"]);
+    assert_eq!(code, 0, "{same}");
+    assert_eq!(same["data"]["reloaded"], false);
+    let (code, refused) = run(&[
+        "agent",
+        "run",
+        "reload-policy",
+        "--run-id",
+        "trip-1",
+        "--policy-file",
+        "bad.policy.yaml",
+    ]);
+    assert_eq!(
+        (code, refused["error"]["code"].as_str()),
+        (1, Some("invalid_policy"))
+    );
+    std::fs::write(
+        dir.path().join("good.policy.yaml"),
+        "version: 1\nname: x\ntools:\n  travel.book_hotel: {side_effecting: true, spend_from_args: amount_cents, evidence_preset: cost_and_completion}\n",
+    )
+    .unwrap();
+    let (code, reloaded) = run(&[
+        "agent",
+        "run",
+        "reload-policy",
+        "--run-id",
+        "trip-1",
+        "--policy-file",
+        "good.policy.yaml",
+    ]);
+    assert_eq!(code, 0, "{reloaded}");
+    assert_eq!(reloaded["data"]["reloaded"], true);
+    assert_eq!(
+        reloaded["data"]["policy_reloaded"]["event"],
+        "policy_reloaded"
+    );
+    let (_, status) = run(&["agent", "run", "status", "--run-id", "trip-1"]);
+    assert_eq!(
+        status["data"]["reloads"].as_array().unwrap().len(),
+        1,
+        "{status}"
+    );
+    assert_eq!(status["data"]["policy_file"], "good.policy.yaml");
+
     // The whole path in one command.
     let (code, smoke) = run(&["agent", "sandbox", "smoke"]);
     assert_eq!(code, 0, "{smoke}");

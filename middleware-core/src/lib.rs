@@ -85,7 +85,8 @@ pub use registry::{
 };
 pub use run::{
     ApprovalRequired, ApprovalWait, BoxError, PaybondAgentRun, PaybondAgentRunBuilder,
-    PaybondAgentRunService, PhaseError, RunError, RunErrorKind, SpendDenied, sensitive_path,
+    PaybondAgentRunService, PhaseError, PolicyReloaded, RunError, RunErrorKind, SpendDenied,
+    sensitive_path,
 };
 pub use secret::{ApiKey, ApprovalToken, CapabilityToken};
 pub use tool::{ToolCall, ToolOutput};

@@ -146,15 +146,19 @@ impl ScriptedGateway {
     }
 
     /// The effective policy the gateway serves (none by default), which a run
-    /// takes its tools' entries from.
+    /// takes its tools' entries from. Each call publishes a new version (1, 2, …)
+    /// with its own digest.
     pub fn set_effective_policy(&self, policy: paybond_policies::PolicyDocument) -> &Self {
-        self.state().effective_policy = Some(EffectivePolicy {
+        let mut state = self.state();
+        let version = state.effective_policy.as_ref().map_or(1, |p| p.version + 1);
+        state.effective_policy = Some(EffectivePolicy {
             tenant_id: self.tenant.clone(),
-            version: 1,
-            digest: "sha256:scripted".to_owned(),
+            version,
+            digest: format!("sha256:scripted-{version}"),
             org_policy_id: None,
             policy,
         });
+        drop(state);
         self
     }
 

@@ -95,6 +95,8 @@ pub struct TraceTotals {
 #[derive(Debug, Clone, Default)]
 pub struct RunTrace {
     entries: Arc<Mutex<Vec<TraceEntry>>>,
+    /// Policy reloads, in order.
+    reloads: Arc<Mutex<Vec<crate::run::PolicyReloaded>>>,
     /// The run's currency, for [`table`](Self::table) (`usd` when none was set).
     currency: Option<Arc<str>>,
 }
@@ -135,6 +137,7 @@ impl RunTrace {
     pub(crate) fn in_currency(currency: Option<&str>) -> Self {
         Self {
             entries: Arc::default(),
+            reloads: Arc::default(),
             currency: currency.map(Arc::from),
         }
     }
@@ -145,6 +148,21 @@ impl RunTrace {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(entry);
+    }
+
+    pub(crate) fn push_reload(&self, reload: crate::run::PolicyReloaded) {
+        self.reloads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(reload);
+    }
+
+    /// The policy reloads so far (`policy_reloaded`, old and new digest), in order.
+    pub fn policy_reloads(&self) -> Vec<crate::run::PolicyReloaded> {
+        self.reloads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// A copy of the entries so far, in completion order.
@@ -239,6 +257,21 @@ impl fmt::Display for RunTrace {
         for row in &rows {
             let cells: Vec<&str> = row.iter().map(String::as_str).collect();
             write_row(&cells, f)?;
+        }
+        for r in self.policy_reloads() {
+            let show = |v: Option<u64>, d: &Option<String>| {
+                format!(
+                    "v{} {}",
+                    v.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                    d.as_deref().unwrap_or("-")
+                )
+            };
+            writeln!(
+                f,
+                "policy_reloaded  {} -> {}",
+                show(r.from_version, &r.from_digest),
+                show(r.to_version, &r.to_digest)
+            )?;
         }
         Ok(())
     }

@@ -81,15 +81,15 @@ pub(crate) struct Shared {
     pub(crate) tenant: String,
     pub(crate) intent_id: Uuid,
     pub(crate) capability_token: CapabilityToken,
-    pub(crate) tools: BTreeMap<String, ToolPolicy>,
+    /// What the effective policy decides for the run, swapped whole on a reload.
+    policy: std::sync::RwLock<Arc<RunPolicy>>,
+    /// The builder's local entries and overrides, to resolve a reloaded policy.
+    local_tools: BTreeMap<String, ToolPolicy>,
+    overrides: BTreeMap<String, ToolPolicy>,
     pub(crate) agent_subject: Option<String>,
     pub(crate) currency: Option<String>,
     pub(crate) wait: Option<ApprovalWait>,
     pub(crate) trace: RunTrace,
-    /// `spend_controls.data.sensitive_patterns` of the effective policy.
-    pub(crate) sensitive: Vec<regex::Regex>,
-    /// `spend_controls.phases.payment_phase` of the effective policy.
-    pub(crate) payment_phase: Option<Phase>,
     /// Where the run stands (see [`Phase`]).
     phase: Mutex<Phase>,
     calls: Mutex<HashMap<String, CallState>>,
@@ -112,7 +112,87 @@ struct CallState {
     approval_token: Option<ApprovalToken>,
 }
 
+/// What a run's effective policy decides, read once per call: a reload swaps it
+/// whole, so a call never sees half of two policies.
+pub(crate) struct RunPolicy {
+    pub(crate) tools: Arc<BTreeMap<String, ToolPolicy>>,
+    /// `spend_controls.data.sensitive_patterns`.
+    pub(crate) sensitive: Vec<regex::Regex>,
+    /// `spend_controls.phases.payment_phase`.
+    pub(crate) payment_phase: Option<Phase>,
+    /// The effective policy's digest and version (none when the gateway gave none).
+    pub(crate) digest: Option<String>,
+    pub(crate) version: Option<u64>,
+}
+
+impl RunPolicy {
+    /// The run's view of `effective`, with the local entries and overrides.
+    fn resolve(
+        effective: Option<crate::wire::EffectivePolicy>,
+        local: BTreeMap<String, ToolPolicy>,
+        overrides: BTreeMap<String, ToolPolicy>,
+    ) -> Result<Self, GatewayError> {
+        // The gateway checked the patterns when the policy was published; one that
+        // does not compile here is reported and cannot be skipped silently.
+        let mut sensitive = Vec::new();
+        for pattern in effective
+            .as_ref()
+            .and_then(|p| p.policy.spend_controls.as_ref())
+            .and_then(|c| c.data.as_ref())
+            .map(|d| d.sensitive_patterns.as_slice())
+            .unwrap_or_default()
+        {
+            sensitive.push(
+                regex::Regex::new(pattern).map_err(|e| GatewayError::Malformed {
+                    operation: "effective_policy",
+                    detail: format!("spend_controls.data.sensitive_patterns: {e}"),
+                })?,
+            );
+        }
+        let payment_phase = effective
+            .as_ref()
+            .and_then(|p| p.policy.spend_controls.as_ref())
+            .and_then(|c| c.phases.as_ref())
+            .and_then(|p| Phase::parse(&p.payment_phase));
+        let (digest, version) = effective
+            .as_ref()
+            .map_or((None, None), |p| (Some(p.digest.clone()), Some(p.version)));
+        let tools = resolve_tools(effective.map(|p| p.policy.tools), local, overrides);
+        Ok(Self {
+            tools: Arc::new(tools),
+            sensitive,
+            payment_phase,
+            digest,
+            version,
+        })
+    }
+}
+
+/// A run's policy replaced by a newer effective policy (see
+/// [`PaybondAgentRun::reload_policy`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PolicyReloaded {
+    /// Always `policy_reloaded`.
+    pub event: String,
+    /// The digest the run had.
+    pub from_digest: Option<String>,
+    /// The digest it has now.
+    pub to_digest: Option<String>,
+    /// The version it had.
+    pub from_version: Option<u64>,
+    /// The version it has now.
+    pub to_version: Option<u64>,
+}
+
 impl Shared {
+    /// The policy the next call is decided under.
+    pub(crate) fn policy(&self) -> Arc<RunPolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// The run's phase now.
     pub(crate) fn phase(&self) -> Phase {
         *self
@@ -148,7 +228,10 @@ impl std::fmt::Debug for PaybondAgentRun {
             .field("tenant", &s.tenant)
             .field("intent_id", &s.intent_id)
             .field("capability_token", &s.capability_token)
-            .field("tools", &s.tools.keys().collect::<Vec<_>>())
+            .field(
+                "tools",
+                &s.policy().tools.keys().cloned().collect::<Vec<_>>(),
+            )
             .field("agent_subject", &s.agent_subject)
             .field("wait", &s.wait)
             .finish_non_exhaustive()
@@ -171,6 +254,7 @@ impl PaybondAgentRun {
             agent_subject: None,
             currency: None,
             wait: None,
+            reload_every: None,
         }
     }
 
@@ -184,9 +268,61 @@ impl PaybondAgentRun {
         self.shared.intent_id
     }
 
-    /// The tools' policy entries.
-    pub fn tools(&self) -> &BTreeMap<String, ToolPolicy> {
-        &self.shared.tools
+    /// The tools' policy entries, as the run's policy has them now.
+    pub fn tools(&self) -> Arc<BTreeMap<String, ToolPolicy>> {
+        self.shared.policy().tools.clone()
+    }
+
+    /// The digest of the effective policy the run decides under (none when the
+    /// gateway had no policy to give).
+    pub fn policy_digest(&self) -> Option<String> {
+        self.shared.policy().digest.clone()
+    }
+
+    /// The version of that policy.
+    pub fn policy_version(&self) -> Option<u64> {
+        self.shared.policy().version
+    }
+
+    /// Fetches the gateway's effective policy and, when its digest differs from the
+    /// run's, swaps it in whole between calls (a call in flight finishes under the
+    /// policy it started with). Records `policy_reloaded` in the trace and answers
+    /// what changed; `None` when nothing did. A policy the run cannot use is an
+    /// error and the old one stays.
+    pub async fn reload_policy(&self) -> Result<Option<PolicyReloaded>, GatewayError> {
+        let effective = self.shared.gateway.effective_policy().await?;
+        let current = self.shared.policy();
+        let digest = effective.as_ref().map(|p| p.digest.clone());
+        if digest == current.digest {
+            return Ok(None);
+        }
+        let next = RunPolicy::resolve(
+            effective,
+            self.shared.local_tools.clone(),
+            self.shared.overrides.clone(),
+        )
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "a new effective policy cannot be used; the run keeps its policy");
+        })?;
+        let reloaded = PolicyReloaded {
+            event: "policy_reloaded".to_owned(),
+            from_digest: current.digest.clone(),
+            to_digest: next.digest.clone(),
+            from_version: current.version,
+            to_version: next.version,
+        };
+        *self
+            .shared
+            .policy
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        tracing::info!(
+            from = ?reloaded.from_digest,
+            to = ?reloaded.to_digest,
+            "policy_reloaded"
+        );
+        self.shared.trace.push_reload(reloaded.clone());
+        Ok(Some(reloaded))
     }
 
     /// The run trace, shared with every service of this run.
@@ -202,7 +338,7 @@ impl PaybondAgentRun {
     /// The phase from which the effective policy lets side-effecting tools run
     /// (`spend_controls.phases.payment_phase`), if it names one.
     pub fn payment_phase(&self) -> Option<Phase> {
-        self.shared.payment_phase
+        self.shared.policy().payment_phase
     }
 
     /// Moves the run to `phase`, forward only: EXPLORE → DECIDE → COMMIT. Asking for
@@ -251,6 +387,7 @@ pub struct PaybondAgentRunBuilder {
     agent_subject: Option<String>,
     currency: Option<String>,
     wait: Option<ApprovalWait>,
+    reload_every: Option<Duration>,
 }
 
 impl std::fmt::Debug for PaybondAgentRunBuilder {
@@ -307,6 +444,15 @@ impl PaybondAgentRunBuilder {
         self
     }
 
+    /// Polls the gateway's effective policy every `every` and swaps in a new one
+    /// between calls ([`PaybondAgentRun::reload_policy`]), for long-lived runs. The
+    /// polling stops when the last handle of the run is dropped. Needs a tokio
+    /// runtime when [`bind`](Self::bind) runs.
+    pub fn reload_policy_every(mut self, every: Duration) -> Self {
+        self.reload_every = Some(every);
+        self
+    }
+
     /// Looks the tenant up from the gateway's principal, takes the tools' entries
     /// from the tenant's effective policy, and binds the run.
     ///
@@ -320,50 +466,43 @@ impl PaybondAgentRunBuilder {
         let principal = self.gateway.principal().await?;
         let effective = self.gateway.effective_policy().await?;
         let trace = RunTrace::in_currency(self.currency.as_deref());
-        // The gateway checked the patterns when the policy was published; one that
-        // does not compile here is reported and cannot be skipped silently.
-        let mut sensitive = Vec::new();
-        for pattern in effective
-            .as_ref()
-            .and_then(|p| p.policy.spend_controls.as_ref())
-            .and_then(|c| c.data.as_ref())
-            .map(|d| d.sensitive_patterns.as_slice())
-            .unwrap_or_default()
-        {
-            sensitive.push(
-                regex::Regex::new(pattern).map_err(|e| GatewayError::Malformed {
-                    operation: "effective_policy",
-                    detail: format!("spend_controls.data.sensitive_patterns: {e}"),
-                })?,
-            );
-        }
-        let payment_phase = effective
-            .as_ref()
-            .and_then(|p| p.policy.spend_controls.as_ref())
-            .and_then(|c| c.phases.as_ref())
-            .and_then(|p| Phase::parse(&p.payment_phase));
-        let tools = resolve_tools(
-            effective.map(|p| p.policy.tools),
-            self.tools,
-            self.overrides,
-        );
-        Ok(PaybondAgentRun {
+        let policy = RunPolicy::resolve(effective, self.tools.clone(), self.overrides.clone())?;
+        let run = PaybondAgentRun {
             shared: Arc::new(Shared {
                 gateway: self.gateway,
                 tenant: principal.tenant_id,
                 intent_id: self.intent_id,
                 capability_token: self.capability_token,
-                tools,
+                policy: std::sync::RwLock::new(Arc::new(policy)),
+                local_tools: self.tools,
+                overrides: self.overrides,
                 agent_subject: self.agent_subject,
                 currency: self.currency,
                 wait: self.wait,
                 trace,
-                sensitive,
-                payment_phase,
                 phase: Mutex::new(Phase::Explore),
                 calls: Mutex::new(HashMap::new()),
             }),
-        })
+        };
+        if let Some(every) = self.reload_every {
+            let weak = Arc::downgrade(&run.shared);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let Some(shared) = weak.upgrade() else {
+                        return;
+                    };
+                    let run = PaybondAgentRun { shared };
+                    if let Err(e) = run.reload_policy().await {
+                        tracing::warn!(error = %e, "polling the effective policy failed; the run keeps its policy");
+                    }
+                }
+            });
+        }
+        Ok(run)
     }
 }
 

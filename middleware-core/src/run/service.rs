@@ -13,7 +13,9 @@ use tower::Service;
 use tracing::{Instrument, Span, field};
 use uuid::Uuid;
 
-use super::{ApprovalRequired, ApprovalWait, PaybondAgentRun, RunError, Shared, SpendDenied};
+use super::{
+    ApprovalRequired, ApprovalWait, PaybondAgentRun, RunError, RunPolicy, Shared, SpendDenied,
+};
 use crate::gateway::GatewayError;
 use crate::secret::ApprovalToken;
 use crate::tool::{ToolCall, ToolOutput, lookup};
@@ -102,6 +104,8 @@ type Invoke<E> = Box<dyn FnOnce(ToolCall) -> BoxFuture<'static, Result<ToolOutpu
 #[derive(Clone)]
 struct CallInfo {
     shared: Arc<Shared>,
+    /// The run's policy when the call started: the whole call is decided under it.
+    policy: Arc<RunPolicy>,
     tool_call_id: String,
     tool: String,
     operation: String,
@@ -173,8 +177,10 @@ async fn guard<E: Send + 'static>(
     invoke: Invoke<E>,
     call: ToolCall,
 ) -> Result<ToolOutput, RunError<E>> {
-    // Everything the policy decides is read here, once, by reference.
-    let policy = shared.tools.get(&call.tool_name);
+    // Everything the policy decides is read here, once: a reload swaps the run's
+    // policy between calls, never within one.
+    let snapshot = shared.policy();
+    let policy = snapshot.tools.get(&call.tool_name);
     // A tool missing from the run's policy is treated as side-effecting: the gateway,
     // which holds the tenant's whole policy, decides whether it may run.
     let amount = if policy.is_some_and(|p| !p.side_effecting) {
@@ -208,6 +214,7 @@ async fn guard<E: Send + 'static>(
     );
     let info = CallInfo {
         shared,
+        policy: snapshot.clone(),
         tool_call_id: call.tool_call_id.clone(),
         tool: call.tool_name.clone(),
         operation,
@@ -227,7 +234,7 @@ async fn guard<E: Send + 'static>(
             // A side-effecting call whose arguments hold sensitive data is stopped
             // here: nothing of it goes to the gateway, the logs or the trace but
             // where the value is.
-            if let Some(path) = sensitive_path(&call.args, &info.shared.sensitive) {
+            if let Some(path) = sensitive_path(&call.args, &info.policy.sensitive) {
                 let (attempt, _) = info.shared.next_attempt(&info.tool_call_id, false);
                 let _entered = span.enter();
                 tracing::warn!(%path, "sensitive data in the arguments; not sent");
@@ -655,7 +662,7 @@ async fn submit_evidence(
     actual: u64,
 ) -> Result<(), GatewayError> {
     let preset = info
-        .shared
+        .policy
         .tools
         .get(&info.tool)
         .and_then(|p| p.evidence_preset.clone());
