@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use paybond_middleware_core::wire::{
-    ApprovalStatus, CompleteRequest, CompleteResponse, CreateIntentRequest, EffectivePolicy,
-    EvidenceRequest, EvidenceResponse, IntentView, Principal, SandboxBootstrapRequest,
-    SandboxBootstrapResponse, VerifyRequest, VerifyResult,
+    ApprovalStatus, CompensationRecorded, CompensationRequest, CompleteRequest, CompleteResponse,
+    CreateIntentRequest, EffectivePolicy, EvidenceRequest, EvidenceResponse, IntentView, Principal,
+    SandboxBootstrapRequest, SandboxBootstrapResponse, VerifyRequest, VerifyResult,
 };
 use paybond_middleware_core::{ApiKey, GatewayError, SpendGateway};
 use uuid::Uuid;
@@ -134,6 +134,19 @@ impl SpendGateway for EmbeddedGateway {
     ) -> Result<ApprovalStatus, GatewayError> {
         self.run("approval_status", move |e, p| {
             e.approval(p, approval_request_id)
+        })
+        .await
+    }
+
+    async fn record_compensation(
+        &self,
+        decision_id: Uuid,
+        request: &CompensationRequest,
+    ) -> Result<CompensationRecorded, GatewayError> {
+        let request = request.clone();
+        let key = Uuid::new_v4().to_string();
+        self.run("record_compensation", move |e, p| {
+            e.record_compensation(p, decision_id, &request, Some(&key))
         })
         .await
     }

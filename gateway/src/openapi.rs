@@ -4,9 +4,9 @@
 //! (table, router, file) in step.
 
 use paybond_middleware_core::wire::{
-    ApprovalStatus, CompleteRequest, CompleteResponse, ErrorBody, EvidenceRequest,
-    EvidenceResponse, PreflightRequest, PreflightResult, Principal, SandboxBootstrapRequest,
-    SandboxBootstrapResponse, VerifyRequest, VerifyResult,
+    ApprovalStatus, CompensationRecorded, CompensationRequest, CompleteRequest, CompleteResponse,
+    ErrorBody, EvidenceRequest, EvidenceResponse, PreflightRequest, PreflightResult, Principal,
+    SandboxBootstrapRequest, SandboxBootstrapResponse, VerifyRequest, VerifyResult,
 };
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -126,6 +126,16 @@ pub const ROUTES: &[RouteDoc] = &[
         request: Some(schema::<PreflightRequest>),
         response: schema::<PreflightResult>,
         errors: &[400, 413, 415, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/v1/spend/decisions/{decision_id}/compensation",
+        roles: "agent, operator, tenant_admin",
+        summary: "Records a paid step's compensation (compensated, or compensation_failed with the error) as a `compensation` ledger event linked to its allowed decision.",
+        request: Some(schema::<CompensationRequest>),
+        response: schema::<CompensationRecorded>,
+        errors: &[400, 404, 409, 413, 415, 422],
         query: &[],
     },
     RouteDoc {

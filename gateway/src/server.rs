@@ -331,6 +331,22 @@ async fn complete(State(s): State<AppState>, Path(id): Path<String>, request: Re
     json(&r)
 }
 
+async fn compensation(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Answer {
+    let id = uuid_param(&id, "decision_id")?;
+    let (headers, bytes) = body(&s, request).await?;
+    let creds = credentials(&headers)?;
+    let r = with_engine(&s, creds, move |e, p, key| {
+        let req: paybond_middleware_core::wire::CompensationRequest = parse(&bytes)?;
+        e.record_compensation(p, id, &req, key.as_deref())
+    })
+    .await?;
+    json(&r)
+}
+
 async fn bootstrap(State(s): State<AppState>, request: Request) -> Answer {
     let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
@@ -809,6 +825,10 @@ fn router_with(engine: Arc<Engine>, body_timeout: Duration) -> Router {
         .route("/verify", post(verify))
         .route("/v1/spend/decisions/{decision_id}", get(get_decision))
         .route("/v1/spend/decisions/{decision_id}/complete", post(complete))
+        .route(
+            "/v1/spend/decisions/{decision_id}/compensation",
+            post(compensation),
+        )
         .route("/v1/sandbox/guardrails/bootstrap", post(bootstrap))
         .route(
             "/v1/sandbox/guardrails/{intent_id}/evidence",

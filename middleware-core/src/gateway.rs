@@ -6,8 +6,9 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::wire::{
-    ApprovalStatus, CompleteRequest, CompleteResponse, EffectivePolicy, Environment,
-    EvidenceRequest, EvidenceResponse, Principal, VerifyRequest, VerifyResult,
+    ApprovalStatus, CompensationRecorded, CompensationRequest, CompleteRequest, CompleteResponse,
+    EffectivePolicy, Environment, EvidenceRequest, EvidenceResponse, Principal, VerifyRequest,
+    VerifyResult,
 };
 
 /// What the agent-run layer needs from a gateway.
@@ -53,6 +54,20 @@ pub trait SpendGateway: Send + Sync {
     /// not serve it (the run then uses the entries it was given).
     async fn effective_policy(&self) -> Result<Option<EffectivePolicy>, GatewayError> {
         Ok(None)
+    }
+
+    /// Records a paid step's compensation in the ledger, linked to its decision
+    /// (`POST /v1/spend/decisions/{id}/compensation`). A gateway without the route
+    /// answers [`GatewayError::Config`].
+    async fn record_compensation(
+        &self,
+        decision_id: Uuid,
+        request: &CompensationRequest,
+    ) -> Result<CompensationRecorded, GatewayError> {
+        let _ = (decision_id, request);
+        Err(GatewayError::Config(
+            "this gateway does not record compensations".to_owned(),
+        ))
     }
 }
 

@@ -14,10 +14,11 @@ use uuid::Uuid;
 use crate::gateway::{GatewayError, SpendGateway};
 use crate::secret::{ApiKey, redact};
 use crate::wire::{
-    ApprovalStatus, CompleteRequest, CompleteResponse, CreateIntentRequest, EffectivePolicy,
-    Environment, ErrorBody, EvidenceRequest, EvidenceResponse, IntentView, OperatorIntentDetail,
-    OperatorIntentList, PreflightRequest, PreflightResult, Principal, SandboxBootstrapRequest,
-    SandboxBootstrapResponse, VerifyRequest, VerifyResult,
+    ApprovalStatus, CompensationRecorded, CompensationRequest, CompleteRequest, CompleteResponse,
+    CreateIntentRequest, EffectivePolicy, Environment, ErrorBody, EvidenceRequest,
+    EvidenceResponse, IntentView, OperatorIntentDetail, OperatorIntentList, PreflightRequest,
+    PreflightResult, Principal, SandboxBootstrapRequest, SandboxBootstrapResponse, VerifyRequest,
+    VerifyResult,
 };
 
 /// How failed requests are retried.
@@ -847,6 +848,34 @@ impl SpendGateway for HttpGateway {
             &response.intent_id.to_string(),
         )?;
         Ok(response)
+    }
+
+    async fn record_compensation(
+        &self,
+        decision_id: Uuid,
+        request: &CompensationRequest,
+    ) -> Result<CompensationRecorded, GatewayError> {
+        self.tenant().await?;
+        // One key for the call: the client's retries of it record it once.
+        let key = Uuid::new_v4().to_string();
+        let recorded: CompensationRecorded = self
+            .send(Call {
+                operation: "record_compensation",
+                method: Method::POST,
+                path: format!("/v1/spend/decisions/{decision_id}/compensation"),
+                body: Some(request),
+                idempotency_key: Some(&key),
+                with_tenant: true,
+                extra_secrets: &[],
+            })
+            .await?;
+        check_echo(
+            "record_compensation",
+            "decision_id",
+            &decision_id.to_string(),
+            &recorded.decision_id.to_string(),
+        )?;
+        Ok(recorded)
     }
 
     async fn approval_status(

@@ -63,6 +63,7 @@ mod gateway;
 mod http;
 mod registry;
 mod run;
+pub mod scope;
 mod secret;
 mod tool;
 mod trace;
@@ -88,6 +89,7 @@ pub use run::{
     PaybondAgentRunService, PhaseError, PolicyReloaded, RunError, RunErrorKind, SpendDenied,
     sensitive_path,
 };
+pub use scope::{CompensationEntry, TransactionScope, WorkflowFailed, transaction};
 pub use secret::{ApiKey, ApprovalToken, CapabilityToken};
 pub use tool::{ToolCall, ToolOutput};
 pub use trace::{RunTrace, TraceEntry, TraceOutcome, TraceTotals};

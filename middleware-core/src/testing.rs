@@ -13,9 +13,9 @@ use uuid::Uuid;
 use crate::gateway::{GatewayError, SpendGateway};
 use crate::secret::ApprovalToken;
 use crate::wire::{
-    ApprovalState, ApprovalStatus, CompleteRequest, CompleteResponse, EffectivePolicy, Environment,
-    EvidenceRequest, EvidenceResponse, LifecycleStatus, Principal, Role, VerifyRequest,
-    VerifyResult,
+    ApprovalState, ApprovalStatus, CompensationRecorded, CompensationRequest, CompleteRequest,
+    CompleteResponse, EffectivePolicy, Environment, EvidenceRequest, EvidenceResponse,
+    LifecycleStatus, Principal, Role, VerifyRequest, VerifyResult,
 };
 
 /// The answer to one scripted verify.
@@ -75,6 +75,13 @@ pub enum ApprovalScript {
 pub enum GatewayCall {
     /// `principal()`.
     Principal,
+    /// `record_compensation()`.
+    Compensation {
+        /// The compensated decision.
+        decision_id: Uuid,
+        /// How it ended.
+        request: CompensationRequest,
+    },
     /// `verify()`.
     Verify(VerifyRequest),
     /// `complete_decision()`.
@@ -278,6 +285,24 @@ impl ScriptedGateway {
 impl SpendGateway for ScriptedGateway {
     async fn effective_policy(&self) -> Result<Option<EffectivePolicy>, GatewayError> {
         Ok(self.state().effective_policy.clone())
+    }
+
+    async fn record_compensation(
+        &self,
+        decision_id: Uuid,
+        request: &CompensationRequest,
+    ) -> Result<CompensationRecorded, GatewayError> {
+        let mut state = self.state();
+        state.calls.push(GatewayCall::Compensation {
+            decision_id,
+            request: request.clone(),
+        });
+        let ledger_seq = state.calls.len() as u64;
+        Ok(CompensationRecorded {
+            decision_id,
+            outcome: request.outcome,
+            ledger_seq,
+        })
     }
 
     async fn principal(&self) -> Result<Principal, GatewayError> {

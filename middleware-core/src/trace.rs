@@ -97,6 +97,8 @@ pub struct RunTrace {
     entries: Arc<Mutex<Vec<TraceEntry>>>,
     /// Policy reloads, in order.
     reloads: Arc<Mutex<Vec<crate::run::PolicyReloaded>>>,
+    /// Compensations of failed workflows, in the order run.
+    compensations: Arc<Mutex<Vec<crate::scope::CompensationEntry>>>,
     /// The run's currency, for [`table`](Self::table) (`usd` when none was set).
     currency: Option<Arc<str>>,
 }
@@ -138,6 +140,7 @@ impl RunTrace {
         Self {
             entries: Arc::default(),
             reloads: Arc::default(),
+            compensations: Arc::default(),
             currency: currency.map(Arc::from),
         }
     }
@@ -160,6 +163,22 @@ impl RunTrace {
     /// The policy reloads so far (`policy_reloaded`, old and new digest), in order.
     pub fn policy_reloads(&self) -> Vec<crate::run::PolicyReloaded> {
         self.reloads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn push_compensation(&self, entry: crate::scope::CompensationEntry) {
+        self.compensations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(entry);
+    }
+
+    /// The compensations run so far (`compensated` or `compensation_failed`, with
+    /// the error), in the order run.
+    pub fn compensations(&self) -> Vec<crate::scope::CompensationEntry> {
+        self.compensations
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -257,6 +276,19 @@ impl fmt::Display for RunTrace {
         for row in &rows {
             let cells: Vec<&str> = row.iter().map(String::as_str).collect();
             write_row(&cells, f)?;
+        }
+        for c in self.compensations() {
+            let outcome = match c.outcome {
+                crate::wire::CompensationOutcome::Compensated => "compensated",
+                crate::wire::CompensationOutcome::CompensationFailed => "compensation_failed",
+            };
+            writeln!(
+                f,
+                "{outcome}  {} ({}){}",
+                c.tool_call_id,
+                c.workflow,
+                c.error.map(|e| format!(": {e}")).unwrap_or_default()
+            )?;
         }
         for r in self.policy_reloads() {
             let show = |v: Option<u64>, d: &Option<String>| {

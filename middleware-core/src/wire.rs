@@ -831,3 +831,42 @@ pub struct DecisionRecord {
     /// The answer verify gave, its `checks` (the proof trace) included.
     pub result: VerifyResult,
 }
+
+/// How a compensating action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CompensationOutcome {
+    /// The compensating action (a refund, a cancellation) succeeded.
+    Compensated,
+    /// It failed; `error` says why.
+    CompensationFailed,
+}
+
+/// `POST /v1/spend/decisions/{id}/compensation`: a paid step's compensation, recorded
+/// in the ledger as a `compensation` event linked to the decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompensationRequest {
+    /// How it ended.
+    pub outcome: CompensationOutcome,
+    /// Why it failed (at most 1,000 characters are kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The workflow (transaction scope) the step belonged to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// The step's tool call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+/// The answer: where the compensation landed in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CompensationRecorded {
+    /// The compensated decision.
+    pub decision_id: Uuid,
+    /// How it ended.
+    pub outcome: CompensationOutcome,
+    /// The ledger entry.
+    pub ledger_seq: u64,
+}

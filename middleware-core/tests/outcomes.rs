@@ -113,6 +113,7 @@ async fn allow_runs_the_tool_then_submits_evidence_and_consumes_the_actual_cost(
                 "complete"
             }
             GatewayCall::ApprovalStatus(_) => "approval",
+            GatewayCall::Compensation { .. } => "compensation",
         })
         .collect();
     assert_eq!(order, ["principal", "verify", "evidence", "complete"]);

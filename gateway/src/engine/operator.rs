@@ -3,11 +3,13 @@
 //! evidence. Read-only, so an agent key of the tenant may read them too (the
 //! Paybond CLI's `intents list|get` call them with the agent key).
 
+use paybond_middleware_core::wire::{
+    CompensationRecorded, CompensationRequest, LifecycleStatus, Principal, Role, VerifyResult,
+};
 pub use paybond_middleware_core::wire::{
     DecisionRecord, DecisionView, EvidenceView, OperatorIntent, OperatorIntentDetail,
     OperatorIntentList, ReservationView,
 };
-use paybond_middleware_core::wire::{LifecycleStatus, Principal, Role, VerifyResult};
 use uuid::Uuid;
 
 use crate::engine::lifecycle::{lifecycle, live_reservations, parse_cursor, rfc3339};
@@ -302,5 +304,84 @@ impl Engine {
                 evidence,
             })
         })
+    }
+}
+
+impl Engine {
+    /// `POST /v1/spend/decisions/{id}/compensation`: a paid step's compensation
+    /// (a refund, a cancellation), recorded in the ledger as a `compensation` event
+    /// linked to its allowed decision.
+    pub fn record_compensation(
+        &self,
+        principal: &Principal,
+        decision_id: Uuid,
+        req: &CompensationRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<CompensationRecorded, ApiError> {
+        require_role(principal, &[Role::Agent, Role::Operator, Role::TenantAdmin])?;
+        let error = req
+            .error
+            .as_deref()
+            .map(|e| e.chars().take(1_000).collect::<String>());
+        for (field, value) in [
+            ("workflow", &req.workflow),
+            ("tool_call_id", &req.tool_call_id),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.is_empty() || v.len() > 255)
+            {
+                return Err(ApiError::unprocessable(
+                    "invalid_field",
+                    format!("{field}: 1 to 255 characters"),
+                ));
+            }
+        }
+        self.idempotent(
+            &principal.tenant_id,
+            "spend.compensation",
+            idempotency_key,
+            req,
+            |tx, now| {
+                let found: Option<(String, String)> = tx.query_opt(
+                    "SELECT intent_id, outcome FROM decisions WHERE id = ?1 AND tenant_id = ?2",
+                    args![decision_id.to_string(), principal.tenant_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                let Some((intent, outcome)) = found else {
+                    return Err(ApiError::not_found(
+                        "decision_not_found",
+                        "no such decision for this tenant",
+                    ));
+                };
+                if outcome != "allow" {
+                    return Err(ApiError::new(
+                        409,
+                        "not_compensable",
+                        format!("the decision is a {outcome}: only an allowed (paid) step is compensated"),
+                    ));
+                }
+                let ledger_seq = crate::engine::ledger::append(
+                    tx,
+                    &principal.tenant_id,
+                    "compensation",
+                    serde_json::json!({
+                        "decision_id": decision_id,
+                        "intent_id": intent,
+                        "outcome": req.outcome,
+                        "error": error,
+                        "workflow": req.workflow,
+                        "tool_call_id": req.tool_call_id,
+                        "by": principal.key_id,
+                    }),
+                    now,
+                )?;
+                Ok(CompensationRecorded {
+                    decision_id,
+                    outcome: req.outcome,
+                    ledger_seq,
+                })
+            },
+        )
     }
 }

@@ -330,6 +330,11 @@ impl PaybondAgentRun {
         &self.shared.trace
     }
 
+    /// The gateway the run decides with.
+    pub(crate) fn gateway(&self) -> &Arc<dyn SpendGateway> {
+        &self.shared.gateway
+    }
+
     /// Where the run stands: EXPLORE until moved on (every verify carries it).
     pub fn phase(&self) -> Phase {
         self.shared.phase()
