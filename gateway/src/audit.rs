@@ -398,6 +398,10 @@ pub fn verify_bundle(bytes: &[u8], expected_key: Option<&str>) -> Result<BundleR
         file.take(MAX_ENTRY_BYTES + 1)
             .read_to_end(&mut data)
             .map_err(|e| format!("{name}: {e}"))?;
+        // The declared size may lie: what actually inflates is what counts.
+        if data.len() as u64 > MAX_ENTRY_BYTES {
+            return Err(format!("{name}: over {MAX_ENTRY_BYTES} bytes"));
+        }
         files.push((name, data));
     }
     let file = |path: &str| files.iter().find(|(n, _)| n == path).map(|(_, d)| d);

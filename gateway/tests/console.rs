@@ -169,6 +169,19 @@ async fn sign_in_keeps_the_key_on_the_server_and_every_change_needs_the_csrf_tok
     assert!(!a.body.contains("paybond_sk_sandbox_wrong"));
     assert!(a.headers.get(header::SET_COOKIE).is_none());
 
+    // A sign-in posted from another site is refused.
+    let cross = Request::builder()
+        .method("POST")
+        .uri("/console/login")
+        .header(header::HOST, "127.0.0.1:8787")
+        .header(header::ORIGIN, "http://evil.example")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("api_key={operator}")))
+        .unwrap();
+    let resp = app.clone().oneshot(cross).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(resp.headers().get(header::SET_COOKIE).is_none());
+
     let cookie = sign_in(&app, operator).await;
     let page = send(&app, "GET", "/console/approvals", Some(&cookie), None).await;
     assert_eq!(page.status, StatusCode::OK);

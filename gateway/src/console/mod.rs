@@ -256,18 +256,21 @@ fn engine_error(e: &ApiError) -> Response {
     page_error(status, &format!("{} ({})", e.message, e.code))
 }
 
+/// Whether the request's `Origin`, when the browser sent one, is this server.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None | Some("null") => true,
+        Some(origin) => host
+            .is_some_and(|h| origin == format!("http://{h}") || origin == format!("https://{h}")),
+    }
+}
+
 /// A POST's CSRF token must be the session's, and its `Origin`, when sent, this server.
 /// `Err` is why the POST is refused (a 403).
 fn check_post(headers: &HeaderMap, signed: &Signed, csrf: &str) -> Result<(), &'static str> {
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
-        && origin != "null"
-    {
-        let same = host
-            .is_some_and(|h| origin == format!("http://{h}") || origin == format!("https://{h}"));
-        if !same {
-            return Err("Refused: the request came from another site.");
-        }
+    if !same_origin(headers) {
+        return Err("Refused: the request came from another site.");
     }
     if csrf.is_empty() || csrf != signed.csrf {
         return Err(
@@ -320,14 +323,11 @@ struct LoginForm {
 }
 
 async fn login(State(c): State<Shared>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        if origin != "null" && host.is_none_or(|h| origin != format!("http://{h}")) {
-            return page_error(
-                StatusCode::FORBIDDEN,
-                "Refused: the request came from another site.",
-            );
-        }
+    if !same_origin(&headers) {
+        return page_error(
+            StatusCode::FORBIDDEN,
+            "Refused: the request came from another site.",
+        );
     }
     let key = f.api_key.trim().to_owned();
     let checked = key.clone();

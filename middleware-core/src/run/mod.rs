@@ -491,7 +491,12 @@ impl PaybondAgentRunBuilder {
         };
         if let Some(every) = self.reload_every {
             let weak = Arc::downgrade(&run.shared);
-            tokio::spawn(async move {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return Err(GatewayError::Config(
+                    "reload_policy_every needs a tokio runtime to poll from".to_owned(),
+                ));
+            };
+            runtime.spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 tick.tick().await;
