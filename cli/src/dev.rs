@@ -348,7 +348,7 @@ fn dev_loop(a: &Loop, global: &Global) -> Outcome {
         let sweeper =
             paybond_gateway::server::spawn_sweeper(engine.clone(), Duration::from_secs(1));
         println!("listening on {url}");
-        println!("console: {url}/console (sign in with the operator key from the env file)");
+        println!("console: {url}/console");
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         let served = paybond_gateway::server::serve(listener, engine, shutdown_signal()).await;

@@ -21,6 +21,8 @@ use uuid::Uuid;
 struct Gateway {
     child: Child,
     url: String,
+    /// What it printed after `console: `.
+    console: String,
 }
 
 impl Drop for Gateway {
@@ -54,13 +56,22 @@ fn start(dir: &Path, extra: &[&str]) -> Gateway {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(url) = line.strip_prefix("listening on ") {
                 let _ = tx.send(url.to_owned());
+            } else if let Some(console) = line.strip_prefix("console: ") {
+                let _ = tx.send(console.to_owned());
             }
         }
     });
     let url = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the gateway did not print `listening on`");
-    Gateway { child, url }
+    let console = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the gateway did not print `console: `");
+    Gateway {
+        child,
+        url,
+        console,
+    }
 }
 
 fn env(dir: &Path) -> HashMap<String, String> {
@@ -106,6 +117,7 @@ async fn ledger(url: &str, operator: &str) -> Vec<Value> {
 fn keys_are_written_once_and_kept_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let first = start(dir.path(), &[]);
+    assert_eq!(first.console, format!("{}/console", first.url));
     let keys = env(dir.path());
     assert!(keys["PAYBOND_API_KEY"].starts_with("paybond_sk_sandbox_"));
     assert!(keys["PAYBOND_OPERATOR_API_KEY"].starts_with("paybond_sk_sandbox_"));
