@@ -363,6 +363,26 @@ async fn the_pages_show_intents_decisions_with_their_checks_the_ledger_and_the_p
     let first = String::from_utf8(first.to_vec()).unwrap();
     assert!(first.starts_with("event: approvals"), "{first}");
     assert!(first.contains("data-approval="), "{first}");
+    // Signed out: the stream says so once and ends.
+    let a = send(
+        &app,
+        "POST",
+        "/console/logout",
+        Some(&cookie),
+        Some(&format!("csrf={}", csrf(&policy.body))),
+    )
+    .await;
+    assert_eq!(location(&a), "/console/login");
+    let mut rest = String::new();
+    let wait = std::time::Duration::from_secs(5);
+    while let Some(chunk) = tokio::time::timeout(wait, body.next())
+        .await
+        .expect("the stream neither spoke nor ended")
+    {
+        rest.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert!(rest.contains("event: signed_out"), "{rest}");
+    assert_eq!(rest.matches("event: signed_out").count(), 1, "{rest}");
 
     let css = send(&app, "GET", "/console/assets/console.css", None, None).await;
     assert_eq!(

@@ -35,6 +35,8 @@ const CSS: &str = include_str!("console.css");
 const JS: &str = include_str!("console.js");
 const COOKIE: &str = "paybond_console";
 const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+/// What the live queue remembers once it has told the page the session ended.
+const SIGNED_OUT: &str = "\u{0}signed_out";
 /// How often the live queue looks for changes.
 const LIVE_EVERY: Duration = Duration::from_millis(500);
 
@@ -558,8 +560,13 @@ async fn events(State(c): State<Shared>, headers: HeaderMap) -> Response {
                     .map(|s| s.get(&sid).is_some_and(|s| s.expires > Instant::now()))
                     .unwrap_or(false);
                 if !alive {
+                    // Said once; the stream then ends.
+                    if last == SIGNED_OUT {
+                        return None;
+                    }
                     let event = Event::default().event("signed_out").data("");
-                    return Some((Ok::<_, Infallible>(event), (c, signed, sid, last, false)));
+                    let state = (c, signed, sid, SIGNED_OUT.to_owned(), false);
+                    return Some((Ok::<_, Infallible>(event), state));
                 }
                 let p = signed.principal.clone();
                 let Ok(list) = c.run(move |e| e.list_approvals(&p, &pending_query())).await else {
