@@ -58,8 +58,8 @@ pub(crate) enum LedgerCommand {
 }
 
 pub(crate) struct Target {
-    url: String,
-    key: String,
+    pub(crate) url: String,
+    pub(crate) key: String,
 }
 
 fn target(remote: &Global) -> Result<Target, Outcome> {
@@ -117,56 +117,13 @@ pub(crate) fn send_json(
     path: &str,
     body: Option<&Value>,
 ) -> Result<Value, Outcome> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| usage_error(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(async {
-        let mut request = reqwest::Client::new()
-            .request(method, format!("{}{path}", t.url))
-            .bearer_auth(&t.key);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.map_err(|e| {
-            output::fail(Failure::new(
-                Category::Environment,
-                "gateway_unreachable",
-                format!("cannot reach the gateway at {}: {e}", t.url),
-            ))
-        })?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| {
-            output::fail(Failure::new(
-                Category::Environment,
-                "gateway_unreachable",
-                format!("the gateway's answer broke off: {e}"),
-            ))
-        })?;
-        if status.is_success() {
-            return serde_json::from_str(&text).map_err(|e| {
-                output::fail(Failure::new(
-                    Category::Gateway,
-                    "malformed_answer",
-                    format!("the gateway's answer is not JSON: {e}"),
-                ))
-            });
-        }
-        let failure = match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(b) => Failure::new(
-                Category::Gateway,
-                &b.error,
-                format!("HTTP {status}: {} ({})", b.message, b.error),
-            )
-            .details(serde_json::json!({"status": status.as_u16()}))
-            .request_id(Some(b.request_id)),
-            Err(_) => Failure::new(
-                Category::Gateway,
-                &format!("http_{}", status.as_u16()),
-                format!("HTTP {status}: {text}"),
-            ),
-        };
-        Err(output::fail(failure))
+    let bytes = request(t, method, path, &t.key, body)?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        output::fail(Failure::new(
+            Category::Gateway,
+            "malformed_answer",
+            format!("the gateway's answer is not JSON: {e}"),
+        ))
     })
 }
 
@@ -178,26 +135,44 @@ pub(crate) fn fetch_bytes(
     path: &str,
     bearer: &str,
 ) -> Result<Vec<u8>, Outcome> {
+    request(t, method, path, bearer, None)
+}
+
+/// One request to the gateway: the body of a 2xx answer; anything else printed as
+/// the failure it is (the gateway's error code and request id when it sent them).
+fn request(
+    t: &Target,
+    method: reqwest::Method,
+    path: &str,
+    bearer: &str,
+    body: Option<&Value>,
+) -> Result<Vec<u8>, Outcome> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| usage_error(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
-        let unreachable = |e: reqwest::Error| {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", t.url))
+            .bearer_auth(bearer);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| {
             output::fail(Failure::new(
                 Category::Environment,
                 "gateway_unreachable",
                 format!("cannot reach the gateway at {}: {e}", t.url),
             ))
-        };
-        let response = reqwest::Client::new()
-            .request(method, format!("{}{path}", t.url))
-            .bearer_auth(bearer)
-            .send()
-            .await
-            .map_err(unreachable)?;
+        })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(unreachable)?;
+        let bytes = response.bytes().await.map_err(|e| {
+            output::fail(Failure::new(
+                Category::Environment,
+                "gateway_unreachable",
+                format!("the gateway's answer broke off: {e}"),
+            ))
+        })?;
         if status.is_success() {
             return Ok(bytes.to_vec());
         }
@@ -207,11 +182,12 @@ pub(crate) fn fetch_bytes(
                 &b.error,
                 format!("HTTP {status}: {} ({})", b.message, b.error),
             )
+            .details(serde_json::json!({"status": status.as_u16()}))
             .request_id(Some(b.request_id)),
             Err(_) => Failure::new(
                 Category::Gateway,
                 &format!("http_{}", status.as_u16()),
-                format!("HTTP {status}"),
+                format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
             ),
         };
         Err(output::fail(failure))

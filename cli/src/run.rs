@@ -266,23 +266,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, Outcome> {
 
 /// The gateway URL and agent key, as the other agent commands find them.
 fn agent_gateway(global: &Global) -> Result<(String, HttpGateway), Outcome> {
-    let url = global
-        .gateway
-        .clone()
-        .or_else(|| crate::envfile::lookup("PAYBOND_GATEWAY_URL", &global.env_file));
-    let key = crate::envfile::lookup("PAYBOND_API_KEY", &global.env_file);
-    let (Some(url), Some(key)) = (url, key) else {
-        // The same message as every agent command.
-        return Err(
-            crate::ops::target_with(global, "PAYBOND_API_KEY", "an agent key")
-                .err()
-                .unwrap_or(Outcome::Usage),
-        );
-    };
-    let url = url.trim_end_matches('/').to_owned();
-    HttpGateway::builder(&url, ApiKey::new(key))
+    let t = crate::ops::target_with(global, "PAYBOND_API_KEY", "an agent key")?;
+    HttpGateway::builder(&t.url, ApiKey::new(t.key))
         .build()
-        .map(|g| (url, g))
+        .map(|g| (t.url, g))
         .map_err(|e| gateway_failure("the gateway client", &e))
 }
 
@@ -466,6 +453,12 @@ fn bind(
             .map_err(|e| gateway_failure("reading the effective policy", &e))?;
         Ok::<_, Outcome>((boot, effective))
     })?;
+    let tools = local_entries(
+        tools,
+        effective.as_ref(),
+        &boot.operation,
+        &completion_preset,
+    );
     let stored = StoredRun {
         run_id: run_id.clone(),
         tenant_id: boot.tenant_id.clone(),
@@ -560,7 +553,12 @@ fn reload_policy(run_id: &str, policy_file: Option<&Path>, global: &Global) -> O
         stored.policy_digest = to_digest;
         stored.policy_version = to_version;
         if let (Some((tools, sha)), Some(path)) = (local, policy_file) {
-            stored.tools = tools;
+            stored.tools = local_entries(
+                tools,
+                effective.as_ref(),
+                &stored.operation,
+                &stored.completion_preset,
+            );
             stored.policy_file = Some(path.display().to_string());
             stored.policy_file_sha256 = Some(sha);
         }
@@ -583,6 +581,27 @@ fn reload_policy(run_id: &str, policy_file: Option<&Path>, global: &Global) -> O
             println!("the run already has the current policy");
         }
     })
+}
+
+/// The local tool entries a run keeps: those of its policy file that the gateway's
+/// effective policy does not name (the gateway's entry wins for the others), and,
+/// when neither names the run's operation, a side-effecting entry for it with the
+/// run's evidence preset.
+fn local_entries(
+    mut tools: std::collections::BTreeMap<String, ToolPolicy>,
+    effective: Option<&paybond_middleware_core::wire::EffectivePolicy>,
+    operation: &str,
+    completion_preset: &str,
+) -> std::collections::BTreeMap<String, ToolPolicy> {
+    let named = |name: &str| effective.is_some_and(|p| p.policy.tools.contains_key(name));
+    tools.retain(|name, _| !named(name));
+    if !named(operation) && !tools.contains_key(operation) {
+        tools.insert(
+            operation.to_owned(),
+            ToolPolicy::side_effecting(completion_preset.to_owned()),
+        );
+    }
+    tools
 }
 
 fn save(stored: &StoredRun) -> Result<(), Outcome> {
@@ -661,29 +680,14 @@ fn execute_call(
     let (_, gateway) = agent_gateway(global)?;
     let rt = runtime()?;
     let outcome = rt.block_on(async {
-        // Where the gateway's effective policy names the tool, its entry is used;
-        // else the bound policy file's, else a side-effecting entry with the run's
-        // evidence preset (local entries are given only where the gateway has none).
-        let gateway_tools = gateway
-            .effective_policy()
-            .await
-            .map_err(|e| gateway_failure("reading the effective policy", &e))?
-            .map(|p| p.policy.tools)
-            .unwrap_or_default();
-        let mut local = stored.tools.clone();
-        local.retain(|name, _| !gateway_tools.contains_key(name));
-        if !gateway_tools.contains_key(operation) && !local.contains_key(operation) {
-            local.insert(
-                operation.to_owned(),
-                ToolPolicy::side_effecting(stored.completion_preset.clone()),
-            );
-        }
+        // The stored entries are those the gateway's effective policy did not name
+        // when the run was bound or reloaded: bind takes the gateway's for the rest.
         let builder = PaybondAgentRun::builder(
             Arc::new(gateway),
             stored.intent_id,
             CapabilityToken::new(stored.capability_token.clone()),
         )
-        .tools(local);
+        .tools(stored.tools.clone());
         let run = builder
             .bind()
             .await

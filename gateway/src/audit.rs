@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::engine::ledger::{LedgerEvent, verify_segment};
 use crate::error::ApiError;
+use crate::tokens::{hex, unhex};
 
 /// `kind` of an audit export manifest.
 pub const MANIFEST_KIND: &str = "paybond.audit_export_manifest_v1";
@@ -164,25 +165,6 @@ impl std::fmt::Debug for AuditSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "AuditSigner({})", self.public_hex())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim();
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// The signed core of a manifest: its core keys, in order, serialized compactly.

@@ -19,13 +19,29 @@ use uuid::Uuid;
 
 /// Lowercase hex SHA-256 of `data`.
 pub(crate) fn sha256_hex(data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        use std::fmt::Write as _;
+    hex(&Sha256::digest(data))
+}
+
+/// `bytes` as lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
         let _ = write!(out, "{b:02x}");
     }
     out
+}
+
+/// The bytes of a hex string (surrounding whitespace ignored); `None` if it is not hex.
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim();
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// 256 random bits as 64 hex characters (two v4 UUIDs: the OS random source).
@@ -102,8 +118,7 @@ impl Minter {
         mac.update(b"\0");
         mac.update(&expires_ms.to_be_bytes());
         let tag = mac.finalize().into_bytes();
-        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-        format!("paybond_at_{hex}")
+        format!("paybond_at_{}", hex(&tag))
     }
 
     /// What a tenant's audit signing key is XORed with in the store: a pad derived

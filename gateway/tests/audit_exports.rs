@@ -9,7 +9,7 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 
-use common::{BOOK, Fixture};
+use common::Fixture;
 use ed25519_dalek::Signer as _;
 use paybond_gateway::audit::{manifest_core_bytes, verify_bundle};
 use paybond_gateway::{Clock, CreateAuditExportRequest, Engine, EngineConfig, Storage};
@@ -26,20 +26,8 @@ fn verify(
     cents: u64,
 ) -> VerifyRequest {
     VerifyRequest {
-        intent_id: intent,
-        token: token.clone(),
-        operation: BOOK.into(),
-        requested_spend_cents: cents,
-        vendor_id: None,
-        task_id: None,
-        workflow_id: None,
-        tool_call_id: None,
-        tool_name: None,
-        currency: None,
         agent_subject: Some("agent:travel-bot".into()),
-        approval_token: None,
-        idempotency_key: None,
-        phase: None,
+        ..common::verify_request(intent, token, cents)
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use common::{BOOK, Fixture};
+use common::Fixture;
 use paybond_gateway::server::router;
 use paybond_middleware_core::wire::{ApprovalState, VerifyRequest};
 use tower::ServiceExt as _;
@@ -99,20 +99,8 @@ fn hold(fx: &Fixture) -> Uuid {
         .verify(
             &fx.agent,
             &VerifyRequest {
-                intent_id: intent,
-                token,
-                operation: BOOK.into(),
-                requested_spend_cents: 18_700,
                 vendor_id: Some("vendor_grand_hotel".into()),
-                task_id: None,
-                workflow_id: None,
-                tool_call_id: None,
-                tool_name: None,
-                currency: None,
-                agent_subject: None,
-                approval_token: None,
-                idempotency_key: None,
-                phase: None,
+                ..common::verify_request(intent, &token, 18_700)
             },
         )
         .unwrap();

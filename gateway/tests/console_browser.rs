@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BOOK, Fixture};
+use common::Fixture;
 use paybond_middleware_core::ApprovalToken;
 use paybond_middleware_core::wire::{ApprovalState, VerifyRequest, VerifyResult};
 use serde_json::{Value, json};
@@ -260,20 +260,10 @@ fn verify_request(
     approval: Option<ApprovalToken>,
 ) -> VerifyRequest {
     VerifyRequest {
-        intent_id: intent,
-        token: token.clone(),
-        operation: BOOK.into(),
-        requested_spend_cents: 18_700,
         vendor_id: Some("vendor_grand_hotel".into()),
-        task_id: None,
-        workflow_id: None,
         tool_call_id: Some("call_book_187".into()),
-        tool_name: None,
-        currency: None,
-        agent_subject: None,
         approval_token: approval,
-        idempotency_key: None,
-        phase: None,
+        ..common::verify_request(intent, token, 18_700)
     }
 }
 

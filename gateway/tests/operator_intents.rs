@@ -19,22 +19,7 @@ fn verify(
     token: &paybond_middleware_core::CapabilityToken,
     cents: u64,
 ) -> VerifyRequest {
-    VerifyRequest {
-        intent_id: intent,
-        token: token.clone(),
-        operation: BOOK.into(),
-        requested_spend_cents: cents,
-        vendor_id: None,
-        task_id: None,
-        workflow_id: None,
-        tool_call_id: None,
-        tool_name: None,
-        currency: None,
-        agent_subject: None,
-        approval_token: None,
-        idempotency_key: None,
-        phase: None,
-    }
+    common::verify_request(intent, token, cents)
 }
 
 async fn get(base: &str, key: &str, path: &str) -> (u16, Value) {

@@ -32,20 +32,8 @@ fn fixture(policy: &str) -> Fixture {
 fn request(fx: &Fixture, phase: Option<Phase>) -> VerifyRequest {
     let (intent, token) = fx.intent(60_000);
     VerifyRequest {
-        intent_id: intent,
-        token,
-        operation: BOOK.into(),
-        requested_spend_cents: 1_000,
-        vendor_id: None,
-        task_id: None,
-        workflow_id: None,
-        tool_call_id: None,
-        tool_name: None,
-        currency: None,
-        agent_subject: None,
-        approval_token: None,
-        idempotency_key: None,
         phase,
+        ..common::verify_request(intent, &token, 1_000)
     }
 }
 

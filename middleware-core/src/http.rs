@@ -228,6 +228,20 @@ struct Call<'a, B> {
     extra_secrets: &'a [&'a str],
 }
 
+/// `path` with the given query parameters. The values are state names, numbers and
+/// cursors (`ms.uuid`): nothing to escape but a stray `&`, `#` or space, dropped.
+fn with_query<const N: usize>(path: &str, params: [(&str, Option<String>); N]) -> String {
+    let query: Vec<String> = params
+        .into_iter()
+        .filter_map(|(name, value)| Some(format!("{name}={}", value?.replace(['&', '#', ' '], ""))))
+        .collect();
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    }
+}
+
 /// `KEY=value` lines of an env file (`#` comments, `export `, quotes); none if it
 /// cannot be read.
 fn read_env_file(path: &std::path::Path) -> Vec<(String, String)> {
@@ -421,23 +435,14 @@ impl HttpGateway {
         limit: Option<u32>,
         cursor: Option<&str>,
     ) -> Result<OperatorIntentList, GatewayError> {
-        let mut query = Vec::new();
-        for (name, value) in [
-            ("state", state.map(str::to_owned)),
-            ("limit", limit.map(|l| l.to_string())),
-            ("cursor", cursor.map(str::to_owned)),
-        ] {
-            if let Some(v) = value {
-                // The values are state names, numbers and cursors (`ms.uuid`):
-                // nothing to escape but a stray `&` or `#`.
-                query.push(format!("{name}={}", v.replace(['&', '#', ' '], "")));
-            }
-        }
-        let path = if query.is_empty() {
-            "/harbor/operator/v1/intents".to_owned()
-        } else {
-            format!("/harbor/operator/v1/intents?{}", query.join("&"))
-        };
+        let path = with_query(
+            "/harbor/operator/v1/intents",
+            [
+                ("state", state.map(str::to_owned)),
+                ("limit", limit.map(|l| l.to_string())),
+                ("cursor", cursor.map(str::to_owned)),
+            ],
+        );
         self.send(Call::<()> {
             operation: "list_intents",
             method: Method::GET,
@@ -457,19 +462,13 @@ impl HttpGateway {
         limit: Option<u32>,
         cursor: Option<&str>,
     ) -> Result<serde_json::Value, GatewayError> {
-        let mut query = Vec::new();
-        if let Some(l) = limit {
-            query.push(format!("limit={l}"));
-        }
-        if let Some(c) = cursor {
-            // Cursors are `ms.uuid`: nothing to escape but a stray `&` or `#`.
-            query.push(format!("cursor={}", c.replace(['&', '#', ' '], "")));
-        }
-        let path = if query.is_empty() {
-            "/v1/compliance/audit-exports".to_owned()
-        } else {
-            format!("/v1/compliance/audit-exports?{}", query.join("&"))
-        };
+        let path = with_query(
+            "/v1/compliance/audit-exports",
+            [
+                ("limit", limit.map(|l| l.to_string())),
+                ("cursor", cursor.map(str::to_owned)),
+            ],
+        );
         self.send(Call::<()> {
             operation: "list_audit_exports",
             method: Method::GET,

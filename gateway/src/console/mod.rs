@@ -94,8 +94,10 @@ fn esc(text: &str) -> String {
     out
 }
 
-fn money(cents: u64) -> String {
-    paybond_middleware_core::format_money(cents, "usd")
+/// An amount as people read it, in `currency` (an approval names none: `usd`, the
+/// layer's default).
+fn money(cents: u64, currency: &str) -> String {
+    paybond_middleware_core::format_money(cents, currency)
 }
 
 /// Headers every console answer carries.
@@ -427,7 +429,7 @@ fn approval_rows(list: &[ApprovalStatus], can_decide: bool, csrf: &str, now_ms: 
              <td>{}</td><td class=\"num\">{}</td><td><code>{}</code></td><td>{}</td>\
              <td class=\"mono\">{}</td><td>{}</td><td>{}/{}</td><td><a href=\"/console/intents/{}\">intent</a></td><td>{actions}</td></tr>",
             esc(&age(a.created_at.as_deref(), now_ms)),
-            esc(&money(a.requested_spend_cents.unwrap_or(0))),
+            esc(&money(a.requested_spend_cents.unwrap_or(0), "usd")),
             esc(a.tool.as_deref().or(a.operation.as_deref()).unwrap_or("-")),
             esc(a.vendor_id.as_deref().unwrap_or("-")),
             esc(a.agent.as_deref().unwrap_or("-")),
@@ -623,10 +625,10 @@ async fn intents(State(c): State<Shared>, headers: HeaderMap) -> Response {
              <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
              <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
             esc(&state),
-            esc(&money(i.budget_cents)),
-            esc(&money(i.consumed_cents)),
-            esc(&money(i.reserved_cents)),
-            esc(&money(i.remaining_cents)),
+            esc(&money(i.budget_cents, &i.currency)),
+            esc(&money(i.consumed_cents, &i.currency)),
+            esc(&money(i.reserved_cents, &i.currency)),
+            esc(&money(i.remaining_cents, &i.currency)),
             i.open_reservations,
             esc(&i.created_at),
             id = i.intent_id
@@ -654,7 +656,7 @@ async fn intents(State(c): State<Shared>, headers: HeaderMap) -> Response {
 }
 
 /// The budget as a bar: consumed, reserved, left (SVG attributes, no inline style).
-fn budget_bar(budget: u64, consumed: u64, reserved: u64) -> String {
+fn budget_bar(budget: u64, consumed: u64, reserved: u64, currency: &str) -> String {
     let pct = |v: u64| {
         if budget == 0 {
             0.0
@@ -669,11 +671,12 @@ fn budget_bar(budget: u64, consumed: u64, reserved: u64) -> String {
          <rect class=\"left\" x=\"0\" y=\"0\" width=\"100\" height=\"10\"/>\
          <rect class=\"consumed\" x=\"0\" y=\"0\" width=\"{c:.2}\" height=\"10\"/>\
          <rect class=\"reserved\" x=\"{c:.2}\" y=\"0\" width=\"{r:.2}\" height=\"10\"/></svg>",
-        esc(&money(budget)),
-        esc(&money(consumed)),
-        esc(&money(reserved)),
+        esc(&money(budget, currency)),
+        esc(&money(consumed, currency)),
+        esc(&money(reserved, currency)),
         esc(&money(
-            budget.saturating_sub(consumed).saturating_sub(reserved)
+            budget.saturating_sub(consumed).saturating_sub(reserved),
+            currency
         ))
     )
 }
@@ -699,8 +702,8 @@ async fn intent(State(c): State<Shared>, headers: HeaderMap, Path(id): Path<Stri
             esc(&r.decision_id),
             esc(&r.tool),
             esc(r.vendor_id.as_deref().unwrap_or("-")),
-            esc(&money(r.amount_cents)),
-            esc(&r.actual_cents.map_or_else(|| "-".to_owned(), money)),
+            esc(&money(r.amount_cents, &i.currency)),
+            esc(&r.actual_cents.map_or_else(|| "-".to_owned(), |c| money(c, &i.currency))),
             esc(&r.state),
             esc(&r.created_at)
         ));
@@ -756,11 +759,16 @@ async fn intent(State(c): State<Shared>, headers: HeaderMap, Path(id): Path<Stri
         esc(&state),
         esc(&i.deadline),
         i.open_reservations,
-        budget_bar(i.budget_cents, i.consumed_cents, i.reserved_cents),
-        esc(&money(i.budget_cents)),
-        esc(&money(i.consumed_cents)),
-        esc(&money(i.reserved_cents)),
-        esc(&money(i.remaining_cents)),
+        budget_bar(
+            i.budget_cents,
+            i.consumed_cents,
+            i.reserved_cents,
+            &i.currency
+        ),
+        esc(&money(i.budget_cents, &i.currency)),
+        esc(&money(i.consumed_cents, &i.currency)),
+        esc(&money(i.reserved_cents, &i.currency)),
+        esc(&money(i.remaining_cents, &i.currency)),
     );
     html(
         StatusCode::OK,

@@ -61,6 +61,22 @@ fn intent_row(r: &crate::store::Row) -> Result<IntentRow, ApiError> {
     ))
 }
 
+/// A decision of `tenant`: its intent, outcome, stored answer and time; 404 if the
+/// tenant has none of that id.
+fn find_decision(
+    tx: &dyn Tx,
+    tenant: &str,
+    decision_id: Uuid,
+) -> Result<(String, String, String, i64), ApiError> {
+    tx.query_opt(
+        "SELECT intent_id, outcome, response, created_ms FROM decisions
+         WHERE id = ?1 AND tenant_id = ?2",
+        args![decision_id.to_string(), tenant],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?
+    .ok_or_else(|| ApiError::not_found("decision_not_found", "no such decision for this tenant"))
+}
+
 fn summary(tx: &dyn Tx, now: i64, row: IntentRow) -> Result<OperatorIntent, ApiError> {
     let (id, ops, budget, currency, state, deadline, consumed, reserved, created) = row;
     let (reserved, open) = live_reservations(tx, &id, reserved, now)?;
@@ -93,18 +109,8 @@ impl Engine {
     ) -> Result<DecisionRecord, ApiError> {
         require_role(principal, &[Role::Agent, Role::Operator, Role::TenantAdmin])?;
         self.tx(|tx, _| {
-            let row: Option<(String, String, String, i64)> = tx.query_opt(
-                "SELECT intent_id, outcome, response, created_ms FROM decisions
-                 WHERE id = ?1 AND tenant_id = ?2",
-                args![decision_id.to_string(), principal.tenant_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )?;
-            let Some((intent, outcome, response, created)) = row else {
-                return Err(ApiError::not_found(
-                    "decision_not_found",
-                    "no such decision for this tenant",
-                ));
-            };
+            let (intent, outcome, response, created) =
+                find_decision(tx, &principal.tenant_id, decision_id)?;
             Ok(DecisionRecord {
                 decision_id,
                 intent_id: Uuid::parse_str(&intent)
@@ -343,17 +349,7 @@ impl Engine {
             idempotency_key,
             req,
             |tx, now| {
-                let found: Option<(String, String)> = tx.query_opt(
-                    "SELECT intent_id, outcome FROM decisions WHERE id = ?1 AND tenant_id = ?2",
-                    args![decision_id.to_string(), principal.tenant_id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
-                let Some((intent, outcome)) = found else {
-                    return Err(ApiError::not_found(
-                        "decision_not_found",
-                        "no such decision for this tenant",
-                    ));
-                };
+                let (intent, outcome, _, _) = find_decision(tx, &principal.tenant_id, decision_id)?;
                 if outcome != "allow" {
                     return Err(ApiError::new(
                         409,

@@ -123,16 +123,7 @@ pub(crate) fn read_key_file(path: &std::path::Path) -> Result<Option<Vec<u8>>, A
             )?;
         }
     }
-    let text = text.trim();
-    let bytes: Option<Vec<u8>> = (text.len() % 2 == 0)
-        .then(|| {
-            (0..text.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-                .collect()
-        })
-        .flatten();
-    bytes.map(Some).ok_or_else(|| {
+    crate::tokens::unhex(&text).map(Some).ok_or_else(|| {
         ApiError::unusable(format!(
             "{}: not a root key (64 hex digits expected)",
             path.display()
@@ -156,8 +147,7 @@ pub(crate) fn write_key_file(path: &std::path::Path, key: &[u8]) -> Result<(), A
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&tmp).map_err(fail)?;
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    file.write_all(format!("{hex}\n").as_bytes())
+    file.write_all(format!("{}\n", crate::tokens::hex(key)).as_bytes())
         .map_err(fail)?;
     file.sync_all().map_err(fail)?;
     drop(file);

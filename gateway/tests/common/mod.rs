@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use paybond_gateway::{EmbeddedGateway, Engine, EngineConfig, Storage, TenantKeys};
 use paybond_middleware_core::CapabilityToken;
-use paybond_middleware_core::wire::{Environment, Principal, SandboxBootstrapRequest};
+use paybond_middleware_core::wire::{
+    Environment, Principal, SandboxBootstrapRequest, VerifyRequest,
+};
 use uuid::Uuid;
 
 pub const BOOK: &str = "travel.book_hotel";
@@ -65,6 +67,26 @@ impl Fixture {
             )
             .unwrap();
         (r.intent_id, r.capability_token)
+    }
+}
+
+/// A verify of `cents` for the booking tool on `intent`, every optional field unset.
+pub fn verify_request(intent: Uuid, token: &CapabilityToken, cents: u64) -> VerifyRequest {
+    VerifyRequest {
+        intent_id: intent,
+        token: token.clone(),
+        operation: BOOK.into(),
+        requested_spend_cents: cents,
+        vendor_id: None,
+        task_id: None,
+        workflow_id: None,
+        tool_call_id: None,
+        tool_name: None,
+        currency: None,
+        agent_subject: None,
+        approval_token: None,
+        idempotency_key: None,
+        phase: None,
     }
 }
 
