@@ -73,6 +73,9 @@ enum AgentCommand {
     Demo {
         /// generic, openai, rig, mcp, or all.
         framework: String,
+        /// Which scenario to run.
+        #[arg(long, value_enum, default_value_t = paybond_demos::Scenario::Canonical)]
+        scenario: paybond_demos::Scenario,
         /// Also show warnings (retries of gateway calls) on stderr.
         #[arg(short, long)]
         verbose: bool,
@@ -130,8 +133,12 @@ pub(crate) fn unreadable(message: impl std::fmt::Display) -> Outcome {
 }
 
 fn agent(cmd: AgentCommand, global: &output::Global) -> ExitCode {
-    let (framework, verbose) = match cmd {
-        AgentCommand::Demo { framework, verbose } => (framework, verbose),
+    let (framework, scenario, verbose) = match cmd {
+        AgentCommand::Demo {
+            framework,
+            scenario,
+            verbose,
+        } => (framework, scenario, verbose),
         AgentCommand::Run(cmd) => return run::run(cmd, global).into(),
         AgentCommand::Tool(cmd) => return run::tool(cmd, global).into(),
         AgentCommand::Sandbox(cmd) => return run::sandbox(cmd, global).into(),
@@ -148,6 +155,7 @@ fn agent(cmd: AgentCommand, global: &output::Global) -> ExitCode {
             output::Format::Table => paybond_demos::cli::Format::Table,
             output::Format::Json => paybond_demos::cli::Format::Json,
         },
+        scenario,
         verbose,
     };
     let frameworks: Vec<paybond_demos::Framework> = if framework == "all" {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, ValueEnum};
 
-use crate::{DemoError, Framework, GatewayChoice};
+use crate::{DemoError, Framework, GatewayChoice, Scenario};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -29,6 +29,9 @@ pub struct DemoArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Which scenario to run.
+    #[arg(long, value_enum, default_value_t = Scenario::Canonical)]
+    pub scenario: Scenario,
     /// Also show warnings (retries of gateway calls) on stderr.
     #[arg(short, long)]
     pub verbose: bool,
@@ -66,7 +69,7 @@ pub fn main(frameworks: &[Framework], args: &DemoArgs) -> ExitCode {
     let mut code = 0;
     let mut passed = 0;
     for framework in frameworks {
-        match runtime.block_on(crate::run(*framework, &choice)) {
+        match runtime.block_on(crate::run(*framework, args.scenario, &choice)) {
             Ok(report) => {
                 match args.format {
                     Format::Table => println!("{}", report.text()),
@@ -141,7 +144,7 @@ fn report_error(format: Format, framework: Framework, category: &str, code: &str
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Runs the canonical scenario with one agent framework."
+    about = "Runs a scenario (canonical or governed) with one agent framework."
 )]
 struct Single {
     #[command(flatten)]

@@ -36,8 +36,33 @@ pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
         }
         tracing::info!(step = step.id, ok = result.is_ok(), "{}", step.what);
     }
-    Ok(Finished {
-        entries: run.trace().entries(),
-        answer: None,
-    })
+    Ok(Finished::of(&run, None))
+}
+
+/// Runs the governed scenario (see [`crate::governed`]) through the governed
+/// registry: the calls in order, the cap lowered between the parts, and an explicit
+/// [`reload_policy`](paybond_middleware_core::PaybondAgentRun::reload_policy).
+pub async fn governed(h: &Arc<Harness>) -> Result<Finished, DemoError> {
+    let run = crate::bind_run(
+        h.gateway(),
+        h.intent_id,
+        h.token.clone(),
+        h.tools.clone(),
+        "demo-generic",
+        false,
+    )
+    .await?;
+    let tools = travel::governed_registry(&run);
+    let [first, second] = crate::scenario::governed_steps();
+    for step in first {
+        let result = tools.call(step.tool, step.args.clone(), step.id).await;
+        tracing::info!(step = step.id, ok = result.is_ok(), "{}", step.what);
+    }
+    crate::governed::lower_cap(h).await?;
+    crate::governed::reload(&run).await?;
+    for step in second {
+        let result = tools.call(step.tool, step.args.clone(), step.id).await;
+        tracing::info!(step = step.id, ok = result.is_ok(), "{}", step.what);
+    }
+    Ok(Finished::of(&run, None))
 }

@@ -45,6 +45,7 @@ enum Side {
         url: String,
         agent_key: String,
         operator_key: String,
+        env_file: PathBuf,
         client: reqwest::Client,
     },
 }
@@ -185,6 +186,7 @@ impl Harness {
                 url,
                 agent_key,
                 operator_key,
+                env_file: env_file.to_owned(),
                 client,
             },
             gateway: Arc::new(gateway),
@@ -248,6 +250,89 @@ impl Harness {
             })
             .await
             .cloned()
+    }
+
+    /// Acts as the tenant's admin: publishes `text` as the tenant's policy (refused
+    /// whole when invalid or wider than the org base) and answers its digest.
+    pub async fn publish_policy(&self, text: &str, file: &str) -> Result<String, DemoError> {
+        match &self.side {
+            Side::Embedded { engine, .. } => {
+                let (engine, tenant) = (engine.clone(), self.tenant_id.clone());
+                let policy = paybond_gateway::PolicyFile {
+                    text: text.to_owned(),
+                    file: file.to_owned(),
+                };
+                tokio::task::spawn_blocking(move || {
+                    engine.publish_tenant_policy_text(&tenant, &policy)
+                })
+                .await
+                .map_err(|e| DemoError::Setup(e.to_string()))?
+                .map(|p| p.digest)
+                .map_err(|e| DemoError::Setup(format!("publishing {file}: {e}")))
+            }
+            Side::Http {
+                url,
+                env_file,
+                client,
+                ..
+            } => {
+                let Some(admin_key) = lookup("PAYBOND_ADMIN_API_KEY", env_file) else {
+                    return Err(DemoError::Usage(format!(
+                        "this scenario publishes policies: it needs PAYBOND_ADMIN_API_KEY, from \
+                         the environment or {} (`paybond dev loop --offline` writes it)",
+                        env_file.display()
+                    )));
+                };
+                let response = client
+                    .put(format!("{url}/v1/tenant/policy"))
+                    .bearer_auth(admin_key)
+                    .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+                    .body(text.to_owned())
+                    .send()
+                    .await
+                    .map_err(|e| DemoError::Gateway(format!("publishing {file}: {e}")))?;
+                let status = response.status();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                if !status.is_success() {
+                    return Err(DemoError::Setup(format!(
+                        "publishing {file}: {status}: {}",
+                        body["message"].as_str().unwrap_or("no message")
+                    )));
+                }
+                body["digest"].as_str().map(str::to_owned).ok_or_else(|| {
+                    DemoError::Gateway(format!("publishing {file}: the answer has no digest"))
+                })
+            }
+        }
+    }
+
+    /// The digest of the tenant's effective policy.
+    pub async fn policy_digest(&self) -> Result<String, DemoError> {
+        let policy = match &self.side {
+            Side::Embedded { engine, agent, .. } => {
+                let (engine, agent) = (engine.clone(), agent.clone());
+                tokio::task::spawn_blocking(move || engine.effective_policy(&agent))
+                    .await
+                    .map_err(|e| DemoError::Gateway(e.to_string()))?
+                    .map_err(|e| DemoError::Gateway(e.to_string()))?
+            }
+            Side::Http {
+                url,
+                agent_key,
+                client,
+                ..
+            } => client
+                .get(format!("{url}/v1/policy/effective"))
+                .bearer_auth(agent_key)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| DemoError::Gateway(format!("effective policy: {e}")))?
+                .json()
+                .await
+                .map_err(|e| DemoError::Gateway(format!("effective policy: {e}")))?,
+        };
+        Ok(policy.digest)
     }
 
     /// The embedded engine, when there is one.

@@ -1,12 +1,15 @@
-//! The canonical scenario (see the crate's README), one demo per agent framework.
+//! The scenarios (see the crate's README), one demo per agent framework.
 //!
-//! Every demo runs the same five tool calls against the same policy and must reach
-//! the same end state: consumed 30700, released 9000, one hold, one deny, no open
-//! reservations, a valid ledger. The gateway is embedded in the process by default;
+//! In the canonical scenario every demo runs the same five tool calls against the
+//! same policy and must reach the same end state: consumed 30700, released 9000,
+//! one hold, one deny, no open reservations, a valid ledger. The governed scenario
+//! ([`governed`]) adds a payment phase, a sensitive-data deny, a compensation and a
+//! policy reload mid-run. The gateway is embedded in the process by default;
 //! [`GatewayChoice::Http`] points a demo at `paybond dev loop --offline`.
 
 pub mod cli;
 pub mod generic;
+pub mod governed;
 pub mod harness;
 pub mod mcp;
 pub mod openai;
@@ -17,13 +20,15 @@ pub mod travel;
 use std::sync::Arc;
 
 pub use harness::{GatewayChoice, Harness};
-pub use scenario::{Problem, Report, Summary};
+pub use scenario::{Problem, Report, Scenario, Summary};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use paybond_middleware_core::wire::CompensationOutcome;
 use paybond_middleware_core::{
-    ApprovalWait, CapabilityToken, PaybondAgentRun, SpendGateway, TraceEntry, TraceTotals,
+    ApprovalWait, CapabilityToken, CompensationEntry, PaybondAgentRun, PolicyReloaded,
+    SpendGateway, TraceEntry, TraceTotals,
 };
 use paybond_policies::ToolPolicy;
 use uuid::Uuid;
@@ -83,12 +88,29 @@ impl Framework {
 }
 
 /// What a demo's run left behind.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Finished {
     /// The run's trace entries.
     pub entries: Vec<TraceEntry>,
     /// The model's last words, if there was a model.
     pub answer: Option<String>,
+    /// The run's policy reloads.
+    pub policy_reloads: Vec<PolicyReloaded>,
+    /// The compensations its failed workflows ran.
+    pub compensations: Vec<CompensationEntry>,
+}
+
+impl Finished {
+    /// What `run`'s trace holds, and the model's answer.
+    pub fn of(run: &PaybondAgentRun, answer: Option<String>) -> Self {
+        let trace = run.trace();
+        Self {
+            entries: trace.entries(),
+            answer,
+            policy_reloads: trace.policy_reloads(),
+            compensations: trace.compensations(),
+        }
+    }
 }
 
 /// Binds a run for a demo: the policy's tools, an agent subject, and (for the demos
@@ -101,6 +123,20 @@ pub async fn bind_run(
     subject: &str,
     wait: bool,
 ) -> Result<PaybondAgentRun, DemoError> {
+    bind_run_with(gateway, intent_id, token, tools, subject, wait, None).await
+}
+
+/// [`bind_run`], polling the gateway for a newer effective policy every
+/// `reload_every` when given.
+pub async fn bind_run_with(
+    gateway: Arc<dyn SpendGateway>,
+    intent_id: Uuid,
+    token: CapabilityToken,
+    tools: BTreeMap<String, ToolPolicy>,
+    subject: &str,
+    wait: bool,
+    reload_every: Option<Duration>,
+) -> Result<PaybondAgentRun, DemoError> {
     let mut builder = PaybondAgentRun::builder(gateway, intent_id, token)
         .tools(tools)
         .agent_subject(subject)
@@ -111,33 +147,55 @@ pub async fn bind_run(
             poll_interval: Duration::from_millis(50),
         });
     }
+    if let Some(every) = reload_every {
+        builder = builder.reload_policy_every(every);
+    }
     builder
         .bind()
         .await
         .map_err(|e| DemoError::Gateway(e.to_string()))
 }
 
-/// Runs one demo on a fresh intent and checks it against the scenario.
-pub async fn run(framework: Framework, gateway: &GatewayChoice) -> Result<Report, DemoError> {
+/// Runs one demo of `scenario` on a fresh intent and checks it against the scenario.
+pub async fn run(
+    framework: Framework,
+    scenario: Scenario,
+    gateway: &GatewayChoice,
+) -> Result<Report, DemoError> {
     let h = Arc::new(Harness::start(gateway).await?);
-    let finished = match framework {
-        Framework::Generic => generic::run(&h).await?,
-        Framework::Openai => openai::run(&h).await?,
-        Framework::Rig => rig::run(&h).await?,
-        Framework::Mcp => mcp::run(&h).await?,
+    let finished = match (scenario, framework) {
+        (Scenario::Canonical, Framework::Generic) => generic::run(&h).await?,
+        (Scenario::Canonical, Framework::Openai) => openai::run(&h).await?,
+        (Scenario::Canonical, Framework::Rig) => rig::run(&h).await?,
+        (Scenario::Canonical, Framework::Mcp) => mcp::run(&h).await?,
+        (Scenario::Governed, framework) => governed::run(framework, &h).await?,
     };
     let totals = TraceTotals::of(&finished.entries);
+    // A compensation counts once it ran and the gateway's ledger has it.
+    let compensations = finished
+        .compensations
+        .iter()
+        .filter(|c| c.outcome == CompensationOutcome::Compensated && c.ledger_seq.is_some())
+        .count();
     let summary = Summary {
         framework: framework.name().to_owned(),
         gateway: h.kind().to_owned(),
+        scenario: scenario.name().to_owned(),
         consumed_cents: totals.consumed_cents,
         released_cents: totals.released_cents,
         holds: totals.holds,
         denies: totals.denies,
+        compensations: u32::try_from(compensations).unwrap_or(u32::MAX),
+        policy_reloads: u32::try_from(finished.policy_reloads.len()).unwrap_or(u32::MAX),
         open_reservations: h.open_reservations().await?,
         ledger_valid: h.ledger_valid().await?,
         passed: false,
         problems: Vec::new(),
     };
-    Ok(Report::new(&finished.entries, summary, finished.answer))
+    Ok(Report::new(
+        scenario,
+        &finished.entries,
+        summary,
+        finished.answer,
+    ))
 }

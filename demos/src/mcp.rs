@@ -4,7 +4,9 @@
 //! The child is this same executable started with `PAYBOND_DEMO_MCP_CHILD=1`
 //! ([`child_main`]); it reaches the gateway over HTTP (the embedded engine is served
 //! on a loopback port for it), waits for approvals while the demo here acts as the
-//! operator, and writes its trace to a file the demo reads at the end.
+//! operator, and writes its trace to a file the demo reads. In the governed
+//! scenario the child serves the trip tool and `commit_plan` too, and polls the
+//! gateway for a newer policy, as a long-lived MCP server would.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +14,9 @@ use std::sync::Arc;
 use paybond_adapter_mcp::GuardedMcpServer;
 use std::future::Future;
 
-use paybond_middleware_core::{ApiKey, CapabilityToken, HttpGateway, RunTrace, TraceEntry};
+use paybond_middleware_core::{
+    ApiKey, CapabilityToken, CompensationEntry, HttpGateway, PolicyReloaded, RunTrace, TraceEntry,
+};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ListToolsResult, MetaObject, PaginatedRequestParams,
     RequestMetaObject, ServerConfig,
@@ -20,19 +24,65 @@ use rmcp::model::{
 use rmcp::service::{MaybeSendFuture, RequestContext};
 use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::harness::Harness;
-use crate::scenario::steps;
+use crate::scenario::{Scenario, Step, governed_steps, steps};
 use crate::travel;
 use crate::{DemoError, Finished};
 
 /// Set in the child's environment: serve the guarded tools on stdio.
 pub const CHILD_ENV: &str = "PAYBOND_DEMO_MCP_CHILD";
+/// Set in the child's environment to `governed` for the governed scenario.
+const SCENARIO_ENV: &str = "PAYBOND_DEMO_SCENARIO";
+/// How often the governed child asks the gateway for a newer policy.
+const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Runs the scenario through the MCP server in a child process.
+/// What the child's trace file holds: the run's trace, rewritten whole.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Snapshot {
+    entries: Vec<TraceEntry>,
+    policy_reloads: Vec<PolicyReloaded>,
+    compensations: Vec<CompensationEntry>,
+}
+
+impl Snapshot {
+    fn of(trace: &RunTrace) -> Self {
+        Self {
+            entries: trace.entries(),
+            policy_reloads: trace.policy_reloads(),
+            compensations: trace.compensations(),
+        }
+    }
+
+    /// Writes it to `path` through a temporary file, so a reader never sees half of it.
+    fn write(&self, path: &std::path::Path) {
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec(self)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot write the trace");
+        }
+    }
+}
+
+/// Runs the canonical scenario through the MCP server in a child process.
 pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
+    drive(h, Scenario::Canonical).await
+}
+
+/// Runs the governed scenario (see [`crate::governed`]) through the MCP server in a
+/// child process: part 1, the cap lowered, the child's poller reloading the
+/// policy, part 2.
+pub async fn governed(h: &Arc<Harness>) -> Result<Finished, DemoError> {
+    drive(h, Scenario::Governed).await
+}
+
+async fn drive(h: &Arc<Harness>, scenario: Scenario) -> Result<Finished, DemoError> {
     let url = h.http_url().await?;
     let exe = std::env::current_exe()
         .map_err(|e| DemoError::Setup(format!("cannot find this executable: {e}")))?;
@@ -50,6 +100,7 @@ pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
             .env("PAYBOND_DEMO_INTENT_ID", intent.to_string())
             .env("PAYBOND_DEMO_CAPABILITY_TOKEN", token.expose_secret())
             .env("PAYBOND_DEMO_TRACE_FILE", &trace_path)
+            .env(SCENARIO_ENV, scenario.name())
             .env("RUST_LOG", "off");
     }))
     .map_err(|e| DemoError::Setup(format!("cannot start the MCP server: {e}")))?;
@@ -64,7 +115,38 @@ pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
     tracing::info!(tools = listed.len(), "mcp tools");
 
     let mut seen = Vec::new();
-    for step in steps() {
+    match scenario {
+        Scenario::Canonical => call_all(&client, &steps(), &mut seen).await?,
+        Scenario::Governed => {
+            let [first, second] = governed_steps();
+            call_all(&client, &first, &mut seen).await?;
+            crate::governed::lower_cap(h).await?;
+            wait_for_reload(&trace_file).await?;
+            call_all(&client, &second, &mut seen).await?;
+        }
+    }
+    client
+        .cancel()
+        .await
+        .map_err(|e| DemoError::Model(format!("MCP shutdown: {e}")))?;
+
+    let snapshot = read_trace(&trace_file)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Finished {
+        entries: snapshot.entries,
+        answer: Some(format!("MCP results: {}", seen.join(", "))),
+        policy_reloads: snapshot.policy_reloads,
+        compensations: snapshot.compensations,
+    })
+}
+
+/// Calls `steps` in order over MCP, noting each result's status in `seen`.
+async fn call_all(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
+    steps: &[Step],
+    seen: &mut Vec<String>,
+) -> Result<(), DemoError> {
+    for step in steps {
         let mut params = CallToolRequestParams::new(step.tool);
         if let Value::Object(args) = step.args.clone() {
             params = params.with_arguments(args);
@@ -81,32 +163,37 @@ pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
             .as_ref()
             .and_then(|v| v.get("status"))
             .and_then(Value::as_str)
-            .unwrap_or("ok")
+            .unwrap_or(if result.is_error == Some(true) {
+                "error"
+            } else {
+                "ok"
+            })
             .to_owned();
         seen.push(format!("{}: {status}", step.id));
     }
-    client
-        .cancel()
-        .await
-        .map_err(|e| DemoError::Model(format!("MCP shutdown: {e}")))?;
-
-    let entries = read_trace(&trace_file)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(Finished {
-        entries,
-        answer: Some(format!("MCP results: {}", seen.join(", "))),
-    })
+    Ok(())
 }
 
-fn read_trace(path: &PathBuf) -> Result<Vec<TraceEntry>, DemoError> {
+/// Waits (up to 10 s) until the child's trace shows a policy reload.
+async fn wait_for_reload(trace_file: &std::path::Path) -> Result<(), DemoError> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if read_trace(trace_file).is_ok_and(|s| !s.policy_reloads.is_empty()) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(DemoError::Gateway(
+                "the MCP server did not reload the lowered policy within 10 s".to_owned(),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn read_trace(path: &std::path::Path) -> Result<Snapshot, DemoError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| DemoError::Gateway(format!("the MCP server wrote no trace: {e}")))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l).map_err(|e| DemoError::Gateway(format!("trace line: {e}")))
-        })
-        .collect()
+    serde_json::from_str(&text).map_err(|e| DemoError::Gateway(format!("the MCP trace: {e}")))
 }
 
 fn env(name: &str) -> Result<String, DemoError> {
@@ -156,9 +243,43 @@ async fn child() -> Result<(), DemoError> {
     let tools: std::collections::BTreeMap<String, paybond_policies::ToolPolicy> =
         serde_json::from_value(policy["policy"]["tools"].clone())
             .map_err(|e| DemoError::Gateway(e.to_string()))?;
-    let run = crate::bind_run(Arc::new(gateway), intent, token, tools, "demo-mcp", true).await?;
+    let governed = std::env::var(SCENARIO_ENV).is_ok_and(|s| s == Scenario::Governed.name());
+    let run = if governed {
+        crate::bind_run_with(
+            Arc::new(gateway),
+            intent,
+            token,
+            tools,
+            "demo-mcp",
+            true,
+            Some(RELOAD_EVERY),
+        )
+        .await?
+    } else {
+        crate::bind_run(Arc::new(gateway), intent, token, tools, "demo-mcp", true).await?
+    };
+    let registry = if governed {
+        travel::governed_registry(&run)
+    } else {
+        travel::registry().guarded(&run)
+    };
+    // A reload happens between calls: the file shows it without waiting for one.
+    if governed {
+        let (trace, file, run) = (run.trace().clone(), trace_file.clone(), run.clone());
+        tokio::spawn(async move {
+            let mut digest = run.policy_digest();
+            loop {
+                tokio::time::sleep(RELOAD_EVERY / 2).await;
+                let now = run.policy_digest();
+                if now != digest {
+                    Snapshot::of(&trace).write(&file);
+                    digest = now;
+                }
+            }
+        });
+    }
     let server = TracingServer {
-        inner: GuardedMcpServer::new(travel::registry().guarded(&run), "paybond-travel"),
+        inner: GuardedMcpServer::new(registry, "paybond-travel"),
         trace: run.trace().clone(),
         file: trace_file,
     };
@@ -197,9 +318,7 @@ impl ServerHandler for TracingServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let response = self.inner.call_tool(request, context).await;
-        if let Err(e) = std::fs::write(&self.file, self.trace.to_json_lines()) {
-            tracing::warn!(error = %e, "cannot write the trace");
-        }
+        Snapshot::of(&self.trace).write(&self.file);
         response
     }
 }

@@ -19,7 +19,7 @@ use paybond_adapter_openai::AgentLoop;
 use serde_json::{Value, json};
 
 use crate::harness::Harness;
-use crate::scenario::steps;
+use crate::scenario::{Scenario, Step, governed_steps, steps};
 use crate::travel;
 use crate::{DemoError, Finished};
 
@@ -33,10 +33,29 @@ in this order, then answer with one sentence saying what happened to each: \
 5) travel_book_hotel {\"hotel\": \"Dock Hostel\", \"amount_cents\": 9000, \"simulate_vendor_failure\": true}. \
 If a result says blocked, do not retry it.";
 
-/// The scripted model's memory: what each tool result told it.
+/// The scripted model: which scenario it plays, and what each tool result told it.
 #[derive(Clone, Default)]
 struct Script {
+    scenario: Scenario,
     observed: Arc<Mutex<Vec<String>>>,
+}
+
+impl Script {
+    /// The calls the model makes for a conversation whose last user message is
+    /// `asked`: the canonical five, or the governed scenario's part the user names.
+    fn calls(&self, asked: &str) -> Vec<Step> {
+        match self.scenario {
+            Scenario::Canonical => steps(),
+            Scenario::Governed => {
+                let [first, second] = governed_steps();
+                if asked.starts_with("Part 2") {
+                    second
+                } else {
+                    first
+                }
+            }
+        }
+    }
 }
 
 fn completion(message: Value, finish: &str) -> Value {
@@ -50,10 +69,9 @@ fn completion(message: Value, finish: &str) -> Value {
     })
 }
 
-/// What a tool result says, in the model's words.
-fn read_result(content: &Value) -> String {
-    // A string, or (rig) a list of text parts.
-    let text = match content {
+/// A message's text: a string, or (rig) a list of text parts.
+fn text_of(content: &Value) -> String {
+    match content {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts
             .iter()
@@ -61,7 +79,12 @@ fn read_result(content: &Value) -> String {
             .collect::<Vec<_>>()
             .join(""),
         _ => String::new(),
-    };
+    }
+}
+
+/// What a tool result says, in the model's words.
+fn read_result(content: &Value) -> String {
+    let text = text_of(content);
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     match v["status"].as_str() {
         Some(status) => format!(
@@ -124,18 +147,33 @@ async fn chat(
                 .collect()
         })
         .unwrap_or_default();
-    let names =
-        paybond_middleware_core::FunctionNames::new([crate::travel::SEARCH, crate::travel::BOOK])
-            .unwrap_or_default();
+    let names = paybond_middleware_core::FunctionNames::new([
+        crate::travel::SEARCH,
+        crate::travel::BOOK,
+        crate::travel::TRIP,
+    ])
+    .unwrap_or_default();
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
-    let results: Vec<&Value> = messages.iter().filter(|m| m["role"] == "tool").collect();
+    // The conversation since the user last spoke: that part's calls and results.
+    let asked_at = messages
+        .iter()
+        .rposition(|m| m["role"] == "user")
+        .unwrap_or(0);
+    let asked = messages
+        .get(asked_at)
+        .map(|m| text_of(&m["content"]))
+        .unwrap_or_default();
+    let results: Vec<&Value> = messages[asked_at..]
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .collect();
     if let Some(last) = results.last() {
         let seen = read_result(&last["content"]);
         if let Ok(mut observed) = script.observed.lock() {
             observed.push(seen);
         }
     }
-    let steps = steps();
+    let steps = script.calls(&asked);
     match steps.get(results.len()) {
         Some(step) => Ok(Json(completion(
             json!({
@@ -153,7 +191,7 @@ async fn chat(
             let observed = script
                 .observed
                 .lock()
-                .map(|o| o.clone())
+                .map(|mut o| std::mem::take(&mut *o))
                 .unwrap_or_default();
             let answer = observed
                 .iter()
@@ -181,11 +219,15 @@ fn function_for<'a>(
     }
 }
 
-/// Starts the scripted model on a free loopback port; answers its `/v1` base URL.
-pub async fn scripted_model() -> Result<String, DemoError> {
+/// Starts the scripted model of `scenario` on a free loopback port; answers its
+/// `/v1` base URL.
+pub async fn scripted_model(scenario: Scenario) -> Result<String, DemoError> {
     let app = axum::Router::new()
         .route("/v1/chat/completions", axum::routing::post(chat))
-        .with_state(Script::default());
+        .with_state(Script {
+            scenario,
+            observed: Arc::default(),
+        });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| DemoError::Setup(format!("cannot start the scripted model: {e}")))?;
@@ -196,8 +238,11 @@ pub async fn scripted_model() -> Result<String, DemoError> {
     Ok(format!("http://{addr}/v1"))
 }
 
-/// The model to talk to: a real one when `OPENAI_API_KEY` is set, else the scripted one.
-pub async fn model_client() -> Result<(Client<OpenAIConfig>, String, &'static str), DemoError> {
+/// The model to talk to: a real one when `OPENAI_API_KEY` is set, else the
+/// scripted one of `scenario`.
+pub async fn model_client(
+    scenario: Scenario,
+) -> Result<(Client<OpenAIConfig>, String, &'static str), DemoError> {
     // reqwest (through async-openai) needs a TLS crypto provider for https; the
     // workspace uses ring. Installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -210,7 +255,7 @@ pub async fn model_client() -> Result<(Client<OpenAIConfig>, String, &'static st
         let config = OpenAIConfig::new().with_api_key(key).with_api_base(base);
         return Ok((Client::with_config(config), model, "real"));
     }
-    let base = scripted_model().await?;
+    let base = scripted_model(scenario).await?;
     let config = OpenAIConfig::new()
         .with_api_key("scripted")
         .with_api_base(base);
@@ -234,27 +279,70 @@ pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
     .await?;
     let tools = travel::registry().guarded(&run);
     let _operator = h.spawn_operator();
-    let (client, model, kind) = model_client().await?;
+    let (client, model, kind) = model_client(Scenario::Canonical).await?;
     tracing::info!(model = %model, kind, "model");
     let agent = AgentLoop::new(client, model, tools).max_turns(8);
-    let messages = vec![
-        ChatCompletionRequestSystemMessageArgs::default()
-            .content(PROMPT)
-            .build()
-            .map_err(|e| DemoError::Setup(e.to_string()))?
-            .into(),
-        ChatCompletionRequestUserMessageArgs::default()
-            .content("Plan and book my Lisbon stay as instructed.")
-            .build()
-            .map_err(|e| DemoError::Setup(e.to_string()))?
-            .into(),
-    ];
+    let messages = conversation(
+        PROMPT,
+        "Plan and book my Lisbon stay as instructed.".to_owned(),
+    )?;
     let outcome = agent
         .run(messages)
         .await
         .map_err(|e| DemoError::Model(e.to_string()))?;
-    Ok(Finished {
-        entries: run.trace().entries(),
-        answer: outcome.answer,
-    })
+    Ok(Finished::of(&run, outcome.answer))
+}
+
+/// A system prompt and one user message.
+fn conversation(
+    system: &str,
+    user: String,
+) -> Result<Vec<async_openai::types::chat::ChatCompletionRequestMessage>, DemoError> {
+    Ok(vec![
+        ChatCompletionRequestSystemMessageArgs::default()
+            .content(system)
+            .build()
+            .map_err(|e| DemoError::Setup(e.to_string()))?
+            .into(),
+        ChatCompletionRequestUserMessageArgs::default()
+            .content(user)
+            .build()
+            .map_err(|e| DemoError::Setup(e.to_string()))?
+            .into(),
+    ])
+}
+
+/// Runs the governed scenario (see [`crate::governed`]) as an OpenAI-style agent
+/// loop: the model is asked for part 1, the operator lowers the cap, the run
+/// reloads its policy, and the model is asked for part 2. The registry offers
+/// `commit_plan` because the policy names a payment phase.
+pub async fn governed(h: &Arc<Harness>) -> Result<Finished, DemoError> {
+    let run = crate::bind_run(
+        h.gateway(),
+        h.intent_id,
+        h.token.clone(),
+        h.tools.clone(),
+        "demo-openai",
+        true,
+    )
+    .await?;
+    let tools = travel::governed_registry(&run);
+    let (client, model, kind) = model_client(Scenario::Governed).await?;
+    tracing::info!(model = %model, kind, "model");
+    let agent = AgentLoop::new(client, model, tools).max_turns(8);
+    let [first, second] = governed_steps();
+    let mut answers = Vec::new();
+    for (part, steps) in [(1, &first), (2, &second)] {
+        if part == 2 {
+            crate::governed::lower_cap(h).await?;
+            crate::governed::reload(&run).await?;
+        }
+        let user = crate::governed::instructions(part, steps);
+        let outcome = agent
+            .run(conversation(crate::governed::PROMPT, user)?)
+            .await
+            .map_err(|e| DemoError::Model(e.to_string()))?;
+        answers.extend(outcome.answer);
+    }
+    Ok(Finished::of(&run, Some(answers.join(" "))))
 }

@@ -1,5 +1,5 @@
-//! The canonical scenario: its steps, its expected trace and end state,
-//! and the report every demo prints.
+//! The scenarios: the canonical one and the governed one, their steps, their
+//! expected traces and end states, and the report every demo prints.
 
 use std::fmt::Write as _;
 
@@ -8,7 +8,75 @@ use paybond_middleware_core::{TraceEntry, TraceOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::travel::{BOOK, SEARCH};
+use crate::travel::{BOOK, SEARCH, TRIP};
+
+/// Which scenario a demo runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Scenario {
+    /// Allow, hold and approve, deny over the cap, a failing vendor released.
+    #[default]
+    Canonical,
+    /// A phase deny before the agent commits, a sensitive-data deny, a trip whose
+    /// failed second stay cancels the first (compensation), and a cap lowered
+    /// mid-run that the running agent reloads.
+    Governed,
+}
+
+impl Scenario {
+    /// Its name on the command line and in the summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Canonical => "canonical",
+            Self::Governed => "governed",
+        }
+    }
+
+    fn expected(self) -> &'static [Expected] {
+        match self {
+            Self::Canonical => &EXPECTED,
+            Self::Governed => &GOVERNED_EXPECTED,
+        }
+    }
+
+    /// The end state every framework must reach.
+    pub fn end_state(self) -> EndState {
+        match self {
+            Self::Canonical => EndState {
+                consumed_cents: 30_700,
+                released_cents: 9_000,
+                holds: 1,
+                denies: 1,
+                compensations: 0,
+                policy_reloads: 0,
+            },
+            Self::Governed => EndState {
+                consumed_cents: 20_000,
+                released_cents: 9_000,
+                holds: 0,
+                denies: 3,
+                compensations: 1,
+                policy_reloads: 1,
+            },
+        }
+    }
+}
+
+/// What a scenario's run must end with (besides no open reservations and a valid ledger).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndState {
+    /// Settled as consumed.
+    pub consumed_cents: u64,
+    /// Released after a failed call.
+    pub released_cents: u64,
+    /// Calls held.
+    pub holds: u32,
+    /// Calls denied.
+    pub denies: u32,
+    /// Compensations that ran and are on the ledger.
+    pub compensations: u32,
+    /// Policy reloads of the run.
+    pub policy_reloads: u32,
+}
 
 /// One tool call of the scenario.
 #[derive(Debug, Clone)]
@@ -57,6 +125,62 @@ pub fn steps() -> Vec<Step> {
             args: json!({"hotel": "Dock Hostel", "amount_cents": 9_000, "simulate_vendor_failure": true}),
             what: "book 90.00, the vendor fails (allowed, then released)",
         },
+    ]
+}
+
+/// The governed scenario, in two parts: before and after the operator lowers the
+/// per-booking cap (from 200.00 to 100.00) and the agent reloads its policy.
+pub fn governed_steps() -> [Vec<Step>; 2] {
+    [
+        vec![
+            Step {
+                id: "g1",
+                tool: SEARCH,
+                args: json!({"city": "Lisbon"}),
+                what: "search hotels (read-only: runs in any phase)",
+            },
+            Step {
+                id: "g2",
+                tool: BOOK,
+                args: json!({"hotel": "Harbor Inn", "amount_cents": 12_000}),
+                what: "book 120.00 before committing to a plan (denied: phase_not_committed)",
+            },
+            Step {
+                id: "g3",
+                tool: paybond_middleware_core::COMMIT_PLAN,
+                args: json!({"plan": "Two nights at Harbor Inn, then two at Dock Hostel, booked as one trip."}),
+                what: "commit to the plan (the run moves to COMMIT)",
+            },
+            Step {
+                id: "g4",
+                tool: BOOK,
+                args: json!({"hotel": "Harbor Inn", "amount_cents": 12_000, "guest_note": "charge card 4111 1111 1111 1111"}),
+                what: "book with a card number in the note (denied locally: sensitive_data_in_arguments)",
+            },
+            Step {
+                id: "g5",
+                tool: TRIP,
+                args: json!({"stays": [
+                    {"hotel": "Harbor Inn", "amount_cents": 12_000},
+                    {"hotel": "Dock Hostel", "amount_cents": 9_000, "simulate_vendor_failure": true}
+                ]}),
+                what: "book a trip: the first stay is consumed, the second fails, the first is cancelled (compensated)",
+            },
+        ],
+        vec![
+            Step {
+                id: "g6",
+                tool: BOOK,
+                args: json!({"hotel": "Harbor Inn", "amount_cents": 12_000}),
+                what: "book 120.00 under the reloaded policy (denied: tool_cap_exceeded at 100.00)",
+            },
+            Step {
+                id: "g7",
+                tool: BOOK,
+                args: json!({"hotel": "Dock Hostel", "amount_cents": 8_000}),
+                what: "book 80.00 (allowed, consumed)",
+            },
+        ],
     ]
 }
 
@@ -117,6 +241,66 @@ const EXPECTED: [Expected; 6] = [
     ),
 ];
 
+const GOVERNED_EXPECTED: [Expected; 8] = [
+    (SEARCH, None, TraceOutcome::Passthrough, &[], None, None),
+    (
+        BOOK,
+        Some(12_000),
+        TraceOutcome::Deny,
+        &["phase_not_committed"],
+        None,
+        None,
+    ),
+    (
+        BOOK,
+        None,
+        TraceOutcome::Deny,
+        &["sensitive_data_in_arguments"],
+        None,
+        None,
+    ),
+    (
+        BOOK,
+        Some(12_000),
+        TraceOutcome::Allow,
+        &[],
+        Some(Finalization::Consumed),
+        Some(12_000),
+    ),
+    (
+        BOOK,
+        Some(9_000),
+        TraceOutcome::Allow,
+        &["tool_failed"],
+        Some(Finalization::Released),
+        None,
+    ),
+    (
+        TRIP,
+        None,
+        TraceOutcome::Passthrough,
+        &["tool_failed"],
+        None,
+        None,
+    ),
+    (
+        BOOK,
+        Some(12_000),
+        TraceOutcome::Deny,
+        &["tool_cap_exceeded"],
+        None,
+        None,
+    ),
+    (
+        BOOK,
+        Some(8_000),
+        TraceOutcome::Allow,
+        &[],
+        Some(Finalization::Consumed),
+        Some(8_000),
+    ),
+];
+
 /// The run's end state (the `summary` line of `--format json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
@@ -124,6 +308,8 @@ pub struct Summary {
     pub framework: String,
     /// `embedded` or `http`.
     pub gateway: String,
+    /// `canonical` or `governed`.
+    pub scenario: String,
     /// Settled as consumed.
     pub consumed_cents: u64,
     /// Released after a failed call.
@@ -132,6 +318,10 @@ pub struct Summary {
     pub holds: u32,
     /// Calls denied.
     pub denies: u32,
+    /// Compensations of failed workflows that ran and are on the gateway's ledger.
+    pub compensations: u32,
+    /// Times the run reloaded a newer effective policy.
+    pub policy_reloads: u32,
     /// The intent's reservations still open.
     pub open_reservations: u64,
     /// Whether the gateway's ledger chain verifies.
@@ -224,8 +414,15 @@ pub fn entry_json(e: &TraceEntry) -> Value {
 }
 
 impl Report {
-    /// Builds the report of a run and checks it against the scenario.
-    pub fn new(entries: &[TraceEntry], mut summary: Summary, answer: Option<String>) -> Self {
+    /// Builds the report of a run and checks it against `scenario`.
+    pub fn new(
+        scenario: Scenario,
+        entries: &[TraceEntry],
+        mut summary: Summary,
+        answer: Option<String>,
+    ) -> Self {
+        let expected = scenario.expected();
+        let end = scenario.end_state();
         let mut problems = Vec::new();
         let mut differ = |entry: Option<usize>, field: &str, expected: Value, found: Value| {
             if expected != found {
@@ -237,8 +434,8 @@ impl Report {
                 });
             }
         };
-        differ(None, "entries", json!(EXPECTED.len()), json!(entries.len()));
-        for (i, (e, x)) in entries.iter().zip(EXPECTED.iter()).enumerate() {
+        differ(None, "entries", json!(expected.len()), json!(entries.len()));
+        for (i, (e, x)) in entries.iter().zip(expected).enumerate() {
             let (tool, amount, outcome, reasons, finalization, actual) = *x;
             let n = Some(i + 1);
             differ(n, "tool", json!(tool), json!(e.tool));
@@ -261,17 +458,29 @@ impl Report {
         differ(
             None,
             "consumed_cents",
-            json!(30_700),
+            json!(end.consumed_cents),
             json!(summary.consumed_cents),
         );
         differ(
             None,
             "released_cents",
-            json!(9_000),
+            json!(end.released_cents),
             json!(summary.released_cents),
         );
-        differ(None, "holds", json!(1), json!(summary.holds));
-        differ(None, "denies", json!(1), json!(summary.denies));
+        differ(None, "holds", json!(end.holds), json!(summary.holds));
+        differ(None, "denies", json!(end.denies), json!(summary.denies));
+        differ(
+            None,
+            "compensations",
+            json!(end.compensations),
+            json!(summary.compensations),
+        );
+        differ(
+            None,
+            "policy_reloads",
+            json!(end.policy_reloads),
+            json!(summary.policy_reloads),
+        );
         differ(
             None,
             "open_reservations",
@@ -317,8 +526,8 @@ impl Report {
         let s = &self.summary;
         let _ = writeln!(
             out,
-            "paybond agent demo {} ({} gateway): the canonical scenario\n",
-            s.framework, s.gateway
+            "paybond agent demo {} ({} gateway): the {} scenario\n",
+            s.framework, s.gateway, s.scenario
         );
         let w = self
             .entries
@@ -360,13 +569,24 @@ impl Report {
                 reasons
             );
         }
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "\nconsumed {}, released {}, {} hold, {} deny, {} open reservations, ledger {}",
+            "\nconsumed {}, released {}, {} hold, {} deny, ",
             paybond_middleware_core::format_money(s.consumed_cents, "usd"),
             paybond_middleware_core::format_money(s.released_cents, "usd"),
             s.holds,
             s.denies,
+        );
+        if s.compensations > 0 || s.policy_reloads > 0 {
+            let _ = write!(
+                out,
+                "{} compensated, {} policy reload, ",
+                s.compensations, s.policy_reloads
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{} open reservations, ledger {}",
             s.open_reservations,
             if s.ledger_valid { "valid" } else { "BROKEN" }
         );

@@ -1,7 +1,8 @@
-//! The smoke runner: every demo binary, on the embedded gateway and against a
-//! `paybond dev loop --offline` it starts on a free port, each JSON trace checked
-//! against the scenario's expected outcomes (demos/README.md). Prints a pass/fail table;
-//! exits 1 on any mismatch, 2 when a binary is missing or the gateway does not start.
+//! The smoke runner: every demo binary, in both scenarios (canonical and governed),
+//! on the embedded gateway and against a `paybond dev loop --offline` it starts on a
+//! free port, each JSON trace checked against the scenario's expected outcomes
+//! (demos/README.md). Prints a pass/fail table; exits 1 on any mismatch, 2 when a
+//! binary is missing or the gateway does not start.
 //!
 //! The binaries are looked up next to this one (`target/<profile>/`), or in
 //! `PAYBOND_BIN_DIR`; build them first: `cargo build --workspace --bins`.
@@ -14,9 +15,14 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 const FRAMEWORKS: [&str; 4] = ["generic", "openai", "rig", "mcp"];
+const SCENARIOS: [&str; 2] = ["canonical", "governed"];
 
-/// `(tool, amount_cents, outcome, reason_codes, finalization, actual_cents)` of each entry.
-fn expected_entries() -> Vec<Value> {
+/// `(tool, amount_cents, outcome, reason_codes, finalization, actual_cents)` of each
+/// entry of `scenario`.
+fn expected_entries(scenario: &str) -> Vec<Value> {
+    if scenario == "governed" {
+        return governed_entries();
+    }
     let book = "travel.book_hotel";
     vec![
         json!(["travel.search_hotels", null, "passthrough", [], null, null]),
@@ -42,8 +48,50 @@ fn expected_entries() -> Vec<Value> {
     ]
 }
 
-/// Every way a demo's JSON output differs from the scenario.
-fn check(framework: &str, gateway: &str, stdout: &str) -> Vec<String> {
+/// The governed scenario's entries: phase deny, sensitive-data deny, the trip's two
+/// stays (consumed, then failed and released) and the trip itself, then after the
+/// policy reload a deny under the lowered cap and an allow.
+fn governed_entries() -> Vec<Value> {
+    let book = "travel.book_hotel";
+    vec![
+        json!(["travel.search_hotels", null, "passthrough", [], null, null]),
+        json!([book, 12000, "deny", ["phase_not_committed"], null, null]),
+        json!([
+            book,
+            null,
+            "deny",
+            ["sensitive_data_in_arguments"],
+            null,
+            null
+        ]),
+        json!([book, 12000, "allow", [], "consumed", 12000]),
+        json!([book, 9000, "allow", ["tool_failed"], "released", null]),
+        json!([
+            "travel.book_trip",
+            null,
+            "passthrough",
+            ["tool_failed"],
+            null,
+            null
+        ]),
+        json!([book, 12000, "deny", ["tool_cap_exceeded"], null, null]),
+        json!([book, 8000, "allow", [], "consumed", 8000]),
+    ]
+}
+
+/// The summary a run of `scenario` must print (`framework` and `gateway` aside).
+fn expected_summary(scenario: &str) -> Value {
+    if scenario == "governed" {
+        json!({"scenario": "governed", "consumed_cents": 20000, "released_cents": 9000,
+               "holds": 0, "denies": 3, "compensations": 1, "policy_reloads": 1})
+    } else {
+        json!({"scenario": "canonical", "consumed_cents": 30700, "released_cents": 9000,
+               "holds": 1, "denies": 1, "compensations": 0, "policy_reloads": 0})
+    }
+}
+
+/// Every way a demo's JSON output differs from `scenario`.
+fn check(framework: &str, scenario: &str, gateway: &str, stdout: &str) -> Vec<String> {
     let lines: Vec<Value> = match stdout
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -70,7 +118,7 @@ fn check(framework: &str, gateway: &str, stdout: &str) -> Vec<String> {
             ])
         })
         .collect();
-    let expected = expected_entries();
+    let expected = expected_entries(scenario);
     if got.len() != expected.len() {
         problems.push(format!(
             "{} trace entries, expected {}",
@@ -107,11 +155,15 @@ fn check(framework: &str, gateway: &str, stdout: &str) -> Vec<String> {
             break;
         }
     }
-    let want = json!({"summary": {
-        "framework": framework, "gateway": gateway, "consumed_cents": 30700, "released_cents": 9000,
-        "holds": 1, "denies": 1, "open_reservations": 0, "ledger_valid": true,
+    let mut want = json!({"summary": {
+        "framework": framework, "gateway": gateway, "open_reservations": 0, "ledger_valid": true,
         "passed": true, "problems": []
     }});
+    if let (Some(want), Value::Object(end)) =
+        (want["summary"].as_object_mut(), expected_summary(scenario))
+    {
+        want.extend(end);
+    }
     if *summary != want {
         problems.push(format!("summary {summary} (expected {want})"));
     }
@@ -193,14 +245,20 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "{:<8} {:<9} {:<6} {:>8}  detail",
-        "demo", "gateway", "result", "seconds"
+        "{:<8} {:<9} {:<9} {:<6} {:>8}  detail",
+        "demo", "scenario", "gateway", "result", "seconds"
     );
     let mut failed = 0;
-    for gateway in ["embedded", "http"] {
+    let runs = SCENARIOS.len() * FRAMEWORKS.len() * 2;
+    // Sequential: the governed scenario publishes the dev loop tenant's policy while
+    // it runs (and puts the bundled one back).
+    for (scenario, gateway) in SCENARIOS
+        .iter()
+        .flat_map(|s| ["embedded", "http"].map(|g| (*s, g)))
+    {
         for framework in FRAMEWORKS {
             let mut cmd = Command::new(bin(&format!("paybond-demo-{framework}")));
-            cmd.args(["--format", "json"])
+            cmd.args(["--format", "json", "--scenario", scenario])
                 .env_remove("PAYBOND_GATEWAY_URL")
                 .env_remove("OPENAI_API_KEY");
             if gateway == "http" {
@@ -210,8 +268,12 @@ fn main() -> ExitCode {
             let started = Instant::now();
             let (problems, code) = match cmd.output() {
                 Ok(out) => {
-                    let mut problems =
-                        check(framework, gateway, &String::from_utf8_lossy(&out.stdout));
+                    let mut problems = check(
+                        framework,
+                        scenario,
+                        gateway,
+                        &String::from_utf8_lossy(&out.stdout),
+                    );
                     if !out.status.success() {
                         let err = String::from_utf8_lossy(&out.stderr);
                         problems.push(format!(
@@ -227,7 +289,7 @@ fn main() -> ExitCode {
             let ok = problems.is_empty() && code == Some(0);
             failed += usize::from(!ok);
             println!(
-                "{framework:<8} {gateway:<9} {:<6} {:>8.2}  {}",
+                "{framework:<8} {scenario:<9} {gateway:<9} {:<6} {:>8.2}  {}",
                 if ok { "pass" } else { "FAIL" },
                 started.elapsed().as_secs_f64(),
                 problems.join("; ")
@@ -236,13 +298,10 @@ fn main() -> ExitCode {
     }
     drop(dev);
     if failed == 0 {
-        println!(
-            "all {} runs reached the expected end state",
-            FRAMEWORKS.len() * 2
-        );
+        println!("all {runs} runs reached the expected end state");
         ExitCode::SUCCESS
     } else {
-        println!("{failed} of {} runs failed", FRAMEWORKS.len() * 2);
+        println!("{failed} of {runs} runs failed");
         ExitCode::from(1)
     }
 }
@@ -251,9 +310,15 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_wrong_trace_is_caught() {
-        let good: String = expected_entries()
+    /// What a passing demo of `scenario` prints.
+    fn passing(scenario: &str) -> String {
+        let mut summary = json!({"framework": "generic", "gateway": "embedded",
+            "open_reservations": 0, "ledger_valid": true, "passed": true, "problems": []});
+        if let (Some(s), Value::Object(end)) = (summary.as_object_mut(), expected_summary(scenario))
+        {
+            s.extend(end);
+        }
+        expected_entries(scenario)
             .iter()
             .enumerate()
             .map(|(i, e)| {
@@ -264,21 +329,43 @@ mod tests {
                     + "\n"
             })
             .collect::<String>()
-            + &json!({"summary": {"framework": "generic", "gateway": "embedded", "consumed_cents": 30700,
-                "released_cents": 9000, "holds": 1, "denies": 1, "open_reservations": 0, "ledger_valid": true,
-                "passed": true, "problems": []}})
-            .to_string();
-        assert_eq!(check("generic", "embedded", &good), Vec::<String>::new());
-        assert_eq!(check("generic", "http", &good).len(), 1);
+            + &json!({ "summary": summary }).to_string()
+    }
+
+    #[test]
+    fn a_wrong_trace_is_caught() {
+        let good = passing("canonical");
+        let c = |gateway: &str, out: &str| check("generic", "canonical", gateway, out);
+        assert_eq!(c("embedded", &good), Vec::<String>::new());
+        assert_eq!(c("http", &good).len(), 1);
         let bad = good.replacen("\"deny\"", "\"allow\"", 1);
-        assert_eq!(check("generic", "embedded", &bad).len(), 1);
+        assert_eq!(c("embedded", &bad).len(), 1);
         let elsewhere = good.replace("\"framework\":\"generic\"", "\"framework\":\"rig\"");
-        let problems = check("generic", "embedded", &elsewhere);
+        let problems = c("embedded", &elsewhere);
         assert!(
             problems.iter().any(|p| p.contains("framework is \"rig\"")),
             "{problems:?}"
         );
-        assert!(!check("generic", "embedded", "garbage").is_empty());
-        assert!(!check("generic", "embedded", "").is_empty());
+        assert!(!c("embedded", "garbage").is_empty());
+        assert!(!c("embedded", "").is_empty());
+    }
+
+    #[test]
+    fn each_scenario_is_checked_against_its_own_trace() {
+        let governed = passing("governed");
+        assert_eq!(
+            check("generic", "governed", "embedded", &governed),
+            Vec::<String>::new()
+        );
+        // The other scenario's output is not a pass.
+        assert!(!check("generic", "canonical", "embedded", &governed).is_empty());
+        assert!(!check("generic", "governed", "embedded", &passing("canonical")).is_empty());
+        // No policy reload: caught.
+        let no_reload = governed.replace("\"policy_reloads\":1", "\"policy_reloads\":0");
+        assert_ne!(no_reload, governed);
+        assert_eq!(
+            check("generic", "governed", "embedded", &no_reload).len(),
+            1
+        );
     }
 }
