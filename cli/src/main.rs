@@ -14,6 +14,7 @@ mod kit;
 mod ops;
 mod output;
 mod policy;
+mod replay;
 mod run;
 
 use output::{Category, Failure};

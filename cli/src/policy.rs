@@ -26,6 +26,10 @@ pub(crate) enum PolicyCommand {
     /// first (from `extends.base_policy` or --base), then the tenant policy. The
     /// gateway refuses a file with any problem, or a widening overlay, whole.
     Publish(Publish),
+    /// What-if: decide every recorded verify of a gateway's store again under
+    /// another policy, in order, and report each decision that would change.
+    /// Read-only on the store.
+    Replay(crate::replay::Replay),
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +120,7 @@ pub(crate) fn run(cmd: PolicyCommand, global: &Global) -> Outcome {
         PolicyCommand::ValidateTools(args) => validate_tools(&args, global),
         PolicyCommand::Schema(args) => schema(&args),
         PolicyCommand::Publish(args) => publish(&args, global),
+        PolicyCommand::Replay(args) => crate::replay::replay(&args),
     }
 }
 
@@ -403,17 +408,7 @@ fn validate_tools(a: &ValidateTools, global: &Global) -> Outcome {
             map.insert("remote".to_owned(), r.clone());
         }
         if !resolution.valid {
-            return output::fail(
-                Failure::new(
-                    Category::Invalid,
-                    "policy_invalid",
-                    format!(
-                        "{file}: invalid ({} errors): every problem is in data.errors",
-                        resolution.errors.len()
-                    ),
-                )
-                .data(data),
-            );
+            return refuse(&file, &resolution, data);
         }
         let warnings: Vec<String> = resolution
             .warnings
@@ -437,6 +432,26 @@ fn validate_tools(a: &ValidateTools, global: &Global) -> Outcome {
     } else {
         Outcome::Failed
     }
+}
+
+/// Reports an invalid policy: every problem at its line (text), or the
+/// `policy_invalid` envelope with `data` (the whole report) (JSON). Exit 1.
+pub(crate) fn refuse(file: &str, resolution: &Resolution, data: serde_json::Value) -> Outcome {
+    if !output::json() {
+        print_text(file, resolution);
+        return Outcome::Failed;
+    }
+    output::fail(
+        Failure::new(
+            Category::Invalid,
+            "policy_invalid",
+            format!(
+                "{file}: invalid ({} errors): every problem is in data.errors",
+                resolution.errors.len()
+            ),
+        )
+        .data(data),
+    )
 }
 
 /// Where `--remote` looks: the gateway URL and a key, from flags, the environment or the env file.

@@ -14,7 +14,7 @@ use paybond_middleware_core::wire::{
     CompleteRequest, Finalization, SandboxBootstrapRequest, VerifyRequest,
 };
 use paybond_middleware_core::{ApiKey, HttpGateway, RetryPolicy, SpendGateway};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -1331,4 +1331,173 @@ fn a_run_bound_once_executes_tool_calls_through_the_layer_and_keeps_its_trace() 
     assert_eq!(smoke["data"]["passed"], true);
     assert_eq!(smoke["data"]["execute"]["finalization"], "consumed");
     drop(gw);
+}
+
+#[test]
+fn policy_replay_reports_what_a_new_policy_would_have_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), &[]);
+    let (code, out, err) = paybond_in(
+        dir.path(),
+        &["agent", "demo", "generic", "--gateway", &gw.url],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let db = dir.path().join(".paybond/paybond.db");
+    let before = std::fs::read(&db).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bundled = repo.join("policies/tenant-overlay.policy.yaml");
+    let bundled = bundled.to_str().unwrap();
+
+    // While the gateway runs: the policy it enforces changes nothing.
+    let (code, out, err) = paybond_in(
+        dir.path(),
+        &[
+            "policy",
+            "replay",
+            "--data-dir",
+            ".paybond",
+            "--policy-file",
+            bundled,
+            "--fail-on-change",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("replayed 5 decisions"), "{out}");
+    assert!(out.contains("no decision changes"), "{out}");
+
+    // A lower per-booking cap: the held 187.00 and its approved retry are denied.
+    let lower = dir.path().join("lower.policy.yaml");
+    let text = std::fs::read_to_string(repo.join("policies/tenant-overlay.policy.yaml"))
+        .unwrap()
+        .replace("max_per_call_cents: 20000", "max_per_call_cents: 15000");
+    std::fs::write(&lower, text).unwrap();
+    let (code, out, _) = paybond_in(
+        dir.path(),
+        &[
+            "policy",
+            "replay",
+            "--data-dir",
+            ".paybond",
+            "--policy-file",
+            "lower.policy.yaml",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    let data = &report["data"];
+    assert_eq!(data["decisions"], 5);
+    let was_now: Vec<(Value, Value)> = data["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["was"].clone(), c["now"].clone()))
+        .collect();
+    assert_eq!(
+        was_now,
+        vec![
+            (json!("hold"), json!("deny")),
+            (json!("allow"), json!("deny"))
+        ]
+    );
+    assert_eq!(
+        data["changes"][0]["reason_codes"],
+        json!(["tool_cap_exceeded"])
+    );
+    assert_eq!(data["not_spent_cents"], 18_700);
+    assert_eq!(data["before"]["allowed"], 3);
+    assert_eq!(data["after"]["allowed"], 2);
+    // For CI: any change exits 1, with the report.
+    let (code, out, _) = paybond_in(
+        dir.path(),
+        &[
+            "policy",
+            "replay",
+            "--data-dir",
+            ".paybond",
+            "--policy-file",
+            "lower.policy.yaml",
+            "--fail-on-change",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    let failed: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(failed["error"]["code"], "decisions_changed");
+    assert_eq!(failed["data"]["changes"].as_array().unwrap().len(), 2);
+    // Only what happened from a time on.
+    let (code, out, _) = paybond_in(
+        dir.path(),
+        &[
+            "policy",
+            "replay",
+            "--data-dir",
+            ".paybond",
+            "--policy-file",
+            "lower.policy.yaml",
+            "--since",
+            "2999-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("replayed 0 decisions"), "{out}");
+
+    // A bad file is refused whole, at its line; bad usage exits 2.
+    std::fs::write(
+        dir.path().join("bad.policy.yaml"),
+        "version: 2\nname: x\ntools: 5\n",
+    )
+    .unwrap();
+    let (code, out, _) = paybond_in(
+        dir.path(),
+        &[
+            "policy",
+            "replay",
+            "--data-dir",
+            ".paybond",
+            "--policy-file",
+            "bad.policy.yaml",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("bad.policy.yaml:3:"), "{out}");
+    let (code, _, err) = paybond_in(
+        dir.path(),
+        &[
+            "policy",
+            "replay",
+            "--data-dir",
+            "nowhere",
+            "--policy-file",
+            bundled,
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("nowhere"), "{err}");
+    let (code, _, err) = paybond_in(
+        dir.path(),
+        &[
+            "policy",
+            "replay",
+            "--data-dir",
+            ".paybond",
+            "--policy-file",
+            bundled,
+            "--since",
+            "yesterday",
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("--since"), "{err}");
+
+    // Read-only: the store is as it was, and the gateway still answers.
+    let now = std::fs::read(&db).unwrap();
+    assert!(now == before, "the store changed");
+    let (code, out, err) = paybond_in(
+        dir.path(),
+        &["agent", "demo", "generic", "--gateway", &gw.url],
+    );
+    assert_eq!(code, 0, "{out}{err}");
 }

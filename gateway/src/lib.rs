@@ -50,6 +50,7 @@ pub use engine::ledger::{
 };
 pub use engine::lifecycle::*;
 pub use engine::operator::*;
+pub use engine::replay::{ReplayChange, ReplayOptions, ReplayReport, ReplayTally};
 pub use engine::*;
 pub use error::ApiError;
 pub use store::{DatabaseUrl, Storage, database_path, root_key_path};

@@ -138,6 +138,9 @@ struct Ask<'a> {
     budget_only: bool,
     /// The run's phase, as the call carries it.
     phase: Option<Phase>,
+    /// An operator approved this very call: a what-if replay of a retry that
+    /// carried a valid approval token (there is no token to check again).
+    approved: bool,
 }
 
 /// What the checks learnt on the way, for the answer, and the checks themselves.
@@ -427,6 +430,7 @@ impl Engine {
             intent_ops: true,
             budget_only,
             phase: req.phase,
+            approved: false,
         };
         let (verdict, seen) = self.tx(|tx, now| {
             let mut seen = Seen {
@@ -518,6 +522,7 @@ impl Engine {
             intent_ops: false,
             budget_only: false,
             phase: req.phase,
+            approved: false,
         };
         let verdict = match self.token_checks(now, req.token.expose_secret(), &call, &mut seen.rec)
         {
@@ -553,40 +558,7 @@ impl Engine {
         };
         let outcome = match verdict {
             Verdict::Allow { reasons, approval } => {
-                tx.execute(
-                    "INSERT INTO reservations (id, tenant_id, intent_id, tool, operation, vendor, agent,
-                     agent_subject, amount_cents, state, created_ms, expires_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'open', ?10, ?11)",
-                    args![
-                        decision_id.to_string(),
-                        call.tenant,
-                        call.intent,
-                        call.tool,
-                        call.operation,
-                        call.vendor,
-                        call.agent,
-                        call.agent_subject,
-                        call.amount,
-                        now,
-                        now + self.config.reservation_ttl_ms
-                    ],
-                )?;
-                tx.execute(
-                    "UPDATE intents SET reserved_cents = reserved_cents + ?2 WHERE id = ?1",
-                    args![call.intent, call.amount],
-                )?;
-                counters::adjust(
-                    tx,
-                    &Counted {
-                        tenant: call.tenant,
-                        created_ms: now,
-                        agent: call.agent,
-                        agent_subject: call.agent_subject,
-                        vendor: call.vendor,
-                        tool: &call.tool,
-                    },
-                    i64::try_from(call.amount).unwrap_or(i64::MAX),
-                )?;
+                self.reserve(tx, now, &call, decision_id)?;
                 if let Some(approval_id) = &approval {
                     tx.execute(
                         "UPDATE approvals SET token = NULL, token_used_ms = ?2 WHERE id = ?1",
@@ -661,6 +633,7 @@ impl Engine {
                 "task_id": req.task_id,
                 "workflow_id": req.workflow_id,
                 "tool_call_id": req.tool_call_id,
+                "phase": req.phase,
                 "reason_codes": result.reason_codes,
                 "approval_request_id": result.approval_request_id,
                 "policy_version": result.policy_version,
@@ -683,6 +656,116 @@ impl Engine {
             ],
         )?;
         Ok(result)
+    }
+
+    /// Reserves an allowed call's amount: its reservation, the intent's reserved
+    /// amount and every rolling-cap counter.
+    fn reserve(
+        &self,
+        tx: &dyn Tx,
+        now: i64,
+        call: &Call<'_>,
+        decision_id: Uuid,
+    ) -> Result<(), ApiError> {
+        tx.execute(
+            "INSERT INTO reservations (id, tenant_id, intent_id, tool, operation, vendor, agent,
+             agent_subject, amount_cents, state, created_ms, expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'open', ?10, ?11)",
+            args![
+                decision_id.to_string(),
+                call.tenant,
+                call.intent,
+                call.tool,
+                call.operation,
+                call.vendor,
+                call.agent,
+                call.agent_subject,
+                call.amount,
+                now,
+                now + self.config.reservation_ttl_ms
+            ],
+        )?;
+        tx.execute(
+            "UPDATE intents SET reserved_cents = reserved_cents + ?2 WHERE id = ?1",
+            args![call.intent, call.amount],
+        )?;
+        counters::adjust(
+            tx,
+            &Counted {
+                tenant: call.tenant,
+                created_ms: now,
+                agent: call.agent,
+                agent_subject: call.agent_subject,
+                vendor: call.vendor,
+                tool: &call.tool,
+            },
+            i64::try_from(call.amount).unwrap_or(i64::MAX),
+        )
+    }
+
+    /// A recorded verify decided again under `policy` (what-if replay): checks 3 to
+    /// 11 as verify runs them (the capability token was checked when the call was
+    /// made), reserving the amount under `decision_id` when it is allowed. Holds
+    /// open no approval request. Answers the outcome (`allow`, `hold`, `deny`) and
+    /// its reason codes.
+    pub(crate) fn replay_decision(
+        &self,
+        tx: &dyn Tx,
+        now: i64,
+        principal: &Principal,
+        call: &super::replay::RecordedCall,
+        policy: &EffectivePolicy,
+    ) -> Result<(&'static str, Vec<String>), ApiError> {
+        let c = Call::new(
+            principal,
+            Some(policy),
+            call.intent_id,
+            &call.operation,
+            Some(&call.tool),
+            (call.vendor.as_deref(), call.agent_subject.as_deref()),
+            call.amount_cents,
+        );
+        let ask = Ask {
+            currency: call.currency.as_deref(),
+            approval_token: None,
+            tool_name: Some(&call.tool),
+            intent_ops: false,
+            budget_only: false,
+            phase: call.phase,
+            approved: call.approved,
+        };
+        let mut seen = Seen::default();
+        let verdict = self.policy_checks(tx, now, &ask, &c, Some(policy), &mut seen)?;
+        Ok(match verdict {
+            Verdict::Allow { reasons, .. } => {
+                self.reserve(tx, now, &c, call.decision_id)?;
+                ("allow", reasons)
+            }
+            Verdict::Hold { reasons } => ("hold", reasons),
+            Verdict::Deny { code, .. } => ("deny", vec![code.to_owned()]),
+        })
+    }
+
+    /// Reserves a recorded allowed call's amount as it was (what-if replay of a
+    /// decision before the replayed window).
+    pub(crate) fn replay_reserve(
+        &self,
+        tx: &dyn Tx,
+        now: i64,
+        principal: &Principal,
+        call: &super::replay::RecordedCall,
+        policy: &EffectivePolicy,
+    ) -> Result<(), ApiError> {
+        let c = Call::new(
+            principal,
+            Some(policy),
+            call.intent_id,
+            &call.operation,
+            Some(&call.tool),
+            (call.vendor.as_deref(), call.agent_subject.as_deref()),
+            call.amount_cents,
+        );
+        self.reserve(tx, now, &c, call.decision_id)
     }
 
     /// Checks 1 and 2 of a verify: the capability token, and that it allows the
@@ -1076,6 +1159,14 @@ impl Engine {
                        "approval_token": ask.approval_token.is_some()})
             };
             if call.amount > threshold {
+                if ask.approved {
+                    rec.pass("approval_threshold", threshold_inputs);
+                    reasons.push("approval_token_accepted".to_owned());
+                    return Ok(Verdict::Allow {
+                        reasons,
+                        approval: None,
+                    });
+                }
                 let Some(token) = ask.approval_token else {
                     rec.hold("approval_threshold", threshold_inputs);
                     reasons.insert(0, "approval_threshold_exceeded".to_owned());

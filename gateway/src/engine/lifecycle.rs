@@ -1004,7 +1004,7 @@ fn intent_view(
     })
 }
 
-fn complete_tx(
+pub(crate) fn complete_tx(
     tx: &dyn Tx,
     now: i64,
     principal: &Principal,

@@ -7,6 +7,7 @@ pub(crate) mod decide;
 pub(crate) mod ledger;
 pub(crate) mod lifecycle;
 pub(crate) mod operator;
+pub mod replay;
 
 pub use paybond_middleware_core::wire::EffectivePolicy;
 use std::collections::HashMap;

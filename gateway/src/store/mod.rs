@@ -14,7 +14,9 @@ use crate::error::ApiError;
 
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
+
 pub(crate) use sqlite::DEFAULT_WAL_LIMIT_BYTES;
+pub(crate) use sqlite::snapshot as snapshot_sqlite;
 
 /// Where the engine keeps its state.
 #[derive(Debug, Clone)]

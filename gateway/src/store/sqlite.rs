@@ -222,6 +222,22 @@ CREATE INDEX IF NOT EXISTS audit_exports_by_time ON audit_exports (tenant_id, cr
 const MAX_BATCH: usize = 256;
 
 /// Opens (and if needed creates) the database.
+/// Copies a consistent snapshot of the SQLite file `source` to `target` (which
+/// must not exist), reading `source` through a read-only connection: `source` is
+/// never written.
+pub(crate) fn snapshot(source: &std::path::Path, target: &std::path::Path) -> Result<(), ApiError> {
+    let conn = Connection::open_with_flags(
+        source,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let target = target
+        .to_str()
+        .ok_or_else(|| ApiError::unusable(format!("{}: not a UTF-8 path", target.display())))?;
+    conn.execute("VACUUM INTO ?1", [target])?;
+    Ok(())
+}
+
 fn open_connection(storage: &Storage) -> Result<Connection, ApiError> {
     let conn = match storage {
         Storage::File(path) => {

@@ -1,0 +1,186 @@
+//! `paybond policy replay`: what a new policy would have decided, verify by verify,
+//! over a gateway's recorded decisions (read-only on its store).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use paybond_gateway::{Engine, PolicyFile, ReplayOptions, ReplayReport};
+use paybond_policies::{Resolution, check_policy};
+
+use crate::output::{self, Category, Failure, money};
+use crate::{Outcome, usage_error};
+
+#[derive(Debug, Args)]
+pub(crate) struct Replay {
+    /// The gateway's data directory (`paybond dev loop --data-dir`): its
+    /// `paybond.db` is read, never written.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The policy to decide under: a tenant policy (version 1, or a version 2
+    /// overlay of an org base the store has).
+    #[arg(long)]
+    policy_file: PathBuf,
+    /// Decide again only the verifies made at or after this time (RFC 3339, e.g.
+    /// 2026-11-23T00:00:00Z); earlier ones count against the budgets as recorded.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only this tenant (its id or its name) [default: every tenant].
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Exit 1 when any decision would change (for CI).
+    #[arg(long)]
+    fail_on_change: bool,
+}
+
+pub(crate) fn replay(a: &Replay) -> Outcome {
+    let file = a.policy_file.display().to_string();
+    let text = match std::fs::read_to_string(&a.policy_file) {
+        Ok(t) => t,
+        Err(e) => return crate::unreadable(format!("cannot read --policy-file {file}: {e}")),
+    };
+    let since_ms = match a.since.as_deref().map(str::parse::<jiff::Timestamp>) {
+        None => None,
+        Some(Ok(t)) => Some(t.as_millisecond()),
+        Some(Err(e)) => {
+            return usage_error(format!(
+                "--since `{}` is not an RFC 3339 time (e.g. 2026-11-23T00:00:00Z): {e}",
+                a.since.as_deref().unwrap_or_default()
+            ));
+        }
+    };
+    // A file with any problem is refused whole, every problem at its line.
+    let checked = check_policy(&text, &file);
+    if !checked.is_valid() {
+        let resolution = Resolution {
+            valid: false,
+            errors: checked.errors,
+            warnings: checked.warnings,
+            effective: None,
+            report: None,
+        };
+        let data = serde_json::to_value(&resolution).unwrap_or_default();
+        return crate::policy::refuse(&file, &resolution, data);
+    }
+    let database = paybond_gateway::database_path(&a.data_dir);
+    if !database.is_file() {
+        return crate::unreadable(format!(
+            "--data-dir {}: no gateway database ({} does not exist)",
+            a.data_dir.display(),
+            database.display()
+        ));
+    }
+    let options = ReplayOptions {
+        policy: PolicyFile { text, file },
+        since_ms,
+        tenant: a.tenant.clone(),
+    };
+    let report = match Engine::replay_database(&database, &options) {
+        Ok(r) => r,
+        Err(e) => {
+            let category = match e.code {
+                "policy_invalid" | "org_policy_not_found" => Category::Invalid,
+                "tenant_not_found" => Category::Usage,
+                _ => Category::Environment,
+            };
+            return output::fail(Failure::new(category, e.code, e.message));
+        }
+    };
+    let changed = !report.changes.is_empty();
+    if output::json() {
+        let data = match serde_json::to_value(&report) {
+            Ok(v) => v,
+            Err(e) => return usage_error(format!("cannot print the report: {e}")),
+        };
+        if changed && a.fail_on_change {
+            return output::fail(
+                Failure::new(
+                    Category::Invalid,
+                    "decisions_changed",
+                    format!(
+                        "{} of {} decisions would change under {}",
+                        report.changes.len(),
+                        report.decisions,
+                        report.policy_file
+                    ),
+                )
+                .data(data),
+            );
+        }
+        output::success_json(data, &[]);
+    } else {
+        print!("{}", text_report(&report));
+    }
+    if changed && a.fail_on_change {
+        Outcome::Failed
+    } else {
+        Outcome::Success
+    }
+}
+
+/// The report as a table: the totals, then every decision that changes.
+fn text_report(r: &ReplayReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "replayed {} decisions of {} tenant(s) under {} ({}){}",
+        r.decisions,
+        r.tenants.len(),
+        r.policy_file,
+        r.policy_digest.as_deref().unwrap_or("-"),
+        r.since
+            .as_deref()
+            .map(|s| format!(", from {s}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(out, "\n{:<12} {:>8} {:>8}", "", "before", "after");
+    for (name, before, after) in [
+        ("allowed", r.before.allowed, r.after.allowed),
+        ("held", r.before.held, r.after.held),
+        ("denied", r.before.denied, r.after.denied),
+        ("not reached", r.before.not_reached, r.after.not_reached),
+    ] {
+        let _ = writeln!(out, "{name:<12} {before:>8} {after:>8}");
+    }
+    let _ = writeln!(
+        out,
+        "\nspent {} as recorded, {} under the new policy; {} would not have been spent, {} newly spent",
+        money(r.spent_before_cents, None),
+        money(r.spent_after_cents, None),
+        money(r.not_spent_cents, None),
+        money(r.newly_spent_cents, None),
+    );
+    if r.changes.is_empty() {
+        let _ = writeln!(out, "\nno decision changes");
+        return out;
+    }
+    let _ = writeln!(out, "\n{} decision(s) change:", r.changes.len());
+    let _ = writeln!(
+        out,
+        "{:<36} {:<24} {:<18} {:>12} {:<6} {:<12} reasons",
+        "decision", "decided at", "tool", "amount", "was", "now"
+    );
+    for c in &r.changes {
+        let _ = writeln!(
+            out,
+            "{:<36} {:<24} {:<18} {:>12} {:<6} {:<12} {} -> {}",
+            c.decision_id,
+            c.decided_at,
+            c.tool,
+            money(c.amount_cents, None),
+            c.was,
+            c.now,
+            show(&c.was_reason_codes),
+            show(&c.reason_codes)
+        );
+    }
+    out
+}
+
+fn show(codes: &[String]) -> String {
+    if codes.is_empty() {
+        "-".to_owned()
+    } else {
+        codes.join(",")
+    }
+}
