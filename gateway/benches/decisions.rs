@@ -1,6 +1,6 @@
 //! Decision throughput and latency: `cargo bench -p paybond-gateway --bench decisions`.
 //!
-//! - In process (`-- in-process`): `Engine::verify` + `Engine::complete` by 1 and 16
+//! - In process (`-- in-process`): `Engine::verify` + `Engine::complete` by 1, 16 and 64
 //!   threads on the SQLite file store (durable) and the in-memory store.
 //! - Over loopback HTTP (`-- http`), 16 connections: the server's `/healthz` (the
 //!   floor), verify alone, and verify + complete, in the same run.
@@ -274,7 +274,7 @@ fn main() {
         "decisions = verify + complete(consumed); {RUN_FOR:?} per row; 2-worker tokio runtime for HTTP\n"
     );
     if runs("in-process") {
-        for threads in [1, 16] {
+        for threads in [1, 16, 64] {
             in_process(
                 &format!("in process, SQLite file, {threads:>2} thread(s)"),
                 Storage::File(dir.path().join(format!("engine-{threads}.db"))),
