@@ -24,10 +24,11 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
 
 /// `bytes` as lowercase hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(out, "{b:02x}");
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
     out
 }
@@ -224,6 +225,16 @@ impl Minter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_lowercase_and_unhex_reads_it_back() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let text = hex(&bytes);
+        assert_eq!(&text[..8], "00010203");
+        assert_eq!(&text[text.len() - 6..], "fdfeff");
+        assert_eq!(hex(&[0xab, 0x0c]), "ab0c");
+        assert_eq!(unhex(&text), Some(bytes));
+    }
 
     #[test]
     fn minted_tokens_verify_and_others_do_not() {

@@ -592,19 +592,34 @@ impl SqliteStore {
         }
         let id = b.id;
         b.ops += 1;
-        let out = match control(&b.conn, "SAVEPOINT op") {
-            Ok(()) => catch_unwind(AssertUnwindSafe(|| f(&b.conn))),
-            Err(e) => Ok(Err(e.into())),
-        };
-        let savepoint = if matches!(out, Ok(Ok(_))) {
-            control(&b.conn, "RELEASE op")
+        // The group's first operation needs no savepoint: if it fails, rolling the
+        // group back undoes it alone (the others join only after it, under the lock).
+        let first = b.ops == 1;
+        let out = if first {
+            catch_unwind(AssertUnwindSafe(|| f(&b.conn)))
         } else {
-            control(&b.conn, "ROLLBACK TO op").and_then(|()| control(&b.conn, "RELEASE op"))
+            match control(&b.conn, "SAVEPOINT op") {
+                Ok(()) => catch_unwind(AssertUnwindSafe(|| f(&b.conn))),
+                Err(e) => Ok(Err(e.into())),
+            }
+        };
+        // Ok(true): the group goes on (or commits); Ok(false): it is rolled back.
+        let keep = match (first, matches!(out, Ok(Ok(_)))) {
+            (true, ok) => Ok(ok),
+            (false, true) => control(&b.conn, "RELEASE op").map(|()| true),
+            (false, false) => control(&b.conn, "ROLLBACK TO op")
+                .and_then(|()| control(&b.conn, "RELEASE op"))
+                .map(|()| true),
         };
         let left = self.arrivals.fetch_sub(1, Ordering::SeqCst) - 1;
-        if left == 0 || b.ops >= self.max_batch || savepoint.is_err() {
-            // The last operation in commits the group.
-            let commit = savepoint.and_then(|()| control(&b.conn, "COMMIT"));
+        if left == 0 || b.ops >= self.max_batch || !matches!(keep, Ok(true)) {
+            // The last operation in commits the group; a failed first operation
+            // rolls it back (it is all the group holds).
+            let commit = match keep {
+                Ok(true) => control(&b.conn, "COMMIT"),
+                Ok(false) => control(&b.conn, "ROLLBACK"),
+                Err(e) => Err(e),
+            };
             if let Err(e) = &commit {
                 let _ = control(&b.conn, "ROLLBACK");
                 b.failed.push_back((id, e.to_string()));
@@ -814,6 +829,7 @@ mod tests {
     #![allow(clippy::unwrap_used)] // tests panic on setup failures
 
     use super::*;
+    use crate::store::args;
 
     #[test]
     fn a_commit_whose_fsync_failed_is_never_acknowledged() {
@@ -835,6 +851,66 @@ mod tests {
         durability.committed.store(2, Ordering::SeqCst);
         assert!(durability.wait(2).is_err());
         assert!(durability.wait(1).is_err());
+    }
+
+    fn stored(store: &SqliteStore, key: &str) -> bool {
+        store
+            .write(|tx| tx.query_opt("SELECT 1 FROM meta WHERE key = ?1", args![key], |_| Ok(())))
+            .unwrap()
+            .is_some()
+    }
+
+    fn put(tx: &dyn Tx, key: &str) -> Result<(), ApiError> {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+            args![key, b"v".as_slice()],
+        )
+        .map(drop)
+    }
+
+    #[test]
+    fn a_failed_operation_is_undone_alone_whether_it_opened_its_group_or_joined_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(
+            SqliteStore::open(&Storage::File(dir.path().join("g.db")), 1 << 20).unwrap(),
+        );
+        // A failing operation that opened its group: rolled back, nothing else lost.
+        let failed = store.write(|tx| {
+            put(tx, "alone")?;
+            Err::<(), _>(ApiError::internal("the operation failed"))
+        });
+        assert!(failed.is_err());
+        store.write(|tx| put(tx, "after")).unwrap();
+        assert!(!stored(&store, "alone"));
+        assert!(stored(&store, "after"));
+
+        // A failing operation that joined a group: its savepoint is rolled back,
+        // the group's first operation commits. One more arrival is announced so
+        // the first operation waits for the group instead of committing it.
+        let before = store.writer.lock().id;
+        store.arrivals.fetch_add(1, Ordering::SeqCst);
+        let opener = {
+            let store = store.clone();
+            std::thread::spawn(move || store.write(|tx| put(tx, "opener")))
+        };
+        // Wait until the opener has opened a group and is waiting on it.
+        loop {
+            let b = store.writer.lock();
+            if b.open && b.id > before && b.ops == 1 {
+                break;
+            }
+            drop(b);
+            std::thread::yield_now();
+        }
+        store.arrivals.fetch_sub(1, Ordering::SeqCst);
+        let joined = store.write(|tx| {
+            put(tx, "joined")?;
+            Err::<(), _>(ApiError::internal("the operation failed"))
+        });
+        assert!(joined.is_err());
+        opener.join().unwrap().unwrap();
+        assert!(stored(&store, "opener"));
+        assert!(!stored(&store, "joined"));
     }
 
     #[test]
