@@ -282,3 +282,38 @@ fn the_phase_a_call_carried_is_replayed_with_it() {
     );
     assert_eq!(r.changes[0].amount_cents, 2_000);
 }
+
+#[test]
+fn a_hold_refused_for_the_approval_rate_stays_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("paybond.db");
+    {
+        let fx = Fixture::with_config(EngineConfig {
+            approval_requests_per_agent_per_minute: 1,
+            ..EngineConfig::new(Storage::File(path.clone()))
+        });
+        let (intent, token) = fx.intent(60_000);
+        let first = fx
+            .engine
+            .verify(&fx.agent, &verify_request(intent, &token, 18_700))
+            .unwrap();
+        assert!(first.approval_required);
+        let mut again = verify_request(intent, &token, 18_600);
+        again.tool_call_id = Some("c9".to_owned());
+        let limited = fx.engine.verify(&fx.agent, &again).unwrap();
+        assert_eq!(limited.reason_codes, ["approval_rate_limited"]);
+    }
+    let r = replay(&path, PolicyFile::bundled_tenant_overlay(), None);
+    assert_eq!(r.changes, vec![]);
+    assert_eq!((r.after.held, r.after.denied), (1, 1));
+    // Under a policy that needs no approval for it, the call is allowed.
+    let r = replay(
+        &path,
+        overlay(
+            "approval_threshold_cents: 15000",
+            "approval_threshold_cents: 19000",
+        ),
+        None,
+    );
+    assert_eq!(r.after.allowed, 2);
+}

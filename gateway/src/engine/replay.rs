@@ -19,7 +19,8 @@
 //!
 //! A retry that carried a valid approval token counts as approved (the operator
 //! approved that exact call); a later attempt of a call the replay already allowed
-//! is `not_reached`. Decisions refused for reasons no policy changes (the
+//! is `not_reached`; a hold the gateway refused to open (`approval_rate_limited`)
+//! stays refused when the new policy holds the call too. Decisions refused for reasons no policy changes (the
 //! capability token, the intent's state, a bad approval token) keep their outcome.
 //! Decisions before `since` are applied as recorded and not reported.
 
@@ -390,7 +391,15 @@ impl Engine {
             } else if call.refused_outside_policy() {
                 ("deny", call.was_reasons.clone())
             } else {
-                self.replay_decision(tx, at, &principal, &call, policy)?
+                match self.replay_decision(tx, at, &principal, &call, policy)? {
+                    // Holds open no approval request here; one the gateway refused to
+                    // open (too many from this agent or for this intent, an engine
+                    // setting rather than the policy's) stays refused.
+                    ("hold", _) if call.was_reasons == ["approval_rate_limited"] => {
+                        ("deny", call.was_reasons.clone())
+                    }
+                    decided => decided,
+                }
             };
             if now == "allow" {
                 open.insert(call.decision_id);
