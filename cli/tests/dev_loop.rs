@@ -1342,28 +1342,37 @@ fn policy_replay_reports_what_a_new_policy_would_have_decided() {
         &["agent", "demo", "generic", "--gateway", &gw.url],
     );
     assert_eq!(code, 0, "{out}{err}");
-    let db = dir.path().join(".paybond/paybond.db");
-    let before = std::fs::read(&db).unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let bundled = repo.join("policies/tenant-overlay.policy.yaml");
     let bundled = bundled.to_str().unwrap();
-
-    // While the gateway runs: the policy it enforces changes nothing.
-    let (code, out, err) = paybond_in(
-        dir.path(),
-        &[
+    // `paybond policy replay --data-dir .paybond --policy-file FILE ARGS…`
+    let replay = |file: &str, args: &[&str]| {
+        let mut all = vec![
             "policy",
             "replay",
             "--data-dir",
             ".paybond",
             "--policy-file",
-            bundled,
-            "--fail-on-change",
-        ],
-    );
+            file,
+        ];
+        all.extend_from_slice(args);
+        paybond_in(dir.path(), &all)
+    };
+
+    // While the gateway runs: the policy it enforces changes nothing.
+    let (code, out, err) = replay(bundled, &["--fail-on-change"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("replayed 5 decisions"), "{out}");
     assert!(out.contains("no decision changes"), "{out}");
+
+    // The gateway stopped (its checkpoints no longer move pages between the WAL
+    // and the database file), the rest reads a store that must stay as it is.
+    drop(gw);
+    let files = || {
+        ["paybond.db", "paybond.db-wal"]
+            .map(|f| std::fs::read(dir.path().join(".paybond").join(f)).unwrap_or_default())
+    };
+    let before = files();
 
     // A lower per-booking cap: the held 187.00 and its approved retry are denied.
     let lower = dir.path().join("lower.policy.yaml");
@@ -1371,19 +1380,7 @@ fn policy_replay_reports_what_a_new_policy_would_have_decided() {
         .unwrap()
         .replace("max_per_call_cents: 20000", "max_per_call_cents: 15000");
     std::fs::write(&lower, text).unwrap();
-    let (code, out, _) = paybond_in(
-        dir.path(),
-        &[
-            "policy",
-            "replay",
-            "--data-dir",
-            ".paybond",
-            "--policy-file",
-            "lower.policy.yaml",
-            "--format",
-            "json",
-        ],
-    );
+    let (code, out, _) = replay("lower.policy.yaml", &["--format", "json"]);
     assert_eq!(code, 0, "{out}");
     let report: Value = serde_json::from_str(out.trim()).unwrap();
     let data = &report["data"];
@@ -1409,38 +1406,16 @@ fn policy_replay_reports_what_a_new_policy_would_have_decided() {
     assert_eq!(data["before"]["allowed"], 3);
     assert_eq!(data["after"]["allowed"], 2);
     // For CI: any change exits 1, with the report.
-    let (code, out, _) = paybond_in(
-        dir.path(),
-        &[
-            "policy",
-            "replay",
-            "--data-dir",
-            ".paybond",
-            "--policy-file",
-            "lower.policy.yaml",
-            "--fail-on-change",
-            "--format",
-            "json",
-        ],
+    let (code, out, _) = replay(
+        "lower.policy.yaml",
+        &["--fail-on-change", "--format", "json"],
     );
     assert_eq!(code, 1, "{out}");
     let failed: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(failed["error"]["code"], "decisions_changed");
     assert_eq!(failed["data"]["changes"].as_array().unwrap().len(), 2);
     // Only what happened from a time on.
-    let (code, out, _) = paybond_in(
-        dir.path(),
-        &[
-            "policy",
-            "replay",
-            "--data-dir",
-            ".paybond",
-            "--policy-file",
-            "lower.policy.yaml",
-            "--since",
-            "2999-01-01T00:00:00Z",
-        ],
-    );
+    let (code, out, _) = replay("lower.policy.yaml", &["--since", "2999-01-01T00:00:00Z"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("replayed 0 decisions"), "{out}");
 
@@ -1450,17 +1425,7 @@ fn policy_replay_reports_what_a_new_policy_would_have_decided() {
         "version: 2\nname: x\ntools: 5\n",
     )
     .unwrap();
-    let (code, out, _) = paybond_in(
-        dir.path(),
-        &[
-            "policy",
-            "replay",
-            "--data-dir",
-            ".paybond",
-            "--policy-file",
-            "bad.policy.yaml",
-        ],
-    );
+    let (code, out, _) = replay("bad.policy.yaml", &[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("bad.policy.yaml:3:"), "{out}");
     let (code, _, err) = paybond_in(
@@ -1476,25 +1441,13 @@ fn policy_replay_reports_what_a_new_policy_would_have_decided() {
     );
     assert_eq!(code, 2);
     assert!(err.contains("nowhere"), "{err}");
-    let (code, _, err) = paybond_in(
-        dir.path(),
-        &[
-            "policy",
-            "replay",
-            "--data-dir",
-            ".paybond",
-            "--policy-file",
-            bundled,
-            "--since",
-            "yesterday",
-        ],
-    );
+    let (code, _, err) = replay(bundled, &["--since", "yesterday"]);
     assert_eq!(code, 2);
     assert!(err.contains("--since"), "{err}");
 
-    // Read-only: the store is as it was, and the gateway still answers.
-    let now = std::fs::read(&db).unwrap();
-    assert!(now == before, "the store changed");
+    // Read-only: the store is as it was, and a gateway on it still answers.
+    assert!(files() == before, "the store changed");
+    let gw = start(dir.path(), &[]);
     let (code, out, err) = paybond_in(
         dir.path(),
         &["agent", "demo", "generic", "--gateway", &gw.url],

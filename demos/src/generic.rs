@@ -13,15 +13,7 @@ use crate::{DemoError, Finished};
 
 /// Runs the scenario through a [`GuardedRegistry`](paybond_middleware_core::GuardedRegistry).
 pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
-    let run = crate::bind_run(
-        h.gateway(),
-        h.intent_id,
-        h.token.clone(),
-        h.tools.clone(),
-        "demo-generic",
-        false,
-    )
-    .await?;
+    let run = h.bind("demo-generic", false).await?;
     let tools = travel::registry().guarded(&run);
     for step in steps() {
         let mut result = tools.call(step.tool, step.args.clone(), step.id).await;
@@ -43,23 +35,14 @@ pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
 /// registry: the calls in order, the cap lowered between the parts, and an explicit
 /// [`reload_policy`](paybond_middleware_core::PaybondAgentRun::reload_policy).
 pub async fn governed(h: &Arc<Harness>) -> Result<Finished, DemoError> {
-    let run = crate::bind_run(
-        h.gateway(),
-        h.intent_id,
-        h.token.clone(),
-        h.tools.clone(),
-        "demo-generic",
-        false,
-    )
-    .await?;
+    let run = h.bind("demo-generic", false).await?;
     let tools = travel::governed_registry(&run);
     let [first, second] = crate::scenario::governed_steps();
     for step in first {
         let result = tools.call(step.tool, step.args.clone(), step.id).await;
         tracing::info!(step = step.id, ok = result.is_ok(), "{}", step.what);
     }
-    crate::governed::lower_cap(h).await?;
-    crate::governed::reload(&run).await?;
+    crate::governed::between_parts(h, &run).await?;
     for step in second {
         let result = tools.call(step.tool, step.args.clone(), step.id).await;
         tracing::info!(step = step.id, ok = result.is_ok(), "{}", step.what);

@@ -93,8 +93,15 @@ pub async fn lower_cap(h: &Harness) -> Result<(), DemoError> {
         .map(drop)
 }
 
+/// Between the parts, for an agent in this process: the operator lowers the cap and
+/// the running agent reloads its policy.
+pub async fn between_parts(h: &Harness, run: &PaybondAgentRun) -> Result<(), DemoError> {
+    lower_cap(h).await?;
+    reload(run).await
+}
+
 /// The running agent reloads its policy, which must have changed.
-pub async fn reload(run: &PaybondAgentRun) -> Result<(), DemoError> {
+async fn reload(run: &PaybondAgentRun) -> Result<(), DemoError> {
     match run.reload_policy().await {
         Ok(Some(reloaded)) => {
             tracing::info!(

@@ -210,6 +210,25 @@ impl Harness {
         self.gateway.clone()
     }
 
+    /// Binds a run on the funded intent for the demo agent `subject` (see
+    /// [`crate::bind_run`]), waiting for approvals when `wait`.
+    pub async fn bind(
+        &self,
+        subject: &str,
+        wait: bool,
+    ) -> Result<paybond_middleware_core::PaybondAgentRun, DemoError> {
+        crate::bind_run(
+            self.gateway(),
+            self.intent_id,
+            self.token.clone(),
+            self.tools.clone(),
+            subject,
+            wait,
+            None,
+        )
+        .await
+    }
+
     /// The HTTP base URL, when the gateway is remote.
     pub fn url(&self) -> Option<&str> {
         match &self.side {

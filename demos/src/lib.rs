@@ -113,22 +113,11 @@ impl Finished {
     }
 }
 
-/// Binds a run for a demo: the policy's tools, an agent subject, and (for the demos
-/// whose model cannot store an approval token itself) waiting for approvals.
+/// Binds a run for a demo: the policy's tools, an agent subject, (for the demos
+/// whose model cannot store an approval token itself) waiting for approvals, and
+/// (for a long-lived agent) polling the gateway for a newer effective policy every
+/// `reload_every`.
 pub async fn bind_run(
-    gateway: Arc<dyn SpendGateway>,
-    intent_id: Uuid,
-    token: CapabilityToken,
-    tools: BTreeMap<String, ToolPolicy>,
-    subject: &str,
-    wait: bool,
-) -> Result<PaybondAgentRun, DemoError> {
-    bind_run_with(gateway, intent_id, token, tools, subject, wait, None).await
-}
-
-/// [`bind_run`], polling the gateway for a newer effective policy every
-/// `reload_every` when given.
-pub async fn bind_run_with(
     gateway: Arc<dyn SpendGateway>,
     intent_id: Uuid,
     token: CapabilityToken,

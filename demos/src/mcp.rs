@@ -245,7 +245,7 @@ async fn child() -> Result<(), DemoError> {
             .map_err(|e| DemoError::Gateway(e.to_string()))?;
     let governed = std::env::var(SCENARIO_ENV).is_ok_and(|s| s == Scenario::Governed.name());
     let run = if governed {
-        crate::bind_run_with(
+        crate::bind_run(
             Arc::new(gateway),
             intent,
             token,
@@ -256,7 +256,16 @@ async fn child() -> Result<(), DemoError> {
         )
         .await?
     } else {
-        crate::bind_run(Arc::new(gateway), intent, token, tools, "demo-mcp", true).await?
+        crate::bind_run(
+            Arc::new(gateway),
+            intent,
+            token,
+            tools,
+            "demo-mcp",
+            true,
+            None,
+        )
+        .await?
     };
     let registry = if governed {
         travel::governed_registry(&run)

@@ -268,15 +268,7 @@ pub async fn model_client(
 
 /// Runs the scenario as an OpenAI-style agent loop.
 pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
-    let run = crate::bind_run(
-        h.gateway(),
-        h.intent_id,
-        h.token.clone(),
-        h.tools.clone(),
-        "demo-openai",
-        true,
-    )
-    .await?;
+    let run = h.bind("demo-openai", true).await?;
     let tools = travel::registry().guarded(&run);
     let _operator = h.spawn_operator();
     let (client, model, kind) = model_client(Scenario::Canonical).await?;
@@ -317,15 +309,7 @@ fn conversation(
 /// reloads its policy, and the model is asked for part 2. The registry offers
 /// `commit_plan` because the policy names a payment phase.
 pub async fn governed(h: &Arc<Harness>) -> Result<Finished, DemoError> {
-    let run = crate::bind_run(
-        h.gateway(),
-        h.intent_id,
-        h.token.clone(),
-        h.tools.clone(),
-        "demo-openai",
-        true,
-    )
-    .await?;
+    let run = h.bind("demo-openai", true).await?;
     let tools = travel::governed_registry(&run);
     let (client, model, kind) = model_client(Scenario::Governed).await?;
     tracing::info!(model = %model, kind, "model");
@@ -334,8 +318,7 @@ pub async fn governed(h: &Arc<Harness>) -> Result<Finished, DemoError> {
     let mut answers = Vec::new();
     for (part, steps) in [(1, &first), (2, &second)] {
         if part == 2 {
-            crate::governed::lower_cap(h).await?;
-            crate::governed::reload(&run).await?;
+            crate::governed::between_parts(h, &run).await?;
         }
         let user = crate::governed::instructions(part, steps);
         let outcome = agent

@@ -168,15 +168,7 @@ async fn model(scenario: Scenario) -> Result<(String, String, String), DemoError
 
 /// Runs the scenario as a rig agent.
 pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
-    let run = crate::bind_run(
-        h.gateway(),
-        h.intent_id,
-        h.token.clone(),
-        h.tools.clone(),
-        "demo-rig",
-        true,
-    )
-    .await?;
+    let run = h.bind("demo-rig", true).await?;
     let _operator = h.spawn_operator();
     let (key, base, model) = model(Scenario::Canonical).await?;
     let model = OpenAIConfig::new(key)
@@ -200,15 +192,7 @@ pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
 /// search, booking and trip tools plus [`commit_plan_tool`]; part 1, the cap
 /// lowered and the policy reloaded, part 2.
 pub async fn governed(h: &Arc<Harness>) -> Result<Finished, DemoError> {
-    let run = crate::bind_run(
-        h.gateway(),
-        h.intent_id,
-        h.token.clone(),
-        h.tools.clone(),
-        "demo-rig",
-        true,
-    )
-    .await?;
+    let run = h.bind("demo-rig", true).await?;
     let trip = Arc::new(travel::BookTrip::new(travel::registry().guarded(&run)));
     let commit = commit_plan_tool(&run)
         .ok_or_else(|| DemoError::Setup("the governed policy names no payment phase".to_owned()))?;
@@ -229,8 +213,7 @@ pub async fn governed(h: &Arc<Harness>) -> Result<Finished, DemoError> {
     let mut answers = Vec::new();
     for (part, steps) in [(1, &first), (2, &second)] {
         if part == 2 {
-            crate::governed::lower_cap(h).await?;
-            crate::governed::reload(&run).await?;
+            crate::governed::between_parts(h, &run).await?;
         }
         let answer = agent
             .prompt(crate::governed::instructions(part, steps))

@@ -102,6 +102,24 @@ impl<'a> Call<'a> {
             binding,
         }
     }
+
+    /// A recorded verify's call under `policy` (what-if replay), bound by the tool
+    /// it was recorded under.
+    fn recorded(
+        principal: &'a Principal,
+        call: &'a super::replay::RecordedCall,
+        policy: &EffectivePolicy,
+    ) -> Self {
+        Self::new(
+            principal,
+            Some(policy),
+            call.intent_id,
+            &call.operation,
+            Some(&call.tool),
+            (call.vendor.as_deref(), call.agent_subject.as_deref()),
+            call.amount_cents,
+        )
+    }
 }
 
 /// The field checks verify and preflight share: every named text within its
@@ -716,15 +734,7 @@ impl Engine {
         call: &super::replay::RecordedCall,
         policy: &EffectivePolicy,
     ) -> Result<(&'static str, Vec<String>), ApiError> {
-        let c = Call::new(
-            principal,
-            Some(policy),
-            call.intent_id,
-            &call.operation,
-            Some(&call.tool),
-            (call.vendor.as_deref(), call.agent_subject.as_deref()),
-            call.amount_cents,
-        );
+        let c = Call::recorded(principal, call, policy);
         let ask = Ask {
             currency: call.currency.as_deref(),
             approval_token: None,
@@ -756,15 +766,7 @@ impl Engine {
         call: &super::replay::RecordedCall,
         policy: &EffectivePolicy,
     ) -> Result<(), ApiError> {
-        let c = Call::new(
-            principal,
-            Some(policy),
-            call.intent_id,
-            &call.operation,
-            Some(&call.tool),
-            (call.vendor.as_deref(), call.agent_subject.as_deref()),
-            call.amount_cents,
-        );
+        let c = Call::recorded(principal, call, policy);
         self.reserve(tx, now, &c, call.decision_id)
     }
 
