@@ -57,9 +57,10 @@ impl Snapshot {
         }
     }
 
-    /// Writes it to `path` through a temporary file, so a reader never sees half of it.
+    /// Writes it to `path` through a temporary file of its own, so a reader never
+    /// sees half of it, even while another write is under way.
     fn write(&self, path: &std::path::Path) {
-        let tmp = path.with_extension("tmp");
+        let tmp = path.with_extension(format!("{}.tmp", Uuid::new_v4().simple()));
         let written = serde_json::to_vec(self)
             .map_err(std::io::Error::other)
             .and_then(|bytes| std::fs::write(&tmp, bytes))
@@ -244,29 +245,16 @@ async fn child() -> Result<(), DemoError> {
         serde_json::from_value(policy["policy"]["tools"].clone())
             .map_err(|e| DemoError::Gateway(e.to_string()))?;
     let governed = std::env::var(SCENARIO_ENV).is_ok_and(|s| s == Scenario::Governed.name());
-    let run = if governed {
-        crate::bind_run(
-            Arc::new(gateway),
-            intent,
-            token,
-            tools,
-            "demo-mcp",
-            true,
-            Some(RELOAD_EVERY),
-        )
-        .await?
-    } else {
-        crate::bind_run(
-            Arc::new(gateway),
-            intent,
-            token,
-            tools,
-            "demo-mcp",
-            true,
-            None,
-        )
-        .await?
-    };
+    let run = crate::bind_run(
+        Arc::new(gateway),
+        intent,
+        token,
+        tools,
+        "demo-mcp",
+        true,
+        governed.then_some(RELOAD_EVERY),
+    )
+    .await?;
     let registry = if governed {
         travel::governed_registry(&run)
     } else {
