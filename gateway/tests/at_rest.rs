@@ -205,20 +205,8 @@ fn existing_files_are_narrowed_and_a_key_kept_in_the_database_moves_out() {
     let agent = engine.authenticate(fx_keys.agent.expose_secret()).unwrap();
     let request = |token: &paybond_middleware_core::CapabilityToken| {
         paybond_middleware_core::wire::VerifyRequest {
-            intent_id: intent,
-            token: token.clone(),
-            operation: BOOK.to_owned(),
-            requested_spend_cents: 100,
             vendor_id: Some("vendor_acme".to_owned()),
-            task_id: None,
-            workflow_id: None,
-            tool_call_id: None,
-            tool_name: None,
-            currency: None,
-            agent_subject: None,
-            approval_token: None,
-            idempotency_key: None,
-            phase: None,
+            ..common::verify_request(intent, token, 100)
         }
     };
     assert!(engine.verify(&agent, &request(&token)).unwrap().allow);

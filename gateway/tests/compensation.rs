@@ -6,13 +6,10 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::{BOOK, Fixture};
-use paybond_gateway::EmbeddedGateway;
-use paybond_middleware_core::wire::{CompensationOutcome, SandboxBootstrapRequest};
+use paybond_middleware_core::wire::CompensationOutcome;
 use paybond_middleware_core::{
-    PaybondAgentRun, RunError, ToolOutput, ToolPolicy, ToolRegistry, tool_fn, transaction,
+    RunError, ToolOutput, ToolPolicy, ToolRegistry, tool_fn, transaction,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -20,19 +17,7 @@ use serde_json::{Value, json};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compensated_step_is_a_ledger_event_linked_to_its_decision() {
     let fx = Fixture::new();
-    let gateway = Arc::new(EmbeddedGateway::new(fx.engine.clone(), &fx.keys.agent).unwrap());
-    let boot = gateway
-        .bootstrap_sandbox(&SandboxBootstrapRequest {
-            operation: BOOK.into(),
-            requested_spend_cents: 60_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let run = PaybondAgentRun::builder(gateway, boot.intent_id, boot.capability_token)
-        .bind()
-        .await
-        .unwrap();
+    let run = fx.sandbox_run().await.bind().await.unwrap();
     let tools = ToolRegistry::new()
         .with(tool_fn(
             BOOK,

@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{BOOK, Fixture};
-use paybond_gateway::{EmbeddedGateway, PolicyFile};
+use paybond_gateway::PolicyFile;
 use paybond_middleware_core::testing::ScriptedGateway;
-use paybond_middleware_core::wire::SandboxBootstrapRequest;
 use paybond_middleware_core::{
     PaybondAgentRun, RunError, ToolOutput, ToolPolicy, ToolRegistry, tool_fn,
 };
@@ -44,16 +43,9 @@ fn overlay_with_pattern() -> PolicyFile {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_lived_run_picks_up_a_new_policy_between_calls() {
     let fx = Fixture::new();
-    let gateway = Arc::new(EmbeddedGateway::new(fx.engine.clone(), &fx.keys.agent).unwrap());
-    let boot = gateway
-        .bootstrap_sandbox(&SandboxBootstrapRequest {
-            operation: BOOK.into(),
-            requested_spend_cents: 60_000,
-            ..Default::default()
-        })
+    let run = fx
+        .sandbox_run()
         .await
-        .unwrap();
-    let run = PaybondAgentRun::builder(gateway, boot.intent_id, boot.capability_token)
         .reload_policy_every(Duration::from_millis(50))
         .bind()
         .await

@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{BOOK, Fixture, SEARCH};
-use paybond_gateway::{EmbeddedGateway, EngineConfig, PolicyFile, Storage};
+use paybond_gateway::{EngineConfig, PolicyFile, Storage};
 use paybond_middleware_core::wire::{Phase, PreflightRequest, VerifyRequest};
 use paybond_middleware_core::{
     COMMIT_PLAN, PaybondAgentRun, RunError, ToolOutput, ToolPolicy, ToolRegistry, tool_fn,
@@ -135,19 +135,7 @@ async fn guarded_run(
     paybond_middleware_core::GuardedRegistry,
     Arc<std::sync::atomic::AtomicU32>,
 ) {
-    let gateway = Arc::new(EmbeddedGateway::new(fx.engine.clone(), &fx.keys.agent).unwrap());
-    let boot = gateway
-        .bootstrap_sandbox(&paybond_middleware_core::wire::SandboxBootstrapRequest {
-            operation: BOOK.into(),
-            requested_spend_cents: 60_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let run = PaybondAgentRun::builder(gateway, boot.intent_id, boot.capability_token)
-        .bind()
-        .await
-        .unwrap();
+    let run = fx.sandbox_run().await.bind().await.unwrap();
     let booked = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let registry = tools(booked.clone()).guarded(&run);
     (run, registry, booked)
@@ -231,36 +219,28 @@ async fn over_http_the_phase_travels_with_the_verify() {
     let fx = fixture(POLICY);
     let base = common::serve(fx.engine.clone()).await;
     let mut req = serde_json::to_value(request(&fx, None)).unwrap();
-    req["token"] = json!(req["token"].as_str().unwrap());
-    let (status, denied) = common::call(
-        &base,
-        reqwest::Method::POST,
-        "/verify",
-        Some(fx.keys.agent.expose_secret()),
-        Some(&req.to_string()),
-    )
-    .await;
+    let verify = |req: &Value| {
+        let body = req.to_string();
+        let (base, key) = (base.clone(), fx.keys.agent.expose_secret().to_owned());
+        async move {
+            common::call(
+                &base,
+                reqwest::Method::POST,
+                "/verify",
+                Some(&key),
+                Some(&body),
+            )
+            .await
+        }
+    };
+    let (status, denied) = verify(&req).await;
     assert_eq!(status, 200);
     assert_eq!(denied["reason_codes"], json!(["phase_not_committed"]));
     req["phase"] = json!("COMMIT");
-    let (_, allowed) = common::call(
-        &base,
-        reqwest::Method::POST,
-        "/verify",
-        Some(fx.keys.agent.expose_secret()),
-        Some(&req.to_string()),
-    )
-    .await;
+    let (_, allowed) = verify(&req).await;
     assert_eq!(allowed["allow"], true, "{allowed}");
     req["phase"] = json!("LATER");
-    let (status, bad) = common::call(
-        &base,
-        reqwest::Method::POST,
-        "/verify",
-        Some(fx.keys.agent.expose_secret()),
-        Some(&req.to_string()),
-    )
-    .await;
+    let (status, bad) = verify(&req).await;
     assert_eq!(status, 422, "{bad}");
     assert!(
         bad["message"].as_str().unwrap().starts_with("phase"),

@@ -191,22 +191,7 @@ async fn preflight_answers_like_verify_and_changes_nothing() {
     let (intent2, token2) = fx.intent(60_000);
     let allowed = paybond_middleware_core::SpendGateway::verify(
         &gw,
-        &paybond_middleware_core::wire::VerifyRequest {
-            intent_id: intent2,
-            token: token2,
-            operation: BOOK.into(),
-            requested_spend_cents: 12_000,
-            vendor_id: None,
-            task_id: None,
-            workflow_id: None,
-            tool_call_id: None,
-            tool_name: None,
-            currency: None,
-            agent_subject: None,
-            approval_token: None,
-            idempotency_key: None,
-            phase: None,
-        },
+        &common::verify_request(intent2, &token2, 12_000),
     )
     .await
     .unwrap();

@@ -243,6 +243,17 @@ impl Console {
         Some(Signed { principal, csrf })
     }
 
+    /// The session of a form POST: signed in (else the redirect to the sign-in
+    /// page), sent from this site with the session's CSRF token (else a 403 page).
+    async fn signed_post(&self, headers: &HeaderMap, csrf: &str) -> Result<Signed, Response> {
+        let signed = self
+            .signed(headers)
+            .await
+            .ok_or_else(|| redirect("/console/login"))?;
+        check_post(headers, &signed, csrf).map_err(|why| page_error(StatusCode::FORBIDDEN, why))?;
+        Ok(signed)
+    }
+
     /// Runs an engine call on the blocking pool.
     async fn run<T: Send + 'static>(
         &self,
@@ -368,11 +379,8 @@ struct CsrfForm {
 }
 
 async fn logout(State(c): State<Shared>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
-    let Some(signed) = c.signed(&headers).await else {
-        return redirect("/console/login");
-    };
-    if let Err(why) = check_post(&headers, &signed, &f.csrf) {
-        return page_error(StatusCode::FORBIDDEN, why);
+    if let Err(refused) = c.signed_post(&headers, &f.csrf).await {
+        return refused;
     }
     if let (Some(sid), Ok(mut sessions)) = (cookie_value(&headers), c.sessions.lock()) {
         sessions.remove(&sid);
@@ -508,12 +516,10 @@ async fn decide(
     Path((id, action)): Path<(String, String)>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    let Some(signed) = c.signed(&headers).await else {
-        return redirect("/console/login");
+    let signed = match c.signed_post(&headers, &f.csrf).await {
+        Ok(signed) => signed,
+        Err(refused) => return refused,
     };
-    if let Err(why) = check_post(&headers, &signed, &f.csrf) {
-        return page_error(StatusCode::FORBIDDEN, why);
-    }
     let Ok(id) = Uuid::parse_str(&id) else {
         return page_error(
             StatusCode::BAD_REQUEST,
@@ -867,12 +873,10 @@ async fn verify_ledger(
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    let Some(signed) = c.signed(&headers).await else {
-        return redirect("/console/login");
+    let signed = match c.signed_post(&headers, &f.csrf).await {
+        Ok(signed) => signed,
+        Err(refused) => return refused,
     };
-    if let Err(why) = check_post(&headers, &signed, &f.csrf) {
-        return page_error(StatusCode::FORBIDDEN, why);
-    }
     let p = signed.principal.clone();
     match c.run(move |e| check_chain(e, &p)).await {
         Ok(checked) => ledger_page(&c, &signed, Some(checked)).await,

@@ -50,6 +50,25 @@ impl Fixture {
         EmbeddedGateway::new(self.engine.clone(), &self.keys.agent).unwrap()
     }
 
+    /// A run builder on a sandbox intent of 60000 cents for the booking tool,
+    /// funded through the embedded gateway as an agent would.
+    pub async fn sandbox_run(&self) -> paybond_middleware_core::PaybondAgentRunBuilder {
+        let gateway = Arc::new(self.gateway());
+        let boot = gateway
+            .bootstrap_sandbox(&SandboxBootstrapRequest {
+                operation: BOOK.into(),
+                requested_spend_cents: 60_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        paybond_middleware_core::PaybondAgentRun::builder(
+            gateway,
+            boot.intent_id,
+            boot.capability_token,
+        )
+    }
+
     /// A funded sandbox intent for the booking tool with `budget` cents.
     pub fn intent(&self, budget: u64) -> (Uuid, CapabilityToken) {
         let r = self
