@@ -304,18 +304,27 @@ impl PaybondAgentRun {
         .inspect_err(|e| {
             tracing::warn!(error = %e, "a new effective policy cannot be used; the run keeps its policy");
         })?;
-        let reloaded = PolicyReloaded {
-            event: "policy_reloaded".to_owned(),
-            from_digest: current.digest.clone(),
-            to_digest: next.digest.clone(),
-            from_version: current.version,
-            to_version: next.version,
+        let reloaded = {
+            // Compared again under the lock: of two reloads racing (the poller and
+            // an explicit call), one swaps and records, the other finds nothing new.
+            let mut slot = self
+                .shared
+                .policy
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if slot.digest == next.digest {
+                return Ok(None);
+            }
+            let reloaded = PolicyReloaded {
+                event: "policy_reloaded".to_owned(),
+                from_digest: slot.digest.clone(),
+                to_digest: next.digest.clone(),
+                from_version: slot.version,
+                to_version: next.version,
+            };
+            *slot = Arc::new(next);
+            reloaded
         };
-        *self
-            .shared
-            .policy
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
         tracing::info!(
             from = ?reloaded.from_digest,
             to = ?reloaded.to_digest,
