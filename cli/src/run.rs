@@ -500,7 +500,7 @@ fn read_policy_file(
         return Err(output::fail(
             Failure::new(
                 Category::Invalid,
-                "invalid_policy",
+                "policy_invalid",
                 format!("{} is refused:\n{}", path.display(), problems.join("\n")),
             )
             .details(json!({"problems": problems})),

@@ -1268,7 +1268,7 @@ fn a_run_bound_once_executes_tool_calls_through_the_layer_and_keeps_its_trace() 
     ]);
     assert_eq!(
         (code, refused["error"]["code"].as_str()),
-        (1, Some("invalid_policy")),
+        (1, Some("policy_invalid")),
         "{refused}"
     );
     assert!(
@@ -1295,7 +1295,7 @@ fn a_run_bound_once_executes_tool_calls_through_the_layer_and_keeps_its_trace() 
     ]);
     assert_eq!(
         (code, refused["error"]["code"].as_str()),
-        (1, Some("invalid_policy"))
+        (1, Some("policy_invalid"))
     );
     std::fs::write(
         dir.path().join("good.policy.yaml"),

@@ -1,7 +1,8 @@
 //! Decision throughput and latency: `cargo bench -p paybond-gateway --bench decisions`.
 //!
 //! - In process (`-- in-process`): `Engine::verify` + `Engine::complete` by 1, 16 and 64
-//!   threads on the SQLite file store (durable) and the in-memory store.
+//!   threads on the SQLite file store (durable) and the in-memory store; then
+//!   `Engine::verify` alone by 16 and 64 threads on the file store.
 //! - Over loopback HTTP (`-- http`), 16 connections: the server's `/healthz` (the
 //!   floor), verify alone, and verify + complete, in the same run.
 //! - PostgreSQL (`-- postgres`, on `PAYBOND_BENCH_DATABASE_URL` or
@@ -229,12 +230,13 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>) {
     );
 }
 
-/// `threads` callers, each deciding in a loop on one shared engine.
-fn in_process(label: &str, storage: Storage, threads: usize) {
-    in_process_on(label, Arc::new(setup(storage)), threads);
+/// `threads` callers, each deciding in a loop on one shared engine (and
+/// completing each decision, unless `verify_only`).
+fn in_process(label: &str, storage: Storage, threads: usize, verify_only: bool) {
+    in_process_on(label, Arc::new(setup(storage)), threads, verify_only);
 }
 
-fn in_process_on(label: &str, s: Arc<Setup>, threads: usize) {
+fn in_process_on(label: &str, s: Arc<Setup>, threads: usize, verify_only: bool) {
     let start = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|_| {
@@ -249,9 +251,12 @@ fn in_process_on(label: &str, s: Arc<Setup>, threads: usize) {
                 while start.elapsed() < RUN_FOR {
                     let t = Instant::now();
                     let r = s.engine.verify(&s.agent, &req).unwrap();
-                    s.engine
-                        .complete(&s.agent, r.decision_id.unwrap(), &complete, None)
-                        .unwrap();
+                    assert!(r.allow, "{:?}", r.code);
+                    if !verify_only {
+                        s.engine
+                            .complete(&s.agent, r.decision_id.unwrap(), &complete, None)
+                            .unwrap();
+                    }
                     lat.push(t.elapsed());
                 }
                 lat
@@ -279,11 +284,21 @@ fn main() {
                 &format!("in process, SQLite file, {threads:>2} thread(s)"),
                 Storage::File(dir.path().join(format!("engine-{threads}.db"))),
                 threads,
+                false,
             );
             in_process(
                 &format!("in process, SQLite memory, {threads:>2} thread(s)"),
                 Storage::Memory,
                 threads,
+                false,
+            );
+        }
+        for threads in [16, 64] {
+            in_process(
+                &format!("verify alone, SQLite file, {threads:>2} thread(s)"),
+                Storage::File(dir.path().join(format!("verify-{threads}.db"))),
+                threads,
+                true,
             );
         }
     }
@@ -312,7 +327,12 @@ fn main() {
         };
         let url = paybond_gateway::DatabaseUrl::parse(&url).unwrap();
         let s = setup(Storage::Postgres(url.clone()));
-        in_process_on("in process, PostgreSQL, 16 thread(s)", Arc::new(s), 16);
+        in_process_on(
+            "in process, PostgreSQL, 16 thread(s)",
+            Arc::new(s),
+            16,
+            false,
+        );
         rt.block_on(async {
             let s = setup(Storage::Postgres(url.clone()));
             let one = serve(s.engine.clone()).await;
