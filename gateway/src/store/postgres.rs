@@ -41,7 +41,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, SCHEMA_V3),
     (4, SCHEMA_V4),
     (5, SCHEMA_V5),
+    (6, SCHEMA_V6),
 ];
+
+/// Open reservations (the sweep, lapsed amounts, open counts) are found through
+/// indexes that hold only them: a reservation leaves them when it is finalized.
+const SCHEMA_V6: &str = r"
+DROP INDEX reservations_open;
+DROP INDEX reservations_open_by_intent;
+CREATE INDEX reservations_open_by_expiry ON reservations (state, expires_ms) WHERE state = 'open';
+CREATE INDEX reservations_open_by_intent_expiry ON reservations (intent_id, expires_ms)
+    WHERE state = 'open';
+";
 
 /// Audit exports: each tenant's signing key and the export jobs with their bundles.
 const SCHEMA_V5: &str = r"
