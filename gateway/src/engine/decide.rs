@@ -527,7 +527,7 @@ impl Engine {
             (non_empty(&req.vendor_id), non_empty(&req.agent_subject)),
             req.requested_spend_cents,
         );
-        let decision_id = Uuid::new_v4();
+        let decision_id = Uuid::now_v7();
         // Every decision keeps the checks it evaluated: its proof trace.
         let mut seen = Seen {
             rec: Recorder::on(),
