@@ -440,19 +440,19 @@ impl Engine {
     }
 
     /// Runs `f` in one transaction: committed on `Ok`, rolled back on `Err`.
-    pub(crate) fn tx<T>(
+    pub(crate) fn tx<T: Send>(
         &self,
-        f: impl FnOnce(&dyn Tx, i64) -> Result<T, ApiError>,
+        f: impl FnOnce(&dyn Tx, i64) -> Result<T, ApiError> + Send,
     ) -> Result<T, ApiError> {
         self.store.write(None, |tx| f(tx, self.now_ms()))
     }
 
     /// Runs `f` in one transaction that holds `tenant_id`'s lock from its start:
     /// every change to a tenant's state (and its ledger chain) goes through here.
-    pub(crate) fn tx_in<T>(
+    pub(crate) fn tx_in<T: Send>(
         &self,
         tenant_id: &str,
-        f: impl FnOnce(&dyn Tx, i64) -> Result<T, ApiError>,
+        f: impl FnOnce(&dyn Tx, i64) -> Result<T, ApiError> + Send,
     ) -> Result<T, ApiError> {
         self.store.write(Some(tenant_id), |tx| f(tx, self.now_ms()))
     }
@@ -465,11 +465,11 @@ impl Engine {
         route: &str,
         key: Option<&str>,
         request: &R,
-        f: impl FnOnce(&dyn Tx, i64) -> Result<T, ApiError>,
+        f: impl FnOnce(&dyn Tx, i64) -> Result<T, ApiError> + Send,
     ) -> Result<T, ApiError>
     where
-        R: Serialize,
-        T: Serialize + serde::de::DeserializeOwned,
+        R: Serialize + Sync,
+        T: Serialize + serde::de::DeserializeOwned + Send,
     {
         let Some(key) = key else {
             return self.tx_in(tenant_id, f);

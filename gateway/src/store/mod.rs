@@ -399,10 +399,10 @@ impl Store {
     /// Runs `f` as one transaction, committed when it returns `Ok` and rolled back
     /// when it returns `Err`. When `tenant` is given, the transaction holds that
     /// tenant's lock from its start. Returns only once the commit is durable.
-    pub(crate) fn write<T>(
+    pub(crate) fn write<T: Send>(
         &self,
         tenant: Option<&str>,
-        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
+        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError> + Send,
     ) -> Result<T, ApiError> {
         let locked = |tx: &dyn Tx| {
             if let Some(t) = tenant {
@@ -418,9 +418,9 @@ impl Store {
 
     /// Runs `f` in a read-only transaction over one snapshot, beside the writes
     /// (see [`sqlite::SqliteStore::read`] and [`postgres::PgStore::read`]).
-    pub(crate) fn read<T>(
+    pub(crate) fn read<T: Send>(
         &self,
-        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
+        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError> + Send,
     ) -> Result<T, ApiError> {
         match self {
             Self::Sqlite(s) => s.read(f),

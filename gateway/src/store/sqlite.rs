@@ -474,9 +474,11 @@ impl Writer {
     }
 }
 
-/// The SQLite store: one connection, group commit.
+/// The SQLite store: one connection on one writer thread, group commit.
 pub(crate) struct SqliteStore {
     writer: std::sync::Arc<Writer>,
+    /// The one thread every write runs on.
+    writer_thread: rayon_core::ThreadPool,
     /// Operations that have asked for the connection and not yet run.
     arrivals: AtomicUsize,
     /// For a file database: what makes commits durable.
@@ -550,8 +552,14 @@ impl SqliteStore {
             }
             _ => (None, None),
         };
+        let writer_thread = rayon_core::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "paybond-writer".to_owned())
+            .build()
+            .map_err(|e| ApiError::internal(format_args!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             writer,
+            writer_thread,
             arrivals: AtomicUsize::new(0),
             max_batch: if durability.is_some() { MAX_BATCH } else { 1 },
             durability,
@@ -566,9 +574,9 @@ impl SqliteStore {
     /// Runs `f` in a read-only transaction on a connection of its own, so a long
     /// read (an audit export) sees one snapshot and never holds up the writer. An
     /// in-memory database has one connection: `f` then runs as a write.
-    pub(crate) fn read<T>(
+    pub(crate) fn read<T: Send>(
         &self,
-        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
+        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError> + Send,
     ) -> Result<T, ApiError> {
         let Some(path) = &self.path else {
             return self.write(f);
@@ -587,16 +595,60 @@ impl SqliteStore {
 
     /// Runs `f` in the current group transaction, in a savepoint of its own, and
     /// returns once the group's commit is durable.
-    pub(crate) fn write<T>(
+    ///
+    /// Every operation runs on the store's one writer thread, in the order they
+    /// arrive, so operations follow one another on a warm connection instead of
+    /// handing its lock from one caller's thread to the next. An operation that
+    /// finds no other waiting commits its group; the callers wait for that
+    /// commit, then for its fsync, on their own threads.
+    pub(crate) fn write<T: Send>(
         &self,
-        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
+        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError> + Send,
     ) -> Result<T, ApiError> {
         self.arrivals.fetch_add(1, Ordering::SeqCst);
+        let (out, id) = self.writer_thread.install(|| self.run_in_group(f));
+        let mut b = self.writer.lock();
+        while b.committed < id {
+            b = self
+                .writer
+                .done
+                .wait(b)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        let failure = b
+            .failed
+            .iter()
+            .find(|(f, _)| *f == id)
+            .map(|(_, why)| why.clone());
+        drop(b);
+        // Answered only once the group's commit is on disk.
+        let durable = match (&self.durability, &failure) {
+            (Some(d), None) => d.wait(id),
+            _ => Ok(()),
+        };
+        match (out, failure) {
+            (Err(panic), _) => resume_unwind(panic),
+            (Ok(Ok(_)), Some(why)) => Err(ApiError::internal(format_args!(
+                "storage: the commit failed: {why}"
+            ))),
+            (Ok(Ok(v)), None) => durable.map(|()| v),
+            (Ok(Err(e)), _) => Err(e),
+        }
+    }
+
+    /// On the writer thread: runs `f` in the open group (opening one if none is),
+    /// and commits the group when no other operation is waiting to join it or it
+    /// is full. Answers what `f` returned (or its panic) and the group's id.
+    fn run_in_group<T>(
+        &self,
+        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
+    ) -> (std::thread::Result<Result<T, ApiError>>, u64) {
         let mut b = self.writer.lock();
         if !b.open {
             if let Err(e) = control(&b.conn, "BEGIN IMMEDIATE") {
                 self.arrivals.fetch_sub(1, Ordering::SeqCst);
-                return Err(e.into());
+                // No group was opened: nothing of this operation to wait for.
+                return (Ok(Err(e.into())), b.committed);
             }
             b.open = true;
             b.id += 1;
@@ -605,7 +657,7 @@ impl SqliteStore {
         let id = b.id;
         b.ops += 1;
         // The group's first operation needs no savepoint: if it fails, rolling the
-        // group back undoes it alone (the others join only after it, under the lock).
+        // group back undoes it alone (the others join only after it).
         let first = b.ops == 1;
         let out = if first {
             catch_unwind(AssertUnwindSafe(|| f(&b.conn)))
@@ -645,34 +697,8 @@ impl SqliteStore {
                 d.committed.fetch_max(id, Ordering::SeqCst);
             }
             self.writer.done.notify_all();
-        } else {
-            while b.committed < id {
-                b = self
-                    .writer
-                    .done
-                    .wait(b)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-            }
         }
-        let failure = b
-            .failed
-            .iter()
-            .find(|(f, _)| *f == id)
-            .map(|(_, why)| why.clone());
-        drop(b);
-        // Answered only once the group's commit is on disk.
-        let durable = match (&self.durability, &failure) {
-            (Some(d), None) => d.wait(id),
-            _ => Ok(()),
-        };
-        match (out, failure) {
-            (Err(panic), _) => resume_unwind(panic),
-            (Ok(Ok(_)), Some(why)) => Err(ApiError::internal(format_args!(
-                "storage: the commit failed: {why}"
-            ))),
-            (Ok(Ok(v)), None) => durable.map(|()| v),
-            (Ok(Err(e)), _) => Err(e),
-        }
+        (out, id)
     }
 }
 
