@@ -210,7 +210,11 @@ impl Shared {
         take_token: bool,
     ) -> (u32, Option<ApprovalToken>) {
         let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
-        let state = calls.entry(tool_call_id.to_owned()).or_default();
+        // A retry finds its entry without allocating its key again.
+        let state = match calls.get_mut(tool_call_id) {
+            Some(state) => state,
+            None => calls.entry(tool_call_id.to_owned()).or_default(),
+        };
         state.attempts += 1;
         let token = if take_token {
             state.approval_token.take()

@@ -583,13 +583,16 @@ async fn execute<E: Send + 'static>(
     Span::current().record("decision_id", field::display(decision_id));
     let reserved = info.amount.unwrap_or(0);
     let mut on_drop = ReleaseOnDrop {
-        info: Some(info.clone()),
+        info: Some(info),
         decision_id,
         attempt,
         started,
     };
     let result = run_inner(invoke, call).await;
-    on_drop.disarm();
+    // Armed with the info just above; only this disarm takes it back.
+    let Some(info) = on_drop.disarm() else {
+        unreachable!("the call's info is taken back once, here");
+    };
 
     let (finalization, actual_cents) = match &result {
         Ok(output) => {
@@ -727,8 +730,9 @@ struct ReleaseOnDrop {
 }
 
 impl ReleaseOnDrop {
-    fn disarm(&mut self) {
-        self.info = None;
+    /// The call's info back, and nothing left to release on drop.
+    fn disarm(&mut self) -> Option<CallInfo> {
+        self.info.take()
     }
 }
 
