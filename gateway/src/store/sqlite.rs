@@ -477,8 +477,9 @@ impl Writer {
 /// The SQLite store: one connection on one writer thread, group commit.
 pub(crate) struct SqliteStore {
     writer: std::sync::Arc<Writer>,
-    /// The one thread every write runs on.
-    writer_thread: rayon_core::ThreadPool,
+    /// For a file database: the one thread every write runs on. In memory every
+    /// operation commits alone (there is no fsync to share), on its caller's thread.
+    writer_thread: Option<rayon_core::ThreadPool>,
     /// Operations that have asked for the connection and not yet run.
     arrivals: AtomicUsize,
     /// For a file database: what makes commits durable.
@@ -552,11 +553,18 @@ impl SqliteStore {
             }
             _ => (None, None),
         };
-        let writer_thread = rayon_core::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .thread_name(|_| "paybond-writer".to_owned())
-            .build()
-            .map_err(|e| ApiError::internal(format_args!("cannot start the writer thread: {e}")))?;
+        let writer_thread = match durability {
+            Some(_) => Some(
+                rayon_core::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .thread_name(|_| "paybond-writer".to_owned())
+                    .build()
+                    .map_err(|e| {
+                        ApiError::internal(format_args!("cannot start the writer thread: {e}"))
+                    })?,
+            ),
+            None => None,
+        };
         Ok(Self {
             writer,
             writer_thread,
@@ -596,9 +604,9 @@ impl SqliteStore {
     /// Runs `f` in the current group transaction, in a savepoint of its own, and
     /// returns once the group's commit is durable.
     ///
-    /// Every operation runs on the store's one writer thread, in the order they
-    /// arrive, so operations follow one another on a warm connection instead of
-    /// handing its lock from one caller's thread to the next. An operation that
+    /// Every operation on a file database runs on the store's one writer thread,
+    /// in the order they arrive, so operations follow one another on a warm
+    /// connection instead of handing its lock from one caller's thread to the next. An operation that
     /// finds no other waiting commits its group; the callers wait for that
     /// commit, then for its fsync, on their own threads.
     pub(crate) fn write<T: Send>(
@@ -606,7 +614,10 @@ impl SqliteStore {
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError> + Send,
     ) -> Result<T, ApiError> {
         self.arrivals.fetch_add(1, Ordering::SeqCst);
-        let (out, id) = self.writer_thread.install(|| self.run_in_group(f));
+        let (out, id) = match &self.writer_thread {
+            Some(thread) => thread.install(|| self.run_in_group(f)),
+            None => self.run_in_group(f),
+        };
         let mut b = self.writer.lock();
         while b.committed < id {
             b = self
