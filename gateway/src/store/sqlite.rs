@@ -606,9 +606,9 @@ impl SqliteStore {
     ///
     /// Every operation on a file database runs on the store's one writer thread,
     /// in the order they arrive, so operations follow one another on a warm
-    /// connection instead of handing its lock from one caller's thread to the next. An operation that
-    /// finds no other waiting commits its group; the callers wait for that
-    /// commit, then for its fsync, on their own threads.
+    /// connection instead of handing its lock from one caller's thread to the
+    /// next. An operation that finds no other waiting commits its group; the
+    /// callers wait for that commit, then for its fsync, on their own threads.
     pub(crate) fn write<T: Send>(
         &self,
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError> + Send,
@@ -647,9 +647,10 @@ impl SqliteStore {
         }
     }
 
-    /// On the writer thread: runs `f` in the open group (opening one if none is),
-    /// and commits the group when no other operation is waiting to join it or it
-    /// is full. Answers what `f` returned (or its panic) and the group's id.
+    /// Runs `f` in the open group (opening one if none is), and commits the group
+    /// when no other operation is waiting to join it or it is full (on the writer
+    /// thread for a file database). Answers what `f` returned (or its panic) and
+    /// the group's id.
     fn run_in_group<T>(
         &self,
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
