@@ -15,7 +15,6 @@ use std::time::Duration;
 use biscuit_auth::builder::AuthorizerBuilder;
 use biscuit_auth::{AuthorizerLimits, Biscuit, KeyPair, PrivateKey};
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 /// Lowercase hex SHA-256 of `data`.
 pub(crate) fn sha256_hex(data: &[u8]) -> String {
@@ -45,9 +44,13 @@ pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// 256 random bits as 64 hex characters (two v4 UUIDs: the OS random source).
+/// 256 random bits from the OS random source, as 64 hex characters: keys,
+/// tokens and other secrets.
 pub(crate) fn random_hex() -> String {
-    format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+    use rand_core::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    hex(&bytes)
 }
 
 /// What a valid capability token grants.
@@ -234,6 +237,15 @@ mod tests {
         assert_eq!(&text[text.len() - 6..], "fdfeff");
         assert_eq!(hex(&[0xab, 0x0c]), "ab0c");
         assert_eq!(unhex(&text), Some(bytes));
+    }
+
+    #[test]
+    fn random_hex_is_256_bits_and_never_repeats() {
+        let secrets: std::collections::HashSet<String> = (0..1000).map(|_| random_hex()).collect();
+        assert_eq!(secrets.len(), 1000);
+        for s in &secrets {
+            assert_eq!(unhex(s).map(|b| b.len()), Some(32), "{s}");
+        }
     }
 
     #[test]
