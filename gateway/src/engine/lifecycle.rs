@@ -827,11 +827,27 @@ impl Engine {
     }
 }
 
-/// Expires every open reservation past its TTL: its amount returns to its intent's
-/// budget and the expiry goes on the ledger. Runs in the background sweep; decisions
-/// and reads leave lapsed reservations out before it gets to them ([`lapsed_cents`]).
-/// Open reservations of `intent` past their TTL that the sweep has not expired yet:
-/// every read of a budget leaves them out.
+// The queries over open reservations, each answered from an index that holds only
+// open reservations (`reservations_open_by_*`; a test pins their plans).
+
+/// How many reservations of intent `?1` are open and not past their TTL at `?2`.
+pub(crate) const OPEN_OF_INTENT: &str = "SELECT COUNT(*) FROM reservations
+    WHERE intent_id = ?1 AND state = 'open' AND expires_ms > ?2";
+
+/// The amount of intent `?1`'s reservations past their TTL at `?2` and not yet
+/// expired by the sweep.
+pub(crate) const LAPSED_OF_INTENT: &str = "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT)
+    FROM reservations WHERE intent_id = ?1 AND state = 'open' AND expires_ms <= ?2";
+
+/// The reservations the sweep expires at `?1`, tenant by tenant.
+pub(crate) const DUE: &str = "SELECT tenant_id, id, intent_id, amount_cents, state, expires_ms,
+    created_ms, agent, agent_subject, vendor, tool FROM reservations
+    WHERE state = 'open' AND expires_ms <= ?1 ORDER BY tenant_id";
+
+/// How many reservations are open and not past their TTL at `?1`.
+pub(crate) const OPEN: &str =
+    "SELECT COUNT(*) FROM reservations WHERE state = 'open' AND expires_ms > ?1";
+
 /// An intent's reserved amount without reservations past their TTL (expired or
 /// not by the sweep yet), and how many reservations are still open.
 pub(crate) fn live_reservations(
@@ -840,50 +856,40 @@ pub(crate) fn live_reservations(
     reserved: u64,
     now: i64,
 ) -> Result<(u64, u64), ApiError> {
-    let open: u64 = tx.query_one(
-        "SELECT COUNT(*) FROM reservations WHERE intent_id = ?1 AND state = 'open' AND expires_ms > ?2",
-        args![intent, now],
-        |r| r.get(0),
-    )?;
+    let open: u64 = tx.query_one(OPEN_OF_INTENT, args![intent, now], |r| r.get(0))?;
     Ok((
         reserved.saturating_sub(lapsed_cents(tx, intent, now)?),
         open,
     ))
 }
 
+/// Open reservations of `intent` past their TTL that the sweep has not expired yet:
+/// every read of a budget leaves them out.
 pub(crate) fn lapsed_cents(tx: &dyn Tx, intent: &str, now: i64) -> Result<u64, ApiError> {
-    tx.query_one(
-        "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM reservations
-         WHERE intent_id = ?1 AND state = 'open' AND expires_ms <= ?2",
-        args![intent, now],
-        |r| r.get(0),
-    )
+    tx.query_one(LAPSED_OF_INTENT, args![intent, now], |r| r.get(0))
 }
 
+/// Expires every open reservation past its TTL: its amount returns to its intent's
+/// budget and the expiry goes on the ledger. Runs in the background sweep; decisions
+/// and reads leave lapsed reservations out before it gets to them ([`lapsed_cents`]).
 pub(crate) fn expire_due(tx: &dyn Tx, now: i64) -> Result<u64, ApiError> {
-    let due: Vec<(String, String, ReservationRow)> = tx.query_map(
-        "SELECT tenant_id, id, intent_id, amount_cents, state, expires_ms, created_ms, agent,
-         agent_subject, vendor, tool FROM reservations
-         WHERE state = 'open' AND expires_ms <= ?1 ORDER BY tenant_id",
-        args![now],
-        |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                ReservationRow {
-                    intent: r.get(2)?,
-                    amount: r.get(3)?,
-                    state: r.get(4)?,
-                    expires: r.get(5)?,
-                    created: r.get(6)?,
-                    agent: r.get(7)?,
-                    agent_subject: r.get(8)?,
-                    vendor: r.get(9)?,
-                    tool: r.get(10)?,
-                },
-            ))
-        },
-    )?;
+    let due: Vec<(String, String, ReservationRow)> = tx.query_map(DUE, args![now], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            ReservationRow {
+                intent: r.get(2)?,
+                amount: r.get(3)?,
+                state: r.get(4)?,
+                expires: r.get(5)?,
+                created: r.get(6)?,
+                agent: r.get(7)?,
+                agent_subject: r.get(8)?,
+                vendor: r.get(9)?,
+                tool: r.get(10)?,
+            },
+        ))
+    })?;
     let mut expired = 0;
     for (tenant, id, row) in &due {
         // Tenants are locked in order, so two sweeps on two replicas cannot deadlock;

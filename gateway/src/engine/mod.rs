@@ -975,13 +975,7 @@ impl Engine {
 
     /// Reservations not yet finalized (and not past their TTL).
     pub fn open_reservations(&self) -> Result<u64, ApiError> {
-        self.tx(|tx, now| {
-            tx.query_one(
-                "SELECT COUNT(*) FROM reservations WHERE state = 'open' AND expires_ms > ?1",
-                args![now],
-                |r| r.get(0),
-            )
-        })
+        self.tx(|tx, now| tx.query_one(lifecycle::OPEN, args![now], |r| r.get(0)))
     }
 
     /// Prometheus text for `/metrics`.

@@ -992,6 +992,41 @@ mod tests {
     }
 
     #[test]
+    fn open_reservations_are_found_through_their_own_indexes() {
+        use crate::engine::lifecycle::{DUE, LAPSED_OF_INTENT, OPEN, OPEN_OF_INTENT};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&Storage::File(dir.path().join("p.db")), 1 << 20).unwrap();
+        let plan = |sql: &str, args: &[crate::store::Arg<'_>]| -> String {
+            store
+                .write(|tx| {
+                    tx.query_map(&format!("EXPLAIN QUERY PLAN {sql}"), args, |r| {
+                        r.get::<String>(3)
+                    })
+                })
+                .unwrap()
+                .join("; ")
+        };
+        for (sql, args, index) in [
+            (
+                LAPSED_OF_INTENT,
+                args!["i", 1_i64],
+                "reservations_open_by_intent_expiry",
+            ),
+            (
+                OPEN_OF_INTENT,
+                args!["i", 1_i64],
+                "reservations_open_by_intent_expiry",
+            ),
+            (DUE, args![1_i64], "reservations_open_by_expiry"),
+            (OPEN, args![1_i64], "reservations_open_by_expiry"),
+        ] {
+            let plan = plan(sql, args);
+            assert!(plan.contains(index), "{sql}\n{plan}");
+            assert!(!plan.contains("SCAN reservations"), "{sql}\n{plan}");
+        }
+    }
+
+    #[test]
     fn commits_before_a_failed_fsync_stay_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let wal = dir.path().join("paybond.db-wal");
