@@ -20,8 +20,9 @@
 //! A retry that carried a valid approval token counts as approved (the operator
 //! approved that exact call); a later attempt of a call the replay already allowed
 //! is `not_reached`; a hold the gateway refused to open (`approval_rate_limited`)
-//! stays refused when the new policy holds the call too. Decisions refused for reasons no policy changes (the
-//! capability token, the intent's state, a bad approval token) keep their outcome.
+//! stays refused when the new policy holds the call too. Decisions refused for
+//! reasons no policy changes (the capability token, the intent's state, a bad
+//! approval token) keep their outcome.
 //! Decisions before `since` are applied as recorded and not reported.
 
 use std::collections::{HashMap, HashSet};

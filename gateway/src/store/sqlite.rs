@@ -617,7 +617,7 @@ impl SqliteStore {
         let (out, id) = match &self.writer_thread {
             Some(thread) => thread.install(|| self.run_in_group(f)),
             None => self.run_in_group(f),
-        };
+        }?;
         let mut b = self.writer.lock();
         while b.committed < id {
             b = self
@@ -650,17 +650,17 @@ impl SqliteStore {
     /// Runs `f` in the open group (opening one if none is), and commits the group
     /// when no other operation is waiting to join it or it is full (on the writer
     /// thread for a file database). Answers what `f` returned (or its panic) and
-    /// the group's id.
+    /// the group's id; an error when no group could be opened.
     fn run_in_group<T>(
         &self,
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
-    ) -> (std::thread::Result<Result<T, ApiError>>, u64) {
+    ) -> Result<(std::thread::Result<Result<T, ApiError>>, u64), ApiError> {
         let mut b = self.writer.lock();
         if !b.open {
             if let Err(e) = control(&b.conn, "BEGIN IMMEDIATE") {
                 self.arrivals.fetch_sub(1, Ordering::SeqCst);
                 // No group was opened: nothing of this operation to wait for.
-                return (Ok(Err(e.into())), b.committed);
+                return Err(e.into());
             }
             b.open = true;
             b.id += 1;
@@ -710,7 +710,7 @@ impl SqliteStore {
             }
             self.writer.done.notify_all();
         }
-        (out, id)
+        Ok((out, id))
     }
 }
 
