@@ -2,12 +2,15 @@
 //!
 //! - In process (`-- in-process`): `Engine::verify` + `Engine::complete` by 1, 16 and 64
 //!   threads on the SQLite file store (durable) and the in-memory store; then
-//!   `Engine::verify` alone by 16 and 64 threads on the file store.
+//!   `Engine::verify` alone by one thread in memory (the CPU cost of a decision) and by
+//!   16 and 64 threads on the file store.
 //! - Over loopback HTTP (`-- http`), 16 connections: the server's `/healthz` (the
 //!   floor), verify alone, and verify + complete, in the same run.
 //! - PostgreSQL (`-- postgres`, on `PAYBOND_BENCH_DATABASE_URL` or
 //!   `PAYBOND_TEST_DATABASE_URL`): in process, then over HTTP with one replica and
 //!   with three replicas on one database.
+//! - For a profiler (`perf record … decisions-<hash> profile`): `-- profile` repeats
+//!   verify alone by one thread in memory, `-- profile-file` by 16 threads on a file.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)] // a bench binary
 
@@ -278,6 +281,32 @@ fn main() {
     println!(
         "decisions = verify + complete(consumed); {RUN_FOR:?} per row; 2-worker tokio runtime for HTTP\n"
     );
+    if only.as_deref() == Some("profile") {
+        // One caller on the in-memory store, verify alone: the CPU cost of a decision,
+        // for a profiler (`perf record`) to look at without fsync waits.
+        let s = Arc::new(setup(Storage::Memory));
+        for _ in 0..3 {
+            in_process_on(
+                "verify alone, SQLite memory,  1 thread(s)",
+                s.clone(),
+                1,
+                true,
+            );
+        }
+        return;
+    }
+    if only.as_deref() == Some("profile-file") {
+        let s = Arc::new(setup(Storage::File(dir.path().join("profile.db"))));
+        for _ in 0..3 {
+            in_process_on(
+                "verify alone, SQLite file, 16 thread(s)",
+                s.clone(),
+                16,
+                true,
+            );
+        }
+        return;
+    }
     if runs("in-process") {
         for threads in [1, 16, 64] {
             in_process(
@@ -293,6 +322,12 @@ fn main() {
                 false,
             );
         }
+        in_process(
+            "verify alone, SQLite memory,  1 thread(s)",
+            Storage::Memory,
+            1,
+            true,
+        );
         for threads in [16, 64] {
             in_process(
                 &format!("verify alone, SQLite file, {threads:>2} thread(s)"),

@@ -163,20 +163,28 @@ pub(crate) fn spent(
 }
 
 /// Adds `delta` cents to every counter the reservation falls into.
+///
+/// One keyed update per bucket: a single statement with `bucket IN (…)` makes
+/// SQLite build a temporary B-tree of the list on every call, which cost more than
+/// the updates themselves.
 pub(crate) fn adjust(tx: &dyn Tx, r: &Counted<'_>, delta: i64) -> Result<(), ApiError> {
     if delta == 0 {
         return Ok(());
     }
-    let agent = Bucket::Agent(r.agent).key();
-    let sub = r.agent_subject.map(|s| Bucket::SubAgent(r.agent, s).key());
-    let vendor = r.vendor.map(|v| Bucket::Vendor(v).key());
-    let tool = Bucket::Tool(r.tool).key();
-    tx.execute(
-        "UPDATE spend_counters SET spent_cents = spent_cents + ?3
-         WHERE tenant_id = ?1 AND window_start <= ?2 AND window_end > ?2
-         AND bucket IN ('tenant', ?4, ?5, ?6, ?7)",
-        args![r.tenant, r.created_ms, delta, agent, sub, vendor, tool],
-    )?;
+    let buckets = [
+        Some(Bucket::Tenant),
+        Some(Bucket::Agent(r.agent)),
+        r.agent_subject.map(|s| Bucket::SubAgent(r.agent, s)),
+        r.vendor.map(Bucket::Vendor),
+        Some(Bucket::Tool(r.tool)),
+    ];
+    for bucket in buckets.iter().flatten() {
+        tx.execute(
+            "UPDATE spend_counters SET spent_cents = spent_cents + ?4
+             WHERE tenant_id = ?1 AND bucket = ?2 AND window_start <= ?3 AND window_end > ?3",
+            args![r.tenant, bucket.key(), r.created_ms, delta],
+        )?;
+    }
     Ok(())
 }
 
