@@ -158,7 +158,10 @@ async fn serve(engine: Arc<Engine>) -> String {
 /// Over loopback HTTP, `CLIENTS` connections spread over `bases` (one per replica):
 /// `/healthz`, verify alone, and verify + complete.
 async fn http(label: &str, s: &Setup, bases: Vec<String>) {
-    const CLIENTS: usize = 16;
+    let clients_n: usize = std::env::var("CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
     let client = reqwest::Client::new();
     let verify_body = serde_json::to_vec(&verify_request(s)).unwrap();
     let complete_body = serde_json::to_vec(&CompleteRequest {
@@ -172,7 +175,7 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>) {
     };
 
     let (c, b, p) = (client.clone(), bases.clone(), pick.clone());
-    let health = drive(CLIENTS, move || {
+    let health = drive(clients_n, move || {
         let (c, base) = (c.clone(), p(&b));
         async move {
             let r = c.get(format!("{base}/healthz")).send().await.unwrap();
@@ -221,8 +224,8 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>) {
             }
         }
     };
-    let alone = drive(CLIENTS, verify(false)).await;
-    let both = drive(CLIENTS, verify(true)).await;
+    let alone = drive(clients_n, verify(false)).await;
+    let both = drive(clients_n, verify(true)).await;
     print(&format!("http {label}: GET /healthz"), &health);
     print(&format!("http {label}: verify"), &alone);
     print(&format!("http {label}: verify + complete"), &both);

@@ -96,8 +96,10 @@ impl SpendGateway for EmbeddedGateway {
     }
 
     async fn verify(&self, request: &VerifyRequest) -> Result<VerifyResult, GatewayError> {
-        let request = request.clone();
-        self.run("verify", move |e, p| e.verify(p, &request)).await
+        self.engine
+            .verify_async(self.principal.clone(), request.clone())
+            .await
+            .map_err(|e| rejected("verify", e))
     }
 
     async fn complete_decision(
@@ -106,12 +108,15 @@ impl SpendGateway for EmbeddedGateway {
         request: &CompleteRequest,
         idempotency_key: &str,
     ) -> Result<CompleteResponse, GatewayError> {
-        let request = request.clone();
-        let key = idempotency_key.to_owned();
-        self.run("complete", move |e, p| {
-            e.complete(p, decision_id, &request, Some(&key))
-        })
-        .await
+        self.engine
+            .complete_async(
+                self.principal.clone(),
+                decision_id,
+                request.clone(),
+                Some(idempotency_key.to_owned()),
+            )
+            .await
+            .map_err(|e| rejected("complete", e))
     }
 
     async fn submit_evidence(

@@ -125,27 +125,44 @@ where
     T: Send + 'static,
     F: FnOnce(&Engine, &Principal, Option<String>) -> Result<T, ApiError> + Send + 'static,
 {
+    let (principal, key) = authenticated(state, creds).await?;
     let engine = state.engine.clone();
-    tokio::task::spawn_blocking(move || {
-        let Some(key) = creds.api_key else {
-            return Err(ApiError::unauthorized(
-                "missing `Authorization: Bearer <api key>`",
-            ));
-        };
-        let principal = engine.authenticate(&key)?;
-        if let Some(t) = &creds.tenant_header
-            && *t != principal.tenant_id
-        {
-            return Err(ApiError::forbidden(
-                "tenant_mismatch",
-                "x-tenant-id does not match the API key's tenant",
-            ));
+    tokio::task::spawn_blocking(move || f(&engine, &principal, key))
+        .await
+        .map_err(|e| fail(ApiError::internal(e)))?
+        .map_err(fail)
+}
+
+/// Who the request's API key is (from the engine's memory when it can, else on
+/// the blocking pool), checked against `x-tenant-id`; and its idempotency key.
+async fn authenticated(
+    state: &AppState,
+    creds: Credentials,
+) -> Result<(Principal, Option<String>), HttpError> {
+    let Some(key) = creds.api_key else {
+        return Err(fail(ApiError::unauthorized(
+            "missing `Authorization: Bearer <api key>`",
+        )));
+    };
+    let principal = match state.engine.authenticate_cached(&key) {
+        Some(p) => p,
+        None => {
+            let engine = state.engine.clone();
+            tokio::task::spawn_blocking(move || engine.authenticate(&key))
+                .await
+                .map_err(|e| fail(ApiError::internal(e)))?
+                .map_err(fail)?
         }
-        f(&engine, &principal, creds.idempotency_key)
-    })
-    .await
-    .map_err(|e| fail(ApiError::internal(e)))?
-    .map_err(fail)
+    };
+    if let Some(t) = &creds.tenant_header
+        && *t != principal.tenant_id
+    {
+        return Err(fail(ApiError::forbidden(
+            "tenant_mismatch",
+            "x-tenant-id does not match the API key's tenant",
+        )));
+    }
+    Ok((principal, creds.idempotency_key))
 }
 
 /// Parses a JSON body; malformed JSON is 400, a wrong or missing field 422, naming it.
@@ -297,13 +314,10 @@ async fn principal(State(s): State<AppState>, headers: HeaderMap) -> Answer {
 
 async fn verify(State(s): State<AppState>, request: Request) -> Answer {
     let (headers, bytes) = body(&s, request).await?;
-    let creds = credentials(&headers)?;
-    let r = with_engine(&s, creds, move |e, p, key| {
-        let mut req: VerifyRequest = parse(&bytes)?;
-        req.idempotency_key = merge_key(key, req.idempotency_key.take())?;
-        e.verify(p, &req)
-    })
-    .await?;
+    let (principal, key) = authenticated(&s, credentials(&headers)?).await?;
+    let mut req: VerifyRequest = parse(&bytes).map_err(fail)?;
+    req.idempotency_key = merge_key(key, req.idempotency_key.take()).map_err(fail)?;
+    let r = s.engine.verify_async(principal, req).await.map_err(fail)?;
     json(&r)
 }
 
@@ -321,13 +335,14 @@ async fn preflight(State(s): State<AppState>, request: Request) -> Answer {
 async fn complete(State(s): State<AppState>, Path(id): Path<String>, request: Request) -> Answer {
     let id = uuid_param(&id, "decision_id")?;
     let (headers, bytes) = body(&s, request).await?;
-    let creds = credentials(&headers)?;
-    let r = with_engine(&s, creds, move |e, p, key| {
-        let req: WithKey<CompleteRequest> = parse(&bytes)?;
-        let key = merge_key(key, req.idempotency_key)?;
-        e.complete(p, id, &req.request, key.as_deref())
-    })
-    .await?;
+    let (principal, key) = authenticated(&s, credentials(&headers)?).await?;
+    let req: WithKey<CompleteRequest> = parse(&bytes).map_err(fail)?;
+    let key = merge_key(key, req.idempotency_key).map_err(fail)?;
+    let r = s
+        .engine
+        .complete_async(principal, id, req.request, key)
+        .await
+        .map_err(fail)?;
     json(&r)
 }
 

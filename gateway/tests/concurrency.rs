@@ -1,5 +1,8 @@
 //! 64 concurrent agents reserving random amounts against shared caps: consumed plus
 //! open reservations never exceed any cap, checked while they run and at the end.
+//! Once through the engine's blocking calls, once with half the agents on its async
+//! ones (which queue to the SQLite writer thread without a thread of their own), so
+//! the groups the store commits hold both.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on setup failures
 
@@ -10,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::{BOOK, Fixture};
 use paybond_gateway::{EngineConfig, PolicyFile, Storage};
-use paybond_middleware_core::wire::{CompleteRequest, Finalization, VerifyRequest};
+use paybond_middleware_core::wire::{CompleteRequest, Finalization, VerifyRequest, VerifyResult};
+use uuid::Uuid;
 
 const TENANT_CAP: u64 = 80_000;
 const VENDOR_CAP: u64 = 30_000;
@@ -49,8 +53,47 @@ fn held(db: &rusqlite::Connection, now: i64) -> (u64, u64) {
     (tenant, vendor)
 }
 
-#[test]
-fn concurrent_reservations_never_exceed_a_cap() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reservations_never_exceed_a_cap() {
+    load(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_async_and_blocking_reservations_never_exceed_a_cap() {
+    load(true).await;
+}
+
+/// A verify, through the async call or the blocking one on the blocking pool.
+async fn verify(fx: &Fixture, asynchronous: bool, req: VerifyRequest) -> VerifyResult {
+    let (engine, principal) = (fx.engine.clone(), fx.agent.clone());
+    if asynchronous {
+        engine.verify_async(principal, req).await.unwrap()
+    } else {
+        tokio::task::spawn_blocking(move || engine.verify(&principal, &req))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+/// A completion, likewise.
+async fn complete(fx: &Fixture, asynchronous: bool, decision: Uuid, req: CompleteRequest) {
+    let (engine, principal) = (fx.engine.clone(), fx.agent.clone());
+    if asynchronous {
+        engine
+            .complete_async(principal, decision, req, None)
+            .await
+            .unwrap();
+    } else {
+        tokio::task::spawn_blocking(move || engine.complete(&principal, decision, &req, None))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// 64 agents, the odd ones on the async calls when `mixed`.
+async fn load(mixed: bool) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("paybond.db");
     let mut config = EngineConfig::new(Storage::File(path.clone()));
@@ -59,7 +102,7 @@ fn concurrent_reservations_never_exceed_a_cap() {
         text: POLICY.to_owned(),
         file: "load.yaml".to_owned(),
     });
-    let fx = Fixture::with_config(config);
+    let fx = Arc::new(Fixture::with_config(config));
     let (intent, token) = fx.intent(BUDGET);
 
     let done = Arc::new(AtomicBool::new(false));
@@ -87,36 +130,38 @@ fn concurrent_reservations_never_exceed_a_cap() {
     let denies = Arc::new(AtomicU64::new(0));
     let agents: Vec<_> = (0..64_u64)
         .map(|agent| {
-            let engine = fx.engine.clone();
-            let principal = fx.agent.clone();
+            let fx = fx.clone();
             let token = token.clone();
             let (allows, denies) = (allows.clone(), denies.clone());
-            std::thread::spawn(move || {
+            let asynchronous = mixed && agent % 2 == 1;
+            tokio::spawn(async move {
                 let mut rng = fastrand::Rng::with_seed(agent);
                 for i in 0..30 {
                     let amount = rng.u64(100..=5_000);
                     let vendor = if rng.bool() { "vendor_a" } else { "vendor_b" };
-                    let r = engine
-                        .verify(
-                            &principal,
-                            &VerifyRequest {
-                                intent_id: intent,
-                                token: token.clone(),
-                                operation: BOOK.to_owned(),
-                                requested_spend_cents: amount,
-                                vendor_id: Some(vendor.to_owned()),
-                                task_id: None,
-                                workflow_id: None,
-                                tool_call_id: Some(format!("a{agent}-{i}")),
-                                tool_name: Some(BOOK.to_owned()),
-                                currency: None,
-                                agent_subject: Some(format!("agent-{agent}")),
-                                approval_token: None,
-                                idempotency_key: Some(format!("a{agent}-{i}")),
-                                phase: None,
-                            },
-                        )
-                        .unwrap();
+                    let req = VerifyRequest {
+                        intent_id: intent,
+                        token: token.clone(),
+                        operation: BOOK.to_owned(),
+                        requested_spend_cents: amount,
+                        vendor_id: Some(vendor.to_owned()),
+                        task_id: None,
+                        workflow_id: None,
+                        tool_call_id: Some(format!("a{agent}-{i}")),
+                        tool_name: Some(BOOK.to_owned()),
+                        currency: None,
+                        agent_subject: Some(format!("agent-{agent}")),
+                        approval_token: None,
+                        idempotency_key: Some(format!("a{agent}-{i}")),
+                        phase: None,
+                    };
+                    let r = verify(&fx, asynchronous, req.clone()).await;
+                    if i == 0 {
+                        // The same key and body answers the same decision, either way.
+                        let again = verify(&fx, !asynchronous, req).await;
+                        assert_eq!(again.decision_id, r.decision_id);
+                        assert_eq!(again.allow, r.allow);
+                    }
                     if !r.allow {
                         denies.fetch_add(1, Ordering::SeqCst);
                         continue;
@@ -136,14 +181,14 @@ fn concurrent_reservations_never_exceed_a_cap() {
                         _ => None,
                     };
                     if let Some(c) = finalization {
-                        engine.complete(&principal, decision, &c, None).unwrap();
+                        complete(&fx, asynchronous, decision, c).await;
                     }
                 }
             })
         })
         .collect();
     for a in agents {
-        a.join().unwrap();
+        a.await.unwrap();
     }
     done.store(true, Ordering::SeqCst);
     let violations = monitor.join().unwrap();

@@ -1,6 +1,7 @@
 //! `verify`: the checks in order (listed in the crate's README), first failure wins.
 
 use paybond_middleware_core::format_money;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -321,6 +322,32 @@ struct ToolLimits {
     per_hour: Vec<(String, u32)>,
 }
 
+/// What a verify request must satisfy before anything is read: an agent's key,
+/// and every name and amount within bounds.
+fn check_verify(principal: &Principal, req: &VerifyRequest) -> Result<(), ApiError> {
+    require_role(principal, &[Role::Agent])?;
+    check_call_fields(
+        &[
+            ("operation", Some(req.operation.as_str())),
+            ("tool_name", req.tool_name.as_deref()),
+            ("vendor_id", req.vendor_id.as_deref()),
+            ("agent_subject", req.agent_subject.as_deref()),
+            ("task_id", req.task_id.as_deref()),
+            ("workflow_id", req.workflow_id.as_deref()),
+            ("tool_call_id", req.tool_call_id.as_deref()),
+            ("currency", req.currency.as_deref()),
+            ("idempotency_key", req.idempotency_key.as_deref()),
+            (
+                "approval_token",
+                req.approval_token.as_ref().map(|t| t.expose_secret()),
+            ),
+        ],
+        req.requested_spend_cents,
+        &req.operation,
+        "operation must not be empty",
+    )
+}
+
 fn tool_limits(doc: &PolicyDocument, tools: &[String]) -> ToolLimits {
     fn lower(a: Option<u64>, b: Option<u64>) -> Option<u64> {
         match (a, b) {
@@ -358,27 +385,7 @@ impl Engine {
         principal: &Principal,
         req: &VerifyRequest,
     ) -> Result<VerifyResult, ApiError> {
-        require_role(principal, &[Role::Agent])?;
-        check_call_fields(
-            &[
-                ("operation", Some(req.operation.as_str())),
-                ("tool_name", req.tool_name.as_deref()),
-                ("vendor_id", req.vendor_id.as_deref()),
-                ("agent_subject", req.agent_subject.as_deref()),
-                ("task_id", req.task_id.as_deref()),
-                ("workflow_id", req.workflow_id.as_deref()),
-                ("tool_call_id", req.tool_call_id.as_deref()),
-                ("currency", req.currency.as_deref()),
-                ("idempotency_key", req.idempotency_key.as_deref()),
-                (
-                    "approval_token",
-                    req.approval_token.as_ref().map(|t| t.expose_secret()),
-                ),
-            ],
-            req.requested_spend_cents,
-            &req.operation,
-            "operation must not be empty",
-        )?;
+        check_verify(principal, req)?;
         let started = Instant::now();
         let policy = self.policy_for(&principal.tenant_id)?;
         let result = self.idempotent(
@@ -388,6 +395,43 @@ impl Engine {
             req,
             |tx, now| self.decide(tx, now, principal, req, policy.as_deref()),
         )?;
+        self.count_verify(started, &result);
+        Ok(result)
+    }
+
+    /// [`Self::verify`] for async callers. On the SQLite file store, with the
+    /// tenant's policy already parsed, the decision goes straight to the store's
+    /// writer thread and no thread waits for its commit; otherwise it runs as
+    /// [`Self::verify`] on the blocking pool.
+    pub async fn verify_async(
+        self: &Arc<Self>,
+        principal: Principal,
+        req: VerifyRequest,
+    ) -> Result<VerifyResult, ApiError> {
+        let Some(policy) = self.cached_policy(&principal.tenant_id) else {
+            let engine = self.clone();
+            return tokio::task::spawn_blocking(move || engine.verify(&principal, &req))
+                .await
+                .map_err(|e| ApiError::internal(format_args!("the engine's task failed: {e}")))?;
+        };
+        check_verify(&principal, &req)?;
+        let started = Instant::now();
+        let key = req.idempotency_key.clone();
+        let result = self
+            .idempotent_async(
+                principal.tenant_id.clone(),
+                "verify",
+                key.as_deref(),
+                req,
+                move |engine, tx, now, req| engine.decide(tx, now, &principal, req, Some(&policy)),
+            )
+            .await?;
+        self.count_verify(started, &result);
+        Ok(result)
+    }
+
+    /// A verify's latency and outcome, in the metrics.
+    fn count_verify(&self, started: Instant, result: &VerifyResult) {
         self.metrics
             .observe(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
         let counter = if result.allow {
@@ -398,7 +442,6 @@ impl Engine {
             &self.metrics.deny
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        Ok(result)
     }
 
     /// `POST /v1/spend/preflight`: what verify would decide for this call now, with

@@ -1,5 +1,7 @@
 //! Intents, evidence, finalizing reservations, approvals and the expiry sweep.
 
+use std::sync::Arc;
+
 use paybond_middleware_core::wire::{
     ApprovalState, ApprovalStatus, CompleteRequest, CompleteResponse, EvidenceRequest,
     EvidenceResponse, Finalization, LifecycleStatus, Principal, Role, SandboxBootstrapRequest,
@@ -560,21 +562,39 @@ impl Engine {
     ) -> Result<CompleteResponse, ApiError> {
         require_role(principal, &[Role::Agent])?;
         bounded("idempotency_key", idempotency_key)?;
-        #[derive(Serialize)]
-        struct Keyed<'a> {
-            decision_id: Uuid,
-            request: &'a CompleteRequest,
-        }
         self.idempotent(
             &principal.tenant_id,
             "complete",
             idempotency_key,
-            &Keyed {
+            &CompleteKeyed {
                 decision_id,
-                request: req,
+                request: req.clone(),
             },
             |tx, now| complete_tx(tx, now, principal, decision_id, req),
         )
+    }
+
+    /// [`Self::complete`] for async callers (see [`Self::tx_in_async`]).
+    pub async fn complete_async(
+        self: &Arc<Self>,
+        principal: Principal,
+        decision_id: Uuid,
+        req: CompleteRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<CompleteResponse, ApiError> {
+        require_role(&principal, &[Role::Agent])?;
+        bounded("idempotency_key", idempotency_key.as_deref())?;
+        self.idempotent_async(
+            principal.tenant_id.clone(),
+            "complete",
+            idempotency_key.as_deref(),
+            CompleteKeyed {
+                decision_id,
+                request: req,
+            },
+            move |_, tx, now, keyed| complete_tx(tx, now, &principal, decision_id, &keyed.request),
+        )
+        .await
     }
 
     // ---- approvals ----
@@ -1008,6 +1028,13 @@ fn intent_view(
         deadline: rfc3339(deadline),
         capability_token: None,
     })
+}
+
+/// What a completion's idempotency key is matched by: the decision and the request.
+#[derive(Serialize)]
+struct CompleteKeyed {
+    decision_id: Uuid,
+    request: CompleteRequest,
 }
 
 pub(crate) fn complete_tx(

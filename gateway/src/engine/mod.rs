@@ -462,7 +462,7 @@ impl Engine {
     pub(crate) fn idempotent<R, T>(
         &self,
         tenant_id: &str,
-        route: &str,
+        route: &'static str,
         key: Option<&str>,
         request: &R,
         f: impl FnOnce(&dyn Tx, i64) -> Result<T, ApiError> + Send,
@@ -471,52 +471,118 @@ impl Engine {
         R: Serialize + Sync,
         T: Serialize + serde::de::DeserializeOwned + Send,
     {
-        let Some(key) = key else {
+        let Some(keyed) = Keyed::new(route, key, request)? else {
             return self.tx_in(tenant_id, f);
         };
-        if key.is_empty() || key.len() > 255 {
-            return Err(ApiError::bad_request(
-                "invalid_idempotency_key",
-                "idempotency_key must be 1 to 255 characters",
-            ));
-        }
-        let body_hash = sha256_hex(
-            paybond_policies::canonical_json(&serde_json::to_value(request)?).as_bytes(),
-        );
         self.tx_in(tenant_id, |tx, now| {
-            let stored: Option<(String, String, String)> = tx
-                .query_opt(
-                    "SELECT route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
-                    args![tenant_id, key],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                ?;
-            if let Some((stored_route, stored_hash, response)) = stored {
-                if stored_route != route || stored_hash != body_hash {
-                    return Err(ApiError::conflict(
-                        "idempotency_key_reused",
-                        "this idempotency key was used with a different request; use a new key",
-                    ));
-                }
-                let mut response: serde_json::Value = serde_json::from_str(&response)?;
-                self.reissue_token(tx, now, tenant_id, &mut response)?;
-                return Ok(serde_json::from_value(response)?);
-            }
-            let out = f(tx, now)?;
-            // Stored without its secret: a capability token is minted again on replay.
-            let mut stored = serde_json::to_value(&out)?;
-            if let Some(token) = stored.get_mut("capability_token")
-                && token.is_string()
-            {
-                *token = serde_json::Value::String(REISSUE.to_owned());
-            }
-            tx.execute(
-                "INSERT INTO idempotency (tenant_id, key, route, body_hash, response, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                args![tenant_id, key, route, body_hash, serde_json::to_string(&stored)?, now],
-            )?;
-            Ok(out)
+            self.keyed(tx, now, tenant_id, &keyed, f)
         })
+    }
+
+    /// In a transaction of `tenant_id`'s: the stored answer to `keyed` if there is
+    /// one (a 409 if its request differs), else `f`'s, stored under the key.
+    fn keyed<T>(
+        &self,
+        tx: &dyn Tx,
+        now: i64,
+        tenant_id: &str,
+        keyed: &Keyed,
+        f: impl FnOnce(&dyn Tx, i64) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError>
+    where
+        T: Serialize + serde::de::DeserializeOwned,
+    {
+        let stored: Option<(String, String, String)> = tx.query_opt(
+            "SELECT route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
+            args![tenant_id, keyed.key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        if let Some((stored_route, stored_hash, response)) = stored {
+            if stored_route != keyed.route || stored_hash != keyed.body_hash {
+                return Err(ApiError::conflict(
+                    "idempotency_key_reused",
+                    "this idempotency key was used with a different request; use a new key",
+                ));
+            }
+            let mut response: serde_json::Value = serde_json::from_str(&response)?;
+            self.reissue_token(tx, now, tenant_id, &mut response)?;
+            return Ok(serde_json::from_value(response)?);
+        }
+        let out = f(tx, now)?;
+        // Stored without its secret: a capability token is minted again on replay.
+        let mut stored = serde_json::to_value(&out)?;
+        if let Some(token) = stored.get_mut("capability_token")
+            && token.is_string()
+        {
+            *token = serde_json::Value::String(REISSUE.to_owned());
+        }
+        tx.execute(
+            "INSERT INTO idempotency (tenant_id, key, route, body_hash, response, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            args![
+                tenant_id,
+                keyed.key,
+                keyed.route,
+                keyed.body_hash,
+                serde_json::to_string(&stored)?,
+                now
+            ],
+        )?;
+        Ok(out)
+    }
+
+    /// [`Self::idempotent`] for async callers (see [`Self::tx_in_async`]); `f` is
+    /// handed the engine and the request.
+    pub(crate) async fn idempotent_async<R, T, F>(
+        self: &Arc<Self>,
+        tenant_id: String,
+        route: &'static str,
+        key: Option<&str>,
+        request: R,
+        f: F,
+    ) -> Result<T, ApiError>
+    where
+        R: Serialize + Send + 'static,
+        T: Serialize + serde::de::DeserializeOwned + Send + 'static,
+        F: FnOnce(&Self, &dyn Tx, i64, &R) -> Result<T, ApiError> + Send + 'static,
+    {
+        let keyed = Keyed::new(route, key, &request)?;
+        self.tx_in_async(tenant_id, move |engine, tx, now, tenant_id| match &keyed {
+            Some(keyed) => engine.keyed(tx, now, tenant_id, keyed, |tx, now| {
+                f(engine, tx, now, &request)
+            }),
+            None => f(engine, tx, now, &request),
+        })
+        .await
+    }
+
+    /// [`Self::tx_in`] for async callers. On the SQLite file store the transaction
+    /// goes to the store's writer thread and the caller awaits its durable commit
+    /// without holding a thread; on the other stores it runs on the blocking pool.
+    /// `f` is handed the engine and the tenant.
+    pub(crate) async fn tx_in_async<T, F>(
+        self: &Arc<Self>,
+        tenant_id: String,
+        f: F,
+    ) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Self, &dyn Tx, i64, &str) -> Result<T, ApiError> + Send + 'static,
+    {
+        let op = move |engine: &Arc<Self>, tx: &dyn Tx| {
+            tx.lock_tenant(&tenant_id)?;
+            f(engine, tx, engine.now_ms(), &tenant_id)
+        };
+        match self.store.submit(self.clone(), op) {
+            Ok(answer) => answer.await,
+            Err((engine, op)) => {
+                tokio::task::spawn_blocking(move || engine.store.write(None, |tx| op(&engine, tx)))
+                    .await
+                    .map_err(|e| {
+                        ApiError::internal(format_args!("the engine's task failed: {e}"))
+                    })?
+            }
+        }
     }
 
     /// A replayed answer whose capability token was left out of the store gets a
@@ -677,15 +743,21 @@ impl Engine {
         })
     }
 
+    /// Who an API key is, when the engine has it in memory (it asks the store
+    /// nothing): `None` means [`Self::authenticate`] has to.
+    pub fn authenticate_cached(&self, api_key: &str) -> Option<Principal> {
+        let hash = sha256_hex(api_key.as_bytes());
+        let cache = self.principals.lock().ok()?;
+        let (p, at) = cache.get(&hash)?;
+        (!self.store.shared() || at.elapsed() < SHARED_KEY_TTL).then(|| p.clone())
+    }
+
     /// Who an API key is; 401 for a key this gateway did not issue.
     pub fn authenticate(&self, api_key: &str) -> Result<Principal, ApiError> {
-        let hash = sha256_hex(api_key.as_bytes());
-        if let Ok(cache) = self.principals.lock()
-            && let Some((p, at)) = cache.get(&hash)
-            && (!self.store.shared() || at.elapsed() < SHARED_KEY_TTL)
-        {
-            return Ok(p.clone());
+        if let Some(p) = self.authenticate_cached(api_key) {
+            return Ok(p);
         }
+        let hash = sha256_hex(api_key.as_bytes());
         let row: Option<(String, String, String, String, String)> = self.tx(|tx, _| {
             tx.query_opt(
                 "SELECT k.key_id, k.tenant_id, k.role, k.subject, t.environment
@@ -900,6 +972,15 @@ impl Engine {
         Ok(self.policy_for(tenant_id)?.map(|p| (*p).clone()))
     }
 
+    /// The tenant's effective policy when the engine holds it parsed and need not
+    /// ask the store whether it is current (a store no other process writes).
+    pub(crate) fn cached_policy(&self, tenant_id: &str) -> Option<Arc<EffectivePolicy>> {
+        if self.store.shared() {
+            return None;
+        }
+        self.policies.lock().ok()?.get(tenant_id).cloned()
+    }
+
     pub(crate) fn policy_for(
         &self,
         tenant_id: &str,
@@ -1033,6 +1114,41 @@ impl Engine {
 
 /// Stands in, in a stored idempotent answer, for the capability token it carried.
 const REISSUE: &str = "(reissued on replay)";
+
+/// A mutation's idempotency key, with what its stored answer is matched by.
+struct Keyed {
+    route: &'static str,
+    key: String,
+    /// Of the request's canonical JSON.
+    body_hash: String,
+}
+
+impl Keyed {
+    /// `None` without a key; a 400 for a key out of bounds.
+    fn new<R: Serialize>(
+        route: &'static str,
+        key: Option<&str>,
+        request: &R,
+    ) -> Result<Option<Self>, ApiError> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        if key.is_empty() || key.len() > 255 {
+            return Err(ApiError::bad_request(
+                "invalid_idempotency_key",
+                "idempotency_key must be 1 to 255 characters",
+            ));
+        }
+        let body_hash = sha256_hex(
+            paybond_policies::canonical_json(&serde_json::to_value(request)?).as_bytes(),
+        );
+        Ok(Some(Self {
+            route,
+            key: key.to_owned(),
+            body_hash,
+        }))
+    }
+}
 
 /// Longest identifier or name a request may carry (operation, tool, vendor, agent
 /// subject, task/workflow/tool-call id, idempotency key, approval token), in bytes.

@@ -416,6 +416,25 @@ impl Store {
         }
     }
 
+    /// [`Self::write`] for async callers, where the store can answer without a
+    /// blocking thread (the SQLite file store: see [`sqlite::SqliteStore::submit`]).
+    /// Gives `context` and `f` back otherwise.
+    pub(crate) fn submit<C, T, F>(
+        &self,
+        context: C,
+        f: F,
+    ) -> Result<impl Future<Output = Result<T, ApiError>> + Send + 'static, (C, F)>
+    where
+        C: Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&C, &dyn Tx) -> Result<T, ApiError> + Send + 'static,
+    {
+        match self {
+            Self::Sqlite(s) => s.submit(context, f),
+            Self::Postgres(_) => Err((context, f)),
+        }
+    }
+
     /// Runs `f` in a read-only transaction over one snapshot, beside the writes
     /// (see [`sqlite::SqliteStore::read`] and [`postgres::PgStore::read`]).
     pub(crate) fn read<T: Send>(

@@ -7,7 +7,9 @@
 //! A file database runs in WAL mode; each commit's WAL is fsynced (outside the
 //! connection's lock, one fsync for every commit before it) before any of its
 //! operations is answered, so an acknowledged decision survives `kill -9` and a
-//! power loss.
+//! power loss. Operations from async code ([`SqliteStore::submit`]) queue to the
+//! writer thread and are answered by a sync thread once their fsync is done, so
+//! none of them holds a thread while it waits.
 //!
 //! Checkpoints run on a background thread: a passive one on its own connection
 //! every 500 ms, and, as soon as the WAL has grown past its limit (its size is
@@ -20,7 +22,7 @@ use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, params_from_iter};
@@ -370,6 +372,20 @@ struct Batch {
     committed: u64,
     /// Recent groups whose commit failed, with why.
     failed: VecDeque<(u64, String)>,
+    /// Operations submitted by async callers ([`SqliteStore::submit`]) that ran in
+    /// the open group and wait for its commit.
+    waiting: Vec<Pending>,
+}
+
+/// How an async caller's operation is answered once its group has ended: with
+/// `Ok` when the group's commit is durable, with why when it failed or could not
+/// be made durable.
+type Finish = Box<dyn FnOnce(Result<(), ApiError>) + Send>;
+
+/// An async caller's operation that ran in group `group`, waiting for its end.
+struct Pending {
+    group: u64,
+    finish: Finish,
 }
 
 /// Makes commits durable: fsyncs of the WAL, each covering every commit before it.
@@ -476,19 +492,28 @@ impl Writer {
 
 /// The SQLite store: one connection on one writer thread, group commit.
 pub(crate) struct SqliteStore {
-    writer: std::sync::Arc<Writer>,
+    shared: Arc<Shared>,
     /// For a file database: the one thread every write runs on. In memory every
     /// operation commits alone (there is no fsync to share), on its caller's thread.
     writer_thread: Option<rayon_core::ThreadPool>,
-    /// Operations that have asked for the connection and not yet run.
-    arrivals: AtomicUsize,
-    /// For a file database: what makes commits durable.
-    durability: Option<Durability>,
-    /// Operations a commit takes at most.
-    max_batch: usize,
     /// The database file (none in memory): snapshot reads open their own connection.
     path: Option<PathBuf>,
     _checkpointer: Option<Checkpointer>,
+}
+
+/// What the writer thread's jobs share with the store.
+struct Shared {
+    writer: Arc<Writer>,
+    /// Operations that have asked for the connection and not yet run.
+    arrivals: AtomicUsize,
+    /// For a file database: what makes commits durable.
+    durability: Option<Arc<Durability>>,
+    /// Operations a commit takes at most.
+    max_batch: usize,
+    /// For a file database: the thread that answers async callers' operations once
+    /// their groups' commits are durable (it leads or follows the fsyncs as any
+    /// waiting caller does). It stops when this sender is dropped.
+    syncer: Option<mpsc::Sender<Pending>>,
 }
 
 /// A WAL above this size is truncated by the checkpointer (and trimmed to it when
@@ -505,7 +530,7 @@ impl SqliteStore {
                 i64::try_from(wal_limit_bytes).unwrap_or(i64::MAX),
             )?;
         }
-        let writer = std::sync::Arc::new(Writer {
+        let writer = Arc::new(Writer {
             batch: Mutex::new(Batch {
                 conn,
                 open: false,
@@ -513,6 +538,7 @@ impl SqliteStore {
                 ops: 0,
                 committed: 0,
                 failed: VecDeque::new(),
+                waiting: Vec::new(),
             }),
             done: Condvar::new(),
         });
@@ -539,20 +565,21 @@ impl SqliteStore {
                     Some(Checkpointer::start(
                         path,
                         &wal,
-                        std::sync::Arc::downgrade(&writer),
+                        Arc::downgrade(&writer),
                         std::time::Duration::from_millis(500),
                         wal_limit_bytes,
                     )?),
-                    Some(Durability {
+                    Some(Arc::new(Durability {
                         wal,
                         state: Mutex::new(Synced::default()),
                         synced_now: Condvar::new(),
                         committed: AtomicU64::new(0),
-                    }),
+                    })),
                 )
             }
             _ => (None, None),
         };
+        let syncer = durability.as_ref().map(start_syncer).transpose()?;
         let writer_thread = match durability {
             Some(_) => Some(
                 rayon_core::ThreadPoolBuilder::new()
@@ -566,11 +593,14 @@ impl SqliteStore {
             None => None,
         };
         Ok(Self {
-            writer,
+            shared: Arc::new(Shared {
+                writer,
+                arrivals: AtomicUsize::new(0),
+                max_batch: if durability.is_some() { MAX_BATCH } else { 1 },
+                durability,
+                syncer,
+            }),
             writer_thread,
-            arrivals: AtomicUsize::new(0),
-            max_batch: if durability.is_some() { MAX_BATCH } else { 1 },
-            durability,
             _checkpointer: checkpointer,
             path: match storage {
                 Storage::File(path) => Some(path.clone()),
@@ -613,14 +643,15 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError> + Send,
     ) -> Result<T, ApiError> {
-        self.arrivals.fetch_add(1, Ordering::SeqCst);
+        let shared = &*self.shared;
+        shared.arrivals.fetch_add(1, Ordering::SeqCst);
         let (out, id) = match &self.writer_thread {
-            Some(thread) => thread.install(|| self.run_in_group(f)),
-            None => self.run_in_group(f),
+            Some(thread) => thread.install(|| shared.run_in_group(f)),
+            None => shared.run_in_group(f),
         }?;
-        let mut b = self.writer.lock();
+        let mut b = shared.writer.lock();
         while b.committed < id {
-            b = self
+            b = shared
                 .writer
                 .done
                 .wait(b)
@@ -633,17 +664,125 @@ impl SqliteStore {
             .map(|(_, why)| why.clone());
         drop(b);
         // Answered only once the group's commit is on disk.
-        let durable = match (&self.durability, &failure) {
+        let durable = match (&shared.durability, &failure) {
             (Some(d), None) => d.wait(id),
             _ => Ok(()),
         };
         match (out, failure) {
             (Err(panic), _) => resume_unwind(panic),
-            (Ok(Ok(_)), Some(why)) => Err(ApiError::internal(format_args!(
-                "storage: the commit failed: {why}"
-            ))),
+            (Ok(Ok(_)), Some(why)) => Err(commit_failed(&why)),
             (Ok(Ok(v)), None) => durable.map(|()| v),
             (Ok(Err(e)), _) => Err(e),
+        }
+    }
+
+    /// [`Self::write`] for async callers: on a file database `f` is queued to the
+    /// writer thread, and the future answers once its group's commit is durable,
+    /// holding no thread while it waits. `context` is handed to `f` and dropped on
+    /// the writer thread after the operation, outside the connection's lock.
+    ///
+    /// Gives `context` and `f` back when the store has no writer thread (in
+    /// memory): the caller runs them through [`Self::write`] on a blocking thread.
+    pub(crate) fn submit<C, T, F>(
+        &self,
+        context: C,
+        f: F,
+    ) -> Result<impl Future<Output = Result<T, ApiError>> + Send + 'static, (C, F)>
+    where
+        C: Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&C, &dyn Tx) -> Result<T, ApiError> + Send + 'static,
+    {
+        let Some(thread) = &self.writer_thread else {
+            return Err((context, f));
+        };
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let shared = self.shared.clone();
+        shared.arrivals.fetch_add(1, Ordering::SeqCst);
+        thread.spawn(move || {
+            let (out, id) = match shared.run_in_group(|tx| f(&context, tx)) {
+                Ok(ran) => ran,
+                Err(e) => {
+                    let _ = answer.send(Err(e));
+                    return;
+                }
+            };
+            let finish: Finish = Box::new(move |ended| {
+                let _ = answer.send(match (out, ended) {
+                    // Its changes were rolled back; the caller is answered a 500.
+                    (Err(_), _) => Err(ApiError::internal("a store operation panicked")),
+                    (Ok(Err(e)), _) | (Ok(Ok(_)), Err(e)) => Err(e),
+                    (Ok(Ok(v)), Ok(())) => Ok(v),
+                });
+            });
+            shared.when_ended(id, finish);
+        });
+        Ok(async move {
+            answered.await.unwrap_or_else(|_| {
+                Err(ApiError::internal(
+                    "the store stopped before the operation was answered",
+                ))
+            })
+        })
+    }
+}
+
+/// The error an operation whose group's commit failed is answered.
+fn commit_failed(why: &str) -> ApiError {
+    ApiError::internal(format_args!("storage: the commit failed: {why}"))
+}
+
+/// Starts the thread that answers async callers once their commits are durable.
+fn start_syncer(durability: &Arc<Durability>) -> Result<mpsc::Sender<Pending>, ApiError> {
+    let (sender, pending) = mpsc::channel::<Pending>();
+    let durability = durability.clone();
+    std::thread::Builder::new()
+        .name("paybond-sync".to_owned())
+        .spawn(move || {
+            while let Ok(first) = pending.recv() {
+                // Groups arrive in commit order: the first wait covers most of the rest.
+                let mut ended = vec![first];
+                ended.extend(pending.try_iter());
+                for p in ended {
+                    (p.finish)(durability.wait(p.group));
+                }
+            }
+        })
+        .map_err(|e| ApiError::internal(format_args!("cannot start the sync thread: {e}")))?;
+    Ok(sender)
+}
+
+impl Shared {
+    /// Hands an async caller's operation, which ran in group `group`, to what
+    /// answers it: kept until the group commits if it is still open, else answered
+    /// with the commit's failure or passed on to wait for its fsync.
+    fn when_ended(&self, group: u64, finish: Finish) {
+        let mut b = self.writer.lock();
+        if b.committed < group {
+            b.waiting.push(Pending { group, finish });
+            return;
+        }
+        let failure = b
+            .failed
+            .iter()
+            .find(|(f, _)| *f == group)
+            .map(|(_, why)| why.clone());
+        drop(b);
+        self.ended(Pending { group, finish }, failure.as_deref());
+    }
+
+    /// An async caller's operation whose group has committed (or failed to).
+    fn ended(&self, p: Pending, failure: Option<&str>) {
+        match (failure, &self.syncer) {
+            (Some(why), _) => (p.finish)(Err(commit_failed(why))),
+            (None, Some(syncer)) => {
+                if let Err(mpsc::SendError(p)) = syncer.send(p) {
+                    (p.finish)(Err(ApiError::internal(
+                        "the store's sync thread has stopped",
+                    )));
+                }
+            }
+            (None, None) => (p.finish)(Ok(())),
         }
     }
 
@@ -688,6 +827,8 @@ impl SqliteStore {
                 .map(|()| true),
         };
         let left = self.arrivals.fetch_sub(1, Ordering::SeqCst) - 1;
+        let mut ended = Vec::new();
+        let mut failure = None;
         if left == 0 || b.ops >= self.max_batch || !matches!(keep, Ok(true)) {
             // The last operation in commits the group; a failed first operation
             // rolls it back (it is all the group holds).
@@ -698,6 +839,7 @@ impl SqliteStore {
             };
             if let Err(e) = &commit {
                 let _ = control(&b.conn, "ROLLBACK");
+                failure = Some(e.to_string());
                 b.failed.push_back((id, e.to_string()));
                 if b.failed.len() > 64 {
                     b.failed.pop_front();
@@ -708,7 +850,13 @@ impl SqliteStore {
             if let Some(d) = &self.durability {
                 d.committed.fetch_max(id, Ordering::SeqCst);
             }
+            // Every async caller still waiting ran in this group.
+            ended = std::mem::take(&mut b.waiting);
             self.writer.done.notify_all();
+        }
+        drop(b);
+        for p in ended {
+            self.ended(p, failure.as_deref());
         }
         Ok((out, id))
     }
@@ -774,7 +922,7 @@ const SIZE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 /// connection of its own: a PASSIVE checkpoint never blocks the engine's writes,
 /// and its fsyncs do not land on a request. Stops when dropped.
 struct Checkpointer {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -788,7 +936,7 @@ impl Checkpointer {
     ) -> rusqlite::Result<Self> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let wal = wal.to_owned();
         let thread = std::thread::Builder::new()
@@ -921,9 +1069,8 @@ mod tests {
     #[test]
     fn a_failed_operation_is_undone_alone_whether_it_opened_its_group_or_joined_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = std::sync::Arc::new(
-            SqliteStore::open(&Storage::File(dir.path().join("g.db")), 1 << 20).unwrap(),
-        );
+        let store =
+            Arc::new(SqliteStore::open(&Storage::File(dir.path().join("g.db")), 1 << 20).unwrap());
         // A failing operation that opened its group: rolled back, nothing else lost.
         let failed = store.write(|tx| {
             put(tx, "alone")?;
@@ -937,22 +1084,22 @@ mod tests {
         // A failing operation that joined a group: its savepoint is rolled back,
         // the group's first operation commits. One more arrival is announced so
         // the first operation waits for the group instead of committing it.
-        let before = store.writer.lock().id;
-        store.arrivals.fetch_add(1, Ordering::SeqCst);
+        let before = store.shared.writer.lock().id;
+        store.shared.arrivals.fetch_add(1, Ordering::SeqCst);
         let opener = {
             let store = store.clone();
             std::thread::spawn(move || store.write(|tx| put(tx, "opener")))
         };
         // Wait until the opener has opened a group and is waiting on it.
         loop {
-            let b = store.writer.lock();
+            let b = store.shared.writer.lock();
             if b.open && b.id > before && b.ops == 1 {
                 break;
             }
             drop(b);
             std::thread::yield_now();
         }
-        store.arrivals.fetch_sub(1, Ordering::SeqCst);
+        store.shared.arrivals.fetch_sub(1, Ordering::SeqCst);
         let joined = store.write(|tx| {
             put(tx, "joined")?;
             Err::<(), _>(ApiError::internal("the operation failed"))
@@ -961,6 +1108,80 @@ mod tests {
         opener.join().unwrap().unwrap();
         assert!(stored(&store, "opener"));
         assert!(!stored(&store, "joined"));
+    }
+
+    #[test]
+    fn async_operations_are_answered_with_their_own_outcome_once_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(SqliteStore::open(&Storage::File(dir.path().join("a.db")), 1 << 20).unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // Async operations (some failing, one panicking) and blocking ones, all
+            // at once, so that groups hold both kinds.
+            let mut answers = Vec::new();
+            for i in 0..200_u32 {
+                let fut = store
+                    .submit(i, |i: &u32, tx: &dyn Tx| {
+                        put(tx, &format!("async-{i}"))?;
+                        match i % 10 {
+                            3 => Err(ApiError::conflict("refused", format!("op {i} refused"))),
+                            7 if *i == 7 => panic!("op 7 panics"),
+                            _ => Ok(*i),
+                        }
+                    })
+                    .ok()
+                    .unwrap();
+                answers.push((i, tokio::spawn(fut)));
+                if i % 20 == 0 {
+                    let store = store.clone();
+                    answers.push((
+                        1000 + i,
+                        tokio::spawn(async move {
+                            tokio::task::spawn_blocking(move || {
+                                store.write(|tx| put(tx, &format!("sync-{i}")).map(|()| 1000 + i))
+                            })
+                            .await
+                            .unwrap()
+                        }),
+                    ));
+                }
+            }
+            for (i, answer) in answers {
+                let answer = answer.await.unwrap();
+                match i {
+                    1000.. => assert_eq!(answer.unwrap(), i),
+                    7 => assert_eq!(answer.unwrap_err().code, "internal"),
+                    i if i % 10 == 3 => assert_eq!(answer.unwrap_err().code, "refused"),
+                    i => assert_eq!(answer.unwrap(), i),
+                }
+            }
+        });
+        // Every answered operation's change is there, and no refused one's.
+        for i in 0..200_u32 {
+            let kept = i % 10 != 3 && i != 7;
+            assert_eq!(stored(&store, &format!("async-{i}")), kept, "op {i}");
+        }
+        for i in (0..200_u32).step_by(20) {
+            assert!(stored(&store, &format!("sync-{i}")));
+        }
+        // Committed to the WAL and synced, whichever way they came.
+        let d = store.shared.durability.as_ref().unwrap();
+        let upto = d.state.lock().unwrap().upto;
+        assert_eq!(upto, store.shared.writer.lock().committed);
+    }
+
+    #[test]
+    fn an_in_memory_store_gives_an_async_operation_back() {
+        let store = SqliteStore::open(&Storage::Memory, 1 << 20).unwrap();
+        let back = store.submit(5_u32, |n: &u32, _: &dyn Tx| Ok(*n));
+        let Err((context, f)) = back else {
+            panic!("an in-memory store has no writer thread to queue to");
+        };
+        assert_eq!(store.write(|tx| f(&context, tx)).unwrap(), 5);
     }
 
     fn page_size(store: &SqliteStore) -> i64 {
