@@ -4,8 +4,8 @@
 //!   threads on the SQLite file store (durable) and the in-memory store; then
 //!   `Engine::verify` alone by one thread in memory (the CPU cost of a decision) and by
 //!   16 and 64 threads on the file store.
-//! - Over loopback HTTP (`-- http`), 16 connections: the server's `/healthz` (the
-//!   floor), verify alone, and verify + complete, in the same run.
+//! - Over loopback HTTP (`-- http`), 16 connections, then 128: the server's `/healthz`
+//!   (the floor), verify alone, and verify + complete, in the same run.
 //! - PostgreSQL (`-- postgres`, on `PAYBOND_BENCH_DATABASE_URL` or
 //!   `PAYBOND_TEST_DATABASE_URL`): in process, then over HTTP with one replica and
 //!   with three replicas on one database.
@@ -155,13 +155,9 @@ async fn serve(engine: Arc<Engine>) -> String {
     base
 }
 
-/// Over loopback HTTP, `CLIENTS` connections spread over `bases` (one per replica):
+/// Over loopback HTTP, `clients` connections spread over `bases` (one per replica):
 /// `/healthz`, verify alone, and verify + complete.
-async fn http(label: &str, s: &Setup, bases: Vec<String>) {
-    let clients_n: usize = std::env::var("CLIENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(16);
+async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) {
     let client = reqwest::Client::new();
     let verify_body = serde_json::to_vec(&verify_request(s)).unwrap();
     let complete_body = serde_json::to_vec(&CompleteRequest {
@@ -175,7 +171,7 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>) {
     };
 
     let (c, b, p) = (client.clone(), bases.clone(), pick.clone());
-    let health = drive(clients_n, move || {
+    let health = drive(clients, move || {
         let (c, base) = (c.clone(), p(&b));
         async move {
             let r = c.get(format!("{base}/healthz")).send().await.unwrap();
@@ -224,8 +220,8 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>) {
             }
         }
     };
-    let alone = drive(clients_n, verify(false)).await;
-    let both = drive(clients_n, verify(true)).await;
+    let alone = drive(clients, verify(false)).await;
+    let both = drive(clients, verify(true)).await;
     print(&format!("http {label}: GET /healthz"), &health);
     print(&format!("http {label}: verify"), &alone);
     print(&format!("http {label}: verify + complete"), &both);
@@ -349,7 +345,8 @@ fn main() {
         rt.block_on(async {
             let s = setup(Storage::File(dir.path().join("http.db")));
             let base = serve(s.engine.clone()).await;
-            http("SQLite file, 16 conns", &s, vec![base]).await;
+            http("SQLite file, 16 conns", &s, vec![base.clone()], 16).await;
+            http("SQLite file, 128 conns", &s, vec![base], 128).await;
         });
     }
     if runs("postgres") {
@@ -374,14 +371,14 @@ fn main() {
         rt.block_on(async {
             let s = setup(Storage::Postgres(url.clone()));
             let one = serve(s.engine.clone()).await;
-            http("PostgreSQL, 1 replica, 16 conns", &s, vec![one.clone()]).await;
+            http("PostgreSQL, 1 replica, 16 conns", &s, vec![one.clone()], 16).await;
             let mut bases = vec![one];
             for _ in 0..2 {
                 let replica =
                     Arc::new(Engine::open(bench_config(Storage::Postgres(url.clone()))).unwrap());
                 bases.push(serve(replica).await);
             }
-            http("PostgreSQL, 3 replicas, 16 conns", &s, bases).await;
+            http("PostgreSQL, 3 replicas, 16 conns", &s, bases, 16).await;
         });
     }
 }
