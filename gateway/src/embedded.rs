@@ -125,12 +125,15 @@ impl SpendGateway for EmbeddedGateway {
         request: &EvidenceRequest,
         idempotency_key: &str,
     ) -> Result<EvidenceResponse, GatewayError> {
-        let request = request.clone();
-        let key = idempotency_key.to_owned();
-        self.run("evidence", move |e, p| {
-            e.submit_evidence(p, intent_id, &request, Some(&key))
-        })
-        .await
+        self.engine
+            .submit_evidence_async(
+                self.principal.clone(),
+                intent_id,
+                request.clone(),
+                Some(idempotency_key.to_owned()),
+            )
+            .await
+            .map_err(|e| rejected("evidence", e))
     }
 
     async fn approval_status(

@@ -377,13 +377,14 @@ async fn bootstrap(State(s): State<AppState>, request: Request) -> Answer {
 async fn evidence(State(s): State<AppState>, Path(id): Path<String>, request: Request) -> Answer {
     let id = uuid_param(&id, "intent_id")?;
     let (headers, bytes) = body(&s, request).await?;
-    let creds = credentials(&headers)?;
-    let r = with_engine(&s, creds, move |e, p, key| {
-        let req: WithKey<EvidenceRequest> = parse(&bytes)?;
-        let key = merge_key(key, req.idempotency_key)?;
-        e.submit_evidence(p, id, &req.request, key.as_deref())
-    })
-    .await?;
+    let (principal, key) = authenticated(&s, credentials(&headers)?).await?;
+    let req: WithKey<EvidenceRequest> = parse(&bytes).map_err(fail)?;
+    let key = merge_key(key, req.idempotency_key).map_err(fail)?;
+    let r = s
+        .engine
+        .submit_evidence_async(principal, id, req.request, key)
+        .await
+        .map_err(fail)?;
     json(&r)
 }
 

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use common::{BOOK, Fixture};
+use paybond_gateway::{EngineConfig, Storage};
 use paybond_middleware_core::wire::{
     ApprovalState, CompleteRequest, EvidenceRequest, Finalization, Role, SandboxBootstrapRequest,
     VerifyRequest,
@@ -232,6 +233,23 @@ fn bootstrap_request() -> SandboxBootstrapRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded() {
     embedded_on(Fixture::new()).await;
+}
+
+/// On a SQLite file, verify, evidence and completion queue to the store's writer
+/// thread and are answered by its sync thread (in memory they run on the blocking
+/// pool): the same answers either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_on_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig::new(Storage::File(dir.path().join("paybond.db")));
+    embedded_on(Fixture::with_config(config)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_on_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig::new(Storage::File(dir.path().join("paybond.db")));
+    over_http_on(Fixture::with_config(config)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

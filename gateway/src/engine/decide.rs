@@ -409,10 +409,7 @@ impl Engine {
         req: VerifyRequest,
     ) -> Result<VerifyResult, ApiError> {
         let Some(policy) = self.cached_policy(&principal.tenant_id) else {
-            let engine = self.clone();
-            return tokio::task::spawn_blocking(move || engine.verify(&principal, &req))
-                .await
-                .map_err(|e| ApiError::internal(format_args!("the engine's task failed: {e}")))?;
+            return self.blocking(move |e| e.verify(&principal, &req)).await;
         };
         check_verify(&principal, &req)?;
         let started = Instant::now();

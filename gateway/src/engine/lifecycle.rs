@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::engine::counters::{self, Counted};
 use crate::engine::decide::MAX_AMOUNT_CENTS;
 use crate::engine::ledger;
-use crate::engine::{Engine, bounded, require_role};
+use crate::engine::{EffectivePolicy, Engine, bounded, require_role};
 use crate::error::ApiError;
 use crate::store::{Tx, args};
 use crate::tokens::{Claims, sha256_hex};
@@ -376,22 +376,52 @@ impl Engine {
         require_role(principal, &[Role::Agent])?;
         bounded("operation", req.operation.as_deref())?;
         bounded("idempotency_key", idempotency_key)?;
-        self.refuse_sensitive_evidence(&principal.tenant_id, req)?;
-        #[derive(Serialize)]
-        struct Keyed<'a> {
-            intent_id: Uuid,
-            request: &'a EvidenceRequest,
-        }
+        refuse_sensitive_evidence(self.policy_for(&principal.tenant_id)?.as_deref(), req)?;
         self.idempotent(
             &principal.tenant_id,
             "evidence",
             idempotency_key,
-            &Keyed {
+            &EvidenceKeyed {
                 intent_id,
-                request: req,
+                request: req.clone(),
             },
             |tx, now| self.evidence_tx(tx, now, principal, intent_id, req),
         )
+    }
+
+    /// [`Self::submit_evidence`] for async callers (see [`Self::tx_in_async`]), on
+    /// the blocking pool unless the tenant's policy is already parsed.
+    pub async fn submit_evidence_async(
+        self: &Arc<Self>,
+        principal: Principal,
+        intent_id: Uuid,
+        req: EvidenceRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<EvidenceResponse, ApiError> {
+        let Some(policy) = self.cached_policy(&principal.tenant_id) else {
+            return self
+                .blocking(move |e| {
+                    e.submit_evidence(&principal, intent_id, &req, idempotency_key.as_deref())
+                })
+                .await;
+        };
+        require_role(&principal, &[Role::Agent])?;
+        bounded("operation", req.operation.as_deref())?;
+        bounded("idempotency_key", idempotency_key.as_deref())?;
+        refuse_sensitive_evidence(Some(&policy), &req)?;
+        self.idempotent_async(
+            principal.tenant_id.clone(),
+            "evidence",
+            idempotency_key.as_deref(),
+            EvidenceKeyed {
+                intent_id,
+                request: req,
+            },
+            move |engine, tx, now, keyed| {
+                engine.evidence_tx(tx, now, &principal, intent_id, &keyed.request)
+            },
+        )
+        .await
     }
 
     fn evidence_tx(
@@ -503,51 +533,6 @@ impl Engine {
             sandbox_lifecycle_status: lifecycle(new_state),
             predicate_passed: passed,
         })
-    }
-
-    /// Evidence whose payload or metadata holds a value the tenant's policy marks
-    /// sensitive is refused (422 `sensitive_data_in_evidence`, naming where, never
-    /// the value) and not recorded.
-    fn refuse_sensitive_evidence(
-        &self,
-        tenant_id: &str,
-        req: &EvidenceRequest,
-    ) -> Result<(), ApiError> {
-        let Some(policy) = self.policy_for(tenant_id)? else {
-            return Ok(());
-        };
-        let patterns = policy
-            .policy
-            .spend_controls
-            .as_ref()
-            .and_then(|c| c.data.as_ref())
-            .map(|d| d.sensitive_patterns.as_slice())
-            .unwrap_or_default();
-        if patterns.is_empty() {
-            return Ok(());
-        }
-        let compiled = patterns
-            .iter()
-            .map(|p| regex::Regex::new(p))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                ApiError::internal(format_args!("spend_controls.data.sensitive_patterns: {e}"))
-            })?;
-        for (field, value) in [("payload", &req.payload), ("metadata", &req.metadata)] {
-            if let Some(path) = value
-                .as_ref()
-                .and_then(|v| paybond_middleware_core::sensitive_path(v, &compiled))
-            {
-                return Err(ApiError::unprocessable(
-                    "sensitive_data_in_evidence",
-                    format!(
-                        "{field}{}: holds data the policy marks sensitive; the evidence was not recorded",
-                        path.trim_start_matches('$')
-                    ),
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// `POST /v1/spend/decisions/{id}/complete`: settles a reservation as consumed
@@ -1028,6 +1013,58 @@ fn intent_view(
         deadline: rfc3339(deadline),
         capability_token: None,
     })
+}
+
+/// Evidence whose payload or metadata holds a value the tenant's policy marks
+/// sensitive is refused (422 `sensitive_data_in_evidence`, naming where, never
+/// the value) and not recorded.
+fn refuse_sensitive_evidence(
+    policy: Option<&EffectivePolicy>,
+    req: &EvidenceRequest,
+) -> Result<(), ApiError> {
+    let Some(policy) = policy else {
+        return Ok(());
+    };
+    let patterns = policy
+        .policy
+        .spend_controls
+        .as_ref()
+        .and_then(|c| c.data.as_ref())
+        .map(|d| d.sensitive_patterns.as_slice())
+        .unwrap_or_default();
+    if patterns.is_empty() {
+        return Ok(());
+    }
+    let compiled = patterns
+        .iter()
+        .map(|p| regex::Regex::new(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            ApiError::internal(format_args!("spend_controls.data.sensitive_patterns: {e}"))
+        })?;
+    for (field, value) in [("payload", &req.payload), ("metadata", &req.metadata)] {
+        if let Some(path) = value
+            .as_ref()
+            .and_then(|v| paybond_middleware_core::sensitive_path(v, &compiled))
+        {
+            return Err(ApiError::unprocessable(
+                "sensitive_data_in_evidence",
+                format!(
+                    "{field}{}: holds data the policy marks sensitive; the evidence was not recorded",
+                    path.trim_start_matches('$')
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What an evidence submission's idempotency key is matched by: the intent and the
+/// request.
+#[derive(Serialize)]
+struct EvidenceKeyed {
+    intent_id: Uuid,
+    request: EvidenceRequest,
 }
 
 /// What a completion's idempotency key is matched by: the decision and the request.

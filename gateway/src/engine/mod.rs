@@ -576,13 +576,22 @@ impl Engine {
         match self.store.submit(self.clone(), op) {
             Ok(answer) => answer.await,
             Err((engine, op)) => {
-                tokio::task::spawn_blocking(move || engine.store.write(None, |tx| op(&engine, tx)))
+                self.blocking(move |e| e.store.write(None, |tx| op(&engine, tx)))
                     .await
-                    .map_err(|e| {
-                        ApiError::internal(format_args!("the engine's task failed: {e}"))
-                    })?
             }
         }
+    }
+
+    /// Runs `f` on the blocking pool: how the async calls run what they cannot
+    /// queue to the store's writer thread.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Self) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || f(&engine))
+            .await
+            .map_err(|e| ApiError::internal(format_args!("the engine's task failed: {e}")))?
     }
 
     /// A replayed answer whose capability token was left out of the store gets a
