@@ -1009,7 +1009,7 @@ impl Engine {
                          newer one, or of another job); ask for a new one with ?issue_download=1",
                     )
                 };
-                let tenant: Option<(String, i64)> = self.tx(|tx, _| {
+                let tenant: Option<(String, i64)> = self.read(|tx, _| {
                     tx.query_opt(
                         "SELECT tenant_id, download_token_expires_ms FROM audit_exports
                          WHERE id = ?1 AND download_token_hash = ?2",

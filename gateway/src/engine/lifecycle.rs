@@ -360,7 +360,7 @@ impl Engine {
         principal: &Principal,
         intent_id: Uuid,
     ) -> Result<IntentView, ApiError> {
-        self.tx(|tx, now| intent_view(tx, now, &principal.tenant_id, intent_id))
+        self.read(|tx, now| intent_view(tx, now, &principal.tenant_id, intent_id))
     }
 
     /// `POST /v1/sandbox/guardrails/{intent_id}/evidence` (and the Harbor route): checks
@@ -618,7 +618,7 @@ impl Engine {
                 after.unwrap_or((i64::MAX, String::new())),
             )
         };
-        self.tx_in(&principal.tenant_id, |tx, now| {
+        self.read(|tx, now| {
             let mut rows: Vec<(String, i64)> = tx.query_map(
                 sql,
                 args![

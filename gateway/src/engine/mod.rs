@@ -447,6 +447,16 @@ impl Engine {
         self.store.write(None, |tx| f(tx, self.now_ms()))
     }
 
+    /// Runs `f`, which only reads, on one snapshot of the committed state beside
+    /// the writes (see [`Store::read`]): it neither queues behind them nor holds
+    /// a tenant's lock.
+    pub(crate) fn read<T: Send>(
+        &self,
+        f: impl FnOnce(&dyn Tx, i64) -> Result<T, ApiError> + Send,
+    ) -> Result<T, ApiError> {
+        self.store.read(|tx| f(tx, self.now_ms()))
+    }
+
     /// Runs `f` in one transaction that holds `tenant_id`'s lock from its start:
     /// every change to a tenant's state (and its ledger chain) goes through here.
     pub(crate) fn tx_in<T: Send>(
@@ -665,7 +675,7 @@ impl Engine {
 
     /// The tenant named `name`, if any.
     pub fn tenant_by_name(&self, name: &str) -> Result<Option<String>, ApiError> {
-        self.tx(|tx, _| {
+        self.read(|tx, _| {
             tx.query_opt(
                 "SELECT id FROM tenants WHERE name = ?1 ORDER BY created_ms LIMIT 1",
                 args![name],
@@ -767,7 +777,7 @@ impl Engine {
             return Ok(p);
         }
         let hash = sha256_hex(api_key.as_bytes());
-        let row: Option<(String, String, String, String, String)> = self.tx(|tx, _| {
+        let row: Option<(String, String, String, String, String)> = self.read(|tx, _| {
             tx.query_opt(
                 "SELECT k.key_id, k.tenant_id, k.role, k.subject, t.environment
                      FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.secret_hash = ?1",
@@ -886,7 +896,7 @@ impl Engine {
             .and_then(|d| d.extends.as_ref())
             .map(|e| e.org_policy_id.clone());
         let base: Option<String> = match &org_id {
-            Some(id) => self.tx(|tx, _| {
+            Some(id) => self.read(|tx, _| {
                 tx.query_opt(
                     "SELECT text FROM org_policies WHERE tenant_id = ?1 AND id = ?2",
                     args![tenant_id, id],
@@ -1004,7 +1014,7 @@ impl Engine {
             if !self.store.shared() {
                 return Ok(Some(p));
             }
-            let version: Option<u64> = self.tx(|tx, _| {
+            let version: Option<u64> = self.read(|tx, _| {
                 tx.query_opt(
                     "SELECT version FROM tenant_policies WHERE tenant_id = ?1",
                     args![tenant_id],
@@ -1015,7 +1025,7 @@ impl Engine {
                 return Ok(Some(p));
             }
         }
-        let row: Option<(String, String, u64, Option<String>)> = self.tx(|tx, _| {
+        let row: Option<(String, String, u64, Option<String>)> = self.read(|tx, _| {
             tx
                 .query_opt(
                     "SELECT effective, digest, version, org_policy_id FROM tenant_policies WHERE tenant_id = ?1",
@@ -1044,7 +1054,7 @@ impl Engine {
     /// The tenant's chain tip (`GET /ledger/v1/tip`).
     pub fn ledger_tip(&self, principal: &Principal) -> Result<ledger::LedgerTip, ApiError> {
         require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
-        self.tx(|tx, _| ledger::tip(tx, &principal.tenant_id))
+        self.read(|tx, _| ledger::tip(tx, &principal.tenant_id))
     }
 
     /// The tenant's entries after `after_seq` (`GET /ledger/v1/events`), at most `limit` (≤ 1000).
@@ -1055,17 +1065,17 @@ impl Engine {
         limit: u64,
     ) -> Result<Vec<ledger::LedgerEvent>, ApiError> {
         require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
-        self.tx(|tx, _| ledger::events(tx, &principal.tenant_id, after_seq, limit.clamp(1, 1000)))
+        self.read(|tx, _| ledger::events(tx, &principal.tenant_id, after_seq, limit.clamp(1, 1000)))
     }
 
     /// Checks every chain in the store.
     pub fn verify_ledger(&self) -> Result<ledger::LedgerCheck, ApiError> {
-        self.tx(|tx, _| ledger::verify_chain(tx))
+        self.read(|tx, _| ledger::verify_chain(tx))
     }
 
     /// Reservations not yet finalized (and not past their TTL).
     pub fn open_reservations(&self) -> Result<u64, ApiError> {
-        self.tx(|tx, now| tx.query_one(lifecycle::OPEN, args![now], |r| r.get(0)))
+        self.read(|tx, now| tx.query_one(lifecycle::OPEN, args![now], |r| r.get(0)))
     }
 
     /// Prometheus text for `/metrics`.

@@ -108,7 +108,7 @@ impl Engine {
         decision_id: Uuid,
     ) -> Result<DecisionRecord, ApiError> {
         require_role(principal, &[Role::Agent, Role::Operator, Role::TenantAdmin])?;
-        self.tx(|tx, _| {
+        self.read(|tx, _| {
             let (intent, outcome, response, created) =
                 find_decision(tx, &principal.tenant_id, decision_id)?;
             Ok(DecisionRecord {
@@ -147,7 +147,7 @@ impl Engine {
              AND (created_ms < ?3 OR (created_ms = ?3 AND id < ?4))
              ORDER BY created_ms DESC, id DESC LIMIT ?5"
         );
-        self.tx_in(&principal.tenant_id, |tx, now| {
+        self.read(|tx, now| {
             let mut rows: Vec<IntentRow> = tx.query_map(
                 &sql,
                 args![
@@ -184,7 +184,7 @@ impl Engine {
     ) -> Result<OperatorIntentDetail, ApiError> {
         require_role(principal, &[Role::Operator, Role::TenantAdmin, Role::Agent])?;
         let id = intent_id.to_string();
-        self.tx_in(&principal.tenant_id, |tx, now| {
+        self.read(|tx, now| {
             let row = tx
                 .query_opt(
                     &format!(

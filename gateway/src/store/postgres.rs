@@ -404,13 +404,22 @@ impl PgStore {
         &self,
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
+        self.transaction("BEGIN", f)
+    }
+
+    /// Runs `f` in a transaction opened by `begin`.
+    fn transaction<T>(
+        &self,
+        begin: &'static str,
+        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         let runtime = self.handle()?;
         let conn = self.take(runtime)?;
         let tx = PgTx {
             runtime,
             conn: RefCell::new(conn),
         };
-        let begun = tx.batch("BEGIN");
+        let begun = tx.batch(begin);
         let out = match begun {
             Ok(()) => catch_unwind(AssertUnwindSafe(|| f(&tx))),
             Err(e) => Ok(Err(e)),
@@ -444,13 +453,7 @@ impl PgStore {
         &self,
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        self.write(|tx| {
-            tx.execute(
-                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-                &[],
-            )?;
-            f(tx)
-        })
+        self.transaction("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", f)
     }
 }
 

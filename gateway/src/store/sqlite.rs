@@ -498,8 +498,13 @@ pub(crate) struct SqliteStore {
     writer_thread: Option<rayon_core::ThreadPool>,
     /// The database file (none in memory): snapshot reads open their own connection.
     path: Option<PathBuf>,
+    /// Read-only connections to it, kept for the next read.
+    readers: Mutex<Vec<Connection>>,
     _checkpointer: Option<Checkpointer>,
 }
+
+/// Read-only connections a store keeps between reads (more may be open at once).
+const MAX_IDLE_READERS: usize = 8;
 
 /// What the writer thread's jobs share with the store.
 struct Shared {
@@ -602,6 +607,7 @@ impl SqliteStore {
             }),
             writer_thread,
             _checkpointer: checkpointer,
+            readers: Mutex::new(Vec::new()),
             path: match storage {
                 Storage::File(path) => Some(path.clone()),
                 _ => None,
@@ -609,9 +615,10 @@ impl SqliteStore {
         })
     }
 
-    /// Runs `f` in a read-only transaction on a connection of its own, so a long
-    /// read (an audit export) sees one snapshot and never holds up the writer. An
-    /// in-memory database has one connection: `f` then runs as a write.
+    /// Runs `f` in a read-only transaction on a read-only connection of its own,
+    /// beside the writer thread: it sees the last committed state as one snapshot
+    /// and neither waits for the writes nor holds them up. An in-memory database
+    /// has one connection: `f` then runs as a write.
     pub(crate) fn read<T: Send>(
         &self,
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError> + Send,
@@ -619,15 +626,37 @@ impl SqliteStore {
         let Some(path) = &self.path else {
             return self.write(f);
         };
-        let conn = Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch("BEGIN")?;
+        let idle = self
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn.set_prepared_statement_cache_capacity(64);
+                conn
+            }
+        };
+        control(&conn, "BEGIN")?;
         let out = f(&conn);
-        // Nothing was written: ending the transaction either way is the same.
-        let _ = conn.execute_batch("COMMIT");
+        // Nothing was written: ending the transaction either way is the same. A
+        // connection that cannot end it is not kept.
+        if control(&conn, "COMMIT").is_ok() {
+            let mut idle = self
+                .readers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+        }
         out
     }
 
@@ -1172,6 +1201,53 @@ mod tests {
         let d = store.shared.durability.as_ref().unwrap();
         let upto = d.state.lock().unwrap().upto;
         assert_eq!(upto, store.shared.writer.lock().committed);
+    }
+
+    #[test]
+    fn reads_see_committed_state_without_waiting_for_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(SqliteStore::open(&Storage::File(dir.path().join("r.db")), 1 << 20).unwrap());
+        store.write(|tx| put(tx, "committed")).unwrap();
+        // A write that holds the writer thread (and its open group) until released.
+        let (entered, inside) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let holder = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store.write(move |tx| {
+                    put(tx, "uncommitted")?;
+                    entered.send(()).unwrap();
+                    released.recv().unwrap();
+                    Ok(())
+                })
+            })
+        };
+        inside.recv().unwrap();
+        let (answer, answered) = mpsc::channel();
+        {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let seen = store.read(|tx| {
+                    tx.query_map(
+                        "SELECT key FROM meta WHERE key IN ('committed', 'uncommitted')",
+                        args![],
+                        |r| r.get::<String>(0),
+                    )
+                });
+                answer.send(seen).unwrap();
+            });
+        }
+        let seen = answered
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the read waited for the writer");
+        assert_eq!(seen.unwrap(), ["committed"]);
+        release.send(()).unwrap();
+        holder.join().unwrap().unwrap();
+        // A reader's connection refuses writes, and is kept for the next read.
+        assert!(store.read(|tx| put(tx, "refused")).is_err());
+        assert!(stored(&store, "uncommitted"));
+        assert!(!store.readers.lock().unwrap().is_empty());
     }
 
     #[test]
