@@ -17,8 +17,11 @@ use uuid::Uuid;
 const START_MS: i64 = 1_773_669_600_000;
 
 fn fixture(policy: &str) -> (Fixture, Clock) {
+    fixture_on(policy, EngineConfig::new(Storage::Memory))
+}
+
+fn fixture_on(policy: &str, mut config: EngineConfig) -> (Fixture, Clock) {
     let clock = Clock::manual(START_MS);
-    let mut config = EngineConfig::new(Storage::Memory);
     config.clock = clock.clone();
     config.default_org_policy = None;
     config.default_tenant_policy = Some(PolicyFile {
@@ -70,7 +73,15 @@ impl Call<'_> {
 }
 
 fn setup(spend_controls: &str, budget: u64) -> (Fixture, Clock, Uuid, CapabilityToken) {
-    let (fx, clock) = fixture(&policy(spend_controls));
+    setup_on(spend_controls, budget, EngineConfig::new(Storage::Memory))
+}
+
+fn setup_on(
+    spend_controls: &str,
+    budget: u64,
+    config: EngineConfig,
+) -> (Fixture, Clock, Uuid, CapabilityToken) {
+    let (fx, clock) = fixture_on(&policy(spend_controls), config);
     let (intent, token) = fx.intent(budget);
     (fx, clock, intent, token)
 }
@@ -161,9 +172,23 @@ fn disabled_tools_and_vendor_allowlist() {
 
 #[test]
 fn rolling_caps_by_scope_and_window() {
-    let (fx, clock, intent, token) = setup(
+    rolling_caps_by_scope_and_window_on(EngineConfig::new(Storage::Memory));
+}
+
+/// On PostgreSQL the counters of a reservation's buckets are updated in one pipelined
+/// round trip: the same answers.
+#[test]
+fn rolling_caps_by_scope_and_window_on_postgres() {
+    if let Some(config) = common::pg_config() {
+        rolling_caps_by_scope_and_window_on(config);
+    }
+}
+
+fn rolling_caps_by_scope_and_window_on(config: EngineConfig) {
+    let (fx, clock, intent, token) = setup_on(
         "  caps:\n    - {scope: tenant, window: day, limit_cents: 5000, timezone: UTC}\n    - {scope: vendor, key: vendor_acme, window: hour, limit_cents: 3000}\n    - {scope: agent, window: month, limit_cents: 4000}\n",
         60_000,
+        config,
     );
     let c = Call {
         fx: &fx,
@@ -551,9 +576,21 @@ fn publishing_refuses_widening_overlays_and_org_bases_are_per_tenant() {
 
 #[test]
 fn rolling_cap_counters_follow_every_finalization_and_a_cap_added_later() {
-    let (fx, clock, intent, token) = setup(
+    rolling_cap_counters_on(EngineConfig::new(Storage::Memory));
+}
+
+#[test]
+fn rolling_cap_counters_follow_every_finalization_on_postgres() {
+    if let Some(config) = common::pg_config() {
+        rolling_cap_counters_on(config);
+    }
+}
+
+fn rolling_cap_counters_on(config: EngineConfig) {
+    let (fx, clock, intent, token) = setup_on(
         "  caps:\n    - {scope: tenant, window: day, limit_cents: 10000, timezone: UTC}\n",
         1_000_000,
+        config,
     );
     let c = Call {
         fx: &fx,

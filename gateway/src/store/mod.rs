@@ -340,6 +340,17 @@ pub(crate) trait Tx {
     /// Runs a query; every row.
     fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, ApiError>;
 
+    /// Runs one statement once for each argument list, in order; the rows they
+    /// changed. A store that talks to its database over a connection sends them
+    /// together (PostgreSQL pipelines them: one round trip, not one each).
+    fn execute_each(&self, sql: &str, each: &[&[Arg<'_>]]) -> Result<u64, ApiError> {
+        let mut changed = 0;
+        for args in each {
+            changed += self.execute(sql, args)?;
+        }
+        Ok(changed)
+    }
+
     /// Serializes this transaction against every other that locks the same tenant
     /// (a row lock on PostgreSQL; SQLite has one writer, so nothing to do).
     fn lock_tenant(&self, tenant_id: &str) -> Result<(), ApiError>;

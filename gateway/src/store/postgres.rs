@@ -582,6 +582,29 @@ impl Tx for PgTx<'_> {
         self.call(sql, args, true)?.0.iter().map(read_row).collect()
     }
 
+    fn execute_each(&self, sql: &str, each: &[&[Arg<'_>]]) -> Result<u64, ApiError> {
+        let statement = self.statement(sql)?;
+        let client = self.conn.borrow().client.clone();
+        let owned: Vec<Vec<Owned>> = each
+            .iter()
+            .map(|args| args.iter().map(Owned::from).collect())
+            .collect();
+        run(self.runtime, async move {
+            // Polled together, the executions are pipelined on the connection;
+            // the server still runs them one after another, in this order.
+            let runs = owned.iter().map(|args| {
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+                let (client, statement) = (&client, &statement);
+                async move { client.execute(statement, &params).await }
+            });
+            Ok(futures_util::future::try_join_all(runs)
+                .await?
+                .into_iter()
+                .sum())
+        })
+    }
+
     fn lock_tenant(&self, tenant_id: &str) -> Result<(), ApiError> {
         self.query(
             "SELECT id FROM tenants WHERE id = ?1 FOR UPDATE",
