@@ -16,10 +16,6 @@ use uuid::Uuid;
 /// 2026-03-16T14:00:00Z, a Monday: 10:00 in New York.
 const START_MS: i64 = 1_773_669_600_000;
 
-fn fixture(policy: &str) -> (Fixture, Clock) {
-    fixture_on(policy, EngineConfig::new(Storage::Memory))
-}
-
 fn fixture_on(policy: &str, mut config: EngineConfig) -> (Fixture, Clock) {
     let clock = Clock::manual(START_MS);
     config.clock = clock.clone();
