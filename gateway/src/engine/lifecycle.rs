@@ -383,7 +383,7 @@ impl Engine {
             idempotency_key,
             &EvidenceKeyed {
                 intent_id,
-                request: req.clone(),
+                request: req,
             },
             |tx, now| self.evidence_tx(tx, now, principal, intent_id, req),
         )
@@ -553,7 +553,7 @@ impl Engine {
             idempotency_key,
             &CompleteKeyed {
                 decision_id,
-                request: req.clone(),
+                request: req,
             },
             |tx, now| complete_tx(tx, now, principal, decision_id, req),
         )
@@ -1062,16 +1062,16 @@ fn refuse_sensitive_evidence(
 /// What an evidence submission's idempotency key is matched by: the intent and the
 /// request.
 #[derive(Serialize)]
-struct EvidenceKeyed {
+struct EvidenceKeyed<R> {
     intent_id: Uuid,
-    request: EvidenceRequest,
+    request: R,
 }
 
 /// What a completion's idempotency key is matched by: the decision and the request.
 #[derive(Serialize)]
-struct CompleteKeyed {
+struct CompleteKeyed<R> {
     decision_id: Uuid,
-    request: CompleteRequest,
+    request: R,
 }
 
 pub(crate) fn complete_tx(

@@ -496,7 +496,7 @@ pub(crate) struct SqliteStore {
     /// For a file database: the one thread every write runs on. In memory every
     /// operation commits alone (there is no fsync to share), on its caller's thread.
     writer_thread: Option<rayon_core::ThreadPool>,
-    /// The database file (none in memory): snapshot reads open their own connection.
+    /// The database file (none in memory): reads use connections of their own.
     path: Option<PathBuf>,
     /// Read-only connections to it, kept for the next read.
     readers: Mutex<Vec<Connection>>,
