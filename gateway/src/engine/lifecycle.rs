@@ -373,10 +373,12 @@ impl Engine {
         req: &EvidenceRequest,
         idempotency_key: Option<&str>,
     ) -> Result<EvidenceResponse, ApiError> {
-        require_role(principal, &[Role::Agent])?;
-        bounded("operation", req.operation.as_deref())?;
-        bounded("idempotency_key", idempotency_key)?;
-        refuse_sensitive_evidence(self.policy_for(&principal.tenant_id)?.as_deref(), req)?;
+        check_evidence(
+            principal,
+            req,
+            idempotency_key,
+            self.policy_for(&principal.tenant_id)?.as_deref(),
+        )?;
         self.idempotent(
             &principal.tenant_id,
             "evidence",
@@ -405,10 +407,7 @@ impl Engine {
                 })
                 .await;
         };
-        require_role(&principal, &[Role::Agent])?;
-        bounded("operation", req.operation.as_deref())?;
-        bounded("idempotency_key", idempotency_key.as_deref())?;
-        refuse_sensitive_evidence(Some(&policy), &req)?;
+        check_evidence(&principal, &req, idempotency_key.as_deref(), Some(&policy))?;
         self.idempotent_async(
             principal.tenant_id.clone(),
             "evidence",
@@ -1015,13 +1014,19 @@ fn intent_view(
     })
 }
 
-/// Evidence whose payload or metadata holds a value the tenant's policy marks
-/// sensitive is refused (422 `sensitive_data_in_evidence`, naming where, never
-/// the value) and not recorded.
-fn refuse_sensitive_evidence(
-    policy: Option<&EffectivePolicy>,
+/// What evidence must satisfy before it is looked at in a transaction: an agent's
+/// key, names within bounds, and no value the tenant's policy marks sensitive
+/// (422 `sensitive_data_in_evidence`, naming where, never the value: the evidence
+/// is not recorded).
+fn check_evidence(
+    principal: &Principal,
     req: &EvidenceRequest,
+    idempotency_key: Option<&str>,
+    policy: Option<&EffectivePolicy>,
 ) -> Result<(), ApiError> {
+    require_role(principal, &[Role::Agent])?;
+    bounded("operation", req.operation.as_deref())?;
+    bounded("idempotency_key", idempotency_key)?;
     let Some(policy) = policy else {
         return Ok(());
     };

@@ -480,6 +480,16 @@ struct Writer {
     done: Condvar,
 }
 
+impl Batch {
+    /// Why group `group`'s commit failed, if it did (and is still remembered).
+    fn failure(&self, group: u64) -> Option<String> {
+        self.failed
+            .iter()
+            .find(|(g, _)| *g == group)
+            .map(|(_, why)| why.clone())
+    }
+}
+
 impl Writer {
     fn lock(&self) -> MutexGuard<'_, Batch> {
         // Every path below leaves the batch consistent before it can panic (the
@@ -686,23 +696,15 @@ impl SqliteStore {
                 .wait(b)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
-        let failure = b
-            .failed
-            .iter()
-            .find(|(f, _)| *f == id)
-            .map(|(_, why)| why.clone());
+        let failure = b.failure(id);
         drop(b);
         // Answered only once the group's commit is on disk.
-        let durable = match (&shared.durability, &failure) {
-            (Some(d), None) => d.wait(id),
-            _ => Ok(()),
+        let ended = match (failure, &shared.durability) {
+            (Some(why), _) => Err(commit_failed(&why)),
+            (None, Some(d)) => d.wait(id),
+            (None, None) => Ok(()),
         };
-        match (out, failure) {
-            (Err(panic), _) => resume_unwind(panic),
-            (Ok(Ok(_)), Some(why)) => Err(commit_failed(&why)),
-            (Ok(Ok(v)), None) => durable.map(|()| v),
-            (Ok(Err(e)), _) => Err(e),
-        }
+        settle(out, ended).unwrap_or_else(|panic| resume_unwind(panic))
     }
 
     /// [`Self::write`] for async callers: on a file database `f` is queued to the
@@ -737,12 +739,12 @@ impl SqliteStore {
                 }
             };
             let finish: Finish = Box::new(move |ended| {
-                let _ = answer.send(match (out, ended) {
-                    // Its changes were rolled back; the caller is answered a 500.
-                    (Err(_), _) => Err(ApiError::internal("a store operation panicked")),
-                    (Ok(Err(e)), _) | (Ok(Ok(_)), Err(e)) => Err(e),
-                    (Ok(Ok(v)), Ok(())) => Ok(v),
-                });
+                // A panicking operation's changes were rolled back; its caller is
+                // answered a 500.
+                let _ = answer.send(
+                    settle(out, ended)
+                        .unwrap_or_else(|_| Err(ApiError::internal("a store operation panicked"))),
+                );
             });
             shared.when_ended(id, finish);
         });
@@ -754,6 +756,15 @@ impl SqliteStore {
             })
         })
     }
+}
+
+/// An operation's answer from what it returned (or its panic) and how its group
+/// ended: its own error first, else the group's, else its value.
+fn settle<T>(
+    out: std::thread::Result<Result<T, ApiError>>,
+    ended: Result<(), ApiError>,
+) -> std::thread::Result<Result<T, ApiError>> {
+    out.map(|r| r.and_then(|v| ended.map(|()| v)))
 }
 
 /// The error an operation whose group's commit failed is answered.
@@ -791,11 +802,7 @@ impl Shared {
             b.waiting.push(Pending { group, finish });
             return;
         }
-        let failure = b
-            .failed
-            .iter()
-            .find(|(f, _)| *f == group)
-            .map(|(_, why)| why.clone());
+        let failure = b.failure(group);
         drop(b);
         self.ended(Pending { group, finish }, failure.as_deref());
     }
