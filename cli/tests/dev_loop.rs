@@ -334,44 +334,41 @@ fn sigkill_loses_no_acknowledged_decision() {
             "{err}"
         );
 
-        // Orphaned reservations (left open, or cut off by the kill) expire.
+        // Orphaned reservations (left open, or cut off by the kill) expire: the sweep
+        // gives every allowed reservation exactly one end on the ledger (consumed,
+        // released or expired). The open-reservations gauge leaves a reservation out as
+        // soon as it is past its TTL, before the sweep records it, so the ledger is
+        // what is waited on here.
         let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let metrics = reqwest::get(format!("{}/metrics", gw.url))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            if metrics.contains("paybond_open_reservations 0") {
-                break;
+        let (allows, ends, expired) = loop {
+            let events = ledger(&gw.url, &operator).await;
+            let mut ends: HashMap<String, usize> = HashMap::new();
+            let mut allows = Vec::new();
+            let mut expired = 0;
+            for e in &events {
+                let kind = e["event"].as_str().unwrap();
+                let id = e["payload"]["decision_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if kind == "decision.allow" {
+                    allows.push(id);
+                } else if kind.starts_with("reservation.") {
+                    expired += usize::from(kind == "reservation.expired");
+                    *ends.entry(id).or_default() += 1;
+                }
+            }
+            if allows.iter().all(|id| ends.contains_key(id)) {
+                break (allows, ends, expired);
             }
             assert!(
                 Instant::now() < deadline,
-                "reservations still open:\n{metrics}"
+                "{} of {} allowed reservations have no end",
+                allows.iter().filter(|id| !ends.contains_key(*id)).count(),
+                allows.len()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        // Now every allowed reservation has exactly one end: consumed, released or expired.
-        let events = ledger(&gw.url, &operator).await;
-        let mut ends: HashMap<String, usize> = HashMap::new();
-        let mut allows = Vec::new();
-        for e in &events {
-            let kind = e["event"].as_str().unwrap();
-            let id = e["payload"]["decision_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            if kind == "decision.allow" {
-                allows.push(id);
-            } else if kind.starts_with("reservation.") {
-                *ends.entry(id).or_default() += 1;
-            }
-        }
-        let expired = events
-            .iter()
-            .filter(|e| e["event"] == "reservation.expired")
-            .count();
+        };
         assert!(expired > 0, "no orphan expired");
         for id in &allows {
             assert_eq!(
@@ -381,6 +378,16 @@ fn sigkill_loses_no_acknowledged_decision() {
                 ends.get(id)
             );
         }
+        let metrics = reqwest::get(format!("{}/metrics", gw.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("paybond_open_reservations 0"),
+            "reservations still open:\n{metrics}"
+        );
     });
     drop(gw);
 
