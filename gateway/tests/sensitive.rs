@@ -139,4 +139,47 @@ async fn sensitive_arguments_never_leave_the_process() {
     assert_eq!(refused.code(), Some("sensitive_data_in_evidence"));
     assert!(refused.to_string().contains("payload.note"), "{refused}");
     assert!(!refused.to_string().contains(CARD), "{refused}");
+
+    // A new policy's patterns apply to the next evidence: the card pattern is gone,
+    // a reference number's is in.
+    let published = fx
+        .engine
+        .publish_tenant_policy_text(
+            &fx.keys.tenant_id,
+            &PolicyFile {
+                text: POLICY.replace(r"'\b4[0-9]{15}\b'", r"'\bREF-[0-9]{6}\b'"),
+                file: "payments.yaml".into(),
+            },
+        )
+        .unwrap();
+    assert!(
+        published
+            .policy
+            .spend_controls
+            .as_ref()
+            .unwrap()
+            .data
+            .as_ref()
+            .unwrap()
+            .sensitive_patterns
+            == [r"\bREF-[0-9]{6}\b"],
+        "{published:?}"
+    );
+    let evidence = |note: &str| paybond_middleware_core::wire::EvidenceRequest {
+        payload: Some(json!({"status": "completed", "cost_cents": 100, "note": note})),
+        operation: Some("pay.vendor".into()),
+        ..Default::default()
+    };
+    let refused = gw
+        .submit_evidence(intent.intent_id, &evidence("order REF-123456"), "ev-2")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("sensitive_data_in_evidence"));
+    gw.submit_evidence(
+        intent.intent_id,
+        &evidence(&format!("paid with {CARD}")),
+        "ev-3",
+    )
+    .await
+    .unwrap();
 }

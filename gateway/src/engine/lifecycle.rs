@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::engine::counters::{self, Counted};
 use crate::engine::decide::MAX_AMOUNT_CENTS;
 use crate::engine::ledger;
-use crate::engine::{EffectivePolicy, Engine, bounded, require_role};
+use crate::engine::{Engine, bounded, require_role};
 use crate::error::ApiError;
 use crate::store::{Tx, args};
 use crate::tokens::{Claims, sha256_hex};
@@ -373,11 +373,12 @@ impl Engine {
         req: &EvidenceRequest,
         idempotency_key: Option<&str>,
     ) -> Result<EvidenceResponse, ApiError> {
+        let policy = self.policy_for(&principal.tenant_id)?;
         check_evidence(
             principal,
             req,
             idempotency_key,
-            self.policy_for(&principal.tenant_id)?.as_deref(),
+            &self.sensitive_patterns(policy.as_deref())?,
         )?;
         self.idempotent(
             &principal.tenant_id,
@@ -407,7 +408,12 @@ impl Engine {
                 })
                 .await;
         };
-        check_evidence(&principal, &req, idempotency_key.as_deref(), Some(&policy))?;
+        check_evidence(
+            &principal,
+            &req,
+            idempotency_key.as_deref(),
+            &self.sensitive_patterns(Some(&policy))?,
+        )?;
         self.idempotent_async(
             principal.tenant_id.clone(),
             "evidence",
@@ -1022,35 +1028,18 @@ fn check_evidence(
     principal: &Principal,
     req: &EvidenceRequest,
     idempotency_key: Option<&str>,
-    policy: Option<&EffectivePolicy>,
+    sensitive: &[regex::Regex],
 ) -> Result<(), ApiError> {
     require_role(principal, &[Role::Agent])?;
     bounded("operation", req.operation.as_deref())?;
     bounded("idempotency_key", idempotency_key)?;
-    let Some(policy) = policy else {
-        return Ok(());
-    };
-    let patterns = policy
-        .policy
-        .spend_controls
-        .as_ref()
-        .and_then(|c| c.data.as_ref())
-        .map(|d| d.sensitive_patterns.as_slice())
-        .unwrap_or_default();
-    if patterns.is_empty() {
+    if sensitive.is_empty() {
         return Ok(());
     }
-    let compiled = patterns
-        .iter()
-        .map(|p| regex::Regex::new(p))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            ApiError::internal(format_args!("spend_controls.data.sensitive_patterns: {e}"))
-        })?;
     for (field, value) in [("payload", &req.payload), ("metadata", &req.metadata)] {
         if let Some(path) = value
             .as_ref()
-            .and_then(|v| paybond_middleware_core::sensitive_path(v, &compiled))
+            .and_then(|v| paybond_middleware_core::sensitive_path(v, sensitive))
         {
             return Err(ApiError::unprocessable(
                 "sensitive_data_in_evidence",

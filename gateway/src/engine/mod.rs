@@ -226,7 +226,14 @@ pub struct Engine {
     /// store one engine owns the database, so no other writer can revoke a key
     /// behind it; a fleet replica reads a key again after [`SHARED_KEY_TTL`].
     principals: Mutex<HashMap<String, (Principal, Instant)>>,
+    /// The compiled `spend_controls.data.sensitive_patterns` of effective policies,
+    /// by the policy's digest (what it compiles from never changes under a digest).
+    sensitive: Mutex<HashMap<String, Arc<[regex::Regex]>>>,
 }
+
+/// Compiled pattern lists kept at most; the cache starts over beyond it (a
+/// publish makes a new digest, the old one is not used again).
+const SENSITIVE_CACHED: usize = 256;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -328,6 +335,7 @@ impl Engine {
             metrics: Metrics::default(),
             policies: Mutex::new(HashMap::new()),
             principals: Mutex::new(HashMap::new()),
+            sensitive: Mutex::new(HashMap::new()),
         })
     }
 
@@ -998,6 +1006,46 @@ impl Engine {
             return None;
         }
         self.policies.lock().ok()?.get(tenant_id).cloned()
+    }
+
+    /// The tenant's `sensitive_patterns`, compiled once per effective policy.
+    pub(crate) fn sensitive_patterns(
+        &self,
+        policy: Option<&EffectivePolicy>,
+    ) -> Result<Arc<[regex::Regex]>, ApiError> {
+        let patterns = policy
+            .and_then(|p| p.policy.spend_controls.as_ref())
+            .and_then(|c| c.data.as_ref())
+            .map(|d| d.sensitive_patterns.as_slice())
+            .unwrap_or_default();
+        let Some(policy) = policy.filter(|_| !patterns.is_empty()) else {
+            return Ok(Arc::from([]));
+        };
+        if let Some(hit) = self
+            .sensitive
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&policy.digest).cloned())
+        {
+            return Ok(hit);
+        }
+        // Validated when the policy was published; a stored pattern that no longer
+        // compiles is the gateway's fault, not the caller's.
+        let compiled: Arc<[regex::Regex]> = patterns
+            .iter()
+            .map(|p| regex::Regex::new(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                ApiError::internal(format_args!("spend_controls.data.sensitive_patterns: {e}"))
+            })?
+            .into();
+        if let Ok(mut cache) = self.sensitive.lock() {
+            if cache.len() >= SENSITIVE_CACHED {
+                cache.clear();
+            }
+            cache.insert(policy.digest.clone(), compiled.clone());
+        }
+        Ok(compiled)
     }
 
     pub(crate) fn policy_for(
