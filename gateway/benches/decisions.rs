@@ -181,17 +181,27 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) {
     })
     .await;
 
-    let verify = |complete: bool| {
-        let (c, b, p, key, vb, cb) = (
+    let keyed_request = verify_request(s);
+    let verify = |complete: bool, keyed: bool| {
+        let (c, b, p, key, vb, cb, kr) = (
             client.clone(),
             bases.clone(),
             pick.clone(),
             s.agent_key.clone(),
             verify_body.clone(),
             complete_body.clone(),
+            keyed_request.clone(),
         );
         move || {
-            let (c, base, key, vb, cb) = (c.clone(), p(&b), key.clone(), vb.clone(), cb.clone());
+            let (c, base, key, cb) = (c.clone(), p(&b), key.clone(), cb.clone());
+            // With `keyed`, a new idempotency key per call, as the layer sends one.
+            let vb = if keyed {
+                let mut req = kr.clone();
+                req.idempotency_key = Some(paybond_middleware_core::new_idempotency_key());
+                serde_json::to_vec(&req).unwrap()
+            } else {
+                vb.clone()
+            };
             async move {
                 let r: serde_json::Value = c
                     .post(format!("{base}/verify"))
@@ -220,10 +230,12 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) {
             }
         }
     };
-    let alone = drive(clients, verify(false)).await;
-    let both = drive(clients, verify(true)).await;
+    let alone = drive(clients, verify(false, false)).await;
+    let keyed = drive(clients, verify(false, true)).await;
+    let both = drive(clients, verify(true, false)).await;
     print(&format!("http {label}: GET /healthz"), &health);
     print(&format!("http {label}: verify"), &alone);
+    print(&format!("http {label}: verify, keyed"), &keyed);
     print(&format!("http {label}: verify + complete"), &both);
     println!(
         "{:<44} {:>9.2}x the /healthz throughput (verify alone)\n",
@@ -235,16 +247,17 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) {
 /// `threads` callers, each deciding in a loop on one shared engine (and
 /// completing each decision, unless `verify_only`).
 fn in_process(label: &str, storage: Storage, threads: usize, verify_only: bool) {
-    in_process_on(label, Arc::new(setup(storage)), threads, verify_only);
+    in_process_on(label, Arc::new(setup(storage)), threads, verify_only, false);
 }
 
-fn in_process_on(label: &str, s: Arc<Setup>, threads: usize, verify_only: bool) {
+/// With `keyed`, every verify carries a new idempotency key, as the layer sends one.
+fn in_process_on(label: &str, s: Arc<Setup>, threads: usize, verify_only: bool, keyed: bool) {
     let start = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|_| {
             let s = s.clone();
             std::thread::spawn(move || {
-                let req = verify_request(&s);
+                let mut req = verify_request(&s);
                 let complete = CompleteRequest {
                     outcome: Finalization::Consumed,
                     actual_spend_cents: Some(1),
@@ -252,6 +265,9 @@ fn in_process_on(label: &str, s: Arc<Setup>, threads: usize, verify_only: bool) 
                 let mut lat = Vec::new();
                 while start.elapsed() < RUN_FOR {
                     let t = Instant::now();
+                    if keyed {
+                        req.idempotency_key = Some(paybond_middleware_core::new_idempotency_key());
+                    }
                     let r = s.engine.verify(&s.agent, &req).unwrap();
                     assert!(r.allow, "{:?}", r.code);
                     if !verify_only {
@@ -290,6 +306,7 @@ fn main() {
                 s.clone(),
                 1,
                 true,
+                false,
             );
         }
         return;
@@ -302,6 +319,7 @@ fn main() {
                 s.clone(),
                 16,
                 true,
+                false,
             );
         }
         return;
@@ -335,6 +353,13 @@ fn main() {
                 true,
             );
         }
+        in_process_on(
+            "verify alone, keyed, SQLite file, 16 thread(s)",
+            Arc::new(setup(Storage::File(dir.path().join("keyed.db")))),
+            16,
+            true,
+            true,
+        );
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -366,6 +391,7 @@ fn main() {
             "in process, PostgreSQL, 16 thread(s)",
             Arc::new(s),
             16,
+            false,
             false,
         );
         rt.block_on(async {

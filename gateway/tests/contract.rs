@@ -204,7 +204,14 @@ async fn suite(
     keyed.idempotency_key = Some("verify-key-1".to_owned());
     let first = gw.verify(&keyed).await.unwrap();
     let second = gw.verify(&keyed).await.unwrap();
-    assert_eq!(first.decision_id, second.decision_id);
+    assert!(first.allow && !first.checks.is_empty(), "{first:?}");
+    assert_eq!(first, second, "a replay answers the whole first answer");
+    // A denial replays the same way.
+    let mut over = request(intent, &token, 10_000_000);
+    over.idempotency_key = Some("verify-key-2".to_owned());
+    let denied = gw.verify(&over).await.unwrap();
+    assert!(!denied.allow && denied.decision_id.is_some(), "{denied:?}");
+    assert_eq!(gw.verify(&over).await.unwrap(), denied);
     keyed.requested_spend_cents = 2_000;
     let err = gw.verify(&keyed).await.unwrap_err();
     assert_eq!(

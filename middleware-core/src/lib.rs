@@ -75,7 +75,7 @@ pub mod testing;
 pub use feedback::{FeedbackStatus, model_feedback};
 pub use function_names::{FunctionNameError, FunctionNames, is_valid_function_name};
 pub use gateway::{GatewayError, GatewayErrorKind, SpendGateway};
-pub use http::{HttpGateway, HttpGatewayBuilder, RetryPolicy};
+pub use http::{HttpGateway, HttpGatewayBuilder, RetryPolicy, new_idempotency_key};
 /// A tool's policy entry (side-effecting or not, how much to reserve, which
 /// operation to verify), re-exported so a crate using the layer needs no second
 /// dependency for it.

@@ -452,7 +452,11 @@ impl PaybondToolsServer {
                 };
                 let r = self
                     .gateway
-                    .submit_evidence(intent_id, &request, &Uuid::new_v4().to_string())
+                    .submit_evidence(
+                        intent_id,
+                        &request,
+                        &paybond_middleware_core::new_idempotency_key(),
+                    )
                     .await
                     .map_err(refused)?;
                 serde_json::to_value(r).map_err(|e| blocked("internal", e.to_string()))

@@ -522,6 +522,18 @@ impl Engine {
                     "this idempotency key was used with a different request; use a new key",
                 ));
             }
+            let response = match response.strip_prefix(IN_DECISION) {
+                Some(decision) => tx
+                    .query_opt(
+                        "SELECT response FROM decisions WHERE id = ?1 AND tenant_id = ?2",
+                        args![decision, tenant_id],
+                        |r| r.get::<String>(0),
+                    )?
+                    .ok_or_else(|| {
+                        ApiError::internal("a stored verify answer's decision is gone")
+                    })?,
+                None => response,
+            };
             let mut response: serde_json::Value = serde_json::from_str(&response)?;
             self.reissue_token(tx, now, tenant_id, &mut response)?;
             return Ok(serde_json::from_value(response)?);
@@ -534,6 +546,15 @@ impl Engine {
         {
             *token = serde_json::Value::String(REISSUE.to_owned());
         }
+        // A verify's answer is in its decision's row already (every answer a
+        // decision gives is stored there, as given): the key points at it.
+        let stored = match stored
+            .get("decision_id")
+            .and_then(serde_json::Value::as_str)
+        {
+            Some(decision) if keyed.route == VERIFY_ROUTE => format!("{IN_DECISION}{decision}"),
+            _ => serde_json::to_string(&stored)?,
+        };
         tx.execute(
             "INSERT INTO idempotency (tenant_id, key, route, body_hash, response, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -542,7 +563,7 @@ impl Engine {
                 keyed.key,
                 keyed.route,
                 keyed.body_hash,
-                serde_json::to_string(&stored)?,
+                stored,
                 now
             ],
         )?;
@@ -1181,6 +1202,13 @@ impl Engine {
 
 /// Stands in, in a stored idempotent answer, for the capability token it carried.
 const REISSUE: &str = "(reissued on replay)";
+
+/// The idempotency route of `POST /verify`.
+pub(crate) const VERIFY_ROUTE: &str = "verify";
+
+/// Prefixes, in place of a stored verify answer, the id of the decision whose row
+/// holds it (a JSON answer never starts with it).
+const IN_DECISION: &str = "decision:";
 
 /// A mutation's idempotency key, with what its stored answer is matched by.
 struct Keyed {

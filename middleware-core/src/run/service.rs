@@ -369,7 +369,7 @@ async fn authorize<E: Send + 'static>(
             agent_subject: shared.agent_subject.clone(),
             approval_token: approval_token.take(),
             // One key per attempt: the client's retries of this verify reuse it.
-            idempotency_key: Some(Uuid::new_v4().to_string()),
+            idempotency_key: Some(crate::new_idempotency_key()),
             phase: Some(shared.phase()),
         };
         let result = match shared.gateway.verify(&request).await {
