@@ -351,7 +351,10 @@ impl HttpGateway {
         request: &SandboxBootstrapRequest,
     ) -> Result<SandboxBootstrapResponse, GatewayError> {
         let tenant = self.tenant().await?;
-        let key = request.idempotency_key.clone().unwrap_or_else(new_idempotency_key);
+        let key = request
+            .idempotency_key
+            .clone()
+            .unwrap_or_else(new_idempotency_key);
         let response: SandboxBootstrapResponse = self
             .send(Call {
                 operation: "bootstrap",
@@ -387,7 +390,10 @@ impl HttpGateway {
         request: &CreateIntentRequest,
     ) -> Result<IntentView, GatewayError> {
         let tenant = self.tenant().await?;
-        let key = request.idempotency_key.clone().unwrap_or_else(new_idempotency_key);
+        let key = request
+            .idempotency_key
+            .clone()
+            .unwrap_or_else(new_idempotency_key);
         let response: IntentView = self
             .send(Call {
                 operation: "create_intent",
