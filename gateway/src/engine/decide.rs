@@ -17,7 +17,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::engine::counters::{self, Bucket, Counted};
-use crate::engine::{EffectivePolicy, Engine, Role, VERIFY_ROUTE, bounded, ledger, require_role};
+use crate::engine::{EffectivePolicy, Engine, Role, bounded, ledger, require_role};
 use crate::error::ApiError;
 use crate::store::{Tx, args};
 use crate::tokens::sha256_hex;
@@ -390,7 +390,7 @@ impl Engine {
         let policy = self.policy_for(&principal.tenant_id)?;
         let result = self.idempotent(
             &principal.tenant_id,
-            VERIFY_ROUTE,
+            "verify",
             req.idempotency_key.as_deref(),
             req,
             |tx, now| self.decide(tx, now, principal, req, policy.as_deref()),
@@ -417,7 +417,7 @@ impl Engine {
         let result = self
             .idempotent_async(
                 principal.tenant_id.clone(),
-                VERIFY_ROUTE,
+                "verify",
                 key.as_deref(),
                 req,
                 move |engine, tx, now, req| engine.decide(tx, now, &principal, req, Some(&policy)),

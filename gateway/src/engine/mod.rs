@@ -487,7 +487,7 @@ impl Engine {
     ) -> Result<T, ApiError>
     where
         R: Serialize + Sync,
-        T: Serialize + serde::de::DeserializeOwned + Send,
+        T: Kept + Send,
     {
         let Some(keyed) = Keyed::new(route, key, request)? else {
             return self.tx_in(tenant_id, f);
@@ -508,7 +508,7 @@ impl Engine {
         f: impl FnOnce(&dyn Tx, i64) -> Result<T, ApiError>,
     ) -> Result<T, ApiError>
     where
-        T: Serialize + serde::de::DeserializeOwned,
+        T: Kept,
     {
         let stored: Option<(String, String, String)> = tx.query_opt(
             "SELECT route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
@@ -539,21 +539,19 @@ impl Engine {
             return Ok(serde_json::from_value(response)?);
         }
         let out = f(tx, now)?;
-        // Stored without its secret: a capability token is minted again on replay.
-        let mut stored = serde_json::to_value(&out)?;
-        if let Some(token) = stored.get_mut("capability_token")
-            && token.is_string()
-        {
-            *token = serde_json::Value::String(REISSUE.to_owned());
-        }
-        // A verify's answer is in its decision's row already (every answer a
-        // decision gives is stored there, as given): the key points at it.
-        let stored = match stored
-            .get("decision_id")
-            .and_then(serde_json::Value::as_str)
-        {
-            Some(decision) if keyed.route == VERIFY_ROUTE => format!("{IN_DECISION}{decision}"),
-            _ => serde_json::to_string(&stored)?,
+        let stored = match out.decision_row() {
+            // The answer is in its decision's row already: the key points at it.
+            Some(decision) => format!("{IN_DECISION}{decision}"),
+            None => {
+                // Stored without its secret: a capability token is minted again on replay.
+                let mut stored = serde_json::to_value(&out)?;
+                if let Some(token) = stored.get_mut("capability_token")
+                    && token.is_string()
+                {
+                    *token = serde_json::Value::String(REISSUE.to_owned());
+                }
+                serde_json::to_string(&stored)?
+            }
         };
         tx.execute(
             "INSERT INTO idempotency (tenant_id, key, route, body_hash, response, created_ms)
@@ -582,7 +580,7 @@ impl Engine {
     ) -> Result<T, ApiError>
     where
         R: Serialize + Send + 'static,
-        T: Serialize + serde::de::DeserializeOwned + Send + 'static,
+        T: Kept + Send + 'static,
         F: FnOnce(&Self, &dyn Tx, i64, &R) -> Result<T, ApiError> + Send + 'static,
     {
         let keyed = Keyed::new(route, key, &request)?;
@@ -1203,12 +1201,31 @@ impl Engine {
 /// Stands in, in a stored idempotent answer, for the capability token it carried.
 const REISSUE: &str = "(reissued on replay)";
 
-/// The idempotency route of `POST /verify`.
-pub(crate) const VERIFY_ROUTE: &str = "verify";
-
-/// Prefixes, in place of a stored verify answer, the id of the decision whose row
-/// holds it (a JSON answer never starts with it).
+/// Prefixes, in place of a stored answer, the id of the decision whose row holds
+/// it ([`Kept::decision_row`]; a JSON answer never starts with it).
 const IN_DECISION: &str = "decision:";
+
+/// An answer kept under an idempotency key.
+pub(crate) trait Kept: Serialize + serde::de::DeserializeOwned {
+    /// The decision whose row holds this very answer, stored as given: the key
+    /// then points at that row instead of holding a second copy.
+    fn decision_row(&self) -> Option<Uuid> {
+        None
+    }
+}
+
+impl Kept for paybond_middleware_core::wire::VerifyResult {
+    /// Every answer [`Engine::verify`] gives is its decision's row.
+    fn decision_row(&self) -> Option<Uuid> {
+        self.decision_id
+    }
+}
+
+impl Kept for paybond_middleware_core::wire::SandboxBootstrapResponse {}
+impl Kept for paybond_middleware_core::wire::IntentView {}
+impl Kept for paybond_middleware_core::wire::EvidenceResponse {}
+impl Kept for paybond_middleware_core::wire::CompleteResponse {}
+impl Kept for paybond_middleware_core::wire::CompensationRecorded {}
 
 /// A mutation's idempotency key, with what its stored answer is matched by.
 struct Keyed {
