@@ -550,8 +550,7 @@ impl Engine {
         req: &CompleteRequest,
         idempotency_key: Option<&str>,
     ) -> Result<CompleteResponse, ApiError> {
-        require_role(principal, &[Role::Agent])?;
-        bounded("idempotency_key", idempotency_key)?;
+        check_complete(principal, idempotency_key)?;
         self.idempotent(
             &principal.tenant_id,
             "complete",
@@ -572,8 +571,7 @@ impl Engine {
         req: CompleteRequest,
         idempotency_key: Option<String>,
     ) -> Result<CompleteResponse, ApiError> {
-        require_role(&principal, &[Role::Agent])?;
-        bounded("idempotency_key", idempotency_key.as_deref())?;
+        check_complete(&principal, idempotency_key.as_deref())?;
         self.idempotent_async(
             principal.tenant_id.clone(),
             "complete",
@@ -1051,6 +1049,13 @@ fn check_evidence(
         }
     }
     Ok(())
+}
+
+/// What a completion must satisfy before its transaction: an agent's key and a
+/// key within bounds.
+fn check_complete(principal: &Principal, idempotency_key: Option<&str>) -> Result<(), ApiError> {
+    require_role(principal, &[Role::Agent])?;
+    bounded("idempotency_key", idempotency_key)
 }
 
 /// What an evidence submission's idempotency key is matched by: the intent and the

@@ -792,18 +792,22 @@ impl Engine {
     /// Who an API key is, when the engine has it in memory (it asks the store
     /// nothing): `None` means [`Self::authenticate`] has to.
     pub fn authenticate_cached(&self, api_key: &str) -> Option<Principal> {
-        let hash = sha256_hex(api_key.as_bytes());
+        self.cached_principal(&sha256_hex(api_key.as_bytes()))
+    }
+
+    /// The principal cached under a key's digest, while it may still be used.
+    fn cached_principal(&self, hash: &str) -> Option<Principal> {
         let cache = self.principals.lock().ok()?;
-        let (p, at) = cache.get(&hash)?;
+        let (p, at) = cache.get(hash)?;
         (!self.store.shared() || at.elapsed() < SHARED_KEY_TTL).then(|| p.clone())
     }
 
     /// Who an API key is; 401 for a key this gateway did not issue.
     pub fn authenticate(&self, api_key: &str) -> Result<Principal, ApiError> {
-        if let Some(p) = self.authenticate_cached(api_key) {
+        let hash = sha256_hex(api_key.as_bytes());
+        if let Some(p) = self.cached_principal(&hash) {
             return Ok(p);
         }
-        let hash = sha256_hex(api_key.as_bytes());
         let row: Option<(String, String, String, String, String)> = self.read(|tx, _| {
             tx.query_opt(
                 "SELECT k.key_id, k.tenant_id, k.role, k.subject, t.environment
