@@ -107,8 +107,12 @@ pub(crate) enum ExportsCommand {
         #[arg(long)]
         output: PathBuf,
     },
-    /// Check a downloaded ZIP offline: the manifest signature, every artifact's
-    /// SHA-256, the ledger chain against its verifier pack. Exit 1 on any mismatch.
+    /// Check a downloaded ZIP: the manifest signature, every artifact's SHA-256,
+    /// the ledger chain against its verifier pack, and who signed it. The signer is
+    /// checked against `--public-key` (offline) or, with `--gateway`, the tenant's
+    /// published signing keys. Exit 0 verified; 1 on any mismatch; 3 when all
+    /// checks pass but the signer was not checked (neither flag given): anyone can
+    /// re-sign an altered bundle with a key of their own.
     Verify {
         /// The ZIP.
         #[arg(required_unless_present = "path", conflicts_with = "path")]
@@ -117,7 +121,7 @@ pub(crate) enum ExportsCommand {
         #[arg(long)]
         path: Option<PathBuf>,
         /// The signing key the manifest must be signed with (hex; from
-        /// `paybond audit signing-keys`). Without it, any key the manifest names.
+        /// `paybond audit signing-keys`).
         #[arg(long)]
         public_key: Option<String>,
     },
@@ -168,7 +172,7 @@ pub(crate) fn run(cmd: AuditCommand, global: &Global) -> Outcome {
             } = *cmd
             {
                 let path = file.or(path).unwrap_or_default();
-                return verify(&path, public_key.as_deref());
+                return verify(&path, public_key.as_deref(), global);
             }
             let t = match operator(global) {
                 Ok(t) => t,
@@ -469,12 +473,59 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn verify(path: &Path, public_key: Option<&str>) -> Outcome {
+/// Who may have signed a bundle, and where that came from.
+enum Signer {
+    /// `--public-key`.
+    Pinned(String),
+    /// The tenant's published keys, from `--gateway`.
+    Published { keys: Vec<String>, tenant: String },
+    /// Nobody said: the signature is checked with the key the manifest names.
+    Unchecked,
+}
+
+/// The tenant's signing keys from the gateway `--gateway` names.
+fn published_keys(global: &Global) -> Result<Signer, Outcome> {
+    let t = operator(global)?;
+    let data = send_json(&t, Method::GET, "/v1/compliance/signing-keys", None)?;
+    let keys: Vec<String> = data["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["public_key_hex"].as_str().map(str::to_owned))
+        .collect();
+    let tenant = data["tenant_realm_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if keys.is_empty() || tenant.is_empty() {
+        return Err(output::fail(Failure::new(
+            Category::Gateway,
+            "malformed_answer",
+            format!("{}/v1/compliance/signing-keys named no signing key", t.url),
+        )));
+    }
+    Ok(Signer::Published { keys, tenant })
+}
+
+fn verify(path: &Path, public_key: Option<&str>, global: &Global) -> Outcome {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => return crate::unreadable(format!("cannot read {}: {e}", path.display())),
     };
-    let report = match paybond_gateway::audit::verify_bundle(&bytes, public_key) {
+    let signer = match (public_key, &global.gateway) {
+        (Some(key), _) => Signer::Pinned(key.to_owned()),
+        (None, Some(_)) => match published_keys(global) {
+            Ok(s) => s,
+            Err(o) => return o,
+        },
+        (None, None) => Signer::Unchecked,
+    };
+    let trusted: &[String] = match &signer {
+        Signer::Pinned(key) => std::slice::from_ref(key),
+        Signer::Published { keys, .. } => keys,
+        Signer::Unchecked => &[],
+    };
+    let mut report = match paybond_gateway::audit::verify_bundle_trusting(&bytes, trusted) {
         Ok(r) => r,
         Err(why) => {
             return output::fail(Failure::new(
@@ -484,9 +535,24 @@ fn verify(path: &Path, public_key: Option<&str>) -> Outcome {
             ));
         }
     };
+    if let Signer::Published { tenant, .. } = &signer
+        && *tenant != report.tenant_realm_id
+    {
+        report.problems.push(format!(
+            "the bundle is of tenant {}, the gateway's signing keys of tenant {tenant}",
+            report.tenant_realm_id
+        ));
+        report.verified = false;
+        report.intact = false;
+    }
     let mut data = serde_json::to_value(&report).unwrap_or(Value::Null);
     data["path"] = Value::from(path.display().to_string());
-    if !report.verified {
+    data["signer"] = Value::from(match &signer {
+        Signer::Pinned(_) => "public_key",
+        Signer::Published { .. } => "gateway",
+        Signer::Unchecked => "not_checked",
+    });
+    if !report.intact {
         return output::fail(
             Failure::new(
                 Category::Invalid,
@@ -501,25 +567,54 @@ fn verify(path: &Path, public_key: Option<&str>) -> Outcome {
             .data(data),
         );
     }
+    let ledger = report.ledger.as_ref();
+    let details = || {
+        println!(
+            "  manifest: {} for tenant {}, job {}",
+            report.manifest_kind, report.tenant_realm_id, report.job_id
+        );
+        println!("  artifacts: {} checked, all match", report.artifacts.len());
+        if let Some(l) = ledger {
+            println!(
+                "  ledger: {} entries, seq {}..={}, chain valid",
+                l.events, l.first_seq, l.last_seq
+            );
+        }
+    };
+    if !report.signer_checked {
+        let message = format!(
+            "{}: signature valid, signer not checked: the manifest is signed by the key it \
+             names ({}), which anyone re-signing the bundle can choose; pass --public-key \
+             (from `paybond audit signing-keys`) or --gateway to check it against the \
+             tenant's key",
+            path.display(),
+            report.signing_public_key_ed25519_hex
+        );
+        if output::json() {
+            return output::fail(
+                Failure::new(Category::Unchecked, "signer_not_checked", message).data(data),
+            );
+        }
+        println!("{}: signature valid, signer not checked", path.display());
+        details();
+        return output::fail(Failure::new(
+            Category::Unchecked,
+            "signer_not_checked",
+            message,
+        ));
+    }
     if output::success_json(data, &[]) {
         return Outcome::Success;
     }
-    let ledger = report.ledger.as_ref();
     println!("{}: verified", path.display());
+    details();
     println!(
-        "  manifest: {} for tenant {}, job {}",
-        report.manifest_kind, report.tenant_realm_id, report.job_id
-    );
-    println!(
-        "  signature: valid (ed25519 {})",
+        "  signature: valid, by {} (ed25519 {})",
+        match signer {
+            Signer::Pinned(_) => "the key given with --public-key",
+            _ => "the tenant's signing key, as the gateway publishes it",
+        },
         report.signing_public_key_ed25519_hex
     );
-    println!("  artifacts: {} checked, all match", report.artifacts.len());
-    if let Some(l) = ledger {
-        println!(
-            "  ledger: {} entries, seq {}..={}, chain valid",
-            l.events, l.first_seq, l.last_seq
-        );
-    }
     Outcome::Success
 }

@@ -60,6 +60,13 @@ pub(crate) struct Loop {
     /// Seconds before an unfinalized reservation expires.
     #[arg(long, default_value_t = 300)]
     reservation_ttl_secs: u64,
+    /// Connections the server holds at once.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Connections one client address may hold at once; over it, that address's
+    /// idlest connection is closed to make room (503 when all of them are busy).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_peer: u32,
 }
 
 pub(crate) fn run(cmd: DevCommand, global: &Global) -> Outcome {
@@ -351,7 +358,13 @@ fn dev_loop(a: &Loop, global: &Global) -> Outcome {
         println!("console: {url}/console");
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
-        let served = paybond_gateway::server::serve(listener, engine, shutdown_signal()).await;
+        let limits = paybond_gateway::server::ServeLimits {
+            max_connections: a.max_connections as usize,
+            max_connections_per_peer: a.max_connections_per_peer as usize,
+            ..Default::default()
+        };
+        let served =
+            paybond_gateway::server::serve_with(listener, engine, shutdown_signal(), limits).await;
         sweeper.abort();
         match served {
             Ok(()) => Outcome::Success,

@@ -101,6 +101,9 @@ pub(crate) enum Outcome {
     Failed,
     /// 2: bad usage or environment (a missing file, a missing credential).
     Usage,
+    /// 3: every check that could run passed, but not all could (an audit bundle
+    /// whose signer was not checked).
+    Unchecked,
 }
 
 impl From<Outcome> for ExitCode {
@@ -109,6 +112,7 @@ impl From<Outcome> for ExitCode {
             Outcome::Success => 0,
             Outcome::Failed => 1,
             Outcome::Usage => 2,
+            Outcome::Unchecked => 3,
         })
     }
 }

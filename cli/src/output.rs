@@ -80,6 +80,9 @@ pub(crate) enum Category {
     Gateway,
     /// The thing checked is wrong: an invalid policy, a broken chain (exit 1).
     Invalid,
+    /// Every check that could run passed, but not all could: an audit bundle
+    /// whose signer was not checked against a trusted key (exit 3).
+    Unchecked,
 }
 
 impl Category {
@@ -89,6 +92,7 @@ impl Category {
             Self::Environment => "environment",
             Self::Gateway => "gateway",
             Self::Invalid => "invalid",
+            Self::Unchecked => "unchecked",
         }
     }
 }
@@ -146,6 +150,7 @@ pub(crate) fn fail(f: Failure) -> Outcome {
             Outcome::Usage
         }
         Category::Gateway | Category::Invalid => Outcome::Failed,
+        Category::Unchecked => Outcome::Unchecked,
     };
     if json() {
         println!(

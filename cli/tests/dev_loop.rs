@@ -978,12 +978,61 @@ fn audit_exports_from_the_command_line_and_the_offline_check() {
     );
     let (code, table, _) = paybond_in(
         dir.path(),
-        &["audit", "exports", "verify", "--path", "bundle.zip"],
+        &[
+            "audit",
+            "exports",
+            "verify",
+            "--path",
+            "bundle.zip",
+            "--public-key",
+            &public,
+        ],
     );
     assert_eq!(code, 0);
     assert!(
         table.contains("verified") && table.contains("chain valid"),
         "{table}"
+    );
+    // Without a key to check the signer against: never "verified", exit 3.
+    let (code, table, err) = paybond_in(
+        dir.path(),
+        &["audit", "exports", "verify", "--path", "bundle.zip"],
+    );
+    assert_eq!(code, 3, "{table}{err}");
+    assert!(!table.contains("verified"), "{table}");
+    assert!(
+        table.contains("signature valid, signer not checked") && table.contains("chain valid"),
+        "{table}"
+    );
+    let (code, unchecked, _) = run(&["audit", "exports", "verify", "bundle.zip"]);
+    assert_eq!(code, 3);
+    assert_eq!(unchecked["ok"], false);
+    assert_eq!(unchecked["error"]["code"], "signer_not_checked");
+    assert_eq!(unchecked["data"]["verified"], false);
+    assert_eq!(unchecked["data"]["signature_valid"], true);
+
+    // An attacker empties the decisions and signs the bundle again with a key of
+    // their own: self-consistent, so only the signer gives it away.
+    let forged = resigned_without(&zip, "decisions.jsonl");
+    std::fs::write(dir.path().join("forged.zip"), forged).unwrap();
+    let (code, table, _) = paybond_in(dir.path(), &["audit", "exports", "verify", "forged.zip"]);
+    assert_eq!(code, 3);
+    assert!(!table.contains("verified"), "{table}");
+    let (code, refused, _) = run(&[
+        "audit",
+        "exports",
+        "verify",
+        "forged.zip",
+        "--public-key",
+        &public,
+    ]);
+    assert_eq!(code, 1, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not by the expected key"),
+        "{refused}"
     );
 
     // One changed byte in an artifact: exit 1, naming the file.
@@ -1043,8 +1092,31 @@ fn audit_exports_from_the_command_line_and_the_offline_check() {
     let (code, missing, _) = run(&["audit", "exports", "verify", "nothing.zip"]);
     assert_eq!(code, 2, "{missing}");
 
-    // List, get, delete against the restarted gateway.
-    let _gw = start(dir.path(), &[]);
+    // Against the restarted gateway: the signer checked against the tenant's
+    // published key, then list, get, delete.
+    let gw = start(dir.path(), &[]);
+    let (code, verified, _) = run(&[
+        "audit",
+        "exports",
+        "verify",
+        "bundle.zip",
+        "--gateway",
+        &gw.url,
+    ]);
+    assert_eq!(code, 0, "{verified}");
+    assert_eq!(verified["data"]["verified"], true);
+    assert_eq!(verified["data"]["signer"], "gateway");
+    let (code, refused, _) = run(&[
+        "audit",
+        "exports",
+        "verify",
+        "forged.zip",
+        "--gateway",
+        &gw.url,
+    ]);
+    assert_eq!(code, 1, "{refused}");
+    assert_eq!(refused["error"]["code"], "audit_bundle_invalid");
+    assert_eq!(refused["data"]["verified"], false);
     let (code, list, _) = run(&["audit", "exports", "list"]);
     assert_eq!(code, 0);
     assert_eq!(list["data"]["jobs"][0]["id"], job_id.as_str(), "{list}");
@@ -1453,4 +1525,118 @@ fn policy_replay_reports_what_a_new_policy_would_have_decided() {
         &["agent", "demo", "generic", "--gateway", &gw.url],
     );
     assert_eq!(code, 0, "{out}{err}");
+}
+
+/// The bundle at `zip` with the artifact `path` emptied, its manifest updated and
+/// signed again by a key that is not the tenant's.
+fn resigned_without(zip: &Path, path: &str) -> Vec<u8> {
+    use ed25519_dalek::Signer as _;
+    use sha2::Digest as _;
+    use std::io::{Read as _, Write as _};
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut files = Vec::new();
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(zip).unwrap()).unwrap();
+    for i in 0..archive.len() {
+        let mut f = archive.by_index(i).unwrap();
+        let name = f.name().unwrap().into_owned();
+        let mut data = Vec::new();
+        f.read_to_end(&mut data).unwrap();
+        files.push((name, data));
+    }
+    let emptied = files.iter_mut().find(|(n, _)| n == path).unwrap();
+    emptied.1.clear();
+    let digest = hex(&sha2::Sha256::digest(b""));
+    let manifest = files
+        .iter_mut()
+        .find(|(n, _)| n == "manifest.json")
+        .unwrap();
+    let mut m: serde_json::Map<String, Value> = serde_json::from_slice(&manifest.1).unwrap();
+    for a in m["artifacts"].as_array_mut().unwrap() {
+        if a["path"] == path {
+            a["sha256"] = json!(digest);
+            a["size_bytes"] = json!(0);
+        }
+    }
+    let forger = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let core = sha2::Sha256::digest(paybond_gateway::audit::manifest_core_bytes(&m));
+    m["signed_payload_sha256_hex"] = json!(hex(&core));
+    m["ed25519_signature_hex"] = json!(hex(&forger.sign(&core).to_bytes()));
+    m["signing_public_key_ed25519_hex"] = json!(hex(forger.verifying_key().as_bytes()));
+    manifest.1 = serde_json::to_vec_pretty(&m).unwrap();
+    let mut out = std::io::Cursor::new(Vec::new());
+    {
+        let mut w = zip::ZipWriter::new(&mut out);
+        for (name, data) in &files {
+            w.start_file(name.as_str(), zip::write::SimpleFileOptions::default())
+                .unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    out.into_inner()
+}
+
+#[test]
+fn the_root_key_is_not_rotated_under_a_running_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), &[]);
+    let keys = env(dir.path());
+    let key_file = dir.path().join(".paybond").join("paybond.key");
+    let before = std::fs::read(&key_file).unwrap();
+
+    let (code, out, err) = paybond_in(dir.path(), &["dev", "rotate-root-key"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("a gateway is running on") && err.contains("stop it first"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&key_file).unwrap(), before, "the key changed");
+
+    // The gateway still mints, checks and signs with its key.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let boot: Value = client
+            .post(format!("{}/v1/sandbox/guardrails/bootstrap", gw.url))
+            .bearer_auth(&keys["PAYBOND_API_KEY"])
+            .json(&json!({"operation": "travel.book_hotel", "requested_spend_cents": 1000}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let verified: Value = client
+            .post(format!("{}/verify", gw.url))
+            .bearer_auth(&keys["PAYBOND_API_KEY"])
+            .json(
+                &json!({"intent_id": boot["intent_id"], "token": boot["capability_token"],
+                          "operation": "travel.book_hotel", "requested_spend_cents": 100,
+                          "vendor_id": "vendor_acme"}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(verified["allow"], true, "{verified}");
+        let signing = get(
+            &gw.url,
+            &keys["PAYBOND_OPERATOR_API_KEY"],
+            "/v1/compliance/signing-keys",
+        )
+        .await;
+        assert!(
+            signing["keys"][0]["public_key_hex"].is_string(),
+            "{signing}"
+        );
+    });
+
+    // Stopped (even by SIGKILL, which leaves no chance to clean up): rotated.
+    drop(gw);
+    let (code, out, err) = paybond_in(dir.path(), &["dev", "rotate-root-key"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_ne!(std::fs::read(&key_file).unwrap(), before);
+    let _gw = start(dir.path(), &[]);
 }

@@ -330,9 +330,18 @@ pub struct LedgerSegmentCheck {
 /// What [`verify_bundle`] found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleReport {
-    /// Everything checks: the signature, every artifact, the ledger segment (and the
-    /// signing key, when one was expected).
+    /// The bundle is authentic: it is [`Self::intact`] and its signer was checked
+    /// against a trusted key ([`Self::signer_checked`]). Without a trusted key a
+    /// bundle is never verified: anyone can re-sign an altered bundle with a key
+    /// of their own.
     pub verified: bool,
+    /// Everything the bundle can show by itself checks: the signature with the
+    /// key the manifest names, every artifact, the ledger segment (and the signer,
+    /// when trusted keys were given).
+    pub intact: bool,
+    /// The signing key was checked against trusted keys (and is one of them
+    /// when the bundle is [`Self::verified`]).
+    pub signer_checked: bool,
     /// The manifest's `kind`.
     pub manifest_kind: String,
     /// The tenant the bundle is of.
@@ -353,11 +362,22 @@ pub struct BundleReport {
 }
 
 /// Checks a bundle offline: the manifest's kind, digest and Ed25519 signature
-/// (and, when `expected_key` is given, that it is the key that signed), every
+/// (and, when `expected_key` is given, that it is the key that signed: without
+/// it the bundle is not [`BundleReport::verified`]), every
 /// artifact's SHA-256, that the ZIP holds nothing the manifest does not list, and
 /// the ledger segment against the verifier pack. `Err` only when the bytes are not
 /// a ZIP with a JSON `manifest.json`.
 pub fn verify_bundle(bytes: &[u8], expected_key: Option<&str>) -> Result<BundleReport, String> {
+    verify_bundle_trusting(bytes, expected_key.as_slice())
+}
+
+/// [`verify_bundle`] with the signer checked against `trusted` keys (hex), any of
+/// which may have signed: a tenant's published signing keys. With none, the
+/// signer is not checked and the bundle is at most [`BundleReport::intact`].
+pub fn verify_bundle_trusting<K: AsRef<str>>(
+    bytes: &[u8],
+    trusted: &[K],
+) -> Result<BundleReport, String> {
     let mut zip =
         zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| format!("not a ZIP: {e}"))?;
     if zip.len() > MAX_ENTRIES {
@@ -434,12 +454,21 @@ pub fn verify_bundle(bytes: &[u8], expected_key: Option<&str>) -> Result<BundleR
             problems.push("ed25519_signature_hex is not an Ed25519 signature".to_owned());
         }
     }
-    if let Some(expected) = expected_key
-        && !expected.trim().eq_ignore_ascii_case(&public_hex)
+    let signer_checked = !trusted.is_empty();
+    if signer_checked
+        && !trusted
+            .iter()
+            .any(|k| k.as_ref().trim().eq_ignore_ascii_case(&public_hex))
     {
+        let expected: Vec<&str> = trusted.iter().map(|k| k.as_ref().trim()).collect();
         problems.push(format!(
-            "signed by {public_hex}, not by the expected key {}",
-            expected.trim()
+            "signed by {public_hex}, not by {} {}",
+            if expected.len() == 1 {
+                "the expected key"
+            } else {
+                "any of the expected keys"
+            },
+            expected.join(", ")
         ));
     }
 
@@ -502,7 +531,9 @@ pub fn verify_bundle(bytes: &[u8], expected_key: Option<&str>) -> Result<BundleR
         }
     };
     Ok(BundleReport {
-        verified: problems.is_empty(),
+        verified: problems.is_empty() && signer_checked,
+        intact: problems.is_empty(),
+        signer_checked,
         manifest_kind: kind,
         tenant_realm_id: tenant,
         job_id: text("job_id"),

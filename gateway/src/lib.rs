@@ -34,6 +34,7 @@
 //! # }
 //! ```
 pub mod audit;
+mod connections;
 mod console;
 mod embedded;
 mod engine;
@@ -53,4 +54,4 @@ pub use engine::operator::*;
 pub use engine::replay::{ReplayChange, ReplayOptions, ReplayReport, ReplayTally};
 pub use engine::*;
 pub use error::ApiError;
-pub use store::{DatabaseUrl, Storage, database_path, root_key_path};
+pub use store::{DatabaseUrl, Storage, data_lock_path, database_path, root_key_path};

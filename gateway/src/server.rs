@@ -460,11 +460,37 @@ async fn list_approvals(
             )));
         }
     };
+    let amount = |name: &str| -> Result<Option<u64>, HttpError> {
+        match q.get(name) {
+            None => Ok(None),
+            Some(_) => Ok(Some(number_param(
+                &q,
+                name,
+                0,
+                0..=crate::engine::decide::MAX_AMOUNT_CENTS,
+            )?)),
+        }
+    };
+    let text = |name: &str| -> Result<Option<String>, HttpError> {
+        let value = q.get(name).filter(|v| !v.is_empty()).cloned();
+        if let Some(v) = &value {
+            crate::engine::bounded(name, Some(v)).map_err(|mut e| {
+                e.status = 400;
+                e.code = "invalid_query_parameter";
+                fail(e)
+            })?;
+        }
+        Ok(value)
+    };
     let query = crate::engine::lifecycle::ApprovalQuery {
         state,
         limit: u32::try_from(limit).ok(),
         cursor: q.get("cursor").cloned(),
         oldest_first,
+        agent: text("agent")?,
+        tool: text("tool")?,
+        min_amount_cents: amount("min_amount_cents")?,
+        max_amount_cents: amount("max_amount_cents")?,
     };
     let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
         e.list_approvals(p, &query)
@@ -921,9 +947,17 @@ pub fn spawn_sweeper(engine: Arc<Engine>, every: Duration) -> tokio::task::JoinH
 /// What one server lets its clients hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeLimits {
-    /// Connections served at once; further ones wait in the listen backlog until
-    /// one closes.
+    /// Connections served at once. At the cap, the connection idle longest is
+    /// closed once it has been idle [`Self::idle_under_pressure`]; until then new
+    /// connections wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections one peer address may hold at once. Over it, the peer's own
+    /// longest-idle connection is closed to make room, or when all of them are
+    /// busy the new one is answered 503 `too_many_connections` and closed.
+    pub max_connections_per_peer: usize,
+    /// How long a connection must have been idle before it is closed to make room
+    /// when every slot is taken (instead of at [`Self::header_timeout`]).
+    pub idle_under_pressure: Duration,
     /// Time a client has to send a request's headers, counted from when the
     /// connection opens or its previous answer was sent: it bounds slow headers
     /// (slowloris) and idle keep-alive connections alike.
@@ -933,9 +967,13 @@ pub struct ServeLimits {
 }
 
 impl Default for ServeLimits {
+    /// 1,024 connections, 256 per peer address, idle connections closed after
+    /// 1 s under pressure, 10 s for headers, 30 s for a body.
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_connections_per_peer: 256,
+            idle_under_pressure: Duration::from_secs(1),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
         }
@@ -960,47 +998,11 @@ pub async fn serve_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     limits: ServeLimits,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-
-    let service = TowerToHyperService::new(router_with(engine, limits.body_timeout));
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        // A free slot first: at the cap, new connections wait in the backlog.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break, // the semaphore is never closed
-            },
-            () = &mut shutdown => break,
-        };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, do not stop serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let connection =
-            graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
-        tokio::spawn(async move {
-            // A client that goes away or times out ends its connection; nothing to report.
-            let _ = connection.await;
-            drop(slot);
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+    crate::connections::serve(
+        listener,
+        router_with(engine, limits.body_timeout),
+        shutdown,
+        limits,
+    )
+    .await
 }

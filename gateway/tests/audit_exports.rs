@@ -427,7 +427,7 @@ async fn exports(fx: Fixture) {
     let mut tampered = files.clone();
     tampered[3].1.extend_from_slice(b"{\"forged\":true}\n");
     let report = verify_bundle(&rezip(&tampered), None).unwrap();
-    assert!(!report.verified);
+    assert!(!report.verified && !report.intact);
     assert!(report.signature_valid, "the manifest itself is untouched");
     assert_eq!(report.problems.len(), 1, "{report:?}");
     assert!(
@@ -441,7 +441,7 @@ async fn exports(fx: Fixture) {
         .replace(&fx.keys.tenant_id, "tnt_forged");
     tampered[0].1 = forged.into_bytes();
     let report = verify_bundle(&rezip(&tampered), None).unwrap();
-    assert!(!report.verified && !report.signature_valid, "{report:?}");
+    assert!(!report.intact && !report.signature_valid, "{report:?}");
 
     let mut tampered = files.clone();
     tampered.push(("extra.txt".into(), b"x".to_vec()));
@@ -467,7 +467,7 @@ async fn exports(fx: Fixture) {
     );
     let report = verify_bundle(&forged, None).unwrap();
     assert!(report.signature_valid);
-    assert!(!report.verified);
+    assert!(!report.verified && !report.intact && !report.signer_checked);
     assert!(
         report
             .ledger
@@ -690,7 +690,13 @@ fn a_bundle_past_its_retention_expires_and_a_job_whose_builder_stopped_fails() {
             built.id,
         )
         .unwrap();
-    assert!(verify_bundle(&bundle, None).unwrap().verified);
+    // Intact by itself; verified only against the tenant's key.
+    let unchecked = verify_bundle(&bundle, None).unwrap();
+    assert!(unchecked.intact && !unchecked.signer_checked && !unchecked.verified);
+    let public = engine.signing_keys(&fx.operator).unwrap().keys[0]
+        .public_key_hex
+        .clone();
+    assert!(verify_bundle(&bundle, Some(&public)).unwrap().verified);
     // Fifteen minutes later the token no longer works.
     clock.advance_ms(15 * 60_000);
     let refused = engine

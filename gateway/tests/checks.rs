@@ -312,14 +312,16 @@ fn approval_tokens_are_single_use_bound_and_short_lived() {
     assert_eq!((err.status, err.code), (403, "forbidden_role"));
     let err = fx.engine.approve(&admin, id).unwrap_err();
     assert_eq!((err.status, err.code), (403, "forbidden_role"));
-    // Quorum 2: one approval is not enough; the same operator twice still counts once.
+    // Quorum 2: one approval is not enough; the same operator twice is a 409 and
+    // still counts once.
     let s = fx.engine.approve(&op1, id).unwrap();
     assert_eq!(
         (s.state, s.approvals, s.quorum),
         (ApprovalState::Pending, 1, 2)
     );
-    let s = fx.engine.approve(&op1, id).unwrap();
-    assert_eq!(s.approvals, 1);
+    let err = fx.engine.approve(&op1, id).unwrap_err();
+    assert_eq!((err.status, err.code), (409, "approval_already_given"));
+    assert_eq!(fx.engine.approval(&op1, id).unwrap().approvals, 1);
     let s = fx.engine.approve(&op2, id).unwrap();
     assert_eq!(s.state, ApprovalState::Approved);
     // Operators never see the token; the held agent reads it once.

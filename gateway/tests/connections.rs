@@ -1,6 +1,7 @@
 //! Connection limits over loopback: slow headers and idle connections are closed
-//! after the header timeout, a slow body gets a 408, and at the connection cap new
-//! connections wait until one closes. Each step is bounded in time.
+//! after the header timeout, a slow body gets a 408, at the connection cap new
+//! connections wait until one closes (or an idle one is closed to make room), and
+//! one peer address cannot take every connection. Each step is bounded in time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on setup failures
 
@@ -47,6 +48,7 @@ async fn slow_headers_idle_connections_and_slow_bodies_are_cut_off() {
         max_connections: 64,
         header_timeout: Duration::from_millis(500),
         body_timeout: Duration::from_millis(500),
+        ..ServeLimits::default()
     })
     .await;
 
@@ -97,8 +99,11 @@ async fn slow_headers_idle_connections_and_slow_bodies_are_cut_off() {
 async fn at_the_connection_cap_new_connections_wait_for_a_free_slot() {
     let (addr, _fx) = start(ServeLimits {
         max_connections: 4,
+        // Not closed to make room while this test runs: it waits for a free slot.
+        idle_under_pressure: Duration::from_secs(60),
         header_timeout: Duration::from_secs(30),
         body_timeout: Duration::from_secs(30),
+        ..ServeLimits::default()
     })
     .await;
     let mut held = Vec::new();
@@ -124,4 +129,176 @@ async fn at_the_connection_cap_new_connections_wait_for_a_free_slot() {
         .await
         .expect("the waiting connection was not served after a slot freed");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// A connection from `source` (an address of the loopback network) to `addr`.
+async fn connect_from(source: [u8; 4], addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// A `GET /healthz` on a new connection from `source`: the status line, and how
+/// long it took.
+async fn healthz_from(source: [u8; 4], addr: std::net::SocketAddr) -> (String, Duration) {
+    let started = Instant::now();
+    let mut stream = connect_from(source, addr).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(20))
+        .await
+        .unwrap_or_default();
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    (status, started.elapsed())
+}
+
+/// Whether the server has closed `stream` (without waiting).
+fn closed_by_server(stream: &TcpStream) -> bool {
+    let mut buf = [0_u8; 64];
+    match stream.try_read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_reopening_idle_connections_cannot_starve_the_others() {
+    // Idle connections would otherwise live 30 s: a starved client would wait that long.
+    let limits = ServeLimits {
+        max_connections: 64,
+        max_connections_per_peer: 16,
+        idle_under_pressure: Duration::from_millis(200),
+        header_timeout: Duration::from_secs(30),
+        body_timeout: Duration::from_secs(30),
+    };
+    let (addr, _fx) = start(limits).await;
+
+    // The flood: 110 idle connections from 127.0.0.1, each reopened as soon as the
+    // server drops it, for as long as the test runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut held: Vec<TcpStream> = Vec::new();
+            let mut opened = 0_u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                held.retain(|s| !closed_by_server(s));
+                while held.len() < 110 {
+                    held.push(connect_from([127, 0, 0, 1], addr).await);
+                    opened += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            held.retain(|s| !closed_by_server(s));
+            (opened, held)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Normal clients, from the flooding address and from others, are served at once.
+    let mut latencies = Vec::new();
+    for i in 0..30_u8 {
+        let source = if i % 2 == 0 {
+            [127, 0, 0, 1]
+        } else {
+            [127, 0, 0, 2 + i % 3]
+        };
+        let (status, took) = healthz_from(source, addr).await;
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "{i}: {status:?} after {took:?}"
+        );
+        assert!(took < Duration::from_secs(5), "{i}: served after {took:?}");
+        latencies.push(took);
+    }
+    latencies.sort();
+    println!(
+        "healthz under a flood of 110 idle connections: p50 {:?}, max {:?}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    assert!(latencies[latencies.len() / 2] < Duration::from_secs(1));
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (opened, held) = flood.await.unwrap();
+    // The server kept the flood to its share: the rest were closed as it reopened them.
+    assert!(opened > 110, "the server never closed a flood connection");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let open = held.iter().filter(|s| !closed_by_server(s)).count();
+    assert!(
+        open <= 17,
+        "{open} flood connections still open over a share of 16"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_connections_are_all_busy_gets_503_and_others_are_served() {
+    let (addr, _fx) = start(ServeLimits {
+        max_connections: 64,
+        max_connections_per_peer: 4,
+        idle_under_pressure: Duration::from_millis(200),
+        header_timeout: Duration::from_secs(30),
+        body_timeout: Duration::from_secs(30),
+    })
+    .await;
+    // Four requests whose bodies never finish: four busy connections.
+    let mut busy = Vec::new();
+    for _ in 0..4 {
+        let mut s = connect_from([127, 0, 0, 1], addr).await;
+        s.write_all(
+            b"POST /verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+        busy.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fifth = connect_from([127, 0, 0, 1], addr).await;
+    let answer = read_until_closed(&mut fifth, Duration::from_secs(5))
+        .await
+        .expect("a fifth connection over the share was neither answered nor closed");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"too_many_connections\""), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    // The busy requests were not cut off, and another address is served.
+    assert!(busy.iter().all(|s| !closed_by_server(s)));
+    let (status, _) = healthz_from([127, 0, 0, 9], addr).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_an_idle_connection_is_closed_to_serve_a_new_one() {
+    let (addr, _fx) = start(ServeLimits {
+        max_connections: 8,
+        max_connections_per_peer: 2,
+        idle_under_pressure: Duration::from_millis(300),
+        header_timeout: Duration::from_secs(30),
+        body_timeout: Duration::from_secs(30),
+    })
+    .await;
+    // Four addresses fill every slot with idle connections.
+    let mut idle = Vec::new();
+    for host in 2..6_u8 {
+        for _ in 0..2 {
+            idle.push(connect_from([127, 0, 0, host], addr).await);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, took) = healthz_from([127, 0, 0, 7], addr).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // Not before the idlest had been idle 300 ms, and long before 30 s.
+    assert!(
+        took >= Duration::from_millis(150) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert_eq!(idle.iter().filter(|s| closed_by_server(s)).count(), 1);
 }

@@ -26,10 +26,12 @@ fn a_verify_key_points_at_its_decision_and_a_stored_copy_still_replays() {
     let id = first.decision_id.unwrap().to_string();
 
     let conn = rusqlite::Connection::open(&db).unwrap();
+    // Keys are stored under the id of the API key that sent them.
+    let scoped = |key: &str| format!("{}/{key}", fx.agent.key_id);
     let stored = |key: &str| -> String {
         conn.query_row(
             "SELECT response FROM idempotency WHERE key = ?1",
-            [key],
+            [scoped(key)],
             |r| r.get(0),
         )
         .unwrap()
@@ -48,8 +50,8 @@ fn a_verify_key_points_at_its_decision_and_a_stored_copy_still_replays() {
     let mut copy = second.clone();
     copy.message = Some("the stored copy".to_owned());
     conn.execute(
-        "UPDATE idempotency SET response = ?1 WHERE key = 'k-2'",
-        [serde_json::to_string(&copy).unwrap()],
+        "UPDATE idempotency SET response = ?1 WHERE key = ?2",
+        [serde_json::to_string(&copy).unwrap(), scoped("k-2")],
     )
     .unwrap();
     assert_eq!(fx.engine.verify(&fx.agent, &keyed("k-2")).unwrap(), copy);

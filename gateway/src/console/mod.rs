@@ -7,8 +7,9 @@
 //! Sign-in takes an API key and keeps it on the server: the browser holds only a
 //! random session id, in an `HttpOnly`, `SameSite=Strict` cookie scoped to
 //! `/console`. Every state change is a POST carrying the session's CSRF token (and,
-//! when the browser sends one, an `Origin` of this server). The engine decides what a
-//! key may do: an agent key of the tenant sees its approvals but cannot approve.
+//! when the browser sends one, an `Origin` of this server, never `null`). The engine
+//! decides what a key may do, and the pages show only what it may: an agent or
+//! tenant admin key sees the queue without the Approve and Deny buttons.
 //! Sessions live in this process (8 hours): a replica of a fleet has its own.
 
 use std::collections::HashMap;
@@ -110,7 +111,9 @@ fn secured(mut response: Response) -> Response {
              connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: under it a browser sends `Origin: null` on the console's
+        // own form POSTs, which [`same_origin`] refuses. Console URLs hold no secret.
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
         (header::X_FRAME_OPTIONS, "DENY"),
     ] {
@@ -271,14 +274,25 @@ fn engine_error(e: &ApiError) -> Response {
     page_error(status, &format!("{} ({})", e.message, e.code))
 }
 
-/// Whether the request's `Origin`, when the browser sent one, is this server.
+/// Whether a POST comes from this server's own pages: its `Origin`, when the
+/// browser sent one, is this server, and `Sec-Fetch-Site`, when sent, says the same.
+/// `Origin: null` is refused: a sandboxed frame or a `data:` page on another site
+/// sends it (login CSRF). The console's pages send their real origin: their
+/// `Referrer-Policy` is `same-origin`, under which a browser names the origin of a
+/// same-origin POST.
 fn same_origin(headers: &HeaderMap) -> bool {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        None | Some("null") => true,
-        Some(origin) => host
+    let origin_ok = match headers.get(header::ORIGIN).map(HeaderValue::to_str) {
+        None => true,
+        Some(Ok(origin)) => host
             .is_some_and(|h| origin == format!("http://{h}") || origin == format!("https://{h}")),
-    }
+        Some(Err(_)) => false,
+    };
+    let site_ok = match headers.get("sec-fetch-site").map(HeaderValue::to_str) {
+        None | Some(Ok("same-origin")) => true,
+        Some(_) => false,
+    };
+    origin_ok && site_ok
 }
 
 /// A POST's CSRF token must be the session's, and its `Origin`, when sent, this server.
@@ -450,54 +464,315 @@ fn approval_rows(list: &[ApprovalStatus], can_decide: bool, csrf: &str, now_ms: 
     out
 }
 
-fn pending_query() -> ApprovalQuery {
-    ApprovalQuery {
-        state: Some(ApprovalState::Pending),
-        limit: Some(200),
-        cursor: None,
-        oldest_first: true,
+/// Requests one page of the queue shows.
+const QUEUE_PAGE: u32 = 50;
+
+/// The queue as a page (and its live stream) asks for it: filters, order, page.
+#[derive(Debug, Default, Deserialize)]
+struct QueueParams {
+    #[serde(default)]
+    agent: String,
+    #[serde(default)]
+    tool: String,
+    /// Dollars (the currency's main unit), as typed.
+    #[serde(default)]
+    min_amount: String,
+    #[serde(default)]
+    max_amount: String,
+    /// `oldest`, else newest first (as the API).
+    #[serde(default)]
+    order: String,
+    #[serde(default)]
+    cursor: String,
+    /// What the last action did (after a decision's redirect).
+    #[serde(default)]
+    done: String,
+}
+
+/// An amount typed in the main unit (`150`, `150.5`, `150.50`) as cents.
+fn parse_amount(text: &str) -> Option<u64> {
+    let (whole, frac) = text.trim().split_once('.').unwrap_or((text.trim(), ""));
+    if whole.is_empty() && frac.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 2
+    {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let frac: u64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<2}").parse().ok()?
+    };
+    whole.checked_mul(100)?.checked_add(frac)
+}
+
+/// Percent-encodes a query value.
+fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl QueueParams {
+    /// The engine's query for the pending queue, or what is wrong with a filter.
+    fn query(&self) -> Result<ApprovalQuery, String> {
+        let amount = |field: &str, text: &str| -> Result<Option<u64>, String> {
+            if text.trim().is_empty() {
+                return Ok(None);
+            }
+            parse_amount(text)
+                .map(Some)
+                .ok_or_else(|| format!("{field}: `{text}` is not an amount (like 150 or 150.50)"))
+        };
+        let min = amount("Minimum amount", &self.min_amount)?;
+        let max = amount("Maximum amount", &self.max_amount)?;
+        let text = |t: &str| Some(t.trim().to_owned()).filter(|t| !t.is_empty());
+        Ok(ApprovalQuery {
+            state: Some(ApprovalState::Pending),
+            limit: Some(QUEUE_PAGE),
+            cursor: text(&self.cursor),
+            oldest_first: self.order == "oldest",
+            agent: text(&self.agent),
+            tool: text(&self.tool),
+            min_amount_cents: min,
+            max_amount_cents: max,
+        })
+    }
+
+    fn filtered(&self) -> bool {
+        [&self.agent, &self.tool, &self.min_amount, &self.max_amount]
+            .iter()
+            .any(|v| !v.trim().is_empty())
+    }
+
+    /// The query string of these filters and order, with `cursor` as the page.
+    fn link(&self, cursor: Option<&str>) -> String {
+        let mut parts = Vec::new();
+        for (name, value) in [
+            ("agent", &self.agent),
+            ("tool", &self.tool),
+            ("min_amount", &self.min_amount),
+            ("max_amount", &self.max_amount),
+        ] {
+            if !value.trim().is_empty() {
+                parts.push(format!("{name}={}", url_encode(value.trim())));
+            }
+        }
+        if self.order == "oldest" {
+            parts.push("order=oldest".to_owned());
+        }
+        if let Some(c) = cursor {
+            parts.push(format!("cursor={}", url_encode(c)));
+        }
+        parts.join("&")
     }
 }
 
+/// Only operators approve and deny: the buttons are shown to them alone.
 fn can_decide(p: &Principal) -> bool {
-    p.roles
-        .iter()
-        .any(|r| matches!(r, Role::Operator | Role::TenantAdmin))
+    p.roles.contains(&Role::Operator)
+}
+
+/// One page of the pending queue as it stands: its rows, the tenant's pending
+/// requests in all, how many the filters match, and the next page's link.
+struct QueuePage {
+    rows: String,
+    /// Each row's request and its approvals so far: what a change of the rows is.
+    shown: String,
+    pending: u64,
+    matching: u64,
+    next: Option<String>,
+}
+
+impl QueuePage {
+    /// What the live status line says.
+    fn status(&self, filtered: bool) -> String {
+        if filtered {
+            format!(
+                "Live: {} pending, {} match the filters",
+                self.pending, self.matching
+            )
+        } else {
+            format!("Live: {} pending", self.pending)
+        }
+    }
+}
+
+async fn queue_page(
+    c: &Console,
+    signed: &Signed,
+    params: &QueueParams,
+    query: ApprovalQuery,
+) -> Result<QueuePage, ApiError> {
+    let p = signed.principal.clone();
+    let (list, pending, matching) = c
+        .run(move |e| {
+            let all = ApprovalQuery {
+                state: Some(ApprovalState::Pending),
+                ..ApprovalQuery::default()
+            };
+            Ok((
+                e.list_approvals(&p, &query)?,
+                e.count_approvals(&p, &all)?,
+                e.count_approvals(&p, &query)?,
+            ))
+        })
+        .await?;
+    Ok(QueuePage {
+        shown: list
+            .approvals
+            .iter()
+            .map(|a| format!("{}:{};", a.approval_request_id, a.approvals))
+            .collect(),
+        rows: approval_rows(
+            &list.approvals,
+            can_decide(&signed.principal),
+            &signed.csrf,
+            c.engine.clock().now_ms(),
+        ),
+        pending,
+        matching,
+        next: list
+            .next_cursor
+            .map(|cursor| format!("/console/approvals?{}", params.link(Some(&cursor)))),
+    })
+}
+
+/// The filter form of the queue, filled in with `params`.
+fn queue_filters(params: &QueueParams) -> String {
+    let field = |id: &str, label: &str, value: &str, kind: &str, extra: &str| {
+        format!(
+            "<div class=\"field\"><label for=\"f-{id}\">{label}</label>\
+             <input id=\"f-{id}\" name=\"{id}\" type=\"{kind}\" value=\"{}\"{extra}></div>",
+            esc(value)
+        )
+    };
+    let selected = |yes: bool| if yes { " selected" } else { "" };
+    format!(
+        "<form class=\"filters\" method=\"get\" action=\"/console/approvals\" \
+          aria-label=\"Filter the queue\">{}{}{}{}\
+         <div class=\"field\"><label for=\"f-order\">Order</label>\
+         <select id=\"f-order\" name=\"order\">\
+         <option value=\"newest\"{}>Newest first</option>\
+         <option value=\"oldest\"{}>Oldest first</option></select></div>\
+         <div class=\"field\"><button type=\"submit\">Filter</button> \
+         <a href=\"/console/approvals\">Clear</a></div></form>",
+        field("agent", "Agent", &params.agent, "text", ""),
+        field("tool", "Tool", &params.tool, "text", ""),
+        field(
+            "min_amount",
+            "Minimum amount",
+            &params.min_amount,
+            "text",
+            " inputmode=\"decimal\" placeholder=\"0.00\""
+        ),
+        field(
+            "max_amount",
+            "Maximum amount",
+            &params.max_amount,
+            "text",
+            " inputmode=\"decimal\" placeholder=\"any\""
+        ),
+        selected(params.order != "oldest"),
+        selected(params.order == "oldest"),
+    )
 }
 
 async fn approvals(
     State(c): State<Shared>,
     headers: HeaderMap,
-    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+    axum::extract::Query(params): axum::extract::Query<QueueParams>,
 ) -> Response {
     let Some(signed) = c.signed(&headers).await else {
         return redirect("/console/login");
     };
-    let p = signed.principal.clone();
-    let list = match c.run(move |e| e.list_approvals(&p, &pending_query())).await {
-        Ok(l) => l.approvals,
+    let (query, problem) = match params.query() {
+        Ok(q) => (q, None),
+        Err(why) => (
+            QueueParams {
+                order: params.order.clone(),
+                ..QueueParams::default()
+            }
+            .query()
+            .unwrap_or_default(),
+            Some(why),
+        ),
+    };
+    let page = match queue_page(&c, &signed, &params, query).await {
+        Ok(page) => page,
         Err(e) => return engine_error(&e),
     };
-    let now = c.engine.clock().now_ms();
-    let decide = can_decide(&signed.principal);
-    let flash = q.get("done").map_or_else(String::new, |d| {
-        format!("<div class=\"flash\" role=\"status\">{}</div>", esc(d))
-    });
-    let note = if decide {
-        ""
+    let mut flash = String::new();
+    if !params.done.is_empty() {
+        flash.push_str(&format!(
+            "<div class=\"flash\" role=\"status\">{}</div>",
+            esc(&params.done)
+        ));
+    }
+    if let Some(why) = &problem {
+        flash.push_str(&format!(
+            "<div class=\"flash error\" role=\"alert\">{}; the queue is shown unfiltered.</div>",
+            esc(why)
+        ));
+    }
+    let note = match signed.principal.service_account_role {
+        _ if can_decide(&signed.principal) => "",
+        Role::TenantAdmin => {
+            "<p class=\"muted\">Signed in with a tenant admin key: holds are shown; only \
+             operator keys approve or deny them.</p>"
+        }
+        _ => "<p class=\"muted\">Signed in with an agent key: holds are shown, not decided.</p>",
+    };
+    let filtered = problem.is_none() && params.filtered();
+    let mut pager = String::new();
+    if !params.cursor.is_empty() {
+        pager.push_str(&format!(
+            "<a id=\"first-page\" href=\"/console/approvals?{}\">First page</a> ",
+            esc(&params.link(None))
+        ));
+    }
+    pager.push_str(&format!(
+        "<a id=\"next-page\" href=\"{}\"{}>Next page</a>",
+        esc(page.next.as_deref().unwrap_or("")),
+        if page.next.is_some() { "" } else { " hidden" }
+    ));
+    let live = if problem.is_none() {
+        format!("/console/events?{}", params.link(non_empty(&params.cursor)))
     } else {
-        "<p class=\"muted\">Signed in with an agent key: holds are shown, not decided.</p>"
+        "/console/events".to_owned()
+    };
+    let order = if params.order == "oldest" {
+        "oldest first"
+    } else {
+        "newest first"
     };
     let body = format!(
-        "<h1>Approval queue</h1>{flash}{note}\
-         <p id=\"live-status\" class=\"live\" role=\"status\" aria-live=\"polite\">Live: {} pending</p>\
-         <table aria-describedby=\"live-status\"><caption class=\"muted\">Held requests, oldest first</caption>\
+        "<h1>Approval queue</h1>{flash}{note}{}\
+         <p id=\"live-status\" class=\"live\" role=\"status\" aria-live=\"polite\">{}</p>\
+         <table id=\"approval-queue\" data-live=\"{}\" data-filtered=\"{}\" aria-describedby=\"live-status\">\
+         <caption class=\"muted\">Held requests, {order}, {QUEUE_PAGE} a page</caption>\
          <thead><tr><th scope=\"col\">Age</th><th scope=\"col\">Amount</th><th scope=\"col\">Tool</th>\
          <th scope=\"col\">Vendor</th><th scope=\"col\">Agent</th><th scope=\"col\">Reasons</th>\
          <th scope=\"col\">Approvals</th><th scope=\"col\">Intent</th><th scope=\"col\">Decide</th></tr></thead>\
-         <tbody id=\"approval-rows\">{}</tbody></table>",
-        list.len(),
-        approval_rows(&list, decide, &signed.csrf, now)
+         <tbody id=\"approval-rows\">{}</tbody></table>\
+         <nav class=\"pager\" aria-label=\"Pages of the queue\">{pager}</nav>",
+        queue_filters(&params),
+        esc(&page.status(filtered)),
+        esc(&live),
+        filtered,
+        page.rows,
     );
     html(
         StatusCode::OK,
@@ -508,6 +783,10 @@ async fn approvals(
             &body,
         ),
     )
+}
+
+fn non_empty(text: &str) -> Option<&str> {
+    Some(text).filter(|t| !t.is_empty())
 }
 
 async fn decide(
@@ -549,15 +828,24 @@ async fn decide(
     }
 }
 
-/// The pending queue, pushed whenever it changes.
-async fn events(State(c): State<Shared>, headers: HeaderMap) -> Response {
+/// The pending queue as a page shows it (the same filters, order and page),
+/// pushed whenever it changes: `{"rows", "status", "pending", "matching", "next"}`.
+async fn events(
+    State(c): State<Shared>,
+    headers: HeaderMap,
+    axum::extract::Query(params): axum::extract::Query<QueueParams>,
+) -> Response {
     let Some(signed) = c.signed(&headers).await else {
         return secured(StatusCode::UNAUTHORIZED.into_response());
     };
+    let Ok(query) = params.query() else {
+        return secured(StatusCode::BAD_REQUEST.into_response());
+    };
     let sid = cookie_value(&headers).unwrap_or_default();
+    let live = Arc::new((params, query));
     let stream = futures_util::stream::unfold(
-        (c, signed, sid, String::new(), true),
-        |(c, signed, sid, last, first)| async move {
+        (c, signed, sid, live, String::new(), true),
+        |(c, signed, sid, live, last, first)| async move {
             loop {
                 if !first {
                     tokio::time::sleep(LIVE_EVERY).await;
@@ -573,29 +861,32 @@ async fn events(State(c): State<Shared>, headers: HeaderMap) -> Response {
                         return None;
                     }
                     let event = Event::default().event("signed_out").data("");
-                    let state = (c, signed, sid, SIGNED_OUT.to_owned(), false);
+                    let state = (c, signed, sid, live, SIGNED_OUT.to_owned(), false);
                     return Some((Ok::<_, Infallible>(event), state));
                 }
-                let p = signed.principal.clone();
-                let Ok(list) = c.run(move |e| e.list_approvals(&p, &pending_query())).await else {
+                let (params, query) = &*live;
+                let Ok(page) = queue_page(&c, &signed, params, query.clone()).await else {
                     continue;
                 };
-                let rows = approval_rows(
-                    &list.approvals,
-                    can_decide(&signed.principal),
-                    &signed.csrf,
-                    c.engine.clock().now_ms(),
+                // Pushed when the rows, the counts or the next page change (the
+                // ages shown are as of that push).
+                let data = serde_json::json!({
+                    "rows": page.rows,
+                    "status": page.status(params.filtered()),
+                    "pending": page.pending,
+                    "matching": page.matching,
+                    "next": page.next,
+                });
+                let key = format!(
+                    "{}|{}|{}|{}",
+                    page.pending,
+                    page.matching,
+                    page.next.as_deref().unwrap_or(""),
+                    page.shown
                 );
-                // Pushed when the set of holds or their approvals change (the ages
-                // shown are as of that push).
-                let key: String = list
-                    .approvals
-                    .iter()
-                    .map(|a| format!("{}:{};", a.approval_request_id, a.approvals))
-                    .collect();
                 if key != last || first {
-                    let event = Event::default().event("approvals").data(rows);
-                    return Some((Ok(event), (c, signed, sid, key, false)));
+                    let event = Event::default().event("approvals").data(data.to_string());
+                    return Some((Ok(event), (c, signed, sid, live, key, false)));
                 }
             }
         },

@@ -61,6 +61,9 @@ struct Call<'a> {
     vendor: Option<&'a str>,
     /// The API key's subject. Every agent-scoped cap counts it, whatever the call names.
     agent: &'a str,
+    /// The API key's id: the principal an approval is opened for (its token works
+    /// for this key alone).
+    key_id: &'a str,
     /// A sub-agent the caller names; it narrows agent-scoped caps within its key's scope.
     agent_subject: Option<&'a str>,
     amount: u64,
@@ -98,6 +101,7 @@ impl<'a> Call<'a> {
             operation,
             vendor,
             agent: &principal.subject,
+            key_id: &principal.key_id,
             agent_subject,
             amount,
             binding,
@@ -213,6 +217,9 @@ impl Recorder {
 enum Held {
     /// The approval request the operators decide.
     Approval(Uuid),
+    /// The identical request of the same key, denied by an operator a moment ago:
+    /// answered with that deny, no new request opened.
+    Denied(Uuid),
     /// None: the agent or the intent is over its approval limits.
     Limited { message: String, retry_after: u64 },
 }
@@ -389,7 +396,7 @@ impl Engine {
         let started = Instant::now();
         let policy = self.policy_for(&principal.tenant_id)?;
         let result = self.idempotent(
-            &principal.tenant_id,
+            principal,
             "verify",
             req.idempotency_key.as_deref(),
             req,
@@ -416,11 +423,13 @@ impl Engine {
         let key = req.idempotency_key.clone();
         let result = self
             .idempotent_async(
-                principal.tenant_id.clone(),
+                principal,
                 "verify",
                 key.as_deref(),
                 req,
-                move |engine, tx, now, req| engine.decide(tx, now, &principal, req, Some(&policy)),
+                move |engine, tx, now, principal, req| {
+                    engine.decide(tx, now, principal, req, Some(&policy))
+                },
             )
             .await?;
         self.count_verify(started, &result);
@@ -649,6 +658,17 @@ impl Engine {
                         result.approval_request_id = Some(approval_id);
                         result.reason_codes = reasons;
                         "hold"
+                    }
+                    Held::Denied(approval_id) => {
+                        result.code = Some("approval_denied".to_owned());
+                        result.message = Some(format!(
+                            "an operator denied this request (approval {approval_id}); the \
+                             identical request is refused for {} s after the denial",
+                            self.config.denied_request_window_ms / 1000
+                        ));
+                        result.approval_request_id = Some(approval_id);
+                        result.reason_codes = vec!["approval_denied".to_owned()];
+                        "deny"
                     }
                     Held::Limited {
                         message,
@@ -1237,52 +1257,62 @@ impl Engine {
         token: &str,
         reasons: Vec<String>,
     ) -> Result<Verdict, ApiError> {
-        let row: Option<TokenRow> = tx
-            .query_opt(
-                "SELECT id, intent_id, operation, tool, vendor, amount_cents, token_expires_ms, token_used_ms
-                 FROM approvals WHERE token_hash = ?1 AND tenant_id = ?2",
-                args![sha256_hex(token.as_bytes()), call.tenant],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                    ))
-                },
-            )
-            ?;
-        let Some((id, intent, operation, tool, vendor, amount, expires, used)) = row else {
+        let row: Option<TokenRow> = tx.query_opt(
+            "SELECT id, intent_id, operation, tool, vendor, amount_cents, token_expires_ms,
+                 token_used_ms, key_id
+             FROM approvals WHERE token_hash = ?1 AND tenant_id = ?2",
+            args![sha256_hex(token.as_bytes()), call.tenant],
+            |r| {
+                Ok(TokenRow {
+                    id: r.get(0)?,
+                    intent: r.get(1)?,
+                    operation: r.get(2)?,
+                    tool: r.get(3)?,
+                    vendor: r.get(4)?,
+                    amount: r.get(5)?,
+                    expires: r.get(6)?,
+                    used: r.get(7)?,
+                    key_id: r.get(8)?,
+                })
+            },
+        )?;
+        let Some(row) = row else {
             return Ok(deny(
                 "approval_token_invalid",
                 "the approval token is not valid",
             ));
         };
-        if used.is_some() {
+        // Checked first, and the token left as it is: another key of the tenant that
+        // learnt the token neither uses it nor spends it (nor learns its state).
+        // Requests opened before approvals recorded their key name none.
+        if row.key_id.as_deref().is_some_and(|k| k != call.key_id) {
+            return Ok(deny(
+                "approval_token_principal_mismatch",
+                "the approval token was issued for a request another API key made; \
+                 only that key may use it",
+            ));
+        }
+        if row.used.is_some() {
             return Ok(deny(
                 "approval_token_reused",
                 "the approval token has already been used",
             ));
         }
-        if expires.is_none_or(|e| now >= e) {
+        if row.expires.is_none_or(|e| now >= e) {
             return Ok(deny(
                 "approval_token_expired",
                 "the approval token has expired",
             ));
         }
-        let mismatch = if intent != call.intent {
+        let mismatch = if row.intent != call.intent {
             Some(("approval_intent_mismatch", "intent"))
-        } else if operation != call.operation {
+        } else if row.operation != call.operation {
             Some(("approval_operation_mismatch", "operation"))
-        } else if amount != call.amount {
+        } else if row.amount != call.amount {
             Some(("approval_amount_mismatch", "amount"))
-        } else if vendor.as_deref() != call.vendor {
+        } else if row.vendor.as_deref() != call.vendor {
             Some(("approval_vendor_mismatch", "vendor"))
-        } else if tool != call.tool {
+        } else if row.tool != call.tool {
             Some(("approval_tool_mismatch", "tool"))
         } else {
             None
@@ -1297,14 +1327,14 @@ impl Engine {
         reasons.push("approval_token_accepted".to_owned());
         Ok(Verdict::Allow {
             reasons,
-            approval: Some(id),
+            approval: Some(row.id),
         })
     }
 
-    /// Records a hold: reuses a pending (or approved, unused) approval of exactly
-    /// this request, else opens a new one, unless the agent key has opened too many
-    /// in the last minute or the intent has too many pending: an agent cannot bury
-    /// the operators' queue.
+    /// Records a hold: reuses the key's pending (or approved, unused) approval of
+    /// exactly this request, answers the operators' recent denial of it again, else
+    /// opens a new one, unless the agent key has opened too many in the last minute
+    /// or the intent has too many pending: an agent cannot bury the operators' queue.
     fn hold(
         &self,
         tx: &dyn Tx,
@@ -1315,18 +1345,31 @@ impl Engine {
         policy: Option<&EffectivePolicy>,
     ) -> Result<Held, ApiError> {
         let digest = request_digest(call);
-        let existing: Option<String> = tx.query_opt(
-            "SELECT id FROM approvals WHERE tenant_id = ?1 AND request_digest = ?2
-                 AND ((state = 'pending' AND expires_ms > ?3)
-                   OR (state = 'approved' AND token_used_ms IS NULL AND token_expires_ms > ?3))
+        // This key's latest request like this one: still waiting, approved and not
+        // yet used (the same request again), or denied a moment ago (the same deny).
+        let existing: Option<(String, String)> = tx.query_opt(
+            "SELECT id, state FROM approvals WHERE tenant_id = ?1 AND request_digest = ?2
+                 AND key_id = ?3
+                 AND ((state = 'pending' AND expires_ms > ?4)
+                   OR (state = 'approved' AND token_used_ms IS NULL AND token_expires_ms > ?4)
+                   OR (state = 'denied' AND decided_ms > ?5))
                  ORDER BY created_ms DESC LIMIT 1",
-            args![call.tenant, digest, now],
-            |r| r.get(0),
+            args![
+                call.tenant,
+                digest,
+                call.key_id,
+                now,
+                now.saturating_sub(self.config.denied_request_window_ms)
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        if let Some(id) = existing {
-            return Uuid::parse_str(&id)
-                .map(Held::Approval)
-                .map_err(ApiError::internal);
+        if let Some((id, state)) = existing {
+            let id = Uuid::parse_str(&id).map_err(ApiError::internal)?;
+            return Ok(if state == "denied" {
+                Held::Denied(id)
+            } else {
+                Held::Approval(id)
+            });
         }
         let per_minute = i64::from(self.config.approval_requests_per_agent_per_minute);
         let (recent, oldest): (i64, Option<i64>) = tx.query_one(
@@ -1373,8 +1416,9 @@ impl Engine {
         let id = Uuid::new_v4();
         tx.execute(
             "INSERT INTO approvals (id, tenant_id, intent_id, decision_id, request_digest, operation, tool,
-             vendor, amount_cents, reason_codes, state, approvers, quorum, created_ms, expires_ms, agent)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', '[]', ?11, ?12, ?13, ?14)",
+             vendor, amount_cents, reason_codes, state, approvers, quorum, created_ms, expires_ms, agent,
+             key_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', '[]', ?11, ?12, ?13, ?14, ?15)",
             args![
                 id.to_string(),
                 call.tenant,
@@ -1389,7 +1433,8 @@ impl Engine {
                 quorum,
                 now,
                 now.saturating_add(timeout_ms),
-                call.agent
+                call.agent,
+                call.key_id
             ],
         )?;
         ledger::append(
@@ -1497,16 +1542,19 @@ fn rolling_cap(
 
 /// An approval's binding and token state: id, intent, operation, tool, vendor,
 /// amount, token expiry, token use.
-type TokenRow = (
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    u64,
-    Option<i64>,
-    Option<i64>,
-);
+/// An approval token's request, as its row holds it.
+struct TokenRow {
+    id: String,
+    intent: String,
+    operation: String,
+    tool: String,
+    vendor: Option<String>,
+    amount: u64,
+    expires: Option<i64>,
+    used: Option<i64>,
+    /// The key whose verify opened the request.
+    key_id: Option<String>,
+}
 
 /// The digest an approval is bound to: tenant, intent, operation, amount, vendor and tool.
 fn request_digest(call: &Call<'_>) -> String {

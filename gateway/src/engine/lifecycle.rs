@@ -42,7 +42,27 @@ pub struct ApprovalQuery {
     pub cursor: Option<String>,
     /// Oldest first instead of newest first.
     pub oldest_first: bool,
+    /// Only requests this agent (its key's subject) made.
+    pub agent: Option<String>,
+    /// Only requests for this tool (or operation).
+    pub tool: Option<String>,
+    /// Only requests of at least this many cents.
+    pub min_amount_cents: Option<u64>,
+    /// Only requests of at most this many cents.
+    pub max_amount_cents: Option<u64>,
 }
+
+/// The filters of an [`ApprovalQuery`] in SQL: `?1` the tenant, `?2` the state's
+/// name (or NULL), `?3` now, `?4` the agent, `?5` the tool, `?6` and `?7` the amount
+/// range. A pending request past its expiry is expired, swept or not.
+const APPROVAL_FILTER: &str = "tenant_id = ?1
+    AND (CAST(?2 AS TEXT) IS NULL
+         OR (?2 = 'pending' AND state = 'pending' AND expires_ms > ?3)
+         OR (?2 = 'expired' AND (state = 'expired' OR (state = 'pending' AND expires_ms <= ?3)))
+         OR (?2 IN ('approved', 'denied') AND state = ?2))
+    AND (CAST(?4 AS TEXT) IS NULL OR agent = ?4)
+    AND (CAST(?5 AS TEXT) IS NULL OR tool = ?5 OR operation = ?5)
+    AND amount_cents >= ?6 AND amount_cents <= ?7";
 
 /// The largest page of approvals.
 pub const MAX_APPROVAL_PAGE: u32 = 500;
@@ -127,7 +147,7 @@ impl Engine {
         };
         self.check_intent_request(principal, &create)?;
         self.idempotent(
-            &principal.tenant_id,
+            principal,
             "sandbox.bootstrap",
             req.idempotency_key.as_deref(),
             req,
@@ -155,7 +175,7 @@ impl Engine {
     ) -> Result<IntentView, ApiError> {
         self.check_intent_request(principal, req)?;
         self.idempotent(
-            &principal.tenant_id,
+            principal,
             "harbor.intents.create",
             req.idempotency_key.as_deref(),
             req,
@@ -381,7 +401,7 @@ impl Engine {
             &self.sensitive_patterns(policy.as_deref())?,
         )?;
         self.idempotent(
-            &principal.tenant_id,
+            principal,
             "evidence",
             idempotency_key,
             &EvidenceKeyed {
@@ -415,15 +435,15 @@ impl Engine {
             &self.sensitive_patterns(Some(&policy))?,
         )?;
         self.idempotent_async(
-            principal.tenant_id.clone(),
+            principal,
             "evidence",
             idempotency_key.as_deref(),
             EvidenceKeyed {
                 intent_id,
                 request: req,
             },
-            move |engine, tx, now, keyed| {
-                engine.evidence_tx(tx, now, &principal, intent_id, &keyed.request)
+            move |engine, tx, now, principal, keyed| {
+                engine.evidence_tx(tx, now, principal, intent_id, &keyed.request)
             },
         )
         .await
@@ -552,7 +572,7 @@ impl Engine {
     ) -> Result<CompleteResponse, ApiError> {
         check_complete(principal, idempotency_key)?;
         self.idempotent(
-            &principal.tenant_id,
+            principal,
             "complete",
             idempotency_key,
             &CompleteKeyed {
@@ -573,14 +593,16 @@ impl Engine {
     ) -> Result<CompleteResponse, ApiError> {
         check_complete(&principal, idempotency_key.as_deref())?;
         self.idempotent_async(
-            principal.tenant_id.clone(),
+            principal,
             "complete",
             idempotency_key.as_deref(),
             CompleteKeyed {
                 decision_id,
                 request: req,
             },
-            move |_, tx, now, keyed| complete_tx(tx, now, &principal, decision_id, &keyed.request),
+            move |_, tx, now, principal, keyed| {
+                complete_tx(tx, now, principal, decision_id, &keyed.request)
+            },
         )
         .await
     }
@@ -604,29 +626,32 @@ impl Engine {
         }
         let after = query.cursor.as_deref().map(parse_cursor).transpose()?;
         // Rows strictly after the cursor in the page's order; without one, from the start.
-        let (sql, (after_ms, after_id)) = if query.oldest_first {
+        let (order, (after_ms, after_id)) = if query.oldest_first {
             (
-                "SELECT id, created_ms FROM approvals WHERE tenant_id = ?1
-                 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
-                 AND (created_ms > ?3 OR (created_ms = ?3 AND id > ?4))
-                 ORDER BY created_ms, id LIMIT ?5",
+                "AND (created_ms > ?8 OR (created_ms = ?8 AND id > ?9))
+                 ORDER BY created_ms, id LIMIT ?10",
                 after.unwrap_or((i64::MIN, String::new())),
             )
         } else {
             (
-                "SELECT id, created_ms FROM approvals WHERE tenant_id = ?1
-                 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
-                 AND (created_ms < ?3 OR (created_ms = ?3 AND id < ?4))
-                 ORDER BY created_ms DESC, id DESC LIMIT ?5",
+                "AND (created_ms < ?8 OR (created_ms = ?8 AND id < ?9))
+                 ORDER BY created_ms DESC, id DESC LIMIT ?10",
                 after.unwrap_or((i64::MAX, String::new())),
             )
         };
+        let sql = format!("SELECT id, created_ms FROM approvals WHERE {APPROVAL_FILTER} {order}");
+        let (min, max) = amount_range(query);
         self.read(|tx, now| {
             let mut rows: Vec<(String, i64)> = tx.query_map(
-                sql,
+                &sql,
                 args![
                     principal.tenant_id,
                     state,
+                    now,
+                    query.agent,
+                    query.tool,
+                    min,
+                    max,
                     after_ms,
                     after_id,
                     i64::from(limit) + 1
@@ -651,11 +676,39 @@ impl Engine {
         })
     }
 
+    /// How many of the tenant's approval requests `query` matches in all (its
+    /// state and filters; its paging and order aside).
+    pub fn count_approvals(
+        &self,
+        principal: &Principal,
+        query: &ApprovalQuery,
+    ) -> Result<u64, ApiError> {
+        let state = query.state.map(approval_state_name);
+        let (min, max) = amount_range(query);
+        let sql = format!("SELECT COUNT(*) FROM approvals WHERE {APPROVAL_FILTER}");
+        self.read(|tx, now| {
+            let n: i64 = tx.query_one(
+                &sql,
+                args![
+                    principal.tenant_id,
+                    state,
+                    now,
+                    query.agent,
+                    query.tool,
+                    min,
+                    max
+                ],
+                |r| r.get(0),
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
     /// `GET /v1/approvals/{id}`.
     ///
-    /// Once approved, the approval token is in the answer exactly once: for the first
-    /// agent key that reads it (the held agent, which retries with it). Operators
-    /// never see it; the store keeps only its digest.
+    /// Once approved, the approval token is in the answer exactly once: for the
+    /// agent key whose verify was held, which retries with it. Other keys (operators,
+    /// the tenant's other agent keys) never see it; the store keeps only its digest.
     pub fn approval(&self, principal: &Principal, id: Uuid) -> Result<ApprovalStatus, ApiError> {
         self.tx_in(&principal.tenant_id, |tx, now| {
             let mut status = approval_status(tx, now, &principal.tenant_id, &id.to_string())?
@@ -663,12 +716,16 @@ impl Engine {
                     ApiError::not_found("approval_not_found", "no such approval request")
                 })?;
             if status.state == ApprovalState::Approved && principal.roles.contains(&Role::Agent) {
-                let token_expires: Option<i64> = tx.query_one(
-                    "SELECT token_expires_ms FROM approvals WHERE id = ?1",
+                let (token_expires, opened_by): (Option<i64>, Option<String>) = tx.query_one(
+                    "SELECT token_expires_ms, key_id FROM approvals WHERE id = ?1",
                     args![id.to_string()],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
-                if let Some(expires) = token_expires.filter(|e| now < *e)
+                // Only the key whose verify was held may use the token: no other key
+                // is handed it (nor can take it away from that key by reading first).
+                let own = opened_by.as_deref().is_none_or(|k| k == principal.key_id);
+                if own
+                    && let Some(expires) = token_expires.filter(|e| now < *e)
                     && tx.execute(
                         "UPDATE approvals SET token_fetched_ms = ?2
                          WHERE id = ?1 AND token_fetched_ms IS NULL AND token_used_ms IS NULL",
@@ -690,10 +747,20 @@ impl Engine {
         require_role(principal, &[Role::Operator])?;
         self.tx_in(&principal.tenant_id, |tx, now| {
             let (approvers, quorum) = pending_row(tx, now, &principal.tenant_id, id)?;
+            // The approvers are subjects, not keys: a quorum of two takes two people,
+            // however many keys one of them holds.
             let mut approvers: Vec<String> = serde_json::from_str(&approvers)?;
-            if !approvers.contains(&principal.key_id) {
-                approvers.push(principal.key_id.clone());
+            if approvers.contains(&principal.subject) {
+                return Err(ApiError::conflict(
+                    "approval_already_given",
+                    format!(
+                        "{} has already approved this request; its quorum of {quorum} counts \
+                         distinct approvers",
+                        principal.subject
+                    ),
+                ));
             }
+            approvers.push(principal.subject.clone());
             let approved = u32::try_from(approvers.len()).unwrap_or(u32::MAX) >= quorum;
             if approved {
                 // Only the digest is stored; the held agent fetches the token once.
@@ -701,12 +768,13 @@ impl Engine {
                 let token = self.minter.approval_token(&id.to_string(), token_expires);
                 tx.execute(
                     "UPDATE approvals SET state = 'approved', approvers = ?2, token = NULL, token_hash = ?3,
-                     token_expires_ms = ?4 WHERE id = ?1",
+                     token_expires_ms = ?4, decided_ms = ?5 WHERE id = ?1",
                     args![
                         id.to_string(),
                         serde_json::to_string(&approvers)?,
                         sha256_hex(token.as_bytes()),
-                        token_expires
+                        token_expires,
+                        now
                     ],
                 )?;
             } else {
@@ -720,6 +788,7 @@ impl Engine {
                 &principal.tenant_id,
                 if approved { "approval.approved" } else { "approval.vote" },
                 json!({"approval_request_id": id, "operator": principal.key_id,
+                       "approver": principal.subject, "approvers": approvers,
                        "approvals": approvers.len(), "quorum": quorum}),
                 now,
             )?;
@@ -738,14 +807,15 @@ impl Engine {
         self.tx_in(&principal.tenant_id, |tx, now| {
             pending_row(tx, now, &principal.tenant_id, id)?;
             tx.execute(
-                "UPDATE approvals SET state = 'denied' WHERE id = ?1",
-                args![id.to_string()],
+                "UPDATE approvals SET state = 'denied', decided_ms = ?2 WHERE id = ?1",
+                args![id.to_string(), now],
             )?;
             ledger::append(
                 tx,
                 &principal.tenant_id,
                 "approval.denied",
-                json!({"approval_request_id": id, "operator": principal.key_id}),
+                json!({"approval_request_id": id, "operator": principal.key_id,
+                       "approver": principal.subject}),
                 now,
             )?;
             approval_status(tx, now, &principal.tenant_id, &id.to_string())?
@@ -1209,6 +1279,15 @@ pub(crate) fn complete_tx(
         now,
     )?;
     Ok(response)
+}
+
+/// An [`ApprovalQuery`]'s amount range as SQL integers (unbounded: 0 to `i64::MAX`).
+fn amount_range(query: &ApprovalQuery) -> (i64, i64) {
+    let cents = |c: u64| i64::try_from(c).unwrap_or(i64::MAX);
+    (
+        query.min_amount_cents.map_or(0, cents),
+        query.max_amount_cents.map_or(i64::MAX, cents),
+    )
 }
 
 fn approval_state_name(s: ApprovalState) -> &'static str {

@@ -119,6 +119,10 @@ pub struct EngineConfig {
     /// Approval requests pending at once for one intent (more: deny
     /// `approval_rate_limited`).
     pub pending_approvals_per_intent: u32,
+    /// For this long after an operator denies a held request, the identical request
+    /// of the same key is answered with that deny (`approval_denied`, the denied
+    /// request's id) instead of opening a new one (default 10 minutes).
+    pub denied_request_window_ms: i64,
     /// A SQLite file's WAL above this size is checkpointed and truncated in the
     /// background (default 64 MiB).
     pub wal_limit_bytes: u64,
@@ -143,6 +147,7 @@ impl EngineConfig {
             wal_limit_bytes: crate::store::DEFAULT_WAL_LIMIT_BYTES,
             approval_requests_per_agent_per_minute: 20,
             pending_approvals_per_intent: 20,
+            denied_request_window_ms: 10 * 60_000,
         }
     }
 }
@@ -216,6 +221,8 @@ const SHARED_KEY_TTL: Duration = Duration::from_secs(5);
 /// transaction and blocks for its duration (async callers use `spawn_blocking`).
 pub struct Engine {
     store: Store,
+    /// A SQLite store's lock, held shared while the engine is open.
+    _data_lock: Option<crate::store::DataLock>,
     pub(crate) minter: Minter,
     pub(crate) config: EngineConfig,
     pub(crate) metrics: Metrics,
@@ -295,6 +302,12 @@ impl Engine {
     /// Opens the store and loads (or creates) the capability-token root key.
     pub fn open(config: EngineConfig) -> Result<Self, ApiError> {
         let store = Store::open(&config.storage, config.wal_limit_bytes)?;
+        // Held while the engine lives, before the root key is read: a rotation
+        // waits for no engine and no engine starts during one.
+        let data_lock = match &config.storage {
+            Storage::File(path) => Some(crate::store::DataLock::shared(path)?),
+            _ => None,
+        };
         let read_key = |tx: &dyn Tx| {
             tx.query_opt(
                 "SELECT value FROM meta WHERE key = 'root_key'",
@@ -330,6 +343,7 @@ impl Engine {
         };
         Ok(Self {
             store,
+            _data_lock: data_lock,
             minter,
             config,
             metrics: Metrics::default(),
@@ -372,7 +386,8 @@ impl Engine {
 
     /// Replaces the capability-token root key of `storage` with a new one (its key
     /// file for SQLite, its `meta` row for PostgreSQL). Run it with the gateway
-    /// stopped: from the next start, every capability token minted with the old key
+    /// stopped (on SQLite, 409 `data_dir_in_use` while an engine has the database
+    /// open): from the next start, every capability token minted with the old key
     /// is refused (agents fund their intents again for new ones), and so is an
     /// approval token not yet fetched.
     pub fn rotate_root_key(storage: &Storage) -> Result<(), ApiError> {
@@ -389,6 +404,9 @@ impl Engine {
                         format!("no gateway database at {}", path.display()),
                     ));
                 }
+                // Refused while a gateway holds the data dir: it would go on signing
+                // with the old key, and fail once its wrapping changed.
+                let _lock = crate::store::DataLock::exclusive(path)?;
                 let key_file = crate::store::root_key_path(path);
                 let store = Store::open(storage, crate::store::DEFAULT_WAL_LIMIT_BYTES)?;
                 let old =
@@ -477,9 +495,12 @@ impl Engine {
 
     /// Runs a mutation under an idempotency key: the same key with the same body
     /// answers the stored response and changes nothing; with another body, 409.
+    ///
+    /// Keys are the principal's own: another key of the tenant sending the same key
+    /// and body makes a request of its own, and never sees this one's answer.
     pub(crate) fn idempotent<R, T>(
         &self,
-        tenant_id: &str,
+        principal: &Principal,
         route: &'static str,
         key: Option<&str>,
         request: &R,
@@ -489,7 +510,8 @@ impl Engine {
         R: Serialize + Sync,
         T: Kept + Send,
     {
-        let Some(keyed) = Keyed::new(route, key, request)? else {
+        let tenant_id = principal.tenant_id.as_str();
+        let Some(keyed) = Keyed::new(&principal.key_id, route, key, request)? else {
             return self.tx_in(tenant_id, f);
         };
         self.tx_in(tenant_id, |tx, now| {
@@ -569,10 +591,10 @@ impl Engine {
     }
 
     /// [`Self::idempotent`] for async callers (see [`Self::tx_in_async`]); `f` is
-    /// handed the engine and the request.
+    /// handed the engine, the principal and the request.
     pub(crate) async fn idempotent_async<R, T, F>(
         self: &Arc<Self>,
-        tenant_id: String,
+        principal: Principal,
         route: &'static str,
         key: Option<&str>,
         request: R,
@@ -581,14 +603,15 @@ impl Engine {
     where
         R: Serialize + Send + 'static,
         T: Kept + Send + 'static,
-        F: FnOnce(&Self, &dyn Tx, i64, &R) -> Result<T, ApiError> + Send + 'static,
+        F: FnOnce(&Self, &dyn Tx, i64, &Principal, &R) -> Result<T, ApiError> + Send + 'static,
     {
-        let keyed = Keyed::new(route, key, &request)?;
+        let keyed = Keyed::new(&principal.key_id, route, key, &request)?;
+        let tenant_id = principal.tenant_id.clone();
         self.tx_in_async(tenant_id, move |engine, tx, now, tenant_id| match &keyed {
             Some(keyed) => engine.keyed(tx, now, tenant_id, keyed, |tx, now| {
-                f(engine, tx, now, &request)
+                f(engine, tx, now, &principal, &request)
             }),
-            None => f(engine, tx, now, &request),
+            None => f(engine, tx, now, &principal, &request),
         })
         .await
     }
@@ -1240,8 +1263,10 @@ struct Keyed {
 }
 
 impl Keyed {
-    /// `None` without a key; a 400 for a key out of bounds.
+    /// `None` without a key; a 400 for a key out of bounds. The key is stored
+    /// under the id of the API key that sent it (`key_id` never holds `/`).
     fn new<R: Serialize>(
+        key_id: &str,
         route: &'static str,
         key: Option<&str>,
         request: &R,
@@ -1260,7 +1285,7 @@ impl Keyed {
         );
         Ok(Some(Self {
             route,
-            key: key.to_owned(),
+            key: format!("{key_id}/{key}"),
             body_hash,
         }))
     }
@@ -1270,18 +1295,34 @@ impl Keyed {
 /// subject, task/workflow/tool-call id, idempotency key, approval token), in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
 
-/// 422 `field_too_long` when `value` (the request's `field`) is over [`MAX_NAME_BYTES`].
+/// 422 `field_too_long` when `value` (the request's `field`) is over
+/// [`MAX_NAME_BYTES`], 422 `invalid_characters` when it holds a control character
+/// (C0 or DEL): identifiers are joined with the unit separator in counter buckets,
+/// shown in the console and written to logs, where such characters have meanings.
 pub(crate) fn bounded(field: &str, value: Option<&str>) -> Result<(), ApiError> {
-    match value {
-        Some(v) if v.len() > MAX_NAME_BYTES => Err(ApiError::unprocessable(
+    let Some(v) = value else {
+        return Ok(());
+    };
+    if v.len() > MAX_NAME_BYTES {
+        return Err(ApiError::unprocessable(
             "field_too_long",
             format!(
                 "{field} is {} bytes long; at most {MAX_NAME_BYTES} are accepted",
                 v.len()
             ),
-        )),
-        _ => Ok(()),
+        ));
     }
+    if let Some((at, c)) = v.char_indices().find(|(_, c)| c.is_ascii_control()) {
+        return Err(ApiError::unprocessable(
+            "invalid_characters",
+            format!(
+                "{field} holds the control character U+{:04X} at byte {at}; identifiers \
+                 may not hold control characters",
+                u32::from(c)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// 403 unless the principal holds one of `roles`.

@@ -342,9 +342,10 @@ impl Engine {
                     format!("{field}: 1 to 255 characters"),
                 ));
             }
+            crate::engine::bounded(field, value.as_deref())?;
         }
         self.idempotent(
-            &principal.tenant_id,
+            principal,
             "spend.compensation",
             idempotency_key,
             req,

@@ -102,6 +102,83 @@ pub fn root_key_path(database: &std::path::Path) -> std::path::PathBuf {
     database.with_extension("key")
 }
 
+/// The lock file beside a SQLite database (`paybond.lock` beside `paybond.db`).
+pub fn data_lock_path(database: &std::path::Path) -> std::path::PathBuf {
+    database.with_extension("lock")
+}
+
+/// An advisory lock on a SQLite store's lock file ([`data_lock_path`]), released
+/// when dropped or when the process ends however it ends. Every engine open on the
+/// database holds it shared; replacing the root key takes it exclusive, so neither
+/// happens while the other does.
+#[derive(Debug)]
+pub(crate) struct DataLock {
+    _file: std::fs::File,
+}
+
+impl DataLock {
+    fn open(database: &std::path::Path) -> Result<(std::fs::File, std::path::PathBuf), ApiError> {
+        let path = data_lock_path(database);
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options
+            .open(&path)
+            .map_err(|e| ApiError::unusable(format!("cannot open {}: {e}", path.display())))?;
+        Ok((file, path))
+    }
+
+    /// Shared, for an engine on `database`: refused while the root key is replaced.
+    pub(crate) fn shared(database: &std::path::Path) -> Result<Self, ApiError> {
+        let (file, path) = Self::open(database)?;
+        match file.try_lock_shared() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(ApiError::new(
+                409,
+                "data_dir_in_use",
+                format!(
+                    "the root key of {} is being replaced ({} is locked); start the gateway \
+                     when `paybond dev rotate-root-key` has finished",
+                    database.display(),
+                    path.display()
+                ),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(ApiError::unusable(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Exclusive, to replace the root key: refused while a gateway (or any
+    /// engine) has the database open.
+    pub(crate) fn exclusive(database: &std::path::Path) -> Result<Self, ApiError> {
+        let (file, path) = Self::open(database)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(ApiError::new(
+                409,
+                "data_dir_in_use",
+                format!(
+                    "a gateway is running on {} (it holds {}); stop it first, then rotate \
+                     the root key and start it again",
+                    database
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .unwrap_or(std::path::Path::new("."))
+                        .display(),
+                    path.display()
+                ),
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(ApiError::unusable(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+}
+
 /// Reads a root key file (hex); `None` if there is none.
 pub(crate) fn read_key_file(path: &std::path::Path) -> Result<Option<Vec<u8>>, ApiError> {
     let text = match std::fs::read_to_string(path) {

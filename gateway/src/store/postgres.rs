@@ -42,7 +42,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, SCHEMA_V4),
     (5, SCHEMA_V5),
     (6, SCHEMA_V6),
+    (7, SCHEMA_V7),
 ];
+
+/// Approvals: the key whose verify opened the request (its token works for that
+/// key alone), when an operator decided it (a denial answers the identical request
+/// for a while), and the index the identical request is found by.
+const SCHEMA_V7: &str = r"
+ALTER TABLE approvals ADD COLUMN key_id TEXT;
+ALTER TABLE approvals ADD COLUMN decided_ms BIGINT;
+CREATE INDEX approvals_by_digest ON approvals (tenant_id, request_digest, created_ms);
+";
 
 /// Open reservations (the sweep, lapsed amounts, open counts) are found through
 /// indexes that hold only them: a reservation leaves them when it is finalized.

@@ -164,6 +164,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("approvals", "agent", "TEXT"),
     ("approvals", "token_fetched_ms", "INTEGER"),
     ("decisions", "ledger_seq", "INTEGER"),
+    ("approvals", "key_id", "TEXT"),
+    ("approvals", "decided_ms", "INTEGER"),
 ];
 
 /// Indexes over columns that [`ADDED_COLUMNS`] may have just added; approval
@@ -179,6 +181,7 @@ CREATE INDEX IF NOT EXISTS reservations_open_by_intent_expiry ON reservations (i
 CREATE INDEX IF NOT EXISTS approvals_by_agent ON approvals (tenant_id, agent, created_ms);
 CREATE INDEX IF NOT EXISTS approvals_by_intent ON approvals (intent_id, state);
 CREATE INDEX IF NOT EXISTS approvals_by_time ON approvals (tenant_id, created_ms, id);
+CREATE INDEX IF NOT EXISTS approvals_by_digest ON approvals (tenant_id, request_digest, created_ms);
 CREATE INDEX IF NOT EXISTS intents_by_time ON intents (tenant_id, created_ms, id);
 CREATE INDEX IF NOT EXISTS decisions_by_intent ON decisions (intent_id, created_ms);
 CREATE TABLE IF NOT EXISTS evidence (
