@@ -698,19 +698,21 @@ async fn approvals(
     let Some(signed) = c.signed(&headers).await else {
         return redirect("/console/login");
     };
-    let (query, problem) = match params.query() {
-        Ok(q) => (q, None),
+    // A filter that does not parse: the form keeps what was typed, the queue and
+    // its links go unfiltered.
+    let unfiltered = QueueParams {
+        order: params.order.clone(),
+        ..QueueParams::default()
+    };
+    let (shown, query, problem) = match params.query() {
+        Ok(q) => (&params, q, None),
         Err(why) => (
-            QueueParams {
-                order: params.order.clone(),
-                ..QueueParams::default()
-            }
-            .query()
-            .unwrap_or_default(),
+            &unfiltered,
+            unfiltered.query().unwrap_or_default(),
             Some(why),
         ),
     };
-    let page = match queue_page(&c, &signed, &params, query).await {
+    let page = match queue_page(&c, &signed, shown, query).await {
         Ok(page) => page,
         Err(e) => return engine_error(&e),
     };
@@ -735,12 +737,12 @@ async fn approvals(
         }
         _ => "<p class=\"muted\">Signed in with an agent key: holds are shown, not decided.</p>",
     };
-    let filtered = problem.is_none() && params.filtered();
+    let filtered = shown.filtered();
     let mut pager = String::new();
-    if !params.cursor.is_empty() {
+    if !shown.cursor.is_empty() {
         pager.push_str(&format!(
             "<a id=\"first-page\" href=\"/console/approvals?{}\">First page</a> ",
-            esc(&params.link(None))
+            esc(&shown.link(None))
         ));
     }
     pager.push_str(&format!(
@@ -748,11 +750,10 @@ async fn approvals(
         esc(page.next.as_deref().unwrap_or("")),
         if page.next.is_some() { "" } else { " hidden" }
     ));
-    let live = if problem.is_none() {
-        format!("/console/events?{}", params.link(non_empty(&params.cursor)))
-    } else {
-        "/console/events".to_owned()
-    };
+    let live = format!(
+        "/console/events?{}",
+        shown.link(Some(shown.cursor.as_str()).filter(|c| !c.is_empty()))
+    );
     let order = if params.order == "oldest" {
         "oldest first"
     } else {
@@ -761,7 +762,7 @@ async fn approvals(
     let body = format!(
         "<h1>Approval queue</h1>{flash}{note}{}\
          <p id=\"live-status\" class=\"live\" role=\"status\" aria-live=\"polite\">{}</p>\
-         <table id=\"approval-queue\" data-live=\"{}\" data-filtered=\"{}\" aria-describedby=\"live-status\">\
+         <table id=\"approval-queue\" data-live=\"{}\" aria-describedby=\"live-status\">\
          <caption class=\"muted\">Held requests, {order}, {QUEUE_PAGE} a page</caption>\
          <thead><tr><th scope=\"col\">Age</th><th scope=\"col\">Amount</th><th scope=\"col\">Tool</th>\
          <th scope=\"col\">Vendor</th><th scope=\"col\">Agent</th><th scope=\"col\">Reasons</th>\
@@ -771,7 +772,6 @@ async fn approvals(
         queue_filters(&params),
         esc(&page.status(filtered)),
         esc(&live),
-        filtered,
         page.rows,
     );
     html(
@@ -783,10 +783,6 @@ async fn approvals(
             &body,
         ),
     )
-}
-
-fn non_empty(text: &str) -> Option<&str> {
-    Some(text).filter(|t| !t.is_empty())
 }
 
 async fn decide(

@@ -1540,9 +1540,7 @@ fn rolling_cap(
     Ok(None)
 }
 
-/// An approval's binding and token state: id, intent, operation, tool, vendor,
-/// amount, token expiry, token use.
-/// An approval token's request, as its row holds it.
+/// An approval token's request as its row holds it: its binding and token state.
 struct TokenRow {
     id: String,
     intent: String,
