@@ -8,6 +8,7 @@ pub(crate) mod ledger;
 pub(crate) mod lifecycle;
 pub(crate) mod operator;
 pub mod replay;
+pub(crate) mod rules;
 
 pub use paybond_middleware_core::wire::EffectivePolicy;
 use std::collections::HashMap;

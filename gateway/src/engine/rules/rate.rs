@@ -1,0 +1,71 @@
+//! Check 8: each bound tool's hourly call limit, over the tool's reservations of
+//! the last hour the context carries, with the time until the window frees.
+
+use serde_json::json;
+
+use super::tool::ToolLimits;
+use super::{CallContext, DenyCode, Recorder, Verdict};
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// Every bound tool is under its hourly limit.
+pub(super) fn check(
+    ctx: &CallContext<'_>,
+    limits: &ToolLimits,
+    rec: &mut Recorder,
+) -> Result<(), Verdict> {
+    for (i, (tool, limit)) in limits.per_hour.iter().enumerate() {
+        let empty = Vec::new();
+        let recent = ctx.rate_windows.get(i).unwrap_or(&empty);
+        let in_hour: Vec<i64> = recent
+            .iter()
+            .copied()
+            .filter(|at| *at > ctx.now - HOUR_MS)
+            .collect();
+        let inputs =
+            || json!({"tool": tool, "limit_per_hour": limit, "calls_in_last_hour": in_hour.len()});
+        if in_hour.len() >= usize::try_from(*limit).unwrap_or(usize::MAX) {
+            rec.fail("rate_limit", inputs);
+            let oldest = in_hour.iter().copied().min().unwrap_or(ctx.now);
+            let wait_ms = (oldest + HOUR_MS - ctx.now).max(1000);
+            return Err(Verdict::Deny {
+                code: DenyCode::RateLimited,
+                message: format!("`{tool}` is limited to {limit} calls per hour"),
+                retry_after: Some(u64::try_from((wait_ms + 999) / 1000).unwrap_or(1)),
+            });
+        }
+        rec.pass("rate_limit", inputs);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::rules::props::{BOOK, Sample, sample_call};
+
+    #[test]
+    fn the_limit_counts_the_last_hour_and_says_when_it_frees() {
+        let call = sample_call(BOOK, 1);
+        let limits = ToolLimits {
+            per_hour: vec![(BOOK.to_owned(), 2)],
+            ..ToolLimits::default()
+        };
+        let mut s = Sample::new(&call);
+        let now = s.now;
+        s.rate_windows = vec![vec![now - 1_800_000, now - 10]];
+        let ctx = s.context(None);
+        match check(&ctx, &limits, &mut Recorder::on()) {
+            Err(Verdict::Deny {
+                code: DenyCode::RateLimited,
+                retry_after,
+                ..
+            }) => assert_eq!(retry_after, Some(1_800)),
+            other => panic!("{other:?}"),
+        }
+        // One of them is over an hour old: room for one more.
+        let mut s = Sample::new(&call);
+        s.rate_windows = vec![vec![now - HOUR_MS, now - 10]];
+        assert!(check(&s.context(None), &limits, &mut Recorder::on()).is_ok());
+    }
+}
