@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use crate::error::ApiError;
 
 pub(crate) mod postgres;
+pub(crate) mod schema;
 pub(crate) mod sqlite;
 
 pub(crate) use sqlite::DEFAULT_WAL_LIMIT_BYTES;

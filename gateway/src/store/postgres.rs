@@ -27,239 +27,11 @@ use bytes::BytesMut;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::{Arg, DatabaseUrl, Row, Tx, Value};
+use super::{Arg, DatabaseUrl, Row, Tx, Value, schema};
 use crate::error::ApiError;
 
 /// Connections per replica.
 const POOL_SIZE: usize = 8;
-
-/// Schema migrations, applied in order once per database (under an advisory lock,
-/// so replicas starting together apply each exactly once).
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, SCHEMA_V1),
-    (2, SCHEMA_V2),
-    (3, SCHEMA_V3),
-    (4, SCHEMA_V4),
-    (5, SCHEMA_V5),
-    (6, SCHEMA_V6),
-    (7, SCHEMA_V7),
-];
-
-/// Approvals: the key whose verify opened the request (its token works for that
-/// key alone), when an operator decided it (a denial answers the identical request
-/// for a while), and the index the identical request is found by.
-const SCHEMA_V7: &str = r"
-ALTER TABLE approvals ADD COLUMN key_id TEXT;
-ALTER TABLE approvals ADD COLUMN decided_ms BIGINT;
-CREATE INDEX approvals_by_digest ON approvals (tenant_id, request_digest, created_ms);
-";
-
-/// Open reservations (the sweep, lapsed amounts, open counts) are found through
-/// indexes that hold only them: a reservation leaves them when it is finalized.
-const SCHEMA_V6: &str = r"
-DROP INDEX reservations_open;
-DROP INDEX reservations_open_by_intent;
-CREATE INDEX reservations_open_by_expiry ON reservations (state, expires_ms) WHERE state = 'open';
-CREATE INDEX reservations_open_by_intent_expiry ON reservations (intent_id, expires_ms)
-    WHERE state = 'open';
-";
-
-/// Audit exports: each tenant's signing key and the export jobs with their bundles.
-const SCHEMA_V5: &str = r"
-CREATE TABLE signing_keys (
-    tenant_id TEXT PRIMARY KEY,
-    secret_key BYTEA NOT NULL,
-    public_key_hex TEXT NOT NULL,
-    created_ms BIGINT NOT NULL
-);
-CREATE TABLE audit_exports (
-    id TEXT PRIMARY KEY,
-    tenant_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    disclosure_tier TEXT NOT NULL,
-    filter TEXT NOT NULL,
-    created_by TEXT NOT NULL,
-    created_ms BIGINT NOT NULL,
-    expires_ms BIGINT NOT NULL,
-    heartbeat_ms BIGINT NOT NULL,
-    stage TEXT NOT NULL,
-    percent BIGINT NOT NULL,
-    error TEXT,
-    manifest_sha256 TEXT,
-    bundle_sha256 TEXT,
-    bundle_size_bytes BIGINT,
-    bundle BYTEA,
-    download_token_hash TEXT UNIQUE,
-    download_token_expires_ms BIGINT
-);
-CREATE INDEX audit_exports_by_time ON audit_exports (tenant_id, created_ms, id);
-";
-
-/// Operator intent views: intents by time, decisions by intent (in ledger order),
-/// and submitted evidence.
-const SCHEMA_V4: &str = r"
-ALTER TABLE decisions ADD COLUMN ledger_seq BIGINT;
-CREATE INDEX intents_by_time ON intents (tenant_id, created_ms, id);
-CREATE INDEX decisions_by_intent ON decisions (intent_id, created_ms);
-CREATE TABLE evidence (
-    id TEXT PRIMARY KEY,
-    tenant_id TEXT NOT NULL,
-    intent_id TEXT NOT NULL,
-    decision_id TEXT,
-    operation TEXT,
-    status TEXT,
-    cost_cents BIGINT,
-    predicate_passed BIGINT NOT NULL,
-    created_ms BIGINT NOT NULL
-);
-CREATE INDEX evidence_by_intent ON evidence (intent_id, created_ms);
-";
-
-/// Approvals: who asked (hold limits per agent), whether the token was fetched,
-/// and indexes for the limits and for paging.
-const SCHEMA_V3: &str = r"
-ALTER TABLE approvals ADD COLUMN agent TEXT;
-ALTER TABLE approvals ADD COLUMN token_fetched_ms BIGINT;
-CREATE INDEX approvals_by_agent ON approvals (tenant_id, agent, created_ms);
-CREATE INDEX approvals_by_intent ON approvals (intent_id, state);
-CREATE INDEX approvals_by_time ON approvals (tenant_id, created_ms, id);
-UPDATE approvals SET token = NULL WHERE token IS NOT NULL;
-";
-
-const SCHEMA_V1: &str = r"
-CREATE TABLE meta (
-    key TEXT PRIMARY KEY,
-    value BYTEA NOT NULL
-);
-CREATE TABLE tenants (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    created_ms BIGINT NOT NULL
-);
-CREATE TABLE api_keys (
-    secret_hash TEXT PRIMARY KEY,
-    key_id TEXT NOT NULL UNIQUE,
-    tenant_id TEXT NOT NULL REFERENCES tenants(id),
-    role TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    created_ms BIGINT NOT NULL
-);
-CREATE TABLE org_policies (
-    tenant_id TEXT NOT NULL REFERENCES tenants(id),
-    id TEXT NOT NULL,
-    text TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    updated_ms BIGINT NOT NULL,
-    PRIMARY KEY (tenant_id, id)
-);
-CREATE TABLE tenant_policies (
-    tenant_id TEXT PRIMARY KEY REFERENCES tenants(id),
-    text TEXT NOT NULL,
-    org_policy_id TEXT,
-    effective TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    version BIGINT NOT NULL,
-    updated_ms BIGINT NOT NULL
-);
-CREATE TABLE intents (
-    id TEXT PRIMARY KEY,
-    tenant_id TEXT NOT NULL REFERENCES tenants(id),
-    operations TEXT NOT NULL,
-    budget_cents BIGINT NOT NULL,
-    currency TEXT NOT NULL,
-    state TEXT NOT NULL,
-    deadline_ms BIGINT NOT NULL,
-    consumed_cents BIGINT NOT NULL DEFAULT 0,
-    reserved_cents BIGINT NOT NULL DEFAULT 0,
-    evidence_schema TEXT,
-    metadata TEXT,
-    created_ms BIGINT NOT NULL
-);
-CREATE TABLE decisions (
-    id TEXT PRIMARY KEY,
-    tenant_id TEXT NOT NULL,
-    intent_id TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    response TEXT NOT NULL,
-    created_ms BIGINT NOT NULL
-);
-CREATE TABLE reservations (
-    id TEXT PRIMARY KEY,
-    tenant_id TEXT NOT NULL,
-    intent_id TEXT NOT NULL,
-    tool TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    vendor TEXT,
-    agent TEXT NOT NULL,
-    agent_subject TEXT,
-    amount_cents BIGINT NOT NULL,
-    actual_cents BIGINT,
-    state TEXT NOT NULL,
-    created_ms BIGINT NOT NULL,
-    expires_ms BIGINT NOT NULL,
-    finalized_ms BIGINT,
-    complete_response TEXT
-);
-CREATE INDEX reservations_by_tenant ON reservations (tenant_id, created_ms);
-CREATE INDEX reservations_open ON reservations (state, expires_ms);
-CREATE INDEX reservations_open_by_intent ON reservations (intent_id, state, expires_ms);
-CREATE TABLE approvals (
-    id TEXT PRIMARY KEY,
-    tenant_id TEXT NOT NULL,
-    intent_id TEXT NOT NULL,
-    decision_id TEXT NOT NULL,
-    request_digest TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    tool TEXT NOT NULL,
-    vendor TEXT,
-    amount_cents BIGINT NOT NULL,
-    reason_codes TEXT NOT NULL,
-    state TEXT NOT NULL,
-    approvers TEXT NOT NULL,
-    quorum BIGINT NOT NULL,
-    created_ms BIGINT NOT NULL,
-    expires_ms BIGINT NOT NULL,
-    token TEXT,
-    token_hash TEXT UNIQUE,
-    token_expires_ms BIGINT,
-    token_used_ms BIGINT
-);
-CREATE INDEX approvals_by_state ON approvals (tenant_id, state);
-CREATE TABLE idempotency (
-    tenant_id TEXT NOT NULL,
-    key TEXT NOT NULL,
-    route TEXT NOT NULL,
-    body_hash TEXT NOT NULL,
-    response TEXT NOT NULL,
-    created_ms BIGINT NOT NULL,
-    PRIMARY KEY (tenant_id, key)
-);
-CREATE TABLE ledger (
-    tenant_id TEXT NOT NULL,
-    seq BIGINT NOT NULL,
-    event TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    at_ms BIGINT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    PRIMARY KEY (tenant_id, seq)
-);
-";
-
-/// Rolling-cap counters, and the index rate limits read.
-const SCHEMA_V2: &str = r"
-CREATE TABLE IF NOT EXISTS spend_counters (
-    tenant_id TEXT NOT NULL,
-    bucket TEXT NOT NULL,
-    window_start BIGINT NOT NULL,
-    window_end BIGINT NOT NULL,
-    spent_cents BIGINT NOT NULL,
-    PRIMARY KEY (tenant_id, bucket, window_start, window_end)
-);
-CREATE INDEX IF NOT EXISTS reservations_by_tool ON reservations (tenant_id, tool, created_ms);
-DROP INDEX IF EXISTS reservations_by_intent;
-";
 
 /// Serializes migrations across replicas (an arbitrary constant of this gateway's).
 const MIGRATION_LOCK: i64 = 0x7061_7962_6f6e_6401;
@@ -342,9 +114,10 @@ impl PgStore {
         }
         if let Some(first) = idle.first() {
             let client = first.client.clone();
+            let place = url.to_string();
             let (send, receive) = std::sync::mpsc::sync_channel(1);
             runtime.spawn(async move {
-                let _ = send.send(migrate(&client).await);
+                let _ = send.send(migrate(&client, &place).await);
             });
             receive
                 .recv()
@@ -495,7 +268,10 @@ fn connect(runtime: &tokio::runtime::Runtime, url: &DatabaseUrl) -> Result<Conn,
     })
 }
 
-async fn migrate(client: &Client) -> Result<(), ApiError> {
+/// Applies the migrations `place` lacks ([`schema::MIGRATIONS`]), under an
+/// advisory lock so that replicas starting together apply each exactly once;
+/// refuses a database a newer build migrated, changing nothing.
+async fn migrate(client: &Client, place: &str) -> Result<(), ApiError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
@@ -506,15 +282,15 @@ async fn migrate(client: &Client) -> Result<(), ApiError> {
                     version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)",
             )
             .await?;
-        for (version, sql) in MIGRATIONS {
-            let applied = client
-                .query_opt(
-                    "SELECT 1 FROM schema_migrations WHERE version = $1",
-                    &[version],
-                )
-                .await?
-                .is_some();
-            if applied {
+        let newest: Option<i64> = client
+            .query_one("SELECT MAX(version) FROM schema_migrations", &[])
+            .await?
+            .get(0);
+        if let Some(newest) = newest.filter(|v| *v > schema::LATEST) {
+            return Err(schema::too_new(newest, place));
+        }
+        for (version, sql) in schema::MIGRATIONS {
+            if newest.is_some_and(|n| *version <= n) {
                 continue;
             }
             let now = jiff::Timestamp::now().as_millisecond();

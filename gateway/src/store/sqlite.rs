@@ -27,10 +27,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, params_from_iter};
 
-use super::{Arg, Row, Storage, Tx, Value};
+use super::{Arg, Row, Storage, Tx, Value, schema};
 use crate::error::ApiError;
 
-const SCHEMA: &str = r"
+/// The schema of a database written before migrations were numbered here, as
+/// those versions created it (version 6 of [`schema::MIGRATIONS`], once
+/// [`LEGACY_COLUMNS`] and [`LEGACY_INDEXES`] are applied).
+pub(crate) const LEGACY_SCHEMA: &str = r"
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -158,19 +161,18 @@ CREATE TABLE IF NOT EXISTS ledger (
 );
 ";
 
-/// Columns added since the first schema, for databases created before them.
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+/// Columns those versions added after their first schema, for databases created
+/// before them.
+const LEGACY_COLUMNS: &[(&str, &str, &str)] = &[
     ("reservations", "agent_subject", "TEXT"),
     ("approvals", "agent", "TEXT"),
     ("approvals", "token_fetched_ms", "INTEGER"),
     ("decisions", "ledger_seq", "INTEGER"),
-    ("approvals", "key_id", "TEXT"),
-    ("approvals", "decided_ms", "INTEGER"),
 ];
 
-/// Indexes over columns that [`ADDED_COLUMNS`] may have just added; approval
+/// Indexes over columns that [`LEGACY_COLUMNS`] may have just added; approval
 /// tokens kept in plain text by earlier versions dropped (only digests are kept).
-const ADDED_INDEXES: &str = "
+const LEGACY_INDEXES: &str = "
 UPDATE approvals SET token = NULL WHERE token IS NOT NULL;
 DROP INDEX IF EXISTS reservations_open;
 DROP INDEX IF EXISTS reservations_open_by_intent;
@@ -181,7 +183,6 @@ CREATE INDEX IF NOT EXISTS reservations_open_by_intent_expiry ON reservations (i
 CREATE INDEX IF NOT EXISTS approvals_by_agent ON approvals (tenant_id, agent, created_ms);
 CREATE INDEX IF NOT EXISTS approvals_by_intent ON approvals (intent_id, state);
 CREATE INDEX IF NOT EXISTS approvals_by_time ON approvals (tenant_id, created_ms, id);
-CREATE INDEX IF NOT EXISTS approvals_by_digest ON approvals (tenant_id, request_digest, created_ms);
 CREATE INDEX IF NOT EXISTS intents_by_time ON intents (tenant_id, created_ms, id);
 CREATE INDEX IF NOT EXISTS decisions_by_intent ON decisions (intent_id, created_ms);
 CREATE TABLE IF NOT EXISTS evidence (
@@ -255,6 +256,18 @@ fn open_connection(storage: &Storage) -> Result<Connection, ApiError> {
         Storage::File(path) => {
             private_files(path)?;
             let conn = Connection::open(path)?;
+            // Read before anything is written: a file that is not a SQLite
+            // database (or is damaged) is refused as it is.
+            conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(|e| {
+                ApiError::unusable(format!(
+                    "{} is not a paybond database that this build can read ({e}): move it \
+                     away or start the gateway on another data directory; it was not changed",
+                    path.display()
+                ))
+            })?;
             // Every page a commit changes is written whole to the WAL and fsynced:
             // with 1 KiB pages a decision writes about half the bytes it would
             // with SQLite's default 4 KiB (its rows are small). Taken by a new
@@ -276,8 +289,11 @@ fn open_connection(storage: &Storage) -> Result<Connection, ApiError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(256);
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.execute_batch(SCHEMA)?;
-    migrate(&conn)?;
+    let place = match storage {
+        Storage::File(path) => path.display().to_string(),
+        _ => "the in-memory database".to_owned(),
+    };
+    migrate(&conn, &place)?;
     Ok(conn)
 }
 
@@ -347,20 +363,76 @@ fn private_files(path: &Path) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    // Covered by reservations_open_by_intent (intent_id first): one index less to write.
-    conn.execute_batch("DROP INDEX IF EXISTS reservations_by_intent")?;
-    for (table, column, kind) in ADDED_COLUMNS {
+/// The migrations `place` lacks ([`schema::MIGRATIONS`], in SQLite's spelling),
+/// each in a transaction of its own and recorded in `schema_migrations`. A
+/// database written before migrations were numbered is first brought to version 6
+/// as those versions did, and numbered. A database a newer build migrated is
+/// refused before anything is written to it.
+fn migrate(conn: &Connection, place: &str) -> Result<(), ApiError> {
+    let exists = |table: &str| -> rusqlite::Result<bool> {
+        conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+            .exists([table])
+    };
+    let numbered = exists("schema_migrations")?;
+    let mut newest: i64 = if numbered {
+        conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?
+    } else {
+        0
+    };
+    if newest > schema::LATEST {
+        return Err(schema::too_new(newest, place));
+    }
+    let now = jiff::Timestamp::now().as_millisecond();
+    if !numbered {
+        let legacy = exists("tenants")?;
+        let mut batch = String::from(
+            "BEGIN; CREATE TABLE schema_migrations (
+                 version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL);",
+        );
+        if legacy {
+            batch.push_str(LEGACY_SCHEMA);
+            batch.push_str(&legacy_columns(conn)?);
+            batch.push_str(LEGACY_INDEXES);
+            for version in 1..=6 {
+                batch.push_str(&format!(
+                    "INSERT INTO schema_migrations (version, applied_ms) VALUES ({version}, {now});"
+                ));
+            }
+            newest = 6;
+        }
+        batch.push_str("COMMIT;");
+        conn.execute_batch(&batch)?;
+    }
+    for (version, sql) in schema::MIGRATIONS {
+        if *version <= newest {
+            continue;
+        }
+        conn.execute_batch(&format!(
+            "BEGIN; {}; INSERT INTO schema_migrations (version, applied_ms) VALUES ({version}, {now}); COMMIT;",
+            schema::sqlite(sql)
+        ))?;
+    }
+    Ok(())
+}
+
+/// The `ALTER TABLE`s that bring a legacy database's tables to [`LEGACY_COLUMNS`].
+fn legacy_columns(conn: &Connection) -> rusqlite::Result<String> {
+    let mut out = String::from("DROP INDEX IF EXISTS reservations_by_intent;");
+    for (table, column, kind) in LEGACY_COLUMNS {
         let present: bool = conn
             .prepare(&format!(
                 "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
             ))?
             .exists([column])?;
         if !present {
-            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+            out.push_str(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind};"));
         }
     }
-    conn.execute_batch(ADDED_INDEXES)
+    Ok(out)
 }
 
 struct Batch {
@@ -1288,7 +1360,7 @@ mod tests {
             let conn = Connection::open(&old).unwrap();
             conn.pragma_update(None, "page_size", 4096).unwrap();
             conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(LEGACY_SCHEMA).unwrap();
             put(&conn, "before").unwrap();
         }
         let store = SqliteStore::open(&Storage::File(old), 1 << 20).unwrap();

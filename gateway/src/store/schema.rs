@@ -1,0 +1,477 @@
+//! The schema of both stores: one list of numbered migrations, written once in
+//! the portable subset of SQL that SQLite and PostgreSQL share, applied in order
+//! and recorded in `schema_migrations` by each store. PostgreSQL runs them as
+//! written; SQLite with its names for two types ([`sqlite`]). A database whose
+//! migrations are newer than this build's is refused, never changed.
+
+use crate::error::ApiError;
+
+/// The migrations, in order. Add new ones at the end; never edit one that shipped.
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
+    (1, V1),
+    (2, V2),
+    (3, V3),
+    (4, V4),
+    (5, V5),
+    (6, V6),
+    (7, V7),
+];
+
+/// The newest migration this build knows.
+pub(crate) const LATEST: i64 = 7;
+
+/// `sql` as SQLite spells it: `BIGINT` is `INTEGER` and `BYTEA` is `BLOB` there
+/// (SQLite would give `BYTEA` numeric affinity).
+pub(crate) fn sqlite(sql: &str) -> String {
+    sql.replace("BIGINT", "INTEGER").replace("BYTEA", "BLOB")
+}
+
+/// The refusal of a database migrated past [`LATEST`] by a newer build.
+pub(crate) fn too_new(applied: i64, place: &str) -> ApiError {
+    ApiError::unusable(format!(
+        "{place} was written by a newer paybond gateway (schema version {applied}; this build \
+         knows up to {LATEST}): run that version or a later one, or start this one on another \
+         data directory or database. Nothing in {place} was changed."
+    ))
+}
+
+const V1: &str = r"
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value BYTEA NOT NULL
+);
+CREATE TABLE tenants (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE api_keys (
+    secret_hash TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL UNIQUE,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    role TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE org_policies (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE TABLE tenant_policies (
+    tenant_id TEXT PRIMARY KEY REFERENCES tenants(id),
+    text TEXT NOT NULL,
+    org_policy_id TEXT,
+    effective TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+CREATE TABLE intents (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    operations TEXT NOT NULL,
+    budget_cents BIGINT NOT NULL,
+    currency TEXT NOT NULL,
+    state TEXT NOT NULL,
+    deadline_ms BIGINT NOT NULL,
+    consumed_cents BIGINT NOT NULL DEFAULT 0,
+    reserved_cents BIGINT NOT NULL DEFAULT 0,
+    evidence_schema TEXT,
+    metadata TEXT,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE decisions (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    intent_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE reservations (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    intent_id TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    vendor TEXT,
+    agent TEXT NOT NULL,
+    agent_subject TEXT,
+    amount_cents BIGINT NOT NULL,
+    actual_cents BIGINT,
+    state TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    finalized_ms BIGINT,
+    complete_response TEXT
+);
+CREATE INDEX reservations_by_tenant ON reservations (tenant_id, created_ms);
+CREATE INDEX reservations_open ON reservations (state, expires_ms);
+CREATE INDEX reservations_open_by_intent ON reservations (intent_id, state, expires_ms);
+CREATE TABLE approvals (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    intent_id TEXT NOT NULL,
+    decision_id TEXT NOT NULL,
+    request_digest TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    vendor TEXT,
+    amount_cents BIGINT NOT NULL,
+    reason_codes TEXT NOT NULL,
+    state TEXT NOT NULL,
+    approvers TEXT NOT NULL,
+    quorum BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    token TEXT,
+    token_hash TEXT UNIQUE,
+    token_expires_ms BIGINT,
+    token_used_ms BIGINT
+);
+CREATE INDEX approvals_by_state ON approvals (tenant_id, state);
+CREATE TABLE idempotency (
+    tenant_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    route TEXT NOT NULL,
+    body_hash TEXT NOT NULL,
+    response TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+);
+CREATE TABLE ledger (
+    tenant_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, seq)
+);
+";
+
+/// Rolling-cap counters, and the index rate limits read.
+const V2: &str = r"
+CREATE TABLE IF NOT EXISTS spend_counters (
+    tenant_id TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    window_start BIGINT NOT NULL,
+    window_end BIGINT NOT NULL,
+    spent_cents BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, bucket, window_start, window_end)
+);
+CREATE INDEX IF NOT EXISTS reservations_by_tool ON reservations (tenant_id, tool, created_ms);
+DROP INDEX IF EXISTS reservations_by_intent;
+";
+
+/// Approvals: who asked (hold limits per agent), whether the token was fetched,
+/// and indexes for the limits and for paging.
+const V3: &str = r"
+ALTER TABLE approvals ADD COLUMN agent TEXT;
+ALTER TABLE approvals ADD COLUMN token_fetched_ms BIGINT;
+CREATE INDEX approvals_by_agent ON approvals (tenant_id, agent, created_ms);
+CREATE INDEX approvals_by_intent ON approvals (intent_id, state);
+CREATE INDEX approvals_by_time ON approvals (tenant_id, created_ms, id);
+UPDATE approvals SET token = NULL WHERE token IS NOT NULL;
+";
+
+/// Operator intent views: intents by time, decisions by intent (in ledger order),
+/// and submitted evidence.
+const V4: &str = r"
+ALTER TABLE decisions ADD COLUMN ledger_seq BIGINT;
+CREATE INDEX intents_by_time ON intents (tenant_id, created_ms, id);
+CREATE INDEX decisions_by_intent ON decisions (intent_id, created_ms);
+CREATE TABLE evidence (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    intent_id TEXT NOT NULL,
+    decision_id TEXT,
+    operation TEXT,
+    status TEXT,
+    cost_cents BIGINT,
+    predicate_passed BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX evidence_by_intent ON evidence (intent_id, created_ms);
+";
+
+/// Audit exports: each tenant's signing key and the export jobs with their bundles.
+const V5: &str = r"
+CREATE TABLE signing_keys (
+    tenant_id TEXT PRIMARY KEY,
+    secret_key BYTEA NOT NULL,
+    public_key_hex TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE audit_exports (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    disclosure_tier TEXT NOT NULL,
+    filter TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    heartbeat_ms BIGINT NOT NULL,
+    stage TEXT NOT NULL,
+    percent BIGINT NOT NULL,
+    error TEXT,
+    manifest_sha256 TEXT,
+    bundle_sha256 TEXT,
+    bundle_size_bytes BIGINT,
+    bundle BYTEA,
+    download_token_hash TEXT UNIQUE,
+    download_token_expires_ms BIGINT
+);
+CREATE INDEX audit_exports_by_time ON audit_exports (tenant_id, created_ms, id);
+";
+
+/// Open reservations (the sweep, lapsed amounts, open counts) are found through
+/// indexes that hold only them: a reservation leaves them when it is finalized.
+const V6: &str = r"
+DROP INDEX reservations_open;
+DROP INDEX reservations_open_by_intent;
+CREATE INDEX reservations_open_by_expiry ON reservations (state, expires_ms) WHERE state = 'open';
+CREATE INDEX reservations_open_by_intent_expiry ON reservations (intent_id, expires_ms)
+    WHERE state = 'open';
+";
+
+/// Approvals: the key whose verify opened the request (its token works for that
+/// key alone), when an operator decided it (a denial answers the identical request
+/// for a while), and the index the identical request is found by.
+const V7: &str = r"
+ALTER TABLE approvals ADD COLUMN key_id TEXT;
+ALTER TABLE approvals ADD COLUMN decided_ms BIGINT;
+CREATE INDEX approvals_by_digest ON approvals (tenant_id, request_digest, created_ms);
+";
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on setup failures
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::store::{Storage, Store, Tx, args};
+
+    /// A schema as both stores can be compared: per table, its columns (name,
+    /// type as SQLite spells it, nullable); per index, its table and columns.
+    type Shape = (
+        BTreeMap<String, Vec<(String, String, bool)>>,
+        BTreeMap<String, String>,
+    );
+
+    fn sqlite_shape(store: &Store) -> Shape {
+        store
+            .write(None, |tx: &dyn Tx| {
+                let tables: Vec<String> = tx.query_map(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'
+                     AND name NOT LIKE 'sqlite_%' ORDER BY name",
+                    args![],
+                    |r| r.get(0),
+                )?;
+                let mut columns = BTreeMap::new();
+                for t in &tables {
+                    let cols = tx.query_map(
+                        &format!("SELECT name, type, \"notnull\", pk FROM pragma_table_info('{t}')"),
+                        args![],
+                        |r| {
+                            let (name, kind, notnull, pk): (String, String, i64, i64) =
+                                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                            Ok((name, kind, notnull == 0 && pk == 0))
+                        },
+                    )?;
+                    columns.insert(t.clone(), cols);
+                }
+                let indexes: Vec<(String, String)> = tx.query_map(
+                    "SELECT name, tbl_name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL",
+                    args![],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                let mut shaped = BTreeMap::new();
+                for (name, table) in indexes {
+                    let cols: Vec<String> = tx.query_map(
+                        &format!("SELECT name FROM pragma_index_info('{name}') ORDER BY seqno"),
+                        args![],
+                        |r| r.get(0),
+                    )?;
+                    shaped.insert(name, format!("{table}({})", cols.join(",")));
+                }
+                Ok((columns, shaped))
+            })
+            .unwrap()
+    }
+
+    fn postgres_shape(store: &Store) -> Shape {
+        store
+            .write(None, |tx: &dyn Tx| {
+                let rows: Vec<(String, String, String, String)> = tx.query_map(
+                    "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text
+                     FROM information_schema.columns WHERE table_schema = current_schema()
+                     ORDER BY table_name, ordinal_position",
+                    args![],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?;
+                let mut columns: BTreeMap<String, Vec<(String, String, bool)>> = BTreeMap::new();
+                for (table, name, kind, nullable) in rows {
+                    let kind = match kind.as_str() {
+                        "bigint" => "INTEGER",
+                        "bytea" => "BLOB",
+                        "text" => "TEXT",
+                        other => panic!("{table}.{name}: a {other} column"),
+                    };
+                    columns.entry(table).or_default().push((
+                        name,
+                        kind.to_owned(),
+                        nullable == "YES",
+                    ));
+                }
+                let indexes: Vec<(String, String, String)> = tx.query_map(
+                    "SELECT indexname::text, tablename::text, indexdef FROM pg_indexes
+                     WHERE schemaname = current_schema()
+                     AND indexname NOT LIKE '%\\_pkey' AND indexname NOT LIKE '%\\_key'",
+                    args![],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
+                let shaped = indexes
+                    .into_iter()
+                    .map(|(name, table, def)| {
+                        // `CREATE INDEX n ON public.t USING btree (a, b) WHERE ...`
+                        let cols = def
+                            .split_once(" (")
+                            .and_then(|(_, rest)| rest.split_once(')'))
+                            .map(|(cols, _)| cols.replace(' ', ""))
+                            .unwrap_or_default();
+                        (name, format!("{table}({cols})"))
+                    })
+                    .collect();
+                Ok((columns, shaped))
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_legacy_sqlite_database_is_brought_to_the_schema_a_new_one_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = Store::open(&Storage::File(dir.path().join("new.db")), 1 << 20).unwrap();
+        let old = dir.path().join("old.db");
+        {
+            // The first schema of the versions before numbered migrations.
+            let conn = rusqlite::Connection::open(&old).unwrap();
+            conn.execute_batch(crate::store::sqlite::LEGACY_SCHEMA)
+                .unwrap();
+        }
+        let migrated = Store::open(&Storage::File(old), 1 << 20).unwrap();
+        let (fresh, migrated) = (sqlite_shape(&fresh), sqlite_shape(&migrated));
+        assert!(fresh.0.contains_key("schema_migrations"));
+        assert_eq!(fresh, migrated);
+        let versions = crate::store::Store::open(&Storage::Memory, 1 << 20)
+            .unwrap()
+            .write(None, |tx: &dyn Tx| {
+                tx.query_one("SELECT MAX(version) FROM schema_migrations", args![], |r| {
+                    r.get::<i64>(0)
+                })
+            })
+            .unwrap();
+        assert_eq!(versions, LATEST);
+    }
+
+    #[test]
+    fn sqlite_and_postgresql_have_the_same_schema() {
+        let Ok(base) = std::env::var("PAYBOND_TEST_DATABASE_URL") else {
+            assert_eq!(
+                std::env::var("PAYBOND_SKIP_POSTGRES").as_deref(),
+                Ok("1"),
+                "this test needs PostgreSQL: run it with `bash .ci/test`, or set \
+                 PAYBOND_TEST_DATABASE_URL, or skip it with PAYBOND_SKIP_POSTGRES=1"
+            );
+            return;
+        };
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = base.clone();
+        let create = format!("CREATE DATABASE {name}");
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                client.batch_execute(&create).await.unwrap();
+            });
+        })
+        .join()
+        .unwrap();
+        let (prefix, _) = base.rsplit_once('/').unwrap();
+        let url = crate::store::DatabaseUrl::parse(&format!("{prefix}/{name}")).unwrap();
+        let pg = Store::open(&Storage::Postgres(url), 1 << 20).unwrap();
+        let sqlite = Store::open(&Storage::Memory, 1 << 20).unwrap();
+        let (pg, sqlite) = (postgres_shape(&pg), sqlite_shape(&sqlite));
+        assert!(pg.0.len() >= 16, "{:?}", pg.0.keys());
+        assert_eq!(
+            pg.1.get("reservations_open_by_intent_expiry")
+                .map(String::as_str),
+            Some("reservations(intent_id,expires_ms)")
+        );
+        assert_eq!(pg.0, sqlite.0, "columns");
+        assert_eq!(pg.1, sqlite.1, "indexes");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused_and_left_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("paybond.db");
+        let junk = b"this is not a SQLite database, and it is longer than its header".repeat(64);
+        std::fs::write(&db, &junk).unwrap();
+        let refused = Store::open(&Storage::File(db.clone()), 1 << 20)
+            .err()
+            .expect("a file that is not a database was opened");
+        assert!(
+            refused.message.contains("is not a paybond database")
+                && refused.message.contains("was not changed"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(std::fs::read(&db).unwrap(), junk);
+    }
+
+    #[test]
+    fn a_database_from_a_newer_build_is_refused_and_left_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("paybond.db");
+        drop(Store::open(&Storage::File(db.clone()), 1 << 20).unwrap());
+        {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, 0)",
+                [LATEST + 5],
+            )
+            .unwrap();
+            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                .unwrap();
+        }
+        let before = std::fs::read(&db).unwrap();
+        let refused = Store::open(&Storage::File(db.clone()), 1 << 20)
+            .err()
+            .expect("a newer database was opened");
+        assert!(
+            refused.message.contains("newer paybond gateway")
+                && refused
+                    .message
+                    .contains(&format!("schema version {}", LATEST + 5))
+                && refused.message.contains("Nothing in"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(std::fs::read(&db).unwrap(), before, "the database changed");
+    }
+}
