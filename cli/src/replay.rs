@@ -1,5 +1,6 @@
 //! `paybond policy replay`: what a new policy would have decided, verify by verify,
-//! over a gateway's recorded decisions (read-only on its store).
+//! over a gateway's recorded decisions (read-only on its store: a SQLite data
+//! directory or a fleet's PostgreSQL database).
 
 use std::path::PathBuf;
 
@@ -13,9 +14,17 @@ use crate::{Outcome, usage_error};
 #[derive(Debug, Args)]
 pub(crate) struct Replay {
     /// The gateway's data directory (`paybond dev loop --data-dir`): its
-    /// `paybond.db` is read, never written.
-    #[arg(long)]
-    data_dir: PathBuf,
+    /// `paybond.db` is read, never written (a gateway may be running on it).
+    #[arg(
+        long,
+        required_unless_present = "database_url",
+        conflicts_with = "database_url"
+    )]
+    data_dir: Option<PathBuf>,
+    /// A fleet's PostgreSQL database instead (`postgres://user@host:port/db`): read
+    /// in one read-only snapshot, never written.
+    #[arg(long, hide_env_values = true)]
+    database_url: Option<String>,
     /// The policy to decide under: a tenant policy (version 1, or a version 2
     /// overlay of an org base the store has).
     #[arg(long)]
@@ -61,20 +70,30 @@ pub(crate) fn replay(a: &Replay) -> Outcome {
         let data = serde_json::to_value(&resolution).unwrap_or_default();
         return crate::policy::refuse(&file, &resolution, data);
     }
-    let database = paybond_gateway::database_path(&a.data_dir);
-    if !database.is_file() {
-        return crate::unreadable(format!(
-            "--data-dir {}: no gateway database ({} does not exist)",
-            a.data_dir.display(),
-            database.display()
-        ));
-    }
+    let storage = match (&a.database_url, &a.data_dir) {
+        (Some(url), _) => match paybond_gateway::DatabaseUrl::parse(url) {
+            Ok(url) => paybond_gateway::Storage::Postgres(url),
+            Err(e) => return usage_error(format!("--database-url: {}", e.message)),
+        },
+        (None, dir) => {
+            let dir = dir.clone().unwrap_or_default();
+            let database = paybond_gateway::database_path(&dir);
+            if !database.is_file() {
+                return crate::unreadable(format!(
+                    "--data-dir {}: no gateway database ({} does not exist)",
+                    dir.display(),
+                    database.display()
+                ));
+            }
+            paybond_gateway::Storage::File(database)
+        }
+    };
     let options = ReplayOptions {
         policy: PolicyFile { text, file },
         since_ms,
         tenant: a.tenant.clone(),
     };
-    let report = match Engine::replay_database(&database, &options) {
+    let report = match Engine::replay_store(&storage, &options) {
         Ok(r) => r,
         Err(e) => {
             let category = match e.code {

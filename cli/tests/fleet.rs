@@ -397,3 +397,101 @@ fn replicas_share_one_budget_and_one_ledger_and_survive_sigkill() {
     assert_eq!(check["valid"], true);
     assert_eq!(check["tenants"], 1);
 }
+
+#[test]
+fn policy_replay_reads_a_fleets_postgresql_database_while_it_serves() {
+    let Some(db) = database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // One replica with the bundled scenario policies, and the canonical demo on it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_paybond"))
+        .args([
+            "dev",
+            "loop",
+            "--offline",
+            "--port",
+            "0",
+            "--database-url",
+            &db,
+        ])
+        .current_dir(dir.path())
+        .env_remove("PAYBOND_DATA_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("the replica stopped").unwrap();
+        if let Some(url) = line.strip_prefix("listening on ") {
+            break url.to_owned();
+        }
+    };
+    let replica = Replica { child, url };
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_paybond"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("PAYBOND_GATEWAY_URL")
+            .env_remove("PAYBOND_DATABASE_URL")
+            .output()
+            .unwrap()
+    };
+    let demo = run(&["agent", "demo", "generic", "--gateway", &replica.url]);
+    assert_eq!(demo.status.code(), Some(0), "{demo:?}");
+
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let lower = std::fs::read_to_string(repo.join("policies/tenant-overlay.policy.yaml"))
+        .unwrap()
+        .replace("max_per_call_cents: 20000", "max_per_call_cents: 15000");
+    std::fs::write(dir.path().join("lower.policy.yaml"), lower).unwrap();
+    let out = run(&[
+        "policy",
+        "replay",
+        "--database-url",
+        &db,
+        "--policy-file",
+        "lower.policy.yaml",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let data = &report["data"];
+    assert_eq!(data["decisions"], 5, "{report}");
+    let was_now: Vec<(String, String)> = data["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["was"].as_str().unwrap().to_owned(),
+                c["now"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        was_now,
+        [
+            ("hold".to_owned(), "deny".to_owned()),
+            ("allow".to_owned(), "deny".to_owned())
+        ]
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("postgres://"));
+    // Both a data dir and a database: refused as usage.
+    let both = run(&[
+        "policy",
+        "replay",
+        "--database-url",
+        &db,
+        "--data-dir",
+        ".paybond",
+        "--policy-file",
+        "lower.policy.yaml",
+    ]);
+    assert_eq!(both.status.code(), Some(2));
+    // The replica served throughout.
+    let again = run(&["agent", "demo", "generic", "--gateway", &replica.url]);
+    assert_eq!(again.status.code(), Some(0), "{again:?}");
+}

@@ -22,10 +22,16 @@ const START_MS: i64 = 1_790_000_000_000;
 /// cap, 90.00 released. Answers the file and the clock's time after each call.
 fn record(dir: &Path) -> PathBuf {
     let path = dir.join("paybond.db");
+    record_on(Storage::File(path.clone()));
+    path
+}
+
+/// The canonical scenario's verifies, recorded on `storage`.
+fn record_on(storage: Storage) {
     let clock = Clock::manual(START_MS);
     let fx = Fixture::with_config(EngineConfig {
         clock: clock.clone(),
-        ..EngineConfig::new(Storage::File(path.clone()))
+        ..EngineConfig::new(storage)
     });
     let (intent, token) = fx.intent(60_000);
     let verify = |cents: u64, call: &str, approval| {
@@ -67,7 +73,6 @@ fn record(dir: &Path) -> PathBuf {
     let failed = verify(9_000, "c5", None);
     assert!(failed.allow);
     complete(failed.decision_id, Finalization::Released, None);
-    path
 }
 
 /// The bundled overlay with `from` replaced by `to`.
@@ -316,4 +321,71 @@ fn a_hold_refused_for_the_approval_rate_stays_refused() {
         None,
     );
     assert_eq!(r.after.allowed, 2);
+}
+
+#[test]
+fn a_fleets_postgresql_store_replays_as_a_sqlite_file_does() {
+    let Some(url) = common::pg_database() else {
+        return;
+    };
+    record_on(Storage::Postgres(url.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let db = record(dir.path());
+    for policy in [
+        PolicyFile::bundled_tenant_overlay(),
+        overlay("max_per_call_cents: 20000", "max_per_call_cents: 15000"),
+        overlay("max_spend_usd: 600", "max_spend_usd: 250"),
+    ] {
+        let options = ReplayOptions {
+            policy,
+            since_ms: None,
+            tenant: None,
+        };
+        let on_pg = Engine::replay_store(&Storage::Postgres(url.clone()), &options).unwrap();
+        let on_file = replay(&db, options.policy.clone(), None);
+        assert_eq!(changes(&on_pg), changes(&on_file));
+        assert_eq!(
+            (on_pg.before, on_pg.after, on_pg.spent_after_cents),
+            (on_file.before, on_file.after, on_file.spent_after_cents)
+        );
+        assert_eq!(on_pg.decisions, 5);
+    }
+}
+
+#[test]
+fn a_store_is_replayed_while_its_gateway_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("paybond.db");
+    let fx = Fixture::with_config(EngineConfig::new(Storage::File(db.clone())));
+    let (intent, token) = fx.intent(60_000);
+    assert!(
+        fx.engine
+            .verify(&fx.agent, &verify_request(intent, &token, 1_000))
+            .unwrap()
+            .allow
+    );
+    // The engine still holds the database; the replay reads beside it.
+    let r = Engine::replay_database(
+        &db,
+        &ReplayOptions {
+            policy: overlay("max_per_call_cents: 20000", "max_per_call_cents: 500"),
+            since_ms: None,
+            tenant: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        changes(&r),
+        vec![(
+            "allow".to_owned(),
+            "deny".to_owned(),
+            vec!["tool_cap_exceeded".to_owned()]
+        )]
+    );
+    assert!(
+        fx.engine
+            .verify(&fx.agent, &verify_request(intent, &token, 1_000))
+            .unwrap()
+            .allow
+    );
 }

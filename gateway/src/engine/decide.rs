@@ -65,7 +65,7 @@ fn call_of<'a>(
 
 /// A recorded verify's call under `policy` (what-if replay), bound by the tool it
 /// was recorded under.
-fn recorded_call<'a>(
+pub(crate) fn recorded_call<'a>(
     principal: &'a Principal,
     call: &'a super::replay::RecordedCall,
     policy: &EffectivePolicy,
@@ -665,54 +665,6 @@ impl Engine {
             },
             i64::try_from(call.amount).unwrap_or(i64::MAX),
         )
-    }
-
-    /// A recorded verify decided again under `policy` (what-if replay): checks 3 to
-    /// 11 as verify runs them (the capability token was checked when the call was
-    /// made), reserving the amount under `decision_id` when it is allowed. Holds
-    /// open no approval request. Answers the outcome (`allow`, `hold`, `deny`) and
-    /// its reason codes.
-    pub(crate) fn replay_decision(
-        &self,
-        tx: &dyn Tx,
-        now: i64,
-        principal: &Principal,
-        call: &super::replay::RecordedCall,
-        policy: &EffectivePolicy,
-    ) -> Result<(&'static str, Vec<String>), ApiError> {
-        let c = recorded_call(principal, call, policy);
-        let ask = Ask {
-            currency: call.currency.as_deref(),
-            approval_token: None,
-            tool_name: Some(&call.tool),
-            intent_ops: false,
-            budget_only: false,
-            phase: call.phase,
-            approved: call.approved,
-        };
-        let ctx = self.prefetch(tx, now, &c, &ask, Some(policy), None)?;
-        Ok(match rules::evaluate(&ctx, Recorder::default()).verdict {
-            Verdict::Allow { reasons, .. } => {
-                self.reserve(tx, now, &c, call.decision_id)?;
-                ("allow", reasons)
-            }
-            Verdict::Hold { reasons } => ("hold", reasons),
-            Verdict::Deny { code, .. } => ("deny", vec![code.as_str().to_owned()]),
-        })
-    }
-
-    /// Reserves a recorded allowed call's amount as it was (what-if replay of a
-    /// decision before the replayed window).
-    pub(crate) fn replay_reserve(
-        &self,
-        tx: &dyn Tx,
-        now: i64,
-        principal: &Principal,
-        call: &super::replay::RecordedCall,
-        policy: &EffectivePolicy,
-    ) -> Result<(), ApiError> {
-        let c = recorded_call(principal, call, policy);
-        self.reserve(tx, now, &c, call.decision_id)
     }
 
     /// What the store holds about a held call's approval requests (the prefetch of

@@ -9,6 +9,7 @@ pub(crate) mod lifecycle;
 pub(crate) mod operator;
 pub mod replay;
 pub(crate) mod rules;
+pub(crate) mod state;
 
 pub use paybond_middleware_core::wire::EffectivePolicy;
 use std::collections::HashMap;
@@ -131,6 +132,9 @@ pub struct EngineConfig {
 
 const HOUR_MS: i64 = 3_600_000;
 
+/// How long an unfinalized reservation holds its amount unless configured.
+pub(crate) const DEFAULT_RESERVATION_TTL_MS: i64 = 5 * 60_000;
+
 impl EngineConfig {
     /// Defaults over `storage`: 5-minute reservations and approval tokens, 24-hour
     /// intents, 48-hour idempotency keys, the bundled scenario policies.
@@ -138,7 +142,7 @@ impl EngineConfig {
         Self {
             storage,
             clock: Clock::System,
-            reservation_ttl_ms: 5 * 60_000,
+            reservation_ttl_ms: DEFAULT_RESERVATION_TTL_MS,
             approval_token_ttl_ms: 5 * 60_000,
             intent_ttl_ms: 24 * HOUR_MS,
             capability_ttl_ms: 24 * HOUR_MS,
@@ -944,41 +948,7 @@ impl Engine {
         tenant_id: &str,
         file: &PolicyFile,
     ) -> Result<EffectivePolicy, ApiError> {
-        let overlay = check_policy(&file.text, &file.file);
-        let org_id = overlay
-            .document
-            .as_ref()
-            .and_then(|d| d.extends.as_ref())
-            .map(|e| e.org_policy_id.clone());
-        let base: Option<String> = match &org_id {
-            Some(id) => self.read(|tx, _| {
-                tx.query_opt(
-                    "SELECT text FROM org_policies WHERE tenant_id = ?1 AND id = ?2",
-                    args![tenant_id, id],
-                    |r| r.get(0),
-                )
-            })?,
-            None => None,
-        };
-        if let (Some(id), None) = (&org_id, &base) {
-            return Err(ApiError::unprocessable(
-                "org_policy_not_found",
-                format!("the policy extends `{id}`, which has not been published"),
-            ));
-        }
-        let base_file = org_id.as_ref().map(|id| format!("org-policies/{id}"));
-        let resolution = resolve_policy(
-            Source {
-                text: &file.text,
-                file: &file.file,
-            },
-            base.as_deref()
-                .zip(base_file.as_deref())
-                .map(|(text, file)| Source { text, file }),
-        );
-        let Some(effective) = resolution.effective.filter(|_| resolution.valid) else {
-            return Err(policy_refused(&resolution.errors));
-        };
+        let (org_id, effective) = self.read(|tx, _| resolve_tenant_policy(tx, tenant_id, file))?;
         let digest = effective.digest();
         let eff = self.tx_in(tenant_id, |tx, now| {
             let current: Option<(u64, String)> = tx
@@ -1352,6 +1322,49 @@ fn article(role: &str) -> String {
         format!("an {role}")
     } else {
         format!("a {role}")
+    }
+}
+
+/// `file` as `tenant_id`'s policy, merged onto the org base it extends (read from
+/// the store): the base's id and the effective policy, or why it is refused.
+pub(crate) fn resolve_tenant_policy(
+    tx: &dyn Tx,
+    tenant_id: &str,
+    file: &PolicyFile,
+) -> Result<(Option<String>, paybond_policies::PolicyDocument), ApiError> {
+    let overlay = check_policy(&file.text, &file.file);
+    let org_id = overlay
+        .document
+        .as_ref()
+        .and_then(|d| d.extends.as_ref())
+        .map(|e| e.org_policy_id.clone());
+    let base: Option<String> = match &org_id {
+        Some(id) => tx.query_opt(
+            "SELECT text FROM org_policies WHERE tenant_id = ?1 AND id = ?2",
+            args![tenant_id, id],
+            |r| r.get(0),
+        )?,
+        None => None,
+    };
+    if let (Some(id), None) = (&org_id, &base) {
+        return Err(ApiError::unprocessable(
+            "org_policy_not_found",
+            format!("the policy extends `{id}`, which has not been published"),
+        ));
+    }
+    let base_file = org_id.as_ref().map(|id| format!("org-policies/{id}"));
+    let resolution = resolve_policy(
+        Source {
+            text: &file.text,
+            file: &file.file,
+        },
+        base.as_deref()
+            .zip(base_file.as_deref())
+            .map(|(text, file)| Source { text, file }),
+    );
+    match resolution.effective.filter(|_| resolution.valid) {
+        Some(effective) => Ok((org_id, effective)),
+        None => Err(policy_refused(&resolution.errors)),
     }
 }
 

@@ -1,14 +1,14 @@
 //! What-if replay: every recorded verify of a store decided again, in order, under
 //! another policy (`paybond policy replay`).
 //!
-//! The store is never written: [`Engine::replay_database`] copies a consistent
-//! snapshot of the SQLite file (`VACUUM INTO`, from a read-only connection) to a
-//! private temporary directory and replays there. In the copy each replayed
-//! tenant's spend is reset (no reservations, nothing consumed or reserved, no
-//! rolling-cap counters) and the new policy is published; then the tenant's ledger
-//! is walked in order:
+//! Replay is a fold of the recorded ledger through the rules: the store is only
+//! read, in one read-only snapshot (SQLite or PostgreSQL, with a gateway running on
+//! it or not), and nothing is copied. Each replayed tenant's spend starts from
+//! nothing in a [`SpendState`] in memory (no reservations, nothing consumed or
+//! reserved, its intents open as they were when their calls were made); then the
+//! tenant's ledger is walked in order:
 //!
-//! - a `decision.*` entry is decided again by the engine's own checks 3 to 11 (the
+//! - a `decision.*` entry is decided again by the rules' checks 3 to 11 (the
 //!   capability token was checked when the call was made), at the time it was
 //!   made, with the budgets as the new policy would have left them. An allowed
 //!   call reserves its amount.
@@ -26,17 +26,20 @@
 //! Decisions before `since` are applied as recorded and not reported.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use paybond_middleware_core::wire::{
-    CompleteRequest, Environment, Finalization, Phase, Principal, Role,
+    EffectivePolicy, Environment, Finalization, Phase, Principal, Role,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::lifecycle::{expire_due, rfc3339};
-use super::{Clock, Engine, EngineConfig, PolicyFile};
+use super::decide::recorded_call;
+use super::lifecycle::rfc3339;
+use super::rules::{self, Ask, IntentFacts, Recorder, Verdict};
+use super::state::{SpendState, reopened};
+use super::{DEFAULT_RESERVATION_TTL_MS, Engine, PolicyFile, resolve_tenant_policy};
 use crate::error::ApiError;
 use crate::store::{Storage, Tx, args};
 
@@ -202,28 +205,6 @@ impl RecordedCall {
     }
 }
 
-/// A private temporary directory, removed when dropped.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new() -> Result<Self, ApiError> {
-        let path = std::env::temp_dir().join(format!("paybond-replay-{}", Uuid::new_v4()));
-        let mut builder = std::fs::DirBuilder::new();
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder
-            .create(&path)
-            .map_err(|e| ApiError::unusable(format!("cannot create {}: {e}", path.display())))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 impl Engine {
     /// Replays the SQLite store at `database` under `options.policy` (see the
     /// [module](self)). The store is only read.
@@ -231,228 +212,234 @@ impl Engine {
         database: &Path,
         options: &ReplayOptions,
     ) -> Result<ReplayReport, ApiError> {
-        if !database.is_file() {
-            return Err(ApiError::unusable(format!(
-                "{}: no such database",
-                database.display()
-            )));
-        }
-        let scratch = ScratchDir::new()?;
-        let copy = scratch.0.join("replay.db");
-        crate::store::snapshot_sqlite(database, &copy)?;
-        let engine = Engine::open(EngineConfig {
-            clock: Clock::manual(0),
-            default_org_policy: None,
-            default_tenant_policy: None,
-            ..EngineConfig::new(Storage::File(copy))
-        })?;
-        let report = engine.replay(options);
-        drop(engine);
-        report
+        Self::replay_store(&Storage::File(database.to_owned()), options)
     }
 
-    /// Replays this engine's store in place: for a scratch copy only.
-    fn replay(&self, options: &ReplayOptions) -> Result<ReplayReport, ApiError> {
-        let tenants: Vec<(String, String)> = self.tx(|tx, _| {
-            tx.query_map("SELECT id, name FROM tenants ORDER BY id", args![], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+    /// Replays the store `storage` names (a SQLite file or a fleet's PostgreSQL
+    /// database) under `options.policy`, in one read-only snapshot of it.
+    pub fn replay_store(
+        storage: &Storage,
+        options: &ReplayOptions,
+    ) -> Result<ReplayReport, ApiError> {
+        crate::store::read_only(storage, |tx| replay(tx, options))
+    }
+}
+
+fn replay(tx: &dyn Tx, options: &ReplayOptions) -> Result<ReplayReport, ApiError> {
+    let tenants: Vec<(String, String)> =
+        tx.query_map("SELECT id, name FROM tenants ORDER BY id", args![], |r| {
+            Ok((r.get(0)?, r.get(1)?))
         })?;
-        let tenants: Vec<String> = tenants
-            .into_iter()
-            .filter(|(id, name)| options.tenant.as_ref().is_none_or(|t| t == id || t == name))
-            .map(|(id, _)| id)
-            .collect();
-        if let (Some(t), true) = (&options.tenant, tenants.is_empty()) {
-            return Err(ApiError::not_found(
-                "tenant_not_found",
-                format!("the store has no tenant `{t}`"),
-            ));
-        }
-        let mut report = ReplayReport {
-            policy_file: options.policy.file.clone(),
-            policy_digest: None,
-            since: options.since_ms.map(rfc3339),
-            tenants: tenants.clone(),
-            decisions: 0,
-            before: ReplayTally::default(),
-            after: ReplayTally::default(),
-            spent_before_cents: 0,
-            spent_after_cents: 0,
-            not_spent_cents: 0,
-            newly_spent_cents: 0,
-            changes: Vec::new(),
+    let tenants: Vec<String> = tenants
+        .into_iter()
+        .filter(|(id, name)| options.tenant.as_ref().is_none_or(|t| t == id || t == name))
+        .map(|(id, _)| id)
+        .collect();
+    if let (Some(t), true) = (&options.tenant, tenants.is_empty()) {
+        return Err(ApiError::not_found(
+            "tenant_not_found",
+            format!("the store has no tenant `{t}`"),
+        ));
+    }
+    let mut report = ReplayReport {
+        policy_file: options.policy.file.clone(),
+        policy_digest: None,
+        since: options.since_ms.map(rfc3339),
+        tenants: tenants.clone(),
+        decisions: 0,
+        before: ReplayTally::default(),
+        after: ReplayTally::default(),
+        spent_before_cents: 0,
+        spent_after_cents: 0,
+        not_spent_cents: 0,
+        newly_spent_cents: 0,
+        changes: Vec::new(),
+    };
+    for tenant in &tenants {
+        let (org_policy_id, policy) = resolve_tenant_policy(tx, tenant, &options.policy)?;
+        let policy = EffectivePolicy {
+            tenant_id: tenant.clone(),
+            version: 0,
+            digest: policy.digest(),
+            org_policy_id,
+            policy,
         };
-        for tenant in &tenants {
-            let policy = self.publish_tenant_policy_text(tenant, &options.policy)?;
-            report
-                .policy_digest
-                .get_or_insert_with(|| policy.digest.clone());
-            self.store.write(Some(tenant), |tx| {
-                self.replay_tenant(tx, tenant, &policy, options.since_ms, &mut report)
-            })?;
-        }
-        Ok(report)
+        report
+            .policy_digest
+            .get_or_insert_with(|| policy.digest.clone());
+        replay_tenant(tx, tenant, &policy, options.since_ms, &mut report)?;
     }
+    Ok(report)
+}
 
-    #[allow(clippy::too_many_lines)] // one walk over the ledger, entry by entry
-    fn replay_tenant(
-        &self,
-        tx: &dyn Tx,
-        tenant: &str,
-        policy: &paybond_middleware_core::wire::EffectivePolicy,
-        since_ms: Option<i64>,
-        report: &mut ReplayReport,
-    ) -> Result<(), ApiError> {
-        let entries: Vec<(String, String, i64)> = tx.query_map(
-            "SELECT event, payload, at_ms FROM ledger WHERE tenant_id = ?1
-             AND (event LIKE 'decision.%' OR event IN ('reservation.consumed', 'reservation.released'))
-             ORDER BY seq",
-            args![tenant],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        // The spend as the new policy would have left it starts from nothing.
-        tx.execute(
-            "DELETE FROM reservations WHERE tenant_id = ?1",
-            args![tenant],
-        )?;
-        tx.execute(
-            "DELETE FROM spend_counters WHERE tenant_id = ?1",
-            args![tenant],
-        )?;
-        // An intent closed since was open when its calls were decided (a call made
-        // once it was closed keeps its recorded outcome).
-        tx.execute(
-            "UPDATE intents SET consumed_cents = 0, reserved_cents = 0,
-             state = CASE WHEN state IN ('evidence_submitted', 'released', 'refunded', 'expired')
-                          THEN 'funded' ELSE state END
-             WHERE tenant_id = ?1",
-            args![tenant],
-        )?;
-        // Decisions the replay allowed whose reservation is still open, by id.
-        let mut open: HashSet<Uuid> = HashSet::new();
-        // Decisions decided again (not before `since`), and how each ended.
-        let mut replayed: HashMap<Uuid, (String, String)> = HashMap::new();
-        // Calls the replay allowed: a later attempt of one is not made.
-        let mut allowed_calls: HashSet<(Uuid, String)> = HashSet::new();
-        // What the record consumed, by decision.
-        let mut recorded_spend: HashMap<Uuid, u64> = HashMap::new();
-        for (event, payload, at) in entries {
-            let payload: Value = serde_json::from_str(&payload)?;
-            if let Some(kind) = event.strip_prefix("reservation.") {
-                let Some(id) = payload["decision_id"]
-                    .as_str()
-                    .and_then(|d| d.parse::<Uuid>().ok())
-                else {
-                    continue;
-                };
-                let actual = payload["actual_cents"].as_u64().unwrap_or(0);
-                if kind == "consumed" {
-                    recorded_spend.insert(id, actual);
-                }
-                if !open.remove(&id) {
-                    continue;
-                }
-                let outcome = if kind == "consumed" {
-                    Finalization::Consumed
-                } else {
-                    Finalization::Released
-                };
-                super::lifecycle::complete_tx(
-                    tx,
-                    at,
-                    &agent(tenant, ""),
-                    id,
-                    &CompleteRequest {
-                        outcome,
-                        actual_spend_cents: Some(actual),
-                    },
-                )?;
-                if outcome == Finalization::Consumed && replayed.contains_key(&id) {
-                    report.spent_after_cents += actual;
-                }
-                continue;
-            }
-            let Some(call) = RecordedCall::from_entry(&event, &payload) else {
+/// The tenant's intents, open as they were when their calls were made.
+fn intents_of(tx: &dyn Tx, tenant: &str) -> Result<SpendState, ApiError> {
+    let rows: Vec<(String, String, i64, u64, String, String)> = tx.query_map(
+        "SELECT id, state, deadline_ms, budget_cents, currency, operations FROM intents
+         WHERE tenant_id = ?1",
+        args![tenant],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        },
+    )?;
+    Ok(SpendState::new(rows.into_iter().map(
+        |(id, state, deadline, budget, currency, operations)| {
+            let facts = IntentFacts {
+                state: IntentFacts::parse_state(&state),
+                state_name: state,
+                deadline_ms: deadline,
+                budget_cents: budget,
+                spent_cents: 0,
+                currency,
+                operations: serde_json::from_str(&operations).unwrap_or_default(),
+            };
+            (id, reopened(facts))
+        },
+    )))
+}
+
+#[allow(clippy::too_many_lines)] // one walk over the ledger, entry by entry
+fn replay_tenant(
+    tx: &dyn Tx,
+    tenant: &str,
+    policy: &EffectivePolicy,
+    since_ms: Option<i64>,
+    report: &mut ReplayReport,
+) -> Result<(), ApiError> {
+    let entries: Vec<(String, String, i64)> = tx.query_map(
+        "SELECT event, payload, at_ms FROM ledger WHERE tenant_id = ?1
+         AND (event LIKE 'decision.%' OR event IN ('reservation.consumed', 'reservation.released'))
+         ORDER BY seq",
+        args![tenant],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let mut state = intents_of(tx, tenant)?;
+    let ttl = DEFAULT_RESERVATION_TTL_MS;
+    // Decisions decided again (not before `since`), and how each ended.
+    let mut replayed: HashMap<Uuid, (String, String)> = HashMap::new();
+    // Calls the replay allowed: a later attempt of one is not made.
+    let mut allowed_calls: HashSet<(Uuid, String)> = HashSet::new();
+    // What the record consumed, by decision.
+    let mut recorded_spend: HashMap<Uuid, u64> = HashMap::new();
+    for (event, payload, at) in entries {
+        let payload: Value = serde_json::from_str(&payload)?;
+        if let Some(kind) = event.strip_prefix("reservation.") {
+            let Some(id) = payload["decision_id"]
+                .as_str()
+                .and_then(|d| d.parse::<Uuid>().ok())
+            else {
                 continue;
             };
-            expire_due(tx, at)?;
-            let principal = agent(tenant, &call.agent);
-            if since_ms.is_some_and(|s| at < s) {
-                // Before the window: as recorded.
-                if call.was == "allow" {
-                    self.replay_reserve(tx, at, &principal, &call, policy)?;
-                    open.insert(call.decision_id);
-                }
-                continue;
-            }
-            let call_key = call.tool_call_id.clone().map(|t| (call.intent_id, t));
-            let (now, reasons) = if call_key.as_ref().is_some_and(|k| allowed_calls.contains(k)) {
-                ("not_reached", Vec::new())
-            } else if call.refused_outside_policy() {
-                ("deny", call.was_reasons.clone())
+            let actual = payload["actual_cents"].as_u64().unwrap_or(0);
+            let outcome = if kind == "consumed" {
+                recorded_spend.insert(id, actual);
+                Finalization::Consumed
             } else {
-                match self.replay_decision(tx, at, &principal, &call, policy)? {
-                    // Holds open no approval request here; one the gateway refused to
-                    // open (too many from this agent or for this intent, an engine
-                    // setting rather than the policy's) stays refused.
-                    ("hold", _) if call.was_reasons == ["approval_rate_limited"] => {
-                        ("deny", call.was_reasons.clone())
-                    }
-                    decided => decided,
-                }
+                Finalization::Released
             };
-            if now == "allow" {
-                open.insert(call.decision_id);
-                if let Some(k) = call_key {
-                    allowed_calls.insert(k);
-                }
-                if call.was != "allow" {
-                    // The tool would have run: taken as consumed at the amount asked.
-                    open.remove(&call.decision_id);
-                    super::lifecycle::complete_tx(
-                        tx,
-                        at,
-                        &principal,
-                        call.decision_id,
-                        &CompleteRequest {
-                            outcome: Finalization::Consumed,
-                            actual_spend_cents: Some(call.amount_cents),
-                        },
-                    )?;
-                    report.spent_after_cents += call.amount_cents;
-                    report.newly_spent_cents += call.amount_cents;
-                }
+            if state.finalize(id, outcome, Some(actual), at)
+                && outcome == Finalization::Consumed
+                && replayed.contains_key(&id)
+            {
+                report.spent_after_cents += actual;
             }
-            report.decisions += 1;
-            report.before.count(&call.was);
-            report.after.count(now);
-            replayed.insert(call.decision_id, (call.was.clone(), now.to_owned()));
-            if now != call.was || reasons != call.was_reasons {
-                report.changes.push(ReplayChange {
-                    decision_id: call.decision_id,
-                    tenant_id: tenant.to_owned(),
-                    intent_id: call.intent_id,
-                    tool_call_id: call.tool_call_id.clone(),
-                    tool: call.tool.clone(),
-                    amount_cents: call.amount_cents,
-                    decided_at: rfc3339(at),
-                    was: call.was.clone(),
-                    was_reason_codes: call.was_reasons.clone(),
-                    now: now.to_owned(),
-                    reason_codes: reasons,
-                });
+            continue;
+        }
+        let Some(call) = RecordedCall::from_entry(&event, &payload) else {
+            continue;
+        };
+        state.expire_due(at);
+        let principal = agent(tenant, &call.agent);
+        let bound = recorded_call(&principal, &call, policy);
+        if since_ms.is_some_and(|s| at < s) {
+            // Before the window: as recorded.
+            if call.was == "allow" {
+                state.reserve(call.decision_id, &bound, at, at + ttl);
+            }
+            continue;
+        }
+        let call_key = call.tool_call_id.clone().map(|t| (call.intent_id, t));
+        let (now, reasons) = if call_key.as_ref().is_some_and(|k| allowed_calls.contains(k)) {
+            ("not_reached", Vec::new())
+        } else if call.refused_outside_policy() {
+            ("deny", call.was_reasons.clone())
+        } else {
+            let ask = Ask {
+                currency: call.currency.as_deref(),
+                approval_token: None,
+                tool_name: Some(&call.tool),
+                intent_ops: false,
+                budget_only: false,
+                phase: call.phase,
+                approved: call.approved,
+            };
+            let ctx = state.context(at, &bound, &ask, Some(&policy.policy));
+            match rules::evaluate(&ctx, Recorder::default()).verdict {
+                Verdict::Allow { reasons, .. } => {
+                    state.reserve(call.decision_id, &bound, at, at + ttl);
+                    ("allow", reasons)
+                }
+                // Holds open no approval request here; one the gateway refused to
+                // open (too many from this agent or for this intent, an engine
+                // setting rather than the policy's) stays refused.
+                Verdict::Hold { .. } if call.was_reasons == ["approval_rate_limited"] => {
+                    ("deny", call.was_reasons.clone())
+                }
+                Verdict::Hold { reasons } => ("hold", reasons),
+                Verdict::Deny { code, .. } => ("deny", vec![code.as_str().to_owned()]),
+            }
+        };
+        if now == "allow" {
+            if let Some(k) = call_key {
+                allowed_calls.insert(k);
+            }
+            if call.was != "allow" {
+                // The tool would have run: taken as consumed at the amount asked.
+                state.finalize(
+                    call.decision_id,
+                    Finalization::Consumed,
+                    Some(call.amount_cents),
+                    at,
+                );
+                report.spent_after_cents += call.amount_cents;
+                report.newly_spent_cents += call.amount_cents;
             }
         }
-        for (id, (was, now)) in &replayed {
-            let spent = recorded_spend.get(id).copied().unwrap_or(0);
-            report.spent_before_cents += spent;
-            if was == "allow" && now != "allow" {
-                report.not_spent_cents += spent;
-            }
+        report.decisions += 1;
+        report.before.count(&call.was);
+        report.after.count(now);
+        replayed.insert(call.decision_id, (call.was.clone(), now.to_owned()));
+        if now != call.was || reasons != call.was_reasons {
+            report.changes.push(ReplayChange {
+                decision_id: call.decision_id,
+                tenant_id: tenant.to_owned(),
+                intent_id: call.intent_id,
+                tool_call_id: call.tool_call_id.clone(),
+                tool: call.tool.clone(),
+                amount_cents: call.amount_cents,
+                decided_at: rfc3339(at),
+                was: call.was.clone(),
+                was_reason_codes: call.was_reasons.clone(),
+                now: now.to_owned(),
+                reason_codes: reasons,
+            });
         }
-        Ok(())
     }
+    for (id, (was, now)) in &replayed {
+        let spent = recorded_spend.get(id).copied().unwrap_or(0);
+        report.spent_before_cents += spent;
+        if was == "allow" && now != "allow" {
+            report.not_spent_cents += spent;
+        }
+    }
+    Ok(())
 }
 
 /// The agent key of `tenant` whose subject is `subject`, as the checks see it.

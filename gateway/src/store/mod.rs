@@ -17,7 +17,6 @@ pub(crate) mod schema;
 pub(crate) mod sqlite;
 
 pub(crate) use sqlite::DEFAULT_WAL_LIMIT_BYTES;
-pub(crate) use sqlite::snapshot as snapshot_sqlite;
 
 /// Where the engine keeps its state.
 #[derive(Debug, Clone)]
@@ -472,6 +471,22 @@ impl dyn Tx + '_ {
 pub(crate) enum Store {
     Sqlite(sqlite::SqliteStore),
     Postgres(postgres::PgStore),
+}
+
+/// Runs `f` on one read-only snapshot of `storage`, opened for it alone: nothing
+/// is migrated, locked or written (a gateway may be running on it). For tools
+/// that read a store (what-if replay); an in-memory database has nothing to read.
+pub(crate) fn read_only<T: Send>(
+    storage: &Storage,
+    f: impl FnOnce(&dyn Tx) -> Result<T, ApiError> + Send,
+) -> Result<T, ApiError> {
+    match storage {
+        Storage::File(path) => sqlite::read_only(path, f),
+        Storage::Postgres(url) => postgres::PgStore::open_read_only(url)?.read(f),
+        Storage::Memory => Err(ApiError::unusable(
+            "an in-memory database is private to its process: nothing to read",
+        )),
+    }
 }
 
 impl Store {

@@ -101,18 +101,29 @@ fn run<T: Send + 'static>(
 }
 
 impl PgStore {
+    /// Opens a pool on `url`, applying the migrations it lacks.
     pub(crate) fn open(url: &DatabaseUrl) -> Result<Self, ApiError> {
+        Self::open_with(url, true)
+    }
+
+    /// Opens one connection on `url` for reading only: nothing is migrated or written.
+    pub(crate) fn open_read_only(url: &DatabaseUrl) -> Result<Self, ApiError> {
+        Self::open_with(url, false)
+    }
+
+    fn open_with(url: &DatabaseUrl, migrated: bool) -> Result<Self, ApiError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("paybond-postgres")
             .enable_all()
             .build()
             .map_err(storage_error)?;
-        let mut idle = Vec::with_capacity(POOL_SIZE);
-        for _ in 0..POOL_SIZE {
+        let size = if migrated { POOL_SIZE } else { 1 };
+        let mut idle = Vec::with_capacity(size);
+        for _ in 0..size {
             idle.push(connect(&runtime, url)?);
         }
-        if let Some(first) = idle.first() {
+        if let Some(first) = idle.first().filter(|_| migrated) {
             let client = first.client.clone();
             let place = url.to_string();
             let (send, receive) = std::sync::mpsc::sync_channel(1);

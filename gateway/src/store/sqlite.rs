@@ -231,21 +231,27 @@ CREATE INDEX IF NOT EXISTS audit_exports_by_time ON audit_exports (tenant_id, cr
 /// each operation at once: it has no fsync to share, and waiting costs latency.
 const MAX_BATCH: usize = 256;
 
-/// Opens (and if needed creates) the database.
-/// Copies a consistent snapshot of the SQLite file `source` to `target` (which
-/// must not exist), reading `source` through a read-only connection: `source` is
-/// never written.
-pub(crate) fn snapshot(source: &std::path::Path, target: &std::path::Path) -> Result<(), ApiError> {
+/// Runs `f` in a read-only transaction on a read-only connection to `path`,
+/// opened for it alone: the database is neither migrated nor written.
+pub(crate) fn read_only<T>(
+    path: &Path,
+    f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    if !path.is_file() {
+        return Err(ApiError::unusable(format!(
+            "{}: no such database",
+            path.display()
+        )));
+    }
     let conn = Connection::open_with_flags(
-        source,
+        path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    let target = target
-        .to_str()
-        .ok_or_else(|| ApiError::unusable(format!("{}: not a UTF-8 path", target.display())))?;
-    conn.execute("VACUUM INTO ?1", [target])?;
-    Ok(())
+    control(&conn, "BEGIN")?;
+    let out = f(&conn);
+    control(&conn, "COMMIT")?;
+    out
 }
 
 /// The page size of a new database file, in bytes.

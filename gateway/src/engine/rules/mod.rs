@@ -16,7 +16,7 @@ mod token;
 mod tool;
 
 #[cfg(test)]
-mod props;
+pub(crate) mod props;
 
 use paybond_middleware_core::wire::{LifecycleStatus, Phase, PolicyCheck};
 use paybond_policies::PolicyDocument;
