@@ -55,3 +55,14 @@ pub use engine::replay::{ReplayChange, ReplayOptions, ReplayReport, ReplayTally}
 pub use engine::*;
 pub use error::ApiError;
 pub use store::{DatabaseUrl, Storage, data_lock_path, database_path, root_key_path};
+
+/// For the gateway's own benchmarks: not part of its API.
+#[doc(hidden)]
+pub mod bench {
+    /// A spend state in memory holding `intents` open intents and `reservations`
+    /// open reservations spread over them (each with its own agent sub-subject,
+    /// vendor and tool buckets), kept alive until dropped.
+    pub fn spend_state(intents: usize, reservations: usize) -> impl Drop {
+        crate::engine::state::sample(intents, reservations)
+    }
+}

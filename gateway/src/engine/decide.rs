@@ -594,6 +594,9 @@ impl Engine {
                 "approval_request_id": result.approval_request_id,
                 "policy_version": result.policy_version,
                 "policy_digest": result.policy_digest,
+                // The log holds what rebuilding the spend state needs: when the
+                // reservation an allow made lapses.
+                "expires_ms": result.allow.then(|| now + self.config.reservation_ttl_ms),
             }),
             now,
         )?;

@@ -1134,8 +1134,21 @@ impl Engine {
     }
 
     /// Checks every chain in the store.
+    ///
+    /// Then, the ledger being the log of every change, it checks that the spend it
+    /// records, rebuilt entry by entry, is what the intents and reservations tables
+    /// hold: a difference makes the check fail, naming it.
     pub fn verify_ledger(&self) -> Result<ledger::LedgerCheck, ApiError> {
-        self.read(|tx, _| ledger::verify_chain(tx))
+        self.read(|tx, _| {
+            let mut check = ledger::verify_chain(tx)?;
+            if check.valid
+                && let Some(problem) = state::check_projections(tx, self.config.reservation_ttl_ms)?
+            {
+                check.valid = false;
+                check.problem = Some(problem);
+            }
+            Ok(check)
+        })
     }
 
     /// Reservations not yet finalized (and not past their TTL).

@@ -9,10 +9,13 @@ use std::collections::{BTreeSet, HashMap};
 
 use paybond_middleware_core::wire::{Finalization, LifecycleStatus};
 use paybond_policies::PolicyDocument;
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::counters::{self, Bucket};
 use super::rules::{Ask, Call, CallContext, IntentFacts, cap_buckets, tool_limits};
+use crate::error::ApiError;
+use crate::store::{Tx, args};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -55,6 +58,22 @@ pub(crate) struct Intent {
     pub(crate) consumed: u64,
     pub(crate) reserved: u64,
 }
+
+/// What a reservation is made for.
+struct Reserved<'a> {
+    intent: &'a str,
+    tool: &'a str,
+    vendor: Option<&'a str>,
+    agent: &'a str,
+    agent_subject: Option<&'a str>,
+    amount: u64,
+}
+
+/// Intents (state, consumed, reserved) and reservations (state), by id.
+pub(crate) type Summary = (
+    std::collections::BTreeMap<String, (String, u64, u64)>,
+    std::collections::BTreeMap<Uuid, ReservationState>,
+);
 
 /// One tenant's spend state.
 #[derive(Debug, Default)]
@@ -195,12 +214,28 @@ impl SpendState {
         now: i64,
         expires_ms: i64,
     ) {
+        self.reserve_for(
+            decision_id,
+            &Reserved {
+                intent: &call.intent,
+                tool: &call.tool,
+                vendor: call.vendor,
+                agent: call.agent,
+                agent_subject: call.agent_subject,
+                amount: call.amount,
+            },
+            now,
+            expires_ms,
+        );
+    }
+
+    fn reserve_for(&mut self, decision_id: Uuid, r: &Reserved<'_>, now: i64, expires_ms: i64) {
         let buckets: Vec<String> = [
             Some(Bucket::Tenant),
-            Some(Bucket::Agent(call.agent)),
-            call.agent_subject.map(|s| Bucket::SubAgent(call.agent, s)),
-            call.vendor.map(Bucket::Vendor),
-            Some(Bucket::Tool(&call.tool)),
+            Some(Bucket::Agent(r.agent)),
+            r.agent_subject.map(|s| Bucket::SubAgent(r.agent, s)),
+            r.vendor.map(Bucket::Vendor),
+            Some(Bucket::Tool(r.tool)),
         ]
         .iter()
         .flatten()
@@ -209,21 +244,173 @@ impl SpendState {
         for key in buckets {
             insert_sorted(self.by_bucket.entry(key).or_default(), (now, decision_id));
         }
-        insert_sorted(self.by_tool.entry(call.tool.clone()).or_default(), now);
-        if let Some(intent) = self.intents.get_mut(&call.intent) {
-            intent.reserved += call.amount;
+        insert_sorted(self.by_tool.entry(r.tool.to_owned()).or_default(), now);
+        if let Some(intent) = self.intents.get_mut(r.intent) {
+            intent.reserved += r.amount;
         }
         self.expiring.insert((expires_ms, decision_id));
         self.reservations.insert(
             decision_id,
             Reservation {
-                intent: call.intent.clone(),
-                amount: call.amount,
+                intent: r.intent.to_owned(),
+                amount: r.amount,
                 actual: 0,
                 state: ReservationState::Open,
                 expires_ms,
             },
         );
+    }
+
+    /// Ends an open reservation as the log says it ended, whatever the time.
+    fn settle(&mut self, decision_id: Uuid, state: ReservationState, actual: u64) {
+        let Some(r) = self.reservations.get_mut(&decision_id) else {
+            return;
+        };
+        if r.state != ReservationState::Open {
+            return;
+        }
+        let actual = if state == ReservationState::Consumed {
+            actual.min(r.amount)
+        } else {
+            0
+        };
+        r.state = state;
+        r.actual = actual;
+        let (intent, amount, expires) = (r.intent.clone(), r.amount, r.expires_ms);
+        self.expiring.remove(&(expires, decision_id));
+        if let Some(i) = self.intents.get_mut(&intent) {
+            i.reserved = i.reserved.saturating_sub(amount);
+            i.consumed += actual;
+        }
+    }
+
+    /// Applies one ledger entry of the tenant, in order: what rebuilding the spend
+    /// state from the log does. An allow recorded before allows carried their
+    /// reservation's expiry lapses `default_ttl_ms` after it was made.
+    pub(crate) fn apply(&mut self, event: &str, payload: &Value, at_ms: i64, default_ttl_ms: i64) {
+        let text = |k: &str| payload[k].as_str();
+        let decision = || text("decision_id").and_then(|d| d.parse::<Uuid>().ok());
+        match event {
+            "intent.created" => {
+                let Some(id) = text("intent_id") else { return };
+                let operations = payload["allowed_tools"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.intents.insert(
+                    id.to_owned(),
+                    Intent {
+                        facts: IntentFacts {
+                            state: Some(LifecycleStatus::Created),
+                            state_name: "created".to_owned(),
+                            deadline_ms: payload["deadline_ms"].as_i64().unwrap_or(0),
+                            budget_cents: payload["budget_cents"].as_u64().unwrap_or(0),
+                            spent_cents: 0,
+                            currency: text("currency").unwrap_or("usd").to_owned(),
+                            operations,
+                        },
+                        consumed: 0,
+                        reserved: 0,
+                    },
+                );
+            }
+            "intent.funded" => self.set_state(text("intent_id"), "funded"),
+            "evidence.submitted" => {
+                if let Some(state) = text("state") {
+                    self.set_state(text("intent_id"), state);
+                }
+            }
+            "intent.released" | "intent.refunded" | "intent.expired" => {
+                self.set_state(text("intent_id"), event.trim_start_matches("intent."));
+            }
+            "decision.allow" => {
+                let (Some(id), Some(intent), Some(tool), Some(agent), Some(amount)) = (
+                    decision(),
+                    text("intent_id"),
+                    text("tool"),
+                    text("agent"),
+                    payload["amount_cents"].as_u64(),
+                ) else {
+                    return;
+                };
+                let expires = payload["expires_ms"]
+                    .as_i64()
+                    .unwrap_or(at_ms + default_ttl_ms);
+                self.reserve_for(
+                    id,
+                    &Reserved {
+                        intent,
+                        tool,
+                        vendor: text("vendor"),
+                        agent,
+                        agent_subject: text("agent_subject"),
+                        amount,
+                    },
+                    at_ms,
+                    expires,
+                );
+            }
+            "reservation.consumed" | "reservation.released" | "reservation.expired" => {
+                let Some(id) = decision() else { return };
+                let state = match event {
+                    "reservation.consumed" => ReservationState::Consumed,
+                    "reservation.released" => ReservationState::Released,
+                    _ => ReservationState::Expired,
+                };
+                self.settle(id, state, payload["actual_cents"].as_u64().unwrap_or(0));
+            }
+            _ => {}
+        }
+    }
+
+    fn set_state(&mut self, intent: Option<&str>, name: &str) {
+        if let Some(i) = intent.and_then(|id| self.intents.get_mut(id)) {
+            i.facts.state = IntentFacts::parse_state(name);
+            name.clone_into(&mut i.facts.state_name);
+        }
+    }
+
+    /// The tenant's spend state rebuilt from its ledger, entry by entry.
+    pub(crate) fn rebuild(
+        tx: &dyn Tx,
+        tenant: &str,
+        default_ttl_ms: i64,
+    ) -> Result<Self, ApiError> {
+        let entries: Vec<(String, String, i64)> = tx.query_map(
+            "SELECT event, payload, at_ms FROM ledger WHERE tenant_id = ?1 ORDER BY seq",
+            args![tenant],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let mut state = Self::default();
+        for (event, payload, at) in entries {
+            state.apply(&event, &serde_json::from_str(&payload)?, at, default_ttl_ms);
+        }
+        Ok(state)
+    }
+
+    /// Every intent (state, consumed, reserved) and reservation (state), in order:
+    /// what two states are compared by.
+    pub(crate) fn summary(&self) -> Summary {
+        (
+            self.intents
+                .iter()
+                .map(|(id, i)| {
+                    (
+                        id.clone(),
+                        (i.facts.state_name.clone(), i.consumed, i.reserved),
+                    )
+                })
+                .collect(),
+            self.reservations
+                .iter()
+                .map(|(id, r)| (*id, r.state))
+                .collect(),
+        )
     }
 
     /// Finalizes an open reservation as the store's `complete` does (a consumed
@@ -279,6 +466,127 @@ impl SpendState {
         }
         due.len()
     }
+}
+
+/// What the store's tables hold of a tenant's spend, as a [`Summary`].
+pub(crate) fn tables_summary(tx: &dyn Tx, tenant: &str) -> Result<Summary, ApiError> {
+    let intents: Vec<(String, String, u64, u64)> = tx.query_map(
+        "SELECT id, state, consumed_cents, reserved_cents FROM intents WHERE tenant_id = ?1",
+        args![tenant],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    let reservations: Vec<(String, String)> = tx.query_map(
+        "SELECT id, state FROM reservations WHERE tenant_id = ?1",
+        args![tenant],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut by_id = std::collections::BTreeMap::new();
+    for (id, state) in reservations {
+        let state = match state.as_str() {
+            "open" => ReservationState::Open,
+            "consumed" => ReservationState::Consumed,
+            "released" => ReservationState::Released,
+            "expired" => ReservationState::Expired,
+            other => {
+                return Err(ApiError::internal(format_args!(
+                    "reservation {id}: unknown state `{other}`"
+                )));
+            }
+        };
+        by_id.insert(
+            id.parse::<Uuid>()
+                .map_err(|e| ApiError::internal(format_args!("reservation id {id}: {e}")))?,
+            state,
+        );
+    }
+    Ok((
+        intents
+            .into_iter()
+            .map(|(id, state, consumed, reserved)| (id, (state, consumed, reserved)))
+            .collect(),
+        by_id,
+    ))
+}
+
+/// Whether every tenant's intents and reservations tables say what its ledger
+/// says, rebuilt entry by entry: the first difference, if any.
+pub(crate) fn check_projections(
+    tx: &dyn Tx,
+    default_ttl_ms: i64,
+) -> Result<Option<String>, ApiError> {
+    let tenants: Vec<String> =
+        tx.query_map("SELECT id FROM tenants ORDER BY id", args![], |r| r.get(0))?;
+    for tenant in tenants {
+        let (log_intents, log_reservations) =
+            SpendState::rebuild(tx, &tenant, default_ttl_ms)?.summary();
+        let (intents, reservations) = tables_summary(tx, &tenant)?;
+        for (id, stored) in &intents {
+            let logged = log_intents.get(id);
+            if logged != Some(stored) {
+                return Ok(Some(format!(
+                    "tenant {tenant}: intent {id} is (state, consumed, reserved) {stored:?} in \
+                     the intents table but {logged:?} by its ledger"
+                )));
+            }
+        }
+        if let Some(id) = log_intents.keys().find(|id| !intents.contains_key(*id)) {
+            return Ok(Some(format!(
+                "tenant {tenant}: intent {id} is on the ledger but not in the intents table"
+            )));
+        }
+        if reservations != log_reservations {
+            let id = log_reservations
+                .keys()
+                .chain(reservations.keys())
+                .find(|id| reservations.get(id) != log_reservations.get(id));
+            return Ok(Some(format!(
+                "tenant {tenant}: reservation {} differs between the reservations table and \
+                 the ledger",
+                id.map(Uuid::to_string).unwrap_or_default()
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// A state of `intents` funded intents and `reservations` open reservations
+/// spread over them, as a busy tenant's (for the memory benchmark).
+pub(crate) fn sample(intents: usize, reservations: usize) -> Box<SpendState> {
+    let ids: Vec<String> = (0..intents.max(1))
+        .map(|_| Uuid::new_v4().to_string())
+        .collect();
+    let mut state = Box::new(SpendState::new(ids.iter().map(|id| {
+        (
+            id.clone(),
+            IntentFacts {
+                state: Some(LifecycleStatus::Funded),
+                state_name: "funded".to_owned(),
+                deadline_ms: i64::MAX,
+                budget_cents: u64::MAX / 4,
+                spent_cents: 0,
+                currency: "usd".to_owned(),
+                operations: vec!["travel.book_hotel".to_owned()],
+            },
+        )
+    })));
+    let vendors = ["vendor_acme", "vendor_grand_hotel", "vendor_inn"];
+    for n in 0..reservations {
+        let now = 1_790_000_000_000 + i64::try_from(n).unwrap_or(i64::MAX);
+        state.reserve_for(
+            Uuid::now_v7(),
+            &Reserved {
+                intent: &ids[n % ids.len()],
+                tool: "travel.book_hotel",
+                vendor: Some(vendors[n % vendors.len()]),
+                agent: "agent:bench",
+                agent_subject: None,
+                amount: 1_000,
+            },
+            now,
+            now + 300_000,
+        );
+    }
+    state
 }
 
 /// An intent's state as the rules know it, for a replay: a closed intent was open
@@ -361,5 +669,202 @@ mod tests {
         let ctx = s.context(later, &call, &ask, Some(&doc));
         assert!(ctx.rate_windows[0].is_empty());
         assert_eq!(ctx.cap_usage, vec![vec![Some(0)]]);
+    }
+
+    /// One step of a random run against the engine.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Verify(u64),
+        Complete(usize, bool, u64),
+        Approve(usize, bool),
+        Advance(i64),
+        Fund(u64),
+        Restart,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (1_u64..26_000).prop_map(Step::Verify),
+            3 => (0_usize..8, any::<bool>(), 0_u64..26_000)
+                .prop_map(|(i, c, a)| Step::Complete(i, c, a)),
+            2 => (0_usize..4, any::<bool>()).prop_map(|(i, yes)| Step::Approve(i, yes)),
+            2 => (0_i64..400_000).prop_map(Step::Advance),
+            1 => (1_000_u64..=60_000).prop_map(Step::Fund),
+            1 => Just(Step::Restart),
+        ]
+    }
+
+    /// Runs `steps` on an engine over a SQLite file (reopened at each `Restart`),
+    /// then checks that the spend state rebuilt from the ledger is the tables'.
+    fn run(steps: &[Step]) {
+        use crate::engine::{Clock, Engine, EngineConfig};
+        use crate::store::Storage;
+        use paybond_middleware_core::wire::{
+            CompleteRequest, Environment, SandboxBootstrapRequest, VerifyRequest,
+        };
+
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(1_790_000_000_000);
+        let open = || {
+            let mut config = EngineConfig::new(Storage::File(dir.path().join("p.db")));
+            config.clock = clock.clone();
+            Engine::open(config).unwrap()
+        };
+        let mut engine = open();
+        let keys = engine.create_tenant("t", Environment::Sandbox).unwrap();
+        let agent = engine.authenticate(keys.agent.expose_secret()).unwrap();
+        let operator = engine.authenticate(keys.operator.expose_secret()).unwrap();
+        let fund = |engine: &Engine, budget: u64| {
+            engine
+                .bootstrap_sandbox(
+                    &agent,
+                    &SandboxBootstrapRequest {
+                        operation: BOOK.to_owned(),
+                        requested_spend_cents: budget,
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+        };
+        let mut intents = vec![fund(&engine, 60_000)];
+        let mut allowed: Vec<Uuid> = Vec::new();
+        let mut held: Vec<(Uuid, usize, u64)> = Vec::new();
+        let request = |i: &SandboxBootstrapResponse, cents: u64| VerifyRequest {
+            intent_id: i.intent_id,
+            token: i.capability_token.clone(),
+            operation: BOOK.into(),
+            requested_spend_cents: cents,
+            vendor_id: Some("vendor_acme".into()),
+            task_id: None,
+            workflow_id: None,
+            tool_call_id: None,
+            tool_name: None,
+            currency: None,
+            agent_subject: None,
+            approval_token: None,
+            idempotency_key: None,
+            phase: None,
+        };
+        use paybond_middleware_core::wire::SandboxBootstrapResponse;
+        for (n, s) in steps.iter().enumerate() {
+            match s {
+                Step::Verify(cents) => {
+                    let which = n % intents.len();
+                    let r = engine
+                        .verify(&agent, &request(&intents[which], *cents))
+                        .unwrap();
+                    if r.allow {
+                        allowed.push(r.decision_id.unwrap());
+                    } else if let Some(a) = r.approval_request_id.filter(|_| r.approval_required) {
+                        held.push((a, which, *cents));
+                    }
+                }
+                Step::Complete(i, consumed, actual) => {
+                    if let Some(id) = allowed.get(i % allowed.len().max(1)) {
+                        let req = CompleteRequest {
+                            outcome: if *consumed {
+                                Finalization::Consumed
+                            } else {
+                                Finalization::Released
+                            },
+                            actual_spend_cents: Some(*actual),
+                        };
+                        // Finalized, expired or closed: refused, and nothing changes.
+                        let _ = engine.complete(&agent, *id, &req, None);
+                    }
+                }
+                Step::Approve(i, yes) => {
+                    if let Some((id, which, cents)) = held.get(i % held.len().max(1)).copied() {
+                        if *yes {
+                            let _ = engine.approve(&operator, id);
+                            let token = engine.approval(&agent, id).unwrap().approval_token;
+                            let mut retry = request(&intents[which], cents);
+                            retry.approval_token = token;
+                            let r = engine.verify(&agent, &retry).unwrap();
+                            if r.allow {
+                                allowed.push(r.decision_id.unwrap());
+                            }
+                        } else {
+                            let _ = engine.deny_approval(&operator, id);
+                        }
+                    }
+                }
+                Step::Advance(ms) => {
+                    clock.advance_ms(*ms);
+                    engine.sweep().unwrap();
+                }
+                Step::Fund(budget) => intents.push(fund(&engine, *budget)),
+                Step::Restart => {
+                    drop(engine);
+                    engine = open();
+                }
+            }
+        }
+        let (rebuilt, tables) = engine
+            .read(|tx, _| {
+                Ok((
+                    SpendState::rebuild(tx, &agent.tenant_id, 300_000)?.summary(),
+                    tables_summary(tx, &agent.tenant_id)?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(rebuilt, tables, "{steps:?}");
+        assert!(engine.verify_ledger().unwrap().valid);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// The log holds the spend state: whatever the run (decisions, completions,
+        /// approvals, expiries, restarts), rebuilt from the ledger it is what the
+        /// tables say.
+        #[test]
+        fn the_spend_state_rebuilt_from_the_ledger_is_the_tables(
+            steps in proptest::collection::vec(step(), 1..40)
+        ) {
+            run(&steps);
+        }
+    }
+
+    #[test]
+    fn the_ledger_check_names_a_table_that_differs_from_the_log() {
+        run(&[
+            Step::Verify(1_000),
+            Step::Verify(2_000),
+            Step::Complete(0, true, 900),
+        ]);
+        let engine = crate::engine::Engine::in_memory().unwrap();
+        let keys = engine
+            .create_tenant("t", paybond_middleware_core::wire::Environment::Sandbox)
+            .unwrap();
+        let agent = engine.authenticate(keys.agent.expose_secret()).unwrap();
+        let boot = engine
+            .bootstrap_sandbox(
+                &agent,
+                &paybond_middleware_core::wire::SandboxBootstrapRequest {
+                    operation: BOOK.to_owned(),
+                    requested_spend_cents: 10_000,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert!(engine.verify_ledger().unwrap().valid);
+        // A row changed behind the ledger's back.
+        engine
+            .tx(|tx, _| {
+                tx.execute(
+                    "UPDATE intents SET consumed_cents = 5 WHERE id = ?1",
+                    args![boot.intent_id.to_string()],
+                )
+            })
+            .unwrap();
+        let check = engine.verify_ledger().unwrap();
+        assert!(!check.valid);
+        let problem = check.problem.unwrap();
+        assert!(
+            problem.contains(&boot.intent_id.to_string()) && problem.contains("intents table"),
+            "{problem}"
+        );
     }
 }
