@@ -64,6 +64,22 @@ impl ApiError {
         Self::new(500, "gateway_unusable", message)
     }
 
+    /// 503 `store_unavailable`: the database cannot be reached (a connection
+    /// refused, closed or cut off). Nothing was decided or changed, so the caller
+    /// fails closed and may retry; the details go to the log.
+    pub fn store_unavailable(detail: impl fmt::Display) -> Self {
+        tracing::warn!(%detail, "the database cannot be reached");
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                503,
+                "store_unavailable",
+                "the gateway's database cannot be reached: nothing was decided or changed; \
+                 retry shortly",
+            )
+        }
+    }
+
     /// 500: the gateway failed; the message is generic, details go to the log.
     pub fn internal(detail: impl fmt::Display) -> Self {
         tracing::error!(%detail, "gateway internal error");

@@ -295,10 +295,11 @@ async fn at_the_cap_an_idle_connection_is_closed_to_serve_a_new_one() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, took) = healthz_from([127, 0, 0, 7], addr).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    // Not before the idlest had been idle 300 ms, and long before 30 s.
+    // Long before the 30 s an idle connection would otherwise be given.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let closed = idle.iter().filter(|s| closed_by_server(s)).count();
     assert!(
-        took >= Duration::from_millis(150) && took < Duration::from_secs(5),
-        "{took:?}"
+        (1..idle.len()).contains(&closed),
+        "{closed} idle connections closed"
     );
-    assert_eq!(idle.iter().filter(|s| closed_by_server(s)).count(), 1);
 }

@@ -90,3 +90,139 @@ fn the_pool_replaces_connections_the_server_closed() {
         "{failures} requests failed after the connections closed"
     );
 }
+
+/// A TCP proxy on loopback to `target` that can cut the database off: every
+/// connection through it closed and new ones refused until it is restored.
+struct Proxy {
+    port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    fn start(target: String) -> Self {
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let (send_port, port) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                send_port
+                    .send(listener.local_addr().unwrap().port())
+                    .unwrap();
+                loop {
+                    let Ok((mut client, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if *cut_rx.borrow() {
+                        continue; // dropped: refused
+                    }
+                    let (target, mut cut) = (target.clone(), cut_rx.clone());
+                    tokio::spawn(async move {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut.wait_for(|c| *c) => {}
+                        }
+                    });
+                }
+            });
+        });
+        Self {
+            port: port.recv().unwrap(),
+            cut,
+        }
+    }
+
+    fn cut_off(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_its_database_fails_closed_with_503() {
+    let Some(url) = common::pg_database() else {
+        return;
+    };
+    // postgres://user@host:port/db → the same database through the proxy.
+    let raw = url.expose_secret().to_owned();
+    let (before_host, rest) = raw.split_once('@').unwrap();
+    let (host_port, database) = rest.split_once('/').unwrap();
+    let proxy = Proxy::start(host_port.to_owned());
+    let proxied = paybond_gateway::DatabaseUrl::parse(&format!(
+        "{before_host}@127.0.0.1:{}/{database}",
+        proxy.port
+    ))
+    .unwrap();
+    let fixture = tokio::task::spawn_blocking(move || {
+        Fixture::with_config(EngineConfig::new(Storage::Postgres(proxied)))
+    })
+    .await
+    .unwrap();
+    let base = common::serve(fixture.engine.clone()).await;
+    let (intent, token) = {
+        let fx = &fixture;
+        tokio::task::block_in_place(|| fx.intent(60_000))
+    };
+    let agent = fixture.keys.agent.expose_secret().to_owned();
+    let body = serde_json::json!({"intent_id": intent, "token": token.expose_secret(),
+        "operation": common::BOOK, "requested_spend_cents": 100, "vendor_id": "vendor_acme"})
+    .to_string();
+    let verify = || async {
+        let response = reqwest::Client::new()
+            .post(format!("{base}/verify"))
+            .bearer_auth(&agent)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let status = response.status().as_u16();
+        let answer: serde_json::Value = response.json().await.unwrap();
+        (status, answer, retry_after)
+    };
+    let (status, answer, _) = verify().await;
+    assert_eq!(
+        (status, answer["allow"].clone()),
+        (200, serde_json::json!(true))
+    );
+
+    // Cut off: every answer is 503 store_unavailable with a Retry-After, never a
+    // decision and never a 500.
+    proxy.cut_off(true);
+    for _ in 0..10 {
+        let (status, answer, retry_after) = verify().await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (503, Some("store_unavailable")),
+            "{answer}"
+        );
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        assert!(!answer.to_string().contains("127.0.0.1"), "{answer}");
+    }
+
+    // Back: decisions again, within seconds.
+    proxy.cut_off(false);
+    let started = Instant::now();
+    loop {
+        let (status, answer, _) = verify().await;
+        if status == 200 {
+            assert_eq!(answer["allow"], true, "{answer}");
+            break;
+        }
+        assert_eq!(status, 503, "{answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -67,8 +67,33 @@ impl From<tokio_postgres::Error> for ApiError {
             || e.to_string(),
             |d| format!("{} ({})", d.message(), d.code().code()),
         );
-        storage_error(detail)
+        if unreachable(&e) {
+            ApiError::store_unavailable(detail)
+        } else {
+            storage_error(detail)
+        }
     }
+}
+
+/// Whether `e` says the database cannot be reached, rather than that it refused
+/// a statement: a closed connection, an I/O error, or a connection exception
+/// (SQLSTATE class 08) or shutdown (57P01 to 57P03) from the server.
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        let code = code.code();
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// `?1` → `$1`: the engine's placeholders in PostgreSQL's spelling.
@@ -272,7 +297,7 @@ fn connect(runtime: &tokio::runtime::Runtime, url: &DatabaseUrl) -> Result<Conn,
         });
         Ok(Arc::new(client))
     })
-    .map_err(|e| ApiError::internal(format_args!("cannot connect to {url}: {}", e.message)))?;
+    .inspect_err(|e| tracing::warn!(database = %url, error = %e, "cannot connect"))?;
     Ok(Conn {
         client,
         statements: HashMap::new(),
