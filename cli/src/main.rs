@@ -181,7 +181,26 @@ fn agent(cmd: AgentCommand, global: &output::Global) -> ExitCode {
     paybond_demos::cli::main(&frameworks, &args)
 }
 
+/// A closed stdout (`paybond … | head`) ends the command quietly with exit 0, as
+/// `ls | head` does, instead of the panic `println!` raises on a broken pipe.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     // `paybond agent demo mcp` runs its MCP server as a child process of this executable.
     if std::env::var_os(paybond_demos::mcp::CHILD_ENV).is_some() {
         return paybond_demos::mcp::child_main();
@@ -246,13 +265,15 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => audit::run(cmd, &cli.global),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "paybond",
-                &mut std::io::stdout(),
-            );
-            Outcome::Success
+            use std::io::Write as _;
+            // Written whole by us: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "paybond", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Ok(()) => Outcome::Success,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Outcome::Success,
+                Err(e) => usage_error(format!("cannot write the completion script: {e}")),
+            }
         }
     }
     .into()

@@ -259,6 +259,7 @@ impl PaybondAgentRun {
             currency: None,
             wait: None,
             reload_every: None,
+            outside_policy: false,
         }
     }
 
@@ -406,6 +407,8 @@ pub struct PaybondAgentRunBuilder {
     currency: Option<String>,
     wait: Option<ApprovalWait>,
     reload_every: Option<Duration>,
+    /// Bind even when a local side-effecting tool is unknown to a `default_deny` policy.
+    outside_policy: bool,
 }
 
 impl std::fmt::Debug for PaybondAgentRunBuilder {
@@ -471,8 +474,24 @@ impl PaybondAgentRunBuilder {
         self
     }
 
+    /// Binds even when a local side-effecting tool ([`tool`](Self::tool),
+    /// [`override_tool`](Self::override_tool)) has an operation that the tenant's
+    /// `default_deny` policy does not know, so that every call of it is denied
+    /// `tool_not_in_policy` (for a run that means to show that refusal). Without
+    /// it, [`bind`](Self::bind) refuses such a run.
+    pub fn allow_tools_outside_policy(mut self) -> Self {
+        self.outside_policy = true;
+        self
+    }
+
     /// Looks the tenant up from the gateway's principal, takes the tools' entries
     /// from the tenant's effective policy, and binds the run.
+    ///
+    /// A local side-effecting tool whose operation the tenant's policy does not
+    /// know, under `default_deny: true`, is an error ([`GatewayError::Config`])
+    /// naming the tool and the policy: every call of it would be denied
+    /// `tool_not_in_policy`. [`allow_tools_outside_policy`](Self::allow_tools_outside_policy)
+    /// binds anyway.
     ///
     /// Each tool's entry comes from the gateway's effective policy when it names
     /// the tool: a local [`tool`](Self::tool) entry never weakens it (a difference
@@ -483,6 +502,34 @@ impl PaybondAgentRunBuilder {
     pub async fn bind(self) -> Result<PaybondAgentRun, GatewayError> {
         let principal = self.gateway.principal().await?;
         let effective = self.gateway.effective_policy().await?;
+        if !self.outside_policy
+            && let Some(p) = effective
+                .as_ref()
+                .filter(|p| p.policy.default_deny == Some(true))
+        {
+            let unknown = self
+                .tools
+                .iter()
+                .chain(&self.overrides)
+                .filter(|(_, entry)| entry.side_effecting)
+                .find(|(name, entry)| {
+                    let operation = entry.operation_for(name);
+                    !p.policy
+                        .tools
+                        .iter()
+                        .any(|(n, t)| t.operation_for(n) == operation)
+                });
+            if let Some((name, entry)) = unknown {
+                return Err(GatewayError::Config(format!(
+                    "the tool `{name}` (operation `{}`) is not in the tenant's policy `{}` \
+                     (default_deny: true): every call of it would be denied \
+                     tool_not_in_policy. Add `{name}` to the policy the gateway enforces, or \
+                     bind with allow_tools_outside_policy() to see those denials",
+                    entry.operation_for(name),
+                    p.policy.name
+                )));
+            }
+        }
         let trace = RunTrace::in_currency(self.currency.as_deref());
         let policy = RunPolicy::resolve(effective, self.tools.clone(), self.overrides.clone())?;
         let run = PaybondAgentRun {
