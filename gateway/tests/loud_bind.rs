@@ -48,23 +48,45 @@ async fn a_tool_the_policy_does_not_know_is_refused_at_bind() {
             .await
             .is_ok()
     );
-    // The first try: a sandbox intent for `shop.buy`, the bundled policy.
+    // The first try of a new user: a sandbox intent for `shop.buy` under the
+    // bundled policy. Refused at once, naming the operation and the policy.
     let gateway = std::sync::Arc::new(fx.gateway());
-    let boot = gateway
+    let refused = gateway
         .bootstrap_sandbox(&paybond_middleware_core::wire::SandboxBootstrapRequest {
             operation: "shop.buy".into(),
             requested_spend_cents: 10_000,
             ..Default::default()
         })
         .await
-        .unwrap();
-    let builder = || {
-        paybond_middleware_core::PaybondAgentRun::builder(
-            gateway.clone(),
-            boot.intent_id,
-            boot.capability_token.clone(),
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("operation_not_in_policy")
+            && refused.contains("shop.buy")
+            && refused.contains("travel-demo"),
+        "{refused}"
+    );
+    // An intent that allows it (created, not bootstrapped): the run still refuses
+    // to bind unless it opts in, and then every call is denied.
+    let intent = fx
+        .engine
+        .create_intent(
+            &fx.agent,
+            &paybond_gateway::CreateIntentRequest {
+                allowed_tools: vec!["shop.buy".into()],
+                budget_cents: 10_000,
+                currency: None,
+                deadline_seconds: None,
+                evidence_schema: None,
+                metadata: None,
+                idempotency_key: None,
+            },
         )
-        .tool("shop.buy", shop())
+        .unwrap();
+    let boot = (intent.intent_id, intent.capability_token.unwrap());
+    let builder = || {
+        paybond_middleware_core::PaybondAgentRun::builder(gateway.clone(), boot.0, boot.1.clone())
+            .tool("shop.buy", shop())
     };
     assert!(builder().bind().await.is_err());
     let run = builder().allow_tools_outside_policy().bind().await.unwrap();

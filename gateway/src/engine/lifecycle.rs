@@ -146,6 +146,26 @@ impl Engine {
             idempotency_key: None,
         };
         self.check_intent_request(principal, &create)?;
+        // An intent for an operation the tenant's policy would deny every call of
+        // is refused now, naming why, rather than funded for nothing.
+        if let Some(policy) = self.policy_for(&principal.tenant_id)?
+            && policy.policy.default_deny == Some(true)
+            && !policy
+                .policy
+                .tools
+                .iter()
+                .any(|(name, t)| t.side_effecting && t.operation_for(name) == req.operation)
+        {
+            return Err(ApiError::unprocessable(
+                "operation_not_in_policy",
+                format!(
+                    "operation: `{}` is the operation of no side-effecting tool of the tenant's \
+                     policy `{}` (default_deny: true), so every verify of it would be denied \
+                     tool_not_in_policy; add the tool to the policy first",
+                    req.operation, policy.policy.name
+                ),
+            ));
+        }
         self.idempotent(
             principal,
             "sandbox.bootstrap",

@@ -118,6 +118,69 @@ impl DenyCode {
     }
 }
 
+#[cfg(test)]
+impl DenyCode {
+    /// Every code, each rolling-cap window and scope too.
+    fn all() -> Vec<Self> {
+        use paybond_policies::{CapScope as S, CapWindow as W};
+        let mut all = vec![
+            Self::CapabilityInvalid,
+            Self::CapabilityExpired,
+            Self::CapabilityIntentMismatch,
+            Self::OperationNotAllowed,
+            Self::IntentNotFunded,
+            Self::IntentExpired,
+            Self::CurrencyMismatch,
+            Self::ToolNotInPolicy,
+            Self::ToolOperationMismatch,
+            Self::ToolDisabled,
+            Self::PhaseNotCommitted,
+            Self::VendorRequired,
+            Self::VendorNotAllowed,
+            Self::ToolCapExceeded,
+            Self::IntentBudgetExceeded,
+            Self::RateLimited,
+            Self::OutsideActiveHours,
+            Self::BudgetGateHalt,
+            Self::ApprovalTokenInvalid,
+            Self::ApprovalTokenPrincipalMismatch,
+            Self::ApprovalTokenReused,
+            Self::ApprovalTokenExpired,
+            Self::ApprovalIntentMismatch,
+            Self::ApprovalOperationMismatch,
+            Self::ApprovalAmountMismatch,
+            Self::ApprovalVendorMismatch,
+            Self::ApprovalToolMismatch,
+            Self::ApprovalDenied,
+            Self::ApprovalRateLimited,
+        ];
+        for window in [W::Hour, W::Day, W::Month] {
+            for scope in [S::Tenant, S::Agent, S::Vendor, S::Tool] {
+                all.push(Self::RollingCapExceeded(window, scope));
+            }
+        }
+        all
+    }
+}
+
+#[cfg(test)]
+mod codes {
+    use super::DenyCode;
+
+    #[test]
+    fn every_deny_code_is_in_the_documented_table() {
+        let table = include_str!("../../../../docs/deny-codes.md");
+        let codes = DenyCode::all();
+        assert_eq!(codes.len(), 41);
+        for code in codes {
+            assert!(
+                table.contains(&format!("`{}`", code.as_str())),
+                "docs/deny-codes.md does not document {code}"
+            );
+        }
+    }
+}
+
 impl std::fmt::Display for DenyCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
