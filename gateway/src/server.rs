@@ -460,16 +460,10 @@ async fn list_approvals(
             )));
         }
     };
-    let amount = |name: &str| -> Result<Option<u64>, HttpError> {
-        match q.get(name) {
-            None => Ok(None),
-            Some(_) => Ok(Some(number_param(
-                &q,
-                name,
-                0,
-                0..=crate::engine::decide::MAX_AMOUNT_CENTS,
-            )?)),
-        }
+    let amount = |name: &str| {
+        q.contains_key(name)
+            .then(|| number_param(&q, name, 0, 0..=crate::engine::decide::MAX_AMOUNT_CENTS))
+            .transpose()
     };
     let text = |name: &str| -> Result<Option<String>, HttpError> {
         let value = q.get(name).filter(|v| !v.is_empty()).cloned();

@@ -175,7 +175,7 @@ async fn an_idempotency_key_answers_only_the_api_key_that_sent_it() {
         verify(&base, &k2, &body).await["decision_id"],
         second["decision_id"]
     );
-    // Two reservations were made, not one; agent 2 cannot complete through agent 1's key.
+    // Two reservations were made, not one.
     let (_, view) = call(
         &base,
         Method::GET,

@@ -617,17 +617,21 @@ async fn queue_page(
     query: ApprovalQuery,
 ) -> Result<QueuePage, ApiError> {
     let p = signed.principal.clone();
+    let filtered = params.filtered();
     let (list, pending, matching) = c
         .run(move |e| {
             let all = ApprovalQuery {
                 state: Some(ApprovalState::Pending),
                 ..ApprovalQuery::default()
             };
-            Ok((
-                e.list_approvals(&p, &query)?,
-                e.count_approvals(&p, &all)?,
-                e.count_approvals(&p, &query)?,
-            ))
+            let pending = e.count_approvals(&p, &all)?;
+            // Unfiltered, the page's query matches every pending request.
+            let matching = if filtered {
+                e.count_approvals(&p, &query)?
+            } else {
+                pending
+            };
+            Ok((e.list_approvals(&p, &query)?, pending, matching))
         })
         .await?;
     Ok(QueuePage {

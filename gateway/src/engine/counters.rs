@@ -162,6 +162,25 @@ pub(crate) fn spent(
     Ok(u64::try_from(counted.saturating_sub(lapsed)).unwrap_or(0))
 }
 
+/// Every bucket a reservation of `agent` (and its sub-agent), `vendor` and `tool`
+/// is counted in, the tenant's included.
+pub(crate) fn buckets_of<'a>(
+    agent: &'a str,
+    agent_subject: Option<&'a str>,
+    vendor: Option<&'a str>,
+    tool: &'a str,
+) -> impl Iterator<Item = Bucket<'a>> {
+    [
+        Some(Bucket::Tenant),
+        Some(Bucket::Agent(agent)),
+        agent_subject.map(|s| Bucket::SubAgent(agent, s)),
+        vendor.map(Bucket::Vendor),
+        Some(Bucket::Tool(tool)),
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// Adds `delta` cents to every counter the reservation falls into.
 ///
 /// One keyed update per bucket: a single statement with `bucket IN (…)` makes
@@ -171,17 +190,9 @@ pub(crate) fn adjust(tx: &dyn Tx, r: &Counted<'_>, delta: i64) -> Result<(), Api
     if delta == 0 {
         return Ok(());
     }
-    let keys: Vec<String> = [
-        Some(Bucket::Tenant),
-        Some(Bucket::Agent(r.agent)),
-        r.agent_subject.map(|s| Bucket::SubAgent(r.agent, s)),
-        r.vendor.map(Bucket::Vendor),
-        Some(Bucket::Tool(r.tool)),
-    ]
-    .iter()
-    .flatten()
-    .map(Bucket::key)
-    .collect();
+    let keys: Vec<String> = buckets_of(r.agent, r.agent_subject, r.vendor, r.tool)
+        .map(|b| b.key())
+        .collect();
     let each: Vec<[Arg<'_>; 4]> = keys
         .iter()
         .map(|key| {

@@ -319,6 +319,25 @@ impl Engine {
         policy: Option<&'a EffectivePolicy>,
         token: Option<TokenFacts>,
     ) -> Result<CallContext<'a>, ApiError> {
+        let doc = policy.map(|p| &p.policy);
+        // A token that does not admit the call ends the checks before anything of
+        // the store is read: nothing is read for it.
+        if token
+            .as_ref()
+            .is_some_and(|t| !rules::token_admits(t, call, now))
+        {
+            return Ok(CallContext {
+                now,
+                call,
+                ask,
+                policy: doc,
+                token,
+                intent: None,
+                cap_usage: Vec::new(),
+                rate_windows: Vec::new(),
+                approval: None,
+            });
+        }
         let intent = tx
             .query_opt(
                 "SELECT state, deadline_ms, budget_cents, consumed_cents + reserved_cents,
@@ -359,7 +378,6 @@ impl Engine {
                 })
             })
             .transpose()?;
-        let doc = policy.map(|p| &p.policy);
         let mut cap_usage = Vec::new();
         let mut rate_windows = Vec::new();
         if let (Some(doc), Ok(binding)) = (doc, &call.binding)
@@ -386,7 +404,7 @@ impl Engine {
                     "SELECT created_ms FROM reservations
                      WHERE tenant_id = ?1 AND tool = ?2 AND created_ms > ?3
                      ORDER BY created_ms LIMIT ?4",
-                    args![call.tenant, tool, now - 3_600_000, limit],
+                    args![call.tenant, tool, now - rules::HOUR_MS, limit],
                     |r| r.get(0),
                 )?);
             }
@@ -707,6 +725,21 @@ impl Engine {
                     .map_err(ApiError::internal)
             })
             .transpose()?;
+        let (per_minute, per_intent) = (
+            self.config.approval_requests_per_agent_per_minute,
+            self.config.pending_approvals_per_intent,
+        );
+        if existing.is_some() {
+            // The rule answers the standing request before it reads any count.
+            return Ok(HoldContext {
+                now,
+                existing,
+                opened_last_minute: (0, None),
+                per_minute,
+                pending_on_intent: (0, None),
+                per_intent,
+            });
+        }
         let (recent, oldest): (i64, Option<i64>) = tx.query_one(
             "SELECT COUNT(*), MIN(created_ms) FROM approvals
              WHERE tenant_id = ?1 AND agent = ?2 AND created_ms > ?3",
@@ -723,9 +756,9 @@ impl Engine {
             now,
             existing,
             opened_last_minute: (u64::try_from(recent).unwrap_or(0), oldest),
-            per_minute: self.config.approval_requests_per_agent_per_minute,
+            per_minute,
             pending_on_intent: (u64::try_from(pending).unwrap_or(0), first_expiry),
-            per_intent: self.config.pending_approvals_per_intent,
+            per_intent,
         })
     }
 

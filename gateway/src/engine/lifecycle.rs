@@ -100,14 +100,7 @@ pub(crate) fn rfc3339(ms: i64) -> String {
 }
 
 pub(crate) fn lifecycle(state: &str) -> LifecycleStatus {
-    match state {
-        "created" => LifecycleStatus::Created,
-        "evidence_submitted" => LifecycleStatus::EvidenceSubmitted,
-        "released" => LifecycleStatus::Released,
-        "refunded" => LifecycleStatus::Refunded,
-        "expired" => LifecycleStatus::Expired,
-        _ => LifecycleStatus::Funded,
-    }
+    crate::engine::rules::IntentFacts::parse_state(state).unwrap_or(LifecycleStatus::Funded)
 }
 
 /// The furthest deadline an intent may have: 366 days, in seconds.
@@ -636,7 +629,6 @@ impl Engine {
         principal: &Principal,
         query: &ApprovalQuery,
     ) -> Result<ApprovalList, ApiError> {
-        let state = query.state.map(approval_state_name);
         let limit = query.limit.unwrap_or(100);
         if !(1..=MAX_APPROVAL_PAGE).contains(&limit) {
             return Err(ApiError::bad_request(
@@ -660,24 +652,15 @@ impl Engine {
             )
         };
         let sql = format!("SELECT id, created_ms FROM approvals WHERE {APPROVAL_FILTER} {order}");
-        let (min, max) = amount_range(query);
         self.read(|tx, now| {
-            let mut rows: Vec<(String, i64)> = tx.query_map(
-                &sql,
-                args![
-                    principal.tenant_id,
-                    state,
-                    now,
-                    query.agent,
-                    query.tool,
-                    min,
-                    max,
-                    after_ms,
-                    after_id,
-                    i64::from(limit) + 1
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
+            let mut args = filter_args(&principal.tenant_id, query, now);
+            args.extend([
+                crate::store::Arg::Int(after_ms),
+                crate::store::ToArg::to_arg(&after_id),
+                crate::store::Arg::Int(i64::from(limit) + 1),
+            ]);
+            let mut rows: Vec<(String, i64)> =
+                tx.query_map(&sql, &args, |r| Ok((r.get(0)?, r.get(1)?)))?;
             let more = rows.len() > limit as usize;
             rows.truncate(limit as usize);
             let next_cursor = more
@@ -703,23 +686,12 @@ impl Engine {
         principal: &Principal,
         query: &ApprovalQuery,
     ) -> Result<u64, ApiError> {
-        let state = query.state.map(approval_state_name);
-        let (min, max) = amount_range(query);
         let sql = format!("SELECT COUNT(*) FROM approvals WHERE {APPROVAL_FILTER}");
         self.read(|tx, now| {
-            let n: i64 = tx.query_one(
-                &sql,
-                args![
-                    principal.tenant_id,
-                    state,
-                    now,
-                    query.agent,
-                    query.tool,
-                    min,
-                    max
-                ],
-                |r| r.get(0),
-            )?;
+            let n: i64 =
+                tx.query_one(&sql, &filter_args(&principal.tenant_id, query, now), |r| {
+                    r.get(0)
+                })?;
             Ok(u64::try_from(n).unwrap_or(0))
         })
     }
@@ -1301,13 +1273,26 @@ pub(crate) fn complete_tx(
     Ok(response)
 }
 
-/// An [`ApprovalQuery`]'s amount range as SQL integers (unbounded: 0 to `i64::MAX`).
-fn amount_range(query: &ApprovalQuery) -> (i64, i64) {
+/// The arguments `?1` to `?7` of [`APPROVAL_FILTER`] for `query` at `now` (an
+/// unbounded amount range is 0 to `i64::MAX`).
+fn filter_args<'a>(
+    tenant: &'a str,
+    query: &'a ApprovalQuery,
+    now: i64,
+) -> Vec<crate::store::Arg<'a>> {
+    use crate::store::{Arg, ToArg as _};
     let cents = |c: u64| i64::try_from(c).unwrap_or(i64::MAX);
-    (
-        query.min_amount_cents.map_or(0, cents),
-        query.max_amount_cents.map_or(i64::MAX, cents),
-    )
+    vec![
+        tenant.to_arg(),
+        query
+            .state
+            .map_or(Arg::Null, |s| Arg::Text(approval_state_name(s).into())),
+        Arg::Int(now),
+        query.agent.to_arg(),
+        query.tool.to_arg(),
+        Arg::Int(query.min_amount_cents.map_or(0, cents)),
+        Arg::Int(query.max_amount_cents.map_or(i64::MAX, cents)),
+    ]
 }
 
 fn approval_state_name(s: ApprovalState) -> &'static str {

@@ -12,12 +12,10 @@ use paybond_policies::PolicyDocument;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::counters::{self, Bucket};
-use super::rules::{Ask, Call, CallContext, IntentFacts, cap_buckets, tool_limits};
+use super::counters;
+use super::rules::{Ask, Call, CallContext, HOUR_MS, IntentFacts, cap_buckets, tool_limits};
 use crate::error::ApiError;
 use crate::store::{Tx, args};
-
-const HOUR_MS: i64 = 3_600_000;
 
 /// Where a reservation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,19 +228,12 @@ impl SpendState {
     }
 
     fn reserve_for(&mut self, decision_id: Uuid, r: &Reserved<'_>, now: i64, expires_ms: i64) {
-        let buckets: Vec<String> = [
-            Some(Bucket::Tenant),
-            Some(Bucket::Agent(r.agent)),
-            r.agent_subject.map(|s| Bucket::SubAgent(r.agent, s)),
-            r.vendor.map(Bucket::Vendor),
-            Some(Bucket::Tool(r.tool)),
-        ]
-        .iter()
-        .flatten()
-        .map(Bucket::key)
-        .collect();
-        for key in buckets {
-            insert_sorted(self.by_bucket.entry(key).or_default(), (now, decision_id));
+        let buckets = counters::buckets_of(r.agent, r.agent_subject, r.vendor, r.tool);
+        for bucket in buckets {
+            insert_sorted(
+                self.by_bucket.entry(bucket.key()).or_default(),
+                (now, decision_id),
+            );
         }
         insert_sorted(self.by_tool.entry(r.tool.to_owned()).or_default(), now);
         if let Some(intent) = self.intents.get_mut(r.intent) {

@@ -28,6 +28,9 @@ pub(crate) use tool::{ToolBinding, bind_tool, tool_limits};
 
 use crate::tokens::Claims;
 
+/// An hour, in milliseconds: the window of hourly rate limits.
+pub(crate) const HOUR_MS: i64 = 3_600_000;
+
 /// Why a call is refused: every deny a verify (or preflight) can answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DenyCode {
@@ -463,6 +466,12 @@ fn chain(ctx: &CallContext<'_>, rec: &mut Recorder, seen: &mut Seen) -> Result<V
     // 10 and 11: graduated gates, then the approval threshold.
     let reasons = budget::gates(ctx, doc, &budget, rec)?;
     Ok(approval::threshold(ctx, &limits, reasons, rec))
+}
+
+/// Whether `token` admits `call` at `now` (checks 1 and 2): when it does not, the
+/// chain ends there and reads nothing of the store.
+pub(crate) fn token_admits(token: &TokenFacts, call: &Call<'_>, now: i64) -> bool {
+    token::check(token, call, now, &mut Recorder::default()).is_ok()
 }
 
 /// An amount in the intent's currency, as people read it.

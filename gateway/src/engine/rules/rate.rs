@@ -4,9 +4,7 @@
 use serde_json::json;
 
 use super::tool::ToolLimits;
-use super::{CallContext, DenyCode, Recorder, Verdict};
-
-const HOUR_MS: i64 = 3_600_000;
+use super::{CallContext, DenyCode, HOUR_MS, Recorder, Verdict};
 
 /// Every bound tool is under its hourly limit.
 pub(super) fn check(
