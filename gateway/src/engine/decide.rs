@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::engine::counters::{self, Counted};
 use crate::engine::rules::{
     self, ApprovalFacts, Ask, Call, CallContext, Decision, Effect, HoldContext, HoldOutcome,
-    IntentFacts, Recorder, TokenFacts, Verdict, bind_tool, cap_buckets, deny, tool_limits,
+    Recorder, TokenFacts, Verdict, bind_tool, cap_buckets, deny, tool_limits,
 };
 use crate::engine::{EffectivePolicy, Engine, Role, bounded, ledger, require_role};
 use crate::error::ApiError;
@@ -338,46 +338,7 @@ impl Engine {
                 approval: None,
             });
         }
-        let intent = tx
-            .query_opt(
-                "SELECT state, deadline_ms, budget_cents, consumed_cents + reserved_cents,
-                     currency, operations
-                 FROM intents WHERE id = ?1 AND tenant_id = ?2",
-                args![call.intent, call.tenant],
-                |r| {
-                    let (state, deadline, budget, counted, currency, operations): (
-                        String,
-                        i64,
-                        u64,
-                        u64,
-                        String,
-                        String,
-                    ) = (
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    );
-                    Ok((state, deadline, budget, counted, currency, operations))
-                },
-            )?
-            .map(|(state, deadline, budget, counted, currency, operations)| {
-                // Reservations past their TTL return to the budget whether or not
-                // the sweep has expired them yet.
-                let lapsed = crate::engine::lifecycle::lapsed_cents(tx, &call.intent, now)?;
-                Ok::<_, ApiError>(IntentFacts {
-                    state: IntentFacts::parse_state(&state),
-                    state_name: state,
-                    deadline_ms: deadline,
-                    budget_cents: budget,
-                    spent_cents: counted.saturating_sub(lapsed),
-                    currency,
-                    operations: serde_json::from_str(&operations).unwrap_or_default(),
-                })
-            })
-            .transpose()?;
+        let intent = crate::engine::live::intent_facts(tx, call.tenant, &call.intent, now)?;
         let mut cap_usage = Vec::new();
         let mut rate_windows = Vec::new();
         if let (Some(doc), Ok(binding)) = (doc, &call.binding)
@@ -461,6 +422,8 @@ impl Engine {
             (non_empty(&req.vendor_id), non_empty(&req.agent_subject)),
             req.requested_spend_cents,
         );
+        // The live state's intents change here only through `reserve`.
+        tx.keep_live();
         let decision_id = Uuid::now_v7();
         let ask = Ask {
             currency: req.currency.as_deref(),
@@ -674,6 +637,13 @@ impl Engine {
             "UPDATE intents SET reserved_cents = reserved_cents + ?2 WHERE id = ?1",
             args![call.intent, call.amount],
         )?;
+        if let Some(live) = tx.live() {
+            live.borrow_mut().reserved(
+                &call.intent,
+                call.amount,
+                now + self.config.reservation_ttl_ms,
+            );
+        }
         counters::adjust(
             tx,
             &Counted {

@@ -107,11 +107,17 @@ pub(crate) fn append(
     payload: Value,
     at_ms: i64,
 ) -> Result<u64, ApiError> {
-    let LedgerTip {
-        seq: prev_seq,
-        hash: prev_hash,
-        ..
-    } = tip(tx, tenant_id)?;
+    // The writer keeps every tenant's tip in memory (this is the ledger's one writer).
+    let known = tx
+        .live()
+        .and_then(|live| live.borrow().tip(tenant_id).map(|(s, h)| (s, h.to_owned())));
+    let (prev_seq, prev_hash) = match known {
+        Some(tip) => tip,
+        None => {
+            let t = tip(tx, tenant_id)?;
+            (t.seq, t.hash)
+        }
+    };
     let seq = prev_seq + 1;
     let mut text = String::new();
     paybond_policies::write_canonical(&mut text, &payload);
@@ -121,6 +127,9 @@ pub(crate) fn append(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         args![tenant_id, seq, event, text, at_ms, prev_hash, hash],
     )?;
+    if let Some(live) = tx.live() {
+        live.borrow_mut().set_tip(tenant_id, seq, hash);
+    }
     Ok(seq)
 }
 

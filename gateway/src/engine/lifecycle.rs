@@ -1142,6 +1142,8 @@ pub(crate) fn complete_tx(
     decision_id: Uuid,
     req: &CompleteRequest,
 ) -> Result<CompleteResponse, ApiError> {
+    // The live state's intents change here only with the intents table, below.
+    tx.keep_live();
     let row: Option<(ReservationRow, Option<String>)> = tx.query_opt(
         "SELECT intent_id, amount_cents, state, expires_ms, created_ms, agent, agent_subject,
          vendor, tool, complete_response FROM reservations WHERE id = ?1 AND tenant_id = ?2",
@@ -1244,6 +1246,9 @@ pub(crate) fn complete_tx(
          WHERE id = ?1",
         args![intent, reserved, actual],
     )?;
+    if let Some(live) = tx.live() {
+        live.borrow_mut().finalized(intent, reserved, actual);
+    }
     // The counters held the reservation; now they hold what was consumed.
     counters::adjust(
         tx,

@@ -6,6 +6,7 @@ pub(crate) mod counters;
 pub(crate) mod decide;
 pub(crate) mod ledger;
 pub(crate) mod lifecycle;
+pub(crate) mod live;
 pub(crate) mod operator;
 pub mod replay;
 pub(crate) mod rules;

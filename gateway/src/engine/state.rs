@@ -791,6 +791,11 @@ mod tests {
                     engine = open();
                 }
             }
+            // The writer's live state is the database's, after every step.
+            let differences = engine
+                .tx(|tx, _| crate::engine::live::differences(tx))
+                .unwrap();
+            assert!(differences.is_empty(), "after {s:?}: {differences:?}");
         }
         let (rebuilt, tables) = engine
             .read(|tx, _| {
@@ -809,7 +814,7 @@ mod tests {
 
         /// The log holds the spend state: whatever the run (decisions, completions,
         /// approvals, expiries, restarts), rebuilt from the ledger it is what the
-        /// tables say.
+        /// tables say, and the writer's live state is what they say at every step.
         #[test]
         fn the_spend_state_rebuilt_from_the_ledger_is_the_tables(
             steps in proptest::collection::vec(step(), 1..40)

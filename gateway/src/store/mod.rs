@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 
+use crate::engine::live::LiveState;
 use crate::error::ApiError;
 
 pub(crate) mod postgres;
@@ -431,6 +432,18 @@ pub(crate) trait Tx {
     /// Serializes this transaction against every other that locks the same tenant
     /// (a row lock on PostgreSQL; SQLite has one writer, so nothing to do).
     fn lock_tenant(&self, tenant_id: &str) -> Result<(), ApiError>;
+
+    /// The writer's in-memory spend state ([`LiveState`]), where one writer makes
+    /// every change to the database (SQLite); `None` elsewhere (PostgreSQL, whose
+    /// replicas share the database; read-only transactions).
+    fn live(&self) -> Option<&std::cell::RefCell<LiveState>> {
+        None
+    }
+
+    /// Declares that this operation keeps the live state's intents in step with
+    /// what it writes. The writer empties the live state after any operation that
+    /// writes without declaring it.
+    fn keep_live(&self) {}
 }
 
 impl dyn Tx + '_ {

@@ -21,13 +21,14 @@
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, params_from_iter};
 
 use super::{Arg, Row, Storage, Tx, Value, schema};
+use crate::engine::live::LiveState;
 use crate::error::ApiError;
 
 /// The schema of a database written before migrations were numbered here, as
@@ -443,6 +444,11 @@ fn legacy_columns(conn: &Connection) -> rusqlite::Result<String> {
 
 struct Batch {
     conn: Connection,
+    /// The spend state the writer keeps in memory (see [`LiveState`]).
+    live: std::cell::RefCell<LiveState>,
+    /// The database's `data_version` when this connection last looked: another
+    /// connection's commit changes it, and then the live state is emptied.
+    data_version: i64,
     /// A group transaction is open.
     open: bool,
     /// The id of the open (or last) group.
@@ -469,78 +475,183 @@ struct Pending {
     finish: Finish,
 }
 
-/// Makes commits durable: fsyncs of the WAL, each covering every commit before it.
+/// Makes commits durable: fsyncs of the WAL, each covering every group committed
+/// before it, run by the store's sync thread.
+///
+/// The writer thread only records that a group ended (and hands over the async
+/// operations that ran in it); the sync thread fsyncs and wakes the callers. The
+/// writer wakes nobody but the sync thread, so it goes on to the next group at
+/// once, and the wake-ups of the callers cost the sync thread's time, not its own.
 struct Durability {
     /// The WAL file (and its directory, synced once).
     wal: PathBuf,
     state: Mutex<Synced>,
+    /// Callers wait here for their group's fsync.
     synced_now: Condvar,
-    /// The last group committed to the WAL.
-    committed: AtomicU64,
+    /// The sync thread waits here for a group to sync.
+    ended_now: Condvar,
 }
 
 #[derive(Default)]
 struct Synced {
+    /// The last group that ended (committed, or failed to).
+    ended: u64,
     /// Every group up to this one is on disk.
     upto: u64,
-    /// An fsync is running.
-    syncing: bool,
     /// Set by the first fsync that fails: every group after `upto` as it stood then,
     /// with why. Those groups are never acknowledged, not even by a later fsync that
     /// succeeds (after a failed fsync the kernel may have dropped the dirty pages and
     /// report the next one clean), so the store refuses writes until it is reopened.
     failed: Option<(u64, String)>,
+    /// Recent groups whose commit failed, with why.
+    commit_failures: VecDeque<(u64, String)>,
+    /// Async callers' operations whose groups ended, waiting for their fsync.
+    pending: Vec<Pending>,
+    /// The store is gone: the sync thread stops.
+    stopped: bool,
+}
+
+impl Synced {
+    /// How group `id` ended, once that is known: its commit's or its fsync's
+    /// failure, or `Ok` once it is on disk.
+    fn outcome(&self, id: u64) -> Option<Result<(), ApiError>> {
+        if let Some((_, why)) = self.commit_failures.iter().find(|(g, _)| *g == id) {
+            return Some(Err(commit_failed(why)));
+        }
+        if let Some((good, why)) = &self.failed
+            && id > *good
+        {
+            return Some(Err(ApiError::internal(format_args!(
+                "storage: the commit could not be made durable: {why}"
+            ))));
+        }
+        (self.upto >= id).then_some(Ok(()))
+    }
 }
 
 impl Durability {
-    /// Returns once group `id` (already committed) is on disk.
-    fn wait(&self, id: u64) -> Result<(), ApiError> {
-        let mut st = self
-            .state
+    fn new(wal: PathBuf) -> Self {
+        Self {
+            wal,
+            state: Mutex::new(Synced::default()),
+            synced_now: Condvar::new(),
+            ended_now: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Synced> {
+        self.state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The writer: group `id` has ended (`failure` if its commit failed), and
+    /// `pending` ran in it.
+    fn group_ended(&self, id: u64, failure: Option<String>, pending: Vec<Pending>) {
+        let mut st = self.lock();
+        st.ended = st.ended.max(id);
+        if let Some(why) = failure {
+            st.commit_failures.push_back((id, why));
+            if st.commit_failures.len() > 64 {
+                st.commit_failures.pop_front();
+            }
+        }
+        st.pending.extend(pending);
+        drop(st);
+        self.ended_now.notify_one();
+    }
+
+    /// An async caller's operation whose group has already ended: answered now if
+    /// its outcome is known, else when its fsync is done.
+    fn add_pending(&self, p: Pending) {
+        let mut st = self.lock();
+        match st.outcome(p.group) {
+            Some(outcome) => {
+                drop(st);
+                (p.finish)(outcome);
+            }
+            None => st.pending.push(p),
+        }
+    }
+
+    /// Returns once group `id` (whose operation has run) is on disk, or why it
+    /// never will be.
+    fn wait(&self, id: u64) -> Result<(), ApiError> {
+        let mut st = self.lock();
         loop {
-            if let Some((good, why)) = &st.failed {
-                return if *good >= id {
-                    Ok(())
-                } else {
-                    Err(ApiError::internal(format_args!(
-                        "storage: the commit could not be made durable: {why}"
-                    )))
-                };
+            if let Some(outcome) = st.outcome(id) {
+                return outcome;
             }
-            if st.upto >= id {
-                return Ok(());
+            if st.stopped {
+                return Err(ApiError::internal("the store stopped before its commit"));
             }
-            if st.syncing {
-                st = self
-                    .synced_now
-                    .wait(st)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                continue;
-            }
-            // Lead one fsync for every commit made so far.
-            st.syncing = true;
-            let target = self.committed.load(Ordering::SeqCst);
+            st = self
+                .synced_now
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// The sync thread's step: waits for a group that is not on disk yet, then
+    /// makes every group ended so far durable with one fsync and answers whoever
+    /// waits for them. `false` once the store is gone.
+    fn sync_once(&self) -> bool {
+        let mut st = self.lock();
+        while st.ended <= st.upto && !st.stopped {
+            st = self
+                .ended_now
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        if st.stopped && st.ended <= st.upto {
+            return false;
+        }
+        let target = st.ended;
+        if st.failed.is_none() {
             drop(st);
             let result = self.fsync();
-            st = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            st.syncing = false;
-            match result {
-                Ok(()) => st.upto = st.upto.max(target),
-                Err(e) => {
-                    tracing::error!(
-                        error = %e,
-                        "fsync of the WAL failed; writes are refused until the gateway restarts"
-                    );
-                    st.failed = Some((st.upto, e.to_string()));
-                }
+            st = self.lock();
+            if let Err(e) = result {
+                tracing::error!(
+                    error = %e,
+                    "fsync of the WAL failed; writes are refused until the gateway restarts"
+                );
+                let good = st.upto;
+                st.failed = Some((good, e.to_string()));
             }
-            self.synced_now.notify_all();
         }
+        // Every group up to `target` has its outcome now: on disk, or refused after
+        // a failed fsync.
+        st.upto = st.upto.max(target);
+        let (answered, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.pending)
+            .into_iter()
+            .partition(|p| p.group <= target);
+        st.pending = kept;
+        let outcomes: Vec<_> = answered
+            .into_iter()
+            .map(|p| {
+                let outcome = st.outcome(p.group).unwrap_or_else(|| {
+                    Err(ApiError::internal(
+                        "storage: a group ended without an outcome",
+                    ))
+                });
+                (p, outcome)
+            })
+            .collect();
+        drop(st);
+        self.synced_now.notify_all();
+        for (p, outcome) in outcomes {
+            (p.finish)(outcome);
+        }
+        true
+    }
+
+    /// Stops the sync thread once it has synced what ended; callers still waiting
+    /// are answered.
+    fn stop(&self) {
+        self.lock().stopped = true;
+        self.ended_now.notify_all();
+        self.synced_now.notify_all();
     }
 
     fn fsync(&self) -> std::io::Result<()> {
@@ -606,10 +717,9 @@ struct Shared {
     durability: Option<Arc<Durability>>,
     /// Operations a commit takes at most.
     max_batch: usize,
-    /// For a file database: the thread that answers async callers' operations once
-    /// their groups' commits are durable (it leads or follows the fsyncs as any
-    /// waiting caller does). It stops when this sender is dropped.
-    syncer: Option<mpsc::Sender<Pending>>,
+    /// For a file database: the thread that fsyncs and answers; it stops when
+    /// this is dropped.
+    _syncer: Option<SyncThread>,
 }
 
 /// A WAL above this size is truncated by the checkpointer (and trimmed to it when
@@ -629,6 +739,8 @@ impl SqliteStore {
         let writer = Arc::new(Writer {
             batch: Mutex::new(Batch {
                 conn,
+                live: std::cell::RefCell::new(LiveState::default()),
+                data_version: 0,
                 open: false,
                 id: 0,
                 ops: 0,
@@ -665,17 +777,12 @@ impl SqliteStore {
                         std::time::Duration::from_millis(500),
                         wal_limit_bytes,
                     )?),
-                    Some(Arc::new(Durability {
-                        wal,
-                        state: Mutex::new(Synced::default()),
-                        synced_now: Condvar::new(),
-                        committed: AtomicU64::new(0),
-                    })),
+                    Some(Arc::new(Durability::new(wal))),
                 )
             }
             _ => (None, None),
         };
-        let syncer = durability.as_ref().map(start_syncer).transpose()?;
+        let syncer = durability.as_ref().map(SyncThread::start).transpose()?;
         let writer_thread = match durability {
             Some(_) => Some(
                 rayon_core::ThreadPoolBuilder::new()
@@ -694,7 +801,7 @@ impl SqliteStore {
                 arrivals: AtomicUsize::new(0),
                 max_batch: if durability.is_some() { MAX_BATCH } else { 1 },
                 durability,
-                syncer,
+                _syncer: syncer,
             }),
             writer_thread,
             _checkpointer: checkpointer,
@@ -769,21 +876,14 @@ impl SqliteStore {
             Some(thread) => thread.install(|| shared.run_in_group(f)),
             None => shared.run_in_group(f),
         }?;
-        let mut b = shared.writer.lock();
-        while b.committed < id {
-            b = shared
-                .writer
-                .done
-                .wait(b)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        let failure = b.failure(id);
-        drop(b);
-        // Answered only once the group's commit is on disk.
-        let ended = match (failure, &shared.durability) {
-            (Some(why), _) => Err(commit_failed(&why)),
-            (None, Some(d)) => d.wait(id),
-            (None, None) => Ok(()),
+        // Answered only once the group's commit is on disk. In memory the group
+        // has committed already, on this thread.
+        let ended = match &shared.durability {
+            Some(d) => d.wait(id),
+            None => match shared.writer.lock().failure(id) {
+                Some(why) => Err(commit_failed(&why)),
+                None => Ok(()),
+            },
         };
         settle(out, ended).unwrap_or_else(|panic| resume_unwind(panic))
     }
@@ -853,53 +953,48 @@ fn commit_failed(why: &str) -> ApiError {
     ApiError::internal(format_args!("storage: the commit failed: {why}"))
 }
 
-/// Starts the thread that answers async callers once their commits are durable.
-fn start_syncer(durability: &Arc<Durability>) -> Result<mpsc::Sender<Pending>, ApiError> {
-    let (sender, pending) = mpsc::channel::<Pending>();
-    let durability = durability.clone();
-    std::thread::Builder::new()
-        .name("paybond-sync".to_owned())
-        .spawn(move || {
-            while let Ok(first) = pending.recv() {
-                // Groups arrive in commit order: the first wait covers most of the rest.
-                let mut ended = vec![first];
-                ended.extend(pending.try_iter());
-                for p in ended {
-                    (p.finish)(durability.wait(p.group));
-                }
-            }
+/// The thread that makes commits durable ([`Durability::sync_once`]); stopped
+/// when dropped, once it has synced every group that ended.
+struct SyncThread {
+    durability: Arc<Durability>,
+}
+
+impl SyncThread {
+    fn start(durability: &Arc<Durability>) -> Result<Self, ApiError> {
+        let d = durability.clone();
+        std::thread::Builder::new()
+            .name("paybond-sync".to_owned())
+            .spawn(move || while d.sync_once() {})
+            .map_err(|e| ApiError::internal(format_args!("cannot start the sync thread: {e}")))?;
+        Ok(Self {
+            durability: durability.clone(),
         })
-        .map_err(|e| ApiError::internal(format_args!("cannot start the sync thread: {e}")))?;
-    Ok(sender)
+    }
+}
+
+impl Drop for SyncThread {
+    fn drop(&mut self) {
+        self.durability.stop();
+    }
 }
 
 impl Shared {
     /// Hands an async caller's operation, which ran in group `group`, to what
-    /// answers it: kept until the group commits if it is still open, else answered
-    /// with the commit's failure or passed on to wait for its fsync.
+    /// answers it: kept with the group until it ends if it is still open, else
+    /// handed to the sync thread (or answered, if its outcome is known).
     fn when_ended(&self, group: u64, finish: Finish) {
         let mut b = self.writer.lock();
         if b.committed < group {
             b.waiting.push(Pending { group, finish });
             return;
         }
-        let failure = b.failure(group);
         drop(b);
-        self.ended(Pending { group, finish }, failure.as_deref());
-    }
-
-    /// An async caller's operation whose group has committed (or failed to).
-    fn ended(&self, p: Pending, failure: Option<&str>) {
-        match (failure, &self.syncer) {
-            (Some(why), _) => (p.finish)(Err(commit_failed(why))),
-            (None, Some(syncer)) => {
-                if let Err(mpsc::SendError(p)) = syncer.send(p) {
-                    (p.finish)(Err(ApiError::internal(
-                        "the store's sync thread has stopped",
-                    )));
-                }
-            }
-            (None, None) => (p.finish)(Ok(())),
+        match &self.durability {
+            Some(d) => d.add_pending(Pending { group, finish }),
+            // Async operations run on a file database only (see `submit`).
+            None => finish(Err(ApiError::internal(
+                "an async operation without a writer thread",
+            ))),
         }
     }
 
@@ -921,22 +1016,50 @@ impl Shared {
             b.open = true;
             b.id += 1;
             b.ops = 0;
+            // The write lock is held from here to the commit: a change another
+            // connection (another process on the same file) committed before it
+            // is seen now, and none can come while the group is open.
+            match b
+                .conn
+                .prepare_cached("PRAGMA data_version")
+                .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
+            {
+                Ok(version) if version == b.data_version => {}
+                Ok(version) => {
+                    b.data_version = version;
+                    b.live.get_mut().clear();
+                }
+                Err(_) => b.live.get_mut().clear(),
+            }
         }
         let id = b.id;
         b.ops += 1;
         // The group's first operation needs no savepoint: if it fails, rolling the
         // group back undoes it alone (the others join only after it).
         let first = b.ops == 1;
+        let batch = &*b;
+        let tx = WriterTx {
+            conn: &batch.conn,
+            live: &batch.live,
+            wrote: std::cell::Cell::new(false),
+            kept_live: std::cell::Cell::new(false),
+        };
         let out = if first {
-            catch_unwind(AssertUnwindSafe(|| f(&b.conn)))
+            catch_unwind(AssertUnwindSafe(|| f(&tx)))
         } else {
-            match control(&b.conn, "SAVEPOINT op") {
-                Ok(()) => catch_unwind(AssertUnwindSafe(|| f(&b.conn))),
+            match control(&batch.conn, "SAVEPOINT op") {
+                Ok(()) => catch_unwind(AssertUnwindSafe(|| f(&tx))),
                 Err(e) => Ok(Err(e.into())),
             }
         };
+        // The live state holds nothing an operation undid, or changed without
+        // keeping it in step.
+        let succeeded = matches!(out, Ok(Ok(_)));
+        if !succeeded || (tx.wrote.get() && !tx.kept_live.get()) {
+            batch.live.borrow_mut().clear();
+        }
         // Ok(true): the group goes on (or commits); Ok(false): it is rolled back.
-        let keep = match (first, matches!(out, Ok(Ok(_)))) {
+        let keep = match (first, succeeded) {
             (true, ok) => Ok(ok),
             (false, true) => control(&b.conn, "RELEASE op").map(|()| true),
             (false, false) => control(&b.conn, "ROLLBACK TO op")
@@ -944,8 +1067,6 @@ impl Shared {
                 .map(|()| true),
         };
         let left = self.arrivals.fetch_sub(1, Ordering::SeqCst) - 1;
-        let mut ended = Vec::new();
-        let mut failure = None;
         if left == 0 || b.ops >= self.max_batch || !matches!(keep, Ok(true)) {
             // The last operation in commits the group; a failed first operation
             // rolls it back (it is all the group holds).
@@ -954,8 +1075,10 @@ impl Shared {
                 Ok(false) => control(&b.conn, "ROLLBACK"),
                 Err(e) => Err(e),
             };
+            let mut failure = None;
             if let Err(e) = &commit {
                 let _ = control(&b.conn, "ROLLBACK");
+                b.live.get_mut().clear();
                 failure = Some(e.to_string());
                 b.failed.push_back((id, e.to_string()));
                 if b.failed.len() > 64 {
@@ -964,18 +1087,52 @@ impl Shared {
             }
             b.open = false;
             b.committed = id;
-            if let Some(d) = &self.durability {
-                d.committed.fetch_max(id, Ordering::SeqCst);
-            }
             // Every async caller still waiting ran in this group.
-            ended = std::mem::take(&mut b.waiting);
+            let ended = std::mem::take(&mut b.waiting);
+            if let Some(d) = &self.durability {
+                d.group_ended(id, failure, ended);
+            }
+            // Only a WAL truncation waits here (for no group to be open).
             self.writer.done.notify_all();
         }
         drop(b);
-        for p in ended {
-            self.ended(p, failure.as_deref());
-        }
         Ok((out, id))
+    }
+}
+
+/// The writer's transaction as an operation sees it: the connection, the live
+/// state, and whether the operation wrote and kept the live state in step.
+struct WriterTx<'a> {
+    conn: &'a Connection,
+    live: &'a std::cell::RefCell<LiveState>,
+    wrote: std::cell::Cell<bool>,
+    kept_live: std::cell::Cell<bool>,
+}
+
+impl Tx for WriterTx<'_> {
+    fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ApiError> {
+        self.wrote.set(true);
+        Tx::execute(self.conn, sql, args)
+    }
+
+    fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, ApiError> {
+        // A query may write too (`INSERT … RETURNING`).
+        if !sql.trim_start().starts_with("SELECT") {
+            self.wrote.set(true);
+        }
+        Tx::query(self.conn, sql, args)
+    }
+
+    fn lock_tenant(&self, tenant_id: &str) -> Result<(), ApiError> {
+        Tx::lock_tenant(self.conn, tenant_id)
+    }
+
+    fn live(&self) -> Option<&std::cell::RefCell<LiveState>> {
+        Some(self.live)
+    }
+
+    fn keep_live(&self) {
+        self.kept_live.set(true);
     }
 }
 
@@ -1145,6 +1302,13 @@ mod tests {
 
     use super::*;
     use crate::store::args;
+    use std::sync::mpsc;
+
+    /// Group `id` ended and the sync thread's step ran for it.
+    fn end_and_sync(d: &Durability, id: u64) {
+        d.group_ended(id, None, Vec::new());
+        assert!(d.sync_once());
+    }
 
     #[test]
     fn a_commit_whose_fsync_failed_is_never_acknowledged() {
@@ -1152,20 +1316,54 @@ mod tests {
         // The WAL's "directory" is a file: opening the WAL fails (not "not found").
         let blocker = dir.path().join("blocker");
         std::fs::write(&blocker, b"").unwrap();
-        let durability = Durability {
-            wal: blocker.join("paybond.db-wal"),
-            state: Mutex::new(Synced::default()),
-            synced_now: Condvar::new(),
-            committed: AtomicU64::new(1),
-        };
+        let durability = Durability::new(blocker.join("paybond.db-wal"));
+        end_and_sync(&durability, 1);
         assert!(durability.wait(1).is_err());
 
         // The next fsync would succeed (no WAL: nothing to sync), yet neither the
         // group that failed nor any after it is acknowledged.
         std::fs::remove_file(&blocker).unwrap();
-        durability.committed.store(2, Ordering::SeqCst);
+        end_and_sync(&durability, 2);
         assert!(durability.wait(2).is_err());
         assert!(durability.wait(1).is_err());
+    }
+
+    #[test]
+    fn an_async_operation_is_answered_by_its_groups_fsync_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let durability = Durability::new(dir.path().join("paybond.db-wal"));
+        let (answer, answered) = mpsc::channel();
+        let finish = |n: u64| -> Finish {
+            let answer = answer.clone();
+            Box::new(move |r| answer.send((n, r.is_ok())).unwrap())
+        };
+        durability.group_ended(
+            1,
+            None,
+            vec![Pending {
+                group: 1,
+                finish: finish(1),
+            }],
+        );
+        durability.group_ended(2, Some("disk full".into()), Vec::new());
+        // A group whose commit failed is answered at once; the committed one
+        // waits for the fsync.
+        durability.add_pending(Pending {
+            group: 2,
+            finish: finish(2),
+        });
+        assert_eq!(answered.try_recv().unwrap(), (2, false));
+        assert!(answered.try_recv().is_err());
+        assert!(durability.sync_once());
+        assert_eq!(answered.try_recv().unwrap(), (1, true));
+        // Once synced, a late arrival of a synced group is answered at once.
+        durability.add_pending(Pending {
+            group: 1,
+            finish: finish(3),
+        });
+        assert_eq!(answered.try_recv().unwrap(), (3, true));
+        assert!(durability.wait(2).is_err());
+        durability.wait(1).unwrap();
     }
 
     fn stored(store: &SqliteStore, key: &str) -> bool {
@@ -1228,6 +1426,47 @@ mod tests {
     }
 
     #[test]
+    fn the_live_state_holds_only_what_operations_that_keep_it_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&Storage::File(dir.path().join("l.db")), 1 << 20).unwrap();
+        let tip = |store: &SqliteStore| {
+            store
+                .write(|tx| Ok(tx.live().unwrap().borrow().tip("t").map(|(seq, _)| seq)))
+                .unwrap()
+        };
+        let keep = |seq: u64, fail: bool| {
+            move |tx: &dyn Tx| {
+                tx.keep_live();
+                put(tx, &format!("k{seq}"))?;
+                tx.live().unwrap().borrow_mut().set_tip("t", seq, "h".into());
+                if fail {
+                    return Err(ApiError::conflict("refused", "the operation failed"));
+                }
+                Ok(())
+            }
+        };
+        store.write(keep(1, false)).unwrap();
+        assert_eq!(tip(&store), Some(1));
+        // Reads that do not write leave it.
+        assert!(stored(&store, "k1"));
+        assert_eq!(tip(&store), Some(1));
+        // An operation that fails: what it put there goes with what it wrote.
+        assert!(store.write(keep(2, true)).is_err());
+        assert_eq!(tip(&store), None);
+        store.write(keep(3, false)).unwrap();
+        // An operation that writes without keeping it in step empties it.
+        store.write(|tx| put(tx, "other")).unwrap();
+        assert_eq!(tip(&store), None);
+        store.write(keep(4, false)).unwrap();
+        // So does a commit by another connection to the file.
+        let other = Connection::open(dir.path().join("l.db")).unwrap();
+        other
+            .execute("INSERT INTO meta (key, value) VALUES ('elsewhere', x'00')", [])
+            .unwrap();
+        assert_eq!(tip(&store), None);
+    }
+
+    #[test]
     fn async_operations_are_answered_with_their_own_outcome_once_durable() {
         let dir = tempfile::tempdir().unwrap();
         let store =
@@ -1287,7 +1526,7 @@ mod tests {
         }
         // Committed to the WAL and synced, whichever way they came.
         let d = store.shared.durability.as_ref().unwrap();
-        let upto = d.state.lock().unwrap().upto;
+        let upto = d.lock().upto;
         assert_eq!(upto, store.shared.writer.lock().committed);
     }
 
@@ -1416,21 +1655,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = dir.path().join("paybond.db-wal");
         std::fs::write(&wal, b"wal").unwrap();
-        let durability = Durability {
-            wal,
-            state: Mutex::new(Synced::default()),
-            synced_now: Condvar::new(),
-            committed: AtomicU64::new(3),
-        };
+        let mut durability = Durability::new(wal);
+        end_and_sync(&durability, 3);
         durability.wait(3).unwrap();
         let blocker = dir.path().join("blocker");
         std::fs::write(&blocker, b"").unwrap();
-        let failing = Durability {
-            wal: blocker.join("paybond.db-wal"),
-            ..durability
-        };
-        failing.committed.store(4, Ordering::SeqCst);
-        assert!(failing.wait(4).is_err());
-        failing.wait(3).unwrap();
+        durability.wal = blocker.join("paybond.db-wal");
+        end_and_sync(&durability, 4);
+        assert!(durability.wait(4).is_err());
+        durability.wait(3).unwrap();
     }
 }

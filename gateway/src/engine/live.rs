@@ -1,0 +1,241 @@
+//! The spend state the writer keeps in memory: what a decision reads about its
+//! intent and each tenant's ledger tip, so that deciding reads nothing of the
+//! database on the common path.
+//!
+//! It lives where every write of a store goes through one writer (SQLite: one
+//! connection, see [`crate::store::Tx::live`]) and is changed only by the writer's
+//! operations, in their order. It is a cache that is never stale:
+//!
+//! - an operation that changes an intent's amounts here ([`Tx::keep_live`]) does so
+//!   in the same step it writes them;
+//! - any other operation that writes, any operation that fails, any group whose
+//!   commit fails, and any change committed by another connection to the database
+//!   (another process on the same file) empties it;
+//! - [`crate::engine::ledger::append`], the one writer of the ledger, keeps the
+//!   tips.
+//!
+//! What is not here is read from the database, which holds everything (the
+//! projections are written in the same transaction), so a miss costs a query, never
+//! a wrong answer.
+
+use std::collections::HashMap;
+
+use paybond_middleware_core::wire::LifecycleStatus;
+
+use crate::engine::rules::IntentFacts;
+use crate::error::ApiError;
+use crate::store::{Tx, args};
+
+/// Intents kept at most; past it the map starts over (they are read again on
+/// demand), so memory stays bounded whatever the number of intents.
+const MAX_INTENTS: usize = 65_536;
+
+/// The writer's in-memory spend state (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct LiveState {
+    /// Each tenant's ledger tip: its last entry's seq and hash.
+    tips: HashMap<String, (u64, String)>,
+    /// What a decision reads of an intent, by intent id.
+    intents: HashMap<String, LiveIntent>,
+}
+
+/// An intent as a decision reads it.
+#[derive(Debug, Clone)]
+struct LiveIntent {
+    tenant: String,
+    state: Option<LifecycleStatus>,
+    state_name: String,
+    deadline_ms: i64,
+    budget_cents: u64,
+    /// Consumed plus reserved, as the intents table holds it (reservations past
+    /// their TTL included until the sweep expires them).
+    counted_cents: u64,
+    currency: String,
+    operations: Vec<String>,
+    /// No open reservation of the intent lapses before this (`i64::MAX`: none is
+    /// open). Lowered by every reservation; never raised (finalizing one leaves
+    /// it), so it errs early: a decision at or past it reads the lapsed amount.
+    next_lapse_ms: i64,
+}
+
+impl LiveState {
+    /// Forgets everything: read again from the database on demand.
+    pub(crate) fn clear(&mut self) {
+        self.tips.clear();
+        self.intents.clear();
+    }
+
+    /// `tenant`'s ledger tip, if known.
+    pub(crate) fn tip(&self, tenant: &str) -> Option<(u64, &str)> {
+        self.tips
+            .get(tenant)
+            .map(|(seq, hash)| (*seq, hash.as_str()))
+    }
+
+    /// `tenant`'s ledger tip is now `seq`, `hash`.
+    pub(crate) fn set_tip(&mut self, tenant: &str, seq: u64, hash: String) {
+        match self.tips.get_mut(tenant) {
+            Some(tip) => *tip = (seq, hash),
+            None => {
+                self.tips.insert(tenant.to_owned(), (seq, hash));
+            }
+        }
+    }
+
+    /// A decision's reservation of `cents` on `intent`, lapsing at `expires_ms`.
+    /// Nothing to do for an intent not held here (it is read with it).
+    pub(crate) fn reserved(&mut self, intent: &str, cents: u64, expires_ms: i64) {
+        if let Some(i) = self.intents.get_mut(intent) {
+            i.counted_cents = i.counted_cents.saturating_add(cents);
+            i.next_lapse_ms = i.next_lapse_ms.min(expires_ms);
+        }
+    }
+
+    /// A reservation of `reserved` cents on `intent` finalized at `actual` (0 when
+    /// released): the rest returns to the budget.
+    pub(crate) fn finalized(&mut self, intent: &str, reserved: u64, actual: u64) {
+        if let Some(i) = self.intents.get_mut(intent) {
+            i.counted_cents = i
+                .counted_cents
+                .saturating_sub(reserved)
+                .saturating_add(actual);
+        }
+    }
+}
+
+/// What a decision at `now` reads of `intent` (of `tenant`'s): from the writer's
+/// live state, or from the database (then kept in the live state, if the store
+/// has one). `None` if the tenant has no such intent.
+pub(crate) fn intent_facts(
+    tx: &dyn Tx,
+    tenant: &str,
+    intent: &str,
+    now: i64,
+) -> Result<Option<IntentFacts>, ApiError> {
+    let live = tx.live();
+    let cached = live.and_then(|l| l.borrow().intents.get(intent).cloned());
+    let held = match cached {
+        Some(held) => held,
+        None => {
+            let Some(held) = load(tx, tenant, intent)? else {
+                return Ok(None);
+            };
+            if let Some(live) = live {
+                let mut state = live.borrow_mut();
+                if state.intents.len() >= MAX_INTENTS {
+                    state.intents.clear();
+                }
+                state.intents.insert(intent.to_owned(), held.clone());
+            }
+            held
+        }
+    };
+    if held.tenant != tenant {
+        return Ok(None);
+    }
+    // Reservations past their TTL return to the budget whether or not the sweep
+    // has expired them yet; none has lapsed before `next_lapse_ms`.
+    let lapsed = if now >= held.next_lapse_ms {
+        crate::engine::lifecycle::lapsed_cents(tx, intent, now)?
+    } else {
+        0
+    };
+    Ok(Some(IntentFacts {
+        state: held.state,
+        state_name: held.state_name,
+        deadline_ms: held.deadline_ms,
+        budget_cents: held.budget_cents,
+        spent_cents: held.counted_cents.saturating_sub(lapsed),
+        currency: held.currency,
+        operations: held.operations,
+    }))
+}
+
+/// An intent as the database holds it, with when its first open reservation lapses.
+fn load(tx: &dyn Tx, tenant: &str, intent: &str) -> Result<Option<LiveIntent>, ApiError> {
+    let row = tx.query_opt(
+        "SELECT state, deadline_ms, budget_cents, consumed_cents + reserved_cents,
+             currency, operations
+         FROM intents WHERE id = ?1 AND tenant_id = ?2",
+        args![intent, tenant],
+        |r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<i64>(1)?,
+                r.get::<u64>(2)?,
+                r.get::<u64>(3)?,
+                r.get::<String>(4)?,
+                r.get::<String>(5)?,
+            ))
+        },
+    )?;
+    let Some((state_name, deadline_ms, budget_cents, counted_cents, currency, operations)) = row
+    else {
+        return Ok(None);
+    };
+    let next_lapse_ms: Option<i64> = tx.query_one(
+        "SELECT MIN(expires_ms) FROM reservations WHERE intent_id = ?1 AND state = 'open'",
+        args![intent],
+        |r| r.get(0),
+    )?;
+    Ok(Some(LiveIntent {
+        tenant: tenant.to_owned(),
+        state: IntentFacts::parse_state(&state_name),
+        state_name,
+        deadline_ms,
+        budget_cents,
+        counted_cents,
+        currency,
+        operations: serde_json::from_str(&operations).unwrap_or_default(),
+        next_lapse_ms: next_lapse_ms.unwrap_or(i64::MAX),
+    }))
+}
+
+/// Where the live state differs from the database (nothing, if it is in step):
+/// every intent and tip it holds, read again and compared.
+#[cfg(test)]
+pub(crate) fn differences(tx: &dyn Tx) -> Result<Vec<String>, ApiError> {
+    let Some(live) = tx.live() else {
+        return Ok(Vec::new());
+    };
+    let state = live.borrow();
+    let mut out = Vec::new();
+    for (id, held) in &state.intents {
+        match load(tx, &held.tenant, id)? {
+            None => out.push(format!("intent {id}: held, but not in the database")),
+            Some(stored) => {
+                let facts = |i: &LiveIntent| {
+                    (
+                        i.state_name.clone(),
+                        i.deadline_ms,
+                        i.budget_cents,
+                        i.counted_cents,
+                        i.currency.clone(),
+                        i.operations.clone(),
+                    )
+                };
+                if facts(held) != facts(&stored) {
+                    out.push(format!("intent {id}: held {held:?}, stored {stored:?}"));
+                }
+                // The held bound may be early (finalized reservations leave it),
+                // never late.
+                if held.next_lapse_ms > stored.next_lapse_ms {
+                    out.push(format!(
+                        "intent {id}: first lapse held at {}, stored at {}",
+                        held.next_lapse_ms, stored.next_lapse_ms
+                    ));
+                }
+            }
+        }
+    }
+    for (tenant, (seq, hash)) in &state.tips {
+        let stored = crate::engine::ledger::tip(tx, tenant)?;
+        if (stored.seq, &stored.hash) != (*seq, hash) {
+            out.push(format!(
+                "tenant {tenant}: tip held at {seq}, stored at {}",
+                stored.seq
+            ));
+        }
+    }
+    Ok(out)
+}

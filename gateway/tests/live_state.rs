@@ -1,0 +1,118 @@
+//! The writer keeps what a decision reads in memory. Two engines on one SQLite file
+//! (two processes on one data directory) each keep their own: what one commits,
+//! the other sees before it decides, so together they never spend past a budget.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on setup failures
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Fixture, verify_request};
+use paybond_gateway::{Engine, EngineConfig, Storage};
+use paybond_middleware_core::wire::{CompleteRequest, Finalization};
+
+fn on_file(path: &std::path::Path) -> EngineConfig {
+    EngineConfig::new(Storage::File(path.to_owned()))
+}
+
+#[test]
+fn a_second_engine_on_the_same_file_is_seen_before_the_next_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("paybond.db");
+    let f = Fixture::with_config(on_file(&db));
+    let other = Engine::open(on_file(&db)).unwrap();
+    let (intent, token) = f.intent(100);
+
+    // The first engine reads the intent and keeps it.
+    let r = f
+        .engine
+        .verify(&f.agent, &verify_request(intent, &token, 60))
+        .unwrap();
+    assert!(r.allow, "{r:?}");
+    // The second reserves most of what is left.
+    let r = other
+        .verify(&f.agent, &verify_request(intent, &token, 30))
+        .unwrap();
+    assert!(r.allow, "{r:?}");
+    assert_eq!(r.remaining_cents, Some(10));
+    // The first sees it: 20 more would overspend.
+    let r = f
+        .engine
+        .verify(&f.agent, &verify_request(intent, &token, 20))
+        .unwrap();
+    assert!(!r.allow);
+    assert_eq!(r.code.as_deref(), Some("intent_budget_exceeded"), "{r:?}");
+    let r = f
+        .engine
+        .verify(&f.agent, &verify_request(intent, &token, 10))
+        .unwrap();
+    assert!(r.allow, "{r:?}");
+    assert_eq!(r.remaining_cents, Some(0));
+
+    // A release by the other engine returns its amount to the first one's budget.
+    let released = other
+        .complete(
+            &f.agent,
+            r.decision_id.unwrap(),
+            &CompleteRequest {
+                outcome: Finalization::Released,
+                actual_spend_cents: None,
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(released.returned_cents, Some(10));
+    let r = f
+        .engine
+        .verify(&f.agent, &verify_request(intent, &token, 10))
+        .unwrap();
+    assert!(r.allow, "{r:?}");
+
+    // Both ledgers' tips are the file's: the chain the two wrote is one.
+    assert!(f.engine.verify_ledger().unwrap().valid);
+}
+
+#[test]
+fn two_engines_deciding_at_once_on_one_file_never_overspend() {
+    const BUDGET: u64 = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("paybond.db");
+    let f = Fixture::with_config(on_file(&db));
+    let engines = [
+        f.engine.clone(),
+        Arc::new(Engine::open(on_file(&db)).unwrap()),
+    ];
+    let (intent, token) = f.intent(BUDGET);
+    let allowed: u64 = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|n| {
+                let engine = engines[n % 2].clone();
+                let (agent, token) = (&f.agent, &token);
+                s.spawn(move || {
+                    let mut cents = 0;
+                    for i in 0..60_u64 {
+                        let amount = 7 + (i * 13 + n as u64) % 50;
+                        let r = engine
+                            .verify(agent, &verify_request(intent, token, amount))
+                            .unwrap();
+                        if r.allow {
+                            cents += amount;
+                        }
+                    }
+                    cents
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    assert!(allowed <= BUDGET, "{allowed} cents allowed of {BUDGET}");
+    // Every cent the two allowed is reserved in the file, and nothing else.
+    let reserved = f
+        .engine
+        .get_intent(&f.agent, intent)
+        .unwrap()
+        .reserved_cents;
+    assert_eq!(reserved, allowed);
+    assert!(f.engine.verify_ledger().unwrap().valid);
+}
