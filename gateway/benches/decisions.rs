@@ -3,14 +3,16 @@
 //! - In process (`-- in-process`): `Engine::verify` + `Engine::complete` by 1, 16 and 64
 //!   threads on the SQLite file store (durable) and the in-memory store; then
 //!   `Engine::verify` alone by one thread in memory (the CPU cost of a decision) and by
-//!   16 and 64 threads on the file store.
+//!   16 and 64 threads on the file store, and by 64 async tasks (verify alone, then
+//!   with complete) through `verify_async`/`complete_async`.
 //! - Over loopback HTTP (`-- http`), 16 connections, then 128: the server's `/healthz`
 //!   (the floor), verify alone, and verify + complete, in the same run.
 //! - PostgreSQL (`-- postgres`, on `PAYBOND_BENCH_DATABASE_URL` or
 //!   `PAYBOND_TEST_DATABASE_URL`): in process, then over HTTP with one replica and
 //!   with three replicas on one database.
 //! - For a profiler (`perf record … decisions-<hash> profile`): `-- profile` repeats
-//!   verify alone by one thread in memory, `-- profile-file` by 16 threads on a file.
+//!   verify alone by one thread in memory, `-- profile-file` by 16 threads on a file,
+//!   `-- profile-async` by 64 async tasks on a file.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)] // a bench binary
 
@@ -288,6 +290,43 @@ fn in_process_on(label: &str, s: Arc<Setup>, threads: usize, verify_only: bool, 
     print(label, &stats(lat, start.elapsed()));
 }
 
+/// `tasks` async callers on a 2-worker runtime, each deciding in a loop through
+/// the engine's async calls (which queue to the writer and hold no thread while
+/// they wait), completing each decision unless `verify_only`.
+fn in_process_async(label: &str, s: Arc<Setup>, tasks: usize, verify_only: bool) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stats = rt.block_on(drive(tasks, move || {
+        let s = s.clone();
+        async move {
+            let r = s
+                .engine
+                .verify_async(s.agent.clone(), verify_request(&s))
+                .await
+                .unwrap();
+            assert!(r.allow, "{:?}", r.code);
+            if !verify_only {
+                s.engine
+                    .complete_async(
+                        s.agent.clone(),
+                        r.decision_id.unwrap(),
+                        CompleteRequest {
+                            outcome: Finalization::Consumed,
+                            actual_spend_cents: Some(1),
+                        },
+                        None,
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    }));
+    print(label, &stats);
+}
+
 fn main() {
     // `cargo bench --bench decisions -- in-process` (or `http`) runs one group only.
     let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
@@ -307,6 +346,18 @@ fn main() {
                 1,
                 true,
                 false,
+            );
+        }
+        return;
+    }
+    if only.as_deref() == Some("profile-async") {
+        let s = Arc::new(setup(Storage::File(dir.path().join("profile-async.db"))));
+        for _ in 0..3 {
+            in_process_async(
+                "verify alone, async, SQLite file, 64 tasks",
+                s.clone(),
+                64,
+                true,
             );
         }
         return;
@@ -351,6 +402,16 @@ fn main() {
                 Storage::File(dir.path().join(format!("verify-{threads}.db"))),
                 threads,
                 true,
+            );
+        }
+        for (verify_only, what) in [(true, "verify alone"), (false, "verify + complete")] {
+            in_process_async(
+                &format!("{what}, async, SQLite file, 64 tasks"),
+                Arc::new(setup(Storage::File(
+                    dir.path().join(format!("async-{verify_only}.db")),
+                ))),
+                64,
+                verify_only,
             );
         }
         in_process_on(

@@ -185,31 +185,19 @@ pub(crate) fn buckets_of<'a>(
 ///
 /// One keyed update per bucket: a single statement with `bucket IN (…)` makes
 /// SQLite build a temporary B-tree of the list on every call, which cost more than
-/// the updates themselves. PostgreSQL receives them pipelined, in one round trip.
+/// the updates themselves. PostgreSQL receives them pipelined with the decision's
+/// other writes, in one round trip.
 pub(crate) fn adjust(tx: &dyn Tx, r: &Counted<'_>, delta: i64) -> Result<(), ApiError> {
     if delta == 0 {
         return Ok(());
     }
-    let keys: Vec<String> = buckets_of(r.agent, r.agent_subject, r.vendor, r.tool)
-        .map(|b| b.key())
-        .collect();
-    let each: Vec<[Arg<'_>; 4]> = keys
-        .iter()
-        .map(|key| {
-            [
-                r.tenant.to_arg(),
-                key.to_arg(),
-                r.created_ms.to_arg(),
-                delta.to_arg(),
-            ]
-        })
-        .collect();
-    let each: Vec<&[Arg<'_>]> = each.iter().map(|a| a.as_slice()).collect();
-    tx.execute_each(
-        "UPDATE spend_counters SET spent_cents = spent_cents + ?4
-         WHERE tenant_id = ?1 AND bucket = ?2 AND window_start <= ?3 AND window_end > ?3",
-        &each,
-    )?;
+    for bucket in buckets_of(r.agent, r.agent_subject, r.vendor, r.tool) {
+        tx.execute_later(
+            "UPDATE spend_counters SET spent_cents = spent_cents + ?4
+             WHERE tenant_id = ?1 AND bucket = ?2 AND window_start <= ?3 AND window_end > ?3",
+            args![r.tenant, bucket.key(), r.created_ms, delta],
+        )?;
+    }
     Ok(())
 }
 

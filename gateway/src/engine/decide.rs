@@ -145,12 +145,13 @@ impl Engine {
         check_verify(principal, req)?;
         let started = Instant::now();
         let policy = self.policy_for(&principal.tenant_id)?;
+        let token = self.token_facts(req);
         let result = self.idempotent(
             principal,
             "verify",
             req.idempotency_key.as_deref(),
             req,
-            |tx, now| self.decide(tx, now, principal, req, policy.as_deref()),
+            |tx, now| self.decide(tx, now, principal, req, policy.as_deref(), token),
         )?;
         self.count_verify(started, &result);
         Ok(result)
@@ -171,6 +172,7 @@ impl Engine {
         check_verify(&principal, &req)?;
         let started = Instant::now();
         let key = req.idempotency_key.clone();
+        let token = self.token_facts(&req);
         let result = self
             .idempotent_async(
                 principal,
@@ -178,12 +180,21 @@ impl Engine {
                 key.as_deref(),
                 req,
                 move |engine, tx, now, principal, req| {
-                    engine.decide(tx, now, principal, req, Some(&policy))
+                    engine.decide(tx, now, principal, req, Some(&policy), token)
                 },
             )
             .await?;
         self.count_verify(started, &result);
         Ok(result)
+    }
+
+    /// What the capability token of `req` proves, checked before the decision
+    /// reaches the writer (a signature check needs nothing of the store).
+    fn token_facts(&self, req: &VerifyRequest) -> TokenFacts {
+        match self.minter.check(req.token.expose_secret()) {
+            Ok(claims) => TokenFacts::Valid(claims),
+            Err(_) => TokenFacts::Invalid,
+        }
     }
 
     /// A verify's latency and outcome, in the metrics.
@@ -412,6 +423,7 @@ impl Engine {
         principal: &Principal,
         req: &VerifyRequest,
         policy: Option<&EffectivePolicy>,
+        token: TokenFacts,
     ) -> Result<VerifyResult, ApiError> {
         let call = call_of(
             principal,
@@ -433,10 +445,6 @@ impl Engine {
             budget_only: false,
             phase: req.phase,
             approved: false,
-        };
-        let token = match self.minter.check(req.token.expose_secret()) {
-            Ok(claims) => TokenFacts::Valid(claims),
-            Err(_) => TokenFacts::Invalid,
         };
         let ctx = self.prefetch(tx, now, &call, &ask, policy, Some(token))?;
         // Every decision keeps the checks it evaluated: its proof trace.
@@ -582,7 +590,7 @@ impl Engine {
             now,
         )?;
         // With its ledger position, which orders decisions made in the same millisecond.
-        tx.execute(
+        tx.execute_later(
             "INSERT INTO decisions (id, tenant_id, intent_id, outcome, response, created_ms, ledger_seq)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             args![
@@ -615,7 +623,7 @@ impl Engine {
         call: &Call<'_>,
         decision_id: Uuid,
     ) -> Result<(), ApiError> {
-        tx.execute(
+        tx.execute_later(
             "INSERT INTO reservations (id, tenant_id, intent_id, tool, operation, vendor, agent,
              agent_subject, amount_cents, state, created_ms, expires_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'open', ?10, ?11)",
@@ -633,7 +641,7 @@ impl Engine {
                 now + self.config.reservation_ttl_ms
             ],
         )?;
-        tx.execute(
+        tx.execute_later(
             "UPDATE intents SET reserved_cents = reserved_cents + ?2 WHERE id = ?1",
             args![call.intent, call.amount],
         )?;

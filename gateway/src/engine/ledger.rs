@@ -122,7 +122,7 @@ pub(crate) fn append(
     let mut text = String::new();
     paybond_policies::write_canonical(&mut text, &payload);
     let hash = hash_of(tenant_id, seq, event, &text, at_ms, &prev_hash);
-    tx.execute(
+    tx.execute_later(
         "INSERT INTO ledger (tenant_id, seq, event, payload, at_ms, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         args![tenant_id, seq, event, text, at_ms, prev_hash, hash],

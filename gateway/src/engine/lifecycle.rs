@@ -1241,7 +1241,7 @@ pub(crate) fn complete_tx(
         returned_cents: Some(reserved - actual),
         reported_spend_cents: reported.filter(|r| *r > reserved),
     };
-    tx.execute(
+    tx.execute_later(
         "UPDATE intents SET reserved_cents = reserved_cents - ?2, consumed_cents = consumed_cents + ?3
          WHERE id = ?1",
         args![intent, reserved, actual],
@@ -1255,7 +1255,7 @@ pub(crate) fn complete_tx(
         &held_row.counted(&principal.tenant_id),
         i64::try_from(actual).unwrap_or(i64::MAX) - i64::try_from(reserved).unwrap_or(i64::MAX),
     )?;
-    tx.execute(
+    tx.execute_later(
         "UPDATE reservations SET state = ?2, actual_cents = ?3, finalized_ms = ?4, complete_response = ?5
          WHERE id = ?1",
         args![

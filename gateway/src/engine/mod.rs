@@ -581,7 +581,7 @@ impl Engine {
                 serde_json::to_string(&stored)?
             }
         };
-        tx.execute(
+        tx.execute_later(
             "INSERT INTO idempotency (tenant_id, key, route, body_hash, response, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             args![
@@ -635,6 +635,7 @@ impl Engine {
         T: Send + 'static,
         F: FnOnce(&Self, &dyn Tx, i64, &str) -> Result<T, ApiError> + Send + 'static,
     {
+        let tenant = tenant_id.clone();
         let op = move |engine: &Arc<Self>, tx: &dyn Tx| {
             tx.lock_tenant(&tenant_id)?;
             f(engine, tx, engine.now_ms(), &tenant_id)
@@ -642,7 +643,7 @@ impl Engine {
         match self.store.submit(self.clone(), op) {
             Ok(answer) => answer.await,
             Err((engine, op)) => {
-                self.blocking(move |e| e.store.write(None, |tx| op(&engine, tx)))
+                self.blocking(move |e| e.store.write(Some(&tenant), |tx| op(&engine, tx)))
                     .await
             }
         }

@@ -418,15 +418,13 @@ pub(crate) trait Tx {
     /// Runs a query; every row.
     fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, ApiError>;
 
-    /// Runs one statement once for each argument list, in order; the rows they
-    /// changed. A store that talks to its database over a connection sends them
-    /// together (PostgreSQL pipelines them: one round trip, not one each).
-    fn execute_each(&self, sql: &str, each: &[&[Arg<'_>]]) -> Result<u64, ApiError> {
-        let mut changed = 0;
-        for args in each {
-            changed += self.execute(sql, args)?;
-        }
-        Ok(changed)
+    /// Runs a write whose only outcome that matters is success. A store that talks
+    /// to its database over a connection may send it with the next statement
+    /// (PostgreSQL pipelines them: one round trip for several), so its failure may
+    /// be reported by a later statement, or when the operation ends; either way the
+    /// operation fails and none of its writes is kept.
+    fn execute_later(&self, sql: &str, args: &[Arg<'_>]) -> Result<(), ApiError> {
+        self.execute(sql, args).map(drop)
     }
 
     /// Serializes this transaction against every other that locks the same tenant
@@ -527,9 +525,11 @@ impl Store {
             }
             f(tx)
         };
-        match self {
-            Self::Sqlite(s) => s.write(locked),
-            Self::Postgres(p) => p.write(locked),
+        match (self, tenant) {
+            (Self::Sqlite(s), _) => s.write(locked),
+            // A tenant's writes on a replica share a transaction holding its lock.
+            (Self::Postgres(p), Some(t)) => p.write_as(t, locked),
+            (Self::Postgres(p), None) => p.write(locked),
         }
     }
 

@@ -12,26 +12,48 @@
 //! proceed in parallel. The sweep locks tenants in order, so two replicas
 //! sweeping at once cannot deadlock.
 //!
+//! A replica's writes of one tenant share a transaction: the first to arrive
+//! opens it and takes the tenant's lock, every write of the tenant that arrives
+//! meanwhile runs in it (each in a savepoint of its own, so a failed one is undone
+//! alone), and the last one in commits for all. The lock is taken once and the
+//! commit's fsync is paid once for the group, and what the group's decisions read
+//! of the tenant is kept in memory for its length ([`LiveState`]): nothing else
+//! can change the tenant while the group holds its lock. A write whose only
+//! outcome that matters is success ([`Tx::execute_later`]) is held back and sent
+//! with the next statement, pipelined: a decision that reads nothing of the
+//! database sends its savepoint, its writes and the savepoint's release in one
+//! round trip.
+//!
 //! The driver is tokio-postgres. Its connections and statements run on a small
 //! runtime of the store's own; the engine (synchronous) waits for each statement
 //! on a channel, so it may be called from any thread, async or not.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::error::Error;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::BytesMut;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{Arg, DatabaseUrl, Row, Tx, Value, schema};
+use crate::engine::live::LiveState;
 use crate::error::ApiError;
 
 /// Connections per replica.
 const POOL_SIZE: usize = 8;
+
+/// Statements a transaction holds back at most before it sends them (fewer than
+/// `try_join_all` polls in order without a queue).
+const MAX_PENDING: usize = 16;
+
+/// Writes one group of a tenant takes at most, so that a steady stream of them
+/// still commits (and answers) regularly.
+const MAX_GROUP: usize = 64;
 
 /// Serializes migrations across replicas (an arbitrary constant of this gateway's).
 const MIGRATION_LOCK: i64 = 0x7061_7962_6f6e_6401;
@@ -48,6 +70,39 @@ pub(crate) struct PgStore {
     url: DatabaseUrl,
     pool: Mutex<Pool>,
     returned: Condvar,
+    /// Each tenant's group of writes on this replica.
+    groups: Mutex<HashMap<String, Arc<TenantGroup>>>,
+}
+
+/// The writes of one tenant on this replica, and the transaction they share.
+#[derive(Default)]
+struct TenantGroup {
+    /// Writes that have asked to join and not yet run.
+    arrivals: AtomicUsize,
+    state: Mutex<GroupState>,
+    /// A group has ended.
+    ended: Condvar,
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// The open group's transaction.
+    open: Option<OpenGroup>,
+    /// The id of the open (or last) group.
+    id: u64,
+    /// Writes in the open group.
+    ops: usize,
+    /// The last group that ended.
+    ended: u64,
+    /// Recent groups whose commit failed, with why.
+    failed: VecDeque<(u64, ApiError)>,
+}
+
+/// A group's transaction: its connection (the tenant locked) and what its
+/// decisions read of the tenant, kept while it is open.
+struct OpenGroup {
+    conn: RefCell<Conn>,
+    live: RefCell<LiveState>,
 }
 
 struct Pool {
@@ -164,6 +219,7 @@ impl PgStore {
             url: url.clone(),
             pool: Mutex::new(Pool { idle, lost: 0 }),
             returned: Condvar::new(),
+            groups: Mutex::new(HashMap::new()),
         })
     }
 
@@ -233,34 +289,198 @@ impl PgStore {
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let runtime = self.handle()?;
-        let conn = self.take(runtime)?;
-        let tx = PgTx {
-            runtime,
-            conn: RefCell::new(conn),
-        };
+        let conn = RefCell::new(self.take(runtime)?);
+        let tx = PgTx::new(runtime, &conn, None);
         let begun = tx.batch(begin);
         let out = match begun {
             Ok(()) => catch_unwind(AssertUnwindSafe(|| f(&tx))),
             Err(e) => Ok(Err(e)),
         };
+        // What `f` held back goes with the commit; if any of it fails, so does
+        // the commit.
         let end = if matches!(out, Ok(Ok(_))) {
             tx.batch("COMMIT")
         } else {
+            tx.discard();
             tx.batch("ROLLBACK")
         };
-        let conn = tx.conn.into_inner();
-        // A connection the server closed is not given back but opened again when
-        // next needed: the pool never hands out a dead connection.
-        if conn.client.is_closed() {
-            self.lose();
-        } else {
-            self.give_back(conn);
-        }
+        drop(tx);
+        self.put_back(conn.into_inner());
         match out {
             Err(panic) => resume_unwind(panic),
             Ok(Ok(v)) => end.map(|()| v),
             Ok(Err(e)) => Err(e),
         }
+    }
+}
+
+impl PgStore {
+    /// A connection back to the pool; one the server closed is not given back but
+    /// opened again when next needed: the pool never hands out a dead connection.
+    fn put_back(&self, conn: Conn) {
+        if conn.client.is_closed() {
+            self.lose();
+        } else {
+            self.give_back(conn);
+        }
+    }
+
+    fn group(&self, tenant: &str) -> Arc<TenantGroup> {
+        let mut groups = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match groups.get(tenant) {
+            Some(g) => g.clone(),
+            None => {
+                let g = Arc::new(TenantGroup::default());
+                groups.insert(tenant.to_owned(), g.clone());
+                g
+            }
+        }
+    }
+
+    /// Runs `f`, a write of `tenant`'s, in the tenant's open group on this replica
+    /// (opening one, which takes the tenant's lock, if none is open), in a
+    /// savepoint of its own unless it opened the group; the last write in commits
+    /// the group. Returns once the group has committed: `f`'s outcome, or the
+    /// commit's failure.
+    pub(crate) fn write_as<T>(
+        &self,
+        tenant: &str,
+        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let runtime = self.handle()?;
+        let group = self.group(tenant);
+        group.arrivals.fetch_add(1, Ordering::SeqCst);
+        let mut st = group.lock();
+        if st.open.is_none() {
+            match self.open_group(runtime, tenant) {
+                Ok(open) => {
+                    st.open = Some(open);
+                    st.id += 1;
+                    st.ops = 0;
+                }
+                Err(e) => {
+                    group.arrivals.fetch_sub(1, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
+        }
+        let id = st.id;
+        st.ops += 1;
+        let first = st.ops == 1;
+        let Some(open) = st.open.as_ref() else {
+            group.arrivals.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::internal(
+                "storage: a tenant's group has no transaction",
+            ));
+        };
+        let tx = PgTx::new(runtime, &open.conn, Some((tenant, &open.live)));
+        // The group's first write needs no savepoint: if it fails, rolling the
+        // group back undoes it alone (the others join only after it). The
+        // savepoint goes with the write's first statement.
+        if !first {
+            tx.control_later("SAVEPOINT op");
+        }
+        let out = catch_unwind(AssertUnwindSafe(|| f(&tx)));
+        // What the write held back is sent now (with the savepoint's release): if
+        // any of it fails, the write fails.
+        let out = match out {
+            Ok(Ok(v)) => match if first { tx.send(None) } else { tx.release() } {
+                Ok(()) => Ok(Ok(v)),
+                Err(e) => Ok(Err(e)),
+            },
+            other => other,
+        };
+        let succeeded = matches!(out, Ok(Ok(_)));
+        if !succeeded || (tx.wrote.get() && !tx.kept_live.get()) {
+            open.live.borrow_mut().clear();
+        }
+        // Ok(true): the group goes on (or commits); Ok(false): it is rolled back.
+        let keep = match (first, succeeded) {
+            (_, true) => Ok(true),
+            (true, false) => Ok(false),
+            (false, false) => tx.undo().map(|()| true),
+        };
+        drop(tx);
+        let left = group.arrivals.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 || st.ops >= MAX_GROUP || !matches!(keep, Ok(true)) {
+            if let Some(open) = st.open.take() {
+                let end = PgTx::new(runtime, &open.conn, None);
+                let ended = match keep {
+                    Ok(true) => end.batch("COMMIT"),
+                    Ok(false) => end.batch("ROLLBACK"),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = ended {
+                    let _ = end.batch("ROLLBACK");
+                    st.failed.push_back((id, e));
+                    if st.failed.len() > 64 {
+                        st.failed.pop_front();
+                    }
+                }
+                drop(end);
+                self.put_back(open.conn.into_inner());
+            }
+            st.ended = id;
+            group.ended.notify_all();
+        }
+        while st.ended < id {
+            st = group
+                .ended
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        let failure = st
+            .failed
+            .iter()
+            .find(|(g, _)| *g == id)
+            .map(|(_, e)| e.clone());
+        drop(st);
+        match out {
+            Err(panic) => resume_unwind(panic),
+            Ok(Ok(v)) => failure.map_or(Ok(v), Err),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// A transaction for a new group of `tenant`'s: begun, the tenant locked.
+    fn open_group(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        tenant: &str,
+    ) -> Result<OpenGroup, ApiError> {
+        let conn = RefCell::new(self.take(runtime)?);
+        let begun = {
+            let tx = PgTx::new(runtime, &conn, None);
+            tx.control_later("BEGIN");
+            tx.lock_tenant(tenant)
+        };
+        match begun {
+            Ok(()) => Ok(OpenGroup {
+                conn,
+                live: RefCell::new(LiveState::default()),
+            }),
+            Err(e) => {
+                {
+                    let tx = PgTx::new(runtime, &conn, None);
+                    let _ = tx.batch("ROLLBACK");
+                }
+                self.put_back(conn.into_inner());
+                Err(e)
+            }
+        }
+    }
+}
+
+impl TenantGroup {
+    fn lock(&self) -> MutexGuard<'_, GroupState> {
+        // Every path leaves the state consistent before it can panic (the write
+        // itself runs under catch_unwind), so a poisoned lock is usable.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -347,13 +567,117 @@ async fn migrate(client: &Client, place: &str) -> Result<(), ApiError> {
 
 struct PgTx<'a> {
     runtime: &'a tokio::runtime::Runtime,
-    conn: RefCell<Conn>,
+    conn: &'a RefCell<Conn>,
+    /// In a tenant's group: the tenant (already locked) and the group's live state.
+    group: Option<(&'a str, &'a RefCell<LiveState>)>,
+    wrote: Cell<bool>,
+    kept_live: Cell<bool>,
+    /// Statements not sent yet: sent together with the next one (pipelined, one
+    /// round trip), which reports their failure if one fails.
+    pending: RefCell<Vec<Later>>,
+    /// Something was sent to the server.
+    sent: Cell<bool>,
 }
 
-impl PgTx<'_> {
-    fn batch(&self, sql: &'static str) -> Result<(), ApiError> {
+/// A statement whose only outcome that matters is success, sent later.
+enum Later {
+    /// Transaction control (`SAVEPOINT op`).
+    Control(&'static str),
+    /// A prepared statement and its arguments.
+    Execute(Statement, Vec<Owned>),
+}
+
+impl Later {
+    async fn run(self, client: &Client) -> Result<(), tokio_postgres::Error> {
+        match self {
+            Self::Control(sql) => client.batch_execute(sql).await,
+            Self::Execute(statement, args) => {
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+                client.execute(&statement, &params).await.map(drop)
+            }
+        }
+    }
+}
+
+impl<'a> PgTx<'a> {
+    fn new(
+        runtime: &'a tokio::runtime::Runtime,
+        conn: &'a RefCell<Conn>,
+        group: Option<(&'a str, &'a RefCell<LiveState>)>,
+    ) -> Self {
+        Self {
+            runtime,
+            conn,
+            group,
+            wrote: Cell::new(false),
+            kept_live: Cell::new(false),
+            pending: RefCell::new(Vec::new()),
+            sent: Cell::new(false),
+        }
+    }
+
+    /// A write that joined a group succeeded: its savepoint is released, with
+    /// what it held back; nothing is sent if it sent nothing and holds back
+    /// nothing but the savepoint.
+    fn release(&self) -> Result<(), ApiError> {
+        let idle = !self.sent.get() && self.pending.borrow().len() <= 1;
+        if idle {
+            self.discard();
+            return Ok(());
+        }
+        self.control("RELEASE SAVEPOINT op")
+    }
+
+    /// A write that joined a group failed: what it held back is dropped and what
+    /// it sent rolled back to its savepoint (if the savepoint was sent at all).
+    fn undo(&self) -> Result<(), ApiError> {
+        self.discard();
+        if !self.sent.get() {
+            return Ok(());
+        }
+        self.control_later("ROLLBACK TO SAVEPOINT op");
+        self.control("RELEASE SAVEPOINT op")
+    }
+
+    /// Sends what is pending, then `then` (if any), in one round trip: the first
+    /// failure, if one fails.
+    fn send(&self, then: Option<Later>) -> Result<(), ApiError> {
+        let mut later = std::mem::take(&mut *self.pending.borrow_mut());
+        later.extend(then);
+        if later.is_empty() {
+            return Ok(());
+        }
+        self.sent.set(true);
         let client = self.conn.borrow().client.clone();
-        run(self.runtime, async move { client.batch_execute(sql).await })
+        run(self.runtime, async move {
+            // Polled together, they are pipelined on the connection; the server
+            // runs them one after another, in this order.
+            let runs = later.into_iter().map(|l| {
+                let client = &client;
+                async move { l.run(client).await }
+            });
+            futures_util::future::try_join_all(runs).await.map(drop)
+        })
+    }
+
+    /// Sends `sql` (transaction control) with what is pending.
+    fn control(&self, sql: &'static str) -> Result<(), ApiError> {
+        self.send(Some(Later::Control(sql)))
+    }
+
+    /// Sends `sql` (transaction control) with the next statement.
+    fn control_later(&self, sql: &'static str) {
+        self.pending.borrow_mut().push(Later::Control(sql));
+    }
+
+    /// Drops what is pending (the transaction is rolled back).
+    fn discard(&self) {
+        self.pending.borrow_mut().clear();
+    }
+
+    fn batch(&self, sql: &'static str) -> Result<(), ApiError> {
+        self.control(sql)
     }
 
     fn statement(&self, sql: &str) -> Result<Statement, ApiError> {
@@ -380,59 +704,76 @@ impl PgTx<'_> {
         let statement = self.statement(sql)?;
         let client = self.conn.borrow().client.clone();
         let owned: Vec<Owned> = args.iter().map(Owned::from).collect();
+        let later = std::mem::take(&mut *self.pending.borrow_mut());
+        self.sent.set(true);
         run(self.runtime, async move {
+            // What is pending goes first, in the same round trip.
+            let pending = futures_util::future::try_join_all(later.into_iter().map(|l| {
+                let client = &client;
+                async move { l.run(client).await }
+            }));
             let params: Vec<&(dyn ToSql + Sync)> =
                 owned.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-            if rows {
-                client.query(&statement, &params).await.map(|r| (r, 0))
-            } else {
-                client
-                    .execute(&statement, &params)
-                    .await
-                    .map(|n| (Vec::new(), n))
-            }
+            let this = async {
+                if rows {
+                    client.query(&statement, &params).await.map(|r| (r, 0))
+                } else {
+                    client
+                        .execute(&statement, &params)
+                        .await
+                        .map(|n| (Vec::new(), n))
+                }
+            };
+            futures_util::future::try_join(pending, this)
+                .await
+                .map(|(_, out)| out)
         })
     }
 }
 
 impl Tx for PgTx<'_> {
     fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ApiError> {
+        self.wrote.set(true);
         Ok(self.call(sql, args, false)?.1)
     }
 
     fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, ApiError> {
+        if !sql.trim_start().starts_with("SELECT") {
+            self.wrote.set(true);
+        }
         self.call(sql, args, true)?.0.iter().map(read_row).collect()
     }
 
-    fn execute_each(&self, sql: &str, each: &[&[Arg<'_>]]) -> Result<u64, ApiError> {
+    fn execute_later(&self, sql: &str, args: &[Arg<'_>]) -> Result<(), ApiError> {
+        self.wrote.set(true);
         let statement = self.statement(sql)?;
-        let client = self.conn.borrow().client.clone();
-        let owned: Vec<Vec<Owned>> = each
-            .iter()
-            .map(|args| args.iter().map(Owned::from).collect())
-            .collect();
-        run(self.runtime, async move {
-            // Polled together, the executions are pipelined on the connection;
-            // the server still runs them one after another, in this order.
-            let runs = owned.iter().map(|args| {
-                let params: Vec<&(dyn ToSql + Sync)> =
-                    args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-                let (client, statement) = (&client, &statement);
-                async move { client.execute(statement, &params).await }
-            });
-            Ok(futures_util::future::try_join_all(runs)
-                .await?
-                .into_iter()
-                .sum())
-        })
+        let owned = args.iter().map(Owned::from).collect();
+        let full = {
+            let mut pending = self.pending.borrow_mut();
+            pending.push(Later::Execute(statement, owned));
+            pending.len() >= MAX_PENDING
+        };
+        if full { self.send(None) } else { Ok(()) }
     }
 
     fn lock_tenant(&self, tenant_id: &str) -> Result<(), ApiError> {
+        if self.group.is_some_and(|(locked, _)| locked == tenant_id) {
+            // The group locked it when it began.
+            return Ok(());
+        }
         self.query(
             "SELECT id FROM tenants WHERE id = ?1 FOR UPDATE",
             super::args![tenant_id],
         )
         .map(drop)
+    }
+
+    fn live(&self) -> Option<&RefCell<LiveState>> {
+        self.group.map(|(_, live)| live)
+    }
+
+    fn keep_live(&self) {
+        self.kept_live.set(true);
     }
 }
 
@@ -515,8 +856,136 @@ impl ToSql for Owned {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used)] // tests panic on setup failures
+
     use super::*;
+    use crate::store::args;
+
+    /// A new, empty database on the test cluster; `None` when the tests run
+    /// without PostgreSQL (`PAYBOND_SKIP_POSTGRES=1`).
+    pub(crate) fn test_database() -> Option<DatabaseUrl> {
+        let Ok(base) = std::env::var("PAYBOND_TEST_DATABASE_URL") else {
+            assert_eq!(
+                std::env::var("PAYBOND_SKIP_POSTGRES").as_deref(),
+                Ok("1"),
+                "this test needs PostgreSQL: run it with `bash .ci/test`, or set \
+                 PAYBOND_TEST_DATABASE_URL, or skip it with PAYBOND_SKIP_POSTGRES=1"
+            );
+            return None;
+        };
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = base.clone();
+        let create = format!("CREATE DATABASE {name}");
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&admin, NoTls).await.unwrap();
+                tokio::spawn(connection);
+                client.batch_execute(&create).await.unwrap();
+            });
+        })
+        .join()
+        .unwrap();
+        let (prefix, _) = base.rsplit_once('/').unwrap();
+        Some(DatabaseUrl::parse(&format!("{prefix}/{name}")).unwrap())
+    }
+
+    fn put(tx: &dyn Tx, key: &str) -> Result<(), ApiError> {
+        tx.execute_later(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+            args![key, b"v".as_slice()],
+        )
+    }
+
+    fn stored(store: &PgStore) -> Vec<String> {
+        store
+            .read(|tx| {
+                tx.query_map(
+                    "SELECT key FROM meta WHERE key LIKE 'op-%' ORDER BY key",
+                    args![],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_tenants_writes_share_groups_and_a_failed_one_is_undone_alone() {
+        let Some(url) = test_database() else {
+            return;
+        };
+        let store = Arc::new(PgStore::open(&url).unwrap());
+        store
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO tenants (id, name, environment, created_ms) VALUES ('t', 't', 'sandbox', 0)",
+                    args![],
+                )
+                .map(drop)
+            })
+            .unwrap();
+        // 48 writes of one tenant at once; the first to run waits until others
+        // have arrived, so that they join its group. Every third fails after it
+        // wrote; every fifth writes a row that is there already, which fails only
+        // when its held-back statements are sent.
+        let group = store.group("t");
+        let waited = std::sync::atomic::AtomicBool::new(false);
+        let answers: Vec<(usize, Result<(), ApiError>)> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..48_usize)
+                .map(|i| {
+                    let (store, group, waited) = (store.clone(), &group, &waited);
+                    s.spawn(move || {
+                        let out = store.write_as("t", |tx| {
+                            if !waited.swap(true, Ordering::SeqCst) {
+                                let start = std::time::Instant::now();
+                                while group.arrivals.load(Ordering::SeqCst) < 12
+                                    && start.elapsed() < std::time::Duration::from_secs(10)
+                                {
+                                    std::thread::sleep(std::time::Duration::from_millis(1));
+                                }
+                            }
+                            tx.lock_tenant("t")?;
+                            put(tx, &format!("op-{i:02}"))?;
+                            if i % 5 == 0 {
+                                put(tx, "op-00-dup")?;
+                                put(tx, "op-00-dup")?;
+                            }
+                            if i % 3 == 0 {
+                                return Err(ApiError::conflict("refused", "refused"));
+                            }
+                            Ok(())
+                        });
+                        (i, out)
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let mut kept = Vec::new();
+        for (i, out) in answers {
+            let fails = i % 3 == 0 || i % 5 == 0;
+            assert_eq!(out.is_err(), fails, "write {i}: {out:?}");
+            if !fails {
+                kept.push(format!("op-{i:02}"));
+            }
+        }
+        kept.sort();
+        // Exactly the writes answered Ok are there, whichever group they ran in.
+        assert_eq!(stored(&store), kept);
+        let groups = group.lock().id;
+        assert!(groups < 40, "{groups} groups for 48 writes");
+        // The tenant is not left locked: a write without a group takes its lock.
+        store
+            .write(|tx| {
+                tx.lock_tenant("t")?;
+                put(tx, "op-zz")
+            })
+            .unwrap();
+    }
 
     #[test]
     fn placeholders_become_dollars() {

@@ -384,35 +384,9 @@ mod tests {
 
     #[test]
     fn sqlite_and_postgresql_have_the_same_schema() {
-        let Ok(base) = std::env::var("PAYBOND_TEST_DATABASE_URL") else {
-            assert_eq!(
-                std::env::var("PAYBOND_SKIP_POSTGRES").as_deref(),
-                Ok("1"),
-                "this test needs PostgreSQL: run it with `bash .ci/test`, or set \
-                 PAYBOND_TEST_DATABASE_URL, or skip it with PAYBOND_SKIP_POSTGRES=1"
-            );
+        let Some(url) = crate::store::postgres::tests::test_database() else {
             return;
         };
-        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let admin = base.clone();
-        let create = format!("CREATE DATABASE {name}");
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(connection);
-                client.batch_execute(&create).await.unwrap();
-            });
-        })
-        .join()
-        .unwrap();
-        let (prefix, _) = base.rsplit_once('/').unwrap();
-        let url = crate::store::DatabaseUrl::parse(&format!("{prefix}/{name}")).unwrap();
         let pg = Store::open(&Storage::Postgres(url), 1 << 20).unwrap();
         let sqlite = Store::open(&Storage::Memory, 1 << 20).unwrap();
         let (pg, sqlite) = (postgres_shape(&pg), sqlite_shape(&sqlite));

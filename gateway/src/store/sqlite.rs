@@ -1438,7 +1438,10 @@ mod tests {
             move |tx: &dyn Tx| {
                 tx.keep_live();
                 put(tx, &format!("k{seq}"))?;
-                tx.live().unwrap().borrow_mut().set_tip("t", seq, "h".into());
+                tx.live()
+                    .unwrap()
+                    .borrow_mut()
+                    .set_tip("t", seq, "h".into());
                 if fail {
                     return Err(ApiError::conflict("refused", "the operation failed"));
                 }
@@ -1461,7 +1464,10 @@ mod tests {
         // So does a commit by another connection to the file.
         let other = Connection::open(dir.path().join("l.db")).unwrap();
         other
-            .execute("INSERT INTO meta (key, value) VALUES ('elsewhere', x'00')", [])
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('elsewhere', x'00')",
+                [],
+            )
             .unwrap();
         assert_eq!(tip(&store), None);
     }
