@@ -47,10 +47,6 @@ use crate::error::ApiError;
 /// Connections per replica.
 const POOL_SIZE: usize = 8;
 
-/// Statements a transaction holds back at most before it sends them (fewer than
-/// `try_join_all` polls in order without a queue).
-const MAX_PENDING: usize = 16;
-
 /// Writes one group of a tenant takes at most, so that a steady stream of them
 /// still commits (and answers) regularly.
 const MAX_GROUP: usize = 64;
@@ -103,6 +99,8 @@ struct GroupState {
 struct OpenGroup {
     conn: RefCell<Conn>,
     live: RefCell<LiveState>,
+    /// Statements of the group's writes not sent yet.
+    pending: RefCell<Vec<Later>>,
 }
 
 struct Pool {
@@ -165,8 +163,9 @@ fn dollar_placeholders(sql: &str) -> String {
     out
 }
 
-/// Runs `fut` on `runtime` and waits for it on this thread.
-fn run<T: Send + 'static>(
+/// Runs `fut` on `runtime` (it needs the runtime's I/O: connecting) and waits for
+/// it on this thread.
+fn on_runtime<T: Send + 'static>(
     runtime: &tokio::runtime::Runtime,
     fut: impl Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -178,6 +177,16 @@ fn run<T: Send + 'static>(
         .recv()
         .map_err(|_| storage_error("the PostgreSQL runtime stopped"))?
         .map_err(Into::into)
+}
+
+/// Waits for `fut`, requests of a client, on this thread. A client hands its
+/// requests to its connection's task (on the store's runtime) over a channel, so
+/// they are awaited here without a hop through the runtime.
+fn run<T>(
+    _runtime: &tokio::runtime::Runtime,
+    fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, ApiError> {
+    futures_executor::block_on(fut).map_err(Into::into)
 }
 
 impl PgStore {
@@ -290,8 +299,9 @@ impl PgStore {
     ) -> Result<T, ApiError> {
         let runtime = self.handle()?;
         let conn = RefCell::new(self.take(runtime)?);
-        let tx = PgTx::new(runtime, &conn, None);
-        let begun = tx.batch(begin);
+        let pending = RefCell::new(Vec::new());
+        let tx = PgTx::new(runtime, &conn, &pending, None);
+        let begun = tx.control(begin);
         let out = match begun {
             Ok(()) => catch_unwind(AssertUnwindSafe(|| f(&tx))),
             Err(e) => Ok(Err(e)),
@@ -299,12 +309,11 @@ impl PgStore {
         // What `f` held back goes with the commit; if any of it fails, so does
         // the commit.
         let end = if matches!(out, Ok(Ok(_))) {
-            tx.batch("COMMIT")
+            tx.control("COMMIT")
         } else {
             tx.discard();
-            tx.batch("ROLLBACK")
+            tx.control("ROLLBACK")
         };
-        drop(tx);
         self.put_back(conn.into_inner());
         match out {
             Err(panic) => resume_unwind(panic),
@@ -376,51 +385,51 @@ impl PgStore {
                 "storage: a tenant's group has no transaction",
             ));
         };
-        let tx = PgTx::new(runtime, &open.conn, Some((tenant, &open.live)));
         // The group's first write needs no savepoint: if it fails, rolling the
-        // group back undoes it alone (the others join only after it). The
-        // savepoint goes with the write's first statement.
-        if !first {
-            tx.control_later("SAVEPOINT op");
-        }
+        // group back undoes it alone (the others join only after it). A write's
+        // statements are held back and sent with the next one that is read, or
+        // with the commit: a write that reads nothing of the database costs no
+        // round trip of its own.
+        let tx = PgTx::new(
+            runtime,
+            &open.conn,
+            &open.pending,
+            Some(GroupWrite {
+                tenant,
+                live: &open.live,
+                first,
+                mark: Cell::new(open.pending.borrow().len()),
+                savepoint: Cell::new(false),
+            }),
+        );
         let out = catch_unwind(AssertUnwindSafe(|| f(&tx)));
-        // What the write held back is sent now (with the savepoint's release): if
-        // any of it fails, the write fails.
-        let out = match out {
-            Ok(Ok(v)) => match if first { tx.send(None) } else { tx.release() } {
-                Ok(()) => Ok(Ok(v)),
-                Err(e) => Ok(Err(e)),
-            },
-            other => other,
-        };
         let succeeded = matches!(out, Ok(Ok(_)));
         if !succeeded || (tx.wrote.get() && !tx.kept_live.get()) {
             open.live.borrow_mut().clear();
         }
-        // Ok(true): the group goes on (or commits); Ok(false): it is rolled back.
-        let keep = match (first, succeeded) {
-            (_, true) => Ok(true),
-            (true, false) => Ok(false),
-            (false, false) => tx.undo().map(|()| true),
-        };
-        drop(tx);
+        tx.end_write(succeeded);
+        // true: the group goes on (or commits); false: it is rolled back.
+        let keep = succeeded || !first;
         let left = group.arrivals.fetch_sub(1, Ordering::SeqCst) - 1;
-        if left == 0 || st.ops >= MAX_GROUP || !matches!(keep, Ok(true)) {
+        if left == 0 || st.ops >= MAX_GROUP || !keep {
             if let Some(open) = st.open.take() {
-                let end = PgTx::new(runtime, &open.conn, None);
-                let ended = match keep {
-                    Ok(true) => end.batch("COMMIT"),
-                    Ok(false) => end.batch("ROLLBACK"),
-                    Err(e) => Err(e),
+                let end = PgTx::new(runtime, &open.conn, &open.pending, None);
+                // Everything the group held back goes with its commit: if any of
+                // it fails, the commit does, and no write of the group is kept.
+                let ended = if keep {
+                    end.control("COMMIT")
+                } else {
+                    end.discard();
+                    end.control("ROLLBACK")
                 };
                 if let Err(e) = ended {
-                    let _ = end.batch("ROLLBACK");
+                    end.discard();
+                    let _ = end.control("ROLLBACK");
                     st.failed.push_back((id, e));
                     if st.failed.len() > 64 {
                         st.failed.pop_front();
                     }
                 }
-                drop(end);
                 self.put_back(open.conn.into_inner());
             }
             st.ended = id;
@@ -452,8 +461,9 @@ impl PgStore {
         tenant: &str,
     ) -> Result<OpenGroup, ApiError> {
         let conn = RefCell::new(self.take(runtime)?);
+        let pending = RefCell::new(Vec::new());
         let begun = {
-            let tx = PgTx::new(runtime, &conn, None);
+            let tx = PgTx::new(runtime, &conn, &pending, None);
             tx.control_later("BEGIN");
             tx.lock_tenant(tenant)
         };
@@ -461,11 +471,13 @@ impl PgStore {
             Ok(()) => Ok(OpenGroup {
                 conn,
                 live: RefCell::new(LiveState::default()),
+                pending,
             }),
             Err(e) => {
                 {
-                    let tx = PgTx::new(runtime, &conn, None);
-                    let _ = tx.batch("ROLLBACK");
+                    let tx = PgTx::new(runtime, &conn, &pending, None);
+                    tx.discard();
+                    let _ = tx.control("ROLLBACK");
                 }
                 self.put_back(conn.into_inner());
                 Err(e)
@@ -508,7 +520,7 @@ impl Drop for PgStore {
 /// Opens one connection, its driver task on `runtime`.
 fn connect(runtime: &tokio::runtime::Runtime, url: &DatabaseUrl) -> Result<Conn, ApiError> {
     let target = url.expose_secret().to_owned();
-    let client = run(runtime, async move {
+    let client = on_runtime(runtime, async move {
         let (client, connection) = tokio_postgres::connect(&target, NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -565,18 +577,32 @@ async fn migrate(client: &Client, place: &str) -> Result<(), ApiError> {
     result
 }
 
+/// A transaction as an operation sees it.
 struct PgTx<'a> {
     runtime: &'a tokio::runtime::Runtime,
     conn: &'a RefCell<Conn>,
-    /// In a tenant's group: the tenant (already locked) and the group's live state.
-    group: Option<(&'a str, &'a RefCell<LiveState>)>,
+    /// The transaction's statements not sent yet: sent with the next one that is,
+    /// pipelined (one round trip), the commit at the latest.
+    pending: &'a RefCell<Vec<Later>>,
+    /// In a tenant's group: the write's place in it.
+    group: Option<GroupWrite<'a>>,
     wrote: Cell<bool>,
     kept_live: Cell<bool>,
-    /// Statements not sent yet: sent together with the next one (pipelined, one
-    /// round trip), which reports their failure if one fails.
-    pending: RefCell<Vec<Later>>,
-    /// Something was sent to the server.
-    sent: Cell<bool>,
+}
+
+/// A write in a tenant's group.
+struct GroupWrite<'a> {
+    /// The tenant, locked when the group began.
+    tenant: &'a str,
+    live: &'a RefCell<LiveState>,
+    /// The write opened the group: it has no savepoint (if it fails, the group
+    /// is rolled back, and holds nothing else).
+    first: bool,
+    /// Where the write's own statements start among those not sent yet.
+    mark: Cell<usize>,
+    /// The write's savepoint is set (it was sent before the write's first
+    /// statement that was).
+    savepoint: Cell<bool>,
 }
 
 /// A statement whose only outcome that matters is success, sent later.
@@ -600,65 +626,110 @@ impl Later {
     }
 }
 
+/// Awaits `first` and then `last`, started in that order so that their requests
+/// leave in that order (a request leaves when its future is first polled); the
+/// first failure, in that order.
+async fn in_order<T>(
+    client: &Client,
+    first: Vec<Later>,
+    last: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, tokio_postgres::Error> {
+    let mut runs: Vec<_> = first
+        .into_iter()
+        .map(|l| Some(Box::pin(l.run(client))))
+        .collect();
+    let mut last = std::pin::pin!(last);
+    let mut out = None;
+    std::future::poll_fn(|cx| {
+        for run in &mut runs {
+            if let Some(f) = run {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(Ok(())) => *run = None,
+                    std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                    std::task::Poll::Pending => {}
+                }
+            }
+        }
+        if out.is_none() {
+            match last.as_mut().poll(cx) {
+                std::task::Poll::Ready(Ok(v)) => out = Some(v),
+                std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                std::task::Poll::Pending => {}
+            }
+        }
+        match (runs.iter().all(Option::is_none), out.take()) {
+            (true, Some(v)) => std::task::Poll::Ready(Ok(v)),
+            (_, v) => {
+                out = v;
+                std::task::Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
 impl<'a> PgTx<'a> {
     fn new(
         runtime: &'a tokio::runtime::Runtime,
         conn: &'a RefCell<Conn>,
-        group: Option<(&'a str, &'a RefCell<LiveState>)>,
+        pending: &'a RefCell<Vec<Later>>,
+        group: Option<GroupWrite<'a>>,
     ) -> Self {
         Self {
             runtime,
             conn,
+            pending,
             group,
             wrote: Cell::new(false),
             kept_live: Cell::new(false),
-            pending: RefCell::new(Vec::new()),
-            sent: Cell::new(false),
         }
     }
 
-    /// A write that joined a group succeeded: its savepoint is released, with
-    /// what it held back; nothing is sent if it sent nothing and holds back
-    /// nothing but the savepoint.
-    fn release(&self) -> Result<(), ApiError> {
-        let idle = !self.sent.get() && self.pending.borrow().len() <= 1;
-        if idle {
-            self.discard();
-            return Ok(());
+    /// Everything not sent yet, to be sent now: a write that joined a group sets
+    /// its savepoint first, in front of its own statements.
+    fn take_pending(&self) -> Vec<Later> {
+        let mut pending = self.pending.borrow_mut();
+        if let Some(g) = &self.group {
+            if !g.first && !g.savepoint.get() {
+                let at = g.mark.get().min(pending.len());
+                pending.insert(at, Later::Control("SAVEPOINT op"));
+                g.savepoint.set(true);
+            }
+            g.mark.set(0);
         }
-        self.control("RELEASE SAVEPOINT op")
+        std::mem::take(&mut *pending)
     }
 
-    /// A write that joined a group failed: what it held back is dropped and what
-    /// it sent rolled back to its savepoint (if the savepoint was sent at all).
-    fn undo(&self) -> Result<(), ApiError> {
-        self.discard();
-        if !self.sent.get() {
-            return Ok(());
+    /// The write in a group has ended, well or not: its savepoint is released
+    /// (after it was rolled back to, if the write failed) and what it held back
+    /// is kept or dropped, all sent with the next statement. Nothing is added
+    /// for a write that sent nothing.
+    fn end_write(&self, succeeded: bool) {
+        let Some(g) = &self.group else {
+            return;
+        };
+        let mut pending = self.pending.borrow_mut();
+        if !succeeded {
+            pending.truncate(g.mark.get());
         }
-        self.control_later("ROLLBACK TO SAVEPOINT op");
-        self.control("RELEASE SAVEPOINT op")
+        if g.savepoint.get() {
+            if !succeeded {
+                pending.push(Later::Control("ROLLBACK TO SAVEPOINT op"));
+            }
+            pending.push(Later::Control("RELEASE SAVEPOINT op"));
+        }
     }
 
     /// Sends what is pending, then `then` (if any), in one round trip: the first
     /// failure, if one fails.
     fn send(&self, then: Option<Later>) -> Result<(), ApiError> {
-        let mut later = std::mem::take(&mut *self.pending.borrow_mut());
+        let mut later = self.take_pending();
         later.extend(then);
         if later.is_empty() {
             return Ok(());
         }
-        self.sent.set(true);
         let client = self.conn.borrow().client.clone();
-        run(self.runtime, async move {
-            // Polled together, they are pipelined on the connection; the server
-            // runs them one after another, in this order.
-            let runs = later.into_iter().map(|l| {
-                let client = &client;
-                async move { l.run(client).await }
-            });
-            futures_util::future::try_join_all(runs).await.map(drop)
-        })
+        run(self.runtime, in_order(&client, later, async { Ok(()) }))
     }
 
     /// Sends `sql` (transaction control) with what is pending.
@@ -676,10 +747,6 @@ impl<'a> PgTx<'a> {
         self.pending.borrow_mut().clear();
     }
 
-    fn batch(&self, sql: &'static str) -> Result<(), ApiError> {
-        self.control(sql)
-    }
-
     fn statement(&self, sql: &str) -> Result<Statement, ApiError> {
         if let Some(s) = self.conn.borrow().statements.get(sql) {
             return Ok(s.clone());
@@ -694,7 +761,8 @@ impl<'a> PgTx<'a> {
         Ok(prepared)
     }
 
-    /// Runs `statement` with `args`: rows, or the number changed.
+    /// Runs `statement` with `args`, after what is pending, in one round trip:
+    /// rows, or the number changed.
     fn call(
         &self,
         sql: &str,
@@ -704,30 +772,20 @@ impl<'a> PgTx<'a> {
         let statement = self.statement(sql)?;
         let client = self.conn.borrow().client.clone();
         let owned: Vec<Owned> = args.iter().map(Owned::from).collect();
-        let later = std::mem::take(&mut *self.pending.borrow_mut());
-        self.sent.set(true);
-        run(self.runtime, async move {
-            // What is pending goes first, in the same round trip.
-            let pending = futures_util::future::try_join_all(later.into_iter().map(|l| {
-                let client = &client;
-                async move { l.run(client).await }
-            }));
-            let params: Vec<&(dyn ToSql + Sync)> =
-                owned.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-            let this = async {
-                if rows {
-                    client.query(&statement, &params).await.map(|r| (r, 0))
-                } else {
-                    client
-                        .execute(&statement, &params)
-                        .await
-                        .map(|n| (Vec::new(), n))
-                }
-            };
-            futures_util::future::try_join(pending, this)
-                .await
-                .map(|(_, out)| out)
-        })
+        let later = self.take_pending();
+        let params: Vec<&(dyn ToSql + Sync)> =
+            owned.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        let this = async {
+            if rows {
+                client.query(&statement, &params).await.map(|r| (r, 0))
+            } else {
+                client
+                    .execute(&statement, &params)
+                    .await
+                    .map(|n| (Vec::new(), n))
+            }
+        };
+        run(self.runtime, in_order(&client, later, this))
     }
 }
 
@@ -748,16 +806,14 @@ impl Tx for PgTx<'_> {
         self.wrote.set(true);
         let statement = self.statement(sql)?;
         let owned = args.iter().map(Owned::from).collect();
-        let full = {
-            let mut pending = self.pending.borrow_mut();
-            pending.push(Later::Execute(statement, owned));
-            pending.len() >= MAX_PENDING
-        };
-        if full { self.send(None) } else { Ok(()) }
+        self.pending
+            .borrow_mut()
+            .push(Later::Execute(statement, owned));
+        Ok(())
     }
 
     fn lock_tenant(&self, tenant_id: &str) -> Result<(), ApiError> {
-        if self.group.is_some_and(|(locked, _)| locked == tenant_id) {
+        if self.group.as_ref().is_some_and(|g| g.tenant == tenant_id) {
             // The group locked it when it began.
             return Ok(());
         }
@@ -769,7 +825,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn live(&self) -> Option<&RefCell<LiveState>> {
-        self.group.map(|(_, live)| live)
+        self.group.as_ref().map(|g| g.live)
     }
 
     fn keep_live(&self) {
@@ -928,56 +984,51 @@ pub(crate) mod tests {
                 .map(drop)
             })
             .unwrap();
-        // 48 writes of one tenant at once; the first to run waits until others
-        // have arrived, so that they join its group. Every third fails after it
-        // wrote; every fifth writes a row that is there already, which fails only
-        // when its held-back statements are sent.
-        let group = store.group("t");
-        let waited = std::sync::atomic::AtomicBool::new(false);
-        let answers: Vec<(usize, Result<(), ApiError>)> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..48_usize)
-                .map(|i| {
-                    let (store, group, waited) = (store.clone(), &group, &waited);
-                    s.spawn(move || {
-                        let out = store.write_as("t", |tx| {
-                            if !waited.swap(true, Ordering::SeqCst) {
-                                let start = std::time::Instant::now();
-                                while group.arrivals.load(Ordering::SeqCst) < 12
-                                    && start.elapsed() < std::time::Duration::from_secs(10)
-                                {
-                                    std::thread::sleep(std::time::Duration::from_millis(1));
-                                }
-                            }
-                            tx.lock_tenant("t")?;
-                            put(tx, &format!("op-{i:02}"))?;
-                            if i % 5 == 0 {
-                                put(tx, "op-00-dup")?;
-                                put(tx, "op-00-dup")?;
-                            }
-                            if i % 3 == 0 {
-                                return Err(ApiError::conflict("refused", "refused"));
-                            }
-                            Ok(())
-                        });
-                        (i, out)
-                    })
-                })
-                .collect();
-            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        // 48 writes of one tenant at once, every third failing after it wrote:
+        // a failed write is undone alone, in whichever group it ran, whether it
+        // had sent its statements (every other one reads after it writes) or
+        // still held them back.
+        let answers = concurrently(&store, 48, 0, |tx, i| {
+            put(tx, &format!("op-{i:02}"))?;
+            if i % 2 == 0 {
+                let seen: i64 = tx.query_one(
+                    "SELECT COUNT(*) FROM meta WHERE key = ?1",
+                    args![format!("op-{i:02}")],
+                    |r| r.get(0),
+                )?;
+                assert_eq!(seen, 1, "a write reads what it wrote");
+            }
+            if i % 3 == 0 {
+                return Err(ApiError::conflict("refused", "refused"));
+            }
+            Ok(())
         });
         let mut kept = Vec::new();
-        for (i, out) in answers {
-            let fails = i % 3 == 0 || i % 5 == 0;
-            assert_eq!(out.is_err(), fails, "write {i}: {out:?}");
-            if !fails {
+        for (i, out) in &answers {
+            assert_eq!(out.is_err(), i % 3 == 0, "write {i}: {out:?}");
+            if out.is_ok() {
                 kept.push(format!("op-{i:02}"));
             }
         }
-        kept.sort();
-        // Exactly the writes answered Ok are there, whichever group they ran in.
         assert_eq!(stored(&store), kept);
-        let groups = group.lock().id;
+        let groups = store.group("t").lock().id;
         assert!(groups < 40, "{groups} groups for 48 writes");
+
+        // A held-back statement that fails (write 103 writes a row twice) fails
+        // with the commit it was sent with: no write of its group is kept, and
+        // none is answered Ok.
+        let answers = concurrently(&store, 8, 100, |tx, i| {
+            put(tx, &format!("op-{i}"))?;
+            if i == 103 {
+                put(tx, "op-dup")?;
+                put(tx, "op-dup")?;
+            }
+            Ok(())
+        });
+        for (i, out) in &answers {
+            assert_eq!(out.is_ok(), stored(&store).contains(&format!("op-{i}")));
+        }
+        assert!(answers.iter().any(|(i, out)| *i == 103 && out.is_err()));
         // The tenant is not left locked: a write without a group takes its lock.
         store
             .write(|tx| {
@@ -985,6 +1036,41 @@ pub(crate) mod tests {
                 put(tx, "op-zz")
             })
             .unwrap();
+    }
+
+    /// `n` writes of tenant `t` at once (numbered from `from`); the first to run
+    /// waits until several others have arrived, so that they join its group.
+    fn concurrently(
+        store: &Arc<PgStore>,
+        n: usize,
+        from: usize,
+        write: impl Fn(&dyn Tx, usize) -> Result<(), ApiError> + Sync,
+    ) -> Vec<(usize, Result<(), ApiError>)> {
+        let group = store.group("t");
+        let waited = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (from..from + n)
+                .map(|i| {
+                    let (store, group, waited, write) = (store.clone(), &group, &waited, &write);
+                    s.spawn(move || {
+                        let out = store.write_as("t", |tx| {
+                            if !waited.swap(true, Ordering::SeqCst) {
+                                let start = std::time::Instant::now();
+                                while group.arrivals.load(Ordering::SeqCst) < n.min(12)
+                                    && start.elapsed() < std::time::Duration::from_secs(10)
+                                {
+                                    std::thread::sleep(std::time::Duration::from_millis(1));
+                                }
+                            }
+                            tx.lock_tenant("t")?;
+                            write(tx, i)
+                        });
+                        (i, out)
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        })
     }
 
     #[test]
