@@ -221,6 +221,39 @@ async fn a_model_example_without_a_model_says_what_is_missing() {
 }
 
 #[tokio::test]
+async fn the_embedded_example_runs_its_own_tool_under_its_own_policy() {
+    // No gateway, no settings: the engine runs in the example's process.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_embedded_custom_tool"));
+    cmd.current_dir(dir.path())
+        .env_remove("PAYBOND_GATEWAY_URL")
+        .env_remove("PAYBOND_API_KEY")
+        .kill_on_drop(true);
+    let (stdout, _) = finished(cmd).await;
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            r#"12 USD: ran, {"bought":"cable","order":"ORD-1200"}"#,
+            "60 USD: denied (tool_cap_exceeded), did not run",
+            "30 USD: held (approval_threshold_exceeded)",
+            r#"30 USD: approved, ran, {"bought":"chair","order":"ORD-3000"}"#,
+        ],
+        "{stdout}"
+    );
+    // The run's trace: two consumed calls, the deny and the hold in between.
+    let consumed: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.contains("consumed"))
+        .copied()
+        .collect();
+    assert_eq!(consumed.len(), 2, "{stdout}");
+    assert!(consumed[1].contains("approval_token_accepted"), "{stdout}");
+    // Nothing was written where it ran: the engine was in memory.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
 async fn the_custom_orchestrator_runs_allows_holds_and_denies() {
     let gw = gateway().await;
     let dir = tempfile::tempdir().unwrap();

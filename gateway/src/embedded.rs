@@ -11,8 +11,12 @@ use paybond_middleware_core::wire::{
 use paybond_middleware_core::{ApiKey, GatewayError, SpendGateway};
 use uuid::Uuid;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineConfig, PolicyFile};
 use crate::error::ApiError;
+use crate::store::{Storage, database_path};
+
+/// The tenant [`EmbeddedGateway::with_policy`] keeps its intents under.
+const EMBEDDED_TENANT: &str = "embedded";
 
 /// An [`Engine`] bound to one API key, usable wherever a [`SpendGateway`] is.
 ///
@@ -23,6 +27,9 @@ use crate::error::ApiError;
 pub struct EmbeddedGateway {
     engine: Arc<Engine>,
     principal: Principal,
+    /// The tenant's operator, when the gateway was opened with its keys
+    /// ([`Self::with_policy`]): what approves a hold in process.
+    operator: Option<Principal>,
 }
 
 fn rejected(operation: &'static str, e: ApiError) -> GatewayError {
@@ -39,7 +46,108 @@ impl EmbeddedGateway {
     /// Binds `engine` to `api_key`; fails if the engine did not issue the key.
     pub fn new(engine: Arc<Engine>, api_key: &ApiKey) -> Result<Self, ApiError> {
         let principal = engine.authenticate(api_key.expose_secret())?;
-        Ok(Self { engine, principal })
+        Ok(Self {
+            engine,
+            principal,
+            operator: None,
+        })
+    }
+
+    /// Your policy on the engine in process, in one call: an engine in memory
+    /// (`data_dir` `None`: gone with the process) or in `data_dir` (created if
+    /// missing; `paybond.db` in it, kept across runs), one sandbox tenant whose
+    /// policy is `policy` alone (no org base above it), and a gateway bound to
+    /// that tenant's agent key, holding its operator key for [`Self::approve`] and
+    /// [`Self::deny`].
+    ///
+    /// A policy that does not check is refused with every problem listed. In a
+    /// data directory used before, the tenant is the same (its ledger goes on),
+    /// `policy` is published over the one it had, and its keys are issued anew.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use paybond_gateway::{EmbeddedGateway, PolicyFile};
+    /// use paybond_middleware_core::SpendGateway;
+    ///
+    /// let policy = PolicyFile {
+    ///     text: "version: 1\nname: shop\ndefault_deny: true\ntools:\n  \
+    ///            shop.buy: {side_effecting: true, spend_from_args: amount_cents, \
+    ///            evidence_preset: cost_and_completion}\n"
+    ///         .into(),
+    ///     file: "shop.yaml".into(),
+    /// };
+    /// let gateway = EmbeddedGateway::with_policy(policy, None)?;
+    /// let tools = gateway.effective_policy().await?.ok_or("no policy")?.policy.tools;
+    /// assert!(tools.contains_key("shop.buy"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_policy(
+        policy: PolicyFile,
+        data_dir: Option<&std::path::Path>,
+    ) -> Result<Self, ApiError> {
+        let storage = match data_dir {
+            None => Storage::Memory,
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    ApiError::unusable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+                Storage::File(database_path(dir))
+            }
+        };
+        let mut config = EngineConfig::new(storage);
+        config.default_org_policy = None;
+        config.default_tenant_policy = Some(policy.clone());
+        let engine = Arc::new(Engine::open(config)?);
+        let keys = match engine.tenant_by_name(EMBEDDED_TENANT)? {
+            Some(tenant) => {
+                engine.publish_tenant_policy_text(&tenant, &policy)?;
+                engine.rotate_keys(&tenant)?
+            }
+            None => engine.create_tenant(
+                EMBEDDED_TENANT,
+                paybond_middleware_core::wire::Environment::Sandbox,
+            )?,
+        };
+        let operator = engine.authenticate(keys.operator.expose_secret())?;
+        let mut gateway = Self::new(engine, &keys.agent)?;
+        gateway.operator = Some(operator);
+        Ok(gateway)
+    }
+
+    /// As the tenant's operator: approves a held request (`approval_request_id`
+    /// of the [`RunError::ApprovalRequired`](paybond_middleware_core::RunError)
+    /// the hold returned). Refused (`no_operator_key`) by a gateway bound with
+    /// [`Self::new`], which holds no operator key.
+    pub async fn approve(&self, approval_request_id: Uuid) -> Result<ApprovalStatus, GatewayError> {
+        self.as_operator("approve", move |e, p| e.approve(p, approval_request_id))
+            .await
+    }
+
+    /// As the tenant's operator: denies a held request (see [`Self::approve`]).
+    pub async fn deny(&self, approval_request_id: Uuid) -> Result<ApprovalStatus, GatewayError> {
+        self.as_operator("deny", move |e, p| e.deny_approval(p, approval_request_id))
+            .await
+    }
+
+    async fn as_operator<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&Engine, &Principal) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, GatewayError> {
+        let Some(operator) = self.operator.clone() else {
+            return Err(rejected(
+                operation,
+                ApiError::new(
+                    403,
+                    "no_operator_key",
+                    "this gateway holds no operator key; open it with \
+                     EmbeddedGateway::with_policy, or bind one to an operator key",
+                ),
+            ));
+        };
+        self.run_as(operation, operator, f).await
     }
 
     /// The engine behind this gateway.
@@ -57,8 +165,17 @@ impl EmbeddedGateway {
         operation: &'static str,
         f: impl FnOnce(&Engine, &Principal) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, GatewayError> {
+        self.run_as(operation, self.principal.clone(), f).await
+    }
+
+    /// Runs `f` as `principal` on the blocking pool.
+    async fn run_as<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        principal: Principal,
+        f: impl FnOnce(&Engine, &Principal) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, GatewayError> {
         let engine = self.engine.clone();
-        let principal = self.principal.clone();
         tokio::task::spawn_blocking(move || f(&engine, &principal))
             .await
             .map_err(|e| GatewayError::Transport {

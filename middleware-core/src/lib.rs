@@ -17,45 +17,71 @@
 //! [`RunTrace`]. The gateway is any [`SpendGateway`]: [`HttpGateway`] over HTTP, or
 //! the embedded engine.
 //!
-//! ```
-//! # #[cfg(not(feature = "test-util"))] fn main() {}
-//! # #[cfg(feature = "test-util")]
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
-//! use std::sync::Arc;
-//! use paybond_middleware_core::{
-//!     BoxError, PaybondAgentRun, RunError, Tool, ToolOutput, ToolRegistry,
-//!     testing::{ScriptedGateway, VerifyScript},
-//! };
-//! use paybond_middleware_core::ToolPolicy;
-//! use serde_json::{Value, json};
-//! use uuid::Uuid;
+//! Your own tool under your own policy, with the gateway's engine in process
+//! (`paybond-gateway`'s `EmbeddedGateway`; nothing to run beside your program):
 //!
-//! struct BookHotel;
-//! #[async_trait::async_trait]
-//! impl Tool for BookHotel {
-//!     fn name(&self) -> &str { "travel.book_hotel" }
-//!     async fn execute(&self, args: Value) -> Result<ToolOutput, BoxError> {
-//!         Ok(ToolOutput::new(json!({"booked": args["hotel"]})).with_cost_cents(11_500))
-//!     }
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//!
+//! use paybond_gateway::{EmbeddedGateway, PolicyFile};
+//! use paybond_middleware_core::wire::SandboxBootstrapRequest;
+//! use paybond_middleware_core::{BoxError, PaybondAgentRun, RunError, ToolCall, ToolOutput};
+//! use serde_json::json;
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! // The paid tool: a plain async fn.
+//! async fn buy(call: ToolCall) -> Result<ToolOutput, BoxError> {
+//!     let cents = call.args["amount_cents"].as_u64().ok_or("amount_cents is required")?;
+//!     Ok(ToolOutput::new(json!({"order": format!("ORD-{cents}")})).with_cost_cents(cents))
 //! }
 //!
-//! let gateway = Arc::new(ScriptedGateway::new());
-//! gateway.push_verify(VerifyScript::Allow).push_verify(VerifyScript::deny("tool_cap_exceeded"));
-//! let run = PaybondAgentRun::builder(gateway.clone(), Uuid::new_v4(), "capability-token".into())
-//!     .tool("travel.book_hotel", ToolPolicy::side_effecting("cost_and_completion").with_spend_from_args("amount_cents"))
+//! // The policy: `shop.buy` up to 50 USD a call. On the engine in memory
+//! // (`Some(dir)` keeps it in a data directory).
+//! let policy = PolicyFile {
+//!     text: "version: 1
+//! name: shop
+//! default_deny: true
+//! tools:
+//!   shop.buy: {side_effecting: true, spend_from_args: amount_cents, evidence_preset: cost_and_completion}
+//! spend_controls:
+//!   tools:
+//!     shop.buy: {max_per_call_cents: 5000}
+//! "
+//!     .into(),
+//!     file: "shop.yaml".into(),
+//! };
+//! let gateway = Arc::new(EmbeddedGateway::with_policy(policy, None)?);
+//! let intent = gateway
+//!     .bootstrap_sandbox(&SandboxBootstrapRequest {
+//!         operation: "shop.buy".into(),
+//!         requested_spend_cents: 10_000,
+//!         ..Default::default()
+//!     })
+//!     .await?;
+//! // The tools' policies come from the tenant's: nothing to repeat here.
+//! let run = PaybondAgentRun::builder(gateway, intent.intent_id, intent.capability_token)
 //!     .bind()
 //!     .await?;
-//! let tools = ToolRegistry::new().with(BookHotel).guarded(&run);
+//! let mut shop = ServiceBuilder::new().layer(run.clone()).service(service_fn(buy));
 //!
-//! let booked = tools.call("travel.book_hotel", json!({"hotel": "h1", "amount_cents": 12_000}), "call_1").await?;
-//! assert_eq!(booked.cost_cents, Some(11_500));
+//! let cable = ToolCall::new("shop.buy", json!({"amount_cents": 1_200}), "call-1");
+//! let bought = shop.ready().await?.call(cable).await?;
+//! assert_eq!(bought.cost_cents, Some(1_200));
 //!
-//! let denied = tools.call("travel.book_hotel", json!({"hotel": "h2", "amount_cents": 25_000}), "call_2").await;
-//! assert!(matches!(denied, Err(RunError::SpendDenied(_))));
+//! let desk = ToolCall::new("shop.buy", json!({"amount_cents": 6_000}), "call-2");
+//! let denied = shop.ready().await?.call(desk).await;
+//! assert!(matches!(denied, Err(RunError::SpendDenied(_)))); // it did not run
 //! println!("{}", run.trace().table());
-//! # Ok::<_, Box<dyn std::error::Error>>(()) }) }
+//! # Ok(())
+//! # }
 //! ```
+//!
+//! A hold approved in process, and the same tool as a trait object in a
+//! registry: `examples/src/bin/embedded_custom_tool.rs` and
+//! `examples/src/bin/custom_orchestrator.rs`. For your own tests, the
+//! `test-util` feature's `testing::ScriptedGateway` answers as scripted.
 
 mod feedback;
 pub mod function_names;

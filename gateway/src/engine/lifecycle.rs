@@ -425,8 +425,9 @@ impl Engine {
         )
     }
 
-    /// [`Self::submit_evidence`] for async callers (see [`Self::tx_in_async`]), on
-    /// the blocking pool unless the tenant's policy is already parsed.
+    /// [`Self::submit_evidence`] for async callers: queued to the SQLite writer
+    /// without a thread of its own, on the blocking pool unless the tenant's
+    /// policy is already parsed.
     pub async fn submit_evidence_async(
         self: &Arc<Self>,
         principal: Principal,
@@ -596,7 +597,8 @@ impl Engine {
         )
     }
 
-    /// [`Self::complete`] for async callers (see [`Self::tx_in_async`]).
+    /// [`Self::complete`] for async callers: on the SQLite file store it is queued
+    /// to the writer and awaits its durable commit without holding a thread.
     pub async fn complete_async(
         self: &Arc<Self>,
         principal: Principal,

@@ -4,7 +4,7 @@
 //! Replay is a fold of the recorded ledger through the rules: the store is only
 //! read, in one read-only snapshot (SQLite or PostgreSQL, with a gateway running on
 //! it or not), and nothing is copied. Each replayed tenant's spend starts from
-//! nothing in a [`SpendState`] in memory (no reservations, nothing consumed or
+//! nothing in a spend state in memory (no reservations, nothing consumed or
 //! reserved, its intents open as they were when their calls were made); then the
 //! tenant's ledger is walked in order:
 //!
