@@ -576,8 +576,10 @@ fn verify(path: &Path, public_key: Option<&str>, global: &Global) -> Outcome {
         println!("  artifacts: {} checked, all match", report.artifacts.len());
         if let Some(l) = ledger {
             println!(
-                "  ledger: {} entries, seq {}..={}, chain valid",
-                l.events, l.first_seq, l.last_seq
+                "  ledger: {}, seq {}..={}, chain valid",
+                crate::output::counted(l.events, "entry", "entries"),
+                l.first_seq,
+                l.last_seq
             );
         }
     };

@@ -47,11 +47,11 @@ pub(crate) struct Loop {
     #[arg(long, env = "PAYBOND_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// The tenant's policy, published at start [default: the policy the gateway
-    /// already has, else policies/tenant-overlay.policy.yaml, built in].
+    /// already has, else the canonical scenario's overlay, built in].
     #[arg(long)]
     policy_file: Option<PathBuf>,
     /// The org base the tenant policy extends [default: the overlay's
-    /// `extends.base_policy`, else policies/org-base.policy.yaml, built in].
+    /// `extends.base_policy`, else the canonical scenario's org base, built in].
     #[arg(long)]
     org_policy_file: Option<PathBuf>,
     /// Issue new keys even if the env file's keys still work (the old ones stop working).
@@ -203,6 +203,21 @@ fn dev_loop(a: &Loop, global: &Global) -> Outcome {
         Ok(p) => p,
         Err(o) => return o,
     };
+    // Where the policies came from, as the start-up line names them: a file given,
+    // or the built-in one (whose repository path may not exist where this runs).
+    let sources = format!(
+        "{} (org base {})",
+        if a.policy_file.is_some() {
+            tenant_policy.file.as_str()
+        } else {
+            "the built-in scenario overlay"
+        },
+        if org_path.is_some() {
+            org.file.as_str()
+        } else {
+            "the built-in scenario org base"
+        }
+    );
     let storage = match &a.database_url {
         None => Storage::File(database_path(&a.data_dir)),
         Some(url) => match DatabaseUrl::parse(url) {
@@ -276,8 +291,8 @@ fn dev_loop(a: &Loop, global: &Global) -> Outcome {
     match stored {
         // A tenant created just now got these files' policies.
         Some(p) if created => eprintln!(
-            "policy: version {} ({}) from {} (org base {})",
-            p.version, p.digest, tenant_policy.file, org.file
+            "policy: version {} ({}) from {sources}",
+            p.version, p.digest
         ),
         Some(p) if !named => eprintln!(
             "policy: version {} ({}) as published to the gateway; \
@@ -289,8 +304,8 @@ fn dev_loop(a: &Loop, global: &Global) -> Outcome {
             .and_then(|()| engine.publish_tenant_policy_text(&tenant_id, &tenant_policy))
         {
             Ok(p) => eprintln!(
-                "policy: version {} ({}) from {} (org base {})",
-                p.version, p.digest, tenant_policy.file, org.file
+                "policy: version {} ({}) from {sources}",
+                p.version, p.digest
             ),
             Err(e) => return policy_or_usage(&e),
         },

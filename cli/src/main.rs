@@ -222,14 +222,16 @@ fn main() -> ExitCode {
                 ) =>
         {
             output::init("paybond".to_owned(), output::Format::Json);
-            // clap's message up to its usage hint, on one line.
+            // clap's message up to its usage hint, on one line, its tip (a
+            // similar subcommand or argument) kept.
             let rendered = e.render().to_string();
             let message = rendered
                 .lines()
-                .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+                .take_while(|l| !l.starts_with("Usage:"))
                 .map(str::trim)
+                .filter(|l| !l.is_empty())
                 .collect::<Vec<_>>()
-                .join(" ");
+                .join("; ");
             return output::fail(Failure::new(
                 Category::Usage,
                 "invalid_arguments",

@@ -92,13 +92,18 @@ pub(crate) fn target_with(
             if key.is_none() {
                 missing.push(&key_missing);
             }
+            // An env file that is not there (a mistyped --env-file) is named as such.
+            let file = if remote.env_file.is_file() {
+                remote.env_file.display().to_string()
+            } else {
+                format!("{} (no such file)", remote.env_file.display())
+            };
             Err(output::fail(Failure::new(
                 Category::Environment,
                 "missing_credentials",
                 format!(
-                    "this command needs {}, from the environment or {}; `paybond dev loop --offline` writes them",
+                    "this command needs {}, from the environment or {file}; `paybond dev loop --offline` writes them",
                     missing.join(" and "),
-                    remote.env_file.display()
                 ),
             )))
         }
@@ -282,7 +287,12 @@ pub(crate) fn approvals(cmd: ApprovalsCommand, remote: &Global) -> Outcome {
             .unwrap_or_default(),
     };
     if list.is_empty() {
-        println!("no approval requests");
+        match &cmd {
+            ApprovalsCommand::List { state, cursor, .. } if cursor.is_none() && state != "all" => {
+                println!("no {state} approval requests (use `--state all` for every state)");
+            }
+            _ => println!("no approval requests"),
+        }
     }
     for a in &list {
         print_status(a);
@@ -339,8 +349,9 @@ pub(crate) fn ledger(cmd: LedgerCommand, _global: &Global) -> Outcome {
     }
     if !output::success_json(data, &[]) {
         println!(
-            "ledger valid: {} events in {} chains",
-            check.events, check.tenants
+            "ledger valid: {} in {}",
+            output::counted(check.events, "event", "events"),
+            output::counted(check.tenants, "chain", "chains")
         );
     }
     Outcome::Success

@@ -207,3 +207,8 @@ pub(crate) fn json_requested(args: &[String]) -> bool {
         .any(|w| w[0] == "--format" && w[1] == "json")
         || args.iter().any(|a| a == "--format=json")
 }
+
+/// `n` and what it counts: "1 chain", "3 chains".
+pub(crate) fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}

@@ -446,8 +446,8 @@ pub(crate) fn refuse(file: &str, resolution: &Resolution, data: serde_json::Valu
             Category::Invalid,
             "policy_invalid",
             format!(
-                "{file}: invalid ({} errors): every problem is in data.errors",
-                resolution.errors.len()
+                "{file}: invalid ({}): every problem is in data.errors",
+                output::counted(resolution.errors.len() as u64, "error", "errors")
             ),
         )
         .data(data),
@@ -542,12 +542,11 @@ fn print_text(file: &str, r: &Resolution) {
     if let Some(eff) = &r.effective {
         println!("effective policy: {} ({})", eff.name, eff.digest());
     }
-    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     println!(
         "{file}: {} ({}, {})",
         if r.valid { "valid" } else { "invalid" },
-        plural(r.errors.len(), "error"),
-        plural(r.warnings.len(), "warning")
+        output::counted(r.errors.len() as u64, "error", "errors"),
+        output::counted(r.warnings.len() as u64, "warning", "warnings")
     );
 }
 

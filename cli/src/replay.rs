@@ -116,9 +116,9 @@ pub(crate) fn replay(a: &Replay) -> Outcome {
                     Category::Invalid,
                     "decisions_changed",
                     format!(
-                        "{} of {} decisions would change under {}",
+                        "{} of {} would change under {}",
                         report.changes.len(),
-                        report.decisions,
+                        output::counted(report.decisions, "decision", "decisions"),
                         report.policy_file
                     ),
                 )
@@ -142,9 +142,9 @@ fn text_report(r: &ReplayReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "replayed {} decisions of {} tenant(s) under {} ({}){}",
-        r.decisions,
-        r.tenants.len(),
+        "replayed {} of {} under {} ({}){}",
+        output::counted(r.decisions, "decision", "decisions"),
+        output::counted(r.tenants.len() as u64, "tenant", "tenants"),
         r.policy_file,
         r.policy_digest.as_deref().unwrap_or("-"),
         r.since
@@ -173,7 +173,16 @@ fn text_report(r: &ReplayReport) -> String {
         let _ = writeln!(out, "\nno decision changes");
         return out;
     }
-    let _ = writeln!(out, "\n{} decision(s) change:", r.changes.len());
+    let _ = writeln!(
+        out,
+        "\n{} {}:",
+        output::counted(r.changes.len() as u64, "decision", "decisions"),
+        if r.changes.len() == 1 {
+            "changes"
+        } else {
+            "change"
+        }
+    );
     let _ = writeln!(
         out,
         "{:<36} {:<24} {:<18} {:>12} {:<6} {:<12} reasons",

@@ -1640,3 +1640,53 @@ fn the_root_key_is_not_rotated_under_a_running_gateway() {
     assert_ne!(std::fs::read(&key_file).unwrap(), before);
     let _gw = start(dir.path(), &[]);
 }
+
+#[test]
+fn the_cli_counts_in_words_and_says_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Outside the repository: the start-up line names no `policies/…` path that
+    // is not there.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_paybond"))
+        .args(["dev", "loop", "--offline", "--port", "0"])
+        .current_dir(dir.path())
+        .env_remove("PAYBOND_DATA_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("policy: "))
+        .expect("the dev loop names its policy");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!first.contains("policies/"), "{first}");
+    assert!(first.contains("built-in"), "{first}");
+
+    let gw = start(dir.path(), &[]);
+    let (code, out, _) = paybond_in(dir.path(), &["approvals", "list"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        "no pending approval requests (use `--state all` for every state)"
+    );
+    drop(gw);
+    // One tenant: one chain.
+    let (code, out, _) = paybond_in(dir.path(), &["ledger", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.trim().ends_with(" in 1 chain"), "{out}");
+    // A mistyped env file is named as missing.
+    let (code, _, err) = paybond_in(dir.path(), &["--env-file", "nope.env", "approvals", "list"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nope.env (no such file)"), "{err}");
+    // A mistyped command keeps clap's tip in the JSON error.
+    let (code, out, _) = paybond_in(dir.path(), &["--format", "json", "approvls"]);
+    assert_eq!(code, 2);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("a similar subcommand exists: 'approvals'"),
+        "{message}"
+    );
+}

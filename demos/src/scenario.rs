@@ -373,6 +373,8 @@ pub struct Report {
     pub problems: Vec<Problem>,
     /// What the model said at the end, for the frameworks with a model.
     pub answer: Option<String>,
+    /// The trace, for its table.
+    trace: Vec<TraceEntry>,
 }
 
 fn finalization_name(f: Option<Finalization>) -> Value {
@@ -391,6 +393,11 @@ fn outcome_name(o: TraceOutcome) -> &'static str {
         TraceOutcome::Deny => "deny",
         TraceOutcome::Error => "error",
     }
+}
+
+/// `n` and what it counts: "1 deny", "3 denies".
+fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// A trace entry as `--format json` prints it.
@@ -500,6 +507,7 @@ impl Report {
             summary,
             problems,
             answer,
+            trace: entries.to_vec(),
         }
     }
 
@@ -529,65 +537,31 @@ impl Report {
             "paybond agent demo {} ({} gateway): the {} scenario\n",
             s.framework, s.gateway, s.scenario
         );
-        let w = self
-            .entries
-            .iter()
-            .filter_map(|e| e["tool_call_id"].as_str().map(str::len))
-            .max()
-            .unwrap_or(4)
-            .max(4);
-        let _ = writeln!(
-            out,
-            "{:<w$} {:<22} {:>12} {:<12} {:<10} {:>12}  reasons",
-            "call", "tool", "amount", "outcome", "settled", "actual"
-        );
-        for e in &self.entries {
-            let cents = |v: &Value| {
-                v.as_u64().map_or_else(
-                    || "-".to_owned(),
-                    |c| paybond_middleware_core::format_money(c, "usd"),
-                )
-            };
-            let reasons = e["reason_codes"]
-                .as_array()
-                .map(|r| {
-                    r.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "{:<w$} {:<22} {:>12} {:<12} {:<10} {:>12}  {}",
-                e["tool_call_id"].as_str().unwrap_or("-"),
-                e["tool"].as_str().unwrap_or("-"),
-                cents(&e["amount_cents"]),
-                e["outcome"].as_str().unwrap_or("-"),
-                e["finalization"].as_str().unwrap_or("-"),
-                cents(&e["actual_cents"]),
-                reasons
-            );
-        }
+        // The same columns as the layer's own `RunTrace::table()`.
+        out.push_str(&paybond_middleware_core::RunTrace::table_of(
+            &self.trace,
+            "usd",
+        ));
         let _ = write!(
             out,
-            "\nconsumed {}, released {}, {} hold, {} deny, ",
+            "\nconsumed {}, released {}, {}, {}, ",
             paybond_middleware_core::format_money(s.consumed_cents, "usd"),
             paybond_middleware_core::format_money(s.released_cents, "usd"),
-            s.holds,
-            s.denies,
+            counted(s.holds.into(), "hold", "holds"),
+            counted(s.denies.into(), "deny", "denies"),
         );
         if s.compensations > 0 || s.policy_reloads > 0 {
             let _ = write!(
                 out,
-                "{} compensated, {} policy reload, ",
-                s.compensations, s.policy_reloads
+                "{} compensated, {}, ",
+                s.compensations,
+                counted(s.policy_reloads.into(), "policy reload", "policy reloads")
             );
         }
         let _ = writeln!(
             out,
-            "{} open reservations, ledger {}",
-            s.open_reservations,
+            "{}, ledger {}",
+            counted(s.open_reservations, "open reservation", "open reservations"),
             if s.ledger_valid { "valid" } else { "BROKEN" }
         );
         if let Some(answer) = &self.answer {

@@ -211,14 +211,15 @@ impl RunTrace {
         out
     }
 
-    /// The entries as an aligned text table.
+    /// The entries as an aligned text table, then the compensations and policy
+    /// reloads, one line each.
     pub fn table(&self) -> String {
         self.to_string()
     }
-}
 
-impl fmt::Display for RunTrace {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// `entries` (a trace read back from JSON lines, for instance) as the aligned
+    /// text table [`table`](Self::table) starts with, amounts in `currency`.
+    pub fn table_of(entries: &[TraceEntry], currency: &str) -> String {
         const HEADER: [&str; 8] = [
             "tool_call_id",
             "operation",
@@ -229,10 +230,8 @@ impl fmt::Display for RunTrace {
             "actual",
             "ms",
         ];
-        let currency = self.currency.as_deref().unwrap_or("usd");
         let money = |c: u64| crate::format_money(c, currency);
-        let rows: Vec<[String; 8]> = self
-            .entries()
+        let rows: Vec<[String; 8]> = entries
             .iter()
             .map(|e| {
                 [
@@ -261,22 +260,31 @@ impl fmt::Display for RunTrace {
                 *width = (*width).max(cell.chars().count());
             }
         }
-        let mut line = String::new();
-        let mut write_row = |cells: &[&str], f: &mut fmt::Formatter<'_>| -> fmt::Result {
-            line.clear();
+        let mut out = String::new();
+        let mut write_row = |cells: &[&str]| {
+            let mut line = String::new();
             for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
                 if i > 0 {
                     line.push_str("  ");
                 }
                 let _ = write!(line, "{cell:<width$}");
             }
-            writeln!(f, "{}", line.trim_end())
+            out.push_str(line.trim_end());
+            out.push('\n');
         };
-        write_row(&HEADER, f)?;
+        write_row(&HEADER);
         for row in &rows {
             let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-            write_row(&cells, f)?;
+            write_row(&cells);
         }
+        out
+    }
+}
+
+impl fmt::Display for RunTrace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let currency = self.currency.as_deref().unwrap_or("usd");
+        f.write_str(&Self::table_of(&self.entries(), currency))?;
         for c in self.compensations() {
             let outcome = match c.outcome {
                 crate::wire::CompensationOutcome::Compensated => "compensated",

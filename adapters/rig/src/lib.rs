@@ -20,7 +20,6 @@
 //! (`travel_book_hotel`); [`guarded`] finds the policy tool from it, and refuses a
 //! `NAME` a model API would refuse. [`guarded_dynamic`] renames the tool itself.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use paybond_middleware_core::{
@@ -92,7 +91,6 @@ pub struct Guarded<T> {
     run: PaybondAgentRun,
     /// The policy tool the calls are about.
     policy_tool: String,
-    calls: Arc<AtomicU64>,
 }
 
 /// Why a rig tool cannot be guarded.
@@ -149,7 +147,6 @@ pub fn guarded<T: Tool + 'static>(
         policy_tool: policy_tool(T::NAME, run)?,
         tool: Arc::new(tool),
         run: run.clone(),
-        calls: Arc::new(AtomicU64::new(0)),
     })
 }
 
@@ -176,11 +173,7 @@ where
     }
 
     async fn call(&self, cx: &mut ToolContext, args: Value) -> Result<Value, GuardedError> {
-        let id = format!(
-            "{}-{}",
-            T::NAME,
-            self.calls.fetch_add(1, Ordering::Relaxed) + 1
-        );
+        let id = new_call_id();
         // The tool runs inside the layer's future, which must own what it uses: the
         // context moves in for the call and back out after it.
         let slot = Arc::new(Mutex::new(Some(std::mem::take(cx))));
@@ -217,6 +210,13 @@ where
     }
 }
 
+/// An id for a call rig made (rig hands a tool no id of the model's): shaped as
+/// OpenAI's (`call_` and 24 hex digits), unique, kept by the call's retries.
+fn new_call_id() -> String {
+    let hex = uuid::Uuid::new_v4().simple().to_string();
+    format!("call_{}", &hex[..24])
+}
+
 /// Wraps a [`DynamicTool`] so that its calls are authorized by `run`: same
 /// description and schema, every call through the layer. A tool named after its
 /// policy tool (`travel.book_hotel`) is renamed to its function name
@@ -238,14 +238,13 @@ pub fn guarded_dynamic(
     };
     let inner = Arc::new(tool);
     let run = run.clone();
-    let calls = Arc::new(AtomicU64::new(0));
     Ok(DynamicTool::new(
         function,
         definition.description,
         definition.parameters,
         move |args: Value| {
             let (inner, run, name) = (inner.clone(), run.clone(), name.clone());
-            let id = format!("{name}-{}", calls.fetch_add(1, Ordering::Relaxed) + 1);
+            let id = new_call_id();
             Box::pin(async move {
                 let service = service_fn(move |call: ToolCall| {
                     let inner = inner.clone();
