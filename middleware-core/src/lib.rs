@@ -108,7 +108,7 @@ pub use http::{HttpGateway, HttpGatewayBuilder, RetryPolicy, new_idempotency_key
 pub use paybond_policies::{SpendSource, ToolPolicy};
 pub use registry::{
     COMMIT_PLAN, FnTool, GuardedRegistry, Tool, ToolDefinition, ToolRegistry, ToolRouter,
-    UnknownTool, commit_plan, commit_plan_definition, tool_fn,
+    TypedTool, UnknownTool, commit_plan, commit_plan_definition, tool_fn,
 };
 pub use run::{
     ApprovalRequired, ApprovalWait, BoxError, PaybondAgentRun, PaybondAgentRunBuilder,

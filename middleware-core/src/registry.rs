@@ -8,7 +8,9 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
+use schemars::JsonSchema;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tower::Service;
 
@@ -56,8 +58,123 @@ pub trait Tool: Send + Sync + 'static {
         None
     }
 
+    /// Whether `args` are arguments this tool takes; why not, if they are not. A
+    /// [`GuardedRegistry`] refuses a call whose arguments are not
+    /// ([`RunError::InvalidCall`]) before any verify. Anything by default; a
+    /// [`TypedTool`]'s arguments must deserialize into its `Args`.
+    fn check_args(&self, args: &Value) -> Result<(), String> {
+        let _ = args;
+        Ok(())
+    }
+
     /// Runs the tool.
     async fn execute(&self, args: Value) -> Result<ToolOutput, BoxError>;
+}
+
+/// A tool whose arguments are a type of yours: their JSON Schema (the tool's
+/// [`parameters`](Tool::parameters)) comes from the type, and a call whose
+/// arguments do not deserialize into it is refused before any verify. Every
+/// `TypedTool` is a [`Tool`].
+///
+/// ```
+/// use async_trait::async_trait;
+/// use paybond_middleware_core::{BoxError, ToolOutput, TypedTool};
+/// use serde::Deserialize;
+/// use serde_json::json;
+///
+/// /// A hotel room to book.
+/// #[derive(Deserialize, schemars::JsonSchema)]
+/// struct Booking {
+///     /// The hotel.
+///     hotel: String,
+///     /// What it costs, in cents.
+///     amount_cents: u64,
+/// }
+///
+/// struct BookHotel;
+///
+/// #[async_trait]
+/// impl TypedTool for BookHotel {
+///     type Args = Booking;
+///     fn name(&self) -> &str { "travel.book_hotel" }
+///     async fn call(&self, args: Booking) -> Result<ToolOutput, BoxError> {
+///         Ok(ToolOutput::new(json!({"booked": args.hotel})).with_cost_cents(args.amount_cents))
+///     }
+/// }
+///
+/// use paybond_middleware_core::Tool;
+/// let schema = BookHotel.parameters();
+/// assert_eq!(schema["properties"]["amount_cents"]["type"], "integer");
+/// assert!(BookHotel.check_args(&json!({"hotel": "h1"})).is_err());
+/// ```
+#[async_trait]
+pub trait TypedTool: Send + Sync + 'static {
+    /// Its arguments.
+    type Args: DeserializeOwned + JsonSchema + Send;
+
+    /// The name the agent calls it by (and its policy entry's key).
+    fn name(&self) -> &str;
+
+    /// What it does, for the model.
+    fn description(&self) -> &str {
+        ""
+    }
+
+    /// Its local policy entry (see [`Tool::policy`]). None by default.
+    fn policy(&self) -> Option<ToolPolicy> {
+        None
+    }
+
+    /// Runs the tool.
+    async fn call(&self, args: Self::Args) -> Result<ToolOutput, BoxError>;
+}
+
+/// The JSON Schema of `A`, as a tool's parameters: an object schema (a schema
+/// that admits anything, `serde_json::Value`'s, is any object).
+fn parameters_of<A: JsonSchema>() -> Value {
+    let schema = serde_json::to_value(schemars::schema_for!(A)).unwrap_or(Value::Bool(true));
+    match schema {
+        Value::Object(map) if map.contains_key("type") || map.contains_key("properties") => {
+            Value::Object(map)
+        }
+        _ => json!({"type": "object"}),
+    }
+}
+
+/// Whether `args` deserialize into `A`; serde's reason if not.
+fn check_as<A: DeserializeOwned>(args: &Value) -> Result<(), String> {
+    A::deserialize(args)
+        .map(drop)
+        .map_err(|e| format!("invalid arguments: {e}"))
+}
+
+#[async_trait]
+impl<T: TypedTool> Tool for T {
+    fn name(&self) -> &str {
+        TypedTool::name(self)
+    }
+
+    fn description(&self) -> &str {
+        TypedTool::description(self)
+    }
+
+    fn parameters(&self) -> Value {
+        parameters_of::<T::Args>()
+    }
+
+    fn policy(&self) -> Option<ToolPolicy> {
+        TypedTool::policy(self)
+    }
+
+    fn check_args(&self, args: &Value) -> Result<(), String> {
+        check_as::<T::Args>(args)
+    }
+
+    async fn execute(&self, args: Value) -> Result<ToolOutput, BoxError> {
+        let args: T::Args =
+            serde_json::from_value(args).map_err(|e| format!("invalid arguments: {e}"))?;
+        self.call(args).await
+    }
 }
 
 /// Name, description and argument schema of a tool, for a model's tool list.
@@ -251,9 +368,14 @@ impl GuardedRegistry {
         if self.commit_plan && call.tool_name == COMMIT_PLAN {
             return Ok(commit_plan(self.run()));
         }
-        if !self.service.get_ref().tools.contains_key(&call.tool_name) {
+        let refused = match self.service.get_ref().tools.get(&call.tool_name) {
+            None => Some(UnknownTool(call.tool_name.clone()).to_string()),
+            // Arguments the tool does not take are refused before any verify.
+            Some(tool) => tool.check_args(&call.args).err(),
+        };
+        if let Some(reason) = refused {
             return Err(RunError::InvalidCall {
-                reason: UnknownTool(call.tool_name.clone()).to_string(),
+                reason,
                 tool_call_id: call.tool_call_id,
                 tool: call.tool_name,
             });
@@ -264,16 +386,18 @@ impl GuardedRegistry {
     }
 }
 
-/// A tool made of a name, a policy entry and an async function: see [`tool_fn`].
-pub struct FnTool<F> {
+/// A tool made of a name, a policy entry and an async function of its arguments
+/// `A`: see [`tool_fn`].
+pub struct FnTool<F, A = Value> {
     name: String,
     description: String,
     parameters: Value,
     policy: ToolPolicy,
     f: F,
+    args: std::marker::PhantomData<fn(A)>,
 }
 
-impl<F> std::fmt::Debug for FnTool<F> {
+impl<F, A> std::fmt::Debug for FnTool<F, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FnTool")
             .field("name", &self.name)
@@ -287,6 +411,33 @@ impl<F> std::fmt::Debug for FnTool<F> {
 /// `policy` is the tool's local entry: the run uses the gateway's effective policy
 /// where it names the tool, and this entry where it does not
 /// ([`ToolRegistry::policies`] hands it to the run builder).
+///
+/// The function takes the arguments as a type of yours (`Deserialize` and
+/// `JsonSchema`): the tool's parameter schema is that type's, and a call whose
+/// arguments do not deserialize into it is refused before any verify. A function
+/// of `serde_json::Value` takes any object.
+///
+/// ```
+/// use paybond_middleware_core::{Tool, ToolOutput, ToolPolicy, tool_fn};
+/// use serde::Deserialize;
+/// use serde_json::json;
+///
+/// #[derive(Deserialize, schemars::JsonSchema)]
+/// struct Booking {
+///     hotel: String,
+///     amount_cents: u64,
+/// }
+///
+/// let book = tool_fn(
+///     "travel.book_hotel",
+///     ToolPolicy::side_effecting("cost_and_completion").with_spend_from_args("amount_cents"),
+///     |b: Booking| async move {
+///         Ok(ToolOutput::new(json!({"booked": b.hotel})).with_cost_cents(b.amount_cents))
+///     },
+/// );
+/// assert_eq!(book.parameters()["required"], json!(["hotel", "amount_cents"]));
+/// assert!(book.check_args(&json!({"hotel": "h1", "amount_cents": "lots"})).is_err());
+/// ```
 ///
 /// ```
 /// use paybond_middleware_core::{ToolOutput, ToolPolicy, ToolRegistry, tool_fn};
@@ -305,21 +456,23 @@ impl<F> std::fmt::Debug for FnTool<F> {
 /// let registry = ToolRegistry::new().with(book);
 /// assert_eq!(registry.policies().len(), 1);
 /// ```
-pub fn tool_fn<F, Fut>(name: impl Into<String>, policy: ToolPolicy, f: F) -> FnTool<F>
+pub fn tool_fn<A, F, Fut>(name: impl Into<String>, policy: ToolPolicy, f: F) -> FnTool<F, A>
 where
-    F: Fn(Value) -> Fut + Send + Sync + 'static,
+    A: DeserializeOwned + JsonSchema + Send + 'static,
+    F: Fn(A) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<ToolOutput, BoxError>> + Send + 'static,
 {
     FnTool {
         name: name.into(),
         description: String::new(),
-        parameters: json!({"type": "object"}),
+        parameters: parameters_of::<A>(),
         policy,
         f,
+        args: std::marker::PhantomData,
     }
 }
 
-impl<F> FnTool<F> {
+impl<F, A> FnTool<F, A> {
     /// What it does, for the model.
     #[must_use]
     pub fn with_description(mut self, description: impl Into<String>) -> Self {
@@ -327,7 +480,7 @@ impl<F> FnTool<F> {
         self
     }
 
-    /// JSON Schema of its arguments (default: any object).
+    /// JSON Schema of its arguments, in place of the one of its argument type.
     #[must_use]
     pub fn with_parameters(mut self, schema: Value) -> Self {
         self.parameters = schema;
@@ -336,9 +489,10 @@ impl<F> FnTool<F> {
 }
 
 #[async_trait]
-impl<F, Fut> Tool for FnTool<F>
+impl<A, F, Fut> Tool for FnTool<F, A>
 where
-    F: Fn(Value) -> Fut + Send + Sync + 'static,
+    A: DeserializeOwned + JsonSchema + Send + 'static,
+    F: Fn(A) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<ToolOutput, BoxError>> + Send + 'static,
 {
     fn name(&self) -> &str {
@@ -357,7 +511,13 @@ where
         Some(self.policy.clone())
     }
 
+    fn check_args(&self, args: &Value) -> Result<(), String> {
+        check_as::<A>(args)
+    }
+
     async fn execute(&self, args: Value) -> Result<ToolOutput, BoxError> {
+        let args: A =
+            serde_json::from_value(args).map_err(|e| format!("invalid arguments: {e}"))?;
         (self.f)(args).await
     }
 }

@@ -153,3 +153,130 @@ async fn dispatches_by_name_through_the_layer() {
         (12_000, 9_000)
     );
 }
+
+/// A booking, as the typed tools below take it.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct Booking {
+    /// The hotel.
+    hotel: String,
+    /// What it costs, in cents.
+    amount_cents: u64,
+}
+
+struct TypedBook {
+    runs: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl paybond_middleware_core::TypedTool for TypedBook {
+    type Args = Booking;
+    fn name(&self) -> &str {
+        "travel.book_hotel"
+    }
+    async fn call(&self, args: Booking) -> Result<ToolOutput, BoxError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Ok(ToolOutput::new(json!({"booked": args.hotel})).with_cost_cents(args.amount_cents))
+    }
+}
+
+#[tokio::test]
+async fn typed_tools_take_their_schema_from_their_type_and_refuse_bad_arguments_before_verify() {
+    let gateway = Arc::new(ScriptedGateway::new());
+    gateway
+        .push_verify(VerifyScript::Allow)
+        .push_verify(VerifyScript::Allow);
+    let run = PaybondAgentRun::builder(gateway.clone(), Uuid::new_v4(), "tok".into())
+        .tool(
+            "travel.book_hotel",
+            ToolPolicy::side_effecting("cost_and_completion").with_spend_from_args("amount_cents"),
+        )
+        .tool(
+            "travel.pay",
+            ToolPolicy::side_effecting("cost_and_completion").with_spend_from_args("amount_cents"),
+        )
+        .bind()
+        .await
+        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let pays = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&pays);
+    let tools = ToolRegistry::new()
+        .with(TypedBook {
+            runs: Arc::clone(&runs),
+        })
+        .with(paybond_middleware_core::tool_fn(
+            "travel.pay",
+            ToolPolicy::side_effecting("cost_and_completion").with_spend_from_args("amount_cents"),
+            move |b: Booking| {
+                let counted = Arc::clone(&counted);
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    Ok(ToolOutput::new(json!({"paid": b.hotel})).with_cost_cents(b.amount_cents))
+                }
+            },
+        ))
+        .guarded(&run);
+
+    // The schema is the type's, for both.
+    for d in tools.definitions() {
+        assert_eq!(
+            d.parameters["required"],
+            json!(["hotel", "amount_cents"]),
+            "{}",
+            d.name
+        );
+        assert_eq!(
+            d.parameters["properties"]["amount_cents"]["type"],
+            "integer"
+        );
+        assert_eq!(
+            d.parameters["properties"]["hotel"]["description"],
+            "The hotel."
+        );
+    }
+
+    // Arguments that are not a `Booking`: refused, no verify, the tool does not run.
+    for (tool, args) in [
+        ("travel.book_hotel", json!({"amount_cents": 12_000})),
+        (
+            "travel.pay",
+            json!({"hotel": "h1", "amount_cents": "twelve"}),
+        ),
+    ] {
+        let refused = tools.call(tool, args, "bad").await.unwrap_err();
+        assert_eq!(refused.kind(), RunErrorKind::InvalidCall, "{refused}");
+        assert!(
+            refused.to_string().contains("invalid arguments"),
+            "{refused}"
+        );
+    }
+    assert!(gateway.verifies().is_empty());
+    assert_eq!(
+        (runs.load(Ordering::SeqCst), pays.load(Ordering::SeqCst)),
+        (0, 0)
+    );
+
+    // Good ones run, typed.
+    let booked = tools
+        .call(
+            "travel.book_hotel",
+            json!({"hotel": "h1", "amount_cents": 12_000}),
+            "c1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (booked.body["booked"].clone(), booked.cost_cents),
+        (json!("h1"), Some(12_000))
+    );
+    let paid = tools
+        .call(
+            "travel.pay",
+            json!({"hotel": "h2", "amount_cents": 900}),
+            "c2",
+        )
+        .await
+        .unwrap();
+    assert_eq!(paid.cost_cents, Some(900));
+    assert_eq!(gateway.verifies().len(), 2);
+}
