@@ -129,10 +129,15 @@ pub trait TypedTool: Send + Sync + 'static {
     async fn call(&self, args: Self::Args) -> Result<ToolOutput, BoxError>;
 }
 
-/// The JSON Schema of `A`, as a tool's parameters: an object schema (a schema
+/// The JSON Schema of `A`, as a tool's parameters: an object schema, its
+/// subschemas inline and without `$schema` (what every model API reads; a schema
 /// that admits anything, `serde_json::Value`'s, is any object).
 fn parameters_of<A: JsonSchema>() -> Value {
-    let schema = serde_json::to_value(schemars::schema_for!(A)).unwrap_or(Value::Bool(true));
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
+    settings.inline_subschemas = true;
+    settings.meta_schema = None;
+    let schema = settings.into_generator().into_root_schema_for::<A>();
+    let schema = serde_json::to_value(schema).unwrap_or(Value::Bool(true));
     match schema {
         Value::Object(map) if map.contains_key("type") || map.contains_key("properties") => {
             Value::Object(map)

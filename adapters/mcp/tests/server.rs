@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use paybond_adapter_mcp::GuardedMcpServer;
-use paybond_adapter_mcp::paybond_tools::{PaybondToolsServer, ToolPolicy};
+use paybond_adapter_mcp::paybond_tools::{ExposedTools, PaybondToolsServer};
 use paybond_middleware_core::testing::{ScriptedGateway, VerifyScript};
 use paybond_middleware_core::{
     ApiKey, BoxError, HttpGateway, PaybondAgentRun, Tool, ToolOutput, ToolRegistry,
@@ -118,10 +118,10 @@ async fn each_tool_policy_lists_and_allows_its_tools() {
     ]);
     everything.sort_unstable();
     for (policy, expected) in [
-        (ToolPolicy::ReadOnly, read_only),
-        (ToolPolicy::SpendWrite, everything),
+        (ExposedTools::ReadOnly, read_only),
+        (ExposedTools::SpendWrite, everything),
         (
-            ToolPolicy::parse(
+            ExposedTools::parse(
                 "allowlist",
                 Some("paybond_get_principal, paybond_complete_spend_decision"),
             )
@@ -158,7 +158,7 @@ async fn each_tool_policy_lists_and_allows_its_tools() {
             );
             assert_eq!(hints.destructive_hint, Some(false));
         }
-        if policy == ToolPolicy::ReadOnly {
+        if policy == ExposedTools::ReadOnly {
             let r = client
                 .call_tool(
                     CallToolRequestParams::new("paybond_authorize_agent_spend").with_arguments(
@@ -194,12 +194,12 @@ async fn each_tool_policy_lists_and_allows_its_tools() {
         client.cancel().await.unwrap();
         let _ = served.await;
     }
-    assert!(ToolPolicy::parse("allowlist", None).is_err());
-    let err = ToolPolicy::parse("allowlist", Some("paybond_pay_everyone")).unwrap_err();
+    assert!(ExposedTools::parse("allowlist", None).is_err());
+    let err = ExposedTools::parse("allowlist", Some("paybond_pay_everyone")).unwrap_err();
     assert!(err.contains("paybond_pay_everyone"), "{err}");
     assert_eq!(
-        ToolPolicy::parse("default", None).unwrap(),
-        ToolPolicy::SpendWrite
+        ExposedTools::parse("default", None).unwrap(),
+        ExposedTools::SpendWrite
     );
 }
 
@@ -226,7 +226,7 @@ async fn the_tools_against_a_gateway() {
     let gateway = HttpGateway::builder(&url, keys.agent.clone())
         .build()
         .unwrap();
-    let server = PaybondToolsServer::new(gateway, ToolPolicy::SpendWrite);
+    let server = PaybondToolsServer::new(gateway, ExposedTools::SpendWrite);
     let (server_io, client_io) = tokio::io::duplex(64 * 1024);
     let served =
         tokio::spawn(async move { server.serve(server_io).await.unwrap().waiting().await });

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use paybond_adapter_mcp::paybond_tools::{PaybondToolsServer, ToolPolicy};
+use paybond_adapter_mcp::paybond_tools::{ExposedTools, PaybondToolsServer};
 use paybond_middleware_core::HttpGateway;
 use rmcp::ServiceExt;
 
@@ -15,7 +15,7 @@ const USAGE: &str = "usage: paybond-mcp-server [--tool-policy readonly|spend-wri
 
 /// What the command line asks for.
 enum Wanted {
-    Serve(ToolPolicy),
+    Serve(ExposedTools),
     Help,
     Version,
 }
@@ -47,7 +47,7 @@ fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Wanted
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
-    ToolPolicy::parse(
+    ExposedTools::parse(
         policy.as_deref().unwrap_or("spend-write"),
         allowlist.as_deref(),
     )
