@@ -12,7 +12,6 @@ use tracing::{Instrument, field};
 use uuid::Uuid;
 
 use crate::gateway::{GatewayError, SpendGateway};
-use crate::secret::{ApiKey, redact};
 use crate::wire::{
     ApprovalStatus, CompensationRecorded, CompensationRequest, CompleteRequest, CompleteResponse,
     CreateIntentRequest, EffectivePolicy, Environment, ErrorBody, EvidenceRequest,
@@ -20,6 +19,7 @@ use crate::wire::{
     PreflightResult, Principal, SandboxBootstrapRequest, SandboxBootstrapResponse, VerifyRequest,
     VerifyResult,
 };
+use crate::{ApiKey, new_idempotency_key};
 
 /// How failed requests are retried.
 ///
@@ -927,14 +927,6 @@ fn check_echo(
     }
 }
 
-/// A new idempotency key, as the layer and [`HttpGateway`] make one for a call
-/// that names none: a UUID v7, so keys made one after another sort in the order
-/// they were made and a gateway's key index grows at its end instead of at a
-/// random place per call (74 of its bits are random).
-pub fn new_idempotency_key() -> String {
-    Uuid::now_v7().to_string()
-}
-
 fn is_retryable(status: StatusCode) -> bool {
     matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
 }
@@ -957,8 +949,30 @@ fn transport_detail(error: &reqwest::Error) -> String {
     detail
 }
 
+/// Replaces every occurrence of each secret in `text` with `[redacted]`.
+///
+/// Used on text that comes back from a gateway (error messages) before it is kept
+/// in an error value: a misbehaving server that echoes a request must not leak it.
+pub(crate) fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        if out.contains(secret) {
+            out = out.replace(secret, "[redacted]");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redact_replaces_each_secret() {
+        assert_eq!(
+            redact("bad token abc for key k-1 (abc)", &["abc", "k-1", ""]),
+            "bad token [redacted] for key [redacted] ([redacted])"
+        );
+    }
+
     use super::*;
 
     #[test]

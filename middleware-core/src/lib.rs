@@ -84,16 +84,17 @@
 //! `test-util` feature's `testing::ScriptedGateway` answers as scripted.
 
 mod feedback;
-pub mod function_names;
+mod function_names;
 mod gateway;
+#[cfg(feature = "http")]
 mod http;
 mod registry;
 mod run;
-pub mod scope;
-mod secret;
+mod scope;
 mod tool;
 mod trace;
-pub mod wire;
+/// The gateway's HTTP wire types: the `paybond-wire` crate.
+pub use paybond_wire as wire;
 
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -101,11 +102,13 @@ pub mod testing;
 pub use feedback::{FeedbackStatus, model_feedback};
 pub use function_names::{FunctionNameError, FunctionNames, is_valid_function_name};
 pub use gateway::{GatewayError, GatewayErrorKind, SpendGateway};
-pub use http::{HttpGateway, HttpGatewayBuilder, RetryPolicy, new_idempotency_key};
+#[cfg(feature = "http")]
+pub use http::{HttpGateway, HttpGatewayBuilder, RetryPolicy};
 /// A tool's policy entry (side-effecting or not, how much to reserve, which
 /// operation to verify), re-exported so a crate using the layer needs no second
 /// dependency for it.
 pub use paybond_policies::{SpendSource, ToolPolicy};
+pub use paybond_wire::{ApiKey, ApprovalToken, CapabilityToken};
 pub use registry::{
     COMMIT_PLAN, FnTool, GuardedRegistry, Tool, ToolDefinition, ToolRegistry, ToolRouter,
     TypedTool, UnknownTool, commit_plan, commit_plan_definition, tool_fn,
@@ -113,12 +116,18 @@ pub use registry::{
 pub use run::{
     ApprovalRequired, ApprovalWait, BoxError, PaybondAgentRun, PaybondAgentRunBuilder,
     PaybondAgentRunService, PhaseError, PolicyReloaded, RunError, RunErrorKind, SpendDenied,
-    sensitive_path,
 };
 pub use scope::{CompensationEntry, TransactionScope, WorkflowFailed, transaction};
-pub use secret::{ApiKey, ApprovalToken, CapabilityToken};
 pub use tool::{ToolCall, ToolOutput};
 pub use trace::{RunTrace, TraceEntry, TraceOutcome, TraceTotals};
+
+/// A new idempotency key, as the layer and `HttpGateway` make one for a call
+/// that names none: a UUID v7, so keys made one after another sort in the order
+/// they were made and a gateway's key index grows at its end instead of at a
+/// random place per call (74 of its bits are random).
+pub fn new_idempotency_key() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
 
 /// An amount in cents as every Paybond tool shows it to people: `187.00 USD` (two
 /// decimals, the currency code in capitals). Machine-readable output keeps integer

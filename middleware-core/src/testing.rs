@@ -10,8 +10,8 @@ use std::sync::{Mutex, PoisonError};
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use crate::ApprovalToken;
 use crate::gateway::{GatewayError, SpendGateway};
-use crate::secret::ApprovalToken;
 use crate::wire::{
     ApprovalState, ApprovalStatus, CompensationRecorded, CompensationRequest, CompleteRequest,
     CompleteResponse, EffectivePolicy, Environment, EvidenceRequest, EvidenceResponse,

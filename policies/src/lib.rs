@@ -25,6 +25,7 @@ pub mod fuzzing;
 mod locate;
 mod merge;
 mod resolve;
+mod sensitive;
 mod tool;
 mod validate;
 
@@ -36,6 +37,7 @@ pub use document::{
 };
 pub use merge::{MergeReport, Merged, merge};
 pub use resolve::{Resolution, Source, resolve_policy};
+pub use sensitive::sensitive_path;
 pub use tool::{Problem, SpendSource, ToolPolicy, is_valid_tool_name};
 pub use validate::{
     Checked, Diagnostic, PolicyError, check_policy, check_policy_file, parse_policy, read_policy,

@@ -1101,7 +1101,7 @@ fn check_evidence(
     for (field, value) in [("payload", &req.payload), ("metadata", &req.metadata)] {
         if let Some(path) = value
             .as_ref()
-            .and_then(|v| paybond_middleware_core::sensitive_path(v, sensitive))
+            .and_then(|v| paybond_policies::sensitive_path(v, sensitive))
         {
             return Err(ApiError::unprocessable(
                 "sensitive_data_in_evidence",

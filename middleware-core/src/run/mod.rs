@@ -2,6 +2,7 @@
 
 mod error;
 mod layer;
+mod protocol;
 mod service;
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,12 +14,12 @@ use uuid::Uuid;
 
 pub use error::{ApprovalRequired, BoxError, RunError, RunErrorKind, SpendDenied};
 
-pub use service::{PaybondAgentRunService, sensitive_path};
+pub use service::PaybondAgentRunService;
 
 use crate::gateway::{GatewayError, SpendGateway};
-use crate::secret::{ApprovalToken, CapabilityToken};
 use crate::trace::RunTrace;
 use crate::wire::Phase;
+use crate::{ApprovalToken, CapabilityToken};
 
 /// How long a held call waits for an operator before it gives up, and how often it asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,14 +5,16 @@
 //! leaner answers; fields the layer depends on (`allow`, `tenant`, `intent_id`) are
 //! required, so an answer without them is malformed and fails closed.
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::secret::{ApprovalToken, CapabilityToken};
+mod secret;
+
+pub use secret::{ApiKey, ApprovalToken, CapabilityToken};
 
 /// Sandbox or live: which rail an API key and its tenant act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Environment {
     /// Simulated money.
@@ -22,7 +24,8 @@ pub enum Environment {
 }
 
 /// The role of a service account's API key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Role {
@@ -38,7 +41,8 @@ pub enum Role {
 }
 
 /// `GET /v1/auth/principal`: who an API key is. The tenant comes from here, never from user input.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct Principal {
     /// The key's tenant.
     pub tenant_id: String,
@@ -61,19 +65,9 @@ pub struct Principal {
 /// only. A policy's `spend_controls.phases.payment_phase` refuses side-effecting
 /// calls made before that phase (`phase_not_committed`).
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    Serialize,
-    Deserialize,
-    JsonSchema,
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Phase {
     /// Looking around: read-only tools only, when the policy names a payment phase.
@@ -116,7 +110,8 @@ impl std::fmt::Display for Phase {
 }
 
 /// `POST /verify`: may this call run?
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct VerifyRequest {
     /// The intent the capability token was minted for.
     pub intent_id: Uuid,
@@ -160,7 +155,8 @@ pub struct VerifyRequest {
 }
 
 /// The scope whose budget governed a decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct SpendScope {
     /// `intent`, `tenant`, `agent`, `vendor` or `tool`.
     pub scope_type: String,
@@ -169,7 +165,8 @@ pub struct SpendScope {
 }
 
 /// The answer to `POST /verify`. A denial or a hold is a 200 with `allow: false`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct VerifyResult {
     /// The final decision.
     pub allow: bool,
@@ -220,7 +217,8 @@ pub struct VerifyResult {
 }
 
 /// The three outcomes of a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     /// Run the tool.
@@ -243,7 +241,8 @@ impl VerifyResult {
 }
 
 /// How a reservation is finalized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Finalization {
     /// The tool ran: settle its actual cost, return the rest.
@@ -253,7 +252,8 @@ pub enum Finalization {
 }
 
 /// `POST /v1/spend/decisions/{decision_id}/complete`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct CompleteRequest {
     /// Consumed or released.
     pub outcome: Finalization,
@@ -264,7 +264,8 @@ pub struct CompleteRequest {
 
 /// The answer to a complete. Every field is optional on the wire; when the gateway
 /// echoes the decision id it must be the one finalized.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct CompleteResponse {
     /// The finalized decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -285,7 +286,8 @@ pub struct CompleteResponse {
 }
 
 /// Lifecycle of an intent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum LifecycleStatus {
@@ -304,7 +306,8 @@ pub enum LifecycleStatus {
 }
 
 /// `POST /v1/sandbox/guardrails/bootstrap`: a funded sandbox intent and its capability token.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct SandboxBootstrapRequest {
     /// The intent's one allowed operation.
     pub operation: String,
@@ -325,7 +328,8 @@ pub struct SandboxBootstrapRequest {
 }
 
 /// The answer to a sandbox bootstrap.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct SandboxBootstrapResponse {
     /// The caller's tenant.
     pub tenant_id: String,
@@ -342,7 +346,8 @@ pub struct SandboxBootstrapResponse {
 }
 
 /// `POST /v1/sandbox/guardrails/{intent_id}/evidence`: what a call did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct EvidenceRequest {
     /// The preset's payload, e.g. `{"status": "completed", "cost_cents": 18700}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -362,7 +367,8 @@ pub struct EvidenceRequest {
 }
 
 /// The answer to an evidence submission.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct EvidenceResponse {
     /// The caller's tenant.
     pub tenant_id: String,
@@ -380,7 +386,8 @@ pub struct EvidenceResponse {
 }
 
 /// State of an approval request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalState {
     /// Waiting for operators.
@@ -394,7 +401,8 @@ pub enum ApprovalState {
 }
 
 /// `GET /v1/approvals/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct ApprovalStatus {
     /// The approval request.
     pub approval_request_id: Uuid,
@@ -442,7 +450,8 @@ pub struct ApprovalStatus {
 }
 
 /// The error envelope of every non-2xx answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct ErrorBody {
     /// Machine-readable code, e.g. `idempotency_key_reused`.
     pub error: String,
@@ -544,7 +553,8 @@ mod tests {
 }
 
 /// `POST /harbor/intents`: an intent on the simulator rail, funded at once.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct CreateIntentRequest {
     /// Operations the intent allows (delegated tool names).
     pub allowed_tools: Vec<String>,
@@ -568,7 +578,8 @@ pub struct CreateIntentRequest {
 }
 
 /// An intent as the Harbor routes describe it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct IntentView {
     /// The intent.
     pub intent_id: Uuid,
@@ -597,7 +608,8 @@ pub struct IntentView {
 }
 
 /// A tenant's effective policy, as the engine enforces it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct EffectivePolicy {
     /// The tenant.
     pub tenant_id: String,
@@ -613,7 +625,8 @@ pub struct EffectivePolicy {
 }
 
 /// One check a decision evaluated: what it looked at and what it found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct PolicyCheck {
     /// The check, e.g. `intent`, `per_call_cap`, `intent_budget`, `rolling_cap`,
     /// `rate_limit`, `approval_threshold`.
@@ -626,7 +639,8 @@ pub struct PolicyCheck {
 
 /// `POST /v1/spend/preflight`: the verify body without a capability token. Every
 /// check of verify runs; nothing is reserved, held or recorded.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct PreflightRequest {
     /// The intent to spend from.
     pub intent_id: Uuid,
@@ -665,7 +679,8 @@ pub struct PreflightRequest {
 }
 
 /// The answer to a preflight: what verify would decide now, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct PreflightResult {
     /// `allow`, `hold` or `deny`.
     pub classification: String,
@@ -691,7 +706,8 @@ pub struct PreflightResult {
 }
 
 /// One intent in the operator's list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct OperatorIntent {
     /// The intent.
     pub intent_id: Uuid,
@@ -722,7 +738,8 @@ pub struct OperatorIntent {
 }
 
 /// `GET /harbor/operator/v1/intents`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct OperatorIntentList {
     /// Newest first.
     pub intents: Vec<OperatorIntent>,
@@ -732,7 +749,8 @@ pub struct OperatorIntentList {
 }
 
 /// A reservation of an intent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct ReservationView {
     /// The allowed decision that made it.
     pub decision_id: String,
@@ -760,7 +778,8 @@ pub struct ReservationView {
 }
 
 /// A decision on an intent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct DecisionView {
     /// The decision.
     pub decision_id: String,
@@ -782,7 +801,8 @@ pub struct DecisionView {
 }
 
 /// Evidence submitted for an intent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct EvidenceView {
     /// The decision it is for, when it named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -803,7 +823,8 @@ pub struct EvidenceView {
 }
 
 /// `GET /harbor/operator/v1/intents/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct OperatorIntentDetail {
     /// The intent and its money.
     #[serde(flatten)]
@@ -818,7 +839,8 @@ pub struct OperatorIntentDetail {
 
 /// `GET /v1/spend/decisions/{decision_id}`: a decision as it was made, with the
 /// checks behind it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct DecisionRecord {
     /// The decision.
     pub decision_id: Uuid,
@@ -833,7 +855,8 @@ pub struct DecisionRecord {
 }
 
 /// How a compensating action ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CompensationOutcome {
     /// The compensating action (a refund, a cancellation) succeeded.
@@ -844,7 +867,8 @@ pub enum CompensationOutcome {
 
 /// `POST /v1/spend/decisions/{id}/compensation`: a paid step's compensation, recorded
 /// in the ledger as a `compensation` event linked to the decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CompensationRequest {
     /// How it ended.
@@ -861,7 +885,8 @@ pub struct CompensationRequest {
 }
 
 /// The answer: where the compensation landed in the ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
 pub struct CompensationRecorded {
     /// The compensated decision.
     pub decision_id: Uuid,
