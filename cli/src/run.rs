@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Subcommand;
+use paybond_middleware_core::trace::TraceEntry;
 use paybond_middleware_core::wire::SandboxBootstrapRequest;
 use paybond_middleware_core::{
     ApiKey, BoxError, CapabilityToken, HttpGateway, PaybondAgentRun, RunError, SpendGateway,
-    ToolCall, ToolOutput, ToolPolicy, ToolRegistry, TraceEntry, tool_fn,
+    ToolCall, ToolOutput, ToolPolicy, ToolRegistry, tool_fn,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

@@ -10,10 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use paybond_middleware_core::http::RetryPolicy;
 use paybond_middleware_core::wire::{
     CompleteRequest, Finalization, SandboxBootstrapRequest, VerifyRequest,
 };
-use paybond_middleware_core::{ApiKey, HttpGateway, RetryPolicy, SpendGateway};
+use paybond_middleware_core::{ApiKey, HttpGateway, SpendGateway};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use uuid::Uuid;

@@ -11,10 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use paybond_middleware_core::http::RetryPolicy;
 use paybond_middleware_core::wire::{
     CompleteRequest, Finalization, SandboxBootstrapRequest, VerifyRequest,
 };
-use paybond_middleware_core::{ApiKey, CapabilityToken, HttpGateway, RetryPolicy, SpendGateway};
+use paybond_middleware_core::{ApiKey, CapabilityToken, HttpGateway, SpendGateway};
 use serde_json::Value;
 use tokio::sync::{Mutex, RwLock};
 use uuid::Uuid;

@@ -11,7 +11,7 @@ use crate::scenario::steps;
 use crate::travel;
 use crate::{DemoError, Finished};
 
-/// Runs the scenario through a [`GuardedRegistry`](paybond_middleware_core::GuardedRegistry).
+/// Runs the scenario through a [`GuardedRegistry`](paybond_middleware_core::registry::GuardedRegistry).
 pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
     let run = h.bind("demo-generic", false).await?;
     let tools = travel::registry().guarded(&run);

@@ -120,7 +120,7 @@ async fn reload(run: &PaybondAgentRun) -> Result<(), DemoError> {
 
 /// What the model is told in each part, naming the functions it is offered.
 pub fn instructions(part: usize, steps: &[crate::scenario::Step]) -> String {
-    let names = paybond_middleware_core::FunctionNames::new([
+    let names = paybond_middleware_core::function_names::FunctionNames::new([
         crate::travel::SEARCH,
         crate::travel::BOOK,
         crate::travel::TRIP,

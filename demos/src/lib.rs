@@ -25,10 +25,11 @@ pub use scenario::{Problem, Report, Scenario, Summary};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use paybond_middleware_core::scope::CompensationEntry;
+use paybond_middleware_core::trace::{TraceEntry, TraceTotals};
 use paybond_middleware_core::wire::CompensationOutcome;
 use paybond_middleware_core::{
-    ApprovalWait, CapabilityToken, CompensationEntry, PaybondAgentRun, PolicyReloaded,
-    SpendGateway, TraceEntry, TraceTotals,
+    ApprovalWait, CapabilityToken, PaybondAgentRun, PolicyReloaded, SpendGateway,
 };
 use paybond_policies::ToolPolicy;
 use uuid::Uuid;

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use paybond_adapter_mcp::GuardedMcpServer;
 use std::future::Future;
 
-use paybond_middleware_core::{
-    ApiKey, CapabilityToken, CompensationEntry, HttpGateway, PolicyReloaded, RunTrace, TraceEntry,
-};
+use paybond_middleware_core::scope::CompensationEntry;
+use paybond_middleware_core::trace::{RunTrace, TraceEntry};
+use paybond_middleware_core::{ApiKey, CapabilityToken, HttpGateway, PolicyReloaded};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ListToolsResult, MetaObject, PaginatedRequestParams,
     RequestMetaObject, ServerConfig,

@@ -117,7 +117,8 @@ fn invalid_tool_name(body: &Value) -> Option<(usize, String)> {
         .enumerate()
         .find_map(|(i, t)| {
             let name = t["function"]["name"].as_str().unwrap_or_default();
-            (!paybond_middleware_core::is_valid_function_name(name)).then(|| (i, name.to_owned()))
+            (!paybond_middleware_core::function_names::is_valid_function_name(name))
+                .then(|| (i, name.to_owned()))
         })
 }
 
@@ -147,7 +148,7 @@ async fn chat(
                 .collect()
         })
         .unwrap_or_default();
-    let names = paybond_middleware_core::FunctionNames::new([
+    let names = paybond_middleware_core::function_names::FunctionNames::new([
         crate::travel::SEARCH,
         crate::travel::BOOK,
         crate::travel::TRIP,
@@ -210,7 +211,7 @@ async fn chat(
 /// The function the request offers for the scenario's tool `tool`.
 fn function_for<'a>(
     tool: &'a str,
-    names: &'a paybond_middleware_core::FunctionNames,
+    names: &'a paybond_middleware_core::function_names::FunctionNames,
     offered: &[&str],
 ) -> &'a str {
     match names.function_name(tool) {

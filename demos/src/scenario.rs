@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
+use paybond_middleware_core::trace::{TraceEntry, TraceOutcome};
 use paybond_middleware_core::wire::Finalization;
-use paybond_middleware_core::{TraceEntry, TraceOutcome};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -147,7 +147,7 @@ pub fn governed_steps() -> [Vec<Step>; 2] {
             },
             Step {
                 id: "g3",
-                tool: paybond_middleware_core::COMMIT_PLAN,
+                tool: paybond_middleware_core::registry::COMMIT_PLAN,
                 args: json!({"plan": "Two nights at Harbor Inn, then two at Dock Hostel, booked as one trip."}),
                 what: "commit to the plan (the run moves to COMMIT)",
             },
@@ -538,7 +538,7 @@ impl Report {
             s.framework, s.gateway, s.scenario
         );
         // The same columns as the layer's own `RunTrace::table()`.
-        out.push_str(&paybond_middleware_core::RunTrace::table_of(
+        out.push_str(&paybond_middleware_core::trace::RunTrace::table_of(
             &self.trace,
             "usd",
         ));

@@ -4,10 +4,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
+use paybond_middleware_core::registry::GuardedRegistry;
+use paybond_middleware_core::scope::transaction;
 use paybond_middleware_core::wire::CompensationOutcome;
-use paybond_middleware_core::{
-    BoxError, GuardedRegistry, PaybondAgentRun, Tool, ToolOutput, ToolRegistry, transaction,
-};
+use paybond_middleware_core::{BoxError, PaybondAgentRun, Tool, ToolOutput, ToolRegistry};
 use serde_json::{Value, json};
 
 /// `travel.search_hotels`: lists hotels; no side effects.

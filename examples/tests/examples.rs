@@ -59,7 +59,7 @@ async fn chat(Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
         .collect();
     if let Some(bad) = offered
         .iter()
-        .find(|n| !paybond_middleware_core::is_valid_function_name(n))
+        .find(|n| !paybond_middleware_core::function_names::is_valid_function_name(n))
     {
         return (
             StatusCode::BAD_REQUEST,

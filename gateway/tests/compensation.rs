@@ -7,10 +7,9 @@
 mod common;
 
 use common::{BOOK, Fixture};
+use paybond_middleware_core::scope::transaction;
 use paybond_middleware_core::wire::CompensationOutcome;
-use paybond_middleware_core::{
-    RunError, ToolOutput, ToolPolicy, ToolRegistry, tool_fn, transaction,
-};
+use paybond_middleware_core::{RunError, ToolOutput, ToolPolicy, ToolRegistry, tool_fn};
 use reqwest::Method;
 use serde_json::{Value, json};
 

@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use common::{BOOK, Fixture, SEARCH};
 use paybond_gateway::{EngineConfig, PolicyFile, Storage};
+use paybond_middleware_core::registry::COMMIT_PLAN;
 use paybond_middleware_core::wire::{Phase, PreflightRequest, VerifyRequest};
 use paybond_middleware_core::{
-    COMMIT_PLAN, PaybondAgentRun, RunError, ToolOutput, ToolPolicy, ToolRegistry, tool_fn,
+    PaybondAgentRun, RunError, ToolOutput, ToolPolicy, ToolRegistry, tool_fn,
 };
 use serde_json::{Value, json};
 
@@ -132,7 +133,7 @@ async fn guarded_run(
     fx: &Fixture,
 ) -> (
     PaybondAgentRun,
-    paybond_middleware_core::GuardedRegistry,
+    paybond_middleware_core::registry::GuardedRegistry,
     Arc<std::sync::atomic::AtomicU32>,
 ) {
     let run = fx.sandbox_run().await.bind().await.unwrap();

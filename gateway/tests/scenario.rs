@@ -7,10 +7,9 @@ mod common;
 use std::sync::Arc;
 
 use common::{BOOK, Fixture, SEARCH};
+use paybond_middleware_core::trace::TraceOutcome;
 use paybond_middleware_core::wire::Finalization;
-use paybond_middleware_core::{
-    BoxError, PaybondAgentRun, RunError, ToolCall, ToolOutput, TraceOutcome,
-};
+use paybond_middleware_core::{BoxError, PaybondAgentRun, RunError, ToolCall, ToolOutput};
 use serde_json::json;
 use tower::{ServiceExt, service_fn};
 

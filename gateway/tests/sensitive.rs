@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use common::Fixture;
 use paybond_gateway::{EngineConfig, PolicyFile, Storage};
+use paybond_middleware_core::feedback::model_feedback;
 use paybond_middleware_core::{
     HttpGateway, PaybondAgentRun, RunError, SpendGateway, ToolCall, ToolOutput, ToolPolicy,
-    ToolRegistry, model_feedback, tool_fn,
+    ToolRegistry, tool_fn,
 };
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -14,7 +14,7 @@
 //!   - when the gateway cannot decide returns [`RunError::GatewayUnavailable`].
 //!
 //! In the last three cases the tool never runs. Every call lands in the run's
-//! [`RunTrace`]. The gateway is any [`SpendGateway`]: [`HttpGateway`] over HTTP, or
+//! [`RunTrace`](trace::RunTrace). The gateway is any [`SpendGateway`]: [`HttpGateway`] over HTTP, or
 //! the embedded engine.
 //!
 //! Your own tool under your own policy, with the gateway's engine in process
@@ -83,43 +83,54 @@
 //! `examples/src/bin/custom_orchestrator.rs`. For your own tests, the
 //! `test-util` feature's `testing::ScriptedGateway` answers as scripted.
 
-mod feedback;
-mod function_names;
+// What a tool author needs is at the root; the rest is in the named modules
+// below, each item at one path.
 mod gateway;
 #[cfg(feature = "http")]
-mod http;
-mod registry;
+mod http_client;
 mod run;
-mod scope;
 mod tool;
-mod trace;
+mod tools;
+
+pub mod feedback;
+pub mod function_names;
+pub mod scope;
+pub mod trace;
 /// The gateway's HTTP wire types: the `paybond-wire` crate.
 pub use paybond_wire as wire;
 
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use feedback::{FeedbackStatus, model_feedback};
-pub use function_names::{FunctionNameError, FunctionNames, is_valid_function_name};
+/// The `{name, execute}` tools' registry beyond [`ToolRegistry`]: the guarded
+/// registry a run makes of it, the router, tool definitions, `commit_plan`.
+pub mod registry {
+    pub use crate::tools::{
+        COMMIT_PLAN, FnTool, GuardedRegistry, ToolDefinition, ToolRouter, UnknownTool, commit_plan,
+        commit_plan_definition,
+    };
+}
+
+/// [`HttpGateway`]'s builder and retry policy.
+#[cfg(feature = "http")]
+pub mod http {
+    pub use crate::http_client::{HttpGatewayBuilder, RetryPolicy};
+}
+
 pub use gateway::{GatewayError, GatewayErrorKind, SpendGateway};
 #[cfg(feature = "http")]
-pub use http::{HttpGateway, HttpGatewayBuilder, RetryPolicy};
+pub use http_client::HttpGateway;
 /// A tool's policy entry (side-effecting or not, how much to reserve, which
 /// operation to verify), re-exported so a crate using the layer needs no second
 /// dependency for it.
 pub use paybond_policies::{SpendSource, ToolPolicy};
 pub use paybond_wire::{ApiKey, ApprovalToken, CapabilityToken};
-pub use registry::{
-    COMMIT_PLAN, FnTool, GuardedRegistry, Tool, ToolDefinition, ToolRegistry, ToolRouter,
-    TypedTool, UnknownTool, commit_plan, commit_plan_definition, tool_fn,
-};
 pub use run::{
     ApprovalRequired, ApprovalWait, BoxError, PaybondAgentRun, PaybondAgentRunBuilder,
     PaybondAgentRunService, PhaseError, PolicyReloaded, RunError, RunErrorKind, SpendDenied,
 };
-pub use scope::{CompensationEntry, TransactionScope, WorkflowFailed, transaction};
 pub use tool::{ToolCall, ToolOutput};
-pub use trace::{RunTrace, TraceEntry, TraceOutcome, TraceTotals};
+pub use tools::{Tool, ToolRegistry, TypedTool, tool_fn};
 
 /// A new idempotency key, as the layer and `HttpGateway` make one for a call
 /// that names none: a UUID v7, so keys made one after another sort in the order

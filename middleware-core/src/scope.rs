@@ -17,7 +17,8 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
 //! use std::sync::Arc;
 //! use paybond_middleware_core::testing::{ScriptedGateway, VerifyScript};
-//! use paybond_middleware_core::{PaybondAgentRun, ToolOutput, ToolPolicy, ToolRegistry, tool_fn, transaction};
+//! use paybond_middleware_core::{PaybondAgentRun, ToolOutput, ToolPolicy, ToolRegistry, tool_fn};
+//! use paybond_middleware_core::scope::transaction;
 //! use serde_json::{Value, json};
 //!
 //! let gateway = Arc::new(ScriptedGateway::new());

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use paybond_middleware_core::registry::GuardedRegistry;
+use paybond_middleware_core::scope::transaction;
 use paybond_middleware_core::testing::{GatewayCall, ScriptedGateway, VerifyScript};
 use paybond_middleware_core::wire::CompensationOutcome;
 use paybond_middleware_core::{
-    BoxError, GuardedRegistry, PaybondAgentRun, ToolOutput, ToolPolicy, ToolRegistry, tool_fn,
-    transaction,
+    BoxError, PaybondAgentRun, ToolOutput, ToolPolicy, ToolRegistry, tool_fn,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};

@@ -7,10 +7,9 @@ mod common;
 use std::sync::Arc;
 
 use common::{BOOK, SEARCH, TOKEN};
+use paybond_middleware_core::feedback::{FeedbackStatus, model_feedback};
 use paybond_middleware_core::testing::{ScriptedGateway, VerifyScript};
-use paybond_middleware_core::{
-    BoxError, FeedbackStatus, Tool, ToolOutput, ToolRegistry, model_feedback,
-};
+use paybond_middleware_core::{BoxError, Tool, ToolOutput, ToolRegistry};
 use serde_json::{Value, json};
 
 struct Book;

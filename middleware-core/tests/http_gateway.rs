@@ -6,12 +6,13 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use paybond_middleware_core::http::RetryPolicy;
 use paybond_middleware_core::wire::{
     ApprovalState, CompleteRequest, EvidenceRequest, Finalization, SandboxBootstrapRequest,
     VerifyRequest,
 };
 use paybond_middleware_core::{
-    ApiKey, CapabilityToken, GatewayError, GatewayErrorKind, HttpGateway, RetryPolicy, SpendGateway,
+    ApiKey, CapabilityToken, GatewayError, GatewayErrorKind, HttpGateway, SpendGateway,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;

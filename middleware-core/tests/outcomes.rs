@@ -14,10 +14,11 @@ use futures_util::future::BoxFuture;
 use paybond_middleware_core::testing::{
     ApprovalScript, GatewayCall, ScriptedGateway, VerifyScript,
 };
+use paybond_middleware_core::trace::TraceOutcome;
 use paybond_middleware_core::wire::{ApprovalState, Finalization};
 use paybond_middleware_core::{
     ApprovalToken, ApprovalWait, GatewayError, GatewayErrorKind, RunError, RunErrorKind, ToolCall,
-    ToolOutput, TraceOutcome,
+    ToolOutput,
 };
 use paybond_policies::ToolPolicy;
 use serde_json::json;

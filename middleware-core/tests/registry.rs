@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use paybond_middleware_core::testing::{ScriptedGateway, VerifyScript};
+use paybond_middleware_core::trace::TraceOutcome;
 use paybond_middleware_core::wire::Finalization;
 use paybond_middleware_core::{
-    BoxError, PaybondAgentRun, RunErrorKind, Tool, ToolOutput, ToolRegistry, TraceOutcome,
+    BoxError, PaybondAgentRun, RunErrorKind, Tool, ToolOutput, ToolRegistry,
 };
 use paybond_policies::ToolPolicy;
 use serde_json::{Value, json};

@@ -7,9 +7,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use paybond_middleware_core::http::RetryPolicy;
 use paybond_middleware_core::{
-    ApiKey, ApprovalToken, HttpGateway, PaybondAgentRun, RetryPolicy, RunError, ToolCall,
-    ToolOutput,
+    ApiKey, ApprovalToken, HttpGateway, PaybondAgentRun, RunError, ToolCall, ToolOutput,
 };
 use paybond_policies::ToolPolicy;
 use serde_json::{Value, json};

@@ -15,7 +15,9 @@ pub mod paybond_tools;
 use std::future::Future;
 use std::sync::Arc;
 
-use paybond_middleware_core::{FeedbackStatus, GuardedRegistry, ToolCall, model_feedback};
+use paybond_middleware_core::ToolCall;
+use paybond_middleware_core::feedback::{FeedbackStatus, model_feedback};
+use paybond_middleware_core::registry::GuardedRegistry;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
     NumberOrString, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,

@@ -13,13 +13,12 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use paybond_middleware_core::feedback::FeedbackStatus;
 use paybond_middleware_core::wire::{
     CompleteRequest, EvidenceRequest, Finalization, Phase, PreflightRequest,
     SandboxBootstrapRequest, VerifyRequest,
 };
-use paybond_middleware_core::{
-    ApprovalToken, CapabilityToken, FeedbackStatus, HttpGateway, SpendGateway,
-};
+use paybond_middleware_core::{ApprovalToken, CapabilityToken, HttpGateway, SpendGateway};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
     PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,

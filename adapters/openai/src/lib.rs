@@ -7,7 +7,7 @@
 //! never aborts the loop.
 //!
 //! ```no_run
-//! # async fn demo(tools: paybond_middleware_core::GuardedRegistry) -> Result<(), paybond_adapter_openai::LoopError> {
+//! # async fn demo(tools: paybond_middleware_core::registry::GuardedRegistry) -> Result<(), paybond_adapter_openai::LoopError> {
 //! use async_openai::{Client, config::OpenAIConfig};
 //! use async_openai::types::chat::ChatCompletionRequestUserMessageArgs;
 //! use paybond_adapter_openai::AgentLoop;
@@ -31,9 +31,10 @@ use async_openai::types::chat::{
     ChatCompletionRequestToolMessageArgs, ChatCompletionTool, ChatCompletionTools,
     CreateChatCompletionRequestArgs, FunctionObjectArgs,
 };
-use paybond_middleware_core::{
-    FeedbackStatus, FunctionNames, GuardedRegistry, ToolCall, model_feedback,
-};
+use paybond_middleware_core::ToolCall;
+use paybond_middleware_core::feedback::{FeedbackStatus, model_feedback};
+use paybond_middleware_core::function_names::FunctionNames;
+use paybond_middleware_core::registry::GuardedRegistry;
 use serde_json::{Value, json};
 
 /// The function names the model sees for the registry's tools (policy tool names

@@ -22,10 +22,11 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use paybond_middleware_core::{
-    FeedbackStatus, FunctionNameError, FunctionNames, PaybondAgentRun, RunError, ToolCall,
-    ToolOutput, is_valid_function_name, model_feedback,
+use paybond_middleware_core::feedback::{FeedbackStatus, model_feedback};
+use paybond_middleware_core::function_names::{
+    FunctionNameError, FunctionNames, is_valid_function_name,
 };
+use paybond_middleware_core::{PaybondAgentRun, RunError, ToolCall, ToolOutput};
 use rig_core::tool::{DynamicTool, Tool, ToolContext, ToolErrorKind, ToolExecutionError};
 use serde::Serialize;
 use serde_json::Value;
@@ -272,12 +273,12 @@ pub fn guarded_dynamic(
     ))
 }
 
-/// The [`COMMIT_PLAN`](paybond_middleware_core::COMMIT_PLAN) tool for a rig agent,
+/// The [`COMMIT_PLAN`](paybond_middleware_core::registry::COMMIT_PLAN) tool for a rig agent,
 /// when `run`'s policy names a payment phase (`None` otherwise): the model calls it
 /// to move the run to COMMIT, after which paid tools may run.
 pub fn commit_plan_tool(run: &PaybondAgentRun) -> Option<DynamicTool> {
     run.payment_phase()?;
-    let definition = paybond_middleware_core::commit_plan_definition();
+    let definition = paybond_middleware_core::registry::commit_plan_definition();
     let name = rig_core::completion::message::ToolName::new(definition.name).ok()?;
     let run = run.clone();
     Some(DynamicTool::new(
@@ -285,7 +286,7 @@ pub fn commit_plan_tool(run: &PaybondAgentRun) -> Option<DynamicTool> {
         definition.description,
         definition.parameters,
         move |_args: Value| {
-            let out = paybond_middleware_core::commit_plan(&run);
+            let out = paybond_middleware_core::registry::commit_plan(&run);
             Box::pin(async move { Ok(rig_core::tool::ToolOutput::json(out.body)) })
         },
     ))

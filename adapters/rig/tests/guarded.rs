@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use paybond_adapter_rig::guarded;
+use paybond_middleware_core::PaybondAgentRun;
+use paybond_middleware_core::feedback::FeedbackStatus;
 use paybond_middleware_core::testing::{ScriptedGateway, VerifyScript};
+use paybond_middleware_core::trace::TraceOutcome;
 use paybond_middleware_core::wire::Finalization;
-use paybond_middleware_core::{FeedbackStatus, PaybondAgentRun, TraceOutcome};
 use paybond_policies::ToolPolicy;
 use rig_core::tool::{Tool, ToolContext};
 use serde::Deserialize;
