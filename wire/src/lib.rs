@@ -4,6 +4,35 @@
 //! absent, so a client written to this contract also reads the hosted gateway's
 //! leaner answers; fields the layer depends on (`allow`, `tenant`, `intent_id`) are
 //! required, so an answer without them is malformed and fails closed.
+//!
+//! ```
+//! use paybond_wire::{CapabilityToken, VerifyRequest, VerifyResult};
+//!
+//! let request = VerifyRequest {
+//!     intent_id: uuid::Uuid::new_v4(),
+//!     token: CapabilityToken::new("capability-token"),
+//!     operation: "travel.book_hotel".into(),
+//!     requested_spend_cents: 12_000,
+//!     vendor_id: None,
+//!     task_id: None,
+//!     workflow_id: None,
+//!     tool_call_id: Some("call-1".into()),
+//!     tool_name: None,
+//!     currency: None,
+//!     agent_subject: None,
+//!     approval_token: None,
+//!     idempotency_key: None,
+//!     phase: None,
+//! };
+//! let body = serde_json::to_value(&request)?;
+//! assert_eq!(body["requested_spend_cents"], 12_000);
+//! assert_eq!(body["token"], "capability-token"); // on the wire, and only there
+//! assert!(!format!("{request:?}").contains("capability-token"));
+//!
+//! // An answer without the fields the layer depends on is malformed: it fails closed.
+//! assert!(serde_json::from_str::<VerifyResult>(r#"{"allow": true}"#).is_err());
+//! # Ok::<_, serde_json::Error>(())
+//! ```
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

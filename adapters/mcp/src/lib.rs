@@ -77,6 +77,41 @@ pub(crate) fn to_result(status: FeedbackStatus, body: Value) -> CallToolResult {
 
 impl GuardedMcpServer {
     /// Serves `tools`, announcing itself as `name`.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use std::sync::Arc;
+    ///
+    /// use paybond_adapter_mcp::GuardedMcpServer;
+    /// use paybond_middleware_core::wire::SandboxBootstrapRequest;
+    /// use paybond_middleware_core::{HttpGateway, PaybondAgentRun, ToolOutput, ToolPolicy, ToolRegistry, tool_fn};
+    /// use serde_json::{Value, json};
+    ///
+    /// let gateway = HttpGateway::from_env()?;
+    /// let intent = gateway
+    ///     .bootstrap_sandbox(&SandboxBootstrapRequest {
+    ///         operation: "shop.buy".into(),
+    ///         requested_spend_cents: 10_000,
+    ///         ..Default::default()
+    ///     })
+    ///     .await?;
+    /// let registry = ToolRegistry::new().with(tool_fn(
+    ///     "shop.buy",
+    ///     ToolPolicy::side_effecting("cost_and_completion").with_spend_from_args("amount_cents"),
+    ///     |args: Value| async move {
+    ///         let cents = args["amount_cents"].as_u64().ok_or("amount_cents is required")?;
+    ///         Ok(ToolOutput::new(json!({"order": "ORD-1"})).with_cost_cents(cents))
+    ///     },
+    /// ));
+    /// let run = PaybondAgentRun::builder(Arc::new(gateway), intent.intent_id, intent.capability_token)
+    ///     .tools(registry.policies())
+    ///     .bind()
+    ///     .await?;
+    /// // Every call the MCP client makes is verified first.
+    /// GuardedMcpServer::new(registry.guarded(&run), "shop").serve_stdio().await
+    /// # }
+    /// ```
     pub fn new(tools: GuardedRegistry, name: impl Into<String>) -> Self {
         let listed = tools
             .definitions()

@@ -140,6 +140,55 @@ impl<T> std::fmt::Debug for Guarded<T> {
 
 /// Wraps `tool` so that its calls are authorized by `run`, as calls of the policy
 /// tool its `NAME` stands for. Refuses a `NAME` a model API would refuse.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+///
+/// use paybond_adapter_rig::guarded;
+/// use paybond_middleware_core::testing::ScriptedGateway;
+/// use paybond_middleware_core::{PaybondAgentRun, ToolPolicy};
+/// use rig_core::tool::{Tool, ToolContext};
+/// use serde_json::{Value, json};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Booking {
+///     amount_cents: u64,
+/// }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("the vendor is down")]
+/// struct VendorDown;
+///
+/// /// The model calls it `travel_book_hotel`: the policy's `travel.book_hotel`.
+/// struct BookHotel;
+///
+/// impl Tool for BookHotel {
+///     const NAME: &'static str = "travel_book_hotel";
+///     type Args = Booking;
+///     type Output = Value;
+///     type Error = VendorDown;
+///     fn description(&self) -> String { "Book a hotel room".into() }
+///     fn parameters(&self) -> Value { json!({"type": "object"}) }
+///     async fn call(&self, _cx: &mut ToolContext, b: Booking) -> Result<Value, VendorDown> {
+///         Ok(json!({"confirmation": "H-1", "cost_cents": b.amount_cents}))
+///     }
+/// }
+///
+/// // A scripted gateway that allows; in a program, an `HttpGateway` or the embedded one.
+/// let gateway = Arc::new(ScriptedGateway::new());
+/// let run = PaybondAgentRun::builder(gateway.clone(), uuid::Uuid::new_v4(), "token".into())
+///     .tool("travel.book_hotel", ToolPolicy::side_effecting("cost_and_completion").with_spend_from_args("amount_cents"))
+///     .bind()
+///     .await?;
+/// let book = guarded(BookHotel, &run)?; // give it to a rig agent: `.tool(book)`
+/// let out = book.call(&mut ToolContext::default(), json!({"amount_cents": 12_000})).await?;
+/// assert_eq!(out["confirmation"], "H-1");
+/// assert_eq!(gateway.verifies().len(), 1); // verified before it ran
+/// # Ok(())
+/// # }
+/// ```
 pub fn guarded<T: Tool + 'static>(
     tool: T,
     run: &PaybondAgentRun,
