@@ -6,9 +6,10 @@
 //! Each tool carries MCP annotations (`readOnlyHint`, `destructiveHint`).
 //! [`ExposedTools::ReadOnly`] lists and allows only the read-only tools;
 //! [`ExposedTools::SpendWrite`] (the default) everything not destructive;
-//! [`ExposedTools::Allowlist`] exactly the tools named. Each tool's arguments are
-//! a type of their own: its JSON Schema is the type's, and a call is parsed into
-//! it (what is wrong is a `blocked` result naming the field).
+//! [`ExposedTools::Allowlist`] exactly the tools named. The tools are rmcp's
+//! `#[tool]` methods, each taking its arguments as a type of its own: the tool's
+//! JSON Schema is the type's, and a call whose arguments do not parse into it is
+//! a `blocked` result (`invalid_arguments`) naming the field.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,19 +20,20 @@ use paybond_middleware_core::wire::{
     SandboxBootstrapRequest, VerifyRequest,
 };
 use paybond_middleware_core::{ApprovalToken, CapabilityToken, HttpGateway, SpendGateway};
+use rmcp::handler::server::tool::{ToolCallContext, ToolRouter};
+use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
     PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::service::{MaybeSendFuture, RequestContext};
-use rmcp::{ErrorData, RoleServer, ServerHandler};
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_router};
 use schemars::JsonSchema;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use crate::{schema_object, to_result};
+use crate::to_result;
 
 /// Which tools the server exposes (its `--tool-policy`). Not to be confused with
 /// a tool's spend policy entry, `paybond_middleware_core::ToolPolicy`.
@@ -68,13 +70,15 @@ impl ExposedTools {
                             .to_owned(),
                     );
                 }
-                if let Some(unknown) = names
-                    .iter()
-                    .find(|n| !TOOLS.iter().any(|t| t.name == n.as_str()))
-                {
+                let all: Vec<String> = PaybondToolsServer::tool_router()
+                    .list_all()
+                    .into_iter()
+                    .map(|t| t.name.to_string())
+                    .collect();
+                if let Some(unknown) = names.iter().find(|n| !all.contains(n)) {
                     return Err(format!(
                         "--tool-allowlist: no tool `{unknown}`; the tools are {}",
-                        TOOLS.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+                        all.join(", ")
                     ));
                 }
                 Ok(Self::Allowlist(names))
@@ -85,11 +89,15 @@ impl ExposedTools {
         }
     }
 
-    fn allows(&self, tool: &ToolSpec) -> bool {
+    /// Whether `tool` is exposed, from its annotations (or its name).
+    fn allows(&self, tool: &Tool) -> bool {
+        let hint = |h: fn(&ToolAnnotations) -> Option<bool>| {
+            tool.annotations.as_ref().and_then(h).unwrap_or(false)
+        };
         match self {
-            Self::SpendWrite => !tool.destructive,
-            Self::ReadOnly => tool.read_only,
-            Self::Allowlist(names) => names.iter().any(|n| n == tool.name),
+            Self::SpendWrite => !hint(|a| a.destructive_hint),
+            Self::ReadOnly => hint(|a| a.read_only_hint),
+            Self::Allowlist(names) => names.iter().any(|n| n.as_str() == tool.name.as_ref()),
         }
     }
 }
@@ -98,27 +106,8 @@ impl ExposedTools {
 #[derive(Debug, Clone)]
 pub struct PaybondToolsServer {
     gateway: Arc<HttpGateway>,
-    exposed: ExposedTools,
-}
-
-/// One tool: its name, what it does, whether it only reads, and its arguments'
-/// JSON Schema (their type's).
-struct ToolSpec {
-    name: &'static str,
-    description: &'static str,
-    read_only: bool,
-    destructive: bool,
-    schema: fn() -> Value,
-}
-
-/// The JSON Schema of the arguments `A` (the type the call is parsed into), its
-/// subschemas inline and without `$schema`: what every MCP client reads.
-fn schema_of<A: JsonSchema>() -> Value {
-    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
-    settings.inline_subschemas = true;
-    settings.meta_schema = None;
-    let schema = settings.into_generator().into_root_schema_for::<A>();
-    serde_json::to_value(schema).unwrap_or_else(|_| json!({"type": "object"}))
+    /// The tools its exposure allows (rmcp's router of the `#[tool]` methods below).
+    router: ToolRouter<Self>,
 }
 
 /// `paybond_get_principal` takes nothing.
@@ -251,119 +240,8 @@ struct ApprovalArgs {
     approval_request_id: Uuid,
 }
 
-/// Every tool, in the order they are listed.
-const TOOLS: &[ToolSpec] = &[
-    ToolSpec {
-        name: "paybond_get_principal",
-        description: "Who the API key is: tenant, environment (sandbox or live), role.",
-        read_only: true,
-        destructive: false,
-        schema: schema_of::<NoArgs>,
-    },
-    ToolSpec {
-        name: "paybond_bootstrap_sandbox_guardrail",
-        description: "Create a funded sandbox intent (budget = requested_spend_cents, one operation) and get its capability token.",
-        read_only: false,
-        destructive: false,
-        schema: schema_of::<BootstrapArgs>,
-    },
-    ToolSpec {
-        name: "paybond_authorize_agent_spend",
-        description: "Ask whether a paid call may run: allow (reserves the amount), hold for approval, or deny. Run the call only when allow is true.",
-        read_only: false,
-        destructive: false,
-        schema: schema_of::<AuthorizeArgs>,
-    },
-    ToolSpec {
-        name: "paybond_complete_spend_decision",
-        description: "Settle an allowed decision: consumed (with the actual cost) or released.",
-        read_only: false,
-        destructive: false,
-        schema: schema_of::<CompleteArgs>,
-    },
-    ToolSpec {
-        name: "paybond_get_budget_remaining",
-        description: "What an intent has left to spend (a preflight: nothing is reserved or recorded).",
-        read_only: true,
-        destructive: false,
-        schema: schema_of::<BudgetArgs>,
-    },
-    ToolSpec {
-        name: "paybond_explain_policy",
-        description: "Whether a call would be allowed, held for approval or denied, and why: every check with its inputs (a preflight: nothing is reserved or recorded).",
-        read_only: true,
-        destructive: false,
-        schema: schema_of::<ExplainArgs>,
-    },
-    ToolSpec {
-        name: "paybond_submit_sandbox_guardrail_evidence",
-        description: "Submit evidence of what an allowed call did (payload status and cost_cents; metadata.decision_id names the decision).",
-        read_only: false,
-        destructive: false,
-        schema: schema_of::<EvidenceArgs>,
-    },
-    ToolSpec {
-        name: "paybond_get_intent",
-        description: "One intent: budget, consumed, reserved, its reservations, decisions and evidence.",
-        read_only: true,
-        destructive: false,
-        schema: schema_of::<IntentArgs>,
-    },
-    ToolSpec {
-        name: "paybond_list_intents",
-        description: "The tenant's intents, newest first.",
-        read_only: true,
-        destructive: false,
-        schema: schema_of::<ListIntentsArgs>,
-    },
-    ToolSpec {
-        name: "paybond_list_audit_exports",
-        description: "The tenant's compliance audit export jobs, newest first: status, digests, size.",
-        read_only: true,
-        destructive: false,
-        schema: schema_of::<ListExportsArgs>,
-    },
-    ToolSpec {
-        name: "paybond_get_audit_export",
-        description: "One compliance audit export job: status, progress, manifest and bundle SHA-256.",
-        read_only: true,
-        destructive: false,
-        schema: schema_of::<ExportArgs>,
-    },
-    ToolSpec {
-        name: "paybond_get_approval_status",
-        description: "Where an approval request stands; carries the approval token once approved.",
-        read_only: true,
-        destructive: false,
-        schema: schema_of::<ApprovalArgs>,
-    },
-];
-
-fn tools(exposed: &ExposedTools) -> Vec<Tool> {
-    TOOLS
-        .iter()
-        .filter(|t| exposed.allows(t))
-        .map(|t| {
-            Tool::new(t.name, t.description, schema_object(&(t.schema)())).with_annotations(
-                ToolAnnotations::new()
-                    .read_only(t.read_only)
-                    .destructive(t.destructive)
-                    .idempotent(t.read_only)
-                    .open_world(false),
-            )
-        })
-        .collect()
-}
-
 fn blocked(code: &str, message: impl Into<String>) -> Value {
     json!({"status": "blocked", "reason_codes": [code], "message": message.into()})
-}
-
-/// The call's arguments as the tool's type; what is wrong with them (serde names
-/// the field) as a blocked result.
-fn parse<A: DeserializeOwned>(args: Value) -> Result<A, Value> {
-    serde_json::from_value(args)
-        .map_err(|e| blocked("invalid_arguments", format!("invalid arguments: {e}")))
 }
 
 /// An answer as the tool's result.
@@ -371,167 +249,336 @@ fn answer(r: impl Serialize) -> Result<Value, Value> {
     serde_json::to_value(r).map_err(|e| blocked("internal", e.to_string()))
 }
 
+/// A tool's answer as its MCP result: `ok` with the gateway's answer, or `blocked`
+/// with why.
+fn finish(r: Result<Value, Value>) -> CallToolResult {
+    match r {
+        Ok(body) => to_result(FeedbackStatus::Ok, body),
+        Err(body) => to_result(FeedbackStatus::Blocked, body),
+    }
+}
+
+fn refused(e: paybond_middleware_core::GatewayError) -> Value {
+    blocked("gateway_error", e.to_string())
+}
+
 impl PaybondToolsServer {
     /// The server over `gateway`, exposing the tools `exposed` allows.
     pub fn new(gateway: HttpGateway, exposed: ExposedTools) -> Self {
+        let mut router = Self::tool_router();
+        for tool in router.list_all() {
+            if !exposed.allows(&tool) {
+                router.remove_route(&tool.name);
+            }
+        }
         Self {
             gateway: Arc::new(gateway),
-            exposed,
+            router,
         }
     }
+}
 
-    async fn call(&self, name: &str, args: Value) -> Result<Value, Value> {
-        let Some(spec) = TOOLS.iter().find(|t| t.name == name) else {
-            return Err(blocked("unknown_tool", format!("no tool `{name}`")));
+/// The tools, in the order they are listed: each takes its arguments as a type of
+/// its own (rmcp derives the tool's JSON Schema from it).
+#[tool_router]
+impl PaybondToolsServer {
+    #[tool(
+        name = "paybond_get_principal",
+        description = "Who the API key is: tenant, environment (sandbox or live), role.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn get_principal(&self, Parameters(NoArgs {}): Parameters<NoArgs>) -> CallToolResult {
+        finish(
+            self.gateway
+                .principal()
+                .await
+                .map_err(refused)
+                .and_then(answer),
+        )
+    }
+
+    #[tool(
+        name = "paybond_bootstrap_sandbox_guardrail",
+        description = "Create a funded sandbox intent (budget = requested_spend_cents, one operation) and get its capability token.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn bootstrap_sandbox_guardrail(
+        &self,
+        Parameters(a): Parameters<BootstrapArgs>,
+    ) -> CallToolResult {
+        let request = SandboxBootstrapRequest {
+            operation: a.operation,
+            requested_spend_cents: a.requested_spend_cents,
+            currency: a.currency,
+            ..SandboxBootstrapRequest::default()
         };
-        if !self.exposed.allows(spec) {
-            return Err(blocked(
-                "tool_not_available",
-                format!("`{name}` is not available under this server's --tool-policy"),
-            ));
-        }
-        let refused =
-            |e: paybond_middleware_core::GatewayError| blocked("gateway_error", e.to_string());
-        let gateway = &self.gateway;
-        match name {
-            "paybond_get_principal" => {
-                let NoArgs {} = parse(args)?;
-                answer(gateway.principal().await.map_err(refused)?)
-            }
-            "paybond_bootstrap_sandbox_guardrail" => {
-                let a: BootstrapArgs = parse(args)?;
-                let r = gateway
-                    .bootstrap_sandbox(&SandboxBootstrapRequest {
-                        operation: a.operation,
-                        requested_spend_cents: a.requested_spend_cents,
-                        currency: a.currency,
-                        ..SandboxBootstrapRequest::default()
-                    })
-                    .await
-                    .map_err(refused)?;
-                answer(r)
-            }
-            "paybond_authorize_agent_spend" => {
-                let a: AuthorizeArgs = parse(args)?;
-                let r = gateway
-                    .verify(&VerifyRequest {
-                        intent_id: a.intent_id,
-                        token: CapabilityToken::new(a.capability_token),
-                        operation: a.operation,
-                        requested_spend_cents: a.requested_spend_cents,
-                        vendor_id: a.vendor_id,
-                        task_id: None,
-                        workflow_id: None,
-                        tool_call_id: None,
-                        tool_name: a.tool_name,
-                        currency: None,
-                        agent_subject: None,
-                        approval_token: a.approval_token.map(ApprovalToken::new),
-                        idempotency_key: None,
-                        phase: a.phase,
-                    })
-                    .await
-                    .map_err(refused)?;
-                answer(r)
-            }
-            "paybond_complete_spend_decision" => {
-                let a: CompleteArgs = parse(args)?;
-                let r = gateway
-                    .complete_decision(
-                        a.decision_id,
-                        &CompleteRequest {
-                            outcome: a.outcome,
-                            actual_spend_cents: a.actual_spend_cents,
-                        },
-                        &format!("{}:complete", a.decision_id),
-                    )
-                    .await
-                    .map_err(refused)?;
-                answer(r)
-            }
-            "paybond_get_approval_status" => {
-                let a: ApprovalArgs = parse(args)?;
-                answer(
-                    gateway
-                        .approval_status(a.approval_request_id)
-                        .await
-                        .map_err(refused)?,
-                )
-            }
-            "paybond_get_budget_remaining" => {
-                let a: BudgetArgs = parse(args)?;
-                let r = gateway
-                    .preflight(&PreflightRequest {
-                        intent_id: a.intent_id,
-                        operation: a.operation.unwrap_or_else(|| "*".to_owned()),
-                        requested_spend_cents: a.requested_spend_cents.unwrap_or(0),
-                        ..PreflightRequest::default()
-                    })
-                    .await
-                    .map_err(refused)?;
-                Ok(
+        finish(
+            self.gateway
+                .bootstrap_sandbox(&request)
+                .await
+                .map_err(refused)
+                .and_then(answer),
+        )
+    }
+
+    #[tool(
+        name = "paybond_authorize_agent_spend",
+        description = "Ask whether a paid call may run: allow (reserves the amount), hold for approval, or deny. Run the call only when allow is true.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn authorize_agent_spend(
+        &self,
+        Parameters(a): Parameters<AuthorizeArgs>,
+    ) -> CallToolResult {
+        let request = VerifyRequest {
+            intent_id: a.intent_id,
+            token: CapabilityToken::new(a.capability_token),
+            operation: a.operation,
+            requested_spend_cents: a.requested_spend_cents,
+            vendor_id: a.vendor_id,
+            task_id: None,
+            workflow_id: None,
+            tool_call_id: None,
+            tool_name: a.tool_name,
+            currency: None,
+            agent_subject: None,
+            approval_token: a.approval_token.map(ApprovalToken::new),
+            idempotency_key: None,
+            phase: a.phase,
+        };
+        finish(
+            self.gateway
+                .verify(&request)
+                .await
+                .map_err(refused)
+                .and_then(answer),
+        )
+    }
+
+    #[tool(
+        name = "paybond_complete_spend_decision",
+        description = "Settle an allowed decision: consumed (with the actual cost) or released.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn complete_spend_decision(
+        &self,
+        Parameters(a): Parameters<CompleteArgs>,
+    ) -> CallToolResult {
+        let request = CompleteRequest {
+            outcome: a.outcome,
+            actual_spend_cents: a.actual_spend_cents,
+        };
+        let key = format!("{}:complete", a.decision_id);
+        finish(
+            self.gateway
+                .complete_decision(a.decision_id, &request, &key)
+                .await
+                .map_err(refused)
+                .and_then(answer),
+        )
+    }
+
+    #[tool(
+        name = "paybond_get_budget_remaining",
+        description = "What an intent has left to spend (a preflight: nothing is reserved or recorded).",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn get_budget_remaining(&self, Parameters(a): Parameters<BudgetArgs>) -> CallToolResult {
+        let request = PreflightRequest {
+            intent_id: a.intent_id,
+            operation: a.operation.unwrap_or_else(|| "*".to_owned()),
+            requested_spend_cents: a.requested_spend_cents.unwrap_or(0),
+            ..PreflightRequest::default()
+        };
+        finish(
+            self.gateway
+                .preflight(&request)
+                .await
+                .map_err(refused)
+                .map(|r| {
                     json!({"intent_id": a.intent_id, "remaining_cents": r.remaining_cents,
-                          "spend_scope": r.spend_scope, "policy_version": r.policy_version}),
-                )
-            }
-            "paybond_explain_policy" => {
-                let a: ExplainArgs = parse(args)?;
-                let r = gateway
-                    .preflight(&PreflightRequest {
-                        intent_id: a.intent_id,
-                        operation: a.operation,
-                        requested_spend_cents: a.requested_spend_cents.unwrap_or(0),
-                        vendor_id: a.vendor_id,
-                        tool_name: a.tool_name,
-                        ..PreflightRequest::default()
-                    })
-                    .await
-                    .map_err(refused)?;
-                answer(r)
-            }
-            "paybond_submit_sandbox_guardrail_evidence" => {
-                let a: EvidenceArgs = parse(args)?;
-                let request = EvidenceRequest {
-                    payload: Some(Value::Object(a.payload)),
-                    operation: a.operation,
-                    metadata: a.metadata.map(Value::Object),
-                    ..EvidenceRequest::default()
-                };
-                let r = gateway
-                    .submit_evidence(
-                        a.intent_id,
-                        &request,
-                        &paybond_middleware_core::new_idempotency_key(),
-                    )
-                    .await
-                    .map_err(refused)?;
-                answer(r)
-            }
-            "paybond_get_intent" => {
-                let a: IntentArgs = parse(args)?;
-                answer(gateway.intent_history(a.intent_id).await.map_err(refused)?)
-            }
-            "paybond_list_intents" => {
-                let a: ListIntentsArgs = parse(args)?;
-                let r = gateway
-                    .list_intents(a.status.as_deref(), a.limit, a.cursor.as_deref())
-                    .await
-                    .map_err(refused)?;
-                answer(r)
-            }
-            "paybond_list_audit_exports" => {
-                let a: ListExportsArgs = parse(args)?;
-                gateway
-                    .list_audit_exports(a.limit, a.cursor.as_deref())
-                    .await
-                    .map_err(refused)
-            }
-            "paybond_get_audit_export" => {
-                let a: ExportArgs = parse(args)?;
-                gateway.audit_export(a.job_id).await.map_err(refused)
-            }
-            other => Err(blocked("unknown_tool", format!("no tool `{other}`"))),
-        }
+                   "spend_scope": r.spend_scope, "policy_version": r.policy_version})
+                }),
+        )
+    }
+
+    #[tool(
+        name = "paybond_explain_policy",
+        description = "Whether a call would be allowed, held for approval or denied, and why: every check with its inputs (a preflight: nothing is reserved or recorded).",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn explain_policy(&self, Parameters(a): Parameters<ExplainArgs>) -> CallToolResult {
+        let request = PreflightRequest {
+            intent_id: a.intent_id,
+            operation: a.operation,
+            requested_spend_cents: a.requested_spend_cents.unwrap_or(0),
+            vendor_id: a.vendor_id,
+            tool_name: a.tool_name,
+            ..PreflightRequest::default()
+        };
+        finish(
+            self.gateway
+                .preflight(&request)
+                .await
+                .map_err(refused)
+                .and_then(answer),
+        )
+    }
+
+    #[tool(
+        name = "paybond_submit_sandbox_guardrail_evidence",
+        description = "Submit evidence of what an allowed call did (payload status and cost_cents; metadata.decision_id names the decision).",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn submit_sandbox_guardrail_evidence(
+        &self,
+        Parameters(a): Parameters<EvidenceArgs>,
+    ) -> CallToolResult {
+        let request = EvidenceRequest {
+            payload: Some(Value::Object(a.payload)),
+            operation: a.operation,
+            metadata: a.metadata.map(Value::Object),
+            ..EvidenceRequest::default()
+        };
+        let key = paybond_middleware_core::new_idempotency_key();
+        finish(
+            self.gateway
+                .submit_evidence(a.intent_id, &request, &key)
+                .await
+                .map_err(refused)
+                .and_then(answer),
+        )
+    }
+
+    #[tool(
+        name = "paybond_get_intent",
+        description = "One intent: budget, consumed, reserved, its reservations, decisions and evidence.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn get_intent(&self, Parameters(a): Parameters<IntentArgs>) -> CallToolResult {
+        finish(
+            self.gateway
+                .intent_history(a.intent_id)
+                .await
+                .map_err(refused)
+                .and_then(answer),
+        )
+    }
+
+    #[tool(
+        name = "paybond_list_intents",
+        description = "The tenant's intents, newest first.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn list_intents(&self, Parameters(a): Parameters<ListIntentsArgs>) -> CallToolResult {
+        finish(
+            self.gateway
+                .list_intents(a.status.as_deref(), a.limit, a.cursor.as_deref())
+                .await
+                .map_err(refused)
+                .and_then(answer),
+        )
+    }
+
+    #[tool(
+        name = "paybond_list_audit_exports",
+        description = "The tenant's compliance audit export jobs, newest first: status, digests, size.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn list_audit_exports(
+        &self,
+        Parameters(a): Parameters<ListExportsArgs>,
+    ) -> CallToolResult {
+        finish(
+            self.gateway
+                .list_audit_exports(a.limit, a.cursor.as_deref())
+                .await
+                .map_err(refused),
+        )
+    }
+
+    #[tool(
+        name = "paybond_get_audit_export",
+        description = "One compliance audit export job: status, progress, manifest and bundle SHA-256.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn get_audit_export(&self, Parameters(a): Parameters<ExportArgs>) -> CallToolResult {
+        finish(self.gateway.audit_export(a.job_id).await.map_err(refused))
+    }
+
+    #[tool(
+        name = "paybond_get_approval_status",
+        description = "Where an approval request stands; carries the approval token once approved.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn get_approval_status(&self, Parameters(a): Parameters<ApprovalArgs>) -> CallToolResult {
+        finish(
+            self.gateway
+                .approval_status(a.approval_request_id)
+                .await
+                .map_err(refused)
+                .and_then(answer),
+        )
     }
 }
 
@@ -554,20 +601,44 @@ impl ServerHandler for PaybondToolsServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> impl Future<Output = Result<ListToolsResult, ErrorData>> + MaybeSendFuture + '_ {
-        std::future::ready(Ok(ListToolsResult::with_all_items(tools(&self.exposed))))
+        std::future::ready(Ok(ListToolsResult::with_all_items(self.router.list_all())))
     }
 
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let args = Value::Object(request.arguments.clone().unwrap_or_default());
-        let result = match self.call(&request.name, args).await {
-            Ok(body) => to_result(FeedbackStatus::Ok, body),
-            Err(body) => to_result(FeedbackStatus::Blocked, body),
-        };
-        Ok(result.into())
+        let name = request.name.to_string();
+        if !self.router.has_route(&name) {
+            let known = Self::tool_router().has_route(&name);
+            let body = if known {
+                blocked(
+                    "tool_not_available",
+                    format!("`{name}` is not available under this server's --tool-policy"),
+                )
+            } else {
+                blocked("unknown_tool", format!("no tool `{name}`"))
+            };
+            return Ok(finish(Err(body)).into());
+        }
+        let response = self
+            .router
+            .call(ToolCallContext::new(self, request, context))
+            .await?;
+        // Arguments that are not the tool's type: rmcp answers a plain error
+        // text; agents read this server's `blocked` results, which name the field.
+        if let CallToolResponse::Complete(result) = &response
+            && result.is_error == Some(true)
+            && result.structured_content.is_none()
+        {
+            let text = serde_json::to_value(&result.content)
+                .ok()
+                .and_then(|c| c[0]["text"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            return Ok(finish(Err(blocked("invalid_arguments", text))).into());
+        }
+        Ok(response)
     }
 }
 
@@ -575,19 +646,24 @@ impl ServerHandler for PaybondToolsServer {
 mod tests {
     use super::*;
 
+    fn schema(name: &str) -> Value {
+        let tool = PaybondToolsServer::tool_router()
+            .list_all()
+            .into_iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no tool {name}"));
+        Value::Object((*tool.input_schema).clone())
+    }
+
     #[test]
-    fn every_schema_is_its_argument_types_inline() {
-        for t in TOOLS {
-            let schema = (t.schema)();
+    fn every_schema_is_its_argument_types() {
+        let tools = PaybondToolsServer::tool_router().list_all();
+        assert_eq!(tools.len(), 12);
+        for t in &tools {
+            let schema = Value::Object((*t.input_schema).clone());
             assert_eq!(schema["type"], "object", "{}", t.name);
-            let text = schema.to_string();
-            assert!(
-                !text.contains("$ref") && !text.contains("$schema"),
-                "{}: {text}",
-                t.name
-            );
         }
-        let authorize = schema_of::<AuthorizeArgs>();
+        let authorize = schema("paybond_authorize_agent_spend");
         assert_eq!(
             authorize["required"],
             json!([
@@ -598,42 +674,49 @@ mod tests {
             ])
         );
         assert_eq!(authorize["properties"]["intent_id"]["format"], "uuid");
-        let phase = authorize["properties"]["phase"].to_string();
+        assert_eq!(
+            authorize["properties"]["operation"]["description"],
+            "The operation the call performs."
+        );
+        let text = authorize.to_string();
         assert!(
             ["EXPLORE", "DECIDE", "COMMIT"]
                 .iter()
-                .all(|p| phase.contains(p)),
-            "{phase}"
+                .all(|p| text.contains(p)),
+            "{text}"
         );
-        let complete = schema_of::<CompleteArgs>();
-        let outcome = complete["properties"]["outcome"].to_string();
+        let outcome = schema("paybond_complete_spend_decision").to_string();
         assert!(
             outcome.contains("consumed") && outcome.contains("released"),
             "{outcome}"
         );
         assert_eq!(
-            schema_of::<ListIntentsArgs>()["properties"]["limit"]["maximum"],
+            schema("paybond_list_intents")["properties"]["limit"]["maximum"],
             500
         );
     }
 
     #[test]
-    fn arguments_that_are_not_the_tools_type_are_a_blocked_result_naming_the_field() {
-        let refused =
-            parse::<CompleteArgs>(json!({"decision_id": "not-a-uuid", "outcome": "consumed"}))
-                .err()
-                .unwrap_or_default();
-        assert_eq!(refused["reason_codes"], json!(["invalid_arguments"]));
-        let refused =
-            parse::<CompleteArgs>(json!({"decision_id": Uuid::new_v4(), "outcome": "spent"}))
-                .err()
-                .unwrap_or_default();
+    fn the_exposure_keeps_the_tools_it_allows() {
+        let names = |exposed: &ExposedTools| -> Vec<String> {
+            PaybondToolsServer::tool_router()
+                .list_all()
+                .into_iter()
+                .filter(|t| exposed.allows(t))
+                .map(|t| t.name.to_string())
+                .collect()
+        };
+        let read_only = names(&ExposedTools::ReadOnly);
+        assert_eq!(read_only.len(), 8, "{read_only:?}");
         assert!(
-            refused["message"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("spent"),
-            "{refused}"
+            !read_only
+                .iter()
+                .any(|n| n == "paybond_authorize_agent_spend")
+        );
+        assert_eq!(names(&ExposedTools::SpendWrite).len(), 12);
+        assert_eq!(
+            names(&ExposedTools::Allowlist(vec!["paybond_get_intent".into()])),
+            ["paybond_get_intent"]
         );
     }
 }
