@@ -41,6 +41,20 @@ impl FeedbackStatus {
 /// - tool failure: `{"status": "error", "reason_codes": ["tool_failed"], "message": ..}`.
 ///
 /// Never contains a token or key (the run's errors do not carry them).
+///
+/// ```
+/// use paybond_middleware_core::feedback::{FeedbackStatus, model_feedback};
+/// use paybond_middleware_core::{BoxError, RunError, ToolOutput};
+/// use serde_json::json;
+///
+/// let ran: Result<ToolOutput, RunError<BoxError>> = Ok(ToolOutput::new(json!({"order": "ORD-1"})));
+/// assert_eq!(model_feedback(&ran), (FeedbackStatus::Ok, json!({"order": "ORD-1"})));
+///
+/// let failed: Result<ToolOutput, RunError<BoxError>> = Err(RunError::Tool("vendor down".into()));
+/// let (status, body) = model_feedback(&failed);
+/// assert_eq!(status, FeedbackStatus::Error);
+/// assert_eq!(body["reason_codes"], json!(["tool_failed"]));
+/// ```
 pub fn model_feedback<E: std::fmt::Display>(
     result: &Result<ToolOutput, RunError<E>>,
 ) -> (FeedbackStatus, Value) {

@@ -14,6 +14,16 @@
 //!
 //! The mapping back is a table lookup over the set, so it is exact; a set that
 //! still has two tools on one function name is refused with both names.
+//!
+//! ```
+//! use paybond_middleware_core::function_names::FunctionNames;
+//!
+//! let names = FunctionNames::new(["travel.book_hotel", "travel_search"])?;
+//! assert_eq!(names.function_name("travel.book_hotel"), Some("travel_book_hotel"));
+//! assert_eq!(names.tool_name("travel_book_hotel"), Some("travel.book_hotel"));
+//! assert_eq!(names.function_name("travel_search"), Some("travel_search"));
+//! # Ok::<_, paybond_middleware_core::function_names::FunctionNameError>(())
+//! ```
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,19 @@
 //! The run trace: one entry per tool call attempt, as a table or as JSON lines.
+//!
+//! ```
+//! use paybond_middleware_core::trace::{RunTrace, TraceEntry, TraceTotals};
+//!
+//! // A trace read back from the JSON lines a run wrote (`RunTrace::to_json_lines`).
+//! let line = r#"{"tool_call_id":"call-1","tool":"shop.buy","operation":"shop.buy",
+//!     "amount_cents":1200,"outcome":"allow","reason_codes":[],"decision_id":null,
+//!     "finalization":"consumed","actual_cents":1200,"attempt":1,"duration_ms":3}"#;
+//! let entries: Vec<TraceEntry> = vec![serde_json::from_str(line)?];
+//! assert_eq!(TraceTotals::of(&entries).consumed_cents, 1200);
+//! let table = RunTrace::table_of(&entries, "usd");
+//! assert!(table.starts_with("tool_call_id"));
+//! assert!(table.contains("12.00 USD"));
+//! # Ok::<_, serde_json::Error>(())
+//! ```
 
 use std::fmt::{self, Write as _};
 use std::sync::{Arc, Mutex, PoisonError};
