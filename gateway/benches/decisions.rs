@@ -9,7 +9,7 @@
 //!   (the floor), verify alone, and verify + complete, in the same run.
 //! - PostgreSQL (`-- postgres`, on `PAYBOND_BENCH_DATABASE_URL` or
 //!   `PAYBOND_TEST_DATABASE_URL`): in process, then over HTTP with one replica and
-//!   with three replicas on one database.
+//!   with three replicas on one database, one tenant, then 100 tenants.
 //! - For a profiler (`perf record … decisions-<hash> profile`): `-- profile` repeats
 //!   verify alone by one thread in memory, `-- profile-file` by 16 threads on a file,
 //!   `-- profile-async` by 64 async tasks on a file.
@@ -49,8 +49,12 @@ fn bench_config(storage: Storage) -> EngineConfig {
 
 fn setup(storage: Storage) -> Setup {
     let config = bench_config(storage);
-    let engine = Arc::new(Engine::open(config).unwrap());
-    let keys = engine.create_tenant("bench", Environment::Sandbox).unwrap();
+    tenant(Arc::new(Engine::open(config).unwrap()), "bench")
+}
+
+/// A tenant named `name` on `engine`, with a funded intent.
+fn tenant(engine: Arc<Engine>, name: &str) -> Setup {
+    let keys = engine.create_tenant(name, Environment::Sandbox).unwrap();
     let agent = engine.authenticate(keys.agent.expose_secret()).unwrap();
     let b = engine
         .bootstrap_sandbox(
@@ -155,6 +159,43 @@ async fn serve(engine: Arc<Engine>) -> String {
         std::future::pending(),
     ));
     base
+}
+
+/// Over loopback HTTP, `clients` connections spread over `bases` (one per replica)
+/// and over `tenants` (each connection verifies for one of them): verify alone.
+async fn http_tenants(label: &str, tenants: &[Setup], bases: Vec<String>, clients: usize) {
+    let client = reqwest::Client::new();
+    let bodies: Vec<(String, Vec<u8>)> = tenants
+        .iter()
+        .map(|t| {
+            (
+                t.agent_key.clone(),
+                serde_json::to_vec(&verify_request(t)).unwrap(),
+            )
+        })
+        .collect();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stats = drive(clients, move || {
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (key, body) = bodies[n % bodies.len()].clone();
+        let (c, base) = (client.clone(), bases[n % bases.len()].clone());
+        async move {
+            let r: serde_json::Value = c
+                .post(format!("{base}/verify"))
+                .bearer_auth(&key)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(r["allow"], true, "{r}");
+        }
+    })
+    .await;
+    print(&format!("http {label}: verify"), &stats);
 }
 
 /// Over loopback HTTP, `clients` connections spread over `bases` (one per replica):
@@ -465,7 +506,18 @@ fn main() {
                     Arc::new(Engine::open(bench_config(Storage::Postgres(url.clone()))).unwrap());
                 bases.push(serve(replica).await);
             }
-            http("PostgreSQL, 3 replicas, 16 conns", &s, bases, 16).await;
+            http("PostgreSQL, 3 replicas, 16 conns", &s, bases.clone(), 16).await;
+            // 100 tenants, each with its intent, over the same three replicas.
+            let tenants: Vec<Setup> = (0..100)
+                .map(|i| tenant(s.engine.clone(), &format!("bench-{i}")))
+                .collect();
+            http_tenants(
+                "PostgreSQL, 3 replicas, 100 tenants, 16 conns",
+                &tenants,
+                bases,
+                16,
+            )
+            .await;
         });
     }
 }
