@@ -161,6 +161,28 @@ async fn serve(engine: Arc<Engine>) -> String {
     base
 }
 
+/// `POST /verify` with `body` as `key`; its answer, which must be an allow.
+async fn post_verify(
+    c: &reqwest::Client,
+    base: &str,
+    key: &str,
+    body: Vec<u8>,
+) -> serde_json::Value {
+    let r: serde_json::Value = c
+        .post(format!("{base}/verify"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["allow"], true, "{r}");
+    r
+}
+
 /// Over loopback HTTP, `clients` connections spread over `bases` (one per replica)
 /// and over `tenants` (each connection verifies for one of them): verify alone.
 async fn http_tenants(label: &str, tenants: &[Setup], bases: Vec<String>, clients: usize) {
@@ -180,18 +202,7 @@ async fn http_tenants(label: &str, tenants: &[Setup], bases: Vec<String>, client
         let (key, body) = bodies[n % bodies.len()].clone();
         let (c, base) = (client.clone(), bases[n % bases.len()].clone());
         async move {
-            let r: serde_json::Value = c
-                .post(format!("{base}/verify"))
-                .bearer_auth(&key)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            assert_eq!(r["allow"], true, "{r}");
+            post_verify(&c, &base, &key, body).await;
         }
     })
     .await;
@@ -246,18 +257,7 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) {
                 vb.clone()
             };
             async move {
-                let r: serde_json::Value = c
-                    .post(format!("{base}/verify"))
-                    .bearer_auth(&key)
-                    .header("content-type", "application/json")
-                    .body(vb)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                assert_eq!(r["allow"], true, "{r}");
+                let r = post_verify(&c, &base, &key, vb).await;
                 if complete {
                     let id = r["decision_id"].as_str().unwrap();
                     let done = c

@@ -182,10 +182,7 @@ fn on_runtime<T: Send + 'static>(
 /// Waits for `fut`, requests of a client, on this thread. A client hands its
 /// requests to its connection's task (on the store's runtime) over a channel, so
 /// they are awaited here without a hop through the runtime.
-fn run<T>(
-    _runtime: &tokio::runtime::Runtime,
-    fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<T, ApiError> {
+fn run<T>(fut: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, ApiError> {
     futures_executor::block_on(fut).map_err(Into::into)
 }
 
@@ -300,7 +297,7 @@ impl PgStore {
         let runtime = self.handle()?;
         let conn = RefCell::new(self.take(runtime)?);
         let pending = RefCell::new(Vec::new());
-        let tx = PgTx::new(runtime, &conn, &pending, None);
+        let tx = PgTx::new(&conn, &pending, None);
         let begun = tx.control(begin);
         let out = match begun {
             Ok(()) => catch_unwind(AssertUnwindSafe(|| f(&tx))),
@@ -391,7 +388,6 @@ impl PgStore {
         // with the commit: a write that reads nothing of the database costs no
         // round trip of its own.
         let tx = PgTx::new(
-            runtime,
             &open.conn,
             &open.pending,
             Some(GroupWrite {
@@ -413,7 +409,7 @@ impl PgStore {
         let left = group.arrivals.fetch_sub(1, Ordering::SeqCst) - 1;
         if left == 0 || st.ops >= MAX_GROUP || !keep {
             if let Some(open) = st.open.take() {
-                let end = PgTx::new(runtime, &open.conn, &open.pending, None);
+                let end = PgTx::new(&open.conn, &open.pending, None);
                 // Everything the group held back goes with its commit: if any of
                 // it fails, the commit does, and no write of the group is kept.
                 let ended = if keep {
@@ -463,7 +459,7 @@ impl PgStore {
         let conn = RefCell::new(self.take(runtime)?);
         let pending = RefCell::new(Vec::new());
         let begun = {
-            let tx = PgTx::new(runtime, &conn, &pending, None);
+            let tx = PgTx::new(&conn, &pending, None);
             tx.control_later("BEGIN");
             tx.lock_tenant(tenant)
         };
@@ -475,7 +471,7 @@ impl PgStore {
             }),
             Err(e) => {
                 {
-                    let tx = PgTx::new(runtime, &conn, &pending, None);
+                    let tx = PgTx::new(&conn, &pending, None);
                     tx.discard();
                     let _ = tx.control("ROLLBACK");
                 }
@@ -579,7 +575,6 @@ async fn migrate(client: &Client, place: &str) -> Result<(), ApiError> {
 
 /// A transaction as an operation sees it.
 struct PgTx<'a> {
-    runtime: &'a tokio::runtime::Runtime,
     conn: &'a RefCell<Conn>,
     /// The transaction's statements not sent yet: sent with the next one that is,
     /// pipelined (one round trip), the commit at the latest.
@@ -670,13 +665,11 @@ async fn in_order<T>(
 
 impl<'a> PgTx<'a> {
     fn new(
-        runtime: &'a tokio::runtime::Runtime,
         conn: &'a RefCell<Conn>,
         pending: &'a RefCell<Vec<Later>>,
         group: Option<GroupWrite<'a>>,
     ) -> Self {
         Self {
-            runtime,
             conn,
             pending,
             group,
@@ -729,7 +722,7 @@ impl<'a> PgTx<'a> {
             return Ok(());
         }
         let client = self.conn.borrow().client.clone();
-        run(self.runtime, in_order(&client, later, async { Ok(()) }))
+        run(in_order(&client, later, async { Ok(()) }))
     }
 
     /// Sends `sql` (transaction control) with what is pending.
@@ -753,7 +746,7 @@ impl<'a> PgTx<'a> {
         }
         let client = self.conn.borrow().client.clone();
         let text = dollar_placeholders(sql);
-        let prepared = run(self.runtime, async move { client.prepare(&text).await })?;
+        let prepared = run(async move { client.prepare(&text).await })?;
         self.conn
             .borrow_mut()
             .statements
@@ -785,7 +778,7 @@ impl<'a> PgTx<'a> {
                     .map(|n| (Vec::new(), n))
             }
         };
-        run(self.runtime, in_order(&client, later, this))
+        run(in_order(&client, later, this))
     }
 }
 
