@@ -369,6 +369,14 @@ fn dev_loop(a: &Loop, global: &Global) -> Outcome {
         );
         let sweeper =
             paybond_gateway::server::spawn_sweeper(engine.clone(), Duration::from_secs(1));
+        let gauges = crate::EXPORT_METRICS
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| {
+                paybond_gateway::telemetry::spawn_metrics_export(
+                    engine.clone(),
+                    Duration::from_secs(1),
+                )
+            });
         println!("listening on {url}");
         println!("console: {url}/console");
         use std::io::Write as _;
@@ -381,6 +389,9 @@ fn dev_loop(a: &Loop, global: &Global) -> Outcome {
         let served =
             paybond_gateway::server::serve_with(listener, engine, shutdown_signal(), limits).await;
         sweeper.abort();
+        if let Some(gauges) = gauges {
+            gauges.abort();
+        }
         match served {
             Ok(()) => Outcome::Success,
             Err(e) => usage_error(format!("the server stopped: {e}")),

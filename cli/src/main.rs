@@ -77,6 +77,9 @@ enum AgentCommand {
         /// Which scenario to run.
         #[arg(long, value_enum, default_value_t = paybond_demos::Scenario::Canonical)]
         scenario: paybond_demos::Scenario,
+        /// The model API the agent talks to: openai, or anthropic (Claude; rig only).
+        #[arg(long, value_enum, default_value_t = paybond_demos::Provider::Openai)]
+        provider: paybond_demos::Provider,
         /// Also show warnings (retries of gateway calls) on stderr.
         #[arg(short, long)]
         verbose: bool,
@@ -138,12 +141,13 @@ pub(crate) fn unreadable(message: impl std::fmt::Display) -> Outcome {
 }
 
 fn agent(cmd: AgentCommand, global: &output::Global) -> ExitCode {
-    let (framework, scenario, verbose) = match cmd {
+    let (framework, scenario, provider, verbose) = match cmd {
         AgentCommand::Demo {
             framework,
             scenario,
+            provider,
             verbose,
-        } => (framework, scenario, verbose),
+        } => (framework, scenario, provider, verbose),
         AgentCommand::Run(cmd) => return run::run(cmd, global).into(),
         AgentCommand::Tool(cmd) => return run::tool(cmd, global).into(),
         AgentCommand::Sandbox(cmd) => return run::sandbox(cmd, global).into(),
@@ -161,6 +165,7 @@ fn agent(cmd: AgentCommand, global: &output::Global) -> ExitCode {
             output::Format::Json => paybond_demos::cli::Format::Json,
         },
         scenario,
+        provider,
         verbose,
     };
     let frameworks: Vec<paybond_demos::Framework> = if framework == "all" {
@@ -198,6 +203,10 @@ fn quiet_on_closed_stdout() {
         default(info);
     }));
 }
+
+/// Whether OpenTelemetry metrics are exported (set once in `main`).
+pub(crate) static EXPORT_METRICS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 fn main() -> ExitCode {
     quiet_on_closed_stdout();
@@ -247,13 +256,28 @@ fn main() -> ExitCode {
         Command::Agent(AgentCommand::Demo { verbose, .. }) if !verbose => "error",
         _ => "warn",
     };
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .try_init();
+    // OpenTelemetry export when the OTEL_* variables ask for it (the guard flushes
+    // on the way out); a variable this build cannot honour stops the command.
+    let service = match &cli.command {
+        Command::Dev(_) => "paybond-gateway",
+        Command::Agent(_) => "paybond-agent",
+        _ => "paybond-cli",
+    };
+    let _telemetry = match paybond_middleware_core::telemetry::init_with_log_filter(service, level)
+    {
+        Ok(t) => {
+            EXPORT_METRICS.store(t.metrics(), std::sync::atomic::Ordering::Relaxed);
+            t
+        }
+        Err(e) => {
+            return output::fail(Failure::new(
+                Category::Usage,
+                "invalid_telemetry_settings",
+                e.to_string(),
+            ))
+            .into();
+        }
+    };
     match cli.command {
         Command::Agent(cmd) => return agent(cmd, &cli.global),
         Command::Policy(cmd) => policy::run(cmd, &cli.global),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, ValueEnum};
 
-use crate::{DemoError, Framework, GatewayChoice, Scenario};
+use crate::{DemoError, Framework, GatewayChoice, Provider, Scenario};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -32,6 +32,9 @@ pub struct DemoArgs {
     /// Which scenario to run.
     #[arg(long, value_enum, default_value_t = Scenario::Canonical)]
     pub scenario: Scenario,
+    /// The model API the agent talks to (rig: openai or anthropic).
+    #[arg(long, value_enum, default_value_t = Provider::Openai)]
+    pub provider: Provider,
     /// Also show warnings (retries of gateway calls) on stderr.
     #[arg(short, long)]
     pub verbose: bool,
@@ -69,7 +72,12 @@ pub fn main(frameworks: &[Framework], args: &DemoArgs) -> ExitCode {
     let mut code = 0;
     let mut passed = 0;
     for framework in frameworks {
-        match runtime.block_on(crate::run(*framework, args.scenario, &choice)) {
+        match runtime.block_on(crate::run(
+            *framework,
+            args.scenario,
+            args.provider,
+            &choice,
+        )) {
             Ok(report) => {
                 match args.format {
                     Format::Table => println!("{}", report.text()),
@@ -154,5 +162,23 @@ struct Single {
 /// `main` of a `paybond-demo-<framework>` binary.
 pub fn bin_main(framework: Framework) -> ExitCode {
     let single = Single::parse();
+    // Logs on stderr (warnings with -v), spans and metrics over OTLP when the
+    // OTEL_* variables ask for it; flushed when the guard drops.
+    let level = if single.args.verbose { "warn" } else { "error" };
+    let service = format!("paybond-demo-{}", framework.name());
+    let _telemetry = match paybond_middleware_core::telemetry::init_with_log_filter(&service, level)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            report_error(
+                single.args.format,
+                framework,
+                "usage",
+                "invalid_telemetry_settings",
+                &e.to_string(),
+            );
+            return ExitCode::from(2);
+        }
+    };
     main(&[framework], &single.args)
 }

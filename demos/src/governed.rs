@@ -61,7 +61,11 @@ async fn bundled_digest() -> Result<String, DemoError> {
 }
 
 /// Runs the governed scenario with `framework` on `h`'s gateway.
-pub async fn run(framework: Framework, h: &Arc<Harness>) -> Result<Finished, DemoError> {
+pub async fn run(
+    framework: Framework,
+    provider: crate::Provider,
+    h: &Arc<Harness>,
+) -> Result<Finished, DemoError> {
     let bundled = bundled_digest().await?;
     let current = h.policy_digest().await?;
     if current != bundled {
@@ -76,7 +80,7 @@ pub async fn run(framework: Framework, h: &Arc<Harness>) -> Result<Finished, Dem
     let finished = match framework {
         Framework::Generic => crate::generic::governed(h).await,
         Framework::Openai => crate::openai::governed(h).await,
-        Framework::Rig => crate::rig::governed(h).await,
+        Framework::Rig => crate::rig::governed(h, provider).await,
         Framework::Mcp => crate::mcp::governed(h).await,
     };
     let bundled = PolicyFile::bundled_tenant_overlay();

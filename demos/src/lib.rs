@@ -7,6 +7,7 @@
 //! policy reload mid-run. The gateway is embedded in the process by default;
 //! [`GatewayChoice::Http`] points a demo at `paybond dev loop --offline`.
 
+pub mod anthropic;
 pub mod cli;
 pub mod generic;
 pub mod governed;
@@ -88,6 +89,27 @@ impl Framework {
     }
 }
 
+/// Which model API a demo's agent talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Provider {
+    /// OpenAI's chat completions (a scripted server, or `OPENAI_API_KEY`).
+    #[default]
+    Openai,
+    /// Anthropic's Messages API: Claude (a scripted server, or `ANTHROPIC_API_KEY`).
+    /// The rig demo only.
+    Anthropic,
+}
+
+impl Provider {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Anthropic => "anthropic",
+        }
+    }
+}
+
 /// What a demo's run left behind.
 #[derive(Debug, Default)]
 pub struct Finished {
@@ -147,18 +169,30 @@ pub async fn bind_run(
 }
 
 /// Runs one demo of `scenario` on a fresh intent and checks it against the scenario.
+/// The rig demo's model speaks `provider`'s API; the other demos take only
+/// [`Provider::Openai`] (the openai demo is async-openai, the generic and MCP demos
+/// have no model).
 pub async fn run(
     framework: Framework,
     scenario: Scenario,
+    provider: Provider,
     gateway: &GatewayChoice,
 ) -> Result<Report, DemoError> {
+    if provider != Provider::Openai && framework != Framework::Rig {
+        return Err(DemoError::Usage(format!(
+            "--provider {}: only the rig demo talks to other model APIs than OpenAI's \
+             (try `paybond agent demo rig --provider {}`)",
+            provider.name(),
+            provider.name()
+        )));
+    }
     let h = Arc::new(Harness::start(gateway).await?);
     let finished = match (scenario, framework) {
         (Scenario::Canonical, Framework::Generic) => generic::run(&h).await?,
         (Scenario::Canonical, Framework::Openai) => openai::run(&h).await?,
-        (Scenario::Canonical, Framework::Rig) => rig::run(&h).await?,
+        (Scenario::Canonical, Framework::Rig) => rig::run(&h, provider).await?,
         (Scenario::Canonical, Framework::Mcp) => mcp::run(&h).await?,
-        (Scenario::Governed, framework) => governed::run(framework, &h).await?,
+        (Scenario::Governed, framework) => governed::run(framework, provider, &h).await?,
     };
     let totals = TraceTotals::of(&finished.entries);
     // A compensation counts once it ran and the gateway's ledger has it.

@@ -35,15 +35,15 @@ If a result says blocked, do not retry it.";
 
 /// The scripted model: which scenario it plays, and what each tool result told it.
 #[derive(Clone, Default)]
-struct Script {
-    scenario: Scenario,
-    observed: Arc<Mutex<Vec<String>>>,
+pub(crate) struct Script {
+    pub(crate) scenario: Scenario,
+    pub(crate) observed: Arc<Mutex<Vec<String>>>,
 }
 
 impl Script {
     /// The calls the model makes for a conversation whose last user message is
     /// `asked`: the canonical five, or the governed scenario's part the user names.
-    fn calls(&self, asked: &str) -> Vec<Step> {
+    pub(crate) fn calls(&self, asked: &str) -> Vec<Step> {
         match self.scenario {
             Scenario::Canonical => steps(),
             Scenario::Governed => {
@@ -55,6 +55,29 @@ impl Script {
                 }
             }
         }
+    }
+
+    /// Notes what a tool result said, for the final answer.
+    pub(crate) fn observe(&self, seen: String) {
+        if let Ok(mut observed) = self.observed.lock() {
+            observed.push(seen);
+        }
+    }
+
+    /// The final answer: what each tool result said, in order (and forgets them).
+    pub(crate) fn answer(&self) -> String {
+        let observed = self
+            .observed
+            .lock()
+            .map(|mut o| std::mem::take(&mut *o))
+            .unwrap_or_default();
+        let answer = observed
+            .iter()
+            .enumerate()
+            .map(|(i, o)| format!("{}: {o}", i + 1))
+            .collect::<Vec<_>>()
+            .join("; ");
+        format!("Done. {answer}.")
     }
 }
 
@@ -70,7 +93,7 @@ fn completion(message: Value, finish: &str) -> Value {
 }
 
 /// A message's text: a string, or (rig) a list of text parts.
-fn text_of(content: &Value) -> String {
+pub(crate) fn text_of(content: &Value) -> String {
     match content {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts
@@ -83,7 +106,7 @@ fn text_of(content: &Value) -> String {
 }
 
 /// What a tool result says, in the model's words.
-fn read_result(content: &Value) -> String {
+pub(crate) fn read_result(content: &Value) -> String {
     let text = text_of(content);
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     match v["status"].as_str() {
@@ -148,12 +171,7 @@ async fn chat(
                 .collect()
         })
         .unwrap_or_default();
-    let names = paybond_middleware_core::function_names::FunctionNames::new([
-        crate::travel::SEARCH,
-        crate::travel::BOOK,
-        crate::travel::TRIP,
-    ])
-    .unwrap_or_default();
+    let names = scenario_function_names();
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
     // The conversation since the user last spoke: that part's calls and results.
     let asked_at = messages
@@ -169,10 +187,7 @@ async fn chat(
         .filter(|m| m["role"] == "tool")
         .collect();
     if let Some(last) = results.last() {
-        let seen = read_result(&last["content"]);
-        if let Ok(mut observed) = script.observed.lock() {
-            observed.push(seen);
-        }
+        script.observe(read_result(&last["content"]));
     }
     let steps = script.calls(&asked);
     match steps.get(results.len()) {
@@ -188,28 +203,25 @@ async fn chat(
             }),
             "tool_calls",
         ))),
-        None => {
-            let observed = script
-                .observed
-                .lock()
-                .map(|mut o| std::mem::take(&mut *o))
-                .unwrap_or_default();
-            let answer = observed
-                .iter()
-                .enumerate()
-                .map(|(i, o)| format!("{}: {o}", i + 1))
-                .collect::<Vec<_>>()
-                .join("; ");
-            Ok(Json(completion(
-                json!({"role": "assistant", "content": format!("Done. {answer}.")}),
-                "stop",
-            )))
-        }
+        None => Ok(Json(completion(
+            json!({"role": "assistant", "content": script.answer()}),
+            "stop",
+        ))),
     }
 }
 
+/// The model function names of the scenario's tools.
+pub(crate) fn scenario_function_names() -> paybond_middleware_core::function_names::FunctionNames {
+    paybond_middleware_core::function_names::FunctionNames::new([
+        crate::travel::SEARCH,
+        crate::travel::BOOK,
+        crate::travel::TRIP,
+    ])
+    .unwrap_or_default()
+}
+
 /// The function the request offers for the scenario's tool `tool`.
-fn function_for<'a>(
+pub(crate) fn function_for<'a>(
     tool: &'a str,
     names: &'a paybond_middleware_core::function_names::FunctionNames,
     offered: &[&str],

@@ -1,12 +1,18 @@
 //! rig: an agent built with `AgentBuilder::tool(guarded(tool, &run))`, talking to the
 //! same scripted OpenAI-compatible model as the openai demo (or a real one with
-//! `OPENAI_API_KEY`). Holds wait for the operator and retry by themselves.
+//! `OPENAI_API_KEY`), or with [`Provider::Anthropic`] to Claude through rig's
+//! Anthropic provider (a scripted Messages API, see [`crate::anthropic`], or the
+//! real one with `ANTHROPIC_API_KEY`). Holds wait for the operator and retry by
+//! themselves.
 
 use std::sync::Arc;
 
 use paybond_adapter_rig::{commit_plan_tool, guarded};
 use paybond_middleware_core::Tool as _;
 use rig_agent::AgentBuilder;
+use rig_core::DynModel;
+use rig_core::operation::Completion;
+use rig_core::providers::anthropic::AnthropicConfig;
 use rig_core::providers::openai::OpenAIConfig;
 use rig_core::tool::{Tool, ToolContext};
 use serde::{Deserialize, Serialize};
@@ -15,7 +21,7 @@ use serde_json::Value;
 use crate::harness::Harness;
 use crate::scenario::{Scenario, governed_steps};
 use crate::travel;
-use crate::{DemoError, Finished};
+use crate::{DemoError, Finished, Provider};
 
 /// `travel.search_hotels` as a rig tool.
 #[derive(Debug, Clone, Copy)]
@@ -146,37 +152,87 @@ impl Tool for RigTrip {
     }
 }
 
-/// The model's key, base URL and name: a real one when `OPENAI_API_KEY` is set,
-/// else the scripted one of `scenario`.
-async fn model(scenario: Scenario) -> Result<(String, String, String), DemoError> {
+/// The agent's model: with [`Provider::Openai`] a real OpenAI-compatible one when
+/// `OPENAI_API_KEY` is set (`OPENAI_BASE_URL`, `OPENAI_MODEL`), with
+/// [`Provider::Anthropic`] Claude when `ANTHROPIC_API_KEY` is set
+/// (`ANTHROPIC_BASE_URL`, `ANTHROPIC_MODEL`); else the scripted server of
+/// `scenario` that speaks the provider's API. Answers the model and the
+/// `max_tokens` its API requires, if it requires one.
+async fn model(
+    scenario: Scenario,
+    provider: Provider,
+) -> Result<(DynModel<Completion>, Option<u64>), DemoError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (key, base, model) = match std::env::var("OPENAI_API_KEY") {
-        Ok(key) if !key.is_empty() => (
-            key,
-            std::env::var("OPENAI_BASE_URL")
-                .unwrap_or_else(|_| "https://api.openai.com/v1".to_owned()),
-            std::env::var("OPENAI_MODEL").unwrap_or_else(|_| "gpt-4o-mini".to_owned()),
-        ),
-        _ => (
-            "scripted".to_owned(),
-            crate::openai::scripted_model(scenario).await?,
-            "paybond-scripted".to_owned(),
-        ),
-    };
-    Ok((key, base, model))
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    match provider {
+        Provider::Openai => {
+            let (key, base, model) = match var("OPENAI_API_KEY") {
+                Some(key) => (
+                    key,
+                    var("OPENAI_BASE_URL")
+                        .unwrap_or_else(|| "https://api.openai.com/v1".to_owned()),
+                    var("OPENAI_MODEL").unwrap_or_else(|| "gpt-4o-mini".to_owned()),
+                ),
+                None => (
+                    "scripted".to_owned(),
+                    crate::openai::scripted_model(scenario).await?,
+                    "paybond-scripted".to_owned(),
+                ),
+            };
+            let model = OpenAIConfig::new(key)
+                .with_base_url(base)
+                .client()
+                .chat(model);
+            Ok((model.into(), None))
+        }
+        Provider::Anthropic => {
+            let (key, base, model) = match var("ANTHROPIC_API_KEY") {
+                Some(key) => (
+                    key,
+                    var("ANTHROPIC_BASE_URL")
+                        .unwrap_or_else(|| "https://api.anthropic.com".to_owned()),
+                    var("ANTHROPIC_MODEL").unwrap_or_else(|| DEFAULT_CLAUDE.to_owned()),
+                ),
+                None => (
+                    "scripted".to_owned(),
+                    crate::anthropic::scripted_model(scenario).await?,
+                    crate::anthropic::SCRIPTED_MODEL.to_owned(),
+                ),
+            };
+            let model = AnthropicConfig::new(key)
+                .with_base_url(base)
+                .client()
+                .completion(model);
+            Ok((model.into(), Some(CLAUDE_MAX_TOKENS)))
+        }
+    }
 }
 
-/// Runs the scenario as a rig agent.
-pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
+/// The Claude model the demo asks for when `ANTHROPIC_MODEL` is not set.
+pub const DEFAULT_CLAUDE: &str = rig_core::providers::anthropic::CLAUDE_SONNET_4_6;
+
+/// `max_tokens` of each Messages API request (the API requires one): ample for a
+/// tool call or the one-sentence answer.
+const CLAUDE_MAX_TOKENS: u64 = 1024;
+
+/// An agent builder on `model` with `preamble`, and `max_tokens` when its API needs one.
+fn builder(
+    (model, max_tokens): (DynModel<Completion>, Option<u64>),
+    preamble: &str,
+) -> AgentBuilder {
+    let builder = AgentBuilder::new(model).preamble(preamble);
+    match max_tokens {
+        Some(n) => builder.max_tokens(n),
+        None => builder,
+    }
+}
+
+/// Runs the scenario as a rig agent whose model speaks `provider`'s API.
+pub async fn run(h: &Arc<Harness>, provider: Provider) -> Result<Finished, DemoError> {
     let run = h.bind("demo-rig", true).await?;
     let _operator = h.spawn_operator();
-    let (key, base, model) = model(Scenario::Canonical).await?;
-    let model = OpenAIConfig::new(key)
-        .with_base_url(base)
-        .client()
-        .chat(model);
-    let agent = AgentBuilder::new(model)
-        .preamble(crate::openai::PROMPT)
+    let model = model(Scenario::Canonical, provider).await?;
+    let agent = builder(model, crate::openai::PROMPT)
         .tool(guarded(RigSearch, &run).map_err(|e| DemoError::Setup(e.to_string()))?)
         .tool(guarded(RigBook, &run).map_err(|e| DemoError::Setup(e.to_string()))?)
         .build();
@@ -191,19 +247,14 @@ pub async fn run(h: &Arc<Harness>) -> Result<Finished, DemoError> {
 /// Runs the governed scenario (see [`crate::governed`]) as a rig agent: guarded
 /// search, booking and trip tools plus [`commit_plan_tool`]; part 1, the cap
 /// lowered and the policy reloaded, part 2.
-pub async fn governed(h: &Arc<Harness>) -> Result<Finished, DemoError> {
+pub async fn governed(h: &Arc<Harness>, provider: Provider) -> Result<Finished, DemoError> {
     let run = h.bind("demo-rig", true).await?;
     let trip = Arc::new(travel::BookTrip::new(travel::registry().guarded(&run)));
     let commit = commit_plan_tool(&run)
         .ok_or_else(|| DemoError::Setup("the governed policy names no payment phase".to_owned()))?;
     let setup = |e: paybond_adapter_rig::GuardError| DemoError::Setup(e.to_string());
-    let (key, base, model) = model(Scenario::Governed).await?;
-    let model = OpenAIConfig::new(key)
-        .with_base_url(base)
-        .client()
-        .chat(model);
-    let agent = AgentBuilder::new(model)
-        .preamble(crate::governed::PROMPT)
+    let model = model(Scenario::Governed, provider).await?;
+    let agent = builder(model, crate::governed::PROMPT)
         .tool(guarded(RigSearch, &run).map_err(setup)?)
         .tool(guarded(RigBook, &run).map_err(setup)?)
         .tool(guarded(RigTrip(trip), &run).map_err(setup)?)

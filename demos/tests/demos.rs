@@ -7,16 +7,26 @@
 
 use std::sync::Arc;
 
-use paybond_demos::{DemoError, Framework, GatewayChoice, Scenario, run};
+use paybond_demos::{DemoError, Framework, GatewayChoice, Provider, Scenario, run};
 use paybond_gateway::{Engine, PolicyFile};
 use paybond_middleware_core::wire::Environment;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generic_openai_and_rig_reach_the_end_state() {
-    for framework in [Framework::Generic, Framework::Openai, Framework::Rig] {
-        let report = run(framework, Scenario::Canonical, &GatewayChoice::Embedded)
-            .await
-            .unwrap();
+    for (framework, provider) in [
+        (Framework::Generic, Provider::Openai),
+        (Framework::Openai, Provider::Openai),
+        (Framework::Rig, Provider::Openai),
+        (Framework::Rig, Provider::Anthropic),
+    ] {
+        let report = run(
+            framework,
+            Scenario::Canonical,
+            provider,
+            &GatewayChoice::Embedded,
+        )
+        .await
+        .unwrap();
         assert!(
             report.passed(),
             "{}: {:?}",
@@ -33,10 +43,20 @@ async fn generic_openai_and_rig_reach_the_end_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generic_openai_and_rig_reach_the_governed_end_state() {
-    for framework in [Framework::Generic, Framework::Openai, Framework::Rig] {
-        let report = run(framework, Scenario::Governed, &GatewayChoice::Embedded)
-            .await
-            .unwrap();
+    for (framework, provider) in [
+        (Framework::Generic, Provider::Openai),
+        (Framework::Openai, Provider::Openai),
+        (Framework::Rig, Provider::Openai),
+        (Framework::Rig, Provider::Anthropic),
+    ] {
+        let report = run(
+            framework,
+            Scenario::Governed,
+            provider,
+            &GatewayChoice::Embedded,
+        )
+        .await
+        .unwrap();
         assert!(
             report.passed(),
             "{}: {:?}",
@@ -92,9 +112,14 @@ async fn the_governed_scenario_over_http_leaves_the_tenant_policy_as_it_found_it
         url,
         env_file: dir.path().join(".env.local"),
     };
-    let report = run(Framework::Generic, Scenario::Governed, &choice)
-        .await
-        .unwrap();
+    let report = run(
+        Framework::Generic,
+        Scenario::Governed,
+        Provider::Openai,
+        &choice,
+    )
+    .await
+    .unwrap();
     assert!(report.passed(), "{:?}", report.problems);
     assert_eq!(report.summary.gateway, "http");
     // It published its own policy twice, then put the bundled one back.
@@ -107,9 +132,14 @@ async fn the_governed_scenario_over_http_leaves_the_tenant_policy_as_it_found_it
         "approval_threshold_cents: 14000",
     );
     let published = engine.publish_tenant_policy_text(&tenant, &custom).unwrap();
-    let err = run(Framework::Generic, Scenario::Governed, &choice)
-        .await
-        .unwrap_err();
+    let err = run(
+        Framework::Generic,
+        Scenario::Governed,
+        Provider::Openai,
+        &choice,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, DemoError::Usage(_)), "{err}");
     assert!(err.to_string().contains(&published.digest), "{err}");
     assert_eq!(digest(&engine), published.digest);
@@ -127,6 +157,7 @@ async fn an_unreachable_gateway_fails_closed() {
     let err = run(
         Framework::Generic,
         Scenario::Canonical,
+        Provider::Openai,
         &GatewayChoice::Http {
             url: "http://127.0.0.1:9".to_owned(),
             env_file,
@@ -140,6 +171,7 @@ async fn an_unreachable_gateway_fails_closed() {
     let missing = run(
         Framework::Generic,
         Scenario::Canonical,
+        Provider::Openai,
         &GatewayChoice::Http {
             url: "http://127.0.0.1:9".to_owned(),
             env_file: dir.path().join("nothing"),
@@ -148,4 +180,22 @@ async fn an_unreachable_gateway_fails_closed() {
     .await
     .unwrap_err();
     assert!(matches!(missing, DemoError::Usage(_)), "{missing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_rig_demo_talks_to_claude() {
+    for framework in [Framework::Generic, Framework::Openai, Framework::Mcp] {
+        let err = run(
+            framework,
+            Scenario::Canonical,
+            Provider::Anthropic,
+            &GatewayChoice::Embedded,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, DemoError::Usage(m) if m.contains("--provider anthropic") && m.contains("rig")),
+            "{err}"
+        );
+    }
 }

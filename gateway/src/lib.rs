@@ -43,6 +43,8 @@ mod evidence;
 pub mod openapi;
 pub mod server;
 mod store;
+#[cfg(feature = "otel")]
+pub mod telemetry;
 mod tokens;
 pub use embedded::EmbeddedGateway;
 pub use engine::audit::*;

@@ -18,6 +18,7 @@ use paybond_middleware_core::wire::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::engine::Engine;
@@ -317,7 +318,38 @@ async fn verify(State(s): State<AppState>, request: Request) -> Answer {
     let (principal, key) = authenticated(&s, credentials(&headers)?).await?;
     let mut req: VerifyRequest = parse(&bytes).map_err(fail)?;
     req.idempotency_key = merge_key(key, req.idempotency_key.take()).map_err(fail)?;
-    let r = s.engine.verify_async(principal, req).await.map_err(fail)?;
+    // The decision, as a span: what was asked and what was decided, never the
+    // token, the approval token or the idempotency key.
+    let span = tracing::info_span!(
+        "paybond.verify",
+        "gen_ai.tool.name" = req.tool_name.as_deref(),
+        "gen_ai.tool.call.id" = req.tool_call_id.as_deref(),
+        "paybond.tenant" = %principal.tenant_id,
+        "paybond.intent_id" = %req.intent_id,
+        "paybond.operation" = %req.operation,
+        "paybond.amount_cents" = req.requested_spend_cents,
+        "paybond.currency" = req.currency.as_deref(),
+        "paybond.outcome" = tracing::field::Empty,
+        "paybond.reason_code" = tracing::field::Empty,
+        "paybond.decision_id" = tracing::field::Empty,
+        "paybond.policy_version" = tracing::field::Empty,
+    );
+    let r = s
+        .engine
+        .verify_async(principal, req)
+        .instrument(span.clone())
+        .await
+        .map_err(fail)?;
+    span.record("paybond.outcome", r.decision().as_str());
+    if let Some(code) = r.reason_codes.first() {
+        span.record("paybond.reason_code", code.as_str());
+    }
+    if let Some(id) = r.decision_id {
+        span.record("paybond.decision_id", tracing::field::display(id));
+    }
+    if let Some(version) = r.policy_version {
+        span.record("paybond.policy_version", version);
+    }
     json(&r)
 }
 
@@ -338,9 +370,17 @@ async fn complete(State(s): State<AppState>, Path(id): Path<String>, request: Re
     let (principal, key) = authenticated(&s, credentials(&headers)?).await?;
     let req: WithKey<CompleteRequest> = parse(&bytes).map_err(fail)?;
     let key = merge_key(key, req.idempotency_key).map_err(fail)?;
+    let span = tracing::info_span!(
+        "paybond.complete",
+        "paybond.tenant" = %principal.tenant_id,
+        "paybond.decision_id" = %id,
+        "paybond.finalization" = req.request.outcome.as_str(),
+        "paybond.amount_cents" = req.request.actual_spend_cents,
+    );
     let r = s
         .engine
         .complete_async(principal, id, req.request, key)
+        .instrument(span)
         .await
         .map_err(fail)?;
     json(&r)
@@ -912,10 +952,35 @@ fn router_with(engine: Arc<Engine>, body_timeout: Duration) -> Router {
         .nest_service("/console", crate::console::router(engine.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(traced))
         .with_state(AppState {
             engine,
             body_timeout,
         })
+}
+
+/// Serves `request` inside an OpenTelemetry HTTP server span (`<method> <route>`),
+/// continuing the caller's W3C trace context when export is on.
+async fn traced(request: Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "paybond.http_request",
+        "otel.name" = %format_args!("{method} {}", route.as_deref().unwrap_or("")),
+        "otel.kind" = "server",
+        "http.request.method" = %method,
+        "http.route" = route.as_deref(),
+        "url.path" = request.uri().path(),
+        "http.response.status_code" = tracing::field::Empty,
+    );
+    #[cfg(feature = "otel")]
+    crate::telemetry::continue_trace(&span, request.headers());
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 /// Runs the expiry sweep every `every` until the engine is dropped elsewhere.

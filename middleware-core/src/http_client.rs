@@ -539,13 +539,16 @@ impl HttpGateway {
         &self,
         call: Call<'_, B>,
     ) -> Result<R, GatewayError> {
+        // An OpenTelemetry HTTP client span; its context goes out as `traceparent`.
         let span = tracing::info_span!(
             "paybond.gateway_request",
-            operation = call.operation,
-            method = %call.method,
-            path = %call.path,
-            attempt = field::Empty,
-            status = field::Empty,
+            "otel.name" = %format_args!("{} {}", call.method, call.operation),
+            "otel.kind" = "client",
+            "http.request.method" = %call.method,
+            "url.path" = %call.path,
+            "http.response.status_code" = field::Empty,
+            "paybond.operation" = call.operation,
+            "paybond.attempt" = field::Empty,
         );
         self.send_inner(call).instrument(span).await
     }
@@ -565,14 +568,17 @@ impl HttpGateway {
             })?),
             None => None,
         };
-        let headers = self.headers(&call)?;
+        #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
+        let mut headers = self.headers(&call)?;
         let url = format!("{}{}", inner.base_url, call.path);
         let span = tracing::Span::current();
+        #[cfg(feature = "otel")]
+        crate::telemetry::inject(&span, &mut headers);
 
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            span.record("attempt", attempt);
+            span.record("paybond.attempt", attempt);
             let mut builder = inner
                 .client
                 .request(call.method.clone(), &url)
@@ -614,7 +620,7 @@ impl HttpGateway {
                 }
             };
             let status = response.status();
-            span.record("status", status.as_u16());
+            span.record("http.response.status_code", status.as_u16());
             if status.is_success() {
                 let bytes = response.bytes().await.map_err(|e| {
                     if e.is_timeout() {

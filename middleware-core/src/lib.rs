@@ -82,6 +82,11 @@
 //! registry: `examples/src/bin/embedded_custom_tool.rs` and
 //! `examples/src/bin/custom_orchestrator.rs`. For your own tests, the
 //! `test-util` feature's `testing::ScriptedGateway` answers as scripted.
+//!
+//! With the `otel` feature, `telemetry::init` exports the layer's spans (one
+//! `execute_tool` span per call, with the OpenTelemetry GenAI attributes and the
+//! decision under `paybond.*`) and metrics over OTLP, driven by the standard
+//! `OTEL_*` variables.
 
 // What a tool author needs is at the root; the rest is in the named modules
 // below, each item at one path.
@@ -95,6 +100,8 @@ mod tools;
 pub mod feedback;
 pub mod function_names;
 pub mod scope;
+#[cfg(feature = "otel")]
+pub mod telemetry;
 pub mod trace;
 /// The gateway's HTTP wire types: the `paybond-wire` crate.
 pub use paybond_wire as wire;

@@ -41,7 +41,8 @@ pub enum TraceOutcome {
 }
 
 impl TraceOutcome {
-    fn as_str(self) -> &'static str {
+    /// Its name, as in the JSON trace (`allow`, `hold`, ...).
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Passthrough => "passthrough",
             Self::Allow => "allow",

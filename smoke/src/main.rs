@@ -1,4 +1,5 @@
-//! The smoke runner: every demo binary, in both scenarios (canonical and governed),
+//! The smoke runner: every demo binary (the rig demo twice: with the OpenAI and the
+//! Anthropic Messages API), in both scenarios (canonical and governed),
 //! on the embedded gateway and against a `paybond dev loop --offline` it starts on a
 //! free port, each JSON trace checked against the scenario's expected outcomes
 //! (demos/README.md). Prints a pass/fail table; exits 1 on any mismatch, 2 when a
@@ -15,6 +16,15 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 const FRAMEWORKS: [&str; 4] = ["generic", "openai", "rig", "mcp"];
+/// The runs of each scenario and gateway: the row's name, the demo's framework,
+/// and the demo's extra flags (the rig demo runs once more with Claude's API).
+const RUNS: [(&str, &str, &[&str]); 5] = [
+    ("generic", "generic", &[]),
+    ("openai", "openai", &[]),
+    ("rig", "rig", &[]),
+    ("rig/claude", "rig", &["--provider", "anthropic"]),
+    ("mcp", "mcp", &[]),
+];
 const SCENARIOS: [&str; 2] = ["canonical", "governed"];
 
 /// `(tool, amount_cents, outcome, reason_codes, finalization, actual_cents)` of each
@@ -245,22 +255,24 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "{:<8} {:<9} {:<9} {:<6} {:>8}  detail",
+        "{:<10} {:<9} {:<9} {:<6} {:>8}  detail",
         "demo", "scenario", "gateway", "result", "seconds"
     );
     let mut failed = 0;
-    let runs = SCENARIOS.len() * FRAMEWORKS.len() * 2;
+    let runs = SCENARIOS.len() * RUNS.len() * 2;
     // Sequential: the governed scenario publishes the dev loop tenant's policy while
     // it runs (and puts the bundled one back).
     for (scenario, gateway) in SCENARIOS
         .iter()
         .flat_map(|s| ["embedded", "http"].map(|g| (*s, g)))
     {
-        for framework in FRAMEWORKS {
+        for (row, framework, flags) in RUNS {
             let mut cmd = Command::new(bin(&format!("paybond-demo-{framework}")));
             cmd.args(["--format", "json", "--scenario", scenario])
+                .args(flags)
                 .env_remove("PAYBOND_GATEWAY_URL")
-                .env_remove("OPENAI_API_KEY");
+                .env_remove("OPENAI_API_KEY")
+                .env_remove("ANTHROPIC_API_KEY");
             if gateway == "http" {
                 cmd.args(["--gateway", &dev.url, "--env-file"])
                     .arg(tmp.path().join(".env.local"));
@@ -289,7 +301,7 @@ fn main() -> ExitCode {
             let ok = problems.is_empty() && code == Some(0);
             failed += usize::from(!ok);
             println!(
-                "{framework:<8} {scenario:<9} {gateway:<9} {:<6} {:>8.2}  {}",
+                "{row:<10} {scenario:<9} {gateway:<9} {:<6} {:>8.2}  {}",
                 if ok { "pass" } else { "FAIL" },
                 started.elapsed().as_secs_f64(),
                 problems.join("; ")

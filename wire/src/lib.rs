@@ -258,6 +258,27 @@ pub enum Decision {
     Deny,
 }
 
+impl Decision {
+    /// Its name, as serialized: `allow`, `hold` or `deny`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Hold => "hold",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+impl Finalization {
+    /// Its name, as serialized: `consumed` or `released`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Consumed => "consumed",
+            Self::Released => "released",
+        }
+    }
+}
+
 impl VerifyResult {
     /// Allow, hold or deny.
     pub fn decision(&self) -> Decision {

@@ -199,8 +199,13 @@ impl Engine {
 
     /// A verify's latency and outcome, in the metrics.
     fn count_verify(&self, started: Instant, result: &VerifyResult) {
+        let elapsed = started.elapsed();
         self.metrics
-            .observe(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+            .observe(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+        #[cfg(feature = "otel")]
+        if let Some(otel) = self.metrics.otel.get() {
+            otel.record(result, elapsed);
+        }
         let counter = if result.allow {
             &self.metrics.allow
         } else if result.approval_required {

@@ -202,6 +202,9 @@ pub struct Metrics {
     pub(crate) latency_buckets: [AtomicU64; LATENCY_BOUNDS_US.len()],
     pub(crate) latency_count: AtomicU64,
     pub(crate) latency_sum_us: AtomicU64,
+    /// The OpenTelemetry instruments, once the server exports metrics.
+    #[cfg(feature = "otel")]
+    pub(crate) otel: std::sync::OnceLock<crate::telemetry::Instruments>,
 }
 
 /// Upper bounds of the verify latency histogram, in microseconds.
@@ -1156,6 +1159,11 @@ impl Engine {
     /// Reservations not yet finalized (and not past their TTL).
     pub fn open_reservations(&self) -> Result<u64, ApiError> {
         self.read(|tx, now| tx.query_one(lifecycle::OPEN, args![now], |r| r.get(0)))
+    }
+
+    /// Approval requests of every tenant waiting for an operator (not past their expiry).
+    pub fn pending_approvals(&self) -> Result<u64, ApiError> {
+        self.read(|tx, now| tx.query_one(lifecycle::PENDING_APPROVALS, args![now], |r| r.get(0)))
     }
 
     /// Prometheus text for `/metrics`.

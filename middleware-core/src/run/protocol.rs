@@ -56,9 +56,33 @@ struct Recorded {
 impl CallInfo {
     fn record(&self, attempt: u32, started: Instant, r: Recorded) {
         let span = Span::current();
-        span.record("outcome", field::debug(r.outcome));
+        span.record("paybond.outcome", r.outcome.as_str());
+        if let Some(code) = r.reason_codes.first() {
+            span.record("paybond.reason_code", code.as_str());
+        }
         if let Some(id) = r.decision_id {
-            span.record("decision_id", field::display(id));
+            span.record("paybond.decision_id", field::display(id));
+        }
+        if let Some(amount) = self.amount {
+            span.record("paybond.amount_cents", amount);
+        }
+        if let Some(currency) = &self.shared.currency {
+            span.record("paybond.currency", currency.as_str());
+        }
+        if let Some(f) = r.finalization {
+            span.record("paybond.finalization", f.as_str());
+        }
+        let failed = match r.outcome {
+            TraceOutcome::Error => r.reason_codes.first().map(String::as_str),
+            _ => r
+                .reason_codes
+                .iter()
+                .map(String::as_str)
+                .find(|c| *c == "tool_failed" || *c == "tool_panicked"),
+        };
+        if let Some(kind) = failed {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", kind);
         }
         self.shared.trace.push(TraceEntry {
             tool_call_id: self.tool_call_id.clone(),
@@ -132,14 +156,28 @@ pub(super) async fn guard<E: Send + 'static>(
             None,
         ),
     };
+    // An OpenTelemetry GenAI `execute_tool` span (its name and attributes as the
+    // semantic conventions say), with the decision under `paybond.*`. Never an
+    // argument value, never a secret.
     let span = tracing::info_span!(
         "paybond.tool_call",
-        tool = %call.tool_name,
-        operation = %operation,
-        tool_call_id = %call.tool_call_id,
-        attempt = field::Empty,
-        decision_id = field::Empty,
-        outcome = field::Empty,
+        "otel.name" = %format_args!("execute_tool {}", call.tool_name),
+        "otel.status_code" = field::Empty,
+        "gen_ai.operation.name" = "execute_tool",
+        "gen_ai.tool.type" = "function",
+        "gen_ai.tool.name" = %call.tool_name,
+        "gen_ai.tool.call.id" = %call.tool_call_id,
+        "error.type" = field::Empty,
+        "paybond.operation" = %operation,
+        "paybond.intent_id" = %shared.intent_id,
+        "paybond.attempt" = field::Empty,
+        "paybond.outcome" = field::Empty,
+        "paybond.reason_code" = field::Empty,
+        "paybond.amount_cents" = field::Empty,
+        "paybond.currency" = field::Empty,
+        "paybond.decision_id" = field::Empty,
+        "paybond.policy_version" = field::Empty,
+        "paybond.finalization" = field::Empty,
     );
     let info = CallInfo {
         shared,
@@ -197,7 +235,7 @@ async fn passthrough<E: Send + 'static>(
     call: ToolCall,
 ) -> Result<ToolOutput, RunError<E>> {
     let (attempt, _) = info.shared.next_attempt(&info.tool_call_id, false);
-    Span::current().record("attempt", attempt);
+    Span::current().record("paybond.attempt", attempt);
     let started = Instant::now();
     let result = run_inner(invoke, call).await;
     let reason_codes = match &result {
@@ -232,7 +270,7 @@ async fn authorize<E: Send + 'static>(
         Err(reason) => {
             // Without taking the stored approval token: it stays for a call that can be verified.
             let (attempt, _) = shared.next_attempt(&info.tool_call_id, false);
-            Span::current().record("attempt", attempt);
+            Span::current().record("paybond.attempt", attempt);
             info.record_error(attempt, Instant::now(), "invalid_call");
             return Err(RunError::InvalidCall {
                 tool_call_id: info.tool_call_id,
@@ -245,7 +283,7 @@ async fn authorize<E: Send + 'static>(
     let (mut attempt, mut approval_token) = shared.next_attempt(&info.tool_call_id, true);
 
     loop {
-        Span::current().record("attempt", attempt);
+        Span::current().record("paybond.attempt", attempt);
         let started = Instant::now();
         let request = VerifyRequest {
             intent_id: shared.intent_id,
@@ -274,6 +312,9 @@ async fn authorize<E: Send + 'static>(
             }
         };
         info.checks.clone_from(&result.checks);
+        if let Some(version) = result.policy_version {
+            Span::current().record("paybond.policy_version", version);
+        }
         match result.decision() {
             Decision::Allow => {
                 let Some(decision_id) = result.decision_id else {
@@ -472,7 +513,7 @@ async fn execute<E: Send + 'static>(
     attempt: u32,
     started: Instant,
 ) -> Result<ToolOutput, RunError<E>> {
-    Span::current().record("decision_id", field::display(decision_id));
+    Span::current().record("paybond.decision_id", field::display(decision_id));
     let reserved = info.amount.unwrap_or(0);
     let mut on_drop = ReleaseOnDrop {
         info: Some(info),
