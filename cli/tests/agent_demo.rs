@@ -14,6 +14,7 @@ fn demo(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
         .env_remove("PAYBOND_API_KEY")
         .env_remove("PAYBOND_OPERATOR_API_KEY")
         .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
         .output()
         .unwrap();
     (
@@ -118,6 +119,36 @@ fn the_main_job_and_its_exit_codes() {
     let (code, _, err) = demo(&["generic", "--gateway", "http://127.0.0.1:9"], dir.path());
     assert_eq!(code, 2);
     assert!(err.contains("PAYBOND_API_KEY"), "{err}");
+}
+
+#[test]
+fn the_rig_demo_runs_with_claude_and_only_it_does() {
+    let dir = tempfile::tempdir().unwrap();
+    for scenario in ["canonical", "governed"] {
+        let (code, out, err) = demo(
+            &[
+                "rig",
+                "--provider",
+                "anthropic",
+                "--scenario",
+                scenario,
+                "--format",
+                "json",
+            ],
+            dir.path(),
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(summary["summary"]["passed"], true, "{summary}");
+        assert_eq!(summary["summary"]["framework"], "rig");
+    }
+    let (code, out, _) = demo(
+        &["openai", "--provider", "anthropic", "--format", "json"],
+        dir.path(),
+    );
+    assert_eq!(code, 2, "{out}");
+    let err: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(err["error"]["code"], "usage_error", "{err}");
 }
 
 #[test]

@@ -103,6 +103,97 @@ async fn chat(Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
     )
 }
 
+/// A Messages API (Claude) that refuses what the real one refuses here (no
+/// `x-api-key` or `anthropic-version`, no `max_tokens`, a tool name with a dot, a
+/// `tool_result` without the `tool_use_id` it was given), books the Harbor Inn for
+/// 12000 cents with a `tool_use` block, then answers with the tool's result.
+async fn messages(
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let refuse = |status: StatusCode, kind: &str, message: String| {
+        (
+            status,
+            Json(json!({"type": "error", "error": {"type": kind, "message": message}})),
+        )
+    };
+    if headers.get("x-api-key").is_none() || headers.get("anthropic-version").is_none() {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "x-api-key and anthropic-version are required".into(),
+        );
+    }
+    if !body["max_tokens"].is_u64() {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "max_tokens: Field required".into(),
+        );
+    }
+    let tools: Vec<&Value> = body["tools"].as_array().into_iter().flatten().collect();
+    if let Some(bad) = tools.iter().find(|t| {
+        let name = t["name"].as_str().unwrap_or_default();
+        !t["input_schema"].is_object()
+            || name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!("tools: invalid tool {bad}"),
+        );
+    }
+    let last = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .cloned()
+        .unwrap_or_default();
+    let result = last["content"]
+        .as_array()
+        .and_then(|blocks| blocks.iter().find(|b| b["type"] == "tool_result"))
+        .cloned();
+    let content = match result {
+        Some(r) if r["tool_use_id"] != "toolu_example" => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("unexpected `tool_use_id` in {r}"),
+            );
+        }
+        Some(r) => json!([{"type": "text", "text": format!("Done: {}", r["content"])}]),
+        None => json!([
+            {"type": "text", "text": "Booking it."},
+            {"type": "tool_use", "id": "toolu_example", "name": "travel_book_hotel",
+             "input": {"hotel": "Harbor Inn", "amount_cents": 12000}}
+        ]),
+    };
+    let stop = if content[1].is_object() {
+        "tool_use"
+    } else {
+        "end_turn"
+    };
+    (
+        StatusCode::OK,
+        Json(json!({
+            "id": "msg_example", "type": "message", "role": "assistant", "model": body["model"],
+            "content": content, "stop_reason": stop, "stop_sequence": null,
+            "usage": {"input_tokens": 0, "output_tokens": 0}
+        })),
+    )
+}
+
+async fn scripted_claude() -> String {
+    let app = axum::Router::new().route("/v1/messages", axum::routing::post(messages));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 async fn scripted_model() -> String {
     let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(chat));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -125,6 +216,8 @@ fn example(
         "custom_orchestrator" => env!("CARGO_BIN_EXE_custom_orchestrator"),
         "wait_for_approval" => env!("CARGO_BIN_EXE_wait_for_approval"),
         "mcp_server" => env!("CARGO_BIN_EXE_mcp_server"),
+        "claude_agent" => env!("CARGO_BIN_EXE_claude_agent"),
+        "traced_agent" => env!("CARGO_BIN_EXE_traced_agent"),
         other => panic!("no example {other}"),
     };
     let mut cmd = tokio::process::Command::new(exe);
@@ -133,6 +226,7 @@ fn example(
         .env("PAYBOND_API_KEY", gw.keys.agent.expose_secret())
         .env_remove("PAYBOND_TENANT_ID")
         .env_remove("PAYBOND_EXPECTED_ENVIRONMENT")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .kill_on_drop(true);
     match model {
         Some(base) => cmd
@@ -206,6 +300,125 @@ async fn rig_agent_books_through_the_layer() {
     assert_eq!(trace.len(), 1, "{stdout}");
     assert_eq!(trace[0]["outcome"], "allow");
     assert_eq!(totals(&stdout)["consumed_cents"], 12_000);
+}
+
+#[tokio::test]
+async fn claude_agent_books_through_the_layer() {
+    let gw = gateway().await;
+    let claude = scripted_claude().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = example("claude_agent", &gw, None, dir.path());
+    cmd.env("ANTHROPIC_API_KEY", "scripted")
+        .env("ANTHROPIC_BASE_URL", &claude)
+        .env("ANTHROPIC_MODEL", "scripted-claude");
+    let (stdout, stderr) = finished(cmd).await;
+    let trace = traces(&stdout);
+    assert_eq!(trace.len(), 1, "{stdout}");
+    assert_eq!(trace[0]["tool"], "travel.book_hotel");
+    assert_eq!(trace[0]["outcome"], "allow");
+    assert_eq!(totals(&stdout)["consumed_cents"], 12_000);
+    assert!(stdout.contains("H-5001"), "{stdout}");
+    assert!(!stderr.contains(gw.keys.agent.expose_secret()));
+    // Without a key it says which one is missing.
+    let out = example("claude_agent", &gw, None, dir.path())
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ANTHROPIC_API_KEY"));
+}
+
+#[tokio::test]
+async fn traced_agent_exports_one_trace_per_tool_call() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use prost::Message as _;
+    let bodies: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let keep = bodies.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let keep = keep.clone();
+            async move {
+                keep.lock().unwrap().push(body.to_vec());
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let gw = gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = example("traced_agent", &gw, None, dir.path());
+    cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_METRICS_EXPORTER", "none")
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_SDK_DISABLED");
+    let (stdout, _) = finished(cmd).await;
+    assert!(stdout.contains("call-1: ran"), "{stdout}");
+    assert!(
+        stdout.contains("call-2: denied (tool_cap_exceeded)"),
+        "{stdout}"
+    );
+
+    // (name, trace id, service, attributes) of every exported span; the guard
+    // flushed them before the example exited.
+    let mut spans = Vec::new();
+    for body in bodies.lock().unwrap().iter() {
+        let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        for rs in req.resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                    Any::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for s in rs.scope_spans.into_iter().flat_map(|ss| ss.spans) {
+                let attrs: std::collections::BTreeMap<String, String> = s
+                    .attributes
+                    .iter()
+                    .filter_map(|a| match a.value.as_ref()?.value.as_ref()? {
+                        Any::StringValue(v) => Some((a.key.clone(), v.clone())),
+                        Any::IntValue(i) => Some((a.key.clone(), i.to_string())),
+                        _ => None,
+                    })
+                    .collect();
+                spans.push((s.name, s.trace_id, service.clone(), attrs));
+            }
+        }
+    }
+    let tools: Vec<_> = spans
+        .iter()
+        .filter(|s| s.0 == "execute_tool travel.book_hotel")
+        .collect();
+    assert_eq!(tools.len(), 2, "{spans:#?}");
+    assert_ne!(tools[0].1, tools[1].1, "one trace per tool call");
+    for (_, trace_id, service, attrs) in &tools {
+        assert_eq!(service, "traced-agent");
+        assert_eq!(attrs["gen_ai.operation.name"], "execute_tool");
+        assert!(
+            spans
+                .iter()
+                .any(|s| &s.1 == trace_id && s.0 == "POST verify"),
+            "the verify request is in the call's trace: {spans:#?}"
+        );
+    }
+    let outcomes: std::collections::BTreeSet<&str> = tools
+        .iter()
+        .map(|t| t.3["paybond.outcome"].as_str())
+        .collect();
+    assert_eq!(outcomes, ["allow", "deny"].into());
+    for body in bodies.lock().unwrap().iter() {
+        let key = gw.keys.agent.expose_secret().as_bytes();
+        assert!(!body.windows(key.len()).any(|w| w == key));
+    }
 }
 
 #[tokio::test]
