@@ -401,7 +401,17 @@ async fn a_tool_call_is_one_trace_across_the_agent_and_the_gateway() {
             );
         }
     }
-    // Tokens (capability, approval) are long opaque strings: no attribute holds one.
+    // Tokens (capability, approval) are long base64 strings: no run of 64 such
+    // characters is in any export (a UUID is 36, a trace id is raw bytes).
+    for (path, _, body) in received.lock().unwrap().iter() {
+        let longest = body
+            .split(|b| !(b.is_ascii_alphanumeric() || b"_+=-".contains(b)))
+            .map(<[u8]>::len)
+            .max()
+            .unwrap_or(0);
+        assert!(longest < 64, "a token-like string was exported to {path}");
+    }
+    // Nor is any attribute named for one.
     for s in &all {
         for (k, v) in &s.attrs {
             assert!(

@@ -916,10 +916,11 @@ pub(crate) const DUE: &str = "SELECT tenant_id, id, intent_id, amount_cents, sta
     created_ms, agent, agent_subject, vendor, tool FROM reservations
     WHERE state = 'open' AND expires_ms <= ?1 ORDER BY tenant_id";
 
-/// How many reservations are open and not past their TTL at `?1`.
+/// How many approval requests of every tenant wait for an operator at `?1`.
 pub(crate) const PENDING_APPROVALS: &str =
     "SELECT COUNT(*) FROM approvals WHERE state = 'pending' AND expires_ms > ?1";
 
+/// How many reservations are open and not past their TTL at `?1`.
 pub(crate) const OPEN: &str =
     "SELECT COUNT(*) FROM reservations WHERE state = 'open' AND expires_ms > ?1";
 

@@ -66,9 +66,6 @@ impl CallInfo {
         if let Some(amount) = self.amount {
             span.record("paybond.amount_cents", amount);
         }
-        if let Some(currency) = &self.shared.currency {
-            span.record("paybond.currency", currency.as_str());
-        }
         if let Some(f) = r.finalization {
             span.record("paybond.finalization", f.as_str());
         }
@@ -281,6 +278,9 @@ async fn authorize<E: Send + 'static>(
     };
     info.amount = Some(amount);
     let (mut attempt, mut approval_token) = shared.next_attempt(&info.tool_call_id, true);
+    if let Some(currency) = call.currency.as_ref().or(shared.currency.as_ref()) {
+        Span::current().record("paybond.currency", currency.as_str());
+    }
 
     loop {
         Span::current().record("paybond.attempt", attempt);
