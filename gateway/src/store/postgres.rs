@@ -35,10 +35,12 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Statement};
+use uuid::Uuid;
 
 use super::{Arg, DatabaseUrl, Row, Tx, Value, schema};
 use crate::engine::live::LiveState;
@@ -68,6 +70,8 @@ pub(crate) struct PgStore {
     returned: Condvar,
     /// Each tenant's group of writes on this replica.
     groups: Mutex<HashMap<String, Arc<TenantGroup>>>,
+    /// This replica's id in `replicas` and its heartbeat (a store that may write).
+    replica: Option<(String, tokio::task::JoinHandle<()>)>,
 }
 
 /// The writes of one tenant on this replica, and the transaction they share.
@@ -220,12 +224,18 @@ impl PgStore {
                 .recv()
                 .map_err(|_| storage_error("the PostgreSQL runtime stopped"))??;
         }
+        let replica = if migrated {
+            Some(register_replica(&runtime, url)?)
+        } else {
+            None
+        };
         Ok(Self {
             runtime: Some(runtime),
             url: url.clone(),
             pool: Mutex::new(Pool { idle, lost: 0 }),
             returned: Condvar::new(),
             groups: Mutex::new(HashMap::new()),
+            replica,
         })
     }
 
@@ -298,7 +308,13 @@ impl PgStore {
         let conn = RefCell::new(self.take(runtime)?);
         let pending = RefCell::new(Vec::new());
         let tx = PgTx::new(&conn, &pending, None);
-        let begun = tx.control(begin);
+        let begun = if begin == "BEGIN" {
+            // A write: only while this build may still write here.
+            tx.control_later(begin);
+            tx.check_floor()
+        } else {
+            tx.control(begin)
+        };
         let out = match begun {
             Ok(()) => catch_unwind(AssertUnwindSafe(|| f(&tx))),
             Err(e) => Ok(Err(e)),
@@ -461,7 +477,12 @@ impl PgStore {
         let begun = {
             let tx = PgTx::new(&conn, &pending, None);
             tx.control_later("BEGIN");
-            tx.lock_tenant(tenant)
+            // The lock, then the serving floor, in one round trip.
+            tx.execute_later(
+                "SELECT id FROM tenants WHERE id = ?1 FOR UPDATE",
+                super::args![tenant],
+            )
+            .and_then(|()| tx.check_floor())
         };
         match begun {
             Ok(()) => Ok(OpenGroup {
@@ -506,6 +527,27 @@ impl PgStore {
 
 impl Drop for PgStore {
     fn drop(&mut self) {
+        // A replica that stops says so, so that it does not hold back a migration
+        // until its heartbeat lapses (a second at most: it is only a courtesy).
+        if let (Some(rt), Some((id, heartbeat))) = (&self.runtime, self.replica.take()) {
+            heartbeat.abort();
+            let client = self
+                .pool
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .idle
+                .last()
+                .map(|c| c.client.clone());
+            if let Some(client) = client {
+                let (send, receive) = std::sync::mpsc::sync_channel(1);
+                rt.spawn(async move {
+                    let params: [&(dyn ToSql + Sync); 1] = [&id];
+                    let gone = client.execute("DELETE FROM replicas WHERE id = $1", &params);
+                    let _ = send.send(tokio::time::timeout(HEARTBEAT, gone).await);
+                });
+                let _ = receive.recv_timeout(HEARTBEAT);
+            }
+        }
         // The engine may be dropped on an async thread, where a runtime cannot block.
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
@@ -534,8 +576,19 @@ fn connect(runtime: &tokio::runtime::Runtime, url: &DatabaseUrl) -> Result<Conn,
 
 /// Applies the migrations `place` lacks ([`schema::MIGRATIONS`]), under an
 /// advisory lock so that replicas starting together apply each exactly once;
-/// refuses a database a newer build migrated, changing nothing.
+/// refuses a database a newer build migrated past what this one can serve, and
+/// a migration that a replica still serving could not serve, changing nothing.
 async fn migrate(client: &Client, place: &str) -> Result<(), ApiError> {
+    migrate_with(client, place, schema::MIGRATIONS, schema::LATEST).await
+}
+
+/// [`migrate`] as a build knowing `migrations` (up to `latest`) runs it.
+async fn migrate_with(
+    client: &Client,
+    place: &str,
+    migrations: &[schema::Migration],
+    latest: i64,
+) -> Result<(), ApiError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
@@ -550,17 +603,31 @@ async fn migrate(client: &Client, place: &str) -> Result<(), ApiError> {
             .query_one("SELECT MAX(version) FROM schema_migrations", &[])
             .await?
             .get(0);
-        if let Some(newest) = newest.filter(|v| *v > schema::LATEST) {
-            return Err(schema::too_new(newest, place));
+        let floored = newest.is_some_and(|n| n >= schema::FLOOR_SINCE);
+        let floor: Option<i64> = if floored {
+            client
+                .query_opt("SELECT served_from FROM schema_floor WHERE id = 1", &[])
+                .await?
+                .map(|r| r.get(0))
+        } else {
+            None
+        };
+        if let Some(newest) = newest {
+            schema::check_served(newest, floor, latest, place)?;
         }
-        for (version, sql) in schema::MIGRATIONS {
-            if newest.is_some_and(|n| *version <= n) {
+        for m in migrations {
+            if newest.is_some_and(|n| m.version <= n) {
                 continue;
+            }
+            if newest.is_some_and(|n| n >= schema::FLOOR_SINCE) {
+                refuse_if_serving(client, m, place).await?;
             }
             let now = jiff::Timestamp::now().as_millisecond();
             client
                 .batch_execute(&format!(
-                    "BEGIN; {sql}; INSERT INTO schema_migrations (version, applied_ms) VALUES ({version}, {now}); COMMIT;"
+                    "BEGIN; {}; INSERT INTO schema_migrations (version, applied_ms) VALUES ({}, {now}); COMMIT;",
+                    schema::apply_sql(m),
+                    m.version
                 ))
                 .await?;
         }
@@ -571,6 +638,119 @@ async fn migrate(client: &Client, place: &str) -> Result<(), ApiError> {
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await?;
     result
+}
+
+/// Refuses `m` while a replica that could not serve the database after it is
+/// serving (its heartbeat is younger than [`schema::REPLICA_TTL_MS`]).
+async fn refuse_if_serving(
+    client: &Client,
+    m: &schema::Migration,
+    place: &str,
+) -> Result<(), ApiError> {
+    let now = jiff::Timestamp::now().as_millisecond();
+    let serving = client
+        .query(
+            "SELECT id, schema_version, seen_ms FROM replicas
+             WHERE seen_ms > $1 AND schema_version < $2 ORDER BY id",
+            &[&(now - schema::REPLICA_TTL_MS), &m.served_from],
+        )
+        .await?;
+    if serving.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = serving
+        .iter()
+        .map(|r| {
+            let (id, version, seen): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+            format!(
+                "{id} (schema version {version}, seen {} ms ago)",
+                (now - seen).max(0)
+            )
+        })
+        .collect();
+    Err(ApiError::unusable(format!(
+        "{place} is served by replicas that could not serve it after migration {} (it \
+         needs builds from schema version {} on): {}. Stop or upgrade them first (a replica \
+         counts as serving until {} s after its last heartbeat). Nothing in {place} was changed.",
+        m.version,
+        m.served_from,
+        named.join(", "),
+        schema::REPLICA_TTL_MS / 1000
+    )))
+}
+
+/// How often a replica says it is serving.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Registers this replica as serving with this build's schema version, and keeps
+/// its heartbeat on a connection of its own until the store's runtime stops. A
+/// lost connection is opened again at the next beat.
+fn register_replica(
+    runtime: &tokio::runtime::Runtime,
+    url: &DatabaseUrl,
+) -> Result<(String, tokio::task::JoinHandle<()>), ApiError> {
+    let id = format!(
+        "replica-{}-{}",
+        std::process::id(),
+        &Uuid::new_v4().simple().to_string()[..8]
+    );
+    let target = url.expose_secret().to_owned();
+    let beat_id = id.clone();
+    let first = on_runtime(runtime, {
+        let target = target.clone();
+        let id = id.clone();
+        async move {
+            let (client, connection) = tokio_postgres::connect(&target, NoTls).await?;
+            tokio::spawn(connection);
+            beat(&client, &id).await?;
+            Ok(client)
+        }
+    })?;
+    let heartbeat = runtime.spawn(async move {
+        let mut client = Some(first);
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                client = match tokio_postgres::connect(&target, NoTls).await {
+                    Ok((c, connection)) => {
+                        tokio::spawn(connection);
+                        Some(c)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replica heartbeat: cannot connect");
+                        None
+                    }
+                };
+            }
+            if let Some(c) = &client
+                && let Err(e) = beat(c, &beat_id).await
+            {
+                tracing::warn!(error = %e, "replica heartbeat failed");
+            }
+        }
+    });
+    Ok((id, heartbeat))
+}
+
+/// One heartbeat of replica `id`; also forgets replicas silent for an hour.
+async fn beat(client: &Client, id: &str) -> Result<(), tokio_postgres::Error> {
+    let now = jiff::Timestamp::now().as_millisecond();
+    client
+        .execute(
+            "INSERT INTO replicas (id, schema_version, started_ms, seen_ms) VALUES ($1, $2, $3, $3)
+             ON CONFLICT (id) DO UPDATE SET seen_ms = EXCLUDED.seen_ms",
+            &[&id, &schema::LATEST, &now],
+        )
+        .await?;
+    client
+        .execute(
+            "DELETE FROM replicas WHERE seen_ms < $1",
+            &[&(now - 3_600_000)],
+        )
+        .await?;
+    Ok(())
 }
 
 /// A transaction as an operation sees it.
@@ -733,6 +913,25 @@ impl<'a> PgTx<'a> {
     /// Sends `sql` (transaction control) with the next statement.
     fn control_later(&self, sql: &'static str) {
         self.pending.borrow_mut().push(Later::Control(sql));
+    }
+
+    /// Refuses to go on once a newer build raised the database's serving floor
+    /// past this build ([`schema::outdated`]): a replica never writes under a
+    /// schema it does not know.
+    fn check_floor(&self) -> Result<(), ApiError> {
+        let rows = self.call(
+            "SELECT served_from FROM schema_floor WHERE id = 1",
+            &[],
+            true,
+        )?;
+        let floor: Option<i64> = match rows.0.first() {
+            Some(row) => row.try_get(0).map_err(ApiError::from)?,
+            None => None,
+        };
+        match floor {
+            Some(floor) if floor > schema::LATEST => Err(schema::outdated(floor)),
+            _ => Ok(()),
+        }
     }
 
     /// Drops what is pending (the transaction is rolled back).
@@ -960,6 +1159,122 @@ pub(crate) mod tests {
                 )
             })
             .unwrap()
+    }
+
+    /// Runs [`migrate_with`] on `url` as a build knowing `extra` migrations past
+    /// this one's would.
+    fn as_newer_build(url: &DatabaseUrl, extra: &[schema::Migration]) -> Result<(), ApiError> {
+        let target = url.expose_secret().to_owned();
+        let mut migrations = schema::MIGRATIONS.to_vec();
+        migrations.extend_from_slice(extra);
+        let latest = migrations.last().map_or(0, |m| m.version);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&target, NoTls).await.unwrap();
+                tokio::spawn(connection);
+                migrate_with(&client, "the test database", &migrations, latest).await
+            })
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn newest(store: &PgStore) -> i64 {
+        store
+            .read(|tx| {
+                tx.query_one("SELECT MAX(version) FROM schema_migrations", args![], |r| {
+                    r.get(0)
+                })
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_rolling_upgrade_serves_on_or_is_refused_and_an_outdated_replica_writes_nothing() {
+        let Some(url) = test_database() else {
+            return;
+        };
+        let old = PgStore::open(&url).unwrap();
+        let (old_id, _) = old.replica.as_ref().unwrap();
+        let old_id = old_id.clone();
+        old.write(|tx| {
+            tx.execute(
+                "INSERT INTO tenants (id, name, environment, created_ms) VALUES ('t', 't', 'sandbox', 0)",
+                args![],
+            )
+            .map(drop)
+        })
+        .unwrap();
+        let expand = schema::Migration {
+            version: schema::LATEST + 1,
+            served_from: schema::LATEST,
+            sql: "CREATE TABLE newer_notes (id BIGINT PRIMARY KEY)",
+        };
+        let breaking = schema::Migration {
+            version: schema::LATEST + 2,
+            served_from: schema::LATEST + 2,
+            sql: "CREATE TABLE breaking_notes (id BIGINT PRIMARY KEY)",
+        };
+
+        // A newer build whose migration this one can serve: it applies while this
+        // replica serves, and this one goes on writing, in a group and alone; a
+        // replica of this build started now is served too.
+        as_newer_build(&url, &[expand]).unwrap();
+        assert_eq!(newest(&old), schema::LATEST + 1);
+        old.write_as("t", |tx| put(tx, "op-1")).unwrap();
+        old.write(|tx| put(tx, "op-2")).unwrap();
+        drop(PgStore::open(&url).unwrap());
+
+        // A migration this build cannot serve is refused while it serves, naming
+        // it; nothing changes.
+        let refused = as_newer_build(&url, &[expand, breaking]).unwrap_err();
+        assert!(
+            refused.message.contains(&old_id)
+                && refused
+                    .message
+                    .contains(&format!("schema version {}", schema::LATEST))
+                && refused.message.contains("Nothing in"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(newest(&old), schema::LATEST + 1);
+
+        // Its heartbeat stops (a replica paused or cut off, not dead): once every
+        // replica of this build has been silent past the TTL, the migration
+        // applies, and the paused replica, resuming, writes nothing.
+        if let Some((_, heartbeat)) = &old.replica {
+            heartbeat.abort();
+        }
+        std::thread::sleep(HEARTBEAT * 2);
+        old.write(|tx| {
+            tx.execute("UPDATE replicas SET seen_ms = 0", args![])
+                .map(drop)
+        })
+        .unwrap();
+        as_newer_build(&url, &[expand, breaking]).unwrap();
+        assert_eq!(newest(&old), schema::LATEST + 2);
+        let fenced = old.write_as("t", |tx| put(tx, "op-3")).unwrap_err();
+        assert_eq!((fenced.status, fenced.code), (503, "replica_outdated"));
+        let fenced = old.write(|tx| put(tx, "op-4")).unwrap_err();
+        assert_eq!(fenced.code, "replica_outdated");
+        assert_eq!(stored(&old), ["op-1", "op-2"]);
+
+        // And a replica of this build no longer starts on it.
+        let refused = PgStore::open(&url)
+            .err()
+            .expect("an outdated build started");
+        assert!(
+            refused.message.contains("newer paybond gateway")
+                && refused
+                    .message
+                    .contains(&format!("from schema version {}", schema::LATEST + 2)),
+            "{}",
+            refused.message
+        );
     }
 
     #[test]

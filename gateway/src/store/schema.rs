@@ -6,19 +6,78 @@
 
 use crate::error::ApiError;
 
+/// One migration: its number, the oldest build that can still serve a database
+/// it was applied to, and its SQL.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Migration {
+    /// Its number in `schema_migrations`.
+    pub(crate) version: i64,
+    /// The oldest build (named by the newest migration it knows, its
+    /// [`LATEST`]) that can still serve the database once this migration is
+    /// applied: `version - 1` for a migration that only adds what older builds
+    /// ignore (a rolling upgrade keeps the previous build serving), `version`
+    /// for one that changes what they read or write.
+    pub(crate) served_from: i64,
+    /// The SQL, in the portable subset.
+    pub(crate) sql: &'static str,
+}
+
 /// The migrations, in order. Add new ones at the end; never edit one that shipped.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
-    (1, V1),
-    (2, V2),
-    (3, V3),
-    (4, V4),
-    (5, V5),
-    (6, V6),
-    (7, V7),
+/// Those before the replica registry (8) predate the serving floor and count as
+/// changing what older builds read.
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        served_from: 1,
+        sql: V1,
+    },
+    Migration {
+        version: 2,
+        served_from: 2,
+        sql: V2,
+    },
+    Migration {
+        version: 3,
+        served_from: 3,
+        sql: V3,
+    },
+    Migration {
+        version: 4,
+        served_from: 4,
+        sql: V4,
+    },
+    Migration {
+        version: 5,
+        served_from: 5,
+        sql: V5,
+    },
+    Migration {
+        version: 6,
+        served_from: 6,
+        sql: V6,
+    },
+    Migration {
+        version: 7,
+        served_from: 7,
+        sql: V7,
+    },
+    Migration {
+        version: 8,
+        served_from: 7,
+        sql: V8,
+    },
 ];
 
 /// The newest migration this build knows.
-pub(crate) const LATEST: i64 = 7;
+pub(crate) const LATEST: i64 = 8;
+
+/// The migration that created the serving floor (`schema_floor`) and the replica
+/// registry (`replicas`).
+pub(crate) const FLOOR_SINCE: i64 = 8;
+
+/// How long after its last heartbeat a replica counts as serving: a migration
+/// that its build cannot serve is refused until then.
+pub(crate) const REPLICA_TTL_MS: i64 = 10_000;
 
 /// `sql` as SQLite spells it: `BIGINT` is `INTEGER` and `BYTEA` is `BLOB` there
 /// (SQLite would give `BYTEA` numeric affinity).
@@ -26,13 +85,61 @@ pub(crate) fn sqlite(sql: &str) -> String {
     sql.replace("BIGINT", "INTEGER").replace("BYTEA", "BLOB")
 }
 
-/// The refusal of a database migrated past [`LATEST`] by a newer build.
-pub(crate) fn too_new(applied: i64, place: &str) -> ApiError {
+/// What applying `m` runs (before its row in `schema_migrations`): its SQL, then
+/// raising the serving floor to what it needs (the migration creating the floor
+/// sets it itself).
+pub(crate) fn apply_sql(m: &Migration) -> String {
+    if m.version > FLOOR_SINCE {
+        format!(
+            "{}; UPDATE schema_floor SET served_from = {served} WHERE id = 1 AND served_from < {served}",
+            m.sql,
+            served = m.served_from
+        )
+    } else {
+        m.sql.to_owned()
+    }
+}
+
+/// Whether a build knowing migrations up to `latest` may serve a database whose
+/// newest migration is `newest` and whose serving floor is `floor` (`None`: a
+/// database from before the floor, served only by builds that know its newest
+/// migration). A database migrated past `latest` by a newer build is served when
+/// each of those migrations kept this build serving.
+pub(crate) fn check_served(
+    newest: i64,
+    floor: Option<i64>,
+    latest: i64,
+    place: &str,
+) -> Result<(), ApiError> {
+    let floor = floor.unwrap_or(newest);
+    if newest > latest && floor > latest {
+        return Err(too_new(newest, floor, latest, place));
+    }
+    Ok(())
+}
+
+/// The refusal of a database a newer build migrated past what this one can serve.
+pub(crate) fn too_new(applied: i64, floor: i64, latest: i64, place: &str) -> ApiError {
     ApiError::unusable(format!(
-        "{place} was written by a newer paybond gateway (schema version {applied}; this build \
-         knows up to {LATEST}): run that version or a later one, or start this one on another \
-         data directory or database. Nothing in {place} was changed."
+        "{place} was written by a newer paybond gateway (schema version {applied}, served by \
+         builds from schema version {floor} on; this build knows up to {latest}): run that \
+         version or a later one, or start this one on another data directory or database. \
+         Nothing in {place} was changed."
     ))
+}
+
+/// A running replica's refusal to write once a newer build raised the serving
+/// floor past it: 503, nothing decided or changed.
+pub(crate) fn outdated(floor: i64) -> ApiError {
+    ApiError::new(
+        503,
+        "replica_outdated",
+        format!(
+            "this gateway knows the database schema up to version {LATEST}, and a newer \
+             gateway changed the database so that only builds from version {floor} on may \
+             write to it: nothing was decided or changed; upgrade this replica"
+        ),
+    )
 }
 
 const V1: &str = r"
@@ -251,6 +358,20 @@ ALTER TABLE approvals ADD COLUMN decided_ms BIGINT;
 CREATE INDEX approvals_by_digest ON approvals (tenant_id, request_digest, created_ms);
 ";
 
+const V8: &str = r"
+CREATE TABLE schema_floor (
+    id BIGINT PRIMARY KEY,
+    served_from BIGINT NOT NULL
+);
+INSERT INTO schema_floor (id, served_from) VALUES (1, 7);
+CREATE TABLE replicas (
+    id TEXT PRIMARY KEY,
+    schema_version BIGINT NOT NULL,
+    started_ms BIGINT NOT NULL,
+    seen_ms BIGINT NOT NULL
+);
+";
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on setup failures
@@ -419,6 +540,30 @@ mod tests {
     }
 
     #[test]
+    fn a_database_a_newer_build_migrated_compatibly_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("paybond.db");
+        drop(Store::open(&Storage::File(db.clone()), 1 << 20).unwrap());
+        {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            // A newer build added what this one ignores: the floor stays.
+            conn.execute_batch(&format!(
+                "CREATE TABLE newer_notes (id INTEGER PRIMARY KEY);
+                 INSERT INTO schema_migrations (version, applied_ms) VALUES ({}, 0);",
+                LATEST + 1
+            ))
+            .unwrap();
+        }
+        let store = Store::open(&Storage::File(db), 1 << 20).unwrap();
+        store
+            .write(None, |tx: &dyn Tx| {
+                tx.execute("INSERT INTO meta (key, value) VALUES ('k', X'00')", args![])
+                    .map(drop)
+            })
+            .unwrap();
+    }
+
+    #[test]
     fn a_database_from_a_newer_build_is_refused_and_left_unchanged() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("paybond.db");
@@ -427,6 +572,12 @@ mod tests {
             let conn = rusqlite::Connection::open(&db).unwrap();
             conn.execute(
                 "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, 0)",
+                [LATEST + 5],
+            )
+            .unwrap();
+            // Its migrations need a build that knows them.
+            conn.execute(
+                "UPDATE schema_floor SET served_from = ?1 WHERE id = 1",
                 [LATEST + 5],
             )
             .unwrap();

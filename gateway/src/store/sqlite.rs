@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, params_from_iter};
+use rusqlite::{Connection, OptionalExtension as _, params_from_iter};
 
 use super::{Arg, Row, Storage, Tx, Value, schema};
 use crate::engine::live::LiveState;
@@ -390,9 +390,17 @@ fn migrate(conn: &Connection, place: &str) -> Result<(), ApiError> {
     } else {
         0
     };
-    if newest > schema::LATEST {
-        return Err(schema::too_new(newest, place));
-    }
+    let floor: Option<i64> = if exists("schema_floor")? {
+        conn.query_row(
+            "SELECT served_from FROM schema_floor WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+    } else {
+        None
+    };
+    schema::check_served(newest, floor, schema::LATEST, place)?;
     let now = jiff::Timestamp::now().as_millisecond();
     if !numbered {
         let legacy = exists("tenants")?;
@@ -414,13 +422,14 @@ fn migrate(conn: &Connection, place: &str) -> Result<(), ApiError> {
         batch.push_str("COMMIT;");
         conn.execute_batch(&batch)?;
     }
-    for (version, sql) in schema::MIGRATIONS {
-        if *version <= newest {
+    for m in schema::MIGRATIONS {
+        if m.version <= newest {
             continue;
         }
         conn.execute_batch(&format!(
-            "BEGIN; {}; INSERT INTO schema_migrations (version, applied_ms) VALUES ({version}, {now}); COMMIT;",
-            schema::sqlite(sql)
+            "BEGIN; {}; INSERT INTO schema_migrations (version, applied_ms) VALUES ({}, {now}); COMMIT;",
+            schema::sqlite(&schema::apply_sql(m)),
+            m.version
         ))?;
     }
     Ok(())
