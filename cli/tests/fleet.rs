@@ -1,6 +1,7 @@
 //! Fleet mode: three `paybond dev loop --offline --database-url …` replicas on one
 //! PostgreSQL database, 32 agents spread over them spending against two intents under
-//! one tenant day cap, one replica killed with SIGKILL mid-run and restarted.
+//! one tenant day cap and a per-agent rolling cap, one replica killed with SIGKILL
+//! mid-run and restarted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on setup failures
 
@@ -22,6 +23,7 @@ use uuid::Uuid;
 
 const DAY_CAP: u64 = 30_000;
 const INTENT_BUDGET: u64 = 20_000;
+const AGENT_HOUR_CAP: u64 = 1_500;
 const POLICY: &str = "version: 1
 name: fleet
 default_deny: true
@@ -30,6 +32,7 @@ tools:
 spend_controls:
   caps:
     - {scope: tenant, window: day, limit_cents: 30000, timezone: UTC}
+    - {scope: agent, window: hour, limit_cents: 1500}
 ";
 
 /// A new database on the test cluster; `None` when PostgreSQL tests are skipped.
@@ -139,7 +142,8 @@ async fn get(url: &str, key: &str, path: &str) -> Value {
 /// What the agents were told: every allow, and every complete answered 200.
 #[derive(Default)]
 struct Acknowledged {
-    allowed: Vec<(Uuid, Uuid, u64)>,
+    /// Decision, intent, amount, agent.
+    allowed: Vec<(Uuid, Uuid, u64, usize)>,
     finalized: Vec<(Uuid, Finalization, u64)>,
     refusals: HashMap<String, u64>,
 }
@@ -166,6 +170,24 @@ fn replicas_share_one_budget_and_one_ledger_and_survive_sigkill() {
     let agent_key = keys["PAYBOND_API_KEY"].clone();
     let operator = keys["PAYBOND_OPERATOR_API_KEY"].clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // Each of the 32 agents holds a key of its own: an agent cap counts the key.
+    let agent_keys: Vec<String> = rt.block_on(async {
+        let mut out = Vec::new();
+        for n in 0..32 {
+            let issued: Value = reqwest::Client::new()
+                .post(format!("{}/v1/admin/api-keys", replicas[n % 3].url))
+                .bearer_auth(&keys["PAYBOND_ADMIN_API_KEY"])
+                .json(&serde_json::json!({"role": "agent", "subject": format!("agent-{n}")}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            out.push(issued["api_key"].as_str().unwrap().to_owned());
+        }
+        out
+    });
 
     let urls = Arc::new(RwLock::new(
         replicas.iter().map(|r| r.url.clone()).collect::<Vec<_>>(),
@@ -197,7 +219,7 @@ fn replicas_share_one_budget_and_one_ledger_and_survive_sigkill() {
     let stop_at = Instant::now() + Duration::from_secs(12);
     let agents: Vec<_> = (0..32)
         .map(|agent| {
-            let (urls, acked, key) = (urls.clone(), acked.clone(), agent_key.clone());
+            let (urls, acked, key) = (urls.clone(), acked.clone(), agent_keys[agent].clone());
             // Three agents in four spend from the first intent.
             let (intent, token) = intents[usize::from(agent % 4 == 3)].clone();
             rt.spawn(async move {
@@ -244,7 +266,7 @@ fn replicas_share_one_budget_and_one_ledger_and_survive_sigkill() {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     };
-                    acked.lock().await.allowed.push((id, intent, amount));
+                    acked.lock().await.allowed.push((id, intent, amount, agent));
                     let outcome = if i.is_multiple_of(4) {
                         Finalization::Released
                     } else {
@@ -308,7 +330,11 @@ fn replicas_share_one_budget_and_one_ledger_and_survive_sigkill() {
         "{:?}",
         acked.refusals
     );
-
+    assert!(
+        acked.refusals.contains_key("hourly_agent_cap_exceeded"),
+        "{:?}",
+        acked.refusals
+    );
     rt.block_on(async {
         let url = replicas[0].url.clone();
         // No overspend: per intent, and for the tenant's day.
@@ -363,7 +389,7 @@ fn replicas_share_one_budget_and_one_ledger_and_survive_sigkill() {
                 ends.entry(id).or_default().push(kind.to_owned());
             }
         }
-        for (id, _, _) in &acked.allowed {
+        for (id, _, _, _) in &acked.allowed {
             assert!(allows.contains(&id.to_string()), "acknowledged {id} lost");
         }
         for (id, outcome, _) in &acked.finalized {
@@ -377,6 +403,21 @@ fn replicas_share_one_budget_and_one_ledger_and_survive_sigkill() {
             ends.values().all(|k| k.len() == 1),
             "a reservation was finalized twice"
         );
+        // No agent spent past its rolling cap: its allows as the ledger ended
+        // them, consumed or still open (released and expired ones gave it back).
+        let mut per_agent: HashMap<usize, u64> = HashMap::new();
+        for (id, _, amount, agent) in &acked.allowed {
+            let end = ends.get(&id.to_string()).and_then(|k| k.first());
+            if end.is_none_or(|k| k == "reservation.consumed") {
+                *per_agent.entry(*agent).or_default() += amount;
+            }
+        }
+        for (agent, spent) in &per_agent {
+            assert!(
+                *spent <= AGENT_HOUR_CAP,
+                "agent {agent} spent {spent} under a {AGENT_HOUR_CAP} rolling cap"
+            );
+        }
     });
     drop(replicas);
 

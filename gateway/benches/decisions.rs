@@ -8,8 +8,9 @@
 //! - Over loopback HTTP (`-- http`), 16 connections, then 128: the server's `/healthz`
 //!   (the floor), verify alone, and verify + complete, in the same run.
 //! - PostgreSQL (`-- postgres`, on `PAYBOND_BENCH_DATABASE_URL` or
-//!   `PAYBOND_TEST_DATABASE_URL`): in process, then over HTTP with one replica and
-//!   with three replicas on one database, one tenant, then 100 tenants.
+//!   `PAYBOND_TEST_DATABASE_URL`): in process, then over HTTP one replica on SQLite
+//!   (the yardstick), one on PostgreSQL (16 connections), three on one database
+//!   (32 connections), one tenant, then 100 tenants; and the fleet goals' ratios.
 //! - For a profiler (`perf record … decisions-<hash> profile`): `-- profile` repeats
 //!   verify alone by one thread in memory, `-- profile-file` by 16 threads on a file,
 //!   `-- profile-async` by 64 async tasks on a file.
@@ -185,7 +186,7 @@ async fn post_verify(
 
 /// Over loopback HTTP, `clients` connections spread over `bases` (one per replica)
 /// and over `tenants` (each connection verifies for one of them): verify alone.
-async fn http_tenants(label: &str, tenants: &[Setup], bases: Vec<String>, clients: usize) {
+async fn http_tenants(label: &str, tenants: &[Setup], bases: Vec<String>, clients: usize) -> Stats {
     let client = reqwest::Client::new();
     let bodies: Vec<(String, Vec<u8>)> = tenants
         .iter()
@@ -207,11 +208,19 @@ async fn http_tenants(label: &str, tenants: &[Setup], bases: Vec<String>, client
     })
     .await;
     print(&format!("http {label}: verify"), &stats);
+    stats
+}
+
+/// What [`http`] measured.
+struct HttpRun {
+    health: Stats,
+    alone: Stats,
+    keyed: Stats,
 }
 
 /// Over loopback HTTP, `clients` connections spread over `bases` (one per replica):
 /// `/healthz`, verify alone, and verify + complete.
-async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) {
+async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) -> HttpRun {
     let client = reqwest::Client::new();
     let verify_body = serde_json::to_vec(&verify_request(s)).unwrap();
     let complete_body = serde_json::to_vec(&CompleteRequest {
@@ -285,6 +294,16 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) {
         "  ratio",
         alone.per_sec / health.per_sec,
     );
+    HttpRun {
+        health,
+        alone,
+        keyed,
+    }
+}
+
+/// A ratio of the fleet goals, with its goal.
+fn ratio(label: &str, value: f64, goal: &str) {
+    println!("{label:<44} {value:>9.2}x   (goal {goal})");
 }
 
 /// `threads` callers, each deciding in a loop on one shared engine (and
@@ -497,27 +516,52 @@ fn main() {
             false,
         );
         rt.block_on(async {
+            // One replica on SQLite, the same load, in the same run: the yardstick.
+            let lite = setup(Storage::File(dir.path().join("yardstick.db")));
+            let base = serve(lite.engine.clone()).await;
+            let sqlite = http("SQLite file, 1 replica, 16 conns", &lite, vec![base], 16).await;
+
             let s = setup(Storage::Postgres(url.clone()));
             let one = serve(s.engine.clone()).await;
-            http("PostgreSQL, 1 replica, 16 conns", &s, vec![one.clone()], 16).await;
+            let single = http("PostgreSQL, 1 replica, 16 conns", &s, vec![one.clone()], 16).await;
             let mut bases = vec![one];
             for _ in 0..2 {
                 let replica =
                     Arc::new(Engine::open(bench_config(Storage::Postgres(url.clone()))).unwrap());
                 bases.push(serve(replica).await);
             }
-            http("PostgreSQL, 3 replicas, 16 conns", &s, bases.clone(), 16).await;
+            let fleet = http("PostgreSQL, 3 replicas, 32 conns", &s, bases.clone(), 32).await;
             // 100 tenants, each with its intent, over the same three replicas.
             let tenants: Vec<Setup> = (0..100)
                 .map(|i| tenant(s.engine.clone(), &format!("bench-{i}")))
                 .collect();
-            http_tenants(
-                "PostgreSQL, 3 replicas, 100 tenants, 16 conns",
+            let many = http_tenants(
+                "PostgreSQL, 3 replicas, 100 tenants, 32 conns",
                 &tenants,
                 bases,
-                16,
+                32,
             )
             .await;
+            println!("fleet goals (issue 26), from this run:");
+            ratio(
+                "  PostgreSQL / SQLite, 1 replica, keyed",
+                single.keyed.per_sec / sqlite.keyed.per_sec,
+                ">= 0.30",
+            );
+            ratio(
+                "  3 replicas keyed / 1 replica's /healthz",
+                fleet.keyed.per_sec / single.health.per_sec,
+                ">= 0.10",
+            );
+            println!(
+                "{:<44} {:>9} µs   (goal <= 20,000)",
+                "  3 replicas keyed, p99", fleet.keyed.p99_us
+            );
+            ratio(
+                "  100 tenants / 1 tenant, 3 replicas",
+                many.per_sec / fleet.alone.per_sec,
+                ">= 2",
+            );
         });
     }
 }
