@@ -1,5 +1,6 @@
-//! OpenTelemetry export end to end: `paybond dev loop` and `paybond agent demo
-//! openai` (the canonical scenario over HTTP) both export to an OTLP/HTTP receiver
+//! OpenTelemetry export end to end: `paybond dev loop`, `paybond agent demo openai`
+//! and `paybond agent demo mcp` (whose MCP server, a child process, runs the
+//! guarded calls), the canonical scenario over HTTP, all export to an OTLP/HTTP receiver
 //! on loopback, which decodes the protobuf payloads. Each guarded tool call is one
 //! trace across the two processes, with the GenAI and `paybond.*` attributes, and
 //! no key, token or argument value is in any exported byte.
@@ -209,6 +210,7 @@ async fn a_tool_call_is_one_trace_across_the_agent_and_the_gateway() {
 
     let demo_dir = dir.path().to_owned();
     let demo_endpoint = endpoint.clone();
+    let url_for_mcp = url.clone();
     let out = tokio::task::spawn_blocking(move || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_paybond"));
         cmd.args([
@@ -236,6 +238,35 @@ async fn a_tool_call_is_one_trace_across_the_agent_and_the_gateway() {
     );
     assert!(stdout.contains("\"passed\":true"), "{stdout}");
 
+    // The MCP demo: the guarded calls run in its MCP server, a child process,
+    // which exports as well.
+    let mcp_dir = dir.path().to_owned();
+    let mcp_endpoint = endpoint.clone();
+    let mcp_url = url_for_mcp.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_paybond"));
+        cmd.args([
+            "agent",
+            "demo",
+            "mcp",
+            "--gateway",
+            &mcp_url,
+            "--format",
+            "json",
+        ])
+        .current_dir(&mcp_dir)
+        .env_remove("PAYBOND_GATEWAY_URL");
+        otel(&mut cmd, &mcp_endpoint);
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The gateway exports on its own schedule: wait for its decision spans and
     // its metrics.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -243,15 +274,21 @@ async fn a_tool_call_is_one_trace_across_the_agent_and_the_gateway() {
         let all = spans(&received);
         let verifies = all.iter().filter(|s| s.name == "paybond.verify").count();
         let (names, decisions) = metrics(&received);
-        if verifies >= 5
+        let mcp_tools = all
+            .iter()
+            .filter(|s| s.service == "paybond-mcp-server" && s.name.starts_with("execute_tool "))
+            .count();
+        if verifies >= 10
+            && mcp_tools >= 5
             && names.contains("paybond.approvals.pending")
-            && decisions.values().sum::<u64>() >= 5
+            && decisions.values().sum::<u64>() >= 10
         {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "no gateway export in time: {verifies} verify spans, metrics {names:?} {decisions:?}"
+            "no export in time: {verifies} verify spans, {mcp_tools} MCP tool spans, \
+             metrics {names:?} {decisions:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -316,6 +353,24 @@ async fn a_tool_call_is_one_trace_across_the_agent_and_the_gateway() {
         ("released", "tool_failed")
     );
 
+    // The MCP server's calls are traced across to the gateway as well.
+    let mcp: Vec<&Span> = all
+        .iter()
+        .filter(|s| s.service == "paybond-mcp-server" && s.name.starts_with("execute_tool "))
+        .collect();
+    assert_eq!(mcp.len(), 5, "{mcp:#?}");
+    let crossing = mcp
+        .iter()
+        .filter(|t| {
+            all.iter()
+                .any(|s| s.trace_id == t.trace_id && s.service == "paybond-gateway")
+        })
+        .count();
+    assert_eq!(
+        crossing, 4,
+        "the four bookings reach the gateway in their traces"
+    );
+
     // Each booking's trace crosses into the gateway: the server span's parent is
     // the agent's client span, and the decision is recorded there.
     for id in ["c2", "c3", "c4", "c5"] {
@@ -368,9 +423,10 @@ async fn a_tool_call_is_one_trace_across_the_agent_and_the_gateway() {
     ] {
         assert!(names.contains(name), "{name} not exported: {names:?}");
     }
-    assert_eq!(decisions.get("hold"), Some(&1), "{decisions:?}");
-    assert_eq!(decisions.get("deny"), Some(&1), "{decisions:?}");
-    assert_eq!(decisions.get("allow"), Some(&3), "{decisions:?}");
+    // Two canonical runs: each 3 allows, a hold, a deny.
+    assert_eq!(decisions.get("hold"), Some(&2), "{decisions:?}");
+    assert_eq!(decisions.get("deny"), Some(&2), "{decisions:?}");
+    assert_eq!(decisions.get("allow"), Some(&6), "{decisions:?}");
 
     // No secret and no argument value in any exported byte.
     let env = std::fs::read_to_string(dir.path().join(".env.local")).unwrap();

@@ -204,6 +204,18 @@ fn env(name: &str) -> Result<String, DemoError> {
 /// The child side: serves the guarded travel tools on stdio until the client leaves,
 /// writing the run's trace after every call. Returns the process exit code.
 pub fn child_main() -> std::process::ExitCode {
+    // Its guarded calls' spans go where the demo's go (the OTEL_* variables are
+    // inherited); logs on stderr, errors only: stdout is the MCP transport.
+    let _telemetry = match paybond_middleware_core::telemetry::init_with_log_filter(
+        "paybond-mcp-server",
+        "error",
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
