@@ -198,6 +198,13 @@ async fn every_bad_request_gets_its_4xx_and_code() {
         metrics.contains("paybond_decisions_total{outcome=\"allow\"} 1"),
         "{metrics}"
     );
+    let reasons: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("paybond_decision_reasons_total{outcome=\"deny\",reason=\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(reasons, 2, "both denies by their reason: {metrics}");
+    assert!(!metrics.contains("outcome=\"allow\",reason"), "{metrics}");
     assert!(metrics.contains("paybond_open_reservations 1"), "{metrics}");
     assert!(
         metrics.contains("paybond_verify_duration_seconds_count 3"),

@@ -214,6 +214,18 @@ impl Engine {
             &self.metrics.deny
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if !result.allow {
+            let outcome = if result.approval_required {
+                "hold"
+            } else {
+                "deny"
+            };
+            // Reason codes are the engine's own (`[a-z_]`): safe as label values.
+            let reason = result.reason_codes.first().map_or("none", String::as_str);
+            if let Ok(mut reasons) = self.metrics.reasons.lock() {
+                *reasons.entry((outcome, reason.to_owned())).or_insert(0) += 1;
+            }
+        }
     }
 
     /// `POST /v1/spend/preflight`: what verify would decide for this call now, with

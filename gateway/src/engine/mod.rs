@@ -202,6 +202,8 @@ pub struct Metrics {
     pub(crate) latency_buckets: [AtomicU64; LATENCY_BOUNDS_US.len()],
     pub(crate) latency_count: AtomicU64,
     pub(crate) latency_sum_us: AtomicU64,
+    /// Holds and denies by outcome and first reason code.
+    pub(crate) reasons: std::sync::Mutex<std::collections::BTreeMap<(&'static str, String), u64>>,
     /// The OpenTelemetry instruments, once the server exports metrics.
     #[cfg(feature = "otel")]
     pub(crate) otel: std::sync::OnceLock<crate::telemetry::Instruments>,
@@ -1183,6 +1185,19 @@ impl Engine {
                 "paybond_decisions_total{{outcome=\"{outcome}\"}} {}",
                 n.load(Ordering::Relaxed)
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP paybond_decision_reasons_total Holds and denies by outcome and first reason code."
+        );
+        let _ = writeln!(out, "# TYPE paybond_decision_reasons_total counter");
+        if let Ok(reasons) = m.reasons.lock() {
+            for ((outcome, reason), n) in reasons.iter() {
+                let _ = writeln!(
+                    out,
+                    "paybond_decision_reasons_total{{outcome=\"{outcome}\",reason=\"{reason}\"}} {n}"
+                );
+            }
         }
         let _ = writeln!(
             out,
