@@ -622,10 +622,18 @@ async fn migrate_with(
             if newest.is_some_and(|n| n >= schema::FLOOR_SINCE) {
                 refuse_if_serving(client, m, place).await?;
             }
+            // A migration older builds cannot serve waits for every transaction
+            // that read the floor (each holds its table lock to its end) and holds
+            // back those that would, until it commits: no replica writes across it.
+            let fence = if m.served_from == m.version && m.version > schema::FLOOR_SINCE {
+                "LOCK TABLE schema_floor IN ACCESS EXCLUSIVE MODE;"
+            } else {
+                ""
+            };
             let now = jiff::Timestamp::now().as_millisecond();
             client
                 .batch_execute(&format!(
-                    "BEGIN; {}; INSERT INTO schema_migrations (version, applied_ms) VALUES ({}, {now}); COMMIT;",
+                    "BEGIN; {fence} {}; INSERT INTO schema_migrations (version, applied_ms) VALUES ({}, {now}); COMMIT;",
                     schema::apply_sql(m),
                     m.version
                 ))
@@ -1255,13 +1263,40 @@ pub(crate) mod tests {
                 .map(drop)
         })
         .unwrap();
-        as_newer_build(&url, &[expand, breaking]).unwrap();
+        // A write that began before the migration commits before it applies: the
+        // migration waits for it.
+        let old = Arc::new(old);
+        let (began, began_rx) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let writing = std::thread::spawn({
+            let old = old.clone();
+            move || {
+                old.write_as("t", |tx| {
+                    put(tx, "op-3")?;
+                    began.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                    Ok(())
+                })
+                .map(|()| std::time::Instant::now())
+            }
+        });
+        began_rx.recv().unwrap();
+        let migrating = std::thread::spawn({
+            let url = url.clone();
+            move || as_newer_build(&url, &[expand, breaking]).map(|()| std::time::Instant::now())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!migrating.is_finished(), "the migration did not wait");
+        go.send(()).unwrap();
+        let committed = writing.join().unwrap().unwrap();
+        let migrated = migrating.join().unwrap().unwrap();
+        assert!(committed < migrated);
         assert_eq!(newest(&old), schema::LATEST + 2);
-        let fenced = old.write_as("t", |tx| put(tx, "op-3")).unwrap_err();
+        let fenced = old.write_as("t", |tx| put(tx, "op-4")).unwrap_err();
         assert_eq!((fenced.status, fenced.code), (503, "replica_outdated"));
-        let fenced = old.write(|tx| put(tx, "op-4")).unwrap_err();
+        let fenced = old.write(|tx| put(tx, "op-5")).unwrap_err();
         assert_eq!(fenced.code, "replica_outdated");
-        assert_eq!(stored(&old), ["op-1", "op-2"]);
+        assert_eq!(stored(&old), ["op-1", "op-2", "op-3"]);
 
         // And a replica of this build no longer starts on it.
         let refused = PgStore::open(&url)
