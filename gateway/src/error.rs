@@ -64,22 +64,6 @@ impl ApiError {
         Self::new(500, "gateway_unusable", message)
     }
 
-    /// 503 `concurrent_request`, `Retry-After: 1`: the same keyed request was being
-    /// decided at the same time (on a fleet, by another replica). Nothing of this
-    /// one was decided or changed; its retry gets the other's stored answer.
-    pub fn concurrent_request() -> Self {
-        Self {
-            retry_after: Some(1),
-            ..Self::new(
-                503,
-                "concurrent_request",
-                "a request with the same idempotency key was decided at the same time: \
-                 nothing of this one was decided or changed; retry (a retry of that \
-                 request gets its answer)",
-            )
-        }
-    }
-
     /// 503 `store_unavailable`: the database cannot be reached (a connection
     /// refused, closed or cut off). Nothing was decided or changed, so the caller
     /// fails closed and may retry; the details go to the log.

@@ -37,9 +37,6 @@ pub(crate) struct LiveState {
     tips: HashMap<String, (u64, String)>,
     /// What a decision reads of an intent, by intent id.
     intents: HashMap<String, LiveIntent>,
-    /// Idempotency keys this transaction stored without reading first (a fleet's
-    /// group: see `Engine::idempotent`), by tenant and key.
-    keys: std::collections::HashSet<(String, String)>,
 }
 
 /// An intent as a decision reads it.
@@ -66,17 +63,6 @@ impl LiveState {
     pub(crate) fn clear(&mut self) {
         self.tips.clear();
         self.intents.clear();
-        self.keys.clear();
-    }
-
-    /// Whether this transaction stored `key` for `tenant` unread.
-    pub(crate) fn stored_key(&self, tenant: &str, key: &str) -> bool {
-        self.keys.contains(&(tenant.to_owned(), key.to_owned()))
-    }
-
-    /// This transaction stored `key` for `tenant` without reading first.
-    pub(crate) fn key_stored(&mut self, tenant: &str, key: &str) {
-        self.keys.insert((tenant.to_owned(), key.to_owned()));
     }
 
     /// `tenant`'s ledger tip, if known.

@@ -525,53 +525,29 @@ impl Engine {
         let Some(keyed) = Keyed::new(&principal.key_id, route, key, request)? else {
             return self.tx_in(tenant_id, f);
         };
-        // On a fleet's database a new key is looked up before the tenant's lock
-        // (on a connection of its own, beside the lock's holder), not under it.
-        // A key the lookup missed because the same request was in flight is
-        // still refused by the key's primary key when this one commits: that
-        // transaction fails, nothing of it is kept, and the retry finds the key.
-        let new_key =
-            self.store.shared() && !self.read(|tx, _| stored_key(tx, tenant_id, &keyed))?;
         self.tx_in(tenant_id, |tx, now| {
-            self.keyed(tx, now, tenant_id, &keyed, new_key, f)
+            self.keyed(tx, now, tenant_id, &keyed, f)
         })
     }
 
     /// In a transaction of `tenant_id`'s: the stored answer to `keyed` if there is
     /// one (a 409 if its request differs), else `f`'s, stored under the key.
-    /// With `new_key` the key was not stored when looked up before the lock: it
-    /// is read again only if this transaction stored it itself (the same request
-    /// twice in one group).
     fn keyed<T>(
         &self,
         tx: &dyn Tx,
         now: i64,
         tenant_id: &str,
         keyed: &Keyed,
-        new_key: bool,
         f: impl FnOnce(&dyn Tx, i64) -> Result<T, ApiError>,
     ) -> Result<T, ApiError>
     where
         T: Kept,
     {
-        if new_key
-            && tx
-                .live()
-                .is_some_and(|l| l.borrow().stored_key(tenant_id, &keyed.key))
-        {
-            // The same request twice in one transaction: the first's answer is
-            // stored when it commits, and this one's retry gets it.
-            return Err(ApiError::concurrent_request());
-        }
-        let stored: Option<(String, String, String)> = if new_key {
-            None
-        } else {
-            tx.query_opt(
-                "SELECT route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
-                args![tenant_id, keyed.key],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?
-        };
+        let stored: Option<(String, String, String)> = tx.query_opt(
+            "SELECT route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
+            args![tenant_id, keyed.key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
         if let Some((stored_route, stored_hash, response)) = stored {
             if stored_route != keyed.route || stored_hash != keyed.body_hash {
                 return Err(ApiError::conflict(
@@ -610,29 +586,18 @@ impl Engine {
                 serde_json::to_string(&stored)?
             }
         };
-        let insert =
+        tx.execute_later(
             "INSERT INTO idempotency (tenant_id, key, route, body_hash, response, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-        let row = args![
-            tenant_id,
-            keyed.key,
-            keyed.route,
-            keyed.body_hash,
-            stored,
-            now
-        ];
-        if new_key {
-            // Unread under the lock: another replica may have stored the key since
-            // it was looked up. The key's primary key then refuses this insert,
-            // sent last, so the transaction fails whole with that refusal
-            // (`concurrent_request`) and nothing of it is kept.
-            tx.execute_at_commit(insert, row)?;
-            if let Some(live) = tx.live() {
-                live.borrow_mut().key_stored(tenant_id, &keyed.key);
-            }
-        } else {
-            tx.execute_later(insert, row)?;
-        }
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            args![
+                tenant_id,
+                keyed.key,
+                keyed.route,
+                keyed.body_hash,
+                stored,
+                now
+            ],
+        )?;
         Ok(out)
     }
 
@@ -654,7 +619,7 @@ impl Engine {
         let keyed = Keyed::new(&principal.key_id, route, key, &request)?;
         let tenant_id = principal.tenant_id.clone();
         self.tx_in_async(tenant_id, move |engine, tx, now, tenant_id| match &keyed {
-            Some(keyed) => engine.keyed(tx, now, tenant_id, keyed, false, |tx, now| {
+            Some(keyed) => engine.keyed(tx, now, tenant_id, keyed, |tx, now| {
                 f(engine, tx, now, &principal, &request)
             }),
             None => f(engine, tx, now, &principal, &request),
@@ -1267,16 +1232,6 @@ impl Engine {
         let _ = writeln!(out, "paybond_open_reservations {open}");
         Ok(out)
     }
-}
-
-/// Whether `keyed`'s key is stored for `tenant_id` (read beside the writes).
-fn stored_key(tx: &dyn Tx, tenant_id: &str, keyed: &Keyed) -> Result<bool, ApiError> {
-    tx.query_opt(
-        "SELECT 1 FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
-        args![tenant_id, keyed.key],
-        |r| r.get::<i64>(0),
-    )
-    .map(|found| found.is_some())
 }
 
 /// Stands in, in a stored idempotent answer, for the capability token it carried.

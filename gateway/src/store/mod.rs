@@ -427,14 +427,6 @@ pub(crate) trait Tx {
         self.execute(sql, args).map(drop)
     }
 
-    /// [`Self::execute_later`], sent last of all, just before the commit, in a
-    /// tenant's group: a write whose failure must be the first the group meets
-    /// (an insert that may conflict with another replica's), so that the group
-    /// fails with that error and nothing after it is sent.
-    fn execute_at_commit(&self, sql: &str, args: &[Arg<'_>]) -> Result<(), ApiError> {
-        self.execute_later(sql, args)
-    }
-
     /// Serializes this transaction against every other that locks the same tenant
     /// (a row lock on PostgreSQL; SQLite has one writer, so nothing to do).
     fn lock_tenant(&self, tenant_id: &str) -> Result<(), ApiError>;

@@ -105,8 +105,6 @@ struct OpenGroup {
     live: RefCell<LiveState>,
     /// Statements of the group's writes not sent yet.
     pending: RefCell<Vec<Later>>,
-    /// Statements sent after all others, with the commit ([`Tx::execute_at_commit`]).
-    at_commit: RefCell<Vec<Later>>,
 }
 
 struct Pool {
@@ -128,12 +126,6 @@ impl From<tokio_postgres::Error> for ApiError {
         );
         if unreachable(&e) {
             ApiError::store_unavailable(detail)
-        } else if e.as_db_error().is_some_and(|d| {
-            d.code().code() == "23505" && d.constraint() == Some("idempotency_pkey")
-        }) {
-            // The same keyed request decided twice at once (the lookup before the
-            // tenant's lock missed the other): this transaction is undone whole.
-            ApiError::concurrent_request()
         } else {
             storage_error(detail)
         }
@@ -420,8 +412,6 @@ impl PgStore {
                 first,
                 mark: Cell::new(open.pending.borrow().len()),
                 savepoint: Cell::new(false),
-                at_commit: &open.at_commit,
-                commit_mark: open.at_commit.borrow().len(),
             }),
         );
         let out = catch_unwind(AssertUnwindSafe(|| f(&tx)));
@@ -438,11 +428,6 @@ impl PgStore {
                 let end = PgTx::new(&open.conn, &open.pending, None);
                 // Everything the group held back goes with its commit: if any of
                 // it fails, the commit does, and no write of the group is kept.
-                // The statements for the commit go last: theirs is the first
-                // failure the group meets, if they fail.
-                open.pending
-                    .borrow_mut()
-                    .extend(open.at_commit.borrow_mut().drain(..));
                 let ended = if keep {
                     end.control("COMMIT")
                 } else {
@@ -504,7 +489,6 @@ impl PgStore {
                 conn,
                 live: RefCell::new(LiveState::default()),
                 pending,
-                at_commit: RefCell::new(Vec::new()),
             }),
             Err(e) => {
                 {
@@ -802,9 +786,6 @@ struct GroupWrite<'a> {
     /// The write's savepoint is set (it was sent before the write's first
     /// statement that was).
     savepoint: Cell<bool>,
-    /// The group's statements for its commit, and where the write's start.
-    at_commit: &'a RefCell<Vec<Later>>,
-    commit_mark: usize,
 }
 
 /// A statement whose only outcome that matters is success, sent later.
@@ -911,7 +892,6 @@ impl<'a> PgTx<'a> {
         let mut pending = self.pending.borrow_mut();
         if !succeeded {
             pending.truncate(g.mark.get());
-            g.at_commit.borrow_mut().truncate(g.commit_mark);
         }
         if g.savepoint.get() {
             if !succeeded {
@@ -1027,19 +1007,6 @@ impl Tx for PgTx<'_> {
         let statement = self.statement(sql)?;
         let owned = args.iter().map(Owned::from).collect();
         self.pending
-            .borrow_mut()
-            .push(Later::Execute(statement, owned));
-        Ok(())
-    }
-
-    fn execute_at_commit(&self, sql: &str, args: &[Arg<'_>]) -> Result<(), ApiError> {
-        let Some(g) = &self.group else {
-            return self.execute_later(sql, args);
-        };
-        self.wrote.set(true);
-        let statement = self.statement(sql)?;
-        let owned = args.iter().map(Owned::from).collect();
-        g.at_commit
             .borrow_mut()
             .push(Later::Execute(statement, owned));
         Ok(())
