@@ -61,7 +61,7 @@ pub enum TelemetryError {
     /// The exporter could not be built.
     #[error("cannot build the OTLP {signal} exporter: {message}")]
     Exporter {
-        /// `traces` or `metrics`.
+        /// `traces`, `metrics`, or both (their shared HTTP client).
         signal: &'static str,
         /// The exporter's error.
         message: String,
@@ -110,11 +110,16 @@ impl Telemetry {
     /// (those of the `paybond*` crates, at `INFO` and above), or `None` when spans
     /// are not exported. Add it to your own subscriber if you build one; [`init`]
     /// does it for you.
+    ///
+    /// Only the project's spans: an agent framework's own spans may carry tool
+    /// arguments and results as attributes (rig's `execute_tool` has fields for
+    /// them), which this export never sends. To export spans of your own crate
+    /// too, add a layer of [`Self::tracer`] filtered to it.
     pub fn layer<S>(&self) -> Option<Box<dyn Layer<S> + Send + Sync + 'static>>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
     {
-        let tracer = self.tracer.as_ref()?.tracer("paybond");
+        let tracer = self.tracer()?;
         let only_ours = tracing_subscriber::filter::filter_fn(|meta| {
             meta.target().starts_with("paybond") && *meta.level() <= tracing::Level::INFO
         });
@@ -123,6 +128,12 @@ impl Telemetry {
                 .with_tracer(tracer)
                 .with_filter(only_ours),
         ))
+    }
+
+    /// The tracer spans are exported with, or `None` when they are not: for a
+    /// `tracing_opentelemetry` layer of your own (filtered to your crate).
+    pub fn tracer(&self) -> Option<opentelemetry_sdk::trace::Tracer> {
+        self.tracer.as_ref().map(|t| t.tracer("paybond"))
     }
 
     /// Sends what is buffered now.
@@ -328,11 +339,11 @@ fn http_client() -> Result<reqwest_blocking::blocking::Client, TelemetryError> {
     let built = std::thread::spawn(|| reqwest_blocking::blocking::Client::builder().build())
         .join()
         .map_err(|_| TelemetryError::Exporter {
-            signal: "traces",
+            signal: "traces and metrics",
             message: "the HTTP client's builder panicked".to_owned(),
         })?;
     built.map_err(|e| TelemetryError::Exporter {
-        signal: "traces",
+        signal: "traces and metrics",
         message: format!("cannot build the HTTP client: {e}"),
     })
 }
