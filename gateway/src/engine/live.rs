@@ -26,8 +26,9 @@ use crate::engine::rules::IntentFacts;
 use crate::error::ApiError;
 use crate::store::{Tx, args};
 
-/// Intents kept at most; past it the map starts over (they are read again on
-/// demand), so memory stays bounded whatever the number of intents.
+/// Intents kept at most; past it the eighth used longest ago is forgotten (read
+/// again on demand), so memory stays bounded whatever the number of intents and
+/// the intents in use stay.
 const MAX_INTENTS: usize = 65_536;
 
 /// The writer's in-memory spend state (see the module docs).
@@ -37,6 +38,8 @@ pub(crate) struct LiveState {
     tips: HashMap<String, (u64, String)>,
     /// What a decision reads of an intent, by intent id.
     intents: HashMap<String, LiveIntent>,
+    /// Counts the intents' uses: each records its last ([`LiveIntent::used`]).
+    clock: u64,
 }
 
 /// An intent as a decision reads it.
@@ -56,6 +59,8 @@ struct LiveIntent {
     /// open). Lowered by every reservation; never raised (finalizing one leaves
     /// it), so it errs early: a decision at or past it reads the lapsed amount.
     next_lapse_ms: i64,
+    /// When it was last read, on the state's clock.
+    used: u64,
 }
 
 impl LiveState {
@@ -80,6 +85,31 @@ impl LiveState {
                 self.tips.insert(tenant.to_owned(), (seq, hash));
             }
         }
+    }
+
+    /// `intent` as held, if it is, marked as just used.
+    fn touch(&mut self, intent: &str) -> Option<LiveIntent> {
+        self.clock += 1;
+        let now = self.clock;
+        self.intents.get_mut(intent).map(|i| {
+            i.used = now;
+            i.clone()
+        })
+    }
+
+    /// Holds `intent`, first forgetting the eighth of the intents used longest
+    /// ago if `bound` are held.
+    fn keep(&mut self, intent: &str, mut held: LiveIntent, bound: usize) {
+        if self.intents.len() >= bound {
+            let mut uses: Vec<u64> = self.intents.values().map(|i| i.used).collect();
+            let cut = (uses.len() / 8).max(1) - 1;
+            let (_, oldest_kept, _) = uses.select_nth_unstable(cut);
+            let oldest_kept = *oldest_kept;
+            self.intents.retain(|_, i| i.used > oldest_kept);
+        }
+        self.clock += 1;
+        held.used = self.clock;
+        self.intents.insert(intent.to_owned(), held);
     }
 
     /// A decision's reservation of `cents` on `intent`, lapsing at `expires_ms`.
@@ -113,7 +143,7 @@ pub(crate) fn intent_facts(
     now: i64,
 ) -> Result<Option<IntentFacts>, ApiError> {
     let live = tx.live();
-    let cached = live.and_then(|l| l.borrow().intents.get(intent).cloned());
+    let cached = live.and_then(|l| l.borrow_mut().touch(intent));
     let held = match cached {
         Some(held) => held,
         None => {
@@ -121,11 +151,7 @@ pub(crate) fn intent_facts(
                 return Ok(None);
             };
             if let Some(live) = live {
-                let mut state = live.borrow_mut();
-                if state.intents.len() >= MAX_INTENTS {
-                    state.intents.clear();
-                }
-                state.intents.insert(intent.to_owned(), held.clone());
+                live.borrow_mut().keep(intent, held.clone(), MAX_INTENTS);
             }
             held
         }
@@ -188,6 +214,7 @@ fn load(tx: &dyn Tx, tenant: &str, intent: &str) -> Result<Option<LiveIntent>, A
         currency,
         operations: serde_json::from_str(&operations).unwrap_or_default(),
         next_lapse_ms: next_lapse_ms.unwrap_or(i64::MAX),
+        used: 0,
     }))
 }
 
@@ -238,4 +265,51 @@ pub(crate) fn differences(tx: &dyn Tx) -> Result<Vec<String>, ApiError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intent(n: u64) -> LiveIntent {
+        LiveIntent {
+            tenant: "t".to_owned(),
+            state: None,
+            state_name: "funded".to_owned(),
+            deadline_ms: 0,
+            budget_cents: n,
+            counted_cents: 0,
+            currency: "usd".to_owned(),
+            operations: Vec::new(),
+            next_lapse_ms: i64::MAX,
+            used: 0,
+        }
+    }
+
+    #[test]
+    fn a_full_state_forgets_the_intents_used_longest_ago_and_keeps_those_in_use() {
+        let mut state = LiveState::default();
+        const BOUND: usize = 64;
+        for n in 0..BOUND as u64 {
+            state.keep(&format!("i{n}"), intent(n), BOUND);
+        }
+        assert_eq!(state.intents.len(), BOUND);
+        // Two intents stay in use while 1,000 others come and go.
+        for n in BOUND as u64..BOUND as u64 + 1_000 {
+            assert!(
+                state.touch("i0").is_some(),
+                "a hot intent was forgotten at {n}"
+            );
+            assert!(
+                state.touch("i1").is_some(),
+                "a hot intent was forgotten at {n}"
+            );
+            state.keep(&format!("i{n}"), intent(n), BOUND);
+            assert!(state.intents.len() <= BOUND);
+        }
+        // The coldest went first: none of the first cold ones is left.
+        assert!((2..BOUND as u64).all(|n| !state.intents.contains_key(&format!("i{n}"))));
+        assert_eq!(state.touch("i0").map(|i| i.budget_cents), Some(0));
+        assert!(state.touch("never").is_none());
+    }
 }
