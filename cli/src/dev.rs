@@ -69,14 +69,16 @@ pub(crate) struct Loop {
     max_connections_per_peer: u32,
 }
 
-pub(crate) fn run(cmd: DevCommand, global: &Global) -> Outcome {
+/// Runs `cmd`; with `export_metrics` the dev loop exports the engine's metrics
+/// over OpenTelemetry (the process set the meter provider up).
+pub(crate) fn run(cmd: DevCommand, global: &Global, export_metrics: bool) -> Outcome {
     if global.gateway.is_some() {
         return usage_error(
             "--gateway names a gateway to talk to; `paybond dev` runs one on this machine",
         );
     }
     match cmd {
-        DevCommand::Loop(args) => dev_loop(&args, global),
+        DevCommand::Loop(args) => dev_loop(&args, global, export_metrics),
         DevCommand::RotateRootKey(args) => rotate_root_key(&args),
     }
 }
@@ -182,7 +184,7 @@ fn base_of(overlay: &PolicyFile, path: &std::path::Path) -> Option<PathBuf> {
 }
 
 #[allow(clippy::too_many_lines)] // one start-up step after another
-fn dev_loop(a: &Loop, global: &Global) -> Outcome {
+fn dev_loop(a: &Loop, global: &Global, export_metrics: bool) -> Outcome {
     if !a.offline {
         return usage_error(
             "this build runs the gateway locally only: pass --offline \
@@ -369,14 +371,9 @@ fn dev_loop(a: &Loop, global: &Global) -> Outcome {
         );
         let sweeper =
             paybond_gateway::server::spawn_sweeper(engine.clone(), Duration::from_secs(1));
-        let gauges = crate::EXPORT_METRICS
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .then(|| {
-                paybond_gateway::telemetry::spawn_metrics_export(
-                    engine.clone(),
-                    Duration::from_secs(1),
-                )
-            });
+        let gauges = export_metrics.then(|| {
+            paybond_gateway::telemetry::spawn_metrics_export(engine.clone(), Duration::from_secs(1))
+        });
         println!("listening on {url}");
         println!("console: {url}/console");
         use std::io::Write as _;

@@ -204,10 +204,6 @@ fn quiet_on_closed_stdout() {
     }));
 }
 
-/// Whether OpenTelemetry metrics are exported (set once in `main`).
-pub(crate) static EXPORT_METRICS: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
 fn main() -> ExitCode {
     quiet_on_closed_stdout();
     // `paybond agent demo mcp` runs its MCP server as a child process of this executable.
@@ -263,12 +259,8 @@ fn main() -> ExitCode {
         Command::Agent(_) => "paybond-agent",
         _ => "paybond-cli",
     };
-    let _telemetry = match paybond_middleware_core::telemetry::init_with_log_filter(service, level)
-    {
-        Ok(t) => {
-            EXPORT_METRICS.store(t.metrics(), std::sync::atomic::Ordering::Relaxed);
-            t
-        }
+    let telemetry = match paybond_middleware_core::telemetry::init_with_log_filter(service, level) {
+        Ok(t) => t,
         Err(e) => {
             return output::fail(Failure::new(
                 Category::Usage,
@@ -281,7 +273,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Agent(cmd) => return agent(cmd, &cli.global),
         Command::Policy(cmd) => policy::run(cmd, &cli.global),
-        Command::Dev(cmd) => dev::run(cmd, &cli.global),
+        Command::Dev(cmd) => dev::run(cmd, &cli.global, telemetry.metrics()),
         Command::Approvals(cmd) => ops::approvals(cmd, &cli.global),
         Command::Ledger(cmd) => ops::ledger(cmd, &cli.global),
         Command::Whoami => kit::whoami(&cli.global),

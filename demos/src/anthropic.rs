@@ -296,14 +296,7 @@ pub async fn scripted_model(scenario: Scenario) -> Result<String, DemoError> {
             scenario,
             observed: std::sync::Arc::default(),
         });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| DemoError::Setup(format!("cannot start the scripted model: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| DemoError::Setup(e.to_string()))?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(format!("http://{addr}"))
+    Ok(format!("http://{}", crate::serve_scripted(app).await?))
 }
 
 #[cfg(test)]

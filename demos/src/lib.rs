@@ -110,6 +110,39 @@ impl Provider {
     }
 }
 
+/// A real model's settings from `<PREFIX>_API_KEY`, `<PREFIX>_BASE_URL` and
+/// `<PREFIX>_MODEL` (`OPENAI`, `ANTHROPIC`): `(key, base URL, model)`, or `None`
+/// without a key (the demo then talks to its scripted model).
+pub(crate) fn real_model(
+    prefix: &str,
+    default_base: &str,
+    default_model: &str,
+) -> Option<(String, String, String)> {
+    let var = |name: &str| {
+        std::env::var(format!("{prefix}_{name}"))
+            .ok()
+            .filter(|v| !v.is_empty())
+    };
+    Some((
+        var("API_KEY")?,
+        var("BASE_URL").unwrap_or_else(|| default_base.to_owned()),
+        var("MODEL").unwrap_or_else(|| default_model.to_owned()),
+    ))
+}
+
+/// Serves a scripted model's `app` on a free loopback port until the process
+/// ends; answers its address.
+pub(crate) async fn serve_scripted(app: axum::Router) -> Result<std::net::SocketAddr, DemoError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| DemoError::Setup(format!("cannot start the scripted model: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
 /// What a demo's run left behind.
 #[derive(Debug, Default)]
 pub struct Finished {

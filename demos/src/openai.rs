@@ -241,15 +241,14 @@ pub async fn scripted_model(scenario: Scenario) -> Result<String, DemoError> {
             scenario,
             observed: Arc::default(),
         });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| DemoError::Setup(format!("cannot start the scripted model: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| DemoError::Setup(e.to_string()))?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(format!("http://{addr}/v1"))
+    Ok(format!("http://{}/v1", crate::serve_scripted(app).await?))
 }
+
+/// OpenAI's API, unless `OPENAI_BASE_URL` names another.
+pub(crate) const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// The model asked for when `OPENAI_MODEL` is not set.
+pub(crate) const DEFAULT_OPENAI_MODEL: &str = "gpt-4o-mini";
 
 /// The model to talk to: a real one when `OPENAI_API_KEY` is set, else the
 /// scripted one of `scenario`.
@@ -259,12 +258,9 @@ pub async fn model_client(
     // reqwest (through async-openai) needs a TLS crypto provider for https; the
     // workspace uses ring. Installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    if let Ok(key) = std::env::var("OPENAI_API_KEY")
-        && !key.is_empty()
+    if let Some((key, base, model)) =
+        crate::real_model("OPENAI", OPENAI_BASE_URL, DEFAULT_OPENAI_MODEL)
     {
-        let base = std::env::var("OPENAI_BASE_URL")
-            .unwrap_or_else(|_| "https://api.openai.com/v1".to_owned());
-        let model = std::env::var("OPENAI_MODEL").unwrap_or_else(|_| "gpt-4o-mini".to_owned());
         let config = OpenAIConfig::new().with_api_key(key).with_api_base(base);
         return Ok((Client::with_config(config), model, "real"));
     }

@@ -163,16 +163,14 @@ async fn model(
     provider: Provider,
 ) -> Result<(DynModel<Completion>, Option<u64>), DemoError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     match provider {
         Provider::Openai => {
-            let (key, base, model) = match var("OPENAI_API_KEY") {
-                Some(key) => (
-                    key,
-                    var("OPENAI_BASE_URL")
-                        .unwrap_or_else(|| "https://api.openai.com/v1".to_owned()),
-                    var("OPENAI_MODEL").unwrap_or_else(|| "gpt-4o-mini".to_owned()),
-                ),
+            let (key, base, model) = match crate::real_model(
+                "OPENAI",
+                crate::openai::OPENAI_BASE_URL,
+                crate::openai::DEFAULT_OPENAI_MODEL,
+            ) {
+                Some(real) => real,
                 None => (
                     "scripted".to_owned(),
                     crate::openai::scripted_model(scenario).await?,
@@ -186,19 +184,15 @@ async fn model(
             Ok((model.into(), None))
         }
         Provider::Anthropic => {
-            let (key, base, model) = match var("ANTHROPIC_API_KEY") {
-                Some(key) => (
-                    key,
-                    var("ANTHROPIC_BASE_URL")
-                        .unwrap_or_else(|| "https://api.anthropic.com".to_owned()),
-                    var("ANTHROPIC_MODEL").unwrap_or_else(|| DEFAULT_CLAUDE.to_owned()),
-                ),
-                None => (
-                    "scripted".to_owned(),
-                    crate::anthropic::scripted_model(scenario).await?,
-                    crate::anthropic::SCRIPTED_MODEL.to_owned(),
-                ),
-            };
+            let (key, base, model) =
+                match crate::real_model("ANTHROPIC", "https://api.anthropic.com", DEFAULT_CLAUDE) {
+                    Some(real) => real,
+                    None => (
+                        "scripted".to_owned(),
+                        crate::anthropic::scripted_model(scenario).await?,
+                        crate::anthropic::SCRIPTED_MODEL.to_owned(),
+                    ),
+                };
             let model = AnthropicConfig::new(key)
                 .with_base_url(base)
                 .client()

@@ -11,14 +11,17 @@ use paybond_demos::{DemoError, Framework, GatewayChoice, Provider, Scenario, run
 use paybond_gateway::{Engine, PolicyFile};
 use paybond_middleware_core::wire::Environment;
 
+/// The demos that run in this process, rig with both model APIs.
+const IN_PROCESS: [(Framework, Provider); 4] = [
+    (Framework::Generic, Provider::Openai),
+    (Framework::Openai, Provider::Openai),
+    (Framework::Rig, Provider::Openai),
+    (Framework::Rig, Provider::Anthropic),
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generic_openai_and_rig_reach_the_end_state() {
-    for (framework, provider) in [
-        (Framework::Generic, Provider::Openai),
-        (Framework::Openai, Provider::Openai),
-        (Framework::Rig, Provider::Openai),
-        (Framework::Rig, Provider::Anthropic),
-    ] {
+    for (framework, provider) in IN_PROCESS {
         let report = run(
             framework,
             Scenario::Canonical,
@@ -43,12 +46,7 @@ async fn generic_openai_and_rig_reach_the_end_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generic_openai_and_rig_reach_the_governed_end_state() {
-    for (framework, provider) in [
-        (Framework::Generic, Provider::Openai),
-        (Framework::Openai, Provider::Openai),
-        (Framework::Rig, Provider::Openai),
-        (Framework::Rig, Provider::Anthropic),
-    ] {
+    for (framework, provider) in IN_PROCESS {
         let report = run(
             framework,
             Scenario::Governed,

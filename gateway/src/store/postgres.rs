@@ -603,8 +603,8 @@ async fn migrate_with(
             .query_one("SELECT MAX(version) FROM schema_migrations", &[])
             .await?
             .get(0);
-        let floored = newest.is_some_and(|n| n >= schema::FLOOR_SINCE);
-        let floor: Option<i64> = if floored {
+        // The serving floor, once the migration that made it is applied.
+        let mut floor: Option<i64> = if newest.is_some_and(|n| n >= schema::FLOOR_SINCE) {
             client
                 .query_opt("SELECT served_from FROM schema_floor WHERE id = 1", &[])
                 .await?
@@ -619,13 +619,14 @@ async fn migrate_with(
             if newest.is_some_and(|n| m.version <= n) {
                 continue;
             }
-            if newest.is_some_and(|n| n >= schema::FLOOR_SINCE) {
+            // Replicas register from the floor's migration on.
+            if floor.is_some() {
                 refuse_if_serving(client, m, place).await?;
             }
-            // A migration older builds cannot serve waits for every transaction
-            // that read the floor (each holds its table lock to its end) and holds
-            // back those that would, until it commits: no replica writes across it.
-            let fence = if m.served_from == m.version && m.version > schema::FLOOR_SINCE {
+            // A migration that raises the floor waits for every transaction that
+            // read it (each holds its table lock to its end) and holds back those
+            // that would, until it commits: no replica writes across it.
+            let fence = if floor.is_some_and(|f| m.served_from > f) {
                 "LOCK TABLE schema_floor IN ACCESS EXCLUSIVE MODE;"
             } else {
                 ""
@@ -638,6 +639,9 @@ async fn migrate_with(
                     m.version
                 ))
                 .await?;
+            if m.version >= schema::FLOOR_SINCE {
+                floor = Some(floor.map_or(m.served_from, |f| f.max(m.served_from)));
+            }
         }
         Ok::<(), ApiError>(())
     }
@@ -711,6 +715,11 @@ fn register_replica(
             let (client, connection) = tokio_postgres::connect(&target, NoTls).await?;
             tokio::spawn(connection);
             beat(&client, &id).await?;
+            // Replicas silent for an hour are forgotten, once per start.
+            let hour_ago = jiff::Timestamp::now().as_millisecond() - 3_600_000;
+            client
+                .execute("DELETE FROM replicas WHERE seen_ms < $1", &[&hour_ago])
+                .await?;
             Ok(client)
         }
     })?;
@@ -742,7 +751,7 @@ fn register_replica(
     Ok((id, heartbeat))
 }
 
-/// One heartbeat of replica `id`; also forgets replicas silent for an hour.
+/// One heartbeat of replica `id`.
 async fn beat(client: &Client, id: &str) -> Result<(), tokio_postgres::Error> {
     let now = jiff::Timestamp::now().as_millisecond();
     client
@@ -751,14 +760,8 @@ async fn beat(client: &Client, id: &str) -> Result<(), tokio_postgres::Error> {
              ON CONFLICT (id) DO UPDATE SET seen_ms = EXCLUDED.seen_ms",
             &[&id, &schema::LATEST, &now],
         )
-        .await?;
-    client
-        .execute(
-            "DELETE FROM replicas WHERE seen_ms < $1",
-            &[&(now - 3_600_000)],
-        )
-        .await?;
-    Ok(())
+        .await
+        .map(drop)
 }
 
 /// A transaction as an operation sees it.
