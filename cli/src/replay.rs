@@ -33,6 +33,10 @@ pub(crate) struct Replay {
     /// 2026-11-23T00:00:00Z); earlier ones count against the budgets as recorded.
     #[arg(long)]
     since: Option<String>,
+    /// Decide again only the verifies made before this time (RFC 3339); later
+    /// ones are left out [default: up to the last one].
+    #[arg(long)]
+    until: Option<String>,
     /// Only this tenant (its id or its name) [default: every tenant].
     #[arg(long)]
     tenant: Option<String>,
@@ -47,15 +51,21 @@ pub(crate) fn replay(a: &Replay) -> Outcome {
         Ok(t) => t,
         Err(e) => return crate::unreadable(format!("cannot read --policy-file {file}: {e}")),
     };
-    let since_ms = match a.since.as_deref().map(str::parse::<jiff::Timestamp>) {
-        None => None,
-        Some(Ok(t)) => Some(t.as_millisecond()),
-        Some(Err(e)) => {
-            return usage_error(format!(
-                "--since `{}` is not an RFC 3339 time (e.g. 2026-11-23T00:00:00Z): {e}",
-                a.since.as_deref().unwrap_or_default()
-            ));
-        }
+    let time = |flag: &str, value: Option<&str>| match value.map(str::parse::<jiff::Timestamp>) {
+        None => Ok(None),
+        Some(Ok(t)) => Ok(Some(t.as_millisecond())),
+        Some(Err(e)) => Err(usage_error(format!(
+            "{flag} `{}` is not an RFC 3339 time (e.g. 2026-11-23T00:00:00Z): {e}",
+            value.unwrap_or_default()
+        ))),
+    };
+    let since_ms = match time("--since", a.since.as_deref()) {
+        Ok(t) => t,
+        Err(refused) => return refused,
+    };
+    let until_ms = match time("--until", a.until.as_deref()) {
+        Ok(t) => t,
+        Err(refused) => return refused,
     };
     // A file with any problem is refused whole, every problem at its line.
     let checked = check_policy(&text, &file);
@@ -91,6 +101,7 @@ pub(crate) fn replay(a: &Replay) -> Outcome {
     let options = ReplayOptions {
         policy: PolicyFile { text, file },
         since_ms,
+        until_ms,
         tenant: a.tenant.clone(),
     };
     let report = match Engine::replay_store(&storage, &options) {
@@ -151,6 +162,10 @@ fn text_report(r: &ReplayReport) -> String {
             .as_deref()
             .map(|s| format!(", from {s}"))
             .unwrap_or_default()
+            + &r.until
+                .as_deref()
+                .map(|u| format!(", until {u}"))
+                .unwrap_or_default()
     );
     let _ = writeln!(out, "\n{:<12} {:>8} {:>8}", "", "before", "after");
     for (name, before, after) in [

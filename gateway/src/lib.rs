@@ -48,12 +48,13 @@ pub mod telemetry;
 mod tokens;
 pub use embedded::EmbeddedGateway;
 pub use engine::audit::*;
+pub use engine::insights::*;
 pub use engine::ledger::{
     GENESIS, LedgerCheck, LedgerEvent, LedgerTip, verify_events, verify_segment,
 };
 pub use engine::lifecycle::*;
 pub use engine::operator::*;
-pub use engine::replay::{ReplayChange, ReplayOptions, ReplayReport, ReplayTally};
+pub use engine::replay::{ReplayChange, ReplayDay, ReplayOptions, ReplayReport, ReplayTally};
 pub use engine::*;
 pub use error::ApiError;
 pub use store::{DatabaseUrl, Storage, data_lock_path, database_path, root_key_path};

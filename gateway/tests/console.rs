@@ -61,8 +61,8 @@ fn location(a: &Answer) -> &str {
     a.headers.get(header::LOCATION).unwrap().to_str().unwrap()
 }
 
-/// Signs in; the session cookie (`name=value`).
-async fn sign_in(app: &axum::Router, key: &str) -> String {
+/// Signs in and checks the landing page; the session cookie (`name=value`).
+async fn sign_in(app: &axum::Router, key: &str, landing: &str) -> String {
     let a = send(
         app,
         "POST",
@@ -72,7 +72,7 @@ async fn sign_in(app: &axum::Router, key: &str) -> String {
     )
     .await;
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
-    assert_eq!(location(&a), "/console/approvals");
+    assert_eq!(location(&a), landing);
     let cookie = a
         .headers
         .get(header::SET_COOKIE)
@@ -170,7 +170,7 @@ async fn sign_in_keeps_the_key_on_the_server_and_every_change_needs_the_csrf_tok
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert!(resp.headers().get(header::SET_COOKIE).is_none());
 
-    let cookie = sign_in(&app, operator).await;
+    let cookie = sign_in(&app, operator, "/console/overview").await;
     let page = send(&app, "GET", "/console/approvals", Some(&cookie), None).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(!page.body.contains(operator), "the key is in the page");
@@ -242,7 +242,7 @@ async fn an_agent_key_sees_the_queue_but_cannot_approve() {
     let fx = Fixture::new();
     let app = router(fx.engine.clone());
     let approval = hold(&fx);
-    let cookie = sign_in(&app, fx.keys.agent.expose_secret()).await;
+    let cookie = sign_in(&app, fx.keys.agent.expose_secret(), "/console/approvals").await;
     let page = send(&app, "GET", "/console/approvals", Some(&cookie), None).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains(&format!("id=\"approval-{approval}\"")));
@@ -281,7 +281,7 @@ async fn the_pages_show_intents_decisions_with_their_checks_the_ledger_and_the_p
         .unwrap()
         .intents[0]
         .intent_id;
-    let cookie = sign_in(&app, fx.keys.operator.expose_secret()).await;
+    let cookie = sign_in(&app, fx.keys.operator.expose_secret(), "/console/overview").await;
 
     let list = send(&app, "GET", "/console/intents", Some(&cookie), None).await;
     assert!(

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Fixture;
+use paybond_gateway::Storage;
 use paybond_middleware_core::ApprovalToken;
 use paybond_middleware_core::wire::{ApprovalState, VerifyRequest, VerifyResult};
 use serde_json::{Value, json};
@@ -204,15 +205,22 @@ impl Browser {
         .await;
     }
 
+    /// The rendered text of the first element matching `css` ("" if none), read
+    /// in one step: a live update may replace the element between two.
     async fn text(&self, css: &str) -> String {
-        let Some(e) = self.find_all(css).await.into_iter().next() else {
-            return String::new();
-        };
-        self.raw("GET", &format!("/element/{e}/text"), None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.raw(
+            "POST",
+            "/execute/sync",
+            Some(json!({
+                "script": "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';",
+                "args": [css]
+            })),
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
     }
 
     async fn source(&self) -> String {
@@ -245,13 +253,118 @@ impl Browser {
         std::fs::write(dir.join(name), png).unwrap();
     }
 
-    async fn sign_in(&self, base: &str, key: &str) {
+    /// Signs in with `key` and checks where it lands (`overview` for operators and
+    /// admins, `approvals` for agents).
+    async fn sign_in(&self, base: &str, key: &str, landing: &str) {
         self.goto(&format!("{base}/console")).await;
         self.type_into("#api_key", key).await;
         self.click("button[type=submit]").await;
-        self.wait_for("#approval-rows").await;
-        assert!(self.current_url().await.ends_with("/console/approvals"));
+        self.wait_for(if landing == "overview" {
+            "#overview"
+        } else {
+            "#approval-rows"
+        })
+        .await;
+        assert!(
+            self.current_url()
+                .await
+                .ends_with(&format!("/console/{landing}"))
+        );
     }
+
+    /// Runs axe-core on the page as it stands; fails on any serious or critical
+    /// violation, naming each rule and element.
+    async fn axe(&self, page: &str) {
+        let source = axe_source();
+        // Evaluated by the driver (as WebDriver scripts are), not by the page, so
+        // the console's CSP, which allows no inline script, does not apply.
+        self.raw(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": format!("{source}\nreturn typeof window.axe;"), "args": []})),
+        )
+        .await;
+        let found = self
+            .raw(
+                "POST",
+                "/execute/async",
+                Some(json!({"script": r"
+                    const done = arguments[arguments.length - 1];
+                    window.axe.run(document, {resultTypes: ['violations']})
+                      .then(r => done(r.violations
+                        .filter(v => v.impact === 'serious' || v.impact === 'critical')
+                        .map(v => v.impact + ' ' + v.id + ' (' + v.help + '): ' +
+                             v.nodes.map(n => n.target.join(' ')).join(', '))))
+                      .catch(e => done(['axe failed: ' + e]));",
+                    "args": []})),
+            )
+            .await;
+        let found = found.as_array().unwrap();
+        assert!(found.is_empty(), "accessibility of {page}: {found:#?}");
+    }
+
+    /// Waits (up to 15 s) until the text of `css` satisfies `ok`.
+    async fn wait_text(&self, css: &str, ok: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let text = self.text(css).await;
+            if ok(&text) {
+                return text;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "`{css}` still reads {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Presses a key on the page (WebDriver actions).
+    async fn press(&self, key: &str) {
+        self.raw(
+            "POST",
+            "/actions",
+            Some(
+                json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]}),
+            ),
+        )
+        .await;
+    }
+
+    /// The text of the open `confirm()` dialog, waiting for it (up to 5 s).
+    async fn alert_text(&self) -> String {
+        let start = Instant::now();
+        loop {
+            let v: Value = self
+                .client
+                .get(format!("{}/alert/text", self.url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if let Some(text) = v["value"].as_str() {
+                return text.to_owned();
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "no dialog opened");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// axe-core's script (`.ci/browser` installs it and names it in `PAYBOND_AXE`).
+fn axe_source() -> String {
+    let Some(path) = std::env::var_os("PAYBOND_AXE") else {
+        panic!(
+            "the accessibility checks need axe-core: run the tests with `bash .ci/test` \
+             (it installs it and sets PAYBOND_AXE), or skip the browser tests with \
+             PAYBOND_SKIP_BROWSER=1"
+        );
+    };
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("PAYBOND_AXE={}: {e}", PathBuf::from(path).display()))
 }
 
 fn verify_request(
@@ -290,9 +403,12 @@ async fn an_operator_approves_a_live_hold_in_the_browser_and_an_agent_cannot() {
     browser.wait_for("#api_key").await;
     assert!(browser.source().await.contains("<label for=\"api_key\">"));
     browser.screenshot("01-sign-in.png").await;
+    browser.axe("the sign-in page").await;
     browser
-        .sign_in(&base, fx.keys.operator.expose_secret())
+        .sign_in(&base, fx.keys.operator.expose_secret(), "overview")
         .await;
+    browser.goto(&format!("{base}/console/approvals")).await;
+    browser.wait_for("#approval-rows").await;
     assert!(browser.text("#live-status").await.contains("0 pending"));
     let cookies = browser.raw("GET", "/cookie", None).await;
     let session = cookies
@@ -331,6 +447,7 @@ async fn an_operator_approves_a_live_hold_in_the_browser_and_an_agent_cannot() {
     );
     assert!(browser.text("#live-status").await.contains("1 pending"));
     browser.screenshot("03-approvals-live-hold.png").await;
+    browser.axe("the approval queue").await;
 
     // Approved from the page; the agent's retry with the token is allowed.
     browser
@@ -364,6 +481,7 @@ async fn an_operator_approves_a_live_hold_in_the_browser_and_an_agent_cannot() {
     browser.click("details summary").await;
     assert!(browser.text("details").await.contains("approval_threshold"));
     browser.screenshot("05-intent-detail.png").await;
+    browser.axe("an intent's page").await;
 
     // The ledger verifies.
     browser.goto(&format!("{base}/console/ledger")).await;
@@ -371,16 +489,23 @@ async fn an_operator_approves_a_live_hold_in_the_browser_and_an_agent_cannot() {
     browser.wait_for("#chain-status.ok").await;
     assert!(browser.text("#chain-status").await.contains("Chain valid"));
     browser.screenshot("06-ledger-verified.png").await;
+    browser.axe("the ledger").await;
     browser.goto(&format!("{base}/console/policy")).await;
     browser.wait_for("pre").await;
     assert!(browser.text("pre").await.contains("travel.book_hotel"));
     browser.screenshot("07-policy.png").await;
+    browser.axe("the policy page").await;
+    browser.goto(&format!("{base}/console/intents")).await;
+    browser.wait_for("main table").await;
+    browser.axe("the intents list").await;
 
     // Signed out, then in with the agent key: the queue shows, nothing to approve,
     // and a forged approve from the page is refused.
     browser.click("header button[type=submit]").await;
     browser.wait_for("#api_key").await;
-    browser.sign_in(&base, fx.keys.agent.expose_secret()).await;
+    browser
+        .sign_in(&base, fx.keys.agent.expose_secret(), "approvals")
+        .await;
     let (second, second_token) = fx.intent(60_000);
     let held = agent_verify(&fx, verify_request(second, &second_token, None)).await;
     let approval = held.approval_request_id.unwrap();
@@ -390,6 +515,7 @@ async fn an_operator_approves_a_live_hold_in_the_browser_and_an_agent_cannot() {
     assert!(browser.find_all("#approval-rows button").await.is_empty());
     assert!(browser.text("main").await.contains("read-only"));
     browser.screenshot("08-agent-read-only.png").await;
+    browser.axe("the agent's queue").await;
     let forced = browser
         .script(&format!(
             "const t = document.querySelector('input[name=csrf]').value;
@@ -403,5 +529,200 @@ async fn an_operator_approves_a_live_hold_in_the_browser_and_an_agent_cannot() {
         fx.engine.approval(&fx.operator, approval).unwrap().state,
         ApprovalState::Pending
     );
+    browser.raw("DELETE", "", None).await;
+}
+
+/// The overview, decision search, a decision's page and what-if in the browser, on
+/// a scripted run of agents over three days: the numbers shown are the engine's,
+/// the overview updates live, the queue answers the keyboard (confirming a large
+/// approval), and every page passes axe-core.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_reads_spend_finds_decisions_and_runs_what_if_in_the_browser() {
+    use common::activity::{Activity, DAY_MS, START_MS, stricter_policy};
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("paybond.db");
+    let mut run = tokio::task::spawn_blocking(move || Activity::run(Storage::File(db)))
+        .await
+        .unwrap();
+    let engine = run.engine().clone();
+    let base = common::serve(engine.clone()).await;
+    let usd = |c: u64| paybond_middleware_core::format_money(c, "usd");
+
+    // The landing page: the overview, with today's spend and the queue's size.
+    browser
+        .sign_in(&base, run.fx.keys.operator.expose_secret(), "overview")
+        .await;
+    let today = (START_MS + 2 * DAY_MS).div_euclid(DAY_MS) * DAY_MS;
+    let spent: u64 = run.consumed[&today].values().sum();
+    assert_eq!(browser.text("#spent-today").await, usd(spent));
+    assert_eq!(browser.text("#pending-approvals").await, "1");
+    for chart in ["spend-per-day", "spend-per-hour", "decisions-per-minute"] {
+        let label = browser
+            .script(&format!(
+                "return document.querySelector('#{chart} svg').getAttribute('aria-label');"
+            ))
+            .await;
+        assert!(
+            label
+                .as_str()
+                .unwrap()
+                .contains("The table below lists every value")
+        );
+    }
+    browser.screenshot("10-overview.png").await;
+    browser.axe("the overview").await;
+
+    // Live: a new settled purchase shows without a reload.
+    let before = browser.current_url().await;
+    let shown = tokio::task::spawn_blocking(move || {
+        let r = run.call(1, "shop.buy", 1_500, Some("vendor_shop"), None);
+        run.settle(1, "shop.buy", &r, Some(1_500));
+        run
+    })
+    .await
+    .unwrap();
+    run = shown;
+    let now_spent = usd(spent + 1_500);
+    browser.wait_text("#spent-today", |t| t == now_spent).await;
+    assert_eq!(browser.current_url().await, before, "the page was reloaded");
+
+    // A top reason links to its decisions; their count is the engine's.
+    browser
+        .click("#top-reasons a[href*='reason=tool_cap_exceeded']")
+        .await;
+    browser.wait_for("#decision-results").await;
+    let found = engine
+        .search_decisions(
+            &run.fx.operator,
+            &paybond_gateway::DecisionFilter {
+                outcome: Some("deny".to_owned()),
+                reason: Some("tool_cap_exceeded".to_owned()),
+                from_ms: Some(engine.clock().now_ms() - DAY_MS),
+                ..Default::default()
+            },
+            50,
+        )
+        .unwrap();
+    assert_eq!(
+        browser
+            .find_all("#decision-results tr[data-decision]")
+            .await
+            .len(),
+        found.rows.len()
+    );
+    assert!(!found.rows.is_empty());
+    browser.screenshot("11-decisions.png").await;
+    browser.axe("the decision search").await;
+
+    // A decision's page, then one of its ledger entries.
+    browser
+        .goto(&format!("{base}/console/decisions/{}", run.approved_retry))
+        .await;
+    browser.wait_for("#proof-trace").await;
+    assert!(browser.text("#approval").await.contains("ops-two"));
+    browser.screenshot("12-decision.png").await;
+    browser.axe("a decision's page").await;
+    browser.click("#decision-ledger a").await;
+    browser.wait_for("pre").await;
+    browser.axe("a ledger entry").await;
+
+    // What-if: the policy from a file, the report's count as the engine's.
+    let strict = stricter_policy();
+    let expected = engine
+        .what_if(
+            &run.fx.operator,
+            paybond_gateway::PolicyFile {
+                text: strict.clone(),
+                file: "strict.yaml".to_owned(),
+            },
+            None,
+            None,
+        )
+        .unwrap();
+    assert!(!expected.changes.is_empty());
+    browser.goto(&format!("{base}/console/what-if")).await;
+    browser.axe("the what-if form").await;
+    let file = dir.path().join("strict.yaml");
+    std::fs::write(&file, &strict).unwrap();
+    browser.type_into("#w-file", file.to_str().unwrap()).await;
+    let loaded = strict.clone();
+    let start = Instant::now();
+    while browser
+        .script("return document.getElementById('w-policy').value;")
+        .await
+        .as_str()
+        != Some(loaded.as_str())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the file was not read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.click("#run-what-if").await;
+    browser.wait_for("#what-if-report").await;
+    assert_eq!(
+        browser.text("#what-if-changed").await,
+        expected.changes.len().to_string()
+    );
+    assert_eq!(
+        browser.find_all("#what-if-changes a").await.len(),
+        expected.changes.len()
+    );
+    browser
+        .script("document.getElementById('what-if-report').scrollIntoView(); return 0;")
+        .await;
+    browser.screenshot("13-what-if.png").await;
+    browser.axe("the what-if report").await;
+    // A policy that does not validate: its problems at their lines.
+    browser
+        .script("document.getElementById('w-policy').value = 'version: 1\\nname: x\\ntools: 7\\n'; return 0;")
+        .await;
+    browser.click("#run-what-if").await;
+    browser.wait_for("#policy-problems").await;
+    assert!(browser.text("#policy-problems").await.contains(":3:"));
+    browser.axe("the what-if form with problems").await;
+
+    // The queue from the keyboard: j selects the pending payout, a asks to confirm
+    // (200 USD is over ten times its 10 USD threshold); dismissed, nothing happens;
+    // accepted, it is approved.
+    browser.goto(&format!("{base}/console/approvals")).await;
+    browser.wait_for("#approval-rows tr[data-approval]").await;
+    browser.click("#keyboard-help summary").await;
+    browser.screenshot("14-approvals-keyboard.png").await;
+    browser
+        .axe("the approval queue with its keyboard help")
+        .await;
+    browser.press("j").await;
+    browser.press("a").await;
+    assert!(browser.alert_text().await.contains("more than ten times"));
+    browser.raw("POST", "/alert/dismiss", Some(json!({}))).await;
+    assert_eq!(
+        engine
+            .approval(&run.fx.operator, run.pending)
+            .unwrap()
+            .state,
+        ApprovalState::Pending
+    );
+    browser.press("a").await;
+    browser.alert_text().await;
+    browser.raw("POST", "/alert/accept", Some(json!({}))).await;
+    browser.wait_for(".flash").await;
+    assert!(browser.text(".flash").await.contains("approved"));
+    assert_eq!(
+        engine
+            .approval(&run.fx.operator, run.pending)
+            .unwrap()
+            .state,
+        ApprovalState::Approved
+    );
+
+    // The error page too.
+    browser.goto(&format!("{base}/console/nowhere")).await;
+    browser.wait_for(".flash.error").await;
+    browser.axe("the error page").await;
     browser.raw("DELETE", "", None).await;
 }

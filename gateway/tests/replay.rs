@@ -91,6 +91,7 @@ fn replay(db: &Path, policy: PolicyFile, since_ms: Option<i64>) -> ReplayReport 
         &ReplayOptions {
             policy,
             since_ms,
+            until_ms: None,
             tenant: None,
         },
     )
@@ -232,6 +233,7 @@ fn an_invalid_or_widening_policy_is_refused_and_nothing_is_replayed() {
     let options = |policy| ReplayOptions {
         policy,
         since_ms: None,
+        until_ms: None,
         tenant: None,
     };
     let widening = overlay("max_per_call_cents: 20000", "max_per_call_cents: 90000");
@@ -339,6 +341,7 @@ fn a_fleets_postgresql_store_replays_as_a_sqlite_file_does() {
         let options = ReplayOptions {
             policy,
             since_ms: None,
+            until_ms: None,
             tenant: None,
         };
         let on_pg = Engine::replay_store(&Storage::Postgres(url.clone()), &options).unwrap();
@@ -370,6 +373,7 @@ fn a_store_is_replayed_while_its_gateway_runs() {
         &ReplayOptions {
             policy: overlay("max_per_call_cents: 20000", "max_per_call_cents: 500"),
             since_ms: None,
+            until_ms: None,
             tenant: None,
         },
     )

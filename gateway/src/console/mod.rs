@@ -32,6 +32,9 @@ use crate::engine::lifecycle::ApprovalQuery;
 use crate::error::ApiError;
 use crate::tokens::random_hex;
 
+mod charts;
+mod views;
+
 const CSS: &str = include_str!("console.css");
 const JS: &str = include_str!("console.js");
 const COOKIE: &str = "paybond_console";
@@ -63,6 +66,12 @@ pub(crate) fn router(engine: Arc<Engine>) -> Router {
     });
     Router::new()
         .route("/", get(home))
+        .route("/overview", get(views::overview))
+        .route("/overview/events", get(views::overview_events))
+        .route("/decisions", get(views::decisions))
+        .route("/decisions/{id}", get(views::decision))
+        .route("/ledger/{seq}", get(views::ledger_entry))
+        .route("/what-if", get(views::what_if_page).post(views::what_if))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/approvals", get(approvals))
@@ -157,16 +166,25 @@ fn layout(title: &str, current: &str, who: Option<(&Principal, &str)>, body: &st
                 };
                 format!("<a href=\"/console/{href}\"{here}>{name}</a>")
             };
+            // Agent keys see the queue, intents, ledger and policy only.
+            let reads_spend = p
+                .roles
+                .iter()
+                .any(|r| matches!(r, Role::Operator | Role::TenantAdmin));
+            let spend = |a: String| if reads_spend { a } else { String::new() };
             format!(
-                "<nav aria-label=\"Console\">{}{}{}{}</nav>\
+                "<nav aria-label=\"Console\">{}{}{}{}{}{}{}</nav>\
                  <span class=\"who\">{} key of <span class=\"mono\">{}</span></span>\
                  <form class=\"inline\" method=\"post\" action=\"/console/logout\">\
                  <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
                  <button type=\"submit\">Sign out</button></form>",
+                spend(link("overview", "Overview")),
                 link("approvals", "Approvals"),
+                spend(link("decisions", "Decisions")),
                 link("intents", "Intents"),
                 link("ledger", "Ledger"),
                 link("policy", "Policy"),
+                spend(link("what-if", "What if")),
                 esc(role(p)),
                 esc(&p.tenant_id),
                 esc(csrf)
@@ -183,6 +201,19 @@ fn layout(title: &str, current: &str, who: Option<(&Principal, &str)>, body: &st
          <script src=\"/console/assets/console.js\" defer></script></body></html>",
         esc(title)
     )
+}
+
+/// Where a signed-in key lands: the overview for those who read spend, the
+/// approval queue for agent keys.
+fn landing(p: &Principal) -> &'static str {
+    if p.roles
+        .iter()
+        .any(|r| matches!(r, Role::Operator | Role::TenantAdmin))
+    {
+        "/console/overview"
+    } else {
+        "/console/approvals"
+    }
 }
 
 fn role(p: &Principal) -> &'static str {
@@ -311,7 +342,7 @@ fn check_post(headers: &HeaderMap, signed: &Signed, csrf: &str) -> Result<(), &'
 
 async fn home(State(c): State<Shared>, headers: HeaderMap) -> Response {
     match c.signed(&headers).await {
-        Some(_) => redirect("/console/approvals"),
+        Some(signed) => redirect(landing(&signed.principal)),
         None => redirect("/console/login"),
     }
 }
@@ -339,8 +370,8 @@ fn login_form(error: Option<&str>) -> String {
 }
 
 async fn login_page(State(c): State<Shared>, headers: HeaderMap) -> Response {
-    if c.signed(&headers).await.is_some() {
-        return redirect("/console/approvals");
+    if let Some(signed) = c.signed(&headers).await {
+        return redirect(landing(&signed.principal));
     }
     html(StatusCode::OK, login_form(None))
 }
@@ -376,7 +407,7 @@ async fn login(State(c): State<Shared>, headers: HeaderMap, Form(f): Form<LoginF
     if let Ok(mut sessions) = c.sessions.lock() {
         sessions.insert(sid.clone(), session);
     }
-    let mut r = redirect("/console/approvals");
+    let mut r = redirect(principal.as_ref().map_or("/console/approvals", landing));
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{COOKIE}={sid}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}",
         SESSION_TTL.as_secs()
@@ -425,7 +456,15 @@ fn age(created: Option<&str>, now_ms: i64) -> String {
 }
 
 /// The rows of the pending queue (what the live updates replace).
-fn approval_rows(list: &[ApprovalStatus], can_decide: bool, csrf: &str, now_ms: i64) -> String {
+/// `thresholds` are the policy's approval thresholds by tool: approving more than
+/// ten times its tool's asks the operator to confirm.
+fn approval_rows(
+    list: &[ApprovalStatus],
+    can_decide: bool,
+    csrf: &str,
+    now_ms: i64,
+    thresholds: &HashMap<String, u64>,
+) -> String {
     if list.is_empty() {
         return "<tr><td colspan=\"9\" class=\"muted\">No request is waiting for approval.</td></tr>"
             .to_owned();
@@ -433,9 +472,24 @@ fn approval_rows(list: &[ApprovalStatus], can_decide: bool, csrf: &str, now_ms: 
     let mut out = String::new();
     for a in list {
         let id = a.approval_request_id;
+        let amount = a.requested_spend_cents.unwrap_or(0);
+        let confirm = a
+            .tool
+            .as_deref()
+            .and_then(|t| thresholds.get(t))
+            .filter(|t| amount > t.saturating_mul(10))
+            .map(|t| {
+                format!(
+                    " data-confirm=\"Approve {}? That is more than ten times the approval threshold of {} ({}).\"",
+                    esc(&money(amount, "usd")),
+                    esc(a.tool.as_deref().unwrap_or("")),
+                    esc(&money(*t, "usd"))
+                )
+            })
+            .unwrap_or_default();
         let actions = if can_decide {
             format!(
-                "<form class=\"inline\" method=\"post\" action=\"/console/approvals/{id}/approve\">\
+                "<form class=\"inline\" method=\"post\" action=\"/console/approvals/{id}/approve\"{confirm}>\
                  <input type=\"hidden\" name=\"csrf\" value=\"{c}\">\
                  <button class=\"primary\" type=\"submit\" aria-label=\"Approve request {id}\">Approve</button></form> \
                  <form class=\"inline\" method=\"post\" action=\"/console/approvals/{id}/deny\">\
@@ -618,8 +672,20 @@ async fn queue_page(
 ) -> Result<QueuePage, ApiError> {
     let p = signed.principal.clone();
     let filtered = params.filtered();
-    let (list, pending, matching) = c
+    let (list, pending, matching, thresholds) = c
         .run(move |e| {
+            let thresholds: HashMap<String, u64> = e
+                .effective_policy(&p)
+                .ok()
+                .and_then(|policy| policy.policy.spend_controls)
+                .map(|controls| {
+                    controls
+                        .tools
+                        .into_iter()
+                        .filter_map(|(tool, c)| Some((tool, c.approval_threshold_cents?)))
+                        .collect()
+                })
+                .unwrap_or_default();
             let all = ApprovalQuery {
                 state: Some(ApprovalState::Pending),
                 ..ApprovalQuery::default()
@@ -631,7 +697,7 @@ async fn queue_page(
             } else {
                 pending
             };
-            Ok((e.list_approvals(&p, &query)?, pending, matching))
+            Ok((e.list_approvals(&p, &query)?, pending, matching, thresholds))
         })
         .await?;
     Ok(QueuePage {
@@ -645,6 +711,7 @@ async fn queue_page(
             can_decide(&signed.principal),
             &signed.csrf,
             c.engine.clock().now_ms(),
+            &thresholds,
         ),
         pending,
         matching,
@@ -763,8 +830,16 @@ async fn approvals(
     } else {
         "newest first"
     };
+    let keys = if can_decide(&signed.principal) {
+        "<details id=\"keyboard-help\"><summary>Keyboard</summary><p><kbd>j</kbd> or \
+         <kbd>↓</kbd> selects the next request, <kbd>k</kbd> or <kbd>↑</kbd> the previous one, \
+         <kbd>a</kbd> approves the selected request and <kbd>d</kbd> denies it. Approving more \
+         than ten times the tool's approval threshold asks you to confirm first.</p></details>"
+    } else {
+        ""
+    };
     let body = format!(
-        "<h1>Approval queue</h1>{flash}{note}{}\
+        "<h1>Approval queue</h1>{flash}{note}{keys}{}\
          <p id=\"live-status\" class=\"live\" role=\"status\" aria-live=\"polite\">{}</p>\
          <table id=\"approval-queue\" data-live=\"{}\" aria-describedby=\"live-status\">\
          <caption class=\"muted\">Held requests, {order}, {QUEUE_PAGE} a page</caption>\

@@ -608,8 +608,9 @@ impl Engine {
         )?;
         // With its ledger position, which orders decisions made in the same millisecond.
         tx.execute_later(
-            "INSERT INTO decisions (id, tenant_id, intent_id, outcome, response, created_ms, ledger_seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO decisions (id, tenant_id, intent_id, outcome, response, created_ms,
+                 ledger_seq, tool, agent, vendor, amount_cents, reason_codes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             args![
                 decision_id.to_string(),
                 call.tenant,
@@ -617,7 +618,12 @@ impl Engine {
                 outcome,
                 serde_json::to_string(&result)?,
                 now,
-                seq
+                seq,
+                call.tool,
+                call.agent,
+                call.vendor,
+                call.amount,
+                crate::engine::insights::reason_column(&result.reason_codes)
             ],
         )?;
         Ok(result)

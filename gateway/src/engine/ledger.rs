@@ -153,21 +153,30 @@ pub(crate) fn events(
     after_seq: u64,
     limit: u64,
 ) -> Result<Vec<LedgerEvent>, ApiError> {
-    let rows = tx.query_map(
+    rows(
+        tx,
         "SELECT seq, event, payload, at_ms, prev_hash, hash FROM ledger
          WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         args![tenant_id, after_seq, limit],
-        |r| {
-            Ok((
-                r.get::<u64>(0)?,
-                r.get::<String>(1)?,
-                r.get::<String>(2)?,
-                r.get::<i64>(3)?,
-                r.get::<String>(4)?,
-                r.get::<String>(5)?,
-            ))
-        },
-    )?;
+    )
+}
+
+/// The entries a query selects (`seq, event, payload, at_ms, prev_hash, hash`).
+pub(crate) fn rows(
+    tx: &dyn Tx,
+    sql: &str,
+    args: &[crate::store::Arg<'_>],
+) -> Result<Vec<LedgerEvent>, ApiError> {
+    let rows = tx.query_map(sql, args, |r| {
+        Ok((
+            r.get::<u64>(0)?,
+            r.get::<String>(1)?,
+            r.get::<String>(2)?,
+            r.get::<i64>(3)?,
+            r.get::<String>(4)?,
+            r.get::<String>(5)?,
+        ))
+    })?;
     let mut out = Vec::new();
     for row in rows {
         let (seq, event, payload, at_ms, prev_hash, hash) = row;

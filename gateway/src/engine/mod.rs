@@ -4,6 +4,7 @@
 pub(crate) mod audit;
 pub(crate) mod counters;
 pub(crate) mod decide;
+pub(crate) mod insights;
 pub(crate) mod ledger;
 pub(crate) mod lifecycle;
 pub(crate) mod live;
@@ -352,6 +353,9 @@ impl Engine {
                 }
             }
         };
+        // Decisions written by a build from before the search columns get them
+        // from their ledger entries, a batch a transaction.
+        while store.write(None, insights::backfill)? > 0 {}
         Ok(Self {
             store,
             _data_lock: data_lock,

@@ -25,7 +25,7 @@
 //! approval token) keep their outcome.
 //! Decisions before `since` are applied as recorded and not reported.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use paybond_middleware_core::wire::{
@@ -51,6 +51,9 @@ pub struct ReplayOptions {
     /// Re-decide only the verifies made at or after this time (Unix ms); earlier
     /// ones shape the budgets as recorded.
     pub since_ms: Option<i64>,
+    /// Re-decide only the verifies made before this time (Unix ms); later ones
+    /// are left out of the report.
+    pub until_ms: Option<i64>,
     /// Only this tenant (its id or its name); every tenant when `None`.
     pub tenant: Option<String>,
 }
@@ -115,6 +118,9 @@ pub struct ReplayReport {
     pub policy_digest: Option<String>,
     /// Only decisions from this time on were decided again.
     pub since: Option<String>,
+    /// Only decisions before this time were decided again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
     /// The tenants replayed.
     pub tenants: Vec<String>,
     /// The decisions decided again.
@@ -134,6 +140,29 @@ pub struct ReplayReport {
     pub newly_spent_cents: u64,
     /// Every decision that changes (outcome or reason codes), in order.
     pub changes: Vec<ReplayChange>,
+    /// Consumed before and after, by the UTC day of the decisions, oldest first.
+    pub days: Vec<ReplayDay>,
+}
+
+/// Consumed on one UTC day by the decisions decided again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayDay {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    /// As recorded.
+    pub spent_before_cents: u64,
+    /// Under the new policy.
+    pub spent_after_cents: u64,
+}
+
+/// The UTC day (`YYYY-MM-DD`) of `ms`.
+fn day_of(ms: i64) -> String {
+    rfc3339(ms).get(..10).unwrap_or_default().to_owned()
+}
+
+/// `report.days`' entry for `ms`'s day.
+fn day_entry(days: &mut BTreeMap<String, (u64, u64)>, ms: i64) -> &mut (u64, u64) {
+    days.entry(day_of(ms)).or_default()
 }
 
 /// A recorded verify, as its ledger entry has it.
@@ -225,7 +254,7 @@ impl Engine {
     }
 }
 
-fn replay(tx: &dyn Tx, options: &ReplayOptions) -> Result<ReplayReport, ApiError> {
+pub(crate) fn replay(tx: &dyn Tx, options: &ReplayOptions) -> Result<ReplayReport, ApiError> {
     let tenants: Vec<(String, String)> =
         tx.query_map("SELECT id, name FROM tenants ORDER BY id", args![], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -245,6 +274,7 @@ fn replay(tx: &dyn Tx, options: &ReplayOptions) -> Result<ReplayReport, ApiError
         policy_file: options.policy.file.clone(),
         policy_digest: None,
         since: options.since_ms.map(rfc3339),
+        until: options.until_ms.map(rfc3339),
         tenants: tenants.clone(),
         decisions: 0,
         before: ReplayTally::default(),
@@ -254,7 +284,9 @@ fn replay(tx: &dyn Tx, options: &ReplayOptions) -> Result<ReplayReport, ApiError
         not_spent_cents: 0,
         newly_spent_cents: 0,
         changes: Vec::new(),
+        days: Vec::new(),
     };
+    let mut days = BTreeMap::new();
     for tenant in &tenants {
         let (org_policy_id, policy) = resolve_tenant_policy(tx, tenant, &options.policy)?;
         let policy = EffectivePolicy {
@@ -267,8 +299,16 @@ fn replay(tx: &dyn Tx, options: &ReplayOptions) -> Result<ReplayReport, ApiError
         report
             .policy_digest
             .get_or_insert_with(|| policy.digest.clone());
-        replay_tenant(tx, tenant, &policy, options.since_ms, &mut report)?;
+        replay_tenant(tx, tenant, &policy, options, &mut report, &mut days)?;
     }
+    report.days = days
+        .into_iter()
+        .map(|(day, (before, after))| ReplayDay {
+            day,
+            spent_before_cents: before,
+            spent_after_cents: after,
+        })
+        .collect();
     Ok(report)
 }
 
@@ -310,9 +350,11 @@ fn replay_tenant(
     tx: &dyn Tx,
     tenant: &str,
     policy: &EffectivePolicy,
-    since_ms: Option<i64>,
+    options: &ReplayOptions,
     report: &mut ReplayReport,
+    days: &mut BTreeMap<String, (u64, u64)>,
 ) -> Result<(), ApiError> {
+    let (since_ms, until_ms) = (options.since_ms, options.until_ms);
     let entries: Vec<(String, String, i64)> = tx.query_map(
         "SELECT event, payload, at_ms FROM ledger WHERE tenant_id = ?1
          AND (event LIKE 'decision.%' OR event IN ('reservation.consumed', 'reservation.released'))
@@ -322,8 +364,8 @@ fn replay_tenant(
     )?;
     let mut state = intents_of(tx, tenant)?;
     let ttl = DEFAULT_RESERVATION_TTL_MS;
-    // Decisions decided again (not before `since`), and how each ended.
-    let mut replayed: HashMap<Uuid, (String, String)> = HashMap::new();
+    // Decisions decided again (not before `since`), how each ended, and when.
+    let mut replayed: HashMap<Uuid, (String, String, i64)> = HashMap::new();
     // Calls the replay allowed: a later attempt of one is not made.
     let mut allowed_calls: HashSet<(Uuid, String)> = HashSet::new();
     // What the record consumed, by decision.
@@ -346,15 +388,20 @@ fn replay_tenant(
             };
             if state.finalize(id, outcome, Some(actual), at)
                 && outcome == Finalization::Consumed
-                && replayed.contains_key(&id)
+                && let Some((_, _, decided)) = replayed.get(&id)
             {
                 report.spent_after_cents += actual;
+                day_entry(days, *decided).1 += actual;
             }
             continue;
         }
         let Some(call) = RecordedCall::from_entry(&event, &payload) else {
             continue;
         };
+        if until_ms.is_some_and(|u| at >= u) {
+            // After the window: neither decided again nor reported.
+            continue;
+        }
         state.expire_due(at);
         let principal = agent(tenant, &call.agent);
         let bound = recorded_call(&principal, &call, policy);
@@ -410,12 +457,13 @@ fn replay_tenant(
                 );
                 report.spent_after_cents += call.amount_cents;
                 report.newly_spent_cents += call.amount_cents;
+                day_entry(days, at).1 += call.amount_cents;
             }
         }
         report.decisions += 1;
         report.before.count(&call.was);
         report.after.count(now);
-        replayed.insert(call.decision_id, (call.was.clone(), now.to_owned()));
+        replayed.insert(call.decision_id, (call.was.clone(), now.to_owned(), at));
         if now != call.was || reasons != call.was_reasons {
             report.changes.push(ReplayChange {
                 decision_id: call.decision_id,
@@ -432,9 +480,10 @@ fn replay_tenant(
             });
         }
     }
-    for (id, (was, now)) in &replayed {
+    for (id, (was, now, decided)) in &replayed {
         let spent = recorded_spend.get(id).copied().unwrap_or(0);
         report.spent_before_cents += spent;
+        day_entry(days, *decided).0 += spent;
         if was == "allow" && now != "allow" {
             report.not_spent_cents += spent;
         }

@@ -66,10 +66,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         served_from: 7,
         sql: V8,
     },
+    Migration {
+        version: 9,
+        served_from: 8,
+        sql: V9,
+    },
 ];
 
 /// The newest migration this build knows.
-pub(crate) const LATEST: i64 = 8;
+pub(crate) const LATEST: i64 = 9;
 
 /// The migration that created the serving floor (`schema_floor`) and the replica
 /// registry (`replicas`).
@@ -370,6 +375,22 @@ CREATE TABLE replicas (
     started_ms BIGINT NOT NULL,
     seen_ms BIGINT NOT NULL
 );
+";
+
+/// What a decision was about, in columns the console searches by: the tool, the
+/// agent, the vendor, the amount asked and the reason codes (each between spaces,
+/// ` a b `, so one is found with `LIKE '% a %'`), and the index a time range is
+/// read by, and an index of the rows still to fill in. Builds of version 8 write
+/// decisions without them (NULL), which the next start of a newer build fills in
+/// from the ledger.
+const V9: &str = r"
+ALTER TABLE decisions ADD COLUMN tool TEXT;
+ALTER TABLE decisions ADD COLUMN agent TEXT;
+ALTER TABLE decisions ADD COLUMN vendor TEXT;
+ALTER TABLE decisions ADD COLUMN amount_cents BIGINT;
+ALTER TABLE decisions ADD COLUMN reason_codes TEXT;
+CREATE INDEX decisions_by_time ON decisions (tenant_id, created_ms, id);
+CREATE INDEX decisions_unfilled ON decisions (id) WHERE tool IS NULL;
 ";
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+pub mod activity;
+
 use paybond_gateway::{EmbeddedGateway, Engine, EngineConfig, Storage, TenantKeys};
 use paybond_middleware_core::CapabilityToken;
 use paybond_middleware_core::wire::{
