@@ -555,10 +555,30 @@ async fn an_operator_reads_spend_finds_decisions_and_runs_what_if_in_the_browser
     browser
         .sign_in(&base, run.fx.keys.operator.expose_secret(), "overview")
         .await;
+    // The engine's own record: today's consumed amounts and decisions on the
+    // ledger, and its pending approvals.
     let today = (START_MS + 2 * DAY_MS).div_euclid(DAY_MS) * DAY_MS;
-    let spent: u64 = run.consumed[&today].values().sum();
+    let now = engine.clock().now_ms();
+    let events = engine.ledger_events(&run.fx.operator, 0, 1000).unwrap();
+    let spent: u64 = events
+        .iter()
+        .filter(|e| e.event == "reservation.consumed" && e.at_ms >= today)
+        .map(|e| e.payload["actual_cents"].as_u64().unwrap())
+        .sum();
+    assert_eq!(spent, run.consumed[&today].values().sum::<u64>());
+    let decided_last_hour = events
+        .iter()
+        .filter(|e| e.event.starts_with("decision.") && e.at_ms > now - 3_600_000)
+        .count();
     assert_eq!(browser.text("#spent-today").await, usd(spent));
-    assert_eq!(browser.text("#pending-approvals").await, "1");
+    assert_eq!(
+        browser.text("#decided-hour").await,
+        decided_last_hour.to_string()
+    );
+    assert_eq!(
+        browser.text("#pending-approvals").await,
+        engine.pending_approvals().unwrap().to_string()
+    );
     for chart in ["spend-per-day", "spend-per-hour", "decisions-per-minute"] {
         let label = browser
             .script(&format!(
@@ -589,7 +609,18 @@ async fn an_operator_reads_spend_finds_decisions_and_runs_what_if_in_the_browser
     browser.wait_text("#spent-today", |t| t == now_spent).await;
     assert_eq!(browser.current_url().await, before, "the page was reloaded");
 
-    // A top reason links to its decisions; their count is the engine's.
+    // A top reason links to its decisions; their count is the one shown and the
+    // engine's.
+    let shown_count: usize = browser
+        .script(
+            "const a = document.querySelector(\"#top-reasons a[href*='reason=tool_cap_exceeded']\");
+             return a.closest('tr').querySelector('td.num').innerText;",
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     browser
         .click("#top-reasons a[href*='reason=tool_cap_exceeded']")
         .await;
@@ -613,6 +644,7 @@ async fn an_operator_reads_spend_finds_decisions_and_runs_what_if_in_the_browser
             .len(),
         found.rows.len()
     );
+    assert_eq!(found.rows.len(), shown_count);
     assert!(!found.rows.is_empty());
     browser.screenshot("11-decisions.png").await;
     browser.axe("the decision search").await;
@@ -627,7 +659,17 @@ async fn an_operator_reads_spend_finds_decisions_and_runs_what_if_in_the_browser
     browser.axe("a decision's page").await;
     browser.click("#decision-ledger a").await;
     browser.wait_for("pre").await;
+    assert!(
+        browser
+            .text("pre")
+            .await
+            .contains(&run.approved_retry.to_string())
+    );
+    browser.screenshot("15-ledger-entry.png").await;
     browser.axe("a ledger entry").await;
+    browser.goto(&format!("{base}/console/intents")).await;
+    browser.wait_for("main table").await;
+    browser.screenshot("16-intents.png").await;
 
     // What-if: the policy from a file, the report's count as the engine's.
     let strict = stricter_policy();

@@ -23,13 +23,16 @@
     return rows ? Array.prototype.slice.call(rows.querySelectorAll("tr[data-approval]")) : [];
   }
 
-  function select(row) {
+  // Marks `row` as the one the keys act on; moves the focus to its first button
+  // when asked (not when a live update redraws the rows while the operator is
+  // elsewhere on the page).
+  function select(row, focus) {
     if (selected) { selected.classList.remove("selected"); }
     selected = row;
     if (!row) { return; }
     row.classList.add("selected");
     var button = row.querySelector("button");
-    if (button) { button.focus(); }
+    if (button && focus) { button.focus(); }
   }
 
   if (table && rows && window.EventSource) {
@@ -38,11 +41,12 @@
       var page;
       try { page = JSON.parse(event.data); } catch (e) { return; }
       var keep = selected ? selected.getAttribute("data-approval") : null;
+      var focused = rows.contains(document.activeElement);
       rows.innerHTML = page.rows;
       selected = null;
       if (keep) {
         var again = rows.querySelector("tr[data-approval=\"" + keep + "\"]");
-        if (again) { select(again); }
+        if (again) { select(again, focused); }
       }
       if (status) { status.textContent = page.status; }
       if (next) {
@@ -87,10 +91,10 @@
       var at = selected ? list.indexOf(selected) : -1;
       switch (event.key) {
         case "j": case "ArrowDown":
-          select(list[Math.min(at + 1, list.length - 1)]);
+          select(list[Math.min(at + 1, list.length - 1)], true);
           break;
         case "k": case "ArrowUp":
-          select(list[Math.max(at - 1, 0)]);
+          select(list[Math.max(at - 1, 0)], true);
           break;
         case "a":
           submit(selected, "approve");

@@ -1,8 +1,10 @@
-//! The operator console at `/console`: the approval queue (live, over server-sent
-//! events), intents with their budget and decisions (each with its proof trace), the
-//! ledger with a verify button, and the effective policy. Server-rendered HTML with
-//! one small script; the assets are compiled into the binary and nothing is loaded
-//! from elsewhere.
+//! The operator console at `/console`: the overview of spend, decisions, caps and
+//! approvals, decision search with a page per decision, what-if replay (see
+//! [`views`]), the approval queue (live, over server-sent events, and from the
+//! keyboard), intents with their budget and decisions (each with its proof trace),
+//! the ledger with a verify button, and the effective policy. Server-rendered HTML
+//! with SVG charts ([`charts`]) and one small script; the assets are compiled into
+//! the binary and nothing is loaded from elsewhere.
 //!
 //! Sign-in takes an API key and keeps it on the server: the browser holds only a
 //! random session id, in an `HttpOnly`, `SameSite=Strict` cookie scoped to
@@ -67,7 +69,6 @@ pub(crate) fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/", get(home))
         .route("/overview", get(views::overview))
-        .route("/overview/events", get(views::overview_events))
         .route("/decisions", get(views::decisions))
         .route("/decisions/{id}", get(views::decision))
         .route("/ledger/{seq}", get(views::ledger_entry))
@@ -541,6 +542,9 @@ struct QueueParams {
     /// What the last action did (after a decision's redirect).
     #[serde(default)]
     done: String,
+    /// The event stream's view: `overview`, else the queue.
+    #[serde(default)]
+    view: String,
 }
 
 /// An amount typed in the main unit (`150`, `150.5`, `150.50`) as cents.
@@ -904,7 +908,9 @@ async fn decide(
 }
 
 /// The pending queue as a page shows it (the same filters, order and page),
-/// pushed whenever it changes: `{"rows", "status", "pending", "matching", "next"}`.
+/// pushed whenever it changes: `{"rows", "status", "pending", "matching", "next"}`;
+/// with `view=overview`, the overview's sections instead (see
+/// [`views::overview_events`]).
 async fn events(
     State(c): State<Shared>,
     headers: HeaderMap,
@@ -913,10 +919,13 @@ async fn events(
     let Some(signed) = c.signed(&headers).await else {
         return secured(StatusCode::UNAUTHORIZED.into_response());
     };
+    let sid = cookie_value(&headers).unwrap_or_default();
+    if params.view == "overview" {
+        return views::overview_events(c, signed, sid);
+    }
     let Ok(query) = params.query() else {
         return secured(StatusCode::BAD_REQUEST.into_response());
     };
-    let sid = cookie_value(&headers).unwrap_or_default();
     let live = Arc::new((params, query));
     let stream = futures_util::stream::unfold(
         (c, signed, sid, live, String::new(), true),
@@ -925,12 +934,7 @@ async fn events(
                 if !first {
                     tokio::time::sleep(LIVE_EVERY).await;
                 }
-                let alive = c
-                    .sessions
-                    .lock()
-                    .map(|s| s.get(&sid).is_some_and(|s| s.expires > Instant::now()))
-                    .unwrap_or(false);
-                if !alive {
+                if !c.alive(&sid) {
                     // Said once; the stream then ends.
                     if last == SIGNED_OUT {
                         return None;

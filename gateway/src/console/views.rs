@@ -16,15 +16,17 @@ use uuid::Uuid;
 
 use super::charts::{Stacked, meter};
 use super::{
-    Shared, Signed, cookie_value, engine_error, esc, html, layout, money, page_error, parse_amount,
-    redirect, secured, url_encode,
+    Shared, Signed, engine_error, esc, html, layout, money, page_error, parse_amount, redirect,
+    secured, url_encode,
 };
 use crate::engine::PolicyFile;
 use crate::engine::insights::{DecisionFilter, DecisionPage, DecisionRow, Overview};
 use crate::engine::replay::ReplayReport;
 
-/// How often the live overview reads the store again.
+/// How often the live overview looks at the ledger's tip.
 const OVERVIEW_EVERY: Duration = Duration::from_secs(2);
+/// How often the live overview reads its sums again with no new ledger entry.
+const OVERVIEW_FULL: Duration = Duration::from_secs(30);
 /// Decisions a search page lists.
 const SEARCH_PAGE: u64 = 50;
 
@@ -316,54 +318,84 @@ pub(super) async fn overview(State(c): State<Shared>, headers: HeaderMap) -> Res
     let body = format!(
         "<h1>Overview</h1>\
          <p id=\"overview-status\" class=\"live\" role=\"status\">Live: as of {}</p>\
-         <div id=\"overview\" data-live=\"/console/overview/events\">{}</div>",
+         <div id=\"overview\" data-live=\"/console/events?view=overview\">{}</div>",
         esc(&when(o.now_ms)),
         overview_sections(&o)
     );
     page(&signed, "Overview", "Overview", &body)
 }
 
-/// The overview's sections, pushed whenever they change:
-/// `{"html", "status"}`.
-pub(super) async fn overview_events(State(c): State<Shared>, headers: HeaderMap) -> Response {
-    let Some(signed) = c.signed(&headers).await else {
-        return secured(StatusCode::UNAUTHORIZED.into_response());
-    };
+/// The overview's sections, pushed as `overview` events whenever they change:
+/// `{"html", "status"}`. The sums are read again when the ledger has moved on, or
+/// every [`OVERVIEW_FULL`] for what time alone changes (windows, expiries).
+pub(super) fn overview_events(c: Shared, signed: Signed, sid: String) -> Response {
     if !reads_spend(&signed) {
         return secured(StatusCode::FORBIDDEN.into_response());
     }
-    let sid = cookie_value(&headers).unwrap_or_default();
-    let stream = futures_util::stream::unfold(
-        (c, signed, sid, String::new(), true),
-        |(c, signed, sid, last, first)| async move {
-            loop {
-                if !first {
-                    tokio::time::sleep(OVERVIEW_EVERY).await;
-                }
-                if !c.alive(&sid) {
-                    if last == super::SIGNED_OUT {
-                        return None;
-                    }
-                    let event = Event::default().event("signed_out").data("");
-                    let state = (c, signed, sid, super::SIGNED_OUT.to_owned(), false);
-                    return Some((Ok::<_, Infallible>(event), state));
-                }
-                let p = signed.principal.clone();
-                let Ok(o) = c.run(move |e| e.overview(&p)).await else {
-                    continue;
-                };
-                let sections = overview_sections(&o);
-                if sections != last || first {
-                    let data = serde_json::json!({
-                        "html": sections,
-                        "status": format!("Live: as of {}", when(o.now_ms)),
-                    });
-                    let event = Event::default().event("overview").data(data.to_string());
-                    return Some((Ok(event), (c, signed, sid, sections, false)));
-                }
+    struct Live {
+        c: Shared,
+        signed: Signed,
+        sid: String,
+        /// The sections last pushed.
+        last: String,
+        /// The ledger tip they were read at, and when.
+        read_at: Option<(u64, Instant)>,
+        /// Past the first look (which does not wait).
+        started: bool,
+        signed_out: bool,
+    }
+    let state = Live {
+        c,
+        signed,
+        sid,
+        last: String::new(),
+        read_at: None,
+        started: false,
+        signed_out: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if s.signed_out {
+                return None;
             }
-        },
-    );
+            if s.started {
+                tokio::time::sleep(OVERVIEW_EVERY).await;
+            }
+            s.started = true;
+            if !s.c.alive(&s.sid) {
+                // Said once; the stream then ends.
+                s.signed_out = true;
+                let event = Event::default().event("signed_out").data("");
+                return Some((Ok::<_, Infallible>(event), s));
+            }
+            let p = s.signed.principal.clone();
+            let Ok(tip) = s.c.run(move |e| e.ledger_tip(&p)).await else {
+                continue;
+            };
+            if let Some((seq, at)) = s.read_at
+                && seq == tip.seq
+                && at.elapsed() < OVERVIEW_FULL
+            {
+                continue;
+            }
+            let p = s.signed.principal.clone();
+            let Ok(o) = s.c.run(move |e| e.overview(&p)).await else {
+                continue;
+            };
+            s.read_at = Some((tip.seq, Instant::now()));
+            let sections = overview_sections(&o);
+            if sections == s.last {
+                continue;
+            }
+            let data = serde_json::json!({
+                "html": sections,
+                "status": format!("Live: as of {}", when(o.now_ms)),
+            });
+            s.last = sections;
+            let event = Event::default().event("overview").data(data.to_string());
+            return Some((Ok(event), s));
+        }
+    });
     secured(
         Sse::new(stream)
             .keep_alive(KeepAlive::default())
@@ -914,7 +946,7 @@ fn report_html(r: &ReplayReport) -> String {
     format!(
         "<section aria-labelledby=\"h-report\" id=\"what-if-report\"><h2 id=\"h-report\">Replay report</h2>\
          <p id=\"what-if-summary\" role=\"status\">{} decisions replayed ({}) under {} (<span class=\"mono\">{}</span>): \
-         <strong id=\"what-if-changed\">{}</strong> change; {} would not have been spent, {} newly spent.</p>\
+         <strong id=\"what-if-changed\">{}</strong> {}; {} would not have been spent, {} newly spent.</p>\
          <table id=\"what-if-totals\"><thead><tr><th scope=\"col\"></th><th scope=\"col\">As recorded</th>\
          <th scope=\"col\">Under this policy</th></tr></thead><tbody>{totals}</tbody></table>{chart}\
          <h3>Changed decisions</h3><table id=\"what-if-changes\"><thead><tr><th scope=\"col\">Decided</th>\
@@ -925,6 +957,11 @@ fn report_html(r: &ReplayReport) -> String {
         esc(&r.policy_file),
         esc(r.policy_digest.as_deref().unwrap_or("-")),
         r.changes.len(),
+        if r.changes.len() == 1 {
+            "decision changes"
+        } else {
+            "decisions change"
+        },
         esc(&cash(r.not_spent_cents)),
         esc(&cash(r.newly_spent_cents)),
     )
