@@ -1491,6 +1491,24 @@ fn policy_replay_reports_what_a_new_policy_would_have_decided() {
     let (code, out, _) = replay("lower.policy.yaml", &["--since", "2999-01-01T00:00:00Z"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("replayed 0 decisions"), "{out}");
+    // Only what happened before a time: nothing before 2000, everything before 2999.
+    let (code, out, _) = replay("lower.policy.yaml", &["--until", "2000-01-01T00:00:00Z"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("replayed 0 decisions") && out.contains("until 2000-01-01T00:00:00Z"),
+        "{out}"
+    );
+    let (code, out, _) = replay(
+        "lower.policy.yaml",
+        &["--until", "2999-01-01T00:00:00Z", "--format", "json"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let until: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(until["data"]["changes"].as_array().unwrap().len(), 2);
+    assert_eq!(until["data"]["until"], "2999-01-01T00:00:00Z");
+    let (code, _, err) = replay(bundled, &["--until", "soon"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--until"), "{err}");
 
     // A bad file is refused whole, at its line; bad usage exits 2.
     std::fs::write(

@@ -761,6 +761,24 @@ async fn an_operator_reads_spend_finds_decisions_and_runs_what_if_in_the_browser
             .state,
         ApprovalState::Approved
     );
+    // A new hold appears; d denies it, with no question (30 USD is under ten times
+    // its tool's 20 USD threshold).
+    let (run, held) = tokio::task::spawn_blocking(move || {
+        let held = run.call(2, "shop.buy", 3_000, Some("vendor_shop"), None);
+        (run, held.approval_request_id.unwrap())
+    })
+    .await
+    .unwrap();
+    browser
+        .wait_for(&format!("tr[data-approval=\"{held}\"]"))
+        .await;
+    browser.press("j").await;
+    browser.press("d").await;
+    browser.wait_text(".flash", |t| t.contains("denied")).await;
+    assert_eq!(
+        engine.approval(&run.fx.operator, held).unwrap().state,
+        ApprovalState::Denied
+    );
 
     // The error page too.
     browser.goto(&format!("{base}/console/nowhere")).await;

@@ -382,6 +382,7 @@ async fn check_views(run: Activity) {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // ---- what-if: the same fold as `paybond policy replay` ----
+    let tip_before = engine.ledger_tip(&run.fx.operator).unwrap();
     let (_, form) = send(&app, "GET", "/console/what-if", &cookie, None).await;
     let token = csrf(&form);
     let strict = stricter_policy();
@@ -443,6 +444,27 @@ async fn check_views(run: Activity) {
             [usd(by_day[&name].0), usd(by_day[&name].1)]
         );
     }
+    // Only read: the ledger is as it was.
+    assert_eq!(
+        engine.ledger_tip(&run.fx.operator).unwrap(),
+        tip_before,
+        "what-if wrote to the store"
+    );
+    // A window: until today, everything but today's 6 decisions.
+    let body = format!(
+        "csrf={token}&policy={}&since=&until={}",
+        form_encode(&strict),
+        form_encode("2026-11-30T00:00")
+    );
+    let (_, report) = send(&app, "POST", "/console/what-if", &cookie, Some(&body)).await;
+    assert!(
+        report.contains(&format!("{} decisions replayed", made - 6)),
+        "{report}"
+    );
+    assert!(
+        report.contains("<strong id=\"what-if-changed\">4</strong>"),
+        "{report}"
+    );
     // A window: only today's 6 decisions, of which the 18 USD purchase changes.
     let body = format!(
         "csrf={token}&policy={}&since={}&until=",
