@@ -10,6 +10,7 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 mod audit;
 mod dev;
 mod envfile;
+mod identity;
 mod kit;
 mod ops;
 mod output;
@@ -60,6 +61,9 @@ enum Command {
     /// Compliance audit exports: signed ZIPs, and their offline check.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Identity (tenant admin key): SCIM tokens, role mappings, service accounts, SSO.
+    #[command(subcommand)]
+    Identity(identity::IdentityCommand),
     /// Print a shell completion script: `paybond completions bash > ~/.local/share/bash-completion/completions/paybond`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -281,6 +285,7 @@ fn main() -> ExitCode {
         Command::Spend(cmd) => kit::spend(cmd, &cli.global),
         Command::Intents(cmd) => kit::intents(cmd, &cli.global),
         Command::Audit(cmd) => audit::run(cmd, &cli.global),
+        Command::Identity(cmd) => identity::run(cmd, &cli.global),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             use std::io::Write as _;

@@ -1709,3 +1709,200 @@ fn the_cli_counts_in_words_and_says_what_is_missing() {
         "{message}"
     );
 }
+
+#[test]
+fn identity_commands_make_scim_tokens_role_mappings_and_service_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(dir.path(), &[]);
+    let json_of = |out: &str| -> Value { serde_json::from_str(out.trim()).unwrap() };
+    let whoami = |key: &str| -> (u16, Value) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let resp = reqwest::Client::new()
+                .get(format!("{}/v1/auth/principal", gw.url))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json().await.unwrap())
+        })
+    };
+
+    // SCIM tokens: shown once, listed without the token, revoked.
+    let (code, out, err) = paybond_in(
+        dir.path(),
+        &[
+            "--format",
+            "json",
+            "identity",
+            "scim-token",
+            "create",
+            "--name",
+            "okta",
+        ],
+    );
+    assert_eq!(code, 0, "{out} {err}");
+    let created = json_of(&out);
+    let token = created["data"]["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("paybond_scim_"));
+    let (_, out, _) = paybond_in(dir.path(), &["identity", "scim-token", "list"]);
+    assert!(out.contains("okta") && !out.contains(&token), "{out}");
+    let id = created["data"]["id"].as_str().unwrap();
+    let (code, out, _) = paybond_in(dir.path(), &["identity", "scim-token", "revoke", id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("revoked"), "{out}");
+
+    // Role mappings.
+    let (code, out, _) = paybond_in(
+        dir.path(),
+        &[
+            "identity",
+            "role-mappings",
+            "set",
+            "paybond-operators",
+            "operator",
+        ],
+    );
+    assert_eq!((code, out.trim()), (0, "paybond-operators -> operator"));
+    let (code, out, _) = paybond_in(
+        dir.path(),
+        &[
+            "--format",
+            "json",
+            "identity",
+            "role-mappings",
+            "set",
+            "x",
+            "superuser",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert_eq!(json_of(&out)["error"]["code"], "invalid_field");
+    let (_, out, _) = paybond_in(
+        dir.path(),
+        &["--format", "json", "identity", "role-mappings", "list"],
+    );
+    assert_eq!(
+        json_of(&out)["data"],
+        json!([{"group": "paybond-operators", "role": "operator"}])
+    );
+    let (code, _, _) = paybond_in(
+        dir.path(),
+        &["identity", "role-mappings", "remove", "paybond-operators"],
+    );
+    assert_eq!(code, 0);
+
+    // A service account: its key works at once, is named on what it does, and is
+    // refused from the moment it is revoked.
+    let (code, out, err) = paybond_in(
+        dir.path(),
+        &[
+            "--format",
+            "json",
+            "identity",
+            "service-accounts",
+            "create",
+            "ci-agent",
+            "--role",
+            "agent",
+        ],
+    );
+    assert_eq!(code, 0, "{out} {err}");
+    let account = json_of(&out)["data"].clone();
+    let key = account["api_key"].as_str().unwrap().to_owned();
+    let (status, me) = whoami(&key);
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["subject"], "ci-agent");
+    assert_eq!(me["service_account_role"], "agent");
+    let (code, out, _) = paybond_in(
+        dir.path(),
+        &[
+            "--format",
+            "json",
+            "identity",
+            "service-accounts",
+            "create",
+            "ci-agent",
+            "--role",
+            "agent",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert_eq!(json_of(&out)["error"]["code"], "service_account_exists");
+    let (_, out, _) = paybond_in(dir.path(), &["identity", "service-accounts", "list"]);
+    assert!(out.contains("ci-agent") && !out.contains(&key), "{out}");
+    let (code, _, _) = paybond_in(
+        dir.path(),
+        &[
+            "identity",
+            "service-accounts",
+            "revoke",
+            account["id"].as_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(whoami(&key).0, 401);
+    let (code, _, err) = paybond_in(
+        dir.path(),
+        &[
+            "identity",
+            "service-accounts",
+            "create",
+            "x",
+            "--role",
+            "admin",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+
+    // Single sign-on: an issuer that does not answer is refused; a missing secret
+    // file is named.
+    std::fs::write(dir.path().join("secret.txt"), "s3cret\n").unwrap();
+    let (code, out, _) = paybond_in(
+        dir.path(),
+        &[
+            "--format",
+            "json",
+            "identity",
+            "oidc",
+            "configure",
+            "--issuer",
+            "http://127.0.0.1:9",
+            "--client-id",
+            "console",
+            "--client-secret-file",
+            "secret.txt",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert_eq!(json_of(&out)["error"]["code"], "oidc_issuer_unreachable");
+    let (code, _, err) = paybond_in(
+        dir.path(),
+        &[
+            "identity",
+            "oidc",
+            "configure",
+            "--issuer",
+            "http://127.0.0.1:9",
+            "--client-id",
+            "c",
+            "--client-secret-file",
+            "nowhere.txt",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("nowhere.txt"), "{err}");
+    // Only a tenant admin key does any of this.
+    let keys = env(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_paybond"))
+        .args(["--format", "json", "identity", "role-mappings", "list"])
+        .current_dir(dir.path())
+        .env("PAYBOND_ADMIN_API_KEY", &keys["PAYBOND_OPERATOR_API_KEY"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(
+        json_of(&String::from_utf8_lossy(&out.stdout))["error"]["code"],
+        "forbidden_role"
+    );
+}

@@ -41,6 +41,7 @@ mod engine;
 mod error;
 mod evidence;
 pub mod openapi;
+mod scim;
 pub mod server;
 mod store;
 #[cfg(feature = "otel")]
@@ -48,6 +49,10 @@ pub mod telemetry;
 mod tokens;
 pub use embedded::EmbeddedGateway;
 pub use engine::audit::*;
+pub use engine::identity::{
+    CreatedScimToken, CreatedServiceAccount, OidcRequest, OidcSettings, RoleMapping, ScimToken,
+    ScimTokenRequest, ServiceAccount, ServiceAccountRequest,
+};
 pub use engine::insights::*;
 pub use engine::ledger::{
     GENESIS, LedgerCheck, LedgerEvent, LedgerTip, verify_events, verify_segment,

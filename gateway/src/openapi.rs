@@ -16,6 +16,10 @@ use crate::engine::audit::{
     AuditExportDeleted, AuditExportJobResponse, AuditExportList, CreateAuditExportRequest,
     SigningKeys,
 };
+use crate::engine::identity::{
+    CreatedScimToken, CreatedServiceAccount, OidcRequest, OidcSettings, RoleMapping, ScimToken,
+    ScimTokenRequest, ServiceAccount, ServiceAccountRequest,
+};
 use crate::engine::operator::{DecisionRecord, OperatorIntentDetail, OperatorIntentList};
 use crate::engine::{EffectivePolicy, IssueKeyRequest, IssuedKey};
 use crate::ledger::{LedgerEvent, LedgerTip};
@@ -64,6 +68,27 @@ struct OrgPolicyPublished {
     digest: String,
 }
 
+#[derive(JsonSchema)]
+#[allow(dead_code)] // documents a request shape
+struct RoleBody {
+    /// `tenant_admin`, `operator` or `analyst`.
+    role: String,
+}
+
+#[derive(JsonSchema)]
+#[allow(dead_code)] // documents a response shape
+struct RoleMappingRemoved {
+    group: String,
+    removed: bool,
+}
+
+#[derive(JsonSchema)]
+#[allow(dead_code)] // documents a response shape
+struct ServiceAccountRevoked {
+    id: String,
+    revoked: bool,
+}
+
 /// A policy file (YAML or JSON): see `policies/policy.schema.json`.
 #[derive(JsonSchema)]
 #[allow(dead_code)] // documents a request shape
@@ -94,7 +119,7 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "GET",
         path: "/harbor/operator/v1/intents",
-        roles: "operator, tenant_admin, agent (read-only)",
+        roles: "operator, tenant_admin, analyst, agent (read-only)",
         summary: "The tenant's intents, newest first, with their money: budget, consumed, reserved, remaining, open reservations. `state` (or `status`) filters; `next_cursor` pages.",
         request: None,
         response: schema::<OperatorIntentList>,
@@ -111,7 +136,7 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "GET",
         path: "/harbor/operator/v1/intents/{intent_id}",
-        roles: "operator, tenant_admin, agent (read-only)",
+        roles: "operator, tenant_admin, analyst, agent (read-only)",
         summary: "One intent with its reservations, its decisions (outcome, reason codes, approval request; the latest 200) and the evidence submitted.",
         request: None,
         response: schema::<OperatorIntentDetail>,
@@ -307,6 +332,116 @@ pub const ROUTES: &[RouteDoc] = &[
         query: &[],
     },
     RouteDoc {
+        method: "POST",
+        path: "/v1/admin/identity/scim-tokens",
+        roles: "tenant_admin",
+        summary: "A bearer token for the identity provider's SCIM connector (`/scim/v2`); shown once, kept as a digest.",
+        request: Some(schema::<ScimTokenRequest>),
+        response: schema::<CreatedScimToken>,
+        errors: &[400, 413, 415],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/v1/admin/identity/scim-tokens",
+        roles: "tenant_admin",
+        summary: "The tenant's SCIM tokens (never the tokens themselves).",
+        request: None,
+        response: schema::<Vec<ScimToken>>,
+        errors: &[],
+        query: &[],
+    },
+    RouteDoc {
+        method: "DELETE",
+        path: "/v1/admin/identity/scim-tokens/{id}",
+        roles: "tenant_admin",
+        summary: "Revokes a SCIM token: refused from the next request on.",
+        request: None,
+        response: schema::<ScimToken>,
+        errors: &[404],
+        query: &[],
+    },
+    RouteDoc {
+        method: "PUT",
+        path: "/v1/admin/identity/oidc",
+        roles: "tenant_admin",
+        summary: "The console's single sign-on client (OpenID Connect): issuer, client id and secret; checked against the issuer's discovery document first. Register <gateway>/console/oidc/callback as its redirect URI.",
+        request: Some(schema::<OidcRequest>),
+        response: schema::<OidcSettings>,
+        errors: &[400, 413, 415, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/v1/admin/identity/oidc",
+        roles: "tenant_admin",
+        summary: "The console's single sign-on settings (never the secret).",
+        request: None,
+        response: schema::<OidcSettings>,
+        errors: &[404],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/v1/admin/identity/role-mappings",
+        roles: "tenant_admin",
+        summary: "Which IdP group (its SCIM displayName) grants which tenant role.",
+        request: None,
+        response: schema::<Vec<RoleMapping>>,
+        errors: &[],
+        query: &[],
+    },
+    RouteDoc {
+        method: "PUT",
+        path: "/v1/admin/identity/role-mappings/{group}",
+        roles: "tenant_admin",
+        summary: "Maps an IdP group to tenant_admin, operator or analyst; a person's roles are the union of their groups'.",
+        request: Some(schema::<RoleBody>),
+        response: schema::<RoleMapping>,
+        errors: &[400, 413, 415, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "DELETE",
+        path: "/v1/admin/identity/role-mappings/{group}",
+        roles: "tenant_admin",
+        summary: "Removes a group's mapping; its members lose the role at their next request.",
+        request: None,
+        response: schema::<RoleMappingRemoved>,
+        errors: &[404],
+        query: &[],
+    },
+    RouteDoc {
+        method: "POST",
+        path: "/v1/admin/identity/service-accounts",
+        roles: "tenant_admin",
+        summary: "A named API key for a workload (agent or operator), with its own id on the ledger; shown once.",
+        request: Some(schema::<ServiceAccountRequest>),
+        response: schema::<CreatedServiceAccount>,
+        errors: &[400, 409, 413, 415, 422],
+        query: &[],
+    },
+    RouteDoc {
+        method: "GET",
+        path: "/v1/admin/identity/service-accounts",
+        roles: "tenant_admin",
+        summary: "The tenant's service accounts.",
+        request: None,
+        response: schema::<Vec<ServiceAccount>>,
+        errors: &[],
+        query: &[],
+    },
+    RouteDoc {
+        method: "DELETE",
+        path: "/v1/admin/identity/service-accounts/{id}",
+        roles: "tenant_admin",
+        summary: "Revokes a service account: its key is refused from the next request on.",
+        request: None,
+        response: schema::<ServiceAccountRevoked>,
+        errors: &[404],
+        query: &[],
+    },
+    RouteDoc {
         method: "GET",
         path: "/v1/policy/effective",
         roles: "agent, operator, tenant_admin",
@@ -319,7 +454,7 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "GET",
         path: "/ledger/v1/tip",
-        roles: "operator, tenant_admin",
+        roles: "operator, tenant_admin, analyst",
         summary: "The last entry of the tenant's hash chain.",
         request: None,
         response: schema::<LedgerTip>,
@@ -329,7 +464,7 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "GET",
         path: "/ledger/v1/events",
-        roles: "operator, tenant_admin",
+        roles: "operator, tenant_admin, analyst",
         summary: "The tenant's ledger entries after after_seq.",
         request: None,
         response: schema::<LedgerEvents>,
@@ -362,7 +497,7 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "POST",
         path: "/v1/compliance/audit-exports",
-        roles: "operator, tenant_admin",
+        roles: "operator, tenant_admin, analyst",
         summary: "Starts an audit export (202): a signed ZIP of the ledger segment of the window, decisions, approvals, guardrail records and intents, built in the background. The filter fields may be given at the top level or in `filter`.",
         request: Some(schema::<CreateAuditExportRequest>),
         response: schema::<AuditExportJobResponse>,
@@ -372,7 +507,7 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "GET",
         path: "/v1/compliance/audit-exports",
-        roles: "operator, tenant_admin, agent (read-only)",
+        roles: "operator, tenant_admin, analyst, agent (read-only)",
         summary: "The tenant's audit export jobs, newest first.",
         request: None,
         response: schema::<AuditExportList>,
@@ -385,7 +520,7 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "GET",
         path: "/v1/compliance/audit-exports/{job_id}",
-        roles: "operator, tenant_admin, agent (read-only, no download token)",
+        roles: "operator, tenant_admin, analyst, agent (read-only, no download token)",
         summary: "One audit export job: status, progress, digests; with issue_download=1 a ready job also answers a download token (15 minutes) and its download_path.",
         request: None,
         response: schema::<AuditExportJobResponse>,
@@ -405,7 +540,7 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "POST",
         path: "/v1/compliance/audit-exports/{job_id}/bundle",
-        roles: "the job's download token as bearer, or operator, tenant_admin",
+        roles: "the job's download token as bearer, or operator, tenant_admin, analyst",
         summary: "The ZIP (application/zip) of a ready job.",
         request: None,
         response: schema::<String>,
@@ -415,7 +550,7 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "GET",
         path: "/v1/compliance/audit-exports/{job_id}/bundle",
-        roles: "the job's download token as bearer, or operator, tenant_admin",
+        roles: "the job's download token as bearer, or operator, tenant_admin, analyst",
         summary: "The ZIP (application/zip) of a ready job.",
         request: None,
         response: schema::<String>,

@@ -667,6 +667,138 @@ async fn issue_key(State(s): State<AppState>, request: Request) -> Answer {
     json(&r)
 }
 
+// ---- identity (tenant admin) ----
+
+async fn create_scim_token(State(s): State<AppState>, request: Request) -> Answer {
+    let (headers, bytes) = body(&s, request).await?;
+    let creds = credentials(&headers)?;
+    let r = with_engine(&s, creds, move |e, p, _| {
+        let req: crate::engine::identity::ScimTokenRequest = if bytes.is_empty() {
+            crate::engine::identity::ScimTokenRequest::default()
+        } else {
+            parse(&bytes)?
+        };
+        e.create_scim_token(p, &req)
+    })
+    .await?;
+    json(&r)
+}
+
+async fn scim_tokens(State(s): State<AppState>, headers: HeaderMap) -> Answer {
+    let r = with_engine(&s, credentials(&headers)?, |e, p, _| e.scim_tokens(p)).await?;
+    json(&r)
+}
+
+async fn revoke_scim_token(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
+        e.revoke_scim_token(p, &id)
+    })
+    .await?;
+    json(&r)
+}
+
+async fn role_mappings(State(s): State<AppState>, headers: HeaderMap) -> Answer {
+    let r = with_engine(&s, credentials(&headers)?, |e, p, _| e.role_mappings(p)).await?;
+    json(&r)
+}
+
+/// `PUT /v1/admin/identity/role-mappings/{group}`: `{"role": "operator"}`.
+#[derive(serde::Deserialize)]
+struct RoleBody {
+    role: String,
+}
+
+async fn set_role_mapping(
+    State(s): State<AppState>,
+    Path(group): Path<String>,
+    request: Request,
+) -> Answer {
+    let (headers, bytes) = body(&s, request).await?;
+    let creds = credentials(&headers)?;
+    let r = with_engine(&s, creds, move |e, p, _| {
+        let req: RoleBody = parse(&bytes)?;
+        e.set_role_mapping(p, &group, &req.role)
+    })
+    .await?;
+    json(&r)
+}
+
+async fn remove_role_mapping(
+    State(s): State<AppState>,
+    Path(group): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let removed = group.clone();
+    with_engine(&s, credentials(&headers)?, move |e, p, _| {
+        e.remove_role_mapping(p, &group)
+    })
+    .await?;
+    json(&serde_json::json!({"group": removed, "removed": true}))
+}
+
+/// `PUT /v1/admin/identity/oidc`: checked against the issuer's discovery document
+/// before it is kept.
+async fn configure_oidc(State(s): State<AppState>, request: Request) -> Answer {
+    let (headers, bytes) = body(&s, request).await?;
+    let creds = credentials(&headers)?;
+    let req: crate::engine::identity::OidcRequest = parse(&bytes).map_err(fail)?;
+    let issuer = req.issuer.trim_end_matches('/').to_owned();
+    if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+        return Err(fail(ApiError::unprocessable(
+            "invalid_field",
+            format!("issuer `{issuer}` is not an http(s) URL"),
+        )));
+    }
+    // The caller must be a tenant admin before the gateway fetches anything.
+    with_engine(&s, credentials(&headers)?, |_, p, _| {
+        crate::engine::require_role(p, &[paybond_middleware_core::wire::Role::TenantAdmin])
+    })
+    .await?;
+    crate::console::oidc::check_issuer(&issuer)
+        .await
+        .map_err(|why| fail(ApiError::unprocessable("oidc_issuer_unreachable", why)))?;
+    let r = with_engine(&s, creds, move |e, p, _| e.configure_oidc(p, &req)).await?;
+    json(&r)
+}
+
+async fn oidc_settings(State(s): State<AppState>, headers: HeaderMap) -> Answer {
+    let r = with_engine(&s, credentials(&headers)?, |e, p, _| e.oidc_settings(p)).await?;
+    json(&r)
+}
+
+async fn create_service_account(State(s): State<AppState>, request: Request) -> Answer {
+    let (headers, bytes) = body(&s, request).await?;
+    let creds = credentials(&headers)?;
+    let r = with_engine(&s, creds, move |e, p, _| {
+        let req: crate::engine::identity::ServiceAccountRequest = parse(&bytes)?;
+        e.create_service_account(p, &req)
+    })
+    .await?;
+    json(&r)
+}
+
+async fn service_accounts(State(s): State<AppState>, headers: HeaderMap) -> Answer {
+    let r = with_engine(&s, credentials(&headers)?, |e, p, _| e.service_accounts(p)).await?;
+    json(&r)
+}
+
+async fn revoke_service_account(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let revoked = id.clone();
+    with_engine(&s, credentials(&headers)?, move |e, p, _| {
+        e.revoke_service_account(p, &id)
+    })
+    .await?;
+    json(&serde_json::json!({"id": revoked, "revoked": true}))
+}
+
 async fn effective_policy(State(s): State<AppState>, headers: HeaderMap) -> Answer {
     let r = with_engine(&s, credentials(&headers)?, |e, p, _| e.effective_policy(p)).await?;
     json(&r)
@@ -929,6 +1061,31 @@ fn router_with(engine: Arc<Engine>, body_timeout: Duration) -> Router {
         )
         .route("/v1/tenant/policy", put(put_tenant_policy))
         .route("/v1/admin/api-keys", post(issue_key))
+        .route(
+            "/v1/admin/identity/scim-tokens",
+            post(create_scim_token).get(scim_tokens),
+        )
+        .route(
+            "/v1/admin/identity/scim-tokens/{id}",
+            axum::routing::delete(revoke_scim_token),
+        )
+        .route(
+            "/v1/admin/identity/oidc",
+            put(configure_oidc).get(oidc_settings),
+        )
+        .route("/v1/admin/identity/role-mappings", get(role_mappings))
+        .route(
+            "/v1/admin/identity/role-mappings/{group}",
+            put(set_role_mapping).delete(remove_role_mapping),
+        )
+        .route(
+            "/v1/admin/identity/service-accounts",
+            post(create_service_account).get(service_accounts),
+        )
+        .route(
+            "/v1/admin/identity/service-accounts/{id}",
+            axum::routing::delete(revoke_service_account),
+        )
         .route("/v1/policy/effective", get(effective_policy))
         .route("/v1/spend/preflight", post(preflight))
         .route(
@@ -950,6 +1107,7 @@ fn router_with(engine: Arc<Engine>, body_timeout: Duration) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .nest_service("/console", crate::console::router(engine.clone()))
+        .nest_service("/scim/v2", crate::scim::router(engine.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(traced))

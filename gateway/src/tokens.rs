@@ -138,6 +138,25 @@ impl Minter {
             .into()
     }
 
+    /// `secret` XORed with a keystream derived from the root key and the tenant
+    /// (SHA-256 in counter mode): how an OpenID Connect client secret is kept in
+    /// the store. The same call turns it back.
+    pub(crate) fn wrap_client_secret(&self, tenant: &str, secret: &[u8]) -> Vec<u8> {
+        use sha2::Digest;
+        let mut out = Vec::with_capacity(secret.len());
+        for (block, chunk) in secret.chunks(32).enumerate() {
+            let pad: [u8; 32] = sha2::Sha256::new()
+                .chain_update(b"paybond oidc client secret v1\0")
+                .chain_update(self.root.private().to_bytes())
+                .chain_update(tenant.as_bytes())
+                .chain_update((block as u64).to_be_bytes())
+                .finalize()
+                .into();
+            out.extend(chunk.iter().zip(pad).map(|(a, b)| a ^ b));
+        }
+        out
+    }
+
     /// A minter for exactly this key (from a key file): `None` if the bytes are not
     /// an Ed25519 private key.
     pub(crate) fn from_key(bytes: &[u8]) -> Option<Self> {

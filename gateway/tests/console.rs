@@ -87,6 +87,18 @@ async fn sign_in(app: &axum::Router, key: &str, landing: &str) -> String {
     cookie.split(';').next().unwrap().to_owned()
 }
 
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn csrf(page: &str) -> String {
     let at = page.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
     page[at..].split('"').next().unwrap().to_owned()
@@ -121,8 +133,53 @@ async fn sign_in_keeps_the_key_on_the_server_and_every_change_needs_the_csrf_tok
         (a.status, location(&a)),
         (StatusCode::SEE_OTHER, "/console/login")
     );
-    let a = send(&app, "GET", "/console/approvals", None, None).await;
-    assert_eq!(location(&a), "/console/login");
+    // A page asked for first is where sign-in returns.
+    let a = send(&app, "GET", "/console/approvals?order=oldest", None, None).await;
+    assert_eq!(
+        location(&a),
+        "/console/login?next=%2Fconsole%2Fapprovals%3Forder%3Doldest"
+    );
+    let login = send(
+        &app,
+        "GET",
+        "/console/login?next=%2Fconsole%2Fapprovals%3Forder%3Doldest",
+        None,
+        None,
+    )
+    .await;
+    assert!(
+        login
+            .body
+            .contains("name=\"next\" value=\"/console/approvals?order=oldest\"")
+    );
+    let back = send(
+        &app,
+        "POST",
+        "/console/login",
+        None,
+        Some(&format!(
+            "api_key={operator}&next=%2Fconsole%2Fapprovals%3Forder%3Doldest"
+        )),
+    )
+    .await;
+    assert_eq!(location(&back), "/console/approvals?order=oldest");
+    // Only a path of the console is followed.
+    for elsewhere in [
+        "https://evil.example/",
+        "//evil.example/console/x",
+        "/consolex",
+        "/console/../x",
+    ] {
+        let back = send(
+            &app,
+            "POST",
+            "/console/login",
+            None,
+            Some(&format!("api_key={operator}&next={}", urlencode(elsewhere))),
+        )
+        .await;
+        assert_eq!(location(&back), "/console/overview", "{elsewhere}");
+    }
     let login = send(&app, "GET", "/console/login", None, None).await;
     assert_eq!(login.status, StatusCode::OK);
     assert!(
@@ -234,7 +291,7 @@ async fn sign_in_keeps_the_key_on_the_server_and_every_change_needs_the_csrf_tok
     .await;
     assert_eq!(location(&a), "/console/login");
     let a = send(&app, "GET", "/console/approvals", Some(&cookie), None).await;
-    assert_eq!(location(&a), "/console/login");
+    assert_eq!(location(&a), "/console/login?next=%2Fconsole%2Fapprovals");
 }
 
 #[tokio::test]

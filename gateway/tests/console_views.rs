@@ -325,7 +325,10 @@ async fn check_views(run: Activity) {
     .await;
     assert_eq!(status, StatusCode::OK, "{page}");
     assert!(
-        page.contains("<dt>Approved by</dt><dd>ops-two</dd>"),
+        page.contains(&format!(
+            "<dt>Approved by</dt><dd>ops-two <span class=\"mono muted\">({})</span></dd>",
+            run.operator2.key_id
+        )),
         "{page}"
     );
     assert!(

@@ -267,7 +267,7 @@ async fn the_served_and_checked_in_openapi_documents_match_the_router() {
             route.path
         );
     }
-    assert_eq!(paybond_gateway::openapi::ROUTES.len(), 34);
+    assert_eq!(paybond_gateway::openapi::ROUTES.len(), 45);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,6 +64,9 @@ pub enum Role {
     Operator,
     /// Publishes policies.
     TenantAdmin,
+    /// Reads spend, decisions, the ledger and audit exports; decides nothing and
+    /// changes no policy.
+    Analyst,
     /// A role this version does not know.
     #[serde(other)]
     Unknown,

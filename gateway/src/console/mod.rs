@@ -16,8 +16,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Form, Path, State};
@@ -30,32 +30,27 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::engine::Engine;
+use crate::engine::identity::SessionOwner;
 use crate::engine::lifecycle::ApprovalQuery;
 use crate::error::ApiError;
-use crate::tokens::random_hex;
+use crate::tokens::sha256_hex;
 
 mod charts;
+pub(crate) mod oidc;
 mod views;
 
 const CSS: &str = include_str!("console.css");
 const JS: &str = include_str!("console.js");
 const COOKIE: &str = "paybond_console";
-const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+const SESSION_TTL_MS: i64 = 8 * 3_600_000;
 /// What the live queue remembers once it has told the page the session ended.
 const SIGNED_OUT: &str = "\u{0}signed_out";
 /// How often the live queue looks for changes.
 const LIVE_EVERY: Duration = Duration::from_millis(500);
 
-struct Session {
-    /// The API key signed in with: kept here, never sent to the browser.
-    key: String,
-    csrf: String,
-    expires: Instant,
-}
-
 struct Console {
     engine: Arc<Engine>,
-    sessions: Mutex<HashMap<String, Session>>,
+    oidc: oidc::Providers,
 }
 
 type Shared = Arc<Console>;
@@ -64,7 +59,7 @@ type Shared = Arc<Console>;
 pub(crate) fn router(engine: Arc<Engine>) -> Router {
     let state = Arc::new(Console {
         engine,
-        sessions: Mutex::new(HashMap::new()),
+        oidc: oidc::Providers::new(),
     });
     Router::new()
         .route("/", get(home))
@@ -74,6 +69,8 @@ pub(crate) fn router(engine: Arc<Engine>) -> Router {
         .route("/ledger/{seq}", get(views::ledger_entry))
         .route("/what-if", get(views::what_if_page).post(views::what_if))
         .route("/login", get(login_page).post(login))
+        .route("/login/oidc", get(oidc::start))
+        .route("/oidc/callback", get(oidc::callback))
         .route("/logout", post(logout))
         .route("/approvals", get(approvals))
         .route("/approvals/{id}/{action}", post(decide))
@@ -86,7 +83,39 @@ pub(crate) fn router(engine: Arc<Engine>) -> Router {
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
         .fallback(|| async { page_error(StatusCode::NOT_FOUND, "No such console page.") })
+        .layer(axum::middleware::from_fn(remember_path))
         .with_state(state)
+}
+
+/// A page asked for without a session is sent to sign in with the page it asked
+/// for as `next`, where sign-in returns it.
+async fn remember_path(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    // The console is nested at `/console`: its requests arrive without it.
+    let asked = (request.method() == axum::http::Method::GET)
+        .then(|| {
+            request
+                .uri()
+                .path_and_query()
+                .map(|p| format!("/console{p}"))
+        })
+        .flatten();
+    let mut response = next.run(request).await;
+    let to_login = response.status() == StatusCode::SEE_OTHER
+        && response
+            .headers()
+            .get(header::LOCATION)
+            .map(HeaderValue::as_bytes)
+            == Some(b"/console/login".as_slice());
+    if to_login
+        && let Some(asked) = asked
+            .as_deref()
+            .filter(|a| *a != "/console/")
+            .and_then(oidc::console_path)
+        && let Ok(v) = HeaderValue::from_str(&format!("/console/login?next={}", url_encode(asked)))
+    {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
 }
 
 /// Escapes text for HTML.
@@ -171,11 +200,21 @@ fn layout(title: &str, current: &str, who: Option<(&Principal, &str)>, body: &st
             let reads_spend = p
                 .roles
                 .iter()
-                .any(|r| matches!(r, Role::Operator | Role::TenantAdmin));
+                .any(|r| matches!(r, Role::Operator | Role::TenantAdmin | Role::Analyst));
             let spend = |a: String| if reads_spend { a } else { String::new() };
+            // A person signed in through single sign-on is named; a key by its role.
+            let who = if p.key_id.starts_with("scim:") {
+                format!(
+                    "<span class=\"mono\" id=\"who-person\">{}</span> ({})",
+                    esc(&p.subject),
+                    esc(role(p))
+                )
+            } else {
+                format!("{} key", esc(role(p)))
+            };
             format!(
                 "<nav aria-label=\"Console\">{}{}{}{}{}{}{}</nav>\
-                 <span class=\"who\">{} key of <span class=\"mono\">{}</span></span>\
+                 <span class=\"who\">{who} of <span class=\"mono\">{}</span></span>\
                  <form class=\"inline\" method=\"post\" action=\"/console/logout\">\
                  <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
                  <button type=\"submit\">Sign out</button></form>",
@@ -186,7 +225,6 @@ fn layout(title: &str, current: &str, who: Option<(&Principal, &str)>, body: &st
                 link("ledger", "Ledger"),
                 link("policy", "Policy"),
                 spend(link("what-if", "What if")),
-                esc(role(p)),
                 esc(&p.tenant_id),
                 esc(csrf)
             )
@@ -209,7 +247,7 @@ fn layout(title: &str, current: &str, who: Option<(&Principal, &str)>, body: &st
 fn landing(p: &Principal) -> &'static str {
     if p.roles
         .iter()
-        .any(|r| matches!(r, Role::Operator | Role::TenantAdmin))
+        .any(|r| matches!(r, Role::Operator | Role::TenantAdmin | Role::Analyst))
     {
         "/console/overview"
     } else {
@@ -221,6 +259,7 @@ fn role(p: &Principal) -> &'static str {
     match p.service_account_role {
         Role::Operator => "operator",
         Role::TenantAdmin => "admin",
+        Role::Analyst => "analyst",
         Role::Agent => "agent",
         _ => "unknown",
     }
@@ -263,19 +302,17 @@ struct Signed {
 impl Console {
     async fn signed(&self, headers: &HeaderMap) -> Option<Signed> {
         let sid = cookie_value(headers)?;
-        let (key, csrf) = {
-            let mut sessions = self.sessions.lock().ok()?;
-            let now = Instant::now();
-            sessions.retain(|_, s| s.expires > now);
-            let s = sessions.get(&sid)?;
-            (s.key.clone(), s.csrf.clone())
-        };
-        let engine = self.engine.clone();
-        let principal = tokio::task::spawn_blocking(move || engine.authenticate(&key))
-            .await
-            .ok()?
-            .ok()?;
-        Some(Signed { principal, csrf })
+        let session = self.run(move |e| e.session(&sid)).await.ok()??;
+        Some(Signed {
+            principal: session.principal,
+            csrf: session.csrf,
+        })
+    }
+
+    /// Whether the session `sid` is still signed in (a live stream ends when not).
+    async fn alive(&self, sid: &str) -> bool {
+        let sid = sid.to_owned();
+        matches!(self.run(move |e| e.session(&sid)).await, Ok(Some(_)))
     }
 
     /// The session of a form POST: signed in (else the redirect to the sign-in
@@ -348,17 +385,58 @@ async fn home(State(c): State<Shared>, headers: HeaderMap) -> Response {
     }
 }
 
-fn login_form(error: Option<&str>) -> String {
+/// The session cookie for `sid`.
+fn session_cookie(sid: &str) -> String {
+    format!(
+        "{COOKIE}={sid}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}",
+        SESSION_TTL_MS / 1000
+    )
+}
+
+/// The sign-in page: an API key, and single sign-on for each tenant that has it
+/// (`tenants`: id and name).
+fn login_form(error: Option<&str>, tenants: &[(String, String)], next: &str) -> String {
     let flash = error.map_or_else(String::new, |e| {
         format!("<div class=\"flash error\" role=\"alert\">{}</div>", esc(e))
     });
+    let next_query = oidc::console_path(next)
+        .map(|n| format!("next={}", url_encode(n)))
+        .unwrap_or_default();
+    let next_field = esc(oidc::console_path(next).unwrap_or(""));
+    let sso = match tenants {
+        [] => String::new(),
+        [_] => format!(
+            "<p><a class=\"button primary\" id=\"sso\" href=\"/console/login/oidc{}\">Sign in with SSO</a></p>\
+             <p class=\"muted\">Or sign in with an API key:</p>",
+            if next_query.is_empty() {
+                String::new()
+            } else {
+                format!("?{next_query}")
+            }
+        ),
+        many => {
+            let links: String = many
+                .iter()
+                .map(|(id, name)| {
+                    format!(
+                        "<li><a href=\"/console/login/oidc?tenant={}{}\">Sign in to {} with SSO</a></li>",
+                        url_encode(id),
+                        if next_query.is_empty() { String::new() } else { format!("&amp;{next_query}") },
+                        esc(name)
+                    )
+                })
+                .collect();
+            format!("<ul id=\"sso\">{links}</ul><p class=\"muted\">Or sign in with an API key:</p>")
+        }
+    };
     layout(
         "Sign in",
         "",
         None,
         &format!(
-            "<div class=\"login card\"><h1>Sign in</h1>{flash}\
+            "<div class=\"login card\"><h1>Sign in</h1>{flash}{sso}\
              <form method=\"post\" action=\"/console/login\">\
+             <input type=\"hidden\" name=\"next\" value=\"{next_field}\">\
              <label for=\"api_key\">API key (operator, admin or agent)</label>\
              <input id=\"api_key\" name=\"api_key\" type=\"password\" autocomplete=\"off\" \
               required aria-describedby=\"key-help\" autofocus>\
@@ -370,17 +448,32 @@ fn login_form(error: Option<&str>) -> String {
     )
 }
 
-async fn login_page(State(c): State<Shared>, headers: HeaderMap) -> Response {
+#[derive(Debug, Default, Deserialize)]
+struct LoginParams {
+    /// The console page asked for before signing in.
+    #[serde(default)]
+    next: String,
+}
+
+async fn login_page(
+    State(c): State<Shared>,
+    headers: HeaderMap,
+    axum::extract::Query(p): axum::extract::Query<LoginParams>,
+) -> Response {
     if let Some(signed) = c.signed(&headers).await {
         return redirect(landing(&signed.principal));
     }
-    html(StatusCode::OK, login_form(None))
+    let tenants = c.run(|e| e.oidc_tenants()).await.unwrap_or_default();
+    html(StatusCode::OK, login_form(None, &tenants, &p.next))
 }
 
 #[derive(Deserialize)]
 struct LoginForm {
     #[serde(default)]
     api_key: String,
+    /// The console page asked for before signing in.
+    #[serde(default)]
+    next: String,
 }
 
 async fn login(State(c): State<Shared>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
@@ -393,26 +486,24 @@ async fn login(State(c): State<Shared>, headers: HeaderMap, Form(f): Form<LoginF
     let key = f.api_key.trim().to_owned();
     let checked = key.clone();
     let principal = c.run(move |e| e.authenticate(&checked)).await;
-    if principal.is_err() {
+    let Ok(principal) = principal else {
+        let tenants = c.run(|e| e.oidc_tenants()).await.unwrap_or_default();
         return html(
             StatusCode::UNAUTHORIZED,
-            login_form(Some("That key is not a key of this gateway.")),
+            login_form(Some("That key is not a key of this gateway."), &tenants, ""),
         );
-    }
-    let sid = random_hex();
-    let session = Session {
-        key,
-        csrf: random_hex(),
-        expires: Instant::now() + SESSION_TTL,
     };
-    if let Ok(mut sessions) = c.sessions.lock() {
-        sessions.insert(sid.clone(), session);
-    }
-    let mut r = redirect(principal.as_ref().map_or("/console/approvals", landing));
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{COOKIE}={sid}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}",
-        SESSION_TTL.as_secs()
-    )) {
+    let owner = SessionOwner::Key(sha256_hex(key.as_bytes()));
+    let tenant = principal.tenant_id.clone();
+    let (sid, _) = match c
+        .run(move |e| e.open_session(&tenant, &owner, SESSION_TTL_MS))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return engine_error(&e),
+    };
+    let mut r = redirect(oidc::console_path(&f.next).unwrap_or(landing(&principal)));
+    if let Ok(v) = HeaderValue::from_str(&session_cookie(&sid)) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
@@ -425,13 +516,28 @@ struct CsrfForm {
 }
 
 async fn logout(State(c): State<Shared>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
-    if let Err(refused) = c.signed_post(&headers, &f.csrf).await {
-        return refused;
+    let signed = match c.signed_post(&headers, &f.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    if let Some(sid) = cookie_value(&headers)
+        && let Err(e) = c.run(move |e| e.end_session(&sid)).await
+    {
+        return engine_error(&e);
     }
-    if let (Some(sid), Ok(mut sessions)) = (cookie_value(&headers), c.sessions.lock()) {
-        sessions.remove(&sid);
-    }
-    let mut r = redirect("/console/login");
+    // A person signed in through single sign-on also signs out at the provider
+    // when it offers that (RP-initiated logout), and comes back to sign-in.
+    let to = if signed.principal.key_id.starts_with("scim:") {
+        oidc::end_session_url(&c, &headers, &signed.principal.tenant_id).await
+    } else {
+        None
+    };
+    // To the provider by a page rather than a redirect: the console's CSP allows
+    // forms to go to this site only, and a redirect answering a form is held to it.
+    let mut r = match &to {
+        Some(url) => html(StatusCode::OK, oidc::going_on(url, "Signed out here")),
+        None => redirect("/console/login"),
+    };
     r.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_static(
@@ -810,6 +916,10 @@ async fn approvals(
             "<p class=\"muted\">Signed in with a tenant admin key: holds are shown; only \
              operator keys approve or deny them.</p>"
         }
+        Role::Analyst => {
+            "<p class=\"muted\">Signed in as an analyst: holds are shown; only operators \
+             approve or deny them.</p>"
+        }
         _ => "<p class=\"muted\">Signed in with an agent key: holds are shown, not decided.</p>",
     };
     let filtered = shown.filtered();
@@ -934,7 +1044,7 @@ async fn events(
                 if !first {
                     tokio::time::sleep(LIVE_EVERY).await;
                 }
-                if !c.alive(&sid) {
+                if !c.alive(&sid).await {
                     // Said once; the stream then ends.
                     if last == SIGNED_OUT {
                         return None;

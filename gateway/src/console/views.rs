@@ -30,13 +30,14 @@ const OVERVIEW_FULL: Duration = Duration::from_secs(30);
 /// Decisions a search page lists.
 const SEARCH_PAGE: u64 = 50;
 
-/// Whether the signed-in key reads spend and decisions (operators, tenant admins).
+/// Whether the signed-in key reads spend and decisions (operators, tenant admins,
+/// analysts).
 fn reads_spend(signed: &Signed) -> bool {
     signed
         .principal
         .roles
         .iter()
-        .any(|r| matches!(r, Role::Operator | Role::TenantAdmin))
+        .any(|r| matches!(r, Role::Operator | Role::TenantAdmin | Role::Analyst))
 }
 
 /// The signed-in reader of spend, else where to go: the sign-in page, or (an
@@ -49,8 +50,8 @@ async fn reader(c: &Shared, headers: &HeaderMap) -> Result<Signed, Response> {
     if !reads_spend(&signed) {
         return Err(page_error(
             StatusCode::FORBIDDEN,
-            "Spend and decisions are shown to operator and tenant admin keys; this is an agent \
-             key (forbidden_role). The approval queue is open to it.",
+            "Spend and decisions are shown to operators, tenant admins and analysts; this is \
+             an agent key (forbidden_role). The approval queue is open to it.",
         ));
     }
     Ok(signed)
@@ -362,7 +363,7 @@ pub(super) fn overview_events(c: Shared, signed: Signed, sid: String) -> Respons
                 tokio::time::sleep(OVERVIEW_EVERY).await;
             }
             s.started = true;
-            if !s.c.alive(&s.sid) {
+            if !s.c.alive(&s.sid).await {
                 // Said once; the stream then ends.
                 s.signed_out = true;
                 let event = Event::default().event("signed_out").data("");
@@ -723,7 +724,19 @@ pub(super) async fn decision(
             if a.approvers.is_empty() {
                 "-".to_owned()
             } else {
-                esc(&a.approvers.join(", "))
+                a.approvers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, who)| match a.approver_ids.get(i) {
+                        Some(id) => format!(
+                            "{} <span class=\"mono muted\">({})</span>",
+                            esc(who),
+                            esc(id)
+                        ),
+                        None => esc(who),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
             },
             opt(a.denied_by.as_deref()),
             a.quorum,
@@ -979,7 +992,7 @@ pub(super) async fn what_if(
     if !reads_spend(&signed) {
         return page_error(
             StatusCode::FORBIDDEN,
-            "What-if replay is open to operator and tenant admin keys (forbidden_role).",
+            "What-if replay is open to operators, tenant admins and analysts (forbidden_role).",
         );
     }
     let file = Some(f.file_name.trim())
@@ -1059,15 +1072,5 @@ pub(super) async fn what_if(
             ),
             StatusCode::from_u16(e.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY),
         ),
-    }
-}
-
-impl super::Console {
-    /// Whether the session `sid` is still signed in (a live stream ends when not).
-    pub(super) fn alive(&self, sid: &str) -> bool {
-        self.sessions
-            .lock()
-            .map(|s| s.get(sid).is_some_and(|s| s.expires > Instant::now()))
-            .unwrap_or(false)
     }
 }

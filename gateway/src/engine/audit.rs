@@ -642,7 +642,10 @@ impl Engine {
         principal: &Principal,
         req: &CreateAuditExportRequest,
     ) -> Result<AuditExportJobResponse, ApiError> {
-        require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
+        require_role(
+            principal,
+            &[Role::Operator, Role::TenantAdmin, Role::Analyst],
+        )?;
         let tier = req.disclosure_tier.as_deref().unwrap_or("standard");
         if !matches!(tier, "standard" | "extended") {
             return Err(ApiError::unprocessable(
@@ -876,7 +879,15 @@ impl Engine {
         limit: Option<u32>,
         cursor: Option<&str>,
     ) -> Result<AuditExportList, ApiError> {
-        require_role(principal, &[Role::Operator, Role::TenantAdmin, Role::Agent])?;
+        require_role(
+            principal,
+            &[
+                Role::Operator,
+                Role::TenantAdmin,
+                Role::Analyst,
+                Role::Agent,
+            ],
+        )?;
         let limit = limit.unwrap_or(50);
         if !(1..=MAX_EXPORT_PAGE).contains(&limit) {
             return Err(ApiError::bad_request(
@@ -930,9 +941,20 @@ impl Engine {
         issue_download: bool,
     ) -> Result<AuditExportJobResponse, ApiError> {
         if issue_download {
-            require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
+            require_role(
+                principal,
+                &[Role::Operator, Role::TenantAdmin, Role::Analyst],
+            )?;
         } else {
-            require_role(principal, &[Role::Operator, Role::TenantAdmin, Role::Agent])?;
+            require_role(
+                principal,
+                &[
+                    Role::Operator,
+                    Role::TenantAdmin,
+                    Role::Analyst,
+                    Role::Agent,
+                ],
+            )?;
         }
         self.tx_in(&principal.tenant_id, |tx, now| {
             let mut row = find_job(tx, &principal.tenant_id, job_id)?;
@@ -994,7 +1016,10 @@ impl Engine {
         let id = job_id.to_string();
         let bundle = match credential {
             BundleCredential::Principal(principal) => {
-                require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
+                require_role(
+                    principal,
+                    &[Role::Operator, Role::TenantAdmin, Role::Analyst],
+                )?;
                 self.tx_in(&principal.tenant_id, |tx, now| {
                     let mut row = find_job(tx, &principal.tenant_id, job_id)?;
                     row.settle(tx, now)?;
@@ -1036,7 +1061,15 @@ impl Engine {
     /// `GET /v1/compliance/signing-keys`: the tenant's audit signing key (created on
     /// first use).
     pub fn signing_keys(&self, principal: &Principal) -> Result<SigningKeys, ApiError> {
-        require_role(principal, &[Role::Operator, Role::TenantAdmin, Role::Agent])?;
+        require_role(
+            principal,
+            &[
+                Role::Operator,
+                Role::TenantAdmin,
+                Role::Analyst,
+                Role::Agent,
+            ],
+        )?;
         let tenant = principal.tenant_id.clone();
         let (signer, created) = self.tx_in(&tenant, |tx, now| signer(self, tx, &tenant, now))?;
         let public = signer.public_hex();

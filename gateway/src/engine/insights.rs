@@ -216,6 +216,9 @@ pub struct ApprovalView {
     pub state: String,
     /// Who approved, in order (their subjects).
     pub approvers: Vec<String>,
+    /// The same by id, in order: `scim:<id>` for a person, a key's id for a key
+    /// (empty for approvals recorded before ids were kept).
+    pub approver_ids: Vec<String>,
     /// Who denied it, from the ledger.
     pub denied_by: Option<String>,
     /// Approvals needed.
@@ -500,7 +503,7 @@ pub(crate) fn backfill(tx: &dyn Tx) -> Result<u64, ApiError> {
 }
 
 /// The roles that read the console's views of spend and decisions.
-const READERS: &[Role] = &[Role::Operator, Role::TenantAdmin];
+const READERS: &[Role] = &[Role::Operator, Role::TenantAdmin, Role::Analyst];
 
 impl Engine {
     /// The overview of the key's tenant (operators and tenant admins).
@@ -746,14 +749,18 @@ impl Engine {
             }
             let approval = match &approval_id {
                 Some(a) => tx.query_opt(
-                    "SELECT id, state, approvers, quorum, created_ms, decided_ms FROM approvals
-                     WHERE id = ?1 AND tenant_id = ?2",
+                    "SELECT id, state, approvers, quorum, created_ms, decided_ms, approver_ids
+                     FROM approvals WHERE id = ?1 AND tenant_id = ?2",
                     args![a, tenant],
                     |r| {
                         Ok(ApprovalView {
                             id: r.get(0)?,
                             state: r.get(1)?,
                             approvers: serde_json::from_str(&r.get::<String>(2)?)
+                                .unwrap_or_default(),
+                            approver_ids: r
+                                .get::<Option<String>>(6)?
+                                .and_then(|t| serde_json::from_str(&t).ok())
                                 .unwrap_or_default(),
                             denied_by: None,
                             quorum: r.get(3)?,

@@ -755,6 +755,21 @@ impl Engine {
                 ));
             }
             approvers.push(principal.subject.clone());
+            // Who, by id: a person's SCIM id (`scim:<id>`) or the key's id.
+            let ids: Option<String> = tx.query_one(
+                "SELECT approver_ids FROM approvals WHERE id = ?1",
+                args![id.to_string()],
+                |r| r.get(0),
+            )?;
+            let mut ids: Vec<String> = ids
+                .map(|t| serde_json::from_str(&t))
+                .transpose()?
+                .unwrap_or_default();
+            ids.push(principal.key_id.clone());
+            tx.execute(
+                "UPDATE approvals SET approver_ids = ?2 WHERE id = ?1",
+                args![id.to_string(), serde_json::to_string(&ids)?],
+            )?;
             let approved = u32::try_from(approvers.len()).unwrap_or(u32::MAX) >= quorum;
             if approved {
                 // Only the digest is stored; the held agent fetches the token once.

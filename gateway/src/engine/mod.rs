@@ -4,6 +4,7 @@
 pub(crate) mod audit;
 pub(crate) mod counters;
 pub(crate) mod decide;
+pub(crate) mod identity;
 pub(crate) mod insights;
 pub(crate) mod ledger;
 pub(crate) mod lifecycle;
@@ -241,10 +242,12 @@ pub struct Engine {
     /// Effective policies by tenant, each with its version: a fleet replica checks
     /// the stored version before it uses one.
     policies: Mutex<HashMap<String, Arc<EffectivePolicy>>>,
-    /// Authenticated keys by digest; cleared when keys are rotated. With a SQLite
-    /// store one engine owns the database, so no other writer can revoke a key
-    /// behind it; a fleet replica reads a key again after [`SHARED_KEY_TTL`].
-    principals: Mutex<HashMap<String, (Principal, Instant)>>,
+    /// Authenticated keys by digest, each with the store's key generation when it
+    /// was read; cleared when keys are rotated or revoked. With a SQLite store one
+    /// engine owns the database, so no other writer can revoke a key behind it; a
+    /// fleet replica reads a key again when it hears of a revocation (a new key
+    /// generation) and in any case after [`SHARED_KEY_TTL`].
+    principals: Mutex<HashMap<String, (Principal, Instant, u64)>>,
     /// The compiled `spend_controls.data.sensitive_patterns` of effective policies,
     /// by the policy's digest (what it compiles from never changes under a digest).
     sensitive: Mutex<HashMap<String, Arc<[regex::Regex]>>>,
@@ -268,6 +271,7 @@ pub(crate) fn role_name(role: Role) -> &'static str {
         Role::Agent => "agent",
         Role::Operator => "operator",
         Role::TenantAdmin => "tenant_admin",
+        Role::Analyst => "analyst",
         _ => "unknown",
     }
 }
@@ -291,14 +295,28 @@ fn rewrap_signing_keys(tx: &dyn Tx, from: &Minter, to: &Minter) -> Result<(), Ap
             args![tenant, secret],
         )?;
     }
+    // OpenID Connect client secrets likewise.
+    let rows = tx.query_map(
+        "SELECT tenant_id, client_secret FROM oidc_configs",
+        args![],
+        |r| Ok((r.get::<String>(0)?, r.get::<Vec<u8>>(1)?)),
+    )?;
+    for (tenant, wrapped) in rows {
+        let secret = from.wrap_client_secret(&tenant, &wrapped);
+        tx.execute(
+            "UPDATE oidc_configs SET client_secret = ?2 WHERE tenant_id = ?1",
+            args![tenant, to.wrap_client_secret(&tenant, &secret)],
+        )?;
+    }
     Ok(())
 }
 
-fn role_from(name: &str) -> Role {
+pub(crate) fn role_from(name: &str) -> Role {
     match name {
         "agent" => Role::Agent,
         "operator" => Role::Operator,
         "tenant_admin" => Role::TenantAdmin,
+        "analyst" => Role::Analyst,
         _ => Role::Unknown,
     }
 }
@@ -772,9 +790,8 @@ impl Engine {
             };
             issue_keys(tx, tenant_id, env, now)
         })?;
-        if let Ok(mut cache) = self.principals.lock() {
-            cache.clear();
-        }
+        self.forget_principals();
+        self.store.keys_changed()?;
         Ok(keys)
     }
 
@@ -837,16 +854,32 @@ impl Engine {
     /// The principal cached under a key's digest, while it may still be used.
     fn cached_principal(&self, hash: &str) -> Option<Principal> {
         let cache = self.principals.lock().ok()?;
-        let (p, at) = cache.get(hash)?;
-        (!self.store.shared() || at.elapsed() < SHARED_KEY_TTL).then(|| p.clone())
+        let (p, at, generation) = cache.get(hash)?;
+        (*generation == self.store.keys_generation()
+            && (!self.store.shared() || at.elapsed() < SHARED_KEY_TTL))
+            .then(|| p.clone())
     }
 
     /// Who an API key is; 401 for a key this gateway did not issue.
     pub fn authenticate(&self, api_key: &str) -> Result<Principal, ApiError> {
-        let hash = sha256_hex(api_key.as_bytes());
+        self.authenticate_hash(&sha256_hex(api_key.as_bytes()))
+    }
+
+    /// Forgets every key this engine has in memory (one was revoked).
+    pub(crate) fn forget_principals(&self) {
+        if let Ok(mut cache) = self.principals.lock() {
+            cache.clear();
+        }
+    }
+
+    /// [`Self::authenticate`] by the key's digest (how the store keeps it).
+    pub(crate) fn authenticate_hash(&self, hash: &str) -> Result<Principal, ApiError> {
+        let hash = hash.to_owned();
         if let Some(p) = self.cached_principal(&hash) {
             return Ok(p);
         }
+        // Read before the key: a revocation heard after this is not missed.
+        let generation = self.store.keys_generation();
         let row: Option<(String, String, String, String, String)> = self.read(|tx, _| {
             tx.query_opt(
                 "SELECT k.key_id, k.tenant_id, k.role, k.subject, t.environment
@@ -872,7 +905,7 @@ impl Engine {
             key_id,
         };
         if let Ok(mut cache) = self.principals.lock() {
-            cache.insert(hash, (principal.clone(), Instant::now()));
+            cache.insert(hash, (principal.clone(), Instant::now(), generation));
         }
         Ok(principal)
     }
@@ -1129,7 +1162,10 @@ impl Engine {
 
     /// The tenant's chain tip (`GET /ledger/v1/tip`).
     pub fn ledger_tip(&self, principal: &Principal) -> Result<ledger::LedgerTip, ApiError> {
-        require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
+        require_role(
+            principal,
+            &[Role::Operator, Role::TenantAdmin, Role::Analyst],
+        )?;
         self.read(|tx, _| ledger::tip(tx, &principal.tenant_id))
     }
 
@@ -1140,7 +1176,10 @@ impl Engine {
         after_seq: u64,
         limit: u64,
     ) -> Result<Vec<ledger::LedgerEvent>, ApiError> {
-        require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
+        require_role(
+            principal,
+            &[Role::Operator, Role::TenantAdmin, Role::Analyst],
+        )?;
         self.read(|tx, _| ledger::events(tx, &principal.tenant_id, after_seq, limit.clamp(1, 1000)))
     }
 

@@ -107,7 +107,15 @@ impl Engine {
         principal: &Principal,
         decision_id: Uuid,
     ) -> Result<DecisionRecord, ApiError> {
-        require_role(principal, &[Role::Agent, Role::Operator, Role::TenantAdmin])?;
+        require_role(
+            principal,
+            &[
+                Role::Agent,
+                Role::Operator,
+                Role::TenantAdmin,
+                Role::Analyst,
+            ],
+        )?;
         self.read(|tx, _| {
             let (intent, outcome, response, created) =
                 find_decision(tx, &principal.tenant_id, decision_id)?;
@@ -128,7 +136,15 @@ impl Engine {
         principal: &Principal,
         query: &IntentQuery,
     ) -> Result<OperatorIntentList, ApiError> {
-        require_role(principal, &[Role::Operator, Role::TenantAdmin, Role::Agent])?;
+        require_role(
+            principal,
+            &[
+                Role::Operator,
+                Role::TenantAdmin,
+                Role::Analyst,
+                Role::Agent,
+            ],
+        )?;
         let limit = query.limit.unwrap_or(100);
         if !(1..=MAX_INTENT_PAGE).contains(&limit) {
             return Err(ApiError::bad_request(
@@ -182,7 +198,15 @@ impl Engine {
         principal: &Principal,
         intent_id: Uuid,
     ) -> Result<OperatorIntentDetail, ApiError> {
-        require_role(principal, &[Role::Operator, Role::TenantAdmin, Role::Agent])?;
+        require_role(
+            principal,
+            &[
+                Role::Operator,
+                Role::TenantAdmin,
+                Role::Analyst,
+                Role::Agent,
+            ],
+        )?;
         let id = intent_id.to_string();
         self.read(|tx, now| {
             let row = tx

@@ -568,6 +568,24 @@ impl Store {
     pub(crate) fn shared(&self) -> bool {
         matches!(self, Self::Postgres(_))
     }
+
+    /// What this engine has heard of key revocations by other replicas; a key
+    /// cached under another value is read again (always 0 for SQLite, whose one
+    /// engine makes every revocation itself).
+    pub(crate) fn keys_generation(&self) -> u64 {
+        match self {
+            Self::Sqlite(_) => 0,
+            Self::Postgres(p) => p.keys_generation(),
+        }
+    }
+
+    /// Tells the other replicas that a key was revoked.
+    pub(crate) fn keys_changed(&self) -> Result<(), ApiError> {
+        match self {
+            Self::Sqlite(_) => Ok(()),
+            Self::Postgres(p) => p.keys_changed(),
+        }
+    }
 }
 
 #[cfg(test)]

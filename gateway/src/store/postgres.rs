@@ -72,6 +72,12 @@ pub(crate) struct PgStore {
     groups: Mutex<HashMap<String, Arc<TenantGroup>>>,
     /// This replica's id in `replicas` and its heartbeat (a store that may write).
     replica: Option<(String, tokio::task::JoinHandle<()>)>,
+    /// Counts the key revocations this replica has heard of (`LISTEN
+    /// paybond_keys`), and the times it may have missed some (its listening
+    /// connection was lost): a key cached under an older count is read again.
+    keys_generation: Arc<std::sync::atomic::AtomicU64>,
+    /// The listening task.
+    listener: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The writes of one tenant on this replica, and the transaction they share.
@@ -229,6 +235,8 @@ impl PgStore {
         } else {
             None
         };
+        let keys_generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let listener = migrated.then(|| listen_for_keys(&runtime, url, keys_generation.clone()));
         Ok(Self {
             runtime: Some(runtime),
             url: url.clone(),
@@ -236,6 +244,8 @@ impl PgStore {
             returned: Condvar::new(),
             groups: Mutex::new(HashMap::new()),
             replica,
+            keys_generation,
+            listener,
         })
     }
 
@@ -525,8 +535,84 @@ impl PgStore {
     }
 }
 
+/// The channel replicas hear key revocations on.
+const KEYS_CHANNEL: &str = "paybond_keys";
+
+/// Listens on [`KEYS_CHANNEL`], counting what it hears into `generation`; a lost
+/// connection counts too (something may have been missed) and is opened again.
+fn listen_for_keys(
+    runtime: &tokio::runtime::Runtime,
+    url: &DatabaseUrl,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    let target = url.expose_secret().to_owned();
+    runtime.spawn(async move {
+        loop {
+            match tokio_postgres::connect(&target, NoTls).await {
+                Ok((client, mut connection)) => {
+                    let heard = generation.clone();
+                    let messages = tokio::spawn(async move {
+                        let mut stream =
+                            futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                        while let Some(message) = futures_util::StreamExt::next(&mut stream).await {
+                            match message {
+                                Ok(tokio_postgres::AsyncMessage::Notification(n))
+                                    if n.channel() == KEYS_CHANNEL =>
+                                {
+                                    heard.fetch_add(1, Ordering::SeqCst);
+                                }
+                                Ok(_) => {}
+                                Err(_) => break,
+                            }
+                        }
+                    });
+                    if client
+                        .batch_execute(&format!("LISTEN {KEYS_CHANNEL}"))
+                        .await
+                        .is_ok()
+                    {
+                        let _ = messages.await;
+                    } else {
+                        messages.abort();
+                    }
+                    tracing::warn!("the key revocation listener lost its connection");
+                }
+                Err(e) => tracing::warn!(error = %e, "key revocation listener: cannot connect"),
+            }
+            generation.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(HEARTBEAT).await;
+        }
+    })
+}
+
+impl PgStore {
+    /// What this replica has heard of key revocations (see `keys_generation`).
+    pub(crate) fn keys_generation(&self) -> u64 {
+        self.keys_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Tells every replica that a key was revoked: they read keys again.
+    pub(crate) fn keys_changed(&self) -> Result<(), ApiError> {
+        let runtime = self.handle()?;
+        let conn = self.take(runtime)?;
+        let client = conn.client.clone();
+        let sent = on_runtime(runtime, async move {
+            client
+                .batch_execute(&format!("NOTIFY {KEYS_CHANNEL}"))
+                .await
+        });
+        self.put_back(conn);
+        sent
+    }
+}
+
 impl Drop for PgStore {
     fn drop(&mut self) {
+        if let Some(listener) = self.listener.take() {
+            listener.abort();
+        }
         // A replica that stops says so, so that it does not hold back a migration
         // until its heartbeat lapses (a second at most: it is only a courtesy).
         if let (Some(rt), Some((id, heartbeat))) = (&self.runtime, self.replica.take()) {

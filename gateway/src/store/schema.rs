@@ -71,10 +71,15 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         served_from: 8,
         sql: V9,
     },
+    Migration {
+        version: 10,
+        served_from: 9,
+        sql: V10,
+    },
 ];
 
 /// The newest migration this build knows.
-pub(crate) const LATEST: i64 = 9;
+pub(crate) const LATEST: i64 = 10;
 
 /// The migration that created the serving floor (`schema_floor`) and the replica
 /// registry (`replicas`).
@@ -391,6 +396,92 @@ ALTER TABLE decisions ADD COLUMN amount_cents BIGINT;
 ALTER TABLE decisions ADD COLUMN reason_codes TEXT;
 CREATE INDEX decisions_by_time ON decisions (tenant_id, created_ms, id);
 CREATE INDEX decisions_unfilled ON decisions (id) WHERE tool IS NULL;
+";
+
+/// Identity: SCIM bearer tokens (digests), SCIM users and groups with their
+/// memberships, the tenant's group-to-role mappings, console sessions (so every
+/// replica serves them), a name for each service account's key, each tenant's
+/// OpenID Connect client (its secret wrapped under the root key) and the sign-ins
+/// under way (state, nonce and PKCE verifier, for ten minutes); and who approved
+/// each request by id (`scim:<id>` for a person, the key id for a key), beside
+/// the subjects in `approvers`.
+const V10: &str = r"
+CREATE TABLE scim_tokens (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    digest TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    revoked_ms BIGINT
+);
+CREATE INDEX scim_tokens_by_tenant ON scim_tokens (tenant_id, created_ms);
+CREATE TABLE scim_users (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    user_name TEXT NOT NULL,
+    user_name_key TEXT NOT NULL,
+    external_id TEXT,
+    active BIGINT NOT NULL,
+    resource TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX scim_users_by_name ON scim_users (tenant_id, user_name_key);
+CREATE TABLE scim_groups (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    external_id TEXT,
+    resource TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+CREATE INDEX scim_groups_by_tenant ON scim_groups (tenant_id, display_name);
+CREATE TABLE scim_members (
+    group_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    PRIMARY KEY (group_id, user_id)
+);
+CREATE INDEX scim_members_by_user ON scim_members (user_id);
+CREATE TABLE role_mappings (
+    tenant_id TEXT NOT NULL,
+    group_name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, group_name)
+);
+CREATE TABLE console_sessions (
+    id_hash TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    key_hash TEXT,
+    user_id TEXT,
+    csrf TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
+CREATE INDEX console_sessions_by_user ON console_sessions (user_id);
+CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_ms);
+ALTER TABLE api_keys ADD COLUMN name TEXT;
+ALTER TABLE approvals ADD COLUMN approver_ids TEXT;
+CREATE TABLE oidc_configs (
+    tenant_id TEXT PRIMARY KEY,
+    issuer TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    client_secret BYTEA NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+CREATE TABLE oidc_logins (
+    state_hash TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    verifier TEXT NOT NULL,
+    return_to TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
 ";
 
 #[cfg(test)]

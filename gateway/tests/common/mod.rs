@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 pub mod activity;
+pub mod browser;
 
 use paybond_gateway::{EmbeddedGateway, Engine, EngineConfig, Storage, TenantKeys};
 use paybond_middleware_core::CapabilityToken;
