@@ -27,7 +27,7 @@ pub(crate) enum IdentityCommand {
 #[derive(Debug, Subcommand)]
 pub(crate) enum OidcCommand {
     /// Set the console's OpenID Connect client; register
-    /// <gateway>/console/oidc/callback as its redirect URI at the issuer.
+    /// the gateway's /console/oidc/callback as its redirect URI at the issuer.
     Configure {
         /// The issuer URL (its discovery document is checked first).
         #[arg(long)]
