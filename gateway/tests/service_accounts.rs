@@ -158,3 +158,56 @@ fn a_revocation_reaches_every_replica_at_once() {
         401
     );
 }
+
+#[test]
+fn an_analyst_reads_and_neither_approves_nor_publishes() {
+    let fx = Fixture::new();
+    let analyst = paybond_middleware_core::wire::Principal {
+        service_account_role: Role::Analyst,
+        roles: vec![Role::Analyst],
+        subject: "ana@example.com".to_owned(),
+        key_id: "scim:ana".to_owned(),
+        ..fx.operator.clone()
+    };
+    // Reads: the overview, decisions, the ledger, audit exports.
+    fx.engine.overview(&analyst).unwrap();
+    fx.engine
+        .search_decisions(&analyst, &Default::default(), 10)
+        .unwrap();
+    fx.engine.ledger_events(&analyst, 0, 10).unwrap();
+    fx.engine.ledger_tip(&analyst).unwrap();
+    fx.engine.audit_exports(&analyst, None, None).unwrap();
+    // Decides nothing, changes no policy: 403 naming the role.
+    let (intent, token) = fx.intent(60_000);
+    let held = fx
+        .engine
+        .verify(
+            &fx.agent,
+            &VerifyRequest {
+                vendor_id: Some("vendor_grand_hotel".into()),
+                ..common::verify_request(intent, &token, 18_700)
+            },
+        )
+        .unwrap();
+    let approval = held.approval_request_id.unwrap();
+    for refused in [
+        fx.engine.approve(&analyst, approval).map(drop),
+        fx.engine.deny_approval(&analyst, approval).map(drop),
+        fx.engine
+            .publish_tenant_policy(&analyst, "version: 1\nname: x\n")
+            .map(drop),
+        fx.engine
+            .create_service_account(
+                &analyst,
+                &ServiceAccountRequest {
+                    name: "x".into(),
+                    role: "agent".into(),
+                },
+            )
+            .map(drop),
+    ] {
+        let e = refused.unwrap_err();
+        assert_eq!(e.status, 403, "{e:?}");
+        assert!(e.message.contains("an analyst"), "{}", e.message);
+    }
+}

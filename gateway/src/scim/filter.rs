@@ -175,7 +175,13 @@ pub(crate) fn attr_path(text: &str) -> Result<AttrPath, String> {
 struct Parser {
     tokens: Vec<Token>,
     at: usize,
+    /// Groupings open around the current position.
+    depth: usize,
 }
+
+/// The longest filter taken, and the deepest nesting of `(`, `[` and `not`.
+const MAX_FILTER_LEN: usize = 4096;
+const MAX_DEPTH: usize = 32;
 
 impl Parser {
     fn peek(&self) -> Option<&Token> {
@@ -213,6 +219,16 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Filter, String> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(format!("the filter nests deeper than {MAX_DEPTH} levels"));
+        }
+        let f = self.unary_inner();
+        self.depth -= 1;
+        f
+    }
+
+    fn unary_inner(&mut self) -> Result<Filter, String> {
         if self.keyword("not") {
             self.at += 1;
             if self.next() != Some(Token::Open) {
@@ -274,9 +290,15 @@ impl Parser {
 
 /// Parses a filter; `Err` says what is wrong (`invalidFilter`).
 pub(crate) fn parse(text: &str) -> Result<Filter, String> {
+    if text.len() > MAX_FILTER_LEN {
+        return Err(format!(
+            "the filter is longer than {MAX_FILTER_LEN} characters"
+        ));
+    }
     let mut p = Parser {
         tokens: tokens(text)?,
         at: 0,
+        depth: 0,
     };
     let f = p.or()?;
     if p.at < p.tokens.len() {
@@ -547,6 +569,16 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn deep_or_long_filters_are_refused_not_followed() {
+        let deep = format!("{}userName pr{}", "(".repeat(10_000), ")".repeat(10_000));
+        assert!(parse(&deep).unwrap_err().contains("longer"));
+        let nested = format!("{}userName pr{}", "not (".repeat(40), ")".repeat(40));
+        assert!(parse(&nested).unwrap_err().contains("deeper"));
+        let fine = format!("{}userName pr{}", "(".repeat(20), ")".repeat(20));
+        assert!(parse(&fine).is_ok());
     }
 
     #[test]
