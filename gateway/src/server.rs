@@ -279,6 +279,25 @@ async fn body_of(
     Ok((parts.headers, bytes))
 }
 
+/// This gateway's base URL as the client reached it: its `Host`, over https when
+/// a proxy in front says so (`X-Forwarded-Proto: https`). What it is used for (a
+/// redirect URI registered at an identity provider, SCIM locations) is checked
+/// by whoever follows it.
+pub(crate) fn public_base(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let scheme = match headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("https") => "https",
+        _ => "http",
+    };
+    format!("{scheme}://{host}")
+}
+
 fn uuid_param(raw: &str, name: &str) -> Result<Uuid, HttpError> {
     Uuid::parse_str(raw).map_err(|_| {
         fail(ApiError::bad_request(

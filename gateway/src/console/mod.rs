@@ -831,14 +831,27 @@ async fn queue_page(
     })
 }
 
+/// One labelled input of a filter form: `<prefix>-<name>` is its id, `value`
+/// what it holds (escaped), `extra` more attributes (trusted text).
+fn form_field(
+    prefix: &str,
+    name: &str,
+    label: &str,
+    value: &str,
+    kind: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "<div class=\"field\"><label for=\"{prefix}-{name}\">{label}</label>\
+         <input id=\"{prefix}-{name}\" name=\"{name}\" type=\"{kind}\" value=\"{}\"{extra}></div>",
+        esc(value)
+    )
+}
+
 /// The filter form of the queue, filled in with `params`.
 fn queue_filters(params: &QueueParams) -> String {
     let field = |id: &str, label: &str, value: &str, kind: &str, extra: &str| {
-        format!(
-            "<div class=\"field\"><label for=\"f-{id}\">{label}</label>\
-             <input id=\"f-{id}\" name=\"{id}\" type=\"{kind}\" value=\"{}\"{extra}></div>",
-            esc(value)
-        )
+        form_field("f", id, label, value, kind, extra)
     };
     let selected = |yes: bool| if yes { " selected" } else { "" };
     format!(

@@ -145,22 +145,6 @@ pub(crate) async fn check_issuer(issuer: &str) -> Result<(), String> {
     Providers::new().metadata(issuer, true).await.map(drop)
 }
 
-/// The base URL of this gateway as the browser reaches it.
-fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
-    let scheme = match headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some("https") => "https",
-        _ => "http",
-    };
-    format!("{scheme}://{host}")
-}
-
 /// `next` when it is a path of the console on this server, else `None`.
 pub(super) fn console_path(next: &str) -> Option<&str> {
     let ok = next.starts_with("/console/")
@@ -254,7 +238,10 @@ pub(super) async fn start(
         Ok(m) => m,
         Err(why) => return page_error(StatusCode::BAD_GATEWAY, &why),
     };
-    let redirect_uri = format!("{}/console/oidc/callback", base_url(&headers));
+    let redirect_uri = format!(
+        "{}/console/oidc/callback",
+        crate::server::public_base(&headers)
+    );
     let client = match client(&config, metadata, &redirect_uri) {
         Ok(c) => c,
         Err(why) => return page_error(StatusCode::BAD_GATEWAY, &why),
@@ -385,7 +372,10 @@ pub(super) async fn callback(
         Ok(None) => return refused("Sign-in refused", "Single sign-on is no longer set up."),
         Err(e) => return engine_error(&e),
     };
-    let redirect_uri = format!("{}/console/oidc/callback", base_url(&headers));
+    let redirect_uri = format!(
+        "{}/console/oidc/callback",
+        crate::server::public_base(&headers)
+    );
     let metadata = match c.oidc.metadata(&config.issuer, false).await {
         Ok(m) => m,
         Err(why) => return page_error(StatusCode::BAD_GATEWAY, &why),
@@ -500,7 +490,11 @@ pub(super) async fn end_session_url(
         .additional_metadata()
         .end_session_endpoint
         .clone()?;
-    let back = PostLogoutRedirectUrl::new(format!("{}/console/login", base_url(headers))).ok()?;
+    let back = PostLogoutRedirectUrl::new(format!(
+        "{}/console/login",
+        crate::server::public_base(headers)
+    ))
+    .ok()?;
     Some(
         openidconnect::LogoutRequest::from(end)
             .set_client_id(ClientId::new(config.client_id))

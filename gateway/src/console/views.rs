@@ -505,11 +505,7 @@ impl SearchParams {
 
     fn form(&self) -> String {
         let field = |id: &str, label: &str, value: &str, kind: &str, extra: &str| {
-            format!(
-                "<div class=\"field\"><label for=\"d-{id}\">{label}</label>\
-                 <input id=\"d-{id}\" name=\"{id}\" type=\"{kind}\" value=\"{}\"{extra}></div>",
-                esc(value)
-            )
+            super::form_field("d", id, label, value, kind, extra)
         };
         let option = |value: &str, name: &str| {
             format!(

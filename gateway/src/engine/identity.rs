@@ -190,6 +190,15 @@ pub(crate) fn end_sessions_without_roles(
     Ok(())
 }
 
+fn scim_token_row(r: &crate::store::Row) -> Result<ScimToken, ApiError> {
+    Ok(ScimToken {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at: rfc3339(r.get(2)?),
+        revoked_at: r.get::<Option<i64>>(3)?.map(rfc3339),
+    })
+}
+
 fn parse_mappable(role: &str) -> Result<Role, ApiError> {
     let r = role_from(role);
     if MAPPABLE.contains(&r) {
@@ -259,14 +268,7 @@ impl Engine {
                 "SELECT id, name, created_ms, revoked_ms FROM scim_tokens WHERE tenant_id = ?1
                  ORDER BY created_ms, id",
                 args![principal.tenant_id],
-                |r| {
-                    Ok(ScimToken {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        created_at: rfc3339(r.get(2)?),
-                        revoked_at: r.get::<Option<i64>>(3)?.map(rfc3339),
-                    })
-                },
+                scim_token_row,
             )
         })
     }
@@ -298,14 +300,7 @@ impl Engine {
                 "SELECT id, name, created_ms, revoked_ms FROM scim_tokens
                  WHERE id = ?1 AND tenant_id = ?2",
                 args![id, principal.tenant_id],
-                |r| {
-                    Ok(ScimToken {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        created_at: rfc3339(r.get(2)?),
-                        revoked_at: r.get::<Option<i64>>(3)?.map(rfc3339),
-                    })
-                },
+                scim_token_row,
             )?
             .ok_or_else(|| ApiError::not_found("scim_token_not_found", "no such SCIM token"))
         })

@@ -138,18 +138,10 @@ async fn authorized(
         .await
         .map_err(|e| ScimError::new(500, None, e.to_string()))?
         .map_err(scim_error)?;
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
-    let scheme = match headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some("https") => "https",
-        _ => "http",
-    };
-    Ok((tenant, format!("{scheme}://{host}/scim/v2")))
+    Ok((
+        tenant,
+        format!("{}/scim/v2", crate::server::public_base(headers)),
+    ))
 }
 
 /// Runs `f` on the blocking pool.
@@ -686,6 +678,54 @@ async fn get_group(
     Ok(one_answer(&headers, StatusCode::OK, &json, version, &query))
 }
 
+// ---- changes ----
+
+/// Runs `change` in one transaction holding the tenant's lock and answers the
+/// resource it leaves, with its ETag (and its Location when `status` is 201).
+async fn answer_change(
+    engine: &Arc<Engine>,
+    headers: &HeaderMap,
+    tenant: String,
+    status: StatusCode,
+    change: impl FnOnce(&dyn Tx, i64) -> Result<(Value, u64), ApiError> + Send + 'static,
+) -> Answer {
+    let (json, version) = blocking(engine, move |e| e.tx_in(&tenant, change)).await?;
+    let mut r = one_answer(headers, status, &json, version, &ListQuery::default());
+    if status == StatusCode::CREATED
+        && let Some(loc) = json["meta"]["location"].as_str()
+        && let Ok(v) = HeaderValue::from_str(loc)
+    {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(r)
+}
+
+/// The user `id` as it stands, if `If-Match` lets a change through.
+fn user_to_change(
+    tx: &dyn Tx,
+    tenant: &str,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<UserRow, ScimError> {
+    let user = resources::load_user(tx, tenant, id)?
+        .ok_or_else(|| ScimError::not_found(format!("no user `{id}`")))?;
+    check_if_match(headers, user.version)?;
+    Ok(user)
+}
+
+/// The group `id` as it stands, if `If-Match` lets a change through.
+fn group_to_change(
+    tx: &dyn Tx,
+    tenant: &str,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<GroupRow, ScimError> {
+    let group = resources::load_group(tx, tenant, id)?
+        .ok_or_else(|| ScimError::not_found(format!("no group `{id}`")))?;
+    check_if_match(headers, group.version)?;
+    Ok(group)
+}
+
 // ---- users: changes ----
 
 /// Saves a user and does what its state means for sessions; on the ledger.
@@ -728,27 +768,18 @@ async fn create_user(
     let (tenant, base) = authorized(&engine, &headers).await?;
     let input = body_json(&headers, &bytes)?;
     let id = Uuid::now_v7().to_string();
-    let answer_base = base.clone();
-    let (json, version) = blocking(&engine, move |e| {
-        e.tx_in(&tenant, |tx, now| {
-            store_user(tx, &tenant, now, None, &id, &input)?;
-            user_answer(tx, &tenant, &id, &answer_base).map_err(ApiError::from)
-        })
-    })
-    .await?;
-    let mut r = one_answer(
+    let t = tenant.clone();
+    answer_change(
+        &engine,
         &headers,
+        tenant,
         StatusCode::CREATED,
-        &json,
-        version,
-        &ListQuery::default(),
-    );
-    if let Some(loc) = json["meta"]["location"].as_str()
-        && let Ok(v) = HeaderValue::from_str(loc)
-    {
-        r.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(r)
+        move |tx, now| {
+            store_user(tx, &t, now, None, &id, &input)?;
+            Ok(user_answer(tx, &t, &id, &base)?)
+        },
+    )
+    .await
 }
 
 async fn put_user(
@@ -759,24 +790,13 @@ async fn put_user(
 ) -> Answer {
     let (tenant, base) = authorized(&engine, &headers).await?;
     let input = body_json(&headers, &bytes)?;
-    let h = headers.clone();
-    let (json, version) = blocking(&engine, move |e| {
-        e.tx_in(&tenant, |tx, now| {
-            let before = resources::load_user(tx, &tenant, &id)?
-                .ok_or_else(|| ScimError::not_found(format!("no user `{id}`")))?;
-            check_if_match(&h, before.version)?;
-            store_user(tx, &tenant, now, Some(&before), &id, &input)?;
-            user_answer(tx, &tenant, &id, &base).map_err(ApiError::from)
-        })
+    let (t, h) = (tenant.clone(), headers.clone());
+    answer_change(&engine, &headers, tenant, StatusCode::OK, move |tx, now| {
+        let before = user_to_change(tx, &t, &id, &h)?;
+        store_user(tx, &t, now, Some(&before), &id, &input)?;
+        Ok(user_answer(tx, &t, &id, &base)?)
     })
-    .await?;
-    Ok(one_answer(
-        &headers,
-        StatusCode::OK,
-        &json,
-        version,
-        &ListQuery::default(),
-    ))
+    .await
 }
 
 async fn patch_user(
@@ -787,29 +807,18 @@ async fn patch_user(
 ) -> Answer {
     let (tenant, base) = authorized(&engine, &headers).await?;
     let ops = body_json(&headers, &bytes)?;
-    let h = headers.clone();
-    let (json, version) = blocking(&engine, move |e| {
-        e.tx_in(&tenant, |tx, now| {
-            let before = resources::load_user(tx, &tenant, &id)?
-                .ok_or_else(|| ScimError::not_found(format!("no user `{id}`")))?;
-            check_if_match(&h, before.version)?;
-            let mut doc = before.resource.clone();
-            if let Value::Object(o) = &mut doc {
-                o.insert("active".to_owned(), json!(before.active));
-            }
-            patch::apply(&mut doc, &ops)?;
-            store_user(tx, &tenant, now, Some(&before), &id, &doc)?;
-            user_answer(tx, &tenant, &id, &base).map_err(ApiError::from)
-        })
+    let (t, h) = (tenant.clone(), headers.clone());
+    answer_change(&engine, &headers, tenant, StatusCode::OK, move |tx, now| {
+        let before = user_to_change(tx, &t, &id, &h)?;
+        let mut doc = before.resource.clone();
+        if let Value::Object(o) = &mut doc {
+            o.insert("active".to_owned(), json!(before.active));
+        }
+        patch::apply(&mut doc, &ops)?;
+        store_user(tx, &t, now, Some(&before), &id, &doc)?;
+        Ok(user_answer(tx, &t, &id, &base)?)
     })
-    .await?;
-    Ok(one_answer(
-        &headers,
-        StatusCode::OK,
-        &json,
-        version,
-        &ListQuery::default(),
-    ))
+    .await
 }
 
 async fn delete_user(
@@ -821,9 +830,7 @@ async fn delete_user(
     let h = headers.clone();
     blocking(&engine, move |e| {
         e.tx_in(&tenant, |tx, now| {
-            let before = resources::load_user(tx, &tenant, &id)?
-                .ok_or_else(|| ScimError::not_found(format!("no user `{id}`")))?;
-            check_if_match(&h, before.version)?;
+            user_to_change(tx, &tenant, &id, &h)?;
             tx.execute("DELETE FROM scim_members WHERE user_id = ?1", args![id])?;
             tx.execute(
                 "DELETE FROM scim_users WHERE id = ?1 AND tenant_id = ?2",
@@ -900,26 +907,18 @@ async fn create_group(
     let (tenant, base) = authorized(&engine, &headers).await?;
     let input = body_json(&headers, &bytes)?;
     let id = Uuid::now_v7().to_string();
-    let (json, version) = blocking(&engine, move |e| {
-        e.tx_in(&tenant, |tx, now| {
-            store_group(tx, &tenant, now, None, &id, &input)?;
-            group_answer(tx, &tenant, &id, &base).map_err(ApiError::from)
-        })
-    })
-    .await?;
-    let mut r = one_answer(
+    let t = tenant.clone();
+    answer_change(
+        &engine,
         &headers,
+        tenant,
         StatusCode::CREATED,
-        &json,
-        version,
-        &ListQuery::default(),
-    );
-    if let Some(loc) = json["meta"]["location"].as_str()
-        && let Ok(v) = HeaderValue::from_str(loc)
-    {
-        r.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(r)
+        move |tx, now| {
+            store_group(tx, &t, now, None, &id, &input)?;
+            Ok(group_answer(tx, &t, &id, &base)?)
+        },
+    )
+    .await
 }
 
 async fn put_group(
@@ -930,24 +929,13 @@ async fn put_group(
 ) -> Answer {
     let (tenant, base) = authorized(&engine, &headers).await?;
     let input = body_json(&headers, &bytes)?;
-    let h = headers.clone();
-    let (json, version) = blocking(&engine, move |e| {
-        e.tx_in(&tenant, |tx, now| {
-            let before = resources::load_group(tx, &tenant, &id)?
-                .ok_or_else(|| ScimError::not_found(format!("no group `{id}`")))?;
-            check_if_match(&h, before.version)?;
-            store_group(tx, &tenant, now, Some(&before), &id, &input)?;
-            group_answer(tx, &tenant, &id, &base).map_err(ApiError::from)
-        })
+    let (t, h) = (tenant.clone(), headers.clone());
+    answer_change(&engine, &headers, tenant, StatusCode::OK, move |tx, now| {
+        let before = group_to_change(tx, &t, &id, &h)?;
+        store_group(tx, &t, now, Some(&before), &id, &input)?;
+        Ok(group_answer(tx, &t, &id, &base)?)
     })
-    .await?;
-    Ok(one_answer(
-        &headers,
-        StatusCode::OK,
-        &json,
-        version,
-        &ListQuery::default(),
-    ))
+    .await
 }
 
 async fn patch_group(
@@ -958,26 +946,15 @@ async fn patch_group(
 ) -> Answer {
     let (tenant, base) = authorized(&engine, &headers).await?;
     let ops = body_json(&headers, &bytes)?;
-    let h = headers.clone();
-    let (json, version) = blocking(&engine, move |e| {
-        e.tx_in(&tenant, |tx, now| {
-            let before = resources::load_group(tx, &tenant, &id)?
-                .ok_or_else(|| ScimError::not_found(format!("no group `{id}`")))?;
-            check_if_match(&h, before.version)?;
-            let mut doc = editable_group(tx, &before)?;
-            patch::apply(&mut doc, &ops)?;
-            store_group(tx, &tenant, now, Some(&before), &id, &doc)?;
-            group_answer(tx, &tenant, &id, &base).map_err(ApiError::from)
-        })
+    let (t, h) = (tenant.clone(), headers.clone());
+    answer_change(&engine, &headers, tenant, StatusCode::OK, move |tx, now| {
+        let before = group_to_change(tx, &t, &id, &h)?;
+        let mut doc = editable_group(tx, &before)?;
+        patch::apply(&mut doc, &ops)?;
+        store_group(tx, &t, now, Some(&before), &id, &doc)?;
+        Ok(group_answer(tx, &t, &id, &base)?)
     })
-    .await?;
-    Ok(one_answer(
-        &headers,
-        StatusCode::OK,
-        &json,
-        version,
-        &ListQuery::default(),
-    ))
+    .await
 }
 
 async fn delete_group(
@@ -989,9 +966,7 @@ async fn delete_group(
     let h = headers.clone();
     blocking(&engine, move |e| {
         e.tx_in(&tenant, |tx, now| {
-            let before = resources::load_group(tx, &tenant, &id)?
-                .ok_or_else(|| ScimError::not_found(format!("no group `{id}`")))?;
-            check_if_match(&h, before.version)?;
+            let before = group_to_change(tx, &tenant, &id, &h)?;
             let members: Vec<String> = resources::members_of(tx, &id)?
                 .into_iter()
                 .map(|(u, _)| u)

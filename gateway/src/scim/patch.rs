@@ -256,12 +256,7 @@ fn plain(
                     }
                 }
                 (Some(Value::Array(items)), v) => push_new(items, v),
-                (Some(Value::Object(have)), Value::Object(more)) => {
-                    for (k, v) in more {
-                        let k = key_of(have, &k).unwrap_or(k);
-                        have.insert(k, v);
-                    }
-                }
+                (Some(Value::Object(have)), Value::Object(more)) => merge(have, more),
                 (_, v) => {
                     object.insert(key.to_owned(), v);
                 }
@@ -271,18 +266,21 @@ fn plain(
         Kind::Replace => {
             let value = value.unwrap_or(Value::Null);
             match (object.get_mut(key), value) {
-                (Some(Value::Object(have)), Value::Object(more)) => {
-                    for (k, v) in more {
-                        let k = key_of(have, &k).unwrap_or(k);
-                        have.insert(k, v);
-                    }
-                }
+                (Some(Value::Object(have)), Value::Object(more)) => merge(have, more),
                 (_, v) => {
                     object.insert(key.to_owned(), v);
                 }
             }
             Ok(())
         }
+    }
+}
+
+/// Sets each of `more`'s attributes in `have` (matching names case-insensitively).
+fn merge(have: &mut Map<String, Value>, more: Map<String, Value>) {
+    for (k, v) in more {
+        let k = key_of(have, &k).unwrap_or(k);
+        have.insert(k, v);
     }
 }
 
