@@ -490,7 +490,11 @@ async fn login(State(c): State<Shared>, headers: HeaderMap, Form(f): Form<LoginF
         let tenants = c.run(|e| e.oidc_tenants()).await.unwrap_or_default();
         return html(
             StatusCode::UNAUTHORIZED,
-            login_form(Some("That key is not a key of this gateway."), &tenants, ""),
+            login_form(
+                Some("That key is not a key of this gateway."),
+                &tenants,
+                &f.next,
+            ),
         );
     };
     let owner = SessionOwner::Key(sha256_hex(key.as_bytes()));

@@ -71,9 +71,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         served_from: 8,
         sql: V9,
     },
+    // Only adds what builds of 8 and 9 ignore: they keep serving.
     Migration {
         version: 10,
-        served_from: 9,
+        served_from: 8,
         sql: V10,
     },
 ];
