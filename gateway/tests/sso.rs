@@ -370,6 +370,44 @@ async fn an_operator_signs_in_with_sso_approves_and_the_ledger_names_them() {
     provider_sign_in(&browser, "bob-at-idp").await;
     browser.wait_for("#overview").await;
     assert_eq!(browser.text("#who-person").await, "bob@example.com");
+
+    // Through the real provider too: a deactivated person, one in no mapped
+    // group and one not provisioned are each refused with a page saying so, and
+    // no session is made.
+    for (login, says) in [
+        ("carol-sub", "deactivated"),
+        ("dave-sub", "maps to a role"),
+        ("eve-sub", "not provisioned"),
+    ] {
+        browser.click("header button[type=submit]").await;
+        provider_sign_out(&browser).await;
+        browser.wait_for("#sso").await;
+        browser.click("#sso").await;
+        provider_sign_in(&browser, login).await;
+        browser.wait_for("#sso-refused").await;
+        assert!(browser.text("#sso-refused").await.contains(says), "{login}");
+        browser.axe("the SSO refusal page").await;
+        if login == "carol-sub" {
+            browser.screenshot("23-sso-refused.png").await;
+        }
+        browser.goto(&format!("{base}/console/approvals")).await;
+        browser.wait_for("#api_key").await;
+        // Back to bob for the next round (the provider still has this person).
+        browser
+            .goto(&format!(
+                "{}/session/end?client_id={CLIENT_ID}&post_logout_redirect_uri={}",
+                provider.issuer,
+                openidconnect::url::form_urlencoded::byte_serialize(
+                    format!("{base}/console/login").as_bytes()
+                )
+                .collect::<String>()
+            ))
+            .await;
+        provider_sign_out(&browser).await;
+        browser.click("#sso").await;
+        provider_sign_in(&browser, "bob-at-idp").await;
+        browser.wait_for("#overview").await;
+    }
     browser.raw("DELETE", "", None).await;
 }
 
