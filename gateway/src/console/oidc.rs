@@ -65,8 +65,8 @@ pub(super) struct Providers {
 pub(super) struct Transport(String);
 
 /// The HTTP client the OpenID Connect requests go through: rustls, a timeout, no
-/// redirects followed.
-struct Http(reqwest::Client);
+/// redirects followed (or why it could not be built: every request then fails).
+struct Http(Result<reqwest::Client, String>);
 
 impl<'c> openidconnect::AsyncHttpClient<'c> for Http {
     type Error = Transport;
@@ -77,8 +77,8 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for Http {
     fn call(&'c self, request: openidconnect::HttpRequest) -> Self::Future {
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let response = self
-                .0
+            let client = self.0.as_ref().map_err(|e| Transport(e.clone()))?;
+            let response = client
                 .request(parts.method, parts.uri.to_string())
                 .headers(parts.headers)
                 .body(body)
@@ -105,7 +105,7 @@ impl Providers {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(HTTP_TIMEOUT)
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .map_err(|e| format!("cannot make the HTTP client: {e}"));
         Self {
             http: Http(http),
             metadata: Mutex::new(HashMap::new()),
