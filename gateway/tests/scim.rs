@@ -1,7 +1,7 @@
 //! The SCIM 2.0 service provider over HTTP on loopback, as an identity provider's
 //! connector uses it: tokens, discovery, users and groups with every filter
 //! operator, paging, attribute selection, PATCH paths, PUT, DELETE and ETags, the
-//! error schema, and tenant isolation.
+//! error schema, and tenant isolation; users and groups on SQLite and PostgreSQL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on setup failures
 
@@ -324,7 +324,23 @@ async fn tokens_discovery_and_tenant_isolation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_filters_paging_attributes_patch_put_delete_and_etags() {
-    let fx = Fixture::new();
+    users(Fixture::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_postgres() {
+    let Some(config) = common::pg_config() else {
+        return;
+    };
+    users(
+        tokio::task::spawn_blocking(move || Fixture::with_config(config))
+            .await
+            .unwrap(),
+    )
+    .await;
+}
+
+async fn users(fx: Fixture) {
     let base = common::serve(fx.engine.clone()).await;
     let scim = Scim::new(&fx, &base).await;
 
@@ -702,7 +718,23 @@ async fn users_filters_paging_attributes_patch_put_delete_and_etags() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_members_patch_and_filters() {
-    let fx = Fixture::new();
+    groups(Fixture::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_on_postgres() {
+    let Some(config) = common::pg_config() else {
+        return;
+    };
+    groups(
+        tokio::task::spawn_blocking(move || Fixture::with_config(config))
+            .await
+            .unwrap(),
+    )
+    .await;
+}
+
+async fn groups(fx: Fixture) {
     let base = common::serve(fx.engine.clone()).await;
     let scim = Scim::new(&fx, &base).await;
     let mut ids = Vec::new();
