@@ -197,10 +197,7 @@ fn layout(title: &str, current: &str, who: Option<(&Principal, &str)>, body: &st
                 format!("<a href=\"/console/{href}\"{here}>{name}</a>")
             };
             // Agent keys see the queue, intents, ledger and policy only.
-            let reads_spend = p
-                .roles
-                .iter()
-                .any(|r| matches!(r, Role::Operator | Role::TenantAdmin | Role::Analyst));
+            let reads_spend = crate::engine::reads_tenant(p);
             let spend = |a: String| if reads_spend { a } else { String::new() };
             // A person signed in through single sign-on is named; a key by its role.
             let who = if p.key_id.starts_with("scim:") {
@@ -245,10 +242,7 @@ fn layout(title: &str, current: &str, who: Option<(&Principal, &str)>, body: &st
 /// Where a signed-in key lands: the overview for those who read spend, the
 /// approval queue for agent keys.
 fn landing(p: &Principal) -> &'static str {
-    if p.roles
-        .iter()
-        .any(|r| matches!(r, Role::Operator | Role::TenantAdmin | Role::Analyst))
-    {
+    if crate::engine::reads_tenant(p) {
         "/console/overview"
     } else {
         "/console/approvals"
@@ -680,6 +674,17 @@ fn parse_amount(text: &str) -> Option<u64> {
     whole.checked_mul(100)?.checked_add(frac)
 }
 
+/// An optional amount field of a filter form: empty is none, else an amount in
+/// the main unit, or what is wrong with it, naming the field.
+fn amount_field(field: &str, text: &str) -> Result<Option<u64>, String> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    parse_amount(text)
+        .map(Some)
+        .ok_or_else(|| format!("{field}: `{text}` is not an amount (like 150 or 150.50)"))
+}
+
 /// Percent-encodes a query value.
 fn url_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -696,16 +701,8 @@ fn url_encode(text: &str) -> String {
 impl QueueParams {
     /// The engine's query for the pending queue, or what is wrong with a filter.
     fn query(&self) -> Result<ApprovalQuery, String> {
-        let amount = |field: &str, text: &str| -> Result<Option<u64>, String> {
-            if text.trim().is_empty() {
-                return Ok(None);
-            }
-            parse_amount(text)
-                .map(Some)
-                .ok_or_else(|| format!("{field}: `{text}` is not an amount (like 150 or 150.50)"))
-        };
-        let min = amount("Minimum amount", &self.min_amount)?;
-        let max = amount("Maximum amount", &self.max_amount)?;
+        let min = amount_field("Minimum amount", &self.min_amount)?;
+        let max = amount_field("Maximum amount", &self.max_amount)?;
         let text = |t: &str| Some(t.trim().to_owned()).filter(|t| !t.is_empty());
         Ok(ApprovalQuery {
             state: Some(ApprovalState::Pending),

@@ -10,18 +10,17 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use paybond_middleware_core::wire::Role;
 use serde::Deserialize;
 use uuid::Uuid;
 
 use super::charts::{Stacked, meter};
 use super::{
-    Shared, Signed, engine_error, esc, html, layout, money, page_error, parse_amount, redirect,
+    Shared, Signed, amount_field, engine_error, esc, html, layout, money, page_error, redirect,
     secured, url_encode,
 };
-use crate::engine::PolicyFile;
 use crate::engine::insights::{DecisionFilter, DecisionPage, DecisionRow, Overview};
 use crate::engine::replay::ReplayReport;
+use crate::engine::{PolicyFile, reads_tenant};
 
 /// How often the live overview looks at the ledger's tip.
 const OVERVIEW_EVERY: Duration = Duration::from_secs(2);
@@ -30,16 +29,6 @@ const OVERVIEW_FULL: Duration = Duration::from_secs(30);
 /// Decisions a search page lists.
 const SEARCH_PAGE: u64 = 50;
 
-/// Whether the signed-in key reads spend and decisions (operators, tenant admins,
-/// analysts).
-fn reads_spend(signed: &Signed) -> bool {
-    signed
-        .principal
-        .roles
-        .iter()
-        .any(|r| matches!(r, Role::Operator | Role::TenantAdmin | Role::Analyst))
-}
-
 /// The signed-in reader of spend, else where to go: the sign-in page, or (an
 /// agent key) a page saying these views are not for it.
 async fn reader(c: &Shared, headers: &HeaderMap) -> Result<Signed, Response> {
@@ -47,7 +36,7 @@ async fn reader(c: &Shared, headers: &HeaderMap) -> Result<Signed, Response> {
         .signed(headers)
         .await
         .ok_or_else(|| redirect("/console/login"))?;
-    if !reads_spend(&signed) {
+    if !reads_tenant(&signed.principal) {
         return Err(page_error(
             StatusCode::FORBIDDEN,
             "Spend and decisions are shown to operators, tenant admins and analysts; this is \
@@ -330,7 +319,7 @@ pub(super) async fn overview(State(c): State<Shared>, headers: HeaderMap) -> Res
 /// `{"html", "status"}`. The sums are read again when the ledger has moved on, or
 /// every [`OVERVIEW_FULL`] for what time alone changes (windows, expiries).
 pub(super) fn overview_events(c: Shared, signed: Signed, sid: String) -> Response {
-    if !reads_spend(&signed) {
+    if !reads_tenant(&signed.principal) {
         return secured(StatusCode::FORBIDDEN.into_response());
     }
     struct Live {
@@ -435,14 +424,6 @@ pub(super) struct SearchParams {
 impl SearchParams {
     fn filter(&self) -> Result<DecisionFilter, String> {
         let text = |t: &str| Some(t.trim().to_owned()).filter(|t| !t.is_empty());
-        let amount = |field: &str, t: &str| -> Result<Option<u64>, String> {
-            if t.trim().is_empty() {
-                return Ok(None);
-            }
-            parse_amount(t)
-                .map(Some)
-                .ok_or_else(|| format!("{field}: `{t}` is not an amount (like 150 or 150.50)"))
-        };
         let outcome = text(&self.outcome);
         if let Some(o) = &outcome
             && !matches!(o.as_str(), "allow" | "hold" | "deny")
@@ -472,8 +453,8 @@ impl SearchParams {
             agent: text(&self.agent),
             vendor: text(&self.vendor),
             intent,
-            min_cents: amount("Minimum amount", &self.min_amount)?,
-            max_cents: amount("Maximum amount", &self.max_amount)?,
+            min_cents: amount_field("Minimum amount", &self.min_amount)?,
+            max_cents: amount_field("Maximum amount", &self.max_amount)?,
             before,
         })
     }
@@ -985,7 +966,7 @@ pub(super) async fn what_if(
         Ok(signed) => signed,
         Err(refused) => return refused,
     };
-    if !reads_spend(&signed) {
+    if !reads_tenant(&signed.principal) {
         return page_error(
             StatusCode::FORBIDDEN,
             "What-if replay is open to operators, tenant admins and analysts (forbidden_role).",

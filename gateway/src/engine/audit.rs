@@ -13,7 +13,7 @@ use crate::audit::{
     AuditSigner, LEDGER_PATH, LedgerVerifierPack, ManifestHead, VERIFIER_PACK_PATH, write_bundle,
 };
 use crate::engine::lifecycle::{parse_cursor, rfc3339};
-use crate::engine::{Engine, ledger, require_role};
+use crate::engine::{Engine, READERS, READERS_AND_AGENTS, ledger, require_role};
 use crate::error::ApiError;
 use crate::store::{Tx, args};
 use crate::tokens::{random_hex, sha256_hex};
@@ -642,10 +642,7 @@ impl Engine {
         principal: &Principal,
         req: &CreateAuditExportRequest,
     ) -> Result<AuditExportJobResponse, ApiError> {
-        require_role(
-            principal,
-            &[Role::Operator, Role::TenantAdmin, Role::Analyst],
-        )?;
+        require_role(principal, READERS)?;
         let tier = req.disclosure_tier.as_deref().unwrap_or("standard");
         if !matches!(tier, "standard" | "extended") {
             return Err(ApiError::unprocessable(
@@ -879,15 +876,7 @@ impl Engine {
         limit: Option<u32>,
         cursor: Option<&str>,
     ) -> Result<AuditExportList, ApiError> {
-        require_role(
-            principal,
-            &[
-                Role::Operator,
-                Role::TenantAdmin,
-                Role::Analyst,
-                Role::Agent,
-            ],
-        )?;
+        require_role(principal, READERS_AND_AGENTS)?;
         let limit = limit.unwrap_or(50);
         if !(1..=MAX_EXPORT_PAGE).contains(&limit) {
             return Err(ApiError::bad_request(
@@ -941,20 +930,9 @@ impl Engine {
         issue_download: bool,
     ) -> Result<AuditExportJobResponse, ApiError> {
         if issue_download {
-            require_role(
-                principal,
-                &[Role::Operator, Role::TenantAdmin, Role::Analyst],
-            )?;
+            require_role(principal, READERS)?;
         } else {
-            require_role(
-                principal,
-                &[
-                    Role::Operator,
-                    Role::TenantAdmin,
-                    Role::Analyst,
-                    Role::Agent,
-                ],
-            )?;
+            require_role(principal, READERS_AND_AGENTS)?;
         }
         self.tx_in(&principal.tenant_id, |tx, now| {
             let mut row = find_job(tx, &principal.tenant_id, job_id)?;
@@ -1016,10 +994,7 @@ impl Engine {
         let id = job_id.to_string();
         let bundle = match credential {
             BundleCredential::Principal(principal) => {
-                require_role(
-                    principal,
-                    &[Role::Operator, Role::TenantAdmin, Role::Analyst],
-                )?;
+                require_role(principal, READERS)?;
                 self.tx_in(&principal.tenant_id, |tx, now| {
                     let mut row = find_job(tx, &principal.tenant_id, job_id)?;
                     row.settle(tx, now)?;
@@ -1061,15 +1036,7 @@ impl Engine {
     /// `GET /v1/compliance/signing-keys`: the tenant's audit signing key (created on
     /// first use).
     pub fn signing_keys(&self, principal: &Principal) -> Result<SigningKeys, ApiError> {
-        require_role(
-            principal,
-            &[
-                Role::Operator,
-                Role::TenantAdmin,
-                Role::Analyst,
-                Role::Agent,
-            ],
-        )?;
+        require_role(principal, READERS_AND_AGENTS)?;
         let tenant = principal.tenant_id.clone();
         let (signer, created) = self.tx_in(&tenant, |tx, now| signer(self, tx, &tenant, now))?;
         let public = signer.public_hex();

@@ -4,18 +4,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use paybond_middleware_core::wire::{Principal, Role, VerifyResult};
+use paybond_middleware_core::wire::{Principal, VerifyResult};
 use paybond_policies::{CapScope, CapWindow};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::counters;
 use super::ledger::{self, LedgerEvent};
-use super::{Engine, require_role};
+use super::{Engine, READERS, require_role};
 use crate::error::ApiError;
 use crate::store::{Arg, ToArg, Tx, args};
 
 const MINUTE_MS: i64 = 60_000;
+/// How far past a decision's own entry its page looks for entries about it.
+const LEDGER_WINDOW: u64 = 100_000;
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 
@@ -502,9 +504,6 @@ pub(crate) fn backfill(tx: &dyn Tx) -> Result<u64, ApiError> {
     Ok(rows.len() as u64)
 }
 
-/// The roles that read the console's views of spend and decisions.
-const READERS: &[Role] = &[Role::Operator, Role::TenantAdmin, Role::Analyst];
-
 impl Engine {
     /// The overview of the key's tenant (operators and tenant admins).
     pub fn overview(&self, principal: &Principal) -> Result<Overview, ApiError> {
@@ -713,17 +712,21 @@ impl Engine {
             )?;
             // The entries about it come after its own: those naming the decision
             // or its approval request, the next 200 at most (a hold's request is
-            // opened just before its decision entry).
+            // opened just before its decision entry), among the tenant's next
+            // LEDGER_WINDOW entries, so an old decision's page reads a bounded
+            // part of a long chain.
             let entries_naming = |ids: &[&str]| -> Result<Vec<LedgerEvent>, ApiError> {
                 let Some(seq) = seq else {
                     return Ok(Vec::new());
                 };
                 let mut sql = String::from(
                     "SELECT seq, event, payload, at_ms, prev_hash, hash FROM ledger
-                     WHERE tenant_id = ?1 AND seq >= ?2 AND (",
+                     WHERE tenant_id = ?1 AND seq >= ?2 AND seq <= ?3 AND (",
                 );
                 let first = i64::try_from(seq.saturating_sub(5)).unwrap_or(i64::MAX);
-                let mut bound: Vec<Arg<'_>> = vec![tenant.to_arg(), Arg::Int(first)];
+                let last = i64::try_from(seq.saturating_add(LEDGER_WINDOW)).unwrap_or(i64::MAX);
+                let mut bound: Vec<Arg<'_>> =
+                    vec![tenant.to_arg(), Arg::Int(first), Arg::Int(last)];
                 for (i, id) in ids.iter().enumerate() {
                     if i > 0 {
                         sql.push_str(" OR ");

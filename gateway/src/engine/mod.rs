@@ -1162,10 +1162,7 @@ impl Engine {
 
     /// The tenant's chain tip (`GET /ledger/v1/tip`).
     pub fn ledger_tip(&self, principal: &Principal) -> Result<ledger::LedgerTip, ApiError> {
-        require_role(
-            principal,
-            &[Role::Operator, Role::TenantAdmin, Role::Analyst],
-        )?;
+        require_role(principal, READERS)?;
         self.read(|tx, _| ledger::tip(tx, &principal.tenant_id))
     }
 
@@ -1176,10 +1173,7 @@ impl Engine {
         after_seq: u64,
         limit: u64,
     ) -> Result<Vec<ledger::LedgerEvent>, ApiError> {
-        require_role(
-            principal,
-            &[Role::Operator, Role::TenantAdmin, Role::Analyst],
-        )?;
+        require_role(principal, READERS)?;
         self.read(|tx, _| ledger::events(tx, &principal.tenant_id, after_seq, limit.clamp(1, 1000)))
     }
 
@@ -1378,6 +1372,23 @@ pub(crate) fn bounded(field: &str, value: Option<&str>) -> Result<(), ApiError> 
 }
 
 /// 403 unless the principal holds one of `roles`.
+/// The roles that read a tenant's spend, decisions, ledger and audit exports.
+pub(crate) const READERS: &[Role] = &[Role::Operator, Role::TenantAdmin, Role::Analyst];
+
+/// [`READERS`], and agent keys (which read their tenant's intents, decisions and
+/// export jobs).
+pub(crate) const READERS_AND_AGENTS: &[Role] = &[
+    Role::Operator,
+    Role::TenantAdmin,
+    Role::Analyst,
+    Role::Agent,
+];
+
+/// Whether `principal` has one of [`READERS`].
+pub(crate) fn reads_tenant(principal: &Principal) -> bool {
+    principal.roles.iter().any(|r| READERS.contains(r))
+}
+
 pub(crate) fn require_role(principal: &Principal, roles: &[Role]) -> Result<(), ApiError> {
     if principal.roles.iter().any(|r| roles.contains(r)) {
         return Ok(());

@@ -13,7 +13,7 @@ pub use paybond_middleware_core::wire::{
 use uuid::Uuid;
 
 use crate::engine::lifecycle::{lifecycle, live_reservations, parse_cursor, rfc3339};
-use crate::engine::{Engine, require_role};
+use crate::engine::{Engine, READERS_AND_AGENTS, require_role};
 use crate::error::ApiError;
 use crate::store::{Tx, args};
 
@@ -107,15 +107,7 @@ impl Engine {
         principal: &Principal,
         decision_id: Uuid,
     ) -> Result<DecisionRecord, ApiError> {
-        require_role(
-            principal,
-            &[
-                Role::Agent,
-                Role::Operator,
-                Role::TenantAdmin,
-                Role::Analyst,
-            ],
-        )?;
+        require_role(principal, READERS_AND_AGENTS)?;
         self.read(|tx, _| {
             let (intent, outcome, response, created) =
                 find_decision(tx, &principal.tenant_id, decision_id)?;
@@ -136,15 +128,7 @@ impl Engine {
         principal: &Principal,
         query: &IntentQuery,
     ) -> Result<OperatorIntentList, ApiError> {
-        require_role(
-            principal,
-            &[
-                Role::Operator,
-                Role::TenantAdmin,
-                Role::Analyst,
-                Role::Agent,
-            ],
-        )?;
+        require_role(principal, READERS_AND_AGENTS)?;
         let limit = query.limit.unwrap_or(100);
         if !(1..=MAX_INTENT_PAGE).contains(&limit) {
             return Err(ApiError::bad_request(
@@ -198,15 +182,7 @@ impl Engine {
         principal: &Principal,
         intent_id: Uuid,
     ) -> Result<OperatorIntentDetail, ApiError> {
-        require_role(
-            principal,
-            &[
-                Role::Operator,
-                Role::TenantAdmin,
-                Role::Analyst,
-                Role::Agent,
-            ],
-        )?;
+        require_role(principal, READERS_AND_AGENTS)?;
         let id = intent_id.to_string();
         self.read(|tx, now| {
             let row = tx

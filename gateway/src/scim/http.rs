@@ -553,18 +553,44 @@ fn groups_json(tx: &dyn Tx, tenant: &str, base: &str) -> Result<Vec<Value>, Scim
         .collect())
 }
 
+/// Users or groups.
+#[derive(Clone, Copy)]
+enum Kind {
+    Users,
+    Groups,
+}
+
+/// A page of `kind` as `query` (read once the token is checked) asks for it.
+async fn list_of(
+    engine: &Arc<Engine>,
+    headers: &HeaderMap,
+    kind: Kind,
+    query: impl FnOnce() -> Result<ListQuery, ScimError>,
+) -> Answer {
+    let (tenant, base) = authorized(engine, headers).await?;
+    let query = query()?;
+    let all = blocking(engine, move |e| {
+        e.read(|tx, _| {
+            match kind {
+                Kind::Users => users_json(tx, &tenant, &base),
+                Kind::Groups => groups_json(tx, &tenant, &base),
+            }
+            .map_err(ApiError::from)
+        })
+    })
+    .await?;
+    Ok(scim_json(StatusCode::OK, &query.answer(all)))
+}
+
 async fn list_users(
     State(engine): State<Arc<Engine>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
-    let (tenant, base) = authorized(&engine, &headers).await?;
-    let query = ListQuery::from_params(&q)?;
-    let all = blocking(&engine, move |e| {
-        e.read(|tx, _| users_json(tx, &tenant, &base).map_err(ApiError::from))
+    list_of(&engine, &headers, Kind::Users, || {
+        ListQuery::from_params(&q)
     })
-    .await?;
-    Ok(scim_json(StatusCode::OK, &query.answer(all)))
+    .await
 }
 
 async fn search_users(
@@ -572,13 +598,8 @@ async fn search_users(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Answer {
-    let (tenant, base) = authorized(&engine, &headers).await?;
-    let query = ListQuery::from_body(&body_json(&headers, &bytes)?)?;
-    let all = blocking(&engine, move |e| {
-        e.read(|tx, _| users_json(tx, &tenant, &base).map_err(ApiError::from))
-    })
-    .await?;
-    Ok(scim_json(StatusCode::OK, &query.answer(all)))
+    let body = || ListQuery::from_body(&body_json(&headers, &bytes)?);
+    list_of(&engine, &headers, Kind::Users, body).await
 }
 
 async fn list_groups(
@@ -586,13 +607,10 @@ async fn list_groups(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
-    let (tenant, base) = authorized(&engine, &headers).await?;
-    let query = ListQuery::from_params(&q)?;
-    let all = blocking(&engine, move |e| {
-        e.read(|tx, _| groups_json(tx, &tenant, &base).map_err(ApiError::from))
+    list_of(&engine, &headers, Kind::Groups, || {
+        ListQuery::from_params(&q)
     })
-    .await?;
-    Ok(scim_json(StatusCode::OK, &query.answer(all)))
+    .await
 }
 
 async fn search_groups(
@@ -600,13 +618,8 @@ async fn search_groups(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Answer {
-    let (tenant, base) = authorized(&engine, &headers).await?;
-    let query = ListQuery::from_body(&body_json(&headers, &bytes)?)?;
-    let all = blocking(&engine, move |e| {
-        e.read(|tx, _| groups_json(tx, &tenant, &base).map_err(ApiError::from))
-    })
-    .await?;
-    Ok(scim_json(StatusCode::OK, &query.answer(all)))
+    let body = || ListQuery::from_body(&body_json(&headers, &bytes)?);
+    list_of(&engine, &headers, Kind::Groups, body).await
 }
 
 /// One resource, answered with its ETag (304 when `If-None-Match` has it).

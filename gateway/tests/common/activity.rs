@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use paybond_gateway::{Clock, Engine, EngineConfig, IssueKeyRequest, Storage};
 use paybond_middleware_core::wire::{
-    CompleteRequest, Finalization, Principal, SandboxBootstrapRequest, VerifyRequest, VerifyResult,
+    CompleteRequest, Finalization, Principal, VerifyRequest, VerifyResult,
 };
 use uuid::Uuid;
 
@@ -141,24 +141,7 @@ impl Activity {
         let (intent, token) = self
             .intents
             .entry((a, tool))
-            .or_insert_with(|| {
-                let r = self
-                    .fx
-                    .engine
-                    .bootstrap_sandbox(
-                        &agent,
-                        &SandboxBootstrapRequest {
-                            operation: tool.to_owned(),
-                            requested_spend_cents: 500_000,
-                            currency: Some("usd".to_owned()),
-                            evidence_schema: None,
-                            metadata: None,
-                            idempotency_key: None,
-                        },
-                    )
-                    .unwrap();
-                (r.intent_id, r.capability_token)
-            })
+            .or_insert_with(|| self.fx.intent_for(&agent, tool, 500_000))
             .clone();
         let result = self
             .fx

@@ -74,12 +74,22 @@ impl Fixture {
 
     /// A funded sandbox intent for the booking tool with `budget` cents.
     pub fn intent(&self, budget: u64) -> (Uuid, CapabilityToken) {
+        self.intent_for(&self.agent, BOOK, budget)
+    }
+
+    /// A funded sandbox intent of `agent` for `operation` with `budget` cents.
+    pub fn intent_for(
+        &self,
+        agent: &Principal,
+        operation: &str,
+        budget: u64,
+    ) -> (Uuid, CapabilityToken) {
         let r = self
             .engine
             .bootstrap_sandbox(
-                &self.agent,
+                agent,
                 &SandboxBootstrapRequest {
-                    operation: BOOK.to_owned(),
+                    operation: operation.to_owned(),
                     requested_spend_cents: budget,
                     currency: Some("usd".to_owned()),
                     evidence_schema: None,
