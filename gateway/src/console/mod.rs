@@ -685,6 +685,15 @@ fn amount_field(field: &str, text: &str) -> Result<Option<u64>, String> {
         .ok_or_else(|| format!("{field}: `{text}` is not an amount (like 150 or 150.50)"))
 }
 
+/// `name=value` (percent-encoded) for each filter that is filled in.
+fn filled_in(filters: &[(&str, &String)]) -> Vec<String> {
+    filters
+        .iter()
+        .filter(|(_, value)| !value.trim().is_empty())
+        .map(|(name, value)| format!("{name}={}", url_encode(value.trim())))
+        .collect()
+}
+
 /// Percent-encodes a query value.
 fn url_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -724,17 +733,12 @@ impl QueueParams {
 
     /// The query string of these filters and order, with `cursor` as the page.
     fn link(&self, cursor: Option<&str>) -> String {
-        let mut parts = Vec::new();
-        for (name, value) in [
+        let mut parts = filled_in(&[
             ("agent", &self.agent),
             ("tool", &self.tool),
             ("min_amount", &self.min_amount),
             ("max_amount", &self.max_amount),
-        ] {
-            if !value.trim().is_empty() {
-                parts.push(format!("{name}={}", url_encode(value.trim())));
-            }
-        }
+        ]);
         if self.order == "oldest" {
             parts.push("order=oldest".to_owned());
         }

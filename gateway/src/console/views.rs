@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::charts::{Stacked, meter};
 use super::{
-    Shared, Signed, amount_field, engine_error, esc, html, layout, money, page_error, redirect,
-    secured, url_encode,
+    Shared, Signed, amount_field, engine_error, esc, filled_in, html, layout, money, page_error,
+    redirect, secured, url_encode,
 };
 use crate::engine::insights::{DecisionFilter, DecisionPage, DecisionRow, Overview};
 use crate::engine::replay::ReplayReport;
@@ -461,8 +461,7 @@ impl SearchParams {
 
     /// The query string of these filters, with `before` as the page.
     fn link(&self, before: Option<&str>) -> String {
-        let mut parts = Vec::new();
-        for (name, value) in [
+        let mut parts = filled_in(&[
             ("from", &self.from),
             ("until", &self.until),
             ("outcome", &self.outcome),
@@ -473,11 +472,7 @@ impl SearchParams {
             ("intent", &self.intent),
             ("min_amount", &self.min_amount),
             ("max_amount", &self.max_amount),
-        ] {
-            if !value.trim().is_empty() {
-                parts.push(format!("{name}={}", url_encode(value.trim())));
-            }
-        }
+        ]);
         if let Some(b) = before {
             parts.push(format!("before={}", url_encode(b)));
         }
