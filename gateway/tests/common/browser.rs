@@ -4,6 +4,7 @@
 //! Needs `chromedriver` and `chromium` (`.ci/browser` installs Debian's) and
 //! axe-core (`PAYBOND_AXE`); skipped only with `PAYBOND_SKIP_BROWSER=1`.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,6 +23,15 @@ pub struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The browser chromedriver started is in chromedriver's process group
+        // (see `start`): the whole group goes, so no browser outlives its test,
+        // whether the test passed or panicked.
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg("--")
+            .arg(format!("-{}", self.driver.id()))
+            .stderr(Stdio::null())
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -68,6 +78,8 @@ impl Browser {
         let port = free_port();
         let child = Command::new(driver)
             .arg(format!("--port={port}"))
+            // A process group of its own, which the browser it starts joins.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
