@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use crate::engine::live::LiveState;
 use crate::error::ApiError;
 
+pub(crate) mod held;
 pub(crate) mod postgres;
 pub(crate) mod schema;
 pub(crate) mod sqlite;
@@ -332,6 +333,29 @@ pub(crate) enum Value {
     Blob(Vec<u8>),
 }
 
+impl Value {
+    /// The value as a statement argument.
+    pub(crate) fn as_arg(&self) -> Arg<'_> {
+        match self {
+            Self::Null => Arg::Null,
+            Self::Int(i) => Arg::Int(*i),
+            Self::Text(t) => Arg::Text(Cow::Borrowed(t)),
+            Self::Blob(b) => Arg::Blob(b),
+        }
+    }
+}
+
+impl From<&Arg<'_>> for Value {
+    fn from(a: &Arg<'_>) -> Self {
+        match a {
+            Arg::Null => Self::Null,
+            Arg::Int(i) => Self::Int(*i),
+            Arg::Text(t) => Self::Text(t.to_string()),
+            Arg::Blob(b) => Self::Blob(b.to_vec()),
+        }
+    }
+}
+
 /// A type a [`Value`] converts into.
 pub(crate) trait FromValue: Sized {
     fn from_value(v: Value) -> Option<Self>;
@@ -418,12 +442,15 @@ pub(crate) trait Tx {
     /// Runs a query; every row.
     fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, ApiError>;
 
-    /// Runs a write whose only outcome that matters is success. A store that talks
-    /// to its database over a connection may send it with the next statement
-    /// (PostgreSQL pipelines them: one round trip for several), so its failure may
-    /// be reported by a later statement, or when the operation ends; either way the
-    /// operation fails and none of its writes is kept.
-    fn execute_later(&self, sql: &str, args: &[Arg<'_>]) -> Result<(), ApiError> {
+    /// Runs a write whose only outcome that matters is success. A store may hold it
+    /// back and send it with the transaction's next statement or its commit
+    /// (PostgreSQL pipelines them: one round trip for several), merged with other
+    /// held-back writes of its kind ([`held::coalesce`]: multi-row inserts, summed
+    /// additive updates). Its failure may therefore be reported by a later
+    /// statement, or by the commit of the group the operation ran in; either way
+    /// no operation whose writes were lost is answered Ok. The SQL is one of the
+    /// engine's constant statements.
+    fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), ApiError> {
         self.execute(sql, args).map(drop)
     }
 

@@ -20,9 +20,10 @@
 //! of the tenant is kept in memory for its length ([`LiveState`]): nothing else
 //! can change the tenant while the group holds its lock. A write whose only
 //! outcome that matters is success ([`Tx::execute_later`]) is held back and sent
-//! with the next statement, pipelined: a decision that reads nothing of the
-//! database sends its savepoint, its writes and the savepoint's release in one
-//! round trip.
+//! with the next statement, pipelined, merged with the held-back writes of the
+//! group's other operations ([`super::held`]): a decision that reads nothing of
+//! the database sends nothing of its own, and its writes go with the group's
+//! commit, in one round trip, as a few multi-row statements.
 //!
 //! The driver is tokio-postgres. Its connections and statements run on a small
 //! runtime of the store's own; the engine (synchronous) waits for each statement
@@ -42,6 +43,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Statement};
 use uuid::Uuid;
 
+use super::held::{self, Held};
 use super::{Arg, DatabaseUrl, Row, Tx, Value, schema};
 use crate::engine::live::LiveState;
 use crate::error::ApiError;
@@ -111,6 +113,9 @@ struct OpenGroup {
     live: RefCell<LiveState>,
     /// Statements of the group's writes not sent yet.
     pending: RefCell<Vec<Later>>,
+    /// Why the group cannot commit: held-back writes of its operations could not
+    /// be sent.
+    broken: RefCell<Option<ApiError>>,
 }
 
 struct Pool {
@@ -419,6 +424,7 @@ impl PgStore {
             Some(GroupWrite {
                 tenant,
                 live: &open.live,
+                broken: &open.broken,
                 first,
                 mark: Cell::new(open.pending.borrow().len()),
                 savepoint: Cell::new(false),
@@ -438,7 +444,12 @@ impl PgStore {
                 let end = PgTx::new(&open.conn, &open.pending, None);
                 // Everything the group held back goes with its commit: if any of
                 // it fails, the commit does, and no write of the group is kept.
-                let ended = if keep {
+                let broken = open.broken.borrow_mut().take();
+                let ended = if let Some(e) = broken {
+                    end.discard();
+                    let _ = end.control("ROLLBACK");
+                    Err(e)
+                } else if keep {
                     end.control("COMMIT")
                 } else {
                     end.discard();
@@ -499,6 +510,7 @@ impl PgStore {
                 conn,
                 live: RefCell::new(LiveState::default()),
                 pending,
+                broken: RefCell::new(None),
             }),
             Err(e) => {
                 {
@@ -867,6 +879,8 @@ struct GroupWrite<'a> {
     /// The tenant, locked when the group began.
     tenant: &'a str,
     live: &'a RefCell<LiveState>,
+    /// Set when the group's held-back writes could not be sent.
+    broken: &'a RefCell<Option<ApiError>>,
     /// The write opened the group: it has no savepoint (if it fails, the group
     /// is rolled back, and holds nothing else).
     first: bool,
@@ -881,11 +895,18 @@ struct GroupWrite<'a> {
 enum Later {
     /// Transaction control (`SAVEPOINT op`).
     Control(&'static str),
-    /// A prepared statement and its arguments.
-    Execute(Statement, Vec<Owned>),
+    /// A held-back write, merged with others of its kind when sent
+    /// ([`held::coalesce`]).
+    Write(Held),
 }
 
-impl Later {
+/// A statement of [`Later`]'s, ready to send.
+enum Ready {
+    Control(&'static str),
+    Execute(Statement, Vec<Value>),
+}
+
+impl Ready {
     async fn run(self, client: &Client) -> Result<(), tokio_postgres::Error> {
         match self {
             Self::Control(sql) => client.batch_execute(sql).await,
@@ -903,7 +924,7 @@ impl Later {
 /// first failure, in that order.
 async fn in_order<T>(
     client: &Client,
-    first: Vec<Later>,
+    first: Vec<Ready>,
     last: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, tokio_postgres::Error> {
     let mut runs: Vec<_> = first
@@ -956,18 +977,54 @@ impl<'a> PgTx<'a> {
     }
 
     /// Everything not sent yet, to be sent now: a write that joined a group sets
-    /// its savepoint first, in front of its own statements.
-    fn take_pending(&self) -> Vec<Later> {
-        let mut pending = self.pending.borrow_mut();
-        if let Some(g) = &self.group {
-            if !g.first && !g.savepoint.get() {
-                let at = g.mark.get().min(pending.len());
-                pending.insert(at, Later::Control("SAVEPOINT op"));
-                g.savepoint.set(true);
+    /// its savepoint first, in front of its own statements. Held-back writes are
+    /// merged between transaction controls (never across one) and prepared.
+    fn take_pending(&self) -> Result<Vec<Ready>, ApiError> {
+        let pending = {
+            let mut pending = self.pending.borrow_mut();
+            if let Some(g) = &self.group {
+                if !g.first && !g.savepoint.get() {
+                    let at = g.mark.get().min(pending.len());
+                    pending.insert(at, Later::Control("SAVEPOINT op"));
+                    g.savepoint.set(true);
+                }
+                g.mark.set(0);
             }
-            g.mark.set(0);
+            std::mem::take(&mut *pending)
+        };
+        let mut ready = Vec::with_capacity(pending.len());
+        let mut writes = Vec::new();
+        let mut prepared = Ok(());
+        for later in pending {
+            match later {
+                Later::Write(w) => writes.push(w),
+                Later::Control(sql) => {
+                    prepared = prepared.and_then(|()| {
+                        self.prepare_writes(std::mem::take(&mut writes), &mut ready)
+                    });
+                    ready.push(Ready::Control(sql));
+                }
+            }
         }
-        std::mem::take(&mut *pending)
+        match prepared.and_then(|()| self.prepare_writes(writes, &mut ready)) {
+            Ok(()) => Ok(ready),
+            Err(e) => {
+                // Writes of operations that were answered Ok may be among those
+                // lost: the group must not commit.
+                if let Some(g) = &self.group {
+                    *g.broken.borrow_mut() = Some(e.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `writes`, merged and prepared, onto `ready`.
+    fn prepare_writes(&self, writes: Vec<Held>, ready: &mut Vec<Ready>) -> Result<(), ApiError> {
+        for m in held::coalesce(writes) {
+            ready.push(Ready::Execute(self.statement(m.sql.as_str())?, m.args));
+        }
+        Ok(())
     }
 
     /// The write in a group has ended, well or not: its savepoint is released
@@ -983,17 +1040,23 @@ impl<'a> PgTx<'a> {
             pending.truncate(g.mark.get());
         }
         if g.savepoint.get() {
-            if !succeeded {
+            if succeeded {
+                // In front of what it still holds back (everything it held since
+                // it last sent): that is kept, and may merge with the writes of
+                // the operations after it.
+                let at = g.mark.get().min(pending.len());
+                pending.insert(at, Later::Control("RELEASE SAVEPOINT op"));
+            } else {
                 pending.push(Later::Control("ROLLBACK TO SAVEPOINT op"));
+                pending.push(Later::Control("RELEASE SAVEPOINT op"));
             }
-            pending.push(Later::Control("RELEASE SAVEPOINT op"));
         }
     }
 
     /// Sends what is pending, then `then` (if any), in one round trip: the first
     /// failure, if one fails.
-    fn send(&self, then: Option<Later>) -> Result<(), ApiError> {
-        let mut later = self.take_pending();
+    fn send(&self, then: Option<Ready>) -> Result<(), ApiError> {
+        let mut later = self.take_pending()?;
         later.extend(then);
         if later.is_empty() {
             return Ok(());
@@ -1004,7 +1067,7 @@ impl<'a> PgTx<'a> {
 
     /// Sends `sql` (transaction control) with what is pending.
     fn control(&self, sql: &'static str) -> Result<(), ApiError> {
-        self.send(Some(Later::Control(sql)))
+        self.send(Some(Ready::Control(sql)))
     }
 
     /// Sends `sql` (transaction control) with the next statement.
@@ -1060,8 +1123,8 @@ impl<'a> PgTx<'a> {
     ) -> Result<(Vec<tokio_postgres::Row>, u64), ApiError> {
         let statement = self.statement(sql)?;
         let client = self.conn.borrow().client.clone();
-        let owned: Vec<Owned> = args.iter().map(Owned::from).collect();
-        let later = self.take_pending();
+        let owned: Vec<Value> = args.iter().map(Value::from).collect();
+        let later = self.take_pending()?;
         let params: Vec<&(dyn ToSql + Sync)> =
             owned.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
         let this = async {
@@ -1091,13 +1154,12 @@ impl Tx for PgTx<'_> {
         self.call(sql, args, true)?.0.iter().map(read_row).collect()
     }
 
-    fn execute_later(&self, sql: &str, args: &[Arg<'_>]) -> Result<(), ApiError> {
+    fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), ApiError> {
         self.wrote.set(true);
-        let statement = self.statement(sql)?;
-        let owned = args.iter().map(Owned::from).collect();
-        self.pending
-            .borrow_mut()
-            .push(Later::Execute(statement, owned));
+        self.pending.borrow_mut().push(Later::Write(Held {
+            sql,
+            args: args.iter().map(Value::from).collect(),
+        }));
         Ok(())
     }
 
@@ -1119,26 +1181,6 @@ impl Tx for PgTx<'_> {
 
     fn keep_live(&self) {
         self.kept_live.set(true);
-    }
-}
-
-/// An argument moved onto the store's runtime.
-#[derive(Debug)]
-enum Owned {
-    Null,
-    Int(i64),
-    Text(String),
-    Blob(Vec<u8>),
-}
-
-impl From<&Arg<'_>> for Owned {
-    fn from(a: &Arg<'_>) -> Self {
-        match a {
-            Arg::Null => Self::Null,
-            Arg::Int(i) => Self::Int(*i),
-            Arg::Text(t) => Self::Text(t.to_string()),
-            Arg::Blob(b) => Self::Blob(b.to_vec()),
-        }
     }
 }
 
@@ -1176,7 +1218,7 @@ fn read_row(row: &tokio_postgres::Row) -> Result<Row, ApiError> {
     Ok(Row(values))
 }
 
-impl ToSql for Owned {
+impl ToSql for Value {
     fn to_sql(
         &self,
         ty: &Type,
@@ -1429,6 +1471,8 @@ pub(crate) mod tests {
                     |r| r.get(0),
                 )?;
                 assert_eq!(seen, 1, "a write reads what it wrote");
+                // Held back after its savepoint was set: kept or undone with it.
+                put(tx, &format!("op-{i:02}-then"))?;
             }
             if i % 3 == 0 {
                 return Err(ApiError::conflict("refused", "refused"));
@@ -1440,8 +1484,12 @@ pub(crate) mod tests {
             assert_eq!(out.is_err(), i % 3 == 0, "write {i}: {out:?}");
             if out.is_ok() {
                 kept.push(format!("op-{i:02}"));
+                if i % 2 == 0 {
+                    kept.push(format!("op-{i:02}-then"));
+                }
             }
         }
+        kept.sort();
         assert_eq!(stored(&store), kept);
         let groups = store.group("t").lock().id;
         assert!(groups < 40, "{groups} groups for 48 writes");

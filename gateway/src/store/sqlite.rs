@@ -4,7 +4,10 @@
 //! reservation that follows them are atomic. Operations that arrive while others run
 //! join one transaction, each in a savepoint of its own (an operation that fails
 //! rolls back only itself), and the last of them commits for all: a group commit.
-//! A file database runs in WAL mode; each commit's WAL is fsynced (outside the
+//! While others wait to join, an operation's writes whose only outcome is success
+//! ([`Tx::execute_later`]) are held back and sent merged with the group's others
+//! ([`super::held`]) before its next statement or with the commit; an operation
+//! that only holds writes back needs no savepoint. A file database runs in WAL mode; each commit's WAL is fsynced (outside the
 //! connection's lock, one fsync for every commit before it) before any of its
 //! operations is answered, so an acknowledged decision survives `kill -9` and a
 //! power loss. Operations from async code ([`SqliteStore::submit`]) queue to the
@@ -27,6 +30,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension as _, params_from_iter};
 
+use super::held::{self, Held};
 use super::{Arg, Row, Storage, Tx, Value, schema};
 use crate::engine::live::LiveState;
 use crate::error::ApiError;
@@ -471,6 +475,12 @@ struct Batch {
     /// Operations submitted by async callers ([`SqliteStore::submit`]) that ran in
     /// the open group and wait for its commit.
     waiting: Vec<Pending>,
+    /// The open group's writes held back ([`Tx::execute_later`]): sent, merged
+    /// ([`held::coalesce`]), before the group's next statement or its commit.
+    held: std::cell::RefCell<Vec<Held>>,
+    /// Why the open group cannot commit: a held-back write of an operation that
+    /// had already succeeded failed when it was sent.
+    broken: std::cell::RefCell<Option<String>>,
 }
 
 /// How an async caller's operation is answered once its group has ended: with
@@ -756,6 +766,8 @@ impl SqliteStore {
                 committed: 0,
                 failed: VecDeque::new(),
                 waiting: Vec::new(),
+                held: std::cell::RefCell::new(Vec::new()),
+                broken: std::cell::RefCell::new(None),
             }),
             done: Condvar::new(),
         });
@@ -1044,34 +1056,40 @@ impl Shared {
         let id = b.id;
         b.ops += 1;
         // The group's first operation needs no savepoint: if it fails, rolling the
-        // group back undoes it alone (the others join only after it).
+        // group back undoes it alone (the others join only after it). Another sets
+        // one when it first sends a statement (see `WriterTx::send`): one that
+        // only holds writes back needs none.
         let first = b.ops == 1;
         let batch = &*b;
         let tx = WriterTx {
             conn: &batch.conn,
             live: &batch.live,
+            arrivals: &self.arrivals,
+            held: &batch.held,
+            broken: &batch.broken,
+            first,
+            mark: std::cell::Cell::new(batch.held.borrow().len()),
+            savepoint: std::cell::Cell::new(false),
             wrote: std::cell::Cell::new(false),
             kept_live: std::cell::Cell::new(false),
         };
-        let out = if first {
-            catch_unwind(AssertUnwindSafe(|| f(&tx)))
-        } else {
-            match control(&batch.conn, "SAVEPOINT op") {
-                Ok(()) => catch_unwind(AssertUnwindSafe(|| f(&tx))),
-                Err(e) => Ok(Err(e.into())),
-            }
-        };
+        let out = catch_unwind(AssertUnwindSafe(|| f(&tx)));
         // The live state holds nothing an operation undid, or changed without
         // keeping it in step.
         let succeeded = matches!(out, Ok(Ok(_)));
         if !succeeded || (tx.wrote.get() && !tx.kept_live.get()) {
             batch.live.borrow_mut().clear();
         }
+        if !succeeded {
+            // What it held back is dropped; what it sent is undone.
+            batch.held.borrow_mut().truncate(tx.mark.get());
+        }
         // Ok(true): the group goes on (or commits); Ok(false): it is rolled back.
-        let keep = match (first, succeeded) {
-            (true, ok) => Ok(ok),
-            (false, true) => control(&b.conn, "RELEASE op").map(|()| true),
-            (false, false) => control(&b.conn, "ROLLBACK TO op")
+        let keep = match (first, succeeded, tx.savepoint.get()) {
+            (true, ok, _) => Ok(ok),
+            (false, _, false) => Ok(true),
+            (false, true, true) => control(&b.conn, "RELEASE op").map(|()| true),
+            (false, false, true) => control(&b.conn, "ROLLBACK TO op")
                 .and_then(|()| control(&b.conn, "RELEASE op"))
                 .map(|()| true),
         };
@@ -1079,10 +1097,17 @@ impl Shared {
         if left == 0 || b.ops >= self.max_batch || !matches!(keep, Ok(true)) {
             // The last operation in commits the group; a failed first operation
             // rolls it back (it is all the group holds).
-            let commit = match keep {
-                Ok(true) => control(&b.conn, "COMMIT"),
-                Ok(false) => control(&b.conn, "ROLLBACK"),
-                Err(e) => Err(e),
+            // What the group held back is sent with its commit; if any of it
+            // fails, so does the commit, and no write of the group is kept.
+            let held = std::mem::take(&mut *b.held.borrow_mut());
+            let broken = b.broken.borrow_mut().take();
+            let commit = match (keep, broken) {
+                (Ok(true), None) => send_held(&b.conn, held)
+                    .map_err(|e| e.message)
+                    .and_then(|()| control(&b.conn, "COMMIT").map_err(|e| e.to_string())),
+                (Ok(true), Some(why)) => Err(why),
+                (Ok(false), _) => control(&b.conn, "ROLLBACK").map_err(|e| e.to_string()),
+                (Err(e), _) => Err(e.to_string()),
             };
             let mut failure = None;
             if let Err(e) = &commit {
@@ -1110,17 +1135,65 @@ impl Shared {
 }
 
 /// The writer's transaction as an operation sees it: the connection, the live
-/// state, and whether the operation wrote and kept the live state in step.
+/// state, the group's held-back writes, and whether the operation wrote and kept
+/// the live state in step.
 struct WriterTx<'a> {
     conn: &'a Connection,
     live: &'a std::cell::RefCell<LiveState>,
+    /// Operations waiting to run, this one included.
+    arrivals: &'a AtomicUsize,
+    held: &'a std::cell::RefCell<Vec<Held>>,
+    broken: &'a std::cell::RefCell<Option<String>>,
+    /// The operation opened the group (it needs no savepoint).
+    first: bool,
+    /// Where the operation's own held-back writes start among the group's.
+    mark: std::cell::Cell<usize>,
+    /// The operation's savepoint is set.
+    savepoint: std::cell::Cell<bool>,
     wrote: std::cell::Cell<bool>,
     kept_live: std::cell::Cell<bool>,
+}
+
+impl WriterTx<'_> {
+    /// Before the operation's next statement: the group's held-back writes are
+    /// sent. Those of the operations before it go first, outside its savepoint
+    /// (which is set then, the first time): they succeeded, and a failure of this
+    /// one must not undo them. If one of theirs fails now, the group cannot
+    /// commit.
+    fn send(&self) -> Result<(), ApiError> {
+        if !self.first && !self.savepoint.get() {
+            let before: Vec<Held> = {
+                let mut held = self.held.borrow_mut();
+                let at = self.mark.get().min(held.len());
+                held.drain(..at).collect()
+            };
+            if let Err(e) = send_held(self.conn, before) {
+                *self.broken.borrow_mut() = Some(e.message.clone());
+                return Err(e);
+            }
+            control(self.conn, "SAVEPOINT op")?;
+            self.savepoint.set(true);
+        }
+        let own = std::mem::take(&mut *self.held.borrow_mut());
+        self.mark.set(0);
+        send_held(self.conn, own)
+    }
+}
+
+/// Sends held-back writes, merged ([`held::coalesce`]), in order: the first
+/// failure.
+fn send_held(conn: &Connection, writes: Vec<Held>) -> Result<(), ApiError> {
+    for w in held::coalesce(writes) {
+        let args: Vec<Arg<'_>> = w.args.iter().map(Value::as_arg).collect();
+        Tx::execute(conn, w.sql.as_str(), &args)?;
+    }
+    Ok(())
 }
 
 impl Tx for WriterTx<'_> {
     fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ApiError> {
         self.wrote.set(true);
+        self.send()?;
         Tx::execute(self.conn, sql, args)
     }
 
@@ -1129,7 +1202,23 @@ impl Tx for WriterTx<'_> {
         if !sql.trim_start().starts_with("SELECT") {
             self.wrote.set(true);
         }
+        self.send()?;
         Tx::query(self.conn, sql, args)
+    }
+
+    fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), ApiError> {
+        // Held back only while another operation waits to join the group, so
+        // that there is something to merge with; one that will commit alone
+        // writes at once (holding would only copy its arguments).
+        if self.arrivals.load(Ordering::SeqCst) <= 1 && self.held.borrow().is_empty() {
+            return self.execute(sql, args).map(drop);
+        }
+        self.wrote.set(true);
+        self.held.borrow_mut().push(Held {
+            sql,
+            args: args.iter().map(Value::from).collect(),
+        });
+        Ok(())
     }
 
     fn lock_tenant(&self, tenant_id: &str) -> Result<(), ApiError> {
@@ -1543,6 +1632,88 @@ mod tests {
         let d = store.shared.durability.as_ref().unwrap();
         let upto = d.lock().upto;
         assert_eq!(upto, store.shared.writer.lock().committed);
+    }
+
+    #[test]
+    fn held_back_writes_are_sent_merged_and_a_failed_operations_alone_are_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(SqliteStore::open(&Storage::File(dir.path().join("h.db")), 1 << 20).unwrap());
+        let put_later = |tx: &dyn Tx, key: &str| {
+            tx.execute_later(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                args![key, b"v".as_slice()],
+            )
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // 300 operations at once, so that groups form: each holds its write
+            // back; every other one then reads (which sends what the group held,
+            // its own write inside its savepoint); every third fails, before or
+            // after it sent anything.
+            let mut answers = Vec::new();
+            for i in 0..300_u32 {
+                let fut = store
+                    .submit(i, move |i: &u32, tx: &dyn Tx| {
+                        let key = format!("held-{i}");
+                        put_later(tx, &key)?;
+                        if i.is_multiple_of(2) {
+                            let seen: i64 = tx.query_one(
+                                "SELECT COUNT(*) FROM meta WHERE key = ?1",
+                                args![key],
+                                |r| r.get(0),
+                            )?;
+                            assert_eq!(seen, 1, "an operation reads what it held back");
+                        }
+                        if i.is_multiple_of(3) {
+                            return Err(ApiError::conflict("refused", "refused"));
+                        }
+                        Ok(*i)
+                    })
+                    .ok()
+                    .unwrap();
+                answers.push((i, tokio::spawn(fut)));
+            }
+            for (i, answer) in answers {
+                let answer = answer.await.unwrap();
+                assert_eq!(answer.is_err(), i % 3 == 0, "op {i}: {answer:?}");
+            }
+            for i in 0..300_u32 {
+                assert_eq!(stored(&store, &format!("held-{i}")), i % 3 != 0, "op {i}");
+            }
+
+            // A held-back write that fails when it is sent (op 5 writes a key
+            // twice) fails its whole group if it was merged into the commit:
+            // whatever was answered Ok is stored, and nothing else.
+            let mut answers = Vec::new();
+            for i in 0..16_u32 {
+                let fut = store
+                    .submit(i, move |i: &u32, tx: &dyn Tx| {
+                        put_later(tx, &format!("dup-{i}"))?;
+                        if *i == 5 {
+                            put_later(tx, "dup-twice")?;
+                            put_later(tx, "dup-twice")?;
+                        }
+                        Ok(())
+                    })
+                    .ok()
+                    .unwrap();
+                answers.push((i, tokio::spawn(fut)));
+            }
+            for (i, answer) in answers {
+                let answer = answer.await.unwrap();
+                assert_eq!(
+                    answer.is_ok(),
+                    stored(&store, &format!("dup-{i}")),
+                    "op {i}"
+                );
+                assert!(i != 5 || answer.is_err());
+            }
+            assert!(!stored(&store, "dup-twice"));
+        });
     }
 
     #[test]
