@@ -97,7 +97,7 @@ impl std::error::Error for ApiError {}
 
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> Self {
-        Self::internal(format_args!("storage: {e}"))
+        crate::store::StoreError::from_sqlite(&e).into()
     }
 }
 

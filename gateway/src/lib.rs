@@ -62,7 +62,7 @@ pub use engine::operator::*;
 pub use engine::replay::{ReplayChange, ReplayDay, ReplayOptions, ReplayReport, ReplayTally};
 pub use engine::*;
 pub use error::ApiError;
-pub use store::{DatabaseUrl, Storage, data_lock_path, database_path, root_key_path};
+pub use store::{DatabaseUrl, Storage, StoreError, data_lock_path, database_path, root_key_path};
 
 /// For the gateway's own benchmarks: not part of its API.
 #[doc(hidden)]

@@ -13,11 +13,13 @@ use std::borrow::Cow;
 use crate::engine::live::LiveState;
 use crate::error::ApiError;
 
+mod error;
 pub(crate) mod held;
 pub(crate) mod postgres;
 pub(crate) mod schema;
 pub(crate) mod sqlite;
 
+pub use error::StoreError;
 pub(crate) use sqlite::DEFAULT_WAL_LIMIT_BYTES;
 
 /// Where the engine keeps its state.

@@ -44,7 +44,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use uuid::Uuid;
 
 use super::held::{self, Held};
-use super::{Arg, DatabaseUrl, Row, Tx, Value, schema};
+use super::{Arg, DatabaseUrl, Row, StoreError, Tx, Value, schema};
 use crate::engine::live::LiveState;
 use crate::error::ApiError;
 
@@ -125,7 +125,7 @@ struct Pool {
 }
 
 fn storage_error(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(format_args!("storage: {e}"))
+    StoreError::Failed(format!("storage: {e}")).into()
 }
 
 impl From<tokio_postgres::Error> for ApiError {
@@ -136,9 +136,12 @@ impl From<tokio_postgres::Error> for ApiError {
             |d| format!("{} ({})", d.message(), d.code().code()),
         );
         if unreachable(&e) {
-            ApiError::store_unavailable(detail)
+            StoreError::Unavailable(detail).into()
         } else {
-            storage_error(detail)
+            match e.code() {
+                Some(code) => StoreError::from_sqlstate(Some(code.code()), detail).into(),
+                None => storage_error(detail),
+            }
         }
     }
 }

@@ -140,7 +140,8 @@ pub(crate) fn too_new(applied: i64, floor: i64, latest: i64, place: &str) -> Api
 }
 
 /// A running replica's refusal to write once a newer build raised the serving
-/// floor past it: 503, nothing decided or changed.
+/// floor past it: 503, nothing decided or changed (the answer to
+/// [`super::StoreError::Outdated`]).
 pub(crate) fn outdated(floor: i64) -> ApiError {
     ApiError::new(
         503,

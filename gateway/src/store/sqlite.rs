@@ -31,7 +31,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension as _, params_from_iter};
 
 use super::held::{self, Held};
-use super::{Arg, Row, Storage, Tx, Value, schema};
+use super::{Arg, Row, Storage, StoreError, Tx, Value, schema};
 use crate::engine::live::LiveState;
 use crate::error::ApiError;
 
@@ -471,7 +471,7 @@ struct Batch {
     /// The last group whose commit has finished.
     committed: u64,
     /// Recent groups whose commit failed, with why.
-    failed: VecDeque<(u64, String)>,
+    failed: VecDeque<(u64, StoreError)>,
     /// Operations submitted by async callers ([`SqliteStore::submit`]) that ran in
     /// the open group and wait for its commit.
     waiting: Vec<Pending>,
@@ -480,7 +480,7 @@ struct Batch {
     held: std::cell::RefCell<Vec<Held>>,
     /// Why the open group cannot commit: a held-back write of an operation that
     /// had already succeeded failed when it was sent.
-    broken: std::cell::RefCell<Option<String>>,
+    broken: std::cell::RefCell<Option<StoreError>>,
 }
 
 /// How an async caller's operation is answered once its group has ended: with
@@ -523,7 +523,7 @@ struct Synced {
     /// report the next one clean), so the store refuses writes until it is reopened.
     failed: Option<(u64, String)>,
     /// Recent groups whose commit failed, with why.
-    commit_failures: VecDeque<(u64, String)>,
+    commit_failures: VecDeque<(u64, StoreError)>,
     /// Async callers' operations whose groups ended, waiting for their fsync.
     pending: Vec<Pending>,
     /// The store is gone: the sync thread stops.
@@ -540,9 +540,10 @@ impl Synced {
         if let Some((good, why)) = &self.failed
             && id > *good
         {
-            return Some(Err(ApiError::internal(format_args!(
+            return Some(Err(StoreError::NotDurable(format!(
                 "storage: the commit could not be made durable: {why}"
-            ))));
+            ))
+            .into()));
         }
         (self.upto >= id).then_some(Ok(()))
     }
@@ -566,7 +567,7 @@ impl Durability {
 
     /// The writer: group `id` has ended (`failure` if its commit failed), and
     /// `pending` ran in it.
-    fn group_ended(&self, id: u64, failure: Option<String>, pending: Vec<Pending>) {
+    fn group_ended(&self, id: u64, failure: Option<StoreError>, pending: Vec<Pending>) {
         let mut st = self.lock();
         st.ended = st.ended.max(id);
         if let Some(why) = failure {
@@ -602,7 +603,9 @@ impl Durability {
                 return outcome;
             }
             if st.stopped {
-                return Err(ApiError::internal("the store stopped before its commit"));
+                return Err(
+                    StoreError::Failed("the store stopped before its commit".into()).into(),
+                );
             }
             st = self
                 .synced_now
@@ -693,7 +696,7 @@ struct Writer {
 
 impl Batch {
     /// Why group `group`'s commit failed, if it did (and is still remembered).
-    fn failure(&self, group: u64) -> Option<String> {
+    fn failure(&self, group: u64) -> Option<StoreError> {
         self.failed
             .iter()
             .find(|(g, _)| *g == group)
@@ -969,9 +972,13 @@ fn settle<T>(
     out.map(|r| r.and_then(|v| ended.map(|()| v)))
 }
 
-/// The error an operation whose group's commit failed is answered.
-fn commit_failed(why: &str) -> ApiError {
-    ApiError::internal(format_args!("storage: the commit failed: {why}"))
+/// The error an operation whose group's commit failed is answered: why it
+/// failed (a full disk, a lock, …), with the detail saying it was the commit.
+fn commit_failed(why: &StoreError) -> ApiError {
+    match why {
+        StoreError::Failed(d) => StoreError::Failed(format!("the commit failed: {d}")).into(),
+        other => other.clone().into(),
+    }
 }
 
 /// The thread that makes commits durable ([`Durability::sync_once`]); stopped
@@ -1101,20 +1108,20 @@ impl Shared {
             // fails, so does the commit, and no write of the group is kept.
             let held = std::mem::take(&mut *b.held.borrow_mut());
             let broken = b.broken.borrow_mut().take();
+            let sqlite = |e: rusqlite::Error| StoreError::from_sqlite(&e);
             let commit = match (keep, broken) {
                 (Ok(true), None) => send_held(&b.conn, held)
-                    .map_err(|e| e.message)
-                    .and_then(|()| control(&b.conn, "COMMIT").map_err(|e| e.to_string())),
+                    .and_then(|()| control(&b.conn, "COMMIT").map_err(sqlite)),
                 (Ok(true), Some(why)) => Err(why),
-                (Ok(false), _) => control(&b.conn, "ROLLBACK").map_err(|e| e.to_string()),
-                (Err(e), _) => Err(e.to_string()),
+                (Ok(false), _) => control(&b.conn, "ROLLBACK").map_err(sqlite),
+                (Err(e), _) => Err(sqlite(e)),
             };
             let mut failure = None;
-            if let Err(e) = &commit {
+            if let Err(e) = commit {
                 let _ = control(&b.conn, "ROLLBACK");
                 b.live.get_mut().clear();
-                failure = Some(e.to_string());
-                b.failed.push_back((id, e.to_string()));
+                failure = Some(e.clone());
+                b.failed.push_back((id, e));
                 if b.failed.len() > 64 {
                     b.failed.pop_front();
                 }
@@ -1143,7 +1150,7 @@ struct WriterTx<'a> {
     /// Operations waiting to run, this one included.
     arrivals: &'a AtomicUsize,
     held: &'a std::cell::RefCell<Vec<Held>>,
-    broken: &'a std::cell::RefCell<Option<String>>,
+    broken: &'a std::cell::RefCell<Option<StoreError>>,
     /// The operation opened the group (it needs no savepoint).
     first: bool,
     /// Where the operation's own held-back writes start among the group's.
@@ -1168,24 +1175,26 @@ impl WriterTx<'_> {
                 held.drain(..at).collect()
             };
             if let Err(e) = send_held(self.conn, before) {
-                *self.broken.borrow_mut() = Some(e.message.clone());
-                return Err(e);
+                *self.broken.borrow_mut() = Some(e.clone());
+                return Err(e.into());
             }
             control(self.conn, "SAVEPOINT op")?;
             self.savepoint.set(true);
         }
         let own = std::mem::take(&mut *self.held.borrow_mut());
         self.mark.set(0);
-        send_held(self.conn, own)
+        send_held(self.conn, own).map_err(ApiError::from)
     }
 }
 
 /// Sends held-back writes, merged ([`held::coalesce`]), in order: the first
 /// failure.
-fn send_held(conn: &Connection, writes: Vec<Held>) -> Result<(), ApiError> {
+fn send_held(conn: &Connection, writes: Vec<Held>) -> Result<(), StoreError> {
     for w in held::coalesce(writes) {
         let args: Vec<Arg<'_>> = w.args.iter().map(Value::as_arg).collect();
-        Tx::execute(conn, w.sql.as_str(), &args)?;
+        conn.prepare_cached(w.sql.as_str())
+            .and_then(|mut st| st.execute(params_from_iter(args.iter())))
+            .map_err(|e| StoreError::from_sqlite(&e))?;
     }
     Ok(())
 }
@@ -1443,7 +1452,7 @@ mod tests {
                 finish: finish(1),
             }],
         );
-        durability.group_ended(2, Some("disk full".into()), Vec::new());
+        durability.group_ended(2, Some(StoreError::Full("disk full".into())), Vec::new());
         // A group whose commit failed is answered at once; the committed one
         // waits for the fsync.
         durability.add_pending(Pending {
@@ -1714,6 +1723,73 @@ mod tests {
             }
             assert!(!stored(&store, "dup-twice"));
         });
+    }
+
+    #[test]
+    fn a_full_database_refuses_writes_with_storage_full_and_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(SqliteStore::open(&Storage::File(dir.path().join("f.db")), 1 << 20).unwrap());
+        store.write(|tx| put(tx, "before")).unwrap();
+        let limit = |pages: Option<i64>| {
+            let b = store.shared.writer.lock();
+            let now: i64 = b
+                .conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .unwrap();
+            b.conn
+                .execute_batch(&format!("PRAGMA max_page_count = {}", pages.unwrap_or(now)))
+                .unwrap();
+        };
+        // The database may not grow past what it holds now.
+        limit(None);
+        let big = vec![7_u8; 1 << 20];
+        let write_big = |tx: &dyn Tx| {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('big', ?1)",
+                args![big.clone()],
+            )
+            .map(drop)
+        };
+        let refused = store.write(write_big).unwrap_err();
+        assert_eq!((refused.status, refused.code), (507, "storage_full"));
+        // Held back and sent with the group's commit: the commit is refused, and
+        // the operation with it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let answers = rt.block_on(async {
+            let mut answers = Vec::new();
+            for i in 0..4_u32 {
+                let big = big.clone();
+                answers.push(tokio::spawn(
+                    store
+                        .submit(i, move |i: &u32, tx: &dyn Tx| {
+                            tx.execute_later(
+                                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                                args![format!("big-{i}"), big],
+                            )
+                        })
+                        .ok()
+                        .unwrap(),
+                ));
+            }
+            let mut out = Vec::new();
+            for a in answers {
+                out.push(a.await.unwrap());
+            }
+            out
+        });
+        for a in answers {
+            let refused = a.unwrap_err();
+            assert_eq!((refused.status, refused.code), (507, "storage_full"));
+        }
+        assert!(!stored(&store, "big"));
+        assert!((0..4).all(|i| !stored(&store, &format!("big-{i}"))));
+        // With room again, writes go on, and nothing was lost.
+        limit(Some(1 << 30));
+        store.write(|tx| put(tx, "after")).unwrap();
+        assert!(stored(&store, "before") && stored(&store, "after"));
     }
 
     #[test]
