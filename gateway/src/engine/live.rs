@@ -40,6 +40,9 @@ pub(crate) struct LiveState {
     intents: HashMap<String, LiveIntent>,
     /// Counts the intents' uses: each records its last ([`LiveIntent::used`]).
     clock: u64,
+    /// How many times decisions read what lapsed (for tests).
+    #[cfg(test)]
+    pub(crate) lapse_reads: u64,
 }
 
 /// An intent as a decision reads it.
@@ -56,8 +59,9 @@ struct LiveIntent {
     currency: String,
     operations: Vec<String>,
     /// No open reservation of the intent lapses before this (`i64::MAX`: none is
-    /// open). Lowered by every reservation; never raised (finalizing one leaves
-    /// it), so it errs early: a decision at or past it reads the lapsed amount.
+    /// open). Lowered by every reservation; finalizing one leaves it, so it errs
+    /// early: a decision at or past it reads the lapsed amount, and with it the
+    /// bound again.
     next_lapse_ms: i64,
     /// When it was last read, on the state's clock.
     used: u64,
@@ -121,6 +125,24 @@ impl LiveState {
         }
     }
 
+    /// What a decision at `now` read of `intent`'s open reservations: `lapsed`
+    /// cents past their TTL, and the first of the others to lapse (`None`: no
+    /// other is open). With none lapsed, no reservation lapses before that; with
+    /// some lapsed (waiting for the sweep), the next decision reads again.
+    fn lapse_read(&mut self, intent: &str, lapsed: u64, next: Option<i64>) {
+        #[cfg(test)]
+        {
+            self.lapse_reads += 1;
+        }
+        if let Some(i) = self.intents.get_mut(intent) {
+            i.next_lapse_ms = if lapsed > 0 {
+                i64::MIN
+            } else {
+                next.unwrap_or(i64::MAX)
+            };
+        }
+    }
+
     /// A reservation of `reserved` cents on `intent` finalized at `actual` (0 when
     /// released): the rest returns to the budget.
     pub(crate) fn finalized(&mut self, intent: &str, reserved: u64, actual: u64) {
@@ -160,9 +182,23 @@ pub(crate) fn intent_facts(
         return Ok(None);
     }
     // Reservations past their TTL return to the budget whether or not the sweep
-    // has expired them yet; none has lapsed before `next_lapse_ms`.
+    // has expired them yet; none has lapsed before `next_lapse_ms`. Past it, what
+    // lapsed is read, and with it when the next open reservation lapses: the
+    // bound moves on (unless lapsed ones wait for the sweep), so a busy intent
+    // reads the database once per lapse, not on every decision after the first.
     let lapsed = if now >= held.next_lapse_ms {
-        crate::engine::lifecycle::lapsed_cents(tx, intent, now)?
+        let (lapsed, next): (u64, Option<i64>) = tx.query_one(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN expires_ms <= ?2 THEN amount_cents ELSE 0 END), 0)
+                 AS BIGINT),
+                 MIN(CASE WHEN expires_ms > ?2 THEN expires_ms END)
+             FROM reservations WHERE intent_id = ?1 AND state = 'open'",
+            args![intent, now],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if let Some(live) = live {
+            live.borrow_mut().lapse_read(intent, lapsed, next);
+        }
+        lapsed
     } else {
         0
     };

@@ -823,6 +823,118 @@ mod tests {
         }
     }
 
+    /// A busy intent past its first reservation's TTL reads what lapsed once per
+    /// lapse, not on every decision after it.
+    #[test]
+    fn a_busy_intent_reads_what_lapsed_once_per_lapse() {
+        use crate::engine::{Clock, Engine, EngineConfig};
+        use crate::store::Storage;
+        use paybond_middleware_core::wire::{
+            CompleteRequest, Environment, SandboxBootstrapRequest, VerifyRequest,
+        };
+        let clock = Clock::manual(1_790_000_000_000);
+        let mut config = EngineConfig::new(Storage::Memory);
+        config.clock = clock.clone();
+        let engine = Engine::open(config).unwrap();
+        let keys = engine.create_tenant("t", Environment::Sandbox).unwrap();
+        let agent = engine.authenticate(keys.agent.expose_secret()).unwrap();
+        let intent = engine
+            .bootstrap_sandbox(
+                &agent,
+                &SandboxBootstrapRequest {
+                    operation: BOOK.to_owned(),
+                    requested_spend_cents: 60_000,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let decide = || {
+            let r = engine
+                .verify(
+                    &agent,
+                    &VerifyRequest {
+                        intent_id: intent.intent_id,
+                        token: intent.capability_token.clone(),
+                        operation: BOOK.into(),
+                        requested_spend_cents: 100,
+                        vendor_id: Some("vendor_acme".into()),
+                        task_id: None,
+                        workflow_id: None,
+                        tool_call_id: None,
+                        tool_name: None,
+                        currency: None,
+                        agent_subject: None,
+                        approval_token: None,
+                        idempotency_key: None,
+                        phase: None,
+                    },
+                )
+                .unwrap();
+            assert!(r.allow, "{r:?}");
+            let done = CompleteRequest {
+                outcome: Finalization::Consumed,
+                actual_spend_cents: Some(100),
+            };
+            engine
+                .complete(&agent, r.decision_id.unwrap(), &done, None)
+                .unwrap();
+        };
+        let reads = || {
+            engine
+                .tx(|tx, _| Ok(tx.live().unwrap().borrow().lapse_reads))
+                .unwrap()
+        };
+        decide();
+        // Past the first reservation's TTL (it was finalized: nothing lapsed).
+        clock.advance_ms(crate::engine::DEFAULT_RESERVATION_TTL_MS + 1_000);
+        let before = reads();
+        for _ in 0..50 {
+            decide();
+            clock.advance_ms(10);
+        }
+        assert_eq!(
+            reads() - before,
+            1,
+            "reads of what lapsed over 50 decisions"
+        );
+        // The open reservation a decision leaves lapses in turn: read once more.
+        let r = engine
+            .verify(
+                &agent,
+                &VerifyRequest {
+                    intent_id: intent.intent_id,
+                    token: intent.capability_token.clone(),
+                    operation: BOOK.into(),
+                    requested_spend_cents: 100,
+                    vendor_id: Some("vendor_acme".into()),
+                    task_id: None,
+                    workflow_id: None,
+                    tool_call_id: None,
+                    tool_name: None,
+                    currency: None,
+                    agent_subject: None,
+                    approval_token: None,
+                    idempotency_key: None,
+                    phase: None,
+                },
+            )
+            .unwrap();
+        assert!(r.allow);
+        clock.advance_ms(crate::engine::DEFAULT_RESERVATION_TTL_MS + 1_000);
+        let before = reads();
+        for _ in 0..20 {
+            decide();
+        }
+        // It lapsed and waits for the sweep: every decision reads until then.
+        assert_eq!(reads() - before, 20);
+        engine.sweep().unwrap();
+        let before = reads();
+        for _ in 0..20 {
+            decide();
+        }
+        assert!(reads() - before <= 1, "{}", reads() - before);
+    }
+
     #[test]
     fn the_ledger_check_names_a_table_that_differs_from_the_log() {
         run(&[
