@@ -4,7 +4,9 @@
 //!   threads on the SQLite file store (durable) and the in-memory store; then
 //!   `Engine::verify` alone by one thread in memory (the CPU cost of a decision) and by
 //!   16 and 64 threads on the file store, and by 64 async tasks (verify alone, then
-//!   with complete) through `verify_async`/`complete_async`.
+//!   with complete) through `verify_async`/`complete_async`; then verify alone under
+//!   rolling caps and an hourly call limit, in memory by one thread and on a file
+//!   by 64 async tasks.
 //! - Over loopback HTTP (`-- http`), 16 connections, then 128: the server's `/healthz`
 //!   (the floor), verify alone, and verify + complete, in the same run.
 //! - PostgreSQL (`-- postgres`, on `PAYBOND_BENCH_DATABASE_URL` or
@@ -28,6 +30,10 @@ use paybond_middleware_core::wire::{
 use uuid::Uuid;
 
 const POLICY: &str = "version: 1\nname: bench\ndefault_deny: true\ntools:\n  bench.pay: {side_effecting: true, spend_from_args: amount_cents, evidence_preset: cost_and_completion}\n";
+/// The same tool under the canonical scenario's kinds of controls: a tenant day
+/// cap, a per-agent hourly cap and an hourly call limit, none of them reached in
+/// a run.
+const CAPPED_POLICY: &str = "version: 1\nname: bench\ndefault_deny: true\ntools:\n  bench.pay: {side_effecting: true, spend_from_args: amount_cents, evidence_preset: cost_and_completion}\nspend_controls:\n  tools:\n    bench.pay: {limit_per_hour: 500000}\n  caps:\n    - {scope: tenant, window: day, limit_cents: 100000000000}\n    - {scope: agent, window: hour, limit_cents: 100000000000}\n";
 const RUN_FOR: Duration = Duration::from_secs(3);
 
 struct Setup {
@@ -39,17 +45,25 @@ struct Setup {
 }
 
 fn bench_config(storage: Storage) -> EngineConfig {
+    bench_config_with(storage, POLICY)
+}
+
+fn bench_config_with(storage: Storage, policy: &str) -> EngineConfig {
     let mut config = EngineConfig::new(storage);
     config.default_org_policy = None;
     config.default_tenant_policy = Some(PolicyFile {
-        text: POLICY.into(),
+        text: policy.into(),
         file: "bench.yaml".into(),
     });
     config
 }
 
 fn setup(storage: Storage) -> Setup {
-    let config = bench_config(storage);
+    setup_with(storage, POLICY)
+}
+
+fn setup_with(storage: Storage, policy: &str) -> Setup {
+    let config = bench_config_with(storage, policy);
     tenant(Arc::new(Engine::open(config).unwrap()), "bench")
 }
 
@@ -410,6 +424,19 @@ fn main() {
         }
         return;
     }
+    if only.as_deref() == Some("profile-capped") {
+        let s = Arc::new(setup_with(Storage::Memory, CAPPED_POLICY));
+        for _ in 0..3 {
+            in_process_on(
+                "capped: verify alone, SQLite memory,  1 thread(s)",
+                s.clone(),
+                1,
+                true,
+                false,
+            );
+        }
+        return;
+    }
     if only.as_deref() == Some("profile-async") {
         let s = Arc::new(setup(Storage::File(dir.path().join("profile-async.db"))));
         for _ in 0..3 {
@@ -479,6 +506,23 @@ fn main() {
             Arc::new(setup(Storage::File(dir.path().join("keyed.db")))),
             16,
             true,
+            true,
+        );
+        // Under rolling caps and an hourly call limit.
+        in_process_on(
+            "capped: verify alone, SQLite memory,  1 thread(s)",
+            Arc::new(setup_with(Storage::Memory, CAPPED_POLICY)),
+            1,
+            true,
+            false,
+        );
+        in_process_async(
+            "capped: verify alone, async, SQLite file, 64 tasks",
+            Arc::new(setup_with(
+                Storage::File(dir.path().join("capped.db")),
+                CAPPED_POLICY,
+            )),
+            64,
             true,
         );
     }

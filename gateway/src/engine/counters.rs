@@ -12,6 +12,7 @@
 use jiff::ToSpan;
 use paybond_policies::CapWindow;
 
+use crate::engine::live;
 use crate::error::ApiError;
 use crate::store::{Arg, ToArg, Tx, args};
 
@@ -107,7 +108,8 @@ pub(crate) fn window(now_ms: i64, window: CapWindow, timezone: &str) -> Option<(
 }
 
 /// Spend counted against `bucket` in `[start, end)` at `now`: consumed amounts and
-/// open reservations, without those past their TTL.
+/// open reservations, without those past their TTL. From the writer's live state
+/// when it holds the counter ([`live::counter_spent`]).
 pub(crate) fn spent(
     tx: &dyn Tx,
     tenant: &str,
@@ -116,50 +118,69 @@ pub(crate) fn spent(
     now: i64,
 ) -> Result<u64, ApiError> {
     let key = bucket.key();
-    let stored: Option<i64> = tx.query_opt(
-        "SELECT spent_cents FROM spend_counters
-         WHERE tenant_id = ?1 AND bucket = ?2 AND window_start = ?3 AND window_end = ?4",
-        args![tenant, key, start, end],
-        |r| r.get(0),
-    )?;
-    let (filter, extra) = bucket.filter(4);
-    let counted = match stored {
-        Some(c) => c,
-        None => {
-            let mut a = args![tenant, start, end].to_vec();
-            a.extend(extra.iter().cloned());
-            let c: i64 = tx.query_one(
+    live::counter_spent(
+        tx,
+        &live::bucket_key(tenant, &key),
+        (start, end),
+        now,
+        || {
+            let stored: Option<i64> = tx.query_opt(
+                "SELECT spent_cents FROM spend_counters
+             WHERE tenant_id = ?1 AND bucket = ?2 AND window_start = ?3 AND window_end = ?4",
+                args![tenant, key, start, end],
+                |r| r.get(0),
+            )?;
+            let (filter, extra) = bucket.filter(4);
+            let counted = match stored {
+                Some(c) => c,
+                None => {
+                    let mut a = args![tenant, start, end].to_vec();
+                    a.extend(extra.iter().cloned());
+                    let c: i64 = tx.query_one(
+                    &format!(
+                        "SELECT CAST(COALESCE(SUM(CASE WHEN state = 'open' THEN amount_cents
+                         WHEN state = 'consumed' THEN actual_cents ELSE 0 END), 0) AS BIGINT)
+                         FROM reservations WHERE tenant_id = ?1 AND created_ms >= ?2 AND created_ms < ?3{filter}"
+                    ),
+                    &a,
+                    |r| r.get(0),
+                )?;
+                    tx.execute(
+                    "INSERT INTO spend_counters (tenant_id, bucket, window_start, window_end, spent_cents)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    args![tenant, key, start, end, c],
+                )?;
+                    c
+                }
+            };
+            // Lapsed: open, past their TTL, not yet expired by the sweep (usually none),
+            // and the first of the others to lapse; the (state, expires_ms) index finds
+            // both.
+            let (filter, extra) = bucket.filter(5);
+            let mut a = args![tenant, start, end, now].to_vec();
+            a.extend(extra);
+            let lapsed: i64 = tx.query_one(
                 &format!(
-                    "SELECT CAST(COALESCE(SUM(CASE WHEN state = 'open' THEN amount_cents
-                     WHEN state = 'consumed' THEN actual_cents ELSE 0 END), 0) AS BIGINT)
-                     FROM reservations WHERE tenant_id = ?1 AND created_ms >= ?2 AND created_ms < ?3{filter}"
+                    "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM reservations
+                 WHERE state = 'open' AND expires_ms <= ?4 AND tenant_id = ?1
+                 AND created_ms >= ?2 AND created_ms < ?3{filter}"
                 ),
                 &a,
                 |r| r.get(0),
             )?;
-            tx.execute(
-                "INSERT INTO spend_counters (tenant_id, bucket, window_start, window_end, spent_cents)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                args![tenant, key, start, end, c],
+            let next: Option<i64> = tx.query_opt(
+                &format!(
+                    "SELECT expires_ms FROM reservations
+                 WHERE state = 'open' AND expires_ms > ?4 AND tenant_id = ?1
+                 AND created_ms >= ?2 AND created_ms < ?3{filter}
+                 ORDER BY expires_ms LIMIT 1"
+                ),
+                &a,
+                |r| r.get(0),
             )?;
-            c
-        }
-    };
-    // Lapsed: open, past their TTL, not yet expired by the sweep (usually none; the
-    // (state, expires_ms) index finds them).
-    let (filter, extra) = bucket.filter(5);
-    let mut a = args![tenant, start, end, now].to_vec();
-    a.extend(extra);
-    let lapsed: i64 = tx.query_one(
-        &format!(
-            "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM reservations
-             WHERE state = 'open' AND expires_ms <= ?4 AND tenant_id = ?1
-             AND created_ms >= ?2 AND created_ms < ?3{filter}"
-        ),
-        &a,
-        |r| r.get(0),
-    )?;
-    Ok(u64::try_from(counted.saturating_sub(lapsed)).unwrap_or(0))
+            Ok((counted, lapsed, next))
+        },
+    )
 }
 
 /// Every bucket a reservation of `agent` (and its sub-agent), `vendor` and `tool`
@@ -181,21 +202,38 @@ pub(crate) fn buckets_of<'a>(
     .flatten()
 }
 
-/// Adds `delta` cents to every counter the reservation falls into.
+/// Adds `delta` cents to every counter the reservation falls into (in the
+/// database, and in the writer's live state); `lapses` is a new reservation's
+/// expiry.
 ///
 /// One keyed update per bucket: a single statement with `bucket IN (…)` makes
 /// SQLite build a temporary B-tree of the list on every call, which cost more than
-/// the updates themselves. PostgreSQL receives them pipelined with the decision's
-/// other writes, in one round trip.
-pub(crate) fn adjust(tx: &dyn Tx, r: &Counted<'_>, delta: i64) -> Result<(), ApiError> {
+/// the updates themselves. The store merges a group's updates of one counter
+/// ([`crate::store::held`]).
+pub(crate) fn adjust(
+    tx: &dyn Tx,
+    r: &Counted<'_>,
+    delta: i64,
+    lapses: Option<i64>,
+) -> Result<(), ApiError> {
     if delta == 0 {
         return Ok(());
     }
+    let live = tx.live();
     for bucket in buckets_of(r.agent, r.agent_subject, r.vendor, r.tool) {
+        let key = bucket.key();
+        if let Some(live) = live {
+            live.borrow_mut().counted(
+                &live::bucket_key(r.tenant, &key),
+                r.created_ms,
+                delta,
+                lapses,
+            );
+        }
         tx.execute_later(
             "UPDATE spend_counters SET spent_cents = spent_cents + ?4
              WHERE tenant_id = ?1 AND bucket = ?2 AND window_start <= ?3 AND window_end > ?3",
-            args![r.tenant, bucket.key(), r.created_ms, delta],
+            args![r.tenant, key, r.created_ms, delta],
         )?;
     }
     Ok(())

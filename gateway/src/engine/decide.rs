@@ -386,15 +386,13 @@ impl Engine {
                 }
                 cap_usage.push(spent);
             }
-            // At most `limit` rows of the hour are read (the (tenant, tool,
-            // created_ms) index), however busy the tool is.
             for (tool, limit) in tool_limits(doc, &binding.tools).per_hour {
-                rate_windows.push(tx.query_map(
-                    "SELECT created_ms FROM reservations
-                     WHERE tenant_id = ?1 AND tool = ?2 AND created_ms > ?3
-                     ORDER BY created_ms LIMIT ?4",
-                    args![call.tenant, tool, now - rules::HOUR_MS, limit],
-                    |r| r.get(0),
+                rate_windows.push(crate::engine::live::tool_window(
+                    tx,
+                    call.tenant,
+                    &tool,
+                    limit,
+                    now,
                 )?);
             }
         }
@@ -668,11 +666,13 @@ impl Engine {
             "UPDATE intents SET reserved_cents = reserved_cents + ?2 WHERE id = ?1",
             args![call.intent, call.amount],
         )?;
+        let lapses = now + self.config.reservation_ttl_ms;
         if let Some(live) = tx.live() {
-            live.borrow_mut().reserved(
-                &call.intent,
-                call.amount,
-                now + self.config.reservation_ttl_ms,
+            let mut live = live.borrow_mut();
+            live.reserved(&call.intent, call.amount, lapses);
+            live.called(
+                &crate::engine::live::bucket_key(call.tenant, &call.tool),
+                now,
             );
         }
         counters::adjust(
@@ -686,6 +686,7 @@ impl Engine {
                 tool: &call.tool,
             },
             i64::try_from(call.amount).unwrap_or(i64::MAX),
+            Some(lapses),
         )
     }
 

@@ -1001,6 +1001,7 @@ pub(crate) fn expire_due(tx: &dyn Tx, now: i64) -> Result<u64, ApiError> {
             tx,
             &row.counted(tenant),
             -i64::try_from(row.amount).unwrap_or(i64::MAX),
+            None,
         )?;
         ledger::append(
             tx,
@@ -1275,6 +1276,7 @@ pub(crate) fn complete_tx(
         tx,
         &held_row.counted(&principal.tenant_id),
         i64::try_from(actual).unwrap_or(i64::MAX) - i64::try_from(reserved).unwrap_or(i64::MAX),
+        None,
     )?;
     tx.execute_later(
         "UPDATE reservations SET state = ?2, actual_cents = ?3, finalized_ms = ?4, complete_response = ?5

@@ -1,6 +1,7 @@
 //! The spend state the writer keeps in memory: what a decision reads about its
-//! intent and each tenant's ledger tip, so that deciding reads nothing of the
-//! database on the common path.
+//! intent, the rolling-cap counters and hourly call windows its policy checks,
+//! and each tenant's ledger tip, so that deciding reads nothing of the database on
+//! the common path.
 //!
 //! It lives where every write of a store goes through one writer (SQLite: one
 //! connection, see [`crate::store::Tx::live`]) and is changed only by the writer's
@@ -18,11 +19,11 @@
 //! projections are written in the same transaction), so a miss costs a query, never
 //! a wrong answer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use paybond_middleware_core::wire::LifecycleStatus;
 
-use crate::engine::rules::IntentFacts;
+use crate::engine::rules::{CallWindow, IntentFacts};
 use crate::error::ApiError;
 use crate::store::{Tx, args};
 
@@ -31,6 +32,19 @@ use crate::store::{Tx, args};
 /// the intents in use stay.
 const MAX_INTENTS: usize = 65_536;
 
+/// Counter buckets (tenant and bucket) and hourly windows (tenant and tool) kept
+/// at most; past it all of that kind are forgotten (read again on demand).
+const MAX_BUCKETS: usize = 65_536;
+
+/// Calls of the last hour one tool window holds at most (8 MB). An allowed call
+/// is under its tool's limit, so a window never holds more than its limit; one of
+/// a tool whose limit was lifted (or is above this) is forgotten past it, and read
+/// again if a limit asks.
+const MAX_WINDOW_CALLS: usize = 1_000_000;
+
+/// An hour, in ms.
+const HOUR_MS: i64 = crate::engine::rules::HOUR_MS;
+
 /// The writer's in-memory spend state (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct LiveState {
@@ -38,6 +52,13 @@ pub(crate) struct LiveState {
     tips: HashMap<String, (u64, String)>,
     /// What a decision reads of an intent, by intent id.
     intents: HashMap<String, LiveIntent>,
+    /// Rolling-cap counters, by tenant and bucket ([`bucket_key`]): the windows
+    /// read so far.
+    counters: HashMap<String, Vec<LiveCounter>>,
+    /// Each tool's reservations of the last hour, by tenant and tool
+    /// ([`bucket_key`]): their creation times, oldest first, every one of them
+    /// (a window is kept only when it was read whole).
+    windows: HashMap<String, VecDeque<i64>>,
     /// Counts the intents' uses: each records its last ([`LiveIntent::used`]).
     clock: u64,
     /// How many times decisions read what lapsed (for tests).
@@ -67,11 +88,103 @@ struct LiveIntent {
     used: u64,
 }
 
+/// A rolling-cap counter's window as held.
+#[derive(Debug, Clone, PartialEq)]
+struct LiveCounter {
+    start: i64,
+    end: i64,
+    /// The spend the `spend_counters` row holds (lapsed reservations the sweep
+    /// has not expired yet included).
+    spent: i64,
+    /// No open reservation counted here lapses before this (as
+    /// [`LiveIntent::next_lapse_ms`]).
+    next_lapse_ms: i64,
+}
+
+/// The key of a tenant's counter bucket or tool window.
+pub(crate) fn bucket_key(tenant: &str, bucket: &str) -> String {
+    // The unit separator cannot occur in a tenant id.
+    format!("{tenant}\u{1f}{bucket}")
+}
+
 impl LiveState {
     /// Forgets everything: read again from the database on demand.
     pub(crate) fn clear(&mut self) {
         self.tips.clear();
         self.intents.clear();
+        self.counters.clear();
+        self.windows.clear();
+    }
+
+    /// The counter `key` holds for the window `[start, end)`, if held and nothing
+    /// counted there may have lapsed at `now`.
+    fn counter(&self, key: &str, (start, end): (i64, i64), now: i64) -> Option<i64> {
+        self.counters
+            .get(key)?
+            .iter()
+            .find(|c| c.start == start && c.end == end && now < c.next_lapse_ms)
+            .map(|c| c.spent)
+    }
+
+    /// Holds counter `key`'s window as read at `now`, dropping its windows that
+    /// have ended (never read again).
+    fn keep_counter(&mut self, key: String, counter: LiveCounter, now: i64) {
+        if self.counters.len() >= MAX_BUCKETS && !self.counters.contains_key(&key) {
+            self.counters.clear();
+        }
+        let windows = self.counters.entry(key).or_default();
+        windows.retain(|c| c.end > now && (c.start, c.end) != (counter.start, counter.end));
+        windows.push(counter);
+    }
+
+    /// A reservation's change of `delta` cents, created at `created_ms`, to the
+    /// counters of bucket `key` (every held window containing it), lapsing at
+    /// `lapses` if it is a new one.
+    pub(crate) fn counted(&mut self, key: &str, created_ms: i64, delta: i64, lapses: Option<i64>) {
+        for c in self.counters.get_mut(key).into_iter().flatten() {
+            if c.start <= created_ms && created_ms < c.end {
+                c.spent = c.spent.saturating_add(delta);
+                if let Some(at) = lapses {
+                    c.next_lapse_ms = c.next_lapse_ms.min(at);
+                }
+            }
+        }
+    }
+
+    /// Tool window `key`'s calls in the hour before `now`, counted up to `limit`,
+    /// if the window is held.
+    fn window(&mut self, key: &str, now: i64, limit: u32) -> Option<CallWindow> {
+        let calls = self.windows.get_mut(key)?;
+        while calls.front().is_some_and(|at| *at <= now - HOUR_MS) {
+            calls.pop_front();
+        }
+        Some(CallWindow {
+            calls: calls
+                .len()
+                .min(usize::try_from(limit).unwrap_or(usize::MAX)),
+            oldest: calls.front().copied(),
+        })
+    }
+
+    /// Holds tool window `key`: every call of the hour, oldest first.
+    fn keep_window(&mut self, key: String, calls: Vec<i64>) {
+        if self.windows.len() >= MAX_BUCKETS && !self.windows.contains_key(&key) {
+            self.windows.clear();
+        }
+        self.windows.insert(key, calls.into());
+    }
+
+    /// A call of tool window `key` reserved at `at` (now).
+    pub(crate) fn called(&mut self, key: &str, at: i64) {
+        if let Some(calls) = self.windows.get_mut(key) {
+            while calls.front().is_some_and(|t| *t <= at - HOUR_MS) {
+                calls.pop_front();
+            }
+            calls.push_back(at);
+            if calls.len() > MAX_WINDOW_CALLS {
+                self.windows.remove(key);
+            }
+        }
     }
 
     /// `tenant`'s ledger tip, if known.
@@ -213,6 +326,78 @@ pub(crate) fn intent_facts(
     }))
 }
 
+/// The spend counted against a rolling-cap counter at `now` (`key`: its tenant
+/// and bucket, [`bucket_key`]; `[start, end)`: its window), from the live state
+/// when it holds it and nothing there may have lapsed; else from `read`, which
+/// answers the counter's stored spend, what of it lapsed, and when the next open
+/// reservation counted there lapses, and is then held.
+pub(crate) fn counter_spent(
+    tx: &dyn Tx,
+    key: &str,
+    window: (i64, i64),
+    now: i64,
+    read: impl FnOnce() -> Result<(i64, i64, Option<i64>), ApiError>,
+) -> Result<u64, ApiError> {
+    let live = tx.live();
+    if let Some(spent) = live.and_then(|l| l.borrow().counter(key, window, now)) {
+        return Ok(u64::try_from(spent).unwrap_or(0));
+    }
+    let (stored, lapsed, next) = read()?;
+    if let Some(live) = live {
+        live.borrow_mut().keep_counter(
+            key.to_owned(),
+            LiveCounter {
+                start: window.0,
+                end: window.1,
+                spent: stored,
+                next_lapse_ms: if lapsed > 0 {
+                    i64::MIN
+                } else {
+                    next.unwrap_or(i64::MAX)
+                },
+            },
+            now,
+        );
+    }
+    Ok(u64::try_from(stored.saturating_sub(lapsed)).unwrap_or(0))
+}
+
+/// The reservations of `tool` (of `tenant`'s) created in the hour before `now`,
+/// counted up to `limit`. From the live state when it holds the window; else
+/// read, and held if the read found all of the hour's.
+pub(crate) fn tool_window(
+    tx: &dyn Tx,
+    tenant: &str,
+    tool: &str,
+    limit: u32,
+    now: i64,
+) -> Result<CallWindow, ApiError> {
+    let live = tx.live();
+    let key = bucket_key(tenant, tool);
+    if let Some(calls) = live.and_then(|l| l.borrow_mut().window(&key, now, limit)) {
+        return Ok(calls);
+    }
+    // At most `limit` rows of the hour are read (the (tenant, tool, created_ms)
+    // index), however busy the tool is.
+    let calls: Vec<i64> = tx.query_map(
+        "SELECT created_ms FROM reservations
+         WHERE tenant_id = ?1 AND tool = ?2 AND created_ms > ?3
+         ORDER BY created_ms LIMIT ?4",
+        args![tenant, tool, now - HOUR_MS, limit],
+        |r| r.get(0),
+    )?;
+    let window = CallWindow {
+        calls: calls.len(),
+        oldest: calls.first().copied(),
+    };
+    if let Some(live) = live
+        && calls.len() < usize::try_from(limit).unwrap_or(usize::MAX)
+    {
+        live.borrow_mut().keep_window(key, calls);
+    }
+    Ok(window)
+}
+
 /// An intent as the database holds it, with when its first open reservation lapses.
 fn load(tx: &dyn Tx, tenant: &str, intent: &str) -> Result<Option<LiveIntent>, ApiError> {
     let row = tx.query_opt(
@@ -257,7 +442,7 @@ fn load(tx: &dyn Tx, tenant: &str, intent: &str) -> Result<Option<LiveIntent>, A
 /// Where the live state differs from the database (nothing, if it is in step):
 /// every intent and tip it holds, read again and compared.
 #[cfg(test)]
-pub(crate) fn differences(tx: &dyn Tx) -> Result<Vec<String>, ApiError> {
+pub(crate) fn differences(tx: &dyn Tx, now: i64) -> Result<Vec<String>, ApiError> {
     let Some(live) = tx.live() else {
         return Ok(Vec::new());
     };
@@ -289,6 +474,76 @@ pub(crate) fn differences(tx: &dyn Tx) -> Result<Vec<String>, ApiError> {
                     ));
                 }
             }
+        }
+    }
+    for (key, windows) in &state.counters {
+        let Some((tenant, bucket)) = key.split_once('\u{1f}') else {
+            out.push(format!("counter {key}: not a tenant and bucket"));
+            continue;
+        };
+        for c in windows {
+            let stored: Option<i64> = tx.query_opt(
+                "SELECT spent_cents FROM spend_counters
+                 WHERE tenant_id = ?1 AND bucket = ?2 AND window_start = ?3 AND window_end = ?4",
+                args![tenant, bucket, c.start, c.end],
+                |r| r.get(0),
+            )?;
+            if stored != Some(c.spent) {
+                out.push(format!("counter {key} {c:?}: stored {stored:?}"));
+            }
+            // No open reservation counted there lapses before the held bound.
+            let open = tx.query_map(
+                "SELECT agent, agent_subject, vendor, tool, expires_ms FROM reservations
+                 WHERE tenant_id = ?1 AND state = 'open' AND created_ms >= ?2 AND created_ms < ?3",
+                args![tenant, c.start, c.end],
+                |r| {
+                    Ok((
+                        r.get::<String>(0)?,
+                        r.get::<Option<String>>(1)?,
+                        r.get::<Option<String>>(2)?,
+                        r.get::<String>(3)?,
+                        r.get::<i64>(4)?,
+                    ))
+                },
+            )?;
+            let first = open
+                .iter()
+                .filter(|(agent, subject, vendor, tool, _)| {
+                    crate::engine::counters::buckets_of(
+                        agent,
+                        subject.as_deref(),
+                        vendor.as_deref(),
+                        tool,
+                    )
+                    .any(|b| b.key() == bucket)
+                })
+                .map(|r| r.4)
+                .min();
+            if first.is_some_and(|first| c.next_lapse_ms > first) {
+                out.push(format!(
+                    "counter {key} {c:?}: a reservation counted there lapses at {first:?}"
+                ));
+            }
+        }
+    }
+    for (key, calls) in &state.windows {
+        let Some((tenant, tool)) = key.split_once('\u{1f}') else {
+            out.push(format!("window {key}: not a tenant and tool"));
+            continue;
+        };
+        let stored: Vec<i64> = tx.query_map(
+            "SELECT created_ms FROM reservations
+             WHERE tenant_id = ?1 AND tool = ?2 AND created_ms > ?3 ORDER BY created_ms",
+            args![tenant, tool, now - HOUR_MS],
+            |r| r.get(0),
+        )?;
+        let held: Vec<i64> = calls
+            .iter()
+            .copied()
+            .filter(|at| *at > now - HOUR_MS)
+            .collect();
+        if held != stored {
+            out.push(format!("window {key}: held {held:?}, stored {stored:?}"));
         }
     }
     for (tenant, (seq, hash)) in &state.tips {

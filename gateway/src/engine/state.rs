@@ -13,7 +13,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::counters;
-use super::rules::{Ask, Call, CallContext, HOUR_MS, IntentFacts, cap_buckets, tool_limits};
+use super::rules::{
+    Ask, Call, CallContext, CallWindow, HOUR_MS, IntentFacts, cap_buckets, tool_limits,
+};
 use crate::error::ApiError;
 use crate::store::{Tx, args};
 
@@ -168,13 +170,11 @@ impl SpendState {
                     .map(Vec::as_slice)
                     .unwrap_or_default();
                 let from = times.partition_point(|t| *t <= now - HOUR_MS);
-                rate_windows.push(
-                    times[from..]
-                        .iter()
-                        .copied()
-                        .take(usize::try_from(limit).unwrap_or(usize::MAX))
-                        .collect(),
-                );
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                rate_windows.push(CallWindow {
+                    calls: (times.len() - from).min(limit),
+                    oldest: times.get(from).copied(),
+                });
             }
         }
         CallContext {
@@ -648,7 +648,13 @@ mod tests {
         assert!(s.finalize(a, Finalization::Consumed, Some(4_000), now - 500));
         let ctx = s.context(now, &call, &ask, Some(&doc));
         assert_eq!(ctx.cap_usage, vec![vec![Some(9_000)]]);
-        assert_eq!(ctx.rate_windows, vec![vec![now - 2_000, now - 1_000]]);
+        assert_eq!(
+            ctx.rate_windows,
+            vec![CallWindow {
+                calls: 2,
+                oldest: Some(now - 2_000)
+            }]
+        );
         assert_eq!(ctx.intent.as_ref().unwrap().spent_cents, 9_000);
         // Two calls this hour of a limit of two: the third is refused.
         assert!(matches!(
@@ -658,7 +664,7 @@ mod tests {
         // An hour later both calls have left the window, and the cap's hour too.
         let later = now + HOUR_MS;
         let ctx = s.context(later, &call, &ask, Some(&doc));
-        assert!(ctx.rate_windows[0].is_empty());
+        assert_eq!(ctx.rate_windows[0], CallWindow::default());
         assert_eq!(ctx.cap_usage, vec![vec![Some(0)]]);
     }
 
@@ -793,7 +799,7 @@ mod tests {
             }
             // The writer's live state is the database's, after every step.
             let differences = engine
-                .tx(|tx, _| crate::engine::live::differences(tx))
+                .tx(|tx, now| crate::engine::live::differences(tx, now))
                 .unwrap();
             assert!(differences.is_empty(), "after {s:?}: {differences:?}");
         }

@@ -410,11 +410,33 @@ pub(crate) struct CallContext<'a> {
     /// cannot be placed (an unknown timezone).
     pub(crate) cap_usage: Vec<Vec<Option<u64>>>,
     /// For each hourly limit of the bound tools ([`tool_limits`]' `per_hour`, in
-    /// order), the creation times of the tool's reservations in the last hour,
-    /// oldest first, at most as many as the limit.
-    pub(crate) rate_windows: Vec<Vec<i64>>,
+    /// order), the tool's reservations of the last hour.
+    pub(crate) rate_windows: Vec<CallWindow>,
     /// The approval request the call's approval token names, if it names one.
     pub(crate) approval: Option<ApprovalFacts>,
+}
+
+/// A tool's reservations of the hour before a decision, as its hourly limit reads
+/// them: how many (counted up to the limit) and when the oldest was made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CallWindow {
+    pub(crate) calls: usize,
+    pub(crate) oldest: Option<i64>,
+}
+
+#[cfg(test)]
+impl CallWindow {
+    /// The window at `now` of calls made at `times` (any order), counted up to
+    /// `limit`.
+    pub(crate) fn of(times: impl IntoIterator<Item = i64>, now: i64, limit: usize) -> Self {
+        let mut in_hour: Vec<i64> = times.into_iter().filter(|t| *t > now - HOUR_MS).collect();
+        in_hour.sort_unstable();
+        in_hour.truncate(limit);
+        Self {
+            calls: in_hour.len(),
+            oldest: in_hour.first().copied(),
+        }
+    }
 }
 
 /// What the checks learnt on the way, for the answer.

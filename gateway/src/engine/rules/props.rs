@@ -12,8 +12,8 @@ use proptest::prelude::*;
 
 use super::tool::{ToolBinding, bind_tool, tool_limits};
 use super::{
-    ApprovalFacts, Ask, Call, CallContext, DenyCode, IntentFacts, Recorder, TokenFacts, Verdict,
-    cap_buckets, evaluate,
+    ApprovalFacts, Ask, Call, CallContext, CallWindow, DenyCode, IntentFacts, Recorder, TokenFacts,
+    Verdict, cap_buckets, evaluate,
 };
 use crate::tokens::Claims;
 
@@ -64,7 +64,7 @@ pub(crate) struct Sample<'a> {
     pub(crate) ask: Ask<'static>,
     pub(crate) intent: Option<IntentFacts>,
     pub(crate) cap_usage: Vec<Vec<Option<u64>>>,
-    pub(crate) rate_windows: Vec<Vec<i64>>,
+    pub(crate) rate_windows: Vec<CallWindow>,
     pub(crate) approval: Option<ApprovalFacts>,
 }
 
@@ -252,10 +252,12 @@ fn run(case: &Case, amount: u64, more: u64) -> (super::Decision, PolicyDocument)
     s.rate_windows = limits
         .per_hour
         .iter()
-        .map(|_| {
-            (0..case.calls_in_hour)
-                .map(|k| s.now - 1_000 * k as i64)
-                .collect()
+        .map(|(_, limit)| {
+            CallWindow::of(
+                (0..case.calls_in_hour).map(|k| s.now - 1_000 * k as i64),
+                s.now,
+                *limit as usize,
+            )
         })
         .collect();
     let mut ctx = s.context(Some(&doc));

@@ -1,8 +1,10 @@
 //! Check 8: each bound tool's hourly call limit, over the tool's reservations of
-//! the last hour the context carries, with the time until the window frees.
+//! the last hour the context counts, with the time until the window frees.
 
 use serde_json::json;
 
+#[cfg(test)]
+use super::CallWindow;
 use super::tool::ToolLimits;
 use super::{CallContext, DenyCode, HOUR_MS, Recorder, Verdict};
 
@@ -13,18 +15,12 @@ pub(super) fn check(
     rec: &mut Recorder,
 ) -> Result<(), Verdict> {
     for (i, (tool, limit)) in limits.per_hour.iter().enumerate() {
-        let empty = Vec::new();
-        let recent = ctx.rate_windows.get(i).unwrap_or(&empty);
-        let in_hour: Vec<i64> = recent
-            .iter()
-            .copied()
-            .filter(|at| *at > ctx.now - HOUR_MS)
-            .collect();
+        let window = ctx.rate_windows.get(i).cloned().unwrap_or_default();
         let inputs =
-            || json!({"tool": tool, "limit_per_hour": limit, "calls_in_last_hour": in_hour.len()});
-        if in_hour.len() >= usize::try_from(*limit).unwrap_or(usize::MAX) {
+            || json!({"tool": tool, "limit_per_hour": limit, "calls_in_last_hour": window.calls});
+        if window.calls >= usize::try_from(*limit).unwrap_or(usize::MAX) {
             rec.fail("rate_limit", inputs);
-            let oldest = in_hour.iter().copied().min().unwrap_or(ctx.now);
+            let oldest = window.oldest.unwrap_or(ctx.now);
             let wait_ms = (oldest + HOUR_MS - ctx.now).max(1000);
             return Err(Verdict::Deny {
                 code: DenyCode::RateLimited,
@@ -51,7 +47,7 @@ mod tests {
         };
         let mut s = Sample::new(&call);
         let now = s.now;
-        s.rate_windows = vec![vec![now - 1_800_000, now - 10]];
+        s.rate_windows = vec![CallWindow::of([now - 1_800_000, now - 10], now, 2)];
         let ctx = s.context(None);
         match check(&ctx, &limits, &mut Recorder::on()) {
             Err(Verdict::Deny {
@@ -63,7 +59,7 @@ mod tests {
         }
         // One of them is over an hour old: room for one more.
         let mut s = Sample::new(&call);
-        s.rate_windows = vec![vec![now - HOUR_MS, now - 10]];
+        s.rate_windows = vec![CallWindow::of([now - HOUR_MS, now - 10], now, 2)];
         assert!(check(&s.context(None), &limits, &mut Recorder::on()).is_ok());
     }
 }
