@@ -692,13 +692,36 @@ mod tests {
         ]
     }
 
+    /// A verify of `cents` for a booking on intent `i`.
+    fn request(
+        i: &paybond_middleware_core::wire::SandboxBootstrapResponse,
+        cents: u64,
+    ) -> paybond_middleware_core::wire::VerifyRequest {
+        paybond_middleware_core::wire::VerifyRequest {
+            intent_id: i.intent_id,
+            token: i.capability_token.clone(),
+            operation: BOOK.into(),
+            requested_spend_cents: cents,
+            vendor_id: Some("vendor_acme".into()),
+            task_id: None,
+            workflow_id: None,
+            tool_call_id: None,
+            tool_name: None,
+            currency: None,
+            agent_subject: None,
+            approval_token: None,
+            idempotency_key: None,
+            phase: None,
+        }
+    }
+
     /// Runs `steps` on an engine over a SQLite file (reopened at each `Restart`),
     /// then checks that the spend state rebuilt from the ledger is the tables'.
     fn run(steps: &[Step]) {
         use crate::engine::{Clock, Engine, EngineConfig};
         use crate::store::Storage;
         use paybond_middleware_core::wire::{
-            CompleteRequest, Environment, SandboxBootstrapRequest, VerifyRequest,
+            CompleteRequest, Environment, SandboxBootstrapRequest,
         };
 
         let dir = tempfile::tempdir().unwrap();
@@ -727,23 +750,6 @@ mod tests {
         let mut intents = vec![fund(&engine, 60_000)];
         let mut allowed: Vec<Uuid> = Vec::new();
         let mut held: Vec<(Uuid, usize, u64)> = Vec::new();
-        let request = |i: &SandboxBootstrapResponse, cents: u64| VerifyRequest {
-            intent_id: i.intent_id,
-            token: i.capability_token.clone(),
-            operation: BOOK.into(),
-            requested_spend_cents: cents,
-            vendor_id: Some("vendor_acme".into()),
-            task_id: None,
-            workflow_id: None,
-            tool_call_id: None,
-            tool_name: None,
-            currency: None,
-            agent_subject: None,
-            approval_token: None,
-            idempotency_key: None,
-            phase: None,
-        };
-        use paybond_middleware_core::wire::SandboxBootstrapResponse;
         for (n, s) in steps.iter().enumerate() {
             match s {
                 Step::Verify(cents) => {
@@ -836,7 +842,7 @@ mod tests {
         use crate::engine::{Clock, Engine, EngineConfig};
         use crate::store::Storage;
         use paybond_middleware_core::wire::{
-            CompleteRequest, Environment, SandboxBootstrapRequest, VerifyRequest,
+            CompleteRequest, Environment, SandboxBootstrapRequest,
         };
         let clock = Clock::manual(1_790_000_000_000);
         let mut config = EngineConfig::new(Storage::Memory);
@@ -854,28 +860,9 @@ mod tests {
                 },
             )
             .unwrap();
+        let request = || request(&intent, 100);
         let decide = || {
-            let r = engine
-                .verify(
-                    &agent,
-                    &VerifyRequest {
-                        intent_id: intent.intent_id,
-                        token: intent.capability_token.clone(),
-                        operation: BOOK.into(),
-                        requested_spend_cents: 100,
-                        vendor_id: Some("vendor_acme".into()),
-                        task_id: None,
-                        workflow_id: None,
-                        tool_call_id: None,
-                        tool_name: None,
-                        currency: None,
-                        agent_subject: None,
-                        approval_token: None,
-                        idempotency_key: None,
-                        phase: None,
-                    },
-                )
-                .unwrap();
+            let r = engine.verify(&agent, &request()).unwrap();
             assert!(r.allow, "{r:?}");
             let done = CompleteRequest {
                 outcome: Finalization::Consumed,
@@ -904,27 +891,7 @@ mod tests {
             "reads of what lapsed over 50 decisions"
         );
         // The open reservation a decision leaves lapses in turn: read once more.
-        let r = engine
-            .verify(
-                &agent,
-                &VerifyRequest {
-                    intent_id: intent.intent_id,
-                    token: intent.capability_token.clone(),
-                    operation: BOOK.into(),
-                    requested_spend_cents: 100,
-                    vendor_id: Some("vendor_acme".into()),
-                    task_id: None,
-                    workflow_id: None,
-                    tool_call_id: None,
-                    tool_name: None,
-                    currency: None,
-                    agent_subject: None,
-                    approval_token: None,
-                    idempotency_key: None,
-                    phase: None,
-                },
-            )
-            .unwrap();
+        let r = engine.verify(&agent, &request()).unwrap();
         assert!(r.allow);
         clock.advance_ms(crate::engine::DEFAULT_RESERVATION_TTL_MS + 1_000);
         let before = reads();

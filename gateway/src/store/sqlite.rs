@@ -1488,6 +1488,14 @@ mod tests {
         .map(drop)
     }
 
+    /// [`put`], held back.
+    fn put_later(tx: &dyn Tx, key: &str) -> Result<(), ApiError> {
+        tx.execute_later(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+            args![key, b"v".as_slice()],
+        )
+    }
+
     #[test]
     fn a_failed_operation_is_undone_alone_whether_it_opened_its_group_or_joined_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -1648,12 +1656,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store =
             Arc::new(SqliteStore::open(&Storage::File(dir.path().join("h.db")), 1 << 20).unwrap());
-        let put_later = |tx: &dyn Tx, key: &str| {
-            tx.execute_later(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
-                args![key, b"v".as_slice()],
-            )
-        };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .build()
