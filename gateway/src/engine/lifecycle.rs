@@ -535,13 +535,20 @@ impl Engine {
         } else {
             state.as_str()
         };
+        // The writer's live state is kept in step: the intent's new state, if
+        // it has one, is all that changes of what a decision reads.
+        tx.keep_live();
         if new_state != state {
             tx.execute(
                 "UPDATE intents SET state = ?2 WHERE id = ?1",
                 args![intent_id.to_string(), new_state],
             )?;
+            if let Some(live) = tx.live() {
+                live.borrow_mut()
+                    .state_changed(&intent_id.to_string(), new_state);
+            }
         }
-        tx.execute(
+        tx.execute_later(
             "INSERT INTO evidence (id, tenant_id, intent_id, decision_id, operation, status,
              cost_cents, predicate_passed, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             args![

@@ -256,6 +256,14 @@ impl LiveState {
         }
     }
 
+    /// `intent`'s lifecycle state is now `state`.
+    pub(crate) fn state_changed(&mut self, intent: &str, state: &str) {
+        if let Some(i) = self.intents.get_mut(intent) {
+            i.state = IntentFacts::parse_state(state);
+            state.clone_into(&mut i.state_name);
+        }
+    }
+
     /// A reservation of `reserved` cents on `intent` finalized at `actual` (0 when
     /// released): the rest returns to the budget.
     pub(crate) fn finalized(&mut self, intent: &str, reserved: u64, actual: u64) {

@@ -674,6 +674,8 @@ mod tests {
         Verify(u64),
         Complete(usize, bool, u64),
         Approve(usize, bool),
+        /// Evidence for the booking of intent `.0`, completed at cost `.1`.
+        Evidence(usize, u64),
         Advance(i64),
         Fund(u64),
         Restart,
@@ -686,6 +688,7 @@ mod tests {
             3 => (0_usize..8, any::<bool>(), 0_u64..26_000)
                 .prop_map(|(i, c, a)| Step::Complete(i, c, a)),
             2 => (0_usize..4, any::<bool>()).prop_map(|(i, yes)| Step::Approve(i, yes)),
+            1 => (0_usize..4, 0_u64..30_000).prop_map(|(i, c)| Step::Evidence(i, c)),
             2 => (0_i64..400_000).prop_map(Step::Advance),
             1 => (1_000_u64..=60_000).prop_map(Step::Fund),
             1 => Just(Step::Restart),
@@ -792,6 +795,20 @@ mod tests {
                             let _ = engine.deny_approval(&operator, id);
                         }
                     }
+                }
+                Step::Evidence(i, cost) => {
+                    let intent = &intents[i % intents.len()];
+                    let req = paybond_middleware_core::wire::EvidenceRequest {
+                        payload: Some(
+                            serde_json::json!({"status": "completed", "cost_cents": cost}),
+                        ),
+                        artifacts: None,
+                        operation: Some(BOOK.into()),
+                        requested_spend_cents: None,
+                        metadata: None,
+                    };
+                    // Refused for a closed intent: nothing changes.
+                    let _ = engine.submit_evidence(&agent, intent.intent_id, &req, None);
                 }
                 Step::Advance(ms) => {
                     clock.advance_ms(*ms);
