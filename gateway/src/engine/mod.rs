@@ -651,8 +651,10 @@ impl Engine {
 
     /// [`Self::tx_in`] for async callers. On the SQLite file store the transaction
     /// goes to the store's writer thread and the caller awaits its durable commit
-    /// without holding a thread; on the other stores it runs on the blocking pool.
-    /// `f` is handed the engine and the tenant.
+    /// without holding a thread; in memory it runs where the caller is (it waits
+    /// for no disk or network, and a thread hand-off would cost more than it
+    /// does); on PostgreSQL it runs on the blocking pool. `f` is handed the engine
+    /// and the tenant.
     pub(crate) async fn tx_in_async<T, F>(
         self: &Arc<Self>,
         tenant_id: String,
@@ -669,6 +671,9 @@ impl Engine {
         };
         match self.store.submit(self.clone(), op) {
             Ok(answer) => answer.await,
+            Err((engine, op)) if self.store.in_memory() => {
+                self.store.write(Some(&tenant), |tx| op(&engine, tx))
+            }
             Err((engine, op)) => {
                 self.blocking(move |e| e.store.write(Some(&tenant), |tx| op(&engine, tx)))
                     .await

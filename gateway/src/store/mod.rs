@@ -598,6 +598,12 @@ impl Store {
         matches!(self, Self::Postgres(_))
     }
 
+    /// Whether the store is in memory: its operations wait for no disk and no
+    /// network, only for each other, so async callers run them where they are.
+    pub(crate) fn in_memory(&self) -> bool {
+        matches!(self, Self::Sqlite(s) if s.in_memory())
+    }
+
     /// What this engine has heard of key revocations by other replicas; a key
     /// cached under another value is read again (always 0 for SQLite, whose one
     /// engine makes every revocation itself).

@@ -841,6 +841,11 @@ impl SqliteStore {
     /// beside the writer thread: it sees the last committed state as one snapshot
     /// and neither waits for the writes nor holds them up. An in-memory database
     /// has one connection: `f` then runs as a write.
+    /// Whether the database is in memory (no file, no writer thread).
+    pub(crate) fn in_memory(&self) -> bool {
+        self.path.is_none()
+    }
+
     pub(crate) fn read<T: Send>(
         &self,
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError> + Send,
