@@ -28,7 +28,7 @@ pub enum StoreError {
     /// The database file is damaged, or is not a database.
     Corrupt(String),
     /// A newer gateway raised the database's serving floor past this build
-    /// (see [`super::schema`]): this replica must be upgraded.
+    /// (its schema floor): this replica must be upgraded.
     Outdated {
         /// The oldest schema version that may write to the database now.
         floor: i64,

@@ -7,7 +7,9 @@
 //! While others wait to join, an operation's writes whose only outcome is success
 //! ([`Tx::execute_later`]) are held back and sent merged with the group's others
 //! ([`super::held`]) before its next statement or with the commit; an operation
-//! that only holds writes back needs no savepoint. A file database runs in WAL mode; each commit's WAL is fsynced (outside the
+//! that only holds writes back needs no savepoint.
+//!
+//! A file database runs in WAL mode; each commit's WAL is fsynced (outside the
 //! connection's lock, one fsync for every commit before it) before any of its
 //! operations is answered, so an acknowledged decision survives `kill -9` and a
 //! power loss. Operations from async code ([`SqliteStore::submit`]) queue to the
@@ -841,11 +843,6 @@ impl SqliteStore {
     /// beside the writer thread: it sees the last committed state as one snapshot
     /// and neither waits for the writes nor holds them up. An in-memory database
     /// has one connection: `f` then runs as a write.
-    /// Whether the database is in memory (no file, no writer thread).
-    pub(crate) fn in_memory(&self) -> bool {
-        self.path.is_none()
-    }
-
     pub(crate) fn read<T: Send>(
         &self,
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError> + Send,
@@ -915,6 +912,11 @@ impl SqliteStore {
             },
         };
         settle(out, ended).unwrap_or_else(|panic| resume_unwind(panic))
+    }
+
+    /// Whether the database is in memory (no file, no writer thread).
+    pub(crate) fn in_memory(&self) -> bool {
+        self.path.is_none()
     }
 
     /// [`Self::write`] for async callers: on a file database `f` is queued to the
@@ -1179,6 +1181,8 @@ impl WriterTx<'_> {
                 let at = self.mark.get().min(held.len());
                 held.drain(..at).collect()
             };
+            // What is left is this operation's own.
+            self.mark.set(0);
             if let Err(e) = send_held(self.conn, before) {
                 *self.broken.borrow_mut() = Some(e.clone());
                 return Err(e.into());
