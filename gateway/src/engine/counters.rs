@@ -109,78 +109,85 @@ pub(crate) fn window(now_ms: i64, window: CapWindow, timezone: &str) -> Option<(
 
 /// Spend counted against `bucket` in `[start, end)` at `now`: consumed amounts and
 /// open reservations, without those past their TTL. From the writer's live state
-/// when it holds the counter ([`live::counter_spent`]).
+/// when it holds the counter ([`live::counter_spent`]), else [`read`].
 pub(crate) fn spent(
     tx: &dyn Tx,
     tenant: &str,
     bucket: &Bucket<'_>,
-    (start, end): (i64, i64),
+    window: (i64, i64),
     now: i64,
 ) -> Result<u64, ApiError> {
     let key = bucket.key();
-    live::counter_spent(
-        tx,
-        &live::bucket_key(tenant, &key),
-        (start, end),
-        now,
-        || {
-            let stored: Option<i64> = tx.query_opt(
-                "SELECT spent_cents FROM spend_counters
-             WHERE tenant_id = ?1 AND bucket = ?2 AND window_start = ?3 AND window_end = ?4",
-                args![tenant, key, start, end],
-                |r| r.get(0),
-            )?;
-            let (filter, extra) = bucket.filter(4);
-            let counted = match stored {
-                Some(c) => c,
-                None => {
-                    let mut a = args![tenant, start, end].to_vec();
-                    a.extend(extra.iter().cloned());
-                    let c: i64 = tx.query_one(
-                    &format!(
-                        "SELECT CAST(COALESCE(SUM(CASE WHEN state = 'open' THEN amount_cents
-                         WHEN state = 'consumed' THEN actual_cents ELSE 0 END), 0) AS BIGINT)
-                         FROM reservations WHERE tenant_id = ?1 AND created_ms >= ?2 AND created_ms < ?3{filter}"
-                    ),
-                    &a,
-                    |r| r.get(0),
-                )?;
-                    tx.execute(
-                    "INSERT INTO spend_counters (tenant_id, bucket, window_start, window_end, spent_cents)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    args![tenant, key, start, end, c],
-                )?;
-                    c
-                }
-            };
-            // Lapsed: open, past their TTL, not yet expired by the sweep (usually none),
-            // and the first of the others to lapse; the (state, expires_ms) index finds
-            // both.
-            let (filter, extra) = bucket.filter(5);
-            let mut a = args![tenant, start, end, now].to_vec();
-            a.extend(extra);
-            let lapsed: i64 = tx.query_one(
+    live::counter_spent(tx, &live::bucket_key(tenant, &key), window, now, || {
+        read(tx, tenant, bucket, &key, window, now)
+    })
+}
+
+/// What the database holds of a counter at `now`: its stored spend (created,
+/// from one sum over the window's reservations, the first time it is read), what
+/// of it lapsed (open, past their TTL, not yet expired by the sweep: usually
+/// none), and when the first of the other open reservations counted there lapses.
+/// The (state, expires_ms) index finds the last two.
+fn read(
+    tx: &dyn Tx,
+    tenant: &str,
+    bucket: &Bucket<'_>,
+    key: &str,
+    (start, end): (i64, i64),
+    now: i64,
+) -> Result<(i64, i64, Option<i64>), ApiError> {
+    let stored: Option<i64> = tx.query_opt(
+        "SELECT spent_cents FROM spend_counters
+         WHERE tenant_id = ?1 AND bucket = ?2 AND window_start = ?3 AND window_end = ?4",
+        args![tenant, key, start, end],
+        |r| r.get(0),
+    )?;
+    let (filter, extra) = bucket.filter(4);
+    let counted = match stored {
+        Some(c) => c,
+        None => {
+            let mut a = args![tenant, start, end].to_vec();
+            a.extend(extra.iter().cloned());
+            let c: i64 = tx.query_one(
                 &format!(
-                    "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM reservations
-                 WHERE state = 'open' AND expires_ms <= ?4 AND tenant_id = ?1
-                 AND created_ms >= ?2 AND created_ms < ?3{filter}"
+                    "SELECT CAST(COALESCE(SUM(CASE WHEN state = 'open' THEN amount_cents
+                     WHEN state = 'consumed' THEN actual_cents ELSE 0 END), 0) AS BIGINT)
+                     FROM reservations WHERE tenant_id = ?1 AND created_ms >= ?2 AND created_ms < ?3{filter}"
                 ),
                 &a,
                 |r| r.get(0),
             )?;
-            let next: Option<i64> = tx.query_opt(
-                &format!(
-                    "SELECT expires_ms FROM reservations
-                 WHERE state = 'open' AND expires_ms > ?4 AND tenant_id = ?1
-                 AND created_ms >= ?2 AND created_ms < ?3{filter}
-                 ORDER BY expires_ms LIMIT 1"
-                ),
-                &a,
-                |r| r.get(0),
+            tx.execute(
+                "INSERT INTO spend_counters (tenant_id, bucket, window_start, window_end, spent_cents)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                args![tenant, key, start, end, c],
             )?;
-            Ok((counted, lapsed, next))
-        },
-    )
+            c
+        }
+    };
+    let (filter, extra) = bucket.filter(5);
+    let mut a = args![tenant, start, end, now].to_vec();
+    a.extend(extra);
+    let lapsed: i64 = tx.query_one(
+        &format!(
+            "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM reservations
+             WHERE state = 'open' AND expires_ms <= ?4 AND tenant_id = ?1
+             AND created_ms >= ?2 AND created_ms < ?3{filter}"
+        ),
+        &a,
+        |r| r.get(0),
+    )?;
+    let next: Option<i64> = tx.query_opt(
+        &format!(
+            "SELECT expires_ms FROM reservations
+             WHERE state = 'open' AND expires_ms > ?4 AND tenant_id = ?1
+             AND created_ms >= ?2 AND created_ms < ?3{filter}
+             ORDER BY expires_ms LIMIT 1"
+        ),
+        &a,
+        |r| r.get(0),
+    )?;
+    Ok((counted, lapsed, next))
 }
 
 /// Every bucket a reservation of `agent` (and its sub-agent), `vendor` and `tool`
@@ -223,12 +230,8 @@ pub(crate) fn adjust(
     for bucket in buckets_of(r.agent, r.agent_subject, r.vendor, r.tool) {
         let key = bucket.key();
         if let Some(live) = live {
-            live.borrow_mut().counted(
-                &live::bucket_key(r.tenant, &key),
-                r.created_ms,
-                delta,
-                lapses,
-            );
+            live.borrow_mut()
+                .counted(r.tenant, &key, r.created_ms, delta, lapses);
         }
         tx.execute_later(
             "UPDATE spend_counters SET spent_cents = spent_cents + ?4

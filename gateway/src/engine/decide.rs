@@ -673,10 +673,7 @@ impl Engine {
         if let Some(live) = tx.live() {
             let mut live = live.borrow_mut();
             live.reserved(&call.intent, call.amount, lapses);
-            live.called(
-                &crate::engine::live::bucket_key(call.tenant, &call.tool),
-                now,
-            );
+            live.called(call.tenant, &call.tool, now);
         }
         counters::adjust(
             tx,

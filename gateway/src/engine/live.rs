@@ -138,10 +138,21 @@ impl LiveState {
     }
 
     /// A reservation's change of `delta` cents, created at `created_ms`, to the
-    /// counters of bucket `key` (every held window containing it), lapsing at
-    /// `lapses` if it is a new one.
-    pub(crate) fn counted(&mut self, key: &str, created_ms: i64, delta: i64, lapses: Option<i64>) {
-        for c in self.counters.get_mut(key).into_iter().flatten() {
+    /// counters of `tenant`'s `bucket` (every held window containing it), lapsing
+    /// at `lapses` if it is a new one.
+    pub(crate) fn counted(
+        &mut self,
+        tenant: &str,
+        bucket: &str,
+        created_ms: i64,
+        delta: i64,
+        lapses: Option<i64>,
+    ) {
+        if self.counters.is_empty() {
+            return;
+        }
+        let key = bucket_key(tenant, bucket);
+        for c in self.counters.get_mut(&key).into_iter().flatten() {
             if c.start <= created_ms && created_ms < c.end {
                 c.spent = c.spent.saturating_add(delta);
                 if let Some(at) = lapses {
@@ -174,15 +185,19 @@ impl LiveState {
         self.windows.insert(key, calls.into());
     }
 
-    /// A call of tool window `key` reserved at `at` (now).
-    pub(crate) fn called(&mut self, key: &str, at: i64) {
-        if let Some(calls) = self.windows.get_mut(key) {
+    /// A call of `tenant`'s `tool` reserved at `at` (now).
+    pub(crate) fn called(&mut self, tenant: &str, tool: &str, at: i64) {
+        if self.windows.is_empty() {
+            return;
+        }
+        let key = bucket_key(tenant, tool);
+        if let Some(calls) = self.windows.get_mut(&key) {
             while calls.front().is_some_and(|t| *t <= at - HOUR_MS) {
                 calls.pop_front();
             }
             calls.push_back(at);
             if calls.len() > MAX_WINDOW_CALLS {
-                self.windows.remove(key);
+                self.windows.remove(&key);
             }
         }
     }
