@@ -141,6 +141,54 @@ async fn sensitive_arguments_never_leave_the_process() {
     assert!(refused.to_string().contains("payload.note"), "{refused}");
     assert!(!refused.to_string().contains(CARD), "{refused}");
 
+    // The gateway's own decision id is not the agent's data, even when its digits
+    // look like a card number under a pattern that allows separators (as the
+    // governed demo's does); anything else in the metadata is scanned.
+    fx.engine
+        .publish_tenant_policy_text(
+            &fx.keys.tenant_id,
+            &PolicyFile {
+                text: POLICY.replace(r"'\b4[0-9]{15}\b'", r"'\b\d(?:[ -]?\d){12,15}\b'"),
+                file: "payments.yaml".into(),
+            },
+        )
+        .unwrap();
+    let with_metadata = |metadata: Value| paybond_middleware_core::wire::EvidenceRequest {
+        payload: Some(json!({"status": "completed", "cost_cents": 100})),
+        operation: Some("pay.vendor".into()),
+        metadata: Some(metadata),
+        ..Default::default()
+    };
+    // Its last two groups are 16 digits across a dash. It names no decision of
+    // the intent, which is the only thing said of it.
+    let card_like_id = "0193ab2f-0b1c-7d2e-4111-111111111111";
+    let refused = gw
+        .submit_evidence(
+            intent.intent_id,
+            &with_metadata(json!({"decision_id": card_like_id})),
+            "ev-id",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("decision_not_found"), "{refused}");
+    for (metadata, place) in [
+        (
+            json!({"decision_id": "4111 1111 1111 1111"}),
+            "metadata.decision_id",
+        ),
+        (
+            json!({"decision_id": card_like_id, "note": card_like_id}),
+            "metadata.note",
+        ),
+    ] {
+        let refused = gw
+            .submit_evidence(intent.intent_id, &with_metadata(metadata), "ev-meta")
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Some("sensitive_data_in_evidence"));
+        assert!(refused.to_string().contains(place), "{refused}");
+    }
+
     // A new policy's patterns apply to the next evidence: the card pattern is gone,
     // a reference number's is in.
     let published = fx

@@ -1125,7 +1125,22 @@ fn check_evidence(
     if sensitive.is_empty() {
         return Ok(());
     }
-    for (field, value) in [("payload", &req.payload), ("metadata", &req.metadata)] {
+    // `metadata.decision_id` names the gateway's own decision: not data the agent
+    // sends. A UUID's digit groups can look like a card number (13 to 16 digits
+    // across a dash), so it is left out of the scan; anything else there is not.
+    let metadata = req.metadata.as_ref().map(|m| {
+        let mut m = m.clone();
+        if let Some(obj) = m.as_object_mut()
+            && obj
+                .get("decision_id")
+                .and_then(Value::as_str)
+                .is_some_and(|id| Uuid::parse_str(id).is_ok())
+        {
+            obj.remove("decision_id");
+        }
+        m
+    });
+    for (field, value) in [("payload", &req.payload), ("metadata", &metadata)] {
         if let Some(path) = value
             .as_ref()
             .and_then(|v| paybond_policies::sensitive_path(v, sensitive))
