@@ -96,23 +96,23 @@ pub(crate) fn router(engine: Arc<Engine>) -> Router {
         .route("/Schemas/{id}", get(schema))
         .route("/ResourceTypes", get(resource_types))
         .route("/ResourceTypes/{id}", get(resource_type))
-        .route("/Users", get(list_users).post(create_user))
-        .route("/Users/.search", post(search_users))
+        .route("/Users", get(list_all::<Users>).post(create::<Users>))
+        .route("/Users/.search", post(search::<Users>))
         .route(
             "/Users/{id}",
-            get(get_user)
-                .put(put_user)
-                .patch(patch_user)
-                .delete(delete_user),
+            get(get_one::<Users>)
+                .put(put::<Users>)
+                .patch(patch_one::<Users>)
+                .delete(delete::<Users>),
         )
-        .route("/Groups", get(list_groups).post(create_group))
-        .route("/Groups/.search", post(search_groups))
+        .route("/Groups", get(list_all::<Groups>).post(create::<Groups>))
+        .route("/Groups/.search", post(search::<Groups>))
         .route(
             "/Groups/{id}",
-            get(get_group)
-                .put(put_group)
-                .patch(patch_group)
-                .delete(delete_group),
+            get(get_one::<Groups>)
+                .put(put::<Groups>)
+                .patch(patch_one::<Groups>)
+                .delete(delete::<Groups>),
         )
         .fallback(|| async { ScimError::not_found("no such SCIM endpoint").into_response() })
         .with_state(engine)
@@ -553,73 +553,204 @@ fn groups_json(tx: &dyn Tx, tenant: &str, base: &str) -> Result<Vec<Value>, Scim
         .collect())
 }
 
-/// Users or groups.
-#[derive(Clone, Copy)]
-enum Kind {
-    Users,
-    Groups,
+/// A SCIM resource type (users or groups): what the handlers below read and
+/// change of it, so that each handler is written once for both.
+trait Resource: Send + 'static {
+    /// A stored resource.
+    type Row: Send;
+
+    /// Every resource of the tenant as SCIM shows them.
+    fn all_json(tx: &dyn Tx, tenant: &str, base: &str) -> Result<Vec<Value>, ScimError>;
+
+    /// Resource `id` of the tenant, or 404.
+    fn load(tx: &dyn Tx, tenant: &str, id: &str) -> Result<Self::Row, ScimError>;
+
+    /// Its version (its ETag).
+    fn version(row: &Self::Row) -> u64;
+
+    /// Resource `id` as SCIM shows it, with its version.
+    fn answer(tx: &dyn Tx, tenant: &str, id: &str, base: &str) -> Result<(Value, u64), ScimError>;
+
+    /// Saves `input` as resource `id` (`before`: as it stood), with what that
+    /// means for sessions, and puts it on the ledger.
+    fn store(
+        tx: &dyn Tx,
+        tenant: &str,
+        now: i64,
+        before: Option<&Self::Row>,
+        id: &str,
+        input: &Value,
+    ) -> Result<(), ScimError>;
+
+    /// The document a PATCH edits.
+    fn editable(tx: &dyn Tx, row: &Self::Row) -> Result<Value, ScimError>;
+
+    /// Deletes it, with what that means for sessions, and puts it on the ledger.
+    fn remove(tx: &dyn Tx, tenant: &str, now: i64, row: Self::Row) -> Result<(), ApiError>;
 }
 
-/// A page of `kind` as `query` (read once the token is checked) asks for it.
-async fn list_of(
+struct Users;
+struct Groups;
+
+impl Resource for Users {
+    type Row = UserRow;
+
+    fn all_json(tx: &dyn Tx, tenant: &str, base: &str) -> Result<Vec<Value>, ScimError> {
+        users_json(tx, tenant, base)
+    }
+
+    fn load(tx: &dyn Tx, tenant: &str, id: &str) -> Result<UserRow, ScimError> {
+        resources::load_user(tx, tenant, id)?
+            .ok_or_else(|| ScimError::not_found(format!("no user `{id}`")))
+    }
+
+    fn version(row: &UserRow) -> u64 {
+        row.version
+    }
+
+    fn answer(tx: &dyn Tx, tenant: &str, id: &str, base: &str) -> Result<(Value, u64), ScimError> {
+        let user = Self::load(tx, tenant, id)?;
+        let groups = resources::groups_of(tx, id)?;
+        Ok((resources::user_json(&user, &groups, base), user.version))
+    }
+
+    fn store(
+        tx: &dyn Tx,
+        tenant: &str,
+        now: i64,
+        before: Option<&UserRow>,
+        id: &str,
+        input: &Value,
+    ) -> Result<(), ScimError> {
+        store_user(tx, tenant, now, before, id, input)
+    }
+
+    fn editable(_: &dyn Tx, row: &UserRow) -> Result<Value, ScimError> {
+        let mut doc = row.resource.clone();
+        if let Value::Object(o) = &mut doc {
+            o.insert("active".to_owned(), json!(row.active));
+        }
+        Ok(doc)
+    }
+
+    fn remove(tx: &dyn Tx, tenant: &str, now: i64, row: UserRow) -> Result<(), ApiError> {
+        let id = &row.id;
+        tx.execute("DELETE FROM scim_members WHERE user_id = ?1", args![id])?;
+        tx.execute(
+            "DELETE FROM scim_users WHERE id = ?1 AND tenant_id = ?2",
+            args![id, tenant],
+        )?;
+        end_person_sessions(tx, id)?;
+        ledger::append(
+            tx,
+            tenant,
+            "identity.user_deleted",
+            json!({"user_id": id}),
+            now,
+        )?;
+        Ok(())
+    }
+}
+
+impl Resource for Groups {
+    type Row = GroupRow;
+
+    fn all_json(tx: &dyn Tx, tenant: &str, base: &str) -> Result<Vec<Value>, ScimError> {
+        groups_json(tx, tenant, base)
+    }
+
+    fn load(tx: &dyn Tx, tenant: &str, id: &str) -> Result<GroupRow, ScimError> {
+        resources::load_group(tx, tenant, id)?
+            .ok_or_else(|| ScimError::not_found(format!("no group `{id}`")))
+    }
+
+    fn version(row: &GroupRow) -> u64 {
+        row.version
+    }
+
+    fn answer(tx: &dyn Tx, tenant: &str, id: &str, base: &str) -> Result<(Value, u64), ScimError> {
+        let group = Self::load(tx, tenant, id)?;
+        let members = resources::members_of(tx, id)?;
+        Ok((resources::group_json(&group, &members, base), group.version))
+    }
+
+    fn store(
+        tx: &dyn Tx,
+        tenant: &str,
+        now: i64,
+        before: Option<&GroupRow>,
+        id: &str,
+        input: &Value,
+    ) -> Result<(), ScimError> {
+        store_group(tx, tenant, now, before, id, input)
+    }
+
+    /// Its attributes and its members' ids.
+    fn editable(tx: &dyn Tx, row: &GroupRow) -> Result<Value, ScimError> {
+        let mut doc = row.resource.clone();
+        let members: Vec<Value> = resources::members_of(tx, &row.id)?
+            .into_iter()
+            .map(|(id, _)| json!({"value": id}))
+            .collect();
+        if let Value::Object(o) = &mut doc {
+            o.insert("members".to_owned(), Value::Array(members));
+        }
+        Ok(doc)
+    }
+
+    fn remove(tx: &dyn Tx, tenant: &str, now: i64, row: GroupRow) -> Result<(), ApiError> {
+        let id = &row.id;
+        let members: Vec<String> = resources::members_of(tx, id)?
+            .into_iter()
+            .map(|(u, _)| u)
+            .collect();
+        tx.execute("DELETE FROM scim_members WHERE group_id = ?1", args![id])?;
+        tx.execute(
+            "DELETE FROM scim_groups WHERE id = ?1 AND tenant_id = ?2",
+            args![id, tenant],
+        )?;
+        end_sessions_without_roles(tx, tenant, &members)?;
+        ledger::append(
+            tx,
+            tenant,
+            "identity.group_deleted",
+            json!({"group_id": id, "display_name": row.display_name}),
+            now,
+        )?;
+        Ok(())
+    }
+}
+
+/// A page of `R` as `query` (read once the token is checked) asks for it.
+async fn list_of<R: Resource>(
     engine: &Arc<Engine>,
     headers: &HeaderMap,
-    kind: Kind,
     query: impl FnOnce() -> Result<ListQuery, ScimError>,
 ) -> Answer {
     let (tenant, base) = authorized(engine, headers).await?;
     let query = query()?;
     let all = blocking(engine, move |e| {
-        e.read(|tx, _| {
-            match kind {
-                Kind::Users => users_json(tx, &tenant, &base),
-                Kind::Groups => groups_json(tx, &tenant, &base),
-            }
-            .map_err(ApiError::from)
-        })
+        e.read(|tx, _| R::all_json(tx, &tenant, &base).map_err(ApiError::from))
     })
     .await?;
     Ok(scim_json(StatusCode::OK, &query.answer(all)))
 }
 
-async fn list_users(
+async fn list_all<R: Resource>(
     State(engine): State<Arc<Engine>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
-    list_of(&engine, &headers, Kind::Users, || {
-        ListQuery::from_params(&q)
-    })
-    .await
+    list_of::<R>(&engine, &headers, || ListQuery::from_params(&q)).await
 }
 
-async fn search_users(
+async fn search<R: Resource>(
     State(engine): State<Arc<Engine>>,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Answer {
     let body = || ListQuery::from_body(&body_json(&headers, &bytes)?);
-    list_of(&engine, &headers, Kind::Users, body).await
-}
-
-async fn list_groups(
-    State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Answer {
-    list_of(&engine, &headers, Kind::Groups, || {
-        ListQuery::from_params(&q)
-    })
-    .await
-}
-
-async fn search_groups(
-    State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> Answer {
-    let body = || ListQuery::from_body(&body_json(&headers, &bytes)?);
-    list_of(&engine, &headers, Kind::Groups, body).await
+    list_of::<R>(&engine, &headers, body).await
 }
 
 /// One resource, answered with its ETag (304 when `If-None-Match` has it).
@@ -642,7 +773,7 @@ fn one_answer(
     )
 }
 
-async fn get_user(
+async fn get_one<R: Resource>(
     State(engine): State<Arc<Engine>>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -651,41 +782,7 @@ async fn get_user(
     let (tenant, base) = authorized(&engine, &headers).await?;
     let query = ListQuery::from_params(&q)?;
     let (json, version) = blocking(&engine, move |e| {
-        e.read(|tx, _| user_answer(tx, &tenant, &id, &base).map_err(ApiError::from))
-    })
-    .await?;
-    Ok(one_answer(&headers, StatusCode::OK, &json, version, &query))
-}
-
-fn user_answer(tx: &dyn Tx, tenant: &str, id: &str, base: &str) -> Result<(Value, u64), ScimError> {
-    let user = resources::load_user(tx, tenant, id)?
-        .ok_or_else(|| ScimError::not_found(format!("no user `{id}`")))?;
-    let groups = resources::groups_of(tx, id)?;
-    Ok((resources::user_json(&user, &groups, base), user.version))
-}
-
-fn group_answer(
-    tx: &dyn Tx,
-    tenant: &str,
-    id: &str,
-    base: &str,
-) -> Result<(Value, u64), ScimError> {
-    let group = resources::load_group(tx, tenant, id)?
-        .ok_or_else(|| ScimError::not_found(format!("no group `{id}`")))?;
-    let members = resources::members_of(tx, id)?;
-    Ok((resources::group_json(&group, &members, base), group.version))
-}
-
-async fn get_group(
-    State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Answer {
-    let (tenant, base) = authorized(&engine, &headers).await?;
-    let query = ListQuery::from_params(&q)?;
-    let (json, version) = blocking(&engine, move |e| {
-        e.read(|tx, _| group_answer(tx, &tenant, &id, &base).map_err(ApiError::from))
+        e.read(|tx, _| R::answer(tx, &tenant, &id, &base).map_err(ApiError::from))
     })
     .await?;
     Ok(one_answer(&headers, StatusCode::OK, &json, version, &query))
@@ -713,30 +810,90 @@ async fn answer_change(
     Ok(r)
 }
 
-/// The user `id` as it stands, if `If-Match` lets a change through.
-fn user_to_change(
+/// Resource `id` as it stands, if `If-Match` lets a change through.
+fn to_change<R: Resource>(
     tx: &dyn Tx,
     tenant: &str,
     id: &str,
     headers: &HeaderMap,
-) -> Result<UserRow, ScimError> {
-    let user = resources::load_user(tx, tenant, id)?
-        .ok_or_else(|| ScimError::not_found(format!("no user `{id}`")))?;
-    check_if_match(headers, user.version)?;
-    Ok(user)
+) -> Result<R::Row, ScimError> {
+    let row = R::load(tx, tenant, id)?;
+    check_if_match(headers, R::version(&row))?;
+    Ok(row)
 }
 
-/// The group `id` as it stands, if `If-Match` lets a change through.
-fn group_to_change(
-    tx: &dyn Tx,
-    tenant: &str,
-    id: &str,
-    headers: &HeaderMap,
-) -> Result<GroupRow, ScimError> {
-    let group = resources::load_group(tx, tenant, id)?
-        .ok_or_else(|| ScimError::not_found(format!("no group `{id}`")))?;
-    check_if_match(headers, group.version)?;
-    Ok(group)
+async fn create<R: Resource>(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Answer {
+    let (tenant, base) = authorized(&engine, &headers).await?;
+    let input = body_json(&headers, &bytes)?;
+    let id = Uuid::now_v7().to_string();
+    let t = tenant.clone();
+    answer_change(
+        &engine,
+        &headers,
+        tenant,
+        StatusCode::CREATED,
+        move |tx, now| {
+            R::store(tx, &t, now, None, &id, &input)?;
+            Ok(R::answer(tx, &t, &id, &base)?)
+        },
+    )
+    .await
+}
+
+async fn put<R: Resource>(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Answer {
+    let (tenant, base) = authorized(&engine, &headers).await?;
+    let input = body_json(&headers, &bytes)?;
+    let (t, h) = (tenant.clone(), headers.clone());
+    answer_change(&engine, &headers, tenant, StatusCode::OK, move |tx, now| {
+        let before = to_change::<R>(tx, &t, &id, &h)?;
+        R::store(tx, &t, now, Some(&before), &id, &input)?;
+        Ok(R::answer(tx, &t, &id, &base)?)
+    })
+    .await
+}
+
+async fn patch_one<R: Resource>(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Answer {
+    let (tenant, base) = authorized(&engine, &headers).await?;
+    let ops = body_json(&headers, &bytes)?;
+    let (t, h) = (tenant.clone(), headers.clone());
+    answer_change(&engine, &headers, tenant, StatusCode::OK, move |tx, now| {
+        let before = to_change::<R>(tx, &t, &id, &h)?;
+        let mut doc = R::editable(tx, &before)?;
+        patch::apply(&mut doc, &ops)?;
+        R::store(tx, &t, now, Some(&before), &id, &doc)?;
+        Ok(R::answer(tx, &t, &id, &base)?)
+    })
+    .await
+}
+
+async fn delete<R: Resource>(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
+    let (tenant, _) = authorized(&engine, &headers).await?;
+    blocking(&engine, move |e| {
+        e.tx_in(&tenant, |tx, now| {
+            let row = to_change::<R>(tx, &tenant, &id, &headers)?;
+            R::remove(tx, &tenant, now, row)
+        })
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 // ---- users: changes ----
@@ -773,97 +930,6 @@ fn store_user(
     Ok(())
 }
 
-async fn create_user(
-    State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> Answer {
-    let (tenant, base) = authorized(&engine, &headers).await?;
-    let input = body_json(&headers, &bytes)?;
-    let id = Uuid::now_v7().to_string();
-    let t = tenant.clone();
-    answer_change(
-        &engine,
-        &headers,
-        tenant,
-        StatusCode::CREATED,
-        move |tx, now| {
-            store_user(tx, &t, now, None, &id, &input)?;
-            Ok(user_answer(tx, &t, &id, &base)?)
-        },
-    )
-    .await
-}
-
-async fn put_user(
-    State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> Answer {
-    let (tenant, base) = authorized(&engine, &headers).await?;
-    let input = body_json(&headers, &bytes)?;
-    let (t, h) = (tenant.clone(), headers.clone());
-    answer_change(&engine, &headers, tenant, StatusCode::OK, move |tx, now| {
-        let before = user_to_change(tx, &t, &id, &h)?;
-        store_user(tx, &t, now, Some(&before), &id, &input)?;
-        Ok(user_answer(tx, &t, &id, &base)?)
-    })
-    .await
-}
-
-async fn patch_user(
-    State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> Answer {
-    let (tenant, base) = authorized(&engine, &headers).await?;
-    let ops = body_json(&headers, &bytes)?;
-    let (t, h) = (tenant.clone(), headers.clone());
-    answer_change(&engine, &headers, tenant, StatusCode::OK, move |tx, now| {
-        let before = user_to_change(tx, &t, &id, &h)?;
-        let mut doc = before.resource.clone();
-        if let Value::Object(o) = &mut doc {
-            o.insert("active".to_owned(), json!(before.active));
-        }
-        patch::apply(&mut doc, &ops)?;
-        store_user(tx, &t, now, Some(&before), &id, &doc)?;
-        Ok(user_answer(tx, &t, &id, &base)?)
-    })
-    .await
-}
-
-async fn delete_user(
-    State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Answer {
-    let (tenant, _) = authorized(&engine, &headers).await?;
-    let h = headers.clone();
-    blocking(&engine, move |e| {
-        e.tx_in(&tenant, |tx, now| {
-            user_to_change(tx, &tenant, &id, &h)?;
-            tx.execute("DELETE FROM scim_members WHERE user_id = ?1", args![id])?;
-            tx.execute(
-                "DELETE FROM scim_users WHERE id = ?1 AND tenant_id = ?2",
-                args![id, tenant],
-            )?;
-            end_person_sessions(tx, &id)?;
-            ledger::append(
-                tx,
-                &tenant,
-                "identity.user_deleted",
-                json!({"user_id": id}),
-                now,
-            )?;
-            Ok(())
-        })
-    })
-    .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
 // ---- groups: changes ----
 
 fn store_group(
@@ -897,109 +963,4 @@ fn store_group(
         now,
     )?;
     Ok(())
-}
-
-/// A group as PATCH edits it: its attributes and its members' ids.
-fn editable_group(tx: &dyn Tx, group: &GroupRow) -> Result<Value, ScimError> {
-    let mut doc = group.resource.clone();
-    let members: Vec<Value> = resources::members_of(tx, &group.id)?
-        .into_iter()
-        .map(|(id, _)| json!({"value": id}))
-        .collect();
-    if let Value::Object(o) = &mut doc {
-        o.insert("members".to_owned(), Value::Array(members));
-    }
-    Ok(doc)
-}
-
-async fn create_group(
-    State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> Answer {
-    let (tenant, base) = authorized(&engine, &headers).await?;
-    let input = body_json(&headers, &bytes)?;
-    let id = Uuid::now_v7().to_string();
-    let t = tenant.clone();
-    answer_change(
-        &engine,
-        &headers,
-        tenant,
-        StatusCode::CREATED,
-        move |tx, now| {
-            store_group(tx, &t, now, None, &id, &input)?;
-            Ok(group_answer(tx, &t, &id, &base)?)
-        },
-    )
-    .await
-}
-
-async fn put_group(
-    State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> Answer {
-    let (tenant, base) = authorized(&engine, &headers).await?;
-    let input = body_json(&headers, &bytes)?;
-    let (t, h) = (tenant.clone(), headers.clone());
-    answer_change(&engine, &headers, tenant, StatusCode::OK, move |tx, now| {
-        let before = group_to_change(tx, &t, &id, &h)?;
-        store_group(tx, &t, now, Some(&before), &id, &input)?;
-        Ok(group_answer(tx, &t, &id, &base)?)
-    })
-    .await
-}
-
-async fn patch_group(
-    State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> Answer {
-    let (tenant, base) = authorized(&engine, &headers).await?;
-    let ops = body_json(&headers, &bytes)?;
-    let (t, h) = (tenant.clone(), headers.clone());
-    answer_change(&engine, &headers, tenant, StatusCode::OK, move |tx, now| {
-        let before = group_to_change(tx, &t, &id, &h)?;
-        let mut doc = editable_group(tx, &before)?;
-        patch::apply(&mut doc, &ops)?;
-        store_group(tx, &t, now, Some(&before), &id, &doc)?;
-        Ok(group_answer(tx, &t, &id, &base)?)
-    })
-    .await
-}
-
-async fn delete_group(
-    State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Answer {
-    let (tenant, _) = authorized(&engine, &headers).await?;
-    let h = headers.clone();
-    blocking(&engine, move |e| {
-        e.tx_in(&tenant, |tx, now| {
-            let before = group_to_change(tx, &tenant, &id, &h)?;
-            let members: Vec<String> = resources::members_of(tx, &id)?
-                .into_iter()
-                .map(|(u, _)| u)
-                .collect();
-            tx.execute("DELETE FROM scim_members WHERE group_id = ?1", args![id])?;
-            tx.execute(
-                "DELETE FROM scim_groups WHERE id = ?1 AND tenant_id = ?2",
-                args![id, tenant],
-            )?;
-            end_sessions_without_roles(tx, &tenant, &members)?;
-            ledger::append(
-                tx,
-                &tenant,
-                "identity.group_deleted",
-                json!({"group_id": id, "display_name": before.display_name}),
-                now,
-            )?;
-            Ok(())
-        })
-    })
-    .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
 }
