@@ -87,18 +87,6 @@ async fn sign_in(app: &axum::Router, key: &str, landing: &str) -> String {
     cookie.split(';').next().unwrap().to_owned()
 }
 
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 fn csrf(page: &str) -> String {
     let at = page.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
     page[at..].split('"').next().unwrap().to_owned()
@@ -175,7 +163,10 @@ async fn sign_in_keeps_the_key_on_the_server_and_every_change_needs_the_csrf_tok
             "POST",
             "/console/login",
             None,
-            Some(&format!("api_key={operator}&next={}", urlencode(elsewhere))),
+            Some(&format!(
+                "api_key={operator}&next={}",
+                common::percent_encode(elsewhere)
+            )),
         )
         .await;
         assert_eq!(location(&back), "/console/overview", "{elsewhere}");

@@ -103,18 +103,6 @@ fn csrf(page: &str) -> String {
     page[at..].split('"').next().unwrap().to_owned()
 }
 
-fn form_encode(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 async fn check_views(run: Activity) {
     let engine = run.engine().clone();
     let app = router(engine.clone());
@@ -305,7 +293,10 @@ async fn check_views(run: Activity) {
     let (_, odd) = send(
         &app,
         "GET",
-        &format!("/console/decisions?agent={}", form_encode(ODD_AGENT)),
+        &format!(
+            "/console/decisions?agent={}",
+            common::percent_encode(ODD_AGENT)
+        ),
         &cookie,
         None,
     )
@@ -405,7 +396,7 @@ async fn check_views(run: Activity) {
     assert_eq!(expected.changes.len(), 5, "{:?}", expected.changes);
     let body = format!(
         "csrf={token}&file_name=strict.yaml&policy={}&since=&until=",
-        form_encode(&strict)
+        common::percent_encode(&strict)
     );
     let (status, report) = send(&app, "POST", "/console/what-if", &cookie, Some(&body)).await;
     assert_eq!(status, StatusCode::OK, "{report}");
@@ -456,8 +447,8 @@ async fn check_views(run: Activity) {
     // A window: until today, everything but today's 6 decisions.
     let body = format!(
         "csrf={token}&policy={}&since=&until={}",
-        form_encode(&strict),
-        form_encode("2026-11-30T00:00")
+        common::percent_encode(&strict),
+        common::percent_encode("2026-11-30T00:00")
     );
     let (_, report) = send(&app, "POST", "/console/what-if", &cookie, Some(&body)).await;
     assert!(
@@ -471,8 +462,8 @@ async fn check_views(run: Activity) {
     // A window: only today's 6 decisions, of which the 18 USD purchase changes.
     let body = format!(
         "csrf={token}&policy={}&since={}&until=",
-        form_encode(&strict),
-        form_encode("2026-11-30T00:00")
+        common::percent_encode(&strict),
+        common::percent_encode("2026-11-30T00:00")
     );
     let (_, report) = send(&app, "POST", "/console/what-if", &cookie, Some(&body)).await;
     assert!(
@@ -484,7 +475,7 @@ async fn check_views(run: Activity) {
     let broken = "version: 1\nname: x\ntools:\n  shop.buy: { side_effecting: maybe }\nspend_controls:\n  caps:\n    - { scope: galaxy, window: day, limit_cents: 1 }\n";
     let body = format!(
         "csrf={token}&file_name=broken.yaml&policy={}",
-        form_encode(broken)
+        common::percent_encode(broken)
     );
     let (status, report) = send(&app, "POST", "/console/what-if", &cookie, Some(&body)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -492,7 +483,7 @@ async fn check_views(run: Activity) {
     assert!(report.contains("broken.yaml:4:"), "{report}");
     assert!(!report.contains("id=\"what-if-report\""));
     // Without the CSRF token: refused.
-    let body = format!("policy={}", form_encode(&strict));
+    let body = format!("policy={}", common::percent_encode(&strict));
     let (status, _) = send(&app, "POST", "/console/what-if", &cookie, Some(&body)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 

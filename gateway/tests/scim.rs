@@ -110,7 +110,7 @@ impl Scim {
         let a = self
             .get(&format!(
                 "/Users?filter={}&attributes=userName",
-                url_encode(filter)
+                common::percent_encode(filter)
             ))
             .await;
         assert_eq!(a.status, 200, "{filter}: {}", a.body);
@@ -124,18 +124,6 @@ impl Scim {
         assert_eq!(a.body["totalResults"], names.len());
         names
     }
-}
-
-fn url_encode(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn user(name: &str, external: &str, display: &str, email: &str, active: bool) -> Value {
@@ -489,7 +477,7 @@ async fn users(fx: Fixture) {
     let invalid = scim
         .get(&format!(
             "/Users?filter={}",
-            url_encode(r#"userName zz "x""#)
+            common::percent_encode(r#"userName zz "x""#)
         ))
         .await;
     assert_error(&invalid, 400, Some("invalidFilter"));
@@ -771,7 +759,7 @@ async fn groups(fx: Fixture) {
     let by_group = scim
         .get(&format!(
             "/Users?filter={}",
-            url_encode(&format!("groups.value eq \"{group}\""))
+            common::percent_encode(&format!("groups.value eq \"{group}\""))
         ))
         .await;
     assert_eq!(by_group.body["totalResults"], 2);
@@ -832,14 +820,14 @@ async fn groups(fx: Fixture) {
     let found = scim
         .get(&format!(
             "/Groups?filter={}",
-            url_encode(r#"displayName eq "paybond-analysts""#)
+            common::percent_encode(r#"displayName eq "paybond-analysts""#)
         ))
         .await;
     assert_eq!(found.body["totalResults"], 1);
     let found = scim
         .get(&format!(
             "/Groups?filter={}",
-            url_encode(&format!("members[value eq \"{}\"]", ids[2]))
+            common::percent_encode(&format!("members[value eq \"{}\"]", ids[2]))
         ))
         .await;
     assert_eq!(found.body["totalResults"], 1);

@@ -201,3 +201,17 @@ pub fn pg_database() -> Option<paybond_gateway::DatabaseUrl> {
 pub fn pg_config() -> Option<EngineConfig> {
     pg_database().map(|url| EngineConfig::new(Storage::Postgres(url)))
 }
+
+/// `text` percent-encoded for a URL's path segment, query value or form field:
+/// everything but RFC 3986's unreserved characters.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
