@@ -159,17 +159,14 @@ impl Engine {
 
     /// [`Self::verify`] for async callers. On the SQLite file store, with the
     /// tenant's policy already parsed, the decision goes straight to the store's
-    /// writer thread and no thread waits for its commit; in memory it runs where
-    /// the caller is; otherwise it runs as [`Self::verify`] on the blocking pool.
+    /// writer thread and no thread waits for its commit; otherwise it runs as
+    /// [`Self::verify`] through [`Self::blocking`].
     pub async fn verify_async(
         self: &Arc<Self>,
         principal: Principal,
         req: VerifyRequest,
     ) -> Result<VerifyResult, ApiError> {
         let Some(policy) = self.cached_policy(&principal.tenant_id) else {
-            if self.store.in_memory() {
-                return self.verify(&principal, &req);
-            }
             return self.blocking(move |e| e.verify(&principal, &req)).await;
         };
         check_verify(&principal, &req)?;

@@ -651,10 +651,8 @@ impl Engine {
 
     /// [`Self::tx_in`] for async callers. On the SQLite file store the transaction
     /// goes to the store's writer thread and the caller awaits its durable commit
-    /// without holding a thread; in memory it runs where the caller is (it waits
-    /// for no disk or network, and a thread hand-off would cost more than it
-    /// does); on PostgreSQL it runs on the blocking pool. `f` is handed the engine
-    /// and the tenant.
+    /// without holding a thread; on the other stores it runs through
+    /// [`Self::blocking`]. `f` is handed the engine and the tenant.
     pub(crate) async fn tx_in_async<T, F>(
         self: &Arc<Self>,
         tenant_id: String,
@@ -671,9 +669,6 @@ impl Engine {
         };
         match self.store.submit(self.clone(), op) {
             Ok(answer) => answer.await,
-            Err((engine, op)) if self.store.in_memory() => {
-                self.store.write(Some(&tenant), |tx| op(&engine, tx))
-            }
             Err((engine, op)) => {
                 self.blocking(move |e| e.store.write(Some(&tenant), |tx| op(&engine, tx)))
                     .await
@@ -682,11 +677,16 @@ impl Engine {
     }
 
     /// Runs `f` on the blocking pool: how the async calls run what they cannot
-    /// queue to the store's writer thread.
+    /// queue to the store's writer thread. On the in-memory store `f` runs where
+    /// the caller is: it waits for no disk or network, and the hand-off to another
+    /// thread would cost more than it does.
     pub(crate) async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Self) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
+        if self.store.in_memory() {
+            return f(self);
+        }
         let engine = self.clone();
         tokio::task::spawn_blocking(move || f(&engine))
             .await
