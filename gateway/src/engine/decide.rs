@@ -160,7 +160,7 @@ impl Engine {
     /// [`Self::verify`] for async callers. On the SQLite file store, with the
     /// tenant's policy already parsed, the decision goes straight to the store's
     /// writer thread and no thread waits for its commit; otherwise it runs as
-    /// [`Self::verify`] through [`Self::blocking`].
+    /// [`Self::verify`] on the blocking pool (in place on the in-memory store).
     pub async fn verify_async(
         self: &Arc<Self>,
         principal: Principal,
