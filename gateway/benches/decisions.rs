@@ -4,7 +4,8 @@
 //!   threads on the SQLite file store (durable) and the in-memory store; then
 //!   `Engine::verify` alone by one thread in memory (the CPU cost of a decision) and by
 //!   16 and 64 threads on the file store, and by 64 async tasks (verify alone, then
-//!   with complete) through `verify_async`/`complete_async`; then verify alone under
+//!   with complete, then verify alone with an idempotency key each, as the layer
+//!   sends) through `verify_async`/`complete_async`; then verify alone under
 //!   rolling caps and an hourly call limit, in memory by one thread and on a file
 //!   by 64 async tasks.
 //! - Over loopback HTTP (`-- http`), 16 connections, then 128: the server's `/healthz`
@@ -366,8 +367,9 @@ fn in_process_on(label: &str, s: Arc<Setup>, threads: usize, verify_only: bool, 
 
 /// `tasks` async callers on a 2-worker runtime, each deciding in a loop through
 /// the engine's async calls (which queue to the writer and hold no thread while
-/// they wait), completing each decision unless `verify_only`.
-fn in_process_async(label: &str, s: Arc<Setup>, tasks: usize, verify_only: bool) {
+/// they wait), completing each decision unless `verify_only`; with `keyed`, each
+/// verify carries a new idempotency key.
+fn in_process_async(label: &str, s: Arc<Setup>, tasks: usize, verify_only: bool, keyed: bool) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -376,11 +378,11 @@ fn in_process_async(label: &str, s: Arc<Setup>, tasks: usize, verify_only: bool)
     let stats = rt.block_on(drive(tasks, move || {
         let s = s.clone();
         async move {
-            let r = s
-                .engine
-                .verify_async(s.agent.clone(), verify_request(&s))
-                .await
-                .unwrap();
+            let mut req = verify_request(&s);
+            if keyed {
+                req.idempotency_key = Some(paybond_middleware_core::new_idempotency_key());
+            }
+            let r = s.engine.verify_async(s.agent.clone(), req).await.unwrap();
             assert!(r.allow, "{:?}", r.code);
             if !verify_only {
                 s.engine
@@ -445,6 +447,7 @@ fn main() {
                 s.clone(),
                 64,
                 true,
+                false,
             );
         }
         return;
@@ -499,8 +502,16 @@ fn main() {
                 ))),
                 64,
                 verify_only,
+                false,
             );
         }
+        in_process_async(
+            "verify alone, keyed, async, SQLite file, 64 tasks",
+            Arc::new(setup(Storage::File(dir.path().join("keyed-async.db")))),
+            64,
+            true,
+            true,
+        );
         in_process_on(
             "verify alone, keyed, SQLite file, 16 thread(s)",
             Arc::new(setup(Storage::File(dir.path().join("keyed.db")))),
@@ -524,6 +535,7 @@ fn main() {
             )),
             64,
             true,
+            false,
         );
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

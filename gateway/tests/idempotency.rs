@@ -62,3 +62,50 @@ fn a_verify_key_points_at_its_decision_and_a_stored_copy_still_replays() {
         .unwrap();
     assert_eq!(decisions, 2);
 }
+
+/// Keyed verifies sent at once, ten of each key one after another, so that a
+/// key's requests meet in the writer's groups (where keys are read past the
+/// writes held back): each key decides once, every copy answers that decision,
+/// and the intent holds each key's amount once.
+async fn concurrent_copies_of_a_key_decide_once(config: EngineConfig) {
+    let fx = Fixture::with_config(config);
+    let (intent, token) = fx.intent(50_000);
+    let mut answers = Vec::new();
+    for key in 0..40 {
+        for copy in 0..10 {
+            let mut req = verify_request(intent, &token, 100 + key);
+            req.idempotency_key = Some(format!("key-{key}"));
+            let (engine, agent) = (fx.engine.clone(), fx.agent.clone());
+            answers.push((
+                key,
+                copy,
+                tokio::spawn(async move { engine.verify_async(agent, req).await }),
+            ));
+        }
+    }
+    let mut decided = std::collections::HashMap::new();
+    for (key, copy, answer) in answers {
+        let answer = answer.await.unwrap().unwrap();
+        assert!(answer.allow, "key {key}, copy {copy}: {answer:?}");
+        let first = decided.entry(key).or_insert_with(|| answer.clone());
+        assert_eq!(*first, answer, "key {key}, copy {copy}");
+    }
+    let ids: std::collections::HashSet<_> = decided.values().map(|a| a.decision_id).collect();
+    assert_eq!(ids.len(), 40);
+    let view = fx.engine.get_intent(&fx.agent, intent).unwrap();
+    assert_eq!(view.reserved_cents, (0..40).map(|k| 100 + k).sum::<u64>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copies_of_a_key_decide_once_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig::new(Storage::File(dir.path().join("paybond.db")));
+    concurrent_copies_of_a_key_decide_once(config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copies_of_a_key_decide_once_on_postgres() {
+    if let Some(config) = common::pg_config() {
+        concurrent_copies_of_a_key_decide_once(config).await;
+    }
+}

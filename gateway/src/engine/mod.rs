@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::store::{self, held::Held};
 use crate::store::{Storage, Store, Tx, args};
 use crate::tokens::{Minter, random_hex, sha256_hex};
 
@@ -565,11 +566,27 @@ impl Engine {
     where
         T: Kept,
     {
-        let stored: Option<(String, String, String)> = tx.query_opt(
-            "SELECT route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
-            args![tenant_id, keyed.key],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+        // Past the writes the group holds back, unless one of them may store this
+        // key: a key is read on every keyed request, and sending the group's
+        // writes before each would keep them from merging.
+        let may_change = |held: &Held| {
+            if !held.sql.contains("idempotency") {
+                return false;
+            }
+            // Another key's row cannot be this one's.
+            held.sql != STORE_KEY
+                || matches!(held.args.get(..2), Some([store::Value::Text(t), store::Value::Text(k)])
+                    if t == tenant_id && *k == keyed.key)
+        };
+        let stored: Option<(String, String, String)> = tx
+            .query_past_held(
+                "SELECT route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
+                args![tenant_id, keyed.key],
+                &may_change,
+            )?
+            .first()
+            .map(|r| Ok::<_, ApiError>((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .transpose()?;
         if let Some((stored_route, stored_hash, response)) = stored {
             if stored_route != keyed.route || stored_hash != keyed.body_hash {
                 return Err(ApiError::conflict(
@@ -609,8 +626,7 @@ impl Engine {
             }
         };
         tx.execute_later(
-            "INSERT INTO idempotency (tenant_id, key, route, body_hash, response, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            STORE_KEY,
             args![
                 tenant_id,
                 keyed.key,
@@ -1282,6 +1298,12 @@ const REISSUE: &str = "(reissued on replay)";
 /// Prefixes, in place of a stored answer, the id of the decision whose row holds
 /// it ([`Kept::decision_row`]; a JSON answer never starts with it).
 const IN_DECISION: &str = "decision:";
+
+/// Stores an idempotency key's answer; its first two arguments are the tenant and
+/// the key.
+const STORE_KEY: &str =
+    "INSERT INTO idempotency (tenant_id, key, route, body_hash, response, created_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 /// An answer kept under an idempotency key.
 pub(crate) trait Kept: Serialize + serde::de::DeserializeOwned {

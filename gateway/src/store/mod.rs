@@ -12,6 +12,7 @@ use std::borrow::Cow;
 
 use crate::engine::live::LiveState;
 use crate::error::ApiError;
+use held::Held;
 
 mod error;
 pub(crate) mod held;
@@ -454,6 +455,20 @@ pub(crate) trait Tx {
     /// engine's constant statements.
     fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), ApiError> {
         self.execute(sql, args).map(drop)
+    }
+
+    /// Runs a query that reads nothing a held-back write ([`Self::execute_later`])
+    /// could change unless `may_change` says so of it: the held-back writes are
+    /// sent first only if one of them may change the answer, and otherwise stay
+    /// held, to merge with later ones. `may_change` must err towards `true`.
+    fn query_past_held(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        may_change: &dyn Fn(&Held) -> bool,
+    ) -> Result<Vec<Row>, ApiError> {
+        let _ = may_change;
+        self.query(sql, args)
     }
 
     /// Serializes this transaction against every other that locks the same tenant

@@ -1157,6 +1157,32 @@ impl Tx for PgTx<'_> {
         self.call(sql, args, true)?.0.iter().map(read_row).collect()
     }
 
+    fn query_past_held(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        may_change: &dyn Fn(&Held) -> bool,
+    ) -> Result<Vec<Row>, ApiError> {
+        // Only held-back writes may stay behind: a pending transaction control
+        // (`BEGIN`, a savepoint) goes first, and with it everything pending.
+        let past = self.pending.borrow().iter().all(|l| match l {
+            Later::Write(w) => !may_change(w),
+            Later::Control(_) => false,
+        });
+        if !past || !sql.trim_start().starts_with("SELECT") {
+            return self.query(sql, args);
+        }
+        let statement = self.statement(sql)?;
+        let client = self.conn.borrow().client.clone();
+        let owned: Vec<Value> = args.iter().map(Value::from).collect();
+        let params: Vec<&(dyn ToSql + Sync)> =
+            owned.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        run(async { client.query(&statement, &params).await })?
+            .iter()
+            .map(read_row)
+            .collect()
+    }
+
     fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), ApiError> {
         self.wrote.set(true);
         self.pending.borrow_mut().push(Later::Write(Held {

@@ -1224,6 +1224,20 @@ impl Tx for WriterTx<'_> {
         Tx::query(self.conn, sql, args)
     }
 
+    fn query_past_held(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        may_change: &dyn Fn(&Held) -> bool,
+    ) -> Result<Vec<Row>, ApiError> {
+        if !sql.trim_start().starts_with("SELECT") || self.held.borrow().iter().any(may_change) {
+            return self.query(sql, args);
+        }
+        // A read changes nothing: it needs no savepoint, and what the group
+        // holds back stays held.
+        Tx::query(self.conn, sql, args)
+    }
+
     fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), ApiError> {
         // Held back only while another operation waits to join the group, so
         // that there is something to merge with; one that will commit alone
@@ -1734,6 +1748,63 @@ mod tests {
             }
             assert!(!stored(&store, "dup-twice"));
         });
+    }
+
+    #[test]
+    fn a_read_past_held_writes_sends_them_only_if_one_may_change_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&Storage::File(dir.path().join("p.db")), 1 << 20).unwrap();
+        let count = |tx: &dyn Tx, key: &str, may_change: &dyn Fn(&Held) -> bool| {
+            tx.query_past_held(
+                "SELECT COUNT(*) FROM meta WHERE key = ?1",
+                args![key],
+                may_change,
+            )
+            .unwrap()[0]
+                .get::<i64>(0)
+                .unwrap()
+        };
+        let of_key = |key: &'static str| move |h: &Held| matches!(h.args.first(), Some(Value::Text(k)) if k == key);
+        // Another operation waits to join: writes are held back.
+        store.shared.arrivals.fetch_add(1, Ordering::SeqCst);
+        let (ran, has_run) = mpsc::channel();
+        let answer = store
+            .submit((), move |(), tx: &dyn Tx| {
+                put_later(tx, "b")?;
+                // No held write is of "a": the read goes past them, so held "b"
+                // is not seen by it.
+                assert_eq!(count(tx, "b", &of_key("a")), 0);
+                assert_eq!(count(tx, "b", &|_| false), 0);
+                // One is: every held write is sent first, and seen.
+                put_later(tx, "a")?;
+                assert_eq!(count(tx, "a", &of_key("a")), 1);
+                assert_eq!(count(tx, "b", &|_| false), 1);
+                // Anything but a read sends them (none is held now, either way).
+                put_later(tx, "c")?;
+                tx.query_past_held(
+                    "INSERT INTO meta (key, value) VALUES ('d', x'00') RETURNING key",
+                    &[],
+                    &|_| false,
+                )?;
+                assert_eq!(count(tx, "c", &|_| false), 1);
+                ran.send(()).unwrap();
+                Ok(())
+            })
+            .ok()
+            .unwrap();
+        has_run
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        // The group is still open: the operation it waited for commits it.
+        store.shared.arrivals.fetch_sub(1, Ordering::SeqCst);
+        store.write(|_| Ok(())).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(answer).unwrap();
+        for key in ["a", "b", "c", "d"] {
+            assert!(stored(&store, key), "{key}");
+        }
     }
 
     #[test]
