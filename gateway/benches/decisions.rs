@@ -14,6 +14,9 @@
 //!   `PAYBOND_TEST_DATABASE_URL`): in process, then over HTTP one replica on SQLite
 //!   (the yardstick), one on PostgreSQL (16 connections), three on one database
 //!   (32 connections), one tenant, then 100 tenants; and the fleet goals' ratios.
+//! - Restart (`-- restart`): a child process decides on a SQLite file until it has
+//!   acknowledged 1,000,000 decisions and is killed with SIGKILL; then the time to
+//!   open the engine on the file and answer the first decision.
 //! - For a profiler (`perf record … decisions-<hash> profile`): `-- profile` repeats
 //!   verify alone by one thread in memory, `-- profile-file` by 16 threads on a file,
 //!   `-- profile-async` by 64 async tasks on a file.
@@ -403,10 +406,170 @@ fn in_process_async(label: &str, s: Arc<Setup>, tasks: usize, verify_only: bool,
     print(label, &stats);
 }
 
+/// Decisions in the store before [`restart`] kills its writer.
+const RESTART_DECISIONS: u64 = 1_000_000;
+
+/// `-- restart`: a child process decides (verify alone, 64 async tasks) on a
+/// SQLite file until it has acknowledged [`RESTART_DECISIONS`], and is killed
+/// with SIGKILL while it goes on; then the time to open the engine on the file
+/// and to answer the first decision, and the check that every decision the
+/// child acknowledged is in the store.
+fn restart(dir: &std::path::Path) {
+    use std::io::BufRead;
+    let path = dir.join("restart.db");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["restart-load", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let mut fields = first.split(' ');
+    let (key, intent, token) = (
+        fields.next().unwrap().to_owned(),
+        fields.next().unwrap().parse::<Uuid>().unwrap(),
+        CapabilityToken::new(fields.next().unwrap()),
+    );
+    let loading = Instant::now();
+    let mut acknowledged = 0;
+    for line in lines {
+        acknowledged = line.unwrap().parse::<u64>().unwrap();
+        if acknowledged >= RESTART_DECISIONS {
+            break;
+        }
+    }
+    let loaded = loading.elapsed();
+    let writer_resident = resident(child.id());
+    // `Child::kill` is SIGKILL: the writer dies wherever it is, mid-group.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let size: u64 = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+
+    let t = Instant::now();
+    let engine = Engine::open(bench_config(Storage::File(path.clone()))).unwrap();
+    let opened = t.elapsed();
+    let agent = engine.authenticate(&key).unwrap();
+    let s = Setup {
+        engine: Arc::new(engine),
+        agent,
+        agent_key: key,
+        intent,
+        token,
+    };
+    let r = s.engine.verify(&s.agent, &verify_request(&s)).unwrap();
+    assert!(r.allow, "{:?}", r.code);
+    let serving = t.elapsed();
+    let stored: u64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM decisions", [], |r| r.get(0))
+        .unwrap();
+    println!(
+        "restart after SIGKILL, SQLite file: {acknowledged} decisions acknowledged in {:.0} s, \
+         {stored} stored (the first answer after the restart included), {:.0} MiB on disk",
+        loaded.as_secs_f64(),
+        size as f64 / (1024.0 * 1024.0)
+    );
+    println!(
+        "  engine open                     {:>8.0} ms",
+        opened.as_secs_f64() * 1e3
+    );
+    println!(
+        "  first decision answered         {:>8.0} ms   (goal <= 2,000)",
+        serving.as_secs_f64() * 1e3
+    );
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!(
+        "  resident, the writer before the kill ({acknowledged} open reservations) {:>6.0} MiB   (goal <= 512)",
+        mib(writer_resident)
+    );
+    println!(
+        "  resident, this process after the restart  {:>6.0} MiB",
+        mib(resident(std::process::id()))
+    );
+    // Every decision acknowledged before the kill is there (the count read
+    // last is a lower bound of what was acknowledged), and the one after it.
+    assert!(
+        stored > acknowledged,
+        "{stored} stored, {acknowledged} acknowledged"
+    );
+}
+
+/// Resident memory of process `pid`, in bytes (Linux: `/proc/<pid>/statm`).
+fn resident(pid: u32) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// The child of [`restart`]: prints the agent's key, the intent and its token,
+/// then decides until it is killed, printing how many decisions were
+/// acknowledged every 50 ms.
+fn restart_load(path: &std::path::Path) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let s = Arc::new(setup(Storage::File(path.to_owned())));
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{} {} {}",
+        s.agent_key,
+        s.intent,
+        s.token.expose_secret()
+    )
+    .unwrap();
+    out.flush().unwrap();
+    drop(out);
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for _ in 0..64 {
+            let (s, acknowledged) = (s.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                loop {
+                    let r = s
+                        .engine
+                        .verify_async(s.agent.clone(), verify_request(&s))
+                        .await
+                        .unwrap();
+                    assert!(r.allow, "{:?}", r.code);
+                    acknowledged.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut out = std::io::stdout().lock();
+            // The parent stops reading (and kills this process) past its count.
+            if writeln!(out, "{}", acknowledged.load(Ordering::SeqCst))
+                .and_then(|()| out.flush())
+                .is_err()
+            {
+                std::future::pending::<()>().await;
+            }
+        }
+    });
+}
+
 fn main() {
     // `cargo bench --bench decisions -- in-process` (or `http`) runs one group only.
     let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let runs = |group: &str| only.as_deref().is_none_or(|o| o == group);
+    if only.as_deref() == Some("restart-load") {
+        // The child of `-- restart` (see [`restart`]).
+        let path = std::env::args()
+            .skip(2)
+            .find(|a| !a.starts_with('-'))
+            .unwrap();
+        restart_load(std::path::Path::new(&path));
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     println!(
         "decisions = verify + complete(consumed); {RUN_FOR:?} per row; 2-worker tokio runtime for HTTP\n"
@@ -463,6 +626,10 @@ fn main() {
                 false,
             );
         }
+        return;
+    }
+    if only.as_deref() == Some("restart") {
+        restart(dir.path());
         return;
     }
     if runs("in-process") {
