@@ -5,7 +5,7 @@
 //!   `Engine::verify` alone by one thread in memory (the CPU cost of a decision) and by
 //!   16 and 64 threads on the file store, and by 64 async tasks (verify alone, then
 //!   with complete, then verify alone with an idempotency key each, as the layer
-//!   sends) through `verify_async`/`complete_async`; then verify alone under
+//!   sends) through the engine's async calls; then verify alone under
 //!   rolling caps and an hourly call limit, in memory by one thread and on a file
 //!   by 64 async tasks.
 //! - Over loopback HTTP (`-- http`), 16 connections, then 128: the server's `/healthz`
@@ -337,6 +337,11 @@ fn in_process_on(label: &str, s: Arc<Setup>, threads: usize, verify_only: bool, 
         .map(|_| {
             let s = s.clone();
             std::thread::spawn(move || {
+                // A caller of its own thread: it waits for each answer there.
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 let mut req = verify_request(&s);
                 let complete = CompleteRequest {
                     outcome: Finalization::Consumed,
@@ -348,12 +353,18 @@ fn in_process_on(label: &str, s: Arc<Setup>, threads: usize, verify_only: bool, 
                     if keyed {
                         req.idempotency_key = Some(paybond_middleware_core::new_idempotency_key());
                     }
-                    let r = s.engine.verify(&s.agent, &req).unwrap();
+                    let r = rt
+                        .block_on(s.engine.verify(s.agent.clone(), req.clone()))
+                        .unwrap();
                     assert!(r.allow, "{:?}", r.code);
                     if !verify_only {
-                        s.engine
-                            .complete(&s.agent, r.decision_id.unwrap(), &complete, None)
-                            .unwrap();
+                        rt.block_on(s.engine.complete(
+                            s.agent.clone(),
+                            r.decision_id.unwrap(),
+                            complete.clone(),
+                            None,
+                        ))
+                        .unwrap();
                     }
                     lat.push(t.elapsed());
                 }
@@ -385,11 +396,11 @@ fn in_process_async(label: &str, s: Arc<Setup>, tasks: usize, verify_only: bool,
             if keyed {
                 req.idempotency_key = Some(paybond_middleware_core::new_idempotency_key());
             }
-            let r = s.engine.verify_async(s.agent.clone(), req).await.unwrap();
+            let r = s.engine.verify(s.agent.clone(), req).await.unwrap();
             assert!(r.allow, "{:?}", r.code);
             if !verify_only {
                 s.engine
-                    .complete_async(
+                    .complete(
                         s.agent.clone(),
                         r.decision_id.unwrap(),
                         CompleteRequest {
@@ -459,7 +470,12 @@ fn restart(dir: &std::path::Path) {
         intent,
         token,
     };
-    let r = s.engine.verify(&s.agent, &verify_request(&s)).unwrap();
+    let r = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(s.engine.verify(s.agent.clone(), verify_request(&s)))
+        .unwrap();
     assert!(r.allow, "{:?}", r.code);
     let serving = t.elapsed();
     let stored: u64 = rusqlite::Connection::open(&path)
@@ -535,7 +551,7 @@ fn restart_load(path: &std::path::Path) {
                 loop {
                     let r = s
                         .engine
-                        .verify_async(s.agent.clone(), verify_request(&s))
+                        .verify(s.agent.clone(), verify_request(&s))
                         .await
                         .unwrap();
                     assert!(r.allow, "{:?}", r.code);

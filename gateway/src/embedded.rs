@@ -214,7 +214,7 @@ impl SpendGateway for EmbeddedGateway {
 
     async fn verify(&self, request: &VerifyRequest) -> Result<VerifyResult, GatewayError> {
         self.engine
-            .verify_async(self.principal.clone(), request.clone())
+            .verify(self.principal.clone(), request.clone())
             .await
             .map_err(|e| rejected("verify", e))
     }
@@ -226,7 +226,7 @@ impl SpendGateway for EmbeddedGateway {
         idempotency_key: &str,
     ) -> Result<CompleteResponse, GatewayError> {
         self.engine
-            .complete_async(
+            .complete(
                 self.principal.clone(),
                 decision_id,
                 request.clone(),
@@ -243,7 +243,7 @@ impl SpendGateway for EmbeddedGateway {
         idempotency_key: &str,
     ) -> Result<EvidenceResponse, GatewayError> {
         self.engine
-            .submit_evidence_async(
+            .submit_evidence(
                 self.principal.clone(),
                 intent_id,
                 request.clone(),

@@ -355,7 +355,7 @@ async fn verify(State(s): State<AppState>, request: Request) -> Answer {
     );
     let r = s
         .engine
-        .verify_async(principal, req)
+        .verify(principal, req)
         .instrument(span.clone())
         .await
         .map_err(fail)?;
@@ -398,7 +398,7 @@ async fn complete(State(s): State<AppState>, Path(id): Path<String>, request: Re
     );
     let r = s
         .engine
-        .complete_async(principal, id, req.request, key)
+        .complete(principal, id, req.request, key)
         .instrument(span)
         .await
         .map_err(fail)?;
@@ -441,7 +441,7 @@ async fn evidence(State(s): State<AppState>, Path(id): Path<String>, request: Re
     let key = merge_key(key, req.idempotency_key).map_err(fail)?;
     let r = s
         .engine
-        .submit_evidence_async(principal, id, req.request, key)
+        .submit_evidence(principal, id, req.request, key)
         .await
         .map_err(fail)?;
     json(&r)

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::Blocking;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -198,7 +200,8 @@ fn existing_files_are_narrowed_and_a_key_kept_in_the_database_moves_out() {
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
 
-    let engine = Engine::open(EngineConfig::new(Storage::File(db.clone()))).unwrap();
+    let engine =
+        std::sync::Arc::new(Engine::open(EngineConfig::new(Storage::File(db.clone()))).unwrap());
     assert_eq!((mode(&data), mode(&db)), (0o700, 0o600));
     assert_eq!(key_bytes(&db), key, "the stored key moved to its file");
     assert_eq!(mode(&root_key_path(&db)), 0o600);
@@ -209,7 +212,7 @@ fn existing_files_are_narrowed_and_a_key_kept_in_the_database_moves_out() {
             ..common::verify_request(intent, token, 100)
         }
     };
-    assert!(engine.verify(&agent, &request(&token)).unwrap().allow);
+    assert!(engine.verify_now(&agent, &request(&token)).unwrap().allow);
     // The tenant's audit signing key: the database holds it wrapped under the root
     // key, not as a key whose public half is the published one.
     let signing = engine.signing_keys(&agent).unwrap().keys[0]
@@ -242,15 +245,16 @@ fn existing_files_are_narrowed_and_a_key_kept_in_the_database_moves_out() {
     Engine::rotate_root_key(&Storage::File(db.clone())).unwrap();
     assert_ne!(key_bytes(&db), key);
     assert_eq!(mode(&root_key_path(&db)), 0o600);
-    let engine = Engine::open(EngineConfig::new(Storage::File(db.clone()))).unwrap();
+    let engine =
+        std::sync::Arc::new(Engine::open(EngineConfig::new(Storage::File(db.clone()))).unwrap());
     let agent = engine.authenticate(fx_keys.agent.expose_secret()).unwrap();
-    let refused = engine.verify(&agent, &request(&token)).unwrap();
+    let refused = engine.verify_now(&agent, &request(&token)).unwrap();
     assert!(!refused.allow);
     assert_eq!(refused.reason_codes, ["capability_invalid"]);
     let fresh = engine.fund_intent(&agent, intent).unwrap();
     assert!(
         engine
-            .verify(&agent, &request(&fresh.capability_token.unwrap()))
+            .verify_now(&agent, &request(&fresh.capability_token.unwrap()))
             .unwrap()
             .allow
     );

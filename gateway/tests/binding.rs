@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::Blocking;
+
 use std::sync::Arc;
 
 use common::{BOOK, Fixture, SEARCH};
@@ -385,7 +387,7 @@ impl Setup {
 
     async fn verify(&self, req: &VerifyRequest) -> VerifyResult {
         match &self.base {
-            None => self.fx.engine.verify(&self.fx.agent, req).unwrap(),
+            None => self.fx.engine.verify_now(&self.fx.agent, req).unwrap(),
             Some(base) => {
                 let body = serde_json::to_string(req).unwrap();
                 let (status, json) = common::call(
@@ -634,7 +636,7 @@ async fn complete_settles_at_most_the_reservation_and_finalizes_once() {
     let err = setup
         .fx
         .engine
-        .complete(
+        .complete_now(
             &setup.fx.agent,
             id,
             &CompleteRequest {
@@ -843,7 +845,7 @@ spend_controls:
             token,
         };
         for b in history {
-            w.engine.verify(&w.agent, &w.request(b)).unwrap();
+            w.engine.verify_now(&w.agent, &w.request(b)).unwrap();
         }
         w
     }
@@ -898,10 +900,10 @@ spend_controls:
             let plain = world(&controls, &history);
             let baseline = plain
                 .engine
-                .verify(&plain.agent, &plain.request(&without_optional_fields(&tried)))
+                .verify_now(&plain.agent, &plain.request(&without_optional_fields(&tried)))
                 .unwrap();
             let other = world(&controls, &history);
-            let answer = other.engine.verify(&other.agent, &other.request(&tried)).unwrap();
+            let answer = other.engine.verify_now(&other.agent, &other.request(&tried)).unwrap();
             if !baseline.allow {
                 prop_assert!(
                     !answer.allow,

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::Blocking;
+
 use common::{BOOK, Fixture};
 use paybond_gateway::{Clock, EngineConfig, PolicyFile, Storage};
 use paybond_middleware_core::wire::{
@@ -60,7 +62,7 @@ impl Call<'_> {
     }
 
     fn verify(&self, req: &VerifyRequest) -> VerifyResult {
-        self.fx.engine.verify(&self.fx.agent, req).unwrap()
+        self.fx.engine.verify_now(&self.fx.agent, req).unwrap()
     }
 
     fn codes(&self, amount: u64) -> Vec<String> {
@@ -297,7 +299,7 @@ fn approval_tokens_are_single_use_bound_and_short_lived() {
         .engine
         .authenticate(issued.api_key.expose_secret())
         .unwrap();
-    let verify = |req: &VerifyRequest| fx.engine.verify(&agent, req).unwrap();
+    let verify = |req: &VerifyRequest| fx.engine.verify_now(&agent, req).unwrap();
     let c = Call {
         fx: &fx,
         intent,
@@ -411,7 +413,7 @@ fn reservations_expire_and_return_their_amount() {
     assert!(second.allow, "{second:?}");
     let late = fx
         .engine
-        .complete(
+        .complete_now(
             &fx.agent,
             first.decision_id.unwrap(),
             &CompleteRequest {
@@ -453,7 +455,7 @@ fn intents_close_at_their_deadline() {
     let (evidenced, _) = fx.intent(1_000);
     let ok = c.verify(&c.req(100));
     fx.engine
-        .complete(
+        .complete_now(
             &fx.agent,
             ok.decision_id.unwrap(),
             &CompleteRequest {
@@ -465,7 +467,7 @@ fn intents_close_at_their_deadline() {
         .unwrap();
     let ev = fx
         .engine
-        .submit_evidence(
+        .submit_evidence_now(
             &fx.agent,
             evidenced,
             &paybond_middleware_core::wire::EvidenceRequest {
@@ -481,7 +483,7 @@ fn intents_close_at_their_deadline() {
     );
     let failed = fx
         .engine
-        .submit_evidence(
+        .submit_evidence_now(
             &fx.agent,
             intent,
             &paybond_middleware_core::wire::EvidenceRequest {
@@ -597,7 +599,7 @@ fn rolling_cap_counters_on(config: EngineConfig) {
     };
     let complete = |id, outcome, actual| {
         fx.engine
-            .complete(
+            .complete_now(
                 &fx.agent,
                 id,
                 &CompleteRequest {

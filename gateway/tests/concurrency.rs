@@ -1,12 +1,14 @@
 //! 64 concurrent agents reserving random amounts against shared caps: consumed plus
 //! open reservations never exceed any cap, checked while they run and at the end.
-//! Once through the engine's blocking calls, once with half the agents on its async
-//! ones (which queue to the SQLite writer thread without a thread of their own), so
-//! the groups the store commits hold both.
+//! Once with every agent waiting for the engine's answers on a blocking-pool thread,
+//! once with half of them awaiting them on the runtime (queued to the SQLite writer
+//! thread without a thread of their own), so the groups the store commits hold both.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on setup failures
 
 mod common;
+
+use common::Blocking;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,13 +65,13 @@ async fn concurrent_async_and_blocking_reservations_never_exceed_a_cap() {
     load(true).await;
 }
 
-/// A verify, through the async call or the blocking one on the blocking pool.
+/// A verify, awaited, or waited for on the blocking pool.
 async fn verify(fx: &Fixture, asynchronous: bool, req: VerifyRequest) -> VerifyResult {
     let (engine, principal) = (fx.engine.clone(), fx.agent.clone());
     if asynchronous {
-        engine.verify_async(principal, req).await.unwrap()
+        engine.verify(principal, req).await.unwrap()
     } else {
-        tokio::task::spawn_blocking(move || engine.verify(&principal, &req))
+        tokio::task::spawn_blocking(move || engine.verify_now(&principal, &req))
             .await
             .unwrap()
             .unwrap()
@@ -81,11 +83,11 @@ async fn complete(fx: &Fixture, asynchronous: bool, decision: Uuid, req: Complet
     let (engine, principal) = (fx.engine.clone(), fx.agent.clone());
     if asynchronous {
         engine
-            .complete_async(principal, decision, req, None)
+            .complete(principal, decision, req, None)
             .await
             .unwrap();
     } else {
-        tokio::task::spawn_blocking(move || engine.complete(&principal, decision, &req, None))
+        tokio::task::spawn_blocking(move || engine.complete_now(&principal, decision, &req, None))
             .await
             .unwrap()
             .unwrap();

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::Blocking;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::Fixture;
@@ -96,7 +98,7 @@ fn hold(fx: &Fixture) -> Uuid {
     let (intent, token) = fx.intent(60_000);
     let held = fx
         .engine
-        .verify(
+        .verify_now(
             &fx.agent,
             &VerifyRequest {
                 vendor_id: Some("vendor_grand_hotel".into()),

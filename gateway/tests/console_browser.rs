@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::Blocking;
+
 use std::time::{Duration, Instant};
 
 use common::Fixture;
@@ -38,7 +40,7 @@ fn verify_request(
 async fn agent_verify(fx: &Fixture, request: VerifyRequest) -> VerifyResult {
     let engine = fx.engine.clone();
     let agent = fx.agent.clone();
-    tokio::task::spawn_blocking(move || engine.verify(&agent, &request).unwrap())
+    tokio::task::spawn_blocking(move || engine.verify_now(&agent, &request).unwrap())
         .await
         .unwrap()
 }

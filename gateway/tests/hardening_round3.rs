@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::Blocking;
+
 use common::{BOOK, Fixture, call};
 use paybond_gateway::{Clock, EngineConfig, PolicyFile, Storage};
 use reqwest::Method;
@@ -649,7 +651,10 @@ async fn the_console_queue_pages_newest_first_counts_every_hold_and_filters() {
     for n in 0..241_u64 {
         clock.advance_ms(1);
         let req = common::verify_request(intent, &token, 15_001 + n);
-        let held = fx.engine.verify(&flood[(n % 12) as usize], &req).unwrap();
+        let held = fx
+            .engine
+            .verify_now(&flood[(n % 12) as usize], &req)
+            .unwrap();
         opened.push(held.approval_request_id.unwrap().to_string());
     }
     clock.advance_ms(1);
@@ -659,7 +664,7 @@ async fn the_console_queue_pages_newest_first_counts_every_hold_and_filters() {
     };
     let genuine = fx
         .engine
-        .verify(&fx.agent, &genuine_req)
+        .verify_now(&fx.agent, &genuine_req)
         .unwrap()
         .approval_request_id
         .unwrap()
@@ -767,7 +772,7 @@ async fn approve_and_deny_buttons_show_only_for_roles_that_may_use_them() {
     let (intent, token) = fx.intent(60_000);
     let held = fx
         .engine
-        .verify(&fx.agent, &common::verify_request(intent, &token, 18_700))
+        .verify_now(&fx.agent, &common::verify_request(intent, &token, 18_700))
         .unwrap();
     let approval = held.approval_request_id.unwrap();
 
@@ -836,7 +841,7 @@ async fn console_posts_from_a_null_or_cross_site_origin_are_refused() {
     let (intent, token) = fx.intent(60_000);
     let held = fx
         .engine
-        .verify(&fx.agent, &common::verify_request(intent, &token, 18_700))
+        .verify_now(&fx.agent, &common::verify_request(intent, &token, 18_700))
         .unwrap();
     let approval = held.approval_request_id.unwrap();
     let page = console.get("/console/approvals").await;

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::Blocking;
+
 use common::{Fixture, verify_request};
 use paybond_gateway::{EngineConfig, Storage};
 use paybond_middleware_core::wire::VerifyResult;
@@ -21,7 +23,7 @@ fn a_verify_key_points_at_its_decision_and_a_stored_copy_still_replays() {
         req.idempotency_key = Some(key.to_owned());
         req
     };
-    let first = fx.engine.verify(&fx.agent, &keyed("k-1")).unwrap();
+    let first = fx.engine.verify_now(&fx.agent, &keyed("k-1")).unwrap();
     assert!(first.allow && !first.checks.is_empty(), "{first:?}");
     let id = first.decision_id.unwrap().to_string();
 
@@ -43,10 +45,13 @@ fn a_verify_key_points_at_its_decision_and_a_stored_copy_still_replays() {
         })
         .unwrap();
     assert_eq!(serde_json::from_str::<VerifyResult>(&row).unwrap(), first);
-    assert_eq!(fx.engine.verify(&fx.agent, &keyed("k-1")).unwrap(), first);
+    assert_eq!(
+        fx.engine.verify_now(&fx.agent, &keyed("k-1")).unwrap(),
+        first
+    );
 
     // A key stored with a copy of its answer answers that copy.
-    let second = fx.engine.verify(&fx.agent, &keyed("k-2")).unwrap();
+    let second = fx.engine.verify_now(&fx.agent, &keyed("k-2")).unwrap();
     let mut copy = second.clone();
     copy.message = Some("the stored copy".to_owned());
     conn.execute(
@@ -54,7 +59,10 @@ fn a_verify_key_points_at_its_decision_and_a_stored_copy_still_replays() {
         [serde_json::to_string(&copy).unwrap(), scoped("k-2")],
     )
     .unwrap();
-    assert_eq!(fx.engine.verify(&fx.agent, &keyed("k-2")).unwrap(), copy);
+    assert_eq!(
+        fx.engine.verify_now(&fx.agent, &keyed("k-2")).unwrap(),
+        copy
+    );
     // Each key decided once.
     assert_ne!(first.decision_id, second.decision_id);
     let decisions: i64 = conn
@@ -79,7 +87,7 @@ async fn concurrent_copies_of_a_key_decide_once(config: EngineConfig) {
             answers.push((
                 key,
                 copy,
-                tokio::spawn(async move { engine.verify_async(agent, req).await }),
+                tokio::spawn(async move { engine.verify(agent, req).await }),
             ));
         }
     }

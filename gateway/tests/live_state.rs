@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::Blocking;
+
 use std::sync::Arc;
 
 use common::{Fixture, verify_request};
@@ -21,38 +23,38 @@ fn a_second_engine_on_the_same_file_is_seen_before_the_next_decision() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("paybond.db");
     let f = Fixture::with_config(on_file(&db));
-    let other = Engine::open(on_file(&db)).unwrap();
+    let other = Arc::new(Engine::open(on_file(&db)).unwrap());
     let (intent, token) = f.intent(100);
 
     // The first engine reads the intent and keeps it.
     let r = f
         .engine
-        .verify(&f.agent, &verify_request(intent, &token, 60))
+        .verify_now(&f.agent, &verify_request(intent, &token, 60))
         .unwrap();
     assert!(r.allow, "{r:?}");
     // The second reserves most of what is left.
     let r = other
-        .verify(&f.agent, &verify_request(intent, &token, 30))
+        .verify_now(&f.agent, &verify_request(intent, &token, 30))
         .unwrap();
     assert!(r.allow, "{r:?}");
     assert_eq!(r.remaining_cents, Some(10));
     // The first sees it: 20 more would overspend.
     let r = f
         .engine
-        .verify(&f.agent, &verify_request(intent, &token, 20))
+        .verify_now(&f.agent, &verify_request(intent, &token, 20))
         .unwrap();
     assert!(!r.allow);
     assert_eq!(r.code.as_deref(), Some("intent_budget_exceeded"), "{r:?}");
     let r = f
         .engine
-        .verify(&f.agent, &verify_request(intent, &token, 10))
+        .verify_now(&f.agent, &verify_request(intent, &token, 10))
         .unwrap();
     assert!(r.allow, "{r:?}");
     assert_eq!(r.remaining_cents, Some(0));
 
     // A release by the other engine returns its amount to the first one's budget.
     let released = other
-        .complete(
+        .complete_now(
             &f.agent,
             r.decision_id.unwrap(),
             &CompleteRequest {
@@ -65,7 +67,7 @@ fn a_second_engine_on_the_same_file_is_seen_before_the_next_decision() {
     assert_eq!(released.returned_cents, Some(10));
     let r = f
         .engine
-        .verify(&f.agent, &verify_request(intent, &token, 10))
+        .verify_now(&f.agent, &verify_request(intent, &token, 10))
         .unwrap();
     assert!(r.allow, "{r:?}");
 
@@ -94,7 +96,7 @@ fn two_engines_deciding_at_once_on_one_file_never_overspend() {
                     for i in 0..60_u64 {
                         let amount = 7 + (i * 13 + n as u64) % 50;
                         let r = engine
-                            .verify(agent, &verify_request(intent, token, amount))
+                            .verify_now(agent, &verify_request(intent, token, amount))
                             .unwrap();
                         if r.allow {
                             cents += amount;

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::Blocking;
+
 use std::sync::Arc;
 
 use common::{BOOK, Fixture, SEARCH};
@@ -47,7 +49,10 @@ fn the_gateway_denies_a_paid_call_before_the_payment_phase() {
         (Some(Phase::Decide), false),
         (Some(Phase::Commit), true),
     ] {
-        let r = fx.engine.verify(&fx.agent, &request(&fx, phase)).unwrap();
+        let r = fx
+            .engine
+            .verify_now(&fx.agent, &request(&fx, phase))
+            .unwrap();
         assert_eq!(r.allow, allowed, "{phase:?}: {r:?}");
         if !allowed {
             assert_eq!(r.reason_codes, ["phase_not_committed"], "{phase:?}");
@@ -86,7 +91,7 @@ fn the_gateway_denies_a_paid_call_before_the_payment_phase() {
     assert!(
         plain
             .engine
-            .verify(&plain.agent, &request(&plain, None))
+            .verify_now(&plain.agent, &request(&plain, None))
             .unwrap()
             .allow
     );

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::Blocking;
+
 use std::path::{Path, PathBuf};
 
 use common::{Fixture, verify_request};
@@ -39,11 +41,11 @@ fn record_on(storage: Storage) {
         let mut req = verify_request(intent, &token, cents);
         req.tool_call_id = Some(call.to_owned());
         req.approval_token = approval;
-        fx.engine.verify(&fx.agent, &req).unwrap()
+        fx.engine.verify_now(&fx.agent, &req).unwrap()
     };
     let complete = |decision: Option<Uuid>, outcome, cents| {
         fx.engine
-            .complete(
+            .complete_now(
                 &fx.agent,
                 decision.unwrap(),
                 &CompleteRequest {
@@ -267,9 +269,9 @@ fn the_phase_a_call_carried_is_replayed_with_it() {
         let (intent, token) = fx.intent(60_000);
         let mut committed = verify_request(intent, &token, 1_000);
         committed.phase = Some(paybond_middleware_core::wire::Phase::Commit);
-        assert!(fx.engine.verify(&fx.agent, &committed).unwrap().allow);
+        assert!(fx.engine.verify_now(&fx.agent, &committed).unwrap().allow);
         let unphased = verify_request(intent, &token, 2_000);
-        assert!(fx.engine.verify(&fx.agent, &unphased).unwrap().allow);
+        assert!(fx.engine.verify_now(&fx.agent, &unphased).unwrap().allow);
     }
     let r = replay(
         &path,
@@ -302,12 +304,12 @@ fn a_hold_refused_for_the_approval_rate_stays_refused() {
         let (intent, token) = fx.intent(60_000);
         let first = fx
             .engine
-            .verify(&fx.agent, &verify_request(intent, &token, 18_700))
+            .verify_now(&fx.agent, &verify_request(intent, &token, 18_700))
             .unwrap();
         assert!(first.approval_required);
         let mut again = verify_request(intent, &token, 18_600);
         again.tool_call_id = Some("c9".to_owned());
-        let limited = fx.engine.verify(&fx.agent, &again).unwrap();
+        let limited = fx.engine.verify_now(&fx.agent, &again).unwrap();
         assert_eq!(limited.reason_codes, ["approval_rate_limited"]);
     }
     let r = replay(&path, PolicyFile::bundled_tenant_overlay(), None);
@@ -363,7 +365,7 @@ fn a_store_is_replayed_while_its_gateway_runs() {
     let (intent, token) = fx.intent(60_000);
     assert!(
         fx.engine
-            .verify(&fx.agent, &verify_request(intent, &token, 1_000))
+            .verify_now(&fx.agent, &verify_request(intent, &token, 1_000))
             .unwrap()
             .allow
     );
@@ -388,7 +390,7 @@ fn a_store_is_replayed_while_its_gateway_runs() {
     );
     assert!(
         fx.engine
-            .verify(&fx.agent, &verify_request(intent, &token, 1_000))
+            .verify_now(&fx.agent, &verify_request(intent, &token, 1_000))
             .unwrap()
             .allow
     );

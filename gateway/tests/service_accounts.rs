@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::Blocking;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,7 +51,7 @@ fn a_service_account_acts_under_its_name_and_is_refused_once_revoked() {
         .unwrap();
     let allowed = fx
         .engine
-        .verify(
+        .verify_now(
             &agent,
             &VerifyRequest {
                 vendor_id: Some("vendor_grand_hotel".into()),
@@ -181,7 +183,7 @@ fn an_analyst_reads_and_neither_approves_nor_publishes() {
     let (intent, token) = fx.intent(60_000);
     let held = fx
         .engine
-        .verify(
+        .verify_now(
             &fx.agent,
             &VerifyRequest {
                 vendor_id: Some("vendor_grand_hotel".into()),

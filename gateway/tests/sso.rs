@@ -15,6 +15,8 @@
 
 mod common;
 
+use common::Blocking;
+
 use std::io::BufRead as _;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -275,7 +277,7 @@ async fn pending_hold(fx: &Fixture) -> uuid::Uuid {
     let agent = fx.agent.clone();
     tokio::task::spawn_blocking(move || {
         let held = engine
-            .verify(
+            .verify_now(
                 &agent,
                 &VerifyRequest {
                     vendor_id: Some("vendor_grand_hotel".into()),

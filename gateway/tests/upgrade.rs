@@ -61,7 +61,11 @@ fn a_data_dir_of_the_earlier_gateway_opens_with_nothing_lost() {
     config.clock = Clock::manual(WRITTEN_MS + 1_000);
     config.default_org_policy = None;
     config.default_tenant_policy = None;
-    let engine = Engine::open(config).unwrap();
+    let engine = std::sync::Arc::new(Engine::open(config).unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let keys = keys();
     let agent = engine.authenticate(&keys["PAYBOND_API_KEY"]).unwrap();
     let operator = engine
@@ -107,16 +111,16 @@ fn a_data_dir_of_the_earlier_gateway_opens_with_nothing_lost() {
 
     // It goes on: the open reservation is finalized, and the approved hold's token
     // (derived from the root key, which carried over) lets its retry through.
-    let done = engine
-        .complete(
-            &agent,
+    let done = rt
+        .block_on(engine.complete(
+            agent.clone(),
             OPEN.parse().unwrap(),
-            &CompleteRequest {
+            CompleteRequest {
                 outcome: Finalization::Consumed,
                 actual_spend_cents: Some(9_000),
             },
             None,
-        )
+        ))
         .unwrap();
     assert_eq!(done.actual_spend_cents, Some(9_000));
     let approval_token = engine
@@ -145,7 +149,7 @@ fn a_data_dir_of_the_earlier_gateway_opens_with_nothing_lost() {
         idempotency_key: None,
         phase: None,
     };
-    let allowed = engine.verify(&agent, &retry).unwrap();
+    let allowed = rt.block_on(engine.verify(agent.clone(), retry)).unwrap();
     assert!(allowed.allow, "{allowed:?}");
     assert!(
         allowed

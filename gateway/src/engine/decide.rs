@@ -137,37 +137,20 @@ fn check_verify(principal: &Principal, req: &VerifyRequest) -> Result<(), ApiErr
 
 impl Engine {
     /// `POST /verify`: decides whether the call may run, and reserves its amount if so.
-    pub fn verify(
-        &self,
-        principal: &Principal,
-        req: &VerifyRequest,
-    ) -> Result<VerifyResult, ApiError> {
-        check_verify(principal, req)?;
-        let started = Instant::now();
-        let policy = self.policy_for(&principal.tenant_id)?;
-        let token = self.token_facts(req);
-        let result = self.idempotent(
-            principal,
-            "verify",
-            req.idempotency_key.as_deref(),
-            req,
-            |tx, now| self.decide(tx, now, principal, req, policy.as_deref(), token),
-        )?;
-        self.count_verify(started, &result);
-        Ok(result)
-    }
-
-    /// [`Self::verify`] for async callers. On the SQLite file store, with the
-    /// tenant's policy already parsed, the decision goes straight to the store's
-    /// writer thread and no thread waits for its commit; otherwise it runs as
-    /// [`Self::verify`] on the blocking pool (in place on the in-memory store).
-    pub async fn verify_async(
+    ///
+    /// On the SQLite file store, with the tenant's policy already parsed, the
+    /// decision goes straight to the store's writer thread and no thread waits for
+    /// its commit; otherwise it runs on the blocking pool (in place on the
+    /// in-memory store).
+    pub async fn verify(
         self: &Arc<Self>,
         principal: Principal,
         req: VerifyRequest,
     ) -> Result<VerifyResult, ApiError> {
         let Some(policy) = self.cached_policy(&principal.tenant_id) else {
-            return self.blocking(move |e| e.verify(&principal, &req)).await;
+            return self
+                .blocking(move |e| e.verify_blocking(&principal, &req))
+                .await;
         };
         check_verify(&principal, &req)?;
         let started = Instant::now();
@@ -184,6 +167,28 @@ impl Engine {
                 },
             )
             .await?;
+        self.count_verify(started, &result);
+        Ok(result)
+    }
+
+    /// [`Self::verify`] on the caller's thread, which waits for the commit: what
+    /// it runs on the blocking pool when the tenant's policy is not parsed yet.
+    pub(crate) fn verify_blocking(
+        &self,
+        principal: &Principal,
+        req: &VerifyRequest,
+    ) -> Result<VerifyResult, ApiError> {
+        check_verify(principal, req)?;
+        let started = Instant::now();
+        let policy = self.policy_for(&principal.tenant_id)?;
+        let token = self.token_facts(req);
+        let result = self.idempotent(
+            principal,
+            "verify",
+            req.idempotency_key.as_deref(),
+            req,
+            |tx, now| self.decide(tx, now, principal, req, policy.as_deref(), token),
+        )?;
         self.count_verify(started, &result);
         Ok(result)
     }

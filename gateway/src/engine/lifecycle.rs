@@ -399,7 +399,53 @@ impl Engine {
     /// `POST /v1/sandbox/guardrails/{intent_id}/evidence` (and the Harbor route): checks
     /// the payload against the intent's evidence schema and the `cost_and_completion`
     /// predicate (status `completed`, cost within the reservation or budget).
-    pub fn submit_evidence(
+    ///
+    /// Queued to the SQLite writer without a thread of its own, on the blocking
+    /// pool unless the tenant's policy is already parsed.
+    pub async fn submit_evidence(
+        self: &Arc<Self>,
+        principal: Principal,
+        intent_id: Uuid,
+        req: EvidenceRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<EvidenceResponse, ApiError> {
+        let Some(policy) = self.cached_policy(&principal.tenant_id) else {
+            return self
+                .blocking(move |e| {
+                    e.submit_evidence_blocking(
+                        &principal,
+                        intent_id,
+                        &req,
+                        idempotency_key.as_deref(),
+                    )
+                })
+                .await;
+        };
+        check_evidence(
+            &principal,
+            &req,
+            idempotency_key.as_deref(),
+            &self.sensitive_patterns(Some(&policy))?,
+        )?;
+        self.idempotent_async(
+            principal,
+            "evidence",
+            idempotency_key.as_deref(),
+            EvidenceKeyed {
+                intent_id,
+                request: req,
+            },
+            move |engine, tx, now, principal, keyed| {
+                engine.evidence_tx(tx, now, principal, intent_id, &keyed.request)
+            },
+        )
+        .await
+    }
+
+    /// [`Self::submit_evidence`] on the caller's thread, which waits for the
+    /// commit: what it runs on the blocking pool when the tenant's policy is not
+    /// parsed yet.
+    fn submit_evidence_blocking(
         &self,
         principal: &Principal,
         intent_id: Uuid,
@@ -423,44 +469,6 @@ impl Engine {
             },
             |tx, now| self.evidence_tx(tx, now, principal, intent_id, req),
         )
-    }
-
-    /// [`Self::submit_evidence`] for async callers: queued to the SQLite writer
-    /// without a thread of its own, on the blocking pool unless the tenant's
-    /// policy is already parsed.
-    pub async fn submit_evidence_async(
-        self: &Arc<Self>,
-        principal: Principal,
-        intent_id: Uuid,
-        req: EvidenceRequest,
-        idempotency_key: Option<String>,
-    ) -> Result<EvidenceResponse, ApiError> {
-        let Some(policy) = self.cached_policy(&principal.tenant_id) else {
-            return self
-                .blocking(move |e| {
-                    e.submit_evidence(&principal, intent_id, &req, idempotency_key.as_deref())
-                })
-                .await;
-        };
-        check_evidence(
-            &principal,
-            &req,
-            idempotency_key.as_deref(),
-            &self.sensitive_patterns(Some(&policy))?,
-        )?;
-        self.idempotent_async(
-            principal,
-            "evidence",
-            idempotency_key.as_deref(),
-            EvidenceKeyed {
-                intent_id,
-                request: req,
-            },
-            move |engine, tx, now, principal, keyed| {
-                engine.evidence_tx(tx, now, principal, intent_id, &keyed.request)
-            },
-        )
-        .await
     }
 
     fn evidence_tx(
@@ -584,29 +592,10 @@ impl Engine {
     /// `POST /v1/spend/decisions/{id}/complete`: settles a reservation as consumed
     /// (`actual_spend_cents` ≤ reserved; the rest returns to the budget) or released.
     /// Finalizing again the same way answers the same; another way is a 409.
-    pub fn complete(
-        &self,
-        principal: &Principal,
-        decision_id: Uuid,
-        req: &CompleteRequest,
-        idempotency_key: Option<&str>,
-    ) -> Result<CompleteResponse, ApiError> {
-        check_complete(principal, idempotency_key)?;
-        self.idempotent(
-            principal,
-            "complete",
-            idempotency_key,
-            &CompleteKeyed {
-                decision_id,
-                request: req,
-            },
-            |tx, now| complete_tx(tx, now, principal, decision_id, req),
-        )
-    }
-
-    /// [`Self::complete`] for async callers: on the SQLite file store it is queued
-    /// to the writer and awaits its durable commit without holding a thread.
-    pub async fn complete_async(
+    ///
+    /// On the SQLite file store it is queued to the writer and awaits its durable
+    /// commit without holding a thread.
+    pub async fn complete(
         self: &Arc<Self>,
         principal: Principal,
         decision_id: Uuid,

@@ -718,6 +718,15 @@ mod tests {
         }
     }
 
+    /// Awaits `f` on a runtime of its own: the engine's decision calls are async.
+    fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
     /// Runs `steps` on an engine over a SQLite file (reopened at each `Restart`),
     /// then checks that the spend state rebuilt from the ledger is the tables'.
     fn run(steps: &[Step]) {
@@ -732,7 +741,7 @@ mod tests {
         let open = || {
             let mut config = EngineConfig::new(Storage::File(dir.path().join("p.db")));
             config.clock = clock.clone();
-            Engine::open(config).unwrap()
+            std::sync::Arc::new(Engine::open(config).unwrap())
         };
         let mut engine = open();
         let keys = engine.create_tenant("t", Environment::Sandbox).unwrap();
@@ -757,8 +766,7 @@ mod tests {
             match s {
                 Step::Verify(cents) => {
                     let which = n % intents.len();
-                    let r = engine
-                        .verify(&agent, &request(&intents[which], *cents))
+                    let r = block(engine.verify(agent.clone(), request(&intents[which], *cents)))
                         .unwrap();
                     if r.allow {
                         allowed.push(r.decision_id.unwrap());
@@ -777,7 +785,7 @@ mod tests {
                             actual_spend_cents: Some(*actual),
                         };
                         // Finalized, expired or closed: refused, and nothing changes.
-                        let _ = engine.complete(&agent, *id, &req, None);
+                        let _ = block(engine.complete(agent.clone(), *id, req, None));
                     }
                 }
                 Step::Approve(i, yes) => {
@@ -787,7 +795,7 @@ mod tests {
                             let token = engine.approval(&agent, id).unwrap().approval_token;
                             let mut retry = request(&intents[which], cents);
                             retry.approval_token = token;
-                            let r = engine.verify(&agent, &retry).unwrap();
+                            let r = block(engine.verify(agent.clone(), retry)).unwrap();
                             if r.allow {
                                 allowed.push(r.decision_id.unwrap());
                             }
@@ -808,7 +816,8 @@ mod tests {
                         metadata: None,
                     };
                     // Refused for a closed intent: nothing changes.
-                    let _ = engine.submit_evidence(&agent, intent.intent_id, &req, None);
+                    let _ =
+                        block(engine.submit_evidence(agent.clone(), intent.intent_id, req, None));
                 }
                 Step::Advance(ms) => {
                     clock.advance_ms(*ms);
@@ -864,7 +873,7 @@ mod tests {
         let clock = Clock::manual(1_790_000_000_000);
         let mut config = EngineConfig::new(Storage::Memory);
         config.clock = clock.clone();
-        let engine = Engine::open(config).unwrap();
+        let engine = std::sync::Arc::new(Engine::open(config).unwrap());
         let keys = engine.create_tenant("t", Environment::Sandbox).unwrap();
         let agent = engine.authenticate(keys.agent.expose_secret()).unwrap();
         let intent = engine
@@ -879,15 +888,13 @@ mod tests {
             .unwrap();
         let request = || request(&intent, 100);
         let decide = || {
-            let r = engine.verify(&agent, &request()).unwrap();
+            let r = block(engine.verify(agent.clone(), request())).unwrap();
             assert!(r.allow, "{r:?}");
             let done = CompleteRequest {
                 outcome: Finalization::Consumed,
                 actual_spend_cents: Some(100),
             };
-            engine
-                .complete(&agent, r.decision_id.unwrap(), &done, None)
-                .unwrap();
+            block(engine.complete(agent.clone(), r.decision_id.unwrap(), done, None)).unwrap();
         };
         let reads = || {
             engine
@@ -908,7 +915,7 @@ mod tests {
             "reads of what lapsed over 50 decisions"
         );
         // The open reservation a decision leaves lapses in turn: read once more.
-        let r = engine.verify(&agent, &request()).unwrap();
+        let r = block(engine.verify(agent.clone(), request())).unwrap();
         assert!(r.allow);
         clock.advance_ms(crate::engine::DEFAULT_RESERVATION_TTL_MS + 1_000);
         let before = reads();

@@ -12,7 +12,7 @@ use paybond_middleware_core::wire::{
 };
 use uuid::Uuid;
 
-use super::Fixture;
+use super::{Blocking, Fixture};
 
 /// The tenant policy of the run.
 pub const POLICY: &str = r#"
@@ -146,7 +146,7 @@ impl Activity {
         let result = self
             .fx
             .engine
-            .verify(
+            .verify_now(
                 &agent,
                 &VerifyRequest {
                     vendor_id: vendor.map(str::to_owned),
@@ -182,7 +182,7 @@ impl Activity {
         };
         self.fx
             .engine
-            .complete(
+            .complete_now(
                 &self.agents[a],
                 allowed.decision_id.unwrap(),
                 &request,

@@ -7,12 +7,96 @@ use std::sync::Arc;
 pub mod activity;
 pub mod browser;
 
-use paybond_gateway::{EmbeddedGateway, Engine, EngineConfig, Storage, TenantKeys};
+use paybond_gateway::{ApiError, EmbeddedGateway, Engine, EngineConfig, Storage, TenantKeys};
 use paybond_middleware_core::CapabilityToken;
 use paybond_middleware_core::wire::{
-    Environment, Principal, SandboxBootstrapRequest, VerifyRequest,
+    CompleteRequest, CompleteResponse, Environment, EvidenceRequest, EvidenceResponse, Principal,
+    SandboxBootstrapRequest, VerifyRequest, VerifyResult,
 };
 use uuid::Uuid;
+
+/// Runs `f` to its end on a thread and runtime of its own, whatever the caller
+/// runs on (a test's thread, a blocking-pool thread, a runtime of either kind).
+pub fn block_on<F>(f: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f)
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// The engine's async calls, awaited where a test runs without awaiting.
+pub trait Blocking {
+    fn verify_now(
+        &self,
+        principal: &Principal,
+        req: &VerifyRequest,
+    ) -> Result<VerifyResult, ApiError>;
+    fn complete_now(
+        &self,
+        principal: &Principal,
+        decision_id: Uuid,
+        req: &CompleteRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<CompleteResponse, ApiError>;
+    fn submit_evidence_now(
+        &self,
+        principal: &Principal,
+        intent_id: Uuid,
+        req: &EvidenceRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<EvidenceResponse, ApiError>;
+}
+
+impl Blocking for Arc<Engine> {
+    fn verify_now(
+        &self,
+        principal: &Principal,
+        req: &VerifyRequest,
+    ) -> Result<VerifyResult, ApiError> {
+        block_on(self.verify(principal.clone(), req.clone()))
+    }
+
+    fn complete_now(
+        &self,
+        principal: &Principal,
+        decision_id: Uuid,
+        req: &CompleteRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<CompleteResponse, ApiError> {
+        block_on(self.complete(
+            principal.clone(),
+            decision_id,
+            req.clone(),
+            idempotency_key.map(str::to_owned),
+        ))
+    }
+
+    fn submit_evidence_now(
+        &self,
+        principal: &Principal,
+        intent_id: Uuid,
+        req: &EvidenceRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<EvidenceResponse, ApiError> {
+        block_on(self.submit_evidence(
+            principal.clone(),
+            intent_id,
+            req.clone(),
+            idempotency_key.map(str::to_owned),
+        ))
+    }
+}
 
 pub const BOOK: &str = "travel.book_hotel";
 pub const SEARCH: &str = "travel.search_hotels";
