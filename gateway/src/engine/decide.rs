@@ -785,7 +785,8 @@ impl Engine {
             .map_or(15 * 60_000, |s| {
                 i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)
             });
-        let id = Uuid::new_v4();
+        // Time-ordered, as evidence ids (see `evidence_tx`).
+        let id = Uuid::now_v7();
         tx.execute(
             "INSERT INTO approvals (id, tenant_id, intent_id, decision_id, request_digest, operation, tool,
              vendor, amount_cents, reason_codes, state, approvers, quorum, created_ms, expires_ms, agent,
