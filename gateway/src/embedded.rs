@@ -269,7 +269,7 @@ impl SpendGateway for EmbeddedGateway {
         request: &CompensationRequest,
     ) -> Result<CompensationRecorded, GatewayError> {
         let request = request.clone();
-        let key = Uuid::new_v4().to_string();
+        let key = paybond_middleware_core::new_idempotency_key();
         self.run("record_compensation", move |e, p| {
             e.record_compensation(p, decision_id, &request, Some(&key))
         })

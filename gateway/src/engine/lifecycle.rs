@@ -285,7 +285,7 @@ impl Engine {
         principal: &Principal,
         req: &CreateIntentRequest,
     ) -> Result<IntentView, ApiError> {
-        let id = Uuid::new_v4();
+        let id = Uuid::now_v7();
         let deadline_ms = req
             .deadline_seconds
             .map_or(now + self.config.intent_ttl_ms, |s| {

@@ -1737,8 +1737,13 @@ mod tests {
                     .unwrap();
                 answers.push((i, tokio::spawn(fut)));
             }
+            // Every answer first: a read sent while a group is still open would
+            // join it, and fail with it.
+            let mut answered = Vec::new();
             for (i, answer) in answers {
-                let answer = answer.await.unwrap();
+                answered.push((i, answer.await.unwrap()));
+            }
+            for (i, answer) in answered {
                 assert_eq!(
                     answer.is_ok(),
                     stored(&store, &format!("dup-{i}")),
