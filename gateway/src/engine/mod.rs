@@ -570,7 +570,7 @@ impl Engine {
         // key: a key is read on every keyed request, and sending the group's
         // writes before each would keep them from merging.
         let may_change = |held: &Held| {
-            if !held.sql.contains("idempotency") {
+            if !held.may_write("idempotency") {
                 return false;
             }
             // Another key's row cannot be this one's.

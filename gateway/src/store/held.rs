@@ -23,11 +23,44 @@ use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 
 use super::Value;
 
-/// A held-back write: its SQL (`?N` placeholders) and its arguments.
-#[derive(Debug, Clone, PartialEq)]
+/// A held-back write: its SQL (`?N` placeholders) and its arguments, with what
+/// is known of the statement (read once per statement, looked up once per write).
+#[derive(Clone)]
 pub(crate) struct Held {
     pub(crate) sql: &'static str,
     pub(crate) args: Vec<Value>,
+    known: Arc<Known>,
+}
+
+impl Held {
+    pub(crate) fn new(sql: &'static str, args: Vec<Value>) -> Self {
+        Self {
+            sql,
+            args,
+            known: known(sql),
+        }
+    }
+
+    /// Whether it may write to `table`: it names it, or which table it writes
+    /// could not be read.
+    pub(crate) fn may_write(&self, table: &str) -> bool {
+        self.known.shape.table().is_none_or(|t| t == table)
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.sql == other.sql && self.args == other.args
+    }
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held")
+            .field("sql", &self.sql)
+            .field("args", &self.args)
+            .finish()
+    }
 }
 
 /// A statement to send: one held-back write, or several merged.
@@ -325,7 +358,7 @@ pub(crate) fn coalesce(writes: Vec<Held>) -> Vec<Merged> {
     }
     let mut building: Vec<Building> = Vec::new();
     for w in writes {
-        let known = known(w.sql);
+        let known = w.known.clone();
         let open = match &known.shape {
             Shape::Insert { params, .. } => w.args.len() == *params,
             Shape::Add { amounts, .. } => amounts_of(&w.args, amounts).is_some(),
@@ -436,18 +469,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn held(sql: &'static str, args: &[Value]) -> Held {
-        Held {
-            sql,
-            args: args.to_vec(),
-        }
+        Held::new(sql, args.to_vec())
     }
 
     /// What a write or merged statement is sent as.
     fn sent(m: &Merged) -> Held {
-        Held {
-            sql: Box::leak(m.sql.as_str().to_owned().into_boxed_str()),
-            args: m.args.clone(),
-        }
+        Held::new(
+            Box::leak(m.sql.as_str().to_owned().into_boxed_str()),
+            m.args.clone(),
+        )
     }
 
     const INSERT_A: &str = "INSERT INTO a (id, kind, n)\n     VALUES (?1, 'open', ?2)";
@@ -457,6 +487,16 @@ mod tests {
     const SET_A: &str = "UPDATE a SET kind = ?2 WHERE id = ?1";
     const ADD_B_BY_NOTE: &str = "UPDATE b SET hits = hits + ?2 WHERE note = ?1";
     const DELETE_B: &str = "DELETE FROM b WHERE id = ?1";
+
+    #[test]
+    fn a_write_may_write_the_table_it_names_or_any_if_unread() {
+        let insert = held("INSERT INTO t (a) VALUES (?1)", &[Value::Int(1)]);
+        assert!(insert.may_write("t") && !insert.may_write("u"));
+        let add = held("UPDATE u SET c = c + ?2 WHERE id = ?1", &[]);
+        assert!(add.may_write("u") && !add.may_write("t"));
+        let unread = held("REPLACE INTO t SELECT * FROM u", &[]);
+        assert!(unread.may_write("t") && unread.may_write("v"));
+    }
 
     #[test]
     fn statements_are_read_as_inserts_additive_updates_or_neither() {

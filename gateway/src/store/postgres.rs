@@ -1185,10 +1185,10 @@ impl Tx for PgTx<'_> {
 
     fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), ApiError> {
         self.wrote.set(true);
-        self.pending.borrow_mut().push(Later::Write(Held {
+        self.pending.borrow_mut().push(Later::Write(Held::new(
             sql,
-            args: args.iter().map(Value::from).collect(),
-        }));
+            args.iter().map(Value::from).collect(),
+        )));
         Ok(())
     }
 

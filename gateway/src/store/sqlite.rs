@@ -1246,10 +1246,9 @@ impl Tx for WriterTx<'_> {
             return self.execute(sql, args).map(drop);
         }
         self.wrote.set(true);
-        self.held.borrow_mut().push(Held {
-            sql,
-            args: args.iter().map(Value::from).collect(),
-        });
+        self.held
+            .borrow_mut()
+            .push(Held::new(sql, args.iter().map(Value::from).collect()));
         Ok(())
     }
 
