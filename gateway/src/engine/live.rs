@@ -101,6 +101,14 @@ struct LiveCounter {
     next_lapse_ms: i64,
 }
 
+/// Drops from a tool window (oldest first) the calls made an hour or more
+/// before `now`.
+fn drop_past_hour(calls: &mut VecDeque<i64>, now: i64) {
+    while calls.front().is_some_and(|at| *at <= now - HOUR_MS) {
+        calls.pop_front();
+    }
+}
+
 /// The key of a tenant's counter bucket or tool window.
 pub(crate) fn bucket_key(tenant: &str, bucket: &str) -> String {
     // The unit separator cannot occur in a tenant id.
@@ -166,9 +174,7 @@ impl LiveState {
     /// if the window is held.
     fn window(&mut self, key: &str, now: i64, limit: u32) -> Option<CallWindow> {
         let calls = self.windows.get_mut(key)?;
-        while calls.front().is_some_and(|at| *at <= now - HOUR_MS) {
-            calls.pop_front();
-        }
+        drop_past_hour(calls, now);
         Some(CallWindow {
             calls: calls
                 .len()
@@ -192,9 +198,7 @@ impl LiveState {
         }
         let key = bucket_key(tenant, tool);
         if let Some(calls) = self.windows.get_mut(&key) {
-            while calls.front().is_some_and(|t| *t <= at - HOUR_MS) {
-                calls.pop_front();
-            }
+            drop_past_hour(calls, at);
             calls.push_back(at);
             if calls.len() > MAX_WINDOW_CALLS {
                 self.windows.remove(&key);
