@@ -210,6 +210,19 @@ async fn every_bad_request_gets_its_4xx_and_code() {
         metrics.contains("paybond_verify_duration_seconds_count 3"),
         "{metrics}"
     );
+    // The store's commits (an in-memory store has no fsync to count).
+    let commits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("paybond_store_commit_operations_count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(commits >= 3, "{metrics}");
+    assert!(
+        metrics.contains("# TYPE paybond_store_commit_duration_seconds histogram"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("paybond_store_fsync"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

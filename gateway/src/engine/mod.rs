@@ -1288,6 +1288,7 @@ impl Engine {
         );
         let _ = writeln!(out, "# TYPE paybond_open_reservations gauge");
         let _ = writeln!(out, "paybond_open_reservations {open}");
+        self.store.render_stats(&mut out);
         Ok(out)
     }
 }

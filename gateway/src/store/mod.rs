@@ -19,6 +19,7 @@ pub(crate) mod held;
 pub(crate) mod postgres;
 pub(crate) mod schema;
 pub(crate) mod sqlite;
+pub(crate) mod stats;
 
 pub use error::StoreError;
 pub(crate) use sqlite::DEFAULT_WAL_LIMIT_BYTES;
@@ -605,6 +606,14 @@ impl Store {
         match self {
             Self::Sqlite(s) => s.read(f),
             Self::Postgres(p) => p.read(f),
+        }
+    }
+
+    /// Its commit (and fsync) figures in the Prometheus text format.
+    pub(crate) fn render_stats(&self, out: &mut String) {
+        match self {
+            Self::Sqlite(s) => s.stats().render(out, !s.in_memory()),
+            Self::Postgres(p) => p.stats().render(out, false),
         }
     }
 

@@ -44,6 +44,7 @@ use tokio_postgres::{Client, NoTls, Statement};
 use uuid::Uuid;
 
 use super::held::{self, Held};
+use super::stats::StoreStats;
 use super::{Arg, DatabaseUrl, Row, StoreError, Tx, Value, schema};
 use crate::engine::live::LiveState;
 use crate::error::ApiError;
@@ -80,6 +81,8 @@ pub(crate) struct PgStore {
     keys_generation: Arc<std::sync::atomic::AtomicU64>,
     /// The listening task.
     listener: Option<tokio::task::JoinHandle<()>>,
+    /// Its commits' figures (`/metrics`).
+    stats: StoreStats,
 }
 
 /// The writes of one tenant on this replica, and the transaction they share.
@@ -254,7 +257,13 @@ impl PgStore {
             replica,
             keys_generation,
             listener,
+            stats: StoreStats::default(),
         })
+    }
+
+    /// Its commits' figures.
+    pub(crate) fn stats(&self) -> &StoreStats {
+        &self.stats
     }
 
     fn handle(&self) -> Result<&tokio::runtime::Runtime, ApiError> {
@@ -340,7 +349,11 @@ impl PgStore {
         // What `f` held back goes with the commit; if any of it fails, so does
         // the commit.
         let end = if matches!(out, Ok(Ok(_))) {
-            tx.control("COMMIT")
+            let started = std::time::Instant::now();
+            let committed = tx.control("COMMIT");
+            self.stats.commit_us.observe_since(started);
+            self.stats.operations.observe(1);
+            committed
         } else {
             tx.discard();
             tx.control("ROLLBACK")
@@ -453,7 +466,13 @@ impl PgStore {
                     let _ = end.control("ROLLBACK");
                     Err(e)
                 } else if keep {
-                    end.control("COMMIT")
+                    let started = std::time::Instant::now();
+                    let committed = end.control("COMMIT");
+                    self.stats.commit_us.observe_since(started);
+                    self.stats
+                        .operations
+                        .observe(u64::try_from(st.ops).unwrap_or(u64::MAX));
+                    committed
                 } else {
                     end.discard();
                     end.control("ROLLBACK")

@@ -33,6 +33,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension as _, params_from_iter};
 
 use super::held::{self, Held};
+use super::stats::StoreStats;
 use super::{Arg, Row, Storage, StoreError, Tx, Value, schema};
 use crate::engine::live::LiveState;
 use crate::error::ApiError;
@@ -506,6 +507,8 @@ struct Pending {
 struct Durability {
     /// The WAL file (and its directory, synced once).
     wal: PathBuf,
+    /// Where each fsync's time is counted.
+    stats: Arc<StoreStats>,
     state: Mutex<Synced>,
     /// Callers wait here for their group's fsync.
     synced_now: Condvar,
@@ -552,9 +555,10 @@ impl Synced {
 }
 
 impl Durability {
-    fn new(wal: PathBuf) -> Self {
+    fn new(wal: PathBuf, stats: Arc<StoreStats>) -> Self {
         Self {
             wal,
+            stats,
             state: Mutex::new(Synced::default()),
             synced_now: Condvar::new(),
             ended_now: Condvar::new(),
@@ -633,7 +637,9 @@ impl Durability {
         let target = st.ended;
         if st.failed.is_none() {
             drop(st);
+            let started = std::time::Instant::now();
             let result = self.fsync();
+            self.stats.fsync_us.observe_since(started);
             st = self.lock();
             if let Err(e) = result {
                 tracing::error!(
@@ -744,6 +750,8 @@ struct Shared {
     /// For a file database: the thread that fsyncs and answers; it stops when
     /// this is dropped.
     _syncer: Option<SyncThread>,
+    /// Its commits' (and fsyncs') figures.
+    stats: Arc<StoreStats>,
 }
 
 /// A WAL above this size is truncated by the checkpointer (and trimmed to it when
@@ -776,6 +784,7 @@ impl SqliteStore {
             }),
             done: Condvar::new(),
         });
+        let stats = Arc::new(StoreStats::default());
         let (checkpointer, durability) = match storage {
             Storage::File(path) => {
                 let mut wal = path.clone().into_os_string();
@@ -803,7 +812,7 @@ impl SqliteStore {
                         std::time::Duration::from_millis(500),
                         wal_limit_bytes,
                     )?),
-                    Some(Arc::new(Durability::new(wal))),
+                    Some(Arc::new(Durability::new(wal, stats.clone()))),
                 )
             }
             _ => (None, None),
@@ -828,6 +837,7 @@ impl SqliteStore {
                 max_batch: if durability.is_some() { MAX_BATCH } else { 1 },
                 durability,
                 _syncer: syncer,
+                stats,
             }),
             writer_thread,
             _checkpointer: checkpointer,
@@ -912,6 +922,11 @@ impl SqliteStore {
             },
         };
         settle(out, ended).unwrap_or_else(|panic| resume_unwind(panic))
+    }
+
+    /// Its commits' (and fsyncs') figures.
+    pub(crate) fn stats(&self) -> &StoreStats {
+        &self.shared.stats
     }
 
     /// Whether the database is in memory (no file, no writer thread).
@@ -1116,9 +1131,16 @@ impl Shared {
             let held = std::mem::take(&mut *b.held.borrow_mut());
             let broken = b.broken.borrow_mut().take();
             let sqlite = |e: rusqlite::Error| StoreError::from_sqlite(&e);
+            let started = std::time::Instant::now();
             let commit = match (keep, broken) {
                 (Ok(true), None) => send_held(&b.conn, held)
-                    .and_then(|()| control(&b.conn, "COMMIT").map_err(sqlite)),
+                    .and_then(|()| control(&b.conn, "COMMIT").map_err(sqlite))
+                    .inspect(|()| {
+                        self.stats.commit_us.observe_since(started);
+                        self.stats
+                            .operations
+                            .observe(u64::try_from(b.ops).unwrap_or(u64::MAX));
+                    }),
                 (Ok(true), Some(why)) => Err(why),
                 (Ok(false), _) => control(&b.conn, "ROLLBACK").map_err(sqlite),
                 (Err(e), _) => Err(sqlite(e)),
@@ -1445,7 +1467,7 @@ mod tests {
         // The WAL's "directory" is a file: opening the WAL fails (not "not found").
         let blocker = dir.path().join("blocker");
         std::fs::write(&blocker, b"").unwrap();
-        let durability = Durability::new(blocker.join("paybond.db-wal"));
+        let durability = Durability::new(blocker.join("paybond.db-wal"), Arc::default());
         end_and_sync(&durability, 1);
         assert!(durability.wait(1).is_err());
 
@@ -1460,7 +1482,7 @@ mod tests {
     #[test]
     fn an_async_operation_is_answered_by_its_groups_fsync_and_not_before() {
         let dir = tempfile::tempdir().unwrap();
-        let durability = Durability::new(dir.path().join("paybond.db-wal"));
+        let durability = Durability::new(dir.path().join("paybond.db-wal"), Arc::default());
         let (answer, answered) = mpsc::channel();
         let finish = |n: u64| -> Finish {
             let answer = answer.clone();
@@ -1942,6 +1964,43 @@ mod tests {
     }
 
     #[test]
+    fn the_figures_count_each_commit_its_operations_and_each_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&Storage::File(dir.path().join("s.db")), 1 << 20).unwrap();
+        let (commits, fsyncs) = (
+            store.stats().operations.count(),
+            store.stats().fsync_us.count(),
+        );
+        for n in 0..3 {
+            store
+                .write(|tx| {
+                    tx.execute(
+                        "INSERT INTO meta (key, value) VALUES (?1, x'00')",
+                        args![format!("k{n}")],
+                    )
+                })
+                .unwrap();
+        }
+        // One caller at a time: a commit each, each made durable before the next.
+        assert_eq!(store.stats().operations.count(), commits + 3);
+        assert_eq!(store.stats().commit_us.count(), commits + 3);
+        assert!(store.stats().operations.sum() >= 3);
+        assert!(store.stats().fsync_us.count() > fsyncs);
+        // A failed operation commits nothing: it is not counted.
+        let _ = store.write(|tx| tx.execute("INSERT INTO meta (key) VALUES ('k0')", args![]));
+        assert_eq!(store.stats().commit_us.count(), commits + 3);
+        let mut out = String::new();
+        store.stats().render(&mut out, true);
+        assert!(
+            out.contains(&format!(
+                "paybond_store_commit_operations_count {}",
+                commits + 3
+            )),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn a_new_database_takes_small_pages_and_an_existing_one_keeps_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let new = SqliteStore::open(&Storage::File(dir.path().join("new.db")), 1 << 20).unwrap();
@@ -2003,7 +2062,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = dir.path().join("paybond.db-wal");
         std::fs::write(&wal, b"wal").unwrap();
-        let mut durability = Durability::new(wal);
+        let mut durability = Durability::new(wal, Arc::default());
         end_and_sync(&durability, 3);
         durability.wait(3).unwrap();
         let blocker = dir.path().join("blocker");
