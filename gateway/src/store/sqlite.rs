@@ -18,10 +18,16 @@
 //!
 //! Checkpoints run on a background thread: a passive one on its own connection
 //! every 500 ms, and, as soon as the WAL has grown past its limit (its size is
-//! looked at every 50 ms; a steady stream of commits never leaves a passive
-//! checkpoint a gap to restart the WAL in), a passive pass and then a truncating
-//! one on the writer's connection between two groups, which has only the frames
-//! written since the passive pass to copy.
+//! looked at every 50 ms), two passive passes on that connection, an fsync of the
+//! database file, and a last passive pass on the writer's connection between two
+//! groups. A steady stream of commits never leaves a passive checkpoint beside
+//! the writer a gap to finish in, so the WAL would grow without end; the last pass
+//! has only the frames written during the second to copy and sync, and once it
+//! has copied every frame the writer's next group starts the WAL over from its
+//! beginning (cut back to the limit). The writer waits only for that last pass:
+//! 1 to 6 ms at 25,000 decisions/s, where a truncating checkpoint under its lock
+//! (copying what the passive pass left, syncing everything copied, truncating the
+//! file) took 43 to 61 ms.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -1364,6 +1370,7 @@ impl Checkpointer {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let wal = wal.to_owned();
+        let db = path.to_owned();
         let thread = std::thread::Builder::new()
             .name("paybond-checkpoint".to_owned())
             .spawn(move || {
@@ -1384,8 +1391,16 @@ impl Checkpointer {
                         let Some(writer) = writer.upgrade() else {
                             break;
                         };
+                        // The bulk, then what came in meanwhile, beside the writer.
                         passive();
-                        truncate_wal(&writer, size);
+                        passive();
+                        // A pass that does not reach the WAL's end (none beside a
+                        // busy writer does) leaves what it copied unsynced: synced
+                        // here, the last pass syncs only what it copies itself.
+                        if let Err(e) = std::fs::File::open(&db).and_then(|f| f.sync_data()) {
+                            tracing::warn!(error = %e, "cannot sync the database file");
+                        }
+                        restart_wal(&writer, size);
                         last_pass = std::time::Instant::now();
                     } else if last_pass.elapsed() >= every {
                         passive();
@@ -1406,11 +1421,15 @@ impl Checkpointer {
     }
 }
 
-/// Checkpoints the whole WAL into the database and truncates it, on the writer's
-/// connection between two groups (no transaction open, so nothing waits on a
-/// reader). Requests that arrive meanwhile wait for it: it copies only what was
-/// written since the last passive checkpoint.
-fn truncate_wal(writer: &Writer, size: u64) {
+/// Checkpoints what is left of the WAL into the database on the writer's
+/// connection between two groups (no transaction open, and none can start, so no
+/// frame is added meanwhile): once every frame is copied, the writer's next group
+/// writes the WAL from its beginning again, and its commit cuts the file back to
+/// the limit (`journal_size_limit`). Requests that arrive meanwhile wait for it:
+/// it copies only what was written since the last passive pass. A reader on
+/// another connection still reading old frames can keep a frame from being
+/// copied; the WAL then starts over at a later pass.
+fn restart_wal(writer: &Writer, size: u64) {
     let started = std::time::Instant::now();
     let mut b = writer.lock();
     while b.open {
@@ -1419,21 +1438,24 @@ fn truncate_wal(writer: &Writer, size: u64) {
             .wait(b)
             .unwrap_or_else(std::sync::PoisonError::into_inner);
     }
-    // (busy, WAL frames, frames checkpointed); busy = 1 when it could not finish.
-    let result = b
-        .conn
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            r.get::<_, i64>(0)
-        });
+    // (busy, frames in the WAL, frames copied into the database).
+    let result = b.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    });
     drop(b);
     match result {
-        Ok(0) => tracing::debug!(
+        Ok((frames, copied)) if frames == copied => tracing::debug!(
             wal_bytes = size,
             took_ms = started.elapsed().as_secs_f64() * 1e3,
-            "WAL truncated"
+            "WAL checkpointed whole; it starts over"
         ),
-        Ok(_) => tracing::warn!(wal_bytes = size, "WAL truncation was blocked; retrying"),
-        Err(e) => tracing::warn!(error = %e, "WAL truncation failed"),
+        Ok((frames, copied)) => tracing::debug!(
+            wal_bytes = size,
+            frames,
+            copied,
+            "a reader holds WAL frames; the WAL starts over at a later pass"
+        ),
+        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
     }
 }
 
