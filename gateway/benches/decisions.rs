@@ -21,6 +21,9 @@
 //!   verify alone by one thread in memory, `-- profile-file` by 16 threads on a file,
 //!   `-- profile-async` by 64 async tasks on a file.
 //!
+//! Each async row is followed by the store's figures over the row (from
+//! `/metrics`): operations per group commit, and the average commit and fsync.
+//!
 //! The bench allocates through mimalloc, as the `paybond` binary does: with the
 //! system allocator (glibc) a decision on the file store spends about a fifth of
 //! the writer's time in `malloc` and `free`.
@@ -396,6 +399,8 @@ fn in_process_async(label: &str, s: Arc<Setup>, tasks: usize, verify_only: bool,
         .enable_all()
         .build()
         .unwrap();
+    let engine = s.engine.clone();
+    let before = StoreFigures::of(&engine);
     let stats = rt.block_on(drive(tasks, move || {
         let s = s.clone();
         async move {
@@ -422,6 +427,56 @@ fn in_process_async(label: &str, s: Arc<Setup>, tasks: usize, verify_only: bool,
         }
     }));
     print(label, &stats);
+    StoreFigures::of(&engine).since(&before).print();
+}
+
+/// The store's commit figures from `/metrics` (sums and counts so far).
+#[derive(Default)]
+struct StoreFigures {
+    operations: f64,
+    commits: f64,
+    commit_seconds: f64,
+    fsyncs: f64,
+    fsync_seconds: f64,
+}
+
+impl StoreFigures {
+    fn of(engine: &Engine) -> Self {
+        let text = engine.render_metrics().unwrap();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .map_or(0.0, |v| v.parse().unwrap())
+        };
+        Self {
+            operations: value("paybond_store_commit_operations_sum"),
+            commits: value("paybond_store_commit_operations_count"),
+            commit_seconds: value("paybond_store_commit_duration_seconds_sum"),
+            fsyncs: value("paybond_store_fsync_duration_seconds_count"),
+            fsync_seconds: value("paybond_store_fsync_duration_seconds_sum"),
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            operations: self.operations - before.operations,
+            commits: self.commits - before.commits,
+            commit_seconds: self.commit_seconds - before.commit_seconds,
+            fsyncs: self.fsyncs - before.fsyncs,
+            fsync_seconds: self.fsync_seconds - before.fsync_seconds,
+        }
+    }
+
+    /// What a decision waited for besides its own work: its group's commit and
+    /// the fsync that made it durable (averages over the row).
+    fn print(&self) {
+        println!(
+            "  store: {:.0} operations per commit, commit {:.2} ms, fsync {:.2} ms",
+            self.operations / self.commits.max(1.0),
+            self.commit_seconds * 1e3 / self.commits.max(1.0),
+            self.fsync_seconds * 1e3 / self.fsyncs.max(1.0),
+        );
+    }
 }
 
 /// Decisions in the store before [`restart`] kills its writer.
