@@ -96,7 +96,7 @@ async fn the_wal_stays_bounded_under_steady_load() {
         w.await.unwrap();
     }
     let elapsed = started.elapsed();
-    // Everything went through the truncations intact.
+    // Everything went through the WAL's restarts intact.
     let ledger = fx.engine.verify_ledger().unwrap();
     assert!(ledger.valid, "{ledger:?}");
     stop.store(true, Ordering::SeqCst);
@@ -115,7 +115,7 @@ async fn the_wal_stays_bounded_under_steady_load() {
     assert!(decisions > 500, "the load was too light to say anything");
     assert!(samples > 100);
     // The limit, plus what commits add between two looks at the WAL's size (50 ms)
-    // and during the passive pass before the truncation, with room for a loaded
+    // and during the passive passes before the restart, with room for a loaded
     // machine (small groups write more WAL per decision). Unbounded, this run's WAL
     // reaches 50+ MiB.
     assert!(

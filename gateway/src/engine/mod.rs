@@ -129,8 +129,8 @@ pub struct EngineConfig {
     /// of the same key is answered with that deny (`approval_denied`, the denied
     /// request's id) instead of opening a new one (default 10 minutes).
     pub denied_request_window_ms: i64,
-    /// A SQLite file's WAL above this size is checkpointed and truncated in the
-    /// background (default 64 MiB).
+    /// A SQLite file's WAL above this size is checkpointed whole and started over
+    /// (cut back to this size) in the background (default 64 MiB).
     pub wal_limit_bytes: u64,
 }
 

@@ -760,7 +760,7 @@ struct Shared {
     stats: Arc<StoreStats>,
 }
 
-/// A WAL above this size is truncated by the checkpointer (and trimmed to it when
+/// A WAL above this size is started over by the checkpointer (and trimmed to it when
 /// it restarts) unless the engine's configuration says otherwise.
 pub(crate) const DEFAULT_WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -1168,7 +1168,7 @@ impl Shared {
             if let Some(d) = &self.durability {
                 d.group_ended(id, failure, ended);
             }
-            // Only a WAL truncation waits here (for no group to be open).
+            // Only the WAL's restart waits here (for no group to be open).
             self.writer.done.notify_all();
         }
         drop(b);
