@@ -21,8 +21,9 @@
 //!   verify alone by one thread in memory, `-- profile-file` by 16 threads on a file,
 //!   `-- profile-async` by 64 async tasks on a file.
 //!
-//! Each async row is followed by the store's figures over the row (from
-//! `/metrics`): operations per group commit, and the average commit and fsync.
+//! Each async and HTTP decision row is followed by the store's figures over the
+//! row (from `/metrics`, summed over a fleet's replicas): operations per group
+//! commit, and the average commit and fsync.
 //!
 //! The bench allocates through mimalloc, as the `paybond` binary does: with the
 //! system allocator (glibc) a decision on the file store spends about a fifth of
@@ -226,16 +227,20 @@ async fn http_tenants(label: &str, tenants: &[Setup], bases: Vec<String>, client
         })
         .collect();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let before = StoreFigures::of_servers(&client, &bases).await;
+    let (c, b) = (client.clone(), bases.clone());
     let stats = drive(clients, move || {
         let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (key, body) = bodies[n % bodies.len()].clone();
-        let (c, base) = (client.clone(), bases[n % bases.len()].clone());
+        let (c, base) = (c.clone(), b[n % b.len()].clone());
         async move {
             post_verify(&c, &base, &key, body).await;
         }
     })
     .await;
+    let after = StoreFigures::of_servers(&client, &bases).await;
     print(&format!("http {label}: verify"), &stats);
+    after.since(&before).print();
     stats
 }
 
@@ -310,13 +315,20 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) -> Htt
             }
         }
     };
+    let at_start = StoreFigures::of_servers(&client, &bases).await;
     let alone = drive(clients, verify(false, false)).await;
+    let after_alone = StoreFigures::of_servers(&client, &bases).await;
     let keyed = drive(clients, verify(false, true)).await;
+    let after_keyed = StoreFigures::of_servers(&client, &bases).await;
     let both = drive(clients, verify(true, false)).await;
+    let after_both = StoreFigures::of_servers(&client, &bases).await;
     print(&format!("http {label}: GET /healthz"), &health);
     print(&format!("http {label}: verify"), &alone);
+    after_alone.since(&at_start).print();
     print(&format!("http {label}: verify, keyed"), &keyed);
+    after_keyed.since(&after_alone).print();
     print(&format!("http {label}: verify + complete"), &both);
+    after_both.since(&after_keyed).print();
     println!(
         "{:<44} {:>9.2}x the /healthz throughput (verify alone)\n",
         "  ratio",
@@ -442,7 +454,32 @@ struct StoreFigures {
 
 impl StoreFigures {
     fn of(engine: &Engine) -> Self {
-        let text = engine.render_metrics().unwrap();
+        Self::read(&engine.render_metrics().unwrap())
+    }
+
+    /// Summed over the servers (the replicas of a fleet), from their `/metrics`.
+    async fn of_servers(client: &reqwest::Client, bases: &[String]) -> Self {
+        let mut sum = Self::default();
+        for base in bases {
+            let text = client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let one = Self::read(&text);
+            sum.operations += one.operations;
+            sum.commits += one.commits;
+            sum.commit_seconds += one.commit_seconds;
+            sum.fsyncs += one.fsyncs;
+            sum.fsync_seconds += one.fsync_seconds;
+        }
+        sum
+    }
+
+    fn read(text: &str) -> Self {
         let value = |name: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
@@ -469,12 +506,17 @@ impl StoreFigures {
 
     /// What a decision waited for besides its own work: its group's commit and
     /// the fsync that made it durable (averages over the row).
+    /// (PostgreSQL has no fsync of its own here: the server's is in its commit.)
     fn print(&self) {
+        let fsync = if self.fsyncs > 0.0 {
+            format!(", fsync {:.2} ms", self.fsync_seconds * 1e3 / self.fsyncs)
+        } else {
+            String::new()
+        };
         println!(
-            "  store: {:.0} operations per commit, commit {:.2} ms, fsync {:.2} ms",
+            "  store: {:.0} operations per commit, commit {:.2} ms{fsync}",
             self.operations / self.commits.max(1.0),
             self.commit_seconds * 1e3 / self.commits.max(1.0),
-            self.fsync_seconds * 1e3 / self.fsyncs.max(1.0),
         );
     }
 }
