@@ -469,12 +469,7 @@ impl StoreFigures {
                 .text()
                 .await
                 .unwrap();
-            let one = Self::read(&text);
-            sum.operations += one.operations;
-            sum.commits += one.commits;
-            sum.commit_seconds += one.commit_seconds;
-            sum.fsyncs += one.fsyncs;
-            sum.fsync_seconds += one.fsync_seconds;
+            sum = sum.with(&Self::read(&text), |a, b| a + b);
         }
         sum
     }
@@ -495,12 +490,17 @@ impl StoreFigures {
     }
 
     fn since(&self, before: &Self) -> Self {
+        self.with(before, |a, b| a - b)
+    }
+
+    /// Each figure of `self` combined with the same of `other`.
+    fn with(&self, other: &Self, f: impl Fn(f64, f64) -> f64) -> Self {
         Self {
-            operations: self.operations - before.operations,
-            commits: self.commits - before.commits,
-            commit_seconds: self.commit_seconds - before.commit_seconds,
-            fsyncs: self.fsyncs - before.fsyncs,
-            fsync_seconds: self.fsync_seconds - before.fsync_seconds,
+            operations: f(self.operations, other.operations),
+            commits: f(self.commits, other.commits),
+            commit_seconds: f(self.commit_seconds, other.commit_seconds),
+            fsyncs: f(self.fsyncs, other.fsyncs),
+            fsync_seconds: f(self.fsync_seconds, other.fsync_seconds),
         }
     }
 

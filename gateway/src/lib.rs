@@ -40,6 +40,7 @@ mod embedded;
 mod engine;
 mod error;
 mod evidence;
+mod histogram;
 pub mod openapi;
 mod scim;
 pub mod server;

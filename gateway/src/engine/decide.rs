@@ -206,6 +206,7 @@ impl Engine {
     fn count_verify(&self, started: Instant, result: &VerifyResult) {
         let elapsed = started.elapsed();
         self.metrics
+            .latency
             .observe(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
         #[cfg(feature = "otel")]
         if let Some(otel) = self.metrics.otel.get() {

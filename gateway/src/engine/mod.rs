@@ -196,15 +196,13 @@ pub struct IssuedKey {
 }
 
 /// Counters behind `/metrics`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     pub(crate) allow: AtomicU64,
     pub(crate) hold: AtomicU64,
     pub(crate) deny: AtomicU64,
-    /// Verify latency buckets (microseconds), cumulative at render time.
-    pub(crate) latency_buckets: [AtomicU64; LATENCY_BOUNDS_US.len()],
-    pub(crate) latency_count: AtomicU64,
-    pub(crate) latency_sum_us: AtomicU64,
+    /// Verify latency, in microseconds.
+    pub(crate) latency: crate::histogram::Histogram,
     /// Holds and denies by outcome and first reason code.
     pub(crate) reasons: std::sync::Mutex<std::collections::BTreeMap<(&'static str, String), u64>>,
     /// The OpenTelemetry instruments, once the server exports metrics.
@@ -217,12 +215,16 @@ pub const LATENCY_BOUNDS_US: [u64; 10] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000,
 ];
 
-impl Metrics {
-    pub(crate) fn observe(&self, micros: u64) {
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
-        if let Some(i) = LATENCY_BOUNDS_US.iter().position(|b| micros <= *b) {
-            self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            allow: AtomicU64::new(0),
+            hold: AtomicU64::new(0),
+            deny: AtomicU64::new(0),
+            latency: crate::histogram::Histogram::new(&LATENCY_BOUNDS_US),
+            reasons: std::sync::Mutex::default(),
+            #[cfg(feature = "otel")]
+            otel: std::sync::OnceLock::new(),
         }
     }
 }
@@ -1257,31 +1259,12 @@ impl Engine {
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP paybond_verify_duration_seconds Time to decide a verify."
+        m.latency.render(
+            &mut out,
+            "paybond_verify_duration_seconds",
+            "Time to decide a verify.",
+            1e6,
         );
-        let _ = writeln!(out, "# TYPE paybond_verify_duration_seconds histogram");
-        let mut cumulative = 0;
-        for (bound, n) in LATENCY_BOUNDS_US.iter().zip(&m.latency_buckets) {
-            cumulative += n.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "paybond_verify_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
-                *bound as f64 / 1e6
-            );
-        }
-        let count = m.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "paybond_verify_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "paybond_verify_duration_seconds_sum {}",
-            m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "paybond_verify_duration_seconds_count {count}");
         let _ = writeln!(
             out,
             "# HELP paybond_open_reservations Reservations not yet finalized."

@@ -691,13 +691,19 @@ impl Durability {
     }
 
     fn fsync(&self) -> std::io::Result<()> {
-        // fsync flushes the file, whichever descriptor wrote it. Without a WAL
-        // (none written yet), everything is in the database file already synced.
-        match std::fs::File::open(&self.wal) {
-            Ok(f) => f.sync_data(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        }
+        // Without a WAL (none written yet), everything is in the database file
+        // already synced.
+        sync_data(&self.wal)
+    }
+}
+
+/// fsyncs the file at `path` (its data), whichever descriptor wrote it; a file
+/// that does not exist has nothing to sync.
+fn sync_data(path: &Path) -> std::io::Result<()> {
+    match std::fs::File::open(path) {
+        Ok(f) => f.sync_data(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -1397,7 +1403,7 @@ impl Checkpointer {
                         // A pass that does not reach the WAL's end (none beside a
                         // busy writer does) leaves what it copied unsynced: synced
                         // here, the last pass syncs only what it copies itself.
-                        if let Err(e) = std::fs::File::open(&db).and_then(|f| f.sync_data()) {
+                        if let Err(e) = sync_data(&db) {
                             tracing::warn!(error = %e, "cannot sync the database file");
                         }
                         restart_wal(&writer, size);
