@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Fixture;
-use paybond_gateway::{EngineConfig, Storage};
+use paybond_gateway::{EngineConfig, PolicyFile, Storage};
 use paybond_middleware_core::wire::SandboxBootstrapRequest;
 
 /// Closes every other connection to the database of `url`, as an administrator would.
@@ -225,4 +225,62 @@ async fn a_replica_cut_off_from_its_database_fails_closed_with_503() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A replica reads its tenant's policy version in each group of the tenant's
+/// writes, under the tenant's lock: a policy another replica published is in
+/// force from the next verify on, whatever the first replica had parsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_published_on_one_replica_decides_the_next_verify_on_another() {
+    let Some(url) = common::pg_database() else {
+        return;
+    };
+    let (fixture, other, intent, token) = tokio::task::spawn_blocking(move || {
+        let fixture = Fixture::with_config(EngineConfig::new(Storage::Postgres(url.clone())));
+        let other = std::sync::Arc::new(
+            paybond_gateway::Engine::open(EngineConfig::new(Storage::Postgres(url))).unwrap(),
+        );
+        let tenant = fixture.agent.tenant_id.clone();
+        fixture
+            .engine
+            .publish_tenant_policy_text(&tenant, &PolicyFile::bundled_tenant_overlay())
+            .unwrap();
+        let (intent, token) = fixture.intent(60_000);
+        (fixture, other, intent, token)
+    })
+    .await
+    .unwrap();
+    let agent = other
+        .authenticate(fixture.keys.agent.expose_secret())
+        .unwrap();
+    let verify = |cents| other.verify(agent.clone(), common::verify_request(intent, &token, cents));
+
+    // Under the overlay's approval threshold (15,000 cents): allowed.
+    let first = verify(10_000).await.unwrap();
+    assert!(first.allow, "{first:?}");
+    let v1 = first.policy_version.unwrap();
+
+    // Published on the fixture's replica: approval above 5,000 cents.
+    let mut lower = PolicyFile::bundled_tenant_overlay();
+    lower.text = lower.text.replace(
+        "approval_threshold_cents: 15000",
+        "approval_threshold_cents: 5000",
+    );
+    let tenant = fixture.agent.tenant_id.clone();
+    let engine = fixture.engine.clone();
+    let published = tokio::task::spawn_blocking(move || {
+        engine.publish_tenant_policy_text(&tenant, &lower).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(published.version > v1);
+
+    // The other replica's next verify of the same amount is held, under the new version.
+    let second = verify(10_000).await.unwrap();
+    assert!(!second.allow && second.approval_required, "{second:?}");
+    assert_eq!(second.policy_version, Some(published.version));
+    assert_eq!(
+        second.policy_digest.as_deref(),
+        Some(published.digest.as_str())
+    );
 }

@@ -180,14 +180,28 @@ impl Engine {
     ) -> Result<VerifyResult, ApiError> {
         check_verify(principal, req)?;
         let started = Instant::now();
-        let policy = self.policy_for(&principal.tenant_id)?;
+        // On a shared store the policy is read in the write, under the tenant's
+        // lock, once per group of its writes.
+        let shared = self.store.shared();
+        let policy = if shared {
+            None
+        } else {
+            self.policy_for(&principal.tenant_id)?
+        };
         let token = self.token_facts(req);
         let result = self.idempotent(
             principal,
             "verify",
             req.idempotency_key.as_deref(),
             req,
-            |tx, now| self.decide(tx, now, principal, req, policy.as_deref(), token),
+            |tx, now| {
+                let policy = if shared {
+                    self.policy_in(tx, &principal.tenant_id)?
+                } else {
+                    policy
+                };
+                self.decide(tx, now, principal, req, policy.as_deref(), token)
+            },
         )?;
         self.count_verify(started, &result);
         Ok(result)

@@ -42,6 +42,30 @@ const MAX_BUCKETS: usize = 65_536;
 /// again if a limit asks.
 const MAX_WINDOW_CALLS: usize = 1_000_000;
 
+/// What a decision reads of intent `?1` of tenant `?2`, with when its first open
+/// reservation lapses.
+///
+/// That is an ordered scan that stops at its first row rather than
+/// `MIN(expires_ms)`: a planner without statistics of a table that grew fast
+/// (PostgreSQL before its first `ANALYZE`) answers the aggregate by reading every
+/// open reservation of the intent, tens of thousands for a busy one.
+pub(crate) const INTENT: &str = "SELECT state, deadline_ms, budget_cents,
+        consumed_cents + reserved_cents, currency, operations,
+        (SELECT r.expires_ms FROM reservations r
+            WHERE r.intent_id = intents.id AND r.state = 'open'
+            ORDER BY r.expires_ms LIMIT 1)
+    FROM intents WHERE id = ?1 AND tenant_id = ?2";
+
+/// The amount of intent `?1`'s open reservations that lapsed by `?2`, and when the
+/// first of the others lapses: two range scans of the intent's open reservations
+/// by expiry, neither reading the reservations that have not lapsed.
+pub(crate) const LAPSE_OF_INTENT: &str = "SELECT
+    (SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM reservations
+        WHERE intent_id = ?1 AND state = 'open' AND expires_ms <= ?2),
+    (SELECT expires_ms FROM reservations
+        WHERE intent_id = ?1 AND state = 'open' AND expires_ms > ?2
+        ORDER BY expires_ms LIMIT 1)";
+
 /// An hour, in ms.
 const HOUR_MS: i64 = crate::engine::rules::HOUR_MS;
 
@@ -61,6 +85,9 @@ pub(crate) struct LiveState {
     windows: HashMap<String, VecDeque<i64>>,
     /// Counts the intents' uses: each records its last ([`LiveIntent::used`]).
     clock: u64,
+    /// Each tenant's stored policy version, as read (`None`: the tenant has no
+    /// policy).
+    policy_versions: HashMap<String, Option<u64>>,
     /// How many times decisions read what lapsed (for tests).
     #[cfg(test)]
     pub(crate) lapse_reads: u64,
@@ -118,10 +145,21 @@ pub(crate) fn bucket_key(tenant: &str, bucket: &str) -> String {
 impl LiveState {
     /// Forgets everything: read again from the database on demand.
     pub(crate) fn clear(&mut self) {
+        self.policy_versions.clear();
         self.tips.clear();
         self.intents.clear();
         self.counters.clear();
         self.windows.clear();
+    }
+
+    /// The tenant's stored policy version, if read (`Some(None)`: it has none).
+    pub(crate) fn policy_version(&self, tenant: &str) -> Option<Option<u64>> {
+        self.policy_versions.get(tenant).copied()
+    }
+
+    /// Keeps the tenant's stored policy version, as read.
+    pub(crate) fn set_policy_version(&mut self, tenant: &str, version: Option<u64>) {
+        self.policy_versions.insert(tenant.to_owned(), version);
     }
 
     /// The counter `key` holds for the window `[start, end)`, if held and nothing
@@ -327,14 +365,10 @@ pub(crate) fn intent_facts(
     // bound moves on (unless lapsed ones wait for the sweep), so a busy intent
     // reads the database once per lapse, not on every decision after the first.
     let lapsed = if now >= held.next_lapse_ms {
-        let (lapsed, next): (u64, Option<i64>) = tx.query_one(
-            "SELECT CAST(COALESCE(SUM(CASE WHEN expires_ms <= ?2 THEN amount_cents ELSE 0 END), 0)
-                 AS BIGINT),
-                 MIN(CASE WHEN expires_ms > ?2 THEN expires_ms END)
-             FROM reservations WHERE intent_id = ?1 AND state = 'open'",
-            args![intent, now],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let (lapsed, next): (u64, Option<i64>) =
+            tx.query_one(LAPSE_OF_INTENT, args![intent, now], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
         if let Some(live) = live {
             live.borrow_mut().lapse_read(intent, lapsed, next);
         }
@@ -425,33 +459,32 @@ pub(crate) fn tool_window(
     Ok(window)
 }
 
-/// An intent as the database holds it, with when its first open reservation lapses.
+/// An intent as the database holds it, with when its first open reservation
+/// lapses: one statement.
 fn load(tx: &dyn Tx, tenant: &str, intent: &str) -> Result<Option<LiveIntent>, ApiError> {
-    let row = tx.query_opt(
-        "SELECT state, deadline_ms, budget_cents, consumed_cents + reserved_cents,
-             currency, operations
-         FROM intents WHERE id = ?1 AND tenant_id = ?2",
-        args![intent, tenant],
-        |r| {
-            Ok((
-                r.get::<String>(0)?,
-                r.get::<i64>(1)?,
-                r.get::<u64>(2)?,
-                r.get::<u64>(3)?,
-                r.get::<String>(4)?,
-                r.get::<String>(5)?,
-            ))
-        },
-    )?;
-    let Some((state_name, deadline_ms, budget_cents, counted_cents, currency, operations)) = row
+    let row = tx.query_opt(INTENT, args![intent, tenant], |r| {
+        Ok((
+            r.get::<String>(0)?,
+            r.get::<i64>(1)?,
+            r.get::<u64>(2)?,
+            r.get::<u64>(3)?,
+            r.get::<String>(4)?,
+            r.get::<String>(5)?,
+            r.get::<Option<i64>>(6)?,
+        ))
+    })?;
+    let Some((
+        state_name,
+        deadline_ms,
+        budget_cents,
+        counted_cents,
+        currency,
+        operations,
+        next_lapse_ms,
+    )) = row
     else {
         return Ok(None);
     };
-    let next_lapse_ms: Option<i64> = tx.query_one(
-        "SELECT MIN(expires_ms) FROM reservations WHERE intent_id = ?1 AND state = 'open'",
-        args![intent],
-        |r| r.get(0),
-    )?;
     Ok(Some(LiveIntent {
         tenant: tenant.to_owned(),
         state: IntentFacts::parse_state(&state_name),

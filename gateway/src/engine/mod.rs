@@ -1157,14 +1157,61 @@ impl Engine {
                 return Ok(Some(p));
             }
         }
-        let row: Option<(String, String, u64, Option<String>)> = self.read(|tx, _| {
-            tx
-                .query_opt(
-                    "SELECT effective, digest, version, org_policy_id FROM tenant_policies WHERE tenant_id = ?1",
+        self.read(|tx, _| self.load_policy(tx, tenant_id))
+    }
+
+    /// On a shared store, inside a write of `tenant_id`'s (which holds the
+    /// tenant's lock, so no replica publishes meanwhile): the tenant's effective
+    /// policy as stored. Its version is read once per group of the tenant's writes
+    /// (kept in the group's [`live::LiveState`]), and the parsed copy is used while
+    /// it is the stored one: a verify costs no read of its own for its policy.
+    pub(crate) fn policy_in(
+        &self,
+        tx: &dyn Tx,
+        tenant_id: &str,
+    ) -> Result<Option<Arc<EffectivePolicy>>, ApiError> {
+        let known = tx
+            .live()
+            .and_then(|live| live.borrow().policy_version(tenant_id));
+        let version = match known {
+            Some(version) => version,
+            None => {
+                let version: Option<u64> = tx.query_opt(
+                    "SELECT version FROM tenant_policies WHERE tenant_id = ?1",
                     args![tenant_id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
-        })?;
+                    |r| r.get(0),
+                )?;
+                if let Some(live) = tx.live() {
+                    live.borrow_mut().set_policy_version(tenant_id, version);
+                }
+                version
+            }
+        };
+        let Some(version) = version else {
+            return Ok(None);
+        };
+        let cached = self
+            .policies
+            .lock()
+            .ok()
+            .and_then(|c| c.get(tenant_id).cloned());
+        match cached {
+            Some(p) if p.version == version => Ok(Some(p)),
+            _ => self.load_policy(tx, tenant_id),
+        }
+    }
+
+    /// The tenant's effective policy as `tx` reads it, parsed and cached.
+    fn load_policy(
+        &self,
+        tx: &dyn Tx,
+        tenant_id: &str,
+    ) -> Result<Option<Arc<EffectivePolicy>>, ApiError> {
+        let row: Option<(String, String, u64, Option<String>)> = tx.query_opt(
+            "SELECT effective, digest, version, org_policy_id FROM tenant_policies WHERE tenant_id = ?1",
+            args![tenant_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
         let Some((effective, digest, version, org_policy_id)) = row else {
             return Ok(None);
         };

@@ -2076,6 +2076,16 @@ mod tests {
                 args!["i", 1_i64],
                 "reservations_open_by_intent_expiry",
             ),
+            (
+                crate::engine::live::INTENT,
+                args!["i", "t"],
+                "reservations_open_by_intent_expiry",
+            ),
+            (
+                crate::engine::live::LAPSE_OF_INTENT,
+                args!["i", 1_i64],
+                "reservations_open_by_intent_expiry",
+            ),
             (DUE, args![1_i64], "reservations_open_by_expiry"),
             (OPEN, args![1_i64], "reservations_open_by_expiry"),
         ] {
