@@ -23,7 +23,9 @@
 //!
 //! Each async and HTTP decision row is followed by the store's figures over the
 //! row (from `/metrics`, summed over a fleet's replicas): operations per group
-//! commit, and the average commit and fsync.
+//! commit, and the average commit and fsync; then the machine's cores busy over
+//! the row and its CPU time per request (from `/proc/stat`, every process on the
+//! machine counted, PostgreSQL's included).
 //!
 //! The bench allocates through mimalloc, as the `paybond` binary does: with the
 //! system allocator (glibc) a decision on the file store spends about a fifth of
@@ -240,7 +242,7 @@ async fn http_tenants(label: &str, tenants: &[Setup], bases: Vec<String>, client
     .await;
     let after = StoreFigures::of_servers(&client, &bases).await;
     print(&format!("http {label}: verify"), &stats);
-    after.since(&before).print();
+    after.since(&before).print(&stats);
     stats
 }
 
@@ -324,11 +326,11 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) -> Htt
     let after_both = StoreFigures::of_servers(&client, &bases).await;
     print(&format!("http {label}: GET /healthz"), &health);
     print(&format!("http {label}: verify"), &alone);
-    after_alone.since(&at_start).print();
+    after_alone.since(&at_start).print(&alone);
     print(&format!("http {label}: verify, keyed"), &keyed);
-    after_keyed.since(&after_alone).print();
+    after_keyed.since(&after_alone).print(&keyed);
     print(&format!("http {label}: verify + complete"), &both);
-    after_both.since(&after_keyed).print();
+    after_both.since(&after_keyed).print(&both);
     println!(
         "{:<44} {:>9.2}x the /healthz throughput (verify alone)\n",
         "  ratio",
@@ -439,10 +441,11 @@ fn in_process_async(label: &str, s: Arc<Setup>, tasks: usize, verify_only: bool,
         }
     }));
     print(label, &stats);
-    StoreFigures::of(&engine).since(&before).print();
+    StoreFigures::of(&engine).since(&before).print(&stats);
 }
 
-/// The store's commit figures from `/metrics` (sums and counts so far).
+/// The store's commit figures from `/metrics` (sums and counts so far), and the
+/// machine's CPU time so far (every process: a fleet's PostgreSQL server too).
 #[derive(Default)]
 struct StoreFigures {
     operations: f64,
@@ -450,11 +453,50 @@ struct StoreFigures {
     commit_seconds: f64,
     fsyncs: f64,
     fsync_seconds: f64,
+    cpu: MachineCpu,
+}
+
+/// The machine's CPU time so far, from `/proc/stat` (Linux; zero elsewhere).
+#[derive(Default, Clone, Copy)]
+struct MachineCpu {
+    /// Seconds of all cores busy (user, nice, system, irq, softirq).
+    busy: f64,
+    /// Seconds of all cores, busy or idle.
+    all: f64,
+}
+
+impl MachineCpu {
+    fn now() -> Self {
+        let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+            return Self::default();
+        };
+        let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+            return Self::default();
+        };
+        // user nice system idle iowait irq softirq steal, in clock ticks (USER_HZ,
+        // 100 a second on Linux).
+        let ticks: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks[..] else {
+            return Self::default();
+        };
+        Self {
+            busy: (user + nice + system + irq + softirq) / 100.0,
+            all: (user + nice + system + idle + iowait + irq + softirq + steal) / 100.0,
+        }
+    }
 }
 
 impl StoreFigures {
     fn of(engine: &Engine) -> Self {
-        Self::read(&engine.render_metrics().unwrap())
+        Self {
+            cpu: MachineCpu::now(),
+            ..Self::read(&engine.render_metrics().unwrap())
+        }
     }
 
     /// Summed over the servers (the replicas of a fleet), from their `/metrics`.
@@ -471,7 +513,10 @@ impl StoreFigures {
                 .unwrap();
             sum = sum.with(&Self::read(&text), |a, b| a + b);
         }
-        sum
+        Self {
+            cpu: MachineCpu::now(),
+            ..sum
+        }
     }
 
     fn read(text: &str) -> Self {
@@ -486,6 +531,7 @@ impl StoreFigures {
             commit_seconds: value("paybond_store_commit_duration_seconds_sum"),
             fsyncs: value("paybond_store_fsync_duration_seconds_count"),
             fsync_seconds: value("paybond_store_fsync_duration_seconds_sum"),
+            cpu: MachineCpu::default(),
         }
     }
 
@@ -501,13 +547,20 @@ impl StoreFigures {
             commit_seconds: f(self.commit_seconds, other.commit_seconds),
             fsyncs: f(self.fsyncs, other.fsyncs),
             fsync_seconds: f(self.fsync_seconds, other.fsync_seconds),
+            cpu: MachineCpu {
+                busy: f(self.cpu.busy, other.cpu.busy),
+                all: f(self.cpu.all, other.cpu.all),
+            },
         }
     }
 
     /// What a decision waited for besides its own work: its group's commit and
     /// the fsync that made it durable (averages over the row).
     /// (PostgreSQL has no fsync of its own here: the server's is in its commit.)
-    fn print(&self) {
+    /// Then how busy the machine's cores were over the row, and its CPU time per
+    /// request of `row` (the load generator's included): where this is near the
+    /// cores' count, the row is bound by CPU, not by waiting.
+    fn print(&self, row: &Stats) {
         let fsync = if self.fsyncs > 0.0 {
             format!(", fsync {:.2} ms", self.fsync_seconds * 1e3 / self.fsyncs)
         } else {
@@ -518,6 +571,15 @@ impl StoreFigures {
             self.operations / self.commits.max(1.0),
             self.commit_seconds * 1e3 / self.commits.max(1.0),
         );
+        if self.cpu.all > 0.0 {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let seconds = self.cpu.all / cores;
+            println!(
+                "  machine: {:.2} of {cores:.0} cores busy, {:.0} µs of CPU per request",
+                self.cpu.busy / seconds.max(1e-9),
+                self.cpu.busy * 1e6 / (row.n.max(1) as f64),
+            );
+        }
     }
 }
 
