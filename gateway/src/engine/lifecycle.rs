@@ -1183,13 +1183,23 @@ pub(crate) fn complete_tx(
 ) -> Result<CompleteResponse, ApiError> {
     // The live state's intents change here only with the intents table, below.
     tx.keep_live();
-    let row: Option<(ReservationRow, Option<String>)> = tx.query_opt(
-        "SELECT intent_id, amount_cents, state, expires_ms, created_ms, agent, agent_subject,
-         vendor, tool, complete_response FROM reservations WHERE id = ?1 AND tenant_id = ?2",
+    // With its intent's state and deadline: one statement.
+    type Found = (ReservationRow, Option<String>, Option<(String, i64)>);
+    let row: Option<Found> = tx.query_opt(
+        "SELECT r.intent_id, r.amount_cents, r.state, r.expires_ms, r.created_ms, r.agent,
+             r.agent_subject, r.vendor, r.tool, r.complete_response, i.state, i.deadline_ms
+         FROM reservations r LEFT JOIN intents i ON i.id = r.intent_id
+         WHERE r.id = ?1 AND r.tenant_id = ?2",
         args![decision_id.to_string(), principal.tenant_id],
-        |r| Ok((ReservationRow::read(r)?, r.get(9)?)),
+        |r| {
+            let intent = match (r.get::<Option<String>>(10)?, r.get::<Option<i64>>(11)?) {
+                (Some(state), Some(deadline)) => Some((state, deadline)),
+                _ => None,
+            };
+            Ok((ReservationRow::read(r)?, r.get(9)?, intent))
+        },
     )?;
-    let Some((held_row, stored)) = row else {
+    let Some((held_row, stored, intent_row)) = row else {
         let held: bool = tx
             .query_opt(
                 "SELECT 1 FROM decisions WHERE id = ?1 AND tenant_id = ?2",
@@ -1261,11 +1271,11 @@ pub(crate) fn complete_tx(
     if req.outcome == Finalization::Consumed {
         // Money of an intent past its deadline (refunded, released or expired) is no
         // longer the agent's to spend: its reservations can only be released.
-        let (intent_state, deadline): (String, i64) = tx.query_one(
-            "SELECT state, deadline_ms FROM intents WHERE id = ?1",
-            args![intent],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let Some((intent_state, deadline)) = intent_row else {
+            return Err(ApiError::internal(format_args!(
+                "storage: the intent of reservation {decision_id} is missing"
+            )));
+        };
         if now >= deadline || matches!(intent_state.as_str(), "released" | "refunded" | "expired") {
             return Err(ApiError::conflict(
                 "intent_closed",
