@@ -54,7 +54,8 @@ struct Recorded {
 }
 
 impl CallInfo {
-    fn record(&self, attempt: u32, started: Instant, r: Recorded) {
+    /// The attempt's trace entry; it takes the attempt's checks.
+    fn record(&mut self, attempt: u32, started: Instant, r: Recorded) {
         let span = Span::current();
         span.record("paybond.outcome", r.outcome.as_str());
         if let Some(code) = r.reason_codes.first() {
@@ -93,12 +94,12 @@ impl CallInfo {
             actual_cents: r.actual_cents,
             attempt,
             duration_ms: millis(started.elapsed()),
-            checks: self.checks.clone(),
+            checks: std::mem::take(&mut self.checks),
             sensitive_path: r.sensitive_path,
         });
     }
 
-    fn record_error(&self, attempt: u32, started: Instant, code: &str) {
+    fn record_error(&mut self, attempt: u32, started: Instant, code: &str) {
         self.record(
             attempt,
             started,
@@ -176,7 +177,7 @@ pub(super) async fn guard<E: Send + 'static>(
         "paybond.policy_version" = field::Empty,
         "paybond.finalization" = field::Empty,
     );
-    let info = CallInfo {
+    let mut info = CallInfo {
         shared,
         policy: snapshot.clone(),
         tool_call_id: call.tool_call_id.clone(),
@@ -227,7 +228,7 @@ pub(super) async fn guard<E: Send + 'static>(
 }
 
 async fn passthrough<E: Send + 'static>(
-    info: CallInfo,
+    mut info: CallInfo,
     invoke: Invoke<E>,
     call: ToolCall,
 ) -> Result<ToolOutput, RunError<E>> {
@@ -302,7 +303,7 @@ async fn authorize<E: Send + 'static>(
             idempotency_key: Some(crate::new_idempotency_key()),
             phase: Some(shared.phase()),
         };
-        let result = match shared.gateway.verify(&request).await {
+        let mut result = match shared.gateway.verify(&request).await {
             Ok(result) => result,
             Err(source) => {
                 tracing::warn!(error = %source, "verify failed, not running the tool");
@@ -311,11 +312,17 @@ async fn authorize<E: Send + 'static>(
                 return Err(info.unavailable(source));
             }
         };
-        info.checks.clone_from(&result.checks);
+        let decision = result.decision();
+        // The attempt's trace entry keeps the checks; a deny's error keeps them too.
+        info.checks = if decision == Decision::Deny {
+            result.checks.clone()
+        } else {
+            std::mem::take(&mut result.checks)
+        };
         if let Some(version) = result.policy_version {
             Span::current().record("paybond.policy_version", version);
         }
-        match result.decision() {
+        match decision {
             Decision::Allow => {
                 let Some(decision_id) = result.decision_id else {
                     info.record_error(attempt, started, "gateway_unavailable");
@@ -523,7 +530,7 @@ async fn execute<E: Send + 'static>(
     };
     let result = run_inner(invoke, call).await;
     // Armed with the info just above; only this disarm takes it back.
-    let Some(info) = on_drop.disarm() else {
+    let Some(mut info) = on_drop.disarm() else {
         unreachable!("the call's info is taken back once, here");
     };
 
@@ -671,7 +678,7 @@ impl ReleaseOnDrop {
 
 impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
-        let Some(info) = self.info.take() else {
+        let Some(mut info) = self.info.take() else {
             return;
         };
         let (decision_id, attempt, started) = (self.decision_id, self.attempt, self.started);
