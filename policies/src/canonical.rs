@@ -64,6 +64,15 @@ pub fn write_canonical(out: &mut String, value: &Value) {
 
 /// Appends `s` as a JSON string literal (quoted and escaped as serde_json does).
 pub fn write_json_string(out: &mut String, s: &str) {
+    // serde_json escapes `"`, `\` and the control characters below U+0020 only:
+    // a string without them is itself between quotes.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     // A String has no I/O error to report and serde_json escapes valid UTF-8 only.
     if let Ok(text) = serde_json::to_string(s) {
         out.push_str(&text);
@@ -87,6 +96,15 @@ mod tests {
             canonical_json(&Value::Object(outer)),
             r#"{"c":null,"m":{"a":[{"b":2,"y":1}],"z":1}}"#
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_string_is_written_as_serde_json_writes_it(s in "\\PC*|[\\x00-\\x7f]*") {
+            let mut out = String::new();
+            write_json_string(&mut out, &s);
+            proptest::prop_assert_eq!(out, serde_json::to_string(&s).unwrap());
+        }
     }
 
     #[test]

@@ -596,32 +596,12 @@ impl Engine {
                 }
             }
         }
-        let seq = ledger::append(
+        let expires_ms = result.allow.then(|| now + self.config.reservation_ttl_ms);
+        let seq = ledger::append_canonical(
             tx,
             call.tenant,
             &format!("decision.{outcome}"),
-            json!({
-                "decision_id": decision_id,
-                "intent_id": call.intent,
-                "tool": call.tool,
-                "operation": call.operation,
-                "vendor": call.vendor,
-                "agent": call.agent,
-                "agent_subject": call.agent_subject,
-                "amount_cents": call.amount,
-                "currency": req.currency,
-                "task_id": req.task_id,
-                "workflow_id": req.workflow_id,
-                "tool_call_id": req.tool_call_id,
-                "phase": req.phase,
-                "reason_codes": result.reason_codes,
-                "approval_request_id": result.approval_request_id,
-                "policy_version": result.policy_version,
-                "policy_digest": result.policy_digest,
-                // The log holds what rebuilding the spend state needs: when the
-                // reservation an allow made lapses.
-                "expires_ms": result.allow.then(|| now + self.config.reservation_ttl_ms),
-            }),
+            decision_payload(decision_id, &call, req, &result, expires_ms),
             now,
         )?;
         // With its ledger position, which orders decisions made in the same millisecond.
@@ -844,6 +824,39 @@ impl Engine {
 }
 
 /// The digest an approval is bound to: tenant, intent, operation, amount, vendor and tool.
+/// A decision's ledger payload, as canonical JSON. The log holds what rebuilding
+/// the spend state needs: with an allow, when its reservation lapses
+/// (`expires_ms`).
+fn decision_payload(
+    decision_id: Uuid,
+    call: &Call<'_>,
+    req: &VerifyRequest,
+    result: &VerifyResult,
+    expires_ms: Option<i64>,
+) -> String {
+    let approval = result.approval_request_id.map(|id| id.to_string());
+    ledger::CanonicalObject::new()
+        .str("agent", Some(call.agent))
+        .str("agent_subject", call.agent_subject)
+        .num("amount_cents", Some(call.amount))
+        .str("approval_request_id", approval.as_deref())
+        .str("currency", req.currency.as_deref())
+        .str("decision_id", Some(&decision_id.to_string()))
+        .num("expires_ms", expires_ms)
+        .str("intent_id", Some(&call.intent))
+        .str("operation", Some(call.operation))
+        .value("phase", &req.phase)
+        .str("policy_digest", result.policy_digest.as_deref())
+        .num("policy_version", result.policy_version)
+        .strs("reason_codes", &result.reason_codes)
+        .str("task_id", req.task_id.as_deref())
+        .str("tool", Some(&call.tool))
+        .str("tool_call_id", req.tool_call_id.as_deref())
+        .str("vendor", call.vendor)
+        .str("workflow_id", req.workflow_id.as_deref())
+        .finish()
+}
+
 fn request_digest(call: &Call<'_>) -> String {
     let canonical = json!({
         "tenant": call.tenant,
@@ -854,4 +867,115 @@ fn request_digest(call: &Call<'_>) -> String {
         "tool": call.tool,
     });
     sha256_hex(paybond_policies::canonical_json(&canonical).as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests panic on setup failures
+
+    use super::*;
+    use paybond_middleware_core::wire::{Environment, Phase, Role};
+
+    /// The payload as it was written before, through a `Value`.
+    fn through_value(
+        decision_id: Uuid,
+        call: &Call<'_>,
+        req: &VerifyRequest,
+        result: &VerifyResult,
+        expires_ms: Option<i64>,
+    ) -> String {
+        paybond_policies::canonical_json(&json!({
+            "decision_id": decision_id,
+            "intent_id": call.intent,
+            "tool": call.tool,
+            "operation": call.operation,
+            "vendor": call.vendor,
+            "agent": call.agent,
+            "agent_subject": call.agent_subject,
+            "amount_cents": call.amount,
+            "currency": req.currency,
+            "task_id": req.task_id,
+            "workflow_id": req.workflow_id,
+            "tool_call_id": req.tool_call_id,
+            "phase": req.phase,
+            "reason_codes": result.reason_codes,
+            "approval_request_id": result.approval_request_id,
+            "policy_version": result.policy_version,
+            "policy_digest": result.policy_digest,
+            "expires_ms": expires_ms,
+        }))
+    }
+
+    #[test]
+    fn a_decisions_payload_is_the_canonical_json_of_its_fields() {
+        let principal = Principal {
+            tenant_id: "t".into(),
+            environment: Environment::Sandbox,
+            service_account_role: Role::Agent,
+            roles: vec![Role::Agent],
+            subject: "agent \"007\"\n".into(),
+            key_id: "k".into(),
+        };
+        let bare = VerifyRequest {
+            intent_id: Uuid::now_v7(),
+            token: paybond_middleware_core::CapabilityToken::new("secret"),
+            operation: "travel.book_hotel".into(),
+            requested_spend_cents: 12_000,
+            vendor_id: None,
+            task_id: None,
+            workflow_id: None,
+            tool_call_id: None,
+            tool_name: None,
+            currency: None,
+            agent_subject: None,
+            approval_token: None,
+            idempotency_key: None,
+            phase: None,
+        };
+        let full = VerifyRequest {
+            vendor_id: Some("vendor_\u{e9}".into()),
+            task_id: Some("task\\1".into()),
+            workflow_id: Some("wf".into()),
+            tool_call_id: Some("call_1".into()),
+            currency: Some("usd".into()),
+            agent_subject: Some("sub\tagent".into()),
+            phase: Some(Phase::Commit),
+            ..bare.clone()
+        };
+        for (req, allow) in [(&bare, false), (&full, true)] {
+            let call = call_of(
+                &principal,
+                None,
+                req.intent_id,
+                &req.operation,
+                req.tool_name.as_deref(),
+                (req.vendor_id.as_deref(), req.agent_subject.as_deref()),
+                req.requested_spend_cents,
+            );
+            let result = VerifyResult {
+                allow,
+                audit_id: None,
+                tenant: "t".into(),
+                intent_id: req.intent_id,
+                code: None,
+                message: None,
+                decision_id: None,
+                approval_request_id: allow.then(Uuid::now_v7),
+                policy_version: allow.then_some(7),
+                policy_digest: allow.then(|| "sha256:ab".into()),
+                reason_codes: vec!["allowed".into(), "under \"cap\"".into()],
+                spend_scope: None,
+                remaining_cents: None,
+                retry_after: None,
+                approval_required: false,
+                checks: Vec::new(),
+            };
+            let id = Uuid::now_v7();
+            let expires = allow.then_some(1_700_000_000_000_i64);
+            assert_eq!(
+                decision_payload(id, &call, req, &result, expires),
+                through_value(id, &call, req, &result, expires)
+            );
+        }
+    }
 }

@@ -107,6 +107,20 @@ pub(crate) fn append(
     payload: Value,
     at_ms: i64,
 ) -> Result<u64, ApiError> {
+    let mut text = String::new();
+    paybond_policies::write_canonical(&mut text, &payload);
+    append_canonical(tx, tenant_id, event, text, at_ms)
+}
+
+/// [`append`] with the payload already written as canonical JSON (see
+/// [`CanonicalObject`]).
+pub(crate) fn append_canonical(
+    tx: &dyn Tx,
+    tenant_id: &str,
+    event: &str,
+    text: String,
+    at_ms: i64,
+) -> Result<u64, ApiError> {
     // The writer keeps every tenant's tip in memory (this is the ledger's one writer).
     let known = tx
         .live()
@@ -119,8 +133,6 @@ pub(crate) fn append(
         }
     };
     let seq = prev_seq + 1;
-    let mut text = String::new();
-    paybond_policies::write_canonical(&mut text, &payload);
     let hash = hash_of(tenant_id, seq, event, &text, at_ms, &prev_hash);
     tx.execute_later(
         "INSERT INTO ledger (tenant_id, seq, event, payload, at_ms, prev_hash, hash)
@@ -131,6 +143,88 @@ pub(crate) fn append(
         live.borrow_mut().set_tip(tenant_id, seq, hash);
     }
     Ok(seq)
+}
+
+/// A JSON object written straight to the text [`paybond_policies::write_canonical`]
+/// writes for it, with no [`Value`] built on the way: its keys are given in sorted
+/// order (checked in debug builds).
+pub(crate) struct CanonicalObject {
+    text: String,
+    last: Option<&'static str>,
+}
+
+impl CanonicalObject {
+    pub(crate) fn new() -> Self {
+        let mut text = String::with_capacity(512);
+        text.push('{');
+        Self { text, last: None }
+    }
+
+    fn key(&mut self, key: &'static str) {
+        debug_assert!(
+            self.last.is_none_or(|last| last < key),
+            "{key} out of order"
+        );
+        if self.last.is_some() {
+            self.text.push(',');
+        }
+        self.last = Some(key);
+        paybond_policies::write_json_string(&mut self.text, key);
+        self.text.push(':');
+    }
+
+    /// `key`: a string, or `null`.
+    pub(crate) fn str(mut self, key: &'static str, value: Option<&str>) -> Self {
+        self.key(key);
+        match value {
+            Some(v) => paybond_policies::write_json_string(&mut self.text, v),
+            None => self.text.push_str("null"),
+        }
+        self
+    }
+
+    /// `key`: a number, or `null`.
+    pub(crate) fn num(mut self, key: &'static str, value: Option<impl std::fmt::Display>) -> Self {
+        self.key(key);
+        match value {
+            Some(v) => {
+                use std::fmt::Write;
+                // Writing to a String cannot fail.
+                let _ = write!(self.text, "{v}");
+            }
+            None => self.text.push_str("null"),
+        }
+        self
+    }
+
+    /// `key`: an array of strings.
+    pub(crate) fn strs(mut self, key: &'static str, values: &[String]) -> Self {
+        self.key(key);
+        self.text.push('[');
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                self.text.push(',');
+            }
+            paybond_policies::write_json_string(&mut self.text, v);
+        }
+        self.text.push(']');
+        self
+    }
+
+    /// `key`: any value, as serde writes it (canonical).
+    pub(crate) fn value(mut self, key: &'static str, value: &impl serde::Serialize) -> Self {
+        self.key(key);
+        match serde_json::to_value(value) {
+            Ok(v) => paybond_policies::write_canonical(&mut self.text, &v),
+            Err(_) => self.text.push_str("null"),
+        }
+        self
+    }
+
+    pub(crate) fn finish(mut self) -> String {
+        self.text.push('}');
+        self.text
+    }
 }
 
 pub(crate) fn tip(tx: &dyn Tx, tenant_id: &str) -> Result<LedgerTip, ApiError> {
