@@ -823,7 +823,6 @@ impl Engine {
     }
 }
 
-/// The digest an approval is bound to: tenant, intent, operation, amount, vendor and tool.
 /// A decision's ledger payload, as canonical JSON. The log holds what rebuilding
 /// the spend state needs: with an allow, when its reservation lapses
 /// (`expires_ms`).
@@ -857,6 +856,7 @@ fn decision_payload(
         .finish()
 }
 
+/// The digest an approval is bound to: tenant, intent, operation, amount, vendor and tool.
 fn request_digest(call: &Call<'_>) -> String {
     let canonical = json!({
         "tenant": call.tenant,

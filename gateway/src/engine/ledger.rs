@@ -183,14 +183,14 @@ impl CanonicalObject {
         self
     }
 
-    /// `key`: a number, or `null`.
-    pub(crate) fn num(mut self, key: &'static str, value: Option<impl std::fmt::Display>) -> Self {
+    /// `key`: a whole number, or `null`.
+    pub(crate) fn num(mut self, key: &'static str, value: Option<impl Into<i128>>) -> Self {
         self.key(key);
         match value {
             Some(v) => {
                 use std::fmt::Write;
                 // Writing to a String cannot fail.
-                let _ = write!(self.text, "{v}");
+                let _ = write!(self.text, "{}", v.into());
             }
             None => self.text.push_str("null"),
         }
