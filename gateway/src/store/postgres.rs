@@ -369,7 +369,8 @@ impl PgStore {
         let conn = RefCell::new(self.take(runtime)?);
         let pending = RefCell::new(Vec::new());
         let tx = PgTx::new(&conn, &pending, None);
-        let begun = if begin == "BEGIN" {
+        let writes = begin == "BEGIN";
+        let begun = if writes {
             // A write: only while this build may still write here.
             tx.control_later(begin);
             tx.check_floor()
@@ -386,9 +387,8 @@ impl PgStore {
             let started = std::time::Instant::now();
             let committed = tx.control("COMMIT");
             // The store's figures count writes: a read commits nothing.
-            if begin == "BEGIN" {
-                self.stats.commit_us.observe_since(started);
-                self.stats.operations.observe(1);
+            if writes {
+                self.stats.committed(started, 1);
             }
             committed
         } else {
@@ -527,10 +527,7 @@ impl PgStore {
         } else if keep {
             let started = std::time::Instant::now();
             let committed = end.control("COMMIT");
-            self.stats.commit_us.observe_since(started);
-            self.stats
-                .operations
-                .observe(u64::try_from(ops).unwrap_or(u64::MAX));
+            self.stats.committed(started, ops);
             committed.inspect_err(|_| {
                 end.discard();
                 let _ = end.control("ROLLBACK");

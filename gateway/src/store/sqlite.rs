@@ -1147,12 +1147,7 @@ impl Shared {
             let commit = match (keep, broken) {
                 (Ok(true), None) => send_held(&b.conn, held)
                     .and_then(|()| control(&b.conn, "COMMIT").map_err(sqlite))
-                    .inspect(|()| {
-                        self.stats.commit_us.observe_since(started);
-                        self.stats
-                            .operations
-                            .observe(u64::try_from(b.ops).unwrap_or(u64::MAX));
-                    }),
+                    .inspect(|()| self.stats.committed(started, b.ops)),
                 (Ok(true), Some(why)) => Err(why),
                 (Ok(false), _) => control(&b.conn, "ROLLBACK").map_err(sqlite),
                 (Err(e), _) => Err(sqlite(e)),

@@ -38,6 +38,13 @@ impl Default for StoreStats {
 }
 
 impl StoreStats {
+    /// A commit of `ops` operations, begun at `started`.
+    pub(crate) fn committed(&self, started: std::time::Instant, ops: usize) {
+        self.commit_us.observe_since(started);
+        self.operations
+            .observe(u64::try_from(ops).unwrap_or(u64::MAX));
+    }
+
     /// Writes the figures in the Prometheus text format; the fsync histogram only
     /// for a store that fsyncs.
     pub(crate) fn render(&self, out: &mut String, fsyncs: bool) {
