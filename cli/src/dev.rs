@@ -243,14 +243,22 @@ fn dev_loop(a: &Loop, global: &Global, export_metrics: bool) -> Outcome {
         }
     };
 
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return usage_error(format!("cannot start the runtime: {e}")),
+    };
+
     // The sandbox tenant and its keys.
-    let existing = match engine.tenant_by_name("sandbox") {
+    let existing = match runtime.block_on(engine.tenant_by_name("sandbox")) {
         Ok(t) => t,
         Err(e) => return usage_error(e.message),
     };
     let created = existing.is_none();
     let (tenant_id, new_keys) = match existing {
-        None => match engine.create_tenant("sandbox", Environment::Sandbox) {
+        None => match runtime.block_on(engine.create_tenant("sandbox", Environment::Sandbox)) {
             Ok(keys) => (keys.tenant_id.clone(), Some(keys)),
             Err(e) => return policy_or_usage(&e),
         },
@@ -267,15 +275,15 @@ fn dev_loop(a: &Loop, global: &Global, export_metrics: bool) -> Outcome {
                     .iter()
                     .find(|(name, _)| name == k)
                     .is_some_and(|(_, v)| {
-                        engine
-                            .authenticate(v)
+                        runtime
+                            .block_on(engine.authenticate(v))
                             .is_ok_and(|p| p.tenant_id == tenant_id)
                     })
             });
             if keys_work && !a.force {
                 (tenant_id, None)
             } else {
-                match engine.rotate_keys(&tenant_id) {
+                match runtime.block_on(engine.rotate_keys(&tenant_id)) {
                     Ok(keys) => (tenant_id, Some(keys)),
                     Err(e) => return usage_error(e.message),
                 }
@@ -285,7 +293,7 @@ fn dev_loop(a: &Loop, global: &Global, export_metrics: bool) -> Outcome {
     // Which policy the tenant runs under: a file named on the command line is
     // published (it wins over one published since the last start); without one, the
     // policy the gateway has stays (a new tenant got the built-in one).
-    let stored = match engine.tenant_policy(&tenant_id) {
+    let stored = match runtime.block_on(engine.tenant_policy(&tenant_id)) {
         Ok(p) => p,
         Err(e) => return usage_error(e.message),
     };
@@ -301,10 +309,12 @@ fn dev_loop(a: &Loop, global: &Global, export_metrics: bool) -> Outcome {
              pass --policy-file to replace it",
             p.version, p.digest
         ),
-        _ => match engine
-            .publish_org_policy_text(&tenant_id, &org)
-            .and_then(|()| engine.publish_tenant_policy_text(&tenant_id, &tenant_policy))
-        {
+        _ => match runtime.block_on(async {
+            engine.publish_org_policy_text(&tenant_id, &org).await?;
+            engine
+                .publish_tenant_policy_text(&tenant_id, &tenant_policy)
+                .await
+        }) {
             Ok(p) => eprintln!(
                 "policy: version {} ({}) from {sources}",
                 p.version, p.digest
@@ -313,13 +323,6 @@ fn dev_loop(a: &Loop, global: &Global, export_metrics: bool) -> Outcome {
         },
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return usage_error(format!("cannot start the runtime: {e}")),
-    };
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(("127.0.0.1", a.port)).await {
             Ok(l) => l,

@@ -328,7 +328,14 @@ pub(crate) fn ledger(cmd: LedgerCommand, _global: &Global) -> Outcome {
     let mut config = EngineConfig::new(storage);
     config.default_org_policy = None;
     config.default_tenant_policy = None;
-    let check = match Engine::open(config).and_then(|e| e.verify_ledger()) {
+    let runtime = match crate::run::runtime() {
+        Ok(r) => r,
+        Err(outcome) => return outcome,
+    };
+    let check = match Engine::open(config)
+        .map(std::sync::Arc::new)
+        .and_then(|e| runtime.block_on(e.verify_ledger()))
+    {
         Ok(c) => c,
         Err(e) => return usage_error(format!("cannot read the ledger: {}", e.message)),
     };

@@ -104,7 +104,11 @@ pub(crate) fn replay(a: &Replay) -> Outcome {
         until_ms,
         tenant: a.tenant.clone(),
     };
-    let report = match Engine::replay_store(&storage, &options) {
+    let runtime = match crate::run::runtime() {
+        Ok(r) => r,
+        Err(outcome) => return outcome,
+    };
+    let report = match runtime.block_on(Engine::replay_store(&storage, &options)) {
         Ok(r) => r,
         Err(e) => {
             let category = match e.code {

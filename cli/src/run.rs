@@ -258,7 +258,8 @@ fn gateway_failure(what: &str, e: &paybond_middleware_core::GatewayError) -> Out
     ))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Outcome> {
+/// A runtime on the calling thread, for a command's async calls.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Outcome> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -47,17 +47,20 @@ pub fn policy(cap_cents: u64) -> Result<String, DemoError> {
 /// The digest of the bundled policies' effective policy (what `paybond dev loop`
 /// publishes for its tenant).
 async fn bundled_digest() -> Result<String, DemoError> {
-    tokio::task::spawn_blocking(|| -> Result<String, paybond_gateway::ApiError> {
-        let engine = Engine::in_memory()?;
-        let keys = engine.create_tenant("bundled", Environment::Sandbox)?;
-        Ok(engine
-            .tenant_policy(&keys.tenant_id)?
-            .map(|p| p.digest)
-            .unwrap_or_default())
-    })
-    .await
-    .map_err(|e| DemoError::Setup(e.to_string()))?
-    .map_err(|e| DemoError::Setup(e.to_string()))
+    let digest = async {
+        let engine = std::sync::Arc::new(Engine::in_memory()?);
+        let keys = engine
+            .create_tenant("bundled", Environment::Sandbox)
+            .await?;
+        Ok::<_, paybond_gateway::ApiError>(
+            engine
+                .tenant_policy(&keys.tenant_id)
+                .await?
+                .map(|p| p.digest)
+                .unwrap_or_default(),
+        )
+    };
+    digest.await.map_err(|e| DemoError::Setup(e.to_string()))
 }
 
 /// Runs the governed scenario with `framework` on `h`'s gateway.

@@ -111,17 +111,20 @@ impl Harness {
     }
 
     async fn embedded() -> Result<Self, DemoError> {
-        let setup = tokio::task::spawn_blocking(|| -> Result<_, paybond_gateway::ApiError> {
+        let setup = async {
             let engine = Arc::new(Engine::in_memory()?);
-            let keys = engine.create_tenant("sandbox", Environment::Sandbox)?;
-            let operator = engine.authenticate(keys.operator.expose_secret())?;
+            let keys = engine
+                .create_tenant("sandbox", Environment::Sandbox)
+                .await?;
+            let operator = engine.authenticate(keys.operator.expose_secret()).await?;
             let gateway = EmbeddedGateway::new(engine.clone(), &keys.agent)?;
             let agent = gateway.principal_ref().clone();
-            let policy = engine.effective_policy(&agent)?;
-            Ok((engine, operator, agent, gateway, policy, keys.agent))
-        })
+            let policy = engine.effective_policy(&agent).await?;
+            Ok::<_, paybond_gateway::ApiError>((
+                engine, operator, agent, gateway, policy, keys.agent,
+            ))
+        }
         .await
-        .map_err(|e| DemoError::Setup(e.to_string()))?
         .map_err(|e| DemoError::Setup(e.to_string()))?;
         let (engine, operator, agent, gateway, policy, agent_key) = setup;
         let intent = gateway
@@ -276,18 +279,15 @@ impl Harness {
     pub async fn publish_policy(&self, text: &str, file: &str) -> Result<String, DemoError> {
         match &self.side {
             Side::Embedded { engine, .. } => {
-                let (engine, tenant) = (engine.clone(), self.tenant_id.clone());
                 let policy = paybond_gateway::PolicyFile {
                     text: text.to_owned(),
                     file: file.to_owned(),
                 };
-                tokio::task::spawn_blocking(move || {
-                    engine.publish_tenant_policy_text(&tenant, &policy)
-                })
-                .await
-                .map_err(|e| DemoError::Setup(e.to_string()))?
-                .map(|p| p.digest)
-                .map_err(|e| DemoError::Setup(format!("publishing {file}: {e}")))
+                engine
+                    .publish_tenant_policy_text(&self.tenant_id, &policy)
+                    .await
+                    .map(|p| p.digest)
+                    .map_err(|e| DemoError::Setup(format!("publishing {file}: {e}")))
             }
             Side::Http {
                 url,
@@ -328,13 +328,10 @@ impl Harness {
     /// The digest of the tenant's effective policy.
     pub async fn policy_digest(&self) -> Result<String, DemoError> {
         let policy = match &self.side {
-            Side::Embedded { engine, agent, .. } => {
-                let (engine, agent) = (engine.clone(), agent.clone());
-                tokio::task::spawn_blocking(move || engine.effective_policy(&agent))
-                    .await
-                    .map_err(|e| DemoError::Gateway(e.to_string()))?
-                    .map_err(|e| DemoError::Gateway(e.to_string()))?
-            }
+            Side::Embedded { engine, agent, .. } => engine
+                .effective_policy(agent)
+                .await
+                .map_err(|e| DemoError::Gateway(e.to_string()))?,
             Side::Http {
                 url,
                 agent_key,
@@ -381,13 +378,10 @@ impl Harness {
         match &self.side {
             Side::Embedded {
                 engine, operator, ..
-            } => {
-                let (engine, operator) = (engine.clone(), operator.clone());
-                tokio::task::spawn_blocking(move || engine.approve(&operator, approval_request_id))
-                    .await
-                    .map_err(|e| DemoError::Gateway(e.to_string()))?
-                    .map_err(|e| DemoError::Gateway(e.to_string()))
-            }
+            } => engine
+                .approve(operator, approval_request_id)
+                .await
+                .map_err(|e| DemoError::Gateway(e.to_string())),
             Side::Http {
                 url,
                 operator_key,
@@ -412,20 +406,17 @@ impl Harness {
             Side::Embedded {
                 engine, operator, ..
             } => {
-                let (engine, operator) = (engine.clone(), operator.clone());
-                tokio::task::spawn_blocking(move || {
-                    engine.list_approvals(
-                        &operator,
+                engine
+                    .list_approvals(
+                        operator,
                         &paybond_gateway::ApprovalQuery {
                             state: Some(ApprovalState::Pending),
                             ..Default::default()
                         },
                     )
-                })
-                .await
-                .map_err(|e| DemoError::Gateway(e.to_string()))?
-                .map_err(|e| DemoError::Gateway(e.to_string()))?
-                .approvals
+                    .await
+                    .map_err(|e| DemoError::Gateway(e.to_string()))?
+                    .approvals
             }
             Side::Http {
                 url,
@@ -476,16 +467,11 @@ impl Harness {
     /// The intent's reservations still open.
     pub async fn open_reservations(&self) -> Result<u64, DemoError> {
         match &self.side {
-            Side::Embedded { engine, agent, .. } => {
-                let (engine, agent, id) = (engine.clone(), agent.clone(), self.intent_id);
-                Ok(
-                    tokio::task::spawn_blocking(move || engine.get_intent(&agent, id))
-                        .await
-                        .map_err(|e| DemoError::Gateway(e.to_string()))?
-                        .map_err(|e| DemoError::Gateway(e.to_string()))?
-                        .open_reservations,
-                )
-            }
+            Side::Embedded { engine, agent, .. } => Ok(engine
+                .get_intent(agent, self.intent_id)
+                .await
+                .map_err(|e| DemoError::Gateway(e.to_string()))?
+                .open_reservations),
             Side::Http {
                 url,
                 agent_key,
@@ -513,14 +499,11 @@ impl Harness {
     /// tenant's chain read over HTTP and checked here.
     pub async fn ledger_valid(&self) -> Result<bool, DemoError> {
         match &self.side {
-            Side::Embedded { engine, .. } => {
-                let engine = engine.clone();
-                Ok(tokio::task::spawn_blocking(move || engine.verify_ledger())
-                    .await
-                    .map_err(|e| DemoError::Gateway(e.to_string()))?
-                    .map_err(|e| DemoError::Gateway(e.to_string()))?
-                    .valid)
-            }
+            Side::Embedded { engine, .. } => Ok(engine
+                .verify_ledger()
+                .await
+                .map_err(|e| DemoError::Gateway(e.to_string()))?
+                .valid),
             Side::Http {
                 url,
                 operator_key,

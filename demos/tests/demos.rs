@@ -79,7 +79,10 @@ async fn generic_openai_and_rig_reach_the_governed_end_state() {
 /// its keys (as `paybond dev loop --offline` writes it).
 async fn served() -> (Arc<Engine>, String, tempfile::TempDir, String) {
     let engine = Arc::new(Engine::in_memory().unwrap());
-    let keys = engine.create_tenant("demo", Environment::Sandbox).unwrap();
+    let keys = engine
+        .create_tenant("demo", Environment::Sandbox)
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(paybond_gateway::server::serve(
@@ -104,8 +107,9 @@ async fn served() -> (Arc<Engine>, String, tempfile::TempDir, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_governed_scenario_over_http_leaves_the_tenant_policy_as_it_found_it() {
     let (engine, url, dir, tenant) = served().await;
-    let digest = |engine: &Engine| engine.tenant_policy(&tenant).unwrap().unwrap().digest;
-    let bundled = digest(&engine);
+    let digest =
+        async |engine: &Arc<Engine>| engine.tenant_policy(&tenant).await.unwrap().unwrap().digest;
+    let bundled = digest(&engine).await;
     let choice = GatewayChoice::Http {
         url,
         env_file: dir.path().join(".env.local"),
@@ -121,7 +125,7 @@ async fn the_governed_scenario_over_http_leaves_the_tenant_policy_as_it_found_it
     assert!(report.passed(), "{:?}", report.problems);
     assert_eq!(report.summary.gateway, "http");
     // It published its own policy twice, then put the bundled one back.
-    assert_eq!(digest(&engine), bundled);
+    assert_eq!(digest(&engine).await, bundled);
 
     // A tenant with a policy of its own is left alone: nothing runs.
     let mut custom = PolicyFile::bundled_tenant_overlay();
@@ -129,7 +133,10 @@ async fn the_governed_scenario_over_http_leaves_the_tenant_policy_as_it_found_it
         "approval_threshold_cents: 15000",
         "approval_threshold_cents: 14000",
     );
-    let published = engine.publish_tenant_policy_text(&tenant, &custom).unwrap();
+    let published = engine
+        .publish_tenant_policy_text(&tenant, &custom)
+        .await
+        .unwrap();
     let err = run(
         Framework::Generic,
         Scenario::Governed,
@@ -140,7 +147,7 @@ async fn the_governed_scenario_over_http_leaves_the_tenant_policy_as_it_found_it
     .unwrap_err();
     assert!(matches!(err, DemoError::Usage(_)), "{err}");
     assert!(err.to_string().contains(&published.digest), "{err}");
-    assert_eq!(digest(&engine), published.digest);
+    assert_eq!(digest(&engine).await, published.digest);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,7 @@ async fn gateway() -> Gateway {
     );
     let keys = engine
         .create_tenant("examples", Environment::Sandbox)
+        .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

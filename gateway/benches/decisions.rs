@@ -84,23 +84,42 @@ fn setup_with(storage: Storage, policy: &str) -> Setup {
     tenant(Arc::new(Engine::open(config).unwrap()), "bench")
 }
 
+/// Runs `f` to its end on a thread and runtime of its own: the setup's and the
+/// figures' calls, outside the measured loops, from any thread.
+fn block_on<F>(f: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f)
+        })
+        .join()
+        .unwrap()
+    })
+}
+
 /// A tenant named `name` on `engine`, with a funded intent.
 fn tenant(engine: Arc<Engine>, name: &str) -> Setup {
-    let keys = engine.create_tenant(name, Environment::Sandbox).unwrap();
-    let agent = engine.authenticate(keys.agent.expose_secret()).unwrap();
-    let b = engine
-        .bootstrap_sandbox(
-            &agent,
-            &SandboxBootstrapRequest {
-                operation: "bench.pay".into(),
-                requested_spend_cents: 1_000_000_000_000,
-                currency: None,
-                evidence_schema: None,
-                metadata: None,
-                idempotency_key: None,
-            },
-        )
-        .unwrap();
+    let keys = block_on(engine.create_tenant(name, Environment::Sandbox)).unwrap();
+    let agent = block_on(engine.authenticate(keys.agent.expose_secret())).unwrap();
+    let b = block_on(engine.bootstrap_sandbox(
+        &agent,
+        &SandboxBootstrapRequest {
+            operation: "bench.pay".into(),
+            requested_spend_cents: 1_000_000_000_000,
+            currency: None,
+            evidence_schema: None,
+            metadata: None,
+            idempotency_key: None,
+        },
+    ))
+    .unwrap();
     Setup {
         engine,
         agent,
@@ -492,10 +511,10 @@ impl MachineCpu {
 }
 
 impl StoreFigures {
-    fn of(engine: &Engine) -> Self {
+    fn of(engine: &Arc<Engine>) -> Self {
         Self {
             cpu: MachineCpu::now(),
-            ..Self::read(&engine.render_metrics().unwrap())
+            ..Self::read(&block_on(engine.render_metrics()).unwrap())
         }
     }
 
@@ -626,11 +645,11 @@ fn restart(dir: &std::path::Path) {
         .sum();
 
     let t = Instant::now();
-    let engine = Engine::open(bench_config(Storage::File(path.clone()))).unwrap();
+    let engine = Arc::new(Engine::open(bench_config(Storage::File(path.clone()))).unwrap());
     let opened = t.elapsed();
-    let agent = engine.authenticate(&key).unwrap();
+    let agent = block_on(engine.authenticate(&key)).unwrap();
     let s = Setup {
-        engine: Arc::new(engine),
+        engine,
         agent,
         agent_key: key,
         intent,

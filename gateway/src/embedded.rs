@@ -20,8 +20,8 @@ const EMBEDDED_TENANT: &str = "embedded";
 
 /// An [`Engine`] bound to one API key, usable wherever a [`SpendGateway`] is.
 ///
-/// Each call runs on tokio's blocking pool (the engine's SQLite transactions block),
-/// so it suits any runtime flavour. Refusals come back as
+/// Each call is one of the engine's async calls (whose store work runs on tokio's
+/// blocking pool, or on its writer thread), so it suits any runtime flavour. Refusals come back as
 /// [`GatewayError::Rejected`] with the same status and code the HTTP server sends.
 #[derive(Debug, Clone)]
 pub struct EmbeddedGateway {
@@ -45,7 +45,8 @@ fn rejected(operation: &'static str, e: ApiError) -> GatewayError {
 impl EmbeddedGateway {
     /// Binds `engine` to `api_key`; fails if the engine did not issue the key.
     pub fn new(engine: Arc<Engine>, api_key: &ApiKey) -> Result<Self, ApiError> {
-        let principal = engine.authenticate(api_key.expose_secret())?;
+        // A constructor, run once: it waits for the store on the caller's thread.
+        let principal = engine.authenticate_blocking(api_key.expose_secret())?;
         Ok(Self {
             engine,
             principal,
@@ -100,17 +101,18 @@ impl EmbeddedGateway {
         config.default_org_policy = None;
         config.default_tenant_policy = Some(policy.clone());
         let engine = Arc::new(Engine::open(config)?);
-        let keys = match engine.tenant_by_name(EMBEDDED_TENANT)? {
+        // Opening waits for the store on the caller's thread, as `Engine::open` does.
+        let keys = match engine.tenant_by_name_blocking(EMBEDDED_TENANT)? {
             Some(tenant) => {
-                engine.publish_tenant_policy_text(&tenant, &policy)?;
-                engine.rotate_keys(&tenant)?
+                engine.publish_tenant_policy_text_blocking(&tenant, &policy)?;
+                engine.rotate_keys_blocking(&tenant)?
             }
-            None => engine.create_tenant(
+            None => engine.create_tenant_blocking(
                 EMBEDDED_TENANT,
                 paybond_middleware_core::wire::Environment::Sandbox,
             )?,
         };
-        let operator = engine.authenticate(keys.operator.expose_secret())?;
+        let operator = engine.authenticate_blocking(keys.operator.expose_secret())?;
         let mut gateway = Self::new(engine, &keys.agent)?;
         gateway.operator = Some(operator);
         Ok(gateway)
@@ -121,22 +123,25 @@ impl EmbeddedGateway {
     /// the hold returned). Refused (`no_operator_key`) by a gateway bound with
     /// [`Self::new`], which holds no operator key.
     pub async fn approve(&self, approval_request_id: Uuid) -> Result<ApprovalStatus, GatewayError> {
-        self.as_operator("approve", move |e, p| e.approve(p, approval_request_id))
+        let operator = self.operator("approve")?;
+        self.engine
+            .approve(operator, approval_request_id)
             .await
+            .map_err(|e| rejected("approve", e))
     }
 
     /// As the tenant's operator: denies a held request (see [`Self::approve`]).
     pub async fn deny(&self, approval_request_id: Uuid) -> Result<ApprovalStatus, GatewayError> {
-        self.as_operator("deny", move |e, p| e.deny_approval(p, approval_request_id))
+        let operator = self.operator("deny")?;
+        self.engine
+            .deny_approval(operator, approval_request_id)
             .await
+            .map_err(|e| rejected("deny", e))
     }
 
-    async fn as_operator<T: Send + 'static>(
-        &self,
-        operation: &'static str,
-        f: impl FnOnce(&Engine, &Principal) -> Result<T, ApiError> + Send + 'static,
-    ) -> Result<T, GatewayError> {
-        let Some(operator) = self.operator.clone() else {
+    /// The operator key this gateway holds, for `operation`.
+    fn operator(&self, operation: &'static str) -> Result<&Principal, GatewayError> {
+        let Some(operator) = &self.operator else {
             return Err(rejected(
                 operation,
                 ApiError::new(
@@ -147,7 +152,7 @@ impl EmbeddedGateway {
                 ),
             ));
         };
-        self.run_as(operation, operator, f).await
+        Ok(operator)
     }
 
     /// The engine behind this gateway.
@@ -160,39 +165,15 @@ impl EmbeddedGateway {
         &self.principal
     }
 
-    async fn run<T: Send + 'static>(
-        &self,
-        operation: &'static str,
-        f: impl FnOnce(&Engine, &Principal) -> Result<T, ApiError> + Send + 'static,
-    ) -> Result<T, GatewayError> {
-        self.run_as(operation, self.principal.clone(), f).await
-    }
-
-    /// Runs `f` as `principal` on the blocking pool.
-    async fn run_as<T: Send + 'static>(
-        &self,
-        operation: &'static str,
-        principal: Principal,
-        f: impl FnOnce(&Engine, &Principal) -> Result<T, ApiError> + Send + 'static,
-    ) -> Result<T, GatewayError> {
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || f(&engine, &principal))
-            .await
-            .map_err(|e| GatewayError::Transport {
-                operation,
-                detail: format!("the embedded engine's task failed: {e}"),
-            })?
-            .map_err(|e| rejected(operation, e))
-    }
-
     /// `POST /harbor/intents`.
     pub async fn create_intent(
         &self,
         request: &CreateIntentRequest,
     ) -> Result<IntentView, GatewayError> {
-        let request = request.clone();
-        self.run("create_intent", move |e, p| e.create_intent(p, &request))
+        self.engine
+            .create_intent(&self.principal, request)
             .await
+            .map_err(|e| rejected("create_intent", e))
     }
 
     /// `POST /v1/sandbox/guardrails/bootstrap`.
@@ -200,9 +181,10 @@ impl EmbeddedGateway {
         &self,
         request: &SandboxBootstrapRequest,
     ) -> Result<SandboxBootstrapResponse, GatewayError> {
-        let request = request.clone();
-        self.run("bootstrap", move |e, p| e.bootstrap_sandbox(p, &request))
+        self.engine
+            .bootstrap_sandbox(&self.principal, request)
             .await
+            .map_err(|e| rejected("bootstrap", e))
     }
 }
 
@@ -257,10 +239,10 @@ impl SpendGateway for EmbeddedGateway {
         &self,
         approval_request_id: Uuid,
     ) -> Result<ApprovalStatus, GatewayError> {
-        self.run("approval_status", move |e, p| {
-            e.approval(p, approval_request_id)
-        })
-        .await
+        self.engine
+            .approval(&self.principal, approval_request_id)
+            .await
+            .map_err(|e| rejected("approval_status", e))
     }
 
     async fn record_compensation(
@@ -268,18 +250,19 @@ impl SpendGateway for EmbeddedGateway {
         decision_id: Uuid,
         request: &CompensationRequest,
     ) -> Result<CompensationRecorded, GatewayError> {
-        let request = request.clone();
         let key = paybond_middleware_core::new_idempotency_key();
-        self.run("record_compensation", move |e, p| {
-            e.record_compensation(p, decision_id, &request, Some(&key))
-        })
-        .await
+        self.engine
+            .record_compensation(&self.principal, decision_id, request, Some(&key))
+            .await
+            .map_err(|e| rejected("record_compensation", e))
     }
 
     async fn effective_policy(&self) -> Result<Option<EffectivePolicy>, GatewayError> {
         match self
-            .run("effective_policy", |e, p| e.effective_policy(p))
+            .engine
+            .effective_policy(&self.principal)
             .await
+            .map_err(|e| rejected("effective_policy", e))
         {
             Ok(policy) => Ok(Some(policy)),
             Err(e) if e.status() == Some(404) => Ok(None),

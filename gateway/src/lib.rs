@@ -6,6 +6,11 @@
 //! `SpendGateway`), or serve it over HTTP with [`server::serve`]
 //! (`paybond dev loop --offline` does).
 //!
+//! The engine's calls are async. Verify, evidence and complete queue to the
+//! store's writer and await their commit without holding a thread; the others run
+//! their store work on tokio's blocking pool (in place on the in-memory store).
+//! Opening an engine ([`Engine::open`]) waits for the store on the caller's thread.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,7 +21,9 @@
 //! use paybond_middleware_core::wire::{Environment, SandboxBootstrapRequest};
 //!
 //! let engine = Arc::new(Engine::in_memory()?); // the bundled scenario policies
-//! let keys = engine.create_tenant("sandbox", Environment::Sandbox)?;
+//! let keys = engine
+//!     .create_tenant("sandbox", Environment::Sandbox)
+//!     .await?;
 //! let gateway = EmbeddedGateway::new(engine.clone(), &keys.agent)?;
 //! let intent = gateway
 //!     .bootstrap_sandbox(&SandboxBootstrapRequest {

@@ -87,7 +87,7 @@ fn json<T: Serialize>(value: &T) -> Answer {
         .map_err(|e| fail(ApiError::internal(e)))
 }
 
-/// The credentials of a request, checked on the blocking pool with the operation.
+/// The credentials of a request, checked before the operation runs.
 struct Credentials {
     api_key: Option<String>,
     tenant_header: Option<String>,
@@ -120,22 +120,17 @@ fn credentials(headers: &HeaderMap) -> Result<Credentials, HttpError> {
     })
 }
 
-/// Authenticates and runs `f` on the blocking pool (the engine's SQLite calls block).
+/// Authenticates, then runs `f` with the engine and the caller.
 async fn with_engine<T, F>(state: &AppState, creds: Credentials, f: F) -> Result<T, HttpError>
 where
-    T: Send + 'static,
-    F: FnOnce(&Engine, &Principal, Option<String>) -> Result<T, ApiError> + Send + 'static,
+    F: AsyncFnOnce(&Arc<Engine>, &Principal, Option<String>) -> Result<T, ApiError>,
 {
     let (principal, key) = authenticated(state, creds).await?;
-    let engine = state.engine.clone();
-    tokio::task::spawn_blocking(move || f(&engine, &principal, key))
-        .await
-        .map_err(|e| fail(ApiError::internal(e)))?
-        .map_err(fail)
+    f(&state.engine, &principal, key).await.map_err(fail)
 }
 
-/// Who the request's API key is (from the engine's memory when it can, else on
-/// the blocking pool), checked against `x-tenant-id`; and its idempotency key.
+/// Who the request's API key is (from the engine's memory when it can, else from
+/// the store), checked against `x-tenant-id`; and its idempotency key.
 async fn authenticated(
     state: &AppState,
     creds: Credentials,
@@ -147,13 +142,7 @@ async fn authenticated(
     };
     let principal = match state.engine.authenticate_cached(&key) {
         Some(p) => p,
-        None => {
-            let engine = state.engine.clone();
-            tokio::task::spawn_blocking(move || engine.authenticate(&key))
-                .await
-                .map_err(|e| fail(ApiError::internal(e)))?
-                .map_err(fail)?
-        }
+        None => state.engine.authenticate(&key).await.map_err(fail)?,
     };
     if let Some(t) = &creds.tenant_header
         && *t != principal.tenant_id
@@ -328,7 +317,10 @@ fn merge_key(header: Option<String>, body: Option<String>) -> Result<Option<Stri
 }
 
 async fn principal(State(s): State<AppState>, headers: HeaderMap) -> Answer {
-    let p = with_engine(&s, credentials(&headers)?, |_, p, _| Ok(p.clone())).await?;
+    let p = with_engine(&s, credentials(&headers)?, async move |_, p, _| {
+        Ok(p.clone())
+    })
+    .await?;
     json(&p)
 }
 
@@ -375,9 +367,9 @@ async fn verify(State(s): State<AppState>, request: Request) -> Answer {
 async fn preflight(State(s): State<AppState>, request: Request) -> Answer {
     let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
-    let r = with_engine(&s, creds, move |e, p, _| {
+    let r = with_engine(&s, creds, async move |e, p, _| {
         let req: PreflightRequest = parse(&bytes)?;
-        e.preflight(p, &req)
+        e.preflight(p, &req).await
     })
     .await?;
     json(&r)
@@ -413,9 +405,9 @@ async fn compensation(
     let id = uuid_param(&id, "decision_id")?;
     let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
-    let r = with_engine(&s, creds, move |e, p, key| {
+    let r = with_engine(&s, creds, async move |e, p, key| {
         let req: paybond_middleware_core::wire::CompensationRequest = parse(&bytes)?;
-        e.record_compensation(p, id, &req, key.as_deref())
+        e.record_compensation(p, id, &req, key.as_deref()).await
     })
     .await?;
     json(&r)
@@ -424,10 +416,10 @@ async fn compensation(
 async fn bootstrap(State(s): State<AppState>, request: Request) -> Answer {
     let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
-    let r = with_engine(&s, creds, move |e, p, key| {
+    let r = with_engine(&s, creds, async move |e, p, key| {
         let mut req: SandboxBootstrapRequest = parse(&bytes)?;
         req.idempotency_key = merge_key(key, req.idempotency_key.take())?;
-        e.bootstrap_sandbox(p, &req)
+        e.bootstrap_sandbox(p, &req).await
     })
     .await?;
     json(&r)
@@ -450,10 +442,10 @@ async fn evidence(State(s): State<AppState>, Path(id): Path<String>, request: Re
 async fn create_intent(State(s): State<AppState>, request: Request) -> Answer {
     let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
-    let r = with_engine(&s, creds, move |e, p, key| {
+    let r = with_engine(&s, creds, async move |e, p, key| {
         let mut req: CreateIntentRequest = parse(&bytes)?;
         req.idempotency_key = merge_key(key, req.idempotency_key.take())?;
-        e.create_intent(p, &req)
+        e.create_intent(p, &req).await
     })
     .await?;
     json(&r)
@@ -465,8 +457,8 @@ async fn fund_intent(
     headers: HeaderMap,
 ) -> Answer {
     let id = uuid_param(&id, "intent_id")?;
-    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
-        e.fund_intent(p, id)
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.fund_intent(p, id).await
     })
     .await?;
     json(&r)
@@ -478,8 +470,8 @@ async fn get_intent(
     headers: HeaderMap,
 ) -> Answer {
     let id = uuid_param(&id, "intent_id")?;
-    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
-        e.get_intent(p, id)
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.get_intent(p, id).await
     })
     .await?;
     json(&r)
@@ -545,8 +537,8 @@ async fn list_approvals(
         min_amount_cents: amount("min_amount_cents")?,
         max_amount_cents: amount("max_amount_cents")?,
     };
-    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
-        e.list_approvals(p, &query)
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.list_approvals(p, &query).await
     })
     .await?;
     json(&r)
@@ -588,8 +580,8 @@ async fn operator_intents(
         limit: u32::try_from(limit).ok(),
         cursor: q.get("cursor").cloned(),
     };
-    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
-        e.operator_intents(p, &query)
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.operator_intents(p, &query).await
     })
     .await?;
     json(&r)
@@ -601,7 +593,10 @@ async fn get_decision(
     headers: HeaderMap,
 ) -> Answer {
     let id = uuid_param(&id, "decision_id")?;
-    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| e.decision(p, id)).await?;
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.decision(p, id).await
+    })
+    .await?;
     json(&r)
 }
 
@@ -611,8 +606,8 @@ async fn operator_intent(
     headers: HeaderMap,
 ) -> Answer {
     let id = uuid_param(&id, "intent_id")?;
-    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
-        e.operator_intent(p, id)
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.operator_intent(p, id).await
     })
     .await?;
     json(&r)
@@ -624,20 +619,26 @@ async fn get_approval(
     headers: HeaderMap,
 ) -> Answer {
     let id = uuid_param(&id, "approval_request_id")?;
-    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| e.approval(p, id)).await?;
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.approval(p, id).await
+    })
+    .await?;
     json(&r)
 }
 
 async fn approve(State(s): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Answer {
     let id = uuid_param(&id, "approval_request_id")?;
-    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| e.approve(p, id)).await?;
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.approve(p, id).await
+    })
+    .await?;
     json(&r)
 }
 
 async fn deny(State(s): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Answer {
     let id = uuid_param(&id, "approval_request_id")?;
-    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
-        e.deny_approval(p, id)
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.deny_approval(p, id).await
     })
     .await?;
     json(&r)
@@ -660,8 +661,8 @@ async fn put_org_policy(
     let (headers, bytes) = body_of(&s, request, Accepts::PolicyText).await?;
     let creds = credentials(&headers)?;
     let text = body_text(&bytes)?;
-    let r = with_engine(&s, creds, move |e, p, _| {
-        e.publish_org_policy(p, &id, &text)
+    let r = with_engine(&s, creds, async move |e, p, _| {
+        e.publish_org_policy(p, &id, &text).await
     })
     .await?;
     json(&r)
@@ -671,16 +672,19 @@ async fn put_tenant_policy(State(s): State<AppState>, request: Request) -> Answe
     let (headers, bytes) = body_of(&s, request, Accepts::PolicyText).await?;
     let creds = credentials(&headers)?;
     let text = body_text(&bytes)?;
-    let r = with_engine(&s, creds, move |e, p, _| e.publish_tenant_policy(p, &text)).await?;
+    let r = with_engine(&s, creds, async move |e, p, _| {
+        e.publish_tenant_policy(p, &text).await
+    })
+    .await?;
     json(&r)
 }
 
 async fn issue_key(State(s): State<AppState>, request: Request) -> Answer {
     let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
-    let r = with_engine(&s, creds, move |e, p, _| {
+    let r = with_engine(&s, creds, async move |e, p, _| {
         let req: crate::engine::IssueKeyRequest = parse(&bytes)?;
-        e.issue_api_key(p, &req)
+        e.issue_api_key(p, &req).await
     })
     .await?;
     json(&r)
@@ -691,20 +695,23 @@ async fn issue_key(State(s): State<AppState>, request: Request) -> Answer {
 async fn create_scim_token(State(s): State<AppState>, request: Request) -> Answer {
     let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
-    let r = with_engine(&s, creds, move |e, p, _| {
+    let r = with_engine(&s, creds, async move |e, p, _| {
         let req: crate::engine::identity::ScimTokenRequest = if bytes.is_empty() {
             crate::engine::identity::ScimTokenRequest::default()
         } else {
             parse(&bytes)?
         };
-        e.create_scim_token(p, &req)
+        e.create_scim_token(p, &req).await
     })
     .await?;
     json(&r)
 }
 
 async fn scim_tokens(State(s): State<AppState>, headers: HeaderMap) -> Answer {
-    let r = with_engine(&s, credentials(&headers)?, |e, p, _| e.scim_tokens(p)).await?;
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.scim_tokens(p).await
+    })
+    .await?;
     json(&r)
 }
 
@@ -713,15 +720,18 @@ async fn revoke_scim_token(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Answer {
-    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
-        e.revoke_scim_token(p, &id)
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.revoke_scim_token(p, &id).await
     })
     .await?;
     json(&r)
 }
 
 async fn role_mappings(State(s): State<AppState>, headers: HeaderMap) -> Answer {
-    let r = with_engine(&s, credentials(&headers)?, |e, p, _| e.role_mappings(p)).await?;
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.role_mappings(p).await
+    })
+    .await?;
     json(&r)
 }
 
@@ -738,9 +748,9 @@ async fn set_role_mapping(
 ) -> Answer {
     let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
-    let r = with_engine(&s, creds, move |e, p, _| {
+    let r = with_engine(&s, creds, async move |e, p, _| {
         let req: RoleBody = parse(&bytes)?;
-        e.set_role_mapping(p, &group, &req.role)
+        e.set_role_mapping(p, &group, &req.role).await
     })
     .await?;
     json(&r)
@@ -752,8 +762,8 @@ async fn remove_role_mapping(
     headers: HeaderMap,
 ) -> Answer {
     let removed = group.clone();
-    with_engine(&s, credentials(&headers)?, move |e, p, _| {
-        e.remove_role_mapping(p, &group)
+    with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.remove_role_mapping(p, &group).await
     })
     .await?;
     json(&serde_json::json!({"group": removed, "removed": true}))
@@ -773,35 +783,44 @@ async fn configure_oidc(State(s): State<AppState>, request: Request) -> Answer {
         )));
     }
     // The caller must be a tenant admin before the gateway fetches anything.
-    with_engine(&s, credentials(&headers)?, |_, p, _| {
+    with_engine(&s, credentials(&headers)?, async move |_, p, _| {
         crate::engine::require_role(p, &[paybond_middleware_core::wire::Role::TenantAdmin])
     })
     .await?;
     crate::console::oidc::check_issuer(&issuer)
         .await
         .map_err(|why| fail(ApiError::unprocessable("oidc_issuer_unreachable", why)))?;
-    let r = with_engine(&s, creds, move |e, p, _| e.configure_oidc(p, &req)).await?;
+    let r = with_engine(&s, creds, async move |e, p, _| {
+        e.configure_oidc(p, &req).await
+    })
+    .await?;
     json(&r)
 }
 
 async fn oidc_settings(State(s): State<AppState>, headers: HeaderMap) -> Answer {
-    let r = with_engine(&s, credentials(&headers)?, |e, p, _| e.oidc_settings(p)).await?;
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.oidc_settings(p).await
+    })
+    .await?;
     json(&r)
 }
 
 async fn create_service_account(State(s): State<AppState>, request: Request) -> Answer {
     let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
-    let r = with_engine(&s, creds, move |e, p, _| {
+    let r = with_engine(&s, creds, async move |e, p, _| {
         let req: crate::engine::identity::ServiceAccountRequest = parse(&bytes)?;
-        e.create_service_account(p, &req)
+        e.create_service_account(p, &req).await
     })
     .await?;
     json(&r)
 }
 
 async fn service_accounts(State(s): State<AppState>, headers: HeaderMap) -> Answer {
-    let r = with_engine(&s, credentials(&headers)?, |e, p, _| e.service_accounts(p)).await?;
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.service_accounts(p).await
+    })
+    .await?;
     json(&r)
 }
 
@@ -811,20 +830,26 @@ async fn revoke_service_account(
     headers: HeaderMap,
 ) -> Answer {
     let revoked = id.clone();
-    with_engine(&s, credentials(&headers)?, move |e, p, _| {
-        e.revoke_service_account(p, &id)
+    with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.revoke_service_account(p, &id).await
     })
     .await?;
     json(&serde_json::json!({"id": revoked, "revoked": true}))
 }
 
 async fn effective_policy(State(s): State<AppState>, headers: HeaderMap) -> Answer {
-    let r = with_engine(&s, credentials(&headers)?, |e, p, _| e.effective_policy(p)).await?;
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.effective_policy(p).await
+    })
+    .await?;
     json(&r)
 }
 
 async fn ledger_tip(State(s): State<AppState>, headers: HeaderMap) -> Answer {
-    let r = with_engine(&s, credentials(&headers)?, |e, p, _| e.ledger_tip(p)).await?;
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.ledger_tip(p).await
+    })
+    .await?;
     json(&r)
 }
 
@@ -861,8 +886,9 @@ async fn ledger_events(
 ) -> Answer {
     let after = number_param(&q, "after_seq", 0, 0..=MAX_SEQ)?;
     let limit = number_param(&q, "limit", 100, 1..=1000)?;
-    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
         e.ledger_events(p, after, limit)
+            .await
             .map(|events| serde_json::json!({ "events": events }))
     })
     .await?;
@@ -872,20 +898,20 @@ async fn ledger_events(
 async fn create_audit_export(State(s): State<AppState>, request: Request) -> Answer {
     let (headers, bytes) = body(&s, request).await?;
     let creds = credentials(&headers)?;
-    let r = with_engine(&s, creds, move |e, p, _| {
+    let r = with_engine(&s, creds, async move |e, p, _| {
         let req: crate::engine::audit::CreateAuditExportRequest = if bytes.is_empty() {
             crate::engine::audit::CreateAuditExportRequest::default()
         } else {
             parse(&bytes)?
         };
-        e.create_audit_export(p, &req)
+        e.create_audit_export(p, &req).await
     })
     .await?;
     // The bundle is built in the background; the job reports its progress.
     let engine = s.engine.clone();
     let (tenant, job_id) = (r.job.tenant_realm_id.clone(), r.job.id);
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = engine.build_audit_export(&tenant, job_id) {
+    tokio::spawn(async move {
+        if let Err(e) = engine.build_audit_export(&tenant, job_id).await {
             tracing::warn!(%job_id, code = e.code, message = %e.message, "an audit export failed");
         }
     });
@@ -906,8 +932,9 @@ async fn audit_exports(
         1..=u64::from(crate::engine::audit::MAX_EXPORT_PAGE),
     )?;
     let cursor = q.get("cursor").cloned();
-    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
         e.audit_exports(p, u32::try_from(limit).ok(), cursor.as_deref())
+            .await
     })
     .await?;
     json(&r)
@@ -930,8 +957,8 @@ async fn audit_export(
             )));
         }
     };
-    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
-        e.audit_export(p, id, issue)
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.audit_export(p, id, issue).await
     })
     .await?;
     json(&r)
@@ -943,8 +970,8 @@ async fn delete_audit_export(
     headers: HeaderMap,
 ) -> Answer {
     let id = uuid_param(&id, "job_id")?;
-    let r = with_engine(&s, credentials(&headers)?, move |e, p, _| {
-        e.delete_audit_export(p, id)
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.delete_audit_export(p, id).await
     })
     .await?;
     json(&r)
@@ -960,18 +987,15 @@ async fn audit_export_bundle(
     let id = uuid_param(&id, "job_id")?;
     let creds = credentials(&headers)?;
     let bytes = match creds.api_key.clone() {
-        Some(token) if token.starts_with(DOWNLOAD_TOKEN_PREFIX) => {
-            let engine = s.engine.clone();
-            tokio::task::spawn_blocking(move || {
-                engine.audit_export_bundle(BundleCredential::DownloadToken(&token), id)
-            })
+        Some(token) if token.starts_with(DOWNLOAD_TOKEN_PREFIX) => s
+            .engine
+            .audit_export_bundle(BundleCredential::DownloadToken(&token), id)
             .await
-            .map_err(|e| fail(ApiError::internal(e)))?
-            .map_err(fail)?
-        }
+            .map_err(fail)?,
         _ => {
-            with_engine(&s, creds, move |e, p, _| {
+            with_engine(&s, creds, async move |e, p, _| {
                 e.audit_export_bundle(BundleCredential::Principal(p), id)
+                    .await
             })
             .await?
         }
@@ -994,7 +1018,10 @@ async fn audit_export_bundle(
 }
 
 async fn signing_keys(State(s): State<AppState>, headers: HeaderMap) -> Answer {
-    let r = with_engine(&s, credentials(&headers)?, |e, p, _| e.signing_keys(p)).await?;
+    let r = with_engine(&s, credentials(&headers)?, async move |e, p, _| {
+        e.signing_keys(p).await
+    })
+    .await?;
     json(&r)
 }
 
@@ -1003,11 +1030,7 @@ async fn healthz() -> Answer {
 }
 
 async fn metrics(State(s): State<AppState>) -> Answer {
-    let engine = s.engine.clone();
-    let text = tokio::task::spawn_blocking(move || engine.render_metrics())
-        .await
-        .map_err(|e| fail(ApiError::internal(e)))?
-        .map_err(fail)?;
+    let text = s.engine.render_metrics().await.map_err(fail)?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -1171,14 +1194,12 @@ pub fn spawn_sweeper(engine: Arc<Engine>, every: Duration) -> tokio::task::JoinH
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let e = engine.clone();
-            match tokio::task::spawn_blocking(move || e.sweep()).await {
-                Ok(Ok(report)) if report != crate::engine::lifecycle::SweepReport::default() => {
+            match engine.sweep().await {
+                Ok(report) if report != crate::engine::lifecycle::SweepReport::default() => {
                     tracing::info!(?report, "sweep");
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "sweep failed"),
-                Err(e) => tracing::warn!(error = %e, "sweep task failed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "sweep failed"),
             }
         }
     })

@@ -117,18 +117,18 @@ pub fn spawn_metrics_export(engine: Arc<Engine>, every: Duration) -> tokio::task
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let e = engine.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                Ok::<_, crate::ApiError>((e.open_reservations()?, e.pending_approvals()?))
-            })
-            .await;
-            match read {
-                Ok(Ok((o, p))) => {
+            let read = async {
+                Ok::<_, crate::ApiError>((
+                    engine.open_reservations().await?,
+                    engine.pending_approvals().await?,
+                ))
+            };
+            match read.await {
+                Ok((o, p)) => {
                     open.store(o, Ordering::Relaxed);
                     pending.store(p, Ordering::Relaxed);
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the gauges"),
-                Err(e) => tracing::warn!(error = %e, "the gauge task failed"),
+                Err(e) => tracing::warn!(error = %e, "cannot read the gauges"),
             }
         }
     })

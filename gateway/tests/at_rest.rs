@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::block_on;
+
 use common::Blocking;
 
 use std::os::unix::fs::PermissionsExt;
@@ -205,7 +207,7 @@ fn existing_files_are_narrowed_and_a_key_kept_in_the_database_moves_out() {
     assert_eq!((mode(&data), mode(&db)), (0o700, 0o600));
     assert_eq!(key_bytes(&db), key, "the stored key moved to its file");
     assert_eq!(mode(&root_key_path(&db)), 0o600);
-    let agent = engine.authenticate(fx_keys.agent.expose_secret()).unwrap();
+    let agent = block_on(engine.authenticate(fx_keys.agent.expose_secret())).unwrap();
     let request = |token: &paybond_middleware_core::CapabilityToken| {
         paybond_middleware_core::wire::VerifyRequest {
             vendor_id: Some("vendor_acme".to_owned()),
@@ -215,7 +217,7 @@ fn existing_files_are_narrowed_and_a_key_kept_in_the_database_moves_out() {
     assert!(engine.verify_now(&agent, &request(&token)).unwrap().allow);
     // The tenant's audit signing key: the database holds it wrapped under the root
     // key, not as a key whose public half is the published one.
-    let signing = engine.signing_keys(&agent).unwrap().keys[0]
+    let signing = block_on(engine.signing_keys(&agent)).unwrap().keys[0]
         .public_key_hex
         .clone();
     drop(engine);
@@ -247,11 +249,11 @@ fn existing_files_are_narrowed_and_a_key_kept_in_the_database_moves_out() {
     assert_eq!(mode(&root_key_path(&db)), 0o600);
     let engine =
         std::sync::Arc::new(Engine::open(EngineConfig::new(Storage::File(db.clone()))).unwrap());
-    let agent = engine.authenticate(fx_keys.agent.expose_secret()).unwrap();
+    let agent = block_on(engine.authenticate(fx_keys.agent.expose_secret())).unwrap();
     let refused = engine.verify_now(&agent, &request(&token)).unwrap();
     assert!(!refused.allow);
     assert_eq!(refused.reason_codes, ["capability_invalid"]);
-    let fresh = engine.fund_intent(&agent, intent).unwrap();
+    let fresh = block_on(engine.fund_intent(&agent, intent)).unwrap();
     assert!(
         engine
             .verify_now(&agent, &request(&fresh.capability_token.unwrap()))
@@ -260,28 +262,22 @@ fn existing_files_are_narrowed_and_a_key_kept_in_the_database_moves_out() {
     );
     // The audit signing key survived the rotation: the same key signs a new export.
     assert_eq!(
-        engine.signing_keys(&agent).unwrap().keys[0].public_key_hex,
+        block_on(engine.signing_keys(&agent)).unwrap().keys[0].public_key_hex,
         signing
     );
-    let operator = engine
-        .authenticate(fx_keys.operator.expose_secret())
-        .unwrap();
-    let job = engine
-        .create_audit_export(
-            &operator,
-            &paybond_gateway::CreateAuditExportRequest::default(),
-        )
-        .unwrap()
-        .job;
-    engine
-        .build_audit_export(&fx_keys.tenant_id, job.id)
-        .unwrap();
-    let zip = engine
-        .audit_export_bundle(
-            paybond_gateway::BundleCredential::Principal(&operator),
-            job.id,
-        )
-        .unwrap();
+    let operator = block_on(engine.authenticate(fx_keys.operator.expose_secret())).unwrap();
+    let job = block_on(engine.create_audit_export(
+        &operator,
+        &paybond_gateway::CreateAuditExportRequest::default(),
+    ))
+    .unwrap()
+    .job;
+    block_on(engine.build_audit_export(&fx_keys.tenant_id, job.id)).unwrap();
+    let zip = block_on(engine.audit_export_bundle(
+        paybond_gateway::BundleCredential::Principal(&operator),
+        job.id,
+    ))
+    .unwrap();
     let report = paybond_gateway::audit::verify_bundle(&zip, Some(&signing)).unwrap();
     assert!(report.verified, "{report:?}");
 }

@@ -7,12 +7,14 @@
 
 mod common;
 
+use common::block_on;
+
 use std::io::{Read as _, Write as _};
 
 use common::Fixture;
 use ed25519_dalek::Signer as _;
 use paybond_gateway::audit::{manifest_core_bytes, verify_bundle};
-use paybond_gateway::{Clock, CreateAuditExportRequest, Engine, EngineConfig, Storage};
+use paybond_gateway::{Clock, CreateAuditExportRequest, EngineConfig, Storage};
 use paybond_middleware_core::SpendGateway;
 use paybond_middleware_core::wire::{Environment, VerifyRequest};
 use reqwest::Method;
@@ -579,6 +581,7 @@ async fn exports(fx: Fixture) {
     let other_keys = fx
         .engine
         .create_tenant("other", Environment::Sandbox)
+        .await
         .unwrap();
     let (status, _) = call(
         &base,
@@ -623,33 +626,27 @@ fn a_bundle_past_its_retention_expires_and_a_job_whose_builder_stopped_fails() {
     let mut config = EngineConfig::new(Storage::Memory);
     config.clock = clock.clone();
     let fx = Fixture::with_config(config);
-    let engine: &Engine = &fx.engine;
+    let engine = &fx.engine;
     let request = CreateAuditExportRequest {
         retention_hours: Some(1),
         ..Default::default()
     };
-    let built = engine
-        .create_audit_export(&fx.operator, &request)
+    let built = block_on(engine.create_audit_export(&fx.operator, &request))
         .unwrap()
         .job;
-    engine
-        .build_audit_export(&fx.keys.tenant_id, built.id)
-        .unwrap();
-    let abandoned = engine
-        .create_audit_export(&fx.operator, &request)
+    block_on(engine.build_audit_export(&fx.keys.tenant_id, built.id)).unwrap();
+    let abandoned = block_on(engine.create_audit_export(&fx.operator, &request))
         .unwrap()
         .job;
     assert_eq!(
-        engine
-            .audit_export(&fx.operator, built.id, false)
+        block_on(engine.audit_export(&fx.operator, built.id, false))
             .unwrap()
             .job
             .status,
         "ready"
     );
     assert_eq!(
-        engine
-            .audit_export(&fx.operator, abandoned.id, false)
+        block_on(engine.audit_export(&fx.operator, abandoned.id, false))
             .unwrap()
             .job
             .status,
@@ -658,19 +655,15 @@ fn a_bundle_past_its_retention_expires_and_a_job_whose_builder_stopped_fails() {
 
     // Its builder never reported: after two minutes the job failed, and says why.
     clock.advance_ms(121_000);
-    let job = engine
-        .audit_export(&fx.operator, abandoned.id, false)
+    let job = block_on(engine.audit_export(&fx.operator, abandoned.id, false))
         .unwrap()
         .job;
     assert_eq!(job.status, "failed");
     assert!(job.error.contains("interrupted"), "{}", job.error);
     // A late builder does not bring it back.
-    engine
-        .build_audit_export(&fx.keys.tenant_id, abandoned.id)
-        .unwrap();
+    block_on(engine.build_audit_export(&fx.keys.tenant_id, abandoned.id)).unwrap();
     assert_eq!(
-        engine
-            .audit_export(&fx.operator, abandoned.id, false)
+        block_on(engine.audit_export(&fx.operator, abandoned.id, false))
             .unwrap()
             .job
             .status,
@@ -678,48 +671,43 @@ fn a_bundle_past_its_retention_expires_and_a_job_whose_builder_stopped_fails() {
     );
 
     // A download token is shown once, and its Debug hides it.
-    let issued = engine
-        .audit_export(&fx.operator, built.id, true)
+    let issued = block_on(engine.audit_export(&fx.operator, built.id, true))
         .unwrap()
         .job;
     let shown = issued.download_token.clone().unwrap();
     assert!(!format!("{issued:?}").contains(shown.expose_secret()));
-    let bundle = engine
-        .audit_export_bundle(
-            paybond_gateway::BundleCredential::DownloadToken(shown.expose_secret()),
-            built.id,
-        )
-        .unwrap();
+    let bundle = block_on(engine.audit_export_bundle(
+        paybond_gateway::BundleCredential::DownloadToken(shown.expose_secret()),
+        built.id,
+    ))
+    .unwrap();
     // Intact by itself; verified only against the tenant's key.
     let unchecked = verify_bundle(&bundle, None).unwrap();
     assert!(unchecked.intact && !unchecked.signer_checked && !unchecked.verified);
-    let public = engine.signing_keys(&fx.operator).unwrap().keys[0]
+    let public = block_on(engine.signing_keys(&fx.operator)).unwrap().keys[0]
         .public_key_hex
         .clone();
     assert!(verify_bundle(&bundle, Some(&public)).unwrap().verified);
     // Fifteen minutes later the token no longer works.
     clock.advance_ms(15 * 60_000);
-    let refused = engine
-        .audit_export_bundle(
-            paybond_gateway::BundleCredential::DownloadToken(shown.expose_secret()),
-            built.id,
-        )
-        .unwrap_err();
+    let refused = block_on(engine.audit_export_bundle(
+        paybond_gateway::BundleCredential::DownloadToken(shown.expose_secret()),
+        built.id,
+    ))
+    .unwrap_err();
     assert_eq!(refused.status, 401);
     assert!(!refused.message.contains(shown.expose_secret()));
 
     // Past its retention the bundle is dropped.
     clock.advance_ms(3_600_000);
-    let job = engine
-        .audit_export(&fx.operator, built.id, false)
+    let job = block_on(engine.audit_export(&fx.operator, built.id, false))
         .unwrap()
         .job;
     assert_eq!(job.status, "expired");
-    let err = engine
-        .audit_export_bundle(
-            paybond_gateway::BundleCredential::Principal(&fx.operator),
-            built.id,
-        )
-        .unwrap_err();
+    let err = block_on(engine.audit_export_bundle(
+        paybond_gateway::BundleCredential::Principal(&fx.operator),
+        built.id,
+    ))
+    .unwrap_err();
     assert_eq!(err.code, "audit_export_not_ready");
 }

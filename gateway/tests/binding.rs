@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::block_on;
+
 use common::Blocking;
 
 use std::sync::Arc;
@@ -405,9 +407,7 @@ impl Setup {
     }
 
     fn reserved(&self) -> u64 {
-        self.fx
-            .engine
-            .get_intent(&self.fx.agent, self.intent)
+        block_on(self.fx.engine.get_intent(&self.fx.agent, self.intent))
             .unwrap()
             .reserved_cents
     }
@@ -445,11 +445,17 @@ async fn run_table(via: Via) {
             Prep::ApprovedOther(amount) => {
                 let held = setup.verify(&setup.request(amount)).await;
                 let id = held.approval_request_id.expect("a hold");
-                setup.fx.engine.approve(&setup.fx.operator, id).unwrap();
+                setup
+                    .fx
+                    .engine
+                    .approve(&setup.fx.operator, id)
+                    .await
+                    .unwrap();
                 approval = setup
                     .fx
                     .engine
                     .approval(&setup.fx.agent, id)
+                    .await
                     .unwrap()
                     .approval_token;
             }
@@ -527,6 +533,7 @@ async fn a_refused_binding_is_recorded_in_the_ledger_with_what_the_caller_sent()
         .fx
         .engine
         .ledger_events(&setup.fx.operator, 0, 1000)
+        .await
         .unwrap();
     let deny = events.iter().find(|e| e.event == "decision.deny").unwrap();
     assert_eq!(deny.payload["tool"], BOOK);
@@ -588,12 +595,14 @@ async fn complete_settles_at_most_the_reservation_and_finalizes_once() {
         .fx
         .engine
         .get_intent(&setup.fx.agent, setup.intent)
+        .await
         .unwrap();
     assert_eq!((view.consumed_cents, view.reserved_cents), (10_000, 0));
     let events = setup
         .fx
         .engine
         .ledger_events(&setup.fx.operator, 0, 1000)
+        .await
         .unwrap();
     let consumed: Vec<_> = events
         .iter()

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::block_on;
+
 use common::Blocking;
 
 use common::{BOOK, Fixture};
@@ -109,21 +111,19 @@ fn capability_operation_and_policy_checks() {
         ["tool_operation_mismatch"]
     );
     // An operation the token allows but no tool of a default-deny policy has.
-    let teleport = fx
-        .engine
-        .create_intent(
-            &fx.agent,
-            &paybond_gateway::CreateIntentRequest {
-                allowed_tools: vec!["travel.teleport".to_owned()],
-                budget_cents: 1_000,
-                currency: None,
-                deadline_seconds: None,
-                evidence_schema: None,
-                metadata: None,
-                idempotency_key: None,
-            },
-        )
-        .unwrap();
+    let teleport = block_on(fx.engine.create_intent(
+        &fx.agent,
+        &paybond_gateway::CreateIntentRequest {
+            allowed_tools: vec!["travel.teleport".to_owned()],
+            budget_cents: 1_000,
+            currency: None,
+            deadline_seconds: None,
+            evidence_schema: None,
+            metadata: None,
+            idempotency_key: None,
+        },
+    ))
+    .unwrap();
     let mut not_in_policy = c.req(100);
     not_in_policy.intent_id = teleport.intent_id;
     not_in_policy.token = teleport.capability_token.unwrap();
@@ -269,36 +269,34 @@ fn approval_tokens_are_single_use_bound_and_short_lived() {
         60_000,
     );
     let second_operator = {
-        let keys = fx.engine.rotate_keys(&fx.keys.tenant_id);
+        let keys = block_on(fx.engine.rotate_keys(&fx.keys.tenant_id));
         // Rotation revokes the fixture's keys; use the new ones from here on.
         keys.unwrap()
     };
-    let agent = fx
-        .engine
-        .authenticate(second_operator.agent.expose_secret())
-        .unwrap();
-    let op1 = fx
-        .engine
-        .authenticate(second_operator.operator.expose_secret())
-        .unwrap();
-    let admin = fx
-        .engine
-        .authenticate(second_operator.tenant_admin.expose_secret())
-        .unwrap();
-    let issued = fx
-        .engine
-        .issue_api_key(
-            &admin,
-            &paybond_gateway::IssueKeyRequest {
-                role: "operator".to_owned(),
-                subject: Some("second-operator".to_owned()),
-            },
-        )
-        .unwrap();
-    let op2 = fx
-        .engine
-        .authenticate(issued.api_key.expose_secret())
-        .unwrap();
+    let agent = block_on(
+        fx.engine
+            .authenticate(second_operator.agent.expose_secret()),
+    )
+    .unwrap();
+    let op1 = block_on(
+        fx.engine
+            .authenticate(second_operator.operator.expose_secret()),
+    )
+    .unwrap();
+    let admin = block_on(
+        fx.engine
+            .authenticate(second_operator.tenant_admin.expose_secret()),
+    )
+    .unwrap();
+    let issued = block_on(fx.engine.issue_api_key(
+        &admin,
+        &paybond_gateway::IssueKeyRequest {
+            role: "operator".to_owned(),
+            subject: Some("second-operator".to_owned()),
+        },
+    ))
+    .unwrap();
+    let op2 = block_on(fx.engine.authenticate(issued.api_key.expose_secret())).unwrap();
     let verify = |req: &VerifyRequest| fx.engine.verify_now(&agent, req).unwrap();
     let c = Call {
         fx: &fx,
@@ -310,45 +308,41 @@ fn approval_tokens_are_single_use_bound_and_short_lived() {
     assert!(held.approval_required);
     let id = held.approval_request_id.unwrap();
     // An agent can never approve, nor can a tenant admin (operators approve).
-    let err = fx.engine.approve(&agent, id).unwrap_err();
+    let err = block_on(fx.engine.approve(&agent, id)).unwrap_err();
     assert_eq!((err.status, err.code), (403, "forbidden_role"));
-    let err = fx.engine.approve(&admin, id).unwrap_err();
+    let err = block_on(fx.engine.approve(&admin, id)).unwrap_err();
     assert_eq!((err.status, err.code), (403, "forbidden_role"));
     // Quorum 2: one approval is not enough; the same operator twice is a 409 and
     // still counts once.
-    let s = fx.engine.approve(&op1, id).unwrap();
+    let s = block_on(fx.engine.approve(&op1, id)).unwrap();
     assert_eq!(
         (s.state, s.approvals, s.quorum),
         (ApprovalState::Pending, 1, 2)
     );
-    let err = fx.engine.approve(&op1, id).unwrap_err();
+    let err = block_on(fx.engine.approve(&op1, id)).unwrap_err();
     assert_eq!((err.status, err.code), (409, "approval_already_given"));
-    assert_eq!(fx.engine.approval(&op1, id).unwrap().approvals, 1);
-    let s = fx.engine.approve(&op2, id).unwrap();
+    assert_eq!(block_on(fx.engine.approval(&op1, id)).unwrap().approvals, 1);
+    let s = block_on(fx.engine.approve(&op2, id)).unwrap();
     assert_eq!(s.state, ApprovalState::Approved);
     // Operators never see the token; the held agent reads it once.
     assert!(s.approval_token.is_none());
     assert!(
-        fx.engine
-            .approval(&op1, id)
+        block_on(fx.engine.approval(&op1, id))
             .unwrap()
             .approval_token
             .is_none()
     );
-    let approval: ApprovalToken = fx
-        .engine
-        .approval(&agent, id)
+    let approval: ApprovalToken = block_on(fx.engine.approval(&agent, id))
         .unwrap()
         .approval_token
         .unwrap();
     assert!(
-        fx.engine
-            .approval(&agent, id)
+        block_on(fx.engine.approval(&agent, id))
             .unwrap()
             .approval_token
             .is_none()
     );
-    let err = fx.engine.deny_approval(&op1, id).unwrap_err();
+    let err = block_on(fx.engine.deny_approval(&op1, id)).unwrap_err();
     assert_eq!((err.status, err.code), (409, "approval_already_decided"));
 
     let mut retry = c.req(5_000);
@@ -368,11 +362,9 @@ fn approval_tokens_are_single_use_bound_and_short_lived() {
     let held = verify(&c.req(5_000));
     let id2 = held.approval_request_id.unwrap();
     assert_ne!(id2, id);
-    fx.engine.approve(&op1, id2).unwrap();
-    fx.engine.approve(&op2, id2).unwrap();
-    let token2 = fx
-        .engine
-        .approval(&agent, id2)
+    block_on(fx.engine.approve(&op1, id2)).unwrap();
+    block_on(fx.engine.approve(&op2, id2)).unwrap();
+    let token2 = block_on(fx.engine.approval(&agent, id2))
         .unwrap()
         .approval_token
         .unwrap();
@@ -383,17 +375,15 @@ fn approval_tokens_are_single_use_bound_and_short_lived() {
     // A pending request nobody decides expires.
     let held = verify(&c.req(7_000));
     clock.advance_ms(601_000);
-    let s = fx
-        .engine
-        .approval(&agent, held.approval_request_id.unwrap())
-        .unwrap();
+    let s = block_on(
+        fx.engine
+            .approval(&agent, held.approval_request_id.unwrap()),
+    )
+    .unwrap();
     assert_eq!(s.state, ApprovalState::Expired);
-    let err = fx
-        .engine
-        .approve(&op1, held.approval_request_id.unwrap())
-        .unwrap_err();
+    let err = block_on(fx.engine.approve(&op1, held.approval_request_id.unwrap())).unwrap_err();
     assert_eq!(err.code, "approval_expired");
-    assert_eq!(fx.engine.sweep().unwrap().approvals_expired, 1);
+    assert_eq!(block_on(fx.engine.sweep()).unwrap().approvals_expired, 1);
 }
 
 #[test]
@@ -425,15 +415,15 @@ fn reservations_expire_and_return_their_amount() {
         .unwrap_err();
     assert_eq!((late.status, late.code), (409, "reservation_expired"));
     // Reads leave the lapsed reservation out before the sweep has expired it...
-    let view = fx.engine.get_intent(&fx.agent, intent).unwrap();
+    let view = block_on(fx.engine.get_intent(&fx.agent, intent)).unwrap();
     assert_eq!((view.reserved_cents, view.consumed_cents), (20_000, 0));
     assert_eq!(view.open_reservations, 1);
     // ...and the sweep puts its expiry on the ledger, once.
-    assert_eq!(fx.engine.sweep().unwrap().reservations_expired, 1);
-    assert_eq!(fx.engine.sweep().unwrap().reservations_expired, 0);
-    let view = fx.engine.get_intent(&fx.agent, intent).unwrap();
+    assert_eq!(block_on(fx.engine.sweep()).unwrap().reservations_expired, 1);
+    assert_eq!(block_on(fx.engine.sweep()).unwrap().reservations_expired, 0);
+    let view = block_on(fx.engine.get_intent(&fx.agent, intent)).unwrap();
     assert_eq!((view.reserved_cents, view.consumed_cents), (20_000, 0));
-    let events = fx.engine.ledger_events(&fx.operator, 0, 1000).unwrap();
+    let events = block_on(fx.engine.ledger_events(&fx.operator, 0, 1000)).unwrap();
     assert_eq!(
         events
             .iter()
@@ -441,7 +431,7 @@ fn reservations_expire_and_return_their_amount() {
             .count(),
         1
     );
-    assert!(fx.engine.verify_ledger().unwrap().valid);
+    assert!(block_on(fx.engine.verify_ledger()).unwrap().valid);
 }
 
 #[test]
@@ -496,13 +486,17 @@ fn intents_close_at_their_deadline() {
     assert!(!failed.predicate_passed);
 
     clock.advance_ms(24 * 3_600_000);
-    assert_eq!(fx.engine.sweep().unwrap().intents_closed, 2);
+    assert_eq!(block_on(fx.engine.sweep()).unwrap().intents_closed, 2);
     assert_eq!(
-        fx.engine.get_intent(&fx.agent, intent).unwrap().state,
+        block_on(fx.engine.get_intent(&fx.agent, intent))
+            .unwrap()
+            .state,
         LifecycleStatus::Refunded
     );
     assert_eq!(
-        fx.engine.get_intent(&fx.agent, evidenced).unwrap().state,
+        block_on(fx.engine.get_intent(&fx.agent, evidenced))
+            .unwrap()
+            .state,
         LifecycleStatus::Released
     );
 }
@@ -510,14 +504,11 @@ fn intents_close_at_their_deadline() {
 #[test]
 fn publishing_refuses_widening_overlays_and_org_bases_are_per_tenant() {
     let fx = Fixture::new();
-    let before = fx.engine.effective_policy(&fx.agent).unwrap();
+    let before = block_on(fx.engine.effective_policy(&fx.agent)).unwrap();
     // An overlay raising the org budget is refused whole, with the merge's code and path.
     let widening = paybond_policies::bundled::TENANT_OVERLAY
         .replace("max_spend_usd: 600", "max_spend_usd: 5000");
-    let err = fx
-        .engine
-        .publish_tenant_policy(&fx.admin, &widening)
-        .unwrap_err();
+    let err = block_on(fx.engine.publish_tenant_policy(&fx.admin, &widening)).unwrap_err();
     assert_eq!((err.status, err.code), (422, "policy_invalid"));
     assert!(
         err.message.contains("policy.cannot_raise_budget_cap"),
@@ -530,44 +521,42 @@ fn publishing_refuses_widening_overlays_and_org_bases_are_per_tenant() {
         "{}",
         err.message
     );
-    assert_eq!(fx.engine.effective_policy(&fx.agent).unwrap(), before);
+    assert_eq!(
+        block_on(fx.engine.effective_policy(&fx.agent)).unwrap(),
+        before
+    );
     // Only a tenant admin publishes.
-    let err = fx
-        .engine
-        .publish_tenant_policy(&fx.operator, paybond_policies::bundled::TENANT_OVERLAY)
-        .unwrap_err();
+    let err = block_on(
+        fx.engine
+            .publish_tenant_policy(&fx.operator, paybond_policies::bundled::TENANT_OVERLAY),
+    )
+    .unwrap_err();
     assert_eq!(err.status, 403);
 
     // Another tenant publishing an org base of the same id changes nothing here.
-    let other = fx
-        .engine
-        .create_tenant("other", paybond_middleware_core::wire::Environment::Sandbox)
-        .unwrap();
-    let other_admin = fx
-        .engine
-        .authenticate(other.tenant_admin.expose_secret())
-        .unwrap();
+    let other = block_on(
+        fx.engine
+            .create_tenant("other", paybond_middleware_core::wire::Environment::Sandbox),
+    )
+    .unwrap();
+    let other_admin = block_on(fx.engine.authenticate(other.tenant_admin.expose_secret())).unwrap();
     let loose =
         paybond_policies::bundled::ORG_BASE.replace("max_spend_usd: 1000", "max_spend_usd: 100000");
-    fx.engine
-        .publish_org_policy(&other_admin, "paybond-travel-org", &loose)
-        .unwrap();
+    block_on(
+        fx.engine
+            .publish_org_policy(&other_admin, "paybond-travel-org", &loose),
+    )
+    .unwrap();
     let raised = paybond_policies::bundled::TENANT_OVERLAY
         .replace("max_spend_usd: 600", "max_spend_usd: 5000");
-    let err = fx
-        .engine
-        .publish_tenant_policy(&fx.admin, &raised)
-        .unwrap_err();
+    let err = block_on(fx.engine.publish_tenant_policy(&fx.admin, &raised)).unwrap_err();
     assert!(
         err.message.contains("policy.cannot_raise_budget_cap"),
         "{}",
         err.message
     );
     // The other tenant's own overlay does resolve against its own base.
-    let eff = fx
-        .engine
-        .publish_tenant_policy(&other_admin, &raised)
-        .unwrap();
+    let eff = block_on(fx.engine.publish_tenant_policy(&other_admin, &raised)).unwrap();
     assert_eq!(
         eff.policy.intent.unwrap().budget.unwrap().max_spend_usd,
         Some(5000.0)
@@ -631,22 +620,21 @@ fn rolling_cap_counters_on(config: EngineConfig) {
     assert!(fill.allow, "{fill:?}");
     assert_eq!(c.codes(1), ["daily_tenant_cap_exceeded"]);
     // The sweep expires it; it is not taken off a second time.
-    assert_eq!(fx.engine.sweep().unwrap().reservations_expired, 1);
+    assert_eq!(block_on(fx.engine.sweep()).unwrap().reservations_expired, 1);
     assert_eq!(c.codes(1), ["daily_tenant_cap_exceeded"]);
     complete(fill.decision_id.unwrap(), Finalization::Released, None);
     // A vendor cap published now counts what this vendor spent today already.
     let with_vendor_cap = policy(
         "  caps:\n    - {scope: tenant, window: day, limit_cents: 10000, timezone: UTC}\n    - {scope: vendor, key: vendor_acme, window: day, limit_cents: 3000, timezone: UTC}\n",
     );
-    fx.engine
-        .publish_tenant_policy_text(
-            &fx.keys.tenant_id,
-            &PolicyFile {
-                text: with_vendor_cap,
-                file: "test.yaml".to_owned(),
-            },
-        )
-        .unwrap();
+    block_on(fx.engine.publish_tenant_policy_text(
+        &fx.keys.tenant_id,
+        &PolicyFile {
+            text: with_vendor_cap,
+            file: "test.yaml".to_owned(),
+        },
+    ))
+    .unwrap();
     assert_eq!(c.codes(1_001), ["daily_vendor_cap_exceeded"]);
     let last = c.verify(&c.req(1_000));
     assert!(last.allow, "{last:?}");

@@ -79,6 +79,7 @@ async fn a_local_entry_cannot_make_a_paid_tool_read_only() {
     let view = fx
         .engine
         .get_intent(&fx.agent, intent.intent_id)
+        .await
         .expect("the intent");
     assert_eq!(view.consumed_cents, 12_000);
 }
@@ -108,6 +109,7 @@ async fn an_explicit_override_replaces_the_gateways_entry() {
     assert_eq!(
         fx.engine
             .get_intent(&fx.agent, intent)
+            .await
             .unwrap()
             .consumed_cents,
         0
@@ -173,6 +175,7 @@ async fn the_effective_policy_and_an_intent_over_http() {
     assert_eq!(
         fx.engine
             .get_intent(&fx.agent, intent.intent_id)
+            .await
             .unwrap()
             .consumed_cents,
         9_000

@@ -48,13 +48,17 @@ async fn a_compensated_step_is_a_ledger_event_linked_to_its_decision() {
         (Some(decision), CompensationOutcome::Compensated)
     );
     let seq = entry.ledger_seq.unwrap();
-    let events = fx.engine.ledger_events(&fx.operator, seq - 1, 1).unwrap();
+    let events = fx
+        .engine
+        .ledger_events(&fx.operator, seq - 1, 1)
+        .await
+        .unwrap();
     assert_eq!(events[0].event, "compensation");
     assert_eq!(events[0].payload["decision_id"], decision.to_string());
     assert_eq!(events[0].payload["outcome"], "compensated");
     assert_eq!(events[0].payload["workflow"], "trip");
     assert_eq!(events[0].payload["tool_call_id"], "book-1");
-    assert!(fx.engine.verify_ledger().unwrap().valid);
+    assert!(fx.engine.verify_ledger().await.unwrap().valid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,6 +135,7 @@ async fn only_an_allowed_decision_of_the_tenant_is_compensated() {
     let other = fx
         .engine
         .create_tenant("other", paybond_middleware_core::wire::Environment::Sandbox)
+        .await
         .unwrap();
     let (status, _) = common::call(
         &base,

@@ -212,7 +212,7 @@ async fn load(mixed: bool) {
     assert!(denies > 0 && allows > 0, "{allows} allows, {denies} denies");
     assert!(checks.load(Ordering::SeqCst) > 0);
     // The intent's running totals (what verify checks) agree with its reservations.
-    let view = fx.engine.get_intent(&fx.agent, intent).unwrap();
+    let view = fx.engine.get_intent(&fx.agent, intent).await.unwrap();
     let (consumed, open): (u64, u64) = db
         .query_row(
             "SELECT COALESCE(SUM(CASE WHEN state = 'consumed' THEN actual_cents END), 0),
@@ -224,5 +224,5 @@ async fn load(mixed: bool) {
         .unwrap();
     assert_eq!((view.consumed_cents, view.reserved_cents), (consumed, open));
     assert!(view.open_reservations > 0);
-    assert!(fx.engine.verify_ledger().unwrap().valid);
+    assert!(fx.engine.verify_ledger().await.unwrap().valid);
 }

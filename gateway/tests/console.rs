@@ -251,7 +251,11 @@ async fn sign_in_keeps_the_key_on_the_server_and_every_change_needs_the_csrf_tok
     let resp = app.clone().oneshot(cross).await.unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert_eq!(
-        fx.engine.approval(&fx.operator, approval).unwrap().state,
+        fx.engine
+            .approval(&fx.operator, approval)
+            .await
+            .unwrap()
+            .state,
         ApprovalState::Pending
     );
 
@@ -267,7 +271,11 @@ async fn sign_in_keeps_the_key_on_the_server_and_every_change_needs_the_csrf_tok
     assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
     assert!(location(&a).starts_with("/console/approvals?done="));
     assert_eq!(
-        fx.engine.approval(&fx.operator, approval).unwrap().state,
+        fx.engine
+            .approval(&fx.operator, approval)
+            .await
+            .unwrap()
+            .state,
         ApprovalState::Approved
     );
     let page = send(&app, "GET", "/console/approvals", Some(&cookie), None).await;
@@ -312,7 +320,11 @@ async fn an_agent_key_sees_the_queue_but_cannot_approve() {
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
     assert!(a.body.contains("forbidden_role"), "{}", a.body);
     assert_eq!(
-        fx.engine.approval(&fx.operator, approval).unwrap().state,
+        fx.engine
+            .approval(&fx.operator, approval)
+            .await
+            .unwrap()
+            .state,
         ApprovalState::Pending
     );
     // The ledger is for operators.
@@ -328,6 +340,7 @@ async fn the_pages_show_intents_decisions_with_their_checks_the_ledger_and_the_p
     let intent = fx
         .engine
         .operator_intents(&fx.operator, &Default::default())
+        .await
         .unwrap()
         .intents[0]
         .intent_id;

@@ -122,7 +122,7 @@ async fn an_operator_approves_a_live_hold_in_the_browser_and_an_agent_cannot() {
             .is_empty()
     );
     browser.screenshot("04-approved.png").await;
-    let status = fx.engine.approval(&fx.agent, approval).unwrap();
+    let status = fx.engine.approval(&fx.agent, approval).await.unwrap();
     assert_eq!(status.state, ApprovalState::Approved);
     let retry = agent_verify(&fx, verify_request(intent, &token, status.approval_token)).await;
     assert!(retry.allow, "{retry:?}");
@@ -182,7 +182,11 @@ async fn an_operator_approves_a_live_hold_in_the_browser_and_an_agent_cannot() {
         .await;
     assert_eq!(forced, 403);
     assert_eq!(
-        fx.engine.approval(&fx.operator, approval).unwrap().state,
+        fx.engine
+            .approval(&fx.operator, approval)
+            .await
+            .unwrap()
+            .state,
         ApprovalState::Pending
     );
     browser.raw("DELETE", "", None).await;
@@ -215,7 +219,10 @@ async fn an_operator_reads_spend_finds_decisions_and_runs_what_if_in_the_browser
     // ledger, and its pending approvals.
     let today = (START_MS + 2 * DAY_MS).div_euclid(DAY_MS) * DAY_MS;
     let now = engine.clock().now_ms();
-    let events = engine.ledger_events(&run.fx.operator, 0, 1000).unwrap();
+    let events = engine
+        .ledger_events(&run.fx.operator, 0, 1000)
+        .await
+        .unwrap();
     let spent: u64 = events
         .iter()
         .filter(|e| e.event == "reservation.consumed" && e.at_ms >= today)
@@ -233,7 +240,7 @@ async fn an_operator_reads_spend_finds_decisions_and_runs_what_if_in_the_browser
     );
     assert_eq!(
         browser.text("#pending-approvals").await,
-        engine.pending_approvals().unwrap().to_string()
+        engine.pending_approvals().await.unwrap().to_string()
     );
     for chart in ["spend-per-day", "spend-per-hour", "decisions-per-minute"] {
         let label = browser
@@ -292,6 +299,7 @@ async fn an_operator_reads_spend_finds_decisions_and_runs_what_if_in_the_browser
             },
             50,
         )
+        .await
         .unwrap();
     assert_eq!(
         browser
@@ -339,6 +347,7 @@ async fn an_operator_reads_spend_finds_decisions_and_runs_what_if_in_the_browser
             None,
             None,
         )
+        .await
         .unwrap();
     assert!(!expected.changes.is_empty());
     browser.goto(&format!("{base}/console/what-if")).await;
@@ -401,6 +410,7 @@ async fn an_operator_reads_spend_finds_decisions_and_runs_what_if_in_the_browser
     assert_eq!(
         engine
             .approval(&run.fx.operator, run.pending)
+            .await
             .unwrap()
             .state,
         ApprovalState::Pending
@@ -413,6 +423,7 @@ async fn an_operator_reads_spend_finds_decisions_and_runs_what_if_in_the_browser
     assert_eq!(
         engine
             .approval(&run.fx.operator, run.pending)
+            .await
             .unwrap()
             .state,
         ApprovalState::Approved
@@ -432,7 +443,7 @@ async fn an_operator_reads_spend_finds_decisions_and_runs_what_if_in_the_browser
     browser.press("d").await;
     browser.wait_text(".flash", |t| t.contains("denied")).await;
     assert_eq!(
-        engine.approval(&run.fx.operator, held).unwrap().state,
+        engine.approval(&run.fx.operator, held).await.unwrap().state,
         ApprovalState::Denied
     );
 

@@ -143,6 +143,7 @@ async fn check_views(run: Activity) {
     // The engine's own total: what its intents consumed.
     let intents = engine
         .operator_intents(&run.fx.operator, &Default::default())
+        .await
         .unwrap();
     let consumed: u64 = intents.intents.iter().map(|i| i.consumed_cents).sum();
     assert_eq!(charted_total, consumed);
@@ -199,12 +200,13 @@ async fn check_views(run: Activity) {
     assert!(page.contains("<td class=\"mono\">ops-two</td><td class=\"num\">1</td>"));
 
     // ---- decision search ----
-    let all = |f: DecisionFilter| {
+    let all = async |f: DecisionFilter| {
         let mut rows = Vec::new();
         let mut filter = f;
         loop {
             let page = engine
                 .search_decisions(&run.fx.operator, &filter, 50)
+                .await
                 .unwrap();
             rows.extend(page.rows);
             match page.next {
@@ -216,7 +218,7 @@ async fn check_views(run: Activity) {
             }
         }
     };
-    let every = all(DecisionFilter::default());
+    let every = all(DecisionFilter::default()).await;
     let made: u64 = run.outcomes.values().sum();
     assert_eq!(every.len() as u64, made);
     assert!(
@@ -228,7 +230,8 @@ async fn check_views(run: Activity) {
         let found = all(DecisionFilter {
             outcome: Some(outcome.to_owned()),
             ..Default::default()
-        });
+        })
+        .await;
         assert_eq!(found.len() as u64, run.outcomes[outcome], "{outcome}");
     }
     let shop_small = all(DecisionFilter {
@@ -236,12 +239,14 @@ async fn check_views(run: Activity) {
         agent: Some("beta".to_owned()),
         max_cents: Some(100),
         ..Default::default()
-    });
+    })
+    .await;
     assert_eq!(shop_small.len(), 60);
     let over_cap = all(DecisionFilter {
         reason: Some("tool_cap_exceeded".to_owned()),
         ..Default::default()
-    });
+    })
+    .await;
     assert!(!over_cap.is_empty());
     assert!(
         over_cap.iter().all(|d| d.amount_cents.unwrap() > 5000),
@@ -250,7 +255,8 @@ async fn check_views(run: Activity) {
     let today_only = all(DecisionFilter {
         from_ms: Some(today),
         ..Default::default()
-    });
+    })
+    .await;
     assert_eq!(today_only.len(), 6);
 
     // The page: 50 newest, then the next page, over HTTP.
@@ -376,7 +382,7 @@ async fn check_views(run: Activity) {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // ---- what-if: the same fold as `paybond policy replay` ----
-    let tip_before = engine.ledger_tip(&run.fx.operator).unwrap();
+    let tip_before = engine.ledger_tip(&run.fx.operator).await.unwrap();
     let (_, form) = send(&app, "GET", "/console/what-if", &cookie, None).await;
     let token = csrf(&form);
     let strict = stricter_policy();
@@ -390,6 +396,7 @@ async fn check_views(run: Activity) {
             None,
             None,
         )
+        .await
         .unwrap();
     // The larger shop.buy allows (15, 12, 18 and 18 USD) and the 30 USD hold
     // become denies.
@@ -440,7 +447,7 @@ async fn check_views(run: Activity) {
     }
     // Only read: the ledger is as it was.
     assert_eq!(
-        engine.ledger_tip(&run.fx.operator).unwrap(),
+        engine.ledger_tip(&run.fx.operator).await.unwrap(),
         tip_before,
         "what-if wrote to the store"
     );

@@ -283,7 +283,7 @@ async fn embedded_on(fx: Fixture) {
         let engine = engine.clone();
         let operator = operator.clone();
         Box::pin(async move {
-            engine.approve(&operator, id).unwrap();
+            engine.approve(&operator, id).await.unwrap();
         })
     });
     suite(
@@ -294,8 +294,8 @@ async fn embedded_on(fx: Fixture) {
         approve,
     )
     .await;
-    assert_eq!(fx.engine.open_reservations().unwrap(), 0);
-    assert!(fx.engine.verify_ledger().unwrap().valid);
+    assert_eq!(fx.engine.open_reservations().await.unwrap(), 0);
+    assert!(fx.engine.verify_ledger().await.unwrap().valid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,6 +335,6 @@ async fn over_http_on(fx: Fixture) {
         approve,
     )
     .await;
-    assert_eq!(fx.engine.open_reservations().unwrap(), 0);
-    assert!(fx.engine.verify_ledger().unwrap().valid);
+    assert_eq!(fx.engine.open_reservations().await.unwrap(), 0);
+    assert!(fx.engine.verify_ledger().await.unwrap().valid);
 }

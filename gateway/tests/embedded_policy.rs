@@ -44,7 +44,7 @@ async fn a_data_directory_keeps_its_tenant_and_takes_the_policy_given_now() {
     let again = EmbeddedGateway::with_policy(shop(7_000), Some(&dir.path().join("data"))).unwrap();
     assert_eq!(again.principal().await.unwrap().tenant_id, tenant);
     assert_eq!(per_call_cap(&again).await, Some(7_000));
-    assert!(again.engine().verify_ledger().unwrap().valid);
+    assert!(again.engine().verify_ledger().await.unwrap().valid);
 }
 
 #[tokio::test]
@@ -63,7 +63,10 @@ async fn a_policy_that_does_not_check_is_refused_with_its_problems() {
 #[tokio::test]
 async fn only_a_gateway_holding_the_operator_key_approves() {
     let engine = Arc::new(Engine::in_memory().unwrap());
-    let keys = engine.create_tenant("t", Environment::Sandbox).unwrap();
+    let keys = engine
+        .create_tenant("t", Environment::Sandbox)
+        .await
+        .unwrap();
     let agent_only = EmbeddedGateway::new(engine, &keys.agent).unwrap();
     match agent_only.approve(uuid::Uuid::new_v4()).await {
         Err(GatewayError::Rejected { status, code, .. }) => {

@@ -435,7 +435,7 @@ async fn a_reservation_of_an_intent_past_its_deadline_can_be_released_never_cons
         "{answer}"
     );
     // After the sweep refunded the intent, too.
-    let report = fx.engine.sweep().unwrap();
+    let report = fx.engine.sweep().await.unwrap();
     assert_eq!(report.intents_closed, 1);
     let path = format!("/v1/spend/decisions/{}/complete", decisions[1]);
     let (status, answer) = call(&base, Method::POST, &path, Some(agent), Some(&consume)).await;

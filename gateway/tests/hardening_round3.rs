@@ -645,7 +645,7 @@ async fn the_console_queue_pages_newest_first_counts_every_hold_and_filters() {
     let mut flood = Vec::new();
     for i in 0..12 {
         let key = issue_key(&base, &fx, "agent", Some(&format!("flood-{i}"))).await;
-        flood.push(fx.engine.authenticate(&key).unwrap());
+        flood.push(fx.engine.authenticate(&key).await.unwrap());
     }
     let mut opened = Vec::new();
     for n in 0..241_u64 {
@@ -799,7 +799,11 @@ async fn approve_and_deny_buttons_show_only_for_roles_that_may_use_them() {
         );
     }
     assert_eq!(
-        fx.engine.approval(&fx.operator, approval).unwrap().state,
+        fx.engine
+            .approval(&fx.operator, approval)
+            .await
+            .unwrap()
+            .state,
         paybond_middleware_core::wire::ApprovalState::Pending
     );
 }
@@ -850,7 +854,11 @@ async fn console_posts_from_a_null_or_cross_site_origin_are_refused() {
     let refused = console.post(&path, &format!("csrf={csrf}"), "null").await;
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert_eq!(
-        fx.engine.approval(&fx.operator, approval).unwrap().state,
+        fx.engine
+            .approval(&fx.operator, approval)
+            .await
+            .unwrap()
+            .state,
         paybond_middleware_core::wire::ApprovalState::Pending
     );
     let done = console.post(&path, &format!("csrf={csrf}"), &base).await;

@@ -61,6 +61,7 @@ async fn a_long_lived_run_picks_up_a_new_policy_between_calls() {
     let published = fx
         .engine
         .publish_tenant_policy_text(&fx.keys.tenant_id, &overlay_with_pattern())
+        .await
         .unwrap();
     assert_ne!(published.digest, d1);
     let start = std::time::Instant::now();

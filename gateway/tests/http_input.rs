@@ -26,12 +26,17 @@ async fn every_bad_request_gets_its_4xx_and_code() {
     let other = fx
         .engine
         .create_tenant("other", paybond_middleware_core::wire::Environment::Sandbox)
+        .await
         .unwrap();
     let base = common::serve(fx.engine.clone()).await;
     let agent = fx.keys.agent.expose_secret();
     let (intent, token) = fx.intent(60_000);
     let (other_intent, other_token) = {
-        let p = fx.engine.authenticate(other.agent.expose_secret()).unwrap();
+        let p = fx
+            .engine
+            .authenticate(other.agent.expose_secret())
+            .await
+            .unwrap();
         let r = fx
             .engine
             .bootstrap_sandbox(
@@ -45,6 +50,7 @@ async fn every_bad_request_gets_its_4xx_and_code() {
                     idempotency_key: None,
                 },
             )
+            .await
             .unwrap();
         (r.intent_id, r.capability_token)
     };

@@ -100,7 +100,7 @@ async fn concurrent_copies_of_a_key_decide_once(config: EngineConfig) {
     }
     let ids: std::collections::HashSet<_> = decided.values().map(|a| a.decision_id).collect();
     assert_eq!(ids.len(), 40);
-    let view = fx.engine.get_intent(&fx.agent, intent).unwrap();
+    let view = fx.engine.get_intent(&fx.agent, intent).await.unwrap();
     assert_eq!(view.reserved_cents, (0..40).map(|k| 100 + k).sum::<u64>());
 }
 

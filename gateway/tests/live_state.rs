@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::block_on;
+
 use common::Blocking;
 
 use std::sync::Arc;
@@ -72,7 +74,7 @@ fn a_second_engine_on_the_same_file_is_seen_before_the_next_decision() {
     assert!(r.allow, "{r:?}");
 
     // Both ledgers' tips are the file's: the chain the two wrote is one.
-    assert!(f.engine.verify_ledger().unwrap().valid);
+    assert!(block_on(f.engine.verify_ledger()).unwrap().valid);
 }
 
 #[test]
@@ -110,11 +112,9 @@ fn two_engines_deciding_at_once_on_one_file_never_overspend() {
     });
     assert!(allowed <= BUDGET, "{allowed} cents allowed of {BUDGET}");
     // Every cent the two allowed is reserved in the file, and nothing else.
-    let reserved = f
-        .engine
-        .get_intent(&f.agent, intent)
+    let reserved = block_on(f.engine.get_intent(&f.agent, intent))
         .unwrap()
         .reserved_cents;
     assert_eq!(reserved, allowed);
-    assert!(f.engine.verify_ledger().unwrap().valid);
+    assert!(block_on(f.engine.verify_ledger()).unwrap().valid);
 }

@@ -82,6 +82,7 @@ async fn a_tool_the_policy_does_not_know_is_refused_at_bind() {
                 idempotency_key: None,
             },
         )
+        .await
         .unwrap();
     let boot = (intent.intent_id, intent.capability_token.unwrap());
     let builder = || {

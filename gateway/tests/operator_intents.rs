@@ -196,6 +196,7 @@ async fn operator_views(fx: Fixture) {
     let other = fx
         .engine
         .create_tenant("other", Environment::Sandbox)
+        .await
         .unwrap();
     let (status, _) = get(
         &base,

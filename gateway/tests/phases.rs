@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::block_on;
+
 use common::Blocking;
 
 use std::sync::Arc;
@@ -60,19 +62,17 @@ fn the_gateway_denies_a_paid_call_before_the_payment_phase() {
     }
     // Preflight says the same, with the check and its inputs.
     let req = request(&fx, Some(Phase::Decide));
-    let why = fx
-        .engine
-        .preflight(
-            &fx.agent,
-            &PreflightRequest {
-                intent_id: req.intent_id,
-                operation: BOOK.into(),
-                requested_spend_cents: 1_000,
-                phase: Some(Phase::Decide),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let why = block_on(fx.engine.preflight(
+        &fx.agent,
+        &PreflightRequest {
+            intent_id: req.intent_id,
+            operation: BOOK.into(),
+            requested_spend_cents: 1_000,
+            phase: Some(Phase::Decide),
+            ..Default::default()
+        },
+    ))
+    .unwrap();
     assert_eq!(why.outcome, "deny");
     let check = why
         .checks

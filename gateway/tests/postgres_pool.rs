@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::block_on;
+
 use std::time::{Duration, Instant};
 
 use common::Fixture;
@@ -73,7 +75,7 @@ fn the_pool_replaces_connections_the_server_closed() {
                 metadata: None,
                 idempotency_key: None,
             };
-            let _ = send.send(engine.bootstrap_sandbox(&agent, &request).is_ok());
+            let _ = send.send(block_on(engine.bootstrap_sandbox(&agent, &request)).is_ok());
         });
         let succeeded = receive
             .recv_timeout(Duration::from_secs(10))
@@ -241,10 +243,12 @@ async fn a_policy_published_on_one_replica_decides_the_next_verify_on_another() 
             paybond_gateway::Engine::open(EngineConfig::new(Storage::Postgres(url))).unwrap(),
         );
         let tenant = fixture.agent.tenant_id.clone();
-        fixture
-            .engine
-            .publish_tenant_policy_text(&tenant, &PolicyFile::bundled_tenant_overlay())
-            .unwrap();
+        block_on(
+            fixture
+                .engine
+                .publish_tenant_policy_text(&tenant, &PolicyFile::bundled_tenant_overlay()),
+        )
+        .unwrap();
         let (intent, token) = fixture.intent(60_000);
         (fixture, other, intent, token)
     })
@@ -252,6 +256,7 @@ async fn a_policy_published_on_one_replica_decides_the_next_verify_on_another() 
     .unwrap();
     let agent = other
         .authenticate(fixture.keys.agent.expose_secret())
+        .await
         .unwrap();
     let verify = |cents| other.verify(agent.clone(), common::verify_request(intent, &token, cents));
 
@@ -268,11 +273,10 @@ async fn a_policy_published_on_one_replica_decides_the_next_verify_on_another() 
     );
     let tenant = fixture.agent.tenant_id.clone();
     let engine = fixture.engine.clone();
-    let published = tokio::task::spawn_blocking(move || {
-        engine.publish_tenant_policy_text(&tenant, &lower).unwrap()
-    })
-    .await
-    .unwrap();
+    let published = engine
+        .publish_tenant_policy_text(&tenant, &lower)
+        .await
+        .unwrap();
     assert!(published.version > v1);
 
     // The other replica's next verify of the same amount is held, under the new version.

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::block_on;
+
 use common::Blocking;
 
 use std::path::{Path, PathBuf};
@@ -62,10 +64,8 @@ fn record_on(storage: Storage) {
     let held = verify(18_700, "c3", None);
     assert!(held.approval_required);
     let approval = held.approval_request_id.unwrap();
-    fx.engine.approve(&fx.operator, approval).unwrap();
-    let token = fx
-        .engine
-        .approval(&fx.agent, approval)
+    block_on(fx.engine.approve(&fx.operator, approval)).unwrap();
+    let token = block_on(fx.engine.approval(&fx.agent, approval))
         .unwrap()
         .approval_token;
     let retried = verify(18_700, "c3", token);
@@ -88,7 +88,7 @@ fn overlay(from: &str, to: &str) -> PolicyFile {
 
 fn replay(db: &Path, policy: PolicyFile, since_ms: Option<i64>) -> ReplayReport {
     let before = std::fs::read(db).unwrap();
-    let report = Engine::replay_database(
+    let report = block_on(Engine::replay_database(
         db,
         &ReplayOptions {
             policy,
@@ -96,7 +96,7 @@ fn replay(db: &Path, policy: PolicyFile, since_ms: Option<i64>) -> ReplayReport 
             until_ms: None,
             tenant: None,
         },
-    )
+    ))
     .unwrap();
     // Read-only on the store.
     assert!(std::fs::read(db).unwrap() == before, "the store changed");
@@ -239,22 +239,22 @@ fn an_invalid_or_widening_policy_is_refused_and_nothing_is_replayed() {
         tenant: None,
     };
     let widening = overlay("max_per_call_cents: 20000", "max_per_call_cents: 90000");
-    let err = Engine::replay_database(&db, &options(widening)).unwrap_err();
+    let err = block_on(Engine::replay_database(&db, &options(widening))).unwrap_err();
     assert_eq!(err.code, "policy_invalid", "{err}");
     assert!(err.message.contains("new.policy.yaml"), "{err}");
-    let missing = Engine::replay_database(
+    let missing = block_on(Engine::replay_database(
         &dir.path().join("nothing.db"),
         &options(PolicyFile::bundled_tenant_overlay()),
-    )
+    ))
     .unwrap_err();
     assert!(missing.message.contains("nothing.db"), "{missing}");
-    let err = Engine::replay_database(
+    let err = block_on(Engine::replay_database(
         &db,
         &ReplayOptions {
             tenant: Some("nobody".to_owned()),
             ..options(PolicyFile::bundled_tenant_overlay())
         },
-    )
+    ))
     .unwrap_err();
     assert_eq!(err.code, "tenant_not_found");
     assert!(std::fs::read(&db).unwrap() == before);
@@ -346,7 +346,11 @@ fn a_fleets_postgresql_store_replays_as_a_sqlite_file_does() {
             until_ms: None,
             tenant: None,
         };
-        let on_pg = Engine::replay_store(&Storage::Postgres(url.clone()), &options).unwrap();
+        let on_pg = block_on(Engine::replay_store(
+            &Storage::Postgres(url.clone()),
+            &options,
+        ))
+        .unwrap();
         let on_file = replay(&db, options.policy.clone(), None);
         assert_eq!(changes(&on_pg), changes(&on_file));
         assert_eq!(
@@ -370,7 +374,7 @@ fn a_store_is_replayed_while_its_gateway_runs() {
             .allow
     );
     // The engine still holds the database; the replay reads beside it.
-    let r = Engine::replay_database(
+    let r = block_on(Engine::replay_database(
         &db,
         &ReplayOptions {
             policy: overlay("max_per_call_cents: 20000", "max_per_call_cents: 500"),
@@ -378,7 +382,7 @@ fn a_store_is_replayed_while_its_gateway_runs() {
             until_ms: None,
             tenant: None,
         },
-    )
+    ))
     .unwrap();
     assert_eq!(
         changes(&r),

@@ -33,7 +33,7 @@ async fn travel_tool(call: ToolCall) -> Result<ToolOutput, BoxError> {
 async fn the_canonical_scenario_reaches_its_end_state() {
     let fx = Fixture::new();
     let (intent, token) = fx.intent(60_000);
-    let policy = fx.engine.effective_policy(&fx.agent).unwrap();
+    let policy = fx.engine.effective_policy(&fx.agent).await.unwrap();
     let run = PaybondAgentRun::builder(Arc::new(fx.gateway()), intent, token)
         .tools(policy.policy.tools.clone())
         .agent_subject("travel-agent")
@@ -60,8 +60,8 @@ async fn the_canonical_scenario_reaches_its_end_state() {
     };
     assert_eq!(hold.reason_codes, ["approval_threshold_exceeded"]);
     let id = hold.approval_request_id.unwrap();
-    fx.engine.approve(&fx.operator, id).unwrap();
-    let approval = fx.engine.approval(&fx.agent, id).unwrap();
+    fx.engine.approve(&fx.operator, id).await.unwrap();
+    let approval = fx.engine.approval(&fx.agent, id).await.unwrap();
     run.store_approval_token("c3", approval.approval_token.unwrap());
     call(ToolCall::new(BOOK, json!({"amount_cents": 18_700}), "c3"))
         .await
@@ -125,13 +125,17 @@ async fn the_canonical_scenario_reaches_its_end_state() {
         ]
     );
 
-    assert_eq!(fx.engine.open_reservations().unwrap(), 0);
-    let intent_view = fx.engine.get_intent(&fx.agent, intent).unwrap();
+    assert_eq!(fx.engine.open_reservations().await.unwrap(), 0);
+    let intent_view = fx.engine.get_intent(&fx.agent, intent).await.unwrap();
     assert_eq!(intent_view.consumed_cents, 30_700);
     assert_eq!(intent_view.reserved_cents, 0);
-    let check = fx.engine.verify_ledger().unwrap();
+    let check = fx.engine.verify_ledger().await.unwrap();
     assert!(check.valid, "{check:?}");
-    let events = fx.engine.ledger_events(&fx.operator, 0, 1000).unwrap();
+    let events = fx
+        .engine
+        .ledger_events(&fx.operator, 0, 1000)
+        .await
+        .unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     for expected in [
         "decision.allow",

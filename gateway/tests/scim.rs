@@ -252,20 +252,24 @@ async fn tokens_discovery_and_tenant_isolation() {
     let other_keys = fx
         .engine
         .create_tenant("other", paybond_middleware_core::wire::Environment::Sandbox)
+        .await
         .unwrap();
     let other_fx = Fixture {
         engine: fx.engine.clone(),
         agent: fx
             .engine
             .authenticate(other_keys.agent.expose_secret())
+            .await
             .unwrap(),
         operator: fx
             .engine
             .authenticate(other_keys.operator.expose_secret())
+            .await
             .unwrap(),
         admin: fx
             .engine
             .authenticate(other_keys.tenant_admin.expose_secret())
+            .await
             .unwrap(),
         keys: other_keys,
     };
@@ -683,7 +687,11 @@ async fn users(fx: Fixture) {
     assert_error(&scim.get(&format!("/Users/{ada}")).await, 404, None);
     assert_eq!(scim.get("/Users").await.body["totalResults"], 3);
     // The ledger recorded each change, by id only.
-    let events = fx.engine.ledger_events(&fx.operator, 0, 1000).unwrap();
+    let events = fx
+        .engine
+        .ledger_events(&fx.operator, 0, 1000)
+        .await
+        .unwrap();
     let kinds: Vec<&str> = events
         .iter()
         .map(|e| e.event.as_str())

@@ -152,6 +152,7 @@ async fn sensitive_arguments_never_leave_the_process() {
                 file: "payments.yaml".into(),
             },
         )
+        .await
         .unwrap();
     let with_metadata = |metadata: Value| paybond_middleware_core::wire::EvidenceRequest {
         payload: Some(json!({"status": "completed", "cost_cents": 100})),
@@ -200,6 +201,7 @@ async fn sensitive_arguments_never_leave_the_process() {
                 file: "payments.yaml".into(),
             },
         )
+        .await
         .unwrap();
     assert!(
         published

@@ -334,10 +334,18 @@ async fn an_operator_signs_in_with_sso_approves_and_the_ledger_names_them() {
         .wait_text(".flash", |t| t.contains("approved"))
         .await;
     assert_eq!(
-        fx.engine.approval(&fx.operator, approval).unwrap().state,
+        fx.engine
+            .approval(&fx.operator, approval)
+            .await
+            .unwrap()
+            .state,
         ApprovalState::Approved
     );
-    let events = fx.engine.ledger_events(&fx.operator, 0, 1000).unwrap();
+    let events = fx
+        .engine
+        .ledger_events(&fx.operator, 0, 1000)
+        .await
+        .unwrap();
     let approved = events
         .iter()
         .find(|e| e.event == "approval.approved")
@@ -351,12 +359,14 @@ async fn an_operator_signs_in_with_sso_approves_and_the_ledger_names_them() {
     let hold = fx
         .engine
         .approval(&fx.operator, approval)
+        .await
         .unwrap()
         .decision_id
         .unwrap();
     let recorded = fx
         .engine
         .decision_detail(&fx.operator, hold)
+        .await
         .unwrap()
         .approval
         .unwrap();

@@ -7,6 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on setup failures
 
+mod common;
+
+use common::block_on;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -67,45 +71,39 @@ fn a_data_dir_of_the_earlier_gateway_opens_with_nothing_lost() {
         .build()
         .unwrap();
     let keys = keys();
-    let agent = engine.authenticate(&keys["PAYBOND_API_KEY"]).unwrap();
-    let operator = engine
-        .authenticate(&keys["PAYBOND_OPERATOR_API_KEY"])
-        .unwrap();
+    let agent = block_on(engine.authenticate(&keys["PAYBOND_API_KEY"])).unwrap();
+    let operator = block_on(engine.authenticate(&keys["PAYBOND_OPERATOR_API_KEY"])).unwrap();
     assert_eq!(agent.tenant_id, keys["PAYBOND_TENANT_ID"]);
 
-    let check = engine.verify_ledger().unwrap();
+    let check = block_on(engine.verify_ledger()).unwrap();
     assert!(check.valid && check.events == 17, "{check:?}");
     let intent: Uuid = INTENT.parse().unwrap();
-    let view = engine.get_intent(&agent, intent).unwrap();
+    let view = block_on(engine.get_intent(&agent, intent)).unwrap();
     assert_eq!(view.state, LifecycleStatus::Funded);
     assert_eq!(
         (view.budget_cents, view.consumed_cents, view.reserved_cents),
         (60_000, 11_800, 9_000)
     );
-    let consumed = engine
-        .decision(&operator, CONSUMED.parse().unwrap())
-        .unwrap();
+    let consumed = block_on(engine.decision(&operator, CONSUMED.parse().unwrap())).unwrap();
     assert_eq!(consumed.outcome, "allow");
     assert!(!consumed.result.checks.is_empty());
 
     // The approvals as they stood: one pending, one approved, one denied.
     let state = |id: &str| {
-        engine
-            .approval(&operator, id.parse().unwrap())
+        block_on(engine.approval(&operator, id.parse().unwrap()))
             .unwrap()
             .state
     };
     assert_eq!(state(APPROVED), ApprovalState::Approved);
     assert_eq!(state(DENIED), ApprovalState::Denied);
-    let pending = engine
-        .list_approvals(
-            &operator,
-            &paybond_gateway::ApprovalQuery {
-                state: Some(ApprovalState::Pending),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let pending = block_on(engine.list_approvals(
+        &operator,
+        &paybond_gateway::ApprovalQuery {
+            state: Some(ApprovalState::Pending),
+            ..Default::default()
+        },
+    ))
+    .unwrap();
     assert_eq!(pending.approvals.len(), 1);
     assert_eq!(pending.approvals[0].requested_spend_cents, Some(18_700));
 
@@ -123,13 +121,11 @@ fn a_data_dir_of_the_earlier_gateway_opens_with_nothing_lost() {
         ))
         .unwrap();
     assert_eq!(done.actual_spend_cents, Some(9_000));
-    let approval_token = engine
-        .approval(&agent, APPROVED.parse().unwrap())
+    let approval_token = block_on(engine.approval(&agent, APPROVED.parse().unwrap()))
         .unwrap()
         .approval_token
         .expect("the approved hold's token");
-    let capability = engine
-        .fund_intent(&agent, intent)
+    let capability = block_on(engine.fund_intent(&agent, intent))
         .unwrap()
         .capability_token
         .unwrap();

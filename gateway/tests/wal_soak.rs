@@ -97,7 +97,7 @@ async fn the_wal_stays_bounded_under_steady_load() {
     }
     let elapsed = started.elapsed();
     // Everything went through the WAL's restarts intact.
-    let ledger = fx.engine.verify_ledger().unwrap();
+    let ledger = fx.engine.verify_ledger().await.unwrap();
     assert!(ledger.valid, "{ledger:?}");
     stop.store(true, Ordering::SeqCst);
     let samples = sampler.join().unwrap();

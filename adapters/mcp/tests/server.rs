@@ -215,6 +215,7 @@ async fn the_tools_against_a_gateway() {
     );
     let keys = engine
         .create_tenant("mcp", paybond_middleware_core::wire::Environment::Sandbox)
+        .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -293,15 +294,22 @@ async fn the_tools_against_a_gateway() {
         "{listed}"
     );
     // An export an operator made, read with the agent key.
-    let operator = engine.authenticate(keys.operator.expose_secret()).unwrap();
+    let operator = engine
+        .authenticate(keys.operator.expose_secret())
+        .await
+        .unwrap();
     let job = engine
         .create_audit_export(
             &operator,
             &paybond_gateway::CreateAuditExportRequest::default(),
         )
+        .await
         .unwrap()
         .job;
-    engine.build_audit_export(&keys.tenant_id, job.id).unwrap();
+    engine
+        .build_audit_export(&keys.tenant_id, job.id)
+        .await
+        .unwrap();
     let exports = call("paybond_list_audit_exports", json!({"limit": 5})).await;
     assert_eq!(exports["jobs"][0]["id"], job.id.to_string(), "{exports}");
     assert_eq!(exports["jobs"][0]["status"], "ready", "{exports}");

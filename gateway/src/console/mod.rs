@@ -479,7 +479,7 @@ async fn login(State(c): State<Shared>, headers: HeaderMap, Form(f): Form<LoginF
     }
     let key = f.api_key.trim().to_owned();
     let checked = key.clone();
-    let principal = c.run(move |e| e.authenticate(&checked)).await;
+    let principal = c.run(move |e| e.authenticate_blocking(&checked)).await;
     let Ok(principal) = principal else {
         let tenants = c.run(|e| e.oidc_tenants()).await.unwrap_or_default();
         return html(
@@ -789,7 +789,7 @@ async fn queue_page(
     let (list, pending, matching, thresholds) = c
         .run(move |e| {
             let thresholds: HashMap<String, u64> = e
-                .effective_policy(&p)
+                .effective_policy_blocking(&p)
                 .ok()
                 .and_then(|policy| policy.policy.spend_controls)
                 .map(|controls| {
@@ -804,14 +804,19 @@ async fn queue_page(
                 state: Some(ApprovalState::Pending),
                 ..ApprovalQuery::default()
             };
-            let pending = e.count_approvals(&p, &all)?;
+            let pending = e.count_approvals_blocking(&p, &all)?;
             // Unfiltered, the page's query matches every pending request.
             let matching = if filtered {
-                e.count_approvals(&p, &query)?
+                e.count_approvals_blocking(&p, &query)?
             } else {
                 pending
             };
-            Ok((e.list_approvals(&p, &query)?, pending, matching, thresholds))
+            Ok((
+                e.list_approvals_blocking(&p, &query)?,
+                pending,
+                matching,
+                thresholds,
+            ))
         })
         .await?;
     Ok(QueuePage {
@@ -1013,8 +1018,8 @@ async fn decide(
     };
     let p = signed.principal.clone();
     let result = match action.as_str() {
-        "approve" => c.run(move |e| e.approve(&p, id)).await,
-        "deny" => c.run(move |e| e.deny_approval(&p, id)).await,
+        "approve" => c.run(move |e| e.approve_blocking(&p, id)).await,
+        "deny" => c.run(move |e| e.deny_approval_blocking(&p, id)).await,
         _ => return page_error(StatusCode::NOT_FOUND, "No such action."),
     };
     match result {
@@ -1113,7 +1118,10 @@ async fn intents(State(c): State<Shared>, headers: HeaderMap) -> Response {
         limit: Some(200),
         ..Default::default()
     };
-    let list = match c.run(move |e| e.operator_intents(&p, &query)).await {
+    let list = match c
+        .run(move |e| e.operator_intents_blocking(&p, &query))
+        .await
+    {
         Ok(l) => l,
         Err(e) => return engine_error(&e),
     };
@@ -1192,7 +1200,7 @@ async fn intent(State(c): State<Shared>, headers: HeaderMap, Path(id): Path<Stri
         return page_error(StatusCode::BAD_REQUEST, "That is not an intent id.");
     };
     let p = signed.principal.clone();
-    let detail = match c.run(move |e| e.operator_intent(&p, id)).await {
+    let detail = match c.run(move |e| e.operator_intent_blocking(&p, id)).await {
         Ok(d) => d,
         Err(e) => return engine_error(&e),
     };
@@ -1289,7 +1297,7 @@ fn check_chain(e: &Engine, p: &Principal) -> Result<(u64, Option<String>), ApiEr
     let mut events = Vec::new();
     loop {
         let after = events.last().map_or(0, |e: &crate::LedgerEvent| e.seq);
-        let page = e.ledger_events(p, after, 1000)?;
+        let page = e.ledger_events_blocking(p, after, 1000)?;
         if page.is_empty() {
             break;
         }
@@ -1305,13 +1313,16 @@ async fn ledger_page(
     checked: Option<(u64, Option<String>)>,
 ) -> Response {
     let p = signed.principal.clone();
-    let tip = match c.run(move |e| e.ledger_tip(&p)).await {
+    let tip = match c.run(move |e| e.ledger_tip_blocking(&p)).await {
         Ok(t) => t,
         Err(e) => return engine_error(&e),
     };
     let p = signed.principal.clone();
     let after = tip.seq.saturating_sub(50);
-    let recent = match c.run(move |e| e.ledger_events(&p, after, 50)).await {
+    let recent = match c
+        .run(move |e| e.ledger_events_blocking(&p, after, 50))
+        .await
+    {
         Ok(r) => r,
         Err(e) => return engine_error(&e),
     };
@@ -1386,7 +1397,7 @@ async fn policy(State(c): State<Shared>, headers: HeaderMap) -> Response {
         return redirect("/console/login");
     };
     let p = signed.principal.clone();
-    let eff = match c.run(move |e| e.effective_policy(&p)).await {
+    let eff = match c.run(move |e| e.effective_policy_blocking(&p)).await {
         Ok(e) => e,
         Err(e) => return engine_error(&e),
     };

@@ -301,7 +301,7 @@ pub(super) async fn overview(State(c): State<Shared>, headers: HeaderMap) -> Res
         Err(r) => return r,
     };
     let p = signed.principal.clone();
-    let o = match c.run(move |e| e.overview(&p)).await {
+    let o = match c.run(move |e| e.overview_blocking(&p)).await {
         Ok(o) => o,
         Err(e) => return engine_error(&e),
     };
@@ -359,7 +359,7 @@ pub(super) fn overview_events(c: Shared, signed: Signed, sid: String) -> Respons
                 return Some((Ok::<_, Infallible>(event), s));
             }
             let p = s.signed.principal.clone();
-            let Ok(tip) = s.c.run(move |e| e.ledger_tip(&p)).await else {
+            let Ok(tip) = s.c.run(move |e| e.ledger_tip_blocking(&p)).await else {
                 continue;
             };
             if let Some((seq, at)) = s.read_at
@@ -369,7 +369,7 @@ pub(super) fn overview_events(c: Shared, signed: Signed, sid: String) -> Respons
                 continue;
             }
             let p = s.signed.principal.clone();
-            let Ok(o) = s.c.run(move |e| e.overview(&p)).await else {
+            let Ok(o) = s.c.run(move |e| e.overview_blocking(&p)).await else {
                 continue;
             };
             s.read_at = Some((tip.seq, Instant::now()));
@@ -592,7 +592,7 @@ pub(super) async fn decisions(
         Ok(filter) => {
             let p = signed.principal.clone();
             match c
-                .run(move |e| e.search_decisions(&p, &filter, SEARCH_PAGE))
+                .run(move |e| e.search_decisions_blocking(&p, &filter, SEARCH_PAGE))
                 .await
             {
                 Ok(page) => (page, None),
@@ -652,7 +652,7 @@ pub(super) async fn decision(
         return page_error(StatusCode::BAD_REQUEST, "That is not a decision id.");
     };
     let p = signed.principal.clone();
-    let d = match c.run(move |e| e.decision_detail(&p, id)).await {
+    let d = match c.run(move |e| e.decision_detail_blocking(&p, id)).await {
         Ok(d) => d,
         Err(e) => return engine_error(&e),
     };
@@ -776,7 +776,7 @@ pub(super) async fn ledger_entry(
         return page_error(StatusCode::BAD_REQUEST, "That is not a ledger position.");
     };
     let p = signed.principal.clone();
-    let e = match c.run(move |e| e.ledger_entry(&p, seq)).await {
+    let e = match c.run(move |e| e.ledger_entry_blocking(&p, seq)).await {
         Ok(e) => e,
         Err(e) => return engine_error(&e),
     };
@@ -1034,7 +1034,10 @@ pub(super) async fn what_if(
         text: f.policy.clone(),
         file: file.clone(),
     };
-    match c.run(move |e| e.what_if(&p, policy, since, until)).await {
+    match c
+        .run(move |e| e.what_if_blocking(&p, policy, since, until))
+        .await
+    {
         Ok(report) => render(report_html(&report), StatusCode::OK),
         Err(e) => render(
             format!(

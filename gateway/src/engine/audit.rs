@@ -7,6 +7,7 @@
 use paybond_middleware_core::wire::{Principal, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::audit::{
@@ -637,7 +638,19 @@ fn guardrail_records(
 impl Engine {
     /// `POST /v1/compliance/audit-exports`: records a queued job. The caller then
     /// runs [`Engine::build_audit_export`] (the HTTP server does, in the background).
-    pub fn create_audit_export(
+    pub async fn create_audit_export(
+        self: &Arc<Self>,
+        principal: &Principal,
+        req: &CreateAuditExportRequest,
+    ) -> Result<AuditExportJobResponse, ApiError> {
+        let principal = principal.clone();
+        let req = req.clone();
+        self.blocking(move |e| e.create_audit_export_blocking(&principal, &req))
+            .await
+    }
+
+    /// [`Self::create_audit_export`] on the caller's thread, which waits for the store.
+    pub(crate) fn create_audit_export_blocking(
         &self,
         principal: &Principal,
         req: &CreateAuditExportRequest,
@@ -695,8 +708,26 @@ impl Engine {
 
     /// Builds the bundle of a queued job: reads one snapshot of the store, writes
     /// and signs the ZIP, and stores it (the job then reads `ready`); a failure is
-    /// recorded on the job (`failed`, with why) and returned.
-    pub fn build_audit_export(&self, tenant: &str, job_id: Uuid) -> Result<(), ApiError> {
+    /// recorded on the job (`failed`, with why) and returned. It runs on the
+    /// blocking pool whatever the store (a bundle is long work).
+    pub async fn build_audit_export(
+        self: &Arc<Self>,
+        tenant: &str,
+        job_id: Uuid,
+    ) -> Result<(), ApiError> {
+        let tenant = tenant.to_owned();
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || engine.build_audit_export_blocking(&tenant, job_id))
+            .await
+            .map_err(|e| ApiError::internal(format_args!("the export's task failed: {e}")))?
+    }
+
+    /// [`Self::build_audit_export`] on the caller's thread, which waits for the store.
+    pub(crate) fn build_audit_export_blocking(
+        &self,
+        tenant: &str,
+        job_id: Uuid,
+    ) -> Result<(), ApiError> {
         let id = job_id.to_string();
         let result = self.build_export(tenant, &id);
         if let Err(e) = &result {
@@ -870,7 +901,20 @@ impl Engine {
     }
 
     /// `GET /v1/compliance/audit-exports`: the tenant's jobs, newest first.
-    pub fn audit_exports(
+    pub async fn audit_exports(
+        self: &Arc<Self>,
+        principal: &Principal,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<AuditExportList, ApiError> {
+        let principal = principal.clone();
+        let cursor = cursor.map(str::to_owned);
+        self.blocking(move |e| e.audit_exports_blocking(&principal, limit, cursor.as_deref()))
+            .await
+    }
+
+    /// [`Self::audit_exports`] on the caller's thread, which waits for the store.
+    pub(crate) fn audit_exports_blocking(
         &self,
         principal: &Principal,
         limit: Option<u32>,
@@ -923,7 +967,19 @@ impl Engine {
 
     /// `GET /v1/compliance/audit-exports/{id}`: one job; with `issue_download`, a
     /// ready job also gets a fresh download token (operator or admin keys only).
-    pub fn audit_export(
+    pub async fn audit_export(
+        self: &Arc<Self>,
+        principal: &Principal,
+        job_id: Uuid,
+        issue_download: bool,
+    ) -> Result<AuditExportJobResponse, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.audit_export_blocking(&principal, job_id, issue_download))
+            .await
+    }
+
+    /// [`Self::audit_export`] on the caller's thread, which waits for the store.
+    pub(crate) fn audit_export_blocking(
         &self,
         principal: &Principal,
         job_id: Uuid,
@@ -955,7 +1011,18 @@ impl Engine {
 
     /// `DELETE /v1/compliance/audit-exports/{id}`: drops the bundle (a running job
     /// stops at its next stage); the job stays listed as `deleted`.
-    pub fn delete_audit_export(
+    pub async fn delete_audit_export(
+        self: &Arc<Self>,
+        principal: &Principal,
+        job_id: Uuid,
+    ) -> Result<AuditExportDeleted, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.delete_audit_export_blocking(&principal, job_id))
+            .await
+    }
+
+    /// [`Self::delete_audit_export`] on the caller's thread, which waits for the store.
+    pub(crate) fn delete_audit_export_blocking(
         &self,
         principal: &Principal,
         job_id: Uuid,
@@ -986,7 +1053,31 @@ impl Engine {
 
     /// The ZIP of a ready job, for an operator or admin key of its tenant or the
     /// job's unexpired download token.
-    pub fn audit_export_bundle(
+    pub async fn audit_export_bundle(
+        self: &Arc<Self>,
+        credential: BundleCredential<'_>,
+        job_id: Uuid,
+    ) -> Result<Vec<u8>, ApiError> {
+        match credential {
+            BundleCredential::Principal(principal) => {
+                let principal = principal.clone();
+                self.blocking(move |e| {
+                    e.audit_export_bundle_blocking(BundleCredential::Principal(&principal), job_id)
+                })
+                .await
+            }
+            BundleCredential::DownloadToken(token) => {
+                let token = token.to_owned();
+                self.blocking(move |e| {
+                    e.audit_export_bundle_blocking(BundleCredential::DownloadToken(&token), job_id)
+                })
+                .await
+            }
+        }
+    }
+
+    /// [`Self::audit_export_bundle`] on the caller's thread, which waits for the store.
+    pub(crate) fn audit_export_bundle_blocking(
         &self,
         credential: BundleCredential<'_>,
         job_id: Uuid,
@@ -1035,7 +1126,20 @@ impl Engine {
 
     /// `GET /v1/compliance/signing-keys`: the tenant's audit signing key (created on
     /// first use).
-    pub fn signing_keys(&self, principal: &Principal) -> Result<SigningKeys, ApiError> {
+    pub async fn signing_keys(
+        self: &Arc<Self>,
+        principal: &Principal,
+    ) -> Result<SigningKeys, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.signing_keys_blocking(&principal))
+            .await
+    }
+
+    /// [`Self::signing_keys`] on the caller's thread, which waits for the store.
+    pub(crate) fn signing_keys_blocking(
+        &self,
+        principal: &Principal,
+    ) -> Result<SigningKeys, ApiError> {
         require_role(principal, READERS_AND_AGENTS)?;
         let tenant = principal.tenant_id.clone();
         let (signer, created) = self.tx_in(&tenant, |tx, now| signer(self, tx, &tenant, now))?;

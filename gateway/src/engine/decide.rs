@@ -157,7 +157,7 @@ impl Engine {
         let key = req.idempotency_key.clone();
         let token = self.token_facts(&req);
         let result = self
-            .idempotent_async(
+            .queue_idempotent(
                 principal,
                 "verify",
                 key.as_deref(),
@@ -251,7 +251,19 @@ impl Engine {
     /// `POST /v1/spend/preflight`: what verify would decide for this call now, with
     /// every check it evaluated, without reserving, holding or recording anything.
     /// Operation `*` asks about the intent's budget only.
-    pub fn preflight(
+    pub async fn preflight(
+        self: &Arc<Self>,
+        principal: &Principal,
+        req: &PreflightRequest,
+    ) -> Result<PreflightResult, ApiError> {
+        let principal = principal.clone();
+        let req = req.clone();
+        self.blocking(move |e| e.preflight_blocking(&principal, &req))
+            .await
+    }
+
+    /// [`Self::preflight`] on the caller's thread, which waits for the store.
+    pub(crate) fn preflight_blocking(
         &self,
         principal: &Principal,
         req: &PreflightRequest,

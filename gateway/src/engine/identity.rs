@@ -6,6 +6,7 @@
 use paybond_middleware_core::wire::{ApiKey, Environment, Principal, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::sync::Arc;
 use uuid::Uuid;
 
 use super::lifecycle::rfc3339;
@@ -216,7 +217,19 @@ impl Engine {
 
     /// `POST /v1/admin/identity/scim-tokens` (tenant admin): a bearer token for the
     /// IdP's SCIM connector, shown once.
-    pub fn create_scim_token(
+    pub async fn create_scim_token(
+        self: &Arc<Self>,
+        principal: &Principal,
+        req: &ScimTokenRequest,
+    ) -> Result<CreatedScimToken, ApiError> {
+        let principal = principal.clone();
+        let req = req.clone();
+        self.blocking(move |e| e.create_scim_token_blocking(&principal, &req))
+            .await
+    }
+
+    /// [`Self::create_scim_token`] on the caller's thread, which waits for the store.
+    pub(crate) fn create_scim_token_blocking(
         &self,
         principal: &Principal,
         req: &ScimTokenRequest,
@@ -261,7 +274,20 @@ impl Engine {
     }
 
     /// `GET /v1/admin/identity/scim-tokens` (tenant admin).
-    pub fn scim_tokens(&self, principal: &Principal) -> Result<Vec<ScimToken>, ApiError> {
+    pub async fn scim_tokens(
+        self: &Arc<Self>,
+        principal: &Principal,
+    ) -> Result<Vec<ScimToken>, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.scim_tokens_blocking(&principal))
+            .await
+    }
+
+    /// [`Self::scim_tokens`] on the caller's thread, which waits for the store.
+    pub(crate) fn scim_tokens_blocking(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<ScimToken>, ApiError> {
         require_role(principal, &[Role::TenantAdmin])?;
         self.read(|tx, _| {
             tx.query_map(
@@ -275,7 +301,19 @@ impl Engine {
 
     /// `DELETE /v1/admin/identity/scim-tokens/{id}` (tenant admin): the token is
     /// refused from now on.
-    pub fn revoke_scim_token(
+    pub async fn revoke_scim_token(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<ScimToken, ApiError> {
+        let principal = principal.clone();
+        let id = id.to_owned();
+        self.blocking(move |e| e.revoke_scim_token_blocking(&principal, &id))
+            .await
+    }
+
+    /// [`Self::revoke_scim_token`] on the caller's thread, which waits for the store.
+    pub(crate) fn revoke_scim_token_blocking(
         &self,
         principal: &Principal,
         id: &str,
@@ -322,7 +360,20 @@ impl Engine {
     // ---- role mappings ----
 
     /// `GET /v1/admin/identity/role-mappings` (tenant admin).
-    pub fn role_mappings(&self, principal: &Principal) -> Result<Vec<RoleMapping>, ApiError> {
+    pub async fn role_mappings(
+        self: &Arc<Self>,
+        principal: &Principal,
+    ) -> Result<Vec<RoleMapping>, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.role_mappings_blocking(&principal))
+            .await
+    }
+
+    /// [`Self::role_mappings`] on the caller's thread, which waits for the store.
+    pub(crate) fn role_mappings_blocking(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<RoleMapping>, ApiError> {
         require_role(principal, &[Role::TenantAdmin])?;
         self.read(|tx, _| {
             tx.query_map(
@@ -341,7 +392,21 @@ impl Engine {
 
     /// `PUT /v1/admin/identity/role-mappings/{group}` (tenant admin): members of
     /// the group get `role`, replacing what it mapped to before.
-    pub fn set_role_mapping(
+    pub async fn set_role_mapping(
+        self: &Arc<Self>,
+        principal: &Principal,
+        group: &str,
+        role: &str,
+    ) -> Result<RoleMapping, ApiError> {
+        let principal = principal.clone();
+        let group = group.to_owned();
+        let role = role.to_owned();
+        self.blocking(move |e| e.set_role_mapping_blocking(&principal, &group, &role))
+            .await
+    }
+
+    /// [`Self::set_role_mapping`] on the caller's thread, which waits for the store.
+    pub(crate) fn set_role_mapping_blocking(
         &self,
         principal: &Principal,
         group: &str,
@@ -383,7 +448,23 @@ impl Engine {
 
     /// `DELETE /v1/admin/identity/role-mappings/{group}` (tenant admin); the
     /// group's members lose the role at their next request.
-    pub fn remove_role_mapping(&self, principal: &Principal, group: &str) -> Result<(), ApiError> {
+    pub async fn remove_role_mapping(
+        self: &Arc<Self>,
+        principal: &Principal,
+        group: &str,
+    ) -> Result<(), ApiError> {
+        let principal = principal.clone();
+        let group = group.to_owned();
+        self.blocking(move |e| e.remove_role_mapping_blocking(&principal, &group))
+            .await
+    }
+
+    /// [`Self::remove_role_mapping`] on the caller's thread, which waits for the store.
+    pub(crate) fn remove_role_mapping_blocking(
+        &self,
+        principal: &Principal,
+        group: &str,
+    ) -> Result<(), ApiError> {
         require_role(principal, &[Role::TenantAdmin])?;
         self.tx_in(&principal.tenant_id, |tx, now| {
             let removed = tx.execute(
@@ -412,7 +493,19 @@ impl Engine {
 
     /// `POST /v1/admin/identity/service-accounts` (tenant admin): a named key for a
     /// workload, shown once.
-    pub fn create_service_account(
+    pub async fn create_service_account(
+        self: &Arc<Self>,
+        principal: &Principal,
+        req: &ServiceAccountRequest,
+    ) -> Result<CreatedServiceAccount, ApiError> {
+        let principal = principal.clone();
+        let req = req.clone();
+        self.blocking(move |e| e.create_service_account_blocking(&principal, &req))
+            .await
+    }
+
+    /// [`Self::create_service_account`] on the caller's thread, which waits for the store.
+    pub(crate) fn create_service_account_blocking(
         &self,
         principal: &Principal,
         req: &ServiceAccountRequest,
@@ -481,7 +574,20 @@ impl Engine {
     }
 
     /// `GET /v1/admin/identity/service-accounts` (tenant admin).
-    pub fn service_accounts(&self, principal: &Principal) -> Result<Vec<ServiceAccount>, ApiError> {
+    pub async fn service_accounts(
+        self: &Arc<Self>,
+        principal: &Principal,
+    ) -> Result<Vec<ServiceAccount>, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.service_accounts_blocking(&principal))
+            .await
+    }
+
+    /// [`Self::service_accounts`] on the caller's thread, which waits for the store.
+    pub(crate) fn service_accounts_blocking(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<ServiceAccount>, ApiError> {
         require_role(principal, &[Role::TenantAdmin])?;
         self.read(|tx, _| {
             tx.query_map(
@@ -503,7 +609,23 @@ impl Engine {
     /// `DELETE /v1/admin/identity/service-accounts/{id}` (tenant admin): its key is
     /// refused from the next request on, on every replica, and its console
     /// sessions end.
-    pub fn revoke_service_account(&self, principal: &Principal, id: &str) -> Result<(), ApiError> {
+    pub async fn revoke_service_account(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<(), ApiError> {
+        let principal = principal.clone();
+        let id = id.to_owned();
+        self.blocking(move |e| e.revoke_service_account_blocking(&principal, &id))
+            .await
+    }
+
+    /// [`Self::revoke_service_account`] on the caller's thread, which waits for the store.
+    pub(crate) fn revoke_service_account_blocking(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<(), ApiError> {
         require_role(principal, &[Role::TenantAdmin])?;
         self.tx_in(&principal.tenant_id, |tx, now| {
             let hash: Option<String> = tx.query_opt(
@@ -711,7 +833,19 @@ const OIDC_LOGIN_TTL_MS: i64 = 10 * 60_000;
 impl Engine {
     /// `PUT /v1/admin/identity/oidc` (tenant admin): the console's single sign-on
     /// client (the caller checks the issuer's discovery document first).
-    pub fn configure_oidc(
+    pub async fn configure_oidc(
+        self: &Arc<Self>,
+        principal: &Principal,
+        req: &OidcRequest,
+    ) -> Result<OidcSettings, ApiError> {
+        let principal = principal.clone();
+        let req = req.clone();
+        self.blocking(move |e| e.configure_oidc_blocking(&principal, &req))
+            .await
+    }
+
+    /// [`Self::configure_oidc`] on the caller's thread, which waits for the store.
+    pub(crate) fn configure_oidc_blocking(
         &self,
         principal: &Principal,
         req: &OidcRequest,
@@ -753,7 +887,20 @@ impl Engine {
     }
 
     /// `GET /v1/admin/identity/oidc` (tenant admin).
-    pub fn oidc_settings(&self, principal: &Principal) -> Result<OidcSettings, ApiError> {
+    pub async fn oidc_settings(
+        self: &Arc<Self>,
+        principal: &Principal,
+    ) -> Result<OidcSettings, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.oidc_settings_blocking(&principal))
+            .await
+    }
+
+    /// [`Self::oidc_settings`] on the caller's thread, which waits for the store.
+    pub(crate) fn oidc_settings_blocking(
+        &self,
+        principal: &Principal,
+    ) -> Result<OidcSettings, ApiError> {
         require_role(principal, &[Role::TenantAdmin])?;
         self.read(|tx, _| {
             tx.query_opt(

@@ -3,6 +3,7 @@
 //! Everything here only reads, on one snapshot beside the writes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use paybond_middleware_core::wire::{Principal, VerifyResult};
 use paybond_policies::{CapScope, CapWindow};
@@ -506,9 +507,16 @@ pub(crate) fn backfill(tx: &dyn Tx) -> Result<u64, ApiError> {
 
 impl Engine {
     /// The overview of the key's tenant (operators and tenant admins).
-    pub fn overview(&self, principal: &Principal) -> Result<Overview, ApiError> {
+    pub async fn overview(self: &Arc<Self>, principal: &Principal) -> Result<Overview, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.overview_blocking(&principal))
+            .await
+    }
+
+    /// [`Self::overview`] on the caller's thread, which waits for the store.
+    pub(crate) fn overview_blocking(&self, principal: &Principal) -> Result<Overview, ApiError> {
         require_role(principal, READERS)?;
-        let policy = self.effective_policy(principal).ok();
+        let policy = self.effective_policy_blocking(principal).ok();
         let tenant = principal.tenant_id.as_str();
         self.read(|tx, now| {
             let doc = policy.as_ref().map(|p| &p.policy);
@@ -594,7 +602,20 @@ impl Engine {
     }
 
     /// A page of the key's tenant's decisions that match `filter`, newest first.
-    pub fn search_decisions(
+    pub async fn search_decisions(
+        self: &Arc<Self>,
+        principal: &Principal,
+        filter: &DecisionFilter,
+        limit: u64,
+    ) -> Result<DecisionPage, ApiError> {
+        let principal = principal.clone();
+        let filter = filter.clone();
+        self.blocking(move |e| e.search_decisions_blocking(&principal, &filter, limit))
+            .await
+    }
+
+    /// [`Self::search_decisions`] on the caller's thread, which waits for the store.
+    pub(crate) fn search_decisions_blocking(
         &self,
         principal: &Principal,
         filter: &DecisionFilter,
@@ -674,7 +695,18 @@ impl Engine {
 
     /// One decision of the key's tenant with its reservation, approval and
     /// ledger entries; 404 `decision_not_found` if the tenant has none of that id.
-    pub fn decision_detail(
+    pub async fn decision_detail(
+        self: &Arc<Self>,
+        principal: &Principal,
+        decision_id: Uuid,
+    ) -> Result<DecisionDetail, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.decision_detail_blocking(&principal, decision_id))
+            .await
+    }
+
+    /// [`Self::decision_detail`] on the caller's thread, which waits for the store.
+    pub(crate) fn decision_detail_blocking(
         &self,
         principal: &Principal,
         decision_id: Uuid,
@@ -794,7 +826,20 @@ impl Engine {
     /// What-if for the key's tenant: its recorded decisions in `[since, until)`
     /// replayed under `policy` ([`Engine::replay_store`]'s fold, on one read-only
     /// snapshot of this engine's store).
-    pub fn what_if(
+    pub async fn what_if(
+        self: &Arc<Self>,
+        principal: &Principal,
+        policy: super::PolicyFile,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+    ) -> Result<super::replay::ReplayReport, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.what_if_blocking(&principal, policy, since_ms, until_ms))
+            .await
+    }
+
+    /// [`Self::what_if`] on the caller's thread, which waits for the store.
+    pub(crate) fn what_if_blocking(
         &self,
         principal: &Principal,
         policy: super::PolicyFile,
@@ -812,7 +857,22 @@ impl Engine {
     }
 
     /// One ledger entry of the key's tenant; 404 `ledger_entry_not_found`.
-    pub fn ledger_entry(&self, principal: &Principal, seq: u64) -> Result<LedgerEvent, ApiError> {
+    pub async fn ledger_entry(
+        self: &Arc<Self>,
+        principal: &Principal,
+        seq: u64,
+    ) -> Result<LedgerEvent, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.ledger_entry_blocking(&principal, seq))
+            .await
+    }
+
+    /// [`Self::ledger_entry`] on the caller's thread, which waits for the store.
+    pub(crate) fn ledger_entry_blocking(
+        &self,
+        principal: &Principal,
+        seq: u64,
+    ) -> Result<LedgerEvent, ApiError> {
         require_role(principal, READERS)?;
         self.read(|tx, _| {
             ledger::events(tx, &principal.tenant_id, seq.saturating_sub(1), 1)?

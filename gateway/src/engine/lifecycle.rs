@@ -116,7 +116,19 @@ fn valid_currency(c: &str) -> bool {
 impl Engine {
     /// `POST /v1/sandbox/guardrails/bootstrap`: a funded sandbox intent whose budget is
     /// `requested_spend_cents` and whose one operation is `operation`.
-    pub fn bootstrap_sandbox(
+    pub async fn bootstrap_sandbox(
+        self: &Arc<Self>,
+        principal: &Principal,
+        req: &SandboxBootstrapRequest,
+    ) -> Result<SandboxBootstrapResponse, ApiError> {
+        let principal = principal.clone();
+        let req = req.clone();
+        self.blocking(move |e| e.bootstrap_sandbox_blocking(&principal, &req))
+            .await
+    }
+
+    /// [`Self::bootstrap_sandbox`] on the caller's thread, which waits for the store.
+    pub(crate) fn bootstrap_sandbox_blocking(
         &self,
         principal: &Principal,
         req: &SandboxBootstrapRequest,
@@ -181,7 +193,19 @@ impl Engine {
     }
 
     /// `POST /harbor/intents`: creates and (simulator rail) funds an intent.
-    pub fn create_intent(
+    pub async fn create_intent(
+        self: &Arc<Self>,
+        principal: &Principal,
+        req: &CreateIntentRequest,
+    ) -> Result<IntentView, ApiError> {
+        let principal = principal.clone();
+        let req = req.clone();
+        self.blocking(move |e| e.create_intent_blocking(&principal, &req))
+            .await
+    }
+
+    /// [`Self::create_intent`] on the caller's thread, which waits for the store.
+    pub(crate) fn create_intent_blocking(
         &self,
         principal: &Principal,
         req: &CreateIntentRequest,
@@ -351,7 +375,18 @@ impl Engine {
 
     /// `POST /harbor/intents/{id}/fund`: the simulator rail funds on creation, so
     /// this answers the funded intent (idempotent) with a fresh capability token.
-    pub fn fund_intent(
+    pub async fn fund_intent(
+        self: &Arc<Self>,
+        principal: &Principal,
+        intent_id: Uuid,
+    ) -> Result<IntentView, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.fund_intent_blocking(&principal, intent_id))
+            .await
+    }
+
+    /// [`Self::fund_intent`] on the caller's thread, which waits for the store.
+    pub(crate) fn fund_intent_blocking(
         &self,
         principal: &Principal,
         intent_id: Uuid,
@@ -388,7 +423,18 @@ impl Engine {
     }
 
     /// `GET /harbor/intents/{id}`.
-    pub fn get_intent(
+    pub async fn get_intent(
+        self: &Arc<Self>,
+        principal: &Principal,
+        intent_id: Uuid,
+    ) -> Result<IntentView, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.get_intent_blocking(&principal, intent_id))
+            .await
+    }
+
+    /// [`Self::get_intent`] on the caller's thread, which waits for the store.
+    pub(crate) fn get_intent_blocking(
         &self,
         principal: &Principal,
         intent_id: Uuid,
@@ -427,7 +473,7 @@ impl Engine {
             idempotency_key.as_deref(),
             &self.sensitive_patterns(Some(&policy))?,
         )?;
-        self.idempotent_async(
+        self.queue_idempotent(
             principal,
             "evidence",
             idempotency_key.as_deref(),
@@ -609,7 +655,7 @@ impl Engine {
         idempotency_key: Option<String>,
     ) -> Result<CompleteResponse, ApiError> {
         check_complete(&principal, idempotency_key.as_deref())?;
-        self.idempotent_async(
+        self.queue_idempotent(
             principal,
             "complete",
             idempotency_key.as_deref(),
@@ -628,7 +674,19 @@ impl Engine {
 
     /// `GET /v1/approvals`: the tenant's approval requests, a page at a time, newest
     /// first unless `oldest_first`.
-    pub fn list_approvals(
+    pub async fn list_approvals(
+        self: &Arc<Self>,
+        principal: &Principal,
+        query: &ApprovalQuery,
+    ) -> Result<ApprovalList, ApiError> {
+        let principal = principal.clone();
+        let query = query.clone();
+        self.blocking(move |e| e.list_approvals_blocking(&principal, &query))
+            .await
+    }
+
+    /// [`Self::list_approvals`] on the caller's thread, which waits for the store.
+    pub(crate) fn list_approvals_blocking(
         &self,
         principal: &Principal,
         query: &ApprovalQuery,
@@ -685,7 +743,19 @@ impl Engine {
 
     /// How many of the tenant's approval requests `query` matches in all (its
     /// state and filters; its paging and order aside).
-    pub fn count_approvals(
+    pub async fn count_approvals(
+        self: &Arc<Self>,
+        principal: &Principal,
+        query: &ApprovalQuery,
+    ) -> Result<u64, ApiError> {
+        let principal = principal.clone();
+        let query = query.clone();
+        self.blocking(move |e| e.count_approvals_blocking(&principal, &query))
+            .await
+    }
+
+    /// [`Self::count_approvals`] on the caller's thread, which waits for the store.
+    pub(crate) fn count_approvals_blocking(
         &self,
         principal: &Principal,
         query: &ApprovalQuery,
@@ -705,7 +775,22 @@ impl Engine {
     /// Once approved, the approval token is in the answer exactly once: for the
     /// agent key whose verify was held, which retries with it. Other keys (operators,
     /// the tenant's other agent keys) never see it; the store keeps only its digest.
-    pub fn approval(&self, principal: &Principal, id: Uuid) -> Result<ApprovalStatus, ApiError> {
+    pub async fn approval(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: Uuid,
+    ) -> Result<ApprovalStatus, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.approval_blocking(&principal, id))
+            .await
+    }
+
+    /// [`Self::approval`] on the caller's thread, which waits for the store.
+    pub(crate) fn approval_blocking(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+    ) -> Result<ApprovalStatus, ApiError> {
         self.tx_in(&principal.tenant_id, |tx, now| {
             let mut status = approval_status(tx, now, &principal.tenant_id, &id.to_string())?
                 .ok_or_else(|| {
@@ -739,7 +824,22 @@ impl Engine {
 
     /// `POST /v1/approvals/{id}/approve`: one operator's approval; at quorum the
     /// request is approved and a single-use approval token is minted.
-    pub fn approve(&self, principal: &Principal, id: Uuid) -> Result<ApprovalStatus, ApiError> {
+    pub async fn approve(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: Uuid,
+    ) -> Result<ApprovalStatus, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.approve_blocking(&principal, id))
+            .await
+    }
+
+    /// [`Self::approve`] on the caller's thread, which waits for the store.
+    pub(crate) fn approve_blocking(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+    ) -> Result<ApprovalStatus, ApiError> {
         require_role(principal, &[Role::Operator])?;
         self.tx_in(&principal.tenant_id, |tx, now| {
             let (approvers, quorum) = pending_row(tx, now, &principal.tenant_id, id)?;
@@ -809,7 +909,18 @@ impl Engine {
     }
 
     /// `POST /v1/approvals/{id}/deny`.
-    pub fn deny_approval(
+    pub async fn deny_approval(
+        self: &Arc<Self>,
+        principal: &Principal,
+        id: Uuid,
+    ) -> Result<ApprovalStatus, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.deny_approval_blocking(&principal, id))
+            .await
+    }
+
+    /// [`Self::deny_approval`] on the caller's thread, which waits for the store.
+    pub(crate) fn deny_approval_blocking(
         &self,
         principal: &Principal,
         id: Uuid,
@@ -838,7 +949,12 @@ impl Engine {
 
     /// Expires what is past its time: reservations, approvals, approval tokens,
     /// intents past their deadline, old idempotency keys. Each change is on the ledger.
-    pub fn sweep(&self) -> Result<SweepReport, ApiError> {
+    pub async fn sweep(self: &Arc<Self>) -> Result<SweepReport, ApiError> {
+        self.blocking(move |e| e.sweep_blocking()).await
+    }
+
+    /// [`Self::sweep`] on the caller's thread, which waits for the store.
+    pub(crate) fn sweep_blocking(&self) -> Result<SweepReport, ApiError> {
         let retention = self.config.idempotency_retention_ms.max(24 * 3_600_000);
         self.tx(|tx, now| {
             let mut report = SweepReport {

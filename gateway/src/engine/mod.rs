@@ -233,8 +233,11 @@ impl Default for Metrics {
 /// again (another replica may have rotated it).
 const SHARED_KEY_TTL: Duration = Duration::from_secs(5);
 
-/// The decision engine. Cheap to share behind an `Arc`; every method is one
-/// transaction and blocks for its duration (async callers use `spawn_blocking`).
+/// The decision engine, shared behind an `Arc`. Its calls are async, each one
+/// transaction: verify, evidence and complete go to the store's writer without
+/// holding a thread, the others run on tokio's blocking pool (in place on the
+/// in-memory store). Only opening it ([`Engine::open`], [`Engine::in_memory`],
+/// [`Engine::rotate_root_key`]) waits on the caller's thread.
 pub struct Engine {
     store: Store,
     /// A SQLite store's lock, held shared while the engine is open.
@@ -641,9 +644,9 @@ impl Engine {
         Ok(out)
     }
 
-    /// [`Self::idempotent`] for async callers (see [`Self::tx_in_async`]); `f` is
+    /// [`Self::idempotent`] for async callers (see [`Self::queue_in`]); `f` is
     /// handed the engine, the principal and the request.
-    pub(crate) async fn idempotent_async<R, T, F>(
+    pub(crate) async fn queue_idempotent<R, T, F>(
         self: &Arc<Self>,
         principal: Principal,
         route: &'static str,
@@ -658,7 +661,7 @@ impl Engine {
     {
         let keyed = Keyed::new(&principal.key_id, route, key, &request)?;
         let tenant_id = principal.tenant_id.clone();
-        self.tx_in_async(tenant_id, move |engine, tx, now, tenant_id| match &keyed {
+        self.queue_in(tenant_id, move |engine, tx, now, tenant_id| match &keyed {
             Some(keyed) => engine.keyed(tx, now, tenant_id, keyed, |tx, now| {
                 f(engine, tx, now, &principal, &request)
             }),
@@ -671,7 +674,7 @@ impl Engine {
     /// goes to the store's writer thread and the caller awaits its durable commit
     /// without holding a thread; on the other stores it runs through
     /// [`Self::blocking`]. `f` is handed the engine and the tenant.
-    pub(crate) async fn tx_in_async<T, F>(
+    pub(crate) async fn queue_in<T, F>(
         self: &Arc<Self>,
         tenant_id: String,
         f: F,
@@ -751,7 +754,18 @@ impl Engine {
     // ---- tenants and keys ----
 
     /// Creates a tenant with its three keys and the configured default policy.
-    pub fn create_tenant(
+    pub async fn create_tenant(
+        self: &Arc<Self>,
+        name: &str,
+        environment: Environment,
+    ) -> Result<TenantKeys, ApiError> {
+        let name = name.to_owned();
+        self.blocking(move |e| e.create_tenant_blocking(&name, environment))
+            .await
+    }
+
+    /// [`Self::create_tenant`] on the caller's thread, which waits for the store.
+    pub(crate) fn create_tenant_blocking(
         &self,
         name: &str,
         environment: Environment,
@@ -772,16 +786,23 @@ impl Engine {
             issue_keys(tx, &tenant_id, environment, now)
         })?;
         if let Some(org) = self.config.default_org_policy.clone() {
-            self.publish_org_policy_text(&tenant_id, &org)?;
+            self.publish_org_policy_text_blocking(&tenant_id, &org)?;
         }
         if let Some(policy) = self.config.default_tenant_policy.clone() {
-            self.publish_tenant_policy_text(&tenant_id, &policy)?;
+            self.publish_tenant_policy_text_blocking(&tenant_id, &policy)?;
         }
         Ok(keys)
     }
 
     /// The tenant named `name`, if any.
-    pub fn tenant_by_name(&self, name: &str) -> Result<Option<String>, ApiError> {
+    pub async fn tenant_by_name(self: &Arc<Self>, name: &str) -> Result<Option<String>, ApiError> {
+        let name = name.to_owned();
+        self.blocking(move |e| e.tenant_by_name_blocking(&name))
+            .await
+    }
+
+    /// [`Self::tenant_by_name`] on the caller's thread, which waits for the store.
+    pub(crate) fn tenant_by_name_blocking(&self, name: &str) -> Result<Option<String>, ApiError> {
         self.read(|tx, _| {
             tx.query_opt(
                 "SELECT id FROM tenants WHERE name = ?1 ORDER BY created_ms LIMIT 1",
@@ -792,7 +813,14 @@ impl Engine {
     }
 
     /// Revokes every key of a tenant and issues three new ones.
-    pub fn rotate_keys(&self, tenant_id: &str) -> Result<TenantKeys, ApiError> {
+    pub async fn rotate_keys(self: &Arc<Self>, tenant_id: &str) -> Result<TenantKeys, ApiError> {
+        let tenant_id = tenant_id.to_owned();
+        self.blocking(move |e| e.rotate_keys_blocking(&tenant_id))
+            .await
+    }
+
+    /// [`Self::rotate_keys`] on the caller's thread, which waits for the store.
+    pub(crate) fn rotate_keys_blocking(&self, tenant_id: &str) -> Result<TenantKeys, ApiError> {
         let keys = self.tx_in(tenant_id, |tx, now| {
             let env: String = tx
                 .query_opt(
@@ -820,7 +848,19 @@ impl Engine {
 
     /// `POST /v1/admin/api-keys` (tenant admin): one more key of the caller's tenant,
     /// e.g. a second operator for an approval quorum of two. The key is shown once.
-    pub fn issue_api_key(
+    pub async fn issue_api_key(
+        self: &Arc<Self>,
+        principal: &Principal,
+        req: &IssueKeyRequest,
+    ) -> Result<IssuedKey, ApiError> {
+        let principal = principal.clone();
+        let req = req.clone();
+        self.blocking(move |e| e.issue_api_key_blocking(&principal, &req))
+            .await
+    }
+
+    /// [`Self::issue_api_key`] on the caller's thread, which waits for the store.
+    pub(crate) fn issue_api_key_blocking(
         &self,
         principal: &Principal,
         req: &IssueKeyRequest,
@@ -884,7 +924,14 @@ impl Engine {
     }
 
     /// Who an API key is; 401 for a key this gateway did not issue.
-    pub fn authenticate(&self, api_key: &str) -> Result<Principal, ApiError> {
+    pub async fn authenticate(self: &Arc<Self>, api_key: &str) -> Result<Principal, ApiError> {
+        let api_key = api_key.to_owned();
+        self.blocking(move |e| e.authenticate_blocking(&api_key))
+            .await
+    }
+
+    /// [`Self::authenticate`] on the caller's thread, which waits for the store.
+    pub(crate) fn authenticate_blocking(&self, api_key: &str) -> Result<Principal, ApiError> {
         self.authenticate_hash(&sha256_hex(api_key.as_bytes()))
     }
 
@@ -937,7 +984,21 @@ impl Engine {
 
     /// Publishes an org base policy (`PUT /v1/admin/org-policies/{id}`). Org policies
     /// are kept per tenant: one tenant's admin cannot change another tenant's base.
-    pub fn publish_org_policy(
+    pub async fn publish_org_policy(
+        self: &Arc<Self>,
+        principal: &Principal,
+        org_policy_id: &str,
+        text: &str,
+    ) -> Result<Value, ApiError> {
+        let principal = principal.clone();
+        let org_policy_id = org_policy_id.to_owned();
+        let text = text.to_owned();
+        self.blocking(move |e| e.publish_org_policy_blocking(&principal, &org_policy_id, &text))
+            .await
+    }
+
+    /// [`Self::publish_org_policy`] on the caller's thread, which waits for the store.
+    pub(crate) fn publish_org_policy_blocking(
         &self,
         principal: &Principal,
         org_policy_id: &str,
@@ -958,12 +1019,24 @@ impl Engine {
                 format!("the policy's name is `{}`, not `{org_policy_id}`", doc.name),
             ));
         }
-        self.publish_org_policy_text(&principal.tenant_id, &file)?;
+        self.publish_org_policy_text_blocking(&principal.tenant_id, &file)?;
         Ok(json!({"org_policy_id": org_policy_id, "digest": doc.digest()}))
     }
 
     /// Publishes an org base from a file (the dev loop's `--org-policy-file`).
-    pub fn publish_org_policy_text(
+    pub async fn publish_org_policy_text(
+        self: &Arc<Self>,
+        tenant_id: &str,
+        file: &PolicyFile,
+    ) -> Result<(), ApiError> {
+        let tenant_id = tenant_id.to_owned();
+        let file = file.clone();
+        self.blocking(move |e| e.publish_org_policy_text_blocking(&tenant_id, &file))
+            .await
+    }
+
+    /// [`Self::publish_org_policy_text`] on the caller's thread, which waits for the store.
+    pub(crate) fn publish_org_policy_text_blocking(
         &self,
         tenant_id: &str,
         file: &PolicyFile,
@@ -994,13 +1067,25 @@ impl Engine {
 
     /// Publishes the tenant's policy (`PUT /v1/tenant/policy`): refused whole, with
     /// every problem, when it is invalid or would widen its org base.
-    pub fn publish_tenant_policy(
+    pub async fn publish_tenant_policy(
+        self: &Arc<Self>,
+        principal: &Principal,
+        text: &str,
+    ) -> Result<EffectivePolicy, ApiError> {
+        let principal = principal.clone();
+        let text = text.to_owned();
+        self.blocking(move |e| e.publish_tenant_policy_blocking(&principal, &text))
+            .await
+    }
+
+    /// [`Self::publish_tenant_policy`] on the caller's thread, which waits for the store.
+    pub(crate) fn publish_tenant_policy_blocking(
         &self,
         principal: &Principal,
         text: &str,
     ) -> Result<EffectivePolicy, ApiError> {
         require_role(principal, &[Role::TenantAdmin])?;
-        self.publish_tenant_policy_text(
+        self.publish_tenant_policy_text_blocking(
             &principal.tenant_id,
             &PolicyFile {
                 text: text.to_owned(),
@@ -1010,7 +1095,19 @@ impl Engine {
     }
 
     /// Publishes a tenant policy from a file (the dev loop's `--policy-file`).
-    pub fn publish_tenant_policy_text(
+    pub async fn publish_tenant_policy_text(
+        self: &Arc<Self>,
+        tenant_id: &str,
+        file: &PolicyFile,
+    ) -> Result<EffectivePolicy, ApiError> {
+        let tenant_id = tenant_id.to_owned();
+        let file = file.clone();
+        self.blocking(move |e| e.publish_tenant_policy_text_blocking(&tenant_id, &file))
+            .await
+    }
+
+    /// [`Self::publish_tenant_policy_text`] on the caller's thread, which waits for the store.
+    pub(crate) fn publish_tenant_policy_text_blocking(
         &self,
         tenant_id: &str,
         file: &PolicyFile,
@@ -1071,7 +1168,20 @@ impl Engine {
     }
 
     /// The tenant's effective policy (`GET /v1/policy/effective`).
-    pub fn effective_policy(&self, principal: &Principal) -> Result<EffectivePolicy, ApiError> {
+    pub async fn effective_policy(
+        self: &Arc<Self>,
+        principal: &Principal,
+    ) -> Result<EffectivePolicy, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.effective_policy_blocking(&principal))
+            .await
+    }
+
+    /// [`Self::effective_policy`] on the caller's thread, which waits for the store.
+    pub(crate) fn effective_policy_blocking(
+        &self,
+        principal: &Principal,
+    ) -> Result<EffectivePolicy, ApiError> {
         self.policy_for(&principal.tenant_id)?
             .map(|p| (*p).clone())
             .ok_or_else(|| ApiError::not_found("policy_not_found", "no policy has been published"))
@@ -1079,7 +1189,20 @@ impl Engine {
 
     /// The tenant's effective policy as stored (no key needed: for the process
     /// that runs the gateway, e.g. `paybond dev loop` deciding whether to publish).
-    pub fn tenant_policy(&self, tenant_id: &str) -> Result<Option<EffectivePolicy>, ApiError> {
+    pub async fn tenant_policy(
+        self: &Arc<Self>,
+        tenant_id: &str,
+    ) -> Result<Option<EffectivePolicy>, ApiError> {
+        let tenant_id = tenant_id.to_owned();
+        self.blocking(move |e| e.tenant_policy_blocking(&tenant_id))
+            .await
+    }
+
+    /// [`Self::tenant_policy`] on the caller's thread, which waits for the store.
+    pub(crate) fn tenant_policy_blocking(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Option<EffectivePolicy>, ApiError> {
         Ok(self.policy_for(tenant_id)?.map(|p| (*p).clone()))
     }
 
@@ -1231,13 +1354,38 @@ impl Engine {
     // ---- ledger ----
 
     /// The tenant's chain tip (`GET /ledger/v1/tip`).
-    pub fn ledger_tip(&self, principal: &Principal) -> Result<ledger::LedgerTip, ApiError> {
+    pub async fn ledger_tip(
+        self: &Arc<Self>,
+        principal: &Principal,
+    ) -> Result<ledger::LedgerTip, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.ledger_tip_blocking(&principal))
+            .await
+    }
+
+    /// [`Self::ledger_tip`] on the caller's thread, which waits for the store.
+    pub(crate) fn ledger_tip_blocking(
+        &self,
+        principal: &Principal,
+    ) -> Result<ledger::LedgerTip, ApiError> {
         require_role(principal, READERS)?;
         self.read(|tx, _| ledger::tip(tx, &principal.tenant_id))
     }
 
     /// The tenant's entries after `after_seq` (`GET /ledger/v1/events`), at most `limit` (≤ 1000).
-    pub fn ledger_events(
+    pub async fn ledger_events(
+        self: &Arc<Self>,
+        principal: &Principal,
+        after_seq: u64,
+        limit: u64,
+    ) -> Result<Vec<ledger::LedgerEvent>, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.ledger_events_blocking(&principal, after_seq, limit))
+            .await
+    }
+
+    /// [`Self::ledger_events`] on the caller's thread, which waits for the store.
+    pub(crate) fn ledger_events_blocking(
         &self,
         principal: &Principal,
         after_seq: u64,
@@ -1252,7 +1400,12 @@ impl Engine {
     /// Then, the ledger being the log of every change, it checks that the spend it
     /// records, rebuilt entry by entry, is what the intents and reservations tables
     /// hold: a difference makes the check fail, naming it.
-    pub fn verify_ledger(&self) -> Result<ledger::LedgerCheck, ApiError> {
+    pub async fn verify_ledger(self: &Arc<Self>) -> Result<ledger::LedgerCheck, ApiError> {
+        self.blocking(move |e| e.verify_ledger_blocking()).await
+    }
+
+    /// [`Self::verify_ledger`] on the caller's thread, which waits for the store.
+    pub(crate) fn verify_ledger_blocking(&self) -> Result<ledger::LedgerCheck, ApiError> {
         self.read(|tx, _| {
             let mut check = ledger::verify_chain(tx)?;
             if check.valid
@@ -1266,19 +1419,34 @@ impl Engine {
     }
 
     /// Reservations not yet finalized (and not past their TTL).
-    pub fn open_reservations(&self) -> Result<u64, ApiError> {
+    pub async fn open_reservations(self: &Arc<Self>) -> Result<u64, ApiError> {
+        self.blocking(move |e| e.open_reservations_blocking()).await
+    }
+
+    /// [`Self::open_reservations`] on the caller's thread, which waits for the store.
+    pub(crate) fn open_reservations_blocking(&self) -> Result<u64, ApiError> {
         self.read(|tx, now| tx.query_one(lifecycle::OPEN, args![now], |r| r.get(0)))
     }
 
     /// Approval requests of every tenant waiting for an operator (not past their expiry).
-    pub fn pending_approvals(&self) -> Result<u64, ApiError> {
+    pub async fn pending_approvals(self: &Arc<Self>) -> Result<u64, ApiError> {
+        self.blocking(move |e| e.pending_approvals_blocking()).await
+    }
+
+    /// [`Self::pending_approvals`] on the caller's thread, which waits for the store.
+    pub(crate) fn pending_approvals_blocking(&self) -> Result<u64, ApiError> {
         self.read(|tx, now| tx.query_one(lifecycle::PENDING_APPROVALS, args![now], |r| r.get(0)))
     }
 
     /// Prometheus text for `/metrics`.
-    pub fn render_metrics(&self) -> Result<String, ApiError> {
+    pub async fn render_metrics(self: &Arc<Self>) -> Result<String, ApiError> {
+        self.blocking(move |e| e.render_metrics_blocking()).await
+    }
+
+    /// [`Self::render_metrics`] on the caller's thread, which waits for the store.
+    pub(crate) fn render_metrics_blocking(&self) -> Result<String, ApiError> {
         use std::fmt::Write as _;
-        let open = self.open_reservations()?;
+        let open = self.open_reservations_blocking()?;
         let m = &self.metrics;
         let mut out = String::new();
         let _ = writeln!(

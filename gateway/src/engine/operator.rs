@@ -10,6 +10,7 @@ pub use paybond_middleware_core::wire::{
     DecisionRecord, DecisionView, EvidenceView, OperatorIntent, OperatorIntentDetail,
     OperatorIntentList, ReservationView,
 };
+use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::engine::lifecycle::{lifecycle, live_reservations, parse_cursor, rfc3339};
@@ -102,7 +103,18 @@ fn summary(tx: &dyn Tx, now: i64, row: IntentRow) -> Result<OperatorIntent, ApiE
 impl Engine {
     /// `GET /v1/spend/decisions/{id}`: a decision of the key's tenant as it was made,
     /// with its proof trace.
-    pub fn decision(
+    pub async fn decision(
+        self: &Arc<Self>,
+        principal: &Principal,
+        decision_id: Uuid,
+    ) -> Result<DecisionRecord, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.decision_blocking(&principal, decision_id))
+            .await
+    }
+
+    /// [`Self::decision`] on the caller's thread, which waits for the store.
+    pub(crate) fn decision_blocking(
         &self,
         principal: &Principal,
         decision_id: Uuid,
@@ -123,7 +135,19 @@ impl Engine {
     }
 
     /// `GET /harbor/operator/v1/intents`: the tenant's intents, newest first.
-    pub fn operator_intents(
+    pub async fn operator_intents(
+        self: &Arc<Self>,
+        principal: &Principal,
+        query: &IntentQuery,
+    ) -> Result<OperatorIntentList, ApiError> {
+        let principal = principal.clone();
+        let query = query.clone();
+        self.blocking(move |e| e.operator_intents_blocking(&principal, &query))
+            .await
+    }
+
+    /// [`Self::operator_intents`] on the caller's thread, which waits for the store.
+    pub(crate) fn operator_intents_blocking(
         &self,
         principal: &Principal,
         query: &IntentQuery,
@@ -177,7 +201,18 @@ impl Engine {
 
     /// `GET /harbor/operator/v1/intents/{id}`: one intent with its reservations,
     /// decisions and evidence.
-    pub fn operator_intent(
+    pub async fn operator_intent(
+        self: &Arc<Self>,
+        principal: &Principal,
+        intent_id: Uuid,
+    ) -> Result<OperatorIntentDetail, ApiError> {
+        let principal = principal.clone();
+        self.blocking(move |e| e.operator_intent_blocking(&principal, intent_id))
+            .await
+    }
+
+    /// [`Self::operator_intent`] on the caller's thread, which waits for the store.
+    pub(crate) fn operator_intent_blocking(
         &self,
         principal: &Principal,
         intent_id: Uuid,
@@ -317,7 +352,29 @@ impl Engine {
     /// `POST /v1/spend/decisions/{id}/compensation`: a paid step's compensation
     /// (a refund, a cancellation), recorded in the ledger as a `compensation` event
     /// linked to its allowed decision.
-    pub fn record_compensation(
+    pub async fn record_compensation(
+        self: &Arc<Self>,
+        principal: &Principal,
+        decision_id: Uuid,
+        req: &CompensationRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<CompensationRecorded, ApiError> {
+        let principal = principal.clone();
+        let req = req.clone();
+        let idempotency_key = idempotency_key.map(str::to_owned);
+        self.blocking(move |e| {
+            e.record_compensation_blocking(
+                &principal,
+                decision_id,
+                &req,
+                idempotency_key.as_deref(),
+            )
+        })
+        .await
+    }
+
+    /// [`Self::record_compensation`] on the caller's thread, which waits for the store.
+    pub(crate) fn record_compensation_blocking(
         &self,
         principal: &Principal,
         decision_id: Uuid,

@@ -237,20 +237,27 @@ impl RecordedCall {
 impl Engine {
     /// Replays the SQLite store at `database` under `options.policy` (see the
     /// [module](self)). The store is only read.
-    pub fn replay_database(
+    pub async fn replay_database(
         database: &Path,
         options: &ReplayOptions,
     ) -> Result<ReplayReport, ApiError> {
-        Self::replay_store(&Storage::File(database.to_owned()), options)
+        Self::replay_store(&Storage::File(database.to_owned()), options).await
     }
 
     /// Replays the store `storage` names (a SQLite file or a fleet's PostgreSQL
-    /// database) under `options.policy`, in one read-only snapshot of it.
-    pub fn replay_store(
+    /// database) under `options.policy`, in one read-only snapshot of it, on the
+    /// blocking pool.
+    pub async fn replay_store(
         storage: &Storage,
         options: &ReplayOptions,
     ) -> Result<ReplayReport, ApiError> {
-        crate::store::read_only(storage, |tx| replay(tx, options))
+        let storage = storage.clone();
+        let options = options.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::store::read_only(&storage, |tx| replay(tx, &options))
+        })
+        .await
+        .map_err(|e| ApiError::internal(format_args!("the replay's task failed: {e}")))?
     }
 }
 

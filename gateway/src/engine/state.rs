@@ -744,12 +744,18 @@ mod tests {
             std::sync::Arc::new(Engine::open(config).unwrap())
         };
         let mut engine = open();
-        let keys = engine.create_tenant("t", Environment::Sandbox).unwrap();
-        let agent = engine.authenticate(keys.agent.expose_secret()).unwrap();
-        let operator = engine.authenticate(keys.operator.expose_secret()).unwrap();
+        let keys = engine
+            .create_tenant_blocking("t", Environment::Sandbox)
+            .unwrap();
+        let agent = engine
+            .authenticate_blocking(keys.agent.expose_secret())
+            .unwrap();
+        let operator = engine
+            .authenticate_blocking(keys.operator.expose_secret())
+            .unwrap();
         let fund = |engine: &Engine, budget: u64| {
             engine
-                .bootstrap_sandbox(
+                .bootstrap_sandbox_blocking(
                     &agent,
                     &SandboxBootstrapRequest {
                         operation: BOOK.to_owned(),
@@ -791,8 +797,9 @@ mod tests {
                 Step::Approve(i, yes) => {
                     if let Some((id, which, cents)) = held.get(i % held.len().max(1)).copied() {
                         if *yes {
-                            let _ = engine.approve(&operator, id);
-                            let token = engine.approval(&agent, id).unwrap().approval_token;
+                            let _ = engine.approve_blocking(&operator, id);
+                            let token =
+                                engine.approval_blocking(&agent, id).unwrap().approval_token;
                             let mut retry = request(&intents[which], cents);
                             retry.approval_token = token;
                             let r = block(engine.verify(agent.clone(), retry)).unwrap();
@@ -800,7 +807,7 @@ mod tests {
                                 allowed.push(r.decision_id.unwrap());
                             }
                         } else {
-                            let _ = engine.deny_approval(&operator, id);
+                            let _ = engine.deny_approval_blocking(&operator, id);
                         }
                     }
                 }
@@ -821,7 +828,7 @@ mod tests {
                 }
                 Step::Advance(ms) => {
                     clock.advance_ms(*ms);
-                    engine.sweep().unwrap();
+                    engine.sweep_blocking().unwrap();
                 }
                 Step::Fund(budget) => intents.push(fund(&engine, *budget)),
                 Step::Restart => {
@@ -844,7 +851,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(rebuilt, tables, "{steps:?}");
-        assert!(engine.verify_ledger().unwrap().valid);
+        assert!(engine.verify_ledger_blocking().unwrap().valid);
     }
 
     proptest::proptest! {
@@ -874,10 +881,14 @@ mod tests {
         let mut config = EngineConfig::new(Storage::Memory);
         config.clock = clock.clone();
         let engine = std::sync::Arc::new(Engine::open(config).unwrap());
-        let keys = engine.create_tenant("t", Environment::Sandbox).unwrap();
-        let agent = engine.authenticate(keys.agent.expose_secret()).unwrap();
+        let keys = engine
+            .create_tenant_blocking("t", Environment::Sandbox)
+            .unwrap();
+        let agent = engine
+            .authenticate_blocking(keys.agent.expose_secret())
+            .unwrap();
         let intent = engine
-            .bootstrap_sandbox(
+            .bootstrap_sandbox_blocking(
                 &agent,
                 &SandboxBootstrapRequest {
                     operation: BOOK.to_owned(),
@@ -924,7 +935,7 @@ mod tests {
         }
         // It lapsed and waits for the sweep: every decision reads until then.
         assert_eq!(reads() - before, 20);
-        engine.sweep().unwrap();
+        engine.sweep_blocking().unwrap();
         let before = reads();
         for _ in 0..20 {
             decide();
@@ -941,11 +952,13 @@ mod tests {
         ]);
         let engine = crate::engine::Engine::in_memory().unwrap();
         let keys = engine
-            .create_tenant("t", paybond_middleware_core::wire::Environment::Sandbox)
+            .create_tenant_blocking("t", paybond_middleware_core::wire::Environment::Sandbox)
             .unwrap();
-        let agent = engine.authenticate(keys.agent.expose_secret()).unwrap();
+        let agent = engine
+            .authenticate_blocking(keys.agent.expose_secret())
+            .unwrap();
         let boot = engine
-            .bootstrap_sandbox(
+            .bootstrap_sandbox_blocking(
                 &agent,
                 &paybond_middleware_core::wire::SandboxBootstrapRequest {
                     operation: BOOK.to_owned(),
@@ -954,7 +967,7 @@ mod tests {
                 },
             )
             .unwrap();
-        assert!(engine.verify_ledger().unwrap().valid);
+        assert!(engine.verify_ledger_blocking().unwrap().valid);
         // A row changed behind the ledger's back.
         engine
             .tx(|tx, _| {
@@ -964,7 +977,7 @@ mod tests {
                 )
             })
             .unwrap();
-        let check = engine.verify_ledger().unwrap();
+        let check = engine.verify_ledger_blocking().unwrap();
         assert!(!check.valid);
         let problem = check.problem.unwrap();
         assert!(

@@ -12,7 +12,7 @@ use paybond_middleware_core::wire::{
 };
 use uuid::Uuid;
 
-use super::{Blocking, Fixture};
+use super::{Blocking, Fixture, block_on};
 
 /// The tenant policy of the run.
 pub const POLICY: &str = r#"
@@ -84,19 +84,17 @@ impl Activity {
         config.intent_ttl_ms = 30 * DAY_MS;
         config.capability_ttl_ms = 30 * DAY_MS;
         let fx = Fixture::with_config(config);
-        fx.engine.publish_tenant_policy(&fx.admin, POLICY).unwrap();
+        block_on(fx.engine.publish_tenant_policy(&fx.admin, POLICY)).unwrap();
         let issue = |role: &str, subject: &str| {
-            let key = fx
-                .engine
-                .issue_api_key(
-                    &fx.admin,
-                    &IssueKeyRequest {
-                        role: role.to_owned(),
-                        subject: Some(subject.to_owned()),
-                    },
-                )
-                .unwrap();
-            fx.engine.authenticate(key.api_key.expose_secret()).unwrap()
+            let key = block_on(fx.engine.issue_api_key(
+                &fx.admin,
+                &IssueKeyRequest {
+                    role: role.to_owned(),
+                    subject: Some(subject.to_owned()),
+                },
+            ))
+            .unwrap();
+            block_on(fx.engine.authenticate(key.api_key.expose_secret())).unwrap()
         };
         let agents = vec![
             issue("agent", "alpha"),
@@ -237,11 +235,8 @@ impl Activity {
         assert!(held.approval_required, "{held:?}");
         self.clock.advance_ms(120_000);
         let approval = held.approval_request_id.unwrap();
-        self.fx.engine.approve(&self.operator2, approval).unwrap();
-        let token = self
-            .fx
-            .engine
-            .approval(&self.agents[1], approval)
+        block_on(self.fx.engine.approve(&self.operator2, approval)).unwrap();
+        let token = block_on(self.fx.engine.approval(&self.agents[1], approval))
             .unwrap()
             .approval_token
             .unwrap();
@@ -251,10 +246,12 @@ impl Activity {
         let held = self.call(2, "shop.buy", 3000, Some("vendor_shop"), None);
         assert!(held.approval_required, "{held:?}");
         self.clock.advance_ms(600_000);
-        self.fx
-            .engine
-            .deny_approval(&op, held.approval_request_id.unwrap())
-            .unwrap();
+        block_on(
+            self.fx
+                .engine
+                .deny_approval(&op, held.approval_request_id.unwrap()),
+        )
+        .unwrap();
         self.denied_hold = held.decision_id.unwrap();
 
         // Day 3 (today): alpha nears its daily cap, then is denied over it; a

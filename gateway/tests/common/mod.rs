@@ -116,14 +116,10 @@ impl Fixture {
 
     pub fn with_config(config: EngineConfig) -> Self {
         let engine = Arc::new(Engine::open(config).unwrap());
-        let keys = engine
-            .create_tenant("sandbox", Environment::Sandbox)
-            .unwrap();
-        let agent = engine.authenticate(keys.agent.expose_secret()).unwrap();
-        let operator = engine.authenticate(keys.operator.expose_secret()).unwrap();
-        let admin = engine
-            .authenticate(keys.tenant_admin.expose_secret())
-            .unwrap();
+        let keys = block_on(engine.create_tenant("sandbox", Environment::Sandbox)).unwrap();
+        let agent = block_on(engine.authenticate(keys.agent.expose_secret())).unwrap();
+        let operator = block_on(engine.authenticate(keys.operator.expose_secret())).unwrap();
+        let admin = block_on(engine.authenticate(keys.tenant_admin.expose_secret())).unwrap();
         Self {
             engine,
             keys,
@@ -168,20 +164,18 @@ impl Fixture {
         operation: &str,
         budget: u64,
     ) -> (Uuid, CapabilityToken) {
-        let r = self
-            .engine
-            .bootstrap_sandbox(
-                agent,
-                &SandboxBootstrapRequest {
-                    operation: operation.to_owned(),
-                    requested_spend_cents: budget,
-                    currency: Some("usd".to_owned()),
-                    evidence_schema: None,
-                    metadata: None,
-                    idempotency_key: None,
-                },
-            )
-            .unwrap();
+        let r = block_on(self.engine.bootstrap_sandbox(
+            agent,
+            &SandboxBootstrapRequest {
+                operation: operation.to_owned(),
+                requested_spend_cents: budget,
+                currency: Some("usd".to_owned()),
+                evidence_schema: None,
+                metadata: None,
+                idempotency_key: None,
+            },
+        ))
+        .unwrap();
         (r.intent_id, r.capability_token)
     }
 }
