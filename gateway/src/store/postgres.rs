@@ -526,12 +526,12 @@ impl PgStore {
             Err(e)
         } else if keep {
             let started = std::time::Instant::now();
-            let committed = end.control("COMMIT");
-            self.stats.committed(started, ops);
-            committed.inspect_err(|_| {
-                end.discard();
-                let _ = end.control("ROLLBACK");
-            })
+            end.control("COMMIT")
+                .inspect(|()| self.stats.committed(started, ops))
+                .inspect_err(|_| {
+                    end.discard();
+                    let _ = end.control("ROLLBACK");
+                })
         } else {
             end.discard();
             // The group's one write failed and answers its own error; a failed
@@ -1635,6 +1635,51 @@ pub(crate) mod tests {
                 put(tx, "op-zz")
             })
             .unwrap();
+    }
+
+    #[test]
+    fn the_figures_count_each_committed_group_and_no_failed_one() {
+        let Some(url) = test_database() else {
+            return;
+        };
+        let store = PgStore::open(&url).unwrap();
+        store
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO tenants (id, name, environment, created_ms) VALUES ('t', 't', 'sandbox', 0)",
+                    args![],
+                )
+                .map(drop)
+            })
+            .unwrap();
+        let (commits, ops) = (
+            store.stats().commit_us.count(),
+            store.stats().operations.sum(),
+        );
+        // One write at a time: each is a group of one, committed.
+        for n in 0..3 {
+            store
+                .write_as("t", |tx| put(tx, &format!("op-{n}")))
+                .unwrap();
+        }
+        assert_eq!(store.stats().commit_us.count(), commits + 3);
+        assert_eq!(store.stats().operations.count(), commits + 3);
+        assert_eq!(store.stats().operations.sum(), ops + 3);
+        // A write that fails is rolled back, and a held-back statement that fails
+        // fails the commit it went with: neither is counted.
+        let refused = store.write_as("t", |tx| {
+            put(tx, "op-x")?;
+            Err::<(), _>(ApiError::conflict("refused", "refused"))
+        });
+        assert!(refused.is_err());
+        let failed = store.write_as("t", |tx| {
+            put(tx, "op-dup")?;
+            put(tx, "op-dup")
+        });
+        assert!(failed.is_err());
+        assert_eq!(store.stats().commit_us.count(), commits + 3);
+        assert_eq!(store.stats().operations.sum(), ops + 3);
+        assert_eq!(stored(&store), ["op-0", "op-1", "op-2"]);
     }
 
     /// `n` writes of tenant `t` at once (numbered from `from`); the first to run
