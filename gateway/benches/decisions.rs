@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 use paybond_gateway::{Engine, EngineConfig, PolicyFile, Storage};
 use paybond_middleware_core::CapabilityToken;
 use paybond_middleware_core::wire::{
-    CompleteRequest, Environment, Finalization, Principal, SandboxBootstrapRequest, VerifyRequest,
+    CompleteRequest, Environment, EvidenceRequest, Finalization, Principal,
+    SandboxBootstrapRequest, VerifyRequest,
 };
 use uuid::Uuid;
 
@@ -299,6 +300,13 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) -> Htt
     .await;
 
     let keyed_request = verify_request(s);
+    let evidence_body = serde_json::to_vec(&EvidenceRequest {
+        payload: Some(serde_json::json!({"status": "completed", "cost_cents": 1})),
+        operation: Some("bench.pay".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let intent = s.intent;
     let verify = |complete: bool, keyed: bool| {
         let (c, b, p, key, vb, cb, kr) = (
             client.clone(),
@@ -343,6 +351,48 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) -> Htt
     let after_keyed = StoreFigures::of_servers(&client, &bases).await;
     let both = drive(clients, verify(true, false)).await;
     let after_both = StoreFigures::of_servers(&client, &bases).await;
+    // What the layer sends for each guarded call: a keyed verify, the tool's
+    // evidence and the completion, each with its idempotency key.
+    let (c, b, p, key, kr, eb, cb) = (
+        client.clone(),
+        bases.clone(),
+        pick.clone(),
+        s.agent_key.clone(),
+        keyed_request.clone(),
+        evidence_body.clone(),
+        complete_body.clone(),
+    );
+    let guarded = drive(clients, move || {
+        let (c, base, key, eb, cb) = (c.clone(), p(&b), key.clone(), eb.clone(), cb.clone());
+        let mut req = kr.clone();
+        req.idempotency_key = Some(paybond_middleware_core::new_idempotency_key());
+        let vb = serde_json::to_vec(&req).unwrap();
+        async move {
+            let r = post_verify(&c, &base, &key, vb).await;
+            let id = r["decision_id"].as_str().unwrap();
+            for (path, body, what) in [
+                (
+                    format!("/v1/sandbox/guardrails/{intent}/evidence"),
+                    eb,
+                    "evidence",
+                ),
+                (format!("/v1/spend/decisions/{id}/complete"), cb, "complete"),
+            ] {
+                let done = c
+                    .post(format!("{base}{path}"))
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", format!("{id}:{what}"))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(done.status().is_success(), "{what}: {}", done.status());
+            }
+        }
+    })
+    .await;
+    let after_guarded = StoreFigures::of_servers(&client, &bases).await;
     print(&format!("http {label}: GET /healthz"), &health);
     print(&format!("http {label}: verify"), &alone);
     after_alone.since(&at_start).print(&alone);
@@ -350,6 +400,11 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) -> Htt
     after_keyed.since(&after_alone).print(&keyed);
     print(&format!("http {label}: verify + complete"), &both);
     after_both.since(&after_keyed).print(&both);
+    print(
+        &format!("http {label}: guarded call (verify, evidence, complete)"),
+        &guarded,
+    );
+    after_guarded.since(&after_both).print(&guarded);
     println!(
         "{:<44} {:>9.2}x the /healthz throughput (verify alone)\n",
         "  ratio",

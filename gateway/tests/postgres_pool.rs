@@ -288,3 +288,68 @@ async fn a_policy_published_on_one_replica_decides_the_next_verify_on_another() 
         Some(published.digest.as_str())
     );
 }
+
+/// Evidence on a fleet is checked against the tenant's policy as stored, read in
+/// the tenant's group: patterns published on one replica refuse the next evidence
+/// on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitive_patterns_published_on_one_replica_refuse_evidence_on_another() {
+    let Some(url) = common::pg_database() else {
+        return;
+    };
+    let fixture = Fixture::with_config(EngineConfig::new(Storage::Postgres(url.clone())));
+    let other = std::sync::Arc::new(
+        paybond_gateway::Engine::open(EngineConfig::new(Storage::Postgres(url))).unwrap(),
+    );
+    let tenant = fixture.agent.tenant_id.clone();
+    fixture
+        .engine
+        .publish_tenant_policy_text(&tenant, &PolicyFile::bundled_tenant_overlay())
+        .await
+        .unwrap();
+    let (intent, _) = fixture.intent(60_000);
+    let agent = other
+        .authenticate(fixture.keys.agent.expose_secret())
+        .await
+        .unwrap();
+    let evidence = |key: &str| {
+        other.submit_evidence(
+            agent.clone(),
+            intent,
+            paybond_middleware_core::wire::EvidenceRequest {
+                payload: Some(serde_json::json!({
+                    "status": "completed",
+                    "cost_cents": 100,
+                    "note": "paid with 4111111111111111",
+                })),
+                operation: Some(common::BOOK.into()),
+                ..Default::default()
+            },
+            Some(key.to_owned()),
+        )
+    };
+
+    // No pattern yet: recorded.
+    evidence("ev-1").await.unwrap();
+
+    // Published on the fixture's replica: card numbers are sensitive.
+    let mut guarded = PolicyFile::bundled_tenant_overlay();
+    guarded
+        .text
+        .push_str("  data:\n    sensitive_patterns: ['\\b4[0-9]{15}\\b']\n");
+    fixture
+        .engine
+        .publish_tenant_policy_text(&tenant, &guarded)
+        .await
+        .unwrap();
+
+    // The other replica refuses the same evidence now, naming where.
+    let refused = evidence("ev-2").await.unwrap_err();
+    assert_eq!(refused.status, 422, "{refused:?}");
+    assert_eq!(refused.code, "sensitive_data_in_evidence");
+    assert!(
+        refused.message.contains("payload.note"),
+        "{}",
+        refused.message
+    );
+}
