@@ -353,3 +353,60 @@ async fn sensitive_patterns_published_on_one_replica_refuse_evidence_on_another(
         refused.message
     );
 }
+
+/// A replica keeps what its last group of a tenant's decisions read while the
+/// tenant's ledger stays where that group left it: what another replica decides
+/// in between is seen before the next decision, so together they never spend
+/// past a budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_sees_what_another_decided_before_its_next_decision() {
+    let Some(url) = common::pg_database() else {
+        return;
+    };
+    let f = Fixture::with_config(EngineConfig::new(Storage::Postgres(url.clone())));
+    let other = std::sync::Arc::new(
+        paybond_gateway::Engine::open(EngineConfig::new(Storage::Postgres(url))).unwrap(),
+    );
+    let (intent, token) = f.intent(100);
+    let verify = async |engine: &std::sync::Arc<paybond_gateway::Engine>, cents| {
+        engine
+            .verify(
+                f.agent.clone(),
+                common::verify_request(intent, &token, cents),
+            )
+            .await
+    };
+    // The first replica decides twice in a row: the second decision's group
+    // starts from what the first one read.
+    assert!(verify(&f.engine, 30).await.unwrap().allow);
+    let r = verify(&f.engine, 30).await.unwrap();
+    assert!(r.allow, "{r:?}");
+    assert_eq!(r.remaining_cents, Some(40));
+    // The other replica reserves 30 of the 40 left.
+    let r = verify(&other, 30).await.unwrap();
+    assert!(r.allow, "{r:?}");
+    assert_eq!(r.remaining_cents, Some(10));
+    // The first sees it: 20 more would overspend.
+    let r = verify(&f.engine, 20).await.unwrap();
+    assert!(!r.allow);
+    assert_eq!(r.code.as_deref(), Some("intent_budget_exceeded"), "{r:?}");
+    // A release on the other replica returns its amount to the first one's budget.
+    let released = other
+        .complete(
+            f.agent.clone(),
+            verify(&other, 10).await.unwrap().decision_id.unwrap(),
+            paybond_middleware_core::wire::CompleteRequest {
+                outcome: paybond_middleware_core::wire::Finalization::Released,
+                actual_spend_cents: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(released.returned_cents, Some(10), "{released:?}");
+    let r = verify(&f.engine, 10).await.unwrap();
+    assert!(r.allow, "{r:?}");
+    assert_eq!(r.remaining_cents, Some(0));
+    let r = verify(&f.engine, 1).await.unwrap();
+    assert!(!r.allow, "{r:?}");
+}

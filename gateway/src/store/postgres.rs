@@ -95,6 +95,12 @@ struct TenantGroup {
     /// next group may open meanwhile (its lock on the tenant waits in PostgreSQL
     /// for that commit).
     turn: Mutex<Turn>,
+    /// What the last group to commit here had read of the tenant, kept with
+    /// the ledger tip it had reached. The next group takes it when the tenant's
+    /// tip is still that one: nothing has changed what a decision reads since
+    /// (every such change is a ledger entry of the tenant's), so that group's
+    /// decisions read nothing again.
+    kept: Mutex<Option<LiveState>>,
 }
 
 #[derive(Default)]
@@ -445,7 +451,7 @@ impl PgStore {
         group.arrivals.fetch_add(1, Ordering::SeqCst);
         let mut turn = group.lock();
         if turn.open.is_none() {
-            match self.open_group(runtime, tenant) {
+            match self.open_group(runtime, tenant, &group) {
                 Ok(open) => {
                     turn.open = Some(open);
                     turn.id += 1;
@@ -498,7 +504,7 @@ impl PgStore {
             // The next write may open the next group while this one ends.
             drop(turn);
             outcome.set(match ending {
-                Some(open) => self.end_group(open, keep, ops),
+                Some(open) => self.end_group(open, keep, ops, tenant, &group),
                 None => Err(ApiError::internal(
                     "storage: a tenant's group has no transaction",
                 )),
@@ -517,7 +523,16 @@ impl PgStore {
     /// Ends a group of `ops` writes: commits it (`keep`) or rolls it back.
     /// Everything the group held back goes with its commit: if any of it fails,
     /// the commit does, and no write of the group is kept.
-    fn end_group(&self, open: OpenGroup, keep: bool, ops: usize) -> Result<(), ApiError> {
+    /// A group that commits leaves what it read for the next one (see
+    /// [`TenantGroup::kept`]), before its `COMMIT` frees the tenant's lock.
+    fn end_group(
+        &self,
+        open: OpenGroup,
+        keep: bool,
+        ops: usize,
+        tenant: &str,
+        group: &TenantGroup,
+    ) -> Result<(), ApiError> {
         let end = PgTx::new(&open.conn, &open.pending, None);
         let broken = open.broken.borrow_mut().take();
         let ended = if let Some(e) = broken {
@@ -525,6 +540,13 @@ impl PgStore {
             let _ = end.control("ROLLBACK");
             Err(e)
         } else if keep {
+            // Kept with the tip the group reached; a group that forgot it (its
+            // live state was emptied) leaves nothing. If the commit fails, the
+            // tenant's tip stays the one before and no group takes this.
+            let live = open.live.take();
+            if live.tip(tenant).is_some() {
+                *group.keep() = Some(live);
+            }
             let started = std::time::Instant::now();
             end.control("COMMIT")
                 .inspect(|()| self.stats.committed(started, ops))
@@ -543,11 +565,14 @@ impl PgStore {
         ended
     }
 
-    /// A transaction for a new group of `tenant`'s: begun, the tenant locked.
+    /// A transaction for a new group of `tenant`'s: begun, the tenant locked,
+    /// with what the last group here read of it if the tenant's ledger tip is
+    /// still the one that group reached.
     fn open_group(
         &self,
         runtime: &tokio::runtime::Runtime,
         tenant: &str,
+        group: &TenantGroup,
     ) -> Result<OpenGroup, ApiError> {
         let conn = RefCell::new(self.take(runtime)?);
         let pending = RefCell::new(Vec::new());
@@ -563,6 +588,18 @@ impl PgStore {
             )
             .and_then(|()| tx.start_group(tenant, &mut live.borrow_mut()))
         };
+        if begun.is_ok()
+            && let Some(mut kept) = group.keep().take()
+        {
+            let read = live.borrow();
+            if kept.tip(tenant).is_some() && kept.tip(tenant) == read.tip(tenant) {
+                // As read just now under the lock: the policy's version is checked
+                // on every group, whatever the ledger says.
+                kept.set_policy_version(tenant, read.policy_version(tenant).flatten());
+                drop(read);
+                *live.borrow_mut() = kept;
+            }
+        }
         match begun {
             Ok(()) => Ok(OpenGroup {
                 conn,
@@ -589,6 +626,13 @@ impl TenantGroup {
         // Every path leaves the turn consistent before it can panic (the write
         // itself runs under catch_unwind), so a poisoned lock is usable.
         self.turn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn keep(&self) -> MutexGuard<'_, Option<LiveState>> {
+        // Only taken or replaced whole: a poisoned lock holds a whole value.
+        self.kept
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -1680,6 +1724,76 @@ pub(crate) mod tests {
         assert_eq!(store.stats().commit_us.count(), commits + 3);
         assert_eq!(store.stats().operations.sum(), ops + 3);
         assert_eq!(stored(&store), ["op-0", "op-1", "op-2"]);
+    }
+
+    #[test]
+    fn a_group_takes_what_the_last_read_while_the_tenants_ledger_is_unchanged() {
+        let Some(url) = test_database() else {
+            return;
+        };
+        let store = PgStore::open(&url).unwrap();
+        let other = PgStore::open(&url).unwrap();
+        store
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO tenants (id, name, environment, created_ms) VALUES ('t', 't', 'sandbox', 0)",
+                    args![],
+                )
+                .map(drop)
+            })
+            .unwrap();
+        // What a group holds in its live state; a mark stands for what its
+        // decisions read.
+        let marked = |store: &PgStore| {
+            store
+                .write_as("t", |tx| {
+                    let live = tx.live().unwrap();
+                    let seen = live.borrow().policy_version("mark").is_some();
+                    live.borrow_mut().set_policy_version("mark", Some(1));
+                    Ok(seen)
+                })
+                .unwrap()
+        };
+        assert!(!marked(&store), "a first group reads everything");
+        assert!(
+            marked(&store),
+            "the next group takes what the last one read"
+        );
+        assert!(marked(&store));
+        // A group of this replica that appends to the tenant's ledger, keeping
+        // its live state in step (as decisions do), leaves what it read with the
+        // tip it reached.
+        store
+            .write_as("t", |tx| {
+                tx.keep_live();
+                crate::engine::ledger::append(tx, "t", "test.entry", serde_json::json!({}), 1)
+                    .map(drop)
+            })
+            .unwrap();
+        assert!(marked(&store));
+        // A write that does not keep it in step empties it: nothing is left.
+        store.write_as("t", |tx| put(tx, "op-a")).unwrap();
+        assert!(!marked(&store));
+        assert!(marked(&store));
+        // Another replica's entry moves the tip: nothing held is trusted.
+        other
+            .write_as("t", |tx| {
+                crate::engine::ledger::append(tx, "t", "test.entry", serde_json::json!({}), 2)
+                    .map(drop)
+            })
+            .unwrap();
+        assert!(!marked(&store), "read again after another replica wrote");
+        assert!(marked(&store));
+        // A group whose commit fails leaves nothing to take.
+        let failed = store.write_as("t", |tx| {
+            tx.keep_live();
+            crate::engine::ledger::append(tx, "t", "test.entry", serde_json::json!({}), 3)?;
+            put(tx, "op-dup")?;
+            put(tx, "op-dup")
+        });
+        assert!(failed.is_err());
+        assert!(!marked(&store));
+        assert!(marked(&store));
     }
 
     /// `n` writes of tenant `t` at once (numbered from `from`); the first to run
