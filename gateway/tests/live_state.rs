@@ -73,6 +73,22 @@ fn a_second_engine_on_the_same_file_is_seen_before_the_next_decision() {
         .unwrap();
     assert!(r.allow, "{r:?}");
 
+    // The first engine made that reservation and holds it open; the other
+    // consumes it. The first one's complete of it is refused: finalized once.
+    let id = r.decision_id.unwrap();
+    let done = |outcome| CompleteRequest {
+        outcome,
+        actual_spend_cents: None,
+    };
+    other
+        .complete_now(&f.agent, id, &done(Finalization::Consumed), None)
+        .unwrap();
+    let again = f
+        .engine
+        .complete_now(&f.agent, id, &done(Finalization::Released), None)
+        .unwrap_err();
+    assert_eq!(again.code, "decision_already_finalized", "{again:?}");
+
     // Both ledgers' tips are the file's: the chain the two wrote is one.
     assert!(block_on(f.engine.verify_ledger()).unwrap().valid);
 }

@@ -409,4 +409,47 @@ async fn a_replica_sees_what_another_decided_before_its_next_decision() {
     assert_eq!(r.remaining_cents, Some(0));
     let r = verify(&f.engine, 1).await.unwrap();
     assert!(!r.allow, "{r:?}");
+
+    // A reservation the first replica made and holds, finalized on the other, is
+    // finalized once: the first one's next complete of it is refused.
+    let id = allowed_decision(&f.engine, &f.agent, intent, &token).await;
+    let done = |outcome| paybond_middleware_core::wire::CompleteRequest {
+        outcome,
+        actual_spend_cents: None,
+    };
+    other
+        .complete(
+            f.agent.clone(),
+            id,
+            done(paybond_middleware_core::wire::Finalization::Consumed),
+            None,
+        )
+        .await
+        .unwrap();
+    let again = f
+        .engine
+        .complete(
+            f.agent.clone(),
+            id,
+            done(paybond_middleware_core::wire::Finalization::Released),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(again.code, "decision_already_finalized", "{again:?}");
+}
+
+/// An allowed verify of 0 cents on `intent`: its decision id.
+async fn allowed_decision(
+    engine: &std::sync::Arc<paybond_gateway::Engine>,
+    agent: &paybond_middleware_core::wire::Principal,
+    intent: uuid::Uuid,
+    token: &paybond_middleware_core::CapabilityToken,
+) -> uuid::Uuid {
+    let r = engine
+        .verify(agent.clone(), common::verify_request(intent, token, 0))
+        .await
+        .unwrap();
+    assert!(r.allow, "{r:?}");
+    r.decision_id.unwrap()
 }

@@ -15,6 +15,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::engine::counters::{self, Counted};
+use crate::engine::live::LiveReservation;
 use crate::engine::rules::{
     self, ApprovalFacts, Ask, Call, CallContext, Decision, Effect, HoldContext, HoldOutcome,
     Recorder, TokenFacts, Verdict, bind_tool, cap_buckets, deny, tool_limits,
@@ -683,6 +684,20 @@ impl Engine {
             let mut live = live.borrow_mut();
             live.reserved(&call.intent, call.amount, lapses);
             live.called(call.tenant, &call.tool, now);
+            live.hold_reservation(
+                decision_id.to_string(),
+                LiveReservation {
+                    tenant: call.tenant.to_owned(),
+                    intent: call.intent.clone(),
+                    amount: call.amount,
+                    expires_ms: lapses,
+                    created_ms: now,
+                    agent: call.agent.to_owned(),
+                    agent_subject: call.agent_subject.map(str::to_owned),
+                    vendor: call.vendor.map(str::to_owned),
+                    tool: call.tool.clone(),
+                },
+            );
         }
         counters::adjust(
             tx,

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::engine::counters::{self, Counted};
 use crate::engine::decide::MAX_AMOUNT_CENTS;
 use crate::engine::ledger;
+use crate::engine::live::LiveReservation;
 use crate::engine::{Engine, bounded, require_role};
 use crate::error::ApiError;
 use crate::store::{Tx, args};
@@ -533,19 +534,40 @@ impl Engine {
         intent_id: Uuid,
         req: &EvidenceRequest,
     ) -> Result<EvidenceResponse, ApiError> {
-        let row: Option<(String, u64, Option<String>, String)> = tx.query_opt(
-            "SELECT state, budget_cents, evidence_schema, operations FROM intents
-                 WHERE id = ?1 AND tenant_id = ?2",
-            args![intent_id.to_string(), principal.tenant_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?;
+        let intent = intent_id.to_string();
+        // From the live state when it holds the intent; else read.
+        let held = tx.live().and_then(|live| {
+            live.borrow_mut()
+                .evidence_facts(&principal.tenant_id, &intent)
+        });
+        let row = match held {
+            Some(f) => Some((f.state, f.budget_cents, f.evidence_schema, f.operations)),
+            None => tx
+                .query_opt(
+                    "SELECT state, budget_cents, evidence_schema, operations FROM intents
+                         WHERE id = ?1 AND tenant_id = ?2",
+                    args![intent, principal.tenant_id],
+                    |r| {
+                        Ok((
+                            r.get::<String>(0)?,
+                            r.get::<u64>(1)?,
+                            r.get::<Option<String>>(2)?,
+                            r.get::<String>(3)?,
+                        ))
+                    },
+                )?
+                .map(|(state, budget, schema, operations)| {
+                    serde_json::from_str(&operations)
+                        .map(|operations: Vec<String>| (state, budget, schema, operations))
+                })
+                .transpose()?,
+        };
         let Some((state, budget, schema, operations)) = row else {
             return Err(ApiError::not_found(
                 "intent_not_found",
                 "no such intent for this tenant",
             ));
         };
-        let operations: Vec<String> = serde_json::from_str(&operations)?;
         let operation = match req.operation.as_deref() {
             Some(op) if !operations.iter().any(|o| o == op) => {
                 return Err(ApiError::unprocessable(
@@ -574,19 +596,26 @@ impl Engine {
             .and_then(|m| m.get("decision_id"))
             .and_then(Value::as_str)
             .map(str::to_owned);
+        let held = |d: &str| {
+            let live = tx.live()?.borrow();
+            let r = live.reservation(&principal.tenant_id, d)?;
+            (r.intent == intent).then_some(r.amount)
+        };
         let bound: u64 = match &decision_id {
-            Some(d) => tx
-                .query_opt(
+            Some(d) => match held(d) {
+                Some(amount) => Some(amount),
+                None => tx.query_opt(
                     "SELECT amount_cents FROM reservations WHERE id = ?1 AND intent_id = ?2",
-                    args![d, intent_id.to_string()],
+                    args![d, intent],
                     |r| r.get(0),
-                )?
-                .ok_or_else(|| {
-                    ApiError::unprocessable(
-                        "decision_not_found",
-                        "metadata.decision_id names no reservation of this intent",
-                    )
-                })?,
+                )?,
+            }
+            .ok_or_else(|| {
+                ApiError::unprocessable(
+                    "decision_not_found",
+                    "metadata.decision_id names no reservation of this intent",
+                )
+            })?,
             None => budget,
         };
         let status = payload.get("status").and_then(Value::as_str);
@@ -1171,6 +1200,21 @@ impl ReservationRow {
         })
     }
 
+    /// An open reservation the live state holds.
+    fn open(r: &LiveReservation) -> Self {
+        Self {
+            intent: r.intent.clone(),
+            amount: r.amount,
+            state: "open".to_owned(),
+            expires: r.expires_ms,
+            created: r.created_ms,
+            agent: r.agent.clone(),
+            agent_subject: r.agent_subject.clone(),
+            vendor: r.vendor.clone(),
+            tool: r.tool.clone(),
+        }
+    }
+
     fn counted<'a>(&'a self, tenant: &'a str) -> Counted<'a> {
         Counted {
             tenant,
@@ -1313,22 +1357,33 @@ pub(crate) fn complete_tx(
 ) -> Result<CompleteResponse, ApiError> {
     // The live state's intents change here only with the intents table, below.
     tx.keep_live();
-    // With its intent's state and deadline: one statement.
+    let id = decision_id.to_string();
+    // An open reservation the live state holds, with its intent's state and
+    // deadline, is read from there; else from the database, in one statement.
     type Found = (ReservationRow, Option<String>, Option<(String, i64)>);
-    let row: Option<Found> = tx.query_opt(
-        "SELECT r.intent_id, r.amount_cents, r.state, r.expires_ms, r.created_ms, r.agent,
-             r.agent_subject, r.vendor, r.tool, r.complete_response, i.state, i.deadline_ms
-         FROM reservations r LEFT JOIN intents i ON i.id = r.intent_id
-         WHERE r.id = ?1 AND r.tenant_id = ?2",
-        args![decision_id.to_string(), principal.tenant_id],
-        |r| {
-            let intent = match (r.get::<Option<String>>(10)?, r.get::<Option<i64>>(11)?) {
-                (Some(state), Some(deadline)) => Some((state, deadline)),
-                _ => None,
-            };
-            Ok((ReservationRow::read(r)?, r.get(9)?, intent))
-        },
-    )?;
+    let held = tx.live().and_then(|live| {
+        let live = live.borrow();
+        let r = live.reservation(&principal.tenant_id, &id)?;
+        let intent = live.intent_state(&principal.tenant_id, &r.intent)?;
+        Some((ReservationRow::open(r), None, Some(intent)))
+    });
+    let row: Option<Found> = match held {
+        Some(found) => Some(found),
+        None => tx.query_opt(
+            "SELECT r.intent_id, r.amount_cents, r.state, r.expires_ms, r.created_ms, r.agent,
+                 r.agent_subject, r.vendor, r.tool, r.complete_response, i.state, i.deadline_ms
+             FROM reservations r LEFT JOIN intents i ON i.id = r.intent_id
+             WHERE r.id = ?1 AND r.tenant_id = ?2",
+            args![id, principal.tenant_id],
+            |r| {
+                let intent = match (r.get::<Option<String>>(10)?, r.get::<Option<i64>>(11)?) {
+                    (Some(state), Some(deadline)) => Some((state, deadline)),
+                    _ => None,
+                };
+                Ok((ReservationRow::read(r)?, r.get(9)?, intent))
+            },
+        )?,
+    };
     let Some((held_row, stored, intent_row)) = row else {
         let held: bool = tx
             .query_opt(
@@ -1426,7 +1481,9 @@ pub(crate) fn complete_tx(
         args![intent, reserved, actual],
     )?;
     if let Some(live) = tx.live() {
-        live.borrow_mut().finalized(intent, reserved, actual);
+        let mut live = live.borrow_mut();
+        live.finalized(intent, reserved, actual);
+        live.forget_reservation(&id);
     }
     // The counters held the reservation; now they hold what was consumed.
     counters::adjust(
@@ -1439,7 +1496,7 @@ pub(crate) fn complete_tx(
         "UPDATE reservations SET state = ?2, actual_cents = ?3, finalized_ms = ?4, complete_response = ?5
          WHERE id = ?1",
         args![
-            decision_id.to_string(),
+            id,
             outcome_name,
             actual,
             now,

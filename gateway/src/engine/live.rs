@@ -53,7 +53,8 @@ pub(crate) const INTENT: &str = "SELECT state, deadline_ms, budget_cents,
         consumed_cents + reserved_cents, currency, operations,
         (SELECT r.expires_ms FROM reservations r
             WHERE r.intent_id = intents.id AND r.state = 'open'
-            ORDER BY r.expires_ms LIMIT 1)
+            ORDER BY r.expires_ms LIMIT 1),
+        evidence_schema
     FROM intents WHERE id = ?1 AND tenant_id = ?2";
 
 /// The amount of intent `?1`'s open reservations that lapsed by `?2`, and when the
@@ -65,6 +66,10 @@ pub(crate) const LAPSE_OF_INTENT: &str = "SELECT
     (SELECT expires_ms FROM reservations
         WHERE intent_id = ?1 AND state = 'open' AND expires_ms > ?2
         ORDER BY expires_ms LIMIT 1)";
+
+/// Open reservations kept at most; past it a new one is not kept (its complete
+/// reads it), so memory stays bounded however many are open.
+const MAX_RESERVATIONS: usize = 65_536;
 
 /// An hour, in ms.
 const HOUR_MS: i64 = crate::engine::rules::HOUR_MS;
@@ -88,6 +93,9 @@ pub(crate) struct LiveState {
     /// Each tenant's stored policy version, as read (`None`: the tenant has no
     /// policy).
     policy_versions: HashMap<String, Option<u64>>,
+    /// Open reservations this state's decisions made, by decision id, until
+    /// they are finalized: what their evidence and complete read.
+    reservations: HashMap<String, LiveReservation>,
     /// How many times decisions read what lapsed (for tests).
     #[cfg(test)]
     pub(crate) lapse_reads: u64,
@@ -106,6 +114,8 @@ struct LiveIntent {
     counted_cents: u64,
     currency: String,
     operations: Vec<String>,
+    /// The JSON schema its evidence must match, if it has one.
+    evidence_schema: Option<String>,
     /// No open reservation of the intent lapses before this (`i64::MAX`: none is
     /// open). Lowered by every reservation; finalizing one leaves it, so it errs
     /// early: a decision at or past it reads the lapsed amount, and with it the
@@ -113,6 +123,28 @@ struct LiveIntent {
     next_lapse_ms: i64,
     /// When it was last read, on the state's clock.
     used: u64,
+}
+
+/// An open reservation as held: what finalizing it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LiveReservation {
+    pub(crate) tenant: String,
+    pub(crate) intent: String,
+    pub(crate) amount: u64,
+    pub(crate) expires_ms: i64,
+    pub(crate) created_ms: i64,
+    pub(crate) agent: String,
+    pub(crate) agent_subject: Option<String>,
+    pub(crate) vendor: Option<String>,
+    pub(crate) tool: String,
+}
+
+/// What evidence reads of an intent.
+pub(crate) struct EvidenceFacts {
+    pub(crate) state: String,
+    pub(crate) budget_cents: u64,
+    pub(crate) evidence_schema: Option<String>,
+    pub(crate) operations: Vec<String>,
 }
 
 /// A rolling-cap counter's window as held.
@@ -150,6 +182,44 @@ impl LiveState {
         self.intents.clear();
         self.counters.clear();
         self.windows.clear();
+        self.reservations.clear();
+    }
+
+    /// A decision's new open reservation `id`, kept unless as many as
+    /// [`MAX_RESERVATIONS`] are.
+    pub(crate) fn hold_reservation(&mut self, id: String, reservation: LiveReservation) {
+        if self.reservations.len() < MAX_RESERVATIONS {
+            self.reservations.insert(id, reservation);
+        }
+    }
+
+    /// Open reservation `id` of `tenant`'s, if held.
+    pub(crate) fn reservation(&self, tenant: &str, id: &str) -> Option<&LiveReservation> {
+        self.reservations.get(id).filter(|r| r.tenant == tenant)
+    }
+
+    /// Reservation `id` is open no more.
+    pub(crate) fn forget_reservation(&mut self, id: &str) {
+        self.reservations.remove(id);
+    }
+
+    /// What evidence reads of `intent` (of `tenant`'s), if held.
+    pub(crate) fn evidence_facts(&mut self, tenant: &str, intent: &str) -> Option<EvidenceFacts> {
+        let held = self.touch(intent).filter(|i| i.tenant == tenant)?;
+        Some(EvidenceFacts {
+            state: held.state_name,
+            budget_cents: held.budget_cents,
+            evidence_schema: held.evidence_schema,
+            operations: held.operations,
+        })
+    }
+
+    /// `intent`'s lifecycle state and deadline, if held.
+    pub(crate) fn intent_state(&self, tenant: &str, intent: &str) -> Option<(String, i64)> {
+        self.intents
+            .get(intent)
+            .filter(|i| i.tenant == tenant)
+            .map(|i| (i.state_name.clone(), i.deadline_ms))
     }
 
     /// The tenant's stored policy version, if read (`Some(None)`: it has none).
@@ -471,6 +541,7 @@ fn load(tx: &dyn Tx, tenant: &str, intent: &str) -> Result<Option<LiveIntent>, A
             r.get::<String>(4)?,
             r.get::<String>(5)?,
             r.get::<Option<i64>>(6)?,
+            r.get::<Option<String>>(7)?,
         ))
     })?;
     let Some((
@@ -481,6 +552,7 @@ fn load(tx: &dyn Tx, tenant: &str, intent: &str) -> Result<Option<LiveIntent>, A
         currency,
         operations,
         next_lapse_ms,
+        evidence_schema,
     )) = row
     else {
         return Ok(None);
@@ -494,6 +566,7 @@ fn load(tx: &dyn Tx, tenant: &str, intent: &str) -> Result<Option<LiveIntent>, A
         counted_cents,
         currency,
         operations: serde_json::from_str(&operations).unwrap_or_default(),
+        evidence_schema,
         next_lapse_ms: next_lapse_ms.unwrap_or(i64::MAX),
         used: 0,
     }))
@@ -520,6 +593,7 @@ pub(crate) fn differences(tx: &dyn Tx, now: i64) -> Result<Vec<String>, ApiError
                         i.counted_cents,
                         i.currency.clone(),
                         i.operations.clone(),
+                        i.evidence_schema.clone(),
                     )
                 };
                 if facts(held) != facts(&stored) {
@@ -606,6 +680,34 @@ pub(crate) fn differences(tx: &dyn Tx, now: i64) -> Result<Vec<String>, ApiError
             out.push(format!("window {key}: held {held:?}, stored {stored:?}"));
         }
     }
+    for (id, held) in &state.reservations {
+        let stored = tx.query_opt(
+            "SELECT tenant_id, intent_id, amount_cents, expires_ms, created_ms, agent,
+                 agent_subject, vendor, tool, state FROM reservations WHERE id = ?1",
+            args![id],
+            |r| {
+                Ok((
+                    LiveReservation {
+                        tenant: r.get(0)?,
+                        intent: r.get(1)?,
+                        amount: r.get(2)?,
+                        expires_ms: r.get(3)?,
+                        created_ms: r.get(4)?,
+                        agent: r.get(5)?,
+                        agent_subject: r.get(6)?,
+                        vendor: r.get(7)?,
+                        tool: r.get(8)?,
+                    },
+                    r.get::<String>(9)?,
+                ))
+            },
+        )?;
+        if stored.as_ref() != Some(&(held.clone(), "open".to_owned())) {
+            out.push(format!(
+                "reservation {id}: held open as {held:?}, stored {stored:?}"
+            ));
+        }
+    }
     for (tenant, (seq, hash)) in &state.tips {
         let stored = crate::engine::ledger::tip(tx, tenant)?;
         if (stored.seq, &stored.hash) != (*seq, hash) {
@@ -632,6 +734,7 @@ mod tests {
             counted_cents: 0,
             currency: "usd".to_owned(),
             operations: Vec::new(),
+            evidence_schema: None,
             next_lapse_ms: i64::MAX,
             used: 0,
         }
