@@ -67,8 +67,9 @@ pub(crate) const LAPSE_OF_INTENT: &str = "SELECT
         WHERE intent_id = ?1 AND state = 'open' AND expires_ms > ?2
         ORDER BY expires_ms LIMIT 1)";
 
-/// Open reservations kept at most; past it a new one is not kept (its complete
-/// reads it), so memory stays bounded however many are open.
+/// Open reservations kept at most; past it the eighth made longest ago is
+/// forgotten (their complete reads them), so memory stays bounded however many
+/// are open, and reservations never finalized do not crowd out new ones.
 const MAX_RESERVATIONS: usize = 65_536;
 
 /// An hour, in ms.
@@ -185,12 +186,22 @@ impl LiveState {
         self.reservations.clear();
     }
 
-    /// A decision's new open reservation `id`, kept unless as many as
-    /// [`MAX_RESERVATIONS`] are.
+    /// A decision's new open reservation `id`, first forgetting the eighth made
+    /// longest ago if [`MAX_RESERVATIONS`] are held.
     pub(crate) fn hold_reservation(&mut self, id: String, reservation: LiveReservation) {
-        if self.reservations.len() < MAX_RESERVATIONS {
-            self.reservations.insert(id, reservation);
+        self.hold_reservation_bounded(id, reservation, MAX_RESERVATIONS);
+    }
+
+    fn hold_reservation_bounded(&mut self, id: String, reservation: LiveReservation, bound: usize) {
+        if self.reservations.len() >= bound {
+            let mut made: Vec<i64> = self.reservations.values().map(|r| r.created_ms).collect();
+            let cut = (made.len() / 8).max(1) - 1;
+            let (_, newest_dropped, _) = made.select_nth_unstable(cut);
+            let newest_dropped = *newest_dropped;
+            self.reservations
+                .retain(|_, r| r.created_ms > newest_dropped);
         }
+        self.reservations.insert(id, reservation);
     }
 
     /// Open reservation `id` of `tenant`'s, if held.
@@ -765,5 +776,36 @@ mod tests {
         assert!((2..BOUND as u64).all(|n| !state.intents.contains_key(&format!("i{n}"))));
         assert_eq!(state.touch("i0").map(|i| i.budget_cents), Some(0));
         assert!(state.touch("never").is_none());
+    }
+
+    #[test]
+    fn a_full_state_forgets_the_reservations_made_longest_ago() {
+        let mut state = LiveState::default();
+        const BOUND: usize = 64;
+        let made = |at: i64| LiveReservation {
+            tenant: "t".to_owned(),
+            intent: "i".to_owned(),
+            amount: 1,
+            expires_ms: at + 300_000,
+            created_ms: at,
+            agent: "a".to_owned(),
+            agent_subject: None,
+            vendor: None,
+            tool: "tool".to_owned(),
+        };
+        // Reservations never finalized, then 1,000 more: each new one is held,
+        // the oldest go, and no more than the bound stay.
+        for at in 0..BOUND as i64 + 1_000 {
+            state.hold_reservation_bounded(format!("r{at}"), made(at), BOUND);
+            assert!(state.reservation("t", &format!("r{at}")).is_some());
+            assert!(state.reservations.len() <= BOUND);
+        }
+        assert!(state.reservation("t", "r0").is_none());
+        let newest = BOUND as i64 + 999;
+        assert!(
+            ((newest - 50)..=newest).all(|at| state.reservation("t", &format!("r{at}")).is_some())
+        );
+        // Another tenant's key never finds it.
+        assert!(state.reservation("u", &format!("r{newest}")).is_none());
     }
 }
