@@ -332,6 +332,12 @@ impl LiveState {
             .map(|(seq, hash)| (*seq, hash.as_str()))
     }
 
+    /// Whether every ledger tip held is `tenant`'s (what a PostgreSQL group
+    /// carries over is one tenant's).
+    pub(crate) fn tips_only_of(&self, tenant: &str) -> bool {
+        self.tips.keys().all(|t| t == tenant)
+    }
+
     /// `tenant`'s ledger tip is now `seq`, `hash`.
     pub(crate) fn set_tip(&mut self, tenant: &str, seq: u64, hash: String) {
         match self.tips.get_mut(tenant) {

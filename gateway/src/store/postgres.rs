@@ -541,10 +541,11 @@ impl PgStore {
             Err(e)
         } else if keep {
             // Kept with the tip the group reached; a group that forgot it (its
-            // live state was emptied) leaves nothing. If the commit fails, the
-            // tenant's tip stays the one before and no group takes this.
+            // live state was emptied), or that wrote to another tenant's ledger,
+            // leaves nothing. If the commit fails, the tenant's tip stays the one
+            // before and no group takes this.
             let live = open.live.take();
-            if live.tip(tenant).is_some() {
+            if live.tip(tenant).is_some() && live.tips_only_of(tenant) {
                 *group.keep() = Some(live);
             }
             let started = std::time::Instant::now();
@@ -1773,6 +1774,16 @@ pub(crate) mod tests {
         assert!(marked(&store));
         // A write that does not keep it in step empties it: nothing is left.
         store.write_as("t", |tx| put(tx, "op-a")).unwrap();
+        assert!(!marked(&store));
+        assert!(marked(&store));
+        // Nor does a group that wrote to another tenant's ledger.
+        store
+            .write_as("t", |tx| {
+                tx.keep_live();
+                crate::engine::ledger::append(tx, "u", "test.entry", serde_json::json!({}), 1)
+                    .map(drop)
+            })
+            .unwrap();
         assert!(!marked(&store));
         assert!(marked(&store));
         // Another replica's entry moves the tip: nothing held is trusted.
