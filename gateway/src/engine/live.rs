@@ -67,10 +67,12 @@ pub(crate) const LAPSE_OF_INTENT: &str = "SELECT
         WHERE intent_id = ?1 AND state = 'open' AND expires_ms > ?2
         ORDER BY expires_ms LIMIT 1)";
 
-/// Open reservations kept at most; past it the eighth made longest ago is
-/// forgotten (their complete reads them), so memory stays bounded however many
-/// are open, and reservations never finalized do not crowd out new ones.
-const MAX_RESERVATIONS: usize = 65_536;
+/// Open reservations kept at most (about 1 KiB each); past it the eighth made
+/// longest ago is forgotten (their complete reads them), so memory stays bounded
+/// however many are open, and reservations never finalized do not crowd out new
+/// ones. A reservation is held from its verify to its complete: this covers
+/// two seconds of tool calls at 8,000 a second.
+const MAX_RESERVATIONS: usize = 16_384;
 
 /// An hour, in ms.
 const HOUR_MS: i64 = crate::engine::rules::HOUR_MS;
