@@ -21,8 +21,9 @@ const EMBEDDED_TENANT: &str = "embedded";
 /// An [`Engine`] bound to one API key, usable wherever a [`SpendGateway`] is.
 ///
 /// Each call is one of the engine's async calls (whose store work runs on tokio's
-/// blocking pool, or on its writer thread), so it suits any runtime flavour. Refusals come back as
-/// [`GatewayError::Rejected`] with the same status and code the HTTP server sends.
+/// blocking pool, or on its writer thread), so it suits any runtime flavour.
+/// Refusals come back as [`GatewayError::Rejected`] with the same status and code
+/// the HTTP server sends.
 #[derive(Debug, Clone)]
 pub struct EmbeddedGateway {
     engine: Arc<Engine>,
