@@ -309,12 +309,16 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) -> Htt
     .await;
 
     let keyed_request = verify_request(s);
-    let evidence_body = serde_json::to_vec(&EvidenceRequest {
-        payload: Some(serde_json::json!({"status": "completed", "cost_cents": 1})),
-        operation: Some("bench.pay".into()),
-        ..Default::default()
-    })
-    .unwrap();
+    // The layer's evidence: the tool's cost, and the decision it is for.
+    let evidence = |decision: &str| {
+        serde_json::to_vec(&EvidenceRequest {
+            payload: Some(serde_json::json!({"status": "completed", "cost_cents": 1})),
+            operation: Some("bench.pay".into()),
+            metadata: Some(serde_json::json!({"decision_id": decision})),
+            ..Default::default()
+        })
+        .unwrap()
+    };
     let intent = s.intent;
     let verify = |complete: bool, keyed: bool| {
         let (c, b, p, key, vb, cb, kr) = (
@@ -368,11 +372,11 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) -> Htt
         pick.clone(),
         s.agent_key.clone(),
         keyed_request.clone(),
-        evidence_body.clone(),
+        evidence,
         complete_body.clone(),
     );
     let guarded = drive(clients, move || {
-        let (c, base, key, eb, cb) = (c.clone(), p(&b), key.clone(), eb.clone(), cb.clone());
+        let (c, base, key, cb) = (c.clone(), p(&b), key.clone(), cb.clone());
         let mut req = kr.clone();
         req.idempotency_key = Some(paybond_middleware_core::new_idempotency_key());
         let vb = serde_json::to_vec(&req).unwrap();
@@ -382,7 +386,7 @@ async fn http(label: &str, s: &Setup, bases: Vec<String>, clients: usize) -> Htt
             for (path, body, what) in [
                 (
                     format!("/v1/sandbox/guardrails/{intent}/evidence"),
-                    eb,
+                    eb(id),
                     "evidence",
                 ),
                 (format!("/v1/spend/decisions/{id}/complete"), cb, "complete"),

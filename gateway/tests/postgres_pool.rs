@@ -437,6 +437,26 @@ async fn a_replica_sees_what_another_decided_before_its_next_decision() {
         .await
         .unwrap_err();
     assert_eq!(again.code, "decision_already_finalized", "{again:?}");
+
+    // Evidence on the other replica for a reservation the first one made: its
+    // amount (0 cents) bounds the cost, read with the intent.
+    let id = allowed_decision(&f.engine, &f.agent, intent, &token).await;
+    let evidence = |decision: uuid::Uuid, cost: u64| {
+        other.submit_evidence(
+            f.agent.clone(),
+            intent,
+            paybond_middleware_core::wire::EvidenceRequest {
+                payload: Some(serde_json::json!({"status": "completed", "cost_cents": cost})),
+                metadata: Some(serde_json::json!({"decision_id": decision})),
+                ..Default::default()
+            },
+            None,
+        )
+    };
+    assert!(evidence(id, 0).await.unwrap().predicate_passed);
+    assert!(!evidence(id, 1).await.unwrap().predicate_passed);
+    let unknown = evidence(uuid::Uuid::now_v7(), 0).await.unwrap_err();
+    assert_eq!(unknown.code, "decision_not_found", "{unknown:?}");
 }
 
 /// An allowed verify of 0 cents on `intent`: its decision id.
