@@ -132,20 +132,8 @@ fn tenant(engine: Arc<Engine>, name: &str) -> Setup {
 
 fn verify_request(s: &Setup) -> VerifyRequest {
     VerifyRequest {
-        intent_id: s.intent,
-        token: s.token.clone(),
-        operation: "bench.pay".into(),
-        requested_spend_cents: 1,
-        vendor_id: None,
-        task_id: None,
-        workflow_id: None,
-        tool_call_id: None,
         tool_name: Some("bench.pay".into()),
-        currency: None,
-        agent_subject: None,
-        approval_token: None,
-        idempotency_key: None,
-        phase: None,
+        ..VerifyRequest::new(s.intent, s.token.clone(), "bench.pay", 1)
     }
 }
 

@@ -130,20 +130,9 @@ fn a_data_dir_of_the_earlier_gateway_opens_with_nothing_lost() {
         .capability_token
         .unwrap();
     let retry = VerifyRequest {
-        intent_id: intent,
-        token: capability,
-        operation: "travel.book_hotel".into(),
-        requested_spend_cents: 18_800,
         vendor_id: Some("vendor_acme".into()),
-        task_id: None,
-        workflow_id: None,
-        tool_call_id: None,
-        tool_name: None,
-        currency: None,
-        agent_subject: None,
         approval_token: Some(approval_token),
-        idempotency_key: None,
-        phase: None,
+        ..VerifyRequest::new(intent, capability, "travel.book_hotel", 18_800)
     };
     let allowed = rt.block_on(engine.verify(agent.clone(), retry)).unwrap();
     assert!(allowed.allow, "{allowed:?}");

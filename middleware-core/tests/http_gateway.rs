@@ -54,20 +54,15 @@ async fn mount_principal(server: &MockServer) {
 
 fn verify_request(intent: Uuid) -> VerifyRequest {
     VerifyRequest {
-        intent_id: intent,
-        token: CapabilityToken::new(TOKEN),
-        operation: "travel.book_hotel".into(),
-        requested_spend_cents: 12_000,
-        vendor_id: None,
-        task_id: None,
-        workflow_id: None,
         tool_call_id: Some("call_2".into()),
         tool_name: Some("travel.book_hotel".into()),
         currency: Some("usd".into()),
-        agent_subject: None,
-        approval_token: None,
-        idempotency_key: None,
-        phase: None,
+        ..VerifyRequest::new(
+            intent,
+            CapabilityToken::new(TOKEN),
+            "travel.book_hotel",
+            12_000,
+        )
     }
 }
 

@@ -186,6 +186,34 @@ pub struct VerifyRequest {
     pub phase: Option<Phase>,
 }
 
+impl VerifyRequest {
+    /// A verify of `requested_spend_cents` for `operation` on `intent_id`, every
+    /// optional field unset (set those with struct update syntax).
+    pub fn new(
+        intent_id: Uuid,
+        token: CapabilityToken,
+        operation: impl Into<String>,
+        requested_spend_cents: u64,
+    ) -> Self {
+        Self {
+            intent_id,
+            token,
+            operation: operation.into(),
+            requested_spend_cents,
+            vendor_id: None,
+            task_id: None,
+            workflow_id: None,
+            tool_call_id: None,
+            tool_name: None,
+            currency: None,
+            agent_subject: None,
+            approval_token: None,
+            idempotency_key: None,
+            phase: None,
+        }
+    }
+}
+
 /// The scope whose budget governed a decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schemas", derive(schemars::JsonSchema))]
@@ -553,20 +581,13 @@ mod tests {
     #[test]
     fn verify_request_omits_absent_fields() {
         let req = VerifyRequest {
-            intent_id: Uuid::nil(),
-            token: CapabilityToken::new("tok"),
-            operation: "travel.book_hotel".into(),
-            requested_spend_cents: 12_000,
-            vendor_id: None,
-            task_id: None,
-            workflow_id: None,
             tool_call_id: Some("call_1".into()),
-            tool_name: None,
-            currency: None,
-            agent_subject: None,
-            approval_token: None,
-            idempotency_key: None,
-            phase: None,
+            ..VerifyRequest::new(
+                Uuid::nil(),
+                CapabilityToken::new("tok"),
+                "travel.book_hotel",
+                12_000,
+            )
         };
         assert_eq!(
             serde_json::to_value(&req).unwrap(),

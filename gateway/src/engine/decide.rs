@@ -943,22 +943,12 @@ mod tests {
             subject: "agent \"007\"\n".into(),
             key_id: "k".into(),
         };
-        let bare = VerifyRequest {
-            intent_id: Uuid::now_v7(),
-            token: paybond_middleware_core::CapabilityToken::new("secret"),
-            operation: "travel.book_hotel".into(),
-            requested_spend_cents: 12_000,
-            vendor_id: None,
-            task_id: None,
-            workflow_id: None,
-            tool_call_id: None,
-            tool_name: None,
-            currency: None,
-            agent_subject: None,
-            approval_token: None,
-            idempotency_key: None,
-            phase: None,
-        };
+        let bare = VerifyRequest::new(
+            Uuid::now_v7(),
+            paybond_middleware_core::CapabilityToken::new("secret"),
+            "travel.book_hotel",
+            12_000,
+        );
         let full = VerifyRequest {
             vendor_id: Some("vendor_\u{e9}".into()),
             task_id: Some("task\\1".into()),

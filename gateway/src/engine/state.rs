@@ -701,20 +701,13 @@ mod tests {
         cents: u64,
     ) -> paybond_middleware_core::wire::VerifyRequest {
         paybond_middleware_core::wire::VerifyRequest {
-            intent_id: i.intent_id,
-            token: i.capability_token.clone(),
-            operation: BOOK.into(),
-            requested_spend_cents: cents,
             vendor_id: Some("vendor_acme".into()),
-            task_id: None,
-            workflow_id: None,
-            tool_call_id: None,
-            tool_name: None,
-            currency: None,
-            agent_subject: None,
-            approval_token: None,
-            idempotency_key: None,
-            phase: None,
+            ..paybond_middleware_core::wire::VerifyRequest::new(
+                i.intent_id,
+                i.capability_token.clone(),
+                BOOK,
+                cents,
+            )
         }
     }
 

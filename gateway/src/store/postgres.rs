@@ -1452,6 +1452,25 @@ pub(crate) mod tests {
         )
     }
 
+    /// Tenant `t`, whose writes the tests group.
+    fn add_tenant_t(store: &PgStore) {
+        store
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO tenants (id, name, environment, created_ms) VALUES ('t', 't', 'sandbox', 0)",
+                    args![],
+                )
+                .map(drop)
+            })
+            .unwrap();
+    }
+
+    /// An entry on `tenant`'s ledger at `at_ms`.
+    fn entry(tx: &dyn Tx, tenant: &str, at_ms: i64) -> Result<(), ApiError> {
+        crate::engine::ledger::append(tx, tenant, "test.entry", serde_json::json!({}), at_ms)
+            .map(drop)
+    }
+
     fn stored(store: &PgStore) -> Vec<String> {
         store
             .read(|tx| {
@@ -1613,15 +1632,7 @@ pub(crate) mod tests {
             return;
         };
         let store = Arc::new(PgStore::open(&url).unwrap());
-        store
-            .write(|tx| {
-                tx.execute(
-                    "INSERT INTO tenants (id, name, environment, created_ms) VALUES ('t', 't', 'sandbox', 0)",
-                    args![],
-                )
-                .map(drop)
-            })
-            .unwrap();
+        add_tenant_t(&store);
         // 48 writes of one tenant at once, every third failing after it wrote:
         // a failed write is undone alone, in whichever group it ran, whether it
         // had sent its statements (every other one reads after it writes) or
@@ -1688,15 +1699,7 @@ pub(crate) mod tests {
             return;
         };
         let store = PgStore::open(&url).unwrap();
-        store
-            .write(|tx| {
-                tx.execute(
-                    "INSERT INTO tenants (id, name, environment, created_ms) VALUES ('t', 't', 'sandbox', 0)",
-                    args![],
-                )
-                .map(drop)
-            })
-            .unwrap();
+        add_tenant_t(&store);
         let (commits, ops) = (
             store.stats().commit_us.count(),
             store.stats().operations.sum(),
@@ -1734,15 +1737,7 @@ pub(crate) mod tests {
         };
         let store = PgStore::open(&url).unwrap();
         let other = PgStore::open(&url).unwrap();
-        store
-            .write(|tx| {
-                tx.execute(
-                    "INSERT INTO tenants (id, name, environment, created_ms) VALUES ('t', 't', 'sandbox', 0)",
-                    args![],
-                )
-                .map(drop)
-            })
-            .unwrap();
+        add_tenant_t(&store);
         // What a group holds in its live state; a mark stands for what its
         // decisions read.
         let marked = |store: &PgStore| {
@@ -1767,8 +1762,7 @@ pub(crate) mod tests {
         store
             .write_as("t", |tx| {
                 tx.keep_live();
-                crate::engine::ledger::append(tx, "t", "test.entry", serde_json::json!({}), 1)
-                    .map(drop)
+                entry(tx, "t", 1)
             })
             .unwrap();
         assert!(marked(&store));
@@ -1780,25 +1774,19 @@ pub(crate) mod tests {
         store
             .write_as("t", |tx| {
                 tx.keep_live();
-                crate::engine::ledger::append(tx, "u", "test.entry", serde_json::json!({}), 1)
-                    .map(drop)
+                entry(tx, "u", 1)
             })
             .unwrap();
         assert!(!marked(&store));
         assert!(marked(&store));
         // Another replica's entry moves the tip: nothing held is trusted.
-        other
-            .write_as("t", |tx| {
-                crate::engine::ledger::append(tx, "t", "test.entry", serde_json::json!({}), 2)
-                    .map(drop)
-            })
-            .unwrap();
+        other.write_as("t", |tx| entry(tx, "t", 2)).unwrap();
         assert!(!marked(&store), "read again after another replica wrote");
         assert!(marked(&store));
         // A group whose commit fails leaves nothing to take.
         let failed = store.write_as("t", |tx| {
             tx.keep_live();
-            crate::engine::ledger::append(tx, "t", "test.entry", serde_json::json!({}), 3)?;
+            entry(tx, "t", 3)?;
             put(tx, "op-dup")?;
             put(tx, "op-dup")
         });

@@ -182,22 +182,7 @@ impl Fixture {
 
 /// A verify of `cents` for the booking tool on `intent`, every optional field unset.
 pub fn verify_request(intent: Uuid, token: &CapabilityToken, cents: u64) -> VerifyRequest {
-    VerifyRequest {
-        intent_id: intent,
-        token: token.clone(),
-        operation: BOOK.into(),
-        requested_spend_cents: cents,
-        vendor_id: None,
-        task_id: None,
-        workflow_id: None,
-        tool_call_id: None,
-        tool_name: None,
-        currency: None,
-        agent_subject: None,
-        approval_token: None,
-        idempotency_key: None,
-        phase: None,
-    }
+    VerifyRequest::new(intent, token.clone(), BOOK, cents)
 }
 
 /// Serves the fixture's engine on a free loopback port; the server stops with the test's runtime.
