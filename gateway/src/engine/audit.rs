@@ -476,11 +476,7 @@ fn collect(
 ) -> Result<Collected, ApiError> {
     let (start, end) = window;
     let tip = ledger::tip(tx, tenant)?;
-    let (first, last): (Option<u64>, Option<u64>) = tx.query_one(
-        "SELECT MIN(seq), MAX(seq) FROM ledger WHERE tenant_id = ?1 AND at_ms >= ?2 AND at_ms < ?3",
-        args![tenant, start, end],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (first, last) = tx.ledger_span(tenant, (start, end))?;
     let ledger = match (first, last) {
         // Every entry from the window's first to its last: a contiguous segment.
         (Some(first), Some(last)) => ledger::events(tx, tenant, first - 1, last - first + 1)?,

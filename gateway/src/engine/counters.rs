@@ -14,7 +14,7 @@ use paybond_policies::CapWindow;
 
 use crate::engine::live;
 use crate::error::ApiError;
-use crate::store::{Arg, ToArg, Tx, args};
+use crate::store::Tx;
 
 /// A set of reservations a rolling cap counts.
 pub(crate) enum Bucket<'a> {
@@ -36,22 +36,6 @@ impl Bucket<'_> {
             Self::SubAgent(a, s) => format!("subagent:{a}\u{1f}{s}"),
             Self::Vendor(v) => format!("vendor:{v}"),
             Self::Tool(t) => format!("tool:{t}"),
-        }
-    }
-
-    /// The condition (on `reservations`, from placeholder `?first`) selecting the
-    /// bucket's rows, and its arguments.
-    fn filter(&self, first: usize) -> (String, Vec<Arg<'_>>) {
-        let next = first + 1;
-        match self {
-            Self::Tenant => (String::new(), vec![]),
-            Self::Agent(a) => (format!(" AND agent = ?{first}"), vec![a.to_arg()]),
-            Self::SubAgent(a, s) => (
-                format!(" AND agent = ?{first} AND agent_subject = ?{next}"),
-                vec![a.to_arg(), s.to_arg()],
-            ),
-            Self::Vendor(v) => (format!(" AND vendor = ?{first}"), vec![v.to_arg()]),
-            Self::Tool(t) => (format!(" AND tool = ?{first}"), vec![t.to_arg()]),
         }
     }
 }
@@ -109,7 +93,7 @@ pub(crate) fn window(now_ms: i64, window: CapWindow, timezone: &str) -> Option<(
 
 /// Spend counted against `bucket` in `[start, end)` at `now`: consumed amounts and
 /// open reservations, without those past their TTL. From the writer's live state
-/// when it holds the counter ([`live::counter_spent`]), else [`read`].
+/// when it holds the counter ([`live::counter_spent`]), else from the store.
 pub(crate) fn spent(
     tx: &dyn Tx,
     tenant: &str,
@@ -119,75 +103,8 @@ pub(crate) fn spent(
 ) -> Result<u64, ApiError> {
     let key = bucket.key();
     live::counter_spent(tx, &live::bucket_key(tenant, &key), window, now, || {
-        read(tx, tenant, bucket, &key, window, now)
+        tx.load_counter(tenant, bucket, &key, window, now)
     })
-}
-
-/// What the database holds of a counter at `now`: its stored spend (created,
-/// from one sum over the window's reservations, the first time it is read), what
-/// of it lapsed (open, past their TTL, not yet expired by the sweep: usually
-/// none), and when the first of the other open reservations counted there lapses.
-/// The (state, expires_ms) index finds the last two.
-fn read(
-    tx: &dyn Tx,
-    tenant: &str,
-    bucket: &Bucket<'_>,
-    key: &str,
-    (start, end): (i64, i64),
-    now: i64,
-) -> Result<(i64, i64, Option<i64>), ApiError> {
-    let stored: Option<i64> = tx.query_opt(
-        "SELECT spent_cents FROM spend_counters
-         WHERE tenant_id = ?1 AND bucket = ?2 AND window_start = ?3 AND window_end = ?4",
-        args![tenant, key, start, end],
-        |r| r.get(0),
-    )?;
-    let (filter, extra) = bucket.filter(4);
-    let counted = match stored {
-        Some(c) => c,
-        None => {
-            let mut a = args![tenant, start, end].to_vec();
-            a.extend(extra.iter().cloned());
-            let c: i64 = tx.query_one(
-                &format!(
-                    "SELECT CAST(COALESCE(SUM(CASE WHEN state = 'open' THEN amount_cents
-                     WHEN state = 'consumed' THEN actual_cents ELSE 0 END), 0) AS BIGINT)
-                     FROM reservations WHERE tenant_id = ?1 AND created_ms >= ?2 AND created_ms < ?3{filter}"
-                ),
-                &a,
-                |r| r.get(0),
-            )?;
-            tx.execute(
-                "INSERT INTO spend_counters (tenant_id, bucket, window_start, window_end, spent_cents)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                args![tenant, key, start, end, c],
-            )?;
-            c
-        }
-    };
-    let (filter, extra) = bucket.filter(5);
-    let mut a = args![tenant, start, end, now].to_vec();
-    a.extend(extra);
-    let lapsed: i64 = tx.query_one(
-        &format!(
-            "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM reservations
-             WHERE state = 'open' AND expires_ms <= ?4 AND tenant_id = ?1
-             AND created_ms >= ?2 AND created_ms < ?3{filter}"
-        ),
-        &a,
-        |r| r.get(0),
-    )?;
-    let next: Option<i64> = tx.query_opt(
-        &format!(
-            "SELECT expires_ms FROM reservations
-             WHERE state = 'open' AND expires_ms > ?4 AND tenant_id = ?1
-             AND created_ms >= ?2 AND created_ms < ?3{filter}
-             ORDER BY expires_ms LIMIT 1"
-        ),
-        &a,
-        |r| r.get(0),
-    )?;
-    Ok((counted, lapsed, next))
 }
 
 /// Every bucket a reservation of `agent` (and its sub-agent), `vendor` and `tool`
@@ -233,11 +150,7 @@ pub(crate) fn adjust(
             live.borrow_mut()
                 .counted(r.tenant, &key, r.created_ms, delta, lapses);
         }
-        tx.execute_later(
-            "UPDATE spend_counters SET spent_cents = spent_cents + ?4
-             WHERE tenant_id = ?1 AND bucket = ?2 AND window_start <= ?3 AND window_end > ?3",
-            args![r.tenant, key, r.created_ms, delta],
-        )?;
+        tx.add_to_counter(r.tenant, &key, r.created_ms, delta)?;
     }
     Ok(())
 }

@@ -17,12 +17,12 @@ use uuid::Uuid;
 use crate::engine::counters::{self, Counted};
 use crate::engine::live::LiveReservation;
 use crate::engine::rules::{
-    self, ApprovalFacts, Ask, Call, CallContext, Decision, Effect, HoldContext, HoldOutcome,
-    Recorder, TokenFacts, Verdict, bind_tool, cap_buckets, deny, tool_limits,
+    self, Ask, Call, CallContext, Decision, Effect, HoldContext, HoldOutcome, Recorder, TokenFacts,
+    Verdict, bind_tool, cap_buckets, deny, tool_limits,
 };
 use crate::engine::{EffectivePolicy, Engine, Role, bounded, ledger, require_role};
 use crate::error::ApiError;
-use crate::store::{Tx, args};
+use crate::store::{NewApproval, NewDecision, NewReservation, Tx};
 use crate::tokens::sha256_hex;
 
 /// Largest amount the gateway accepts, in cents (10 billion dollars).
@@ -430,25 +430,7 @@ impl Engine {
             }
         }
         let approval = match ask.approval_token {
-            Some(token) => tx.query_opt(
-                "SELECT id, intent_id, operation, tool, vendor, amount_cents, token_expires_ms,
-                     token_used_ms, key_id
-                 FROM approvals WHERE token_hash = ?1 AND tenant_id = ?2",
-                args![sha256_hex(token.as_bytes()), call.tenant],
-                |r| {
-                    Ok(ApprovalFacts {
-                        id: r.get(0)?,
-                        intent: r.get(1)?,
-                        operation: r.get(2)?,
-                        tool: r.get(3)?,
-                        vendor: r.get(4)?,
-                        amount: r.get(5)?,
-                        token_expires_ms: r.get(6)?,
-                        token_used_ms: r.get(7)?,
-                        key_id: r.get(8)?,
-                    })
-                },
-            )?,
+            Some(token) => tx.approval_by_token(call.tenant, &sha256_hex(token.as_bytes()))?,
             None => None,
         };
         Ok(CallContext {
@@ -558,10 +540,7 @@ impl Engine {
             match effect {
                 Effect::Reserve => self.reserve(tx, now, &call, decision_id)?,
                 Effect::UseApprovalToken(approval_id) => {
-                    tx.execute(
-                        "UPDATE approvals SET token = NULL, token_used_ms = ?2 WHERE id = ?1",
-                        args![approval_id, now],
-                    )?;
+                    tx.use_approval_token(&approval_id, now)?;
                     ledger::append(
                         tx,
                         call.tenant,
@@ -618,25 +597,20 @@ impl Engine {
             now,
         )?;
         // With its ledger position, which orders decisions made in the same millisecond.
-        tx.execute_later(
-            "INSERT INTO decisions (id, tenant_id, intent_id, outcome, response, created_ms,
-                 ledger_seq, tool, agent, vendor, amount_cents, reason_codes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            args![
-                decision_id.to_string(),
-                call.tenant,
-                call.intent,
-                outcome,
-                serde_json::to_string(&result)?,
-                now,
-                seq,
-                call.tool,
-                call.agent,
-                call.vendor,
-                call.amount,
-                crate::engine::insights::reason_column(&result.reason_codes)
-            ],
-        )?;
+        tx.record_decision(&NewDecision {
+            id: &decision_id.to_string(),
+            tenant: call.tenant,
+            intent: &call.intent,
+            outcome,
+            response: &serde_json::to_string(&result)?,
+            created_ms: now,
+            ledger_seq: seq,
+            tool: &call.tool,
+            agent: call.agent,
+            vendor: call.vendor,
+            amount: call.amount,
+            reason_codes: &crate::engine::insights::reason_column(&result.reason_codes),
+        })?;
         Ok(result)
     }
 
@@ -657,28 +631,19 @@ impl Engine {
         call: &Call<'_>,
         decision_id: Uuid,
     ) -> Result<(), ApiError> {
-        tx.execute_later(
-            "INSERT INTO reservations (id, tenant_id, intent_id, tool, operation, vendor, agent,
-             agent_subject, amount_cents, state, created_ms, expires_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'open', ?10, ?11)",
-            args![
-                decision_id.to_string(),
-                call.tenant,
-                call.intent,
-                call.tool,
-                call.operation,
-                call.vendor,
-                call.agent,
-                call.agent_subject,
-                call.amount,
-                now,
-                now + self.config.reservation_ttl_ms
-            ],
-        )?;
-        tx.execute_later(
-            "UPDATE intents SET reserved_cents = reserved_cents + ?2 WHERE id = ?1",
-            args![call.intent, call.amount],
-        )?;
+        tx.reserve(&NewReservation {
+            id: &decision_id.to_string(),
+            tenant: call.tenant,
+            intent: &call.intent,
+            tool: &call.tool,
+            operation: call.operation,
+            vendor: call.vendor,
+            agent: call.agent,
+            agent_subject: call.agent_subject,
+            amount: call.amount,
+            created_ms: now,
+            expires_ms: now + self.config.reservation_ttl_ms,
+        })?;
         let lapses = now + self.config.reservation_ttl_ms;
         if let Some(live) = tx.live() {
             let mut live = live.borrow_mut();
@@ -723,21 +688,12 @@ impl Engine {
         now: i64,
         call: &Call<'_>,
     ) -> Result<HoldContext, ApiError> {
-        let existing: Option<(String, String)> = tx.query_opt(
-            "SELECT id, state FROM approvals WHERE tenant_id = ?1 AND request_digest = ?2
-                 AND key_id = ?3
-                 AND ((state = 'pending' AND expires_ms > ?4)
-                   OR (state = 'approved' AND token_used_ms IS NULL AND token_expires_ms > ?4)
-                   OR (state = 'denied' AND decided_ms > ?5))
-                 ORDER BY created_ms DESC LIMIT 1",
-            args![
-                call.tenant,
-                request_digest(call),
-                call.key_id,
-                now,
-                now.saturating_sub(self.config.denied_request_window_ms)
-            ],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+        let existing = tx.standing_approval(
+            call.tenant,
+            &request_digest(call),
+            call.key_id,
+            now,
+            now.saturating_sub(self.config.denied_request_window_ms),
         )?;
         let existing = existing
             .map(|(id, state)| {
@@ -766,24 +722,15 @@ impl Engine {
                 per_intent,
             });
         }
-        let (recent, oldest): (i64, Option<i64>) = tx.query_one(
-            "SELECT COUNT(*), MIN(created_ms) FROM approvals
-             WHERE tenant_id = ?1 AND agent = ?2 AND created_ms > ?3",
-            args![call.tenant, call.agent, now - 60_000],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let (pending, first_expiry): (i64, Option<i64>) = tx.query_one(
-            "SELECT COUNT(*), MIN(expires_ms) FROM approvals
-             WHERE intent_id = ?1 AND state = 'pending' AND expires_ms > ?2",
-            args![call.intent, now],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let opened_last_minute =
+            tx.approvals_opened_since(call.tenant, call.agent, now - 60_000)?;
+        let pending_on_intent = tx.pending_approvals_of_intent(&call.intent, now)?;
         Ok(HoldContext {
             now,
             existing,
-            opened_last_minute: (u64::try_from(recent).unwrap_or(0), oldest),
+            opened_last_minute,
             per_minute,
-            pending_on_intent: (u64::try_from(pending).unwrap_or(0), first_expiry),
+            pending_on_intent,
             per_intent,
         })
     }
@@ -809,29 +756,23 @@ impl Engine {
             });
         // Time-ordered, as evidence ids (see `evidence_tx`).
         let id = Uuid::now_v7();
-        tx.execute(
-            "INSERT INTO approvals (id, tenant_id, intent_id, decision_id, request_digest, operation, tool,
-             vendor, amount_cents, reason_codes, state, approvers, quorum, created_ms, expires_ms, agent,
-             key_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', '[]', ?11, ?12, ?13, ?14, ?15)",
-            args![
-                id.to_string(),
-                call.tenant,
-                call.intent,
-                decision_id.to_string(),
-                request_digest(call),
-                call.operation,
-                call.tool,
-                call.vendor,
-                call.amount,
-                serde_json::to_string(reasons)?,
-                quorum,
-                now,
-                now.saturating_add(timeout_ms),
-                call.agent,
-                call.key_id
-            ],
-        )?;
+        tx.open_approval(&NewApproval {
+            id: &id.to_string(),
+            tenant: call.tenant,
+            intent: &call.intent,
+            decision: &decision_id.to_string(),
+            request_digest: &request_digest(call),
+            operation: call.operation,
+            tool: &call.tool,
+            vendor: call.vendor,
+            amount: call.amount,
+            reason_codes: &serde_json::to_string(reasons)?,
+            quorum,
+            created_ms: now,
+            expires_ms: now.saturating_add(timeout_ms),
+            agent: call.agent,
+            key_id: call.key_id,
+        })?;
         ledger::append(
             tx,
             call.tenant,

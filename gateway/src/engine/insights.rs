@@ -751,23 +751,11 @@ impl Engine {
                 let Some(seq) = seq else {
                     return Ok(Vec::new());
                 };
-                let mut sql = String::from(
-                    "SELECT seq, event, payload, at_ms, prev_hash, hash FROM ledger
-                     WHERE tenant_id = ?1 AND seq >= ?2 AND seq <= ?3 AND (",
-                );
-                let first = i64::try_from(seq.saturating_sub(5)).unwrap_or(i64::MAX);
-                let last = i64::try_from(seq.saturating_add(LEDGER_WINDOW)).unwrap_or(i64::MAX);
-                let mut bound: Vec<Arg<'_>> =
-                    vec![tenant.to_arg(), Arg::Int(first), Arg::Int(last)];
-                for (i, id) in ids.iter().enumerate() {
-                    if i > 0 {
-                        sql.push_str(" OR ");
-                    }
-                    bound.push(Arg::Text(format!("%{id}%").into()));
-                    sql.push_str(&format!("payload LIKE ?{}", bound.len()));
-                }
-                sql.push_str(") ORDER BY seq LIMIT 200");
-                ledger::rows(tx, &sql, &bound)
+                tx.ledger_entries_naming(
+                    tenant,
+                    (seq.saturating_sub(5), seq.saturating_add(LEDGER_WINDOW)),
+                    ids,
+                )
             };
             // A hold names its approval request; an allow made with an approval
             // token names it in its `approval.token_used` entry.

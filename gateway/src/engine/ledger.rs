@@ -5,7 +5,7 @@
 //! entry's `prev_hash` is 64 zeros. Changing, removing or reordering any entry
 //! breaks every hash after it, which [`verify_chain`] finds offline.
 
-use crate::store::{Tx, args};
+use crate::store::{NewEntry, StoredEntry, Tx};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -134,11 +134,15 @@ pub(crate) fn append_canonical(
     };
     let seq = prev_seq + 1;
     let hash = hash_of(tenant_id, seq, event, &text, at_ms, &prev_hash);
-    tx.execute_later(
-        "INSERT INTO ledger (tenant_id, seq, event, payload, at_ms, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        args![tenant_id, seq, event, text, at_ms, prev_hash, hash],
-    )?;
+    tx.append_entry(&NewEntry {
+        tenant: tenant_id,
+        seq,
+        event,
+        payload: &text,
+        at_ms,
+        prev_hash: &prev_hash,
+        hash: &hash,
+    })?;
     if let Some(live) = tx.live() {
         live.borrow_mut().set_tip(tenant_id, seq, hash);
     }
@@ -228,12 +232,7 @@ impl CanonicalObject {
 }
 
 pub(crate) fn tip(tx: &dyn Tx, tenant_id: &str) -> Result<LedgerTip, ApiError> {
-    let tip: Option<(u64, String)> = tx.query_opt(
-        "SELECT seq, hash FROM ledger WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1",
-        args![tenant_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let (seq, hash) = tip.unwrap_or((0, GENESIS.to_owned()));
+    let (seq, hash) = tx.ledger_tip(tenant_id)?.unwrap_or((0, GENESIS.to_owned()));
     Ok(LedgerTip {
         tenant_id: tenant_id.to_owned(),
         seq,
@@ -247,52 +246,12 @@ pub(crate) fn events(
     after_seq: u64,
     limit: u64,
 ) -> Result<Vec<LedgerEvent>, ApiError> {
-    rows(
-        tx,
-        "SELECT seq, event, payload, at_ms, prev_hash, hash FROM ledger
-         WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        args![tenant_id, after_seq, limit],
-    )
-}
-
-/// The entries a query selects (`seq, event, payload, at_ms, prev_hash, hash`).
-pub(crate) fn rows(
-    tx: &dyn Tx,
-    sql: &str,
-    args: &[crate::store::Arg<'_>],
-) -> Result<Vec<LedgerEvent>, ApiError> {
-    let rows = tx.query_map(sql, args, |r| {
-        Ok((
-            r.get::<u64>(0)?,
-            r.get::<String>(1)?,
-            r.get::<String>(2)?,
-            r.get::<i64>(3)?,
-            r.get::<String>(4)?,
-            r.get::<String>(5)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (seq, event, payload, at_ms, prev_hash, hash) = row;
-        out.push(LedgerEvent {
-            seq,
-            event,
-            payload: serde_json::from_str(&payload)?,
-            at_ms,
-            prev_hash,
-            hash,
-        });
-    }
-    Ok(out)
+    tx.ledger_events(tenant_id, after_seq, limit)
 }
 
 /// Checks every tenant's chain: sequence numbers, links and hashes.
 pub(crate) fn verify_chain(tx: &dyn Tx) -> Result<LedgerCheck, ApiError> {
-    let rows = tx.query(
-        "SELECT tenant_id, seq, event, payload, at_ms, prev_hash, hash FROM ledger
-         ORDER BY tenant_id, seq",
-        args![],
-    )?;
+    let rows = tx.ledger_all()?;
     let mut check = LedgerCheck {
         valid: true,
         tenants: 0,
@@ -300,14 +259,16 @@ pub(crate) fn verify_chain(tx: &dyn Tx) -> Result<LedgerCheck, ApiError> {
         problem: None,
     };
     let mut current: Option<(String, u64, String)> = None;
-    for r in &rows {
-        let tenant: String = r.get(0)?;
-        let seq: u64 = r.get(1)?;
-        let event: String = r.get(2)?;
-        let payload: String = r.get(3)?;
-        let at_ms: i64 = r.get(4)?;
-        let prev_hash: String = r.get(5)?;
-        let hash: String = r.get(6)?;
+    for StoredEntry {
+        tenant,
+        seq,
+        event,
+        payload,
+        at_ms,
+        prev_hash,
+        hash,
+    } in rows
+    {
         check.events += 1;
         let (expected_seq, expected_prev) = match &current {
             Some((t, s, h)) if *t == tenant => (s + 1, h.clone()),

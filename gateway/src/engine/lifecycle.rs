@@ -19,7 +19,9 @@ use crate::engine::ledger;
 use crate::engine::live::LiveReservation;
 use crate::engine::{Engine, bounded, require_role};
 use crate::error::ApiError;
-use crate::store::{Tx, args};
+use crate::store::{
+    ApprovalRow, Finalized, IntentViewRow, NewEvidence, NewIntent, ReservationRow, ToComplete, Tx,
+};
 use crate::tokens::{Claims, sha256_hex};
 
 /// `GET /v1/approvals`.
@@ -56,15 +58,6 @@ pub struct ApprovalQuery {
 /// The filters of an [`ApprovalQuery`] in SQL: `?1` the tenant, `?2` the state's
 /// name (or NULL), `?3` now, `?4` the agent, `?5` the tool, `?6` and `?7` the amount
 /// range. A pending request past its expiry is expired, swept or not.
-const APPROVAL_FILTER: &str = "tenant_id = ?1
-    AND (CAST(?2 AS TEXT) IS NULL
-         OR (?2 = 'pending' AND state = 'pending' AND expires_ms > ?3)
-         OR (?2 = 'expired' AND (state = 'expired' OR (state = 'pending' AND expires_ms <= ?3)))
-         OR (?2 IN ('approved', 'denied') AND state = ?2))
-    AND (CAST(?4 AS TEXT) IS NULL OR agent = ?4)
-    AND (CAST(?5 AS TEXT) IS NULL OR tool = ?5 OR operation = ?5)
-    AND amount_cents >= ?6 AND amount_cents <= ?7";
-
 /// The largest page of approvals.
 pub const MAX_APPROVAL_PAGE: u32 = 500;
 
@@ -320,21 +313,19 @@ impl Engine {
         let mut tools = req.allowed_tools.clone();
         tools.sort();
         tools.dedup();
-        tx.execute(
-            "INSERT INTO intents (id, tenant_id, operations, budget_cents, currency, state, deadline_ms,
-             evidence_schema, metadata, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, 'funded', ?6, ?7, ?8, ?9)",
-            args![
-                id.to_string(),
-                principal.tenant_id,
-                serde_json::to_string(&tools)?,
-                req.budget_cents,
-                currency,
-                deadline_ms,
-                req.evidence_schema.as_ref().map(Value::to_string),
-                req.metadata.as_ref().map(Value::to_string),
-                now
-            ],
-        )?;
+        let schema = req.evidence_schema.as_ref().map(Value::to_string);
+        let metadata = req.metadata.as_ref().map(Value::to_string);
+        tx.create_intent(&NewIntent {
+            id: &id.to_string(),
+            tenant: &principal.tenant_id,
+            operations: &serde_json::to_string(&tools)?,
+            budget_cents: req.budget_cents,
+            currency: &currency,
+            deadline_ms,
+            evidence_schema: schema.as_deref(),
+            metadata: metadata.as_deref(),
+            created_ms: now,
+        })?;
         ledger::append(
             tx,
             &principal.tenant_id,
@@ -404,11 +395,7 @@ impl Engine {
                     "the intent is closed: past its deadline, released or refunded",
                 ));
             }
-            let deadline: i64 = tx.query_one(
-                "SELECT deadline_ms FROM intents WHERE id = ?1",
-                args![intent_id.to_string()],
-                |r| r.get(0),
-            )?;
+            let deadline = tx.intent_deadline(&intent_id.to_string())?;
             let token = self
                 .minter
                 .mint(&Claims {
@@ -543,22 +530,11 @@ impl Engine {
         let row = match held {
             Some(f) => Some((f.state, f.budget_cents, f.evidence_schema, f.operations)),
             None => tx
-                .query_opt(
-                    "SELECT state, budget_cents, evidence_schema, operations FROM intents
-                         WHERE id = ?1 AND tenant_id = ?2",
-                    args![intent, principal.tenant_id],
-                    |r| {
-                        Ok((
-                            r.get::<String>(0)?,
-                            r.get::<u64>(1)?,
-                            r.get::<Option<String>>(2)?,
-                            r.get::<String>(3)?,
-                        ))
-                    },
-                )?
-                .map(|(state, budget, schema, operations)| {
-                    serde_json::from_str(&operations)
-                        .map(|operations: Vec<String>| (state, budget, schema, operations))
+                .evidence_intent_row(&principal.tenant_id, &intent)?
+                .map(|i| {
+                    serde_json::from_str(&i.operations).map(|operations: Vec<String>| {
+                        (i.state, i.budget_cents, i.evidence_schema, operations)
+                    })
                 })
                 .transpose()?,
         };
@@ -604,11 +580,7 @@ impl Engine {
         let bound: u64 = match &decision_id {
             Some(d) => match held(d) {
                 Some(amount) => Some(amount),
-                None => tx.query_opt(
-                    "SELECT amount_cents FROM reservations WHERE id = ?1 AND intent_id = ?2",
-                    args![d, intent],
-                    |r| r.get(0),
-                )?,
+                None => tx.reservation_amount(d, &intent)?,
             }
             .ok_or_else(|| {
                 ApiError::unprocessable(
@@ -630,36 +602,29 @@ impl Engine {
         // it has one, is all that changes of what a decision reads.
         tx.keep_live();
         if new_state != state {
-            tx.execute(
-                "UPDATE intents SET state = ?2 WHERE id = ?1",
-                args![intent_id.to_string(), new_state],
-            )?;
+            tx.set_intent_state(&intent, new_state)?;
             if let Some(live) = tx.live() {
                 live.borrow_mut()
                     .state_changed(&intent_id.to_string(), new_state);
             }
         }
-        tx.execute_later(
-            "INSERT INTO evidence (id, tenant_id, intent_id, decision_id, operation, status,
-             cost_cents, predicate_passed, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            args![
-                // Time-ordered, as decision ids, so rows land at the end of the
-                // table's B-tree. Random ids split pages in its middle, where
-                // SQLite swaps pages through the lock page's number (262,145),
-                // and the commit then scans the whole page cache: on the
-                // in-memory store, the whole database (about a third of a
-                // guarded call's time over `EmbeddedGateway`).
-                Uuid::now_v7().to_string(),
-                principal.tenant_id,
-                intent_id.to_string(),
-                decision_id.as_deref(),
-                operation,
-                status,
-                cost,
-                i64::from(passed),
-                now
-            ],
-        )?;
+        tx.record_evidence(&NewEvidence {
+            // Time-ordered, as decision ids, so rows land at the end of the
+            // table's B-tree. Random ids split pages in its middle, where
+            // SQLite swaps pages through the lock page's number (262,145),
+            // and the commit then scans the whole page cache: on the
+            // in-memory store, the whole database (about a third of a
+            // guarded call's time over `EmbeddedGateway`).
+            id: &Uuid::now_v7().to_string(),
+            tenant: &principal.tenant_id,
+            intent: &intent,
+            decision: decision_id.as_deref(),
+            operation: &operation,
+            status,
+            cost_cents: cost,
+            predicate_passed: passed,
+            created_ms: now,
+        })?;
         ledger::append(
             tx,
             &principal.tenant_id,
@@ -737,29 +702,19 @@ impl Engine {
         }
         let after = query.cursor.as_deref().map(parse_cursor).transpose()?;
         // Rows strictly after the cursor in the page's order; without one, from the start.
-        let (order, (after_ms, after_id)) = if query.oldest_first {
-            (
-                "AND (created_ms > ?8 OR (created_ms = ?8 AND id > ?9))
-                 ORDER BY created_ms, id LIMIT ?10",
-                after.unwrap_or((i64::MIN, String::new())),
-            )
+        let (after_ms, after_id) = after.unwrap_or(if query.oldest_first {
+            (i64::MIN, String::new())
         } else {
-            (
-                "AND (created_ms < ?8 OR (created_ms = ?8 AND id < ?9))
-                 ORDER BY created_ms DESC, id DESC LIMIT ?10",
-                after.unwrap_or((i64::MAX, String::new())),
-            )
-        };
-        let sql = format!("SELECT id, created_ms FROM approvals WHERE {APPROVAL_FILTER} {order}");
+            (i64::MAX, String::new())
+        });
         self.read(|tx, now| {
-            let mut args = filter_args(&principal.tenant_id, query, now);
-            args.extend([
-                crate::store::Arg::Int(after_ms),
-                crate::store::ToArg::to_arg(&after_id),
-                crate::store::Arg::Int(i64::from(limit) + 1),
-            ]);
-            let mut rows: Vec<(String, i64)> =
-                tx.query_map(&sql, &args, |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let mut rows = tx.approval_page(
+                &principal.tenant_id,
+                query,
+                now,
+                (after_ms, &after_id),
+                limit + 1,
+            )?;
             let more = rows.len() > limit as usize;
             rows.truncate(limit as usize);
             let next_cursor = more
@@ -797,14 +752,7 @@ impl Engine {
         principal: &Principal,
         query: &ApprovalQuery,
     ) -> Result<u64, ApiError> {
-        let sql = format!("SELECT COUNT(*) FROM approvals WHERE {APPROVAL_FILTER}");
-        self.read(|tx, now| {
-            let n: i64 =
-                tx.query_one(&sql, &filter_args(&principal.tenant_id, query, now), |r| {
-                    r.get(0)
-                })?;
-            Ok(u64::try_from(n).unwrap_or(0))
-        })
+        self.read(|tx, now| tx.count_approvals(&principal.tenant_id, query, now))
     }
 
     /// `GET /v1/approvals/{id}`.
@@ -834,21 +782,15 @@ impl Engine {
                     ApiError::not_found("approval_not_found", "no such approval request")
                 })?;
             if status.state == ApprovalState::Approved && principal.roles.contains(&Role::Agent) {
-                let (token_expires, opened_by): (Option<i64>, Option<String>) = tx.query_one(
-                    "SELECT token_expires_ms, key_id FROM approvals WHERE id = ?1",
-                    args![id.to_string()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
+                let row = tx
+                    .approval_row(&principal.tenant_id, &id.to_string())?
+                    .ok_or_else(|| ApiError::internal("approval vanished"))?;
                 // Only the key whose verify was held may use the token: no other key
                 // is handed it (nor can take it away from that key by reading first).
-                let own = opened_by.as_deref().is_none_or(|k| k == principal.key_id);
+                let own = row.key_id.as_deref().is_none_or(|k| k == principal.key_id);
                 if own
-                    && let Some(expires) = token_expires.filter(|e| now < *e)
-                    && tx.execute(
-                        "UPDATE approvals SET token_fetched_ms = ?2
-                         WHERE id = ?1 AND token_fetched_ms IS NULL AND token_used_ms IS NULL",
-                        args![id.to_string(), now],
-                    )? == 1
+                    && let Some(expires) = row.token_expires.filter(|e| now < *e)
+                    && tx.fetch_approval_token(&id.to_string(), now)?
                 {
                     status.approval_token = Some(ApprovalToken::new(
                         self.minter.approval_token(&id.to_string(), expires),
@@ -895,46 +837,37 @@ impl Engine {
             }
             approvers.push(principal.subject.clone());
             // Who, by id: a person's SCIM id (`scim:<id>`) or the key's id.
-            let ids: Option<String> = tx.query_one(
-                "SELECT approver_ids FROM approvals WHERE id = ?1",
-                args![id.to_string()],
-                |r| r.get(0),
-            )?;
+            let ids = tx
+                .approval_row(&principal.tenant_id, &id.to_string())?
+                .and_then(|a| a.approver_ids);
             let mut ids: Vec<String> = ids
                 .map(|t| serde_json::from_str(&t))
                 .transpose()?
                 .unwrap_or_default();
             ids.push(principal.key_id.clone());
-            tx.execute(
-                "UPDATE approvals SET approver_ids = ?2 WHERE id = ?1",
-                args![id.to_string(), serde_json::to_string(&ids)?],
-            )?;
+            let voters = serde_json::to_string(&approvers)?;
+            tx.vote_approval(&id.to_string(), &voters, &serde_json::to_string(&ids)?)?;
             let approved = u32::try_from(approvers.len()).unwrap_or(u32::MAX) >= quorum;
             if approved {
                 // Only the digest is stored; the held agent fetches the token once.
                 let token_expires = now + self.config.approval_token_ttl_ms;
                 let token = self.minter.approval_token(&id.to_string(), token_expires);
-                tx.execute(
-                    "UPDATE approvals SET state = 'approved', approvers = ?2, token = NULL, token_hash = ?3,
-                     token_expires_ms = ?4, decided_ms = ?5 WHERE id = ?1",
-                    args![
-                        id.to_string(),
-                        serde_json::to_string(&approvers)?,
-                        sha256_hex(token.as_bytes()),
-                        token_expires,
-                        now
-                    ],
-                )?;
-            } else {
-                tx.execute(
-                    "UPDATE approvals SET approvers = ?2 WHERE id = ?1",
-                    args![id.to_string(), serde_json::to_string(&approvers)?],
+                tx.approve_approval(
+                    &id.to_string(),
+                    &voters,
+                    &sha256_hex(token.as_bytes()),
+                    token_expires,
+                    now,
                 )?;
             }
             ledger::append(
                 tx,
                 &principal.tenant_id,
-                if approved { "approval.approved" } else { "approval.vote" },
+                if approved {
+                    "approval.approved"
+                } else {
+                    "approval.vote"
+                },
                 json!({"approval_request_id": id, "operator": principal.key_id,
                        "approver": principal.subject, "approvers": approvers,
                        "approvals": approvers.len(), "quorum": quorum}),
@@ -965,10 +898,7 @@ impl Engine {
         require_role(principal, &[Role::Operator])?;
         self.tx_in(&principal.tenant_id, |tx, now| {
             pending_row(tx, now, &principal.tenant_id, id)?;
-            tx.execute(
-                "UPDATE approvals SET state = 'denied', decided_ms = ?2 WHERE id = ?1",
-                args![id.to_string(), now],
-            )?;
+            tx.deny_approval(&id.to_string(), now)?;
             ledger::append(
                 tx,
                 &principal.tenant_id,
@@ -998,20 +928,11 @@ impl Engine {
                 reservations_expired: expire_due(tx, now)?,
                 ..SweepReport::default()
             };
-            let approvals: Vec<(String, String)> = tx.query_map(
-                "SELECT tenant_id, id FROM approvals WHERE state = 'pending' AND expires_ms <= ?1
-                 ORDER BY tenant_id",
-                args![now],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
+            let approvals = tx.approvals_due(now)?;
             for (tenant, id) in approvals {
                 tx.lock_tenant(&tenant)?;
                 // Decided by now on another replica: nothing to expire.
-                if tx.execute(
-                    "UPDATE approvals SET state = 'expired' WHERE id = ?1 AND state = 'pending'",
-                    args![id],
-                )? == 1
-                {
+                if tx.expire_approval(&id)? {
                     ledger::append(
                         tx,
                         &tenant,
@@ -1022,17 +943,8 @@ impl Engine {
                     report.approvals_expired += 1;
                 }
             }
-            tx.execute(
-                "UPDATE approvals SET token = NULL WHERE token IS NOT NULL AND token_expires_ms <= ?1",
-                args![now],
-            )?;
-            let intents: Vec<(String, String, String)> = tx.query_map(
-                "SELECT tenant_id, id, state FROM intents
-                 WHERE deadline_ms <= ?1 AND state IN ('created', 'funded', 'evidence_submitted')
-                 ORDER BY tenant_id",
-                args![now],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
+            tx.drop_expired_approval_tokens(now)?;
+            let intents = tx.intents_due(now)?;
             for (tenant, id, state) in intents {
                 let next = match state.as_str() {
                     "evidence_submitted" => "released",
@@ -1040,11 +952,7 @@ impl Engine {
                     _ => "expired",
                 };
                 tx.lock_tenant(&tenant)?;
-                if tx.execute(
-                    "UPDATE intents SET state = ?2 WHERE id = ?1 AND state = ?3",
-                    args![id, next, state],
-                )? == 1
-                {
+                if tx.close_intent(&id, &state, next)? {
                     ledger::append(
                         tx,
                         &tenant,
@@ -1056,43 +964,12 @@ impl Engine {
                 }
             }
             // Counters of windows that have ended decide nothing any more.
-            tx.execute(
-                "DELETE FROM spend_counters WHERE window_end <= ?1",
-                args![now],
-            )?;
-            report.idempotency_keys_dropped = tx.execute(
-                "DELETE FROM idempotency WHERE created_ms <= ?1",
-                args![now - retention],
-            )?;
+            tx.drop_ended_counters(now)?;
+            report.idempotency_keys_dropped = tx.drop_idempotency_keys(now - retention)?;
             Ok(report)
         })
     }
 }
-
-// The queries over open reservations, each answered from an index that holds only
-// open reservations (`reservations_open_by_*`; a test pins their plans).
-
-/// How many reservations of intent `?1` are open and not past their TTL at `?2`.
-pub(crate) const OPEN_OF_INTENT: &str = "SELECT COUNT(*) FROM reservations
-    WHERE intent_id = ?1 AND state = 'open' AND expires_ms > ?2";
-
-/// The amount of intent `?1`'s reservations past their TTL at `?2` and not yet
-/// expired by the sweep.
-pub(crate) const LAPSED_OF_INTENT: &str = "SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT)
-    FROM reservations WHERE intent_id = ?1 AND state = 'open' AND expires_ms <= ?2";
-
-/// The reservations the sweep expires at `?1`, tenant by tenant.
-pub(crate) const DUE: &str = "SELECT tenant_id, id, intent_id, amount_cents, state, expires_ms,
-    created_ms, agent, agent_subject, vendor, tool FROM reservations
-    WHERE state = 'open' AND expires_ms <= ?1 ORDER BY tenant_id";
-
-/// How many approval requests of every tenant wait for an operator at `?1`.
-pub(crate) const PENDING_APPROVALS: &str =
-    "SELECT COUNT(*) FROM approvals WHERE state = 'pending' AND expires_ms > ?1";
-
-/// How many reservations are open and not past their TTL at `?1`.
-pub(crate) const OPEN: &str =
-    "SELECT COUNT(*) FROM reservations WHERE state = 'open' AND expires_ms > ?1";
 
 /// An intent's reserved amount without reservations past their TTL (expired or
 /// not by the sweep yet), and how many reservations are still open.
@@ -1102,7 +979,7 @@ pub(crate) fn live_reservations(
     reserved: u64,
     now: i64,
 ) -> Result<(u64, u64), ApiError> {
-    let open: u64 = tx.query_one(OPEN_OF_INTENT, args![intent, now], |r| r.get(0))?;
+    let open = tx.open_reservations_of_intent(intent, now)?;
     Ok((
         reserved.saturating_sub(lapsed_cents(tx, intent, now)?),
         open,
@@ -1112,46 +989,22 @@ pub(crate) fn live_reservations(
 /// Open reservations of `intent` past their TTL that the sweep has not expired yet:
 /// every read of a budget leaves them out.
 pub(crate) fn lapsed_cents(tx: &dyn Tx, intent: &str, now: i64) -> Result<u64, ApiError> {
-    tx.query_one(LAPSED_OF_INTENT, args![intent, now], |r| r.get(0))
+    tx.lapsed_of_intent(intent, now)
 }
 
 /// Expires every open reservation past its TTL: its amount returns to its intent's
 /// budget and the expiry goes on the ledger. Runs in the background sweep; decisions
 /// and reads leave lapsed reservations out before it gets to them ([`lapsed_cents`]).
 pub(crate) fn expire_due(tx: &dyn Tx, now: i64) -> Result<u64, ApiError> {
-    let due: Vec<(String, String, ReservationRow)> = tx.query_map(DUE, args![now], |r| {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            ReservationRow {
-                intent: r.get(2)?,
-                amount: r.get(3)?,
-                state: r.get(4)?,
-                expires: r.get(5)?,
-                created: r.get(6)?,
-                agent: r.get(7)?,
-                agent_subject: r.get(8)?,
-                vendor: r.get(9)?,
-                tool: r.get(10)?,
-            },
-        ))
-    })?;
+    let due = tx.reservations_due(now)?;
     let mut expired = 0;
     for (tenant, id, row) in &due {
         // Tenants are locked in order, so two sweeps on two replicas cannot deadlock;
         // a reservation finalized meanwhile is left alone.
         tx.lock_tenant(tenant)?;
-        if tx.execute(
-            "UPDATE reservations SET state = 'expired', finalized_ms = ?2 WHERE id = ?1 AND state = 'open'",
-            args![id, now],
-        )? != 1
-        {
+        if !tx.expire_reservation(id, &row.intent, row.amount, now)? {
             continue;
         }
-        tx.execute(
-            "UPDATE intents SET reserved_cents = reserved_cents - ?2 WHERE id = ?1",
-            args![row.intent, row.amount],
-        )?;
         counters::adjust(
             tx,
             &row.counted(tenant),
@@ -1170,36 +1023,7 @@ pub(crate) fn expire_due(tx: &dyn Tx, now: i64) -> Result<u64, ApiError> {
     Ok(expired)
 }
 
-/// A reservation as finalizing or expiring it needs it.
-struct ReservationRow {
-    intent: String,
-    amount: u64,
-    state: String,
-    expires: i64,
-    created: i64,
-    agent: String,
-    agent_subject: Option<String>,
-    vendor: Option<String>,
-    tool: String,
-}
-
 impl ReservationRow {
-    /// From `intent_id, amount_cents, state, expires_ms, created_ms, agent,
-    /// agent_subject, vendor, tool`, in that order.
-    fn read(r: &crate::store::Row) -> Result<Self, ApiError> {
-        Ok(Self {
-            intent: r.get(0)?,
-            amount: r.get(1)?,
-            state: r.get(2)?,
-            expires: r.get(3)?,
-            created: r.get(4)?,
-            agent: r.get(5)?,
-            agent_subject: r.get(6)?,
-            vendor: r.get(7)?,
-            tool: r.get(8)?,
-        })
-    }
-
     /// An open reservation the live state holds.
     fn open(r: &LiveReservation) -> Self {
         Self {
@@ -1233,24 +1057,16 @@ fn intent_view(
     tenant: &str,
     intent_id: Uuid,
 ) -> Result<IntentView, ApiError> {
-    type Row = (String, u64, String, String, i64, u64, u64);
-    let row: Option<Row> = tx.query_opt(
-        "SELECT operations, budget_cents, currency, state, deadline_ms, consumed_cents,
-             reserved_cents FROM intents WHERE id = ?1 AND tenant_id = ?2",
-        args![intent_id.to_string(), tenant],
-        |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
-        },
-    )?;
-    let Some((ops, budget, currency, state, deadline, consumed, reserved)) = row else {
+    let Some(IntentViewRow {
+        operations: ops,
+        budget_cents: budget,
+        currency,
+        state,
+        deadline_ms: deadline,
+        consumed_cents: consumed,
+        reserved_cents: reserved,
+    }) = tx.intent_view_row(tenant, &intent_id.to_string())?
+    else {
         return Err(ApiError::not_found(
             "intent_not_found",
             "no such intent for this tenant",
@@ -1360,38 +1176,19 @@ pub(crate) fn complete_tx(
     let id = decision_id.to_string();
     // An open reservation the live state holds, with its intent's state and
     // deadline, is read from there; else from the database, in one statement.
-    type Found = (ReservationRow, Option<String>, Option<(String, i64)>);
+
     let held = tx.live().and_then(|live| {
         let live = live.borrow();
         let r = live.reservation(&principal.tenant_id, &id)?;
         let intent = live.intent_state(&principal.tenant_id, &r.intent)?;
         Some((ReservationRow::open(r), None, Some(intent)))
     });
-    let row: Option<Found> = match held {
+    let row: Option<ToComplete> = match held {
         Some(found) => Some(found),
-        None => tx.query_opt(
-            "SELECT r.intent_id, r.amount_cents, r.state, r.expires_ms, r.created_ms, r.agent,
-                 r.agent_subject, r.vendor, r.tool, r.complete_response, i.state, i.deadline_ms
-             FROM reservations r LEFT JOIN intents i ON i.id = r.intent_id
-             WHERE r.id = ?1 AND r.tenant_id = ?2",
-            args![id, principal.tenant_id],
-            |r| {
-                let intent = match (r.get::<Option<String>>(10)?, r.get::<Option<i64>>(11)?) {
-                    (Some(state), Some(deadline)) => Some((state, deadline)),
-                    _ => None,
-                };
-                Ok((ReservationRow::read(r)?, r.get(9)?, intent))
-            },
-        )?,
+        None => tx.reservation_to_complete(&principal.tenant_id, &id)?,
     };
     let Some((held_row, stored, intent_row)) = row else {
-        let held: bool = tx
-            .query_opt(
-                "SELECT 1 FROM decisions WHERE id = ?1 AND tenant_id = ?2",
-                args![decision_id.to_string(), principal.tenant_id],
-                |_| Ok(true),
-            )?
-            .unwrap_or(false);
+        let held = tx.decision_exists(&principal.tenant_id, &id)?;
         return Err(if held {
             ApiError::conflict(
                 "decision_not_allowed",
@@ -1475,11 +1272,15 @@ pub(crate) fn complete_tx(
         returned_cents: Some(reserved - actual),
         reported_spend_cents: reported.filter(|r| *r > reserved),
     };
-    tx.execute_later(
-        "UPDATE intents SET reserved_cents = reserved_cents - ?2, consumed_cents = consumed_cents + ?3
-         WHERE id = ?1",
-        args![intent, reserved, actual],
-    )?;
+    tx.finalize_reservation(&Finalized {
+        id: &id,
+        intent,
+        reserved,
+        outcome: outcome_name,
+        actual,
+        at_ms: now,
+        response: &serde_json::to_string(&response)?,
+    })?;
     if let Some(live) = tx.live() {
         let mut live = live.borrow_mut();
         live.finalized(intent, reserved, actual);
@@ -1491,17 +1292,6 @@ pub(crate) fn complete_tx(
         &held_row.counted(&principal.tenant_id),
         i64::try_from(actual).unwrap_or(i64::MAX) - i64::try_from(reserved).unwrap_or(i64::MAX),
         None,
-    )?;
-    tx.execute_later(
-        "UPDATE reservations SET state = ?2, actual_cents = ?3, finalized_ms = ?4, complete_response = ?5
-         WHERE id = ?1",
-        args![
-            id,
-            outcome_name,
-            actual,
-            now,
-            serde_json::to_string(&response)?
-        ],
     )?;
     ledger::append(
         tx,
@@ -1515,46 +1305,11 @@ pub(crate) fn complete_tx(
     Ok(response)
 }
 
-/// The arguments `?1` to `?7` of [`APPROVAL_FILTER`] for `query` at `now` (an
-/// unbounded amount range is 0 to `i64::MAX`).
-fn filter_args<'a>(
-    tenant: &'a str,
-    query: &'a ApprovalQuery,
-    now: i64,
-) -> Vec<crate::store::Arg<'a>> {
-    use crate::store::{Arg, ToArg as _};
-    let cents = |c: u64| i64::try_from(c).unwrap_or(i64::MAX);
-    vec![
-        tenant.to_arg(),
-        query
-            .state
-            .map_or(Arg::Null, |s| Arg::Text(approval_state_name(s).into())),
-        Arg::Int(now),
-        query.agent.to_arg(),
-        query.tool.to_arg(),
-        Arg::Int(query.min_amount_cents.map_or(0, cents)),
-        Arg::Int(query.max_amount_cents.map_or(i64::MAX, cents)),
-    ]
-}
-
-fn approval_state_name(s: ApprovalState) -> &'static str {
-    match s {
-        ApprovalState::Pending => "pending",
-        ApprovalState::Approved => "approved",
-        ApprovalState::Denied => "denied",
-        ApprovalState::Expired => "expired",
-    }
-}
-
 /// The approval's row if it can still be decided: 404 if absent, 409 if decided or expired.
 fn pending_row(tx: &dyn Tx, now: i64, tenant: &str, id: Uuid) -> Result<(String, u32), ApiError> {
-    let row: Option<(String, String, u32, i64)> = tx
-        .query_opt(
-            "SELECT state, approvers, quorum, expires_ms FROM approvals WHERE id = ?1 AND tenant_id = ?2",
-            args![id.to_string(), tenant],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        ?;
+    let row = tx
+        .approval_row(tenant, &id.to_string())?
+        .map(|a| (a.state, a.approvers, a.quorum, a.expires));
     let Some((state, approvers, quorum, expires)) = row else {
         return Err(ApiError::not_found(
             "approval_not_found",
@@ -1582,47 +1337,8 @@ fn approval_status(
     tenant: &str,
     id: &str,
 ) -> Result<Option<ApprovalStatus>, ApiError> {
-    struct Held {
-        decision: String,
-        intent: String,
-        operation: String,
-        amount: u64,
-        reasons: String,
-        state: String,
-        approvers: String,
-        quorum: u32,
-        expires: i64,
-        token_expires: Option<i64>,
-        tool: String,
-        vendor: Option<String>,
-        agent: Option<String>,
-        created: i64,
-    }
-    let row: Option<Held> = tx.query_opt(
-        "SELECT decision_id, intent_id, operation, amount_cents, reason_codes, state, approvers, quorum,
-         expires_ms, token_expires_ms, tool, vendor, agent, created_ms
-         FROM approvals WHERE id = ?1 AND tenant_id = ?2",
-        args![id, tenant],
-        |r| {
-            Ok(Held {
-                decision: r.get(0)?,
-                intent: r.get(1)?,
-                operation: r.get(2)?,
-                amount: r.get(3)?,
-                reasons: r.get(4)?,
-                state: r.get(5)?,
-                approvers: r.get(6)?,
-                quorum: r.get(7)?,
-                expires: r.get(8)?,
-                token_expires: r.get(9)?,
-                tool: r.get(10)?,
-                vendor: r.get(11)?,
-                agent: r.get(12)?,
-                created: r.get(13)?,
-            })
-        },
-    )?;
-    let Some(Held {
+    let row = tx.approval_row(tenant, id)?;
+    let Some(ApprovalRow {
         decision,
         intent,
         operation,
@@ -1637,6 +1353,7 @@ fn approval_status(
         vendor,
         agent,
         created,
+        ..
     }) = row
     else {
         return Ok(None);

@@ -25,7 +25,7 @@ use paybond_middleware_core::wire::LifecycleStatus;
 
 use crate::engine::rules::{CallWindow, IntentFacts};
 use crate::error::ApiError;
-use crate::store::{Tx, args};
+use crate::store::Tx;
 
 /// Intents kept at most; past it the eighth used longest ago is forgotten (read
 /// again on demand), so memory stays bounded whatever the number of intents and
@@ -41,31 +41,6 @@ const MAX_BUCKETS: usize = 65_536;
 /// a tool whose limit was lifted (or is above this) is forgotten past it, and read
 /// again if a limit asks.
 const MAX_WINDOW_CALLS: usize = 1_000_000;
-
-/// What a decision reads of intent `?1` of tenant `?2`, with when its first open
-/// reservation lapses.
-///
-/// That is an ordered scan that stops at its first row rather than
-/// `MIN(expires_ms)`: a planner without statistics of a table that grew fast
-/// (PostgreSQL before its first `ANALYZE`) answers the aggregate by reading every
-/// open reservation of the intent, tens of thousands for a busy one.
-pub(crate) const INTENT: &str = "SELECT state, deadline_ms, budget_cents,
-        consumed_cents + reserved_cents, currency, operations,
-        (SELECT r.expires_ms FROM reservations r
-            WHERE r.intent_id = intents.id AND r.state = 'open'
-            ORDER BY r.expires_ms LIMIT 1),
-        evidence_schema
-    FROM intents WHERE id = ?1 AND tenant_id = ?2";
-
-/// The amount of intent `?1`'s open reservations that lapsed by `?2`, and when the
-/// first of the others lapses: two range scans of the intent's open reservations
-/// by expiry, neither reading the reservations that have not lapsed.
-pub(crate) const LAPSE_OF_INTENT: &str = "SELECT
-    (SELECT CAST(COALESCE(SUM(amount_cents), 0) AS BIGINT) FROM reservations
-        WHERE intent_id = ?1 AND state = 'open' AND expires_ms <= ?2),
-    (SELECT expires_ms FROM reservations
-        WHERE intent_id = ?1 AND state = 'open' AND expires_ms > ?2
-        ORDER BY expires_ms LIMIT 1)";
 
 /// Open reservations kept at most (about 1 KiB each); past it the eighth made
 /// longest ago is forgotten (their complete reads them), so memory stays bounded
@@ -454,10 +429,7 @@ pub(crate) fn intent_facts(
     // bound moves on (unless lapsed ones wait for the sweep), so a busy intent
     // reads the database once per lapse, not on every decision after the first.
     let lapsed = if now >= held.next_lapse_ms {
-        let (lapsed, next): (u64, Option<i64>) =
-            tx.query_one(LAPSE_OF_INTENT, args![intent, now], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+        let (lapsed, next) = tx.lapse_of_intent(intent, now)?;
         if let Some(live) = live {
             live.borrow_mut().lapse_read(intent, lapsed, next);
         }
@@ -529,13 +501,7 @@ pub(crate) fn tool_window(
     }
     // At most `limit` rows of the hour are read (the (tenant, tool, created_ms)
     // index), however busy the tool is.
-    let calls: Vec<i64> = tx.query_map(
-        "SELECT created_ms FROM reservations
-         WHERE tenant_id = ?1 AND tool = ?2 AND created_ms > ?3
-         ORDER BY created_ms LIMIT ?4",
-        args![tenant, tool, now - HOUR_MS, limit],
-        |r| r.get(0),
-    )?;
+    let calls = tx.tool_calls_since(tenant, tool, now - HOUR_MS, Some(limit))?;
     let window = CallWindow {
         calls: calls.len(),
         oldest: calls.first().copied(),
@@ -551,42 +517,20 @@ pub(crate) fn tool_window(
 /// An intent as the database holds it, with when its first open reservation
 /// lapses: one statement.
 fn load(tx: &dyn Tx, tenant: &str, intent: &str) -> Result<Option<LiveIntent>, ApiError> {
-    let row = tx.query_opt(INTENT, args![intent, tenant], |r| {
-        Ok((
-            r.get::<String>(0)?,
-            r.get::<i64>(1)?,
-            r.get::<u64>(2)?,
-            r.get::<u64>(3)?,
-            r.get::<String>(4)?,
-            r.get::<String>(5)?,
-            r.get::<Option<i64>>(6)?,
-            r.get::<Option<String>>(7)?,
-        ))
-    })?;
-    let Some((
-        state_name,
-        deadline_ms,
-        budget_cents,
-        counted_cents,
-        currency,
-        operations,
-        next_lapse_ms,
-        evidence_schema,
-    )) = row
-    else {
+    let Some(row) = tx.intent_row(tenant, intent)? else {
         return Ok(None);
     };
     Ok(Some(LiveIntent {
         tenant: tenant.to_owned(),
-        state: IntentFacts::parse_state(&state_name),
-        state_name,
-        deadline_ms,
-        budget_cents,
-        counted_cents,
-        currency,
-        operations: serde_json::from_str(&operations).unwrap_or_default(),
-        evidence_schema,
-        next_lapse_ms: next_lapse_ms.unwrap_or(i64::MAX),
+        state: IntentFacts::parse_state(&row.state),
+        state_name: row.state,
+        deadline_ms: row.deadline_ms,
+        budget_cents: row.budget_cents,
+        counted_cents: row.counted_cents,
+        currency: row.currency,
+        operations: serde_json::from_str(&row.operations).unwrap_or_default(),
+        evidence_schema: row.evidence_schema,
+        next_lapse_ms: row.next_lapse_ms.unwrap_or(i64::MAX),
         used: 0,
     }))
 }
@@ -635,30 +579,12 @@ pub(crate) fn differences(tx: &dyn Tx, now: i64) -> Result<Vec<String>, ApiError
             continue;
         };
         for c in windows {
-            let stored: Option<i64> = tx.query_opt(
-                "SELECT spent_cents FROM spend_counters
-                 WHERE tenant_id = ?1 AND bucket = ?2 AND window_start = ?3 AND window_end = ?4",
-                args![tenant, bucket, c.start, c.end],
-                |r| r.get(0),
-            )?;
+            let stored = tx.counter(tenant, bucket, (c.start, c.end))?;
             if stored != Some(c.spent) {
                 out.push(format!("counter {key} {c:?}: stored {stored:?}"));
             }
             // No open reservation counted there lapses before the held bound.
-            let open = tx.query_map(
-                "SELECT agent, agent_subject, vendor, tool, expires_ms FROM reservations
-                 WHERE tenant_id = ?1 AND state = 'open' AND created_ms >= ?2 AND created_ms < ?3",
-                args![tenant, c.start, c.end],
-                |r| {
-                    Ok((
-                        r.get::<String>(0)?,
-                        r.get::<Option<String>>(1)?,
-                        r.get::<Option<String>>(2)?,
-                        r.get::<String>(3)?,
-                        r.get::<i64>(4)?,
-                    ))
-                },
-            )?;
+            let open = tx.open_reservations_made_in(tenant, (c.start, c.end))?;
             let first = open
                 .iter()
                 .filter(|(agent, subject, vendor, tool, _)| {
@@ -684,12 +610,7 @@ pub(crate) fn differences(tx: &dyn Tx, now: i64) -> Result<Vec<String>, ApiError
             out.push(format!("window {key}: not a tenant and tool"));
             continue;
         };
-        let stored: Vec<i64> = tx.query_map(
-            "SELECT created_ms FROM reservations
-             WHERE tenant_id = ?1 AND tool = ?2 AND created_ms > ?3 ORDER BY created_ms",
-            args![tenant, tool, now - HOUR_MS],
-            |r| r.get(0),
-        )?;
+        let stored = tx.tool_calls_since(tenant, tool, now - HOUR_MS, None)?;
         let held: Vec<i64> = calls
             .iter()
             .copied()
@@ -700,27 +621,7 @@ pub(crate) fn differences(tx: &dyn Tx, now: i64) -> Result<Vec<String>, ApiError
         }
     }
     for (id, held) in &state.reservations {
-        let stored = tx.query_opt(
-            "SELECT tenant_id, intent_id, amount_cents, expires_ms, created_ms, agent,
-                 agent_subject, vendor, tool, state FROM reservations WHERE id = ?1",
-            args![id],
-            |r| {
-                Ok((
-                    LiveReservation {
-                        tenant: r.get(0)?,
-                        intent: r.get(1)?,
-                        amount: r.get(2)?,
-                        expires_ms: r.get(3)?,
-                        created_ms: r.get(4)?,
-                        agent: r.get(5)?,
-                        agent_subject: r.get(6)?,
-                        vendor: r.get(7)?,
-                        tool: r.get(8)?,
-                    },
-                    r.get::<String>(9)?,
-                ))
-            },
-        )?;
+        let stored = tx.reservation_as_held(id)?;
         if stored.as_ref() != Some(&(held.clone(), "open".to_owned())) {
             out.push(format!(
                 "reservation {id}: held open as {held:?}, stored {stored:?}"

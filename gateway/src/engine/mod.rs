@@ -1425,7 +1425,7 @@ impl Engine {
 
     /// [`Self::open_reservations`] on the caller's thread, which waits for the store.
     pub(crate) fn open_reservations_blocking(&self) -> Result<u64, ApiError> {
-        self.read(|tx, now| tx.query_one(lifecycle::OPEN, args![now], |r| r.get(0)))
+        self.read(|tx, now| tx.open_reservations(now))
     }
 
     /// Approval requests of every tenant waiting for an operator (not past their expiry).
@@ -1435,7 +1435,7 @@ impl Engine {
 
     /// [`Self::pending_approvals`] on the caller's thread, which waits for the store.
     pub(crate) fn pending_approvals_blocking(&self) -> Result<u64, ApiError> {
-        self.read(|tx, now| tx.query_one(lifecycle::PENDING_APPROVALS, args![now], |r| r.get(0)))
+        self.read(|tx, now| tx.pending_approvals(now))
     }
 
     /// Prometheus text for `/metrics`.

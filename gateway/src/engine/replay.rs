@@ -362,13 +362,7 @@ fn replay_tenant(
     days: &mut BTreeMap<String, (u64, u64)>,
 ) -> Result<(), ApiError> {
     let (since_ms, until_ms) = (options.since_ms, options.until_ms);
-    let entries: Vec<(String, String, i64)> = tx.query_map(
-        "SELECT event, payload, at_ms FROM ledger WHERE tenant_id = ?1
-         AND (event LIKE 'decision.%' OR event IN ('reservation.consumed', 'reservation.released'))
-         ORDER BY seq",
-        args![tenant],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let entries = tx.ledger_fold(tenant, true)?;
     let mut state = intents_of(tx, tenant)?;
     let ttl = DEFAULT_RESERVATION_TTL_MS;
     // Decisions decided again (not before `since`), how each ended, and when.

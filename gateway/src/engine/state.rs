@@ -372,11 +372,7 @@ impl SpendState {
         tenant: &str,
         default_ttl_ms: i64,
     ) -> Result<Self, ApiError> {
-        let entries: Vec<(String, String, i64)> = tx.query_map(
-            "SELECT event, payload, at_ms FROM ledger WHERE tenant_id = ?1 ORDER BY seq",
-            args![tenant],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+        let entries = tx.ledger_fold(tenant, false)?;
         let mut state = Self::default();
         for (event, payload, at) in entries {
             state.apply(&event, &serde_json::from_str(&payload)?, at, default_ttl_ms);

@@ -465,7 +465,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::store::{Arg, Tx};
+    use crate::store::Arg;
     use proptest::prelude::*;
 
     fn held(sql: &'static str, args: &[Value]) -> Held {
@@ -599,7 +599,7 @@ mod tests {
     fn run(conn: &rusqlite::Connection, writes: &[Held]) -> bool {
         writes.iter().all(|w| {
             let args: Vec<Arg<'_>> = w.args.iter().map(Value::as_arg).collect();
-            Tx::execute(conn, w.sql, &args).is_ok()
+            crate::store::sql::Sql::execute(conn, w.sql, &args).is_ok()
         })
     }
 

@@ -16,12 +16,14 @@ use held::Held;
 
 mod error;
 pub(crate) mod held;
+mod ops;
 pub(crate) mod postgres;
 pub(crate) mod schema;
 pub(crate) mod sqlite;
 pub(crate) mod stats;
 
 pub use error::StoreError;
+pub(crate) use ops::*;
 pub(crate) use sqlite::DEFAULT_WAL_LIMIT_BYTES;
 
 /// Where the engine keeps its state.
@@ -438,40 +440,54 @@ impl Row {
     }
 }
 
-/// One transaction of the engine. SQL uses `?1`, `?2`, … placeholders.
-pub(crate) trait Tx {
-    /// Runs a statement; the number of rows it changed.
-    fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ApiError>;
+/// The statements a transaction runs: SQL with `?1`, `?2`, … placeholders.
+///
+/// Sealed in this module: the engine names no SQL. It calls the typed operations
+/// [`ops`] defines on a [`Tx`], and only they (and the stores) write statements.
+mod sql {
+    use super::{Arg, Held, Row};
+    use crate::error::ApiError;
 
-    /// Runs a query; every row.
-    fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, ApiError>;
+    /// Runs SQL in one transaction (see [`super::Tx`]).
+    pub(crate) trait Sql {
+        /// Runs a statement; the number of rows it changed.
+        fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ApiError>;
 
-    /// Runs a write whose only outcome that matters is success. A store may hold it
-    /// back and send it with the transaction's next statement or its commit
-    /// (PostgreSQL pipelines them: one round trip for several), merged with other
-    /// held-back writes of its kind ([`held::coalesce`]: multi-row inserts, summed
-    /// additive updates). Its failure may therefore be reported by a later
-    /// statement, or by the commit of the group the operation ran in; either way
-    /// no operation whose writes were lost is answered Ok. The SQL is one of the
-    /// engine's constant statements.
-    fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), ApiError> {
-        self.execute(sql, args).map(drop)
+        /// Runs a query; every row.
+        fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, ApiError>;
+
+        /// Runs a write whose only outcome that matters is success. A store may hold it
+        /// back and send it with the transaction's next statement or its commit
+        /// (PostgreSQL pipelines them: one round trip for several), merged with other
+        /// held-back writes of its kind ([`held::coalesce`]: multi-row inserts, summed
+        /// additive updates). Its failure may therefore be reported by a later
+        /// statement, or by the commit of the group the operation ran in; either way
+        /// no operation whose writes were lost is answered Ok. The SQL is one of the
+        /// engine's constant statements.
+        fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), ApiError> {
+            self.execute(sql, args).map(drop)
+        }
+
+        /// Runs a query that reads nothing a held-back write ([`Self::execute_later`])
+        /// could change unless `may_change` says so of it: the held-back writes are
+        /// sent first only if one of them may change the answer, and otherwise stay
+        /// held, to merge with later ones. `may_change` must err towards `true`.
+        fn query_past_held(
+            &self,
+            sql: &str,
+            args: &[Arg<'_>],
+            may_change: &dyn Fn(&Held) -> bool,
+        ) -> Result<Vec<Row>, ApiError> {
+            let _ = may_change;
+            self.query(sql, args)
+        }
     }
+}
 
-    /// Runs a query that reads nothing a held-back write ([`Self::execute_later`])
-    /// could change unless `may_change` says so of it: the held-back writes are
-    /// sent first only if one of them may change the answer, and otherwise stay
-    /// held, to merge with later ones. `may_change` must err towards `true`.
-    fn query_past_held(
-        &self,
-        sql: &str,
-        args: &[Arg<'_>],
-        may_change: &dyn Fn(&Held) -> bool,
-    ) -> Result<Vec<Row>, ApiError> {
-        let _ = may_change;
-        self.query(sql, args)
-    }
-
+/// One transaction of the engine: the typed operations of [`ops`] (inherent
+/// methods of `dyn Tx`), over the statements of its store.
+#[allow(private_bounds)] // sealed: the supertrait is what only `store` may name
+pub(crate) trait Tx: sql::Sql {
     /// Serializes this transaction against every other that locks the same tenant
     /// (a row lock on PostgreSQL; SQLite has one writer, so nothing to do).
     fn lock_tenant(&self, tenant_id: &str) -> Result<(), ApiError>;

@@ -29,6 +29,7 @@
 //! runtime of the store's own; the engine (synchronous) waits for each statement
 //! on a channel, so it may be called from any thread, async or not.
 
+use super::sql::Sql as _;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::error::Error;
@@ -1279,7 +1280,7 @@ impl<'a> PgTx<'a> {
     }
 }
 
-impl Tx for PgTx<'_> {
+impl super::sql::Sql for PgTx<'_> {
     fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ApiError> {
         self.wrote.set(true);
         Ok(self.call(sql, args, false)?.1)
@@ -1326,7 +1327,9 @@ impl Tx for PgTx<'_> {
         )));
         Ok(())
     }
+}
 
+impl Tx for PgTx<'_> {
     fn lock_tenant(&self, tenant_id: &str) -> Result<(), ApiError> {
         if self.group.as_ref().is_some_and(|g| g.tenant == tenant_id) {
             // The group locked it when it began.
@@ -1864,8 +1867,11 @@ pub(crate) mod tests {
         // Each statement reads one reservation, or none: the plan's rows, one
         // figure per node, stay at most 1.
         for (sql, args) in [
-            (crate::engine::live::INTENT, args!["i", "t"]),
-            (crate::engine::live::LAPSE_OF_INTENT, args!["i", 500_i64]),
+            (crate::store::ops::spend::INTENT, args!["i", "t"]),
+            (
+                crate::store::ops::spend::LAPSE_OF_INTENT,
+                args!["i", 500_i64],
+            ),
         ] {
             let plan: Vec<String> = store
                 .write(|tx| {

@@ -1237,11 +1237,11 @@ fn send_held(conn: &Connection, writes: Vec<Held>) -> Result<(), StoreError> {
     Ok(())
 }
 
-impl Tx for WriterTx<'_> {
+impl super::sql::Sql for WriterTx<'_> {
     fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ApiError> {
         self.wrote.set(true);
         self.send()?;
-        Tx::execute(self.conn, sql, args)
+        super::sql::Sql::execute(self.conn, sql, args)
     }
 
     fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, ApiError> {
@@ -1250,7 +1250,7 @@ impl Tx for WriterTx<'_> {
             self.wrote.set(true);
         }
         self.send()?;
-        Tx::query(self.conn, sql, args)
+        super::sql::Sql::query(self.conn, sql, args)
     }
 
     fn query_past_held(
@@ -1264,7 +1264,7 @@ impl Tx for WriterTx<'_> {
         }
         // A read changes nothing: it needs no savepoint, and what the group
         // holds back stays held.
-        Tx::query(self.conn, sql, args)
+        super::sql::Sql::query(self.conn, sql, args)
     }
 
     fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), ApiError> {
@@ -1280,7 +1280,9 @@ impl Tx for WriterTx<'_> {
             .push(Held::new(sql, args.iter().map(Value::from).collect()));
         Ok(())
     }
+}
 
+impl Tx for WriterTx<'_> {
     fn lock_tenant(&self, tenant_id: &str) -> Result<(), ApiError> {
         Tx::lock_tenant(self.conn, tenant_id)
     }
@@ -1310,7 +1312,7 @@ impl rusqlite::ToSql for Arg<'_> {
     }
 }
 
-impl Tx for Connection {
+impl super::sql::Sql for Connection {
     fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ApiError> {
         let changed = self
             .prepare_cached(sql)?
@@ -1340,7 +1342,9 @@ impl Tx for Connection {
         }
         Ok(out)
     }
+}
 
+impl Tx for Connection {
     fn lock_tenant(&self, _tenant_id: &str) -> Result<(), ApiError> {
         // One connection, one writer: every transaction is already serialized.
         Ok(())
@@ -2047,7 +2051,7 @@ mod tests {
 
     #[test]
     fn open_reservations_are_found_through_their_own_indexes() {
-        use crate::engine::lifecycle::{DUE, LAPSED_OF_INTENT, OPEN, OPEN_OF_INTENT};
+        use crate::store::ops::intents::{DUE, LAPSED_OF_INTENT, OPEN, OPEN_OF_INTENT};
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&Storage::File(dir.path().join("p.db")), 1 << 20).unwrap();
         let plan = |sql: &str, args: &[crate::store::Arg<'_>]| -> String {
@@ -2072,12 +2076,12 @@ mod tests {
                 "reservations_open_by_intent_expiry",
             ),
             (
-                crate::engine::live::INTENT,
+                crate::store::ops::spend::INTENT,
                 args!["i", "t"],
                 "reservations_open_by_intent_expiry",
             ),
             (
-                crate::engine::live::LAPSE_OF_INTENT,
+                crate::store::ops::spend::LAPSE_OF_INTENT,
                 args!["i", 1_i64],
                 "reservations_open_by_intent_expiry",
             ),

@@ -1,0 +1,16 @@
+//! The engine's typed operations on a transaction: each read and write it makes,
+//! one method of `dyn Tx` taking and returning plain values. Their SQL (one
+//! portable dialect for SQLite and PostgreSQL, see [`super::schema`]) lives here,
+//! next to the tables it names.
+
+pub(in crate::store) mod approvals;
+pub(in crate::store) mod intents;
+pub(in crate::store) mod ledger;
+pub(in crate::store) mod spend;
+
+pub(crate) use approvals::ApprovalRow;
+pub(crate) use intents::{
+    Finalized, IntentViewRow, NewEvidence, NewIntent, ReservationRow, ToComplete,
+};
+pub(crate) use ledger::{NewEntry, StoredEntry};
+pub(crate) use spend::{NewApproval, NewDecision, NewReservation};
