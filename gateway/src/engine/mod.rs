@@ -28,8 +28,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::store::{self, held::Held};
-use crate::store::{Storage, Store, Tx, args};
+
+use crate::store::{NewTenantPolicy, PolicyRow, Storage, Store, Tx};
 use crate::tokens::{Minter, random_hex, sha256_hex};
 
 /// What time it is for the engine: the system clock, or a manual one for tests.
@@ -284,11 +284,7 @@ pub(crate) fn role_name(role: Role) -> &'static str {
 
 /// Wraps every stored audit signing key under `to`'s pad instead of `from`'s.
 fn rewrap_signing_keys(tx: &dyn Tx, from: &Minter, to: &Minter) -> Result<(), ApiError> {
-    let rows = tx.query_map(
-        "SELECT tenant_id, secret_key FROM signing_keys",
-        args![],
-        |r| Ok((r.get::<String>(0)?, r.get::<Vec<u8>>(1)?)),
-    )?;
+    let rows = tx.wrapped_signing_keys()?;
     for (tenant, wrapped) in rows {
         let (a, b) = (from.audit_key_pad(&tenant), to.audit_key_pad(&tenant));
         let secret: Vec<u8> = wrapped
@@ -296,23 +292,13 @@ fn rewrap_signing_keys(tx: &dyn Tx, from: &Minter, to: &Minter) -> Result<(), Ap
             .zip(a.iter().zip(b))
             .map(|(w, (a, b))| w ^ a ^ b)
             .collect();
-        tx.execute(
-            "UPDATE signing_keys SET secret_key = ?2 WHERE tenant_id = ?1",
-            args![tenant, secret],
-        )?;
+        tx.set_wrapped_signing_key(&tenant, &secret)?;
     }
     // OpenID Connect client secrets likewise.
-    let rows = tx.query_map(
-        "SELECT tenant_id, client_secret FROM oidc_configs",
-        args![],
-        |r| Ok((r.get::<String>(0)?, r.get::<Vec<u8>>(1)?)),
-    )?;
+    let rows = tx.wrapped_client_secrets()?;
     for (tenant, wrapped) in rows {
         let secret = from.wrap_client_secret(&tenant, &wrapped);
-        tx.execute(
-            "UPDATE oidc_configs SET client_secret = ?2 WHERE tenant_id = ?1",
-            args![tenant, to.wrap_client_secret(&tenant, &secret)],
-        )?;
+        tx.set_wrapped_client_secret(&tenant, &to.wrap_client_secret(&tenant, &secret))?;
     }
     Ok(())
 }
@@ -344,13 +330,7 @@ impl Engine {
             Storage::File(path) => Some(crate::store::DataLock::shared(path)?),
             _ => None,
         };
-        let read_key = |tx: &dyn Tx| {
-            tx.query_opt(
-                "SELECT value FROM meta WHERE key = 'root_key'",
-                args![],
-                |r| r.get::<Vec<u8>>(0),
-            )
-        };
+        let read_key = |tx: &dyn Tx| tx.stored_root_key();
         let minter = match &config.storage {
             Storage::File(path) => {
                 Self::key_file_minter(&store, &crate::store::root_key_path(path))?
@@ -363,10 +343,7 @@ impl Engine {
                     Some(bytes) => {
                         // Replicas starting together may each make a key: the first stored wins.
                         let kept = store.write(None, |tx| {
-                            tx.execute(
-                                "INSERT INTO meta (key, value) VALUES ('root_key', ?1) ON CONFLICT (key) DO NOTHING",
-                                args![bytes],
-                            )?;
+                            tx.store_root_key_if_none(&bytes)?;
                             read_key(tx)
                         })?;
                         match kept {
@@ -406,20 +383,11 @@ impl Engine {
         if let Some(bytes) = crate::store::read_key_file(key_file)? {
             return Minter::from_key(&bytes).ok_or_else(unusable);
         }
-        let legacy = store.write(None, |tx| {
-            tx.query_opt(
-                "SELECT value FROM meta WHERE key = 'root_key'",
-                args![],
-                |r| r.get::<Vec<u8>>(0),
-            )
-        })?;
+        let legacy = store.write(None, |tx| tx.stored_root_key())?;
         let bytes = legacy.unwrap_or_else(Minter::new_key);
         let minter = Minter::from_key(&bytes).ok_or_else(unusable)?;
         crate::store::write_key_file(key_file, &bytes)?;
-        store.write(None, |tx| {
-            tx.query("PRAGMA secure_delete = ON", args![])?;
-            tx.execute("DELETE FROM meta WHERE key = 'root_key'", args![])
-        })?;
+        store.write(None, |tx| tx.erase_root_key())?;
         Ok(minter)
     }
 
@@ -465,21 +433,11 @@ impl Engine {
             Storage::Postgres(_) => {
                 let store = Store::open(storage, crate::store::DEFAULT_WAL_LIMIT_BYTES)?;
                 store.write(None, |tx| {
-                    let old = tx
-                        .query_opt(
-                            "SELECT value FROM meta WHERE key = 'root_key'",
-                            args![],
-                            |r| r.get::<Vec<u8>>(0),
-                        )?
-                        .and_then(|k| Minter::from_key(&k));
+                    let old = tx.stored_root_key()?.and_then(|k| Minter::from_key(&k));
                     if let Some(old) = &old {
                         rewrap_signing_keys(tx, old, &new)?;
                     }
-                    tx.execute(
-                        "INSERT INTO meta (key, value) VALUES ('root_key', ?1)
-                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        args![bytes],
-                    )
+                    tx.replace_root_key(&bytes)
                 })?;
                 Ok(())
             }
@@ -571,27 +529,9 @@ impl Engine {
     where
         T: Kept,
     {
-        // Past the writes the group holds back, unless one of them may store this
-        // key: a key is read on every keyed request, and sending the group's
-        // writes before each would keep them from merging.
-        let may_change = |held: &Held| {
-            if !held.may_write("idempotency") {
-                return false;
-            }
-            // Another key's row cannot be this one's.
-            held.sql != STORE_KEY
-                || matches!(held.args.get(..2), Some([store::Value::Text(t), store::Value::Text(k)])
-                    if t == tenant_id && *k == keyed.key)
-        };
-        let stored: Option<(String, String, String)> = tx
-            .query_past_held(
-                "SELECT route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
-                args![tenant_id, keyed.key],
-                &may_change,
-            )?
-            .first()
-            .map(|r| Ok::<_, ApiError>((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .transpose()?;
+        let stored = tx
+            .kept_answer(tenant_id, &keyed.key)?
+            .map(|k| (k.route, k.body_hash, k.response));
         if let Some((stored_route, stored_hash, response)) = stored {
             if stored_route != keyed.route || stored_hash != keyed.body_hash {
                 return Err(ApiError::conflict(
@@ -600,15 +540,9 @@ impl Engine {
                 ));
             }
             let response = match response.strip_prefix(IN_DECISION) {
-                Some(decision) => tx
-                    .query_opt(
-                        "SELECT response FROM decisions WHERE id = ?1 AND tenant_id = ?2",
-                        args![decision, tenant_id],
-                        |r| r.get::<String>(0),
-                    )?
-                    .ok_or_else(|| {
-                        ApiError::internal("a stored verify answer's decision is gone")
-                    })?,
+                Some(decision) => tx.decision_response(tenant_id, decision)?.ok_or_else(|| {
+                    ApiError::internal("a stored verify answer's decision is gone")
+                })?,
                 None => response,
             };
             let mut response: serde_json::Value = serde_json::from_str(&response)?;
@@ -630,16 +564,11 @@ impl Engine {
                 serde_json::to_string(&stored)?
             }
         };
-        tx.execute_later(
-            STORE_KEY,
-            args![
-                tenant_id,
-                keyed.key,
-                keyed.route,
-                keyed.body_hash,
-                stored,
-                now
-            ],
+        tx.keep_answer(
+            (tenant_id, &keyed.key),
+            (&keyed.route, &keyed.body_hash),
+            &stored,
+            now,
         )?;
         Ok(out)
     }
@@ -731,12 +660,8 @@ impl Engine {
             .and_then(|v| v.as_str())
             .ok_or_else(|| ApiError::internal("a stored answer with a token but no intent"))?
             .to_owned();
-        let (operations, deadline): (String, i64) = tx
-            .query_opt(
-                "SELECT operations, deadline_ms FROM intents WHERE id = ?1 AND tenant_id = ?2",
-                args![intent, tenant_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?
+        let (operations, deadline) = tx
+            .intent_grant(tenant_id, &intent)?
             .ok_or_else(|| ApiError::internal("a stored answer's intent is gone"))?;
         let token = self
             .minter
@@ -772,10 +697,7 @@ impl Engine {
     ) -> Result<TenantKeys, ApiError> {
         let tenant_id = format!("tnt_{}", Uuid::new_v4().simple());
         let keys = self.tx(|tx, now| {
-            tx.execute(
-                "INSERT INTO tenants (id, name, environment, created_ms) VALUES (?1, ?2, ?3, ?4)",
-                args![tenant_id, name, env_name(environment), now],
-            )?;
+            tx.create_tenant(&tenant_id, name, env_name(environment), now)?;
             ledger::append(
                 tx,
                 &tenant_id,
@@ -803,13 +725,7 @@ impl Engine {
 
     /// [`Self::tenant_by_name`] on the caller's thread, which waits for the store.
     pub(crate) fn tenant_by_name_blocking(&self, name: &str) -> Result<Option<String>, ApiError> {
-        self.read(|tx, _| {
-            tx.query_opt(
-                "SELECT id FROM tenants WHERE name = ?1 ORDER BY created_ms LIMIT 1",
-                args![name],
-                |r| r.get(0),
-            )
-        })
+        self.read(|tx, _| tx.tenant_named(name))
     }
 
     /// Revokes every key of a tenant and issues three new ones.
@@ -822,17 +738,10 @@ impl Engine {
     /// [`Self::rotate_keys`] on the caller's thread, which waits for the store.
     pub(crate) fn rotate_keys_blocking(&self, tenant_id: &str) -> Result<TenantKeys, ApiError> {
         let keys = self.tx_in(tenant_id, |tx, now| {
-            let env: String = tx
-                .query_opt(
-                    "SELECT environment FROM tenants WHERE id = ?1",
-                    args![tenant_id],
-                    |r| r.get(0),
-                )?
+            let env = tx
+                .tenant_environment(tenant_id)?
                 .ok_or_else(|| ApiError::not_found("tenant_not_found", "no such tenant"))?;
-            tx.execute(
-                "DELETE FROM api_keys WHERE tenant_id = ?1",
-                args![tenant_id],
-            )?;
+            tx.revoke_tenant_keys(tenant_id)?;
             ledger::append(tx, tenant_id, "keys.rotated", json!({}), now)?;
             let env = if env == "live" {
                 Environment::Live
@@ -950,14 +859,9 @@ impl Engine {
         }
         // Read before the key: a revocation heard after this is not missed.
         let generation = self.store.keys_generation();
-        let row: Option<(String, String, String, String, String)> = self.read(|tx, _| {
-            tx.query_opt(
-                "SELECT k.key_id, k.tenant_id, k.role, k.subject, t.environment
-                     FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.secret_hash = ?1",
-                args![hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
-        })?;
+        let row = self
+            .read(|tx, _| tx.key_by_hash(&hash))?
+            .map(|k| (k.key_id, k.tenant, k.role, k.subject, k.environment));
         let Some((key_id, tenant_id, role, subject, env)) = row else {
             return Err(ApiError::unauthorized("the API key is not valid"));
         };
@@ -1047,13 +951,7 @@ impl Engine {
         };
         let digest = doc.digest();
         self.tx_in(tenant_id, |tx, now| {
-            tx.execute(
-                "INSERT INTO org_policies (tenant_id, id, text, digest, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (tenant_id, id) DO UPDATE SET text = excluded.text,
-                 digest = excluded.digest, updated_ms = excluded.updated_ms",
-                args![tenant_id, doc.name, file.text, digest, now],
-            )?;
+            tx.publish_org_policy(tenant_id, &doc.name, &file.text, &digest, now)?;
             ledger::append(
                 tx,
                 tenant_id,
@@ -1115,34 +1013,21 @@ impl Engine {
         let (org_id, effective) = self.read(|tx, _| resolve_tenant_policy(tx, tenant_id, file))?;
         let digest = effective.digest();
         let eff = self.tx_in(tenant_id, |tx, now| {
-            let current: Option<(u64, String)> = tx
-                .query_opt(
-                    "SELECT version, digest FROM tenant_policies WHERE tenant_id = ?1",
-                    args![tenant_id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                ?;
+            let current = tx.tenant_policy_version(tenant_id)?;
             let version = match &current {
                 Some((v, d)) if *d == digest => *v,
                 Some((v, _)) => v + 1,
                 None => 1,
             };
-            tx.execute(
-                "INSERT INTO tenant_policies (tenant_id, text, org_policy_id, effective, digest, version, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (tenant_id) DO UPDATE SET text = excluded.text,
-                 org_policy_id = excluded.org_policy_id, effective = excluded.effective,
-                 digest = excluded.digest, version = excluded.version, updated_ms = excluded.updated_ms",
-                args![
-                    tenant_id,
-                    file.text,
-                    org_id,
-                    serde_json::to_string(&effective)?,
-                    digest,
-                    version,
-                    now
-                ],
-            )?;
+            tx.store_tenant_policy(&NewTenantPolicy {
+                tenant: tenant_id,
+                text: &file.text,
+                org_policy_id: org_id.as_deref(),
+                effective: &serde_json::to_string(&effective)?,
+                digest: &digest,
+                version,
+                updated_ms: now,
+            })?;
             if current.as_ref().is_none_or(|(_, d)| *d != digest) {
                 ledger::append(
                     tx,
@@ -1269,13 +1154,8 @@ impl Engine {
             if !self.store.shared() {
                 return Ok(Some(p));
             }
-            let version: Option<u64> = self.read(|tx, _| {
-                tx.query_opt(
-                    "SELECT version FROM tenant_policies WHERE tenant_id = ?1",
-                    args![tenant_id],
-                    |r| r.get(0),
-                )
-            })?;
+            let version =
+                self.read(|tx, _| Ok(tx.tenant_policy_version(tenant_id)?.map(|(v, _)| v)))?;
             if version == Some(p.version) {
                 return Ok(Some(p));
             }
@@ -1299,11 +1179,7 @@ impl Engine {
         let version = match known {
             Some(version) => version,
             None => {
-                let version: Option<u64> = tx.query_opt(
-                    "SELECT version FROM tenant_policies WHERE tenant_id = ?1",
-                    args![tenant_id],
-                    |r| r.get(0),
-                )?;
+                let version = tx.tenant_policy_version(tenant_id)?.map(|(v, _)| v);
                 if let Some(live) = tx.live() {
                     live.borrow_mut().set_policy_version(tenant_id, version);
                 }
@@ -1330,12 +1206,13 @@ impl Engine {
         tx: &dyn Tx,
         tenant_id: &str,
     ) -> Result<Option<Arc<EffectivePolicy>>, ApiError> {
-        let row: Option<(String, String, u64, Option<String>)> = tx.query_opt(
-            "SELECT effective, digest, version, org_policy_id FROM tenant_policies WHERE tenant_id = ?1",
-            args![tenant_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?;
-        let Some((effective, digest, version, org_policy_id)) = row else {
+        let Some(PolicyRow {
+            effective,
+            digest,
+            version,
+            org_policy_id,
+        }) = tx.tenant_policy(tenant_id)?
+        else {
             return Ok(None);
         };
         let eff = Arc::new(EffectivePolicy {
@@ -1500,10 +1377,6 @@ const IN_DECISION: &str = "decision:";
 
 /// Stores an idempotency key's answer; its first two arguments are the tenant and
 /// the key.
-const STORE_KEY: &str =
-    "INSERT INTO idempotency (tenant_id, key, route, body_hash, response, created_ms)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-
 /// An answer kept under an idempotency key.
 pub(crate) trait Kept: Serialize + serde::de::DeserializeOwned {
     /// The decision whose row holds this very answer, stored as given: the key
@@ -1657,11 +1530,7 @@ pub(crate) fn resolve_tenant_policy(
         .and_then(|d| d.extends.as_ref())
         .map(|e| e.org_policy_id.clone());
     let base: Option<String> = match &org_id {
-        Some(id) => tx.query_opt(
-            "SELECT text FROM org_policies WHERE tenant_id = ?1 AND id = ?2",
-            args![tenant_id, id],
-            |r| r.get(0),
-        )?,
+        Some(id) => tx.org_policy_text(tenant_id, id)?,
         None => None,
     };
     if let (Some(id), None) = (&org_id, &base) {
@@ -1730,10 +1599,6 @@ fn insert_key(
         },
         str::to_owned,
     );
-    tx.execute(
-        "INSERT INTO api_keys (secret_hash, key_id, tenant_id, role, subject, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        args![hash, key_id, tenant_id, role_name(role), subject, now],
-    )?;
+    tx.add_api_key(&hash, &key_id, tenant_id, role_name(role), &subject, now)?;
     Ok((key_id, ApiKey::new(key)))
 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::engine::lifecycle::{lifecycle, live_reservations, parse_cursor, rfc3339};
 use crate::engine::{Engine, READERS_AND_AGENTS, require_role};
 use crate::error::ApiError;
-use crate::store::{Tx, args};
+use crate::store::{IntentSummaryRow, Tx};
 
 /// The largest page of intents.
 pub const MAX_INTENT_PAGE: u32 = 500;
@@ -43,25 +43,6 @@ fn state_name(state: LifecycleStatus) -> String {
         .unwrap_or_default()
 }
 
-const INTENT_COLUMNS: &str = "id, operations, budget_cents, currency, state, deadline_ms,
-    consumed_cents, reserved_cents, created_ms";
-
-type IntentRow = (String, String, u64, String, String, i64, u64, u64, i64);
-
-fn intent_row(r: &crate::store::Row) -> Result<IntentRow, ApiError> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-    ))
-}
-
 /// A decision of `tenant`: its intent, outcome, stored answer and time; 404 if the
 /// tenant has none of that id.
 fn find_decision(
@@ -69,17 +50,25 @@ fn find_decision(
     tenant: &str,
     decision_id: Uuid,
 ) -> Result<(String, String, String, i64), ApiError> {
-    tx.query_opt(
-        "SELECT intent_id, outcome, response, created_ms FROM decisions
-         WHERE id = ?1 AND tenant_id = ?2",
-        args![decision_id.to_string(), tenant],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-    )?
-    .ok_or_else(|| ApiError::not_found("decision_not_found", "no such decision for this tenant"))
+    tx.decision_row(tenant, &decision_id.to_string())?
+        .map(|d| (d.intent, d.outcome, d.response, d.created_ms))
+        .ok_or_else(|| {
+            ApiError::not_found("decision_not_found", "no such decision for this tenant")
+        })
 }
 
-fn summary(tx: &dyn Tx, now: i64, row: IntentRow) -> Result<OperatorIntent, ApiError> {
-    let (id, ops, budget, currency, state, deadline, consumed, reserved, created) = row;
+fn summary(tx: &dyn Tx, now: i64, row: IntentSummaryRow) -> Result<OperatorIntent, ApiError> {
+    let IntentSummaryRow {
+        id,
+        operations: ops,
+        budget_cents: budget,
+        currency,
+        state,
+        deadline_ms: deadline,
+        consumed_cents: consumed,
+        reserved_cents: reserved,
+        created_ms: created,
+    } = row;
     let (reserved, open) = live_reservations(tx, &id, reserved, now)?;
     let state = lifecycle(&state);
     Ok(OperatorIntent {
@@ -165,28 +154,17 @@ impl Engine {
             None => (i64::MAX, String::new()),
         };
         let state = query.state.map(state_name);
-        let sql = format!(
-            "SELECT {INTENT_COLUMNS} FROM intents WHERE tenant_id = ?1
-             AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
-             AND (created_ms < ?3 OR (created_ms = ?3 AND id < ?4))
-             ORDER BY created_ms DESC, id DESC LIMIT ?5"
-        );
         self.read(|tx, now| {
-            let mut rows: Vec<IntentRow> = tx.query_map(
-                &sql,
-                args![
-                    principal.tenant_id,
-                    state,
-                    after_ms,
-                    after_id,
-                    i64::from(limit) + 1
-                ],
-                intent_row,
+            let mut rows = tx.intent_page(
+                &principal.tenant_id,
+                state.as_deref(),
+                (after_ms, &after_id),
+                limit + 1,
             )?;
             let more = rows.len() > limit as usize;
             rows.truncate(limit as usize);
             let next_cursor = more
-                .then(|| rows.last().map(|r| format!("{}.{}", r.8, r.0)))
+                .then(|| rows.last().map(|r| format!("{}.{}", r.created_ms, r.id)))
                 .flatten();
             let intents = rows
                 .into_iter()
@@ -221,123 +199,64 @@ impl Engine {
         let id = intent_id.to_string();
         self.read(|tx, now| {
             let row = tx
-                .query_opt(
-                    &format!(
-                        "SELECT {INTENT_COLUMNS} FROM intents WHERE id = ?1 AND tenant_id = ?2"
-                    ),
-                    args![id, principal.tenant_id],
-                    intent_row,
-                )?
+                .intent_summary(&principal.tenant_id, &id)?
                 .ok_or_else(|| {
                     ApiError::not_found("intent_not_found", "no such intent for this tenant")
                 })?;
             let intent = summary(tx, now, row)?;
-            type ReservationRow = (
-                String,
-                String,
-                String,
-                Option<String>,
-                Option<String>,
-                u64,
-                Option<u64>,
-                String,
-                i64,
-                i64,
-            );
-            let reservations = tx.query_map(
-                "SELECT r.id, r.tool, r.operation, r.vendor, r.agent_subject, r.amount_cents,
-                     r.actual_cents, r.state, r.created_ms, r.expires_ms
-                 FROM reservations r LEFT JOIN decisions d ON d.id = r.id
-                 WHERE r.intent_id = ?1
-                 ORDER BY r.created_ms DESC, d.ledger_seq DESC, r.id DESC",
-                args![id],
-                |r| {
-                    let row: ReservationRow = (
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                        r.get(9)?,
-                    );
-                    let (
-                        decision_id,
-                        tool,
-                        operation,
-                        vendor_id,
-                        agent_subject,
-                        amount,
-                        actual,
-                        state,
-                        created,
-                        expires,
-                    ) = row;
+            let reservations = tx
+                .reservations_of_intent(&id)?
+                .into_iter()
+                .map(|r| ReservationView {
+                    decision_id: r.id,
+                    tool: r.tool,
+                    operation: r.operation,
+                    vendor_id: r.vendor,
+                    agent_subject: r.agent_subject,
+                    amount_cents: r.amount_cents,
+                    actual_cents: r.actual_cents,
                     // A reservation past its TTL is expired, whether or not the sweep
                     // has marked it yet.
-                    let state = if state == "open" && expires <= now {
+                    state: if r.state == "open" && r.expires_ms <= now {
                         "expired".to_owned()
                     } else {
-                        state
-                    };
-                    Ok(ReservationView {
-                        decision_id,
-                        tool,
-                        operation,
-                        vendor_id,
-                        agent_subject,
-                        amount_cents: amount,
-                        actual_cents: actual,
-                        state,
-                        created_at: rfc3339(created),
-                        expires_at: rfc3339(expires),
-                    })
-                },
-            )?;
-            let decisions = tx.query_map(
-                "SELECT id, outcome, response, created_ms FROM decisions
-                 WHERE intent_id = ?1 AND tenant_id = ?2
-                 ORDER BY created_ms DESC, ledger_seq DESC, id DESC LIMIT ?3",
-                args![id, principal.tenant_id, i64::from(MAX_INTENT_DECISIONS)],
-                |r| {
-                    let (decision_id, outcome, response, created): (String, String, String, i64) =
-                        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-                    let answer: Option<VerifyResult> = serde_json::from_str(&response).ok();
-                    Ok(DecisionView {
-                        decision_id,
-                        outcome,
+                        r.state
+                    },
+                    created_at: rfc3339(r.created_ms),
+                    expires_at: rfc3339(r.expires_ms),
+                })
+                .collect();
+            let decisions = tx
+                .decisions_of_intent(&principal.tenant_id, &id, MAX_INTENT_DECISIONS)?
+                .into_iter()
+                .map(|d| {
+                    let answer: Option<VerifyResult> = serde_json::from_str(&d.response).ok();
+                    DecisionView {
+                        decision_id: d.id,
+                        outcome: d.outcome,
                         reason_codes: answer
                             .as_ref()
                             .map(|a| a.reason_codes.clone())
                             .unwrap_or_default(),
                         approval_request_id: answer.as_ref().and_then(|a| a.approval_request_id),
                         policy_version: answer.as_ref().and_then(|a| a.policy_version),
-                        created_at: rfc3339(created),
+                        created_at: rfc3339(d.created_ms),
                         checks: answer.map(|a| a.checks).unwrap_or_default(),
-                    })
-                },
-            )?;
-            let evidence = tx.query_map(
-                "SELECT decision_id, operation, status, cost_cents, predicate_passed, created_ms
-                 FROM evidence WHERE intent_id = ?1 AND tenant_id = ?2
-                 ORDER BY created_ms DESC, id DESC",
-                args![id, principal.tenant_id],
-                |r| {
-                    let passed: i64 = r.get(4)?;
-                    let created: i64 = r.get(5)?;
-                    Ok(EvidenceView {
-                        decision_id: r.get(0)?,
-                        operation: r.get(1)?,
-                        status: r.get(2)?,
-                        cost_cents: r.get(3)?,
-                        predicate_passed: passed != 0,
-                        submitted_at: rfc3339(created),
-                    })
-                },
-            )?;
+                    }
+                })
+                .collect();
+            let evidence = tx
+                .evidence_of_intent(&principal.tenant_id, &id)?
+                .into_iter()
+                .map(|e| EvidenceView {
+                    decision_id: e.decision,
+                    operation: e.operation,
+                    status: e.status,
+                    cost_cents: e.cost_cents,
+                    predicate_passed: e.predicate_passed,
+                    submitted_at: rfc3339(e.created_ms),
+                })
+                .collect();
             Ok(OperatorIntentDetail {
                 intent,
                 reservations,

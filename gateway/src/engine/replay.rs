@@ -41,7 +41,7 @@ use super::rules::{self, Ask, IntentFacts, Recorder, Verdict};
 use super::state::{SpendState, reopened};
 use super::{DEFAULT_RESERVATION_TTL_MS, Engine, PolicyFile, resolve_tenant_policy};
 use crate::error::ApiError;
-use crate::store::{Storage, Tx, args};
+use crate::store::{IntentTerms, Storage, Tx};
 
 /// What to replay.
 #[derive(Debug, Clone)]
@@ -262,10 +262,7 @@ impl Engine {
 }
 
 pub(crate) fn replay(tx: &dyn Tx, options: &ReplayOptions) -> Result<ReplayReport, ApiError> {
-    let tenants: Vec<(String, String)> =
-        tx.query_map("SELECT id, name FROM tenants ORDER BY id", args![], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+    let tenants: Vec<(String, String)> = tx.tenant_names()?;
     let tenants: Vec<String> = tenants
         .into_iter()
         .filter(|(id, name)| options.tenant.as_ref().is_none_or(|t| t == id || t == name))
@@ -321,28 +318,21 @@ pub(crate) fn replay(tx: &dyn Tx, options: &ReplayOptions) -> Result<ReplayRepor
 
 /// The tenant's intents, open as they were when their calls were made.
 fn intents_of(tx: &dyn Tx, tenant: &str) -> Result<SpendState, ApiError> {
-    let rows: Vec<(String, String, i64, u64, String, String)> = tx.query_map(
-        "SELECT id, state, deadline_ms, budget_cents, currency, operations FROM intents
-         WHERE tenant_id = ?1",
-        args![tenant],
-        |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        },
-    )?;
+    let rows = tx.intent_terms_of(tenant)?;
     Ok(SpendState::new(rows.into_iter().map(
-        |(id, state, deadline, budget, currency, operations)| {
+        |IntentTerms {
+             id,
+             state,
+             deadline_ms,
+             budget_cents,
+             currency,
+             operations,
+         }| {
             let facts = IntentFacts {
                 state: IntentFacts::parse_state(&state),
                 state_name: state,
-                deadline_ms: deadline,
-                budget_cents: budget,
+                deadline_ms,
+                budget_cents,
                 spent_cents: 0,
                 currency,
                 operations: serde_json::from_str(&operations).unwrap_or_default(),

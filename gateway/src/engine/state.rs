@@ -17,7 +17,7 @@ use super::rules::{
     Ask, Call, CallContext, CallWindow, HOUR_MS, IntentFacts, cap_buckets, tool_limits,
 };
 use crate::error::ApiError;
-use crate::store::{Tx, args};
+use crate::store::Tx;
 
 /// Where a reservation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -457,16 +457,8 @@ impl SpendState {
 
 /// What the store's tables hold of a tenant's spend, as a [`Summary`].
 pub(crate) fn tables_summary(tx: &dyn Tx, tenant: &str) -> Result<Summary, ApiError> {
-    let intents: Vec<(String, String, u64, u64)> = tx.query_map(
-        "SELECT id, state, consumed_cents, reserved_cents FROM intents WHERE tenant_id = ?1",
-        args![tenant],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-    )?;
-    let reservations: Vec<(String, String)> = tx.query_map(
-        "SELECT id, state FROM reservations WHERE tenant_id = ?1",
-        args![tenant],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let intents = tx.intent_amounts_of(tenant)?;
+    let reservations = tx.reservation_states_of(tenant)?;
     let mut by_id = std::collections::BTreeMap::new();
     for (id, state) in reservations {
         let state = match state.as_str() {
@@ -501,8 +493,7 @@ pub(crate) fn check_projections(
     tx: &dyn Tx,
     default_ttl_ms: i64,
 ) -> Result<Option<String>, ApiError> {
-    let tenants: Vec<String> =
-        tx.query_map("SELECT id FROM tenants ORDER BY id", args![], |r| r.get(0))?;
+    let tenants: Vec<String> = tx.tenant_ids()?;
     for tenant in tenants {
         let (log_intents, log_reservations) =
             SpendState::rebuild(tx, &tenant, default_ttl_ms)?.summary();
@@ -959,12 +950,7 @@ mod tests {
         assert!(engine.verify_ledger_blocking().unwrap().valid);
         // A row changed behind the ledger's back.
         engine
-            .tx(|tx, _| {
-                tx.execute(
-                    "UPDATE intents SET consumed_cents = 5 WHERE id = ?1",
-                    args![boot.intent_id.to_string()],
-                )
-            })
+            .tx(|tx, _| tx.tamper_consumed(&boot.intent_id.to_string(), 5))
             .unwrap();
         let check = engine.verify_ledger_blocking().unwrap();
         assert!(!check.valid);

@@ -81,6 +81,17 @@ pub(crate) struct NewEvidence<'a> {
     pub(crate) created_ms: i64,
 }
 
+/// An intent's terms: what a decision reads of it, its amounts aside.
+pub(crate) struct IntentTerms {
+    pub(crate) id: String,
+    pub(crate) state: String,
+    pub(crate) deadline_ms: i64,
+    pub(crate) budget_cents: u64,
+    pub(crate) currency: String,
+    /// A JSON array.
+    pub(crate) operations: String,
+}
+
 /// A reservation as finalizing or expiring it needs it.
 #[derive(Debug)]
 pub(crate) struct ReservationRow {
@@ -386,5 +397,60 @@ impl dyn Tx + '_ {
     /// How many approval requests of every tenant wait for an operator at `now`.
     pub(crate) fn pending_approvals(&self, now: i64) -> Result<u64, ApiError> {
         self.query_one(PENDING_APPROVALS, args![now], |r| r.get(0))
+    }
+
+    /// Every intent of the tenant: id, state, consumed and reserved amounts.
+    pub(crate) fn intent_amounts_of(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(String, String, u64, u64)>, ApiError> {
+        self.query_map(
+            "SELECT id, state, consumed_cents, reserved_cents FROM intents WHERE tenant_id = ?1",
+            args![tenant],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+    }
+
+    /// Every reservation of the tenant: id and state.
+    pub(crate) fn reservation_states_of(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(String, String)>, ApiError> {
+        self.query_map(
+            "SELECT id, state FROM reservations WHERE tenant_id = ?1",
+            args![tenant],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
+    /// Every intent of the tenant, by id, as a decision reads it (its amounts
+    /// aside).
+    pub(crate) fn intent_terms_of(&self, tenant: &str) -> Result<Vec<IntentTerms>, ApiError> {
+        self.query_map(
+            "SELECT id, state, deadline_ms, budget_cents, currency, operations FROM intents
+             WHERE tenant_id = ?1",
+            args![tenant],
+            |r| {
+                Ok(IntentTerms {
+                    id: r.get(0)?,
+                    state: r.get(1)?,
+                    deadline_ms: r.get(2)?,
+                    budget_cents: r.get(3)?,
+                    currency: r.get(4)?,
+                    operations: r.get(5)?,
+                })
+            },
+        )
+    }
+
+    /// Sets an intent's consumed amount behind the ledger's back (tests of the
+    /// checks that find such a change).
+    #[cfg(test)]
+    pub(crate) fn tamper_consumed(&self, intent: &str, cents: u64) -> Result<(), ApiError> {
+        self.execute(
+            "UPDATE intents SET consumed_cents = ?2 WHERE id = ?1",
+            args![intent, cents],
+        )
+        .map(drop)
     }
 }

@@ -6,11 +6,15 @@
 pub(in crate::store) mod approvals;
 pub(in crate::store) mod intents;
 pub(in crate::store) mod ledger;
+pub(in crate::store) mod reads;
 pub(in crate::store) mod spend;
+pub(in crate::store) mod tenants;
 
 pub(crate) use approvals::ApprovalRow;
 pub(crate) use intents::{
-    Finalized, IntentViewRow, NewEvidence, NewIntent, ReservationRow, ToComplete,
+    Finalized, IntentTerms, IntentViewRow, NewEvidence, NewIntent, ReservationRow, ToComplete,
 };
 pub(crate) use ledger::{NewEntry, StoredEntry};
+pub(crate) use reads::IntentSummaryRow;
 pub(crate) use spend::{NewApproval, NewDecision, NewReservation};
+pub(crate) use tenants::{NewTenantPolicy, PolicyRow};
