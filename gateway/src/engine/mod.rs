@@ -566,7 +566,7 @@ impl Engine {
         };
         tx.keep_answer(
             (tenant_id, &keyed.key),
-            (&keyed.route, &keyed.body_hash),
+            (keyed.route, &keyed.body_hash),
             &stored,
             now,
         )?;
