@@ -16,7 +16,7 @@ use crate::audit::{
 use crate::engine::lifecycle::{parse_cursor, rfc3339};
 use crate::engine::{Engine, READERS, READERS_AND_AGENTS, ledger, require_role};
 use crate::error::ApiError;
-use crate::store::{Tx, args};
+use crate::store::{BuiltBundle, JobRow, NewJob, Tx};
 use crate::tokens::{random_hex, sha256_hex};
 
 /// What an export may include besides the ledger segment and its verifier pack,
@@ -237,45 +237,6 @@ pub enum BundleCredential<'a> {
     DownloadToken(&'a str),
 }
 
-const JOB_COLUMNS: &str = "id, tenant_id, status, disclosure_tier, filter, created_ms, expires_ms,
-    heartbeat_ms, stage, percent, error, manifest_sha256, bundle_sha256, bundle_size_bytes";
-
-struct JobRow {
-    id: String,
-    tenant: String,
-    status: String,
-    tier: String,
-    filter: String,
-    created_ms: i64,
-    expires_ms: i64,
-    heartbeat_ms: i64,
-    stage: String,
-    percent: u32,
-    error: Option<String>,
-    manifest_sha256: Option<String>,
-    bundle_sha256: Option<String>,
-    bundle_size_bytes: Option<u64>,
-}
-
-fn job_row(r: &crate::store::Row) -> Result<JobRow, ApiError> {
-    Ok(JobRow {
-        id: r.get(0)?,
-        tenant: r.get(1)?,
-        status: r.get(2)?,
-        tier: r.get(3)?,
-        filter: r.get(4)?,
-        created_ms: r.get(5)?,
-        expires_ms: r.get(6)?,
-        heartbeat_ms: r.get(7)?,
-        stage: r.get(8)?,
-        percent: r.get(9)?,
-        error: r.get(10)?,
-        manifest_sha256: r.get(11)?,
-        bundle_sha256: r.get(12)?,
-        bundle_size_bytes: r.get(13)?,
-    })
-}
-
 impl JobRow {
     /// Brings a stored row up to date: a bundle past its retention is dropped, and a
     /// job whose builder stopped reporting failed with it.
@@ -298,11 +259,7 @@ impl JobRow {
             None
         };
         if let Some((status, error)) = change {
-            tx.execute(
-                "UPDATE audit_exports SET status = ?2, error = COALESCE(?3, error), bundle = NULL,
-                 download_token_hash = NULL, download_token_expires_ms = NULL WHERE id = ?1",
-                args![self.id, status, error],
-            )?;
+            tx.end_export(&self.id, status, error)?;
             status.clone_into(&mut self.status);
             if let Some(e) = error {
                 self.error = Some(e.to_owned());
@@ -482,24 +439,20 @@ fn collect(
         (Some(first), Some(last)) => ledger::events(tx, tenant, first - 1, last - first + 1)?,
         _ => Vec::new(),
     };
-    let decisions = tx.query_map(
-        "SELECT id, intent_id, outcome, response, created_ms, ledger_seq FROM decisions
-         WHERE tenant_id = ?1 AND created_ms >= ?2 AND created_ms < ?3
-         AND (CAST(?4 AS TEXT) IS NULL OR intent_id = ?4)
-         ORDER BY created_ms, id",
-        args![tenant, start, end, intent],
-        |r| {
-            let response: String = r.get(3)?;
+    let decisions = tx
+        .decisions_in(tenant, window, intent)?
+        .into_iter()
+        .map(|d| {
             Ok(json!({
-                "decision_id": r.get::<String>(0)?,
-                "intent_id": r.get::<String>(1)?,
-                "outcome": r.get::<String>(2)?,
-                "created_at": rfc3339(r.get(4)?),
-                "ledger_seq": r.get::<Option<u64>>(5)?,
-                "result": serde_json::from_str::<Value>(&response)?,
+                "decision_id": d.id,
+                "intent_id": d.intent,
+                "outcome": d.outcome,
+                "created_at": rfc3339(d.created_ms),
+                "ledger_seq": d.ledger_seq,
+                "result": serde_json::from_str::<Value>(&d.response)?,
             }))
-        },
-    )?;
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let subject = |s: Option<String>| -> Value {
         match s {
             None => Value::Null,
@@ -507,75 +460,63 @@ fn collect(
             Some(s) => Value::from(hashed(tenant, &s)),
         }
     };
-    let approvals = tx.query_map(
-        "SELECT id, intent_id, decision_id, operation, tool, vendor, amount_cents, reason_codes,
-                state, approvers, quorum, created_ms, expires_ms, agent, token_used_ms
-         FROM approvals WHERE tenant_id = ?1 AND created_ms >= ?2 AND created_ms < ?3
-         AND (CAST(?4 AS TEXT) IS NULL OR intent_id = ?4)
-         ORDER BY created_ms, id",
-        args![tenant, start, end, intent],
-        |r| {
-            let approvers: Vec<String> = serde_json::from_str(&r.get::<String>(9)?)?;
+    let approvals = tx
+        .approvals_in(tenant, window, intent)?
+        .into_iter()
+        .map(|a| {
+            let approvers: Vec<String> = serde_json::from_str(&a.approvers)?;
             Ok(json!({
-                "approval_request_id": r.get::<String>(0)?,
-                "intent_id": r.get::<String>(1)?,
-                "decision_id": r.get::<String>(2)?,
-                "operation": r.get::<String>(3)?,
-                "tool": r.get::<String>(4)?,
-                "vendor": r.get::<Option<String>>(5)?,
-                "amount_cents": r.get::<u64>(6)?,
-                "reason_codes": serde_json::from_str::<Value>(&r.get::<String>(7)?)?,
-                "state": r.get::<String>(8)?,
+                "approval_request_id": a.id,
+                "intent_id": a.intent,
+                "decision_id": a.decision,
+                "operation": a.operation,
+                "tool": a.tool,
+                "vendor": a.vendor,
+                "amount_cents": a.amount,
+                "reason_codes": serde_json::from_str::<Value>(&a.reasons)?,
+                "state": a.state,
                 "approvers": approvers.into_iter().map(|a| subject(Some(a))).collect::<Vec<_>>(),
-                "quorum": r.get::<u64>(10)?,
-                "created_at": rfc3339(r.get(11)?),
-                "expires_at": rfc3339(r.get(12)?),
-                "agent": subject(r.get(13)?),
-                "token_used_at": r.get::<Option<i64>>(14)?.map(rfc3339),
+                "quorum": a.quorum,
+                "created_at": rfc3339(a.created),
+                "expires_at": rfc3339(a.expires),
+                "agent": subject(a.agent),
+                "token_used_at": a.token_used.map(rfc3339),
             }))
-        },
-    )?;
-    let intents = tx.query_map(
-        "SELECT id, operations, budget_cents, currency, state, deadline_ms, consumed_cents,
-                reserved_cents, created_ms
-         FROM intents WHERE tenant_id = ?1 AND created_ms >= ?2 AND created_ms < ?3
-         AND (CAST(?4 AS TEXT) IS NULL OR id = ?4)
-         ORDER BY created_ms, id",
-        args![tenant, start, end, intent],
-        |r| {
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let intents = tx
+        .intents_in(tenant, window, intent)?
+        .into_iter()
+        .map(|i| {
             Ok(json!({
-                "intent_id": r.get::<String>(0)?,
-                "allowed_tools": serde_json::from_str::<Value>(&r.get::<String>(1)?)?,
-                "budget_cents": r.get::<u64>(2)?,
-                "currency": r.get::<String>(3)?,
-                "state": r.get::<String>(4)?,
-                "deadline": rfc3339(r.get(5)?),
-                "consumed_cents": r.get::<u64>(6)?,
-                "reserved_cents": r.get::<u64>(7)?,
-                "created_at": rfc3339(r.get(8)?),
+                "intent_id": i.id,
+                "allowed_tools": serde_json::from_str::<Value>(&i.operations)?,
+                "budget_cents": i.budget_cents,
+                "currency": i.currency,
+                "state": i.state,
+                "deadline": rfc3339(i.deadline_ms),
+                "consumed_cents": i.consumed_cents,
+                "reserved_cents": i.reserved_cents,
+                "created_at": rfc3339(i.created_ms),
             }))
-        },
-    )?;
-    let evidence = tx.query_map(
-        "SELECT id, intent_id, decision_id, operation, status, cost_cents, predicate_passed,
-                created_ms
-         FROM evidence WHERE tenant_id = ?1 AND created_ms >= ?2 AND created_ms < ?3
-         AND (CAST(?4 AS TEXT) IS NULL OR intent_id = ?4)
-         ORDER BY created_ms, id",
-        args![tenant, start, end, intent],
-        |r| {
-            Ok(json!({
-                "evidence_id": r.get::<String>(0)?,
-                "intent_id": r.get::<String>(1)?,
-                "decision_id": r.get::<Option<String>>(2)?,
-                "operation": r.get::<Option<String>>(3)?,
-                "status": r.get::<Option<String>>(4)?,
-                "cost_cents": r.get::<Option<u64>>(5)?,
-                "predicate_passed": r.get::<bool>(6)?,
-                "created_at": rfc3339(r.get(7)?),
-            }))
-        },
-    )?;
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let evidence = tx
+        .evidence_in(tenant, window, intent)?
+        .into_iter()
+        .map(|e| {
+            json!({
+                "evidence_id": e.id,
+                "intent_id": e.intent,
+                "decision_id": e.decision,
+                "operation": e.operation,
+                "status": e.status,
+                "cost_cents": e.cost_cents,
+                "predicate_passed": e.predicate_passed,
+                "created_at": rfc3339(e.created_ms),
+            })
+        })
+        .collect();
     Ok(Collected {
         ledger,
         tip,
@@ -671,20 +612,15 @@ impl Engine {
         let id = Uuid::new_v4().to_string();
         let tenant = principal.tenant_id.clone();
         self.tx_in(&tenant, |tx, now| {
-            tx.execute(
-                "INSERT INTO audit_exports (id, tenant_id, status, disclosure_tier, filter,
-                    created_by, created_ms, expires_ms, heartbeat_ms, stage, percent)
-                 VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?6, 'queued', 0)",
-                args![
-                    id,
-                    tenant,
-                    tier,
-                    filter_text,
-                    principal.key_id,
-                    now,
-                    now + i64::from(hours) * 3_600_000
-                ],
-            )?;
+            tx.queue_export(&NewJob {
+                id: &id,
+                tenant: &tenant,
+                tier,
+                filter: &filter_text,
+                created_by: &principal.key_id,
+                created_ms: now,
+                expires_ms: now + i64::from(hours) * 3_600_000,
+            })?;
             ledger::append(
                 tx,
                 &tenant,
@@ -693,11 +629,9 @@ impl Engine {
                        "filter": filter}),
                 now,
             )?;
-            let row = tx.query_one(
-                &format!("SELECT {JOB_COLUMNS} FROM audit_exports WHERE id = ?1"),
-                args![id],
-                job_row,
-            )?;
+            let row = tx
+                .export_job(&tenant, &id)?
+                .ok_or_else(|| ApiError::internal("a queued audit export vanished"))?;
             Ok(AuditExportJobResponse { job: row.job()? })
         })
     }
@@ -728,13 +662,7 @@ impl Engine {
         let result = self.build_export(tenant, &id);
         if let Err(e) = &result {
             let why = e.message.clone();
-            self.tx_in(tenant, |tx, now| {
-                tx.execute(
-                    "UPDATE audit_exports SET status = 'failed', stage = 'failed', error = ?2,
-                     heartbeat_ms = ?3 WHERE id = ?1 AND status IN ('queued', 'running')",
-                    args![id, why, now],
-                )
-            })?;
+            self.tx_in(tenant, |tx, now| tx.fail_export(&id, &why, now))?;
         }
         result
     }
@@ -746,26 +674,11 @@ impl Engine {
         stage: &str,
         percent: u32,
     ) -> Result<bool, ApiError> {
-        self.tx_in(tenant, |tx, now| {
-            let changed = tx.execute(
-                "UPDATE audit_exports SET status = 'running', stage = ?2, percent = ?3,
-                 heartbeat_ms = ?4 WHERE id = ?1 AND status IN ('queued', 'running')",
-                args![id, stage, percent, now],
-            )?;
-            Ok(changed == 1)
-        })
+        self.tx_in(tenant, |tx, now| tx.advance_export(id, stage, percent, now))
     }
 
     fn build_export(&self, tenant: &str, id: &str) -> Result<(), ApiError> {
-        let row = self.tx_in(tenant, |tx, _| {
-            tx.query_opt(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM audit_exports WHERE id = ?1 AND tenant_id = ?2"
-                ),
-                args![id, tenant],
-                job_row,
-            )
-        })?;
+        let row = self.tx_in(tenant, |tx, _| tx.export_job(tenant, id))?;
         let Some(row) = row else {
             return Err(ApiError::not_found(
                 "audit_export_not_found",
@@ -878,19 +791,14 @@ impl Engine {
             generated,
         )?;
         self.tx_in(tenant, |tx, now| {
-            tx.execute(
-                "UPDATE audit_exports SET status = 'ready', stage = 'done', percent = 100,
-                 heartbeat_ms = ?2, manifest_sha256 = ?3, bundle_sha256 = ?4,
-                 bundle_size_bytes = ?5, bundle = ?6
-                 WHERE id = ?1 AND status = 'running'",
-                args![
-                    id,
-                    now,
-                    bundle.manifest_sha256,
-                    bundle.bundle_sha256,
-                    bundle.bytes.len() as u64,
-                    bundle.bytes
-                ],
+            tx.store_bundle(
+                id,
+                &BuiltBundle {
+                    manifest_sha256: &bundle.manifest_sha256,
+                    bundle_sha256: &bundle.bundle_sha256,
+                    bytes: &bundle.bytes,
+                },
+                now,
             )
         })?;
         Ok(())
@@ -929,20 +837,8 @@ impl Engine {
             None => (i64::MAX, String::new()),
         };
         self.tx_in(&principal.tenant_id, |tx, now| {
-            let mut rows = tx.query_map(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM audit_exports WHERE tenant_id = ?1
-                     AND (created_ms < ?2 OR (created_ms = ?2 AND id < ?3))
-                     ORDER BY created_ms DESC, id DESC LIMIT ?4"
-                ),
-                args![
-                    principal.tenant_id,
-                    after_ms,
-                    after_id,
-                    i64::from(limit) + 1
-                ],
-                job_row,
-            )?;
+            let mut rows =
+                tx.export_page(&principal.tenant_id, (after_ms, &after_id), limit + 1)?;
             let more = rows.len() > limit as usize;
             rows.truncate(limit as usize);
             let next_cursor = more
@@ -993,11 +889,7 @@ impl Engine {
             if issue_download && row.status == "ready" {
                 let token = format!("{DOWNLOAD_TOKEN_PREFIX}{}", random_hex());
                 let expires = now + DOWNLOAD_TOKEN_TTL_MS;
-                tx.execute(
-                    "UPDATE audit_exports SET download_token_hash = ?2,
-                     download_token_expires_ms = ?3 WHERE id = ?1",
-                    args![row.id, sha256_hex(token.as_bytes()), expires],
-                )?;
+                tx.set_download_token(&row.id, &sha256_hex(token.as_bytes()), expires)?;
                 job.download_token = Some(DownloadToken(token));
                 job.download_token_expires = Some(rfc3339(expires));
             }
@@ -1026,11 +918,7 @@ impl Engine {
         require_role(principal, &[Role::Operator, Role::TenantAdmin])?;
         self.tx_in(&principal.tenant_id, |tx, now| {
             let row = find_job(tx, &principal.tenant_id, job_id)?;
-            tx.execute(
-                "UPDATE audit_exports SET status = 'deleted', bundle = NULL,
-                 download_token_hash = NULL, download_token_expires_ms = NULL WHERE id = ?1",
-                args![row.id],
-            )?;
+            tx.delete_export(&row.id)?;
             if row.status != "deleted" {
                 ledger::append(
                     tx,
@@ -1096,14 +984,7 @@ impl Engine {
                          newer one, or of another job); ask for a new one with ?issue_download=1",
                     )
                 };
-                let tenant: Option<(String, i64)> = self.read(|tx, _| {
-                    tx.query_opt(
-                        "SELECT tenant_id, download_token_expires_ms FROM audit_exports
-                         WHERE id = ?1 AND download_token_hash = ?2",
-                        args![id, hash],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                })?;
+                let tenant = self.read(|tx, _| tx.export_by_download_token(&id, &hash))?;
                 let Some((tenant, expires)) = tenant else {
                     return Err(refused());
                 };
@@ -1157,12 +1038,7 @@ impl Engine {
 }
 
 fn find_job(tx: &dyn Tx, tenant: &str, job_id: Uuid) -> Result<JobRow, ApiError> {
-    tx.query_opt(
-        &format!("SELECT {JOB_COLUMNS} FROM audit_exports WHERE id = ?1 AND tenant_id = ?2"),
-        args![job_id.to_string(), tenant],
-        job_row,
-    )?
-    .ok_or_else(|| {
+    tx.export_job(tenant, &job_id.to_string())?.ok_or_else(|| {
         ApiError::not_found(
             "audit_export_not_found",
             "no such audit export for this tenant",
@@ -1178,11 +1054,7 @@ fn read_bundle(tx: &dyn Tx, row: &JobRow) -> Result<Vec<u8>, ApiError> {
             format!("the audit export is {}, not ready", row.status),
         ));
     }
-    tx.query_one(
-        "SELECT bundle FROM audit_exports WHERE id = ?1",
-        args![row.id],
-        |r| r.get::<Vec<u8>>(0),
-    )
+    tx.export_bundle(&row.id)
 }
 
 /// The tenant's signing key and when it was made, created if it has none (under
@@ -1196,11 +1068,7 @@ fn signer(
 ) -> Result<(AuditSigner, i64), ApiError> {
     let pad = engine.minter.audit_key_pad(tenant);
     let xor = |bytes: &[u8]| -> Vec<u8> { bytes.iter().zip(pad).map(|(b, p)| b ^ p).collect() };
-    let stored = tx.query_opt(
-        "SELECT secret_key, public_key_hex, created_ms FROM signing_keys WHERE tenant_id = ?1",
-        args![tenant],
-        |r| Ok((r.get::<Vec<u8>>(0)?, r.get::<String>(1)?, r.get::<i64>(2)?)),
-    )?;
+    let stored = tx.signing_key(tenant)?;
     if let Some((wrapped, public, created)) = stored {
         let signer = AuditSigner::from_secret(&xor(&wrapped))?;
         if signer.public_hex() != public {
@@ -1212,11 +1080,7 @@ fn signer(
         return Ok((signer, created));
     }
     let new = AuditSigner::generate();
-    tx.execute(
-        "INSERT INTO signing_keys (tenant_id, secret_key, public_key_hex, created_ms)
-         VALUES (?1, ?2, ?3, ?4)",
-        args![tenant, xor(&new.secret()), new.public_hex(), now],
-    )?;
+    tx.add_signing_key(tenant, &xor(&new.secret()), &new.public_hex(), now)?;
     ledger::append(
         tx,
         tenant,

@@ -14,7 +14,7 @@ use super::counters;
 use super::ledger::{self, LedgerEvent};
 use super::{Engine, READERS, require_role};
 use crate::error::ApiError;
-use crate::store::{Arg, ToArg, Tx, args};
+use crate::store::{SearchColumns, Tx};
 
 const MINUTE_MS: i64 = 60_000;
 /// How far past a decision's own entry its page looks for entries about it.
@@ -247,7 +247,7 @@ pub struct DecisionDetail {
     pub ledger: Vec<LedgerEvent>,
 }
 
-fn reasons_of(column: Option<String>) -> Vec<String> {
+pub(crate) fn reasons_of(column: Option<String>) -> Vec<String> {
     column
         .map(|c| c.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default()
@@ -293,20 +293,7 @@ fn spend_bars(
     count: i64,
     now: i64,
 ) -> Result<(Vec<SpendBar>, String, Vec<String>), ApiError> {
-    let rows: Vec<(String, String, i64, u64)> = tx.query_map(
-        "SELECT r.tool, i.currency, r.created_ms, r.actual_cents FROM reservations r
-         JOIN intents i ON i.id = r.intent_id
-         WHERE r.tenant_id = ?1 AND r.created_ms >= ?2 AND r.state = 'consumed'",
-        args![tenant, since],
-        |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get::<Option<u64>>(3)?.unwrap_or(0),
-            ))
-        },
-    )?;
+    let rows = tx.consumed_since(tenant, since)?;
     let mut per_currency: BTreeMap<&str, u64> = BTreeMap::new();
     for (_, currency, _, cents) in &rows {
         *per_currency.entry(currency.as_str()).or_default() += cents;
@@ -369,29 +356,7 @@ fn cap_uses(
         let Some((start, end)) = counters::window(now, cap.window, timezone) else {
             continue;
         };
-        let column = match cap.scope {
-            CapScope::Tenant => "CAST(NULL AS TEXT)",
-            CapScope::Agent => "agent",
-            CapScope::Vendor => "vendor",
-            CapScope::Tool => "tool",
-        };
-        let mut sql = format!(
-            "SELECT {column}, CAST(SUM(CASE WHEN state = 'consumed' THEN COALESCE(actual_cents, 0)
-                 WHEN state = 'open' AND expires_ms > ?4 THEN amount_cents ELSE 0 END) AS BIGINT)
-             FROM reservations WHERE tenant_id = ?1 AND created_ms >= ?2 AND created_ms < ?3"
-        );
-        let mut bound: Vec<Arg<'_>> =
-            vec![tenant.to_arg(), start.to_arg(), end.to_arg(), now.to_arg()];
-        if cap.scope != CapScope::Tenant {
-            sql.push_str(&format!(" AND {column} IS NOT NULL"));
-            if let Some(key) = &cap.key {
-                sql.push_str(&format!(" AND {column} = ?5"));
-                bound.push(key.to_arg());
-            }
-            sql.push_str(&format!(" GROUP BY {column}"));
-        }
-        let rows: Vec<(Option<String>, Option<u64>)> =
-            tx.query_map(&sql, &bound, |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows = tx.cap_use(tenant, cap.scope, cap.key.as_deref(), (start, end), now)?;
         for (key, spent) in rows {
             let spent = spent.unwrap_or(0);
             uses.push(CapUse {
@@ -414,18 +379,8 @@ fn cap_uses(
 }
 
 fn approval_stats(tx: &dyn Tx, tenant: &str, now: i64) -> Result<ApprovalStats, ApiError> {
-    let pending: u64 = tx.query_one(
-        "SELECT COUNT(*) FROM approvals WHERE tenant_id = ?1 AND state = 'pending'
-         AND expires_ms > ?2",
-        args![tenant, now],
-        |r| r.get(0),
-    )?;
-    let decided: Vec<(i64, i64, String)> = tx.query_map(
-        "SELECT created_ms, decided_ms, approvers FROM approvals
-         WHERE tenant_id = ?1 AND created_ms >= ?2 AND decided_ms IS NOT NULL",
-        args![tenant, now - 30 * DAY_MS],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let pending = tx.tenant_pending_approvals(tenant, now)?;
+    let decided = tx.decided_approvals_since(tenant, now - 30 * DAY_MS)?;
     let mut waits: Vec<i64> = decided.iter().map(|(c, d, _)| d - c).collect();
     waits.sort_unstable();
     let mut per_operator: HashMap<String, u64> = HashMap::new();
@@ -446,38 +401,10 @@ fn approval_stats(tx: &dyn Tx, tenant: &str, now: i64) -> Result<ApprovalStats, 
     })
 }
 
-fn decision_row(r: &crate::store::Row) -> Result<DecisionRow, ApiError> {
-    Ok(DecisionRow {
-        decision_id: r.get(0)?,
-        intent_id: r.get(1)?,
-        outcome: r.get(2)?,
-        created_ms: r.get(3)?,
-        tool: r.get(4)?,
-        agent: r.get(5)?,
-        vendor: r.get(6)?,
-        amount_cents: r.get(7)?,
-        reason_codes: reasons_of(r.get(8)?),
-        currency: r.get(9)?,
-    })
-}
-
-/// The columns [`decision_row`] reads, from `decisions d LEFT JOIN intents i`.
-const DECISION_COLUMNS: &str = "d.id, d.intent_id, d.outcome, d.created_ms, d.tool, d.agent, \
-     d.vendor, d.amount_cents, d.reason_codes, i.currency";
-
-/// The decisions [`DECISION_COLUMNS`] reads from.
-const DECISION_FROM: &str = "decisions d LEFT JOIN intents i ON i.id = d.intent_id";
-
 /// Fills in the search columns of decisions written without them (by a build
 /// from before they existed) from their ledger entries, a batch at a time.
 pub(crate) fn backfill(tx: &dyn Tx) -> Result<u64, ApiError> {
-    let rows: Vec<(String, String)> = tx.query_map(
-        "SELECT d.id, l.payload FROM decisions d
-         JOIN ledger l ON l.tenant_id = d.tenant_id AND l.seq = d.ledger_seq
-         WHERE d.tool IS NULL LIMIT 1000",
-        args![],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let rows = tx.decisions_to_backfill()?;
     for (id, payload) in &rows {
         let payload: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
         let reasons: Vec<String> = payload["reason_codes"]
@@ -488,18 +415,16 @@ pub(crate) fn backfill(tx: &dyn Tx) -> Result<u64, ApiError> {
                     .collect()
             })
             .unwrap_or_default();
-        tx.execute(
-            "UPDATE decisions SET tool = ?2, agent = ?3, vendor = ?4, amount_cents = ?5,
-                 reason_codes = ?6 WHERE id = ?1",
-            args![
-                id,
+        tx.set_search_columns(
+            id,
+            &SearchColumns {
                 // Never NULL again, so the batch is not read twice.
-                payload["tool"].as_str().unwrap_or(""),
-                payload["agent"].as_str(),
-                payload["vendor"].as_str(),
-                payload["amount_cents"].as_u64(),
-                reason_column(&reasons)
-            ],
+                tool: payload["tool"].as_str().unwrap_or(""),
+                agent: payload["agent"].as_str(),
+                vendor: payload["vendor"].as_str(),
+                amount_cents: payload["amount_cents"].as_u64(),
+                reason_codes: &reason_column(&reasons),
+            },
         )?;
     }
     Ok(rows.len() as u64)
@@ -543,12 +468,7 @@ impl Engine {
                     ..OutcomeCounts::default()
                 })
                 .collect();
-            let per_minute: Vec<(String, i64, u64)> = tx.query_map(
-                "SELECT outcome, created_ms / 60000, COUNT(*) FROM decisions
-                 WHERE tenant_id = ?1 AND created_ms >= ?2 GROUP BY outcome, created_ms / 60000",
-                args![tenant, first_minute],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
+            let per_minute = tx.outcomes_per_minute(tenant, first_minute)?;
             for (outcome, minute, count) in per_minute {
                 let index = usize::try_from(minute * MINUTE_MS - first_minute)
                     .unwrap_or(usize::MAX)
@@ -561,13 +481,7 @@ impl Engine {
                     }
                 }
             }
-            let grouped: Vec<(String, Option<String>, u64)> = tx.query_map(
-                "SELECT outcome, reason_codes, COUNT(*) FROM decisions
-                 WHERE tenant_id = ?1 AND created_ms >= ?2 AND outcome <> 'allow'
-                 GROUP BY outcome, reason_codes",
-                args![tenant, now - DAY_MS],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
+            let grouped = tx.refusals_by_reason(tenant, now - DAY_MS)?;
             let mut reasons: BTreeMap<(String, String), u64> = BTreeMap::new();
             for (outcome, codes, count) in grouped {
                 for code in reasons_of(codes) {
@@ -623,64 +537,8 @@ impl Engine {
     ) -> Result<DecisionPage, ApiError> {
         require_role(principal, READERS)?;
         let limit = limit.clamp(1, 500);
-        let mut sql =
-            format!("SELECT {DECISION_COLUMNS} FROM {DECISION_FROM} WHERE d.tenant_id = ?1");
-        let intent = filter.intent.map(|i| i.to_string());
-        let reason = filter.reason.as_ref().map(|r| format!("% {r} %"));
-        let mut bound: Vec<Arg<'_>> = vec![principal.tenant_id.to_arg()];
-        let mut push = |sql: &mut String, condition: &str, arg: Arg<'static>| {
-            bound.push(arg);
-            sql.push_str(&condition.replace('?', &format!("?{}", bound.len())));
-        };
-        let owned = |s: &str| Arg::Text(s.to_owned().into());
-        if let Some(v) = filter.from_ms {
-            push(&mut sql, " AND d.created_ms >= ?", Arg::Int(v));
-        }
-        if let Some(v) = filter.until_ms {
-            push(&mut sql, " AND d.created_ms < ?", Arg::Int(v));
-        }
-        for (column, value) in [
-            ("outcome", &filter.outcome),
-            ("tool", &filter.tool),
-            ("agent", &filter.agent),
-            ("vendor", &filter.vendor),
-            ("intent_id", &intent),
-        ] {
-            if let Some(v) = value {
-                push(&mut sql, &format!(" AND d.{column} = ?"), owned(v));
-            }
-        }
-        if let Some(v) = &reason {
-            push(&mut sql, " AND d.reason_codes LIKE ?", owned(v));
-        }
-        if let Some(v) = filter.min_cents {
-            push(
-                &mut sql,
-                " AND d.amount_cents >= ?",
-                Arg::Int(i64::try_from(v).unwrap_or(i64::MAX)),
-            );
-        }
-        if let Some(v) = filter.max_cents {
-            push(
-                &mut sql,
-                " AND d.amount_cents <= ?",
-                Arg::Int(i64::try_from(v).unwrap_or(i64::MAX)),
-            );
-        }
-        if let Some((ms, id)) = &filter.before {
-            bound.push(Arg::Int(*ms));
-            bound.push(owned(id));
-            let (a, b) = (bound.len() - 1, bound.len());
-            sql.push_str(&format!(
-                " AND (d.created_ms < ?{a} OR (d.created_ms = ?{a} AND d.id < ?{b}))"
-            ));
-        }
-        sql.push_str(&format!(
-            " ORDER BY d.created_ms DESC, d.id DESC LIMIT {}",
-            limit + 1
-        ));
         self.read(|tx, _| {
-            let mut rows = tx.query_map(&sql, &bound, decision_row)?;
+            let mut rows = tx.search_decisions(&principal.tenant_id, filter, limit + 1)?;
             let more = rows.len() as u64 > limit;
             rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
             let next = more
@@ -715,33 +573,11 @@ impl Engine {
         let tenant = principal.tenant_id.as_str();
         let id = decision_id.to_string();
         self.read(|tx, _| {
-            let (row, response, seq): (DecisionRow, String, Option<u64>) = tx
-                .query_opt(
-                    &format!(
-                        "SELECT {DECISION_COLUMNS}, d.response, d.ledger_seq FROM {DECISION_FROM}
-                         WHERE d.id = ?1 AND d.tenant_id = ?2"
-                    ),
-                    args![id, tenant],
-                    |r| Ok((decision_row(r)?, r.get(10)?, r.get(11)?)),
-                )?
-                .ok_or_else(|| {
-                    ApiError::not_found("decision_not_found", "no such decision for this tenant")
-                })?;
+            let (row, response, seq) = tx.decision_found(tenant, &id)?.ok_or_else(|| {
+                ApiError::not_found("decision_not_found", "no such decision for this tenant")
+            })?;
             let result: VerifyResult = serde_json::from_str(&response)?;
-            let reservation = tx.query_opt(
-                "SELECT amount_cents, actual_cents, state, expires_ms, finalized_ms
-                 FROM reservations WHERE id = ?1 AND tenant_id = ?2",
-                args![id, tenant],
-                |r| {
-                    Ok(Settlement {
-                        amount_cents: r.get(0)?,
-                        actual_cents: r.get(1)?,
-                        state: r.get(2)?,
-                        expires_ms: r.get(3)?,
-                        finalized_ms: r.get(4)?,
-                    })
-                },
-            )?;
+            let reservation = tx.settlement(tenant, &id)?;
             // The entries about it come after its own: those naming the decision
             // or its approval request, the next 200 at most (a hold's request is
             // opened just before its decision entry), among the tenant's next
@@ -771,27 +607,19 @@ impl Engine {
                     .and_then(|e| e.payload["approval_request_id"].as_str().map(str::to_owned));
             }
             let approval = match &approval_id {
-                Some(a) => tx.query_opt(
-                    "SELECT id, state, approvers, quorum, created_ms, decided_ms, approver_ids
-                     FROM approvals WHERE id = ?1 AND tenant_id = ?2",
-                    args![a, tenant],
-                    |r| {
-                        Ok(ApprovalView {
-                            id: r.get(0)?,
-                            state: r.get(1)?,
-                            approvers: serde_json::from_str(&r.get::<String>(2)?)
-                                .unwrap_or_default(),
-                            approver_ids: r
-                                .get::<Option<String>>(6)?
-                                .and_then(|t| serde_json::from_str(&t).ok())
-                                .unwrap_or_default(),
-                            denied_by: None,
-                            quorum: r.get(3)?,
-                            created_ms: r.get(4)?,
-                            decided_ms: r.get(5)?,
-                        })
-                    },
-                )?,
+                Some(a) => tx.approval_row(tenant, a)?.map(|r| ApprovalView {
+                    id: r.id,
+                    state: r.state,
+                    approvers: serde_json::from_str(&r.approvers).unwrap_or_default(),
+                    approver_ids: r
+                        .approver_ids
+                        .and_then(|t| serde_json::from_str(&t).ok())
+                        .unwrap_or_default(),
+                    denied_by: None,
+                    quorum: u64::from(r.quorum),
+                    created_ms: r.created,
+                    decided_ms: r.decided,
+                }),
                 None => None,
             };
             let approval = approval.map(|mut a| {

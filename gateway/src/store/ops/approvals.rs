@@ -6,7 +6,7 @@ use paybond_middleware_core::wire::ApprovalState;
 use crate::engine::lifecycle::ApprovalQuery;
 
 use crate::error::ApiError;
-use crate::store::{Arg, ToArg as _, Tx, args};
+use crate::store::{Arg, Row, ToArg as _, Tx, args};
 
 /// The condition selecting a tenant's approval requests by an [`ApprovalQuery`]:
 /// `?1` the tenant, `?2` the state (`NULL`: any), `?3` now, `?4` the agent, `?5`
@@ -46,8 +46,13 @@ fn state_name(s: ApprovalState) -> &'static str {
     }
 }
 
-/// An approval request as its status is told.
+pub(super) const APPROVAL_COLUMNS: &str = "id, decision_id, intent_id, operation, amount_cents,
+    reason_codes, state, approvers, quorum, expires_ms, token_expires_ms, tool, vendor, agent,
+    created_ms, key_id, approver_ids, token_used_ms, decided_ms";
+
+/// An approval request as stored.
 pub(crate) struct ApprovalRow {
+    pub(crate) id: String,
     pub(crate) decision: String,
     pub(crate) intent: String,
     pub(crate) operation: String,
@@ -68,6 +73,34 @@ pub(crate) struct ApprovalRow {
     pub(crate) key_id: Option<String>,
     /// Who approved it so far (key or SCIM ids), a JSON array.
     pub(crate) approver_ids: Option<String>,
+    /// When its token was used.
+    pub(crate) token_used: Option<i64>,
+    /// When it was approved or denied.
+    pub(crate) decided: Option<i64>,
+}
+
+pub(super) fn approval_row(r: &Row) -> Result<ApprovalRow, ApiError> {
+    Ok(ApprovalRow {
+        id: r.get(0)?,
+        decision: r.get(1)?,
+        intent: r.get(2)?,
+        operation: r.get(3)?,
+        amount: r.get(4)?,
+        reasons: r.get(5)?,
+        state: r.get(6)?,
+        approvers: r.get(7)?,
+        quorum: r.get(8)?,
+        expires: r.get(9)?,
+        token_expires: r.get(10)?,
+        tool: r.get(11)?,
+        vendor: r.get(12)?,
+        agent: r.get(13)?,
+        created: r.get(14)?,
+        key_id: r.get(15)?,
+        approver_ids: r.get(16)?,
+        token_used: r.get(17)?,
+        decided: r.get(18)?,
+    })
 }
 
 impl dyn Tx + '_ {
@@ -78,31 +111,9 @@ impl dyn Tx + '_ {
         id: &str,
     ) -> Result<Option<ApprovalRow>, ApiError> {
         self.query_opt(
-            "SELECT decision_id, intent_id, operation, amount_cents, reason_codes, state,
-                 approvers, quorum, expires_ms, token_expires_ms, tool, vendor, agent,
-                 created_ms, key_id, approver_ids
-             FROM approvals WHERE id = ?1 AND tenant_id = ?2",
+            &format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = ?1 AND tenant_id = ?2"),
             args![id, tenant],
-            |r| {
-                Ok(ApprovalRow {
-                    decision: r.get(0)?,
-                    intent: r.get(1)?,
-                    operation: r.get(2)?,
-                    amount: r.get(3)?,
-                    reasons: r.get(4)?,
-                    state: r.get(5)?,
-                    approvers: r.get(6)?,
-                    quorum: r.get(7)?,
-                    expires: r.get(8)?,
-                    token_expires: r.get(9)?,
-                    tool: r.get(10)?,
-                    vendor: r.get(11)?,
-                    agent: r.get(12)?,
-                    created: r.get(13)?,
-                    key_id: r.get(14)?,
-                    approver_ids: r.get(15)?,
-                })
-            },
+            approval_row,
         )
     }
 

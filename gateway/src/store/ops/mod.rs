@@ -4,6 +4,8 @@
 //! next to the tables it names.
 
 pub(in crate::store) mod approvals;
+pub(in crate::store) mod audit;
+pub(in crate::store) mod insights;
 pub(in crate::store) mod intents;
 pub(in crate::store) mod ledger;
 pub(in crate::store) mod reads;
@@ -11,6 +13,8 @@ pub(in crate::store) mod spend;
 pub(in crate::store) mod tenants;
 
 pub(crate) use approvals::ApprovalRow;
+pub(crate) use audit::{BuiltBundle, JobRow, NewJob};
+pub(crate) use insights::SearchColumns;
 pub(crate) use intents::{
     Finalized, IntentTerms, IntentViewRow, NewEvidence, NewIntent, ReservationRow, ToComplete,
 };

@@ -4,7 +4,8 @@
 use crate::error::ApiError;
 use crate::store::{Row, Tx, args};
 
-const INTENT_COLUMNS: &str = "id, operations, budget_cents, currency, state, deadline_ms,
+pub(super) const INTENT_COLUMNS: &str =
+    "id, operations, budget_cents, currency, state, deadline_ms,
     consumed_cents, reserved_cents, created_ms";
 
 /// An intent as the operator's views list it.
@@ -22,7 +23,7 @@ pub(crate) struct IntentSummaryRow {
     pub(crate) created_ms: i64,
 }
 
-fn intent_summary(r: &Row) -> Result<IntentSummaryRow, ApiError> {
+pub(super) fn intent_summary(r: &Row) -> Result<IntentSummaryRow, ApiError> {
     Ok(IntentSummaryRow {
         id: r.get(0)?,
         operations: r.get(1)?,
@@ -36,13 +37,29 @@ fn intent_summary(r: &Row) -> Result<IntentSummaryRow, ApiError> {
     })
 }
 
-/// A decision as recorded: its intent, outcome, answer (JSON) and time.
+pub(super) const DECISION_COLUMNS: &str =
+    "id, intent_id, outcome, response, created_ms, ledger_seq";
+
+/// A decision as recorded: its intent, outcome, answer (JSON), time and place
+/// in its tenant's ledger.
 pub(crate) struct DecisionRow {
     pub(crate) id: String,
     pub(crate) intent: String,
     pub(crate) outcome: String,
     pub(crate) response: String,
     pub(crate) created_ms: i64,
+    pub(crate) ledger_seq: Option<u64>,
+}
+
+pub(super) fn decision_row(r: &Row) -> Result<DecisionRow, ApiError> {
+    Ok(DecisionRow {
+        id: r.get(0)?,
+        intent: r.get(1)?,
+        outcome: r.get(2)?,
+        response: r.get(3)?,
+        created_ms: r.get(4)?,
+        ledger_seq: r.get(5)?,
+    })
 }
 
 /// A reservation as an intent's detail shows it.
@@ -59,14 +76,32 @@ pub(crate) struct ReservationListRow {
     pub(crate) expires_ms: i64,
 }
 
-/// Evidence as an intent's detail shows it.
+pub(super) const EVIDENCE_COLUMNS: &str =
+    "id, intent_id, decision_id, operation, status, cost_cents, predicate_passed, created_ms";
+
+/// Evidence as recorded.
 pub(crate) struct EvidenceRow {
+    pub(crate) id: String,
+    pub(crate) intent: String,
     pub(crate) decision: Option<String>,
     pub(crate) operation: Option<String>,
     pub(crate) status: Option<String>,
     pub(crate) cost_cents: Option<u64>,
     pub(crate) predicate_passed: bool,
     pub(crate) created_ms: i64,
+}
+
+pub(super) fn evidence_row(r: &Row) -> Result<EvidenceRow, ApiError> {
+    Ok(EvidenceRow {
+        id: r.get(0)?,
+        intent: r.get(1)?,
+        decision: r.get(2)?,
+        operation: r.get(3)?,
+        status: r.get(4)?,
+        cost_cents: r.get(5)?,
+        predicate_passed: r.get(6)?,
+        created_ms: r.get(7)?,
+    })
 }
 
 impl dyn Tx + '_ {
@@ -77,18 +112,9 @@ impl dyn Tx + '_ {
         id: &str,
     ) -> Result<Option<DecisionRow>, ApiError> {
         self.query_opt(
-            "SELECT intent_id, outcome, response, created_ms FROM decisions
-             WHERE id = ?1 AND tenant_id = ?2",
+            &format!("SELECT {DECISION_COLUMNS} FROM decisions WHERE id = ?1 AND tenant_id = ?2"),
             args![id, tenant],
-            |r| {
-                Ok(DecisionRow {
-                    id: id.to_owned(),
-                    intent: r.get(0)?,
-                    outcome: r.get(1)?,
-                    response: r.get(2)?,
-                    created_ms: r.get(3)?,
-                })
-            },
+            decision_row,
         )
     }
 
@@ -163,19 +189,13 @@ impl dyn Tx + '_ {
         limit: u32,
     ) -> Result<Vec<DecisionRow>, ApiError> {
         self.query_map(
-            "SELECT id, outcome, response, created_ms FROM decisions
-             WHERE intent_id = ?1 AND tenant_id = ?2
-             ORDER BY created_ms DESC, ledger_seq DESC, id DESC LIMIT ?3",
+            &format!(
+                "SELECT {DECISION_COLUMNS} FROM decisions
+                 WHERE intent_id = ?1 AND tenant_id = ?2
+                 ORDER BY created_ms DESC, ledger_seq DESC, id DESC LIMIT ?3"
+            ),
             args![intent, tenant, limit],
-            |r| {
-                Ok(DecisionRow {
-                    id: r.get(0)?,
-                    intent: intent.to_owned(),
-                    outcome: r.get(1)?,
-                    response: r.get(2)?,
-                    created_ms: r.get(3)?,
-                })
-            },
+            decision_row,
         )
     }
 
@@ -186,20 +206,12 @@ impl dyn Tx + '_ {
         intent: &str,
     ) -> Result<Vec<EvidenceRow>, ApiError> {
         self.query_map(
-            "SELECT decision_id, operation, status, cost_cents, predicate_passed, created_ms
-             FROM evidence WHERE intent_id = ?1 AND tenant_id = ?2
-             ORDER BY created_ms DESC, id DESC",
+            &format!(
+                "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE intent_id = ?1 AND tenant_id = ?2
+                 ORDER BY created_ms DESC, id DESC"
+            ),
             args![intent, tenant],
-            |r| {
-                Ok(EvidenceRow {
-                    decision: r.get(0)?,
-                    operation: r.get(1)?,
-                    status: r.get(2)?,
-                    cost_cents: r.get(3)?,
-                    predicate_passed: r.get(4)?,
-                    created_ms: r.get(5)?,
-                })
-            },
+            evidence_row,
         )
     }
 }
