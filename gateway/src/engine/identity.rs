@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::lifecycle::rfc3339;
 use super::{Engine, bounded, insert_key, ledger, require_role, role_from, role_name};
 use crate::error::ApiError;
-use crate::store::{Tx, args};
+use crate::store::{NewSession, ScimTokenRow, Tx};
 use crate::tokens::{random_hex, sha256_hex};
 
 /// The roles an IdP group may map to.
@@ -110,22 +110,10 @@ pub(crate) struct StoredSession {
 /// The roles `user` (a SCIM id of `tenant`) has now: none when the person is
 /// inactive or gone; otherwise the roles their groups map to.
 pub(crate) fn person_roles(tx: &dyn Tx, tenant: &str, user: &str) -> Result<Vec<Role>, ApiError> {
-    let active: Option<bool> = tx.query_opt(
-        "SELECT active FROM scim_users WHERE id = ?1 AND tenant_id = ?2",
-        args![user, tenant],
-        |r| r.get(0),
-    )?;
-    if active != Some(true) {
+    if tx.person_active(tenant, user)? != Some(true) {
         return Ok(Vec::new());
     }
-    let names: Vec<String> = tx.query_map(
-        "SELECT DISTINCT m.role FROM scim_members s
-         JOIN scim_groups g ON g.id = s.group_id
-         JOIN role_mappings m ON m.tenant_id = g.tenant_id AND m.group_name = g.display_name
-         WHERE s.user_id = ?1 AND s.tenant_id = ?2",
-        args![user, tenant],
-        |r| r.get(0),
-    )?;
+    let names = tx.person_role_names(tenant, user)?;
     let mut roles: Vec<Role> = names.iter().map(|n| role_from(n)).collect();
     // Strongest first: the primary role shown is the first.
     roles.sort_by_key(|r| match r {
@@ -149,12 +137,7 @@ pub(crate) fn person_principal(
     let Some(&primary) = roles.first() else {
         return Ok(None);
     };
-    let row: Option<(String, String)> = tx.query_opt(
-        "SELECT u.user_name, t.environment FROM scim_users u JOIN tenants t ON t.id = u.tenant_id
-         WHERE u.id = ?1 AND u.tenant_id = ?2",
-        args![user, tenant],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let row = tx.person_name(tenant, user)?;
     Ok(row.map(|(user_name, env)| Principal {
         tenant_id: tenant.to_owned(),
         environment: if env == "live" {
@@ -171,10 +154,7 @@ pub(crate) fn person_principal(
 
 /// Ends every console session of `user` (deprovisioned, or left without a role).
 pub(crate) fn end_person_sessions(tx: &dyn Tx, user: &str) -> Result<u64, ApiError> {
-    tx.execute(
-        "DELETE FROM console_sessions WHERE user_id = ?1",
-        args![user],
-    )
+    tx.end_person_sessions(user)
 }
 
 /// Ends the sessions of the users among `users` who have no role left.
@@ -191,13 +171,13 @@ pub(crate) fn end_sessions_without_roles(
     Ok(())
 }
 
-fn scim_token_row(r: &crate::store::Row) -> Result<ScimToken, ApiError> {
-    Ok(ScimToken {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        created_at: rfc3339(r.get(2)?),
-        revoked_at: r.get::<Option<i64>>(3)?.map(rfc3339),
-    })
+fn scim_token((id, name, created, revoked): ScimTokenRow) -> ScimToken {
+    ScimToken {
+        id,
+        name,
+        created_at: rfc3339(created),
+        revoked_at: revoked.map(rfc3339),
+    }
 }
 
 fn parse_mappable(role: &str) -> Result<Role, ApiError> {
@@ -246,16 +226,12 @@ impl Engine {
         let token = format!("paybond_scim_{}", random_hex());
         let id = format!("scim_{}", &Uuid::now_v7().simple().to_string()[..20]);
         self.tx_in(&principal.tenant_id, |tx, now| {
-            tx.execute(
-                "INSERT INTO scim_tokens (id, tenant_id, digest, name, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                args![
-                    id,
-                    principal.tenant_id,
-                    sha256_hex(token.as_bytes()),
-                    name,
-                    now
-                ],
+            tx.add_scim_token(
+                &id,
+                &principal.tenant_id,
+                &sha256_hex(token.as_bytes()),
+                &name,
+                now,
             )?;
             ledger::append(
                 tx,
@@ -290,12 +266,11 @@ impl Engine {
     ) -> Result<Vec<ScimToken>, ApiError> {
         require_role(principal, &[Role::TenantAdmin])?;
         self.read(|tx, _| {
-            tx.query_map(
-                "SELECT id, name, created_ms, revoked_ms FROM scim_tokens WHERE tenant_id = ?1
-                 ORDER BY created_ms, id",
-                args![principal.tenant_id],
-                scim_token_row,
-            )
+            Ok(tx
+                .scim_tokens(&principal.tenant_id)?
+                .into_iter()
+                .map(scim_token)
+                .collect())
         })
     }
 
@@ -320,12 +295,7 @@ impl Engine {
     ) -> Result<ScimToken, ApiError> {
         require_role(principal, &[Role::TenantAdmin])?;
         self.tx_in(&principal.tenant_id, |tx, now| {
-            let changed = tx.execute(
-                "UPDATE scim_tokens SET revoked_ms = ?3
-                 WHERE id = ?1 AND tenant_id = ?2 AND revoked_ms IS NULL",
-                args![id, principal.tenant_id, now],
-            )?;
-            if changed > 0 {
+            if tx.revoke_scim_token(&principal.tenant_id, id, now)? {
                 ledger::append(
                     tx,
                     &principal.tenant_id,
@@ -334,27 +304,17 @@ impl Engine {
                     now,
                 )?;
             }
-            tx.query_opt(
-                "SELECT id, name, created_ms, revoked_ms FROM scim_tokens
-                 WHERE id = ?1 AND tenant_id = ?2",
-                args![id, principal.tenant_id],
-                scim_token_row,
-            )?
-            .ok_or_else(|| ApiError::not_found("scim_token_not_found", "no such SCIM token"))
+            tx.scim_token(&principal.tenant_id, id)?
+                .map(scim_token)
+                .ok_or_else(|| ApiError::not_found("scim_token_not_found", "no such SCIM token"))
         })
     }
 
     /// The tenant a SCIM bearer token belongs to; 401 for any other token.
     pub(crate) fn scim_tenant(&self, token: &str) -> Result<String, ApiError> {
         let digest = sha256_hex(token.as_bytes());
-        self.read(|tx, _| {
-            tx.query_opt(
-                "SELECT tenant_id FROM scim_tokens WHERE digest = ?1 AND revoked_ms IS NULL",
-                args![digest],
-                |r| r.get(0),
-            )
-        })?
-        .ok_or_else(|| ApiError::unauthorized("the SCIM bearer token is not valid"))
+        self.read(|tx, _| tx.scim_token_tenant(&digest))?
+            .ok_or_else(|| ApiError::unauthorized("the SCIM bearer token is not valid"))
     }
 
     // ---- role mappings ----
@@ -376,17 +336,11 @@ impl Engine {
     ) -> Result<Vec<RoleMapping>, ApiError> {
         require_role(principal, &[Role::TenantAdmin])?;
         self.read(|tx, _| {
-            tx.query_map(
-                "SELECT group_name, role FROM role_mappings WHERE tenant_id = ?1
-                 ORDER BY group_name",
-                args![principal.tenant_id],
-                |r| {
-                    Ok(RoleMapping {
-                        group: r.get(0)?,
-                        role: r.get(1)?,
-                    })
-                },
-            )
+            Ok(tx
+                .role_mappings(&principal.tenant_id)?
+                .into_iter()
+                .map(|(group, role)| RoleMapping { group, role })
+                .collect())
         })
     }
 
@@ -422,12 +376,7 @@ impl Engine {
         }
         let r = parse_mappable(role)?;
         self.tx_in(&principal.tenant_id, |tx, now| {
-            tx.execute(
-                "INSERT INTO role_mappings (tenant_id, group_name, role, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (tenant_id, group_name) DO UPDATE SET role = ?3, updated_ms = ?4",
-                args![principal.tenant_id, group, role_name(r), now],
-            )?;
+            tx.set_role_mapping(&principal.tenant_id, group, role_name(r), now)?;
             ledger::append(
                 tx,
                 &principal.tenant_id,
@@ -467,11 +416,7 @@ impl Engine {
     ) -> Result<(), ApiError> {
         require_role(principal, &[Role::TenantAdmin])?;
         self.tx_in(&principal.tenant_id, |tx, now| {
-            let removed = tx.execute(
-                "DELETE FROM role_mappings WHERE tenant_id = ?1 AND group_name = ?2",
-                args![principal.tenant_id, group],
-            )?;
-            if removed == 0 {
+            if !tx.remove_role_mapping(&principal.tenant_id, group)? {
                 return Err(ApiError::not_found(
                     "role_mapping_not_found",
                     format!("group `{group}` maps to no role"),
@@ -530,11 +475,7 @@ impl Engine {
             }
         };
         self.tx_in(&principal.tenant_id, |tx, now| {
-            let taken: Option<String> = tx.query_opt(
-                "SELECT key_id FROM api_keys WHERE tenant_id = ?1 AND name = ?2",
-                args![principal.tenant_id, name],
-                |r| r.get(0),
-            )?;
+            let taken = tx.service_account_named(&principal.tenant_id, name)?;
             if taken.is_some() {
                 return Err(ApiError::conflict(
                     "service_account_exists",
@@ -549,10 +490,7 @@ impl Engine {
                 Some(name),
                 now,
             )?;
-            tx.execute(
-                "UPDATE api_keys SET name = ?2 WHERE key_id = ?1",
-                args![key_id, name],
-            )?;
+            tx.name_key(&key_id, name)?;
             ledger::append(
                 tx,
                 &principal.tenant_id,
@@ -590,19 +528,16 @@ impl Engine {
     ) -> Result<Vec<ServiceAccount>, ApiError> {
         require_role(principal, &[Role::TenantAdmin])?;
         self.read(|tx, _| {
-            tx.query_map(
-                "SELECT key_id, name, role, created_ms FROM api_keys
-                 WHERE tenant_id = ?1 AND name IS NOT NULL ORDER BY created_ms, key_id",
-                args![principal.tenant_id],
-                |r| {
-                    Ok(ServiceAccount {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        role: r.get(2)?,
-                        created_at: rfc3339(r.get(3)?),
-                    })
-                },
-            )
+            Ok(tx
+                .service_accounts(&principal.tenant_id)?
+                .into_iter()
+                .map(|(id, name, role, created)| ServiceAccount {
+                    id,
+                    name,
+                    role,
+                    created_at: rfc3339(created),
+                })
+                .collect())
         })
     }
 
@@ -628,23 +563,14 @@ impl Engine {
     ) -> Result<(), ApiError> {
         require_role(principal, &[Role::TenantAdmin])?;
         self.tx_in(&principal.tenant_id, |tx, now| {
-            let hash: Option<String> = tx.query_opt(
-                "SELECT secret_hash FROM api_keys
-                 WHERE key_id = ?1 AND tenant_id = ?2 AND name IS NOT NULL",
-                args![id, principal.tenant_id],
-                |r| r.get(0),
-            )?;
+            let hash = tx.service_account_hash(&principal.tenant_id, id)?;
             let Some(hash) = hash else {
                 return Err(ApiError::not_found(
                     "service_account_not_found",
                     format!("no service account `{id}` in this tenant"),
                 ));
             };
-            tx.execute("DELETE FROM api_keys WHERE secret_hash = ?1", args![hash])?;
-            tx.execute(
-                "DELETE FROM console_sessions WHERE key_hash = ?1",
-                args![hash],
-            )?;
+            tx.revoke_key(&hash)?;
             ledger::append(
                 tx,
                 &principal.tenant_id,
@@ -676,23 +602,15 @@ impl Engine {
         };
         self.tx(|tx, now| {
             // Sessions past their time go as new ones come.
-            tx.execute(
-                "DELETE FROM console_sessions WHERE expires_ms <= ?1",
-                args![now],
-            )?;
-            tx.execute(
-                "INSERT INTO console_sessions (id_hash, tenant_id, key_hash, user_id, csrf,
-                     created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                args![
-                    sha256_hex(sid.as_bytes()),
-                    tenant,
-                    key_hash,
-                    user,
-                    csrf,
-                    now,
-                    now + ttl_ms
-                ],
-            )
+            tx.open_session(&NewSession {
+                id_hash: &sha256_hex(sid.as_bytes()),
+                tenant,
+                key_hash,
+                user,
+                csrf: &csrf,
+                created_ms: now,
+                expires_ms: now + ttl_ms,
+            })
         })?;
         Ok((sid, csrf))
     }
@@ -701,15 +619,7 @@ impl Engine {
     /// a person's roles read again) and its CSRF token; `None` when it has ended,
     /// expired, or its key or person no longer signs in.
     pub(crate) fn session(&self, sid: &str) -> Result<Option<StoredSession>, ApiError> {
-        let row: Option<(String, Option<String>, Option<String>, String)> =
-            self.read(|tx, now| {
-                tx.query_opt(
-                    "SELECT tenant_id, key_hash, user_id, csrf FROM console_sessions
-                     WHERE id_hash = ?1 AND expires_ms > ?2",
-                    args![sha256_hex(sid.as_bytes()), now],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
-            })?;
+        let row = self.read(|tx, now| tx.session(&sha256_hex(sid.as_bytes()), now))?;
         let Some((tenant, key_hash, user, csrf)) = row else {
             return Ok(None);
         };
@@ -729,24 +639,13 @@ impl Engine {
 
     /// Ends the session `sid`.
     pub(crate) fn end_session(&self, sid: &str) -> Result<(), ApiError> {
-        self.tx(|tx, _| {
-            tx.execute(
-                "DELETE FROM console_sessions WHERE id_hash = ?1",
-                args![sha256_hex(sid.as_bytes())],
-            )
-            .map(drop)
-        })
+        self.tx(|tx, _| tx.end_session(&sha256_hex(sid.as_bytes())))
     }
 }
 
 /// The SCIM ids of the members of the tenant's groups named `group`.
 fn group_members_named(tx: &dyn Tx, tenant: &str, group: &str) -> Result<Vec<String>, ApiError> {
-    tx.query_map(
-        "SELECT DISTINCT s.user_id FROM scim_members s JOIN scim_groups g ON g.id = s.group_id
-         WHERE g.tenant_id = ?1 AND g.display_name = ?2",
-        args![tenant, group],
-        |r| r.get(0),
-    )
+    tx.members_of_groups_named(tenant, group)
 }
 
 // ---- OpenID Connect ----
@@ -863,13 +762,7 @@ impl Engine {
             .minter
             .wrap_client_secret(&principal.tenant_id, req.client_secret.as_bytes());
         self.tx_in(&principal.tenant_id, |tx, now| {
-            tx.execute(
-                "INSERT INTO oidc_configs (tenant_id, issuer, client_id, client_secret, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (tenant_id) DO UPDATE SET issuer = ?2, client_id = ?3,
-                     client_secret = ?4, updated_ms = ?5",
-                args![principal.tenant_id, issuer, req.client_id, wrapped, now],
-            )?;
+            tx.set_oidc_client(&principal.tenant_id, &issuer, &req.client_id, &wrapped, now)?;
             ledger::append(
                 tx,
                 &principal.tenant_id,
@@ -902,47 +795,27 @@ impl Engine {
         principal: &Principal,
     ) -> Result<OidcSettings, ApiError> {
         require_role(principal, &[Role::TenantAdmin])?;
-        self.read(|tx, _| {
-            tx.query_opt(
-                "SELECT issuer, client_id, updated_ms FROM oidc_configs WHERE tenant_id = ?1",
-                args![principal.tenant_id],
-                |r| {
-                    Ok(OidcSettings {
-                        issuer: r.get(0)?,
-                        client_id: r.get(1)?,
-                        redirect_path: "/console/oidc/callback".to_owned(),
-                        updated_at: rfc3339(r.get(2)?),
-                    })
-                },
-            )
-        })?
-        .ok_or_else(|| {
-            ApiError::not_found("oidc_not_configured", "single sign-on is not configured")
-        })
+        self.read(|tx, _| tx.oidc_client(&principal.tenant_id))?
+            .map(|(issuer, client_id, _, updated)| OidcSettings {
+                issuer,
+                client_id,
+                redirect_path: "/console/oidc/callback".to_owned(),
+                updated_at: rfc3339(updated),
+            })
+            .ok_or_else(|| {
+                ApiError::not_found("oidc_not_configured", "single sign-on is not configured")
+            })
     }
 
     /// The tenants whose console offers single sign-on: `(id, name)`.
     pub(crate) fn oidc_tenants(&self) -> Result<Vec<(String, String)>, ApiError> {
-        self.read(|tx, _| {
-            tx.query_map(
-                "SELECT t.id, t.name FROM oidc_configs o JOIN tenants t ON t.id = o.tenant_id
-                 ORDER BY t.name",
-                args![],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-        })
+        self.read(|tx, _| tx.oidc_tenants())
     }
 
     /// A tenant's OpenID Connect client, its secret unwrapped.
     pub(crate) fn oidc_client(&self, tenant: &str) -> Result<Option<OidcClientConfig>, ApiError> {
-        let row: Option<(String, String, Vec<u8>)> = self.read(|tx, _| {
-            tx.query_opt(
-                "SELECT issuer, client_id, client_secret FROM oidc_configs WHERE tenant_id = ?1",
-                args![tenant],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-        })?;
-        row.map(|(issuer, client_id, wrapped)| {
+        let row = self.read(|tx, _| tx.oidc_client(tenant))?;
+        row.map(|(issuer, client_id, wrapped, _)| {
             let secret = self.minter.wrap_client_secret(tenant, &wrapped);
             Ok(OidcClientConfig {
                 tenant_id: tenant.to_owned(),
@@ -962,44 +835,19 @@ impl Engine {
     /// Keeps a sign-in under way, by its `state`.
     pub(crate) fn begin_oidc_login(&self, state: &str, login: &OidcLogin) -> Result<(), ApiError> {
         self.tx(|tx, now| {
-            tx.execute("DELETE FROM oidc_logins WHERE expires_ms <= ?1", args![now])?;
-            tx.execute(
-                "INSERT INTO oidc_logins (state_hash, tenant_id, nonce, verifier, return_to,
-                     created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                args![
-                    sha256_hex(state.as_bytes()),
-                    login.tenant_id,
-                    login.nonce,
-                    login.verifier,
-                    login.return_to,
-                    now,
-                    now + OIDC_LOGIN_TTL_MS
-                ],
+            tx.begin_oidc_login(
+                &sha256_hex(state.as_bytes()),
+                login,
+                now,
+                now + OIDC_LOGIN_TTL_MS,
             )
-            .map(drop)
         })
     }
 
     /// The sign-in `state` names, taken: it cannot be used twice.
     pub(crate) fn take_oidc_login(&self, state: &str) -> Result<Option<OidcLogin>, ApiError> {
         let hash = sha256_hex(state.as_bytes());
-        self.tx(|tx, now| {
-            let login = tx.query_opt(
-                "SELECT tenant_id, nonce, verifier, return_to FROM oidc_logins
-                 WHERE state_hash = ?1 AND expires_ms > ?2",
-                args![hash, now],
-                |r| {
-                    Ok(OidcLogin {
-                        tenant_id: r.get(0)?,
-                        nonce: r.get(1)?,
-                        verifier: r.get(2)?,
-                        return_to: r.get(3)?,
-                    })
-                },
-            )?;
-            tx.execute("DELETE FROM oidc_logins WHERE state_hash = ?1", args![hash])?;
-            Ok(login)
-        })
+        self.tx(|tx, now| tx.take_oidc_login(&hash, now))
     }
 
     /// The person a verified ID token names: by `externalId == sub`, else by
@@ -1011,30 +859,17 @@ impl Engine {
         names: &[String],
     ) -> Result<PersonMatch, ApiError> {
         self.read(|tx, _| {
-            let mut user: Option<String> = tx.query_opt(
-                "SELECT id FROM scim_users WHERE tenant_id = ?1 AND external_id = ?2",
-                args![tenant, sub],
-                |r| r.get(0),
-            )?;
+            let mut user = tx.person_by_external_id(tenant, sub)?;
             for name in names {
                 if user.is_some() {
                     break;
                 }
-                user = tx.query_opt(
-                    "SELECT id FROM scim_users WHERE tenant_id = ?1 AND user_name_key = ?2",
-                    args![tenant, name.to_lowercase()],
-                    |r| r.get(0),
-                )?;
+                user = tx.person_by_user_name(tenant, name)?;
             }
             let Some(user) = user else {
                 return Ok(PersonMatch::NotProvisioned);
             };
-            let active: bool = tx.query_one(
-                "SELECT active FROM scim_users WHERE id = ?1",
-                args![user],
-                |r| r.get(0),
-            )?;
-            if !active {
+            if tx.person_active(tenant, &user)? != Some(true) {
                 return Ok(PersonMatch::Inactive);
             }
             if person_roles(tx, tenant, &user)?.is_empty() {

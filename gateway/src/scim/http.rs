@@ -22,7 +22,7 @@ use crate::engine::Engine;
 use crate::engine::identity::{end_person_sessions, end_sessions_without_roles};
 use crate::engine::ledger;
 use crate::error::ApiError;
-use crate::store::{Tx, args};
+use crate::store::Tx;
 
 /// Largest SCIM request body (a group PUT lists every member).
 const SCIM_BODY_LIMIT: usize = 1024 * 1024;
@@ -519,13 +519,7 @@ impl ListQuery {
 /// Every user of the tenant as SCIM shows them.
 fn users_json(tx: &dyn Tx, tenant: &str, base: &str) -> Result<Vec<Value>, ScimError> {
     let mut groups: HashMap<String, Vec<(String, String)>> = HashMap::new();
-    let rows: Vec<(String, String, String)> = tx.query_map(
-        "SELECT m.user_id, g.id, g.display_name FROM scim_members m
-         JOIN scim_groups g ON g.id = m.group_id WHERE m.tenant_id = ?1
-         ORDER BY g.display_name, g.id",
-        args![tenant],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let rows = tx.scim_memberships_by_user(tenant)?;
     for (user, gid, name) in rows {
         groups.entry(user).or_default().push((gid, name));
     }
@@ -537,13 +531,7 @@ fn users_json(tx: &dyn Tx, tenant: &str, base: &str) -> Result<Vec<Value>, ScimE
 
 fn groups_json(tx: &dyn Tx, tenant: &str, base: &str) -> Result<Vec<Value>, ScimError> {
     let mut members: HashMap<String, Vec<(String, String)>> = HashMap::new();
-    let rows: Vec<(String, String, String)> = tx.query_map(
-        "SELECT m.group_id, u.id, u.user_name FROM scim_members m
-         JOIN scim_users u ON u.id = m.user_id WHERE m.tenant_id = ?1
-         ORDER BY u.user_name, u.id",
-        args![tenant],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let rows = tx.scim_memberships_by_group(tenant)?;
     for (group, uid, name) in rows {
         members.entry(group).or_default().push((uid, name));
     }
@@ -635,11 +623,7 @@ impl Resource for Users {
 
     fn remove(tx: &dyn Tx, tenant: &str, now: i64, row: UserRow) -> Result<(), ApiError> {
         let id = &row.id;
-        tx.execute("DELETE FROM scim_members WHERE user_id = ?1", args![id])?;
-        tx.execute(
-            "DELETE FROM scim_users WHERE id = ?1 AND tenant_id = ?2",
-            args![id, tenant],
-        )?;
+        tx.delete_scim_user(tenant, id)?;
         end_person_sessions(tx, id)?;
         ledger::append(
             tx,
@@ -704,11 +688,7 @@ impl Resource for Groups {
             .into_iter()
             .map(|(u, _)| u)
             .collect();
-        tx.execute("DELETE FROM scim_members WHERE group_id = ?1", args![id])?;
-        tx.execute(
-            "DELETE FROM scim_groups WHERE id = ?1 AND tenant_id = ?2",
-            args![id, tenant],
-        )?;
+        tx.delete_scim_group(tenant, id)?;
         end_sessions_without_roles(tx, tenant, &members)?;
         ledger::append(
             tx,

@@ -13,7 +13,7 @@
 pub(crate) mod filter;
 mod http;
 mod patch;
-mod resources;
+pub(crate) mod resources;
 
 pub(crate) use http::router;
 

@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 use super::filter::{AttrPath, attr_path, is_core, member};
 use super::{GROUP_SCHEMA, ScimError, USER_SCHEMA};
 use crate::engine::lifecycle::rfc3339;
-use crate::store::{Tx, args};
+use crate::store::{ScimGroup, ScimUser, Tx};
 
 /// A stored user: the attributes the client set (not `id`, `meta` or `groups`).
 #[derive(Debug, Clone)]
@@ -29,47 +29,12 @@ pub(crate) struct GroupRow {
     pub(crate) updated_ms: i64,
 }
 
-fn user_row(r: &crate::store::Row) -> Result<UserRow, crate::error::ApiError> {
-    Ok(UserRow {
-        id: r.get(0)?,
-        active: r.get(1)?,
-        resource: serde_json::from_str(&r.get::<String>(2)?)?,
-        version: r.get(3)?,
-        created_ms: r.get(4)?,
-        updated_ms: r.get(5)?,
-    })
-}
-
-fn group_row(r: &crate::store::Row) -> Result<GroupRow, crate::error::ApiError> {
-    Ok(GroupRow {
-        id: r.get(0)?,
-        display_name: r.get(1)?,
-        resource: serde_json::from_str(&r.get::<String>(2)?)?,
-        version: r.get(3)?,
-        created_ms: r.get(4)?,
-        updated_ms: r.get(5)?,
-    })
-}
-
-const USER_COLUMNS: &str = "id, active, resource, version, created_ms, updated_ms";
-const GROUP_COLUMNS: &str = "id, display_name, resource, version, created_ms, updated_ms";
-
 pub(crate) fn load_user(tx: &dyn Tx, tenant: &str, id: &str) -> Result<Option<UserRow>, ScimError> {
-    Ok(tx.query_opt(
-        &format!("SELECT {USER_COLUMNS} FROM scim_users WHERE id = ?1 AND tenant_id = ?2"),
-        args![id, tenant],
-        user_row,
-    )?)
+    Ok(tx.scim_user(tenant, id)?)
 }
 
 pub(crate) fn all_users(tx: &dyn Tx, tenant: &str) -> Result<Vec<UserRow>, ScimError> {
-    Ok(tx.query_map(
-        &format!(
-            "SELECT {USER_COLUMNS} FROM scim_users WHERE tenant_id = ?1 ORDER BY created_ms, id"
-        ),
-        args![tenant],
-        user_row,
-    )?)
+    Ok(tx.scim_users(tenant)?)
 }
 
 pub(crate) fn load_group(
@@ -77,41 +42,21 @@ pub(crate) fn load_group(
     tenant: &str,
     id: &str,
 ) -> Result<Option<GroupRow>, ScimError> {
-    Ok(tx.query_opt(
-        &format!("SELECT {GROUP_COLUMNS} FROM scim_groups WHERE id = ?1 AND tenant_id = ?2"),
-        args![id, tenant],
-        group_row,
-    )?)
+    Ok(tx.scim_group(tenant, id)?)
 }
 
 pub(crate) fn all_groups(tx: &dyn Tx, tenant: &str) -> Result<Vec<GroupRow>, ScimError> {
-    Ok(tx.query_map(
-        &format!(
-            "SELECT {GROUP_COLUMNS} FROM scim_groups WHERE tenant_id = ?1 ORDER BY created_ms, id"
-        ),
-        args![tenant],
-        group_row,
-    )?)
+    Ok(tx.scim_groups(tenant)?)
 }
 
 /// The groups a user is in: `(id, displayName)`.
 pub(crate) fn groups_of(tx: &dyn Tx, user: &str) -> Result<Vec<(String, String)>, ScimError> {
-    Ok(tx.query_map(
-        "SELECT g.id, g.display_name FROM scim_members m JOIN scim_groups g ON g.id = m.group_id
-         WHERE m.user_id = ?1 ORDER BY g.display_name, g.id",
-        args![user],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?)
+    Ok(tx.scim_groups_of(user)?)
 }
 
 /// A group's members: `(id, userName)`.
 pub(crate) fn members_of(tx: &dyn Tx, group: &str) -> Result<Vec<(String, String)>, ScimError> {
-    Ok(tx.query_map(
-        "SELECT u.id, u.user_name FROM scim_members m JOIN scim_users u ON u.id = m.user_id
-         WHERE m.group_id = ?1 ORDER BY u.user_name, u.id",
-        args![group],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?)
+    Ok(tx.scim_members_of(group)?)
 }
 
 /// `W/"<version>"`.
@@ -372,13 +317,8 @@ pub(crate) fn save_user(
     created_ms: i64,
     now: i64,
 ) -> Result<(), ScimError> {
-    let key = user_name.to_lowercase();
-    let taken: Option<String> = tx.query_opt(
-        "SELECT id FROM scim_users WHERE tenant_id = ?1 AND user_name_key = ?2 AND id <> ?3",
-        args![tenant, key, id],
-        |r| r.get(0),
-    )?;
-    if taken.is_some() {
+    let taken = tx.scim_user_name_taken(tenant, user_name, id)?;
+    if taken {
         return Err(ScimError::new(
             409,
             Some("uniqueness"),
@@ -386,25 +326,17 @@ pub(crate) fn save_user(
         ));
     }
     let text = serde_json::to_string(resource).map_err(crate::error::ApiError::internal)?;
-    tx.execute(
-        "INSERT INTO scim_users (id, tenant_id, user_name, user_name_key, external_id, active,
-             resource, version, created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-         ON CONFLICT (id) DO UPDATE SET user_name = ?3, user_name_key = ?4, external_id = ?5,
-             active = ?6, resource = ?7, version = ?8, updated_ms = ?10",
-        args![
-            id,
-            tenant,
-            user_name,
-            key,
-            text_of(resource, "externalId"),
-            i64::from(active),
-            text,
-            version,
-            created_ms,
-            now
-        ],
-    )?;
+    tx.save_scim_user(&ScimUser {
+        id,
+        tenant,
+        user_name,
+        external_id: text_of(resource, "externalId").as_deref(),
+        active,
+        resource: &text,
+        version,
+        created_ms,
+        updated_ms: now,
+    })?;
     Ok(())
 }
 
@@ -431,37 +363,24 @@ pub(crate) fn save_group(
         }
     }
     let text = serde_json::to_string(resource).map_err(crate::error::ApiError::internal)?;
-    tx.execute(
-        "INSERT INTO scim_groups (id, tenant_id, display_name, external_id, resource, version,
-             created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (id) DO UPDATE SET display_name = ?3, external_id = ?4, resource = ?5,
-             version = ?6, updated_ms = ?8",
-        args![
-            id,
-            tenant,
-            display_name,
-            text_of(resource, "externalId"),
-            text,
-            version,
-            created_ms,
-            now
-        ],
-    )?;
+    tx.save_scim_group(&ScimGroup {
+        id,
+        tenant,
+        display_name,
+        external_id: text_of(resource, "externalId").as_deref(),
+        resource: &text,
+        version,
+        created_ms,
+        updated_ms: now,
+    })?;
     let before: Vec<String> = members_of(tx, id)?.into_iter().map(|(u, _)| u).collect();
     let mut changed = Vec::new();
     for gone in before.iter().filter(|u| !members.contains(u)) {
-        tx.execute(
-            "DELETE FROM scim_members WHERE group_id = ?1 AND user_id = ?2",
-            args![id, gone],
-        )?;
+        tx.remove_scim_member(id, gone)?;
         changed.push(gone.clone());
     }
     for new in members.iter().filter(|u| !before.contains(u)) {
-        tx.execute(
-            "INSERT INTO scim_members (group_id, user_id, tenant_id) VALUES (?1, ?2, ?3)",
-            args![id, new, tenant],
-        )?;
+        tx.add_scim_member(tenant, id, new)?;
         changed.push(new.clone());
     }
     Ok(changed)

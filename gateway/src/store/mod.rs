@@ -2,11 +2,15 @@
 //! written against, and its two implementations.
 //!
 //! The engine runs every operation as one transaction through [`Store::write`]: a
-//! closure over a [`Tx`] that executes SQL (a portable subset: `?N` placeholders,
-//! `ON CONFLICT` upserts, explicit `CAST`s on sums) and reads rows of [`Value`]s.
-//! [`sqlite`] commits transactions in groups on one connection; [`postgres`] runs
-//! them on a pool against a database shared by several gateway replicas, each
-//! tenant's mutations serialized by a lock on its row.
+//! closure over a [`Tx`], whose methods are typed operations ([`ops`]: append a
+//! ledger entry, reserve, finalize, read an intent or a projection…) taking and
+//! returning plain values. The SQL behind them (a portable subset: `?N`
+//! placeholders, `ON CONFLICT` upserts, explicit `CAST`s on sums) is private to
+//! this module: outside it, a statement, an argument or a row cannot be named, so
+//! the engine cannot run SQL of its own. [`sqlite`] commits transactions in
+//! groups on one connection; [`postgres`] runs them on a pool against a database
+//! shared by several gateway replicas, each tenant's mutations serialized by a
+//! lock on its row.
 
 use std::borrow::Cow;
 
@@ -15,7 +19,7 @@ use crate::error::ApiError;
 use held::Held;
 
 mod error;
-pub(crate) mod held;
+mod held;
 mod ops;
 pub(crate) mod postgres;
 pub(crate) mod schema;
@@ -255,7 +259,7 @@ pub fn database_path(data_dir: &std::path::Path) -> std::path::PathBuf {
 
 /// A value bound to a statement.
 #[derive(Debug, Clone)]
-pub(crate) enum Arg<'a> {
+pub(in crate::store) enum Arg<'a> {
     Null,
     Int(i64),
     Text(Cow<'a, str>),
@@ -263,7 +267,7 @@ pub(crate) enum Arg<'a> {
 }
 
 /// Something that binds as a statement argument.
-pub(crate) trait ToArg {
+pub(in crate::store) trait ToArg {
     fn to_arg(&self) -> Arg<'_>;
 }
 
@@ -328,11 +332,11 @@ macro_rules! args {
     () => { &[] as &[$crate::store::Arg<'_>] };
     ($($x:expr),+ $(,)?) => { &[$($crate::store::ToArg::to_arg(&$x)),+] as &[$crate::store::Arg<'_>] };
 }
-pub(crate) use args;
+pub(in crate::store) use args;
 
 /// A value read from a row.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Value {
+pub(in crate::store) enum Value {
     Null,
     Int(i64),
     Text(String),
@@ -341,7 +345,7 @@ pub(crate) enum Value {
 
 impl Value {
     /// The value as a statement argument.
-    pub(crate) fn as_arg(&self) -> Arg<'_> {
+    pub(in crate::store) fn as_arg(&self) -> Arg<'_> {
         match self {
             Self::Null => Arg::Null,
             Self::Int(i) => Arg::Int(*i),
@@ -363,7 +367,7 @@ impl From<&Arg<'_>> for Value {
 }
 
 /// A type a [`Value`] converts into.
-pub(crate) trait FromValue: Sized {
+pub(in crate::store) trait FromValue: Sized {
     fn from_value(v: Value) -> Option<Self>;
 }
 
@@ -424,11 +428,11 @@ impl<T: FromValue> FromValue for Option<T> {
 
 /// One row of a result.
 #[derive(Debug)]
-pub(crate) struct Row(pub(crate) Vec<Value>);
+pub(in crate::store) struct Row(pub(in crate::store) Vec<Value>);
 
 impl Row {
     /// Column `i` as a `T`; a stored value of another type is a storage error.
-    pub(crate) fn get<T: FromValue>(&self, i: usize) -> Result<T, ApiError> {
+    pub(in crate::store) fn get<T: FromValue>(&self, i: usize) -> Result<T, ApiError> {
         let v = self.0.get(i).cloned().unwrap_or(Value::Null);
         T::from_value(v).ok_or_else(|| {
             ApiError::internal(format_args!(
@@ -442,14 +446,15 @@ impl Row {
 
 /// The statements a transaction runs: SQL with `?1`, `?2`, … placeholders.
 ///
-/// Sealed in this module: the engine names no SQL. It calls the typed operations
-/// [`ops`] defines on a [`Tx`], and only they (and the stores) write statements.
+/// Private to `store`: outside it these methods cannot be called, even on a
+/// `dyn Tx`. The engine calls the typed operations [`ops`] defines on a [`Tx`];
+/// only they, the stores and the schema write statements.
 mod sql {
     use super::{Arg, Held, Row};
     use crate::error::ApiError;
 
     /// Runs SQL in one transaction (see [`super::Tx`]).
-    pub(crate) trait Sql {
+    pub(in crate::store) trait Sql {
         /// Runs a statement; the number of rows it changed.
         fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ApiError>;
 
@@ -486,7 +491,7 @@ mod sql {
 
 /// One transaction of the engine: the typed operations of [`ops`] (inherent
 /// methods of `dyn Tx`), over the statements of its store.
-#[allow(private_bounds)] // sealed: the supertrait is what only `store` may name
+#[allow(private_bounds)] // on purpose: the statements are `store`'s alone (see `sql`)
 pub(crate) trait Tx: sql::Sql {
     /// Serializes this transaction against every other that locks the same tenant
     /// (a row lock on PostgreSQL; SQLite has one writer, so nothing to do).
@@ -507,7 +512,7 @@ pub(crate) trait Tx: sql::Sql {
 
 impl dyn Tx + '_ {
     /// The rows of a query, each turned into a `T`.
-    pub(crate) fn query_map<T>(
+    pub(in crate::store) fn query_map<T>(
         &self,
         sql: &str,
         args: &[Arg<'_>],
@@ -517,7 +522,7 @@ impl dyn Tx + '_ {
     }
 
     /// The first row of a query, if any.
-    pub(crate) fn query_opt<T>(
+    pub(in crate::store) fn query_opt<T>(
         &self,
         sql: &str,
         args: &[Arg<'_>],
@@ -527,7 +532,7 @@ impl dyn Tx + '_ {
     }
 
     /// The first row of a query; none is a storage error.
-    pub(crate) fn query_one<T>(
+    pub(in crate::store) fn query_one<T>(
         &self,
         sql: &str,
         args: &[Arg<'_>],

@@ -5,20 +5,24 @@
 
 pub(in crate::store) mod approvals;
 pub(in crate::store) mod audit;
+pub(in crate::store) mod identity;
 pub(in crate::store) mod insights;
 pub(in crate::store) mod intents;
 pub(in crate::store) mod ledger;
 pub(in crate::store) mod reads;
+pub(in crate::store) mod scim;
 pub(in crate::store) mod spend;
 pub(in crate::store) mod tenants;
 
 pub(crate) use approvals::ApprovalRow;
 pub(crate) use audit::{BuiltBundle, JobRow, NewJob};
+pub(crate) use identity::{NewSession, ScimTokenRow};
 pub(crate) use insights::SearchColumns;
 pub(crate) use intents::{
     Finalized, IntentTerms, IntentViewRow, NewEvidence, NewIntent, ReservationRow, ToComplete,
 };
 pub(crate) use ledger::{NewEntry, StoredEntry};
 pub(crate) use reads::IntentSummaryRow;
+pub(crate) use scim::{ScimGroup, ScimUser};
 pub(crate) use spend::{NewApproval, NewDecision, NewReservation};
 pub(crate) use tenants::{NewTenantPolicy, PolicyRow};
