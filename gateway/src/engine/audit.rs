@@ -662,7 +662,7 @@ impl Engine {
         let result = self.build_export(tenant, &id);
         if let Err(e) = &result {
             let why = e.message.clone();
-            self.tx_in(tenant, |tx, now| tx.fail_export(&id, &why, now))?;
+            self.tx_in(tenant, |tx, now| Ok(tx.fail_export(&id, &why, now)?))?;
         }
         result
     }
@@ -674,11 +674,13 @@ impl Engine {
         stage: &str,
         percent: u32,
     ) -> Result<bool, ApiError> {
-        self.tx_in(tenant, |tx, now| tx.advance_export(id, stage, percent, now))
+        self.tx_in(tenant, |tx, now| {
+            Ok(tx.advance_export(id, stage, percent, now)?)
+        })
     }
 
     fn build_export(&self, tenant: &str, id: &str) -> Result<(), ApiError> {
-        let row = self.tx_in(tenant, |tx, _| tx.export_job(tenant, id))?;
+        let row = self.tx_in(tenant, |tx, _| Ok(tx.export_job(tenant, id)?))?;
         let Some(row) = row else {
             return Err(ApiError::not_found(
                 "audit_export_not_found",
@@ -791,7 +793,7 @@ impl Engine {
             generated,
         )?;
         self.tx_in(tenant, |tx, now| {
-            tx.store_bundle(
+            Ok(tx.store_bundle(
                 id,
                 &BuiltBundle {
                     manifest_sha256: &bundle.manifest_sha256,
@@ -799,7 +801,7 @@ impl Engine {
                     bytes: &bundle.bytes,
                 },
                 now,
-            )
+            )?)
         })?;
         Ok(())
     }
@@ -984,7 +986,7 @@ impl Engine {
                          newer one, or of another job); ask for a new one with ?issue_download=1",
                     )
                 };
-                let tenant = self.read(|tx, _| tx.export_by_download_token(&id, &hash))?;
+                let tenant = self.read(|tx, _| Ok(tx.export_by_download_token(&id, &hash)?))?;
                 let Some((tenant, expires)) = tenant else {
                     return Err(refused());
                 };
@@ -1054,7 +1056,7 @@ fn read_bundle(tx: &dyn Tx, row: &JobRow) -> Result<Vec<u8>, ApiError> {
             format!("the audit export is {}, not ready", row.status),
         ));
     }
-    tx.export_bundle(&row.id)
+    Ok(tx.export_bundle(&row.id)?)
 }
 
 /// The tenant's signing key and when it was made, created if it has none (under

@@ -103,7 +103,7 @@ pub(crate) fn spent(
 ) -> Result<u64, ApiError> {
     let key = bucket.key();
     live::counter_spent(tx, &live::bucket_key(tenant, &key), window, now, || {
-        tx.load_counter(tenant, bucket, &key, window, now)
+        Ok(tx.load_counter(tenant, bucket, &key, window, now)?)
     })
 }
 

@@ -154,7 +154,7 @@ pub(crate) fn person_principal(
 
 /// Ends every console session of `user` (deprovisioned, or left without a role).
 pub(crate) fn end_person_sessions(tx: &dyn Tx, user: &str) -> Result<u64, ApiError> {
-    tx.end_person_sessions(user)
+    Ok(tx.end_person_sessions(user)?)
 }
 
 /// Ends the sessions of the users among `users` who have no role left.
@@ -313,7 +313,7 @@ impl Engine {
     /// The tenant a SCIM bearer token belongs to; 401 for any other token.
     pub(crate) fn scim_tenant(&self, token: &str) -> Result<String, ApiError> {
         let digest = sha256_hex(token.as_bytes());
-        self.read(|tx, _| tx.scim_token_tenant(&digest))?
+        self.read(|tx, _| Ok(tx.scim_token_tenant(&digest)?))?
             .ok_or_else(|| ApiError::unauthorized("the SCIM bearer token is not valid"))
     }
 
@@ -602,7 +602,7 @@ impl Engine {
         };
         self.tx(|tx, now| {
             // Sessions past their time go as new ones come.
-            tx.open_session(&NewSession {
+            Ok(tx.open_session(&NewSession {
                 id_hash: &sha256_hex(sid.as_bytes()),
                 tenant,
                 key_hash,
@@ -610,7 +610,7 @@ impl Engine {
                 csrf: &csrf,
                 created_ms: now,
                 expires_ms: now + ttl_ms,
-            })
+            })?)
         })?;
         Ok((sid, csrf))
     }
@@ -619,7 +619,7 @@ impl Engine {
     /// a person's roles read again) and its CSRF token; `None` when it has ended,
     /// expired, or its key or person no longer signs in.
     pub(crate) fn session(&self, sid: &str) -> Result<Option<StoredSession>, ApiError> {
-        let row = self.read(|tx, now| tx.session(&sha256_hex(sid.as_bytes()), now))?;
+        let row = self.read(|tx, now| Ok(tx.session(&sha256_hex(sid.as_bytes()), now)?))?;
         let Some((tenant, key_hash, user, csrf)) = row else {
             return Ok(None);
         };
@@ -639,13 +639,13 @@ impl Engine {
 
     /// Ends the session `sid`.
     pub(crate) fn end_session(&self, sid: &str) -> Result<(), ApiError> {
-        self.tx(|tx, _| tx.end_session(&sha256_hex(sid.as_bytes())))
+        self.tx(|tx, _| Ok(tx.end_session(&sha256_hex(sid.as_bytes()))?))
     }
 }
 
 /// The SCIM ids of the members of the tenant's groups named `group`.
 fn group_members_named(tx: &dyn Tx, tenant: &str, group: &str) -> Result<Vec<String>, ApiError> {
-    tx.members_of_groups_named(tenant, group)
+    Ok(tx.members_of_groups_named(tenant, group)?)
 }
 
 // ---- OpenID Connect ----
@@ -795,7 +795,7 @@ impl Engine {
         principal: &Principal,
     ) -> Result<OidcSettings, ApiError> {
         require_role(principal, &[Role::TenantAdmin])?;
-        self.read(|tx, _| tx.oidc_client(&principal.tenant_id))?
+        self.read(|tx, _| Ok(tx.oidc_client(&principal.tenant_id)?))?
             .map(|(issuer, client_id, _, updated)| OidcSettings {
                 issuer,
                 client_id,
@@ -809,12 +809,12 @@ impl Engine {
 
     /// The tenants whose console offers single sign-on: `(id, name)`.
     pub(crate) fn oidc_tenants(&self) -> Result<Vec<(String, String)>, ApiError> {
-        self.read(|tx, _| tx.oidc_tenants())
+        self.read(|tx, _| Ok(tx.oidc_tenants()?))
     }
 
     /// A tenant's OpenID Connect client, its secret unwrapped.
     pub(crate) fn oidc_client(&self, tenant: &str) -> Result<Option<OidcClientConfig>, ApiError> {
-        let row = self.read(|tx, _| tx.oidc_client(tenant))?;
+        let row = self.read(|tx, _| Ok(tx.oidc_client(tenant)?))?;
         row.map(|(issuer, client_id, wrapped, _)| {
             let secret = self.minter.wrap_client_secret(tenant, &wrapped);
             Ok(OidcClientConfig {
@@ -835,19 +835,19 @@ impl Engine {
     /// Keeps a sign-in under way, by its `state`.
     pub(crate) fn begin_oidc_login(&self, state: &str, login: &OidcLogin) -> Result<(), ApiError> {
         self.tx(|tx, now| {
-            tx.begin_oidc_login(
+            Ok(tx.begin_oidc_login(
                 &sha256_hex(state.as_bytes()),
                 login,
                 now,
                 now + OIDC_LOGIN_TTL_MS,
-            )
+            )?)
         })
     }
 
     /// The sign-in `state` names, taken: it cannot be used twice.
     pub(crate) fn take_oidc_login(&self, state: &str) -> Result<Option<OidcLogin>, ApiError> {
         let hash = sha256_hex(state.as_bytes());
-        self.tx(|tx, now| tx.take_oidc_login(&hash, now))
+        self.tx(|tx, now| Ok(tx.take_oidc_login(&hash, now)?))
     }
 
     /// The person a verified ID token names: by `externalId == sub`, else by

@@ -587,11 +587,11 @@ impl Engine {
                 let Some(seq) = seq else {
                     return Ok(Vec::new());
                 };
-                tx.ledger_entries_naming(
+                Ok(tx.ledger_entries_naming(
                     tenant,
                     (seq.saturating_sub(5), seq.saturating_add(LEDGER_WINDOW)),
                     ids,
-                )
+                )?)
             };
             // A hold names its approval request; an allow made with an approval
             // token names it in its `approval.token_used` entry.

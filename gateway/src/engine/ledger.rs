@@ -246,7 +246,7 @@ pub(crate) fn events(
     after_seq: u64,
     limit: u64,
 ) -> Result<Vec<LedgerEvent>, ApiError> {
-    tx.ledger_events(tenant_id, after_seq, limit)
+    Ok(tx.ledger_events(tenant_id, after_seq, limit)?)
 }
 
 /// Checks every tenant's chain: sequence numbers, links and hashes.

@@ -752,7 +752,7 @@ impl Engine {
         principal: &Principal,
         query: &ApprovalQuery,
     ) -> Result<u64, ApiError> {
-        self.read(|tx, now| tx.count_approvals(&principal.tenant_id, query, now))
+        self.read(|tx, now| Ok(tx.count_approvals(&principal.tenant_id, query, now)?))
     }
 
     /// `GET /v1/approvals/{id}`.
@@ -989,7 +989,7 @@ pub(crate) fn live_reservations(
 /// Open reservations of `intent` past their TTL that the sweep has not expired yet:
 /// every read of a budget leaves them out.
 pub(crate) fn lapsed_cents(tx: &dyn Tx, intent: &str, now: i64) -> Result<u64, ApiError> {
-    tx.lapsed_of_intent(intent, now)
+    Ok(tx.lapsed_of_intent(intent, now)?)
 }
 
 /// Expires every open reservation past its TTL: its amount returns to its intent's

@@ -330,7 +330,7 @@ impl Engine {
             Storage::File(path) => Some(crate::store::DataLock::shared(path)?),
             _ => None,
         };
-        let read_key = |tx: &dyn Tx| tx.stored_root_key();
+        let read_key = |tx: &dyn Tx| Ok(tx.stored_root_key()?);
         let minter = match &config.storage {
             Storage::File(path) => {
                 Self::key_file_minter(&store, &crate::store::root_key_path(path))?
@@ -383,11 +383,11 @@ impl Engine {
         if let Some(bytes) = crate::store::read_key_file(key_file)? {
             return Minter::from_key(&bytes).ok_or_else(unusable);
         }
-        let legacy = store.write(None, |tx| tx.stored_root_key())?;
+        let legacy = store.write(None, |tx| Ok(tx.stored_root_key()?))?;
         let bytes = legacy.unwrap_or_else(Minter::new_key);
         let minter = Minter::from_key(&bytes).ok_or_else(unusable)?;
         crate::store::write_key_file(key_file, &bytes)?;
-        store.write(None, |tx| tx.erase_root_key())?;
+        store.write(None, |tx| Ok(tx.erase_root_key()?))?;
         Ok(minter)
     }
 
@@ -437,7 +437,7 @@ impl Engine {
                     if let Some(old) = &old {
                         rewrap_signing_keys(tx, old, &new)?;
                     }
-                    tx.replace_root_key(&bytes)
+                    Ok(tx.replace_root_key(&bytes)?)
                 })?;
                 Ok(())
             }
@@ -725,7 +725,7 @@ impl Engine {
 
     /// [`Self::tenant_by_name`] on the caller's thread, which waits for the store.
     pub(crate) fn tenant_by_name_blocking(&self, name: &str) -> Result<Option<String>, ApiError> {
-        self.read(|tx, _| tx.tenant_named(name))
+        self.read(|tx, _| Ok(tx.tenant_named(name)?))
     }
 
     /// Revokes every key of a tenant and issues three new ones.
@@ -860,7 +860,7 @@ impl Engine {
         // Read before the key: a revocation heard after this is not missed.
         let generation = self.store.keys_generation();
         let row = self
-            .read(|tx, _| tx.key_by_hash(&hash))?
+            .read(|tx, _| Ok(tx.key_by_hash(&hash)?))?
             .map(|k| (k.key_id, k.tenant, k.role, k.subject, k.environment));
         let Some((key_id, tenant_id, role, subject, env)) = row else {
             return Err(ApiError::unauthorized("the API key is not valid"));
@@ -1302,7 +1302,7 @@ impl Engine {
 
     /// [`Self::open_reservations`] on the caller's thread, which waits for the store.
     pub(crate) fn open_reservations_blocking(&self) -> Result<u64, ApiError> {
-        self.read(|tx, now| tx.open_reservations(now))
+        self.read(|tx, now| Ok(tx.open_reservations(now)?))
     }
 
     /// Approval requests of every tenant waiting for an operator (not past their expiry).
@@ -1312,7 +1312,7 @@ impl Engine {
 
     /// [`Self::pending_approvals`] on the caller's thread, which waits for the store.
     pub(crate) fn pending_approvals_blocking(&self) -> Result<u64, ApiError> {
-        self.read(|tx, now| tx.pending_approvals(now))
+        self.read(|tx, now| Ok(tx.pending_approvals(now)?))
     }
 
     /// Prometheus text for `/metrics`.

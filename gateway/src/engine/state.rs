@@ -950,7 +950,7 @@ mod tests {
         assert!(engine.verify_ledger_blocking().unwrap().valid);
         // A row changed behind the ledger's back.
         engine
-            .tx(|tx, _| tx.tamper_consumed(&boot.intent_id.to_string(), 5))
+            .tx(|tx, _| Ok(tx.tamper_consumed(&boot.intent_id.to_string(), 5)?))
             .unwrap();
         let check = engine.verify_ledger_blocking().unwrap();
         assert!(!check.valid);

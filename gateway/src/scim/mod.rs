@@ -63,3 +63,9 @@ impl From<crate::error::ApiError> for ScimError {
         Self::new(e.status, None, e.message)
     }
 }
+
+impl From<crate::store::StoreError> for ScimError {
+    fn from(e: crate::store::StoreError) -> Self {
+        crate::error::ApiError::from(e).into()
+    }
+}

@@ -101,6 +101,18 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::from_sqlite(&e)
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Failed(format!("stored JSON: {e}"))
+    }
+}
+
 /// The answer to a storage failure: its status and code, a message that says
 /// nothing was decided or changed, and the details in the log.
 impl From<StoreError> for ApiError {

@@ -432,10 +432,10 @@ pub(in crate::store) struct Row(pub(in crate::store) Vec<Value>);
 
 impl Row {
     /// Column `i` as a `T`; a stored value of another type is a storage error.
-    pub(in crate::store) fn get<T: FromValue>(&self, i: usize) -> Result<T, ApiError> {
+    pub(in crate::store) fn get<T: FromValue>(&self, i: usize) -> Result<T, StoreError> {
         let v = self.0.get(i).cloned().unwrap_or(Value::Null);
         T::from_value(v).ok_or_else(|| {
-            ApiError::internal(format_args!(
+            StoreError::Failed(format!(
                 "storage: column {i} holds {:?}, not a {}",
                 self.0.get(i),
                 std::any::type_name::<T>()
@@ -450,16 +450,16 @@ impl Row {
 /// `dyn Tx`. The engine calls the typed operations [`ops`] defines on a [`Tx`];
 /// only they, the stores and the schema write statements.
 mod sql {
+    use super::StoreError;
     use super::{Arg, Held, Row};
-    use crate::error::ApiError;
 
     /// Runs SQL in one transaction (see [`super::Tx`]).
     pub(in crate::store) trait Sql {
         /// Runs a statement; the number of rows it changed.
-        fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ApiError>;
+        fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError>;
 
         /// Runs a query; every row.
-        fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, ApiError>;
+        fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError>;
 
         /// Runs a write whose only outcome that matters is success. A store may hold it
         /// back and send it with the transaction's next statement or its commit
@@ -469,7 +469,7 @@ mod sql {
         /// statement, or by the commit of the group the operation ran in; either way
         /// no operation whose writes were lost is answered Ok. The SQL is one of the
         /// engine's constant statements.
-        fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), ApiError> {
+        fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), StoreError> {
             self.execute(sql, args).map(drop)
         }
 
@@ -482,7 +482,7 @@ mod sql {
             sql: &str,
             args: &[Arg<'_>],
             may_change: &dyn Fn(&Held) -> bool,
-        ) -> Result<Vec<Row>, ApiError> {
+        ) -> Result<Vec<Row>, StoreError> {
             let _ = may_change;
             self.query(sql, args)
         }
@@ -495,7 +495,7 @@ mod sql {
 pub(crate) trait Tx: sql::Sql {
     /// Serializes this transaction against every other that locks the same tenant
     /// (a row lock on PostgreSQL; SQLite has one writer, so nothing to do).
-    fn lock_tenant(&self, tenant_id: &str) -> Result<(), ApiError>;
+    fn lock_tenant(&self, tenant_id: &str) -> Result<(), StoreError>;
 
     /// The writer's in-memory spend state ([`LiveState`]), where one writer makes
     /// every change to the database (SQLite); `None` elsewhere (PostgreSQL, whose
@@ -516,8 +516,8 @@ impl dyn Tx + '_ {
         &self,
         sql: &str,
         args: &[Arg<'_>],
-        f: impl FnMut(&Row) -> Result<T, ApiError>,
-    ) -> Result<Vec<T>, ApiError> {
+        f: impl FnMut(&Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
         self.query(sql, args)?.iter().map(f).collect()
     }
 
@@ -526,8 +526,8 @@ impl dyn Tx + '_ {
         &self,
         sql: &str,
         args: &[Arg<'_>],
-        f: impl FnOnce(&Row) -> Result<T, ApiError>,
-    ) -> Result<Option<T>, ApiError> {
+        f: impl FnOnce(&Row) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
         self.query(sql, args)?.first().map(f).transpose()
     }
 
@@ -536,10 +536,11 @@ impl dyn Tx + '_ {
         &self,
         sql: &str,
         args: &[Arg<'_>],
-        f: impl FnOnce(&Row) -> Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
-        self.query_opt(sql, args, f)?
-            .ok_or_else(|| ApiError::internal("storage: a query expected a row and got none"))
+        f: impl FnOnce(&Row) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.query_opt(sql, args, f)?.ok_or_else(|| {
+            StoreError::Failed("storage: a query expected a row and got none".to_owned())
+        })
     }
 }
 

@@ -123,7 +123,7 @@ struct OpenGroup {
     pending: RefCell<Vec<Later>>,
     /// Why the group cannot commit: held-back writes of its operations could not
     /// be sent.
-    broken: RefCell<Option<ApiError>>,
+    broken: RefCell<Option<StoreError>>,
     /// How it ended, for its writes to wait on.
     outcome: Arc<Outcome>,
 }
@@ -172,7 +172,7 @@ fn storage_error(e: impl std::fmt::Display) -> ApiError {
     StoreError::Failed(format!("storage: {e}")).into()
 }
 
-impl From<tokio_postgres::Error> for ApiError {
+impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         // The database's own message (constraint, lock, connection), never a value.
         let detail = e.as_db_error().map_or_else(
@@ -180,13 +180,19 @@ impl From<tokio_postgres::Error> for ApiError {
             |d| format!("{} ({})", d.message(), d.code().code()),
         );
         if unreachable(&e) {
-            StoreError::Unavailable(detail).into()
+            Self::Unavailable(detail)
         } else {
             match e.code() {
-                Some(code) => StoreError::from_sqlstate(Some(code.code()), detail).into(),
-                None => storage_error(detail),
+                Some(code) => Self::from_sqlstate(Some(code.code()), detail),
+                None => Self::Failed(format!("storage: {detail}")),
             }
         }
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::from(e).into()
     }
 }
 
@@ -244,7 +250,7 @@ fn on_runtime<T: Send + 'static>(
 /// Waits for `fut`, requests of a client, on this thread. A client hands its
 /// requests to its connection's task (on the store's runtime) over a channel, so
 /// they are awaited here without a hop through the runtime.
-fn run<T>(fut: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, ApiError> {
+fn run<T>(fut: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, StoreError> {
     futures_executor::block_on(fut).map_err(Into::into)
 }
 
@@ -382,7 +388,7 @@ impl PgStore {
             tx.control_later(begin);
             tx.check_floor()
         } else {
-            tx.control(begin)
+            tx.control(begin).map_err(ApiError::from)
         };
         let out = match begun {
             Ok(()) => catch_unwind(AssertUnwindSafe(|| f(&tx))),
@@ -405,7 +411,7 @@ impl PgStore {
         self.put_back(conn.into_inner());
         match out {
             Err(panic) => resume_unwind(panic),
-            Ok(Ok(v)) => end.map(|()| v),
+            Ok(Ok(v)) => end.map(|()| v).map_err(ApiError::from),
             Ok(Err(e)) => Err(e),
         }
     }
@@ -564,7 +570,7 @@ impl PgStore {
             Ok(())
         };
         self.put_back(open.conn.into_inner());
-        ended
+        ended.map_err(ApiError::from)
     }
 
     /// A transaction for a new group of `tenant`'s: begun, the tenant locked,
@@ -617,7 +623,7 @@ impl PgStore {
                     let _ = tx.control("ROLLBACK");
                 }
                 self.put_back(conn.into_inner());
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -985,7 +991,7 @@ struct GroupWrite<'a> {
     tenant: &'a str,
     live: &'a RefCell<LiveState>,
     /// Set when the group's held-back writes could not be sent.
-    broken: &'a RefCell<Option<ApiError>>,
+    broken: &'a RefCell<Option<StoreError>>,
     /// The write opened the group: it has no savepoint (if it fails, the group
     /// is rolled back, and holds nothing else).
     first: bool,
@@ -1084,7 +1090,7 @@ impl<'a> PgTx<'a> {
     /// Everything not sent yet, to be sent now: a write that joined a group sets
     /// its savepoint first, in front of its own statements. Held-back writes are
     /// merged between transaction controls (never across one) and prepared.
-    fn take_pending(&self) -> Result<Vec<Ready>, ApiError> {
+    fn take_pending(&self) -> Result<Vec<Ready>, StoreError> {
         let pending = {
             let mut pending = self.pending.borrow_mut();
             if let Some(g) = &self.group {
@@ -1125,7 +1131,7 @@ impl<'a> PgTx<'a> {
     }
 
     /// `writes`, merged and prepared, onto `ready`.
-    fn prepare_writes(&self, writes: Vec<Held>, ready: &mut Vec<Ready>) -> Result<(), ApiError> {
+    fn prepare_writes(&self, writes: Vec<Held>, ready: &mut Vec<Ready>) -> Result<(), StoreError> {
         for m in held::coalesce(writes) {
             ready.push(Ready::Execute(self.statement(m.sql.as_str())?, m.args));
         }
@@ -1160,7 +1166,7 @@ impl<'a> PgTx<'a> {
 
     /// Sends what is pending, then `then` (if any), in one round trip: the first
     /// failure, if one fails.
-    fn send(&self, then: Option<Ready>) -> Result<(), ApiError> {
+    fn send(&self, then: Option<Ready>) -> Result<(), StoreError> {
         let mut later = self.take_pending()?;
         later.extend(then);
         if later.is_empty() {
@@ -1171,7 +1177,7 @@ impl<'a> PgTx<'a> {
     }
 
     /// Sends `sql` (transaction control) with what is pending.
-    fn control(&self, sql: &'static str) -> Result<(), ApiError> {
+    fn control(&self, sql: &'static str) -> Result<(), StoreError> {
         self.send(Some(Ready::Control(sql)))
     }
 
@@ -1202,7 +1208,7 @@ impl<'a> PgTx<'a> {
     /// [`Self::check_floor`] for a tenant's new group, with what each of its
     /// decisions reads of the tenant (its policy version and its ledger tip) read
     /// in the same statement and kept in the group's live state.
-    fn start_group(&self, tenant: &str, live: &mut LiveState) -> Result<(), ApiError> {
+    fn start_group(&self, tenant: &str, live: &mut LiveState) -> Result<(), StoreError> {
         let rows = self.call(
             "SELECT (SELECT served_from FROM schema_floor WHERE id = 1),
                  (SELECT version FROM tenant_policies WHERE tenant_id = ?1),
@@ -1214,17 +1220,17 @@ impl<'a> PgTx<'a> {
             true,
         )?;
         let Some(row) = rows.0.first() else {
-            return Err(ApiError::internal(
-                "storage: a group's first read returned no row",
+            return Err(StoreError::Failed(
+                "storage: a group's first read returned no row".to_owned(),
             ));
         };
-        let floor: Option<i64> = row.try_get(0).map_err(ApiError::from)?;
+        let floor: Option<i64> = row.try_get(0).map_err(StoreError::from)?;
         if let Some(floor) = floor.filter(|f| *f > schema::LATEST) {
-            return Err(schema::outdated(floor));
+            return Err(StoreError::Outdated { floor });
         }
-        let version: Option<i64> = row.try_get(1).map_err(ApiError::from)?;
-        let seq: Option<i64> = row.try_get(2).map_err(ApiError::from)?;
-        let hash: Option<String> = row.try_get(3).map_err(ApiError::from)?;
+        let version: Option<i64> = row.try_get(1).map_err(StoreError::from)?;
+        let seq: Option<i64> = row.try_get(2).map_err(StoreError::from)?;
+        let hash: Option<String> = row.try_get(3).map_err(StoreError::from)?;
         live.set_policy_version(tenant, version.and_then(|v| u64::try_from(v).ok()));
         match (seq.and_then(|s| u64::try_from(s).ok()), hash) {
             (Some(seq), Some(hash)) => live.set_tip(tenant, seq, hash),
@@ -1238,7 +1244,7 @@ impl<'a> PgTx<'a> {
         self.pending.borrow_mut().clear();
     }
 
-    fn statement(&self, sql: &str) -> Result<Statement, ApiError> {
+    fn statement(&self, sql: &str) -> Result<Statement, StoreError> {
         if let Some(s) = self.conn.borrow().statements.get(sql) {
             return Ok(s.clone());
         }
@@ -1259,7 +1265,7 @@ impl<'a> PgTx<'a> {
         sql: &str,
         args: &[Arg<'_>],
         rows: bool,
-    ) -> Result<(Vec<tokio_postgres::Row>, u64), ApiError> {
+    ) -> Result<(Vec<tokio_postgres::Row>, u64), StoreError> {
         let statement = self.statement(sql)?;
         let client = self.conn.borrow().client.clone();
         let owned: Vec<Value> = args.iter().map(Value::from).collect();
@@ -1281,12 +1287,12 @@ impl<'a> PgTx<'a> {
 }
 
 impl super::sql::Sql for PgTx<'_> {
-    fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ApiError> {
+    fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
         self.wrote.set(true);
         Ok(self.call(sql, args, false)?.1)
     }
 
-    fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, ApiError> {
+    fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
         if !sql.trim_start().starts_with("SELECT") {
             self.wrote.set(true);
         }
@@ -1298,7 +1304,7 @@ impl super::sql::Sql for PgTx<'_> {
         sql: &str,
         args: &[Arg<'_>],
         may_change: &dyn Fn(&Held) -> bool,
-    ) -> Result<Vec<Row>, ApiError> {
+    ) -> Result<Vec<Row>, StoreError> {
         // Only held-back writes may stay behind: a pending transaction control
         // (`BEGIN`, a savepoint) goes first, and with it everything pending.
         let past = self.pending.borrow().iter().all(|l| match l {
@@ -1319,7 +1325,7 @@ impl super::sql::Sql for PgTx<'_> {
             .collect()
     }
 
-    fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), ApiError> {
+    fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), StoreError> {
         self.wrote.set(true);
         self.pending.borrow_mut().push(Later::Write(Held::new(
             sql,
@@ -1330,7 +1336,7 @@ impl super::sql::Sql for PgTx<'_> {
 }
 
 impl Tx for PgTx<'_> {
-    fn lock_tenant(&self, tenant_id: &str) -> Result<(), ApiError> {
+    fn lock_tenant(&self, tenant_id: &str) -> Result<(), StoreError> {
         if self.group.as_ref().is_some_and(|g| g.tenant == tenant_id) {
             // The group locked it when it began.
             return Ok(());
@@ -1351,7 +1357,7 @@ impl Tx for PgTx<'_> {
     }
 }
 
-fn read_row(row: &tokio_postgres::Row) -> Result<Row, ApiError> {
+fn read_row(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
     let mut values = Vec::with_capacity(row.len());
     for (i, column) in row.columns().iter().enumerate() {
         let ty = column.type_();
@@ -1375,8 +1381,8 @@ fn read_row(row: &tokio_postgres::Row) -> Result<Row, ApiError> {
         {
             row.try_get::<_, Option<String>>(i)?.map(Value::Text)
         } else {
-            return Err(storage_error(format_args!(
-                "column {} has type {ty}, which the engine does not read",
+            return Err(StoreError::Failed(format!(
+                "storage: column {} has type {ty}, which the engine does not read",
                 column.name()
             )));
         };
@@ -1449,10 +1455,10 @@ pub(crate) mod tests {
     }
 
     fn put(tx: &dyn Tx, key: &str) -> Result<(), ApiError> {
-        tx.execute_later(
+        Ok(tx.execute_later(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)",
             args![key, b"v".as_slice()],
-        )
+        )?)
     }
 
     /// Tenant `t`, whose writes the tests group.
@@ -1464,6 +1470,7 @@ pub(crate) mod tests {
                     args![],
                 )
                 .map(drop)
+                .map_err(ApiError::from)
             })
             .unwrap();
     }
@@ -1477,11 +1484,11 @@ pub(crate) mod tests {
     fn stored(store: &PgStore) -> Vec<String> {
         store
             .read(|tx| {
-                tx.query_map(
+                Ok(tx.query_map(
                     "SELECT key FROM meta WHERE key LIKE 'op-%' ORDER BY key",
                     args![],
                     |r| r.get(0),
-                )
+                )?)
             })
             .unwrap()
     }
@@ -1511,9 +1518,11 @@ pub(crate) mod tests {
     fn newest(store: &PgStore) -> i64 {
         store
             .read(|tx| {
-                tx.query_one("SELECT MAX(version) FROM schema_migrations", args![], |r| {
-                    r.get(0)
-                })
+                Ok(
+                    tx.query_one("SELECT MAX(version) FROM schema_migrations", args![], |r| {
+                        r.get(0)
+                    })?,
+                )
             })
             .unwrap()
     }
@@ -1532,6 +1541,7 @@ pub(crate) mod tests {
                 args![],
             )
             .map(drop)
+            .map_err(ApiError::from)
         })
         .unwrap();
         let expand = schema::Migration {
@@ -1578,6 +1588,7 @@ pub(crate) mod tests {
         old.write(|tx| {
             tx.execute("UPDATE replicas SET seen_ms = 0", args![])
                 .map(drop)
+                .map_err(ApiError::from)
         })
         .unwrap();
         // A write that began before the migration commits before it applies: the
@@ -1862,6 +1873,7 @@ pub(crate) mod tests {
                     args![],
                 )
                 .map(drop)
+                .map_err(ApiError::from)
             })
             .unwrap();
         // Each statement reads one reservation, or none: the plan's rows, one
@@ -1875,9 +1887,11 @@ pub(crate) mod tests {
         ] {
             let plan: Vec<String> = store
                 .write(|tx| {
-                    tx.query_map(&format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}"), args, |r| {
-                        r.get(0)
-                    })
+                    Ok(
+                        tx.query_map(&format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}"), args, |r| {
+                            r.get(0)
+                        })?,
+                    )
                 })
                 .unwrap();
             let plan = plan.join("\n");

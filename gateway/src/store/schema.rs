@@ -609,9 +609,11 @@ mod tests {
         let versions = crate::store::Store::open(&Storage::Memory, 1 << 20)
             .unwrap()
             .write(None, |tx: &dyn Tx| {
-                tx.query_one("SELECT MAX(version) FROM schema_migrations", args![], |r| {
-                    r.get::<i64>(0)
-                })
+                Ok(
+                    tx.query_one("SELECT MAX(version) FROM schema_migrations", args![], |r| {
+                        r.get::<i64>(0)
+                    })?,
+                )
             })
             .unwrap();
         assert_eq!(versions, LATEST);
@@ -671,8 +673,9 @@ mod tests {
         let store = Store::open(&Storage::File(db), 1 << 20).unwrap();
         store
             .write(None, |tx: &dyn Tx| {
-                tx.execute("INSERT INTO meta (key, value) VALUES ('k', X'00')", args![])
-                    .map(drop)
+                Ok(tx
+                    .execute("INSERT INTO meta (key, value) VALUES ('k', X'00')", args![])
+                    .map(drop)?)
             })
             .unwrap();
     }

@@ -1203,7 +1203,7 @@ impl WriterTx<'_> {
     /// (which is set then, the first time): they succeeded, and a failure of this
     /// one must not undo them. If one of theirs fails now, the group cannot
     /// commit.
-    fn send(&self) -> Result<(), ApiError> {
+    fn send(&self) -> Result<(), StoreError> {
         if !self.first && !self.savepoint.get() {
             let before: Vec<Held> = {
                 let mut held = self.held.borrow_mut();
@@ -1214,14 +1214,14 @@ impl WriterTx<'_> {
             self.mark.set(0);
             if let Err(e) = send_held(self.conn, before) {
                 *self.broken.borrow_mut() = Some(e.clone());
-                return Err(e.into());
+                return Err(e);
             }
             control(self.conn, "SAVEPOINT op")?;
             self.savepoint.set(true);
         }
         let own = std::mem::take(&mut *self.held.borrow_mut());
         self.mark.set(0);
-        send_held(self.conn, own).map_err(ApiError::from)
+        send_held(self.conn, own)
     }
 }
 
@@ -1238,13 +1238,13 @@ fn send_held(conn: &Connection, writes: Vec<Held>) -> Result<(), StoreError> {
 }
 
 impl super::sql::Sql for WriterTx<'_> {
-    fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ApiError> {
+    fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
         self.wrote.set(true);
         self.send()?;
         super::sql::Sql::execute(self.conn, sql, args)
     }
 
-    fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, ApiError> {
+    fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
         // A query may write too (`INSERT … RETURNING`).
         if !sql.trim_start().starts_with("SELECT") {
             self.wrote.set(true);
@@ -1258,7 +1258,7 @@ impl super::sql::Sql for WriterTx<'_> {
         sql: &str,
         args: &[Arg<'_>],
         may_change: &dyn Fn(&Held) -> bool,
-    ) -> Result<Vec<Row>, ApiError> {
+    ) -> Result<Vec<Row>, StoreError> {
         if !sql.trim_start().starts_with("SELECT") || self.held.borrow().iter().any(may_change) {
             return self.query(sql, args);
         }
@@ -1267,7 +1267,7 @@ impl super::sql::Sql for WriterTx<'_> {
         super::sql::Sql::query(self.conn, sql, args)
     }
 
-    fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), ApiError> {
+    fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), StoreError> {
         // Held back only while another operation waits to join the group, so
         // that there is something to merge with; one that will commit alone
         // writes at once (holding would only copy its arguments).
@@ -1283,7 +1283,7 @@ impl super::sql::Sql for WriterTx<'_> {
 }
 
 impl Tx for WriterTx<'_> {
-    fn lock_tenant(&self, tenant_id: &str) -> Result<(), ApiError> {
+    fn lock_tenant(&self, tenant_id: &str) -> Result<(), StoreError> {
         Tx::lock_tenant(self.conn, tenant_id)
     }
 
@@ -1313,14 +1313,14 @@ impl rusqlite::ToSql for Arg<'_> {
 }
 
 impl super::sql::Sql for Connection {
-    fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, ApiError> {
+    fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
         let changed = self
             .prepare_cached(sql)?
             .execute(params_from_iter(args.iter()))?;
         Ok(u64::try_from(changed).unwrap_or(u64::MAX))
     }
 
-    fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, ApiError> {
+    fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
         let mut stmt = self.prepare_cached(sql)?;
         let columns = stmt.column_count();
         let mut rows = stmt.query(params_from_iter(args.iter()))?;
@@ -1345,7 +1345,7 @@ impl super::sql::Sql for Connection {
 }
 
 impl Tx for Connection {
-    fn lock_tenant(&self, _tenant_id: &str) -> Result<(), ApiError> {
+    fn lock_tenant(&self, _tenant_id: &str) -> Result<(), StoreError> {
         // One connection, one writer: every transaction is already serialized.
         Ok(())
     }
@@ -1546,7 +1546,9 @@ mod tests {
 
     fn stored(store: &SqliteStore, key: &str) -> bool {
         store
-            .write(|tx| tx.query_opt("SELECT 1 FROM meta WHERE key = ?1", args![key], |_| Ok(())))
+            .write(|tx| {
+                Ok(tx.query_opt("SELECT 1 FROM meta WHERE key = ?1", args![key], |_| Ok(()))?)
+            })
             .unwrap()
             .is_some()
     }
@@ -1555,16 +1557,16 @@ mod tests {
         tx.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)",
             args![key, b"v".as_slice()],
-        )
-        .map(drop)
+        )?;
+        Ok(())
     }
 
     /// [`put`], held back.
     fn put_later(tx: &dyn Tx, key: &str) -> Result<(), ApiError> {
-        tx.execute_later(
+        Ok(tx.execute_later(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)",
             args![key, b"v".as_slice()],
-        )
+        )?)
     }
 
     #[test]
@@ -1885,6 +1887,7 @@ mod tests {
                 args![big.clone()],
             )
             .map(drop)
+            .map_err(ApiError::from)
         };
         let refused = store.write(write_big).unwrap_err();
         assert_eq!((refused.status, refused.code), (507, "storage_full"));
@@ -1900,10 +1903,10 @@ mod tests {
                 answers.push(tokio::spawn(
                     store
                         .submit(i, move |i: &u32, tx: &dyn Tx| {
-                            tx.execute_later(
+                            Ok(tx.execute_later(
                                 "INSERT INTO meta (key, value) VALUES (?1, ?2)",
                                 args![format!("big-{i}"), big],
-                            )
+                            )?)
                         })
                         .ok()
                         .unwrap(),
@@ -1953,11 +1956,11 @@ mod tests {
             let store = store.clone();
             std::thread::spawn(move || {
                 let seen = store.read(|tx| {
-                    tx.query_map(
+                    Ok(tx.query_map(
                         "SELECT key FROM meta WHERE key IN ('committed', 'uncommitted')",
                         args![],
                         |r| r.get::<String>(0),
-                    )
+                    )?)
                 });
                 answer.send(seen).unwrap();
             });
@@ -1986,7 +1989,7 @@ mod tests {
 
     fn page_size(store: &SqliteStore) -> i64 {
         store
-            .write(|tx| tx.query_one("PRAGMA page_size", args![], |r| r.get(0)))
+            .write(|tx| Ok(tx.query_one("PRAGMA page_size", args![], |r| r.get(0))?))
             .unwrap()
     }
 
@@ -2001,10 +2004,10 @@ mod tests {
         for n in 0..3 {
             store
                 .write(|tx| {
-                    tx.execute(
+                    Ok(tx.execute(
                         "INSERT INTO meta (key, value) VALUES (?1, x'00')",
                         args![format!("k{n}")],
-                    )
+                    )?)
                 })
                 .unwrap();
         }
@@ -2014,7 +2017,7 @@ mod tests {
         assert!(store.stats().operations.sum() >= 3);
         assert!(store.stats().fsync_us.count() > fsyncs);
         // A failed operation commits nothing: it is not counted.
-        let _ = store.write(|tx| tx.execute("INSERT INTO meta (key) VALUES ('k0')", args![]));
+        let _ = store.write(|tx| Ok(tx.execute("INSERT INTO meta (key) VALUES ('k0')", args![])?));
         assert_eq!(store.stats().commit_us.count(), commits + 3);
         let mut out = String::new();
         store.stats().render(&mut out, true);
@@ -2057,9 +2060,11 @@ mod tests {
         let plan = |sql: &str, args: &[crate::store::Arg<'_>]| -> String {
             store
                 .write(|tx| {
-                    tx.query_map(&format!("EXPLAIN QUERY PLAN {sql}"), args, |r| {
-                        r.get::<String>(3)
-                    })
+                    Ok(
+                        tx.query_map(&format!("EXPLAIN QUERY PLAN {sql}"), args, |r| {
+                            r.get::<String>(3)
+                        })?,
+                    )
                 })
                 .unwrap()
                 .join("; ")

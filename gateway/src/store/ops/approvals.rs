@@ -5,8 +5,7 @@ use paybond_middleware_core::wire::ApprovalState;
 
 use crate::engine::lifecycle::ApprovalQuery;
 
-use crate::error::ApiError;
-use crate::store::{Arg, Row, ToArg as _, Tx, args};
+use crate::store::{Arg, Row, StoreError, ToArg as _, Tx, args};
 
 /// The condition selecting a tenant's approval requests by an [`ApprovalQuery`]:
 /// `?1` the tenant, `?2` the state (`NULL`: any), `?3` now, `?4` the agent, `?5`
@@ -79,7 +78,7 @@ pub(crate) struct ApprovalRow {
     pub(crate) decided: Option<i64>,
 }
 
-pub(super) fn approval_row(r: &Row) -> Result<ApprovalRow, ApiError> {
+pub(super) fn approval_row(r: &Row) -> Result<ApprovalRow, StoreError> {
     Ok(ApprovalRow {
         id: r.get(0)?,
         decision: r.get(1)?,
@@ -109,7 +108,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<ApprovalRow>, ApiError> {
+    ) -> Result<Option<ApprovalRow>, StoreError> {
         self.query_opt(
             &format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = ?1 AND tenant_id = ?2"),
             args![id, tenant],
@@ -127,7 +126,7 @@ impl dyn Tx + '_ {
         now: i64,
         after: (i64, &str),
         limit: u32,
-    ) -> Result<Vec<(String, i64)>, ApiError> {
+    ) -> Result<Vec<(String, i64)>, StoreError> {
         let order = if query.oldest_first {
             "AND (created_ms > ?8 OR (created_ms = ?8 AND id > ?9))
              ORDER BY created_ms, id LIMIT ?10"
@@ -147,14 +146,14 @@ impl dyn Tx + '_ {
         tenant: &str,
         query: &ApprovalQuery,
         now: i64,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, StoreError> {
         let sql = format!("SELECT COUNT(*) FROM approvals WHERE {APPROVAL_FILTER}");
         self.query_one(&sql, &filter_args(tenant, query, now), |r| r.get(0))
     }
 
     /// Records that the approval's token was handed over at `now`; false if it
     /// was fetched or used before.
-    pub(crate) fn fetch_approval_token(&self, id: &str, now: i64) -> Result<bool, ApiError> {
+    pub(crate) fn fetch_approval_token(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         Ok(self.execute(
             "UPDATE approvals SET token_fetched_ms = ?2
              WHERE id = ?1 AND token_fetched_ms IS NULL AND token_used_ms IS NULL",
@@ -168,7 +167,7 @@ impl dyn Tx + '_ {
         id: &str,
         approvers: &str,
         approver_ids: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "UPDATE approvals SET approvers = ?2, approver_ids = ?3 WHERE id = ?1",
             args![id, approvers, approver_ids],
@@ -184,7 +183,7 @@ impl dyn Tx + '_ {
         token_hash: &str,
         token_expires: i64,
         now: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "UPDATE approvals SET state = 'approved', approvers = ?2, token = NULL, token_hash = ?3,
              token_expires_ms = ?4, decided_ms = ?5 WHERE id = ?1",
@@ -194,7 +193,7 @@ impl dyn Tx + '_ {
     }
 
     /// Denies the request at `now`.
-    pub(crate) fn deny_approval(&self, id: &str, now: i64) -> Result<(), ApiError> {
+    pub(crate) fn deny_approval(&self, id: &str, now: i64) -> Result<(), StoreError> {
         self.execute(
             "UPDATE approvals SET state = 'denied', decided_ms = ?2 WHERE id = ?1",
             args![id, now],
@@ -204,7 +203,7 @@ impl dyn Tx + '_ {
 
     /// Every tenant's pending requests past their expiry at `now` (tenant, id),
     /// by tenant.
-    pub(crate) fn approvals_due(&self, now: i64) -> Result<Vec<(String, String)>, ApiError> {
+    pub(crate) fn approvals_due(&self, now: i64) -> Result<Vec<(String, String)>, StoreError> {
         self.query_map(
             "SELECT tenant_id, id FROM approvals WHERE state = 'pending' AND expires_ms <= ?1
              ORDER BY tenant_id",
@@ -214,7 +213,7 @@ impl dyn Tx + '_ {
     }
 
     /// Expires a pending request; false if it was decided meanwhile.
-    pub(crate) fn expire_approval(&self, id: &str) -> Result<bool, ApiError> {
+    pub(crate) fn expire_approval(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.execute(
             "UPDATE approvals SET state = 'expired' WHERE id = ?1 AND state = 'pending'",
             args![id],
@@ -222,7 +221,7 @@ impl dyn Tx + '_ {
     }
 
     /// Forgets every approval token past its expiry at `now`.
-    pub(crate) fn drop_expired_approval_tokens(&self, now: i64) -> Result<(), ApiError> {
+    pub(crate) fn drop_expired_approval_tokens(&self, now: i64) -> Result<(), StoreError> {
         self.execute(
             "UPDATE approvals SET token = NULL WHERE token IS NOT NULL AND token_expires_ms <= ?1",
             args![now],

@@ -1,8 +1,7 @@
 //! Audit exports: their jobs, bundles and signing keys, and what a bundle
 //! collects of a tenant's records in a time window.
 
-use crate::error::ApiError;
-use crate::store::{Row, Tx, args};
+use crate::store::{Row, StoreError, Tx, args};
 
 use super::approvals::{APPROVAL_COLUMNS, ApprovalRow, approval_row};
 use super::reads::{
@@ -32,7 +31,7 @@ pub(crate) struct JobRow {
     pub(crate) bundle_size_bytes: Option<u64>,
 }
 
-fn job_row(r: &Row) -> Result<JobRow, ApiError> {
+fn job_row(r: &Row) -> Result<JobRow, StoreError> {
     Ok(JobRow {
         id: r.get(0)?,
         tenant: r.get(1)?,
@@ -82,7 +81,7 @@ fn in_window(intent_column: &str) -> String {
 
 impl dyn Tx + '_ {
     /// Queues an export job.
-    pub(crate) fn queue_export(&self, j: &NewJob<'_>) -> Result<(), ApiError> {
+    pub(crate) fn queue_export(&self, j: &NewJob<'_>) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO audit_exports (id, tenant_id, status, disclosure_tier, filter,
                 created_by, created_ms, expires_ms, heartbeat_ms, stage, percent)
@@ -101,7 +100,7 @@ impl dyn Tx + '_ {
     }
 
     /// The tenant's export job `id`.
-    pub(crate) fn export_job(&self, tenant: &str, id: &str) -> Result<Option<JobRow>, ApiError> {
+    pub(crate) fn export_job(&self, tenant: &str, id: &str) -> Result<Option<JobRow>, StoreError> {
         self.query_opt(
             &format!("SELECT {JOB_COLUMNS} FROM audit_exports WHERE id = ?1 AND tenant_id = ?2"),
             args![id, tenant],
@@ -116,7 +115,7 @@ impl dyn Tx + '_ {
         tenant: &str,
         before: (i64, &str),
         limit: u32,
-    ) -> Result<Vec<JobRow>, ApiError> {
+    ) -> Result<Vec<JobRow>, StoreError> {
         self.query_map(
             &format!(
                 "SELECT {JOB_COLUMNS} FROM audit_exports WHERE tenant_id = ?1
@@ -135,7 +134,7 @@ impl dyn Tx + '_ {
         id: &str,
         status: &str,
         error: Option<&str>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "UPDATE audit_exports SET status = ?2, error = COALESCE(?3, error), bundle = NULL,
              download_token_hash = NULL, download_token_expires_ms = NULL WHERE id = ?1",
@@ -145,7 +144,7 @@ impl dyn Tx + '_ {
     }
 
     /// Fails a queued or running job at `now`, saying why.
-    pub(crate) fn fail_export(&self, id: &str, why: &str, now: i64) -> Result<(), ApiError> {
+    pub(crate) fn fail_export(&self, id: &str, why: &str, now: i64) -> Result<(), StoreError> {
         self.execute(
             "UPDATE audit_exports SET status = 'failed', stage = 'failed', error = ?2,
              heartbeat_ms = ?3 WHERE id = ?1 AND status IN ('queued', 'running')",
@@ -161,7 +160,7 @@ impl dyn Tx + '_ {
         stage: &str,
         percent: u32,
         now: i64,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, StoreError> {
         Ok(self.execute(
             "UPDATE audit_exports SET status = 'running', stage = ?2, percent = ?3,
              heartbeat_ms = ?4 WHERE id = ?1 AND status IN ('queued', 'running')",
@@ -175,7 +174,7 @@ impl dyn Tx + '_ {
         id: &str,
         bundle: &BuiltBundle<'_>,
         now: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "UPDATE audit_exports SET status = 'ready', stage = 'done', percent = 100,
              heartbeat_ms = ?2, manifest_sha256 = ?3, bundle_sha256 = ?4,
@@ -194,7 +193,7 @@ impl dyn Tx + '_ {
     }
 
     /// A ready job's bundle.
-    pub(crate) fn export_bundle(&self, id: &str) -> Result<Vec<u8>, ApiError> {
+    pub(crate) fn export_bundle(&self, id: &str) -> Result<Vec<u8>, StoreError> {
         self.query_one(
             "SELECT bundle FROM audit_exports WHERE id = ?1",
             args![id],
@@ -208,7 +207,7 @@ impl dyn Tx + '_ {
         id: &str,
         token_hash: &str,
         expires_ms: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "UPDATE audit_exports SET download_token_hash = ?2,
              download_token_expires_ms = ?3 WHERE id = ?1",
@@ -218,7 +217,7 @@ impl dyn Tx + '_ {
     }
 
     /// Deletes a job's bundle and download token; the job stays, `deleted`.
-    pub(crate) fn delete_export(&self, id: &str) -> Result<(), ApiError> {
+    pub(crate) fn delete_export(&self, id: &str) -> Result<(), StoreError> {
         self.end_export(id, "deleted", None)
     }
 
@@ -228,7 +227,7 @@ impl dyn Tx + '_ {
         &self,
         id: &str,
         token_hash: &str,
-    ) -> Result<Option<(String, i64)>, ApiError> {
+    ) -> Result<Option<(String, i64)>, StoreError> {
         self.query_opt(
             "SELECT tenant_id, download_token_expires_ms FROM audit_exports
              WHERE id = ?1 AND download_token_hash = ?2",
@@ -242,7 +241,7 @@ impl dyn Tx + '_ {
     pub(crate) fn signing_key(
         &self,
         tenant: &str,
-    ) -> Result<Option<(Vec<u8>, String, i64)>, ApiError> {
+    ) -> Result<Option<(Vec<u8>, String, i64)>, StoreError> {
         self.query_opt(
             "SELECT secret_key, public_key_hex, created_ms FROM signing_keys WHERE tenant_id = ?1",
             args![tenant],
@@ -257,7 +256,7 @@ impl dyn Tx + '_ {
         wrapped: &[u8],
         public_hex: &str,
         now: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO signing_keys (tenant_id, secret_key, public_key_hex, created_ms)
              VALUES (?1, ?2, ?3, ?4)",
@@ -272,7 +271,7 @@ impl dyn Tx + '_ {
         tenant: &str,
         window: (i64, i64),
         intent: Option<&str>,
-    ) -> Result<Vec<DecisionRow>, ApiError> {
+    ) -> Result<Vec<DecisionRow>, StoreError> {
         self.query_map(
             &format!(
                 "SELECT {DECISION_COLUMNS} FROM decisions WHERE {}",
@@ -290,7 +289,7 @@ impl dyn Tx + '_ {
         tenant: &str,
         window: (i64, i64),
         intent: Option<&str>,
-    ) -> Result<Vec<ApprovalRow>, ApiError> {
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
         self.query_map(
             &format!(
                 "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE {}",
@@ -307,7 +306,7 @@ impl dyn Tx + '_ {
         tenant: &str,
         window: (i64, i64),
         intent: Option<&str>,
-    ) -> Result<Vec<IntentSummaryRow>, ApiError> {
+    ) -> Result<Vec<IntentSummaryRow>, StoreError> {
         self.query_map(
             &format!(
                 "SELECT {INTENT_COLUMNS} FROM intents WHERE {}",
@@ -324,7 +323,7 @@ impl dyn Tx + '_ {
         tenant: &str,
         window: (i64, i64),
         intent: Option<&str>,
-    ) -> Result<Vec<EvidenceRow>, ApiError> {
+    ) -> Result<Vec<EvidenceRow>, StoreError> {
         self.query_map(
             &format!(
                 "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE {}",

@@ -3,8 +3,7 @@
 //! groups give them.
 
 use crate::engine::identity::OidcLogin;
-use crate::error::ApiError;
-use crate::store::{Tx, args};
+use crate::store::{StoreError, Tx, args};
 
 /// A SCIM token: id, name, when made and when revoked.
 pub(crate) type ScimTokenRow = (String, String, i64, Option<i64>);
@@ -30,7 +29,11 @@ pub(crate) struct NewSession<'a> {
 
 impl dyn Tx + '_ {
     /// Whether the tenant's SCIM user `user` is active; `None` if there is none.
-    pub(crate) fn person_active(&self, tenant: &str, user: &str) -> Result<Option<bool>, ApiError> {
+    pub(crate) fn person_active(
+        &self,
+        tenant: &str,
+        user: &str,
+    ) -> Result<Option<bool>, StoreError> {
         self.query_opt(
             "SELECT active FROM scim_users WHERE id = ?1 AND tenant_id = ?2",
             args![user, tenant],
@@ -43,7 +46,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         user: &str,
-    ) -> Result<Vec<String>, ApiError> {
+    ) -> Result<Vec<String>, StoreError> {
         self.query_map(
             "SELECT DISTINCT m.role FROM scim_members s
              JOIN scim_groups g ON g.id = s.group_id
@@ -59,7 +62,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         user: &str,
-    ) -> Result<Option<(String, String)>, ApiError> {
+    ) -> Result<Option<(String, String)>, StoreError> {
         self.query_opt(
             "SELECT u.user_name, t.environment FROM scim_users u JOIN tenants t ON t.id = u.tenant_id
              WHERE u.id = ?1 AND u.tenant_id = ?2",
@@ -73,7 +76,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         group: &str,
-    ) -> Result<Vec<String>, ApiError> {
+    ) -> Result<Vec<String>, StoreError> {
         self.query_map(
             "SELECT DISTINCT s.user_id FROM scim_members s JOIN scim_groups g ON g.id = s.group_id
              WHERE g.tenant_id = ?1 AND g.display_name = ?2",
@@ -87,7 +90,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         external_id: &str,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<String>, StoreError> {
         self.query_opt(
             "SELECT id FROM scim_users WHERE tenant_id = ?1 AND external_id = ?2",
             args![tenant, external_id],
@@ -100,7 +103,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         user_name: &str,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<String>, StoreError> {
         self.query_opt(
             "SELECT id FROM scim_users WHERE tenant_id = ?1 AND user_name_key = ?2",
             args![tenant, user_name.to_lowercase()],
@@ -116,7 +119,7 @@ impl dyn Tx + '_ {
         digest: &str,
         name: &str,
         now: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO scim_tokens (id, tenant_id, digest, name, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -126,7 +129,7 @@ impl dyn Tx + '_ {
     }
 
     /// The tenant's SCIM tokens, oldest first.
-    pub(crate) fn scim_tokens(&self, tenant: &str) -> Result<Vec<ScimTokenRow>, ApiError> {
+    pub(crate) fn scim_tokens(&self, tenant: &str) -> Result<Vec<ScimTokenRow>, StoreError> {
         self.query_map(
             "SELECT id, name, created_ms, revoked_ms FROM scim_tokens WHERE tenant_id = ?1
              ORDER BY created_ms, id",
@@ -140,7 +143,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<ScimTokenRow>, ApiError> {
+    ) -> Result<Option<ScimTokenRow>, StoreError> {
         self.query_opt(
             "SELECT id, name, created_ms, revoked_ms FROM scim_tokens
              WHERE id = ?1 AND tenant_id = ?2",
@@ -156,7 +159,7 @@ impl dyn Tx + '_ {
         tenant: &str,
         id: &str,
         now: i64,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, StoreError> {
         Ok(self.execute(
             "UPDATE scim_tokens SET revoked_ms = ?3
              WHERE id = ?1 AND tenant_id = ?2 AND revoked_ms IS NULL",
@@ -165,7 +168,7 @@ impl dyn Tx + '_ {
     }
 
     /// The tenant of the unrevoked SCIM token with this digest.
-    pub(crate) fn scim_token_tenant(&self, digest: &str) -> Result<Option<String>, ApiError> {
+    pub(crate) fn scim_token_tenant(&self, digest: &str) -> Result<Option<String>, StoreError> {
         self.query_opt(
             "SELECT tenant_id FROM scim_tokens WHERE digest = ?1 AND revoked_ms IS NULL",
             args![digest],
@@ -174,7 +177,7 @@ impl dyn Tx + '_ {
     }
 
     /// The tenant's role mappings (group, role), by group.
-    pub(crate) fn role_mappings(&self, tenant: &str) -> Result<Vec<(String, String)>, ApiError> {
+    pub(crate) fn role_mappings(&self, tenant: &str) -> Result<Vec<(String, String)>, StoreError> {
         self.query_map(
             "SELECT group_name, role FROM role_mappings WHERE tenant_id = ?1 ORDER BY group_name",
             args![tenant],
@@ -189,7 +192,7 @@ impl dyn Tx + '_ {
         group: &str,
         role: &str,
         now: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO role_mappings (tenant_id, group_name, role, updated_ms)
              VALUES (?1, ?2, ?3, ?4)
@@ -200,7 +203,11 @@ impl dyn Tx + '_ {
     }
 
     /// Removes the mapping of the tenant's group `group`; false if it had none.
-    pub(crate) fn remove_role_mapping(&self, tenant: &str, group: &str) -> Result<bool, ApiError> {
+    pub(crate) fn remove_role_mapping(
+        &self,
+        tenant: &str,
+        group: &str,
+    ) -> Result<bool, StoreError> {
         Ok(self.execute(
             "DELETE FROM role_mappings WHERE tenant_id = ?1 AND group_name = ?2",
             args![tenant, group],
@@ -212,7 +219,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         name: &str,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<String>, StoreError> {
         self.query_opt(
             "SELECT key_id FROM api_keys WHERE tenant_id = ?1 AND name = ?2",
             args![tenant, name],
@@ -221,7 +228,7 @@ impl dyn Tx + '_ {
     }
 
     /// Names key `key_id` (a service account's).
-    pub(crate) fn name_key(&self, key_id: &str, name: &str) -> Result<(), ApiError> {
+    pub(crate) fn name_key(&self, key_id: &str, name: &str) -> Result<(), StoreError> {
         self.execute(
             "UPDATE api_keys SET name = ?2 WHERE key_id = ?1",
             args![key_id, name],
@@ -233,7 +240,7 @@ impl dyn Tx + '_ {
     pub(crate) fn service_accounts(
         &self,
         tenant: &str,
-    ) -> Result<Vec<(String, String, String, i64)>, ApiError> {
+    ) -> Result<Vec<(String, String, String, i64)>, StoreError> {
         self.query_map(
             "SELECT key_id, name, role, created_ms FROM api_keys
              WHERE tenant_id = ?1 AND name IS NOT NULL ORDER BY created_ms, key_id",
@@ -247,7 +254,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         key_id: &str,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<String>, StoreError> {
         self.query_opt(
             "SELECT secret_hash FROM api_keys
              WHERE key_id = ?1 AND tenant_id = ?2 AND name IS NOT NULL",
@@ -257,7 +264,7 @@ impl dyn Tx + '_ {
     }
 
     /// Revokes the key with this digest and ends its console sessions.
-    pub(crate) fn revoke_key(&self, secret_hash: &str) -> Result<(), ApiError> {
+    pub(crate) fn revoke_key(&self, secret_hash: &str) -> Result<(), StoreError> {
         self.execute(
             "DELETE FROM api_keys WHERE secret_hash = ?1",
             args![secret_hash],
@@ -270,7 +277,7 @@ impl dyn Tx + '_ {
     }
 
     /// Opens a console session, dropping those past their time.
-    pub(crate) fn open_session(&self, s: &NewSession<'_>) -> Result<(), ApiError> {
+    pub(crate) fn open_session(&self, s: &NewSession<'_>) -> Result<(), StoreError> {
         self.execute(
             "DELETE FROM console_sessions WHERE expires_ms <= ?1",
             args![s.created_ms],
@@ -292,7 +299,11 @@ impl dyn Tx + '_ {
     }
 
     /// The console session whose id hashes to `id_hash`, if live at `now`.
-    pub(crate) fn session(&self, id_hash: &str, now: i64) -> Result<Option<SessionRow>, ApiError> {
+    pub(crate) fn session(
+        &self,
+        id_hash: &str,
+        now: i64,
+    ) -> Result<Option<SessionRow>, StoreError> {
         self.query_opt(
             "SELECT tenant_id, key_hash, user_id, csrf FROM console_sessions
              WHERE id_hash = ?1 AND expires_ms > ?2",
@@ -302,7 +313,7 @@ impl dyn Tx + '_ {
     }
 
     /// Ends the console session whose id hashes to `id_hash`.
-    pub(crate) fn end_session(&self, id_hash: &str) -> Result<(), ApiError> {
+    pub(crate) fn end_session(&self, id_hash: &str) -> Result<(), StoreError> {
         self.execute(
             "DELETE FROM console_sessions WHERE id_hash = ?1",
             args![id_hash],
@@ -311,7 +322,7 @@ impl dyn Tx + '_ {
     }
 
     /// Ends every console session of SCIM user `user`; how many.
-    pub(crate) fn end_person_sessions(&self, user: &str) -> Result<u64, ApiError> {
+    pub(crate) fn end_person_sessions(&self, user: &str) -> Result<u64, StoreError> {
         self.execute(
             "DELETE FROM console_sessions WHERE user_id = ?1",
             args![user],
@@ -326,7 +337,7 @@ impl dyn Tx + '_ {
         client_id: &str,
         wrapped_secret: &[u8],
         now: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO oidc_configs (tenant_id, issuer, client_id, client_secret, updated_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)
@@ -339,10 +350,7 @@ impl dyn Tx + '_ {
 
     /// The tenant's OpenID Connect client: issuer, client id, its secret
     /// (wrapped) and when it was set.
-    pub(crate) fn oidc_client(
-        &self,
-        tenant: &str,
-    ) -> Result<Option<OidcClientRow>, ApiError> {
+    pub(crate) fn oidc_client(&self, tenant: &str) -> Result<Option<OidcClientRow>, StoreError> {
         self.query_opt(
             "SELECT issuer, client_id, client_secret, updated_ms FROM oidc_configs
              WHERE tenant_id = ?1",
@@ -352,7 +360,7 @@ impl dyn Tx + '_ {
     }
 
     /// The tenants with single sign-on (id, name), by name.
-    pub(crate) fn oidc_tenants(&self) -> Result<Vec<(String, String)>, ApiError> {
+    pub(crate) fn oidc_tenants(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.query_map(
             "SELECT t.id, t.name FROM oidc_configs o JOIN tenants t ON t.id = o.tenant_id
              ORDER BY t.name",
@@ -369,7 +377,7 @@ impl dyn Tx + '_ {
         login: &OidcLogin,
         now: i64,
         expires_ms: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute("DELETE FROM oidc_logins WHERE expires_ms <= ?1", args![now])?;
         self.execute(
             "INSERT INTO oidc_logins (state_hash, tenant_id, nonce, verifier, return_to,
@@ -393,7 +401,7 @@ impl dyn Tx + '_ {
         &self,
         state_hash: &str,
         now: i64,
-    ) -> Result<Option<OidcLogin>, ApiError> {
+    ) -> Result<Option<OidcLogin>, StoreError> {
         let login = self.query_opt(
             "SELECT tenant_id, nonce, verifier, return_to FROM oidc_logins
              WHERE state_hash = ?1 AND expires_ms > ?2",

@@ -5,8 +5,7 @@
 use paybond_policies::CapScope;
 
 use crate::engine::insights::{DecisionFilter, DecisionRow, Settlement, reasons_of};
-use crate::error::ApiError;
-use crate::store::{Arg, Row, ToArg, Tx, args};
+use crate::store::{Arg, Row, StoreError, ToArg, Tx, args};
 
 /// The columns [`decision_row`] reads, from [`DECISION_FROM`].
 const DECISION_COLUMNS: &str = "d.id, d.intent_id, d.outcome, d.created_ms, d.tool, d.agent, \
@@ -15,7 +14,7 @@ const DECISION_COLUMNS: &str = "d.id, d.intent_id, d.outcome, d.created_ms, d.to
 /// The decisions [`DECISION_COLUMNS`] reads from.
 const DECISION_FROM: &str = "decisions d LEFT JOIN intents i ON i.id = d.intent_id";
 
-fn decision_row(r: &Row) -> Result<DecisionRow, ApiError> {
+fn decision_row(r: &Row) -> Result<DecisionRow, StoreError> {
     Ok(DecisionRow {
         decision_id: r.get(0)?,
         intent_id: r.get(1)?,
@@ -50,7 +49,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         since: i64,
-    ) -> Result<Vec<(String, String, i64, u64)>, ApiError> {
+    ) -> Result<Vec<(String, String, i64, u64)>, StoreError> {
         self.query_map(
             "SELECT r.tool, i.currency, r.created_ms, r.actual_cents FROM reservations r
              JOIN intents i ON i.id = r.intent_id
@@ -77,7 +76,7 @@ impl dyn Tx + '_ {
         key: Option<&str>,
         (start, end): (i64, i64),
         now: i64,
-    ) -> Result<Vec<CapCount>, ApiError> {
+    ) -> Result<Vec<CapCount>, StoreError> {
         let column = match scope {
             CapScope::Tenant => "CAST(NULL AS TEXT)",
             CapScope::Agent => "agent",
@@ -103,7 +102,11 @@ impl dyn Tx + '_ {
     }
 
     /// How many of the tenant's approval requests wait for an operator at `now`.
-    pub(crate) fn tenant_pending_approvals(&self, tenant: &str, now: i64) -> Result<u64, ApiError> {
+    pub(crate) fn tenant_pending_approvals(
+        &self,
+        tenant: &str,
+        now: i64,
+    ) -> Result<u64, StoreError> {
         self.query_one(
             "SELECT COUNT(*) FROM approvals WHERE tenant_id = ?1 AND state = 'pending'
              AND expires_ms > ?2",
@@ -118,7 +121,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         since: i64,
-    ) -> Result<Vec<(i64, i64, String)>, ApiError> {
+    ) -> Result<Vec<(i64, i64, String)>, StoreError> {
         self.query_map(
             "SELECT created_ms, decided_ms, approvers FROM approvals
              WHERE tenant_id = ?1 AND created_ms >= ?2 AND decided_ms IS NOT NULL",
@@ -133,7 +136,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         since: i64,
-    ) -> Result<Vec<(String, i64, u64)>, ApiError> {
+    ) -> Result<Vec<(String, i64, u64)>, StoreError> {
         self.query_map(
             "SELECT outcome, created_ms / 60000, COUNT(*) FROM decisions
              WHERE tenant_id = ?1 AND created_ms >= ?2 GROUP BY outcome, created_ms / 60000",
@@ -148,7 +151,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         since: i64,
-    ) -> Result<Vec<(String, Option<String>, u64)>, ApiError> {
+    ) -> Result<Vec<(String, Option<String>, u64)>, StoreError> {
         self.query_map(
             "SELECT outcome, reason_codes, COUNT(*) FROM decisions
              WHERE tenant_id = ?1 AND created_ms >= ?2 AND outcome <> 'allow'
@@ -160,7 +163,7 @@ impl dyn Tx + '_ {
 
     /// At most 1,000 decisions without their search columns (made by a build
     /// from before them), with their ledger entries' payloads.
-    pub(crate) fn decisions_to_backfill(&self) -> Result<Vec<(String, String)>, ApiError> {
+    pub(crate) fn decisions_to_backfill(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.query_map(
             "SELECT d.id, l.payload FROM decisions d
              JOIN ledger l ON l.tenant_id = d.tenant_id AND l.seq = d.ledger_seq
@@ -175,7 +178,7 @@ impl dyn Tx + '_ {
         &self,
         id: &str,
         c: &SearchColumns<'_>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "UPDATE decisions SET tool = ?2, agent = ?3, vendor = ?4, amount_cents = ?5,
                  reason_codes = ?6 WHERE id = ?1",
@@ -197,7 +200,7 @@ impl dyn Tx + '_ {
         tenant: &str,
         filter: &DecisionFilter,
         limit: u64,
-    ) -> Result<Vec<DecisionRow>, ApiError> {
+    ) -> Result<Vec<DecisionRow>, StoreError> {
         let mut sql =
             format!("SELECT {DECISION_COLUMNS} FROM {DECISION_FROM} WHERE d.tenant_id = ?1");
         let intent = filter.intent.map(|i| i.to_string());
@@ -262,7 +265,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<(DecisionRow, String, Option<u64>)>, ApiError> {
+    ) -> Result<Option<(DecisionRow, String, Option<u64>)>, StoreError> {
         self.query_opt(
             &format!(
                 "SELECT {DECISION_COLUMNS}, d.response, d.ledger_seq FROM {DECISION_FROM}
@@ -278,7 +281,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<Settlement>, ApiError> {
+    ) -> Result<Option<Settlement>, StoreError> {
         self.query_opt(
             "SELECT amount_cents, actual_cents, state, expires_ms, finalized_ms
              FROM reservations WHERE id = ?1 AND tenant_id = ?2",

@@ -1,8 +1,7 @@
 //! Intents and their reservations after verify: made, read, evidenced,
 //! finalized, expired, and the sweep's other clean-up.
 
-use crate::error::ApiError;
-use crate::store::{Row, Tx, args};
+use crate::store::{Row, StoreError, Tx, args};
 
 // The queries over open reservations, each answered from an index that holds only
 // open reservations (`reservations_open_by_*`; a test pins their plans).
@@ -109,7 +108,7 @@ pub(crate) struct ReservationRow {
 impl ReservationRow {
     /// From `intent_id, amount_cents, state, expires_ms, created_ms, agent,
     /// agent_subject, vendor, tool` at column `at`.
-    fn read(r: &Row, at: usize) -> Result<Self, ApiError> {
+    fn read(r: &Row, at: usize) -> Result<Self, StoreError> {
         Ok(Self {
             intent: r.get(at)?,
             amount: r.get(at + 1)?,
@@ -143,7 +142,7 @@ pub(crate) struct Finalized<'a> {
 
 impl dyn Tx + '_ {
     /// Makes an intent, funded.
-    pub(crate) fn create_intent(&self, i: &NewIntent<'_>) -> Result<(), ApiError> {
+    pub(crate) fn create_intent(&self, i: &NewIntent<'_>) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO intents (id, tenant_id, operations, budget_cents, currency, state, deadline_ms,
              evidence_schema, metadata, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, 'funded', ?6, ?7, ?8, ?9)",
@@ -167,7 +166,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<IntentViewRow>, ApiError> {
+    ) -> Result<Option<IntentViewRow>, StoreError> {
         self.query_opt(
             "SELECT operations, budget_cents, currency, state, deadline_ms, consumed_cents,
                  reserved_cents FROM intents WHERE id = ?1 AND tenant_id = ?2",
@@ -187,7 +186,7 @@ impl dyn Tx + '_ {
     }
 
     /// The deadline of intent `id`.
-    pub(crate) fn intent_deadline(&self, id: &str) -> Result<i64, ApiError> {
+    pub(crate) fn intent_deadline(&self, id: &str) -> Result<i64, StoreError> {
         self.query_one(
             "SELECT deadline_ms FROM intents WHERE id = ?1",
             args![id],
@@ -200,7 +199,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<EvidenceIntentRow>, ApiError> {
+    ) -> Result<Option<EvidenceIntentRow>, StoreError> {
         self.query_opt(
             "SELECT state, budget_cents, evidence_schema, operations FROM intents
              WHERE id = ?1 AND tenant_id = ?2",
@@ -221,7 +220,7 @@ impl dyn Tx + '_ {
         &self,
         id: &str,
         intent: &str,
-    ) -> Result<Option<u64>, ApiError> {
+    ) -> Result<Option<u64>, StoreError> {
         self.query_opt(
             "SELECT amount_cents FROM reservations WHERE id = ?1 AND intent_id = ?2",
             args![id, intent],
@@ -230,7 +229,7 @@ impl dyn Tx + '_ {
     }
 
     /// Sets intent `id`'s state.
-    pub(crate) fn set_intent_state(&self, id: &str, state: &str) -> Result<(), ApiError> {
+    pub(crate) fn set_intent_state(&self, id: &str, state: &str) -> Result<(), StoreError> {
         self.execute(
             "UPDATE intents SET state = ?2 WHERE id = ?1",
             args![id, state],
@@ -239,7 +238,7 @@ impl dyn Tx + '_ {
     }
 
     /// Records evidence (held back).
-    pub(crate) fn record_evidence(&self, e: &NewEvidence<'_>) -> Result<(), ApiError> {
+    pub(crate) fn record_evidence(&self, e: &NewEvidence<'_>) -> Result<(), StoreError> {
         self.execute_later(
             "INSERT INTO evidence (id, tenant_id, intent_id, decision_id, operation, status,
              cost_cents, predicate_passed, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -262,12 +261,12 @@ impl dyn Tx + '_ {
         &self,
         intent: &str,
         now: i64,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, StoreError> {
         self.query_one(OPEN_OF_INTENT, args![intent, now], |r| r.get(0))
     }
 
     /// The amount of the intent's open reservations past their TTL at `now`.
-    pub(crate) fn lapsed_of_intent(&self, intent: &str, now: i64) -> Result<u64, ApiError> {
+    pub(crate) fn lapsed_of_intent(&self, intent: &str, now: i64) -> Result<u64, StoreError> {
         self.query_one(LAPSED_OF_INTENT, args![intent, now], |r| r.get(0))
     }
 
@@ -275,7 +274,7 @@ impl dyn Tx + '_ {
     pub(crate) fn reservations_due(
         &self,
         now: i64,
-    ) -> Result<Vec<(String, String, ReservationRow)>, ApiError> {
+    ) -> Result<Vec<(String, String, ReservationRow)>, StoreError> {
         self.query_map(DUE, args![now], |r| {
             Ok((r.get(0)?, r.get(1)?, ReservationRow::read(r, 2)?))
         })
@@ -289,7 +288,7 @@ impl dyn Tx + '_ {
         intent: &str,
         amount: u64,
         now: i64,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, StoreError> {
         if self.execute(
             "UPDATE reservations SET state = 'expired', finalized_ms = ?2 WHERE id = ?1 AND state = 'open'",
             args![id, now],
@@ -309,7 +308,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<ToComplete>, ApiError> {
+    ) -> Result<Option<ToComplete>, StoreError> {
         self.query_opt(
             "SELECT r.intent_id, r.amount_cents, r.state, r.expires_ms, r.created_ms, r.agent,
                  r.agent_subject, r.vendor, r.tool, r.complete_response, i.state, i.deadline_ms
@@ -327,7 +326,7 @@ impl dyn Tx + '_ {
     }
 
     /// Whether the tenant has a decision `id`.
-    pub(crate) fn decision_exists(&self, tenant: &str, id: &str) -> Result<bool, ApiError> {
+    pub(crate) fn decision_exists(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
         Ok(self
             .query_opt(
                 "SELECT 1 FROM decisions WHERE id = ?1 AND tenant_id = ?2",
@@ -339,7 +338,7 @@ impl dyn Tx + '_ {
 
     /// Finalizes an open reservation: its intent's amounts and its row (both
     /// held back).
-    pub(crate) fn finalize_reservation(&self, f: &Finalized<'_>) -> Result<(), ApiError> {
+    pub(crate) fn finalize_reservation(&self, f: &Finalized<'_>) -> Result<(), StoreError> {
         self.execute_later(
             "UPDATE intents SET reserved_cents = reserved_cents - ?2, consumed_cents = consumed_cents + ?3
              WHERE id = ?1",
@@ -354,7 +353,10 @@ impl dyn Tx + '_ {
 
     /// Every tenant's intents past their deadline at `now` and not closed
     /// (tenant, id, state), by tenant.
-    pub(crate) fn intents_due(&self, now: i64) -> Result<Vec<(String, String, String)>, ApiError> {
+    pub(crate) fn intents_due(
+        &self,
+        now: i64,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
         self.query_map(
             "SELECT tenant_id, id, state FROM intents
              WHERE deadline_ms <= ?1 AND state IN ('created', 'funded', 'evidence_submitted')
@@ -365,7 +367,7 @@ impl dyn Tx + '_ {
     }
 
     /// Moves intent `id` from state `from` to `to`; false if it was not in `from`.
-    pub(crate) fn close_intent(&self, id: &str, from: &str, to: &str) -> Result<bool, ApiError> {
+    pub(crate) fn close_intent(&self, id: &str, from: &str, to: &str) -> Result<bool, StoreError> {
         Ok(self.execute(
             "UPDATE intents SET state = ?2 WHERE id = ?1 AND state = ?3",
             args![id, to, from],
@@ -373,7 +375,7 @@ impl dyn Tx + '_ {
     }
 
     /// Drops the rolling-cap counters of windows ended by `now`.
-    pub(crate) fn drop_ended_counters(&self, now: i64) -> Result<(), ApiError> {
+    pub(crate) fn drop_ended_counters(&self, now: i64) -> Result<(), StoreError> {
         self.execute(
             "DELETE FROM spend_counters WHERE window_end <= ?1",
             args![now],
@@ -382,7 +384,7 @@ impl dyn Tx + '_ {
     }
 
     /// Drops the idempotency keys made by `before`; how many.
-    pub(crate) fn drop_idempotency_keys(&self, before: i64) -> Result<u64, ApiError> {
+    pub(crate) fn drop_idempotency_keys(&self, before: i64) -> Result<u64, StoreError> {
         self.execute(
             "DELETE FROM idempotency WHERE created_ms <= ?1",
             args![before],
@@ -390,12 +392,12 @@ impl dyn Tx + '_ {
     }
 
     /// How many reservations of every tenant are open and not past their TTL at `now`.
-    pub(crate) fn open_reservations(&self, now: i64) -> Result<u64, ApiError> {
+    pub(crate) fn open_reservations(&self, now: i64) -> Result<u64, StoreError> {
         self.query_one(OPEN, args![now], |r| r.get(0))
     }
 
     /// How many approval requests of every tenant wait for an operator at `now`.
-    pub(crate) fn pending_approvals(&self, now: i64) -> Result<u64, ApiError> {
+    pub(crate) fn pending_approvals(&self, now: i64) -> Result<u64, StoreError> {
         self.query_one(PENDING_APPROVALS, args![now], |r| r.get(0))
     }
 
@@ -403,7 +405,7 @@ impl dyn Tx + '_ {
     pub(crate) fn intent_amounts_of(
         &self,
         tenant: &str,
-    ) -> Result<Vec<(String, String, u64, u64)>, ApiError> {
+    ) -> Result<Vec<(String, String, u64, u64)>, StoreError> {
         self.query_map(
             "SELECT id, state, consumed_cents, reserved_cents FROM intents WHERE tenant_id = ?1",
             args![tenant],
@@ -415,7 +417,7 @@ impl dyn Tx + '_ {
     pub(crate) fn reservation_states_of(
         &self,
         tenant: &str,
-    ) -> Result<Vec<(String, String)>, ApiError> {
+    ) -> Result<Vec<(String, String)>, StoreError> {
         self.query_map(
             "SELECT id, state FROM reservations WHERE tenant_id = ?1",
             args![tenant],
@@ -425,7 +427,7 @@ impl dyn Tx + '_ {
 
     /// Every intent of the tenant, by id, as a decision reads it (its amounts
     /// aside).
-    pub(crate) fn intent_terms_of(&self, tenant: &str) -> Result<Vec<IntentTerms>, ApiError> {
+    pub(crate) fn intent_terms_of(&self, tenant: &str) -> Result<Vec<IntentTerms>, StoreError> {
         self.query_map(
             "SELECT id, state, deadline_ms, budget_cents, currency, operations FROM intents
              WHERE tenant_id = ?1",
@@ -446,7 +448,7 @@ impl dyn Tx + '_ {
     /// Sets an intent's consumed amount behind the ledger's back (tests of the
     /// checks that find such a change).
     #[cfg(test)]
-    pub(crate) fn tamper_consumed(&self, intent: &str, cents: u64) -> Result<(), ApiError> {
+    pub(crate) fn tamper_consumed(&self, intent: &str, cents: u64) -> Result<(), StoreError> {
         self.execute(
             "UPDATE intents SET consumed_cents = ?2 WHERE id = ?1",
             args![intent, cents],

@@ -1,8 +1,7 @@
 //! The ledger: each tenant's hash chain, appended to and read.
 
 use crate::engine::ledger::LedgerEvent;
-use crate::error::ApiError;
-use crate::store::{Arg, Row, ToArg, Tx, args};
+use crate::store::{Arg, Row, StoreError, ToArg, Tx, args};
 
 /// One entry as stored, its payload the canonical JSON text its hash covers.
 pub(crate) struct StoredEntry {
@@ -28,7 +27,7 @@ pub(crate) struct NewEntry<'a> {
 
 const EVENT_COLUMNS: &str = "seq, event, payload, at_ms, prev_hash, hash";
 
-fn event(r: &Row) -> Result<LedgerEvent, ApiError> {
+fn event(r: &Row) -> Result<LedgerEvent, StoreError> {
     Ok(LedgerEvent {
         seq: r.get(0)?,
         event: r.get(1)?,
@@ -41,7 +40,7 @@ fn event(r: &Row) -> Result<LedgerEvent, ApiError> {
 
 impl dyn Tx + '_ {
     /// Appends an entry (held back with the transaction's other writes).
-    pub(crate) fn append_entry(&self, e: &NewEntry<'_>) -> Result<(), ApiError> {
+    pub(crate) fn append_entry(&self, e: &NewEntry<'_>) -> Result<(), StoreError> {
         self.execute_later(
             "INSERT INTO ledger (tenant_id, seq, event, payload, at_ms, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -58,7 +57,7 @@ impl dyn Tx + '_ {
     }
 
     /// The tenant's last entry's sequence number and hash; `None` for an empty chain.
-    pub(crate) fn ledger_tip(&self, tenant: &str) -> Result<Option<(u64, String)>, ApiError> {
+    pub(crate) fn ledger_tip(&self, tenant: &str) -> Result<Option<(u64, String)>, StoreError> {
         self.query_opt(
             "SELECT seq, hash FROM ledger WHERE tenant_id = ?1 ORDER BY seq DESC LIMIT 1",
             args![tenant],
@@ -72,7 +71,7 @@ impl dyn Tx + '_ {
         tenant: &str,
         after_seq: u64,
         limit: u64,
-    ) -> Result<Vec<LedgerEvent>, ApiError> {
+    ) -> Result<Vec<LedgerEvent>, StoreError> {
         self.query_map(
             &format!(
                 "SELECT {EVENT_COLUMNS} FROM ledger
@@ -89,7 +88,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         (start, end): (i64, i64),
-    ) -> Result<(Option<u64>, Option<u64>), ApiError> {
+    ) -> Result<(Option<u64>, Option<u64>), StoreError> {
         self.query_one(
             "SELECT MIN(seq), MAX(seq) FROM ledger
              WHERE tenant_id = ?1 AND at_ms >= ?2 AND at_ms < ?3",
@@ -105,7 +104,7 @@ impl dyn Tx + '_ {
         tenant: &str,
         (first, last): (u64, u64),
         ids: &[&str],
-    ) -> Result<Vec<LedgerEvent>, ApiError> {
+    ) -> Result<Vec<LedgerEvent>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -126,7 +125,7 @@ impl dyn Tx + '_ {
     }
 
     /// Every entry of every chain, by tenant then sequence.
-    pub(crate) fn ledger_all(&self) -> Result<Vec<StoredEntry>, ApiError> {
+    pub(crate) fn ledger_all(&self) -> Result<Vec<StoredEntry>, StoreError> {
         self.query_map(
             "SELECT tenant_id, seq, event, payload, at_ms, prev_hash, hash FROM ledger
              ORDER BY tenant_id, seq",
@@ -151,7 +150,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         spend_only: bool,
-    ) -> Result<Vec<(String, String, i64)>, ApiError> {
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
         let sql = if spend_only {
             "SELECT event, payload, at_ms FROM ledger WHERE tenant_id = ?1
              AND (event LIKE 'decision.%'

@@ -1,7 +1,13 @@
 //! The engine's typed operations on a transaction: each read and write it makes,
-//! one method of `dyn Tx` taking and returning plain values. Their SQL (one
-//! portable dialect for SQLite and PostgreSQL, see [`super::schema`]) lives here,
-//! next to the tables it names.
+//! one method of `dyn Tx` taking and returning plain values, failing with a
+//! [`StoreError`](super::StoreError) (which the server answers by one table, see
+//! `From<StoreError> for ApiError`). Their SQL (one portable dialect for SQLite
+//! and PostgreSQL, see [`super::schema`]) lives here, next to the tables it names.
+//!
+//! Writes that only need to succeed (a decision's row, a reservation, a ledger
+//! entry, counter updates) are held back and sent with the transaction's next
+//! statement or its commit, merged by kind ([`super::held`]): a group of
+//! decisions writes each kind of row in one multi-row statement.
 
 pub(in crate::store) mod approvals;
 pub(in crate::store) mod audit;

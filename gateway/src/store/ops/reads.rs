@@ -1,8 +1,7 @@
 //! Read projections: what the operator's views read of intents, reservations,
 //! decisions and evidence. Each is a read-only query; none changes state.
 
-use crate::error::ApiError;
-use crate::store::{Row, Tx, args};
+use crate::store::{Row, StoreError, Tx, args};
 
 pub(super) const INTENT_COLUMNS: &str =
     "id, operations, budget_cents, currency, state, deadline_ms,
@@ -23,7 +22,7 @@ pub(crate) struct IntentSummaryRow {
     pub(crate) created_ms: i64,
 }
 
-pub(super) fn intent_summary(r: &Row) -> Result<IntentSummaryRow, ApiError> {
+pub(super) fn intent_summary(r: &Row) -> Result<IntentSummaryRow, StoreError> {
     Ok(IntentSummaryRow {
         id: r.get(0)?,
         operations: r.get(1)?,
@@ -51,7 +50,7 @@ pub(crate) struct DecisionRow {
     pub(crate) ledger_seq: Option<u64>,
 }
 
-pub(super) fn decision_row(r: &Row) -> Result<DecisionRow, ApiError> {
+pub(super) fn decision_row(r: &Row) -> Result<DecisionRow, StoreError> {
     Ok(DecisionRow {
         id: r.get(0)?,
         intent: r.get(1)?,
@@ -91,7 +90,7 @@ pub(crate) struct EvidenceRow {
     pub(crate) created_ms: i64,
 }
 
-pub(super) fn evidence_row(r: &Row) -> Result<EvidenceRow, ApiError> {
+pub(super) fn evidence_row(r: &Row) -> Result<EvidenceRow, StoreError> {
     Ok(EvidenceRow {
         id: r.get(0)?,
         intent: r.get(1)?,
@@ -110,7 +109,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<DecisionRow>, ApiError> {
+    ) -> Result<Option<DecisionRow>, StoreError> {
         self.query_opt(
             &format!("SELECT {DECISION_COLUMNS} FROM decisions WHERE id = ?1 AND tenant_id = ?2"),
             args![id, tenant],
@@ -126,7 +125,7 @@ impl dyn Tx + '_ {
         state: Option<&str>,
         before: (i64, &str),
         limit: u32,
-    ) -> Result<Vec<IntentSummaryRow>, ApiError> {
+    ) -> Result<Vec<IntentSummaryRow>, StoreError> {
         self.query_map(
             &format!(
                 "SELECT {INTENT_COLUMNS} FROM intents WHERE tenant_id = ?1
@@ -144,7 +143,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<IntentSummaryRow>, ApiError> {
+    ) -> Result<Option<IntentSummaryRow>, StoreError> {
         self.query_opt(
             &format!("SELECT {INTENT_COLUMNS} FROM intents WHERE id = ?1 AND tenant_id = ?2"),
             args![id, tenant],
@@ -156,7 +155,7 @@ impl dyn Tx + '_ {
     pub(crate) fn reservations_of_intent(
         &self,
         intent: &str,
-    ) -> Result<Vec<ReservationListRow>, ApiError> {
+    ) -> Result<Vec<ReservationListRow>, StoreError> {
         self.query_map(
             "SELECT r.id, r.tool, r.operation, r.vendor, r.agent_subject, r.amount_cents,
                  r.actual_cents, r.state, r.created_ms, r.expires_ms
@@ -187,7 +186,7 @@ impl dyn Tx + '_ {
         tenant: &str,
         intent: &str,
         limit: u32,
-    ) -> Result<Vec<DecisionRow>, ApiError> {
+    ) -> Result<Vec<DecisionRow>, StoreError> {
         self.query_map(
             &format!(
                 "SELECT {DECISION_COLUMNS} FROM decisions
@@ -204,7 +203,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         intent: &str,
-    ) -> Result<Vec<EvidenceRow>, ApiError> {
+    ) -> Result<Vec<EvidenceRow>, StoreError> {
         self.query_map(
             &format!(
                 "SELECT {EVIDENCE_COLUMNS} FROM evidence WHERE intent_id = ?1 AND tenant_id = ?2

@@ -1,13 +1,12 @@
 //! The SCIM directory: users, groups and who is in which.
 
-use crate::error::ApiError;
 use crate::scim::resources::{GroupRow, UserRow};
-use crate::store::{Row, Tx, args};
+use crate::store::{Row, StoreError, Tx, args};
 
 const USER_COLUMNS: &str = "id, active, resource, version, created_ms, updated_ms";
 const GROUP_COLUMNS: &str = "id, display_name, resource, version, created_ms, updated_ms";
 
-fn user_row(r: &Row) -> Result<UserRow, ApiError> {
+fn user_row(r: &Row) -> Result<UserRow, StoreError> {
     Ok(UserRow {
         id: r.get(0)?,
         active: r.get(1)?,
@@ -18,7 +17,7 @@ fn user_row(r: &Row) -> Result<UserRow, ApiError> {
     })
 }
 
-fn group_row(r: &Row) -> Result<GroupRow, ApiError> {
+fn group_row(r: &Row) -> Result<GroupRow, StoreError> {
     Ok(GroupRow {
         id: r.get(0)?,
         display_name: r.get(1)?,
@@ -58,7 +57,7 @@ pub(crate) struct ScimGroup<'a> {
 
 impl dyn Tx + '_ {
     /// The tenant's user `id`.
-    pub(crate) fn scim_user(&self, tenant: &str, id: &str) -> Result<Option<UserRow>, ApiError> {
+    pub(crate) fn scim_user(&self, tenant: &str, id: &str) -> Result<Option<UserRow>, StoreError> {
         self.query_opt(
             &format!("SELECT {USER_COLUMNS} FROM scim_users WHERE id = ?1 AND tenant_id = ?2"),
             args![id, tenant],
@@ -67,7 +66,7 @@ impl dyn Tx + '_ {
     }
 
     /// Every user of the tenant, oldest first.
-    pub(crate) fn scim_users(&self, tenant: &str) -> Result<Vec<UserRow>, ApiError> {
+    pub(crate) fn scim_users(&self, tenant: &str) -> Result<Vec<UserRow>, StoreError> {
         self.query_map(
             &format!(
                 "SELECT {USER_COLUMNS} FROM scim_users WHERE tenant_id = ?1 ORDER BY created_ms, id"
@@ -78,7 +77,11 @@ impl dyn Tx + '_ {
     }
 
     /// The tenant's group `id`.
-    pub(crate) fn scim_group(&self, tenant: &str, id: &str) -> Result<Option<GroupRow>, ApiError> {
+    pub(crate) fn scim_group(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<GroupRow>, StoreError> {
         self.query_opt(
             &format!("SELECT {GROUP_COLUMNS} FROM scim_groups WHERE id = ?1 AND tenant_id = ?2"),
             args![id, tenant],
@@ -87,7 +90,7 @@ impl dyn Tx + '_ {
     }
 
     /// Every group of the tenant, oldest first.
-    pub(crate) fn scim_groups(&self, tenant: &str) -> Result<Vec<GroupRow>, ApiError> {
+    pub(crate) fn scim_groups(&self, tenant: &str) -> Result<Vec<GroupRow>, StoreError> {
         self.query_map(
             &format!(
                 "SELECT {GROUP_COLUMNS} FROM scim_groups WHERE tenant_id = ?1 ORDER BY created_ms, id"
@@ -98,7 +101,7 @@ impl dyn Tx + '_ {
     }
 
     /// The groups user `user` is in: `(id, displayName)`, by name.
-    pub(crate) fn scim_groups_of(&self, user: &str) -> Result<Vec<(String, String)>, ApiError> {
+    pub(crate) fn scim_groups_of(&self, user: &str) -> Result<Vec<(String, String)>, StoreError> {
         self.query_map(
             "SELECT g.id, g.display_name FROM scim_members m JOIN scim_groups g ON g.id = m.group_id
              WHERE m.user_id = ?1 ORDER BY g.display_name, g.id",
@@ -108,7 +111,7 @@ impl dyn Tx + '_ {
     }
 
     /// The members of group `group`: `(id, userName)`, by name.
-    pub(crate) fn scim_members_of(&self, group: &str) -> Result<Vec<(String, String)>, ApiError> {
+    pub(crate) fn scim_members_of(&self, group: &str) -> Result<Vec<(String, String)>, StoreError> {
         self.query_map(
             "SELECT u.id, u.user_name FROM scim_members m JOIN scim_users u ON u.id = m.user_id
              WHERE m.group_id = ?1 ORDER BY u.user_name, u.id",
@@ -122,7 +125,7 @@ impl dyn Tx + '_ {
     pub(crate) fn scim_memberships_by_user(
         &self,
         tenant: &str,
-    ) -> Result<Vec<(String, String, String)>, ApiError> {
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
         self.query_map(
             "SELECT m.user_id, g.id, g.display_name FROM scim_members m
              JOIN scim_groups g ON g.id = m.group_id WHERE m.tenant_id = ?1
@@ -136,7 +139,7 @@ impl dyn Tx + '_ {
     pub(crate) fn scim_memberships_by_group(
         &self,
         tenant: &str,
-    ) -> Result<Vec<(String, String, String)>, ApiError> {
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
         self.query_map(
             "SELECT m.group_id, u.id, u.user_name FROM scim_members m
              JOIN scim_users u ON u.id = m.user_id WHERE m.tenant_id = ?1
@@ -153,7 +156,7 @@ impl dyn Tx + '_ {
         tenant: &str,
         user_name: &str,
         id: &str,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, StoreError> {
         Ok(self
             .query_opt(
                 "SELECT id FROM scim_users WHERE tenant_id = ?1 AND user_name_key = ?2 AND id <> ?3",
@@ -164,7 +167,7 @@ impl dyn Tx + '_ {
     }
 
     /// Stores a user.
-    pub(crate) fn save_scim_user(&self, u: &ScimUser<'_>) -> Result<(), ApiError> {
+    pub(crate) fn save_scim_user(&self, u: &ScimUser<'_>) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO scim_users (id, tenant_id, user_name, user_name_key, external_id, active,
                  resource, version, created_ms, updated_ms)
@@ -188,7 +191,7 @@ impl dyn Tx + '_ {
     }
 
     /// Stores a group (its members aside).
-    pub(crate) fn save_scim_group(&self, g: &ScimGroup<'_>) -> Result<(), ApiError> {
+    pub(crate) fn save_scim_group(&self, g: &ScimGroup<'_>) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO scim_groups (id, tenant_id, display_name, external_id, resource, version,
                  created_ms, updated_ms)
@@ -215,7 +218,7 @@ impl dyn Tx + '_ {
         tenant: &str,
         group: &str,
         user: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO scim_members (group_id, user_id, tenant_id) VALUES (?1, ?2, ?3)",
             args![group, user, tenant],
@@ -224,7 +227,7 @@ impl dyn Tx + '_ {
     }
 
     /// Takes user `user` out of group `group`.
-    pub(crate) fn remove_scim_member(&self, group: &str, user: &str) -> Result<(), ApiError> {
+    pub(crate) fn remove_scim_member(&self, group: &str, user: &str) -> Result<(), StoreError> {
         self.execute(
             "DELETE FROM scim_members WHERE group_id = ?1 AND user_id = ?2",
             args![group, user],
@@ -233,7 +236,7 @@ impl dyn Tx + '_ {
     }
 
     /// Deletes the tenant's user `id` and their memberships.
-    pub(crate) fn delete_scim_user(&self, tenant: &str, id: &str) -> Result<(), ApiError> {
+    pub(crate) fn delete_scim_user(&self, tenant: &str, id: &str) -> Result<(), StoreError> {
         self.execute("DELETE FROM scim_members WHERE user_id = ?1", args![id])?;
         self.execute(
             "DELETE FROM scim_users WHERE id = ?1 AND tenant_id = ?2",
@@ -243,7 +246,7 @@ impl dyn Tx + '_ {
     }
 
     /// Deletes the tenant's group `id` and its memberships.
-    pub(crate) fn delete_scim_group(&self, tenant: &str, id: &str) -> Result<(), ApiError> {
+    pub(crate) fn delete_scim_group(&self, tenant: &str, id: &str) -> Result<(), StoreError> {
         self.execute("DELETE FROM scim_members WHERE group_id = ?1", args![id])?;
         self.execute(
             "DELETE FROM scim_groups WHERE id = ?1 AND tenant_id = ?2",

@@ -3,8 +3,7 @@
 
 use crate::engine::counters::Bucket;
 use crate::engine::rules::ApprovalFacts;
-use crate::error::ApiError;
-use crate::store::{Arg, ToArg, Tx, args};
+use crate::store::{Arg, StoreError, ToArg, Tx, args};
 
 /// What a decision reads of intent `?1` of tenant `?2`, with when its first open
 /// reservation lapses.
@@ -127,7 +126,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         intent: &str,
-    ) -> Result<Option<IntentRow>, ApiError> {
+    ) -> Result<Option<IntentRow>, StoreError> {
         self.query_opt(INTENT, args![intent, tenant], |r| {
             Ok(IntentRow {
                 state: r.get(0)?,
@@ -148,7 +147,7 @@ impl dyn Tx + '_ {
         &self,
         intent: &str,
         now: i64,
-    ) -> Result<(u64, Option<i64>), ApiError> {
+    ) -> Result<(u64, Option<i64>), StoreError> {
         self.query_one(LAPSE_OF_INTENT, args![intent, now], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
@@ -162,7 +161,7 @@ impl dyn Tx + '_ {
         tool: &str,
         since: i64,
         limit: Option<u32>,
-    ) -> Result<Vec<i64>, ApiError> {
+    ) -> Result<Vec<i64>, StoreError> {
         match limit {
             Some(limit) => self.query_map(
                 "SELECT created_ms FROM reservations
@@ -186,7 +185,7 @@ impl dyn Tx + '_ {
         tenant: &str,
         bucket: &str,
         (start, end): (i64, i64),
-    ) -> Result<Option<i64>, ApiError> {
+    ) -> Result<Option<i64>, StoreError> {
         self.query_opt(
             "SELECT spent_cents FROM spend_counters
              WHERE tenant_id = ?1 AND bucket = ?2 AND window_start = ?3 AND window_end = ?4",
@@ -208,7 +207,7 @@ impl dyn Tx + '_ {
         key: &str,
         (start, end): (i64, i64),
         now: i64,
-    ) -> Result<(i64, i64, Option<i64>), ApiError> {
+    ) -> Result<(i64, i64, Option<i64>), StoreError> {
         let counted = match self.counter(tenant, key, (start, end))? {
             Some(c) => c,
             None => {
@@ -265,7 +264,7 @@ impl dyn Tx + '_ {
         bucket: &str,
         at: i64,
         delta: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute_later(
             "UPDATE spend_counters SET spent_cents = spent_cents + ?4
              WHERE tenant_id = ?1 AND bucket = ?2 AND window_start <= ?3 AND window_end > ?3",
@@ -275,7 +274,7 @@ impl dyn Tx + '_ {
 
     /// Makes an allow's reservation and adds its amount to its intent's reserved
     /// amount (both held back).
-    pub(crate) fn reserve(&self, r: &NewReservation<'_>) -> Result<(), ApiError> {
+    pub(crate) fn reserve(&self, r: &NewReservation<'_>) -> Result<(), StoreError> {
         self.execute_later(
             "INSERT INTO reservations (id, tenant_id, intent_id, tool, operation, vendor, agent,
              agent_subject, amount_cents, state, created_ms, expires_ms)
@@ -301,7 +300,7 @@ impl dyn Tx + '_ {
     }
 
     /// Records a decision's row (held back).
-    pub(crate) fn record_decision(&self, d: &NewDecision<'_>) -> Result<(), ApiError> {
+    pub(crate) fn record_decision(&self, d: &NewDecision<'_>) -> Result<(), StoreError> {
         self.execute_later(
             "INSERT INTO decisions (id, tenant_id, intent_id, outcome, response, created_ms,
                  ledger_seq, tool, agent, vendor, amount_cents, reason_codes)
@@ -328,7 +327,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         token_hash: &str,
-    ) -> Result<Option<ApprovalFacts>, ApiError> {
+    ) -> Result<Option<ApprovalFacts>, StoreError> {
         self.query_opt(
             "SELECT id, intent_id, operation, tool, vendor, amount_cents, token_expires_ms,
                  token_used_ms, key_id
@@ -351,7 +350,7 @@ impl dyn Tx + '_ {
     }
 
     /// Marks an approval's token used at `now`, and forgets it.
-    pub(crate) fn use_approval_token(&self, approval: &str, now: i64) -> Result<(), ApiError> {
+    pub(crate) fn use_approval_token(&self, approval: &str, now: i64) -> Result<(), StoreError> {
         self.execute(
             "UPDATE approvals SET token = NULL, token_used_ms = ?2 WHERE id = ?1",
             args![approval, now],
@@ -369,7 +368,7 @@ impl dyn Tx + '_ {
         key_id: &str,
         now: i64,
         denied_since: i64,
-    ) -> Result<Option<(String, String)>, ApiError> {
+    ) -> Result<Option<(String, String)>, StoreError> {
         self.query_opt(
             "SELECT id, state FROM approvals WHERE tenant_id = ?1 AND request_digest = ?2
                  AND key_id = ?3
@@ -389,7 +388,7 @@ impl dyn Tx + '_ {
         tenant: &str,
         agent: &str,
         since: i64,
-    ) -> Result<(u64, Option<i64>), ApiError> {
+    ) -> Result<(u64, Option<i64>), StoreError> {
         self.query_one(
             "SELECT COUNT(*), MIN(created_ms) FROM approvals
              WHERE tenant_id = ?1 AND agent = ?2 AND created_ms > ?3",
@@ -404,7 +403,7 @@ impl dyn Tx + '_ {
         &self,
         intent: &str,
         now: i64,
-    ) -> Result<(u64, Option<i64>), ApiError> {
+    ) -> Result<(u64, Option<i64>), StoreError> {
         self.query_one(
             "SELECT COUNT(*), MIN(expires_ms) FROM approvals
              WHERE intent_id = ?1 AND state = 'pending' AND expires_ms > ?2",
@@ -414,7 +413,7 @@ impl dyn Tx + '_ {
     }
 
     /// Opens an approval request.
-    pub(crate) fn open_approval(&self, a: &NewApproval<'_>) -> Result<(), ApiError> {
+    pub(crate) fn open_approval(&self, a: &NewApproval<'_>) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO approvals (id, tenant_id, intent_id, decision_id, request_digest, operation, tool,
              vendor, amount_cents, reason_codes, state, approvers, quorum, created_ms, expires_ms, agent,
@@ -448,7 +447,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         (start, end): (i64, i64),
-    ) -> Result<Vec<OpenReservation>, ApiError> {
+    ) -> Result<Vec<OpenReservation>, StoreError> {
         self.query_map(
             "SELECT agent, agent_subject, vendor, tool, expires_ms FROM reservations
              WHERE tenant_id = ?1 AND state = 'open' AND created_ms >= ?2 AND created_ms < ?3",
@@ -462,7 +461,7 @@ impl dyn Tx + '_ {
     pub(crate) fn reservation_as_held(
         &self,
         id: &str,
-    ) -> Result<Option<(crate::engine::live::LiveReservation, String)>, ApiError> {
+    ) -> Result<Option<(crate::engine::live::LiveReservation, String)>, StoreError> {
         self.query_opt(
             "SELECT tenant_id, intent_id, amount_cents, expires_ms, created_ms, agent,
                  agent_subject, vendor, tool, state FROM reservations WHERE id = ?1",

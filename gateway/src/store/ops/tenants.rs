@@ -1,9 +1,8 @@
 //! Tenants and what they configure: the root key's row, API keys, policies,
 //! wrapped secrets, and the answers kept under idempotency keys.
 
-use crate::error::ApiError;
 use crate::store::held::Held;
-use crate::store::{Tx, Value, args};
+use crate::store::{StoreError, Tx, Value, args};
 
 /// Stores an answer under an idempotency key.
 const STORE_KEY: &str =
@@ -51,7 +50,7 @@ pub(crate) struct KeptAnswer {
 impl dyn Tx + '_ {
     /// The root key kept in the database (PostgreSQL; SQLite files before the
     /// key file).
-    pub(crate) fn stored_root_key(&self) -> Result<Option<Vec<u8>>, ApiError> {
+    pub(crate) fn stored_root_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
         self.query_opt(
             "SELECT value FROM meta WHERE key = 'root_key'",
             args![],
@@ -60,7 +59,7 @@ impl dyn Tx + '_ {
     }
 
     /// Stores a root key unless one is stored already.
-    pub(crate) fn store_root_key_if_none(&self, key: &[u8]) -> Result<(), ApiError> {
+    pub(crate) fn store_root_key_if_none(&self, key: &[u8]) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO meta (key, value) VALUES ('root_key', ?1) ON CONFLICT (key) DO NOTHING",
             args![key],
@@ -69,7 +68,7 @@ impl dyn Tx + '_ {
     }
 
     /// Stores a root key in place of any other.
-    pub(crate) fn replace_root_key(&self, key: &[u8]) -> Result<(), ApiError> {
+    pub(crate) fn replace_root_key(&self, key: &[u8]) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO meta (key, value) VALUES ('root_key', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -80,14 +79,14 @@ impl dyn Tx + '_ {
 
     /// Deletes the root key's row from a SQLite file, overwriting it (SQLite's
     /// secure delete).
-    pub(crate) fn erase_root_key(&self) -> Result<(), ApiError> {
+    pub(crate) fn erase_root_key(&self) -> Result<(), StoreError> {
         self.query("PRAGMA secure_delete = ON", args![])?;
         self.execute("DELETE FROM meta WHERE key = 'root_key'", args![])
             .map(drop)
     }
 
     /// Every tenant's audit signing key, wrapped under the root key.
-    pub(crate) fn wrapped_signing_keys(&self) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    pub(crate) fn wrapped_signing_keys(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.query_map(
             "SELECT tenant_id, secret_key FROM signing_keys",
             args![],
@@ -100,7 +99,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         wrapped: &[u8],
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "UPDATE signing_keys SET secret_key = ?2 WHERE tenant_id = ?1",
             args![tenant, wrapped],
@@ -109,7 +108,7 @@ impl dyn Tx + '_ {
     }
 
     /// Every tenant's OpenID Connect client secret, wrapped under the root key.
-    pub(crate) fn wrapped_client_secrets(&self) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    pub(crate) fn wrapped_client_secrets(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.query_map(
             "SELECT tenant_id, client_secret FROM oidc_configs",
             args![],
@@ -122,7 +121,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         wrapped: &[u8],
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "UPDATE oidc_configs SET client_secret = ?2 WHERE tenant_id = ?1",
             args![tenant, wrapped],
@@ -138,7 +137,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         key: &str,
-    ) -> Result<Option<KeptAnswer>, ApiError> {
+    ) -> Result<Option<KeptAnswer>, StoreError> {
         let may_change = |held: &Held| {
             if !held.may_write("idempotency") {
                 return false;
@@ -172,7 +171,7 @@ impl dyn Tx + '_ {
         (route, body_hash): (&str, &str),
         response: &str,
         now: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute_later(
             STORE_KEY,
             args![tenant, key, route, body_hash, response, now],
@@ -184,7 +183,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<String>, StoreError> {
         self.query_opt(
             "SELECT response FROM decisions WHERE id = ?1 AND tenant_id = ?2",
             args![id, tenant],
@@ -197,7 +196,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<(String, i64)>, ApiError> {
+    ) -> Result<Option<(String, i64)>, StoreError> {
         self.query_opt(
             "SELECT operations, deadline_ms FROM intents WHERE id = ?1 AND tenant_id = ?2",
             args![id, tenant],
@@ -212,7 +211,7 @@ impl dyn Tx + '_ {
         name: &str,
         environment: &str,
         now: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO tenants (id, name, environment, created_ms) VALUES (?1, ?2, ?3, ?4)",
             args![id, name, environment, now],
@@ -221,7 +220,7 @@ impl dyn Tx + '_ {
     }
 
     /// The first tenant made with this name.
-    pub(crate) fn tenant_named(&self, name: &str) -> Result<Option<String>, ApiError> {
+    pub(crate) fn tenant_named(&self, name: &str) -> Result<Option<String>, StoreError> {
         self.query_opt(
             "SELECT id FROM tenants WHERE name = ?1 ORDER BY created_ms LIMIT 1",
             args![name],
@@ -230,7 +229,7 @@ impl dyn Tx + '_ {
     }
 
     /// The tenant's environment (`sandbox` or `live`).
-    pub(crate) fn tenant_environment(&self, id: &str) -> Result<Option<String>, ApiError> {
+    pub(crate) fn tenant_environment(&self, id: &str) -> Result<Option<String>, StoreError> {
         self.query_opt(
             "SELECT environment FROM tenants WHERE id = ?1",
             args![id],
@@ -239,19 +238,19 @@ impl dyn Tx + '_ {
     }
 
     /// Every tenant's id and name, by id.
-    pub(crate) fn tenant_names(&self) -> Result<Vec<(String, String)>, ApiError> {
+    pub(crate) fn tenant_names(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.query_map("SELECT id, name FROM tenants ORDER BY id", args![], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
     }
 
     /// Every tenant, by id.
-    pub(crate) fn tenant_ids(&self) -> Result<Vec<String>, ApiError> {
+    pub(crate) fn tenant_ids(&self) -> Result<Vec<String>, StoreError> {
         self.query_map("SELECT id FROM tenants ORDER BY id", args![], |r| r.get(0))
     }
 
     /// Revokes every API key of the tenant.
-    pub(crate) fn revoke_tenant_keys(&self, tenant: &str) -> Result<(), ApiError> {
+    pub(crate) fn revoke_tenant_keys(&self, tenant: &str) -> Result<(), StoreError> {
         self.execute("DELETE FROM api_keys WHERE tenant_id = ?1", args![tenant])
             .map(drop)
     }
@@ -265,7 +264,7 @@ impl dyn Tx + '_ {
         role: &str,
         subject: &str,
         now: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO api_keys (secret_hash, key_id, tenant_id, role, subject, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -275,7 +274,7 @@ impl dyn Tx + '_ {
     }
 
     /// The API key whose secret hashes to `secret_hash`.
-    pub(crate) fn key_by_hash(&self, secret_hash: &str) -> Result<Option<KeyRow>, ApiError> {
+    pub(crate) fn key_by_hash(&self, secret_hash: &str) -> Result<Option<KeyRow>, StoreError> {
         self.query_opt(
             "SELECT k.key_id, k.tenant_id, k.role, k.subject, t.environment
              FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.secret_hash = ?1",
@@ -300,7 +299,7 @@ impl dyn Tx + '_ {
         text: &str,
         digest: &str,
         now: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO org_policies (tenant_id, id, text, digest, updated_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)
@@ -316,7 +315,7 @@ impl dyn Tx + '_ {
         &self,
         tenant: &str,
         id: &str,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<String>, StoreError> {
         self.query_opt(
             "SELECT text FROM org_policies WHERE tenant_id = ?1 AND id = ?2",
             args![tenant, id],
@@ -328,7 +327,7 @@ impl dyn Tx + '_ {
     pub(crate) fn tenant_policy_version(
         &self,
         tenant: &str,
-    ) -> Result<Option<(u64, String)>, ApiError> {
+    ) -> Result<Option<(u64, String)>, StoreError> {
         self.query_opt(
             "SELECT version, digest FROM tenant_policies WHERE tenant_id = ?1",
             args![tenant],
@@ -337,7 +336,7 @@ impl dyn Tx + '_ {
     }
 
     /// Stores the tenant's policy in place of the last.
-    pub(crate) fn store_tenant_policy(&self, p: &NewTenantPolicy<'_>) -> Result<(), ApiError> {
+    pub(crate) fn store_tenant_policy(&self, p: &NewTenantPolicy<'_>) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO tenant_policies (tenant_id, text, org_policy_id, effective, digest, version, updated_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -358,7 +357,7 @@ impl dyn Tx + '_ {
     }
 
     /// The tenant's effective policy.
-    pub(crate) fn tenant_policy(&self, tenant: &str) -> Result<Option<PolicyRow>, ApiError> {
+    pub(crate) fn tenant_policy(&self, tenant: &str) -> Result<Option<PolicyRow>, StoreError> {
         self.query_opt(
             "SELECT effective, digest, version, org_policy_id FROM tenant_policies WHERE tenant_id = ?1",
             args![tenant],
