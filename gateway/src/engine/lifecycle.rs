@@ -20,7 +20,8 @@ use crate::engine::live::LiveReservation;
 use crate::engine::{Engine, bounded, require_role};
 use crate::error::ApiError;
 use crate::store::{
-    ApprovalRow, Finalized, IntentViewRow, NewEvidence, NewIntent, ReservationRow, ToComplete, Tx,
+    ApprovalRow, Finalized, IntentSummaryRow, NewEvidence, NewIntent, ReservationRow, ToComplete,
+    Tx,
 };
 use crate::tokens::{Claims, sha256_hex};
 
@@ -1057,7 +1058,7 @@ fn intent_view(
     tenant: &str,
     intent_id: Uuid,
 ) -> Result<IntentView, ApiError> {
-    let Some(IntentViewRow {
+    let Some(IntentSummaryRow {
         operations: ops,
         budget_cents: budget,
         currency,
@@ -1065,7 +1066,8 @@ fn intent_view(
         deadline_ms: deadline,
         consumed_cents: consumed,
         reserved_cents: reserved,
-    }) = tx.intent_view_row(tenant, &intent_id.to_string())?
+        ..
+    }) = tx.intent_summary(tenant, &intent_id.to_string())?
     else {
         return Err(ApiError::not_found(
             "intent_not_found",

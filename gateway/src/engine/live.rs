@@ -717,4 +717,53 @@ mod tests {
         // Another tenant's key never finds it.
         assert!(state.reservation("u", &format!("r{newest}")).is_none());
     }
+
+    #[test]
+    fn clearing_forgets_everything_held() {
+        let mut state = LiveState::default();
+        state.keep("i", intent(10), 64);
+        state.set_tip("t", 3, "h".to_owned());
+        state.set_policy_version("t", Some(2));
+        state.keep_counter(
+            bucket_key("t", "tenant"),
+            LiveCounter {
+                start: 0,
+                end: 1_000,
+                spent: 5,
+                next_lapse_ms: i64::MAX,
+            },
+            10,
+        );
+        state.keep_window(bucket_key("t", "tool"), vec![1, 2]);
+        state.hold_reservation(
+            "r".to_owned(),
+            LiveReservation {
+                tenant: "t".to_owned(),
+                intent: "i".to_owned(),
+                amount: 1,
+                expires_ms: 100,
+                created_ms: 1,
+                agent: "a".to_owned(),
+                agent_subject: None,
+                vendor: None,
+                tool: "tool".to_owned(),
+            },
+        );
+        assert!(
+            state
+                .counter(&bucket_key("t", "tenant"), (0, 1_000), 10)
+                .is_some()
+        );
+        state.clear();
+        assert!(state.touch("i").is_none());
+        assert!(state.tip("t").is_none());
+        assert!(state.policy_version("t").is_none());
+        assert!(
+            state
+                .counter(&bucket_key("t", "tenant"), (0, 1_000), 10)
+                .is_none()
+        );
+        assert!(state.window(&bucket_key("t", "tool"), 10, 100).is_none());
+        assert!(state.reservation("t", "r").is_none());
+    }
 }

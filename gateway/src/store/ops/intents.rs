@@ -44,19 +44,6 @@ pub(crate) struct NewIntent<'a> {
     pub(crate) created_ms: i64,
 }
 
-/// An intent as its view shows it.
-pub(crate) struct IntentViewRow {
-    /// Its operations, a JSON array.
-    pub(crate) operations: String,
-    pub(crate) budget_cents: u64,
-    pub(crate) currency: String,
-    pub(crate) state: String,
-    pub(crate) deadline_ms: i64,
-    pub(crate) consumed_cents: u64,
-    /// Lapsed reservations included.
-    pub(crate) reserved_cents: u64,
-}
-
 /// An intent as evidence reads it.
 pub(crate) struct EvidenceIntentRow {
     pub(crate) state: String,
@@ -159,30 +146,6 @@ impl dyn Tx + '_ {
             ],
         )
         .map(drop)
-    }
-
-    /// The tenant's intent `id`, as its view shows it.
-    pub(crate) fn intent_view_row(
-        &self,
-        tenant: &str,
-        id: &str,
-    ) -> Result<Option<IntentViewRow>, StoreError> {
-        self.query_opt(
-            "SELECT operations, budget_cents, currency, state, deadline_ms, consumed_cents,
-                 reserved_cents FROM intents WHERE id = ?1 AND tenant_id = ?2",
-            args![id, tenant],
-            |r| {
-                Ok(IntentViewRow {
-                    operations: r.get(0)?,
-                    budget_cents: r.get(1)?,
-                    currency: r.get(2)?,
-                    state: r.get(3)?,
-                    deadline_ms: r.get(4)?,
-                    consumed_cents: r.get(5)?,
-                    reserved_cents: r.get(6)?,
-                })
-            },
-        )
     }
 
     /// The deadline of intent `id`.

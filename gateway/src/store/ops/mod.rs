@@ -25,7 +25,7 @@ pub(crate) use audit::{BuiltBundle, JobRow, NewJob};
 pub(crate) use identity::{NewSession, ScimTokenRow};
 pub(crate) use insights::SearchColumns;
 pub(crate) use intents::{
-    Finalized, IntentTerms, IntentViewRow, NewEvidence, NewIntent, ReservationRow, ToComplete,
+    Finalized, IntentTerms, NewEvidence, NewIntent, ReservationRow, ToComplete,
 };
 pub(crate) use ledger::{NewEntry, StoredEntry};
 pub(crate) use reads::IntentSummaryRow;
