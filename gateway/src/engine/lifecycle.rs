@@ -822,10 +822,11 @@ impl Engine {
     ) -> Result<ApprovalStatus, ApiError> {
         require_role(principal, &[Role::Operator])?;
         self.tx_in(&principal.tenant_id, |tx, now| {
-            let (approvers, quorum) = pending_row(tx, now, &principal.tenant_id, id)?;
+            let pending = pending_row(tx, now, &principal.tenant_id, id)?;
+            let quorum = pending.quorum;
             // The approvers are subjects, not keys: a quorum of two takes two people,
             // however many keys one of them holds.
-            let mut approvers: Vec<String> = serde_json::from_str(&approvers)?;
+            let mut approvers: Vec<String> = serde_json::from_str(&pending.approvers)?;
             if approvers.contains(&principal.subject) {
                 return Err(ApiError::conflict(
                     "approval_already_given",
@@ -838,10 +839,8 @@ impl Engine {
             }
             approvers.push(principal.subject.clone());
             // Who, by id: a person's SCIM id (`scim:<id>`) or the key's id.
-            let ids = tx
-                .approval_row(&principal.tenant_id, &id.to_string())?
-                .and_then(|a| a.approver_ids);
-            let mut ids: Vec<String> = ids
+            let mut ids: Vec<String> = pending
+                .approver_ids
                 .map(|t| serde_json::from_str(&t))
                 .transpose()?
                 .unwrap_or_default();
@@ -855,7 +854,6 @@ impl Engine {
                 let token = self.minter.approval_token(&id.to_string(), token_expires);
                 tx.approve_approval(
                     &id.to_string(),
-                    &voters,
                     &sha256_hex(token.as_bytes()),
                     token_expires,
                     now,
@@ -1308,29 +1306,26 @@ pub(crate) fn complete_tx(
 }
 
 /// The approval's row if it can still be decided: 404 if absent, 409 if decided or expired.
-fn pending_row(tx: &dyn Tx, now: i64, tenant: &str, id: Uuid) -> Result<(String, u32), ApiError> {
-    let row = tx
-        .approval_row(tenant, &id.to_string())?
-        .map(|a| (a.state, a.approvers, a.quorum, a.expires));
-    let Some((state, approvers, quorum, expires)) = row else {
+fn pending_row(tx: &dyn Tx, now: i64, tenant: &str, id: Uuid) -> Result<ApprovalRow, ApiError> {
+    let Some(row) = tx.approval_row(tenant, &id.to_string())? else {
         return Err(ApiError::not_found(
             "approval_not_found",
             "no such approval request",
         ));
     };
-    if state != "pending" {
+    if row.state != "pending" {
         return Err(ApiError::conflict(
             "approval_already_decided",
-            format!("the approval request is already {state}"),
+            format!("the approval request is already {}", row.state),
         ));
     }
-    if now >= expires {
+    if now >= row.expires {
         return Err(ApiError::conflict(
             "approval_expired",
             "the approval request has expired",
         ));
     }
-    Ok((approvers, quorum))
+    Ok(row)
 }
 
 fn approval_status(

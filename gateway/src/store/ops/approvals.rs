@@ -175,19 +175,19 @@ impl dyn Tx + '_ {
         .map(drop)
     }
 
-    /// Approves the request at `now`: its voters, and its token's digest and expiry.
+    /// Approves the request at `now` (its votes recorded by [`Self::vote_approval`]):
+    /// its token's digest and expiry.
     pub(crate) fn approve_approval(
         &self,
         id: &str,
-        approvers: &str,
         token_hash: &str,
         token_expires: i64,
         now: i64,
     ) -> Result<(), StoreError> {
         self.execute(
-            "UPDATE approvals SET state = 'approved', approvers = ?2, token = NULL, token_hash = ?3,
-             token_expires_ms = ?4, decided_ms = ?5 WHERE id = ?1",
-            args![id, approvers, token_hash, token_expires, now],
+            "UPDATE approvals SET state = 'approved', token = NULL, token_hash = ?2,
+             token_expires_ms = ?3, decided_ms = ?4 WHERE id = ?1",
+            args![id, token_hash, token_expires, now],
         )
         .map(drop)
     }
