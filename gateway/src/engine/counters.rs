@@ -133,7 +133,7 @@ pub(crate) fn buckets_of<'a>(
 /// One keyed update per bucket: a single statement with `bucket IN (…)` makes
 /// SQLite build a temporary B-tree of the list on every call, which cost more than
 /// the updates themselves. The store merges a group's updates of one counter
-/// ([`crate::store::held`]).
+/// (`store::held`).
 pub(crate) fn adjust(
     tx: &dyn Tx,
     r: &Counted<'_>,

@@ -1,4 +1,4 @@
-//! Held-back writes ([`super::Tx::execute_later`]) sent together: a group's
+//! Held-back writes ([`super::sql::Sql::execute_later`]) sent together: a group's
 //! writes of one kind as one statement.
 //!
 //! A group of operations holds its writes back until it next reads, or commits,

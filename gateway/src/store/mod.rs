@@ -464,7 +464,7 @@ mod sql {
         /// Runs a write whose only outcome that matters is success. A store may hold it
         /// back and send it with the transaction's next statement or its commit
         /// (PostgreSQL pipelines them: one round trip for several), merged with other
-        /// held-back writes of its kind ([`held::coalesce`]: multi-row inserts, summed
+        /// held-back writes of its kind ([`super::held::coalesce`]: multi-row inserts, summed
         /// additive updates). Its failure may therefore be reported by a later
         /// statement, or by the commit of the group the operation ran in; either way
         /// no operation whose writes were lost is answered Ok. The SQL is one of the

@@ -19,7 +19,7 @@
 //! commit's fsync is paid once for the group, and what the group's decisions read
 //! of the tenant is kept in memory for its length ([`LiveState`]): nothing else
 //! can change the tenant while the group holds its lock. A write whose only
-//! outcome that matters is success ([`Tx::execute_later`]) is held back and sent
+//! outcome that matters is success ([`super::sql::Sql::execute_later`]) is held back and sent
 //! with the next statement, pipelined, merged with the held-back writes of the
 //! group's other operations ([`super::held`]): a decision that reads nothing of
 //! the database sends nothing of its own, and its writes go with the group's

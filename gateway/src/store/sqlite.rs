@@ -5,7 +5,7 @@
 //! join one transaction, each in a savepoint of its own (an operation that fails
 //! rolls back only itself), and the last of them commits for all: a group commit.
 //! While others wait to join, an operation's writes whose only outcome is success
-//! ([`Tx::execute_later`]) are held back and sent merged with the group's others
+//! ([`super::sql::Sql::execute_later`]) are held back and sent merged with the group's others
 //! ([`super::held`]) before its next statement or with the commit; an operation
 //! that only holds writes back needs no savepoint.
 //!
@@ -484,7 +484,7 @@ struct Batch {
     /// Operations submitted by async callers ([`SqliteStore::submit`]) that ran in
     /// the open group and wait for its commit.
     waiting: Vec<Pending>,
-    /// The open group's writes held back ([`Tx::execute_later`]): sent, merged
+    /// The open group's writes held back ([`super::sql::Sql::execute_later`]): sent, merged
     /// ([`held::coalesce`]), before the group's next statement or its commit.
     held: std::cell::RefCell<Vec<Held>>,
     /// Why the open group cannot commit: a held-back write of an operation that

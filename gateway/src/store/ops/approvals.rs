@@ -175,7 +175,7 @@ impl dyn Tx + '_ {
         .map(drop)
     }
 
-    /// Approves the request at `now` (its votes recorded by [`Self::vote_approval`]):
+    /// Approves the request at `now` (its votes recorded by `vote_approval`):
     /// its token's digest and expiry.
     pub(crate) fn approve_approval(
         &self,
