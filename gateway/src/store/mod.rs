@@ -468,7 +468,7 @@ mod sql {
         /// additive updates). Its failure may therefore be reported by a later
         /// statement, or by the commit of the group the operation ran in; either way
         /// no operation whose writes were lost is answered Ok. The SQL is one of the
-        /// engine's constant statements.
+        /// store's constant statements.
         fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), StoreError> {
             self.execute(sql, args).map(drop)
         }
