@@ -8,8 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use paybond_middleware_core::wire::{
-    ApprovalState, PreflightRequest, PreflightResult, Principal, SpendScope, VerifyRequest,
-    VerifyResult,
+    PreflightRequest, PreflightResult, Principal, SpendScope, VerifyRequest, VerifyResult,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -22,7 +21,7 @@ use crate::engine::rules::{
 };
 use crate::engine::{EffectivePolicy, Engine, Role, bounded, ledger, require_role};
 use crate::error::ApiError;
-use crate::store::{NewApproval, NewDecision, NewReservation, Tx};
+use crate::store::{NewApproval, NewDecision, NewReservation, Tx, approval_state};
 use crate::tokens::sha256_hex;
 
 /// Largest amount the gateway accepts, in cents (10 billion dollars).
@@ -487,9 +486,12 @@ impl Engine {
             currency,
         } = decision;
 
+        // The decision's id as text: its answer's audit id, its ledger entry's
+        // and its row's.
+        let id = decision_id.to_string();
         let mut result = VerifyResult {
             allow: false,
-            audit_id: Some(decision_id.to_string()),
+            audit_id: Some(id.clone()),
             tenant: principal.tenant_id.clone(),
             intent_id: req.intent_id,
             code: None,
@@ -593,12 +595,12 @@ impl Engine {
             tx,
             call.tenant,
             &format!("decision.{outcome}"),
-            decision_payload(decision_id, &call, req, &result, expires_ms),
+            decision_payload(&id, &call, req, &result, expires_ms),
             now,
         )?;
         // With its ledger position, which orders decisions made in the same millisecond.
         tx.record_decision(&NewDecision {
-            id: &decision_id.to_string(),
+            id: &id,
             tenant: call.tenant,
             intent: &call.intent,
             outcome,
@@ -631,8 +633,10 @@ impl Engine {
         call: &Call<'_>,
         decision_id: Uuid,
     ) -> Result<(), ApiError> {
+        let id = decision_id.to_string();
+        let lapses = now + self.config.reservation_ttl_ms;
         tx.reserve(&NewReservation {
-            id: &decision_id.to_string(),
+            id: &id,
             tenant: call.tenant,
             intent: &call.intent,
             tool: &call.tool,
@@ -642,15 +646,14 @@ impl Engine {
             agent_subject: call.agent_subject,
             amount: call.amount,
             created_ms: now,
-            expires_ms: now + self.config.reservation_ttl_ms,
+            expires_ms: lapses,
         })?;
-        let lapses = now + self.config.reservation_ttl_ms;
         if let Some(live) = tx.live() {
             let mut live = live.borrow_mut();
             live.reserved(&call.intent, call.amount, lapses);
             live.called(call.tenant, &call.tool, now);
             live.hold_reservation(
-                decision_id.to_string(),
+                id,
                 LiveReservation {
                     tenant: call.tenant.to_owned(),
                     intent: call.intent.clone(),
@@ -697,13 +700,8 @@ impl Engine {
         )?;
         let existing = existing
             .map(|(id, state)| {
-                let state = match state.as_str() {
-                    "denied" => ApprovalState::Denied,
-                    "approved" => ApprovalState::Approved,
-                    _ => ApprovalState::Pending,
-                };
                 Uuid::parse_str(&id)
-                    .map(|id| (id, state))
+                    .map(|id| (id, approval_state(&state)))
                     .map_err(ApiError::internal)
             })
             .transpose()?;
@@ -795,7 +793,7 @@ impl Engine {
 /// the spend state needs: with an allow, when its reservation lapses
 /// (`expires_ms`).
 fn decision_payload(
-    decision_id: Uuid,
+    decision_id: &str,
     call: &Call<'_>,
     req: &VerifyRequest,
     result: &VerifyResult,
@@ -808,7 +806,7 @@ fn decision_payload(
         .num("amount_cents", Some(call.amount))
         .str("approval_request_id", approval.as_deref())
         .str("currency", req.currency.as_deref())
-        .str("decision_id", Some(&decision_id.to_string()))
+        .str("decision_id", Some(decision_id))
         .num("expires_ms", expires_ms)
         .str("intent_id", Some(&call.intent))
         .str("operation", Some(call.operation))
@@ -931,7 +929,7 @@ mod tests {
             let id = Uuid::now_v7();
             let expires = allow.then_some(1_700_000_000_000_i64);
             assert_eq!(
-                decision_payload(id, &call, req, &result, expires),
+                decision_payload(&id.to_string(), &call, req, &result, expires),
                 through_value(id, &call, req, &result, expires)
             );
         }

@@ -20,8 +20,7 @@ use crate::engine::live::LiveReservation;
 use crate::engine::{Engine, bounded, require_role};
 use crate::error::ApiError;
 use crate::store::{
-    ApprovalRow, Finalized, IntentSummaryRow, NewEvidence, NewIntent, ReservationRow, ToComplete,
-    Tx,
+    ApprovalRow, Finalized, NewEvidence, NewIntent, ReservationRow, ToComplete, Tx, approval_state,
 };
 use crate::tokens::{Claims, sha256_hex};
 
@@ -1056,34 +1055,24 @@ fn intent_view(
     tenant: &str,
     intent_id: Uuid,
 ) -> Result<IntentView, ApiError> {
-    let Some(IntentSummaryRow {
-        operations: ops,
-        budget_cents: budget,
-        currency,
-        state,
-        deadline_ms: deadline,
-        consumed_cents: consumed,
-        reserved_cents: reserved,
-        ..
-    }) = tx.intent_summary(tenant, &intent_id.to_string())?
-    else {
+    let Some(row) = tx.intent_summary(tenant, &intent_id.to_string())? else {
         return Err(ApiError::not_found(
             "intent_not_found",
             "no such intent for this tenant",
         ));
     };
-    let (reserved, open) = live_reservations(tx, &intent_id.to_string(), reserved, now)?;
+    let (reserved, open) = live_reservations(tx, &row.id, row.reserved_cents, now)?;
     Ok(IntentView {
         intent_id,
         tenant: tenant.to_owned(),
-        state: lifecycle(&state),
-        allowed_tools: serde_json::from_str(&ops)?,
-        budget_cents: budget,
-        consumed_cents: consumed,
+        state: lifecycle(&row.state),
+        allowed_tools: serde_json::from_str(&row.operations)?,
+        budget_cents: row.budget_cents,
+        consumed_cents: row.consumed_cents,
         reserved_cents: reserved,
         open_reservations: open,
-        currency,
-        deadline: rfc3339(deadline),
+        currency: row.currency,
+        deadline: rfc3339(row.deadline_ms),
         capability_token: None,
     })
 }
@@ -1355,12 +1344,7 @@ fn approval_status(
     else {
         return Ok(None);
     };
-    let mut state = match state.as_str() {
-        "approved" => ApprovalState::Approved,
-        "denied" => ApprovalState::Denied,
-        "expired" => ApprovalState::Expired,
-        _ => ApprovalState::Pending,
-    };
+    let mut state = approval_state(&state);
     if state == ApprovalState::Pending && now >= expires {
         state = ApprovalState::Expired;
     }

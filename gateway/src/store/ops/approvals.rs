@@ -36,12 +36,23 @@ fn filter_args<'a>(tenant: &'a str, query: &'a ApprovalQuery, now: i64) -> Vec<A
     ]
 }
 
+/// An approval state as stored.
 fn state_name(s: ApprovalState) -> &'static str {
     match s {
         ApprovalState::Pending => "pending",
         ApprovalState::Approved => "approved",
         ApprovalState::Denied => "denied",
         ApprovalState::Expired => "expired",
+    }
+}
+
+/// A stored approval state; anything else reads as pending.
+pub(crate) fn approval_state(name: &str) -> ApprovalState {
+    match name {
+        "approved" => ApprovalState::Approved,
+        "denied" => ApprovalState::Denied,
+        "expired" => ApprovalState::Expired,
+        _ => ApprovalState::Pending,
     }
 }
 

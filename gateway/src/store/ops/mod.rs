@@ -20,7 +20,7 @@ pub(in crate::store) mod scim;
 pub(in crate::store) mod spend;
 pub(in crate::store) mod tenants;
 
-pub(crate) use approvals::ApprovalRow;
+pub(crate) use approvals::{ApprovalRow, approval_state};
 pub(crate) use audit::{BuiltBundle, JobRow, NewJob};
 pub(crate) use identity::{NewSession, ScimTokenRow};
 pub(crate) use insights::SearchColumns;
