@@ -1535,15 +1535,7 @@ pub(crate) mod tests {
         let old = PgStore::open(&url).unwrap();
         let (old_id, _) = old.replica.as_ref().unwrap();
         let old_id = old_id.clone();
-        old.write(|tx| {
-            tx.execute(
-                "INSERT INTO tenants (id, name, environment, created_ms) VALUES ('t', 't', 'sandbox', 0)",
-                args![],
-            )
-            .map(drop)
-            .map_err(ApiError::from)
-        })
-        .unwrap();
+        add_tenant_t(&old);
         let expand = schema::Migration {
             version: schema::LATEST + 1,
             served_from: schema::LATEST,
