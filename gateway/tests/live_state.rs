@@ -134,3 +134,83 @@ fn two_engines_deciding_at_once_on_one_file_never_overspend() {
     assert_eq!(reserved, allowed);
     assert!(block_on(f.engine.verify_ledger()).unwrap().valid);
 }
+
+#[test]
+fn many_callers_on_one_file_never_overspend_and_every_allow_answered_is_kept() {
+    const BUDGET: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("paybond.db");
+    // The booking tool without the bundled policy's hourly call limit.
+    let mut config = on_file(&db);
+    config.default_org_policy = None;
+    config.default_tenant_policy = Some(paybond_gateway::PolicyFile {
+        text: format!(
+            "version: 1\nname: load\ndefault_deny: true\ntools:\n  {}: {{side_effecting: true, \
+             spend_from_args: amount_cents, evidence_preset: cost_and_completion}}\n",
+            common::BOOK
+        ),
+        file: "load.yaml".into(),
+    });
+    let Fixture {
+        engine,
+        keys,
+        agent,
+        ..
+    } = Fixture::with_config(config);
+    let (intent, token) = {
+        let r = block_on(engine.bootstrap_sandbox(
+            &agent,
+            &paybond_middleware_core::wire::SandboxBootstrapRequest {
+                operation: common::BOOK.to_owned(),
+                requested_spend_cents: BUDGET,
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+        (r.intent_id, r.capability_token)
+    };
+    // More callers than a group takes, so that groups are committed behind the
+    // writer while it decides the next; they ask about twice the budget.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let allowed: u64 = rt.block_on(async {
+        let callers: Vec<_> = (0..96_u64)
+            .map(|n| {
+                let (engine, agent, token) = (engine.clone(), agent.clone(), token.clone());
+                tokio::spawn(async move {
+                    let mut cents = 0;
+                    for i in 0..40_u64 {
+                        let amount = 3 + (i * 7 + n) % 20;
+                        let r = engine
+                            .verify(agent.clone(), verify_request(intent, &token, amount))
+                            .await
+                            .unwrap();
+                        if r.allow {
+                            cents += amount;
+                        }
+                    }
+                    cents
+                })
+            })
+            .collect();
+        let mut sum = 0;
+        for c in callers {
+            sum += c.await.unwrap();
+        }
+        sum
+    });
+    assert!(allowed <= BUDGET, "{allowed} cents allowed of {BUDGET}");
+    assert!(allowed > BUDGET - 100, "the budget ran out: {allowed}");
+    drop(rt);
+    drop(engine);
+    // Reopened, the file holds every allow that was answered, and nothing else.
+    let engine = Arc::new(Engine::open(on_file(&db)).unwrap());
+    let agent = block_on(engine.authenticate(keys.agent.expose_secret())).unwrap();
+    let reserved = block_on(engine.get_intent(&agent, intent))
+        .unwrap()
+        .reserved_cents;
+    assert_eq!(reserved, allowed);
+    assert!(block_on(engine.verify_ledger()).unwrap().valid);
+}

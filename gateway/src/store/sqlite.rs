@@ -11,8 +11,9 @@
 //!
 //! On a file database, a group whose operations ran no statement (they read the
 //! live state and held every write back, as a verify does once its intent is in
-//! memory) begins its transaction only to commit: the writer hands it to a
-//! committer thread ([`Link`]) and decides the next group meanwhile. One group is
+//! memory) begins its transaction only to commit: when it ends while other
+//! operations wait (it is full), the writer hands it to a committer thread
+//! ([`Link`]) and decides them meanwhile, as the next group. One group is
 //! with the committer at a time, and the writer waits for it before it ends
 //! another or runs a statement, so groups commit in order and a statement sees
 //! every group before its own. The group decided behind a commit that fails fails
@@ -525,9 +526,12 @@ struct Pending {
 ///
 /// A group whose operations ran no statement (they read the live state and held
 /// their writes back, as a verify does once its intent is in memory) needs the
-/// connection only for its commit: the writer hands it to the committer thread,
-/// which begins the transaction, sends the held-back writes and commits, while
-/// the writer decides the next group. One group is handed over at a time: the
+/// connection only for its commit. When it ends while other operations wait, the
+/// writer hands it to the committer thread, which begins the transaction, sends
+/// the held-back writes and commits, while the writer decides the waiting
+/// operations as the next group (one that ends with nobody waiting commits on the
+/// writer's thread: no decision would run beside it, and the committer's wake-up
+/// would only add to its latency). One group is handed over at a time: the
 /// writer waits for the last to be committed before it ends another or runs a
 /// statement, so the groups commit (and are acknowledged) in order, and a
 /// statement sees every group before its own.
@@ -1033,6 +1037,10 @@ struct Shared {
     durability: Option<Arc<Durability>>,
     /// Operations a commit takes at most.
     max_batch: usize,
+    /// Groups that end with no operation waiting are handed to the committer too
+    /// (tests only: they then commit on the writer's thread).
+    #[cfg(test)]
+    hand_over_alone: bool,
     /// For a file database: the thread that commits the groups that ran no
     /// statement. Declared before the sync thread, so that it stops first and
     /// the group it was committing is synced.
@@ -1148,6 +1156,8 @@ impl SqliteStore {
                 max_batch: if durability.is_some() { MAX_BATCH } else { 1 },
                 durability,
                 committer,
+                #[cfg(test)]
+                hand_over_alone: false,
                 _syncer: syncer,
                 stats,
             }),
@@ -1435,7 +1445,14 @@ impl Shared {
         };
         let left = self.arrivals.fetch_sub(1, Ordering::SeqCst) - 1;
         if left == 0 || b.ops >= self.max_batch || !matches!(keep, Ok(true)) {
-            self.end_group(&mut b, id, keep);
+            // Handed over when operations wait to be decided meanwhile: one that
+            // ends with nobody waiting commits here, which saves the committer's
+            // wake-up where nothing would be decided beside the commit.
+            #[cfg(test)]
+            let hand_over = left > 0 || self.hand_over_alone;
+            #[cfg(not(test))]
+            let hand_over = left > 0;
+            self.end_group(&mut b, id, keep, hand_over);
         }
         drop(b);
         Ok((out, id))
@@ -1445,7 +1462,7 @@ impl Shared {
     /// committer); a failed first operation rolls it back (it is all the group
     /// holds). What the group held back is sent with its commit; if any of it
     /// fails, so does the commit, and no write of the group is kept.
-    fn end_group(&self, b: &mut Batch, id: u64, keep: rusqlite::Result<bool>) {
+    fn end_group(&self, b: &mut Batch, id: u64, keep: rusqlite::Result<bool>, hand_over: bool) {
         let held = std::mem::take(&mut *b.held.borrow_mut());
         let broken = b.broken.borrow_mut().take();
         let sqlite = |e: rusqlite::Error| StoreError::from_sqlite(&e);
@@ -1475,7 +1492,7 @@ impl Shared {
             match (b.link.settle(), keep, broken) {
                 (_, Ok(false), _) => Ok(()),
                 (Some(why), _, _) | (None, Ok(true), Some(why)) => Err(why),
-                (None, Ok(true), None) if self.committer.is_some() => {
+                (None, Ok(true), None) if hand_over && self.committer.is_some() => {
                     handed = Some(held);
                     Ok(())
                 }
@@ -2137,11 +2154,18 @@ mod tests {
         (seen.recv().unwrap(), decided)
     }
 
+    /// A file store whose groups are handed to the committer even when no other
+    /// operation waits.
+    fn handing_over(path: &Path) -> Arc<SqliteStore> {
+        let mut store = SqliteStore::open(&Storage::File(path.to_owned()), 1 << 20).unwrap();
+        Arc::get_mut(&mut store.shared).unwrap().hand_over_alone = true;
+        Arc::new(store)
+    }
+
     #[test]
     fn a_group_decided_on_a_failed_commits_effects_fails_with_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Arc::new(SqliteStore::open(&Storage::File(dir.path().join("c.db")), 1 << 20).unwrap());
+        let store = handing_over(&dir.path().join("c.db"));
         store.write(|tx| put(tx, "before")).unwrap();
         let link = store.shared.committer.as_ref().unwrap().link.clone();
         let (conn, big) = hand_over_held(&store, &link, "big", vec![7_u8; 1 << 20]);
@@ -2179,7 +2203,7 @@ mod tests {
     fn groups_decided_while_another_connection_commits_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.db");
-        let store = Arc::new(SqliteStore::open(&Storage::File(path.clone()), 1 << 20).unwrap());
+        let store = handing_over(&path);
         store.write(|tx| put(tx, "before")).unwrap();
         let link = store.shared.committer.as_ref().unwrap().link.clone();
         assert!(!link.shared_recently());
