@@ -718,9 +718,9 @@ impl Link {
         let sqlite = |e: rusqlite::Error| StoreError::from_sqlite(&e);
         control(&conn.conn, "BEGIN IMMEDIATE").map_err(sqlite)?;
         let result = if self.changed_elsewhere(&mut conn) {
-            Err(changed_elsewhere())
+            Err(decided_on_stale_state())
         } else {
-            send_held(&conn.conn, held).and_then(|()| control(&conn.conn, "COMMIT").map_err(sqlite))
+            send_and_commit(&conn.conn, held)
         };
         match result {
             Ok(()) => stats.committed(started, ops),
@@ -1479,8 +1479,7 @@ impl Shared {
             let conn = b.link.conn();
             let started = std::time::Instant::now();
             let commit = match (keep, broken) {
-                (Ok(true), None) => send_held(&conn.conn, held)
-                    .and_then(|()| control(&conn.conn, "COMMIT").map_err(sqlite))
+                (Ok(true), None) => send_and_commit(&conn.conn, held)
                     .inspect(|()| self.stats.committed(started, b.ops)),
                 (Ok(true), Some(why)) => Err(why),
                 (Ok(false), _) => control(&conn.conn, "ROLLBACK").map_err(sqlite),
@@ -1574,14 +1573,14 @@ fn begin(
     // now, and none can come while the group is open.
     if link.changed_elsewhere(&mut conn) {
         drop(conn);
-        stale(changed_elsewhere())?;
+        stale(decided_on_stale_state())?;
     }
     Ok(())
 }
 
 /// Why a group decided while another connection changed the database is not
 /// committed.
-fn changed_elsewhere() -> StoreError {
+fn decided_on_stale_state() -> StoreError {
     StoreError::Busy(
         "another connection changed the database while these operations were decided; retry"
             .to_owned(),
@@ -1646,6 +1645,12 @@ impl WriterTx<'_> {
     fn begin(&self) -> Result<(), StoreError> {
         begin(self.link, self.begun, self.live, self.broken, true)
     }
+}
+
+/// Sends a group's held-back writes ([`send_held`]) and commits it.
+fn send_and_commit(conn: &Connection, held: Vec<Held>) -> Result<(), StoreError> {
+    send_held(conn, held)
+        .and_then(|()| control(conn, "COMMIT").map_err(|e| StoreError::from_sqlite(&e)))
 }
 
 /// Sends held-back writes, merged ([`held::coalesce`]), in order: the first
@@ -1990,6 +1995,40 @@ mod tests {
             .is_some()
     }
 
+    /// The seq of tenant `t`'s ledger tip in the writer's live state.
+    fn live_tip(store: &SqliteStore) -> Option<u64> {
+        store
+            .write(|tx| Ok(tx.live().unwrap().borrow().tip("t").map(|(seq, _)| seq)))
+            .unwrap()
+    }
+
+    /// Runs `op` as a write on a thread of its own and returns once it has run,
+    /// its group still open: the group ends when the returned sender is used;
+    /// the handle answers the write.
+    fn hold_open(
+        store: &Arc<SqliteStore>,
+        op: impl FnOnce(&dyn Tx) -> Result<(), ApiError> + Send + 'static,
+    ) -> (
+        mpsc::Sender<()>,
+        std::thread::JoinHandle<Result<(), ApiError>>,
+    ) {
+        let (entered, inside) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let holder = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store.write(move |tx| {
+                    op(tx)?;
+                    entered.send(()).unwrap();
+                    released.recv().unwrap();
+                    Ok(())
+                })
+            })
+        };
+        inside.recv().unwrap();
+        (release, holder)
+    }
+
     fn put(tx: &dyn Tx, key: &str) -> Result<(), ApiError> {
         tx.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)",
@@ -2054,11 +2093,6 @@ mod tests {
     fn the_live_state_holds_only_what_operations_that_keep_it_committed() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&Storage::File(dir.path().join("l.db")), 1 << 20).unwrap();
-        let tip = |store: &SqliteStore| {
-            store
-                .write(|tx| Ok(tx.live().unwrap().borrow().tip("t").map(|(seq, _)| seq)))
-                .unwrap()
-        };
         let keep = |seq: u64, fail: bool| {
             move |tx: &dyn Tx| {
                 tx.keep_live();
@@ -2074,17 +2108,17 @@ mod tests {
             }
         };
         store.write(keep(1, false)).unwrap();
-        assert_eq!(tip(&store), Some(1));
+        assert_eq!(live_tip(&store), Some(1));
         // Reads that do not write leave it.
         assert!(stored(&store, "k1"));
-        assert_eq!(tip(&store), Some(1));
+        assert_eq!(live_tip(&store), Some(1));
         // An operation that fails: what it put there goes with what it wrote.
         assert!(store.write(keep(2, true)).is_err());
-        assert_eq!(tip(&store), None);
+        assert_eq!(live_tip(&store), None);
         store.write(keep(3, false)).unwrap();
         // An operation that writes without keeping it in step empties it.
         store.write(|tx| put(tx, "other")).unwrap();
-        assert_eq!(tip(&store), None);
+        assert_eq!(live_tip(&store), None);
         store.write(keep(4, false)).unwrap();
         // So does a commit by another connection to the file.
         let other = Connection::open(dir.path().join("l.db")).unwrap();
@@ -2094,7 +2128,7 @@ mod tests {
                 [],
             )
             .unwrap();
-        assert_eq!(tip(&store), None);
+        assert_eq!(live_tip(&store), None);
     }
 
     /// Hands one group to the committer of `store` (whose link is `link`) and holds
@@ -2110,28 +2144,18 @@ mod tests {
         MutexGuard<'l, Conn>,
         std::thread::JoinHandle<Result<(), ApiError>>,
     ) {
-        let (ran, running) = mpsc::channel();
-        let (locked, held) = mpsc::channel::<()>();
-        let writer = {
-            let store = store.clone();
-            std::thread::spawn(move || {
-                store.write(move |tx| {
-                    tx.keep_live();
-                    tx.execute_later(
-                        "INSERT INTO meta (key, value) VALUES (?1, ?2)",
-                        args![key, value],
-                    )?;
-                    tx.live().unwrap().borrow_mut().set_tip("t", 1, "h".into());
-                    // Its group is open: the connection is free until it ends.
-                    ran.send(()).unwrap();
-                    held.recv().unwrap();
-                    Ok(())
-                })
-            })
-        };
-        running.recv().unwrap();
+        let (release, writer) = hold_open(store, move |tx| {
+            tx.keep_live();
+            tx.execute_later(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                args![key, value],
+            )?;
+            tx.live().unwrap().borrow_mut().set_tip("t", 1, "h".into());
+            Ok(())
+        });
+        // Its group is open: the connection is free until it ends.
         let conn = link.conn();
-        locked.send(()).unwrap();
+        release.send(()).unwrap();
         // The committer has taken the group, and waits for the connection.
         while !link.commit().busy {
             std::thread::yield_now();
@@ -2192,11 +2216,9 @@ mod tests {
         // The small write alone would fit, but it was decided on what was not kept.
         let refused = small.join().unwrap().unwrap_err();
         assert_eq!((refused.status, refused.code), (507, "storage_full"));
-        let tip = store
-            .write(|tx| Ok(tx.live().unwrap().borrow().tip("t").map(|(seq, _)| seq)))
-            .unwrap();
         assert_eq!(
-            tip, None,
+            live_tip(&store),
+            None,
             "the live state forgot the failed group's effects"
         );
         assert!(!stored(&store, "big") && !stored(&store, "small"));
@@ -2238,10 +2260,7 @@ mod tests {
         // From now on, groups begin their transaction before they decide.
         assert!(link.shared_recently());
         // The retry reads the state again, and commits.
-        let tip = store
-            .write(|tx| Ok(tx.live().unwrap().borrow().tip("t").map(|(seq, _)| seq)))
-            .unwrap();
-        assert_eq!(tip, None);
+        assert_eq!(live_tip(&store), None);
         store.write(|tx| put_later(tx, "retried")).unwrap();
         assert!(stored(&store, "retried"));
     }
@@ -2525,20 +2544,7 @@ mod tests {
             Arc::new(SqliteStore::open(&Storage::File(dir.path().join("r.db")), 1 << 20).unwrap());
         store.write(|tx| put(tx, "committed")).unwrap();
         // A write that holds the writer thread (and its open group) until released.
-        let (entered, inside) = mpsc::channel();
-        let (release, released) = mpsc::channel::<()>();
-        let holder = {
-            let store = store.clone();
-            std::thread::spawn(move || {
-                store.write(move |tx| {
-                    put(tx, "uncommitted")?;
-                    entered.send(()).unwrap();
-                    released.recv().unwrap();
-                    Ok(())
-                })
-            })
-        };
-        inside.recv().unwrap();
+        let (release, holder) = hold_open(&store, |tx| put(tx, "uncommitted"));
         let (answer, answered) = mpsc::channel();
         {
             let store = store.clone();
