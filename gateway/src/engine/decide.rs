@@ -160,6 +160,7 @@ impl Engine {
             .queue_idempotent(
                 principal,
                 "verify",
+                Some(req.intent_id),
                 key.as_deref(),
                 req,
                 move |engine, tx, now, principal, req| {

@@ -464,6 +464,7 @@ impl Engine {
         self.queue_idempotent(
             principal,
             "evidence",
+            Some(intent_id),
             idempotency_key.as_deref(),
             EvidenceKeyed {
                 intent_id,
@@ -660,6 +661,7 @@ impl Engine {
         self.queue_idempotent(
             principal,
             "complete",
+            None,
             idempotency_key.as_deref(),
             CompleteKeyed {
                 decision_id,

@@ -25,7 +25,7 @@ use paybond_middleware_core::wire::LifecycleStatus;
 
 use crate::engine::rules::{CallWindow, IntentFacts};
 use crate::error::ApiError;
-use crate::store::Tx;
+use crate::store::{IntentRow, Tx};
 
 /// Intents kept at most; past it the eighth used longest ago is forgotten (read
 /// again on demand), so memory stays bounded whatever the number of intents and
@@ -350,6 +350,28 @@ impl LiveState {
         self.intents.insert(intent.to_owned(), held);
     }
 
+    /// Whether `intent` is held.
+    pub(crate) fn holds_intent(&self, intent: &str) -> bool {
+        self.intents.contains_key(intent)
+    }
+
+    /// Takes the intents `other` holds and this does not.
+    pub(crate) fn take_intents(&mut self, other: &mut Self) {
+        for (id, held) in other.intents.drain() {
+            if !self.holds_intent(&id) {
+                self.keep(&id, held, MAX_INTENTS);
+            }
+        }
+    }
+
+    /// Holds `tenant`'s `intent` as read (`row`) under the tenant's lock, unless
+    /// it is held already (what is held is as current: see the module docs).
+    pub(crate) fn keep_read(&mut self, tenant: &str, intent: &str, row: IntentRow) {
+        if !self.holds_intent(intent) {
+            self.keep(intent, LiveIntent::read(tenant, row), MAX_INTENTS);
+        }
+    }
+
     /// A decision's reservation of `cents` on `intent`, lapsing at `expires_ms`.
     /// Nothing to do for an intent not held here (it is read with it).
     pub(crate) fn reserved(&mut self, intent: &str, cents: u64, expires_ms: i64) {
@@ -517,22 +539,28 @@ pub(crate) fn tool_window(
 /// An intent as the database holds it, with when its first open reservation
 /// lapses: one statement.
 fn load(tx: &dyn Tx, tenant: &str, intent: &str) -> Result<Option<LiveIntent>, ApiError> {
-    let Some(row) = tx.intent_row(tenant, intent)? else {
-        return Ok(None);
-    };
-    Ok(Some(LiveIntent {
-        tenant: tenant.to_owned(),
-        state: IntentFacts::parse_state(&row.state),
-        state_name: row.state,
-        deadline_ms: row.deadline_ms,
-        budget_cents: row.budget_cents,
-        counted_cents: row.counted_cents,
-        currency: row.currency,
-        operations: serde_json::from_str(&row.operations).unwrap_or_default(),
-        evidence_schema: row.evidence_schema,
-        next_lapse_ms: row.next_lapse_ms.unwrap_or(i64::MAX),
-        used: 0,
-    }))
+    Ok(tx
+        .intent_row(tenant, intent)?
+        .map(|row| LiveIntent::read(tenant, row)))
+}
+
+impl LiveIntent {
+    /// `tenant`'s intent as [`Tx::intent_row`] read it.
+    fn read(tenant: &str, row: IntentRow) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            state: IntentFacts::parse_state(&row.state),
+            state_name: row.state,
+            deadline_ms: row.deadline_ms,
+            budget_cents: row.budget_cents,
+            counted_cents: row.counted_cents,
+            currency: row.currency,
+            operations: serde_json::from_str(&row.operations).unwrap_or_default(),
+            evidence_schema: row.evidence_schema,
+            next_lapse_ms: row.next_lapse_ms.unwrap_or(i64::MAX),
+            used: 0,
+        }
+    }
 }
 
 /// Where the live state differs from the database (nothing, if it is in step):

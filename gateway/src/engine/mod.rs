@@ -574,11 +574,13 @@ impl Engine {
     }
 
     /// [`Self::idempotent`] for async callers (see [`Self::queue_in`]); `f` is
-    /// handed the engine, the principal and the request.
+    /// handed the engine, the principal and the request, and decides on `intent`
+    /// when one is named.
     pub(crate) async fn queue_idempotent<R, T, F>(
         self: &Arc<Self>,
         principal: Principal,
         route: &'static str,
+        intent: Option<Uuid>,
         key: Option<&str>,
         request: R,
         f: F,
@@ -590,22 +592,29 @@ impl Engine {
     {
         let keyed = Keyed::new(&principal.key_id, route, key, &request)?;
         let tenant_id = principal.tenant_id.clone();
-        self.queue_in(tenant_id, move |engine, tx, now, tenant_id| match &keyed {
-            Some(keyed) => engine.keyed(tx, now, tenant_id, keyed, |tx, now| {
-                f(engine, tx, now, &principal, &request)
-            }),
-            None => f(engine, tx, now, &principal, &request),
-        })
+        self.queue_in(
+            tenant_id,
+            intent,
+            move |engine, tx, now, tenant_id| match &keyed {
+                Some(keyed) => engine.keyed(tx, now, tenant_id, keyed, |tx, now| {
+                    f(engine, tx, now, &principal, &request)
+                }),
+                None => f(engine, tx, now, &principal, &request),
+            },
+        )
         .await
     }
 
     /// [`Self::tx_in`] for async callers. On the SQLite file store the transaction
     /// goes to the store's writer thread and the caller awaits its durable commit
     /// without holding a thread; on the other stores it runs through
-    /// [`Self::blocking`]. `f` is handed the engine and the tenant.
+    /// [`Self::blocking`]. `f` is handed the engine and the tenant; `intent`, the
+    /// intent it decides on if one is known, may be read ahead of it (see
+    /// [`crate::store::Store::write_on`]).
     pub(crate) async fn queue_in<T, F>(
         self: &Arc<Self>,
         tenant_id: String,
+        intent: Option<Uuid>,
         f: F,
     ) -> Result<T, ApiError>
     where
@@ -620,8 +629,12 @@ impl Engine {
         match self.store.submit(self.clone(), op) {
             Ok(answer) => answer.await,
             Err((engine, op)) => {
-                self.blocking(move |e| e.store.write(Some(&tenant), |tx| op(&engine, tx)))
-                    .await
+                self.blocking(move |e| {
+                    let intent = intent.map(|i| i.to_string());
+                    e.store
+                        .write_on(Some(&tenant), intent.as_deref(), |tx| op(&engine, tx))
+                })
+                .await
             }
         }
     }

@@ -586,6 +586,17 @@ impl Store {
         tenant: Option<&str>,
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError> + Send,
     ) -> Result<T, ApiError> {
+        self.write_on(tenant, None, f)
+    }
+
+    /// [`Self::write`] for a write that decides on `intent` (of `tenant`'s), which
+    /// a store may then read ahead of `f` (see [`postgres::PgStore::write_as`]).
+    pub(crate) fn write_on<T: Send>(
+        &self,
+        tenant: Option<&str>,
+        intent: Option<&str>,
+        f: impl FnOnce(&dyn Tx) -> Result<T, ApiError> + Send,
+    ) -> Result<T, ApiError> {
         let locked = |tx: &dyn Tx| {
             if let Some(t) = tenant {
                 tx.lock_tenant(t)?;
@@ -595,7 +606,7 @@ impl Store {
         match (self, tenant) {
             (Self::Sqlite(s), _) => s.write(locked),
             // A tenant's writes on a replica share a transaction holding its lock.
-            (Self::Postgres(p), Some(t)) => p.write_as(t, locked),
+            (Self::Postgres(p), Some(t)) => p.write_as(t, intent, locked),
             (Self::Postgres(p), None) => p.write(locked),
         }
     }

@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::error::Error;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -46,7 +46,7 @@ use uuid::Uuid;
 
 use super::held::{self, Held};
 use super::stats::StoreStats;
-use super::{Arg, DatabaseUrl, Row, StoreError, Tx, Value, schema};
+use super::{Arg, DatabaseUrl, IntentRow, Row, StoreError, Tx, Value, schema};
 use crate::engine::live::LiveState;
 use crate::error::ApiError;
 
@@ -102,6 +102,11 @@ struct TenantGroup {
     /// (every such change is a ledger entry of the tenant's), so that group's
     /// decisions read nothing again.
     kept: Mutex<Option<LiveState>>,
+    /// The last group here could not take what the one before it kept (another
+    /// replica, or a write of another kind, had changed the tenant since): the
+    /// next group reads the intent it is opened for with its lock, rather than
+    /// after it, one round trip later.
+    moved: AtomicBool,
 }
 
 #[derive(Default)]
@@ -447,10 +452,12 @@ impl PgStore {
     /// (opening one, which takes the tenant's lock, if none is open), in a
     /// savepoint of its own unless it opened the group; the last write in commits
     /// the group. Returns once the group has committed: `f`'s outcome, or the
-    /// commit's failure.
+    /// commit's failure. `intent`: the intent `f` decides on, if it is known
+    /// before `f` runs (see [`Self::open_group`]).
     pub(crate) fn write_as<T>(
         &self,
         tenant: &str,
+        intent: Option<&str>,
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let runtime = self.handle()?;
@@ -458,7 +465,7 @@ impl PgStore {
         group.arrivals.fetch_add(1, Ordering::SeqCst);
         let mut turn = group.lock();
         if turn.open.is_none() {
-            match self.open_group(runtime, tenant, &group) {
+            match self.open_group(runtime, tenant, intent, &group) {
                 Ok(open) => {
                     turn.open = Some(open);
                     turn.id += 1;
@@ -576,15 +583,23 @@ impl PgStore {
     /// A transaction for a new group of `tenant`'s: begun, the tenant locked,
     /// with what the last group here read of it if the tenant's ledger tip is
     /// still the one that group reached.
+    ///
+    /// When that was not so for the last group opened here (the tenant's
+    /// requests reach other replicas too), the group also reads `intent`, the
+    /// one its first write decides on, in the same round trip as its lock:
+    /// otherwise that write would read it once the lock is granted, one round
+    /// trip more during which the tenant's other replicas wait.
     fn open_group(
         &self,
         runtime: &tokio::runtime::Runtime,
         tenant: &str,
+        intent: Option<&str>,
         group: &TenantGroup,
     ) -> Result<OpenGroup, ApiError> {
         let conn = RefCell::new(self.take(runtime)?);
         let pending = RefCell::new(Vec::new());
         let live = RefCell::new(LiveState::default());
+        let intent = intent.filter(|_| group.moved.load(Ordering::Relaxed));
         let begun = {
             let tx = PgTx::new(&conn, &pending, None);
             tx.control_later("BEGIN");
@@ -594,20 +609,23 @@ impl PgStore {
                 "SELECT id FROM tenants WHERE id = ?1 FOR UPDATE",
                 super::args![tenant],
             )
-            .and_then(|()| tx.start_group(tenant, &mut live.borrow_mut()))
+            .and_then(|()| tx.start_group(tenant, intent, &mut live.borrow_mut()))
         };
+        let mut moved = true;
         if begun.is_ok()
             && let Some(mut kept) = group.keep().take()
         {
-            let read = live.borrow();
+            let mut read = live.borrow_mut();
             if kept.tip(tenant).is_some() && kept.tip(tenant) == read.tip(tenant) {
                 // As read just now under the lock: the policy's version is checked
                 // on every group, whatever the ledger says.
                 kept.set_policy_version(tenant, read.policy_version(tenant).flatten());
-                drop(read);
-                *live.borrow_mut() = kept;
+                kept.take_intents(&mut read);
+                *read = kept;
+                moved = false;
             }
         }
+        group.moved.store(moved, Ordering::Relaxed);
         match begun {
             Ok(()) => Ok(OpenGroup {
                 conn,
@@ -1022,9 +1040,7 @@ impl Ready {
         match self {
             Self::Control(sql) => client.batch_execute(sql).await,
             Self::Execute(statement, args) => {
-                let params: Vec<&(dyn ToSql + Sync)> =
-                    args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-                client.execute(&statement, &params).await.map(drop)
+                client.execute(&statement, &params(&args)).await.map(drop)
             }
         }
     }
@@ -1207,19 +1223,28 @@ impl<'a> PgTx<'a> {
 
     /// [`Self::check_floor`] for a tenant's new group, with what each of its
     /// decisions reads of the tenant (its policy version and its ledger tip) read
-    /// in the same statement and kept in the group's live state.
-    fn start_group(&self, tenant: &str, live: &mut LiveState) -> Result<(), StoreError> {
-        let rows = self.call(
-            "SELECT (SELECT served_from FROM schema_floor WHERE id = 1),
+    /// in the same statement and kept in the group's live state; and `intent`,
+    /// if given, read in the same round trip and kept there too.
+    fn start_group(
+        &self,
+        tenant: &str,
+        intent: Option<&str>,
+        live: &mut LiveState,
+    ) -> Result<(), StoreError> {
+        let start = "SELECT (SELECT served_from FROM schema_floor WHERE id = 1),
                  (SELECT version FROM tenant_policies WHERE tenant_id = ?1),
                  tip.seq, tip.hash
              FROM (SELECT 1) AS one
              LEFT JOIN (SELECT seq, hash FROM ledger WHERE tenant_id = ?1
-                 ORDER BY seq DESC LIMIT 1) AS tip ON true",
-            super::args![tenant],
-            true,
-        )?;
-        let Some(row) = rows.0.first() else {
+                 ORDER BY seq DESC LIMIT 1) AS tip ON true";
+        let (rows, intent_rows) = match intent {
+            None => (self.call(start, super::args![tenant], true)?.0, Vec::new()),
+            Some(intent) => self.call_both(
+                (start, super::args![tenant]),
+                (super::ops::spend::INTENT, super::args![intent, tenant]),
+            )?,
+        };
+        let Some(row) = rows.first() else {
             return Err(StoreError::Failed(
                 "storage: a group's first read returned no row".to_owned(),
             ));
@@ -1235,6 +1260,10 @@ impl<'a> PgTx<'a> {
         match (seq.and_then(|s| u64::try_from(s).ok()), hash) {
             (Some(seq), Some(hash)) => live.set_tip(tenant, seq, hash),
             _ => live.set_tip(tenant, 0, crate::engine::ledger::GENESIS.to_owned()),
+        }
+        if let (Some(intent), Some(row)) = (intent, intent_rows.first()) {
+            let row = IntentRow::read(&read_row(row)?)?;
+            live.keep_read(tenant, intent, row);
         }
         Ok(())
     }
@@ -1270,8 +1299,7 @@ impl<'a> PgTx<'a> {
         let client = self.conn.borrow().client.clone();
         let owned: Vec<Value> = args.iter().map(Value::from).collect();
         let later = self.take_pending()?;
-        let params: Vec<&(dyn ToSql + Sync)> =
-            owned.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        let params = params(&owned);
         let this = async {
             if rows {
                 client.query(&statement, &params).await.map(|r| (r, 0))
@@ -1284,6 +1312,34 @@ impl<'a> PgTx<'a> {
         };
         run(in_order(&client, later, this))
     }
+}
+
+impl PgTx<'_> {
+    /// Runs two queries, after what is pending, in one round trip: their rows.
+    fn call_both(
+        &self,
+        (first, first_args): (&str, &[Arg<'_>]),
+        (second, second_args): (&str, &[Arg<'_>]),
+    ) -> Result<(Vec<tokio_postgres::Row>, Vec<tokio_postgres::Row>), StoreError> {
+        let (first, second) = (self.statement(first)?, self.statement(second)?);
+        let client = self.conn.borrow().client.clone();
+        let owned = |args: &[Arg<'_>]| args.iter().map(Value::from).collect::<Vec<_>>();
+        let (first_owned, second_owned) = (owned(first_args), owned(second_args));
+        let (first_params, second_params) = (params(&first_owned), params(&second_owned));
+        let later = self.take_pending()?;
+        // `try_join` polls the first query before the second, every time: their
+        // requests leave in that order.
+        let both = futures_util::future::try_join(
+            client.query(&first, &first_params),
+            client.query(&second, &second_params),
+        );
+        run(in_order(&client, later, both))
+    }
+}
+
+/// `args` as a statement's parameters.
+fn params(args: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter().map(|a| a as &(dyn ToSql + Sync)).collect()
 }
 
 impl super::sql::Sql for PgTx<'_> {
@@ -1317,8 +1373,7 @@ impl super::sql::Sql for PgTx<'_> {
         let statement = self.statement(sql)?;
         let client = self.conn.borrow().client.clone();
         let owned: Vec<Value> = args.iter().map(Value::from).collect();
-        let params: Vec<&(dyn ToSql + Sync)> =
-            owned.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        let params = params(&owned);
         run(async { client.query(&statement, &params).await })?
             .iter()
             .map(read_row)
@@ -1552,7 +1607,7 @@ pub(crate) mod tests {
         // replica of this build started now is served too.
         as_newer_build(&url, &[expand]).unwrap();
         assert_eq!(newest(&old), schema::LATEST + 1);
-        old.write_as("t", |tx| put(tx, "op-1")).unwrap();
+        old.write_as("t", None, |tx| put(tx, "op-1")).unwrap();
         old.write(|tx| put(tx, "op-2")).unwrap();
         drop(PgStore::open(&url).unwrap());
 
@@ -1591,7 +1646,7 @@ pub(crate) mod tests {
         let writing = std::thread::spawn({
             let old = old.clone();
             move || {
-                old.write_as("t", |tx| {
+                old.write_as("t", None, |tx| {
                     put(tx, "op-3")?;
                     began.send(()).unwrap();
                     go_rx.recv().unwrap();
@@ -1612,7 +1667,7 @@ pub(crate) mod tests {
         let migrated = migrating.join().unwrap().unwrap();
         assert!(committed < migrated);
         assert_eq!(newest(&old), schema::LATEST + 2);
-        let fenced = old.write_as("t", |tx| put(tx, "op-4")).unwrap_err();
+        let fenced = old.write_as("t", None, |tx| put(tx, "op-4")).unwrap_err();
         assert_eq!((fenced.status, fenced.code), (503, "replica_outdated"));
         let fenced = old.write(|tx| put(tx, "op-5")).unwrap_err();
         assert_eq!(fenced.code, "replica_outdated");
@@ -1713,7 +1768,7 @@ pub(crate) mod tests {
         // One write at a time: each is a group of one, committed.
         for n in 0..3 {
             store
-                .write_as("t", |tx| put(tx, &format!("op-{n}")))
+                .write_as("t", None, |tx| put(tx, &format!("op-{n}")))
                 .unwrap();
         }
         assert_eq!(store.stats().commit_us.count(), commits + 3);
@@ -1721,12 +1776,12 @@ pub(crate) mod tests {
         assert_eq!(store.stats().operations.sum(), ops + 3);
         // A write that fails is rolled back, and a held-back statement that fails
         // fails the commit it went with: neither is counted.
-        let refused = store.write_as("t", |tx| {
+        let refused = store.write_as("t", None, |tx| {
             put(tx, "op-x")?;
             Err::<(), _>(ApiError::conflict("refused", "refused"))
         });
         assert!(refused.is_err());
-        let failed = store.write_as("t", |tx| {
+        let failed = store.write_as("t", None, |tx| {
             put(tx, "op-dup")?;
             put(tx, "op-dup")
         });
@@ -1748,7 +1803,7 @@ pub(crate) mod tests {
         // decisions read.
         let marked = |store: &PgStore| {
             store
-                .write_as("t", |tx| {
+                .write_as("t", None, |tx| {
                     let live = tx.live().unwrap();
                     let seen = live.borrow().policy_version("mark").is_some();
                     live.borrow_mut().set_policy_version("mark", Some(1));
@@ -1766,19 +1821,19 @@ pub(crate) mod tests {
         // its live state in step (as decisions do), leaves what it read with the
         // tip it reached.
         store
-            .write_as("t", |tx| {
+            .write_as("t", None, |tx| {
                 tx.keep_live();
                 entry(tx, "t", 1)
             })
             .unwrap();
         assert!(marked(&store));
         // A write that does not keep it in step empties it: nothing is left.
-        store.write_as("t", |tx| put(tx, "op-a")).unwrap();
+        store.write_as("t", None, |tx| put(tx, "op-a")).unwrap();
         assert!(!marked(&store));
         assert!(marked(&store));
         // Nor does a group that wrote to another tenant's ledger.
         store
-            .write_as("t", |tx| {
+            .write_as("t", None, |tx| {
                 tx.keep_live();
                 entry(tx, "u", 1)
             })
@@ -1786,11 +1841,11 @@ pub(crate) mod tests {
         assert!(!marked(&store));
         assert!(marked(&store));
         // Another replica's entry moves the tip: nothing held is trusted.
-        other.write_as("t", |tx| entry(tx, "t", 2)).unwrap();
+        other.write_as("t", None, |tx| entry(tx, "t", 2)).unwrap();
         assert!(!marked(&store), "read again after another replica wrote");
         assert!(marked(&store));
         // A group whose commit fails leaves nothing to take.
-        let failed = store.write_as("t", |tx| {
+        let failed = store.write_as("t", None, |tx| {
             tx.keep_live();
             entry(tx, "t", 3)?;
             put(tx, "op-dup")?;
@@ -1799,6 +1854,73 @@ pub(crate) mod tests {
         assert!(failed.is_err());
         assert!(!marked(&store));
         assert!(marked(&store));
+    }
+
+    #[test]
+    fn a_group_opened_after_another_replica_wrote_reads_its_intent_with_its_lock() {
+        let Some(url) = test_database() else {
+            return;
+        };
+        let store = PgStore::open(&url).unwrap();
+        let other = PgStore::open(&url).unwrap();
+        add_tenant_t(&store);
+        store
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO intents (id, tenant_id, operations, budget_cents, currency, \
+                     state, deadline_ms, created_ms) \
+                     VALUES ('i', 't', '[\"pay\"]', 500, 'usd', 'funded', 9000000000000, 0)",
+                    args![],
+                )
+                .map(drop)
+                .map_err(ApiError::from)
+            })
+            .unwrap();
+        // Whether a group holds the intent before its write reads anything, and
+        // whether what it holds is what is stored.
+        let held = |store: &PgStore, intent: Option<&str>| {
+            store
+                .write_as("t", intent, |tx| {
+                    let held = tx.live().unwrap().borrow().holds_intent("i");
+                    assert_eq!(
+                        crate::engine::live::differences(tx, 0).unwrap(),
+                        Vec::<String>::new()
+                    );
+                    Ok(held)
+                })
+                .unwrap()
+        };
+        assert!(!held(&store, Some("i")), "nothing is read ahead at first");
+        // The tenant's requests alternate between two replicas: each group finds
+        // the tenant changed since the last, and reads the intent with its lock.
+        for round in 0..3 {
+            other
+                .write_as("t", None, |tx| entry(tx, "t", round))
+                .unwrap();
+            assert!(held(&store, Some("i")), "round {round}");
+        }
+        // While nothing else changes the tenant, each group takes what the one
+        // before held, whether or not it names its intent.
+        assert!(held(&store, Some("i")));
+        assert!(held(&store, None));
+        assert!(held(&store, Some("i")));
+        // Then another replica writes: the next group finds nothing to take (and
+        // had no reason to read ahead), the one after reads ahead again.
+        other.write_as("t", None, |tx| entry(tx, "t", 4)).unwrap();
+        assert!(!held(&store, Some("i")));
+        other.write_as("t", None, |tx| entry(tx, "t", 5)).unwrap();
+        assert!(held(&store, Some("i")));
+        // A group that names no intent reads none ahead.
+        other.write_as("t", None, |tx| entry(tx, "t", 6)).unwrap();
+        assert!(!held(&store, None));
+        // An intent that is not the tenant's is not held.
+        other.write_as("t", None, |tx| entry(tx, "t", 7)).unwrap();
+        let holds_other = store
+            .write_as("t", Some("no-such-intent"), |tx| {
+                Ok(tx.live().unwrap().borrow().holds_intent("no-such-intent"))
+            })
+            .unwrap();
+        assert!(!holds_other);
     }
 
     /// `n` writes of tenant `t` at once (numbered from `from`); the first to run
@@ -1816,7 +1938,7 @@ pub(crate) mod tests {
                 .map(|i| {
                     let (store, group, waited, write) = (store.clone(), &group, &waited, &write);
                     s.spawn(move || {
-                        let out = store.write_as("t", |tx| {
+                        let out = store.write_as("t", None, |tx| {
                             if !waited.swap(true, Ordering::SeqCst) {
                                 let start = std::time::Instant::now();
                                 while group.arrivals.load(Ordering::SeqCst) < n.min(12)

@@ -30,5 +30,5 @@ pub(crate) use intents::{
 pub(crate) use ledger::{NewEntry, StoredEntry};
 pub(crate) use reads::IntentSummaryRow;
 pub(crate) use scim::{ScimGroup, ScimUser};
-pub(crate) use spend::{NewApproval, NewDecision, NewReservation};
+pub(crate) use spend::{IntentRow, NewApproval, NewDecision, NewReservation};
 pub(crate) use tenants::{NewTenantPolicy, PolicyRow};

@@ -3,7 +3,7 @@
 
 use crate::engine::counters::Bucket;
 use crate::engine::rules::ApprovalFacts;
-use crate::store::{Arg, StoreError, ToArg, Tx, args};
+use crate::store::{Arg, Row, StoreError, ToArg, Tx, args};
 
 /// What a decision reads of intent `?1` of tenant `?2`, with when its first open
 /// reservation lapses.
@@ -44,6 +44,22 @@ pub(crate) struct IntentRow {
     /// When its first open reservation lapses.
     pub(crate) next_lapse_ms: Option<i64>,
     pub(crate) evidence_schema: Option<String>,
+}
+
+impl IntentRow {
+    /// A row of [`INTENT`].
+    pub(in crate::store) fn read(r: &Row) -> Result<Self, StoreError> {
+        Ok(Self {
+            state: r.get(0)?,
+            deadline_ms: r.get(1)?,
+            budget_cents: r.get(2)?,
+            counted_cents: r.get(3)?,
+            currency: r.get(4)?,
+            operations: r.get(5)?,
+            next_lapse_ms: r.get(6)?,
+            evidence_schema: r.get(7)?,
+        })
+    }
 }
 
 /// An open reservation as the buckets it counts in see it: its agent, sub-agent,
@@ -127,18 +143,7 @@ impl dyn Tx + '_ {
         tenant: &str,
         intent: &str,
     ) -> Result<Option<IntentRow>, StoreError> {
-        self.query_opt(INTENT, args![intent, tenant], |r| {
-            Ok(IntentRow {
-                state: r.get(0)?,
-                deadline_ms: r.get(1)?,
-                budget_cents: r.get(2)?,
-                counted_cents: r.get(3)?,
-                currency: r.get(4)?,
-                operations: r.get(5)?,
-                next_lapse_ms: r.get(6)?,
-                evidence_schema: r.get(7)?,
-            })
-        })
+        self.query_opt(INTENT, args![intent, tenant], IntentRow::read)
     }
 
     /// The amount of the intent's open reservations that lapsed by `now`, and
