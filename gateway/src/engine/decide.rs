@@ -193,6 +193,7 @@ impl Engine {
         let result = self.idempotent(
             principal,
             "verify",
+            Some(req.intent_id),
             req.idempotency_key.as_deref(),
             req,
             |tx, now| {

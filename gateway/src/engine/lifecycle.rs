@@ -168,6 +168,7 @@ impl Engine {
         self.idempotent(
             principal,
             "sandbox.bootstrap",
+            None,
             req.idempotency_key.as_deref(),
             req,
             |tx, now| {
@@ -208,6 +209,7 @@ impl Engine {
         self.idempotent(
             principal,
             "harbor.intents.create",
+            None,
             req.idempotency_key.as_deref(),
             req,
             |tx, now| self.insert_intent(tx, now, principal, req),
@@ -499,6 +501,7 @@ impl Engine {
         self.idempotent(
             principal,
             "evidence",
+            Some(intent_id),
             idempotency_key,
             &EvidenceKeyed {
                 intent_id,

@@ -495,10 +495,14 @@ impl Engine {
     ///
     /// Keys are the principal's own: another key of the tenant sending the same key
     /// and body makes a request of its own, and never sees this one's answer.
+    ///
+    /// `intent`: the intent `f` decides on, if it names one; the store may read it,
+    /// and the key, ahead of `f` (see [`crate::store::Store::write_on`]).
     pub(crate) fn idempotent<R, T>(
         &self,
         principal: &Principal,
         route: &'static str,
+        intent: Option<Uuid>,
         key: Option<&str>,
         request: &R,
         f: impl FnOnce(&dyn Tx, i64) -> Result<T, ApiError> + Send,
@@ -508,11 +512,18 @@ impl Engine {
         T: Kept + Send,
     {
         let tenant_id = principal.tenant_id.as_str();
-        let Some(keyed) = Keyed::new(&principal.key_id, route, key, request)? else {
-            return self.tx_in(tenant_id, f);
+        let keyed = Keyed::new(&principal.key_id, route, key, request)?;
+        let intent = intent.map(|i| i.to_string());
+        let ahead = crate::store::ReadAhead {
+            intent: intent.as_deref(),
+            key: keyed.as_ref().map(|k| k.key.as_str()),
         };
-        self.tx_in(tenant_id, |tx, now| {
-            self.keyed(tx, now, tenant_id, &keyed, f)
+        self.store.write_on(Some(tenant_id), ahead, |tx| {
+            let now = self.now_ms();
+            match &keyed {
+                Some(keyed) => self.keyed(tx, now, tenant_id, keyed, f),
+                None => f(tx, now),
+            }
         })
     }
 
@@ -592,9 +603,10 @@ impl Engine {
     {
         let keyed = Keyed::new(&principal.key_id, route, key, &request)?;
         let tenant_id = principal.tenant_id.clone();
+        let key = keyed.as_ref().map(|k| k.key.clone());
         self.queue_in(
             tenant_id,
-            intent,
+            (intent, key),
             move |engine, tx, now, tenant_id| match &keyed {
                 Some(keyed) => engine.keyed(tx, now, tenant_id, keyed, |tx, now| {
                     f(engine, tx, now, &principal, &request)
@@ -608,13 +620,13 @@ impl Engine {
     /// [`Self::tx_in`] for async callers. On the SQLite file store the transaction
     /// goes to the store's writer thread and the caller awaits its durable commit
     /// without holding a thread; on the other stores it runs through
-    /// [`Self::blocking`]. `f` is handed the engine and the tenant; `intent`, the
-    /// intent it decides on if one is known, may be read ahead of it (see
-    /// [`crate::store::Store::write_on`]).
+    /// [`Self::blocking`]. `f` is handed the engine and the tenant; `ahead`, the
+    /// intent it decides on and the idempotency key it reads first, if known,
+    /// may be read ahead of it (see [`crate::store::Store::write_on`]).
     pub(crate) async fn queue_in<T, F>(
         self: &Arc<Self>,
         tenant_id: String,
-        intent: Option<Uuid>,
+        ahead: (Option<Uuid>, Option<String>),
         f: F,
     ) -> Result<T, ApiError>
     where
@@ -630,9 +642,12 @@ impl Engine {
             Ok(answer) => answer.await,
             Err((engine, op)) => {
                 self.blocking(move |e| {
-                    let intent = intent.map(|i| i.to_string());
-                    e.store
-                        .write_on(Some(&tenant), intent.as_deref(), |tx| op(&engine, tx))
+                    let (intent, key) = (ahead.0.map(|i| i.to_string()), ahead.1);
+                    let ahead = crate::store::ReadAhead {
+                        intent: intent.as_deref(),
+                        key: key.as_deref(),
+                    };
+                    e.store.write_on(Some(&tenant), ahead, |tx| op(&engine, tx))
                 })
                 .await
             }

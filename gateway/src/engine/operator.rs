@@ -323,6 +323,7 @@ impl Engine {
         self.idempotent(
             principal,
             "spend.compensation",
+            None,
             idempotency_key,
             req,
             |tx, now| {

@@ -486,6 +486,18 @@ mod sql {
             let _ = may_change;
             self.query(sql, args)
         }
+
+        /// The rows of [`ops::tenants::KEPT_ANSWER`] for `tenant`'s idempotency
+        /// `key`, read past the held-back writes that cannot change them. A store
+        /// may answer from what it read ahead (PostgreSQL: with the keys of the
+        /// writes waiting to run in the same group).
+        fn kept_answer_rows(&self, tenant: &str, key: &str) -> Result<Vec<Row>, StoreError> {
+            self.query_past_held(
+                super::ops::tenants::KEPT_ANSWER,
+                super::args![tenant, key],
+                &|held: &Held| super::ops::tenants::may_change_key(held, tenant, key),
+            )
+        }
     }
 }
 
@@ -544,6 +556,18 @@ impl dyn Tx + '_ {
     }
 }
 
+/// What a write of a tenant's will read first, when it is known before the write
+/// runs: a store may read it ahead, with other reads (see
+/// [`postgres::PgStore::write_as`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ReadAhead<'a> {
+    /// The intent the write decides on.
+    pub(crate) intent: Option<&'a str>,
+    /// The idempotency key the write reads its kept answer under
+    /// ([`Tx::kept_answer`]).
+    pub(crate) key: Option<&'a str>,
+}
+
 /// The engine's store: SQLite (one file or memory) or PostgreSQL.
 #[allow(clippy::large_enum_variant)] // one per engine, never moved after it opens
 pub(crate) enum Store {
@@ -586,15 +610,15 @@ impl Store {
         tenant: Option<&str>,
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError> + Send,
     ) -> Result<T, ApiError> {
-        self.write_on(tenant, None, f)
+        self.write_on(tenant, ReadAhead::default(), f)
     }
 
-    /// [`Self::write`] for a write that decides on `intent` (of `tenant`'s), which
-    /// a store may then read ahead of `f` (see [`postgres::PgStore::write_as`]).
+    /// [`Self::write`] for a write that says what it will read first, which a
+    /// store may then read ahead of `f` (see [`postgres::PgStore::write_as`]).
     pub(crate) fn write_on<T: Send>(
         &self,
         tenant: Option<&str>,
-        intent: Option<&str>,
+        ahead: ReadAhead<'_>,
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError> + Send,
     ) -> Result<T, ApiError> {
         let locked = |tx: &dyn Tx| {
@@ -606,7 +630,7 @@ impl Store {
         match (self, tenant) {
             (Self::Sqlite(s), _) => s.write(locked),
             // A tenant's writes on a replica share a transaction holding its lock.
-            (Self::Postgres(p), Some(t)) => p.write_as(t, intent, locked),
+            (Self::Postgres(p), Some(t)) => p.write_as(t, ahead, locked),
             (Self::Postgres(p), None) => p.write(locked),
         }
     }

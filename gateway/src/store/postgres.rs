@@ -45,8 +45,9 @@ use tokio_postgres::{Client, NoTls, Statement};
 use uuid::Uuid;
 
 use super::held::{self, Held};
+use super::ops::tenants::{STORE_KEY, may_change_key};
 use super::stats::StoreStats;
-use super::{Arg, DatabaseUrl, IntentRow, Row, StoreError, Tx, Value, schema};
+use super::{Arg, DatabaseUrl, IntentRow, ReadAhead, Row, StoreError, Tx, Value, schema};
 use crate::engine::live::LiveState;
 use crate::error::ApiError;
 
@@ -107,6 +108,13 @@ struct TenantGroup {
     /// next group reads the intent it is opened for with its lock, rather than
     /// after it, one round trip later.
     moved: AtomicBool,
+    /// The idempotency keys of the writes that have arrived and not yet run: a
+    /// write of the group that reads its own key reads these with it
+    /// ([`PgTx::kept_answer_rows`]).
+    waiting_keys: Mutex<Vec<String>>,
+    /// Statements that read keys ahead (for tests).
+    #[cfg(test)]
+    keys_read_ahead: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -131,7 +139,55 @@ struct OpenGroup {
     broken: RefCell<Option<StoreError>>,
     /// How it ended, for its writes to wait on.
     outcome: Arc<Outcome>,
+    /// Idempotency keys read ahead in the group.
+    keys: KeysRead,
 }
+
+/// The idempotency keys a group read ahead of the writes that read them: a
+/// write that reads its key reads, in the same statement, the keys of the
+/// writes waiting to run after it (up to [`KEYS_AHEAD`]), so that a group of
+/// keyed writes reads its keys in one or two round trips rather than one each.
+///
+/// What is read here holds for the rest of the group: it was read under the
+/// tenant's lock, which every write of a key of the tenant's takes, so only the
+/// group's own writes may change it. A key one of them stores is read again
+/// ([`super::Sql::kept_answer_rows`]), and any other write to the keys' table
+/// forgets everything read here.
+#[derive(Default)]
+struct KeysRead {
+    /// What is kept under each key read ahead (`None`: nothing), until the
+    /// write that reads it takes it.
+    answers: RefCell<HashMap<String, Option<Row>>>,
+    /// The keys the group's writes stored.
+    stored: RefCell<std::collections::HashSet<String>>,
+}
+
+/// Keys read in one statement at most: the write's own and those of the
+/// writes waiting behind it.
+const KEYS_AHEAD: usize = 16;
+
+/// The answers kept under tenant `?1`'s keys `?2` to `?17` ([`KEYS_AHEAD`]), each
+/// with its key: one lookup of the key index per key. (`key IN (…)` is planned,
+/// for a tenant the statistics think has few keys, as a scan of all the
+/// tenant's keys: milliseconds for a busy one.)
+const KEPT_ANSWERS: &str = concat!(
+    "SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
+    " UNION ALL SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?3",
+    " UNION ALL SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?4",
+    " UNION ALL SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?5",
+    " UNION ALL SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?6",
+    " UNION ALL SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?7",
+    " UNION ALL SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?8",
+    " UNION ALL SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?9",
+    " UNION ALL SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?10",
+    " UNION ALL SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?11",
+    " UNION ALL SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?12",
+    " UNION ALL SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?13",
+    " UNION ALL SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?14",
+    " UNION ALL SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?15",
+    " UNION ALL SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?16",
+    " UNION ALL SELECT key, route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?17",
+);
 
 /// How a group ended: committed, or why not.
 #[derive(Default)]
@@ -452,20 +508,32 @@ impl PgStore {
     /// (opening one, which takes the tenant's lock, if none is open), in a
     /// savepoint of its own unless it opened the group; the last write in commits
     /// the group. Returns once the group has committed: `f`'s outcome, or the
-    /// commit's failure. `intent`: the intent `f` decides on, if it is known
-    /// before `f` runs (see [`Self::open_group`]).
+    /// commit's failure. `ahead`: what `f` reads first, if known before it runs:
+    /// its intent may be read with the group's lock ([`Self::open_group`]), its
+    /// idempotency key by the write before it in the group ([`KeysRead`]).
     pub(crate) fn write_as<T>(
         &self,
         tenant: &str,
-        intent: Option<&str>,
+        ahead: ReadAhead<'_>,
         f: impl FnOnce(&dyn Tx) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let runtime = self.handle()?;
         let group = self.group(tenant);
+        if let Some(key) = ahead.key {
+            group.waiting_keys().push(key.to_owned());
+        }
         group.arrivals.fetch_add(1, Ordering::SeqCst);
         let mut turn = group.lock();
+        if let Some(key) = ahead.key {
+            // It runs now: the writes that read their keys from here on need not
+            // read its.
+            let mut waiting = group.waiting_keys();
+            if let Some(at) = waiting.iter().position(|k| k == key) {
+                waiting.swap_remove(at);
+            }
+        }
         if turn.open.is_none() {
-            match self.open_group(runtime, tenant, intent, &group) {
+            match self.open_group(runtime, tenant, ahead.intent, &group) {
                 Ok(open) => {
                     turn.open = Some(open);
                     turn.id += 1;
@@ -495,6 +563,8 @@ impl PgStore {
             &open.pending,
             Some(GroupWrite {
                 tenant,
+                group: &group,
+                keys: &open.keys,
                 live: &open.live,
                 broken: &open.broken,
                 first,
@@ -633,6 +703,7 @@ impl PgStore {
                 pending,
                 broken: RefCell::new(None),
                 outcome: Arc::new(Outcome::default()),
+                keys: KeysRead::default(),
             }),
             Err(e) => {
                 {
@@ -652,6 +723,13 @@ impl TenantGroup {
         // Every path leaves the turn consistent before it can panic (the write
         // itself runs under catch_unwind), so a poisoned lock is usable.
         self.turn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn waiting_keys(&self) -> MutexGuard<'_, Vec<String>> {
+        // Only pushed to and removed from whole: a poisoned lock holds a whole list.
+        self.waiting_keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -1007,6 +1085,8 @@ struct PgTx<'a> {
 struct GroupWrite<'a> {
     /// The tenant, locked when the group began.
     tenant: &'a str,
+    group: &'a TenantGroup,
+    keys: &'a KeysRead,
     live: &'a RefCell<LiveState>,
     /// Set when the group's held-back writes could not be sent.
     broken: &'a RefCell<Option<StoreError>>,
@@ -1342,15 +1422,27 @@ fn params(args: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     args.iter().map(|a| a as &(dyn ToSql + Sync)).collect()
 }
 
+impl PgTx<'_> {
+    /// A statement that may write anything: what the group read ahead of the
+    /// idempotency keys may no longer hold.
+    fn forget_keys(&self) {
+        if let Some(g) = &self.group {
+            g.keys.answers.borrow_mut().clear();
+        }
+    }
+}
+
 impl super::sql::Sql for PgTx<'_> {
     fn execute(&self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
         self.wrote.set(true);
+        self.forget_keys();
         Ok(self.call(sql, args, false)?.1)
     }
 
     fn query(&self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
         if !sql.trim_start().starts_with("SELECT") {
             self.wrote.set(true);
+            self.forget_keys();
         }
         self.call(sql, args, true)?.0.iter().map(read_row).collect()
     }
@@ -1382,11 +1474,90 @@ impl super::sql::Sql for PgTx<'_> {
 
     fn execute_later(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<(), StoreError> {
         self.wrote.set(true);
-        self.pending.borrow_mut().push(Later::Write(Held::new(
-            sql,
-            args.iter().map(Value::from).collect(),
-        )));
+        let held = Held::new(sql, args.iter().map(Value::from).collect());
+        if let Some(g) = &self.group
+            && held.may_write("idempotency")
+        {
+            match (sql == STORE_KEY, held.args.get(1)) {
+                (true, Some(Value::Text(key))) => {
+                    g.keys.stored.borrow_mut().insert(key.clone());
+                }
+                _ => self.forget_keys(),
+            }
+        }
+        self.pending.borrow_mut().push(Later::Write(held));
         Ok(())
+    }
+
+    fn kept_answer_rows(&self, tenant: &str, key: &str) -> Result<Vec<Row>, StoreError> {
+        let alone = || {
+            self.query_past_held(
+                super::ops::tenants::KEPT_ANSWER,
+                super::args![tenant, key],
+                &|held: &Held| may_change_key(held, tenant, key),
+            )
+        };
+        let Some(g) = self.group.as_ref().filter(|g| g.tenant == tenant) else {
+            return alone();
+        };
+        if g.keys.stored.borrow().contains(key) {
+            return alone();
+        }
+        if let Some(answer) = g.keys.answers.borrow_mut().remove(key) {
+            return Ok(answer.into_iter().collect());
+        }
+        // This key, and those of the writes waiting behind this one that are
+        // neither read nor stored yet.
+        let mut keys = vec![key.to_owned()];
+        {
+            let (answers, stored) = (g.keys.answers.borrow(), g.keys.stored.borrow());
+            for waiting in g.group.waiting_keys().iter() {
+                if keys.len() == KEYS_AHEAD {
+                    break;
+                }
+                if !keys.contains(waiting)
+                    && !answers.contains_key(waiting)
+                    && !stored.contains(waiting)
+                {
+                    keys.push(waiting.clone());
+                }
+            }
+        }
+        if keys.len() == 1 {
+            return alone();
+        }
+        #[cfg(test)]
+        g.group.keys_read_ahead.fetch_add(1, Ordering::Relaxed);
+        // The statement takes KEYS_AHEAD keys: the list repeats to fill it.
+        let args: Vec<Arg<'_>> = std::iter::once(Arg::Text(tenant.into()))
+            .chain(
+                keys.iter()
+                    .cycle()
+                    .take(KEYS_AHEAD)
+                    .map(|k| Arg::Text(k.as_str().into())),
+            )
+            .collect();
+        let rows = self.query_past_held(KEPT_ANSWERS, &args, &|held: &Held| {
+            keys.iter().any(|k| may_change_key(held, tenant, k))
+        })?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for Row(mut values) in rows {
+            if values.is_empty() {
+                return Err(StoreError::Failed(
+                    "storage: a kept answer's row has no key".to_owned(),
+                ));
+            }
+            if let Value::Text(k) = values.remove(0) {
+                found.insert(k, Row(values));
+            }
+        }
+        let mine = found.remove(key);
+        let mut answers = g.keys.answers.borrow_mut();
+        for k in keys.into_iter().skip(1) {
+            let answer = found.remove(&k);
+            answers.insert(k, answer);
+        }
+        Ok(mine.into_iter().collect())
     }
 }
 
@@ -1509,6 +1680,17 @@ pub(crate) mod tests {
         Some(DatabaseUrl::parse(&format!("{prefix}/{name}")).unwrap())
     }
 
+    /// A write that says nothing of what it reads.
+    const NOTHING: ReadAhead<'static> = ReadAhead {
+        intent: None,
+        key: None,
+    };
+
+    /// A write that decides on `intent`.
+    fn ahead(intent: Option<&str>) -> ReadAhead<'_> {
+        ReadAhead { intent, key: None }
+    }
+
     fn put(tx: &dyn Tx, key: &str) -> Result<(), ApiError> {
         Ok(tx.execute_later(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)",
@@ -1607,7 +1789,7 @@ pub(crate) mod tests {
         // replica of this build started now is served too.
         as_newer_build(&url, &[expand]).unwrap();
         assert_eq!(newest(&old), schema::LATEST + 1);
-        old.write_as("t", None, |tx| put(tx, "op-1")).unwrap();
+        old.write_as("t", NOTHING, |tx| put(tx, "op-1")).unwrap();
         old.write(|tx| put(tx, "op-2")).unwrap();
         drop(PgStore::open(&url).unwrap());
 
@@ -1646,7 +1828,7 @@ pub(crate) mod tests {
         let writing = std::thread::spawn({
             let old = old.clone();
             move || {
-                old.write_as("t", None, |tx| {
+                old.write_as("t", NOTHING, |tx| {
                     put(tx, "op-3")?;
                     began.send(()).unwrap();
                     go_rx.recv().unwrap();
@@ -1667,7 +1849,9 @@ pub(crate) mod tests {
         let migrated = migrating.join().unwrap().unwrap();
         assert!(committed < migrated);
         assert_eq!(newest(&old), schema::LATEST + 2);
-        let fenced = old.write_as("t", None, |tx| put(tx, "op-4")).unwrap_err();
+        let fenced = old
+            .write_as("t", NOTHING, |tx| put(tx, "op-4"))
+            .unwrap_err();
         assert_eq!((fenced.status, fenced.code), (503, "replica_outdated"));
         let fenced = old.write(|tx| put(tx, "op-5")).unwrap_err();
         assert_eq!(fenced.code, "replica_outdated");
@@ -1768,7 +1952,7 @@ pub(crate) mod tests {
         // One write at a time: each is a group of one, committed.
         for n in 0..3 {
             store
-                .write_as("t", None, |tx| put(tx, &format!("op-{n}")))
+                .write_as("t", NOTHING, |tx| put(tx, &format!("op-{n}")))
                 .unwrap();
         }
         assert_eq!(store.stats().commit_us.count(), commits + 3);
@@ -1776,12 +1960,12 @@ pub(crate) mod tests {
         assert_eq!(store.stats().operations.sum(), ops + 3);
         // A write that fails is rolled back, and a held-back statement that fails
         // fails the commit it went with: neither is counted.
-        let refused = store.write_as("t", None, |tx| {
+        let refused = store.write_as("t", NOTHING, |tx| {
             put(tx, "op-x")?;
             Err::<(), _>(ApiError::conflict("refused", "refused"))
         });
         assert!(refused.is_err());
-        let failed = store.write_as("t", None, |tx| {
+        let failed = store.write_as("t", NOTHING, |tx| {
             put(tx, "op-dup")?;
             put(tx, "op-dup")
         });
@@ -1803,7 +1987,7 @@ pub(crate) mod tests {
         // decisions read.
         let marked = |store: &PgStore| {
             store
-                .write_as("t", None, |tx| {
+                .write_as("t", NOTHING, |tx| {
                     let live = tx.live().unwrap();
                     let seen = live.borrow().policy_version("mark").is_some();
                     live.borrow_mut().set_policy_version("mark", Some(1));
@@ -1821,19 +2005,19 @@ pub(crate) mod tests {
         // its live state in step (as decisions do), leaves what it read with the
         // tip it reached.
         store
-            .write_as("t", None, |tx| {
+            .write_as("t", NOTHING, |tx| {
                 tx.keep_live();
                 entry(tx, "t", 1)
             })
             .unwrap();
         assert!(marked(&store));
         // A write that does not keep it in step empties it: nothing is left.
-        store.write_as("t", None, |tx| put(tx, "op-a")).unwrap();
+        store.write_as("t", NOTHING, |tx| put(tx, "op-a")).unwrap();
         assert!(!marked(&store));
         assert!(marked(&store));
         // Nor does a group that wrote to another tenant's ledger.
         store
-            .write_as("t", None, |tx| {
+            .write_as("t", NOTHING, |tx| {
                 tx.keep_live();
                 entry(tx, "u", 1)
             })
@@ -1841,11 +2025,13 @@ pub(crate) mod tests {
         assert!(!marked(&store));
         assert!(marked(&store));
         // Another replica's entry moves the tip: nothing held is trusted.
-        other.write_as("t", None, |tx| entry(tx, "t", 2)).unwrap();
+        other
+            .write_as("t", NOTHING, |tx| entry(tx, "t", 2))
+            .unwrap();
         assert!(!marked(&store), "read again after another replica wrote");
         assert!(marked(&store));
         // A group whose commit fails leaves nothing to take.
-        let failed = store.write_as("t", None, |tx| {
+        let failed = store.write_as("t", NOTHING, |tx| {
             tx.keep_live();
             entry(tx, "t", 3)?;
             put(tx, "op-dup")?;
@@ -1880,7 +2066,7 @@ pub(crate) mod tests {
         // whether what it holds is what is stored.
         let held = |store: &PgStore, intent: Option<&str>| {
             store
-                .write_as("t", intent, |tx| {
+                .write_as("t", ahead(intent), |tx| {
                     let held = tx.live().unwrap().borrow().holds_intent("i");
                     assert_eq!(
                         crate::engine::live::differences(tx, 0).unwrap(),
@@ -1895,7 +2081,7 @@ pub(crate) mod tests {
         // the tenant changed since the last, and reads the intent with its lock.
         for round in 0..3 {
             other
-                .write_as("t", None, |tx| entry(tx, "t", round))
+                .write_as("t", NOTHING, |tx| entry(tx, "t", round))
                 .unwrap();
             assert!(held(&store, Some("i")), "round {round}");
         }
@@ -1906,17 +2092,25 @@ pub(crate) mod tests {
         assert!(held(&store, Some("i")));
         // Then another replica writes: the next group finds nothing to take (and
         // had no reason to read ahead), the one after reads ahead again.
-        other.write_as("t", None, |tx| entry(tx, "t", 4)).unwrap();
+        other
+            .write_as("t", NOTHING, |tx| entry(tx, "t", 4))
+            .unwrap();
         assert!(!held(&store, Some("i")));
-        other.write_as("t", None, |tx| entry(tx, "t", 5)).unwrap();
+        other
+            .write_as("t", NOTHING, |tx| entry(tx, "t", 5))
+            .unwrap();
         assert!(held(&store, Some("i")));
         // A group that names no intent reads none ahead.
-        other.write_as("t", None, |tx| entry(tx, "t", 6)).unwrap();
+        other
+            .write_as("t", NOTHING, |tx| entry(tx, "t", 6))
+            .unwrap();
         assert!(!held(&store, None));
         // An intent that is not the tenant's is not held.
-        other.write_as("t", None, |tx| entry(tx, "t", 7)).unwrap();
+        other
+            .write_as("t", NOTHING, |tx| entry(tx, "t", 7))
+            .unwrap();
         let holds_other = store
-            .write_as("t", Some("no-such-intent"), |tx| {
+            .write_as("t", ahead(Some("no-such-intent")), |tx| {
                 Ok(tx.live().unwrap().borrow().holds_intent("no-such-intent"))
             })
             .unwrap();
@@ -1931,14 +2125,30 @@ pub(crate) mod tests {
         from: usize,
         write: impl Fn(&dyn Tx, usize) -> Result<(), ApiError> + Sync,
     ) -> Vec<(usize, Result<(), ApiError>)> {
+        concurrently_keyed(store, n, from, |_| None, write)
+    }
+
+    /// [`concurrently`], write `i` saying it reads idempotency key `key_of(i)`.
+    fn concurrently_keyed(
+        store: &Arc<PgStore>,
+        n: usize,
+        from: usize,
+        key_of: impl Fn(usize) -> Option<String> + Sync,
+        write: impl Fn(&dyn Tx, usize) -> Result<(), ApiError> + Sync,
+    ) -> Vec<(usize, Result<(), ApiError>)> {
         let group = store.group("t");
         let waited = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
             let workers: Vec<_> = (from..from + n)
                 .map(|i| {
                     let (store, group, waited, write) = (store.clone(), &group, &waited, &write);
+                    let key = key_of(i);
                     s.spawn(move || {
-                        let out = store.write_as("t", None, |tx| {
+                        let ahead = ReadAhead {
+                            intent: None,
+                            key: key.as_deref(),
+                        };
+                        let out = store.write_as("t", ahead, |tx| {
                             if !waited.swap(true, Ordering::SeqCst) {
                                 let start = std::time::Instant::now();
                                 while group.arrivals.load(Ordering::SeqCst) < n.min(12)
@@ -1956,6 +2166,73 @@ pub(crate) mod tests {
                 .collect();
             workers.into_iter().map(|w| w.join().unwrap()).collect()
         })
+    }
+
+    #[test]
+    fn keyed_writes_read_the_keys_of_those_waiting_behind_them_and_each_gets_its_own() {
+        let Some(url) = test_database() else {
+            return;
+        };
+        let store = Arc::new(PgStore::open(&url).unwrap());
+        add_tenant_t(&store);
+        let key_of = |i: usize| match i % 4 {
+            // Two writes at once under one key: one answers, the other replays it.
+            3 => format!("k-{:02}", i - 1),
+            _ => format!("k-{i:02}"),
+        };
+        let answer = |tx: &dyn Tx, key: &str, i: usize| {
+            tx.keep_answer(("t", key), ("verify", "h"), &format!("answer-{i}"), 0)
+                .map_err(ApiError::from)
+        };
+        // Every fourth key has an answer already.
+        store
+            .write(|tx| {
+                for i in (0..48).step_by(4) {
+                    answer(tx, &key_of(i), i)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let seen = Mutex::new(HashMap::new());
+        let out = concurrently_keyed(
+            &store,
+            48,
+            0,
+            |i| Some(key_of(i)),
+            |tx, i| {
+                let key = key_of(i);
+                let kept = tx.kept_answer("t", &key)?.map(|k| k.response);
+                if kept.is_none() {
+                    answer(tx, &key, i)?;
+                }
+                seen.lock().unwrap().insert(i, kept);
+                Ok(())
+            },
+        );
+        assert!(out.iter().all(|(_, o)| o.is_ok()), "{out:?}");
+        let seen = seen.into_inner().unwrap();
+        for i in 0..48 {
+            match i % 4 {
+                0 => assert_eq!(seen[&i], Some(format!("answer-{i}")), "write {i}"),
+                1 => assert_eq!(seen[&i], None, "write {i}"),
+                2 => {
+                    // One of the two found nothing and answered; the other found that.
+                    let (a, b) = (&seen[&i], &seen[&(i + 1)]);
+                    match (a, b) {
+                        (None, Some(b)) => assert_eq!(*b, format!("answer-{i}")),
+                        (Some(a), None) => assert_eq!(*a, format!("answer-{}", i + 1)),
+                        _ => panic!("writes {i} and {}: {a:?} {b:?}", i + 1),
+                    }
+                }
+                _ => {}
+            }
+        }
+        let group = store.group("t");
+        assert!(
+            group.keys_read_ahead.load(Ordering::Relaxed) > 0,
+            "the first write reads the keys of those waiting behind it"
+        );
+        assert!(group.waiting_keys().is_empty());
     }
 
     #[test]

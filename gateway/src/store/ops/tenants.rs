@@ -5,9 +5,24 @@ use crate::store::held::Held;
 use crate::store::{StoreError, Tx, Value, args};
 
 /// Stores an answer under an idempotency key.
-const STORE_KEY: &str =
+pub(in crate::store) const STORE_KEY: &str =
     "INSERT INTO idempotency (tenant_id, key, route, body_hash, response, created_ms)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// The answer kept under tenant `?1`'s idempotency key `?2`: its route, body hash
+/// and response.
+pub(in crate::store) const KEPT_ANSWER: &str =
+    "SELECT route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?2";
+
+/// Whether `held`, a held-back write, may change the answer kept under
+/// `tenant`'s idempotency key `key`: it writes to the keys' table, and is not the
+/// storing of another key.
+pub(in crate::store) fn may_change_key(held: &Held, tenant: &str, key: &str) -> bool {
+    held.may_write("idempotency")
+        && (held.sql != STORE_KEY
+            || matches!(held.args.get(..2), Some([Value::Text(t), Value::Text(k)])
+                if t == tenant && k == key))
+}
 
 /// An API key as authentication reads it, with its tenant's environment.
 pub(crate) struct KeyRow {
@@ -138,29 +153,16 @@ impl dyn Tx + '_ {
         tenant: &str,
         key: &str,
     ) -> Result<Option<KeptAnswer>, StoreError> {
-        let may_change = |held: &Held| {
-            if !held.may_write("idempotency") {
-                return false;
-            }
-            // Another key's row cannot be this one's.
-            held.sql != STORE_KEY
-                || matches!(held.args.get(..2), Some([Value::Text(t), Value::Text(k)])
-                    if t == tenant && k == key)
-        };
-        self.query_past_held(
-            "SELECT route, body_hash, response FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
-            args![tenant, key],
-            &may_change,
-        )?
-        .first()
-        .map(|r| {
-            Ok(KeptAnswer {
-                route: r.get(0)?,
-                body_hash: r.get(1)?,
-                response: r.get(2)?,
+        self.kept_answer_rows(tenant, key)?
+            .first()
+            .map(|r| {
+                Ok(KeptAnswer {
+                    route: r.get(0)?,
+                    body_hash: r.get(1)?,
+                    response: r.get(2)?,
+                })
             })
-        })
-        .transpose()
+            .transpose()
     }
 
     /// Keeps an answer (`response`) to a request (its `route` and `body_hash`)
