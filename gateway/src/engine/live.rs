@@ -545,7 +545,7 @@ fn load(tx: &dyn Tx, tenant: &str, intent: &str) -> Result<Option<LiveIntent>, A
 }
 
 impl LiveIntent {
-    /// `tenant`'s intent as [`Tx::intent_row`] read it.
+    /// `tenant`'s intent as the store's `intent_row` read it.
     fn read(tenant: &str, row: IntentRow) -> Self {
         Self {
             tenant: tenant.to_owned(),

@@ -487,7 +487,7 @@ mod sql {
             self.query(sql, args)
         }
 
-        /// The rows of [`ops::tenants::KEPT_ANSWER`] for `tenant`'s idempotency
+        /// The rows of [`super::ops::tenants::KEPT_ANSWER`] for `tenant`'s idempotency
         /// `key`, read past the held-back writes that cannot change them. A store
         /// may answer from what it read ahead (PostgreSQL: with the keys of the
         /// writes waiting to run in the same group).
@@ -564,7 +564,7 @@ pub(crate) struct ReadAhead<'a> {
     /// The intent the write decides on.
     pub(crate) intent: Option<&'a str>,
     /// The idempotency key the write reads its kept answer under
-    /// ([`Tx::kept_answer`]).
+    /// (the store's `kept_answer`).
     pub(crate) key: Option<&'a str>,
 }
 

@@ -151,7 +151,7 @@ struct OpenGroup {
 /// What is read here holds for the rest of the group: it was read under the
 /// tenant's lock, which every write of a key of the tenant's takes, so only the
 /// group's own writes may change it. A key one of them stores is read again
-/// ([`super::Sql::kept_answer_rows`]), and any other write to the keys' table
+/// ([`super::sql::Sql::kept_answer_rows`]), and any other write to the keys' table
 /// forgets everything read here.
 #[derive(Default)]
 struct KeysRead {
