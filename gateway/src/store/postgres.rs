@@ -1703,6 +1703,15 @@ pub(crate) mod tests {
             .unwrap();
     }
 
+    /// Two replicas on a test database, with tenant `t` (none without one).
+    fn two_replicas_of_t() -> Option<(PgStore, PgStore)> {
+        let url = test_database()?;
+        let store = PgStore::open(&url).unwrap();
+        let other = PgStore::open(&url).unwrap();
+        add_tenant_t(&store);
+        Some((store, other))
+    }
+
     /// An entry on `tenant`'s ledger at `at_ms`.
     fn entry(tx: &dyn Tx, tenant: &str, at_ms: i64) -> Result<(), ApiError> {
         crate::engine::ledger::append(tx, tenant, "test.entry", serde_json::json!({}), at_ms)
@@ -1968,12 +1977,9 @@ pub(crate) mod tests {
 
     #[test]
     fn a_group_takes_what_the_last_read_while_the_tenants_ledger_is_unchanged() {
-        let Some(url) = test_database() else {
+        let Some((store, other)) = two_replicas_of_t() else {
             return;
         };
-        let store = PgStore::open(&url).unwrap();
-        let other = PgStore::open(&url).unwrap();
-        add_tenant_t(&store);
         // What a group holds in its live state; a mark stands for what its
         // decisions read.
         let marked = |store: &PgStore| {
@@ -2035,12 +2041,9 @@ pub(crate) mod tests {
 
     #[test]
     fn a_group_opened_after_another_replica_wrote_reads_its_intent_with_its_lock() {
-        let Some(url) = test_database() else {
+        let Some((store, other)) = two_replicas_of_t() else {
             return;
         };
-        let store = PgStore::open(&url).unwrap();
-        let other = PgStore::open(&url).unwrap();
-        add_tenant_t(&store);
         store
             .write(|tx| {
                 tx.execute(
