@@ -513,9 +513,8 @@ impl Engine {
     {
         let tenant_id = principal.tenant_id.as_str();
         let keyed = Keyed::new(&principal.key_id, route, key, request)?;
-        let intent = intent.map(|i| i.to_string());
         let ahead = crate::store::ReadAhead {
-            intent: intent.as_deref(),
+            intent,
             key: keyed.as_ref().map(|k| k.key.as_str()),
         };
         self.store.write_on(Some(tenant_id), ahead, |tx| {
@@ -603,7 +602,11 @@ impl Engine {
     {
         let keyed = Keyed::new(&principal.key_id, route, key, &request)?;
         let tenant_id = principal.tenant_id.clone();
-        let key = keyed.as_ref().map(|k| k.key.clone());
+        // The key goes into the write; a copy only for a store that reads ahead.
+        let key = keyed
+            .as_ref()
+            .filter(|_| self.store.reads_ahead())
+            .map(|k| k.key.clone());
         self.queue_in(
             tenant_id,
             (intent, key),
@@ -642,10 +645,9 @@ impl Engine {
             Ok(answer) => answer.await,
             Err((engine, op)) => {
                 self.blocking(move |e| {
-                    let (intent, key) = (ahead.0.map(|i| i.to_string()), ahead.1);
                     let ahead = crate::store::ReadAhead {
-                        intent: intent.as_deref(),
-                        key: key.as_deref(),
+                        intent: ahead.0,
+                        key: ahead.1.as_deref(),
                     };
                     e.store.write_on(Some(&tenant), ahead, |tx| op(&engine, tx))
                 })

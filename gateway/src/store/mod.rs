@@ -562,7 +562,7 @@ impl dyn Tx + '_ {
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ReadAhead<'a> {
     /// The intent the write decides on.
-    pub(crate) intent: Option<&'a str>,
+    pub(crate) intent: Option<uuid::Uuid>,
     /// The idempotency key the write reads its kept answer under
     /// (the store's `kept_answer`).
     pub(crate) key: Option<&'a str>,
@@ -672,6 +672,12 @@ impl Store {
             Self::Sqlite(s) => s.stats().render(out, !s.in_memory()),
             Self::Postgres(p) => p.stats().render(out, false),
         }
+    }
+
+    /// Whether the store reads ahead what a write says it will read first
+    /// ([`ReadAhead`]): the others need not be told.
+    pub(crate) fn reads_ahead(&self) -> bool {
+        matches!(self, Self::Postgres(_))
     }
 
     /// Whether other processes share this store.

@@ -656,13 +656,15 @@ impl PgStore {
         &self,
         runtime: &tokio::runtime::Runtime,
         tenant: &str,
-        intent: Option<&str>,
+        intent: Option<Uuid>,
         group: &TenantGroup,
     ) -> Result<OpenGroup, ApiError> {
         let conn = RefCell::new(self.take(runtime)?);
         let pending = RefCell::new(Vec::new());
         let live = RefCell::new(LiveState::default());
-        let intent = intent.filter(|_| group.moved.load(Ordering::Relaxed));
+        let intent = intent
+            .filter(|_| group.moved.load(Ordering::Relaxed))
+            .map(|i| i.to_string());
         let begun = {
             let tx = PgTx::new(&conn, &pending, None);
             tx.control_later("BEGIN");
@@ -672,7 +674,7 @@ impl PgStore {
                 "SELECT id FROM tenants WHERE id = ?1 FOR UPDATE",
                 super::args![tenant],
             )
-            .and_then(|()| tx.start_group(tenant, intent, &mut live.borrow_mut()))
+            .and_then(|()| tx.start_group(tenant, intent.as_deref(), &mut live.borrow_mut()))
         };
         let mut moved = true;
         if begun.is_ok()
@@ -1678,9 +1680,16 @@ pub(crate) mod tests {
     };
 
     /// A write that decides on `intent`.
-    fn ahead(intent: Option<&str>) -> ReadAhead<'_> {
-        ReadAhead { intent, key: None }
+    fn ahead(intent: Option<&str>) -> ReadAhead<'static> {
+        ReadAhead {
+            intent: intent.map(|i| Uuid::parse_str(i).unwrap()),
+            key: None,
+        }
     }
+
+    /// The intent the read-ahead test decides on, and one that is not the tenant's.
+    const INTENT_I: &str = "01900000-0000-7000-8000-000000000001";
+    const NO_SUCH_INTENT: &str = "01900000-0000-7000-8000-0000000000ff";
 
     fn put(tx: &dyn Tx, key: &str) -> Result<(), ApiError> {
         Ok(tx.execute_later(
@@ -1701,6 +1710,13 @@ pub(crate) mod tests {
                 .map_err(ApiError::from)
             })
             .unwrap();
+    }
+
+    /// A replica on a test database, with tenant `t` (none without one).
+    fn store_of_t() -> Option<Arc<PgStore>> {
+        let store = Arc::new(PgStore::open(&test_database()?).unwrap());
+        add_tenant_t(&store);
+        Some(store)
     }
 
     /// Two replicas on a test database, with tenant `t` (none without one).
@@ -1873,11 +1889,9 @@ pub(crate) mod tests {
 
     #[test]
     fn a_tenants_writes_share_groups_and_a_failed_one_is_undone_alone() {
-        let Some(url) = test_database() else {
+        let Some(store) = store_of_t() else {
             return;
         };
-        let store = Arc::new(PgStore::open(&url).unwrap());
-        add_tenant_t(&store);
         // 48 writes of one tenant at once, every third failing after it wrote:
         // a failed write is undone alone, in whichever group it ran, whether it
         // had sent its statements (every other one reads after it writes) or
@@ -2049,8 +2063,8 @@ pub(crate) mod tests {
                 tx.execute(
                     "INSERT INTO intents (id, tenant_id, operations, budget_cents, currency, \
                      state, deadline_ms, created_ms) \
-                     VALUES ('i', 't', '[\"pay\"]', 500, 'usd', 'funded', 9000000000000, 0)",
-                    args![],
+                     VALUES (?1, 't', '[\"pay\"]', 500, 'usd', 'funded', 9000000000000, 0)",
+                    args![INTENT_I],
                 )
                 .map(drop)
                 .map_err(ApiError::from)
@@ -2061,7 +2075,7 @@ pub(crate) mod tests {
         let held = |store: &PgStore, intent: Option<&str>| {
             store
                 .write_as("t", ahead(intent), |tx| {
-                    let held = tx.live().unwrap().borrow().holds_intent("i");
+                    let held = tx.live().unwrap().borrow().holds_intent(INTENT_I);
                     assert_eq!(
                         crate::engine::live::differences(tx, 0).unwrap(),
                         Vec::<String>::new()
@@ -2070,30 +2084,33 @@ pub(crate) mod tests {
                 })
                 .unwrap()
         };
-        assert!(!held(&store, Some("i")), "nothing is read ahead at first");
+        assert!(
+            !held(&store, Some(INTENT_I)),
+            "nothing is read ahead at first"
+        );
         // The tenant's requests alternate between two replicas: each group finds
         // the tenant changed since the last, and reads the intent with its lock.
         for round in 0..3 {
             other
                 .write_as("t", NOTHING, |tx| entry(tx, "t", round))
                 .unwrap();
-            assert!(held(&store, Some("i")), "round {round}");
+            assert!(held(&store, Some(INTENT_I)), "round {round}");
         }
         // While nothing else changes the tenant, each group takes what the one
         // before held, whether or not it names its intent.
-        assert!(held(&store, Some("i")));
+        assert!(held(&store, Some(INTENT_I)));
         assert!(held(&store, None));
-        assert!(held(&store, Some("i")));
+        assert!(held(&store, Some(INTENT_I)));
         // Then another replica writes: the next group finds nothing to take (and
         // had no reason to read ahead), the one after reads ahead again.
         other
             .write_as("t", NOTHING, |tx| entry(tx, "t", 4))
             .unwrap();
-        assert!(!held(&store, Some("i")));
+        assert!(!held(&store, Some(INTENT_I)));
         other
             .write_as("t", NOTHING, |tx| entry(tx, "t", 5))
             .unwrap();
-        assert!(held(&store, Some("i")));
+        assert!(held(&store, Some(INTENT_I)));
         // A group that names no intent reads none ahead.
         other
             .write_as("t", NOTHING, |tx| entry(tx, "t", 6))
@@ -2104,8 +2121,8 @@ pub(crate) mod tests {
             .write_as("t", NOTHING, |tx| entry(tx, "t", 7))
             .unwrap();
         let holds_other = store
-            .write_as("t", ahead(Some("no-such-intent")), |tx| {
-                Ok(tx.live().unwrap().borrow().holds_intent("no-such-intent"))
+            .write_as("t", ahead(Some(NO_SUCH_INTENT)), |tx| {
+                Ok(tx.live().unwrap().borrow().holds_intent(NO_SUCH_INTENT))
             })
             .unwrap();
         assert!(!holds_other);
@@ -2164,11 +2181,9 @@ pub(crate) mod tests {
 
     #[test]
     fn keyed_writes_read_the_keys_of_those_waiting_behind_them_and_each_gets_its_own() {
-        let Some(url) = test_database() else {
+        let Some(store) = store_of_t() else {
             return;
         };
-        let store = Arc::new(PgStore::open(&url).unwrap());
-        add_tenant_t(&store);
         let key_of = |i: usize| match i % 4 {
             // Two writes at once under one key: one answers, the other replays it.
             3 => format!("k-{:02}", i - 1),
